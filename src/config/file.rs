@@ -1,0 +1,257 @@
+//! The serde mirror of `tollgate.yaml`: exactly the keys a user may write, nothing compiled yet.
+//!
+//! Unknown keys are rejected everywhere (`deny_unknown_fields`); `mod.rs` turns this into a validated `Config`.
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, Duration};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// The sockets that accept proxy clients.
+    pub listeners: Vec<Listener>,
+    /// Metrics, health and admin endpoints; omitted = no admin listener.
+    pub admin: Option<Admin>,
+    /// Who a request comes from.
+    #[serde(default)]
+    pub auth: Auth,
+    /// Where requests may go.
+    pub policy: Policy,
+    /// How tollgate connects to destinations.
+    #[serde(default)]
+    pub upstream: Upstream,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: Audit,
+    /// Limits on client connections and shutdown behaviour.
+    #[serde(default)]
+    pub server: Server,
+}
+
+/// One listening socket.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// Named in metrics, logs and audit records.
+    pub name: String,
+    /// `ADDRESS:PORT` to bind.
+    pub bind: String,
+}
+
+/// The admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `ADDRESS:PORT` to bind.
+    pub bind: String,
+    /// Bearer token for `/admin/*` endpoints (metrics and health need none).
+    pub token: Option<String>,
+}
+
+/// Proxy authentication.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// `deny`, or the principal name given to requests without credentials.
+    #[serde(default = "deny")]
+    pub anonymous: String,
+    /// Basic proxy-auth users.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// A YAML file holding a list of users of the same shape.
+    pub users_file: Option<String>,
+    /// Failed authentication attempts allowed per client IP.
+    pub failed_auth_limit: Option<FailedAuthLimit>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self { anonymous: deny(), users: Vec::new(), users_file: None, failed_auth_limit: None }
+    }
+}
+
+fn deny() -> String {
+    "deny".to_owned()
+}
+
+/// One Basic-auth user.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// The principal name (often an e-mail address).
+    pub name: String,
+    /// An argon2id PHC string from `tollgate passwd`.
+    pub password_hash: String,
+    /// Teams the user belongs to.
+    #[serde(default)]
+    pub teams: Vec<String>,
+}
+
+/// Failed-auth throttling per client IP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedAuthLimit {
+    /// Failures allowed per minute before further attempts get 429.
+    pub per_minute: u32,
+}
+
+/// `allow` or `deny`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Deny,
+}
+
+/// Destination policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// What happens when no rule matches.
+    pub default: Verdict,
+    /// The private-address guard on resolved addresses: `deny` (the default) or `allow`.
+    #[serde(default = "verdict_deny")]
+    pub private_destinations: Verdict,
+    /// CIDRs exempt from the private-address guard.
+    #[serde(default)]
+    pub allow_private: Vec<String>,
+    /// Destination ports allowed unless a rule names its own port; omitted = any port.
+    pub ports: Option<Vec<u16>>,
+    /// `HOST[:PORT]` globs or CIDRs that are always denied.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// `HOST[:PORT]` globs or CIDRs that are allowed.
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+fn verdict_deny() -> Verdict {
+    Verdict::Deny
+}
+
+/// Connections to destinations.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Bound on one TCP connect.
+    #[serde(default = "ten_seconds")]
+    pub connect_timeout: Duration,
+    /// Bound on one DNS resolution.
+    #[serde(default = "five_seconds")]
+    pub dns_timeout: Duration,
+    /// A tunnel or pooled connection with no traffic for this long is closed.
+    #[serde(default = "five_minutes")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self { connect_timeout: ten_seconds(), dns_timeout: five_seconds(), idle_timeout: five_minutes() }
+    }
+}
+
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// The audit trail.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    /// JSON-lines file sink.
+    pub file: Option<AuditFile>,
+    /// `block`: refuse requests while records cannot be written; `continue`: serve anyway.
+    #[serde(default)]
+    pub on_failure: AuditFailure,
+}
+
+/// The JSON-lines audit file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    /// Appended to; created with its directory when missing.
+    pub path: String,
+    /// Hash-chain the records (`prev`, `hash`).
+    #[serde(default = "yes")]
+    pub chain: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What to do when an audit record cannot be written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFailure {
+    #[default]
+    Block,
+    Continue,
+}
+
+/// Limits on what clients may send and how long they may take.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// The whole request head must arrive within this time (slowloris).
+    #[serde(default = "ten_seconds")]
+    pub header_read_timeout: Duration,
+    /// A keep-alive connection with no new request for this long is closed.
+    #[serde(default = "sixty_seconds")]
+    pub keepalive_timeout: Duration,
+    /// Largest request head (431 beyond).
+    #[serde(default = "sixty_four_kib")]
+    pub max_header_bytes: ByteSize,
+    /// Longest request target (414 beyond).
+    #[serde(default = "eight_kib")]
+    pub max_uri_bytes: ByteSize,
+    /// Open client connections across all listeners (503 beyond).
+    #[serde(default = "ten_thousand")]
+    pub max_connections: usize,
+    /// On SIGTERM, how long open tunnels and requests may take to finish.
+    #[serde(default = "thirty_seconds")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: ten_seconds(),
+            keepalive_timeout: sixty_seconds(),
+            max_header_bytes: sixty_four_kib(),
+            max_uri_bytes: eight_kib(),
+            max_connections: ten_thousand(),
+            shutdown_grace: thirty_seconds(),
+        }
+    }
+}
+
+fn sixty_seconds() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn sixty_four_kib() -> ByteSize {
+    ByteSize(64 * 1024)
+}
+
+fn eight_kib() -> ByteSize {
+    ByteSize(8 * 1024)
+}
+
+fn ten_thousand() -> usize {
+    10_000
+}

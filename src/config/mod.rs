@@ -1,0 +1,347 @@
+//! The validated, compiled configuration: everything a request needs, built once per load or reload.
+//!
+//! `file.rs` mirrors the YAML; `Config::load` parses it (`yaml.rs` keeps line and column), expands `${NAME}`,
+//! then compiles each section into types that cannot be wrong. Every error reads
+//! `FILE:LINE:COL: key.path: what is wrong`.
+
+pub mod file;
+mod units;
+pub mod yaml;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub use units::ByteSize;
+
+use crate::identity::Directory;
+use crate::policy::Policy;
+use yaml::Mark;
+
+/// The default config path, relative to the working directory.
+pub const DEFAULT_PATH: &str = "config/tollgate.yaml";
+
+/// A loaded configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub source: Source,
+    pub listeners: Vec<Listener>,
+    pub admin: Option<Admin>,
+    pub identity: Directory,
+    pub policy: Policy,
+    pub upstream: Upstream,
+    pub audit: Audit,
+    pub server: Server,
+}
+
+/// Where the config came from.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub loaded_at: SystemTime,
+}
+
+/// A proxy listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: Arc<str>,
+    pub bind: SocketAddr,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub bind: SocketAddr,
+    pub token: Option<String>,
+}
+
+/// How tollgate connects to destinations.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub connect_timeout: Duration,
+    pub dns_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// The audit sinks.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pub file: Option<AuditFile>,
+    pub on_failure: file::AuditFailure,
+}
+
+/// The JSON-lines audit file.
+#[derive(Debug, Clone)]
+pub struct AuditFile {
+    pub path: PathBuf,
+    pub chain: bool,
+}
+
+/// Limits on client connections.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub header_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// A config error with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub mark: Option<Mark>,
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.mark {
+            Some(mark) => write!(f, "{}:{}:{}: ", self.file, mark.line, mark.col)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// An error found after deserialization: a key path, located afterwards from the tree.
+struct Invalid {
+    path: String,
+    message: String,
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid { path: path.into(), message: message.into() }
+}
+
+/// Reads environment variables for `${NAME}`.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Config {
+    /// Loads and compiles the file at `path`, expanding `${NAME}` from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, &|name| std::env::var(name).ok())
+    }
+
+    /// Loads with an explicit environment (tests).
+    pub fn load_with_env(path: &Path, env: Env<'_>) -> Result<Self, ConfigError> {
+        let label = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            file: label.clone(),
+            mark: None,
+            path: String::new(),
+            message: format!("cannot read: {error}"),
+        })?;
+        Self::from_text(&text, path, env)
+    }
+
+    /// Compiles config text; `path` names it in errors and resolves nothing (paths are relative to the cwd).
+    pub fn from_text(text: &str, path: &Path, env: Env<'_>) -> Result<Self, ConfigError> {
+        let label = path.display().to_string();
+        let located = |error: yaml::Error| ConfigError {
+            file: label.clone(),
+            mark: Some(error.mark),
+            path: error.path,
+            message: error.message,
+        };
+        let root = yaml::parse(text).map_err(located)?;
+        let parsed: file::File = yaml::deserialize(&root, env).map_err(located)?;
+        let locations = yaml::locations(&root);
+        let users_file = match &parsed.auth.users_file {
+            Some(users_path) => Some(load_users(Path::new(users_path), env)?),
+            None => None,
+        };
+        compile(parsed, users_file, text, path).map_err(|error| {
+            let mark = nearest_mark(&locations, &error.path);
+            ConfigError { file: label.clone(), mark, path: error.path, message: error.message }
+        })
+    }
+}
+
+/// The mark of `path` or of its closest located parent.
+fn nearest_mark(locations: &HashMap<String, Mark>, path: &str) -> Option<Mark> {
+    let mut candidate = path;
+    loop {
+        if let Some(mark) = locations.get(candidate) {
+            return Some(*mark);
+        }
+        let cut = candidate.rfind(['.', '['])?;
+        candidate = &candidate[..cut];
+    }
+}
+
+/// Reads `auth.users_file`: a YAML list of users; its errors name that file.
+fn load_users(path: &Path, env: Env<'_>) -> Result<Vec<file::User>, ConfigError> {
+    let label = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+        file: label.clone(),
+        mark: None,
+        path: String::new(),
+        message: format!("cannot read users_file: {error}"),
+    })?;
+    let located = |error: yaml::Error| ConfigError {
+        file: label.clone(),
+        mark: Some(error.mark),
+        path: error.path,
+        message: error.message,
+    };
+    let root = yaml::parse(&text).map_err(located)?;
+    yaml::deserialize(&root, env).map_err(located)
+}
+
+fn compile(
+    parsed: file::File,
+    users_file: Option<Vec<file::User>>,
+    text: &str,
+    path: &Path,
+) -> Result<Config, Invalid> {
+    use sha2::{Digest, Sha256};
+
+    if parsed.listeners.is_empty() {
+        return Err(invalid("listeners", "at least one listener is needed"));
+    }
+    let mut listeners = Vec::with_capacity(parsed.listeners.len());
+    for (index, listener) in parsed.listeners.iter().enumerate() {
+        let bind = parse_bind(&listener.bind).map_err(|m| invalid(format!("listeners[{index}].bind"), m))?;
+        if listener.name.is_empty() {
+            return Err(invalid(format!("listeners[{index}].name"), "a listener needs a name"));
+        }
+        if listeners.iter().any(|l: &Listener| &*l.name == listener.name.as_str()) {
+            return Err(invalid(
+                format!("listeners[{index}].name"),
+                format!("listener {:?} is defined twice", listener.name),
+            ));
+        }
+        if bind.port() != 0 && listeners.iter().any(|l: &Listener| l.bind == bind) {
+            return Err(invalid(format!("listeners[{index}].bind"), format!("{bind} is bound by another listener")));
+        }
+        listeners.push(Listener { name: listener.name.as_str().into(), bind });
+    }
+    let admin = match &parsed.admin {
+        Some(admin) => Some(Admin {
+            bind: parse_bind(&admin.bind).map_err(|m| invalid("admin.bind", m))?,
+            token: admin.token.clone().filter(|t| !t.is_empty()),
+        }),
+        None => None,
+    };
+
+    let mut users: Vec<file::User> = Vec::new();
+    let inline = parsed.auth.users.len();
+    users.extend(parsed.auth.users.iter().map(clone_user));
+    users.extend(users_file.unwrap_or_default());
+    let identity = Directory::compile(&parsed.auth, &users).map_err(|e| {
+        let list = if e.index < inline {
+            format!("auth.users[{}]", e.index)
+        } else {
+            format!("auth.users_file[{}]", e.index - inline)
+        };
+        invalid(format!("{list}.{}", e.field), e.message)
+    })?;
+    if parsed.auth.anonymous.is_empty() {
+        return Err(invalid("auth.anonymous", "write deny or a principal name"));
+    }
+    if parsed.auth.failed_auth_limit.as_ref().is_some_and(|l| l.per_minute == 0) {
+        return Err(invalid("auth.failed_auth_limit.per_minute", "must be at least 1"));
+    }
+
+    let policy = Policy::compile(&parsed.policy).map_err(|e| invalid(e.path, e.message))?;
+
+    let positive = |value: units::Duration, key: &str| {
+        if value.0.is_zero() {
+            Err(invalid(key, "must be greater than zero"))
+        } else {
+            Ok(value.0)
+        }
+    };
+    let upstream = Upstream {
+        connect_timeout: positive(parsed.upstream.connect_timeout, "upstream.connect_timeout")?,
+        dns_timeout: positive(parsed.upstream.dns_timeout, "upstream.dns_timeout")?,
+        idle_timeout: positive(parsed.upstream.idle_timeout, "upstream.idle_timeout")?,
+    };
+    let server = Server {
+        header_read_timeout: positive(parsed.server.header_read_timeout, "server.header_read_timeout")?,
+        keepalive_timeout: positive(parsed.server.keepalive_timeout, "server.keepalive_timeout")?,
+        max_header_bytes: bounded_size(parsed.server.max_header_bytes, "server.max_header_bytes", 1024, 1 << 20)?,
+        max_uri_bytes: bounded_size(parsed.server.max_uri_bytes, "server.max_uri_bytes", 256, 1 << 20)?,
+        max_connections: match parsed.server.max_connections {
+            0 => return Err(invalid("server.max_connections", "must be at least 1")),
+            n => n,
+        },
+        shutdown_grace: parsed.server.shutdown_grace.0,
+    };
+    if server.max_uri_bytes > server.max_header_bytes {
+        return Err(invalid("server.max_uri_bytes", "must not exceed server.max_header_bytes"));
+    }
+    let audit = Audit {
+        file: parsed.audit.file.as_ref().map(|f| AuditFile { path: PathBuf::from(&f.path), chain: f.chain }),
+        on_failure: parsed.audit.on_failure,
+    };
+    if audit.file.as_ref().is_some_and(|f| f.path.as_os_str().is_empty()) {
+        return Err(invalid("audit.file.path", "must not be empty"));
+    }
+
+    Ok(Config {
+        source: Source {
+            path: path.to_owned(),
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            loaded_at: SystemTime::now(),
+        },
+        listeners,
+        admin,
+        identity,
+        policy,
+        upstream,
+        audit,
+        server,
+    })
+}
+
+fn clone_user(user: &file::User) -> file::User {
+    file::User { name: user.name.clone(), password_hash: user.password_hash.clone(), teams: user.teams.clone() }
+}
+
+fn parse_bind(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| format!("invalid address {text:?}: write IP:PORT, e.g. 127.0.0.1:3128 or [::1]:3128"))
+}
+
+fn bounded_size(size: ByteSize, key: &str, min: u64, max: u64) -> Result<usize, Invalid> {
+    if size.0 < min || size.0 > max {
+        return Err(invalid(key, format!("must be between {min} and {max} bytes")));
+    }
+    Ok(size.0 as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, String> {
+        Config::from_text(text, Path::new("t.yaml"), &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_minimal_config_compiles() {
+        let config = load("listeners: [{name: p, bind: '127.0.0.1:0'}]\npolicy: {default: deny}\n").unwrap();
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.server.max_header_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn errors_point_at_the_entry() {
+        let error = load("listeners: [{name: p, bind: '127.0.0.1:0'}]\npolicy:\n  default: deny\n  allow:\n    - ok.com\n    - '*'\n")
+            .unwrap_err();
+        assert!(error.starts_with("t.yaml:6:7: policy.allow[1]: invalid destination \"*\""), "{error}");
+    }
+}

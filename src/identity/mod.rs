@@ -1,0 +1,216 @@
+//! Who a request comes from: a `Principal`, from Basic proxy credentials or the anonymous setting.
+//!
+//! Checked per request (keep-alive connections may change credentials between requests). Verifying an argon2id
+//! hash costs milliseconds, so it runs on the blocking pool and a verified password is remembered as a keyed
+//! digest that later requests compare in constant time.
+
+mod basic;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use basic::{hash_password, BasicCredentials};
+
+use crate::config::file;
+
+/// An identified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: Arc<str>,
+    pub teams: Arc<[Arc<str>]>,
+    pub method: AuthMethod,
+}
+
+impl Principal {
+    /// The first team, as recorded in audit records.
+    pub fn team(&self) -> Option<&str> {
+        self.teams.first().map(|t| &**t)
+    }
+}
+
+/// How the principal was established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Anonymous,
+    Basic,
+}
+
+impl AuthMethod {
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthMethod::Anonymous => "anonymous",
+            AuthMethod::Basic => "basic",
+        }
+    }
+}
+
+/// Why a request could not be identified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("proxy authentication required")]
+    Missing,
+    #[error("malformed Proxy-Authorization: {0}")]
+    Malformed(&'static str),
+    #[error("unsupported Proxy-Authorization scheme: use Basic")]
+    UnsupportedScheme,
+    #[error("invalid user name or password")]
+    Rejected,
+    #[error("too many failed authentication attempts from this address")]
+    Throttled { retry_after_secs: u64 },
+}
+
+/// The users and anonymous setting of one config, with the verified-password cache.
+#[derive(Debug)]
+pub struct Directory {
+    anonymous: Option<Principal>,
+    users: HashMap<Box<str>, User>,
+    failed_auth_limit: Option<u32>,
+    verified: Mutex<HashMap<Arc<str>, [u8; 32]>>,
+    failures: Mutex<HashMap<IpAddr, (u64, u32)>>,
+    cache_key: [u8; 32],
+}
+
+#[derive(Debug)]
+struct User {
+    principal: Principal,
+    password_hash: Arc<str>,
+}
+
+/// A user entry that does not compile: its key path and the problem.
+#[derive(Debug)]
+pub struct UserError {
+    pub index: usize,
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl Directory {
+    /// Builds the directory from `auth` and the users of `auth.users_file` (already read).
+    pub fn compile(auth: &file::Auth, users: &[file::User]) -> Result<Self, UserError> {
+        let mut by_name = HashMap::new();
+        for (index, user) in users.iter().enumerate() {
+            basic::check_hash(&user.password_hash).map_err(|message| UserError {
+                index,
+                field: "password_hash",
+                message,
+            })?;
+            if user.name.is_empty() || user.name.contains(':') {
+                return Err(UserError {
+                    index,
+                    field: "name",
+                    message: "a user name must be non-empty and hold no ':'".into(),
+                });
+            }
+            let principal = Principal {
+                name: user.name.as_str().into(),
+                teams: user.teams.iter().map(|t| Arc::from(t.as_str())).collect(),
+                method: AuthMethod::Basic,
+            };
+            let entry = User { principal, password_hash: user.password_hash.as_str().into() };
+            if by_name.insert(user.name.as_str().into(), entry).is_some() {
+                return Err(UserError {
+                    index,
+                    field: "name",
+                    message: format!("user {:?} is defined twice", user.name),
+                });
+            }
+        }
+        let anonymous = match auth.anonymous.as_str() {
+            "deny" => None,
+            name => Some(Principal { name: name.into(), teams: Arc::new([]), method: AuthMethod::Anonymous }),
+        };
+        Ok(Self {
+            anonymous,
+            users: by_name,
+            failed_auth_limit: auth.failed_auth_limit.as_ref().map(|l| l.per_minute),
+            verified: Mutex::default(),
+            failures: Mutex::default(),
+            cache_key: rand::random(),
+        })
+    }
+
+    /// Identifies the caller from the raw `Proxy-Authorization` value, if any.
+    pub async fn identify(&self, proxy_authorization: Option<&[u8]>, client: IpAddr) -> Result<Principal, AuthError> {
+        let Some(header) = proxy_authorization else {
+            return self.anonymous.clone().ok_or(AuthError::Missing);
+        };
+        let credentials = BasicCredentials::parse(header)?;
+        self.check_throttle(client)?;
+        let Some(user) = self.users.get(credentials.user.as_str()) else {
+            // Spend the same work as a real check so that user names cannot be probed by timing.
+            basic::verify_blocking(basic::DUMMY_HASH.into(), credentials.password).await;
+            return Err(self.record_failure(client));
+        };
+        let digest = self.digest(credentials.password.as_bytes());
+        if self.is_verified(&user.principal.name, &digest) {
+            return Ok(user.principal.clone());
+        }
+        if basic::verify_blocking(user.password_hash.clone(), credentials.password).await {
+            self.lock_verified().insert(user.principal.name.clone(), digest);
+            Ok(user.principal.clone())
+        } else {
+            Err(self.record_failure(client))
+        }
+    }
+
+    /// The challenge realm sent with 407.
+    pub const REALM: &'static str = "tollgate";
+
+    fn digest(&self, password: &[u8]) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(self.cache_key);
+        hasher.update(password);
+        hasher.finalize().into()
+    }
+
+    fn is_verified(&self, user: &str, digest: &[u8; 32]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.lock_verified().get(user).is_some_and(|known| bool::from(known.ct_eq(digest)))
+    }
+
+    fn lock_verified(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, [u8; 32]>> {
+        self.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check_throttle(&self, client: IpAddr) -> Result<(), AuthError> {
+        let Some(limit) = self.failed_auth_limit else { return Ok(()) };
+        let (minute, seconds_left) = current_minute();
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        match failures.get(&client) {
+            Some(&(at, count)) if at == minute && count >= limit => {
+                Err(AuthError::Throttled { retry_after_secs: seconds_left })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn record_failure(&self, client: IpAddr) -> AuthError {
+        if self.failed_auth_limit.is_some() {
+            let (minute, _) = current_minute();
+            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            if failures.len() > 100_000 {
+                failures.retain(|_, (at, _)| *at == minute);
+            }
+            let entry = failures.entry(client).or_insert((minute, 0));
+            if entry.0 != minute {
+                *entry = (minute, 0);
+            }
+            entry.1 += 1;
+        }
+        AuthError::Rejected
+    }
+
+    /// Number of configured users, for `tollgate check`'s summary.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+}
+
+/// The current minute since the epoch and the seconds left in it.
+fn current_minute() -> (u64, u64) {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    (now / 60, 60 - now % 60)
+}

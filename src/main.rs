@@ -1,0 +1,192 @@
+//! The `tollgate` command: parses arguments, sets up logging, and maps outcomes to exit codes
+//! (0 ok, 1 runtime failure, 2 invalid config or usage).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use tollgate::config::{Config, DEFAULT_PATH};
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "An egress gateway for AI coding assistants")]
+struct Cli {
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the proxy.
+    Run {
+        /// Config file.
+        #[arg(short, long, env = "TOLLGATE_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print a summary.
+    Check {
+        /// Config file.
+        #[arg(short, long, env = "TOLLGATE_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Read a password on stdin and print its argon2id hash for `auth.users[].password_hash`.
+    Passwd,
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of audit files; names the first broken record.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Check { config } => check(&config),
+        Command::Passwd => report(passwd()),
+        Command::Audit { command: AuditCommand::Verify { files } } => verify(&files),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|error| {
+        eprintln!("{error}");
+        ExitCode::from(2)
+    })
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let listeners: Vec<String> = config.listeners.iter().map(|l| format!("{} {}", l.name, l.bind)).collect();
+    println!("{}: ok", path.display());
+    println!("  listeners: {}", listeners.join(", "));
+    println!("  admin: {}", config.admin.as_ref().map_or("off".to_owned(), |a| a.bind.to_string()));
+    println!("  policy: {} rules", config.policy.rule_count());
+    println!("  users: {}", config.identity.user_count());
+    println!("  audit: {}", config.audit.file.as_ref().map_or("off".to_owned(), |f| f.path.display().to_string()));
+    println!("  sha256: {}", config.source.sha256);
+    ExitCode::SUCCESS
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return report(Err(error.into())),
+    };
+    report(runtime.block_on(serve(config)))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let path = config.source.path.clone();
+    let running = tollgate::app::start(config).await?;
+    for (name, address) in &running.listeners {
+        tracing::info!(listener = %name, %address, config = %path.display(), "listening");
+    }
+    if let Some(address) = running.admin {
+        tracing::info!(%address, "admin endpoints: /metrics /healthz /readyz");
+    }
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections; open tunnels may finish within the grace period");
+    let report = running.shutdown().await;
+    tracing::info!(
+        tunnels_cut = report.tunnels_cut,
+        "stopped ({} tunnels cut after the grace period)",
+        report.tunnels_cut
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+fn passwd() -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).context("reading the password from stdin")?;
+    let password = input.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&input);
+    anyhow::ensure!(
+        !password.is_empty(),
+        "empty password: write it on stdin, e.g. `printf %s 's3cret' | tollgate passwd`"
+    );
+    println!("{}", tollgate::identity::hash_password(password).map_err(anyhow::Error::msg)?);
+    Ok(())
+}
+
+fn verify(files: &[PathBuf]) -> ExitCode {
+    let mut broken = false;
+    for file in files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => match tollgate::audit::verify_chain(&text) {
+                Ok(count) => println!("{}: ok, {count} records", file.display()),
+                Err(error) => {
+                    println!("{}: broken at {error}", file.display());
+                    broken = true;
+                }
+            },
+            Err(error) => {
+                eprintln!("{}: {error}", file.display());
+                broken = true;
+            }
+        }
+    }
+    if broken {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tollgate: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Typed Prometheus handles: the metric names of DESIGN.md, registered once per process.
+//!
+//! Labels never carry user names. Each running gateway owns its registry, so tests can run several gateways in
+//! one process and read each one's numbers.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric tollgate exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    connections_active: IntGaugeVec,
+    pub tunnels_active: IntGauge,
+    bytes: IntCounterVec,
+    auth_failures: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    audit_records: IntCounterVec,
+    client_errors: IntCounterVec,
+}
+
+/// One finished request, as counted.
+pub struct RequestOutcome<'a> {
+    pub listener: &'a str,
+    pub kind: &'static str,
+    pub decision: &'static str,
+    pub reason: &'static str,
+    pub seconds: f64,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let requests = counter(
+            "tollgate_requests_total",
+            "Requests and tunnels by listener, kind, decision and reason.",
+            &["listener", "kind", "decision", "reason"],
+        );
+        let bytes = counter("tollgate_bytes_total", "Bytes relayed, by direction (up = to upstream).", &["direction"]);
+        let auth_failures =
+            counter("tollgate_auth_failures_total", "Failed proxy authentications by method.", &["method"]);
+        let upstream_errors = counter("tollgate_upstream_errors_total", "Upstream failures by kind.", &["kind"]);
+        let audit_records =
+            counter("tollgate_audit_records_total", "Audit records by sink and result.", &["sink", "result"]);
+        let client_errors = counter(
+            "tollgate_client_errors_total",
+            "Client connections refused or cut before a request: timeouts, malformed heads, limits.",
+            &["listener", "reason"],
+        );
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("tollgate_request_duration_seconds", "Request and tunnel duration by kind.")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0]),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(request_duration.clone())).expect("unique metric");
+        let connections_active = IntGaugeVec::new(
+            Opts::new("tollgate_connections_active", "Open client connections by listener."),
+            &["listener"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(connections_active.clone())).expect("unique metric");
+        let tunnels_active = IntGauge::new("tollgate_tunnels_active", "Open CONNECT tunnels.").expect("valid metric");
+        registry.register(Box::new(tunnels_active.clone())).expect("unique metric");
+        Self {
+            registry,
+            requests,
+            request_duration,
+            connections_active,
+            tunnels_active,
+            bytes,
+            auth_failures,
+            upstream_errors,
+            audit_records,
+            client_errors,
+        }
+    }
+
+    pub fn request(&self, outcome: RequestOutcome<'_>) {
+        self.requests.with_label_values(&[outcome.listener, outcome.kind, outcome.decision, outcome.reason]).inc();
+        self.request_duration.with_label_values(&[outcome.kind]).observe(outcome.seconds);
+    }
+
+    pub fn connection_opened(&self, listener: &str) -> IntGauge {
+        let gauge = self.connections_active.with_label_values(&[listener]);
+        gauge.inc();
+        gauge
+    }
+
+    pub fn bytes(&self, up: u64, down: u64) {
+        self.bytes.with_label_values(&["up"]).inc_by(up);
+        self.bytes.with_label_values(&["down"]).inc_by(down);
+    }
+
+    pub fn auth_failure(&self, method: &str) {
+        self.auth_failures.with_label_values(&[method]).inc();
+    }
+
+    pub fn upstream_error(&self, kind: &str) {
+        self.upstream_errors.with_label_values(&[kind]).inc();
+    }
+
+    pub fn audit_record(&self, sink: &str, written: bool) {
+        self.audit_records.with_label_values(&[sink, if written { "ok" } else { "error" }]).inc();
+    }
+
+    pub fn client_error(&self, listener: &str, reason: &str) {
+        self.client_errors.with_label_values(&[listener, reason]).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,344 @@
+//! The forward proxy: one task per client connection, one pass of the pipeline per request.
+//!
+//! read head → identify → decide → (CONNECT) resolve, check, dial, splice
+//!                                 (http://) pooled upstream, relay response
+//! and always, last: metrics, a log line and an audit record (`finish`), whatever happened before.
+
+pub mod body;
+pub mod connect;
+pub mod error;
+pub mod forward;
+pub mod head;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::app::Gateway;
+use crate::audit::{self, Record};
+use crate::config::Config;
+use crate::identity::{AuthError, Principal};
+use crate::metrics::RequestOutcome;
+use crate::policy::Decision;
+use crate::target::Target;
+use error::ProxyError;
+use head::{read_head, HeadError, HeadLimits, RequestHead};
+
+/// One request (or tunnel) as it goes through the pipeline; becomes the audit record at the end.
+struct Exchange {
+    id: String,
+    started: Instant,
+    started_at: SystemTime,
+    kind: &'static str,
+    method: String,
+    target: Option<Target>,
+    path: Option<String>,
+    principal: Option<Principal>,
+    rule: Option<Arc<str>>,
+    decision: &'static str,
+    reason: &'static str,
+    status: u16,
+    bytes_up: u64,
+    bytes_down: u64,
+    upstream: Option<SocketAddr>,
+    error: Option<String>,
+}
+
+impl Exchange {
+    fn new(id: String, kind: &'static str) -> Self {
+        Self {
+            id,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            kind,
+            method: String::new(),
+            target: None,
+            path: None,
+            principal: None,
+            rule: None,
+            decision: "allow",
+            reason: "ok",
+            status: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            upstream: None,
+            error: None,
+        }
+    }
+
+    fn fail(&mut self, error: &ProxyError) {
+        self.status = error.status();
+        self.decision = error.decision();
+        self.reason = error.kind();
+        self.rule = error.rule().cloned().or(self.rule.take());
+        self.error = Some(error.to_string());
+    }
+}
+
+/// What the connection loop does after a request.
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// Serves one client connection until it closes, idles out, fails, or becomes a tunnel.
+pub async fn serve(gateway: Arc<Gateway>, mut client: TcpStream, peer: SocketAddr, listener: Arc<str>) {
+    let _active = gateway.metrics.connection_opened(&listener);
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut first = true;
+    loop {
+        let config = gateway.config.load_full();
+        if !first && buf.is_empty() {
+            let wait = tokio::time::timeout(config.server.keepalive_timeout, client.readable());
+            tokio::select! {
+                ready = wait => if !matches!(ready, Ok(Ok(()))) { return },
+                () = gateway.shutdown.stop_accepting.cancelled() => return,
+            }
+        }
+        first = false;
+        let limits = HeadLimits {
+            max_head: config.server.max_header_bytes,
+            max_uri: config.server.max_uri_bytes,
+            timeout: config.server.header_read_timeout,
+        };
+        let head = match read_head(&mut client, &mut buf, limits).await {
+            Ok(length) => RequestHead::parse(buf.split_to(length).freeze(), limits.max_uri),
+            Err(error) => Err(error),
+        };
+        let head = match head {
+            Ok(head) => head,
+            Err(HeadError::Closed) => return,
+            Err(HeadError::Io(_)) => {
+                gateway.metrics.client_error(&listener, "read_error");
+                return;
+            }
+            Err(error) => {
+                let error = match error {
+                    HeadError::Timeout => ProxyError::HeadTimeout(limits.timeout),
+                    HeadError::TooLarge => ProxyError::HeadTooLarge(limits.max_head),
+                    HeadError::UriTooLong => ProxyError::UriTooLong(limits.max_uri),
+                    other => ProxyError::BadRequest(other.to_string()),
+                };
+                gateway.metrics.client_error(&listener, error.kind());
+                let mut exchange = Exchange::new(gateway.next_request_id(), "http");
+                exchange.fail(&error);
+                let _ = client.write_all(&error.response(&exchange.id, true)).await;
+                finish(&gateway, &listener, peer, exchange);
+                return;
+            }
+        };
+        let next = if head.method() == "CONNECT" {
+            tunnel(&gateway, &config, &mut client, &mut buf, head, peer, &listener).await
+        } else {
+            forward(&gateway, &config, &mut client, &mut buf, head, peer, &listener).await
+        };
+        if matches!(next, Next::Close) {
+            return;
+        }
+    }
+}
+
+/// Identity and destination checks shared by CONNECT and forwarded requests.
+async fn admit(
+    gateway: &Gateway,
+    config: &Config,
+    head: &RequestHead,
+    target: &Target,
+    peer: SocketAddr,
+    exchange: &mut Exchange,
+) -> Result<(), ProxyError> {
+    let principal = config.identity.identify(head.header("proxy-authorization"), peer.ip()).await.map_err(|error| {
+        let method = if matches!(error, AuthError::Missing) { "none" } else { "basic" };
+        gateway.metrics.auth_failure(method);
+        ProxyError::Auth(error)
+    })?;
+    exchange.principal = Some(principal);
+    if gateway.auditor.refuses_requests() {
+        return Err(ProxyError::AuditUnavailable);
+    }
+    match config.policy.decide(target) {
+        Decision::Allow { rule } => {
+            exchange.rule = Some(rule);
+            Ok(())
+        }
+        Decision::Deny { rule, reason } => Err(ProxyError::Denied { target: target.to_string(), rule, reason }),
+    }
+}
+
+async fn tunnel(
+    gateway: &Gateway,
+    config: &Config,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    head: RequestHead,
+    peer: SocketAddr,
+    listener: &Arc<str>,
+) -> Next {
+    let mut exchange = Exchange::new(gateway.next_request_id(), "connect");
+    exchange.method = "CONNECT".to_owned();
+    let result = async {
+        let target = Target::parse_authority(head.target()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        exchange.target = Some(target.clone());
+        admit(gateway, config, &head, &target, peer, &mut exchange).await?;
+        let addresses =
+            upstream::resolve_checked(&target, &config.policy, &gateway.own_addresses, config.upstream.dns_timeout)
+                .await?;
+        upstream::dial(&target, &addresses, config.upstream.connect_timeout).await
+    }
+    .await;
+    let upstream_stream = match result {
+        Ok(stream) => stream,
+        Err(error) => {
+            // Bytes pipelined after a refused CONNECT were meant for the tunnel: they are dropped with the
+            // connection. With nothing pipelined, a 407 may be answered on this connection.
+            let close = !buf.is_empty() || error.status() != 407 || !head.keep_alive();
+            refuse(gateway, client, &mut exchange, &error, close).await;
+            finish(gateway, listener, peer, exchange);
+            return if close { Next::Close } else { Next::KeepAlive };
+        }
+    };
+    exchange.upstream = upstream_stream.peer_addr().ok();
+    exchange.status = 200;
+    if client.write_all(connect::ESTABLISHED).await.is_err() {
+        exchange.error = Some("client closed before the tunnel opened".to_owned());
+        finish(gateway, listener, peer, exchange);
+        return Next::Close;
+    }
+    gateway.metrics.tunnels_active.inc();
+    let pending = std::mem::take(buf);
+    let stats =
+        connect::splice(client, &upstream_stream, pending, config.upstream.idle_timeout, &gateway.shutdown.cut_tunnels)
+            .await;
+    gateway.metrics.tunnels_active.dec();
+    if stats.end == connect::TunnelEnd::Cut {
+        gateway.note_cut_tunnel();
+    }
+    exchange.bytes_up = stats.bytes_up;
+    exchange.bytes_down = stats.bytes_down;
+    exchange.error = stats.end.label().map(str::to_owned);
+    finish(gateway, listener, peer, exchange);
+    Next::Close
+}
+
+async fn forward(
+    gateway: &Gateway,
+    config: &Config,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    head: RequestHead,
+    peer: SocketAddr,
+    listener: &Arc<str>,
+) -> Next {
+    let mut exchange = Exchange::new(gateway.next_request_id(), "http");
+    exchange.method = head.method().to_owned();
+    let result = async {
+        let uri = forward::parse_absolute(head.target())?;
+        exchange.target = Some(uri.target.clone());
+        exchange.path = Some(uri.path.to_owned());
+        admit(gateway, config, &head, &uri.target, peer, &mut exchange).await?;
+        forward::exchange(gateway, config, client, buf, &head, &uri).await
+    }
+    .await;
+    let next = match result {
+        Ok(forwarded) => {
+            exchange.status = forwarded.status;
+            exchange.bytes_up = forwarded.bytes_up;
+            exchange.bytes_down = forwarded.bytes_down;
+            exchange.upstream = forwarded.upstream;
+            exchange.error = forwarded.error;
+            if forwarded.keep_alive {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            }
+        }
+        Err(error) => {
+            // An unread request body would be taken for the next request: close instead.
+            let close = !head.keep_alive()
+                || head.framing != body::Framing::Empty
+                || matches!(error, ProxyError::ClientClosed(_));
+            refuse(gateway, client, &mut exchange, &error, close).await;
+            if close {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            }
+        }
+    };
+    finish(gateway, listener, peer, exchange);
+    next
+}
+
+/// Sends the error response for `error` and records it on the exchange.
+async fn refuse(gateway: &Gateway, client: &mut TcpStream, exchange: &mut Exchange, error: &ProxyError, close: bool) {
+    exchange.fail(error);
+    if let Some(kind) = error.upstream_kind() {
+        gateway.metrics.upstream_error(kind);
+    }
+    if !matches!(error, ProxyError::ClientClosed(_)) {
+        let _ = client.write_all(&error.response(&exchange.id, close)).await;
+    }
+}
+
+/// The last phase of every request: metrics, one log line, one audit record.
+fn finish(gateway: &Gateway, listener: &Arc<str>, peer: SocketAddr, exchange: Exchange) {
+    let seconds = exchange.started.elapsed().as_secs_f64();
+    gateway.metrics.request(RequestOutcome {
+        listener,
+        kind: exchange.kind,
+        decision: exchange.decision,
+        reason: exchange.reason,
+        seconds,
+    });
+    gateway.metrics.bytes(exchange.bytes_up, exchange.bytes_down);
+    let user = exchange.principal.as_ref().map(|p| p.name.clone());
+    let team = exchange.principal.as_ref().and_then(|p| p.teams.first().cloned());
+    let (host, port) = match &exchange.target {
+        Some(target) => (target.host.to_string(), target.port),
+        None => (String::new(), 0),
+    };
+    tracing::info!(
+        id = %exchange.id,
+        listener = %listener,
+        client = %peer,
+        user = user.as_deref().unwrap_or("-"),
+        kind = exchange.kind,
+        method = %exchange.method,
+        host = %host,
+        port,
+        decision = exchange.decision,
+        rule = exchange.rule.as_deref().unwrap_or("-"),
+        status = exchange.status,
+        bytes_up = exchange.bytes_up,
+        bytes_down = exchange.bytes_down,
+        duration_ms = (seconds * 1000.0) as u64,
+        error = exchange.error.as_deref().unwrap_or("-"),
+        "request"
+    );
+    gateway.auditor.record(Record {
+        ts: audit::timestamp(exchange.started_at),
+        id: exchange.id,
+        kind: exchange.kind,
+        listener: listener.clone(),
+        client: peer.to_string(),
+        user,
+        team,
+        method: exchange.method,
+        host,
+        port,
+        path: exchange.path,
+        decision: exchange.decision,
+        rule: exchange.rule,
+        status: exchange.status,
+        bytes_up: exchange.bytes_up,
+        bytes_down: exchange.bytes_down,
+        duration_ms: (seconds * 1000.0) as u64,
+        upstream: exchange.upstream.map(|a| a.to_string()),
+        error: exchange.error,
+    });
+}
