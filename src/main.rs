@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Passwd => report(passwd()),
+        Command::Passwd => passwd(),
         Command::Audit { command: AuditCommand::Verify { files } } => verify(&files),
     }
 }
@@ -145,16 +145,17 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn passwd() -> anyhow::Result<()> {
+fn passwd() -> ExitCode {
     let mut input = String::new();
-    std::io::stdin().read_to_string(&mut input).context("reading the password from stdin")?;
+    if let Err(error) = std::io::stdin().read_to_string(&mut input) {
+        return report(Err(anyhow::Error::new(error).context("reading the password from stdin")));
+    }
     let password = input.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&input);
-    anyhow::ensure!(
-        !password.is_empty(),
-        "empty password: write it on stdin, e.g. `printf %s 's3cret' | tollgate passwd`"
-    );
-    println!("{}", tollgate::identity::hash_password(password).map_err(anyhow::Error::msg)?);
-    Ok(())
+    if password.is_empty() {
+        eprintln!("tollgate: empty password: write it on stdin, e.g. `printf %s 's3cret' | tollgate passwd`");
+        return ExitCode::from(2);
+    }
+    report(tollgate::identity::hash_password(password).map(|hash| println!("{hash}")).map_err(anyhow::Error::msg))
 }
 
 fn verify(files: &[PathBuf]) -> ExitCode {

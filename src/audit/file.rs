@@ -91,11 +91,14 @@ impl Writer {
 
 /// The hash of the last record of an existing file, to continue its chain.
 fn last_hash(path: &Path) -> std::io::Result<Option<String>> {
-    let file = match File::open(path) {
-        Ok(file) => file,
+    match std::fs::metadata(path) {
+        // A pipe or terminal (e.g. /dev/stdout in a container) cannot be read back: its chain starts afresh.
+        Ok(meta) if !meta.is_file() => return Ok(None),
+        Ok(_) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error),
-    };
+    }
+    let file = File::open(path)?;
     let mut last = None;
     for line in BufReader::new(file).lines() {
         let line = line?;

@@ -160,15 +160,37 @@ impl Config {
         let parsed: file::File = yaml::deserialize(&root, env).map_err(located)?;
         let locations = yaml::locations(&root);
         let users_file = match &parsed.auth.users_file {
-            Some(users_path) => Some(load_users(Path::new(users_path), env)?),
+            Some(users_path) => {
+                let users_text = std::fs::read_to_string(users_path).map_err(|error| ConfigError {
+                    file: label.clone(),
+                    mark: nearest_mark(&locations, "auth.users_file"),
+                    path: "auth.users_file".into(),
+                    message: format!("cannot read {users_path}: {error}"),
+                })?;
+                Some(load_users(&users_text, Path::new(users_path), env)?)
+            }
             None => None,
         };
-        compile(parsed, users_file, text, path).map_err(|error| {
+        let (users, users_located) = match users_file {
+            Some((users, located)) => (Some(users), Some(located)),
+            None => (None, None),
+        };
+        compile(parsed, users, text, path).map_err(|error| {
+            // An entry of the users file is located in that file, by its path there (`[2].password_hash`).
+            if let (Some(rest), Some((users_label, users_marks))) =
+                (error.path.strip_prefix("auth.users_file"), &users_located)
+            {
+                let mark = nearest_mark(users_marks, rest);
+                return ConfigError { file: users_label.clone(), mark, path: rest.into(), message: error.message };
+            }
             let mark = nearest_mark(&locations, &error.path);
             ConfigError { file: label.clone(), mark, path: error.path, message: error.message }
         })
     }
 }
+
+/// A users file: its label for errors and where each of its key paths stands.
+type UsersLocated = (String, HashMap<String, Mark>);
 
 /// The mark of `path` or of its closest located parent.
 fn nearest_mark(locations: &HashMap<String, Mark>, path: &str) -> Option<Mark> {
@@ -182,23 +204,18 @@ fn nearest_mark(locations: &HashMap<String, Mark>, path: &str) -> Option<Mark> {
     }
 }
 
-/// Reads `auth.users_file`: a YAML list of users; its errors name that file.
-fn load_users(path: &Path, env: Env<'_>) -> Result<Vec<file::User>, ConfigError> {
+/// Parses the text of `auth.users_file`, a YAML list of users; its errors name that file.
+fn load_users(text: &str, path: &Path, env: Env<'_>) -> Result<(Vec<file::User>, UsersLocated), ConfigError> {
     let label = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
-        file: label.clone(),
-        mark: None,
-        path: String::new(),
-        message: format!("cannot read users_file: {error}"),
-    })?;
     let located = |error: yaml::Error| ConfigError {
         file: label.clone(),
         mark: Some(error.mark),
         path: error.path,
         message: error.message,
     };
-    let root = yaml::parse(&text).map_err(located)?;
-    yaml::deserialize(&root, env).map_err(located)
+    let root = yaml::parse(text).map_err(located)?;
+    let users = yaml::deserialize(&root, env).map_err(located)?;
+    Ok((users, (label.clone(), yaml::locations(&root))))
 }
 
 fn compile(

@@ -82,7 +82,19 @@ pub fn parse(text: &str) -> Result<Node, Error> {
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut builder, false).map_err(|e| {
         let mark = Mark { line: e.marker().line(), col: e.marker().col() + 1 };
-        Error::new("", mark, format!("invalid YAML: {}", e.info()))
+        match builder.innermost_flow(text) {
+            // The end of the file inside `[...]` or `{...}`: the bracket was never closed, so point at it.
+            Some((open_mark, open)) if text.chars().skip(e.marker().index()).all(char::is_whitespace) => {
+                Error::new("", open_mark, format!("invalid YAML: this \"{open}\" is never closed"))
+            }
+            // Elsewhere inside one: name the bracket too, it is often the one left open.
+            Some((open_mark, open)) => Error::new(
+                "",
+                mark,
+                format!("invalid YAML: {} (inside the \"{open}\" at {}:{})", e.info(), open_mark.line, open_mark.col),
+            ),
+            None => Error::new("", mark, format!("invalid YAML: {}", e.info())),
+        }
     })?;
     if let Some(error) = builder.error {
         return Err(error);
@@ -141,6 +153,14 @@ struct TreeBuilder {
 }
 
 impl TreeBuilder {
+    /// The innermost open collection, when it is a flow one (`[` or `{` at its mark).
+    fn innermost_flow(&self, text: &str) -> Option<(Mark, char)> {
+        let (node, _) = self.stack.last()?;
+        let line = text.lines().nth(node.mark.line.checked_sub(1)?)?;
+        let open = line.chars().nth(node.mark.col.checked_sub(1)?)?;
+        matches!(open, '[' | '{').then_some((node.mark, open))
+    }
+
     fn push_complete(&mut self, node: Node, anchor: usize) {
         if anchor != 0 {
             self.anchors.insert(anchor, node.clone());
@@ -156,7 +176,13 @@ impl TreeBuilder {
             Value::Map(entries) => {
                 let slot = self.pending_keys.last_mut().expect("a map on the stack has a key slot");
                 match slot.take() {
-                    None => *slot = Some(node),
+                    None => {
+                        // yaml-rust2 marks a block mapping at its first `:`; the map starts at its first key.
+                        if entries.is_empty() && (node.mark.line, node.mark.col) < (parent.mark.line, parent.mark.col) {
+                            parent.mark = node.mark;
+                        }
+                        *slot = Some(node)
+                    }
                     Some(key) => entries.push((key, node)),
                 }
             }
@@ -486,6 +512,28 @@ mod tests {
         assert_eq!(error.message, "environment variable NOPE is not set");
         let ok = load("name: \"${HOST}:443\"\nport: 1\nitems: [{host: a}]\n").unwrap();
         assert_eq!((ok.name.as_str(), ok.port, ok.items[0].host.as_str()), ("example.com:443", 1, "a"));
+    }
+
+    #[test]
+    fn a_block_map_starts_at_its_first_key() {
+        let root = parse("outer:\n  inner:\n    port: 1\n").unwrap();
+        let marks = locations(&root);
+        assert_eq!((marks["outer"].line, marks["outer"].col), (2, 3));
+        assert_eq!((marks["outer.inner"].line, marks["outer.inner"].col), (3, 5));
+        let root = parse("outer: {a: 1}\n").unwrap();
+        assert_eq!(locations(&root)["outer"].col, 8);
+    }
+
+    #[test]
+    fn an_unclosed_bracket_is_located_at_the_bracket() {
+        let error = parse("name: a\nitems: [x, y\n# the end\n").unwrap_err();
+        assert_eq!(
+            (error.mark.line, error.mark.col, error.message.as_str()),
+            (2, 8, "invalid YAML: this \"[\" is never closed")
+        );
+        let error = parse("items: [x, y\nport: 1\n").unwrap_err();
+        assert_eq!(error.mark.line, 2);
+        assert!(error.message.ends_with("(inside the \"[\" at 1:8)"), "{}", error.message);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use regex::RegexSet;
 
-use crate::target::{normalise_host, parse_port, Host, Target};
+use crate::target::{normalise_host, parse_port, Host, Target, TargetError};
 
 /// One rule of a list, as named in responses, logs and audit records.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +28,9 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     exact: HashMap<Box<str>, Vec<usize>>,
     suffixes: HashMap<Box<str>, Vec<usize>>,
-    globs: Option<(RegexSet, Vec<usize>)>,
+    /// Inner globs, bucketed by the literal domain after their last wildcard label, so a name is only
+    /// matched against the globs that could fit it.
+    globs: HashMap<Box<str>, (RegexSet, Vec<usize>)>,
     networks: Networks,
 }
 
@@ -40,7 +42,7 @@ impl RuleSet {
     /// Compiles `patterns`; `list` names the list for rule names (`policy.allow`).
     pub fn compile(list: &str, patterns: &[String]) -> Result<Self, (usize, PatternError)> {
         let mut set = RuleSet::default();
-        let mut glob_sources = Vec::new();
+        let mut glob_sources: HashMap<Box<str>, Vec<(String, usize)>> = HashMap::new();
         for (index, text) in patterns.iter().enumerate() {
             let pattern = Pattern::parse(text).map_err(|e| (index, e))?;
             let rule_index = set.rules.len();
@@ -48,14 +50,16 @@ impl RuleSet {
             match pattern {
                 Pattern::Exact(name, _) => set.exact.entry(name).or_default().push(rule_index),
                 Pattern::Suffix(suffix, _) => set.suffixes.entry(suffix).or_default().push(rule_index),
-                Pattern::Glob(regex, _) => glob_sources.push((regex, rule_index)),
+                Pattern::Glob { regex, suffix, .. } => {
+                    glob_sources.entry(suffix).or_default().push((regex, rule_index))
+                }
                 Pattern::Network(net, _) => set.networks.insert(net, rule_index),
             }
         }
-        if !glob_sources.is_empty() {
-            let regexes = RegexSet::new(glob_sources.iter().map(|(source, _)| source))
-                .map_err(|e| (glob_sources[0].1, PatternError(e.to_string())))?;
-            set.globs = Some((regexes, glob_sources.into_iter().map(|(_, index)| index).collect()));
+        for (suffix, sources) in glob_sources {
+            let regexes = RegexSet::new(sources.iter().map(|(source, _)| source))
+                .map_err(|e| (sources[0].1, PatternError(e.to_string())))?;
+            set.globs.insert(suffix, (regexes, sources.into_iter().map(|(_, index)| index).collect()));
         }
         Ok(set)
     }
@@ -80,13 +84,19 @@ impl RuleSet {
                     consider(indices);
                 }
                 let mut rest: &str = name;
-                while let Some(dot) = rest.find('.') {
+                loop {
+                    if let Some((regexes, indices)) = self.globs.get(rest) {
+                        for matched in regexes.matches(name).iter() {
+                            consider(&indices[matched..=matched]);
+                        }
+                    }
+                    let Some(dot) = rest.find('.') else { break };
                     rest = &rest[dot + 1..];
                     if let Some(indices) = self.suffixes.get(rest) {
                         consider(indices);
                     }
                 }
-                if let Some((regexes, indices)) = &self.globs {
+                if let Some((regexes, indices)) = self.globs.get("") {
                     for matched in regexes.matches(name).iter() {
                         consider(&indices[matched..=matched]);
                     }
@@ -149,16 +159,22 @@ impl Networks {
 enum Pattern {
     Exact(Box<str>, Option<u16>),
     Suffix(Box<str>, Option<u16>),
-    Glob(String, Option<u16>),
+    /// A regex over the whole name, and the literal domain after the last wildcard label ("" if none).
+    Glob {
+        regex: String,
+        suffix: Box<str>,
+        port: Option<u16>,
+    },
     Network(IpNet, Option<u16>),
 }
 
 impl Pattern {
     fn port(&self) -> Option<u16> {
         match self {
-            Pattern::Exact(_, port) | Pattern::Suffix(_, port) | Pattern::Glob(_, port) | Pattern::Network(_, port) => {
-                *port
-            }
+            Pattern::Exact(_, port)
+            | Pattern::Suffix(_, port)
+            | Pattern::Glob { port, .. }
+            | Pattern::Network(_, port) => *port,
         }
     }
 
@@ -182,8 +198,10 @@ impl Pattern {
                 return glob(host, port).ok_or_else(|| error("invalid glob"));
             }
             return match normalise_host(suffix) {
-                Ok(Host::Name(name)) if name.contains('.') || !suffix.is_empty() => Ok(Pattern::Suffix(name, port)),
-                _ => Err(error("a glob needs a domain after \"*.\"")),
+                Ok(Host::Name(name)) => Ok(Pattern::Suffix(name, port)),
+                Ok(Host::Ip(_)) => Err(error("a glob cannot cover IP addresses: write a CIDR")),
+                Err(TargetError::EmptyHost) => Err(error("a glob needs a domain after \"*.\"")),
+                Err(e) => Err(error(&e.to_string())),
             };
         }
         if host == "*" {
@@ -219,7 +237,10 @@ fn glob(host: &str, port: Option<u16>) -> Option<Pattern> {
         }
     }
     source.push('$');
-    Some(Pattern::Glob(source, port))
+    let last_wild_label = body.rsplit('.').position(|label| label.contains('*'))?;
+    let labels: Vec<&str> = body.split('.').collect();
+    let suffix = labels[labels.len() - last_wild_label..].join(".");
+    Some(Pattern::Glob { regex: source, suffix: suffix.into(), port })
 }
 
 fn split_pattern_port(text: &str) -> Option<(&str, Option<&str>)> {

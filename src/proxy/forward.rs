@@ -215,7 +215,8 @@ async fn respond(
     match body::relay(framing, &mut connection.buf, &mut connection.stream, client).await {
         Ok(relayed) => {
             forwarded.bytes_down += relayed;
-            if response.keep_alive() && framing != Framing::UntilClose {
+            // Not when the request said `Connection: close` upstream: the origin may close it at any moment.
+            if head.keep_alive() && response.keep_alive() && framing != Framing::UntilClose {
                 connection.reused = false;
                 gateway.pool.checkin(target.clone(), connection);
             }

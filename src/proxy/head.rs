@@ -75,6 +75,10 @@ fn scan(buf: &[u8], scanned: &mut usize, limits: HeadLimits) -> Result<Option<us
             return Err(HeadError::Malformed("bare LF line ending"));
         }
         if at >= 3 && &buf[at - 3..at] == b"\r\n\r" {
+            // The limit holds however the head arrived: in one read, the terminator comes with the excess.
+            if at + 1 > limits.max_head {
+                return Err(HeadError::TooLarge);
+            }
             return Ok(Some(at + 1));
         }
     }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs the load harness (benches/load.rs) and writes the report to target/load-report.md.
+#
+#   benches/run-load.sh                 # full run: 5 s rounds, 3 rounds, 5,000 idle tunnels
+#   benches/run-load.sh --quick         # 2 s rounds
+#   benches/run-load.sh --only direct,squid,tinyproxy
+#
+# Arguments are passed to the harness unchanged. Installs squid and tinyproxy with apt-get
+# when they are missing and this runs as root; otherwise those columns say "not installed".
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v squid >/dev/null 2>&1 || [ -x /usr/sbin/squid ] || missing+=(squid)
+command -v tinyproxy >/dev/null 2>&1 || [ -x /usr/bin/tinyproxy ] || missing+=(tinyproxy)
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing ${missing[*]} ..." >&2
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+        # The packages start system services; the harness runs its own instances.
+        for svc in "${missing[@]}"; do
+            systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
+        done
+    else
+        echo "not installed: ${missing[*]} (run as root to install them with apt-get); continuing" >&2
+    fi
+fi
+
+cargo build --release
+
+# 5,000 idle tunnels need about 10,000 descriptors in the harness and in the proxy.
+# The harness also tries prlimit itself and reports whether the limit was raised.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+mkdir -p target
+cargo bench --bench load -- "$@" 2>&1 | tee target/load-report.md
+echo "report: target/load-report.md" >&2

@@ -1,0 +1,432 @@
+//! Test harness: the real gateway on 127.0.0.1:0, real origin servers, raw-socket and curl clients.
+//!
+//! Nothing here sleeps to synchronise: tests wait on sockets, channels and the audit flush.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use tollgate::app::{self, Running};
+use tollgate::config::Config;
+
+/// A running gateway with its temp dir (audit file lives there).
+pub struct TestGateway {
+    pub running: Option<Running>,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+/// The policy most tests use: default deny, loopback origins allowed explicitly.
+pub const LOOPBACK_POLICY: &str = "policy:\n  default: deny\n  allow: [\"127.0.0.1\", \"localhost\"]\n  allow_private: [\"127.0.0.0/8\", \"::1/128\"]\n";
+
+impl TestGateway {
+    /// Starts a gateway from YAML that holds everything but `listeners`, `admin` and `audit`, which are added:
+    /// one proxy listener and the admin listener on 127.0.0.1:0, the audit file in a temp dir.
+    pub async fn start(yaml: &str) -> Self {
+        Self::try_start(yaml).await.unwrap_or_else(|e| panic!("config should load: {e}"))
+    }
+
+    pub async fn try_start(yaml: &str) -> Result<Self, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let audit = dir.path().join("audit.jsonl");
+        let text = format!(
+            "listeners: [{{name: proxy, bind: \"127.0.0.1:0\"}}]\nadmin: {{bind: \"127.0.0.1:0\"}}\naudit: {{file: {{path: \"{}\"}}}}\n{yaml}",
+            audit.display()
+        );
+        let config = Config::from_text(&text, Path::new("test.yaml"), &|name| std::env::var(name).ok())
+            .map_err(|e| e.to_string())?;
+        let running = app::start(config).await.map_err(|e| e.to_string())?;
+        let proxy = running.address("proxy").expect("proxy listener");
+        let admin = running.admin.expect("admin listener");
+        Ok(Self { running: Some(running), proxy, admin, dir })
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    /// Every audit record written so far (waits for the writer to flush).
+    pub async fn audit(&self) -> Vec<serde_json::Value> {
+        self.running.as_ref().expect("running").gateway.auditor.flush().await;
+        let text = std::fs::read_to_string(self.audit_path()).unwrap_or_default();
+        text.lines().map(|line| serde_json::from_str(line).expect("audit lines are JSON")).collect()
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = exchange(self.admin, b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").await;
+        response.body
+    }
+
+    /// The value of one sample, e.g. `tollgate_requests_total{decision="deny",kind="connect",listener="proxy",reason="private_address"}`;
+    /// 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics().await, sample)
+    }
+
+    pub async fn shutdown(&mut self) -> app::ShutdownReport {
+        self.running.take().expect("running").shutdown().await
+    }
+
+    /// Shuts down (waiting for open connections and tunnels to end) and returns every audit record. For tunnels:
+    /// their record is written after both halves closed, a moment no client can observe.
+    pub async fn shutdown_and_audit(&mut self) -> Vec<serde_json::Value> {
+        self.shutdown().await;
+        let text = std::fs::read_to_string(self.audit_path()).unwrap_or_default();
+        text.lines().map(|line| serde_json::from_str(line).expect("audit lines are JSON")).collect()
+    }
+}
+
+/// Finds `sample` (name with labels, as printed) in Prometheus text.
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|value| value.trim().parse().expect("metric value"))
+        .unwrap_or(0.0)
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone, Default)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Sends `request` on a new connection and reads one response (head + Content-Length body, or until close).
+pub async fn exchange(address: SocketAddr, request: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream.write_all(request).await.expect("write request");
+    read_response(&mut stream).await
+}
+
+/// Reads one response from `stream`: the head, then the body by Content-Length (or to EOF when absent,
+/// unless the status has no body).
+pub async fn read_response(stream: &mut TcpStream) -> Response {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            break end + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(20), stream.read(&mut chunk))
+            .await
+            .expect("response within 20s")
+            .expect("read");
+        if n == 0 {
+            return Response { status: 0, head: String::from_utf8_lossy(&buf).into_owned(), body: String::new() };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut response = Response { status, head, body: String::new() };
+    let mut body = buf[head_end..].to_vec();
+    if status == 200 && response.head.starts_with("HTTP/1.1 200 Connection") {
+        response.body = String::from_utf8_lossy(&body).into_owned();
+        return response;
+    }
+    match response.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        Some(length) => {
+            while body.len() < length {
+                let mut chunk = vec![0u8; length - body.len()];
+                let n = stream.read(&mut chunk).await.expect("read body");
+                assert!(n > 0, "connection closed mid-body");
+                body.extend_from_slice(&chunk[..n]);
+            }
+        }
+        None if status == 204 || status == 304 || (100..200).contains(&status) => {}
+        None => {
+            let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut body)).await;
+        }
+    }
+    response.body = String::from_utf8_lossy(&body).into_owned();
+    response
+}
+
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads until EOF (bounded): true when the peer closed the connection.
+pub async fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    let mut sink = Vec::new();
+    matches!(tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut sink)).await, Ok(Ok(_)))
+}
+
+/// An origin server on 127.0.0.1:0 that records every connection and every request head it receives, and
+/// answers each request with `200` and a body naming the path (keep-alive).
+pub struct Origin {
+    pub address: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl Origin {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let address = listener.local_addr().expect("origin address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (c, r) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve_origin(stream, r.clone()));
+            }
+        });
+        Self { address, connections, requests }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    pub fn request_heads(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+}
+
+async fn serve_origin(mut stream: TcpStream, requests: Arc<Mutex<Vec<String>>>) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(end) = find(&buf, b"\r\n\r\n") else {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+        buf.drain(..end + 4);
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0);
+        while buf.len() < length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body_received = String::from_utf8_lossy(&buf[..length]).into_owned();
+        buf.drain(..length);
+        let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+        requests.lock().unwrap().push(format!("{head}{body_received}"));
+        let body = format!("origin saw {path}");
+        let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-origin: yes\r\n\r\n{body}", body.len());
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A TCP server that echoes whatever it receives (the far end of CONNECT tunnels), counting connections.
+pub struct Echo {
+    pub address: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub received: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Echo {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let address = listener.local_addr().expect("echo address");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (c, r) = (connections.clone(), received.clone());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 16384];
+                    loop {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => {
+                                let _ = stream.shutdown().await;
+                                return;
+                            }
+                            Ok(n) => {
+                                r.lock().unwrap().extend_from_slice(&chunk[..n]);
+                                if stream.write_all(&chunk[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { address, connections, received }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// A listener that must never be connected to: `assert_untouched` checks its accept queue is empty.
+pub struct Tripwire {
+    listener: std::net::TcpListener,
+    pub address: SocketAddr,
+}
+
+impl Tripwire {
+    pub fn new() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind tripwire");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let address = listener.local_addr().expect("tripwire address");
+        Self { listener, address }
+    }
+
+    /// A connection the gateway made before answering would already be in the accept queue.
+    pub fn assert_untouched(&self) {
+        match self.listener.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok((_, peer)) => panic!("tripwire {} was connected to from {peer}", self.address),
+            Err(e) => panic!("tripwire accept failed: {e}"),
+        }
+    }
+}
+
+/// Runs curl with `args`; returns (exit code, stdout, stderr).
+pub async fn curl(args: &[&str]) -> (i32, String, String) {
+    let output = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl is installed (scripts/test installs it)");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `Proxy-Authorization: Basic` value for user:password.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
+/// An argon2id hash for `password` (the same code `tollgate passwd` runs).
+pub fn hash(password: &str) -> String {
+    tollgate::identity::hash_password(password).expect("hash")
+}
+
+/// Sends `request` on a new connection, reads one response, and waits until the gateway closes the connection
+/// (the request should ask for `Connection: close`, or be one the gateway closes after). Once the gateway has
+/// closed, the request's metrics and audit record are in place, so tests can read them without waiting.
+pub async fn exchange_until_closed(address: SocketAddr, request: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream.write_all(request).await.expect("write request");
+    let response = read_response(&mut stream).await;
+    assert!(closed_by_peer(&mut stream).await, "the gateway should close the connection after {response:?}");
+    response
+}
+
+/// An origin on 127.0.0.1:0 for exactly one connection: it records the raw bytes it receives until `until`
+/// has arrived (or the peer closes), then answers `200 ok` with `Connection: close`.
+pub struct Capture {
+    pub address: SocketAddr,
+    received: tokio::sync::oneshot::Receiver<Vec<u8>>,
+}
+
+impl Capture {
+    pub async fn start(until: &'static [u8]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind capture");
+        let address = listener.local_addr().expect("capture address");
+        let (done, received) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let mut buf = Vec::new();
+            while find(&buf, until).is_none() {
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+            let _ = done.send(buf);
+        });
+        Self { address, received }
+    }
+
+    /// Everything the origin received (waits for its one connection to be served).
+    pub async fn received(self) -> String {
+        let bytes = tokio::time::timeout(Duration::from_secs(20), self.received)
+            .await
+            .expect("capture origin served within 20s")
+            .expect("capture origin was connected to");
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Asserts that `response` is tollgate's own error: `status`, the JSON body's `error.type` and `error.rule`, the
+/// `x-tollgate-rule` header (present exactly when a rule is named) and an `x-tollgate-request-id`.
+pub fn assert_refused(response: &Response, status: u16, error_type: &str, rule: Option<&str>, context: &str) {
+    assert_eq!(response.status, status, "{context}: {response:?}");
+    let body = response.json();
+    assert_eq!(body["error"]["type"], error_type, "{context}: {response:?}");
+    assert_eq!(body["error"]["rule"].as_str(), rule, "{context}: {response:?}");
+    assert_eq!(response.header("x-tollgate-rule").as_deref(), rule, "{context}: {response:?}");
+    assert!(response.header("x-tollgate-request-id").is_some_and(|id| !id.is_empty()), "{context}: {response:?}");
+}
+
+/// Like `exchange`, but hands back the connection for more requests or tunnel bytes.
+pub async fn exchange_keep(address: SocketAddr, request: &[u8]) -> (TcpStream, Response) {
+    let mut stream = TcpStream::connect(address).await.expect("connect");
+    stream.write_all(request).await.expect("write request");
+    let response = read_response(&mut stream).await;
+    (stream, response)
+}
+
+/// Reads exactly `len` bytes (bounded wait).
+pub async fn read_exact_bytes(stream: &mut TcpStream, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut buf))
+        .await
+        .expect("bytes within 20s")
+        .expect("read bytes");
+    buf
+}
+
+/// A `CONNECT` request for `authority` with extra header lines (each `Name: value`).
+pub fn connect_request(authority: &str, headers: &[&str]) -> String {
+    let mut request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    request
+}
