@@ -1688,16 +1688,23 @@ async fn run_rss(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
 
 async fn run(mut ctx: Ctx) -> Report {
     let mut rep = Report::default();
-    // Ctrl-C: kill the children, then leave.
+    // Ctrl-C, SIGTERM, SIGHUP: kill the children, then leave.
     tokio::spawn(async {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            let pids: Vec<u32> = CHILD_PIDS.lock().map(|v| v.clone()).unwrap_or_default();
-            for pid in pids {
-                kill_pids(&process_tree(pid));
-            }
-            eprintln!("load: interrupted, children killed");
-            std::process::exit(130);
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut hup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
         }
+        let pids: Vec<u32> = CHILD_PIDS.lock().map(|v| v.clone()).unwrap_or_default();
+        for pid in pids {
+            kill_pids(&process_tree(pid));
+        }
+        eprintln!("load: interrupted, children killed");
+        std::process::exit(130);
     });
     for kind in Kind::ALL {
         if !ctx.opts.kinds.contains(&kind) {

@@ -32,6 +32,7 @@ fn ten_thousand_rules() -> Policy {
         ports: Some(vec![443, 80]),
         deny,
         allow,
+        require_sni_match: false,
     };
     Policy::compile(&file).expect("bench rules compile")
 }

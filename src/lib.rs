@@ -6,10 +6,13 @@
 //! the checked one → `proxy::connect` splices a tunnel or `proxy::forward` relays a request → `proxy::mod`'s
 //! `finish` writes metrics (`metrics`), a log line and the `audit` record. `config` builds the snapshot all of
 //! this reads; `app` wires it and owns shutdown; `admin` serves metrics and health.
+//! Outside the flow, `certs` makes the CAs and certificates that the TLS listener and mTLS clients use
+//! (`tollgate ca init`, `tollgate cert server|client`).
 
 pub mod admin;
 pub mod app;
 pub mod audit;
+pub mod certs;
 pub mod config;
 pub mod identity;
 pub mod listener;
@@ -17,3 +20,4 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod target;
+pub mod tls;

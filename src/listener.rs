@@ -1,13 +1,15 @@
-//! Accepting client connections: the connection cap, TCP options, and one tracked task per connection.
+//! Accepting client connections: the connection cap, TCP options, the TLS handshake of TLS listeners (with the
+//! client certificate's principal), and one tracked task per connection.
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use crate::app::Gateway;
-use crate::proxy;
 use crate::proxy::error::ProxyError;
+use crate::proxy::stream::Stream;
+use crate::proxy::{self, Peer};
 
 /// Accepts on `socket` until shutdown; each connection is served by its own tracked task.
 pub async fn accept_loop(gateway: Arc<Gateway>, socket: TcpListener, name: Arc<str>, tracker: TaskTracker) {
@@ -16,7 +18,7 @@ pub async fn accept_loop(gateway: Arc<Gateway>, socket: TcpListener, name: Arc<s
             accepted = socket.accept() => accepted,
             () = gateway.shutdown.stop_accepting.cancelled() => return,
         };
-        let (stream, peer) = match accepted {
+        let (stream, address) = match accepted {
             Ok(pair) => pair,
             Err(error) => {
                 // EMFILE and friends: say so and keep accepting once descriptors free up.
@@ -36,8 +38,58 @@ pub async fn accept_loop(gateway: Arc<Gateway>, socket: TcpListener, name: Arc<s
         let gateway = gateway.clone();
         let name = name.clone();
         tracker.spawn(async move {
-            proxy::serve(gateway, stream, peer, name).await;
+            if let Some((client, certificate)) = handshake(&gateway, stream, &name, address).await {
+                let peer = Peer { address, listener: name, certificate };
+                proxy::serve(gateway, client, peer).await;
+            }
             drop(permit);
         });
+    }
+}
+
+/// Plain listeners pass the socket through; TLS listeners complete the handshake (with the current snapshot's
+/// certificate) and name the client certificate's principal. A failed handshake is counted and logged.
+async fn handshake(
+    gateway: &Gateway,
+    tcp: TcpStream,
+    listener: &Arc<str>,
+    address: std::net::SocketAddr,
+) -> Option<(Stream, Option<crate::identity::Principal>)> {
+    let config = gateway.config.load_full();
+    let Some(tls) = config.listeners.iter().find(|l| l.name == *listener).and_then(|l| l.tls.clone()) else {
+        return Some((Stream::Tcp(tcp), None));
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(tcp);
+    let failure = match tokio::time::timeout(config.server.tls_handshake_timeout, accept).await {
+        Ok(Ok(tls)) => {
+            let client = Stream::TlsServer(Box::new(tls));
+            let certificate = client.peer_certificate().and_then(|cert| {
+                let principal = config.identity.certificate_principal(cert);
+                if principal.is_none() {
+                    tracing::warn!(listener = %listener, client = %address, "client certificate lacks the auth.mtls identity field");
+                }
+                principal
+            });
+            return Some((client, certificate));
+        }
+        Ok(Err(error)) => error,
+        Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"),
+    };
+    let reason = handshake_failure_reason(&failure);
+    gateway.metrics.tls_handshake_failure(listener, reason);
+    tracing::info!(listener = %listener, client = %address, reason, error = %failure, "TLS handshake failed");
+    None
+}
+
+/// The metric label for a failed handshake.
+fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
+    if error.kind() == std::io::ErrorKind::TimedOut {
+        return "timeout";
+    }
+    let text = error.to_string();
+    if text.contains("certificate") || text.contains("Certificate") {
+        "client_certificate"
+    } else {
+        "protocol"
     }
 }

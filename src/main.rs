@@ -2,12 +2,14 @@
 //! (0 ok, 1 runtime failure, 2 invalid config or usage).
 
 use std::io::Read;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use tollgate::certs::{self, CaKind, CertError, Written};
 use tollgate::config::{Config, DEFAULT_PATH};
 
 #[derive(Parser)]
@@ -47,6 +49,16 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Certificate authorities (ECDSA P-256) for the TLS listener, interception and mTLS clients.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Certificates for the TLS listener (`server`) and mTLS clients (`client`), signed by a CA in the same dir.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -58,6 +70,56 @@ enum AuditCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the tollgate CA (`tollgate-ca.pem`/`.key`), or with --client the mTLS clients CA (`clients-ca.*`).
+    Init {
+        /// Directory for the files (created when missing).
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Create the CA that signs mTLS client certificates instead.
+        #[arg(long)]
+        client: bool,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write `server.pem` (full chain) and `server.key`, signed by `tollgate-ca` (created when missing).
+    Server {
+        /// DNS name for the certificate (the first is the CN); repeat for more.
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// IP address for the certificate; repeat for more.
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+        /// Directory for the files (created when missing).
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Overwrite `server.pem` and `server.key` (never the CA).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write `USER.pem` (full chain) and `USER.key` for mTLS, signed by `clients-ca` (created when missing).
+    Client {
+        /// User name: the CN, a SAN URI `spiffe://tollgate/user/USER`, and a SAN email when it holds an '@'.
+        #[arg(long)]
+        user: String,
+        /// Team, written as the OU.
+        #[arg(long)]
+        team: Option<String>,
+        /// Directory for the files (created when missing).
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Overwrite the user's files (never the CA).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -66,6 +128,16 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Passwd => passwd(),
         Command::Audit { command: AuditCommand::Verify { files } } => verify(&files),
+        Command::Ca { command: CaCommand::Init { dir, client, force } } => {
+            let kind = if client { CaKind::Clients } else { CaKind::Tollgate };
+            written(certs::init_ca(&dir, kind, force))
+        }
+        Command::Cert { command: CertCommand::Server { names, ips, dir, force } } => {
+            written(certs::server_cert(&dir, &names, &ips, force))
+        }
+        Command::Cert { command: CertCommand::Client { user, team, dir, force } } => {
+            written(certs::client_cert(&dir, &user, team.as_deref(), force))
+        }
     }
 }
 
@@ -179,6 +251,23 @@ fn verify(files: &[PathBuf]) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Prints what a certificate command wrote and what to configure next; a bad name is a usage error (2).
+fn written(result: Result<Written, CertError>) -> ExitCode {
+    match result {
+        Ok(written) => {
+            print!("{written}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tollgate: {error}");
+            match error {
+                CertError::InvalidName { .. } => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
+        }
     }
 }
 

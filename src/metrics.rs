@@ -20,6 +20,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     audit_records: IntCounterVec,
     client_errors: IntCounterVec,
+    tls_handshake_failures: IntCounterVec,
 }
 
 /// One finished request, as counted.
@@ -55,6 +56,11 @@ impl Metrics {
             "Client connections refused or cut before a request: timeouts, malformed heads, limits.",
             &["listener", "reason"],
         );
+        let tls_handshake_failures = counter(
+            "tollgate_tls_handshake_failures_total",
+            "Failed TLS handshakes on TLS listeners, by reason (timeout, client_certificate, protocol).",
+            &["listener", "reason"],
+        );
         let request_duration = HistogramVec::new(
             HistogramOpts::new("tollgate_request_duration_seconds", "Request and tunnel duration by kind.")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0]),
@@ -81,6 +87,7 @@ impl Metrics {
             upstream_errors,
             audit_records,
             client_errors,
+            tls_handshake_failures,
         }
     }
 
@@ -89,10 +96,11 @@ impl Metrics {
         self.request_duration.with_label_values(&[outcome.kind]).observe(outcome.seconds);
     }
 
-    pub fn connection_opened(&self, listener: &str) -> IntGauge {
+    /// Counts an open client connection until the returned guard is dropped.
+    pub fn connection_opened(&self, listener: &str) -> ActiveConnection {
         let gauge = self.connections_active.with_label_values(&[listener]);
         gauge.inc();
-        gauge
+        ActiveConnection(gauge)
     }
 
     pub fn bytes(&self, up: u64, down: u64) {
@@ -116,11 +124,26 @@ impl Metrics {
         self.client_errors.with_label_values(&[listener, reason]).inc();
     }
 
+    pub fn tls_handshake_failure(&self, listener: &str, reason: &str) {
+        self.tls_handshake_failures.with_label_values(&[listener, reason]).inc();
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
         String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+/// One open client connection in `tollgate_connections_active`; dropping it closes the count.
+#[must_use = "the connection stops being counted when this is dropped"]
+#[derive(Debug)]
+pub struct ActiveConnection(IntGauge);
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

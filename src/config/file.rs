@@ -5,6 +5,7 @@
 use serde::Deserialize;
 
 use super::units::{ByteSize, Duration};
+use crate::tls::{CertIdentity, ClientAuth};
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -38,6 +39,29 @@ pub struct Listener {
     pub name: String,
     /// `ADDRESS:PORT` to bind.
     pub bind: String,
+    /// Serve the proxy behind TLS (an `https://` proxy URL), optionally with client certificates.
+    pub tls: Option<ListenerTls>,
+}
+
+/// TLS on a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    /// PEM certificate chain, leaf first. Re-read on reload.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+    /// PEM CA certificates that sign client certificates.
+    pub client_ca: Option<String>,
+    /// `none` (the default), `optional` or `required`.
+    #[serde(default = "client_auth_none")]
+    pub client_auth: ClientAuth,
+    /// PEM certificate revocation list(s) for client certificates.
+    pub crl: Option<String>,
+}
+
+fn client_auth_none() -> ClientAuth {
+    ClientAuth::None
 }
 
 /// The admin listener.
@@ -64,11 +88,32 @@ pub struct Auth {
     pub users_file: Option<String>,
     /// Failed authentication attempts allowed per client IP.
     pub failed_auth_limit: Option<FailedAuthLimit>,
+    /// How a verified client certificate names the principal.
+    #[serde(default)]
+    pub mtls: Mtls,
+}
+
+/// Client-certificate identity.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mtls {
+    /// `san_email` (the default), `san_uri` or `cn`.
+    #[serde(default)]
+    pub identity: CertIdentity,
+    /// `ou`: the certificate's first organizational unit is the principal's team.
+    pub team_from: Option<TeamFrom>,
+}
+
+/// Where a certificate's team comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeamFrom {
+    Ou,
 }
 
 impl Default for Auth {
     fn default() -> Self {
-        Self { anonymous: deny(), users: Vec::new(), users_file: None, failed_auth_limit: None }
+        Self { anonymous: deny(), users: Vec::new(), users_file: None, failed_auth_limit: None, mtls: Mtls::default() }
     }
 }
 
@@ -125,6 +170,9 @@ pub struct Policy {
     /// `HOST[:PORT]` globs or CIDRs that are allowed.
     #[serde(default)]
     pub allow: Vec<String>,
+    /// Pass-through tunnels must open with a TLS ClientHello whose SNI is the CONNECT host.
+    #[serde(default)]
+    pub require_sni_match: bool,
 }
 
 fn verdict_deny() -> Verdict {
@@ -144,12 +192,58 @@ pub struct Upstream {
     /// A tunnel or pooled connection with no traffic for this long is closed.
     #[serde(default = "five_minutes")]
     pub idle_timeout: Duration,
+    /// Which CAs upstream TLS certificates must chain to.
+    #[serde(default)]
+    pub trust: Trust,
+    /// A client certificate presented to upstreams that ask for one.
+    pub client_cert: Option<CertPair>,
+    /// `http://[user:pass@]host:port` or `https://…`: send everything through this proxy.
+    pub parent_proxy: Option<String>,
+    /// Destinations reached directly even with a parent proxy (host globs, CIDRs).
+    #[serde(default)]
+    pub parent_proxy_bypass: Vec<String>,
 }
 
 impl Default for Upstream {
     fn default() -> Self {
-        Self { connect_timeout: ten_seconds(), dns_timeout: five_seconds(), idle_timeout: five_minutes() }
+        Self {
+            connect_timeout: ten_seconds(),
+            dns_timeout: five_seconds(),
+            idle_timeout: five_minutes(),
+            trust: Trust::default(),
+            client_cert: None,
+            parent_proxy: None,
+            parent_proxy_bypass: Vec::new(),
+        }
     }
+}
+
+/// Upstream TLS trust.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trust {
+    /// Trust the operating system's roots.
+    #[serde(default = "yes")]
+    pub system_roots: bool,
+    /// PEM files of further CAs (a corporate root, a private endpoint's CA).
+    #[serde(default)]
+    pub extra_ca: Vec<String>,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Self { system_roots: true, extra_ca: Vec::new() }
+    }
+}
+
+/// A certificate and its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    /// PEM certificate chain.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
 }
 
 fn five_seconds() -> Duration {
@@ -215,6 +309,9 @@ pub struct Server {
     /// Longest request target (414 beyond).
     #[serde(default = "eight_kib")]
     pub max_uri_bytes: ByteSize,
+    /// A TLS listener's handshake must finish within this time.
+    #[serde(default = "ten_seconds")]
+    pub tls_handshake_timeout: Duration,
     /// Open client connections across all listeners (503 beyond).
     #[serde(default = "ten_thousand")]
     pub max_connections: usize,
@@ -228,6 +325,7 @@ impl Default for Server {
         Self {
             header_read_timeout: ten_seconds(),
             keepalive_timeout: sixty_seconds(),
+            tls_handshake_timeout: ten_seconds(),
             max_header_bytes: sixty_four_kib(),
             max_uri_bytes: eight_kib(),
             max_connections: ten_thousand(),

@@ -18,7 +18,9 @@ use std::time::{Duration, SystemTime};
 pub use units::ByteSize;
 
 use crate::identity::Directory;
-use crate::policy::Policy;
+use crate::policy::{PatternError, Policy, RuleSet};
+use crate::target::Target;
+use crate::tls::{self, ClientAuth};
 use yaml::Mark;
 
 /// The default config path, relative to the working directory.
@@ -50,6 +52,8 @@ pub struct Source {
 pub struct Listener {
     pub name: Arc<str>,
     pub bind: SocketAddr,
+    /// Present on TLS listeners: the server config, re-read with every snapshot.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The admin listener.
@@ -60,11 +64,27 @@ pub struct Admin {
 }
 
 /// How tollgate connects to destinations.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Upstream {
     pub connect_timeout: Duration,
     pub dns_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Shared by every upstream TLS connection (origins and an `https://` parent proxy).
+    pub tls: Arc<rustls::ClientConfig>,
+    pub parent_proxy: Option<ParentProxy>,
+    /// Destinations reached directly despite the parent proxy.
+    pub parent_proxy_bypass: RuleSet,
+}
+
+/// A proxy that tollgate chains to.
+#[derive(Debug, Clone)]
+pub struct ParentProxy {
+    pub target: Target,
+    pub tls: bool,
+    /// `Proxy-Authorization` value for the parent, from the URL's user information.
+    pub authorization: Option<String>,
+    /// The URL without its password, for logs and errors.
+    pub display: String,
 }
 
 /// The audit sinks.
@@ -86,6 +106,7 @@ pub struct AuditFile {
 pub struct Server {
     pub header_read_timeout: Duration,
     pub keepalive_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
     pub max_connections: usize,
@@ -244,7 +265,13 @@ fn compile(
         if bind.port() != 0 && listeners.iter().any(|l: &Listener| l.bind == bind) {
             return Err(invalid(format!("listeners[{index}].bind"), format!("{bind} is bound by another listener")));
         }
-        listeners.push(Listener { name: listener.name.as_str().into(), bind });
+        let tls = match &listener.tls {
+            Some(tls) => Some(
+                compile_listener_tls(tls).map_err(|(key, m)| invalid(format!("listeners[{index}].tls.{key}"), m))?,
+            ),
+            None => None,
+        };
+        listeners.push(Listener { name: listener.name.as_str().into(), bind, tls });
     }
     let admin = match &parsed.admin {
         Some(admin) => Some(Admin {
@@ -286,10 +313,18 @@ fn compile(
         connect_timeout: positive(parsed.upstream.connect_timeout, "upstream.connect_timeout")?,
         dns_timeout: positive(parsed.upstream.dns_timeout, "upstream.dns_timeout")?,
         idle_timeout: positive(parsed.upstream.idle_timeout, "upstream.idle_timeout")?,
+        tls: compile_upstream_tls(&parsed.upstream).map_err(|(key, m)| invalid(format!("upstream.{key}"), m))?,
+        parent_proxy: match &parsed.upstream.parent_proxy {
+            Some(url) => Some(parse_parent_proxy(url).map_err(|m| invalid("upstream.parent_proxy", m))?),
+            None => None,
+        },
+        parent_proxy_bypass: RuleSet::compile("upstream.parent_proxy_bypass", &parsed.upstream.parent_proxy_bypass)
+            .map_err(|(i, PatternError(m))| invalid(format!("upstream.parent_proxy_bypass[{i}]"), m))?,
     };
     let server = Server {
         header_read_timeout: positive(parsed.server.header_read_timeout, "server.header_read_timeout")?,
         keepalive_timeout: positive(parsed.server.keepalive_timeout, "server.keepalive_timeout")?,
+        tls_handshake_timeout: positive(parsed.server.tls_handshake_timeout, "server.tls_handshake_timeout")?,
         max_header_bytes: bounded_size(parsed.server.max_header_bytes, "server.max_header_bytes", 1024, 1 << 20)?,
         max_uri_bytes: bounded_size(parsed.server.max_uri_bytes, "server.max_uri_bytes", 256, 1 << 20)?,
         max_connections: match parsed.server.max_connections {
@@ -327,6 +362,102 @@ fn compile(
 
 fn clone_user(user: &file::User) -> file::User {
     file::User { name: user.name.clone(), password_hash: user.password_hash.clone(), teams: user.teams.clone() }
+}
+
+/// Builds a listener's TLS server config; errors name the key (`cert`, `key`, `client_ca`, `crl`).
+fn compile_listener_tls(tls: &file::ListenerTls) -> Result<Arc<rustls::ServerConfig>, (&'static str, String)> {
+    if tls.client_auth != ClientAuth::None && tls.client_ca.is_none() {
+        return Err(("client_auth", "optional and required need client_ca".to_owned()));
+    }
+    if tls.client_auth == ClientAuth::None && (tls.client_ca.is_some() || tls.crl.is_some()) {
+        return Err((
+            "client_auth",
+            "client_ca and crl are only used with client_auth: optional or required".to_owned(),
+        ));
+    }
+    for (key, path) in [
+        ("cert", Some(&tls.cert)),
+        ("key", Some(&tls.key)),
+        ("client_ca", tls.client_ca.as_ref()),
+        ("crl", tls.crl.as_ref()),
+    ] {
+        if let Some(path) = path {
+            if let Err(error) = std::fs::metadata(path) {
+                return Err((key, format!("cannot read {path}: {error}")));
+            }
+        }
+    }
+    let files = tls::ListenerFiles {
+        cert: Path::new(&tls.cert),
+        key: Path::new(&tls.key),
+        client_ca: tls.client_ca.as_deref().map(Path::new),
+        client_auth: tls.client_auth,
+        crl: tls.crl.as_deref().map(Path::new),
+    };
+    tls::server_config(&files).map_err(|m| ("cert", m))
+}
+
+/// Builds the shared upstream client config; errors name the key.
+fn compile_upstream_tls(upstream: &file::Upstream) -> Result<Arc<rustls::ClientConfig>, (&'static str, String)> {
+    for (index, path) in upstream.trust.extra_ca.iter().enumerate() {
+        if let Err(error) = std::fs::metadata(path) {
+            return Err((
+                if index == 0 { "trust.extra_ca[0]" } else { "trust.extra_ca" },
+                format!("cannot read {path}: {error}"),
+            ));
+        }
+    }
+    let files = tls::UpstreamFiles {
+        system_roots: upstream.trust.system_roots,
+        extra_ca: upstream.trust.extra_ca.iter().map(PathBuf::from).collect(),
+        client_cert: upstream.client_cert.as_ref().map(|pair| (PathBuf::from(&pair.cert), PathBuf::from(&pair.key))),
+    };
+    let key = if upstream.client_cert.is_some() { "client_cert" } else { "trust" };
+    tls::client_config(&files).map_err(|m| (key, m))
+}
+
+/// Parses `http://[user:pass@]host:port` or `https://…`.
+fn parse_parent_proxy(url: &str) -> Result<ParentProxy, String> {
+    let (scheme, rest) =
+        url.split_once("://").ok_or_else(|| format!("{url:?} is not a URL: write http://host:port"))?;
+    let (tls, default_port) = match scheme.to_ascii_lowercase().as_str() {
+        "http" => (false, 80),
+        "https" => (true, 443),
+        other => return Err(format!("scheme {other:?} is not supported: use http:// or https://")),
+    };
+    let rest = rest.trim_end_matches('/');
+    let (userinfo, authority) = match rest.rsplit_once('@') {
+        Some((userinfo, authority)) => (Some(userinfo), authority),
+        None => (None, rest),
+    };
+    let target = Target::parse_with_default(authority, Some(default_port)).map_err(|e| e.to_string())?;
+    let authorization = match userinfo {
+        Some(userinfo) => {
+            use base64::Engine;
+            let decoded = percent_decode(userinfo).ok_or("invalid percent-encoding in the user information")?;
+            Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(decoded)))
+        }
+        None => None,
+    };
+    let user = userinfo.map(|u| u.split(':').next().unwrap_or("")).map(|u| format!("{u}@")).unwrap_or_default();
+    Ok(ParentProxy { target: target.clone(), tls, authorization, display: format!("{scheme}://{user}{target}") })
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 fn parse_bind(text: &str) -> Result<SocketAddr, String> {

@@ -294,6 +294,37 @@ fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String
     Ok(out)
 }
 
+/// Turns serde's "unknown field `alow`, expected one of `default`, `allow`…" into "unknown key `alow` (did you
+/// mean `allow`?)", or names the keys when none is close.
+fn rephrase_unknown_key(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else { return message.to_owned() };
+    let Some((unknown, expected)) = rest.split_once('`') else { return message.to_owned() };
+    let known: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let closest =
+        known.iter().map(|k| (edit_distance(unknown, k), *k)).min().filter(|(d, k)| *d <= k.len().max(3) / 3 + 1);
+    match closest {
+        Some((_, key)) => format!("unknown key `{unknown}` (did you mean `{key}`?)"),
+        None if known.is_empty() => format!("unknown key `{unknown}`: no keys are allowed here"),
+        None => format!("unknown key `{unknown}`: allowed keys are {}", known.join(", ")),
+    }
+}
+
+/// Levenshtein distance, for key suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
 macro_rules! deserialize_number {
     ($($method:ident => $visit:ident : $ty:ty, $kind:literal;)*) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
@@ -462,7 +493,10 @@ impl<'de, 'a, I: Iterator<Item = &'a (Node, Node)>> MapAccess<'de> for Map<'a, I
         };
         let path = join(self.path, &name);
         self.value = Some((value, path.clone()));
-        seed.deserialize(name.as_str().into_deserializer()).map(Some).map_err(|e: Error| e.locate(&path, key.mark))
+        seed.deserialize(name.as_str().into_deserializer()).map(Some).map_err(|mut e: Error| {
+            e.message = rephrase_unknown_key(&e.message);
+            e.locate(&path, key.mark)
+        })
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
@@ -501,7 +535,7 @@ mod tests {
     fn unknown_key_is_located_at_the_key() {
         let error = load("name: a\nport: 1\nitems:\n  - host: x\n    hots: y\n").unwrap_err();
         assert_eq!((error.path.as_str(), error.mark.line, error.mark.col), ("items[0].hots", 5, 5));
-        assert!(error.message.starts_with("unknown field `hots`"), "{}", error.message);
+        assert_eq!(error.message, "unknown key `hots` (did you mean `host`?)");
     }
 
     #[test]

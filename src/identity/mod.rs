@@ -13,7 +13,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use basic::{hash_password, BasicCredentials};
 
+use rustls_pki_types::CertificateDer;
+
 use crate::config::file;
+use crate::tls::{self, CertIdentity};
 
 /// An identified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +38,8 @@ impl Principal {
 pub enum AuthMethod {
     Anonymous,
     Basic,
+    /// A verified client certificate on a TLS listener.
+    Mtls,
 }
 
 impl AuthMethod {
@@ -42,6 +47,7 @@ impl AuthMethod {
         match self {
             AuthMethod::Anonymous => "anonymous",
             AuthMethod::Basic => "basic",
+            AuthMethod::Mtls => "mtls",
         }
     }
 }
@@ -70,6 +76,8 @@ pub struct Directory {
     verified: Mutex<HashMap<Arc<str>, [u8; 32]>>,
     failures: Mutex<HashMap<IpAddr, (u64, u32)>>,
     cache_key: [u8; 32],
+    certificate_identity: CertIdentity,
+    team_from_ou: bool,
 }
 
 #[derive(Debug)]
@@ -128,6 +136,8 @@ impl Directory {
             verified: Mutex::default(),
             failures: Mutex::default(),
             cache_key: rand::random(),
+            certificate_identity: auth.mtls.identity,
+            team_from_ou: auth.mtls.team_from == Some(file::TeamFrom::Ou),
         })
     }
 
@@ -153,6 +163,21 @@ impl Directory {
         } else {
             Err(self.record_failure(client))
         }
+    }
+
+    /// The principal a verified client certificate names (`auth.mtls`): its name from the SAN e-mail, SAN URI
+    /// or CN, its teams from the OU (with `team_from: ou`) and from a configured user of the same name.
+    /// `None` when the certificate lacks the configured field.
+    pub fn certificate_principal(&self, certificate: &CertificateDer<'_>) -> Option<Principal> {
+        let (name, organizational_unit) = tls::certificate_identity(certificate, self.certificate_identity)?;
+        let mut teams: Vec<Arc<str>> = Vec::new();
+        if let Some(team) = organizational_unit.filter(|_| self.team_from_ou) {
+            teams.push(team.into());
+        }
+        if let Some(user) = self.users.get(name.as_str()) {
+            teams.extend(user.principal.teams.iter().filter(|t| !teams.contains(t)).cloned().collect::<Vec<_>>());
+        }
+        Some(Principal { name: name.into(), teams: teams.into(), method: AuthMethod::Mtls })
     }
 
     /// The challenge realm sent with 407.

@@ -65,6 +65,7 @@ pub struct Policy {
     default_rule: Arc<str>,
     ports_rule: Arc<str>,
     private_rule: Arc<str>,
+    require_sni_match: bool,
 }
 
 /// A policy error: the key path of the offending entry and what is wrong with it.
@@ -103,6 +104,7 @@ impl Policy {
             default_rule: "policy.default".into(),
             ports_rule: "policy.ports".into(),
             private_rule: "policy.private_destinations".into(),
+            require_sni_match: policy.require_sni_match,
         })
     }
 
@@ -150,6 +152,11 @@ impl Policy {
             return None;
         }
         Some(Decision::Deny { rule: self.private_rule.clone(), reason: DenyReason::PrivateAddress(class) })
+    }
+
+    /// Whether pass-through tunnels must open with a ClientHello naming the CONNECT host.
+    pub fn requires_sni_match(&self) -> bool {
+        self.require_sni_match
     }
 
     /// Number of allow and deny rules, for `tollgate check`'s summary.

@@ -39,7 +39,10 @@ where
 {
     let mut chunked = ChunkedScanner::default();
     let mut remaining = match framing {
-        Framing::Empty => return Ok(0),
+        Framing::Empty => {
+            to.flush().await.map_err(RelayError::Write)?;
+            return Ok(0);
+        }
         Framing::Length(n) => n,
         Framing::Chunked | Framing::UntilClose => u64::MAX,
     };

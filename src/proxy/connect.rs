@@ -1,7 +1,7 @@
 //! CONNECT tunnels: once allowed and dialled, bytes are spliced both ways until both sides close, the tunnel
 //! idles out, or shutdown cuts it.
 //!
-//! An idle tunnel holds no buffer: each direction waits for readiness with nothing allocated and takes a buffer
+//! An idle plain tunnel holds no buffer: each direction waits for readiness with nothing allocated and takes a buffer
 //! only while bytes flow, so thousands of idle tunnels cost little more than their sockets.
 
 use std::io;
@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use super::stream::Stream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -52,9 +55,11 @@ pub struct TunnelStats {
 }
 
 /// Splices `client` and `upstream` after writing `pending` (bytes the client sent after its CONNECT head).
+/// Two plain sockets take the readiness path that holds no buffer while idle; TLS on either side takes the
+/// stream path.
 pub async fn splice(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &mut Stream,
+    upstream: &mut Stream,
     pending: BytesMut,
     idle_timeout: Duration,
     cut: &CancellationToken,
@@ -65,14 +70,27 @@ pub async fn splice(
     let down = AtomicU64::new(0);
     let end = async {
         if !pending.is_empty() {
-            write_all(upstream, &pending).await?;
+            upstream.write_all(&pending).await?;
+            upstream.flush().await?;
             up.fetch_add(pending.len() as u64, Ordering::Relaxed);
         }
         drop(pending);
-        tokio::try_join!(
-            pump(client, upstream, &up, &activity, started),
-            pump(upstream, client, &down, &activity, started)
-        )
+        match (&mut *client, &mut *upstream) {
+            (Stream::Tcp(client), Stream::Tcp(upstream)) => tokio::try_join!(
+                pump(client, upstream, &up, &activity, started),
+                pump(upstream, client, &down, &activity, started)
+            )
+            .map(|_| ()),
+            (client, upstream) => {
+                let (client_read, client_write) = tokio::io::split(client);
+                let (upstream_read, upstream_write) = tokio::io::split(upstream);
+                tokio::try_join!(
+                    pump_stream(client_read, upstream_write, &up, &activity, started),
+                    pump_stream(upstream_read, client_write, &down, &activity, started)
+                )
+                .map(|_| ())
+            }
+        }
     };
     let idle = async {
         loop {
@@ -89,6 +107,31 @@ pub async fn splice(
         () = cut.cancelled() => TunnelEnd::Cut,
     };
     TunnelStats { bytes_up: up.load(Ordering::Relaxed), bytes_down: down.load(Ordering::Relaxed), end }
+}
+
+/// Buffer of one direction of a TLS tunnel (a TLS record is at most 16 KiB).
+const STREAM_BUFFER: usize = 16 * 1024;
+
+/// Copies one direction of a tunnel with TLS on a side, until EOF; then closes the other side's write half.
+async fn pump_stream<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    mut from: R,
+    mut to: W,
+    bytes: &AtomicU64,
+    activity: &AtomicU64,
+    started: Instant,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; STREAM_BUFFER];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+        activity.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Copies one direction until EOF, then half-closes the other side.

@@ -34,6 +34,10 @@ pub enum ProxyError {
     ConnectTimeout { target: String },
     #[error("upstream {target} sent an invalid response: {problem}")]
     UpstreamProtocol { target: String, problem: String },
+    #[error("TLS to upstream {target} failed: {reason}")]
+    UpstreamTls { target: String, reason: String },
+    #[error("parent proxy {parent} refused: {answer}")]
+    ParentRefused { parent: String, answer: String },
     #[error("upstream {target} did not answer in time")]
     UpstreamTimeout { target: String },
     #[error("upstream {target} closed the connection: {source}")]
@@ -69,7 +73,9 @@ impl ProxyError {
             ProxyError::Resolve { .. }
             | ProxyError::Connect { .. }
             | ProxyError::UpstreamProtocol { .. }
-            | ProxyError::UpstreamIo { .. } => 502,
+            | ProxyError::UpstreamIo { .. }
+            | ProxyError::UpstreamTls { .. }
+            | ProxyError::ParentRefused { .. } => 502,
             ProxyError::ResolveTimeout { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::UpstreamTimeout { .. } => 504,
@@ -95,6 +101,8 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamIo { .. } => "upstream_closed",
+            ProxyError::UpstreamTls { .. } => "upstream_tls",
+            ProxyError::ParentRefused { .. } => "parent_proxy_refused",
             ProxyError::AuditUnavailable => "audit_unavailable",
             ProxyError::ConnectionLimit(_) => "connection_limit",
         }
@@ -123,6 +131,8 @@ impl ProxyError {
             ProxyError::Connect { .. } => Some("connect"),
             ProxyError::ConnectTimeout { .. } | ProxyError::UpstreamTimeout { .. } => Some("timeout"),
             ProxyError::UpstreamProtocol { .. } | ProxyError::UpstreamIo { .. } => Some("protocol"),
+            ProxyError::UpstreamTls { .. } => Some("tls"),
+            ProxyError::ParentRefused { .. } => Some("parent_proxy"),
             _ => None,
         }
     }

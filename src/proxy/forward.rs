@@ -1,5 +1,5 @@
-//! Absolute-form `http://` requests: rewritten to origin-form, sent on a pooled upstream connection, and the
-//! response relayed back as it arrives.
+//! Absolute-form requests (`http://`, and `https://` where tollgate makes the TLS connection): rewritten to
+//! origin-form, sent on a pooled upstream connection, and the response relayed back as it arrives.
 //!
 //! `Host` comes from the target (never the client's), hop-by-hop headers and `Proxy-Authorization` stay behind,
 //! and redirects are the client's business: nothing is followed here.
@@ -8,12 +8,12 @@ use std::io::Write;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::body::{self, Framing, RelayError};
 use super::error::ProxyError;
 use super::head::{read_head, HeadError, HeadLimits, RequestHead, ResponseHead};
-use super::upstream::{self, Connection};
+use super::stream::Stream;
+use super::upstream::{self, Connection, PoolKey, Route};
 use crate::app::Gateway;
 use crate::config::Config;
 use crate::target::Target;
@@ -22,29 +22,34 @@ use crate::target::Target;
 #[derive(Debug)]
 pub struct AbsoluteUri<'a> {
     pub target: Target,
+    /// `https://`: tollgate opens TLS to the origin with the upstream trust.
+    pub tls: bool,
     /// The `Host` value to send: the authority without a default port.
     pub host_header: String,
     /// Origin-form path and query (`/` when empty).
     pub path: &'a str,
 }
 
-/// Parses `http://authority/path?query`; other forms are a 400 naming what to do instead.
+/// Parses `http://authority/path?query` or `https://…`; other forms are a 400 naming what to do instead.
 pub fn parse_absolute(uri: &str) -> Result<AbsoluteUri<'_>, ProxyError> {
     let bad = |message: &str| ProxyError::BadRequest(message.to_owned());
     if uri.starts_with('/') {
         return Err(bad("tollgate is a proxy: send an absolute-form request (GET http://host/path) or CONNECT"));
     }
     let scheme_end = uri.find("://").ok_or_else(|| bad("request target is not an absolute http:// URI"))?;
-    if !uri[..scheme_end].eq_ignore_ascii_case("http") {
-        return Err(bad("only http:// is forwarded; use CONNECT for https://"));
-    }
+    let (tls, default_port) = match &uri[..scheme_end] {
+        scheme if scheme.eq_ignore_ascii_case("http") => (false, 80),
+        scheme if scheme.eq_ignore_ascii_case("https") => (true, 443),
+        _ => return Err(bad("only http:// and https:// are forwarded")),
+    };
     let rest = &uri[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
-    let target = Target::parse_with_default(authority, Some(80)).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let target =
+        Target::parse_with_default(authority, Some(default_port)).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let path = rest[authority_end..].split('#').next().unwrap_or("");
-    let host_header = if target.port == 80 { target.host.to_string() } else { target.to_string() };
-    Ok(AbsoluteUri { target, host_header, path: if path.is_empty() { "/" } else { path } })
+    let host_header = if target.port == default_port { target.host.to_string() } else { target.to_string() };
+    Ok(AbsoluteUri { target, tls, host_header, path: if path.is_empty() { "/" } else { path } })
 }
 
 /// What an exchange did, for the audit record and the connection loop.
@@ -64,21 +69,22 @@ pub struct Forwarded {
 pub async fn exchange(
     gateway: &Gateway,
     config: &Config,
-    client: &mut TcpStream,
+    client: &mut Stream,
     client_buf: &mut BytesMut,
     head: &RequestHead,
     uri: &AbsoluteUri<'_>,
 ) -> Result<Forwarded, ProxyError> {
-    let request_head = rewrite_head(head, uri);
     if head.expects_continue() && head.framing != Framing::Empty {
         client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(client_gone)?;
     }
+    let key = PoolKey { target: uri.target.clone(), tls: uri.tls };
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut connection = connect(gateway, config, &uri.target).await?;
+        let mut connection = connect(gateway, config, &key).await?;
+        let request_head = rewrite_head(head, uri, connection.route, config);
         match send(&mut connection, client, client_buf, head, &request_head, config, &uri.target).await {
-            Ok(response) => return respond(gateway, client, connection, head, response, &uri.target).await,
+            Ok(response) => return respond(gateway, client, connection, head, response, key).await,
             // A pooled connection the upstream closed meanwhile: safe to retry when nothing of the body was sent.
             Err(Failure::Stale(_)) if attempt == 1 && head.framing == Framing::Empty => continue,
             Err(Failure::Stale(error) | Failure::Fatal(error)) => return Err(error),
@@ -92,22 +98,45 @@ enum Failure {
     Fatal(ProxyError),
 }
 
-async fn connect(gateway: &Gateway, config: &Config, target: &Target) -> Result<Connection, ProxyError> {
-    if let Some(connection) = gateway.pool.checkout(target, &config.policy, config.upstream.idle_timeout) {
+/// A pooled connection, or a new one: direct or through the parent proxy, with TLS for `https://`.
+async fn connect(gateway: &Gateway, config: &Config, key: &PoolKey) -> Result<Connection, ProxyError> {
+    if let Some(connection) = gateway.pool.checkout(key, &config.policy, config.upstream.idle_timeout) {
         return Ok(connection);
     }
-    let addresses =
-        upstream::resolve_checked(target, &config.policy, &gateway.own_addresses, config.upstream.dns_timeout).await?;
-    let stream = upstream::dial(target, &addresses, config.upstream.connect_timeout).await?;
-    let peer = stream.peer_addr().unwrap_or(addresses[0]);
-    Ok(Connection { stream, buf: BytesMut::new(), peer, reused: false })
+    let own = &gateway.own_addresses;
+    let (stream, peer, route) = if key.tls {
+        match upstream::open_tunnel(config, own, &key.target).await? {
+            (Stream::Tcp(tcp), peer, route) => (upstream::tls_connect(config, &key.target, tcp).await?, peer, route),
+            _ => {
+                return Err(ProxyError::BadRequest(
+                    "https:// requests through an https:// parent proxy are not supported: use CONNECT".to_owned(),
+                ))
+            }
+        }
+    } else {
+        upstream::open_forward(config, own, &key.target).await?
+    };
+    Ok(Connection { stream, buf: BytesMut::new(), peer, route, reused: false })
 }
 
-/// The head sent upstream: origin-form, `Host` from the target, end-to-end headers only.
-fn rewrite_head(head: &RequestHead, uri: &AbsoluteUri<'_>) -> Vec<u8> {
+/// The head sent upstream: origin-form (absolute-form to a parent proxy, with its credentials), `Host` from
+/// the target, end-to-end headers only.
+fn rewrite_head(head: &RequestHead, uri: &AbsoluteUri<'_>, route: Route, config: &Config) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 + uri.path.len());
-    let _ = write!(out, "{} {} HTTP/1.1\r\nHost: {}\r\n", head.method(), uri.path, uri.host_header);
+    let parent = config.upstream.parent_proxy.as_ref().filter(|_| route == Route::Parent && !uri.tls);
+    match parent {
+        Some(_) => {
+            let _ = write!(out, "{} http://{}{} HTTP/1.1\r\n", head.method(), uri.host_header, uri.path);
+        }
+        None => {
+            let _ = write!(out, "{} {} HTTP/1.1\r\n", head.method(), uri.path);
+        }
+    }
+    let _ = write!(out, "Host: {}\r\n", uri.host_header);
     head.write_forwarded_headers(&mut out);
+    if let Some(authorization) = parent.and_then(|p| p.authorization.as_ref()) {
+        let _ = write!(out, "Proxy-Authorization: {authorization}\r\n");
+    }
     if !head.keep_alive() {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -118,7 +147,7 @@ fn rewrite_head(head: &RequestHead, uri: &AbsoluteUri<'_>) -> Vec<u8> {
 /// Writes the request and its body, then reads the final response head (1xx are relayed to the client).
 async fn send(
     connection: &mut Connection,
-    client: &mut TcpStream,
+    client: &mut Stream,
     client_buf: &mut BytesMut,
     head: &RequestHead,
     request_head: &[u8],
@@ -180,12 +209,13 @@ async fn send(
 /// Writes the response head and relays the body; returns the upstream connection to the pool when it is clean.
 async fn respond(
     gateway: &Gateway,
-    client: &mut TcpStream,
+    client: &mut Stream,
     mut connection: Connection,
     head: &RequestHead,
     (response, bytes_up): (ResponseHead, u64),
-    target: &Target,
+    key: PoolKey,
 ) -> Result<Forwarded, ProxyError> {
+    let target = &key.target;
     let framing = response
         .framing(head.method())
         .map_err(|problem| ProxyError::UpstreamProtocol { target: target.to_string(), problem: problem.to_owned() })?;
@@ -218,7 +248,7 @@ async fn respond(
             // Not when the request said `Connection: close` upstream: the origin may close it at any moment.
             if head.keep_alive() && response.keep_alive() && framing != Framing::UntilClose {
                 connection.reused = false;
-                gateway.pool.checkin(target.clone(), connection);
+                gateway.pool.checkin(key, connection);
             }
         }
         Err(error) => {
@@ -246,7 +276,9 @@ mod tests {
         );
         let uri = parse_absolute("HTTP://example.com").unwrap();
         assert_eq!((uri.host_header.as_str(), uri.path), ("example.com", "/"));
-        for bad in ["/path", "https://a.com/", "http://user@a.com/", "http://a.com:0/", "ftp://a.com/", "http:///x"] {
+        let uri = parse_absolute("https://example.com/x").unwrap();
+        assert_eq!((uri.tls, uri.target.port, uri.host_header.as_str()), (true, 443, "example.com"));
+        for bad in ["/path", "http://user@a.com/", "http://a.com:0/", "ftp://a.com/", "http:///x"] {
             assert!(parse_absolute(bad).is_err(), "{bad}");
         }
     }

@@ -263,9 +263,11 @@ impl ResponseHead {
         keep_alive(&self.raw, &self.headers, self.minor_version, &["connection"])
     }
 
-    /// Writes the end-to-end headers of the response.
+    /// Writes the end-to-end headers of the response. With `Transfer-Encoding`, `Content-Length` stays behind
+    /// (RFC 9112 §6.3): the body is framed by its coding, and a client must not see two framings.
     pub fn write_forwarded_headers(&self, out: &mut Vec<u8>) {
-        write_end_to_end(&self.raw, &self.headers, &[], out);
+        let coded = all_values(&self.raw, &self.headers, "transfer-encoding").next().is_some();
+        write_end_to_end(&self.raw, &self.headers, if coded { &["content-length"] } else { &[] }, out);
     }
 }
 

@@ -9,6 +9,8 @@ pub mod connect;
 pub mod error;
 pub mod forward;
 pub mod head;
+pub mod sni;
+pub mod stream;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -16,8 +18,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::app::Gateway;
 use crate::audit::{self, Record};
@@ -28,6 +29,7 @@ use crate::policy::Decision;
 use crate::target::Target;
 use error::ProxyError;
 use head::{read_head, HeadError, HeadLimits, RequestHead};
+use stream::Stream;
 
 /// One request (or tunnel) as it goes through the pipeline; becomes the audit record at the end.
 struct Exchange {
@@ -86,17 +88,28 @@ enum Next {
     Close,
 }
 
+/// Who is at the other end of a client connection.
+#[derive(Debug)]
+pub struct Peer {
+    pub address: SocketAddr,
+    pub listener: Arc<str>,
+    /// The principal of a verified client certificate (TLS listeners with `client_auth`).
+    pub certificate: Option<Principal>,
+}
+
 /// Serves one client connection until it closes, idles out, fails, or becomes a tunnel.
-pub async fn serve(gateway: Arc<Gateway>, mut client: TcpStream, peer: SocketAddr, listener: Arc<str>) {
+pub async fn serve(gateway: Arc<Gateway>, mut client: Stream, peer: Peer) {
+    let listener = peer.listener.clone();
     let _active = gateway.metrics.connection_opened(&listener);
     let mut buf = BytesMut::with_capacity(4096);
     let mut first = true;
     loop {
         let config = gateway.config.load_full();
         if !first && buf.is_empty() {
-            let wait = tokio::time::timeout(config.server.keepalive_timeout, client.readable());
+            // Wait for the next request by reading (not by socket readiness: TLS may hold decrypted bytes).
+            let wait = tokio::time::timeout(config.server.keepalive_timeout, client.read_buf(&mut buf));
             tokio::select! {
-                ready = wait => if !matches!(ready, Ok(Ok(()))) { return },
+                read = wait => if !matches!(read, Ok(Ok(1..))) { return },
                 () = gateway.shutdown.stop_accepting.cancelled() => return,
             }
         }
@@ -128,14 +141,15 @@ pub async fn serve(gateway: Arc<Gateway>, mut client: TcpStream, peer: SocketAdd
                 let mut exchange = Exchange::new(gateway.next_request_id(), "http");
                 exchange.fail(&error);
                 let _ = client.write_all(&error.response(&exchange.id, true)).await;
-                finish(&gateway, &listener, peer, exchange);
+                let _ = client.flush().await;
+                finish(&gateway, &peer, exchange);
                 return;
             }
         };
         let next = if head.method() == "CONNECT" {
-            tunnel(&gateway, &config, &mut client, &mut buf, head, peer, &listener).await
+            tunnel(&gateway, &config, &mut client, &mut buf, head, &peer).await
         } else {
-            forward(&gateway, &config, &mut client, &mut buf, head, peer, &listener).await
+            forward(&gateway, &config, &mut client, &mut buf, head, &peer).await
         };
         if matches!(next, Next::Close) {
             return;
@@ -149,14 +163,20 @@ async fn admit(
     config: &Config,
     head: &RequestHead,
     target: &Target,
-    peer: SocketAddr,
+    peer: &Peer,
     exchange: &mut Exchange,
 ) -> Result<(), ProxyError> {
-    let principal = config.identity.identify(head.header("proxy-authorization"), peer.ip()).await.map_err(|error| {
-        let method = if matches!(error, AuthError::Missing) { "none" } else { "basic" };
-        gateway.metrics.auth_failure(method);
-        ProxyError::Auth(error)
-    })?;
+    let principal = match &peer.certificate {
+        // A verified client certificate is the stronger proof: it wins over any Proxy-Authorization.
+        Some(principal) => principal.clone(),
+        None => {
+            config.identity.identify(head.header("proxy-authorization"), peer.address.ip()).await.map_err(|error| {
+                let method = if matches!(error, AuthError::Missing) { "none" } else { "basic" };
+                gateway.metrics.auth_failure(method);
+                ProxyError::Auth(error)
+            })?
+        }
+    };
     exchange.principal = Some(principal);
     if gateway.auditor.refuses_requests() {
         return Err(ProxyError::AuditUnavailable);
@@ -173,11 +193,10 @@ async fn admit(
 async fn tunnel(
     gateway: &Gateway,
     config: &Config,
-    client: &mut TcpStream,
+    client: &mut Stream,
     buf: &mut BytesMut,
     head: RequestHead,
-    peer: SocketAddr,
-    listener: &Arc<str>,
+    peer: &Peer,
 ) -> Next {
     let mut exchange = Exchange::new(gateway.next_request_id(), "connect");
     exchange.method = "CONNECT".to_owned();
@@ -185,35 +204,48 @@ async fn tunnel(
         let target = Target::parse_authority(head.target()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         exchange.target = Some(target.clone());
         admit(gateway, config, &head, &target, peer, &mut exchange).await?;
-        let addresses =
-            upstream::resolve_checked(&target, &config.policy, &gateway.own_addresses, config.upstream.dns_timeout)
-                .await?;
-        upstream::dial(&target, &addresses, config.upstream.connect_timeout).await
+        upstream::open_tunnel(config, &gateway.own_addresses, &target).await
     }
     .await;
-    let upstream_stream = match result {
-        Ok(stream) => stream,
+    let (mut upstream_stream, upstream_address) = match result {
+        Ok((stream, address, _route)) => (stream, address),
         Err(error) => {
             // Bytes pipelined after a refused CONNECT were meant for the tunnel: they are dropped with the
             // connection. With nothing pipelined, a 407 may be answered on this connection.
             let close = !buf.is_empty() || error.status() != 407 || !head.keep_alive();
             refuse(gateway, client, &mut exchange, &error, close).await;
-            finish(gateway, listener, peer, exchange);
+            finish(gateway, peer, exchange);
             return if close { Next::Close } else { Next::KeepAlive };
         }
     };
-    exchange.upstream = upstream_stream.peer_addr().ok();
+    exchange.upstream = Some(upstream_address);
     exchange.status = 200;
-    if client.write_all(connect::ESTABLISHED).await.is_err() {
+    if client.write_all(connect::ESTABLISHED).await.is_err() || client.flush().await.is_err() {
         exchange.error = Some("client closed before the tunnel opened".to_owned());
-        finish(gateway, listener, peer, exchange);
+        finish(gateway, peer, exchange);
         return Next::Close;
+    }
+    if config.policy.requires_sni_match() {
+        let target = exchange.target.as_ref().expect("set before admit");
+        if let Err(problem) = check_sni(client, buf, target, config).await {
+            exchange.decision = "deny";
+            exchange.reason = "sni_mismatch";
+            exchange.rule = Some("policy.require_sni_match".into());
+            exchange.error = Some(problem);
+            finish(gateway, peer, exchange);
+            return Next::Close;
+        }
     }
     gateway.metrics.tunnels_active.inc();
     let pending = std::mem::take(buf);
-    let stats =
-        connect::splice(client, &upstream_stream, pending, config.upstream.idle_timeout, &gateway.shutdown.cut_tunnels)
-            .await;
+    let stats = connect::splice(
+        client,
+        &mut upstream_stream,
+        pending,
+        config.upstream.idle_timeout,
+        &gateway.shutdown.cut_tunnels,
+    )
+    .await;
     gateway.metrics.tunnels_active.dec();
     if stats.end == connect::TunnelEnd::Cut {
         gateway.note_cut_tunnel();
@@ -221,18 +253,49 @@ async fn tunnel(
     exchange.bytes_up = stats.bytes_up;
     exchange.bytes_down = stats.bytes_down;
     exchange.error = stats.end.label().map(str::to_owned);
-    finish(gateway, listener, peer, exchange);
+    finish(gateway, peer, exchange);
     Next::Close
+}
+
+/// Reads the tunnel's first bytes into `buf` (they are still forwarded) until the ClientHello is complete,
+/// and checks that its SNI names the CONNECT host.
+async fn check_sni(client: &mut Stream, buf: &mut BytesMut, target: &Target, config: &Config) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + config.server.header_read_timeout;
+    loop {
+        match sni::parse(buf) {
+            sni::ClientHello::Sni(name) => {
+                let matches = match &target.host {
+                    crate::target::Host::Name(host) => **host == *name,
+                    crate::target::Host::Ip(_) => false,
+                };
+                return if matches {
+                    Ok(())
+                } else {
+                    Err(format!("TLS SNI {name:?} does not match CONNECT host {}", target.host))
+                };
+            }
+            sni::ClientHello::NoSni => return Err("TLS ClientHello without SNI".to_owned()),
+            sni::ClientHello::NotTls => return Err("the tunnel did not start with a TLS ClientHello".to_owned()),
+            sni::ClientHello::Incomplete if buf.len() >= sni::MAX_CLIENT_HELLO => {
+                return Err("TLS ClientHello too large".to_owned())
+            }
+            sni::ClientHello::Incomplete => {}
+        }
+        match tokio::time::timeout_at(deadline, client.read_buf(buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err("the client closed the tunnel before a TLS ClientHello".to_owned()),
+            Err(_) => return Err("no TLS ClientHello in time".to_owned()),
+        }
+    }
 }
 
 async fn forward(
     gateway: &Gateway,
     config: &Config,
-    client: &mut TcpStream,
+    client: &mut Stream,
     buf: &mut BytesMut,
     head: RequestHead,
-    peer: SocketAddr,
-    listener: &Arc<str>,
+    peer: &Peer,
 ) -> Next {
     let mut exchange = Exchange::new(gateway.next_request_id(), "http");
     exchange.method = head.method().to_owned();
@@ -270,23 +333,25 @@ async fn forward(
             }
         }
     };
-    finish(gateway, listener, peer, exchange);
+    finish(gateway, peer, exchange);
     next
 }
 
 /// Sends the error response for `error` and records it on the exchange.
-async fn refuse(gateway: &Gateway, client: &mut TcpStream, exchange: &mut Exchange, error: &ProxyError, close: bool) {
+async fn refuse(gateway: &Gateway, client: &mut Stream, exchange: &mut Exchange, error: &ProxyError, close: bool) {
     exchange.fail(error);
     if let Some(kind) = error.upstream_kind() {
         gateway.metrics.upstream_error(kind);
     }
     if !matches!(error, ProxyError::ClientClosed(_)) {
         let _ = client.write_all(&error.response(&exchange.id, close)).await;
+        let _ = client.flush().await;
     }
 }
 
 /// The last phase of every request: metrics, one log line, one audit record.
-fn finish(gateway: &Gateway, listener: &Arc<str>, peer: SocketAddr, exchange: Exchange) {
+fn finish(gateway: &Gateway, peer: &Peer, exchange: Exchange) {
+    let listener = &peer.listener;
     let seconds = exchange.started.elapsed().as_secs_f64();
     gateway.metrics.request(RequestOutcome {
         listener,
@@ -305,7 +370,7 @@ fn finish(gateway: &Gateway, listener: &Arc<str>, peer: SocketAddr, exchange: Ex
     tracing::info!(
         id = %exchange.id,
         listener = %listener,
-        client = %peer,
+        client = %peer.address,
         user = user.as_deref().unwrap_or("-"),
         kind = exchange.kind,
         method = %exchange.method,
@@ -325,7 +390,7 @@ fn finish(gateway: &Gateway, listener: &Arc<str>, peer: SocketAddr, exchange: Ex
         id: exchange.id,
         kind: exchange.kind,
         listener: listener.clone(),
-        client: peer.to_string(),
+        client: peer.address.to_string(),
         user,
         team,
         method: exchange.method,

@@ -9,9 +9,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use rustls_pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::error::ProxyError;
+use super::head::{read_head, HeadError, HeadLimits, ResponseHead};
+use super::stream::Stream;
+use crate::config::{self, Config, ParentProxy};
 use crate::policy::{Decision, DenyReason, Policy};
 use crate::target::{Host, Target};
 
@@ -52,12 +57,14 @@ pub async fn resolve_checked(
     Ok(addresses)
 }
 
-/// A connection to tollgate's own listener would loop.
+/// A connection to tollgate's own listener would loop. Dialling an unspecified address (0.0.0.0, ::) reaches
+/// the local host, so it counts as any listener on that port.
 fn is_own_address(address: SocketAddr, own_addresses: &[SocketAddr]) -> bool {
     own_addresses.iter().any(|own| {
         own.port() == address.port()
             && (own.ip() == address.ip()
-                || own.ip().is_unspecified() && (address.ip().is_loopback() || address.ip().is_unspecified()))
+                || address.ip().is_unspecified()
+                || own.ip().is_unspecified() && address.ip().is_loopback())
     })
 }
 
@@ -83,20 +90,167 @@ pub async fn dial(target: &Target, addresses: &[SocketAddr], timeout: Duration) 
     }
 }
 
+/// How a connection reaches its destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// Dialled directly, to an address the policy checked.
+    Direct,
+    /// Through `upstream.parent_proxy`, which resolves and dials.
+    Parent,
+}
+
+/// The route for `target`: the parent proxy unless there is none or the bypass list names the target.
+pub fn route(upstream: &config::Upstream, target: &Target) -> Route {
+    match &upstream.parent_proxy {
+        Some(_) if upstream.parent_proxy_bypass.first_match(target).is_none() => Route::Parent,
+        _ => Route::Direct,
+    }
+}
+
+/// A raw byte path to `target` (for CONNECT tunnels and `https://` requests): dialled directly after the
+/// address checks, or a CONNECT tunnel through the parent proxy.
+pub async fn open_tunnel(
+    config: &Config,
+    own_addresses: &[SocketAddr],
+    target: &Target,
+) -> Result<(Stream, SocketAddr, Route), ProxyError> {
+    match route(&config.upstream, target) {
+        Route::Direct => {
+            let addresses = resolve_checked(target, &config.policy, own_addresses, config.upstream.dns_timeout).await?;
+            let stream = dial(target, &addresses, config.upstream.connect_timeout).await?;
+            let peer = stream.peer_addr().unwrap_or(addresses[0]);
+            Ok((Stream::Tcp(stream), peer, Route::Direct))
+        }
+        Route::Parent => {
+            let (mut stream, peer, parent) = connect_parent(config, own_addresses).await?;
+            parent_connect(&mut stream, parent, target, config).await?;
+            Ok((stream, peer, Route::Parent))
+        }
+    }
+}
+
+/// A connection for an `http://` request: to the origin, or to the parent proxy (which then gets the
+/// request in absolute form).
+pub async fn open_forward(
+    config: &Config,
+    own_addresses: &[SocketAddr],
+    target: &Target,
+) -> Result<(Stream, SocketAddr, Route), ProxyError> {
+    match route(&config.upstream, target) {
+        Route::Direct => open_tunnel(config, own_addresses, target).await,
+        Route::Parent => {
+            let (stream, peer, _) = connect_parent(config, own_addresses).await?;
+            Ok((stream, peer, Route::Parent))
+        }
+    }
+}
+
+/// TCP (and TLS for `https://`) to the parent proxy. The parent is configured by the operator: its address is
+/// not held to the private-address guard, only to the loop check.
+async fn connect_parent<'a>(
+    config: &'a Config,
+    own_addresses: &[SocketAddr],
+) -> Result<(Stream, SocketAddr, &'a ParentProxy), ProxyError> {
+    let parent = config.upstream.parent_proxy.as_ref().expect("Route::Parent only with a parent proxy");
+    let addresses = match &parent.target.host {
+        Host::Ip(ip) => vec![SocketAddr::new(*ip, parent.target.port)],
+        Host::Name(name) => {
+            tokio::time::timeout(config.upstream.dns_timeout, tokio::net::lookup_host((&**name, parent.target.port)))
+                .await
+                .map_err(|_| ProxyError::ResolveTimeout { host: name.to_string() })?
+                .map_err(|source| ProxyError::Resolve { host: name.to_string(), source })?
+                .collect()
+        }
+    };
+    if addresses.iter().any(|a| is_own_address(*a, own_addresses)) {
+        return Err(ProxyError::Denied {
+            target: parent.display.clone(),
+            rule: "upstream.parent_proxy".into(),
+            reason: DenyReason::SelfConnection,
+        });
+    }
+    let tcp = dial(&parent.target, &addresses, config.upstream.connect_timeout).await?;
+    let peer = tcp.peer_addr().unwrap_or(addresses[0]);
+    let stream = if parent.tls { tls_connect(config, &parent.target, tcp).await? } else { Stream::Tcp(tcp) };
+    Ok((stream, peer, parent))
+}
+
+/// Asks the parent proxy for a tunnel; its refusals become a 502 that names them.
+async fn parent_connect(
+    stream: &mut Stream,
+    parent: &ParentProxy,
+    target: &Target,
+    config: &Config,
+) -> Result<(), ProxyError> {
+    let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some(authorization) = &parent.authorization {
+        request.push_str("Proxy-Authorization: ");
+        request.push_str(authorization);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    let io_error = |source| ProxyError::UpstreamIo { target: parent.display.clone(), source };
+    stream.write_all(request.as_bytes()).await.map_err(io_error)?;
+    let mut buf = BytesMut::with_capacity(1024);
+    let limits = HeadLimits {
+        max_head: config.server.max_header_bytes,
+        max_uri: config.server.max_header_bytes,
+        timeout: config.upstream.connect_timeout,
+    };
+    let length = read_head(stream, &mut buf, limits).await.map_err(|error| match error {
+        HeadError::Timeout => ProxyError::UpstreamTimeout { target: parent.display.clone() },
+        HeadError::Io(source) => io_error(source),
+        other => ProxyError::ParentRefused { parent: parent.display.clone(), answer: other.to_string() },
+    })?;
+    let head = ResponseHead::parse(buf.split_to(length).freeze())
+        .map_err(|problem| ProxyError::ParentRefused { parent: parent.display.clone(), answer: problem.to_owned() })?;
+    if head.status != 200 || !buf.is_empty() {
+        let reason = String::from_utf8_lossy(head.reason()).into_owned();
+        return Err(ProxyError::ParentRefused {
+            parent: parent.display.clone(),
+            answer: format!("{} {reason}", head.status),
+        });
+    }
+    Ok(())
+}
+
+/// TLS toward an upstream with the shared client config; certificate problems are a 502 naming them.
+pub async fn tls_connect(config: &Config, target: &Target, tcp: TcpStream) -> Result<Stream, ProxyError> {
+    let server_name = match &target.host {
+        Host::Name(name) => ServerName::try_from(name.to_string()),
+        Host::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
+    }
+    .map_err(|_| ProxyError::BadRequest(format!("{} is not a valid TLS server name", target.host)))?;
+    let connector = tokio_rustls::TlsConnector::from(config.upstream.tls.clone());
+    match tokio::time::timeout(config.upstream.connect_timeout, connector.connect(server_name, tcp)).await {
+        Ok(Ok(tls)) => Ok(Stream::TlsClient(Box::new(tls))),
+        Ok(Err(error)) => Err(ProxyError::UpstreamTls { target: target.to_string(), reason: error.to_string() }),
+        Err(_) => Err(ProxyError::ConnectTimeout { target: target.to_string() }),
+    }
+}
+
+/// Which pooled connections can serve a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub target: Target,
+    pub tls: bool,
+}
+
 /// An open connection to an upstream, with the bytes read from it and not yet used.
 #[derive(Debug)]
 pub struct Connection {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub buf: BytesMut,
     pub peer: SocketAddr,
+    pub route: Route,
     /// True when it came from the pool (a failure before any response byte may be a stale connection).
     pub reused: bool,
 }
 
-/// Idle keep-alive connections to upstreams, by target.
+/// Idle keep-alive connections to upstreams.
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<HashMap<Target, Vec<(Connection, Instant)>>>,
+    idle: Mutex<HashMap<PoolKey, Vec<(Connection, Instant)>>>,
     max_per_target: usize,
 }
 
@@ -105,36 +259,29 @@ impl Pool {
         Arc::new(Self { idle: Mutex::default(), max_per_target })
     }
 
-    /// The newest live idle connection to `target` whose address the current policy still allows.
-    pub fn checkout(&self, target: &Target, policy: &Policy, max_idle: Duration) -> Option<Connection> {
+    /// The newest live idle connection for `key` whose address the current policy still allows.
+    pub fn checkout(&self, key: &PoolKey, policy: &Policy, max_idle: Duration) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(target)?;
+        let list = idle.get_mut(key)?;
         while let Some((mut connection, since)) = list.pop() {
-            if since.elapsed() >= max_idle
-                || policy.check_address(connection.peer.ip(), connection.peer.port()).is_err()
-            {
-                continue;
-            }
-            // A pooled connection must be silent: EOF or stray bytes mean the upstream is done with it.
-            match connection.stream.try_read(&mut [0u8; 1]) {
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    connection.reused = true;
-                    return Some(connection);
-                }
-                _ => continue,
+            let still_allowed = connection.route == Route::Parent
+                || policy.check_address(connection.peer.ip(), connection.peer.port()).is_ok();
+            if since.elapsed() < max_idle && still_allowed && connection.stream.is_idle_and_open() {
+                connection.reused = true;
+                return Some(connection);
             }
         }
         None
     }
 
     /// Returns a connection whose last response ended cleanly.
-    pub fn checkin(&self, target: Target, mut connection: Connection) {
+    pub fn checkin(&self, key: PoolKey, mut connection: Connection) {
         if !connection.buf.is_empty() {
             return;
         }
         connection.buf = BytesMut::new();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(target).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() < self.max_per_target {
             list.push((connection, Instant::now()));
         }
