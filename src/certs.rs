@@ -25,6 +25,9 @@ pub const CLIENT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 60 * 60);
 /// How long a CA made by `Ca::generate` is valid.
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
 
+/// The SAN URI of a client certificate is this followed by the user name.
+pub const SPIFFE_USER_PREFIX: &str = "spiffe://tollgate/user/";
+
 /// Leaves start this long in the past, so a client whose clock runs a little behind still accepts them.
 const BACKDATE: Duration = Duration::from_secs(60 * 60);
 /// Upper bound of a common name (RFC 5280 `ub-common-name`); user and team names are held to it too.
@@ -206,7 +209,8 @@ impl Ca {
             return Err(invalid(cert_path, "not a CA certificate (basicConstraints CA:TRUE is missing)".into()));
         }
         let key = KeyPair::from_pem(key_pem).map_err(|error| {
-            invalid(key_path, format!("not a PKCS#8 PEM private key (\"BEGIN PRIVATE KEY\"; convert with `openssl pkcs8 -topk8 -nocrypt`): {error}"))
+            let hint = "\"BEGIN PRIVATE KEY\"; convert with `openssl pkcs8 -topk8 -nocrypt`";
+            invalid(key_path, format!("not a PKCS#8 PEM private key ({hint}): {error}"))
         })?;
         if key.public_key_der() != parsed.public_key().raw {
             return Err(invalid(key_path, format!("this key does not belong to {}", cert_path.display())));
@@ -314,9 +318,6 @@ impl Leaf {
         })
     }
 }
-
-/// The SAN URI of a client certificate is this followed by the user name.
-pub const SPIFFE_USER_PREFIX: &str = "spiffe://tollgate/user/";
 
 /// The files a command wrote, and what to configure next.
 #[derive(Debug)]
@@ -613,7 +614,8 @@ fn tollgate_ca_steps(dir: &str) -> String {
 fn clients_ca_steps(dir: &str) -> String {
     format!(
         "The clients CA is {dir}/clients-ca.pem (its key {dir}/clients-ca.key stays secret).\n\
-         It signs mTLS client certificates (`tollgate cert client --user U [--team T]`). Require them on a TLS listener:\n\
+         It signs mTLS client certificates (`tollgate cert client --user U [--team T]`).\n\
+         Require them on a TLS listener:\n\
          \x20 listeners:\n\
          \x20   - {{name: proxy-tls, bind: 0.0.0.0:3129, tls: {{cert: {dir}/server.pem, key: {dir}/server.key, \
          client_ca: {dir}/clients-ca.pem, client_auth: required}}}}\n"
@@ -632,10 +634,13 @@ fn server_steps(dir: &str, host: &str) -> String {
 }
 
 fn client_steps(dir: &str, user: &str, stem: &str) -> String {
-    let identity = if user.contains('@') { "san_email" } else { "san_uri" };
+    // The principal is the whole SAN value, so `san_uri` would name `spiffe://tollgate/user/<user>`: suggest the
+    // identity whose value is the bare user name.
+    let identity = if user.contains('@') { "san_email" } else { "cn" };
     format!(
         "Listener side (tollgate.yaml): trust the clients CA and map the certificate to a user and team:\n\
-         \x20 tls: {{cert: {dir}/server.pem, key: {dir}/server.key, client_ca: {dir}/clients-ca.pem, client_auth: required}}\n\
+         \x20 tls: {{cert: {dir}/server.pem, key: {dir}/server.key, client_ca: {dir}/clients-ca.pem, \
+         client_auth: required}}\n\
          \x20 auth: {{mtls: {{identity: {identity}, team_from: ou}}}}   # san_email | san_uri | cn\n\
          Client side ({user}):\n\
          \x20 curl --proxy-cert {dir}/{stem}.pem --proxy-key {dir}/{stem}.key --proxy-cacert {dir}/tollgate-ca.pem \
@@ -798,7 +803,8 @@ mod tests {
     fn names_users_and_teams_are_checked() {
         assert_eq!(dns_name("Proxy.Example.COM.").expect("ok"), "proxy.example.com");
         assert_eq!(dns_name("*.corp.test").expect("ok"), "*.corp.test");
-        for bad in ["", ".", "a..b", "-a.test", "a b", "a.*.test", "*", "ex_ample.test", "bücher.test", "10.0.0.1", "::1"]
+        for bad in
+            ["", ".", "a..b", "-a.test", "a b", "a.*.test", "*", "ex_ample.test", "bücher.test", "10.0.0.1", "::1"]
         {
             assert!(matches!(dns_name(bad), Err(CertError::InvalidName { .. })), "{bad:?}");
         }

@@ -91,10 +91,10 @@ enum CertCommand {
     /// Write `server.pem` (full chain) and `server.key`, signed by `tollgate-ca` (created when missing).
     Server {
         /// DNS name for the certificate (the first is the CN); repeat for more.
-        #[arg(long = "name", required = true)]
+        #[arg(long = "name", value_name = "NAME", required = true)]
         names: Vec<String>,
         /// IP address for the certificate; repeat for more.
-        #[arg(long = "ip")]
+        #[arg(long = "ip", value_name = "IP")]
         ips: Vec<IpAddr>,
         /// Directory for the files (created when missing).
         #[arg(long, default_value = "certs")]
@@ -122,7 +122,7 @@ enum CertCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let _log_writer = init_logging(cli.log_format);
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
@@ -141,14 +141,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr through a writer thread that batches lines: the request path never waits on the
+/// terminal or pipe. Keep the guard alive: dropping it flushes what is queued.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) =
+        tracing_appender::non_blocking(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {

@@ -27,6 +27,20 @@ pub enum RelayError {
     BadChunk,
 }
 
+/// When the whole body is already in `buf`, moves it to the end of `out` (so head and body leave in one
+/// write) and returns `Framing::Empty`; otherwise returns `framing` unchanged.
+pub fn append_if_complete(framing: Framing, buf: &mut BytesMut, out: &mut Vec<u8>) -> Framing {
+    match framing {
+        Framing::Length(n) if buf.len() as u64 >= n => {
+            let n = n as usize;
+            out.extend_from_slice(&buf[..n]);
+            buf.advance(n);
+            Framing::Empty
+        }
+        other => other,
+    }
+}
+
 /// Size of one read while relaying.
 const READ_SIZE: usize = 64 * 1024;
 

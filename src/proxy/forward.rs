@@ -83,7 +83,14 @@ pub async fn exchange(
         attempt += 1;
         let mut connection = connect(gateway, config, &key).await?;
         let request_head = rewrite_head(head, uri, connection.route, config);
-        match send(&mut connection, client, client_buf, head, &request_head, config, &uri.target).await {
+        match send(&mut connection, client, client_buf, head, request_head, config, &uri.target).await {
+            // A 407 to an absolute-form request is the parent refusing tollgate, not the client: relayed, it
+            // would ask the client for credentials it cannot fix. Same answer as a refused CONNECT.
+            Ok((response, _)) if connection.route == Route::Parent && !uri.tls && response.status == 407 => {
+                let parent = config.upstream.parent_proxy.as_ref().map(|p| p.display.clone()).unwrap_or_default();
+                let reason = String::from_utf8_lossy(response.reason()).into_owned();
+                return Err(ProxyError::ParentRefused { parent, answer: format!("407 {reason}") });
+            }
             Ok(response) => return respond(gateway, client, connection, head, response, key).await,
             // A pooled connection the upstream closed meanwhile: safe to retry when nothing of the body was sent.
             Err(Failure::Stale(_)) if attempt == 1 && head.framing == Framing::Empty => continue,
@@ -150,25 +157,26 @@ async fn send(
     client: &mut Stream,
     client_buf: &mut BytesMut,
     head: &RequestHead,
-    request_head: &[u8],
+    mut request_head: Vec<u8>,
     config: &Config,
     target: &Target,
 ) -> Result<(ResponseHead, u64), Failure> {
     let reused = connection.reused;
     let early = |source: std::io::Error| {
-        let error = ProxyError::UpstreamIo { target: target.to_string(), source };
+        let error = upstream_io(target, source);
         if reused {
             Failure::Stale(error)
         } else {
             Failure::Fatal(error)
         }
     };
-    connection.stream.write_all(request_head).await.map_err(early)?;
-    let body_bytes =
-        body::relay(head.framing, client_buf, client, &mut connection.stream).await.map_err(|e| match e {
-            RelayError::Write(source) => early(source),
-            other => Failure::Fatal(ProxyError::BadRequest(format!("request body: {other}"))),
-        })?;
+    // A small body already read travels in the same write as the head.
+    let rest = body::append_if_complete(head.framing, client_buf, &mut request_head);
+    connection.stream.write_all(&request_head).await.map_err(early)?;
+    let body_bytes = body::relay(rest, client_buf, client, &mut connection.stream).await.map_err(|e| match e {
+        RelayError::Write(source) => early(source),
+        other => Failure::Fatal(ProxyError::BadRequest(format!("request body: {other}"))),
+    })?;
     let limits = HeadLimits {
         max_head: config.server.max_header_bytes,
         max_uri: config.server.max_header_bytes,
@@ -237,12 +245,15 @@ async fn respond(
         keep_alive,
         error: None,
     };
+    // A small body already read travels in the same write as the head.
+    let rest = body::append_if_complete(framing, &mut connection.buf, &mut out);
+    forwarded.bytes_down = out.len() as u64;
     if let Err(error) = client.write_all(&out).await {
         forwarded.keep_alive = false;
         forwarded.error = Some(format!("client closed: {error}"));
         return Ok(forwarded);
     }
-    match body::relay(framing, &mut connection.buf, &mut connection.stream, client).await {
+    match body::relay(rest, &mut connection.buf, &mut connection.stream, client).await {
         Ok(relayed) => {
             forwarded.bytes_down += relayed;
             // Not when the request said `Connection: close` upstream: the origin may close it at any moment.
@@ -257,6 +268,15 @@ async fn respond(
         }
     }
     Ok(forwarded)
+}
+
+/// A failed upstream read or write. A TLS error there is a TLS failure: with TLS 1.3 the client's handshake ends
+/// before the server has checked the client certificate, so its refusal (an alert) arrives on the first read.
+fn upstream_io(target: &Target, source: std::io::Error) -> ProxyError {
+    match source.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(tls) => ProxyError::UpstreamTls { target: target.to_string(), reason: tls.to_string() },
+        None => ProxyError::UpstreamIo { target: target.to_string(), source },
+    }
 }
 
 fn client_gone(source: std::io::Error) -> ProxyError {

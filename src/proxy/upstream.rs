@@ -229,6 +229,9 @@ pub async fn tls_connect(config: &Config, target: &Target, tcp: TcpStream) -> Re
     }
 }
 
+/// Pooled connections used more recently than this are not probed before reuse.
+const RECENTLY_USED: Duration = Duration::from_secs(1);
+
 /// Which pooled connections can serve a request.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -266,7 +269,11 @@ impl Pool {
         while let Some((mut connection, since)) = list.pop() {
             let still_allowed = connection.route == Route::Parent
                 || policy.check_address(connection.peer.ip(), connection.peer.port()).is_ok();
-            if since.elapsed() < max_idle && still_allowed && connection.stream.is_idle_and_open() {
+            // A connection idle for under a second is taken on trust (a probe costs a syscall per request);
+            // if the upstream closed it meanwhile, a bodiless request is retried on a fresh one.
+            let idle = since.elapsed();
+            let open = idle < RECENTLY_USED || connection.stream.is_idle_and_open();
+            if idle < max_idle && still_allowed && open {
                 connection.reused = true;
                 return Some(connection);
             }
