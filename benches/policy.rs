@@ -34,7 +34,7 @@ fn ten_thousand_rules() -> Policy {
         allow,
         require_sni_match: false,
     };
-    Policy::compile(&file).expect("bench rules compile")
+    Policy::compile(&file, &Default::default()).expect("bench rules compile")
 }
 
 fn decide(c: &mut Criterion) {
@@ -47,16 +47,17 @@ fn decide(c: &mut Criterion) {
         ("miss_default_deny", "nothing.example.io:443"),
         ("deny_hit", "host9993.corp43.example.com:443"),
     ];
+    let now = std::time::SystemTime::now();
     let mut group = c.benchmark_group("policy_decide_10k_rules");
     for (name, authority) in cases {
         let target = Target::parse_authority(authority).expect("bench target parses");
-        group.bench_function(name, |b| b.iter(|| policy.decide(black_box(&target))));
+        group.bench_function(name, |b| b.iter(|| policy.decide(black_box(&target), &[], now)));
     }
     group.finish();
     c.bench_function("target_parse_and_decide", |b| {
         b.iter(|| {
             let target = Target::parse_authority(black_box("Host9990.CORP7.example.com.:443")).expect("parses");
-            policy.decide(&target)
+            policy.decide(&target, &[], now)
         })
     });
 }

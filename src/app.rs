@@ -1,10 +1,13 @@
-//! Wires the parts together: binds the listeners, starts the audit writer and the admin endpoints, and owns
-//! shutdown (stop accepting, let open work finish within the grace period, then cut what is left).
+//! Wires the parts together: binds the listeners, starts the audit writer, the limiter and the admin endpoints,
+//! and owns reload (a whole new snapshot or none; tunnels the new policy denies are closed) and shutdown (stop
+//! accepting, let open work finish within the grace period, then cut what is left).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -13,9 +16,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::audit::Auditor;
-use crate::config::Config;
+use crate::config::{file, Config, ConfigError};
+use crate::identity::Principal;
+use crate::limits::{memory::Memory, Backend, Clock, Limiter, SystemClock};
 use crate::metrics::Metrics;
+use crate::policy::Decision;
 use crate::proxy::upstream::Pool;
+use crate::target::Target;
 use crate::{admin, listener};
 
 /// Idle upstream connections kept per destination.
@@ -34,9 +41,48 @@ pub struct Gateway {
     pub shutdown: Shutdown,
     /// Open client connections across listeners (`server.max_connections`).
     pub connection_slots: Arc<Semaphore>,
+    pub limiter: Limiter,
+    pub clock: Arc<dyn Clock>,
+    /// Config version: 1 at start, +1 for each successful reload.
+    pub version: AtomicU64,
+    tunnels: Mutex<HashMap<u64, OpenTunnel>>,
     request_prefix: u32,
     request_counter: AtomicU64,
     tunnels_cut: AtomicUsize,
+}
+
+/// A tunnel that a reload may have to close.
+#[derive(Debug)]
+struct OpenTunnel {
+    principal: Principal,
+    target: Target,
+    revoke: CancellationToken,
+}
+
+/// A registered tunnel; unregisters when dropped.
+#[derive(Debug)]
+pub struct TunnelRegistration<'a> {
+    gateway: &'a Gateway,
+    id: u64,
+    /// Cancelled at the end of the shutdown grace period, or when a reload denies the tunnel.
+    pub cut: CancellationToken,
+}
+
+impl Drop for TunnelRegistration<'_> {
+    fn drop(&mut self) {
+        self.gateway.tunnels.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub version: u64,
+    pub sha256: String,
+    /// Open tunnels the new policy denies, now closed.
+    pub tunnels_revoked: usize,
+    /// Changes that only take effect after a restart (listener addresses, the state backend).
+    pub needs_restart: Vec<String>,
 }
 
 /// The two stages of shutdown.
@@ -58,6 +104,99 @@ impl Gateway {
     pub fn note_cut_tunnel(&self) {
         self.tunnels_cut.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// Registers an open tunnel so a reload can close it when the new policy denies it.
+    pub fn register_tunnel(&self, principal: Principal, target: Target) -> TunnelRegistration<'_> {
+        let id = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        let cut = self.shutdown.cut_tunnels.child_token();
+        let entry = OpenTunnel { principal, target, revoke: cut.clone() };
+        self.tunnels.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry);
+        TunnelRegistration { gateway: self, id, cut }
+    }
+
+    /// Builds a whole new snapshot from the config file; on any error the current one stays. New requests use
+    /// the new snapshot at once; open tunnels whose principal or destination it denies are closed.
+    pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        let current = self.config.load_full();
+        let loaded = match Config::load(&current.source.path) {
+            Ok(config) => config,
+            Err(error) => {
+                self.metrics.config_reload(false);
+                tracing::error!(error = %error, "config reload refused; the running config stays");
+                return Err(error);
+            }
+        };
+        let needs_restart = restart_only_changes(&current, &loaded);
+        for change in &needs_restart {
+            tracing::warn!(change = %change, "config change needs a restart to take effect");
+        }
+        let sha256 = loaded.source.sha256.clone();
+        let loaded = Arc::new(loaded);
+        self.config.store(loaded.clone());
+        let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+        self.metrics.config_reload(true);
+        let tunnels_revoked = self.revoke_denied_tunnels(&loaded);
+        tracing::info!(version, sha256 = %sha256, tunnels_revoked, "config reloaded");
+        Ok(ReloadReport { version, sha256, tunnels_revoked, needs_restart })
+    }
+
+    fn revoke_denied_tunnels(&self, config: &Config) -> usize {
+        let now = self.clock.now();
+        let tunnels = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut revoked = 0;
+        for tunnel in tunnels.values() {
+            let still_allowed = config.identity.refresh(&tunnel.principal).is_some_and(|principal| {
+                matches!(config.policy.decide(&tunnel.target, &principal.teams, now), Decision::Allow { .. })
+            });
+            if !still_allowed {
+                tunnel.revoke.cancel();
+                revoked += 1;
+            }
+        }
+        revoked
+    }
+}
+
+/// What a reload cannot change in a running process.
+fn restart_only_changes(current: &Config, loaded: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    for listener in &loaded.listeners {
+        match current.listeners.iter().find(|l| l.name == listener.name) {
+            Some(old) if old.bind == listener.bind => {}
+            Some(old) => {
+                changes.push(format!("listener {} moves from {} to {}", listener.name, old.bind, listener.bind))
+            }
+            None => changes.push(format!("new listener {} on {}", listener.name, listener.bind)),
+        }
+    }
+    for old in &current.listeners {
+        if !loaded.listeners.iter().any(|l| l.name == old.name) {
+            changes.push(format!("listener {} is removed", old.name));
+        }
+    }
+    if current.admin.as_ref().map(|a| a.bind) != loaded.admin.as_ref().map(|a| a.bind) {
+        changes.push("admin.bind changed".to_owned());
+    }
+    if current.state.backend != loaded.state.backend || current.state.redis_url != loaded.state.redis_url {
+        changes.push("state backend changed".to_owned());
+    }
+    if current.audit.file.as_ref().map(|f| &f.path) != loaded.audit.file.as_ref().map(|f| &f.path) {
+        changes.push("audit.file.path changed".to_owned());
+    }
+    changes
+}
+
+/// Options a test (or an embedding program) may set.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The clock for limits and hours.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { clock: Arc::new(SystemClock) }
+    }
 }
 
 /// Why the gateway could not start.
@@ -67,6 +206,8 @@ pub enum StartError {
     Bind { name: String, address: SocketAddr, source: std::io::Error },
     #[error("cannot open audit file: {0}")]
     Audit(std::io::Error),
+    #[error("cannot start the state backend: {0}")]
+    State(String),
 }
 
 /// A started gateway: its bound addresses and the handle to stop it.
@@ -86,8 +227,21 @@ pub struct ShutdownReport {
     pub tunnels_cut: usize,
 }
 
-/// Binds everything and starts serving.
+/// Binds everything and starts serving, with the system clock.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with(config, Options::default()).await
+}
+
+/// The state backend the config names.
+fn state_backend(state: &crate::config::State) -> Result<Arc<dyn Backend>, StartError> {
+    match state.backend {
+        file::StateBackend::Embedded => Ok(Arc::new(Memory::default())),
+        file::StateBackend::Redis => Err(StartError::State("the redis backend is not available yet".to_owned())),
+    }
+}
+
+/// Binds everything and starts serving.
+pub async fn start_with(config: Config, options: Options) -> Result<Running, StartError> {
     let mut bound = Vec::new();
     for listener in &config.listeners {
         let socket = TcpListener::bind(listener.bind).await.map_err(|source| StartError::Bind {
@@ -114,7 +268,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_address = admin_socket.as_ref().map(|s| s.local_addr().expect("bound socket has an address"));
     let own_addresses = listeners.iter().map(|(_, a)| *a).chain(admin_address).collect();
     let idle_timeout = config.upstream.idle_timeout;
+    let watched = config.source.files.clone();
+    let limiter = Limiter::new(state_backend(&config.state)?);
     let gateway = Arc::new(Gateway {
+        limiter,
+        clock: options.clock,
+        version: AtomicU64::new(1),
+        tunnels: Mutex::default(),
         connection_slots: Arc::new(Semaphore::new(config.server.max_connections)),
         config: ArcSwap::from_pointee(config),
         metrics,
@@ -134,6 +294,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tokio::spawn(admin::serve(gateway.clone(), socket));
     }
     tokio::spawn(prune_pool(gateway.clone(), idle_timeout));
+    tokio::spawn(watch_files(gateway.clone(), watched));
     Ok(Running { gateway, listeners, admin: admin_address, tracker, audit_task })
 }
 
@@ -144,6 +305,30 @@ async fn prune_pool(gateway: Arc<Gateway>, idle_timeout: Duration) {
         tokio::select! {
             _ = tick.tick() => gateway.pool.prune(gateway.config.load().upstream.idle_timeout),
             () = gateway.shutdown.stop_accepting.cancelled() => return,
+        }
+    }
+}
+
+/// Reloads when the config file or a file it names (users, keys, certificates) changes; polled every second,
+/// which works on every filesystem and in containers with mounted ConfigMaps.
+async fn watch_files(gateway: Arc<Gateway>, mut files: Vec<PathBuf>) {
+    let stamp = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
+        files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
+    };
+    let mut seen = stamp(&files);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = gateway.shutdown.stop_accepting.cancelled() => return,
+        }
+        let now = stamp(&files);
+        if now != seen {
+            seen = now;
+            if gateway.reload().is_ok() {
+                files = gateway.config.load().source.files.clone();
+                seen = stamp(&files);
+            }
         }
     }
 }

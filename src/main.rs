@@ -42,6 +42,33 @@ enum Command {
         #[arg(short, long, env = "TOLLGATE_CONFIG", default_value = DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Explain what tollgate would do with a request: the decision, the rule, hours and limits that apply.
+    /// Exit 0 allow, 1 deny.
+    Explain {
+        /// Config file.
+        #[arg(short, long, env = "TOLLGATE_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// The principal.
+        #[arg(long)]
+        user: String,
+        /// A team to assume (repeat for several); default: the configured user's teams.
+        #[arg(long = "team")]
+        teams: Vec<String>,
+        /// The request method.
+        #[arg(long, default_value = "CONNECT")]
+        method: String,
+        /// The model the request asks for.
+        #[arg(long)]
+        model: Option<String>,
+        /// Resolve the name and check every address against the private-address guard.
+        #[arg(long)]
+        resolve: bool,
+        /// Evaluate at this time (RFC 3339) instead of now, e.g. for team hours.
+        #[arg(long)]
+        at: Option<String>,
+        /// `host:port` or an `https://…` URL.
+        target: String,
+    },
     /// Read a password on stdin and print its argon2id hash for `auth.users[].password_hash`.
     Passwd,
     /// Audit log tools.
@@ -126,6 +153,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
+        Command::Explain { config, user, teams, method, model, resolve, at, target } => {
+            let at =
+                match at.map(|text| humantime::parse_rfc3339_weak(&text).map_err(|e| format!("--at {text:?}: {e}"))) {
+                    Some(Ok(at)) => at,
+                    Some(Err(message)) => {
+                        eprintln!("tollgate: {message}");
+                        return ExitCode::from(2);
+                    }
+                    None => std::time::SystemTime::now(),
+                };
+            let question = tollgate::explain::Question { user, teams, method, model, target, resolve, at };
+            explain(&config, &question)
+        }
         Command::Passwd => passwd(),
         Command::Audit { command: AuditCommand::Verify { files } } => verify(&files),
         Command::Ca { command: CaCommand::Init { dir, client, force } } => {
@@ -183,6 +223,30 @@ fn check(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn explain(path: &std::path::Path, question: &tollgate::explain::Question) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return report(Err(error.into())),
+    };
+    match runtime.block_on(tollgate::explain::explain(&config, question)) {
+        Ok(answer) => {
+            print!("{}", answer.report);
+            match answer.decision {
+                tollgate::policy::Decision::Allow { .. } => ExitCode::SUCCESS,
+                tollgate::policy::Decision::Deny { .. } => ExitCode::from(1),
+            }
+        }
+        Err(message) => {
+            eprintln!("tollgate: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn run(path: &std::path::Path) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
@@ -204,7 +268,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(address) = running.admin {
         tracing::info!(%address, "admin endpoints: /metrics /healthz /readyz");
     }
-    wait_for_signal().await?;
+    wait_for_shutdown(&running).await?;
     tracing::info!("shutting down: no new connections; open tunnels may finish within the grace period");
     let report = running.shutdown().await;
     tracing::info!(
@@ -215,15 +279,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Serves until SIGTERM or SIGINT; SIGHUP reloads the config.
+async fn wait_for_shutdown(running: &tollgate::app::Running) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = hangup.recv() => {
+                // The outcome is logged and counted by reload itself.
+                let _ = running.gateway.reload();
+            }
+        }
     }
-    Ok(())
 }
 
 fn passwd() -> ExitCode {

@@ -21,6 +21,9 @@ pub struct Metrics {
     audit_records: IntCounterVec,
     client_errors: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
+    rate_limited: IntCounterVec,
+    state_errors: IntCounterVec,
+    config_reloads: IntCounterVec,
 }
 
 /// One finished request, as counted.
@@ -61,6 +64,18 @@ impl Metrics {
             "Failed TLS handshakes on TLS listeners, by reason (timeout, client_certificate, protocol).",
             &["listener", "reason"],
         );
+        let rate_limited = counter(
+            "tollgate_rate_limited_total",
+            "Requests refused by a rate or concurrency limit, by scope.",
+            &["scope"],
+        );
+        let state_errors = counter(
+            "tollgate_state_errors_total",
+            "Limit checks that could not reach the state backend.",
+            &["backend"],
+        );
+        let config_reloads =
+            counter("tollgate_config_reloads_total", "Config reloads by result (ok, error).", &["result"]);
         let request_duration = HistogramVec::new(
             HistogramOpts::new("tollgate_request_duration_seconds", "Request and tunnel duration by kind.")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0]),
@@ -88,6 +103,9 @@ impl Metrics {
             audit_records,
             client_errors,
             tls_handshake_failures,
+            rate_limited,
+            state_errors,
+            config_reloads,
         }
     }
 
@@ -126,6 +144,18 @@ impl Metrics {
 
     pub fn tls_handshake_failure(&self, listener: &str, reason: &str) {
         self.tls_handshake_failures.with_label_values(&[listener, reason]).inc();
+    }
+
+    pub fn rate_limited(&self, scope: &str) {
+        self.rate_limited.with_label_values(&[scope]).inc();
+    }
+
+    pub fn state_error(&self, backend: &str) {
+        self.state_errors.with_label_values(&[backend]).inc();
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }
 
     /// The Prometheus text exposition.

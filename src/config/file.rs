@@ -2,6 +2,8 @@
 //!
 //! Unknown keys are rejected everywhere (`deny_unknown_fields`); `mod.rs` turns this into a validated `Config`.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use super::units::{ByteSize, Duration};
@@ -29,6 +31,131 @@ pub struct File {
     /// Limits on client connections and shutdown behaviour.
     #[serde(default)]
     pub server: Server,
+    /// Teams by name: their own destinations, limits and hours.
+    #[serde(default)]
+    pub teams: BTreeMap<String, Team>,
+    /// Rate and concurrency limits per user and for the whole organisation.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Where limit counters (and later spend) live: in this process or shared through Redis.
+    #[serde(default)]
+    pub state: State,
+}
+
+/// One team.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Team {
+    /// Destinations this team may reach besides `policy.allow`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Destinations this team may not reach.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Model globs the team may use (enforced on intercepted and gateway requests).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// The team's rate and concurrency limits.
+    pub limits: Option<TeamLimits>,
+    /// Spend budgets (enforced on metered requests).
+    pub budget: Option<Budget>,
+    /// Region for routing (`routing[].when.region`).
+    pub region: Option<String>,
+    /// When the team may use the gateway.
+    pub hours: Option<Hours>,
+}
+
+/// A team's limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamLimits {
+    /// Requests per minute for the whole team.
+    pub rpm: Option<u32>,
+    /// Requests per minute for each member.
+    pub user_rpm: Option<u32>,
+    /// Open tunnels and in-flight requests per member.
+    pub user_concurrent: Option<u32>,
+    /// Open tunnels and in-flight requests for the whole team.
+    pub concurrent: Option<u32>,
+}
+
+/// Spend budgets in USD.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
+    pub user_daily_usd: Option<f64>,
+}
+
+/// A daily time window.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hours {
+    /// `HH:MM`, inclusive.
+    pub from: String,
+    /// `HH:MM`, exclusive; before `from` means the window runs past midnight.
+    pub to: String,
+    /// IANA time zone name, e.g. `Europe/Berlin`.
+    pub tz: String,
+    /// Days the window applies (`mon` … `sun`); omitted = every day.
+    pub days: Option<Vec<String>>,
+}
+
+/// Limits per user and for the organisation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// For the whole organisation (all replicas together with the Redis backend).
+    pub org: Option<ScopeLimits>,
+    /// For each principal.
+    pub user: Option<ScopeLimits>,
+}
+
+/// A rate and a concurrency cap.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeLimits {
+    /// Requests per minute (also the burst).
+    pub rpm: Option<u32>,
+    /// Open tunnels and in-flight requests.
+    pub concurrent: Option<u32>,
+}
+
+/// The state backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// `embedded` (one process) or `redis` (replicas share limits).
+    #[serde(default)]
+    pub backend: StateBackend,
+    /// Directory of the embedded store.
+    #[serde(default = "state_path")]
+    pub path: String,
+    /// `redis://host:port[/db]` for `backend: redis`.
+    pub redis_url: Option<String>,
+    /// When the shared state cannot be reached: `deny` (503, the default) or `allow`.
+    #[serde(default = "verdict_deny")]
+    pub on_error: Verdict,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self { backend: StateBackend::default(), path: state_path(), redis_url: None, on_error: Verdict::Deny }
+    }
+}
+
+fn state_path() -> String {
+    "var/state".to_owned()
+}
+
+/// Which state backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    #[default]
+    Embedded,
+    Redis,
 }
 
 /// One listening socket.
@@ -91,6 +218,42 @@ pub struct Auth {
     /// How a verified client certificate names the principal.
     #[serde(default)]
     pub mtls: Mtls,
+    /// Bearer JWTs from the company's identity provider.
+    pub jwt: Option<Jwt>,
+    /// JWT group → team.
+    #[serde(default)]
+    pub group_teams: BTreeMap<String, String>,
+}
+
+/// JWT verification.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Jwt {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud` (one of, when the token has several).
+    pub audience: String,
+    /// A JWKS file with the IdP's public keys (RS256, ES256); re-read on reload.
+    pub jwks_file: Option<String>,
+    /// A shared secret for HS256 instead of a JWKS.
+    pub hs256_secret: Option<String>,
+    /// The claim that names the user.
+    #[serde(default = "sub_claim")]
+    pub user_claim: String,
+    /// The claim listing the user's groups.
+    #[serde(default = "groups_claim")]
+    pub groups_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "sixty_seconds")]
+    pub leeway: Duration,
+}
+
+fn sub_claim() -> String {
+    "sub".to_owned()
+}
+
+fn groups_claim() -> String {
+    "groups".to_owned()
 }
 
 /// Client-certificate identity.
@@ -113,7 +276,15 @@ pub enum TeamFrom {
 
 impl Default for Auth {
     fn default() -> Self {
-        Self { anonymous: deny(), users: Vec::new(), users_file: None, failed_auth_limit: None, mtls: Mtls::default() }
+        Self {
+            anonymous: deny(),
+            users: Vec::new(),
+            users_file: None,
+            failed_auth_limit: None,
+            mtls: Mtls::default(),
+            jwt: None,
+            group_teams: BTreeMap::new(),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ pub mod file;
 mod units;
 pub mod yaml;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 pub use units::ByteSize;
 
 use crate::identity::Directory;
+use crate::limits::{Limits, ScopeLimits, TeamLimits};
 use crate::policy::{PatternError, Policy, RuleSet};
 use crate::target::Target;
 use crate::tls::{self, ClientAuth};
@@ -37,12 +38,44 @@ pub struct Config {
     pub upstream: Upstream,
     pub audit: Audit,
     pub server: Server,
+    pub limits: Limits,
+    pub state: State,
+    /// What each team may use besides destinations (those are in `policy`), for enforcement and `explain`.
+    pub teams: BTreeMap<Arc<str>, TeamSettings>,
+}
+
+/// A team's models, budget and region (enforced on metered requests).
+#[derive(Debug, Clone, Default)]
+pub struct TeamSettings {
+    pub models: Vec<String>,
+    pub budget: Option<BudgetLimits>,
+    pub region: Option<String>,
+}
+
+/// Spend budgets in USD.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BudgetLimits {
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
+    pub user_daily_usd: Option<f64>,
+}
+
+/// The state backend.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub backend: file::StateBackend,
+    pub path: PathBuf,
+    pub redis_url: Option<String>,
+    /// `state.on_error: allow`: serve without limits while the shared state is unreachable.
+    pub allow_on_error: bool,
 }
 
 /// Where the config came from.
 #[derive(Debug, Clone)]
 pub struct Source {
     pub path: PathBuf,
+    /// The config file and every file it names (users, keys, certificates): a change to any of them reloads.
+    pub files: Vec<PathBuf>,
     pub sha256: String,
     pub loaded_at: SystemTime,
 }
@@ -286,10 +319,10 @@ fn compile(
     users.extend(parsed.auth.users.iter().map(clone_user));
     users.extend(users_file.unwrap_or_default());
     let identity = Directory::compile(&parsed.auth, &users).map_err(|e| {
-        let list = if e.index < inline {
-            format!("auth.users[{}]", e.index)
-        } else {
-            format!("auth.users_file[{}]", e.index - inline)
+        let list = match e.index {
+            None => "auth".to_owned(),
+            Some(index) if index < inline => format!("auth.users[{index}]"),
+            Some(index) => format!("auth.users_file[{}]", index - inline),
         };
         invalid(format!("{list}.{}", e.field), e.message)
     })?;
@@ -300,7 +333,34 @@ fn compile(
         return Err(invalid("auth.failed_auth_limit.per_minute", "must be at least 1"));
     }
 
-    let policy = Policy::compile(&parsed.policy).map_err(|e| invalid(e.path, e.message))?;
+    let policy = Policy::compile(&parsed.policy, &parsed.teams).map_err(|e| invalid(e.path, e.message))?;
+    for (index, user) in users.iter().enumerate().take(inline) {
+        if let Some(team) = user.teams.iter().find(|t| !parsed.teams.contains_key(t.as_str())) {
+            return Err(invalid(
+                format!("auth.users[{index}].teams"),
+                format!("team {team:?} is not defined under teams"),
+            ));
+        }
+    }
+    for (group, team) in &parsed.auth.group_teams {
+        if !parsed.teams.contains_key(team) {
+            return Err(invalid(
+                format!("auth.group_teams.{group}"),
+                format!("team {team:?} is not defined under teams"),
+            ));
+        }
+    }
+    let limits = compile_limits(&parsed)?;
+    let teams = compile_team_settings(&parsed.teams)?;
+    let state = State {
+        backend: parsed.state.backend,
+        path: PathBuf::from(&parsed.state.path),
+        redis_url: parsed.state.redis_url.clone(),
+        allow_on_error: parsed.state.on_error == file::Verdict::Allow,
+    };
+    if state.backend == file::StateBackend::Redis && state.redis_url.is_none() {
+        return Err(invalid("state.redis_url", "backend: redis needs redis_url (redis://host:port)"));
+    }
 
     let positive = |value: units::Duration, key: &str| {
         if value.0.is_zero() {
@@ -347,6 +407,7 @@ fn compile(
     Ok(Config {
         source: Source {
             path: path.to_owned(),
+            files: referenced_files(path, &parsed),
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
             loaded_at: SystemTime::now(),
         },
@@ -357,7 +418,104 @@ fn compile(
         upstream,
         audit,
         server,
+        limits,
+        state,
+        teams,
     })
+}
+
+/// The config file and the files it names.
+fn referenced_files(path: &Path, parsed: &file::File) -> Vec<PathBuf> {
+    let mut files = vec![path.to_owned()];
+    files.extend(parsed.auth.users_file.iter().map(PathBuf::from));
+    files.extend(parsed.auth.jwt.iter().filter_map(|jwt| jwt.jwks_file.as_ref()).map(PathBuf::from));
+    for tls in parsed.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        files.extend([&tls.cert, &tls.key].into_iter().chain(&tls.client_ca).chain(&tls.crl).map(PathBuf::from));
+    }
+    files.extend(parsed.upstream.trust.extra_ca.iter().map(PathBuf::from));
+    if let Some(pair) = &parsed.upstream.client_cert {
+        files.extend([PathBuf::from(&pair.cert), PathBuf::from(&pair.key)]);
+    }
+    files
+}
+
+fn compile_limits(parsed: &file::File) -> Result<Limits, Invalid> {
+    let rate = |rpm: Option<u32>, key: String| match rpm {
+        Some(0) => Err(invalid(key, "must be at least 1 (omit it for no limit)")),
+        Some(n) => Ok(Some(Limits::rate(n))),
+        None => Ok(None),
+    };
+    let cap = |max: Option<u32>, key: String| match max {
+        Some(0) => Err(invalid(key, "must be at least 1 (omit it for no limit)")),
+        other => Ok(other),
+    };
+    let scope = |limits: Option<&file::ScopeLimits>, key: &str| -> Result<ScopeLimits, Invalid> {
+        let Some(limits) = limits else { return Ok(ScopeLimits::default()) };
+        Ok(ScopeLimits {
+            rate: rate(limits.rpm, format!("{key}.rpm"))?,
+            concurrent: cap(limits.concurrent, format!("{key}.concurrent"))?,
+        })
+    };
+    let mut compiled = Limits {
+        org: scope(parsed.limits.org.as_ref(), "limits.org")?,
+        user: scope(parsed.limits.user.as_ref(), "limits.user")?,
+        teams: Default::default(),
+    };
+    for (name, team) in &parsed.teams {
+        let Some(limits) = &team.limits else { continue };
+        let key = |field: &str| format!("teams.{name}.limits.{field}");
+        let team_limits = TeamLimits {
+            team: ScopeLimits {
+                rate: rate(limits.rpm, key("rpm"))?,
+                concurrent: cap(limits.concurrent, key("concurrent"))?,
+            },
+            member: ScopeLimits {
+                rate: rate(limits.user_rpm, key("user_rpm"))?,
+                concurrent: cap(limits.user_concurrent, key("user_concurrent"))?,
+            },
+        };
+        compiled.teams.insert(Arc::from(name.as_str()), team_limits);
+    }
+    Ok(compiled)
+}
+
+fn compile_team_settings(teams: &BTreeMap<String, file::Team>) -> Result<BTreeMap<Arc<str>, TeamSettings>, Invalid> {
+    let mut compiled = BTreeMap::new();
+    for (name, team) in teams {
+        for (index, model) in team.models.iter().enumerate() {
+            if let Err(error) = globset::Glob::new(model) {
+                return Err(invalid(
+                    format!("teams.{name}.models[{index}]"),
+                    format!("invalid glob {model:?}: {error}"),
+                ));
+            }
+        }
+        let budget = match &team.budget {
+            Some(budget) => {
+                for (field, value) in [
+                    ("daily_usd", budget.daily_usd),
+                    ("monthly_usd", budget.monthly_usd),
+                    ("user_daily_usd", budget.user_daily_usd),
+                ] {
+                    if value.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                        return Err(invalid(format!("teams.{name}.budget.{field}"), "must be a non-negative amount"));
+                    }
+                }
+                Some(BudgetLimits {
+                    daily_usd: budget.daily_usd,
+                    monthly_usd: budget.monthly_usd,
+                    user_daily_usd: budget.user_daily_usd,
+                })
+            }
+            None => None,
+        };
+        if team.region.as_ref().is_some_and(|r| r.is_empty()) {
+            return Err(invalid(format!("teams.{name}.region"), "must not be empty"));
+        }
+        let settings = TeamSettings { models: team.models.clone(), budget, region: team.region.clone() };
+        compiled.insert(Arc::from(name.as_str()), settings);
+    }
+    Ok(compiled)
 }
 
 fn clone_user(user: &file::User) -> file::User {

@@ -5,14 +5,18 @@
 //! DNS lookup; every address a name resolves to then goes through `check_address` before it is dialled.
 
 mod address;
+mod hours;
 mod matcher;
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use ipnet::IpNet;
 
 pub use address::private_class;
+pub use hours::Hours;
 pub use matcher::{PatternError, Rule, RuleSet};
 
 use crate::config::file;
@@ -38,6 +42,8 @@ pub enum DenyReason {
     Default,
     /// The destination is one of tollgate's own listeners (a loop).
     SelfConnection,
+    /// Outside every one of the principal's teams' hours.
+    Hours,
 }
 
 impl DenyReason {
@@ -49,6 +55,7 @@ impl DenyReason {
             DenyReason::Port => "port",
             DenyReason::Default => "default",
             DenyReason::SelfConnection => "self_connection",
+            DenyReason::Hours => "hours",
         }
     }
 }
@@ -66,6 +73,16 @@ pub struct Policy {
     ports_rule: Arc<str>,
     private_rule: Arc<str>,
     require_sni_match: bool,
+    teams: HashMap<Arc<str>, TeamPolicy>,
+}
+
+/// One team's destinations and hours.
+#[derive(Debug)]
+pub struct TeamPolicy {
+    allow: RuleSet,
+    deny: RuleSet,
+    pub hours: Option<Hours>,
+    hours_rule: Arc<str>,
 }
 
 /// A policy error: the key path of the offending entry and what is wrong with it.
@@ -76,8 +93,8 @@ pub struct PolicyError {
 }
 
 impl Policy {
-    /// Compiles the `policy` section.
-    pub fn compile(policy: &file::Policy) -> Result<Self, PolicyError> {
+    /// Compiles the `policy` section and the teams' `allow`, `deny` and `hours`.
+    pub fn compile(policy: &file::Policy, teams: &BTreeMap<String, file::Team>) -> Result<Self, PolicyError> {
         let list = |name: &str, patterns: &[String]| {
             let path = format!("policy.{name}");
             RuleSet::compile(&path, patterns)
@@ -105,21 +122,34 @@ impl Policy {
             ports_rule: "policy.ports".into(),
             private_rule: "policy.private_destinations".into(),
             require_sni_match: policy.require_sni_match,
+            teams: compile_teams(teams)?,
         })
     }
 
-    /// Decides on the target as named, before DNS. An IP literal is checked completely here; for a name,
-    /// an `Allow` still needs `check_address` on every resolved address.
-    pub fn decide(&self, target: &Target) -> Decision {
+    /// Decides on the target as named, before DNS, for a principal in `teams` at `now`. An IP literal is
+    /// checked completely here; for a name, an `Allow` still needs `check_address` on every resolved address.
+    ///
+    /// A principal in several teams: any team's deny denies, any team's allow allows, and it is inside its
+    /// hours when any of its teams is (a team without hours always is).
+    pub fn decide(&self, target: &Target, teams: &[Arc<str>], now: SystemTime) -> Decision {
         if let Some(rule) = self.deny.first_match(target) {
             return Decision::Deny { rule: rule.name.clone(), reason: DenyReason::DenyRule };
+        }
+        let teams: Vec<&TeamPolicy> = teams.iter().filter_map(|name| self.teams.get(name)).collect();
+        if let Some(rule) = teams.iter().find_map(|team| team.deny.first_match(target)) {
+            return Decision::Deny { rule: rule.name.clone(), reason: DenyReason::DenyRule };
+        }
+        let outside_hours = |team: &&TeamPolicy| team.hours.as_ref().is_some_and(|hours| !hours.contains(now));
+        if !teams.is_empty() && teams.iter().all(outside_hours) {
+            return Decision::Deny { rule: teams[0].hours_rule.clone(), reason: DenyReason::Hours };
         }
         if let Host::Ip(ip) = target.host {
             if let Some(denied) = self.private_guard(ip, target.port) {
                 return denied;
             }
         }
-        let allowed_by = self.allow.first_match(target);
+        let allowed_by =
+            self.allow.first_match(target).or_else(|| teams.iter().find_map(|team| team.allow.first_match(target)));
         let port_named = allowed_by.is_some_and(|rule| rule.port.is_some());
         if !port_named && self.ports.as_ref().is_some_and(|ports| !ports.contains(&target.port)) {
             return Decision::Deny { rule: self.ports_rule.clone(), reason: DenyReason::Port };
@@ -159,10 +189,41 @@ impl Policy {
         self.require_sni_match
     }
 
-    /// Number of allow and deny rules, for `tollgate check`'s summary.
+    /// Number of allow and deny rules (teams' included), for `tollgate check`'s summary.
     pub fn rule_count(&self) -> usize {
-        self.allow.len() + self.deny.len()
+        self.allow.len() + self.deny.len() + self.teams.values().map(|t| t.allow.len() + t.deny.len()).sum::<usize>()
     }
+
+    /// A team's compiled policy, for `tollgate explain`.
+    pub fn team(&self, name: &str) -> Option<&TeamPolicy> {
+        self.teams.get(name)
+    }
+}
+
+fn compile_teams(teams: &BTreeMap<String, file::Team>) -> Result<HashMap<Arc<str>, TeamPolicy>, PolicyError> {
+    let mut compiled = HashMap::with_capacity(teams.len());
+    for (name, team) in teams {
+        let list = |key: &str, patterns: &[String]| {
+            let path = format!("teams.{name}.{key}");
+            RuleSet::compile(&path, patterns)
+                .map_err(|(index, PatternError(message))| PolicyError { path: format!("{path}[{index}]"), message })
+        };
+        let hours = match &team.hours {
+            Some(hours) => Some(
+                Hours::compile(hours)
+                    .map_err(|(key, message)| PolicyError { path: format!("teams.{name}.hours.{key}"), message })?,
+            ),
+            None => None,
+        };
+        let policy = TeamPolicy {
+            allow: list("allow", &team.allow)?,
+            deny: list("deny", &team.deny)?,
+            hours,
+            hours_rule: format!("teams.{name}.hours").into(),
+        };
+        compiled.insert(Arc::from(name.as_str()), policy);
+    }
+    Ok(compiled)
 }
 
 #[cfg(test)]
@@ -172,11 +233,11 @@ mod tests {
     fn policy(yaml: &str) -> Policy {
         let node = crate::config::yaml::parse(yaml).unwrap();
         let file: file::Policy = crate::config::yaml::deserialize(&node, &|_| None).unwrap();
-        Policy::compile(&file).unwrap()
+        Policy::compile(&file, &BTreeMap::new()).unwrap()
     }
 
     fn decide(policy: &Policy, authority: &str) -> Decision {
-        policy.decide(&Target::parse_authority(authority).unwrap())
+        policy.decide(&Target::parse_authority(authority).unwrap(), &[], SystemTime::now())
     }
 
     fn rule(decision: &Decision) -> &str {

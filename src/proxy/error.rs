@@ -7,6 +7,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::identity::{AuthError, Directory};
+use crate::limits::{Scope, StateError};
 use crate::policy::DenyReason;
 
 /// Everything that can end a request before or instead of the upstream's answer.
@@ -42,6 +43,12 @@ pub enum ProxyError {
     UpstreamTimeout { target: String },
     #[error("upstream {target} closed the connection: {source}")]
     UpstreamIo { target: String, source: io::Error },
+    #[error("rate limit of {per_minute} requests per minute for this {} reached; retry in {retry_after_secs}s", .scope.label())]
+    RateLimited { scope: Scope, per_minute: u32, retry_after_secs: u64 },
+    #[error("at most {max} open tunnels and requests for this {}; close one and retry", .scope.label())]
+    ConcurrencyLimited { scope: Scope, max: u32 },
+    #[error("{0}; requests are refused (state.on_error: deny)")]
+    StateUnavailable(StateError),
     #[error("too many open connections (server.max_connections is {0})")]
     ConnectionLimit(usize),
     #[error("client connection failed: {0}")]
@@ -55,6 +62,7 @@ fn detail(reason: &DenyReason) -> String {
         DenyReason::PrivateAddress(class) => format!(" (the address is {class})"),
         DenyReason::Port => " (port not allowed)".to_owned(),
         DenyReason::SelfConnection => " (that is tollgate itself)".to_owned(),
+        DenyReason::Hours => " (outside the team's hours)".to_owned(),
         DenyReason::DenyRule | DenyReason::Default => String::new(),
     }
 }
@@ -79,7 +87,8 @@ impl ProxyError {
             ProxyError::ResolveTimeout { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::UpstreamTimeout { .. } => 504,
-            ProxyError::AuditUnavailable | ProxyError::ConnectionLimit(_) => 503,
+            ProxyError::AuditUnavailable | ProxyError::ConnectionLimit(_) | ProxyError::StateUnavailable(_) => 503,
+            ProxyError::RateLimited { .. } | ProxyError::ConcurrencyLimited { .. } => 429,
         }
     }
 
@@ -105,13 +114,19 @@ impl ProxyError {
             ProxyError::ParentRefused { .. } => "parent_proxy_refused",
             ProxyError::AuditUnavailable => "audit_unavailable",
             ProxyError::ConnectionLimit(_) => "connection_limit",
+            ProxyError::RateLimited { .. } => "rate_limited",
+            ProxyError::ConcurrencyLimited { .. } => "concurrency_limited",
+            ProxyError::StateUnavailable(_) => "state_unavailable",
         }
     }
 
     /// The rule that denied, if this is a deny.
-    pub fn rule(&self) -> Option<&Arc<str>> {
+    pub fn rule(&self) -> Option<Arc<str>> {
         match self {
-            ProxyError::Denied { rule, .. } => Some(rule),
+            ProxyError::Denied { rule, .. } => Some(rule.clone()),
+            ProxyError::RateLimited { scope, .. } | ProxyError::ConcurrencyLimited { scope, .. } => {
+                Some(format!("limits.{}", scope.label()).into())
+            }
             _ => None,
         }
     }
@@ -119,7 +134,10 @@ impl ProxyError {
     /// `allow`/`deny`/`error` for metrics and audit: a policy or identity refusal is a deny.
     pub fn decision(&self) -> &'static str {
         match self {
-            ProxyError::Denied { .. } | ProxyError::Auth(_) => "deny",
+            ProxyError::Denied { .. }
+            | ProxyError::Auth(_)
+            | ProxyError::RateLimited { .. }
+            | ProxyError::ConcurrencyLimited { .. } => "deny",
             _ => "error",
         }
     }
@@ -141,7 +159,7 @@ impl ProxyError {
     pub fn response(&self, request_id: &str, close: bool) -> Vec<u8> {
         let rule = self.rule();
         let body = serde_json::json!({
-            "error": { "type": self.kind(), "message": self.to_string(), "rule": rule.map(|r| &**r) }
+            "error": { "type": self.kind(), "message": self.to_string(), "rule": rule.as_deref() }
         })
         .to_string();
         let mut head = format!(
@@ -151,13 +169,15 @@ impl ProxyError {
             body.len(),
             request_id
         );
-        if let Some(rule) = rule {
+        if let Some(rule) = &rule {
             head.push_str(&format!("x-tollgate-rule: {rule}\r\n"));
         }
         match self {
-            ProxyError::Auth(AuthError::Throttled { retry_after_secs }) => {
+            ProxyError::Auth(AuthError::Throttled { retry_after_secs })
+            | ProxyError::RateLimited { retry_after_secs, .. } => {
                 head.push_str(&format!("retry-after: {retry_after_secs}\r\n"));
             }
+            ProxyError::ConcurrencyLimited { .. } => head.push_str("retry-after: 1\r\n"),
             ProxyError::Auth(_) => {
                 head.push_str(&format!("proxy-authenticate: Basic realm=\"{}\"\r\n", Directory::REALM));
             }

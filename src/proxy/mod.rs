@@ -24,6 +24,7 @@ use crate::app::Gateway;
 use crate::audit::{self, Record};
 use crate::config::Config;
 use crate::identity::{AuthError, Principal};
+use crate::limits::{Admitted, Refusal};
 use crate::metrics::RequestOutcome;
 use crate::policy::Decision;
 use crate::target::Target;
@@ -77,7 +78,7 @@ impl Exchange {
         self.status = error.status();
         self.decision = error.decision();
         self.reason = error.kind();
-        self.rule = error.rule().cloned().or(self.rule.take());
+        self.rule = error.rule().or(self.rule.take());
         self.error = Some(error.to_string());
     }
 }
@@ -157,7 +158,8 @@ pub async fn serve(gateway: Arc<Gateway>, mut client: Stream, peer: Peer) {
     }
 }
 
-/// Identity and destination checks shared by CONNECT and forwarded requests.
+/// Identity, destination and limit checks shared by CONNECT and forwarded requests. The returned slots are
+/// held until the request or tunnel ends.
 async fn admit(
     gateway: &Gateway,
     config: &Config,
@@ -165,7 +167,7 @@ async fn admit(
     target: &Target,
     peer: &Peer,
     exchange: &mut Exchange,
-) -> Result<(), ProxyError> {
+) -> Result<Admitted, ProxyError> {
     let principal = match &peer.certificate {
         // A verified client certificate is the stronger proof: it wins over any Proxy-Authorization.
         Some(principal) => principal.clone(),
@@ -177,16 +179,41 @@ async fn admit(
             })?
         }
     };
-    exchange.principal = Some(principal);
     if gateway.auditor.refuses_requests() {
+        exchange.principal = Some(principal);
         return Err(ProxyError::AuditUnavailable);
     }
-    match config.policy.decide(target) {
-        Decision::Allow { rule } => {
-            exchange.rule = Some(rule);
-            Ok(())
+    let now = gateway.clock.now();
+    let decision = config.policy.decide(target, &principal.teams, now);
+    let plan = config.limits.plan(&principal);
+    exchange.principal = Some(principal);
+    match decision {
+        Decision::Allow { rule } => exchange.rule = Some(rule),
+        Decision::Deny { rule, reason } => return Err(ProxyError::Denied { target: target.to_string(), rule, reason }),
+    }
+    match gateway.limiter.admit(plan, now).await {
+        Ok(Ok(admitted)) => Ok(admitted),
+        Ok(Err(refusal)) => {
+            let error = match refusal {
+                Refusal::Rate { scope, per_minute, retry_after_secs } => {
+                    ProxyError::RateLimited { scope, per_minute, retry_after_secs }
+                }
+                Refusal::Concurrency { scope, max } => ProxyError::ConcurrencyLimited { scope, max },
+            };
+            if let ProxyError::RateLimited { scope, .. } | ProxyError::ConcurrencyLimited { scope, .. } = &error {
+                gateway.metrics.rate_limited(scope.label());
+            }
+            Err(error)
         }
-        Decision::Deny { rule, reason } => Err(ProxyError::Denied { target: target.to_string(), rule, reason }),
+        Err(error) if config.state.allow_on_error => {
+            tracing::warn!(%error, "limits not enforced: the state backend is unreachable (state.on_error: allow)");
+            gateway.metrics.state_error(gateway.limiter.backend_name());
+            Ok(Admitted::none())
+        }
+        Err(error) => {
+            gateway.metrics.state_error(gateway.limiter.backend_name());
+            Err(ProxyError::StateUnavailable(error))
+        }
     }
 }
 
@@ -203,12 +230,13 @@ async fn tunnel(
     let result = async {
         let target = Target::parse_authority(head.target()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         exchange.target = Some(target.clone());
-        admit(gateway, config, &head, &target, peer, &mut exchange).await?;
-        upstream::open_tunnel(config, &gateway.own_addresses, &target).await
+        let admitted = admit(gateway, config, &head, &target, peer, &mut exchange).await?;
+        let (stream, address, _route) = upstream::open_tunnel(config, &gateway.own_addresses, &target).await?;
+        Ok::<_, ProxyError>((stream, address, admitted))
     }
     .await;
-    let (mut upstream_stream, upstream_address) = match result {
-        Ok((stream, address, _route)) => (stream, address),
+    let (mut upstream_stream, upstream_address, _admitted) = match result {
+        Ok(opened) => opened,
         Err(error) => {
             // Bytes pipelined after a refused CONNECT were meant for the tunnel: they are dropped with the
             // connection. With nothing pipelined, a 407 may be answered on this connection.
@@ -236,23 +264,27 @@ async fn tunnel(
             return Next::Close;
         }
     }
+    let principal = exchange.principal.clone().expect("admitted tunnels have a principal");
+    let target = exchange.target.clone().expect("admitted tunnels have a target");
+    let registration = gateway.register_tunnel(principal, target);
     gateway.metrics.tunnels_active.inc();
     let pending = std::mem::take(buf);
-    let stats = connect::splice(
-        client,
-        &mut upstream_stream,
-        pending,
-        config.upstream.idle_timeout,
-        &gateway.shutdown.cut_tunnels,
-    )
-    .await;
+    let stats =
+        connect::splice(client, &mut upstream_stream, pending, config.upstream.idle_timeout, &registration.cut).await;
     gateway.metrics.tunnels_active.dec();
-    if stats.end == connect::TunnelEnd::Cut {
-        gateway.note_cut_tunnel();
-    }
+    drop(registration);
     exchange.bytes_up = stats.bytes_up;
     exchange.bytes_down = stats.bytes_down;
     exchange.error = stats.end.label().map(str::to_owned);
+    if stats.end == connect::TunnelEnd::Cut {
+        if gateway.shutdown.cut_tunnels.is_cancelled() {
+            gateway.note_cut_tunnel();
+        } else {
+            exchange.decision = "deny";
+            exchange.reason = "revoked";
+            exchange.error = Some("closed: the reloaded config denies this tunnel".to_owned());
+        }
+    }
     finish(gateway, peer, exchange);
     Next::Close
 }
@@ -303,7 +335,7 @@ async fn forward(
         let uri = forward::parse_absolute(head.target())?;
         exchange.target = Some(uri.target.clone());
         exchange.path = Some(uri.path.to_owned());
-        admit(gateway, config, &head, &uri.target, peer, &mut exchange).await?;
+        let _admitted = admit(gateway, config, &head, &uri.target, peer, &mut exchange).await?;
         forward::exchange(gateway, config, client, buf, &head, &uri).await
     }
     .await;

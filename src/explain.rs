@@ -1,0 +1,137 @@
+//! `tollgate explain`: what tollgate would do with a request, and why — from the same decision code the
+//! proxy runs (`Policy::decide`, `upstream::resolve_checked`, `Limits::plan`), never a copy of it.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::config::Config;
+use crate::identity::{AuthMethod, Principal};
+use crate::limits::Scope;
+use crate::policy::Decision;
+use crate::proxy::{forward, upstream};
+use crate::target::Target;
+
+/// The question.
+#[derive(Debug, Clone)]
+pub struct Question {
+    pub user: String,
+    /// Teams to assume; empty = the configured user's teams.
+    pub teams: Vec<String>,
+    pub method: String,
+    pub model: Option<String>,
+    /// `host:port`, or an `http(s)://` URL.
+    pub target: String,
+    /// Also resolve the name and run the private-address guard on every address.
+    pub resolve: bool,
+    pub at: SystemTime,
+}
+
+/// The answer: the decision, and a report to print.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub decision: Decision,
+    pub report: String,
+}
+
+/// Explains one request against `config`.
+pub async fn explain(config: &Config, question: &Question) -> Result<Answer, String> {
+    let target = parse_target(&question.target)?;
+    let principal = principal(config, question);
+    let mut report = String::new();
+    let teams: Vec<&str> = principal.teams.iter().map(|t| &**t).collect();
+    let _ = writeln!(
+        report,
+        "principal: {} (teams: {})",
+        principal.name,
+        if teams.is_empty() { "none".to_owned() } else { teams.join(", ") }
+    );
+    let _ = writeln!(report, "request:   {} {}", question.method, target);
+    let mut decision = config.policy.decide(&target, &principal.teams, question.at);
+    if question.resolve && matches!(decision, Decision::Allow { .. }) {
+        match upstream::resolve_checked(&target, &config.policy, &[], config.upstream.dns_timeout).await {
+            Ok(addresses) => {
+                let list: Vec<String> = addresses.iter().map(|a| a.ip().to_string()).collect();
+                let _ = writeln!(report, "addresses: {} (all pass the private-address guard)", list.join(", "));
+            }
+            Err(error) => {
+                let _ = writeln!(report, "addresses: {error}");
+                if let crate::proxy::error::ProxyError::Denied { rule, reason, .. } = error {
+                    decision = Decision::Deny { rule, reason };
+                }
+            }
+        }
+    }
+    for team in principal.teams.iter() {
+        if let Some(hours) = config.policy.team(team).and_then(|t| t.hours.as_ref()) {
+            let inside = if hours.contains(question.at) { "inside" } else { "outside" };
+            let _ = writeln!(report, "hours:     teams.{team}.hours {} ({inside} at the given time)", hours.describe());
+        }
+    }
+    let plan = config.limits.plan(&principal);
+    for bucket in &plan.buckets {
+        let _ = writeln!(
+            report,
+            "limit:     {} {} requests/minute ({})",
+            scope_name(bucket.scope),
+            bucket.rate.per_minute,
+            bucket.key
+        );
+    }
+    for slot in &plan.slots {
+        let _ = writeln!(report, "limit:     {} {} concurrent ({})", scope_name(slot.scope), slot.max, slot.key);
+    }
+    if plan.is_empty() {
+        let _ = writeln!(report, "limit:     none");
+    }
+    for team in principal.teams.iter() {
+        if let Some(settings) = config.teams.get(team) {
+            if !settings.models.is_empty() {
+                let model = question.model.as_deref().map(|m| format!(" (asked: {m})")).unwrap_or_default();
+                let _ = writeln!(
+                    report,
+                    "models:    teams.{team}.models {}{model} — enforced on intercepted requests",
+                    settings.models.join(", ")
+                );
+            }
+            if let Some(budget) = settings.budget {
+                let _ = writeln!(report, "budget:    teams.{team}.budget {budget:?} — enforced on metered requests");
+            }
+        }
+    }
+    let (verdict, rule) = match &decision {
+        Decision::Allow { rule } => ("allow", rule),
+        Decision::Deny { rule, .. } => ("deny", rule),
+    };
+    let _ = writeln!(report, "decision:  {verdict} (rule {rule})");
+    Ok(Answer { decision, report })
+}
+
+fn scope_name(scope: Scope) -> &'static str {
+    match scope {
+        Scope::User => "user",
+        Scope::Team => "team",
+        Scope::TeamMember => "team member",
+        Scope::Org => "org",
+    }
+}
+
+/// The principal as the proxy would see it: the configured user's teams unless teams are given.
+fn principal(config: &Config, question: &Question) -> Principal {
+    let assumed = Principal { name: question.user.as_str().into(), teams: Arc::new([]), method: AuthMethod::Basic };
+    let configured = config.identity.refresh(&assumed);
+    let teams: Arc<[Arc<str>]> = if question.teams.is_empty() {
+        configured.map(|p| p.teams).unwrap_or_else(|| Arc::new([]))
+    } else {
+        question.teams.iter().map(|t| Arc::from(t.as_str())).collect()
+    };
+    Principal { teams, ..assumed }
+}
+
+/// `host:port` or an absolute URL.
+fn parse_target(text: &str) -> Result<Target, String> {
+    if text.contains("://") {
+        return forward::parse_absolute(text).map(|uri| uri.target).map_err(|e| e.to_string());
+    }
+    Target::parse_with_default(text, Some(443)).map_err(|e| e.to_string())
+}

@@ -1,0 +1,261 @@
+//! Rate limits (GCRA) and concurrency caps per user, team, team member and organisation, kept in a state
+//! backend: `memory` for one process, `redis` for replicas that must share one limit.
+//!
+//! Per request (not per connection): `plan` lists the buckets and slots that apply to the principal, the
+//! backend admits or refuses all of them at once, and the returned `Admitted` gives the slots back when the
+//! request or tunnel ends. The request path never knows which backend it has.
+
+pub mod gcra;
+pub mod memory;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use gcra::Rate;
+
+use crate::identity::Principal;
+
+/// A boxed future, so `Backend` stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which limit a bucket or slot belongs to; the `scope` label of `tollgate_rate_limited_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    User,
+    Team,
+    TeamMember,
+    Org,
+}
+
+impl Scope {
+    pub fn label(self) -> &'static str {
+        match self {
+            Scope::User => "user",
+            Scope::Team => "team",
+            Scope::TeamMember => "team_member",
+            Scope::Org => "org",
+        }
+    }
+}
+
+/// One rate-limited key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    pub key: String,
+    pub scope: Scope,
+    pub rate: Rate,
+}
+
+/// One concurrency-capped key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub key: String,
+    pub scope: Scope,
+    pub max: u32,
+}
+
+/// The backend's answer for a set of buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admit,
+    /// `bucket` (an index into the request's buckets) is empty for `retry_after_us`.
+    Limited {
+        bucket: usize,
+        retry_after_us: u64,
+    },
+}
+
+/// The shared state could not be reached.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("state backend unavailable: {0}")]
+pub struct StateError(pub String);
+
+/// Where limit state lives. Every method is atomic over the keys it is given.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Admits one request against every bucket, or none: a refusal takes nothing from the others.
+    fn acquire<'a>(&'a self, buckets: &'a [Bucket], now_us: u64) -> BoxFuture<'a, Result<Admission, StateError>>;
+    /// Takes a slot in every one of `slots`, or none; returns the index of a full one.
+    fn enter<'a>(&'a self, slots: &'a [Slot]) -> BoxFuture<'a, Result<Option<usize>, StateError>>;
+    /// Gives slots back.
+    fn leave<'a>(&'a self, slots: &'a [Slot]) -> BoxFuture<'a, Result<(), StateError>>;
+    /// `embedded` or `redis`, for logs.
+    fn name(&self) -> &'static str;
+}
+
+/// Where the time comes from: the system clock, or a test's.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> SystemTime;
+}
+
+/// The system clock.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Microseconds since the epoch.
+pub fn micros(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// A rate and a cap for one scope, compiled.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScopeLimits {
+    pub rate: Option<Rate>,
+    pub concurrent: Option<u32>,
+}
+
+/// A team's limits, compiled.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TeamLimits {
+    pub team: ScopeLimits,
+    pub member: ScopeLimits,
+}
+
+/// Every limit of one config.
+#[derive(Debug, Default)]
+pub struct Limits {
+    pub org: ScopeLimits,
+    pub user: ScopeLimits,
+    pub teams: HashMap<Arc<str>, TeamLimits>,
+}
+
+/// The buckets and slots that apply to one principal.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub buckets: Vec<Bucket>,
+    pub slots: Vec<Slot>,
+}
+
+impl Limits {
+    /// A rate where the whole minute's allowance may arrive at once.
+    pub fn rate(per_minute: u32) -> Rate {
+        Rate { per_minute, burst: per_minute }
+    }
+
+    /// What applies to `principal`: its own limits, each of its teams' (a member of several teams is held to
+    /// all of them: the strictest wins), and the organisation's.
+    pub fn plan(&self, principal: &Principal) -> Plan {
+        let mut plan = Plan::default();
+        let user = &principal.name;
+        plan.add(format!("user:{user}"), Scope::User, self.user);
+        for team in principal.teams.iter() {
+            if let Some(limits) = self.teams.get(team) {
+                plan.add(format!("team:{team}"), Scope::Team, limits.team);
+                plan.add(format!("team:{team}:user:{user}"), Scope::TeamMember, limits.member);
+            }
+        }
+        plan.add("org".to_owned(), Scope::Org, self.org);
+        plan
+    }
+}
+
+impl Plan {
+    fn add(&mut self, key: String, scope: Scope, limits: ScopeLimits) {
+        if let Some(rate) = limits.rate {
+            self.buckets.push(Bucket { key: format!("rate:{key}"), scope, rate });
+        }
+        if let Some(max) = limits.concurrent {
+            self.slots.push(Slot { key: format!("conc:{key}"), scope, max });
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty() && self.slots.is_empty()
+    }
+}
+
+/// Why a request is held back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Rate { scope: Scope, per_minute: u32, retry_after_secs: u64 },
+    Concurrency { scope: Scope, max: u32 },
+}
+
+/// Admits requests against the current config's limits over one backend.
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    backend: Arc<dyn Backend>,
+}
+
+/// The slots a request holds; given back when dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    backend: Arc<dyn Backend>,
+    slots: Vec<Slot>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.slots.is_empty() {
+            return;
+        }
+        let backend = self.backend.clone();
+        let slots = std::mem::take(&mut self.slots);
+        let release = async move {
+            if let Err(error) = backend.leave(&slots).await {
+                tracing::warn!(%error, "concurrency slots could not be given back");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(release);
+            }
+            Err(_) => tracing::warn!("concurrency slots dropped outside the runtime"),
+        }
+    }
+}
+
+impl Admitted {
+    /// Holds nothing (no limits apply, or they could not be checked and `state.on_error` allows).
+    pub fn none() -> Self {
+        Self { backend: Arc::new(memory::Memory::default()), slots: Vec::new() }
+    }
+}
+
+impl Limiter {
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Self { backend }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Admits one request of `plan` at `now`, or says which limit refuses it.
+    pub async fn admit(&self, plan: Plan, now: SystemTime) -> Result<Result<Admitted, Refusal>, StateError> {
+        let mut admitted = Admitted { backend: self.backend.clone(), slots: Vec::new() };
+        if plan.is_empty() {
+            return Ok(Ok(admitted));
+        }
+        if !plan.buckets.is_empty() {
+            if let Admission::Limited { bucket, retry_after_us } =
+                self.backend.acquire(&plan.buckets, micros(now)).await?
+            {
+                let bucket = &plan.buckets[bucket];
+                let retry_after_secs = Duration::from_micros(retry_after_us).as_secs_f64().ceil().max(1.0) as u64;
+                return Ok(Err(Refusal::Rate {
+                    scope: bucket.scope,
+                    per_minute: bucket.rate.per_minute,
+                    retry_after_secs,
+                }));
+            }
+        }
+        if !plan.slots.is_empty() {
+            if let Some(full) = self.backend.enter(&plan.slots).await? {
+                let slot = &plan.slots[full];
+                return Ok(Err(Refusal::Concurrency { scope: slot.scope, max: slot.max }));
+            }
+            admitted.slots = plan.slots;
+        }
+        Ok(Ok(admitted))
+    }
+}
