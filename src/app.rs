@@ -46,9 +46,27 @@ pub struct Gateway {
     /// Config version: 1 at start, +1 for each successful reload.
     pub version: AtomicU64,
     tunnels: Mutex<HashMap<u64, OpenTunnel>>,
+    /// The files the running config came from, as they were when it was last (re)loaded or refused: the file
+    /// watcher reloads only when they differ, so a change already reloaded through the endpoint or SIGHUP is not
+    /// reloaded (or refused and counted) a second time.
+    watched: Mutex<Watched>,
+    /// One reload at a time (endpoint, SIGHUP and watcher), so versions and snapshots are stored in order.
+    reloading: Mutex<()>,
     request_prefix: u32,
     request_counter: AtomicU64,
     tunnels_cut: AtomicUsize,
+}
+
+/// The watched files and their modification stamps.
+#[derive(Debug, Default)]
+struct Watched {
+    files: Vec<PathBuf>,
+    stamps: Vec<Option<(SystemTime, u64)>>,
+}
+
+/// Each file's modification time and length (`None` when it cannot be read).
+fn stamp(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
 }
 
 /// A tunnel that a reload may have to close.
@@ -117,10 +135,14 @@ impl Gateway {
     /// Builds a whole new snapshot from the config file; on any error the current one stays. New requests use
     /// the new snapshot at once; open tunnels whose principal or destination it denies are closed.
     pub fn reload(&self) -> Result<ReloadReport, ConfigError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let current = self.config.load_full();
+        // Stamped before reading: a write that lands after the read still differs, and is reloaded.
+        let before = stamp(&current.source.files);
         let loaded = match Config::load(&current.source.path) {
             Ok(config) => config,
             Err(error) => {
+                self.note_watched(current.source.files.clone(), before);
                 self.metrics.config_reload(false);
                 tracing::error!(error = %error, "config reload refused; the running config stays");
                 return Err(error);
@@ -131,6 +153,8 @@ impl Gateway {
             tracing::warn!(change = %change, "config change needs a restart to take effect");
         }
         let sha256 = loaded.source.sha256.clone();
+        let stamps = if loaded.source.files == current.source.files { before } else { stamp(&loaded.source.files) };
+        self.note_watched(loaded.source.files.clone(), stamps);
         let loaded = Arc::new(loaded);
         self.config.store(loaded.clone());
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
@@ -138,6 +162,16 @@ impl Gateway {
         let tunnels_revoked = self.revoke_denied_tunnels(&loaded);
         tracing::info!(version, sha256 = %sha256, tunnels_revoked, "config reloaded");
         Ok(ReloadReport { version, sha256, tunnels_revoked, needs_restart })
+    }
+
+    fn note_watched(&self, files: Vec<PathBuf>, stamps: Vec<Option<(SystemTime, u64)>>) {
+        *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = Watched { files, stamps };
+    }
+
+    /// Whether a watched file changed since the last reload (or refusal).
+    fn watched_files_changed(&self) -> bool {
+        let watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        stamp(&watched.files) != watched.stamps
     }
 
     fn revoke_denied_tunnels(&self, config: &Config) -> usize {
@@ -191,11 +225,14 @@ fn restart_only_changes(current: &Config, loaded: &Config) -> Vec<String> {
 pub struct Options {
     /// The clock for limits and hours.
     pub clock: Arc<dyn Clock>,
+    /// How often the config file and the files it names are checked for changes; `None`: not watched
+    /// (reload by `SIGHUP` or `POST /admin/reload` only).
+    pub watch_interval: Option<Duration>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { clock: Arc::new(SystemClock) }
+        Self { clock: Arc::new(SystemClock), watch_interval: Some(Duration::from_secs(1)) }
     }
 }
 
@@ -268,13 +305,15 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
     let admin_address = admin_socket.as_ref().map(|s| s.local_addr().expect("bound socket has an address"));
     let own_addresses = listeners.iter().map(|(_, a)| *a).chain(admin_address).collect();
     let idle_timeout = config.upstream.idle_timeout;
-    let watched = config.source.files.clone();
+    let watched = Watched { stamps: stamp(&config.source.files), files: config.source.files.clone() };
     let limiter = Limiter::new(state_backend(&config.state)?);
     let gateway = Arc::new(Gateway {
         limiter,
         clock: options.clock,
         version: AtomicU64::new(1),
         tunnels: Mutex::default(),
+        watched: Mutex::new(watched),
+        reloading: Mutex::default(),
         connection_slots: Arc::new(Semaphore::new(config.server.max_connections)),
         config: ArcSwap::from_pointee(config),
         metrics,
@@ -294,7 +333,9 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         tokio::spawn(admin::serve(gateway.clone(), socket));
     }
     tokio::spawn(prune_pool(gateway.clone(), idle_timeout));
-    tokio::spawn(watch_files(gateway.clone(), watched));
+    if let Some(interval) = options.watch_interval {
+        tokio::spawn(watch_files(gateway.clone(), interval));
+    }
     Ok(Running { gateway, listeners, admin: admin_address, tracker, audit_task })
 }
 
@@ -309,26 +350,18 @@ async fn prune_pool(gateway: Arc<Gateway>, idle_timeout: Duration) {
     }
 }
 
-/// Reloads when the config file or a file it names (users, keys, certificates) changes; polled every second,
-/// which works on every filesystem and in containers with mounted ConfigMaps.
-async fn watch_files(gateway: Arc<Gateway>, mut files: Vec<PathBuf>) {
-    let stamp = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
-        files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
-    };
-    let mut seen = stamp(&files);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+/// Reloads when the config file or a file it names (users, keys, certificates) changes; polled (every second by
+/// default), which works on every filesystem and in containers with mounted ConfigMaps.
+async fn watch_files(gateway: Arc<Gateway>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = gateway.shutdown.stop_accepting.cancelled() => return,
         }
-        let now = stamp(&files);
-        if now != seen {
-            seen = now;
-            if gateway.reload().is_ok() {
-                files = gateway.config.load().source.files.clone();
-                seen = stamp(&files);
-            }
+        if gateway.watched_files_changed() {
+            // The outcome is logged and counted by reload itself, which also records the new stamps.
+            let _ = gateway.reload();
         }
     }
 }

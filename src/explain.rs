@@ -49,7 +49,8 @@ pub async fn explain(config: &Config, question: &Question) -> Result<Answer, Str
     let _ = writeln!(report, "request:   {} {}", question.method, target);
     let mut decision = config.policy.decide(&target, &principal.teams, question.at);
     if question.resolve && matches!(decision, Decision::Allow { .. }) {
-        match upstream::resolve_checked(&target, &config.policy, &[], config.upstream.dns_timeout).await {
+        let dialer = upstream::Dialer { config, own_addresses: &[], teams: &principal.teams };
+        match dialer.resolve_checked(&target).await {
             Ok(addresses) => {
                 let list: Vec<String> = addresses.iter().map(|a| a.ip().to_string()).collect();
                 let _ = writeln!(report, "addresses: {} (all pass the private-address guard)", list.join(", "));

@@ -81,15 +81,13 @@ async fn handshake(
     None
 }
 
-/// The metric label for a failed handshake.
+/// The metric label for a failed handshake, from the rustls error inside the I/O error.
 fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
     if error.kind() == std::io::ErrorKind::TimedOut {
         return "timeout";
     }
-    let text = error.to_string();
-    if text.contains("certificate") || text.contains("Certificate") {
-        "client_certificate"
-    } else {
-        "protocol"
+    match error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_)) => "client_certificate",
+        _ => "protocol",
     }
 }

@@ -18,7 +18,7 @@ const PASSWORD: &str = "pa:ss@wo rd";
 fn config(extra: &str) -> String {
     let hash = hash(PASSWORD);
     format!(
-        "auth:\n  anonymous: deny\n  users:\n    - {{name: alice, password_hash: \"{hash}\", teams: [red]}}\n    - {{name: bob, password_hash: \"{hash}\", teams: [blue]}}\n{extra}{LOOPBACK_POLICY}"
+        "auth:\n  anonymous: deny\n  users:\n    - {{name: alice, password_hash: \"{hash}\", teams: [red]}}\n    - {{name: bob, password_hash: \"{hash}\", teams: [blue]}}\n{extra}teams: {{red: {{}}, blue: {{}}}}\n{LOOPBACK_POLICY}"
     )
 }
 
@@ -181,6 +181,8 @@ async fn bytes_pipelined_after_connect_wait_for_authorisation() {
     request.extend_from_slice(b"HELLO");
     let response = exchange_until_closed(gateway.proxy, &request).await;
     assert_challenge(&response, "pipelined CONNECT with a wrong password");
+    assert_eq!(echo.connection_count(), 0);
+    assert!(echo.received.lock().unwrap().is_empty());
     // Good credentials, denied destination: 403, nothing sent anywhere.
     let header = format!("Proxy-Authorization: {}", basic("alice", PASSWORD));
     let mut request = connect_request("blocked.example:443", &[&header]).into_bytes();
@@ -269,4 +271,28 @@ async fn curl_authenticates_through_the_proxy() {
     let audit = gateway.shutdown_and_audit().await;
     let users: Vec<_> = audit.iter().map(|r| r["user"].clone()).collect();
     assert!(users.contains(&"alice".into()) && users.contains(&"bob".into()), "{audit:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_body_of_a_refused_request_is_never_read_as_a_request() {
+    let origin = Origin::start().await;
+    let gateway = TestGateway::start(&config("")).await;
+    // The body is a complete request with good credentials: were it read as the next request, it would pass.
+    let smuggled = format!(
+        "GET {} HTTP/1.1\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
+        origin.url("/smuggled"),
+        basic("alice", PASSWORD)
+    );
+    let request =
+        format!("POST {} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{smuggled}", origin.url("/post"), smuggled.len());
+    let response = exchange_until_closed(gateway.proxy, request.as_bytes()).await;
+    assert_challenge(&response, "POST without credentials");
+    let chunked = format!(
+        "POST {} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+        origin.url("/post"),
+        smuggled.len()
+    );
+    let response = exchange_until_closed(gateway.proxy, chunked.as_bytes()).await;
+    assert_challenge(&response, "chunked POST without credentials");
+    assert_eq!(origin.connection_count(), 0);
 }

@@ -53,6 +53,9 @@ async fn private_and_loopback_destinations_are_refused_before_any_socket() {
         format!("http://[::1]:{port}/"),
         format!("http://[::ffff:127.0.0.1]:{port}/"),
         format!("http://0.0.0.0:{port}/"),
+        format!("https://127.0.0.1:{port}/"),
+        format!("https://localhost:{port}/"),
+        "https://169.254.169.254/".to_owned(),
         "http://169.254.169.254/latest/meta-data/".to_owned(),
         "http://10.0.0.1/".to_owned(),
     ];
@@ -295,6 +298,18 @@ async fn the_gateway_never_connects_to_itself() {
     let url = format!("http://127.0.0.1:{admin}/metrics");
     let response = exchange_until_closed(gateway.proxy, get_request(&url).as_bytes()).await;
     assert_refused(&response, 403, "self_connection", Some("listeners"), &url);
+
+    // With the private-address guard off, only the self-connection check stands between a client and a loop;
+    // on Linux 0.0.0.0 reaches a listener bound to 127.0.0.1.
+    let open =
+        TestGateway::start("auth: {anonymous: dev}\npolicy: {default: allow, private_destinations: allow}\n").await;
+    let port = open.proxy.port();
+    for authority in
+        [format!("0.0.0.0:{port}"), format!("0:{port}"), format!("127.0.0.1:{port}"), format!("[::]:{port}")]
+    {
+        let response = exchange_until_closed(open.proxy, connect_request(&authority, &[]).as_bytes()).await;
+        assert_refused(&response, 403, "self_connection", Some("listeners"), &authority);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,10 +330,12 @@ async fn malformed_targets_are_400_before_any_socket() {
         format!("CONNECT http://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n"),
         format!("GET 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"),
         "GET /relative HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".to_owned(),
-        format!("GET https://127.0.0.1:{port}/ HTTP/1.1\r\nConnection: close\r\n\r\n"),
         format!("GET ftp://127.0.0.1:{port}/ HTTP/1.1\r\nConnection: close\r\n\r\n"),
         format!("GET http://user:pw@127.0.0.1:{port}/ HTTP/1.1\r\nConnection: close\r\n\r\n"),
         format!("GET http://evil.com@127.0.0.1:{port}/ HTTP/1.1\r\nConnection: close\r\n\r\n"),
+        format!("GET http://evil.com\\@127.0.0.1:{port}/ HTTP/1.1\r\nConnection: close\r\n\r\n"),
+        format!("GET http://127.0.0.1:{port}\\.evil.com/ HTTP/1.1\r\nConnection: close\r\n\r\n"),
+        format!("connect 127.0.0.1:{port} HTTP/1.1\r\nConnection: close\r\n\r\n"),
         "GET http:///path HTTP/1.1\r\nConnection: close\r\n\r\n".to_owned(),
         "GET http://exa_mple..com/ HTTP/1.1\r\nConnection: close\r\n\r\n".to_owned(),
         "GET http://-bad-.com/ HTTP/1.1\r\nConnection: close\r\n\r\n".to_owned(),
@@ -332,4 +349,22 @@ async fn malformed_targets_are_400_before_any_socket() {
     let audit = gateway.audit().await;
     assert_eq!(audit.len(), requests.len());
     assert!(audit.iter().all(|r| r["status"] == 400 && r["decision"] == "error" && r["upstream"].is_null()));
+}
+
+// Team precedence on names and literals is in tests/teams.rs; this is the resolved-address half.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_deny_cidr_applies_to_resolved_addresses() {
+    let tripwire = Tripwire::new();
+    let hash = hash("pw");
+    let gateway = TestGateway::start(&format!(
+        "auth:\n  anonymous: deny\n  users: [{{name: bob, password_hash: \"{hash}\", teams: [blue]}}]\n\
+         teams:\n  blue: {{deny: [127.0.0.0/8]}}\n\
+         policy:\n  default: deny\n  allow: [localhost]\n  allow_private: [127.0.0.0/8]\n"
+    ))
+    .await;
+    let header = format!("Proxy-Authorization: {}", basic("bob", "pw"));
+    let authority = format!("localhost:{}", tripwire.address.port());
+    let response = exchange(gateway.proxy, connect_request(&authority, &[&header]).as_bytes()).await;
+    assert_refused(&response, 403, "deny_rule", Some("teams.blue.deny[0]"), "localhost resolves into blue's deny CIDR");
+    tripwire.assert_untouched();
 }

@@ -1,17 +1,20 @@
-//! Who a request comes from: a `Principal`, from Basic proxy credentials or the anonymous setting.
+//! Who a request comes from: a `Principal`, from Basic proxy credentials, a bearer JWT (`auth.jwt`), a client
+//! certificate or the anonymous setting.
 //!
 //! Checked per request (keep-alive connections may change credentials between requests). Verifying an argon2id
 //! hash costs milliseconds, so it runs on the blocking pool and a verified password is remembered as a keyed
 //! digest that later requests compare in constant time.
 
 mod basic;
+mod jwt;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use basic::{hash_password, BasicCredentials};
+pub use jwt::{Claims, JwtConfigError, JwtError, JwtVerifier};
 
 use rustls_pki_types::CertificateDer;
 
@@ -40,6 +43,8 @@ pub enum AuthMethod {
     Basic,
     /// A verified client certificate on a TLS listener.
     Mtls,
+    /// A verified bearer JWT (`auth.jwt`).
+    Jwt,
 }
 
 impl AuthMethod {
@@ -48,6 +53,7 @@ impl AuthMethod {
             AuthMethod::Anonymous => "anonymous",
             AuthMethod::Basic => "basic",
             AuthMethod::Mtls => "mtls",
+            AuthMethod::Jwt => "jwt",
         }
     }
 }
@@ -65,6 +71,20 @@ pub enum AuthError {
     Rejected,
     #[error("too many failed authentication attempts from this address")]
     Throttled { retry_after_secs: u64 },
+    /// A bearer token that does not verify; the reason names the failed check, never the token.
+    #[error("invalid bearer token: {0}")]
+    InvalidToken(JwtError),
+}
+
+impl AuthError {
+    /// The `method` label of `tollgate_auth_failures_total` for this failure.
+    pub fn method(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "none",
+            AuthError::InvalidToken(_) => "jwt",
+            _ => "basic",
+        }
+    }
 }
 
 /// The users and anonymous setting of one config, with the verified-password cache.
@@ -78,6 +98,14 @@ pub struct Directory {
     cache_key: [u8; 32],
     certificate_identity: CertIdentity,
     team_from_ou: bool,
+    jwt: Option<Bearer>,
+}
+
+/// `auth.jwt` compiled, with `auth.group_teams`.
+#[derive(Debug)]
+struct Bearer {
+    verifier: JwtVerifier,
+    group_teams: BTreeMap<String, Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -86,10 +114,11 @@ struct User {
     password_hash: Arc<str>,
 }
 
-/// A user entry that does not compile: its key path and the problem.
+/// A user entry (`index` into the users) or, with no index, a key under `auth` that does not compile: its key path
+/// (`field`, e.g. `password_hash` or `jwt.jwks_file`) and the problem.
 #[derive(Debug)]
 pub struct UserError {
-    pub index: usize,
+    pub index: Option<usize>,
     pub field: &'static str,
     pub message: String,
 }
@@ -100,13 +129,13 @@ impl Directory {
         let mut by_name = HashMap::new();
         for (index, user) in users.iter().enumerate() {
             basic::check_hash(&user.password_hash).map_err(|message| UserError {
-                index,
+                index: Some(index),
                 field: "password_hash",
                 message,
             })?;
             if user.name.is_empty() || user.name.contains(':') {
                 return Err(UserError {
-                    index,
+                    index: Some(index),
                     field: "name",
                     message: "a user name must be non-empty and hold no ':'".into(),
                 });
@@ -119,12 +148,23 @@ impl Directory {
             let entry = User { principal, password_hash: user.password_hash.as_str().into() };
             if by_name.insert(user.name.as_str().into(), entry).is_some() {
                 return Err(UserError {
-                    index,
+                    index: Some(index),
                     field: "name",
                     message: format!("user {:?} is defined twice", user.name),
                 });
             }
         }
+        let jwt = match &auth.jwt {
+            Some(config) => Some(Bearer {
+                verifier: JwtVerifier::compile(config).map_err(|e| UserError {
+                    index: None,
+                    field: jwt_field(e.field),
+                    message: e.message,
+                })?,
+                group_teams: auth.group_teams.iter().map(|(g, t)| (g.clone(), Arc::from(t.as_str()))).collect(),
+            }),
+            None => None,
+        };
         let anonymous = match auth.anonymous.as_str() {
             "deny" => None,
             name => Some(Principal { name: name.into(), teams: Arc::new([]), method: AuthMethod::Anonymous }),
@@ -138,6 +178,7 @@ impl Directory {
             cache_key: rand::random(),
             certificate_identity: auth.mtls.identity,
             team_from_ou: auth.mtls.team_from == Some(file::TeamFrom::Ou),
+            jwt,
         })
     }
 
@@ -146,6 +187,13 @@ impl Directory {
         let Some(header) = proxy_authorization else {
             return self.anonymous.clone().ok_or(AuthError::Missing);
         };
+        if let Some(token) = bearer_token(header) {
+            if self.jwt.is_none() {
+                return Err(AuthError::UnsupportedScheme);
+            }
+            self.check_throttle(client)?;
+            return self.bearer_principal(token?, SystemTime::now()).inspect_err(|_| self.count_failure(client));
+        }
         let credentials = BasicCredentials::parse(header)?;
         self.check_throttle(client)?;
         let Some(user) = self.users.get(credentials.user.as_str()) else {
@@ -178,6 +226,31 @@ impl Directory {
             teams.extend(user.principal.teams.iter().filter(|t| !teams.contains(t)).cloned().collect::<Vec<_>>());
         }
         Some(Principal { name: name.into(), teams: teams.into(), method: AuthMethod::Mtls })
+    }
+
+    /// The principal as this directory sees it now (for tunnels opened under an older config): a Basic user
+    /// must still exist (with its current teams), an anonymous principal must still be the anonymous name.
+    /// Certificate and token principals were proven by their credential and stay as they are.
+    pub fn refresh(&self, principal: &Principal) -> Option<Principal> {
+        match principal.method {
+            AuthMethod::Basic => self.users.get(&*principal.name).map(|user| user.principal.clone()),
+            AuthMethod::Anonymous => self.anonymous.clone().filter(|anonymous| anonymous.name == principal.name),
+            _ => Some(principal.clone()),
+        }
+    }
+
+    /// The principal a bearer JWT names (`auth.jwt`): the user claim, and the groups claim mapped through
+    /// `auth.group_teams` (unknown groups are ignored). Also for `Authorization: Bearer` on gateway listeners.
+    pub fn bearer_principal(&self, token: &str, now: SystemTime) -> Result<Principal, AuthError> {
+        let bearer = self.jwt.as_ref().ok_or(AuthError::UnsupportedScheme)?;
+        let claims = bearer.verifier.verify(token, now).map_err(AuthError::InvalidToken)?;
+        let mut teams: Vec<Arc<str>> = Vec::new();
+        for team in claims.groups.iter().filter_map(|g| bearer.group_teams.get(g)) {
+            if !teams.contains(team) {
+                teams.push(team.clone());
+            }
+        }
+        Ok(Principal { name: claims.user.into(), teams: teams.into(), method: AuthMethod::Jwt })
     }
 
     /// The challenge realm sent with 407.
@@ -213,6 +286,11 @@ impl Directory {
     }
 
     fn record_failure(&self, client: IpAddr) -> AuthError {
+        self.count_failure(client);
+        AuthError::Rejected
+    }
+
+    fn count_failure(&self, client: IpAddr) {
         if self.failed_auth_limit.is_some() {
             let (minute, _) = current_minute();
             let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -225,12 +303,41 @@ impl Directory {
             }
             entry.1 += 1;
         }
-        AuthError::Rejected
     }
 
     /// Number of configured users, for `tollgate check`'s summary.
     pub fn user_count(&self) -> usize {
         self.users.len()
+    }
+}
+
+/// The token of a `Bearer` credential (scheme case-insensitive), `None` for other schemes.
+fn bearer_token(header: &[u8]) -> Option<Result<&str, AuthError>> {
+    let header = header.trim_ascii();
+    let (scheme, token) = match header.iter().position(|b| *b == b' ') {
+        Some(space) => (&header[..space], &header[space + 1..]),
+        None => (header, &[][..]),
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    Some(match std::str::from_utf8(token.trim_ascii()) {
+        Ok("") => Err(AuthError::InvalidToken(JwtError::Malformed("empty token"))),
+        Ok(token) => Ok(token),
+        Err(_) => Err(AuthError::InvalidToken(JwtError::Malformed("not UTF-8"))),
+    })
+}
+
+/// `auth.jwt`'s key for a verifier config error.
+fn jwt_field(field: &'static str) -> &'static str {
+    match field {
+        "" => "jwt",
+        "issuer" => "jwt.issuer",
+        "audience" => "jwt.audience",
+        "user_claim" => "jwt.user_claim",
+        "groups_claim" => "jwt.groups_claim",
+        "hs256_secret" => "jwt.hs256_secret",
+        _ => "jwt.jwks_file",
     }
 }
 

@@ -146,25 +146,27 @@ impl Limits {
     pub fn plan(&self, principal: &Principal) -> Plan {
         let mut plan = Plan::default();
         let user = &principal.name;
-        plan.add(format!("user:{user}"), Scope::User, self.user);
+        plan.add(|| format!("user:{user}"), Scope::User, self.user);
         for team in principal.teams.iter() {
             if let Some(limits) = self.teams.get(team) {
-                plan.add(format!("team:{team}"), Scope::Team, limits.team);
-                plan.add(format!("team:{team}:user:{user}"), Scope::TeamMember, limits.member);
+                plan.add(|| format!("team:{team}"), Scope::Team, limits.team);
+                plan.add(|| format!("team:{team}:user:{user}"), Scope::TeamMember, limits.member);
             }
         }
-        plan.add("org".to_owned(), Scope::Org, self.org);
+        plan.add(|| "org".to_owned(), Scope::Org, self.org);
         plan
     }
 }
 
 impl Plan {
-    fn add(&mut self, key: String, scope: Scope, limits: ScopeLimits) {
+    /// Adds the scope's bucket and slot; the key is only built when a limit applies (the common case with no
+    /// limits costs no allocation).
+    fn add(&mut self, key: impl Fn() -> String, scope: Scope, limits: ScopeLimits) {
         if let Some(rate) = limits.rate {
-            self.buckets.push(Bucket { key: format!("rate:{key}"), scope, rate });
+            self.buckets.push(Bucket { key: format!("rate:{}", key()), scope, rate });
         }
         if let Some(max) = limits.concurrent {
-            self.slots.push(Slot { key: format!("conc:{key}"), scope, max });
+            self.slots.push(Slot { key: format!("conc:{}", key()), scope, max });
         }
     }
 
@@ -218,6 +220,19 @@ impl Admitted {
     /// Holds nothing (no limits apply, or they could not be checked and `state.on_error` allows).
     pub fn none() -> Self {
         Self { backend: Arc::new(memory::Memory::default()), slots: Vec::new() }
+    }
+
+    /// Gives the slots back now, before the request or tunnel is recorded and its connection goes on or closes:
+    /// a client that saw it end must find the slots free. (Dropping instead gives them back from a spawned task,
+    /// a moment later: only for paths that end early.)
+    pub async fn release(mut self) {
+        let slots = std::mem::take(&mut self.slots);
+        if slots.is_empty() {
+            return;
+        }
+        if let Err(error) = self.backend.leave(&slots).await {
+            tracing::warn!(%error, "concurrency slots could not be given back");
+        }
     }
 }
 

@@ -161,11 +161,15 @@ impl Policy {
         }
     }
 
-    /// Checks one resolved address of an allowed name: deny CIDRs, then the private-address guard.
-    pub fn check_address(&self, ip: IpAddr, port: u16) -> Result<(), Decision> {
+    /// Checks one resolved address of an allowed name for a principal in `teams`: the global and the teams'
+    /// deny CIDRs, then the private-address guard.
+    pub fn check_address(&self, ip: IpAddr, port: u16, teams: &[Arc<str>]) -> Result<(), Decision> {
         let ip = ip.to_canonical();
-        if let Some(rule) = self.deny.first_network_match(ip, port) {
-            return Err(Decision::Deny { rule: rule.name.clone(), reason: DenyReason::DenyRule });
+        let team_denies = teams.iter().filter_map(|name| self.teams.get(name)).map(|team| &team.deny);
+        for deny in std::iter::once(&self.deny).chain(team_denies) {
+            if let Some(rule) = deny.first_network_match(ip, port) {
+                return Err(Decision::Deny { rule: rule.name.clone(), reason: DenyReason::DenyRule });
+            }
         }
         match self.private_guard(ip, port) {
             Some(denied) => Err(denied),
@@ -265,8 +269,8 @@ mod tests {
         }
         let p = policy("default: allow\nallow_private: ['127.0.0.0/8']\n");
         assert!(matches!(decide(&p, "127.0.0.1:22"), Decision::Allow { .. }));
-        assert!(p.check_address("127.0.0.2".parse().unwrap(), 1).is_ok());
-        assert!(p.check_address("10.0.0.1".parse().unwrap(), 1).is_err());
+        assert!(p.check_address("127.0.0.2".parse().unwrap(), 1, &[]).is_ok());
+        assert!(p.check_address("10.0.0.1".parse().unwrap(), 1, &[]).is_err());
     }
 
     #[test]
@@ -280,7 +284,7 @@ mod tests {
     #[test]
     fn deny_cidrs_apply_to_resolved_addresses() {
         let p = policy("default: allow\ndeny: ['203.0.113.0/24']\n");
-        assert!(p.check_address("203.0.113.9".parse().unwrap(), 443).is_err());
-        assert!(p.check_address("198.51.100.1".parse().unwrap(), 443).is_ok());
+        assert!(p.check_address("203.0.113.9".parse().unwrap(), 443, &[]).is_err());
+        assert!(p.check_address("198.51.100.1".parse().unwrap(), 443, &[]).is_ok());
     }
 }

@@ -13,7 +13,7 @@ use super::body::{self, Framing, RelayError};
 use super::error::ProxyError;
 use super::head::{read_head, HeadError, HeadLimits, RequestHead, ResponseHead};
 use super::stream::Stream;
-use super::upstream::{self, Connection, PoolKey, Route};
+use super::upstream::{self, Connection, Dialer, PoolKey, Route};
 use crate::app::Gateway;
 use crate::config::Config;
 use crate::target::Target;
@@ -68,7 +68,7 @@ pub struct Forwarded {
 /// Sends one allowed request upstream and relays the response.
 pub async fn exchange(
     gateway: &Gateway,
-    config: &Config,
+    dialer: &Dialer<'_>,
     client: &mut Stream,
     client_buf: &mut BytesMut,
     head: &RequestHead,
@@ -77,11 +77,12 @@ pub async fn exchange(
     if head.expects_continue() && head.framing != Framing::Empty {
         client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(client_gone)?;
     }
+    let config = dialer.config;
     let key = PoolKey { target: uri.target.clone(), tls: uri.tls };
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut connection = connect(gateway, config, &key).await?;
+        let mut connection = connect(gateway, dialer, &key).await?;
         let request_head = rewrite_head(head, uri, connection.route, config);
         match send(&mut connection, client, client_buf, head, request_head, config, &uri.target).await {
             // A 407 to an absolute-form request is the parent refusing tollgate, not the client: relayed, it
@@ -106,13 +107,13 @@ enum Failure {
 }
 
 /// A pooled connection, or a new one: direct or through the parent proxy, with TLS for `https://`.
-async fn connect(gateway: &Gateway, config: &Config, key: &PoolKey) -> Result<Connection, ProxyError> {
-    if let Some(connection) = gateway.pool.checkout(key, &config.policy, config.upstream.idle_timeout) {
+async fn connect(gateway: &Gateway, dialer: &Dialer<'_>, key: &PoolKey) -> Result<Connection, ProxyError> {
+    let config = dialer.config;
+    if let Some(connection) = gateway.pool.checkout(key, &config.policy, dialer.teams, config.upstream.idle_timeout) {
         return Ok(connection);
     }
-    let own = &gateway.own_addresses;
     let (stream, peer, route) = if key.tls {
-        match upstream::open_tunnel(config, own, &key.target).await? {
+        match dialer.open_tunnel(&key.target).await? {
             (Stream::Tcp(tcp), peer, route) => (upstream::tls_connect(config, &key.target, tcp).await?, peer, route),
             _ => {
                 return Err(ProxyError::BadRequest(
@@ -121,7 +122,7 @@ async fn connect(gateway: &Gateway, config: &Config, key: &PoolKey) -> Result<Co
             }
         }
     } else {
-        upstream::open_forward(config, own, &key.target).await?
+        dialer.open_forward(&key.target).await?
     };
     Ok(Connection { stream, buf: BytesMut::new(), peer, route, reused: false })
 }

@@ -159,6 +159,9 @@ impl RequestHead {
         if head.all("host").count() > 1 {
             return Err(HeadError::Malformed("more than one Host header"));
         }
+        if head.all("proxy-authorization").count() > 1 {
+            return Err(HeadError::Malformed("more than one Proxy-Authorization header"));
+        }
         Ok(head)
     }
 
@@ -218,7 +221,7 @@ impl RequestHead {
 }
 
 impl ResponseHead {
-    /// Parses an upstream's response head (bare LF tolerated: the origin's framing is what the client will see).
+    /// Parses an upstream's response head (read by the same strict `read_head`: bare LF is refused as a 502).
     pub fn parse(raw: Bytes) -> Result<Self, &'static str> {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut slots);

@@ -231,11 +231,13 @@ async fn tunnel(
         let target = Target::parse_authority(head.target()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         exchange.target = Some(target.clone());
         let admitted = admit(gateway, config, &head, &target, peer, &mut exchange).await?;
-        let (stream, address, _route) = upstream::open_tunnel(config, &gateway.own_addresses, &target).await?;
+        let teams = exchange.principal.as_ref().map(|p| p.teams.clone()).unwrap_or_else(|| Arc::new([]));
+        let dialer = upstream::Dialer { config, own_addresses: &gateway.own_addresses, teams: &teams };
+        let (stream, address, _route) = dialer.open_tunnel(&target).await?;
         Ok::<_, ProxyError>((stream, address, admitted))
     }
     .await;
-    let (mut upstream_stream, upstream_address, _admitted) = match result {
+    let (mut upstream_stream, upstream_address, admitted) = match result {
         Ok(opened) => opened,
         Err(error) => {
             // Bytes pipelined after a refused CONNECT were meant for the tunnel: they are dropped with the
@@ -250,6 +252,7 @@ async fn tunnel(
     exchange.status = 200;
     if client.write_all(connect::ESTABLISHED).await.is_err() || client.flush().await.is_err() {
         exchange.error = Some("client closed before the tunnel opened".to_owned());
+        admitted.release().await;
         finish(gateway, peer, exchange);
         return Next::Close;
     }
@@ -260,6 +263,7 @@ async fn tunnel(
             exchange.reason = "sni_mismatch";
             exchange.rule = Some("policy.require_sni_match".into());
             exchange.error = Some(problem);
+            admitted.release().await;
             finish(gateway, peer, exchange);
             return Next::Close;
         }
@@ -273,6 +277,8 @@ async fn tunnel(
         connect::splice(client, &mut upstream_stream, pending, config.upstream.idle_timeout, &registration.cut).await;
     gateway.metrics.tunnels_active.dec();
     drop(registration);
+    // Before the record and the close: a client that saw the tunnel end finds its concurrency slots free.
+    admitted.release().await;
     exchange.bytes_up = stats.bytes_up;
     exchange.bytes_down = stats.bytes_down;
     exchange.error = stats.end.label().map(str::to_owned);
@@ -335,8 +341,13 @@ async fn forward(
         let uri = forward::parse_absolute(head.target())?;
         exchange.target = Some(uri.target.clone());
         exchange.path = Some(uri.path.to_owned());
-        let _admitted = admit(gateway, config, &head, &uri.target, peer, &mut exchange).await?;
-        forward::exchange(gateway, config, client, buf, &head, &uri).await
+        let admitted = admit(gateway, config, &head, &uri.target, peer, &mut exchange).await?;
+        let teams = exchange.principal.as_ref().map(|p| p.teams.clone()).unwrap_or_else(|| Arc::new([]));
+        let dialer = upstream::Dialer { config, own_addresses: &gateway.own_addresses, teams: &teams };
+        let forwarded = forward::exchange(gateway, &dialer, client, buf, &head, &uri).await;
+        // Before the next request on this connection is read (a pipelined one may already be buffered).
+        admitted.release().await;
+        forwarded
     }
     .await;
     let next = match result {

@@ -20,41 +20,50 @@ use crate::config::{self, Config, ParentProxy};
 use crate::policy::{Decision, DenyReason, Policy};
 use crate::target::{Host, Target};
 
-/// Resolves `target` and checks every address; one denied address refuses the whole request (fail closed).
-pub async fn resolve_checked(
-    target: &Target,
-    policy: &Policy,
-    own_addresses: &[SocketAddr],
-    dns_timeout: Duration,
-) -> Result<Vec<SocketAddr>, ProxyError> {
-    let addresses: Vec<SocketAddr> = match &target.host {
-        Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
-        Host::Name(name) => {
-            let lookup = tokio::net::lookup_host((&**name, target.port));
-            let found = tokio::time::timeout(dns_timeout, lookup)
-                .await
-                .map_err(|_| ProxyError::ResolveTimeout { host: name.to_string() })?
-                .map_err(|source| ProxyError::Resolve { host: name.to_string(), source })?;
-            found.map(|a| SocketAddr::new(a.ip().to_canonical(), a.port())).collect()
+/// What dialling needs to know: the snapshot, tollgate's own addresses (never a destination), and the teams of
+/// the principal asking (their deny CIDRs apply to resolved addresses too).
+#[derive(Debug, Clone, Copy)]
+pub struct Dialer<'a> {
+    pub config: &'a Config,
+    pub own_addresses: &'a [SocketAddr],
+    pub teams: &'a [Arc<str>],
+}
+
+impl Dialer<'_> {
+    /// Resolves `target` and checks every address; one denied address refuses the whole request (fail closed).
+    pub async fn resolve_checked(&self, target: &Target) -> Result<Vec<SocketAddr>, ProxyError> {
+        let addresses: Vec<SocketAddr> = match &target.host {
+            Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
+            Host::Name(name) => {
+                let lookup = tokio::net::lookup_host((&**name, target.port));
+                let found = tokio::time::timeout(self.config.upstream.dns_timeout, lookup)
+                    .await
+                    .map_err(|_| ProxyError::ResolveTimeout { host: name.to_string() })?
+                    .map_err(|source| ProxyError::Resolve { host: name.to_string(), source })?;
+                found.map(|a| SocketAddr::new(a.ip().to_canonical(), a.port())).collect()
+            }
+        };
+        if addresses.is_empty() {
+            let source = std::io::ErrorKind::NotFound.into();
+            return Err(ProxyError::Resolve { host: target.host.to_string(), source });
         }
-    };
-    if addresses.is_empty() {
-        return Err(ProxyError::Resolve { host: target.host.to_string(), source: std::io::ErrorKind::NotFound.into() });
+        for address in &addresses {
+            if is_own_address(*address, self.own_addresses) {
+                return Err(ProxyError::Denied {
+                    target: target.to_string(),
+                    rule: "listeners".into(),
+                    reason: DenyReason::SelfConnection,
+                });
+            }
+            if let Err(Decision::Deny { rule, reason }) =
+                self.config.policy.check_address(address.ip(), address.port(), self.teams)
+            {
+                let target = format!("{target} ({})", address.ip());
+                return Err(ProxyError::Denied { target, rule, reason });
+            }
+        }
+        Ok(addresses)
     }
-    for address in &addresses {
-        if is_own_address(*address, own_addresses) {
-            return Err(ProxyError::Denied {
-                target: target.to_string(),
-                rule: "listeners".into(),
-                reason: DenyReason::SelfConnection,
-            });
-        }
-        if let Err(Decision::Deny { rule, reason }) = policy.check_address(address.ip(), address.port()) {
-            let target = format!("{target} ({})", address.ip());
-            return Err(ProxyError::Denied { target, rule, reason });
-        }
-    }
-    Ok(addresses)
 }
 
 /// A connection to tollgate's own listener would loop. Dialling an unspecified address (0.0.0.0, ::) reaches
@@ -107,72 +116,66 @@ pub fn route(upstream: &config::Upstream, target: &Target) -> Route {
     }
 }
 
-/// A raw byte path to `target` (for CONNECT tunnels and `https://` requests): dialled directly after the
-/// address checks, or a CONNECT tunnel through the parent proxy.
-pub async fn open_tunnel(
-    config: &Config,
-    own_addresses: &[SocketAddr],
-    target: &Target,
-) -> Result<(Stream, SocketAddr, Route), ProxyError> {
-    match route(&config.upstream, target) {
-        Route::Direct => {
-            let addresses = resolve_checked(target, &config.policy, own_addresses, config.upstream.dns_timeout).await?;
-            let stream = dial(target, &addresses, config.upstream.connect_timeout).await?;
-            let peer = stream.peer_addr().unwrap_or(addresses[0]);
-            Ok((Stream::Tcp(stream), peer, Route::Direct))
-        }
-        Route::Parent => {
-            let (mut stream, peer, parent) = connect_parent(config, own_addresses).await?;
-            parent_connect(&mut stream, parent, target, config).await?;
-            Ok((stream, peer, Route::Parent))
+impl Dialer<'_> {
+    /// A raw byte path to `target` (for CONNECT tunnels and `https://` requests): dialled directly after the
+    /// address checks, or a CONNECT tunnel through the parent proxy.
+    pub async fn open_tunnel(&self, target: &Target) -> Result<(Stream, SocketAddr, Route), ProxyError> {
+        let config = self.config;
+        match route(&config.upstream, target) {
+            Route::Direct => {
+                let addresses = self.resolve_checked(target).await?;
+                let stream = dial(target, &addresses, config.upstream.connect_timeout).await?;
+                let peer = stream.peer_addr().unwrap_or(addresses[0]);
+                Ok((Stream::Tcp(stream), peer, Route::Direct))
+            }
+            Route::Parent => {
+                let (mut stream, peer, parent) = self.connect_parent().await?;
+                parent_connect(&mut stream, parent, target, config).await?;
+                Ok((stream, peer, Route::Parent))
+            }
         }
     }
-}
 
-/// A connection for an `http://` request: to the origin, or to the parent proxy (which then gets the
-/// request in absolute form).
-pub async fn open_forward(
-    config: &Config,
-    own_addresses: &[SocketAddr],
-    target: &Target,
-) -> Result<(Stream, SocketAddr, Route), ProxyError> {
-    match route(&config.upstream, target) {
-        Route::Direct => open_tunnel(config, own_addresses, target).await,
-        Route::Parent => {
-            let (stream, peer, _) = connect_parent(config, own_addresses).await?;
-            Ok((stream, peer, Route::Parent))
+    /// A connection for an `http://` request: to the origin, or to the parent proxy (which then gets the
+    /// request in absolute form).
+    pub async fn open_forward(&self, target: &Target) -> Result<(Stream, SocketAddr, Route), ProxyError> {
+        match route(&self.config.upstream, target) {
+            Route::Direct => self.open_tunnel(target).await,
+            Route::Parent => {
+                let (stream, peer, _) = self.connect_parent().await?;
+                Ok((stream, peer, Route::Parent))
+            }
         }
     }
-}
 
-/// TCP (and TLS for `https://`) to the parent proxy. The parent is configured by the operator: its address is
-/// not held to the private-address guard, only to the loop check.
-async fn connect_parent<'a>(
-    config: &'a Config,
-    own_addresses: &[SocketAddr],
-) -> Result<(Stream, SocketAddr, &'a ParentProxy), ProxyError> {
-    let parent = config.upstream.parent_proxy.as_ref().expect("Route::Parent only with a parent proxy");
-    let addresses = match &parent.target.host {
-        Host::Ip(ip) => vec![SocketAddr::new(*ip, parent.target.port)],
-        Host::Name(name) => {
-            tokio::time::timeout(config.upstream.dns_timeout, tokio::net::lookup_host((&**name, parent.target.port)))
-                .await
-                .map_err(|_| ProxyError::ResolveTimeout { host: name.to_string() })?
-                .map_err(|source| ProxyError::Resolve { host: name.to_string(), source })?
-                .collect()
+    /// TCP (and TLS for `https://`) to the parent proxy. The parent is configured by the operator: its address
+    /// is not held to the private-address guard, only to the loop check.
+    async fn connect_parent(&self) -> Result<(Stream, SocketAddr, &ParentProxy), ProxyError> {
+        let config = self.config;
+        let parent = config.upstream.parent_proxy.as_ref().expect("Route::Parent only with a parent proxy");
+        let addresses = match &parent.target.host {
+            Host::Ip(ip) => vec![SocketAddr::new(*ip, parent.target.port)],
+            Host::Name(name) => tokio::time::timeout(
+                config.upstream.dns_timeout,
+                tokio::net::lookup_host((&**name, parent.target.port)),
+            )
+            .await
+            .map_err(|_| ProxyError::ResolveTimeout { host: name.to_string() })?
+            .map_err(|source| ProxyError::Resolve { host: name.to_string(), source })?
+            .collect(),
+        };
+        if addresses.iter().any(|a| is_own_address(*a, self.own_addresses)) {
+            return Err(ProxyError::Denied {
+                target: parent.display.clone(),
+                rule: "upstream.parent_proxy".into(),
+                reason: DenyReason::SelfConnection,
+            });
         }
-    };
-    if addresses.iter().any(|a| is_own_address(*a, own_addresses)) {
-        return Err(ProxyError::Denied {
-            target: parent.display.clone(),
-            rule: "upstream.parent_proxy".into(),
-            reason: DenyReason::SelfConnection,
-        });
+        let tcp = dial(&parent.target, &addresses, config.upstream.connect_timeout).await?;
+        let peer = tcp.peer_addr().unwrap_or(addresses[0]);
+        let stream = if parent.tls { tls_connect(config, &parent.target, tcp).await? } else { Stream::Tcp(tcp) };
+        Ok((stream, peer, parent))
     }
-    let tcp = dial(&parent.target, &addresses, config.upstream.connect_timeout).await?;
-    let peer = tcp.peer_addr().unwrap_or(addresses[0]);
-    let stream = if parent.tls { tls_connect(config, &parent.target, tcp).await? } else { Stream::Tcp(tcp) };
-    Ok((stream, peer, parent))
 }
 
 /// Asks the parent proxy for a tunnel; its refusals become a 502 that names them.
@@ -262,13 +265,20 @@ impl Pool {
         Arc::new(Self { idle: Mutex::default(), max_per_target })
     }
 
-    /// The newest live idle connection for `key` whose address the current policy still allows.
-    pub fn checkout(&self, key: &PoolKey, policy: &Policy, max_idle: Duration) -> Option<Connection> {
+    /// The newest live idle connection for `key` whose address the current policy still allows to a principal
+    /// in `teams` (a connection opened for one principal may serve another).
+    pub fn checkout(
+        &self,
+        key: &PoolKey,
+        policy: &Policy,
+        teams: &[Arc<str>],
+        max_idle: Duration,
+    ) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
         while let Some((mut connection, since)) = list.pop() {
             let still_allowed = connection.route == Route::Parent
-                || policy.check_address(connection.peer.ip(), connection.peer.port()).is_ok();
+                || policy.check_address(connection.peer.ip(), connection.peer.port(), teams).is_ok();
             // A connection idle for under a second is taken on trust (a probe costs a syscall per request);
             // if the upstream closed it meanwhile, a bodiless request is retried on a fresh one.
             let idle = since.elapsed();

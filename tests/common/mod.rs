@@ -3,6 +3,9 @@
 //! Nothing here sleeps to synchronise: tests wait on sockets, channels and the audit flush.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod pki;
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -174,8 +177,8 @@ pub async fn closed_by_peer(stream: &mut TcpStream) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut sink)).await, Ok(Ok(_)))
 }
 
-/// An origin server on 127.0.0.1:0 that records every connection and every request head it receives, and
-/// answers each request with `200` and a body naming the path (keep-alive).
+/// An origin server on 127.0.0.1:0 that records every connection and every request head it receives (with its
+/// body, by Content-Length or chunked), and answers each request with `200` and a body naming the path (keep-alive).
 pub struct Origin {
     pub address: SocketAddr,
     pub connections: Arc<AtomicUsize>,
@@ -224,10 +227,23 @@ async fn serve_origin(mut stream: TcpStream, requests: Arc<Mutex<Vec<String>>>) 
         };
         let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
         buf.drain(..end + 4);
-        let length: usize = head
+        let chunked = head.lines().any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
+        let mut length: usize = head
             .lines()
             .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
             .unwrap_or(0);
+        if chunked {
+            length = loop {
+                if let Some(end) = chunked_body_length(&buf) {
+                    break end;
+                }
+                let mut chunk = [0u8; 4096];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+        }
         while buf.len() < length {
             let mut chunk = [0u8; 4096];
             match stream.read(&mut chunk).await {
@@ -244,6 +260,31 @@ async fn serve_origin(mut stream: TcpStream, requests: Arc<Mutex<Vec<String>>>) 
         if stream.write_all(response.as_bytes()).await.is_err() {
             return;
         }
+    }
+}
+
+/// The length of the complete chunked body (chunks, last chunk, trailers) at the start of `buf`, if it is all there.
+fn chunked_body_length(buf: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let line_end = at + find(&buf[at..], b"\r\n")?;
+        let size_text = String::from_utf8_lossy(&buf[at..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        at = line_end + 2;
+        if size == 0 {
+            loop {
+                let trailer_end = at + find(&buf[at..], b"\r\n")?;
+                let empty = trailer_end == at;
+                at = trailer_end + 2;
+                if empty {
+                    return Some(at);
+                }
+            }
+        }
+        if buf.len() < at + size + 2 {
+            return None;
+        }
+        at += size + 2;
     }
 }
 
@@ -429,4 +470,124 @@ pub fn connect_request(authority: &str, headers: &[&str]) -> String {
     }
     request.push_str("\r\n");
     request
+}
+
+/// An origin on 127.0.0.1:0 that, for every connection, reads once (the request head) and answers `answer`
+/// verbatim, then closes: for upstreams that misbehave.
+pub async fn scripted_origin(answer: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind scripted origin");
+    let address = listener.local_addr().expect("scripted origin address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head).await;
+            let _ = stream.write_all(answer).await;
+        }
+    });
+    address
+}
+
+impl TestGateway {
+    /// Starts a gateway from YAML that holds its own `listeners` (and everything else but `admin` and `audit`,
+    /// which are added as in `start`). `proxy` is the listener called `proxy`, or else the first one; `listener`
+    /// finds the others by name.
+    pub async fn start_full(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let audit = dir.path().join("audit.jsonl");
+        let text =
+            format!("admin: {{bind: \"127.0.0.1:0\"}}\naudit: {{file: {{path: \"{}\"}}}}\n{yaml}", audit.display());
+        let config = Config::from_text(&text, Path::new("test.yaml"), &|name| std::env::var(name).ok())
+            .unwrap_or_else(|e| panic!("config should load: {e}"));
+        let running = app::start(config).await.unwrap_or_else(|e| panic!("gateway should start: {e}"));
+        let proxy =
+            running.address("proxy").or_else(|| running.listeners.first().map(|(_, a)| *a)).expect("a listener");
+        let admin = running.admin.expect("admin listener");
+        Self { running: Some(running), proxy, admin, dir }
+    }
+
+    /// The bound address of the listener called `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.running.as_ref().expect("running").address(name).unwrap_or_else(|| panic!("no listener {name}"))
+    }
+
+    /// Shuts down (every connection task has ended, so every counter is final) and returns the Prometheus text.
+    pub async fn shutdown_and_metrics(&mut self) -> String {
+        let gateway = self.running.as_ref().expect("running").gateway.clone();
+        self.shutdown().await;
+        gateway.metrics.render()
+    }
+}
+
+/// A clock the test sets and advances: limits and team hours read it (`app::Options::clock`).
+#[derive(Debug)]
+pub struct TestClock(Mutex<std::time::SystemTime>);
+
+impl TestClock {
+    /// A clock standing at `rfc3339` (e.g. `2026-12-01T12:00:00Z`).
+    pub fn at(rfc3339: &str) -> Arc<Self> {
+        Arc::new(Self(Mutex::new(at(rfc3339))))
+    }
+
+    pub fn set(&self, to: std::time::SystemTime) {
+        *self.0.lock().unwrap() = to;
+    }
+
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+
+    pub fn time(&self) -> std::time::SystemTime {
+        *self.0.lock().unwrap()
+    }
+}
+
+impl tollgate::limits::Clock for TestClock {
+    fn now(&self) -> std::time::SystemTime {
+        self.time()
+    }
+}
+
+/// An RFC 3339 time.
+pub fn at(rfc3339: &str) -> std::time::SystemTime {
+    humantime::parse_rfc3339(rfc3339).unwrap_or_else(|e| panic!("{rfc3339:?} is RFC 3339: {e}"))
+}
+
+impl TestGateway {
+    /// Like `start`, with the gateway's clock set by the test.
+    pub async fn start_with_clock(yaml: &str, clock: Arc<TestClock>) -> Self {
+        let options = app::Options { clock, ..app::Options::default() };
+        Self::start_with_options(yaml, options).await
+    }
+
+    /// Like `start`, with `app::Options`.
+    pub async fn start_with_options(yaml: &str, options: app::Options) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let audit = dir.path().join("audit.jsonl");
+        let text = format!(
+            "listeners: [{{name: proxy, bind: \"127.0.0.1:0\"}}]\nadmin: {{bind: \"127.0.0.1:0\"}}\naudit: {{file: {{path: \"{}\"}}}}\n{yaml}",
+            audit.display()
+        );
+        let config = Config::from_text(&text, Path::new("test.yaml"), &|name| std::env::var(name).ok())
+            .unwrap_or_else(|e| panic!("config should load: {e}"));
+        let running = app::start_with(config, options).await.unwrap_or_else(|e| panic!("gateway should start: {e}"));
+        let proxy = running.address("proxy").expect("proxy listener");
+        let admin = running.admin.expect("admin listener");
+        Self { running: Some(running), proxy, admin, dir }
+    }
+
+    /// Starts from a config file (`Config::load`, as `tollgate run` does) that names its own listeners (one called
+    /// `proxy`), `admin` and `audit` (the audit file should be `audit.jsonl` in `dir`, for `audit()`); `dir` is
+    /// kept for the life of the gateway.
+    pub async fn start_file(path: &Path, dir: tempfile::TempDir, options: app::Options) -> Self {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("config should load: {e}"));
+        let running = app::start_with(config, options).await.unwrap_or_else(|e| panic!("gateway should start: {e}"));
+        let proxy = running.address("proxy").expect("proxy listener");
+        let admin = running.admin.expect("admin listener");
+        Self { running: Some(running), proxy, admin, dir }
+    }
+
+    /// The running gateway's shared state.
+    pub fn gateway(&self) -> &Arc<app::Gateway> {
+        &self.running.as_ref().expect("running").gateway
+    }
 }

@@ -1,0 +1,250 @@
+//! Test certificates, made with rcgen (ECDSA P-256): a CA, a server leaf for `localhost`/`127.0.0.1`, client
+//! leaves naming their principal by SAN e-mail, SAN URI or CN (team in the OU), and the bad kinds a TLS listener
+//! must refuse: expired, not yet valid, revoked (by a CRL the CA signs), wrong usage, and one from an untrusted CA.
+//!
+//! Every certificate and key is written as PEM into the bundle's temp dir: `NAME.pem` and `NAME.key`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType,
+    SerialNumber,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// A certificate authority that signs leaves (and CRLs).
+pub struct Authority {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    /// The CA certificate, PEM.
+    pub pem: PathBuf,
+}
+
+impl Authority {
+    fn new(dir: &Path, file: &str, name: &str) -> Self {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(&[(DnType::CommonName, name), (DnType::OrganizationName, "tollgate tests")]);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        let pem = dir.join(format!("{file}.pem"));
+        std::fs::write(&pem, cert.pem()).expect("write CA");
+        Self { cert, key, pem }
+    }
+
+    pub fn der(&self) -> CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+
+    /// Signs `params` (a fresh key) and writes `NAME.pem` / `NAME.key` into `dir`.
+    fn issue(&self, dir: &Path, file: &str, params: CertificateParams) -> Leaf {
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign leaf");
+        let (pem, key_path) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
+        std::fs::write(&pem, cert.pem()).expect("write leaf");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        Leaf { der: cert.der().clone(), key_der: key.serialize_der(), pem, key: key_path }
+    }
+}
+
+/// An issued certificate with its key.
+pub struct Leaf {
+    pub der: CertificateDer<'static>,
+    key_der: Vec<u8>,
+    /// Certificate, PEM.
+    pub pem: PathBuf,
+    /// Private key, PEM (PKCS#8).
+    pub key: PathBuf,
+}
+
+impl Leaf {
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.der.clone()]
+    }
+
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
+    }
+}
+
+fn dn(parts: &[(DnType, &str)]) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    for (kind, value) in parts {
+        name.push(kind.clone(), *value);
+    }
+    name
+}
+
+fn ia5(text: &str) -> rcgen::Ia5String {
+    text.try_into().expect("IA5 string")
+}
+
+/// A client leaf: clientAuth usage, the given subject and SANs.
+fn client_params(subject: &[(DnType, &str)], sans: Vec<SanType>) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(subject);
+    params.subject_alt_names = sans;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
+}
+
+/// A server leaf for `names` (DNS names; `127.0.0.1` becomes an IP SAN).
+fn server_params(names: &[&str]) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn(&[(DnType::CommonName, names[0])]);
+    params.subject_alt_names = names
+        .iter()
+        .map(|name| match name.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(ia5(name)),
+        })
+        .collect();
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params
+}
+
+/// The principal names the good client certificates carry.
+pub const EMAIL: &str = "alice@corp.example";
+pub const EMAIL_TEAM: &str = "backend";
+pub const URI: &str = "spiffe://corp.example/ns/ci/sa/builder";
+pub const URI_TEAM: &str = "platform";
+pub const CN: &str = "build-bot";
+pub const CN_TEAM: &str = "ops";
+
+/// Every certificate the TLS tests use, in one temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    /// Signs the server leaf, the client leaves and the CRL.
+    pub ca: Authority,
+    /// A CA no config trusts.
+    pub rogue_ca: Authority,
+    /// `localhost` and `127.0.0.1`, serverAuth.
+    pub server: Leaf,
+    /// Valid only for `other.test` (signed by `ca`).
+    pub other_host: Leaf,
+    /// SAN e-mail `EMAIL`, CN `alice`, OU `EMAIL_TEAM`.
+    pub client_email: Leaf,
+    /// SAN URI `URI`, CN `builder`, OU `URI_TEAM`.
+    pub client_uri: Leaf,
+    /// CN `CN`, OU `CN_TEAM`, no SAN.
+    pub client_cn: Leaf,
+    /// Not valid after 2001.
+    pub expired: Leaf,
+    /// Not valid before 2090.
+    pub not_yet_valid: Leaf,
+    /// Listed in `crl`.
+    pub revoked: Leaf,
+    /// serverAuth only: not a client certificate.
+    pub wrong_usage: Leaf,
+    /// Signed by `rogue_ca`.
+    pub untrusted: Leaf,
+    /// `ca`'s CRL revoking `revoked`, PEM.
+    pub crl: PathBuf,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("pki temp dir");
+        let d = dir.path();
+        let ca = Authority::new(d, "ca", "tollgate test CA");
+        let rogue_ca = Authority::new(d, "rogue-ca", "rogue CA");
+        let server = ca.issue(d, "server", server_params(&["localhost", "127.0.0.1"]));
+        let other_host = ca.issue(d, "other-host", server_params(&["other.test"]));
+        let email = |cn: &str| -> Vec<SanType> { vec![SanType::Rfc822Name(ia5(&format!("{cn}@corp.example")))] };
+        let client_email = ca.issue(
+            d,
+            "client-email",
+            client_params(
+                &[(DnType::CommonName, "alice"), (DnType::OrganizationalUnitName, EMAIL_TEAM)],
+                email("alice"),
+            ),
+        );
+        let client_uri = ca.issue(
+            d,
+            "client-uri",
+            client_params(
+                &[(DnType::CommonName, "builder"), (DnType::OrganizationalUnitName, URI_TEAM)],
+                vec![SanType::URI(ia5(URI))],
+            ),
+        );
+        let client_cn = ca.issue(
+            d,
+            "client-cn",
+            client_params(&[(DnType::CommonName, CN), (DnType::OrganizationalUnitName, CN_TEAM)], Vec::new()),
+        );
+        let mut params = client_params(&[(DnType::CommonName, "expired")], email("expired"));
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        let expired = ca.issue(d, "expired", params);
+        let mut params = client_params(&[(DnType::CommonName, "future")], email("future"));
+        params.not_before = rcgen::date_time_ymd(2090, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2091, 1, 1);
+        let not_yet_valid = ca.issue(d, "not-yet-valid", params);
+        let revoked_serial = SerialNumber::from_slice(&[0x0b, 0xad, 0xc0, 0xde]);
+        let mut params = client_params(&[(DnType::CommonName, "revoked")], email("revoked"));
+        params.serial_number = Some(revoked_serial.clone());
+        let revoked = ca.issue(d, "revoked", params);
+        let mut params = client_params(&[(DnType::CommonName, "server-only")], email("server-only"));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let wrong_usage = ca.issue(d, "wrong-usage", params);
+        let untrusted =
+            rogue_ca.issue(d, "untrusted", client_params(&[(DnType::CommonName, "mallory")], email("mallory")));
+        let crl = CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2090, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![RevokedCertParams {
+                serial_number: revoked_serial,
+                revocation_time: rcgen::date_time_ymd(2024, 1, 1),
+                reason_code: Some(RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }],
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&ca.cert, &ca.key)
+        .expect("sign CRL");
+        let crl_path = d.join("clients.crl");
+        std::fs::write(&crl_path, crl.pem().expect("CRL PEM")).expect("write CRL");
+        Self {
+            dir,
+            ca,
+            rogue_ca,
+            server,
+            other_host,
+            client_email,
+            client_uri,
+            client_cn,
+            expired,
+            not_yet_valid,
+            revoked,
+            wrong_usage,
+            untrusted,
+            crl: crl_path,
+        }
+    }
+
+    /// A rustls client config that trusts `ca`, presenting `client` when given.
+    pub fn client_config(&self, client: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.der()).expect("CA is a usable root");
+        let builder = rustls::ClientConfig::builder_with_provider(tollgate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots);
+        Arc::new(match client {
+            Some(leaf) => builder.with_client_auth_cert(leaf.chain(), leaf.private_key()).expect("client cert"),
+            None => builder.with_no_client_auth(),
+        })
+    }
+}
+
+/// `127.0.0.1`, for server names.
+pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
