@@ -410,3 +410,51 @@ async fn the_ou_team_is_the_team_policy_applies() {
     assert_eq!(seen, [("alice", pki::EMAIL_TEAM, "allow"), (pki::CN, pki::CN_TEAM, "deny")], "{records:#?}");
     assert_eq!(origin.request_heads().len(), 1);
 }
+
+/// A client config that trusts only `authority`.
+fn trusting(authority: &pki::Authority) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(authority.der()).unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(tollgate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rotates_the_listener_certificate_without_a_restart() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.pem"), dir.path().join("server.key"));
+    std::fs::copy(&pki.server.pem, &cert).unwrap();
+    std::fs::copy(&pki.server.key, &key).unwrap();
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listeners:\n  - name: proxy-tls\n    bind: \"127.0.0.1:0\"\n    tls: {{cert: \"{}\", key: \"{}\"}}\nauth: {{anonymous: dev}}\n{POLICY}",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let running = tollgate::app::start(tollgate::config::Config::load(&path).unwrap()).await.unwrap();
+    let address = running.address("proxy-tls").unwrap();
+    connect(address, "localhost", trusting(&pki.ca)).await.expect("the original certificate is served");
+
+    std::fs::copy(&pki.rotated_server.pem, &cert).unwrap();
+    std::fs::copy(&pki.rotated_server.key, &key).unwrap();
+    running.gateway.reload().expect("the rotated certificate loads");
+
+    connect(address, "localhost", trusting(&pki.rogue_ca))
+        .await
+        .expect("new handshakes present the rotated certificate");
+    assert!(
+        connect(address, "localhost", trusting(&pki.ca)).await.is_err(),
+        "the old certificate must no longer be served"
+    );
+    running.shutdown().await;
+}

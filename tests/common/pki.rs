@@ -129,6 +129,8 @@ pub struct Pki {
     pub server: Leaf,
     /// Valid only for `other.test` (signed by `ca`).
     pub other_host: Leaf,
+    /// `localhost` and `127.0.0.1` again, signed by `rogue_ca`: the certificate a rotation moves to.
+    pub rotated_server: Leaf,
     /// SAN e-mail `EMAIL`, CN `alice`, OU `EMAIL_TEAM`.
     pub client_email: Leaf,
     /// SAN URI `URI`, CN `builder`, OU `URI_TEAM`.
@@ -157,6 +159,7 @@ impl Pki {
         let rogue_ca = Authority::new(d, "rogue-ca", "rogue CA");
         let server = ca.issue(d, "server", server_params(&["localhost", "127.0.0.1"]));
         let other_host = ca.issue(d, "other-host", server_params(&["other.test"]));
+        let rotated_server = rogue_ca.issue(d, "rotated-server", server_params(&["localhost", "127.0.0.1"]));
         let email = |cn: &str| -> Vec<SanType> { vec![SanType::Rfc822Name(ia5(&format!("{cn}@corp.example")))] };
         let client_email = ca.issue(
             d,
@@ -219,6 +222,7 @@ impl Pki {
             rogue_ca,
             server,
             other_host,
+            rotated_server,
             client_email,
             client_uri,
             client_cn,
