@@ -173,8 +173,7 @@ async fn admit(
         Some(principal) => principal.clone(),
         None => {
             config.identity.identify(head.header("proxy-authorization"), peer.address.ip()).await.map_err(|error| {
-                let method = if matches!(error, AuthError::Missing) { "none" } else { "basic" };
-                gateway.metrics.auth_failure(method);
+                gateway.metrics.auth_failure(error.method());
                 ProxyError::Auth(error)
             })?
         }
