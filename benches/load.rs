@@ -1312,8 +1312,10 @@ async fn start_proxy(ctx: &mut Ctx, kind: Kind) -> Result<Proxy, String> {
         Command::new(&bin)
     };
     cmd.args(&args).current_dir(&dir).stdin(Stdio::null()).stdout(out).stderr(err);
-    if kind == Kind::Tollgate && std::env::var_os("RUST_LOG").is_none() {
-        cmd.env("RUST_LOG", "warn");
+    if kind == Kind::Tollgate && std::env::var_os("TOLLGATE_LOG").is_none() {
+        // The peers run without an access log; tollgate's per-request log line is off too (its audit record,
+        // the contract, stays on).
+        cmd.env("TOLLGATE_LOG", "warn");
     }
     let child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", bin.display()))?;
     register_pid(child.id());

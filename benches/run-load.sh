@@ -35,5 +35,9 @@ cargo build --release
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 mkdir -p target
-cargo bench --bench load -- "$@" 2>&1 | tee target/load-report.md
+# Compile first, so that the report holds only the harness's output (and its errors).
+cargo bench --bench load --no-run
+cargo bench --bench load -- "$@" 2>&1 \
+    | grep --line-buffered -v -E '^ +(Blocking|Compiling|Finished|Running|Locking|Updating|Downloading|Downloaded) ' \
+    | tee target/load-report.md
 echo "report: target/load-report.md" >&2
