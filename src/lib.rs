@@ -18,6 +18,7 @@ pub mod explain;
 pub mod identity;
 pub mod limits;
 pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

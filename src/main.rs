@@ -154,15 +154,14 @@ fn main() -> ExitCode {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
         Command::Explain { config, user, teams, method, model, resolve, at, target } => {
-            let at =
-                match at.map(|text| humantime::parse_rfc3339_weak(&text).map_err(|e| format!("--at {text:?}: {e}"))) {
-                    Some(Ok(at)) => at,
-                    Some(Err(message)) => {
-                        eprintln!("tollgate: {message}");
-                        return ExitCode::from(2);
-                    }
-                    None => std::time::SystemTime::now(),
-                };
+            let at = match at.map(|text| parse_at(&text).map_err(|e| format!("--at {text:?}: {e}"))) {
+                Some(Ok(at)) => at,
+                Some(Err(message)) => {
+                    eprintln!("tollgate: {message}");
+                    return ExitCode::from(2);
+                }
+                None => std::time::SystemTime::now(),
+            };
             let question = tollgate::explain::Question { user, teams, method, model, target, resolve, at };
             explain(&config, &question)
         }
@@ -181,14 +180,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr through a writer thread that batches lines: the request path never waits on the
-/// terminal or pipe. Keep the guard alive: dropping it flushes what is queued.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// An RFC 3339 time with any offset (`2026-12-01T09:00:00+01:00`), or in UTC without one.
+fn parse_at(text: &str) -> Result<std::time::SystemTime, String> {
+    match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(at) => Ok(at.into()),
+        Err(_) => humantime::parse_rfc3339_weak(text).map_err(|e| e.to_string()),
+    }
+}
+
+/// Logs go to stderr in batches, off the request path (`tollgate::logging`). Keep the guard alive: dropping it
+/// writes what is buffered.
+fn init_logging(format: LogFormat) -> tollgate::logging::FlushGuard {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) =
-        tracing_appender::non_blocking(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
-    use std::io::IsTerminal;
+    let (writer, guard) = tollgate::logging::batched_stderr();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
