@@ -168,10 +168,11 @@ impl Gateway {
         *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = Watched { files, stamps };
     }
 
-    /// Whether a watched file changed since the last reload (or refusal).
-    fn watched_files_changed(&self) -> bool {
+    /// The watched files' stamps now, when they differ from the last reload's (or refusal's).
+    fn watched_files_changed(&self) -> Option<Vec<Option<(SystemTime, u64)>>> {
         let watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-        stamp(&watched.files) != watched.stamps
+        let now = stamp(&watched.files);
+        (now != watched.stamps).then_some(now)
     }
 
     fn revoke_denied_tunnels(&self, config: &Config) -> usize {
@@ -216,6 +217,13 @@ fn restart_only_changes(current: &Config, loaded: &Config) -> Vec<String> {
     }
     if current.audit.file.as_ref().map(|f| &f.path) != loaded.audit.file.as_ref().map(|f| &f.path) {
         changes.push("audit.file.path changed".to_owned());
+    }
+    if current.audit.file.as_ref().map(|f| f.chain) != loaded.audit.file.as_ref().map(|f| f.chain) {
+        changes.push("audit.file.chain changed".to_owned());
+    }
+    // The connection semaphore is sized once, at start.
+    if current.server.max_connections != loaded.server.max_connections {
+        changes.push("server.max_connections changed".to_owned());
     }
     changes
 }
@@ -351,17 +359,24 @@ async fn prune_pool(gateway: Arc<Gateway>, idle_timeout: Duration) {
 }
 
 /// Reloads when the config file or a file it names (users, keys, certificates) changes; polled (every second by
-/// default), which works on every filesystem and in containers with mounted ConfigMaps.
+/// default), which works on every filesystem and in containers with mounted ConfigMaps. A change is reloaded once
+/// the files stood still for one poll: a file still being written (truncated, half there) is never read.
 async fn watch_files(gateway: Arc<Gateway>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
+    let mut settling = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = gateway.shutdown.stop_accepting.cancelled() => return,
         }
-        if gateway.watched_files_changed() {
-            // The outcome is logged and counted by reload itself, which also records the new stamps.
-            let _ = gateway.reload();
+        match gateway.watched_files_changed() {
+            None => settling = None,
+            Some(now) if settling.as_ref() == Some(&now) => {
+                settling = None;
+                // The outcome is logged and counted by reload itself, which also records the new stamps.
+                let _ = gateway.reload();
+            }
+            Some(now) => settling = Some(now),
         }
     }
 }

@@ -334,12 +334,15 @@ fn compile(
     }
 
     let policy = Policy::compile(&parsed.policy, &parsed.teams).map_err(|e| invalid(e.path, e.message))?;
-    for (index, user) in users.iter().enumerate().take(inline) {
+    // Inline users and the users file alike: a misspelt team would silently drop its member's team rules.
+    for (index, user) in users.iter().enumerate() {
         if let Some(team) = user.teams.iter().find(|t| !parsed.teams.contains_key(t.as_str())) {
-            return Err(invalid(
-                format!("auth.users[{index}].teams"),
-                format!("team {team:?} is not defined under teams"),
-            ));
+            let list = if index < inline {
+                format!("auth.users[{index}]")
+            } else {
+                format!("auth.users_file[{}]", index - inline)
+            };
+            return Err(invalid(format!("{list}.teams"), format!("team {team:?} is not defined under teams")));
         }
     }
     for (group, team) in &parsed.auth.group_teams {

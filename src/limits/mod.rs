@@ -251,10 +251,25 @@ impl Limiter {
         if plan.is_empty() {
             return Ok(Ok(admitted));
         }
+        // Slots first: a request refused for concurrency must not use up its rate (clients retry refusals, and
+        // would be rate limited once a slot is free); slots taken by a request the rate refuses are given back.
+        if !plan.slots.is_empty() {
+            if let Some(full) = self.backend.enter(&plan.slots).await? {
+                let slot = &plan.slots[full];
+                return Ok(Err(Refusal::Concurrency { scope: slot.scope, max: slot.max }));
+            }
+            admitted.slots = plan.slots;
+        }
         if !plan.buckets.is_empty() {
-            if let Admission::Limited { bucket, retry_after_us } =
-                self.backend.acquire(&plan.buckets, micros(now)).await?
-            {
+            let admission = match self.backend.acquire(&plan.buckets, micros(now)).await {
+                Ok(admission) => admission,
+                Err(error) => {
+                    admitted.release().await;
+                    return Err(error);
+                }
+            };
+            if let Admission::Limited { bucket, retry_after_us } = admission {
+                admitted.release().await;
                 let bucket = &plan.buckets[bucket];
                 let retry_after_secs = Duration::from_micros(retry_after_us).as_secs_f64().ceil().max(1.0) as u64;
                 return Ok(Err(Refusal::Rate {
@@ -263,13 +278,6 @@ impl Limiter {
                     retry_after_secs,
                 }));
             }
-        }
-        if !plan.slots.is_empty() {
-            if let Some(full) = self.backend.enter(&plan.slots).await? {
-                let slot = &plan.slots[full];
-                return Ok(Err(Refusal::Concurrency { scope: slot.scope, max: slot.max }));
-            }
-            admitted.slots = plan.slots;
         }
         Ok(Ok(admitted))
     }

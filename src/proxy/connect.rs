@@ -101,10 +101,12 @@ pub async fn splice(
             tokio::time::sleep_until(last + idle_timeout).await;
         }
     };
+    // A cut comes first: a tunnel cut before it started forwards nothing (not even the bytes already read).
     let end = tokio::select! {
+        biased;
+        () = cut.cancelled() => TunnelEnd::Cut,
         result = end => if result.is_ok() { TunnelEnd::Closed } else { TunnelEnd::Error },
         () = idle => TunnelEnd::Idle,
-        () = cut.cancelled() => TunnelEnd::Cut,
     };
     TunnelStats { bytes_up: up.load(Ordering::Relaxed), bytes_down: down.load(Ordering::Relaxed), end }
 }

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::app::Gateway;
 use crate::audit::{self, Record};
 use crate::config::Config;
-use crate::identity::{AuthError, Principal};
+use crate::identity::Principal;
 use crate::limits::{Admitted, Refusal};
 use crate::metrics::RequestOutcome;
 use crate::policy::Decision;
@@ -249,6 +249,10 @@ async fn tunnel(
     };
     exchange.upstream = Some(upstream_address);
     exchange.status = 200;
+    // Registered before the 200: a reload from then on (e.g. while waiting for the ClientHello) closes it.
+    let principal = exchange.principal.clone().expect("admitted tunnels have a principal");
+    let target = exchange.target.clone().expect("admitted tunnels have a target");
+    let registration = gateway.register_tunnel(principal, target);
     if client.write_all(connect::ESTABLISHED).await.is_err() || client.flush().await.is_err() {
         exchange.error = Some("client closed before the tunnel opened".to_owned());
         admitted.release().await;
@@ -267,9 +271,6 @@ async fn tunnel(
             return Next::Close;
         }
     }
-    let principal = exchange.principal.clone().expect("admitted tunnels have a principal");
-    let target = exchange.target.clone().expect("admitted tunnels have a target");
-    let registration = gateway.register_tunnel(principal, target);
     gateway.metrics.tunnels_active.inc();
     let pending = std::mem::take(buf);
     let stats =
