@@ -46,6 +46,16 @@ pub async fn explain(config: &Config, question: &Question) -> Result<Answer, Str
         principal.name,
         if teams.is_empty() { "none".to_owned() } else { teams.join(", ") }
     );
+    let anonymous = Principal { method: AuthMethod::Anonymous, ..principal.clone() };
+    let known = [&principal, &anonymous].into_iter().any(|p| config.identity.refresh(p).is_some());
+    if !known {
+        let _ = writeln!(
+            report,
+            "note:      {} is neither in auth.users nor auth.anonymous: a Basic client would get 407 (a client \
+             certificate or a JWT may still name it)",
+            principal.name
+        );
+    }
     let _ = writeln!(report, "request:   {} {}", question.method, target);
     let mut decision = config.policy.decide(&target, &principal.teams, question.at);
     if question.resolve && matches!(decision, Decision::Allow { .. }) {
