@@ -214,19 +214,26 @@ impl Origin {
     }
 }
 
+/// Reads until `buf` holds a request head and takes it out; `None` when the peer closes first.
+pub async fn next_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+            buf.drain(..end + 4);
+            return Some(head);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 async fn serve_origin(mut stream: TcpStream, requests: Arc<Mutex<Vec<String>>>) {
     let mut buf = Vec::new();
     loop {
-        let Some(end) = find(&buf, b"\r\n\r\n") else {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
-        buf.drain(..end + 4);
+        let Some(head) = next_head(&mut stream, &mut buf).await else { return };
         let chunked = head.lines().any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
         let mut length: usize = head
             .lines()

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Mutex};
 
 use super::pki::{Authority, Leaf};
-use super::{find, Response};
+use super::{find, next_head, Response};
 
 /// What the TLS origin saw on one TCP connection.
 #[derive(Debug)]
@@ -96,16 +96,7 @@ impl TlsOrigin {
 async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let mut buf = Vec::new();
     loop {
-        let Some(end) = find(&buf, b"\r\n\r\n") else {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-            continue;
-        };
-        let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
-        buf.drain(..end + 4);
+        let Some(head) = next_head(stream, &mut buf).await else { return };
         let path = head.split(' ').nth(1).unwrap_or("").to_owned();
         let close = head.lines().any(|l| l.eq_ignore_ascii_case("connection: close"));
         let body = format!("tls origin saw {path}");
