@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::audit::Auditor;
 use crate::config::{file, Config, ConfigError};
 use crate::identity::Principal;
-use crate::limits::{memory::Memory, Backend, Clock, Limiter, SystemClock};
+use crate::limits::{memory::Memory, redis::Redis, Backend, Clock, Limiter, SystemClock};
 use crate::metrics::Metrics;
 use crate::policy::Decision;
 use crate::proxy::upstream::Pool;
@@ -281,7 +281,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 fn state_backend(state: &crate::config::State) -> Result<Arc<dyn Backend>, StartError> {
     match state.backend {
         file::StateBackend::Embedded => Ok(Arc::new(Memory::default())),
-        file::StateBackend::Redis => Err(StartError::State("the redis backend is not available yet".to_owned())),
+        file::StateBackend::Redis => {
+            let url = state.redis_url.as_deref().expect("the config requires redis_url with backend: redis");
+            let redis = Redis::connect(url).map_err(|error| StartError::State(error.to_string()))?;
+            Ok(Arc::new(redis))
+        }
     }
 }
 

@@ -271,6 +271,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for (name, address) in &running.listeners {
         tracing::info!(listener = %name, %address, config = %path.display(), "listening");
     }
+    tracing::info!(backend = running.gateway.limiter.backend_name(), "state backend for limits");
     if let Some(address) = running.admin {
         tracing::info!(%address, "admin endpoints: /metrics /healthz /readyz");
     }
