@@ -2,6 +2,10 @@
 //! persisted (`--save "" --appendonly no`), killed when dropped. A test can kill it mid-test (a crash, as the
 //! gateway sees one) and start it again on the same port.
 //!
+//! The server runs under a small `sh` watcher that SIGKILLs it as soon as its stdin (a pipe from the test)
+//! closes: when the server is dropped or stopped, and also when the test process itself is killed, so no
+//! server outlives its test.
+//!
 //! Readiness is the server's own "Ready to accept connections" line on its stdout, not a sleep. The binary is
 //! `$REDIS_SERVER`, else `redis-server`, else `valkey-server`; `scripts/test` and `.ci/run` install it.
 #![allow(dead_code)] // each test binary uses a different part of the harness
@@ -10,14 +14,29 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdin, Command};
 
 /// How long a server may take to say it is ready.
 const READY_WITHIN: Duration = Duration::from_secs(20);
 
+/// Starts `"$@"` (the server) in the background and SIGKILLs it once stdin reaches EOF; exits when it exits.
+const WATCHER: &str = r#"exec 3<&0
+"$@" 3<&- &
+server=$!
+{ read -r _ <&3; kill -9 "$server"; } >/dev/null 2>&1 &
+exec 3<&-
+wait "$server"
+"#;
+
+/// One running server: the watcher and the pipe whose closing kills it.
+struct Running {
+    watcher: Child,
+    lifeline: ChildStdin,
+}
+
 /// A running (or stopped) redis-server owned by one test.
 pub struct RedisServer {
-    child: Option<Child>,
+    running: Option<Running>,
     port: u16,
     dir: tempfile::TempDir,
 }
@@ -31,7 +50,7 @@ impl RedisServer {
         for _ in 0..5 {
             let port = free_port();
             match spawn(port, &dir).await {
-                Ok(child) => return Self { child: Some(child), port, dir },
+                Ok(running) => return Self { running: Some(running), port, dir },
                 Err(output) => last = output,
             }
         }
@@ -48,30 +67,30 @@ impl RedisServer {
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.running.is_some()
     }
 
-    /// Kills the server (SIGKILL, as a crash) and waits for it to exit. Its data is gone.
+    /// Kills the server (SIGKILL, as a crash) and waits until it has exited. Its data is gone.
     pub async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("kill redis-server");
+        if let Some(Running { mut watcher, lifeline }) = self.running.take() {
+            drop(lifeline);
+            watcher.wait().await.expect("redis-server watcher exits");
         }
     }
 
     /// Starts the server again on the same port, empty.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let child =
+        let running =
             spawn(self.port, &self.dir).await.unwrap_or_else(|output| panic!("redis-server restart:\n{output}"));
-        self.child = Some(child);
+        self.running = Some(running);
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            let _ = child.start_kill();
-        }
+        // Closing the lifeline makes the watcher kill the server.
+        self.running.take();
     }
 }
 
@@ -80,36 +99,38 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// `$REDIS_SERVER`, else `redis-server` or `valkey-server` from `PATH`.
 fn binary() -> String {
     if let Ok(path) = std::env::var("REDIS_SERVER") {
         return path;
     }
-    let found = |name: &str| {
-        std::env::var_os("PATH")
-            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
-            .unwrap_or(false)
+    let on_path = |name: &str| {
+        std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
     };
-    if !found("redis-server") && found("valkey-server") {
-        return "valkey-server".to_owned();
-    }
-    "redis-server".to_owned()
+    ["redis-server", "valkey-server"]
+        .into_iter()
+        .find(|name| on_path(name))
+        .unwrap_or_else(|| panic!("no redis-server (or valkey-server) on PATH: install it (scripts/test does)"))
+        .to_owned()
 }
 
-/// Starts one server on `port`; `Ok` once it said it is ready, `Err(its output)` if it exited first.
-async fn spawn(port: u16, dir: &tempfile::TempDir) -> Result<Child, String> {
+/// Starts one server on `port` under the watcher; `Ok` once it said it is ready, `Err(its output)` if it
+/// exited first.
+async fn spawn(port: u16, dir: &tempfile::TempDir) -> Result<Running, String> {
     let binary = binary();
-    let mut child = Command::new(&binary)
+    let mut watcher = Command::new("sh")
+        .args(["-c", WATCHER, "sh", &binary])
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(["--daemonize", "no", "--loglevel", "notice", "--logfile", ""])
         .arg("--dir")
         .arg(dir.path())
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {binary} ({e}); install redis-server (scripts/test does)"));
-    let stdout = child.stdout.take().expect("piped stdout");
+        .unwrap_or_else(|e| panic!("cannot run sh to start {binary}: {e}"));
+    let lifeline = watcher.stdin.take().expect("piped stdin");
+    let stdout = watcher.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut output = String::new();
     let ready = tokio::time::timeout(READY_WITHIN, async {
@@ -124,10 +145,11 @@ async fn spawn(port: u16, dir: &tempfile::TempDir) -> Result<Child, String> {
     })
     .await;
     if !matches!(ready, Ok(true)) {
-        let _ = child.kill().await;
+        drop(lifeline);
+        let _ = watcher.wait().await;
         return Err(output);
     }
     // Keep draining its log so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(child)
+    Ok(Running { watcher, lifeline })
 }
