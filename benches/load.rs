@@ -6,8 +6,15 @@
 //! ```
 //!
 //! `NAME` is a target (`direct`, `tollgate`, `squid`, `tinyproxy`) or a scenario (`a`, `b`, `c`,
-//! `d`, or `keepalive`, `connect`, `bulk`, `rss`). With no target named every target runs; with
-//! no scenario named every scenario runs. See `docs/BENCHMARKS.md` for the method.
+//! `d`, or `keepalive`, `connect`, `bulk`, `rss`; tollgate only: `tls`, `limits`, `redis`,
+//! `reload`). With no target named every target runs; with no scenario named every scenario runs.
+//! See `docs/BENCHMARKS.md` for the method.
+//!
+//! The tollgate-only scenarios compare tollgate with itself (a feature on against off, measured
+//! in one run, rounds alternating) and print a second table: `tls` the TLS listener against the
+//! plain one and full TLS/mTLS handshakes, `limits` team and org/user limits against none,
+//! `redis` limits in Redis against the embedded backend (needs `redis-server`), `reload` a config
+//! of 10,000 rules reloaded every second under load.
 //!
 //! The harness (load generator and origin server, one tokio thread) pins itself to core 0; each
 //! proxy runs alone, pinned to core 1. Every load loop is bounded by time and by a count, every
@@ -26,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep, timeout};
@@ -100,10 +108,20 @@ enum Scen {
     B,
     C,
     D,
+    /// tollgate only: the TLS listener against the plain one (e, f), TLS and mTLS handshakes (g, h).
+    Tls,
+    /// tollgate only: scenario a with team and org/user limits against the same without.
+    Limits,
+    /// tollgate only: scenario a with limits in Redis against the embedded backend.
+    Redis,
+    /// tollgate only: scenario a with 10,000 allow rules while the config is reloaded once a second.
+    Reload,
 }
 
 impl Scen {
-    const ALL: [Scen; 4] = [Scen::A, Scen::B, Scen::C, Scen::D];
+    const ALL: [Scen; 8] = [Scen::A, Scen::B, Scen::C, Scen::D, Scen::Tls, Scen::Limits, Scen::Redis, Scen::Reload];
+    /// The scenarios that compare targets (the first table); the others are tollgate's features.
+    const TARGETS: [Scen; 4] = [Scen::A, Scen::B, Scen::C, Scen::D];
 
     fn parse(s: &str) -> Option<Scen> {
         match s {
@@ -111,6 +129,10 @@ impl Scen {
             "b" | "connect" | "cc" => Some(Scen::B),
             "c" | "bulk" | "throughput" => Some(Scen::C),
             "d" | "rss" | "memory" => Some(Scen::D),
+            "tls" | "e" | "f" | "g" | "h" => Some(Scen::Tls),
+            "limits" => Some(Scen::Limits),
+            "redis" => Some(Scen::Redis),
+            "reload" => Some(Scen::Reload),
             _ => None,
         }
     }
@@ -162,6 +184,7 @@ struct Opts {
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--quick] [--only NAME[,NAME...]] [--rounds N] [--tunnels N]
   NAME: direct, tollgate, squid, tinyproxy (targets) or a|keepalive, b|connect, c|bulk, d|rss (scenarios)
+        or tls, limits, redis, reload (tollgate-only scenarios)
   env:  TOLLGATE_BIN (default target/release/tollgate), SQUID_BIN, TINYPROXY_BIN";
 
 fn parse_args() -> Result<Opts, String> {
@@ -664,8 +687,42 @@ struct Resp {
     body: u64,
 }
 
+/// A client connection: plain TCP, or TLS to a TLS listener of the proxy.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                // rustls buffers the records; push them out now.
+                s.flush().await
+            }
+        }
+    }
+
+    /// Closes the write side (TLS: sends close_notify first).
+    async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown().await,
+            Stream::Tls(s) => s.shutdown().await,
+        }
+    }
+}
+
 struct Conn {
-    s: TcpStream,
+    s: Stream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -689,9 +746,14 @@ fn eof() -> io::Error {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr, buf: usize) -> io::Result<Conn> {
-        let s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
+    /// Connects to `addr`; with `tls`, makes the TLS handshake too.
+    async fn open(addr: SocketAddr, tls: Option<&TlsDial>, buf: usize) -> io::Result<Conn> {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let s = match tls {
+            None => Stream::Tcp(tcp),
+            Some(d) => Stream::Tls(Box::new(d.connector.connect(d.name.clone(), tcp).await?)),
+        };
         Ok(Conn { s, buf: vec![0; buf], start: 0, end: 0, read_bytes: 0 })
     }
 
@@ -849,19 +911,51 @@ impl Conn {
 // Requests
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Copy)]
+/// How the client reaches a TLS listener: full handshakes only (resumption off), TLS 1.3, ALPN http/1.1.
+#[derive(Clone)]
+struct TlsDial {
+    connector: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
+}
+
+#[derive(Clone)]
 struct Target {
     /// Where the client connects: the origin (direct) or the proxy.
     addr: SocketAddr,
     proxy: bool,
     origin: SocketAddr,
+    /// The proxy listener speaks TLS.
+    tls: Option<TlsDial>,
+    /// A `Proxy-Authorization` value sent with every request to the proxy.
+    auth: Option<Arc<str>>,
 }
 
 impl Target {
+    /// A plain-TCP target without credentials.
+    fn plain(addr: SocketAddr, proxy: bool, origin: SocketAddr) -> Target {
+        Target { addr, proxy, origin, tls: None, auth: None }
+    }
+
+    fn with_tls(&self, addr: SocketAddr, tls: TlsDial) -> Target {
+        Target { addr, tls: Some(tls), ..self.clone() }
+    }
+
+    fn with_auth(&self, auth: &str) -> Target {
+        Target { auth: Some(auth.into()), ..self.clone() }
+    }
+
+    fn auth_line(&self) -> String {
+        match &self.auth {
+            Some(a) if self.proxy => format!("Proxy-Authorization: {a}\r\n"),
+            _ => String::new(),
+        }
+    }
+
     fn get_ka(&self) -> Vec<u8> {
         let o = self.origin;
         if self.proxy {
-            format!("GET http://{o}/ HTTP/1.1\r\nHost: {o}\r\nUser-Agent: tollgate-load\r\n\r\n").into_bytes()
+            let auth = self.auth_line();
+            format!("GET http://{o}/ HTTP/1.1\r\nHost: {o}\r\nUser-Agent: tollgate-load\r\n{auth}\r\n").into_bytes()
         } else {
             format!("GET / HTTP/1.1\r\nHost: {o}\r\nUser-Agent: tollgate-load\r\n\r\n").into_bytes()
         }
@@ -874,12 +968,18 @@ impl Target {
 
     fn connect_req(&self) -> Vec<u8> {
         let o = self.origin;
-        format!("CONNECT {o} HTTP/1.1\r\nHost: {o}\r\nUser-Agent: tollgate-load\r\n\r\n").into_bytes()
+        let auth = self.auth_line();
+        format!("CONNECT {o} HTTP/1.1\r\nHost: {o}\r\nUser-Agent: tollgate-load\r\n{auth}\r\n").into_bytes()
+    }
+
+    /// A connection to the proxy (or, direct, to the origin): TCP, plus the TLS handshake for a TLS listener.
+    async fn open(&self, buf: usize) -> io::Result<Conn> {
+        Conn::open(self.addr, self.tls.as_ref(), buf).await
     }
 
     /// A connection to the origin: direct, or through a CONNECT tunnel of the proxy.
     async fn tunnel(&self, buf: usize) -> io::Result<Conn> {
-        let mut c = Conn::open(self.addr, buf).await?;
+        let mut c = self.open(buf).await?;
         if self.proxy {
             c.send(&self.connect_req()).await?;
             let r = c.response(true).await?;
@@ -943,6 +1043,7 @@ struct RateRound {
     rate: f64,
     p50_us: f64,
     p99_us: f64,
+    max_us: f64,
     stats: Stats,
 }
 
@@ -985,6 +1086,7 @@ where
         rate: all.ok as f64 / elapsed,
         p50_us: percentile_us(&all.lat_ns, 0.50),
         p99_us: percentile_us(&all.lat_ns, 0.99),
+        max_us: percentile_us(&all.lat_ns, 1.0),
         stats: all,
     }
 }
@@ -995,10 +1097,12 @@ fn take(budget: &AtomicU64) -> bool {
 }
 
 /// Scenario a: keep-alive GETs (absolute-form through a proxy, origin-form direct).
-async fn scenario_a(t: Target, dur: Duration) -> RateRound {
+async fn scenario_a(t: &Target, dur: Duration) -> RateRound {
     let req = Arc::new(t.get_ka());
+    let t = t.clone();
     run_workers(KA_CONNS, dur, KA_MAX_REQUESTS, move |deadline, budget| {
         let req = req.clone();
+        let t = t.clone();
         async move {
             let mut st = Stats::default();
             let mut conn: Option<Conn> = None;
@@ -1009,7 +1113,7 @@ async fn scenario_a(t: Target, dur: Duration) -> RateRound {
                     loop {
                         let reused = conn.is_some();
                         if !reused {
-                            conn = Some(Conn::open(t.addr, SMALL_READ_BUF).await?);
+                            conn = Some(t.open(SMALL_READ_BUF).await?);
                             st.connects += 1;
                         }
                         let c = conn.as_mut().expect("connection just opened");
@@ -1056,10 +1160,12 @@ async fn scenario_a(t: Target, dur: Duration) -> RateRound {
 }
 
 /// Scenario b: CONNECT + one GET + close (direct: connect + one GET + close).
-async fn scenario_b(t: Target, dur: Duration) -> RateRound {
+async fn scenario_b(t: &Target, dur: Duration) -> RateRound {
     let get = Arc::new(t.get_origin_form("/"));
+    let t = t.clone();
     run_workers(CC_WORKERS, dur, CC_MAX_OPS, move |deadline, budget| {
         let get = get.clone();
+        let t = t.clone();
         async move {
             let mut st = Stats::default();
             while Instant::now() < deadline && st.errors < MAX_ERRORS_PER_WORKER && take(&budget) {
@@ -1089,7 +1195,7 @@ async fn scenario_b(t: Target, dur: Duration) -> RateRound {
 }
 
 /// Scenario c: 1 GiB through one tunnel (direct: a straight download), MiB/s.
-async fn scenario_c(t: Target) -> Result<f64, String> {
+async fn scenario_c(t: &Target) -> Result<f64, String> {
     let res = timeout(BULK_TIMEOUT, async {
         let mut c = t.tunnel(BULK_READ_BUF).await?;
         let t0 = Instant::now();
@@ -1119,7 +1225,7 @@ struct RssRound {
 }
 
 /// Scenario d: open `n` idle CONNECT tunnels to the origin, compare the proxy's RSS.
-async fn scenario_d(proxy: &Proxy, t: Target, n: usize) -> Result<RssRound, String> {
+async fn scenario_d(proxy: &Proxy, t: &Target, n: usize) -> Result<RssRound, String> {
     let pid = proxy.pid();
     // Warm up: a few tunnels used and closed, so one-time allocations are not counted.
     let get = t.get_origin_form("/");
@@ -1142,6 +1248,7 @@ async fn scenario_d(proxy: &Proxy, t: Target, n: usize) -> Result<RssRound, Stri
     let handles: Vec<_> = (0..RSS_OPENERS.min(n))
         .map(|_| {
             let next = next.clone();
+            let t = t.clone();
             tokio::spawn(async move {
                 let mut open = Vec::new();
                 let mut errors = 0u64;
@@ -1219,6 +1326,51 @@ struct Ctx {
     pin_children: bool,
     bins: BTreeMap<Kind, PathBuf>,
     instances: u32,
+    /// The argon2id hash of the Basic user's password, made once by `tollgate passwd`.
+    bench_hash: Option<String>,
+}
+
+impl Ctx {
+    /// A fresh directory for one instance (config, logs, state).
+    fn instance_dir(&mut self, tag: &str) -> Result<PathBuf, String> {
+        self.instances += 1;
+        let dir = self.tmp.join(format!("{tag}-{}", self.instances));
+        fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// A command pinned to core 1 (when pinning is possible).
+    fn pinned(&self, bin: &Path) -> Command {
+        if self.pin_children {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg("1").arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        }
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The `policy.allow` entry every tollgate config has (the origin), as a YAML block-list item.
+const ALLOW_LOOPBACK: &str = "    - \"127.0.0.1\"\n";
+
+/// A tollgate config: `listeners` are YAML block-list items, `admin` and `auth` flow maps, `allow` block-list
+/// items of `policy.allow`, `extra` further top-level sections. Private destinations: 127.0.0.0/8 only; audit
+/// to a file in `dir`.
+fn tollgate_yaml(dir: &Path, listeners: &str, admin: &str, auth: &str, allow: &str, extra: &str) -> String {
+    let d = dir.display();
+    format!(
+        "listeners:\n{listeners}\
+         admin: {admin}\n\
+         auth: {auth}\n\
+         policy:\n  default: deny\n  allow:\n{allow}  allow_private: [\"127.0.0.0/8\"]\n\
+         audit: {{file: {{path: \"{d}/audit.jsonl\"}}}}\n\
+         {extra}"
+    )
 }
 
 fn write_config(kind: Kind, dir: &Path, port: u16, origin: SocketAddr) -> io::Result<Vec<String>> {
@@ -1229,16 +1381,9 @@ fn write_config(kind: Kind, dir: &Path, port: u16, origin: SocketAddr) -> io::Re
         Kind::Tollgate => {
             let admin = free_port()?;
             let path = dir.join("tollgate.yaml");
-            fs::write(
-                &path,
-                format!(
-                    "listeners:\n  - {{name: proxy, bind: \"{listen}\"}}\n\
-                     admin: {{bind: \"127.0.0.1:{admin}\"}}\n\
-                     auth: {{anonymous: bench}}\n\
-                     policy:\n  default: deny\n  allow: [\"127.0.0.1\"]\n  allow_private: [\"127.0.0.0/8\"]\n\
-                     audit: {{file: {{path: \"{d}/audit.jsonl\"}}}}\n"
-                ),
-            )?;
+            let listeners = format!("  - {{name: proxy, bind: \"{listen}\"}}\n");
+            let admin = format!("{{bind: \"127.0.0.1:{admin}\"}}");
+            fs::write(&path, tollgate_yaml(dir, &listeners, &admin, "{anonymous: bench}", ALLOW_LOOPBACK, ""))?;
             Ok(vec!["run".into(), "-c".into(), path.display().to_string()])
         }
         Kind::Squid => {
@@ -1295,23 +1440,59 @@ fn write_config(kind: Kind, dir: &Path, port: u16, origin: SocketAddr) -> io::Re
 /// Starts a fresh instance of a proxy pinned to core 1, waits until it accepts and answers
 /// one request and one CONNECT.
 async fn start_proxy(ctx: &mut Ctx, kind: Kind) -> Result<Proxy, String> {
-    let bin = ctx.bins.get(&kind).cloned().ok_or("not installed")?;
-    ctx.instances += 1;
-    let dir = ctx.tmp.join(format!("{}-{}", kind.name(), ctx.instances));
-    fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    if !ctx.bins.contains_key(&kind) {
+        return Err("not installed".into());
+    }
+    let dir = ctx.instance_dir(kind.name())?;
     let port = free_port().map_err(|e| e.to_string())?;
     let args = write_config(kind, &dir, port, ctx.origin).map_err(|e| e.to_string())?;
+    launch(ctx, kind, &dir, &args, &Target::plain(loopback(port), true, ctx.origin)).await
+}
+
+/// Writes `yaml` to `dir/tollgate.yaml` and starts tollgate on it; `smoke` is the listener to check.
+async fn start_tollgate(ctx: &Ctx, dir: &Path, yaml: &str, smoke: &Target) -> Result<Proxy, String> {
+    let path = dir.join("tollgate.yaml");
+    fs::write(&path, yaml).map_err(|e| format!("write {}: {e}", path.display()))?;
+    let args = ["run".to_string(), "-c".to_string(), path.display().to_string()];
+    launch(ctx, Kind::Tollgate, dir, &args, smoke).await
+}
+
+/// One absolute-form GET and one CONNECT + GET through `t`.
+async fn smoke_once(t: &Target) -> Result<(), String> {
+    let get = timeout(IO_TIMEOUT, async {
+        let mut c = t.open(SMALL_READ_BUF).await?;
+        c.send(&t.get_ka()).await?;
+        c.response(false).await
+    })
+    .await;
+    let tun = timeout(IO_TIMEOUT, async {
+        let mut c = t.tunnel(SMALL_READ_BUF).await?;
+        c.send(&t.get_origin_form("/")).await?;
+        c.response(false).await
+    })
+    .await;
+    match (get, tun) {
+        (Ok(Ok(a)), Ok(Ok(b))) if a.status == 200 && b.status == 200 => Ok(()),
+        (g, c) => {
+            let d = |r: Result<io::Result<Resp>, _>| match r {
+                Ok(Ok(r)) => format!("status {}", r.status),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timeout".into(),
+            };
+            Err(format!("GET: {}, CONNECT: {}", d(g), d(c)))
+        }
+    }
+}
+
+/// Spawns `kind` with `args` in `dir`, pinned to core 1; waits until `smoke.addr` accepts and
+/// `smoke` answers one request and one CONNECT.
+async fn launch(ctx: &Ctx, kind: Kind, dir: &Path, args: &[String], smoke: &Target) -> Result<Proxy, String> {
+    let bin = ctx.bins.get(&kind).cloned().ok_or("not installed")?;
     let log = dir.join("stdio.log");
     let out = fs::File::create(&log).map_err(|e| e.to_string())?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    let mut cmd = if ctx.pin_children {
-        let mut c = Command::new("taskset");
-        c.arg("-c").arg("1").arg(&bin);
-        c
-    } else {
-        Command::new(&bin)
-    };
-    cmd.args(&args).current_dir(&dir).stdin(Stdio::null()).stdout(out).stderr(err);
+    let mut cmd = ctx.pinned(&bin);
+    cmd.args(args).current_dir(dir).stdin(Stdio::null()).stdout(out).stderr(err);
     if kind == Kind::Tollgate && std::env::var_os("TOLLGATE_LOG").is_none() {
         // The peers run without an access log; tollgate's per-request log line is off too (its audit record,
         // the contract, stays on).
@@ -1319,7 +1500,7 @@ async fn start_proxy(ctx: &mut Ctx, kind: Kind) -> Result<Proxy, String> {
     }
     let child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", bin.display()))?;
     register_pid(child.id());
-    let mut proxy = Proxy { kind, child, addr: SocketAddr::from(([127, 0, 0, 1], port)), log };
+    let mut proxy = Proxy { kind, child, addr: smoke.addr, log };
     let tail = |p: &Proxy| {
         let mut t = log_tail(&p.log, 600);
         for extra in ["cache.log", "tinyproxy.log"] {
@@ -1351,31 +1532,14 @@ async fn start_proxy(ctx: &mut Ctx, kind: Kind) -> Result<Proxy, String> {
         ));
     }
     // Smoke test: one absolute-form GET and one CONNECT, retried briefly while it finishes start-up.
-    let t = Target { addr: proxy.addr, proxy: true, origin: ctx.origin };
     let mut last = String::new();
     for _ in 0..20 {
-        let get = timeout(IO_TIMEOUT, async {
-            let mut c = Conn::open(t.addr, SMALL_READ_BUF).await?;
-            c.send(&t.get_ka()).await?;
-            c.response(false).await
-        })
-        .await;
-        let tun = timeout(IO_TIMEOUT, async {
-            let mut c = t.tunnel(SMALL_READ_BUF).await?;
-            c.send(&t.get_origin_form("/")).await?;
-            c.response(false).await
-        })
-        .await;
-        match (get, tun) {
-            (Ok(Ok(a)), Ok(Ok(b))) if a.status == 200 && b.status == 200 => return Ok(proxy),
-            (g, c) => {
-                let d = |r: Result<io::Result<Resp>, _>| match r {
-                    Ok(Ok(r)) => format!("status {}", r.status),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => "timeout".into(),
-                };
-                last = format!("GET: {}, CONNECT: {}", d(g), d(c));
-            }
+        match smoke_once(smoke).await {
+            Ok(()) => return Ok(proxy),
+            Err(e) => last = e,
+        }
+        if let Ok(Some(status)) = proxy.child.try_wait() {
+            return Err(format!("{} exited ({status}): {}", kind.name(), tail(&proxy)));
         }
         sleep(Duration::from_millis(200)).await;
     }
@@ -1391,10 +1555,20 @@ enum Cell {
     Note(String),
 }
 
+/// One row of the second table: a tollgate feature against a tollgate baseline, measured in one run.
+struct FeatureRow {
+    label: String,
+    base: Cell,
+    value: Cell,
+    decimals: usize,
+    target: String,
+}
+
 #[derive(Default)]
 struct Report {
     cells: BTreeMap<(Metric, Kind), Cell>,
     notes: Vec<String>,
+    features: Vec<FeatureRow>,
 }
 
 impl Report {
@@ -1455,6 +1629,53 @@ impl Report {
         s
     }
 
+    /// A feature row; `None` for the baseline means there is none ("n/a"), for the value "failed".
+    fn feature(&mut self, label: String, base: Option<f64>, value: Option<f64>, decimals: usize, target: &str) {
+        let base = base.map_or_else(|| Cell::Note("n/a".into()), Cell::Val);
+        let value = value.map_or_else(|| Cell::Note("failed".into()), Cell::Val);
+        self.features.push(FeatureRow { label, base, value, decimals, target: target.to_string() });
+    }
+
+    /// A feature scenario that could not run: one row saying why (`short`), the details in a note.
+    fn feature_skipped(&mut self, label: String, short: &str, msg: Option<String>) {
+        let short = match msg {
+            Some(m) => format!("{short} [{}]", self.footnote(m)),
+            None => short.to_string(),
+        };
+        self.features.push(FeatureRow {
+            label,
+            base: Cell::Note(short.clone()),
+            value: Cell::Note(short),
+            decimals: 0,
+            target: String::new(),
+        });
+    }
+
+    fn feature_table(&self) -> String {
+        let mut s = String::from(
+            "| scenario (tollgate only) | baseline | measured | measured/baseline | target |\n|---|---:|---:|---:|---|\n",
+        );
+        let cell = |c: &Cell, decimals: usize| match c {
+            Cell::Val(v) => format!("{v:.decimals$}"),
+            Cell::Note(n) => n.clone(),
+        };
+        for r in &self.features {
+            let ratio = match (&r.base, &r.value) {
+                (Cell::Val(b), Cell::Val(v)) if *b > 0.0 => format!("{:.2}x", v / b),
+                _ => "n/a".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {ratio} | {} |",
+                r.label,
+                cell(&r.base, r.decimals),
+                cell(&r.value, r.decimals),
+                r.target
+            );
+        }
+        s
+    }
+
     fn latency_table(&self) -> String {
         let mut s = String::from("| target | req/s | p50 (µs) | p99 (µs) |\n|---|---:|---:|---:|\n");
         for k in Kind::ALL {
@@ -1485,12 +1706,671 @@ fn fmt_rounds(v: &[f64], decimals: usize) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// tollgate-only scenarios: the TLS listener, limits, the Redis state backend, reload
+// ---------------------------------------------------------------------------------------------
+
+/// Scenario tls, e and f: name of the mTLS client certificate's CN (the principal, `auth.mtls.identity: cn`).
+const MTLS_USER: &str = "bench-client";
+/// Scenarios limits and redis: the Basic user and its password.
+const BENCH_USER: &str = "bench-user";
+const BENCH_PASSWORD: &str = "pw";
+/// Scenarios limits and redis: team `bench` and org/user limits, all far above what one core can reach.
+const TEAM_LIMITS: &str =
+    "teams:\n  bench:\n    limits: {rpm: 10000000, user_rpm: 10000000, user_concurrent: 100000}\n\
+                           limits:\n  org: {rpm: 10000000, concurrent: 100000}\n  \
+                           user: {rpm: 10000000, concurrent: 100000}\n";
+/// Scenario reload: `policy.allow` rules besides the origin's, and the length of each round.
+const RELOAD_RULES: usize = 10_000;
+const RELOAD_SECS: u64 = 10;
+/// Scenario reload: `admin.token`.
+const ADMIN_TOKEN: &str = "bench";
+
+/// A running helper (redis-server). Dropping it kills the process and its descendants.
+struct Daemon {
+    child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let pid = self.child.id();
+        let tree = process_tree(pid);
+        kill_pids(&tree[1..]);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        unregister_pid(pid);
+    }
+}
+
+/// A listener as a YAML block-list item.
+fn listener_item(name: &str, port: u16) -> String {
+    format!("  - {{name: {name}, bind: \"127.0.0.1:{port}\"}}\n")
+}
+
+fn port() -> Result<u16, String> {
+    free_port().map_err(|e| format!("no free port: {e}"))
+}
+
+/// Scenarios g and h: full TLS handshakes (connect, handshake, close; no request).
+async fn scenario_handshake(t: &Target, dur: Duration) -> RateRound {
+    let t = t.clone();
+    run_workers(CC_WORKERS, dur, CC_MAX_OPS, move |deadline, budget| {
+        let t = t.clone();
+        async move {
+            let mut st = Stats::default();
+            while Instant::now() < deadline && st.errors < MAX_ERRORS_PER_WORKER && take(&budget) {
+                let t0 = Instant::now();
+                let res = timeout(IO_TIMEOUT, handshake_once(&t)).await;
+                st.connects += 1;
+                match res {
+                    Ok(Ok(())) => st.record(t0),
+                    Ok(Err(e)) => {
+                        st.error(e);
+                        sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(_) => st.error("timeout"),
+                }
+            }
+            st
+        }
+    })
+    .await
+}
+
+/// Connects, completes the handshake, sends close_notify and waits for the proxy to close in turn: by then it
+/// has processed the client's whole flight (with mTLS, checked its certificate), and a refusal (an alert) is
+/// an error rather than a handshake.
+async fn handshake_once(t: &Target) -> io::Result<()> {
+    let mut c = t.open(1024).await?;
+    c.s.shutdown().await?;
+    for _ in 0..64 {
+        match c.s.read(&mut c.buf).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if closed(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("the proxy kept sending instead of closing"))
+}
+
+/// The rounds of one side of a comparison.
+#[derive(Default)]
+struct Series {
+    rate: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    max: Vec<f64>,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+fn median_of(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| median(v.to_vec()))
+}
+
+impl Series {
+    fn add(&mut self, r: RateRound) {
+        if r.stats.ok > 0 {
+            self.rate.push(r.rate);
+            self.p50.push(r.p50_us);
+            self.p99.push(r.p99_us);
+            self.max.push(r.max_us);
+        }
+        self.errors += r.stats.errors;
+        if r.stats.last_error.is_some() {
+            self.last_error = r.stats.last_error;
+        }
+    }
+}
+
+/// Runs `rounds` rounds of the baseline (`false`) and of the variant (`true`) alternately, so that a change in
+/// the machine's load hits both alike; prints every round. `names`: baseline, variant.
+async fn paired<F, Fut>(rounds: usize, what: &str, names: [&str; 2], unit: &str, mut run: F) -> [Series; 2]
+where
+    F: FnMut(bool) -> Fut,
+    Fut: std::future::Future<Output = RateRound>,
+{
+    let mut out = [Series::default(), Series::default()];
+    for r in 1..=rounds {
+        for (i, variant) in [false, true].into_iter().enumerate() {
+            let round = run(variant).await;
+            println!("- `tollgate` {what} round {r}/{rounds}, {}: {}", names[i], round.describe(unit));
+            out[i].add(round);
+            sleep(ROUND_PAUSE).await;
+        }
+    }
+    for (i, s) in out.iter().enumerate() {
+        println!(
+            "  - `tollgate` {what} rounds, {}: {unit} [{}], p50 µs [{}], p99 µs [{}], max µs [{}]",
+            names[i],
+            fmt_rounds(&s.rate, 0),
+            fmt_rounds(&s.p50, 0),
+            fmt_rounds(&s.p99, 0),
+            fmt_rounds(&s.max, 0)
+        );
+    }
+    if out[0].rate.len() == rounds && out[1].rate.len() == rounds {
+        // Each pair ran back to back: its ratio is the least disturbed by a change in the machine's load.
+        let ratios: Vec<f64> = out[1].rate.iter().zip(&out[0].rate).map(|(v, b)| v / b).collect();
+        println!("  - `tollgate` {what}: {unit} measured/baseline per round [{}]", fmt_rounds(&ratios, 2));
+    }
+    out
+}
+
+/// The rows of a comparison: the rate (`rate_label`), and with `latency` p50 and p99 (`tag` starts their
+/// labels); failed requests go to the notes.
+fn compare_rows(rep: &mut Report, tag: &str, rate_label: String, s: &[Series; 2], target: &str, latency: bool) {
+    rep.feature(rate_label, median_of(&s[0].rate), median_of(&s[1].rate), 0, target);
+    if latency {
+        rep.feature(format!("{tag} latency p50 (µs)"), median_of(&s[0].p50), median_of(&s[1].p50), 0, "");
+        rep.feature(format!("{tag} latency p99 (µs)"), median_of(&s[0].p99), median_of(&s[1].p99), 0, "");
+    }
+    for (side, series) in ["baseline", "measured"].iter().zip(s) {
+        if series.errors > 0 {
+            rep.footnote(format!(
+                "{tag} {side}: {} failed operations (last: {})",
+                series.errors,
+                series.last_error.clone().unwrap_or_default()
+            ));
+        }
+    }
+}
+
+/// TLS material for scenario tls, written to `dir`, and the two client configs.
+struct Pki {
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_ca: PathBuf,
+    /// Trusts the server CA; no client certificate.
+    client: Arc<rustls::ClientConfig>,
+    /// Trusts the server CA; presents the client certificate.
+    mtls_client: Arc<rustls::ClientConfig>,
+}
+
+/// A TLS 1.3 client config that trusts `ca`, with `client` (certificate, key) for mTLS. Resumption is off:
+/// every connection is a full handshake.
+fn tls_client(ca: &Path, client: Option<(&Path, &Path)>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in tollgate::tls::load_certs(ca)? {
+        roots.add(cert).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(tollgate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(tollgate::tls::load_certs(cert)?, tollgate::tls::load_key(key)?)
+            .map_err(|e| e.to_string())?,
+        None => builder.with_no_client_auth(),
+    };
+    config.resumption = rustls::client::Resumption::disabled();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A server CA and leaf (`localhost`, 127.0.0.1), a clients CA and a client leaf (CN `MTLS_USER`); all ECDSA
+/// P-256, made with `tollgate::certs`.
+fn make_pki(dir: &Path) -> Result<Pki, String> {
+    use tollgate::certs::{Ca, Leaf};
+    let err = |e: tollgate::certs::CertError| e.to_string();
+    let server_ca = Ca::generate("tollgate-load server CA").map_err(err)?;
+    let clients_ca = Ca::generate("tollgate-load clients CA").map_err(err)?;
+    let server_leaf = Leaf::server(&["localhost".to_string()], &[std::net::IpAddr::from([127, 0, 0, 1])]);
+    let (cert, key) = server_ca.issue(&server_leaf.map_err(err)?).map_err(err)?;
+    let (client_cert, client_key) = clients_ca.issue(&Leaf::client(MTLS_USER, None).map_err(err)?).map_err(err)?;
+    let file = |name: &str, text: &str| -> Result<PathBuf, String> {
+        let p = dir.join(name);
+        fs::write(&p, text).map_err(|e| format!("write {}: {e}", p.display()))?;
+        Ok(p)
+    };
+    let server_cert = file("server.pem", &format!("{}\n{}\n", cert.trim_end(), server_ca.cert_pem().trim_end()))?;
+    let server_key = file("server.key", &key)?;
+    let server_ca = file("server-ca.pem", server_ca.cert_pem())?;
+    let client_ca = file("clients-ca.pem", clients_ca.cert_pem())?;
+    let client_cert = file("client.pem", &client_cert)?;
+    let client_key = file("client.key", &client_key)?;
+    Ok(Pki {
+        client: tls_client(&server_ca, None)?,
+        mtls_client: tls_client(&server_ca, Some((&client_cert, &client_key)))?,
+        server_cert,
+        server_key,
+        client_ca,
+    })
+}
+
+/// Scenario tls: one tollgate with a plain, a TLS and an mTLS listener; e and f compare the TLS listener with
+/// the plain one, g counts full handshakes, h the same with a client certificate.
+async fn feature_tls(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
+    let dir = ctx.instance_dir("tollgate-tls")?;
+    let pki = make_pki(&dir)?;
+    let (plain, tls, mtls, admin) = (port()?, port()?, port()?, port()?);
+    let (cert, key, ca) = (pki.server_cert.display(), pki.server_key.display(), pki.client_ca.display());
+    let tls_map = |extra: &str| format!("tls: {{cert: \"{cert}\", key: \"{key}\"{extra}}}");
+    let listeners = format!(
+        "{}  - {{name: proxy-tls, bind: \"127.0.0.1:{tls}\", {}}}\n  - {{name: proxy-mtls, bind: \"127.0.0.1:{mtls}\", {}}}\n",
+        listener_item("proxy", plain),
+        tls_map(""),
+        tls_map(&format!(", client_ca: \"{ca}\", client_auth: required"))
+    );
+    let admin = format!("{{bind: \"127.0.0.1:{admin}\"}}");
+    let auth = "{anonymous: bench, mtls: {identity: cn}}";
+    let yaml = tollgate_yaml(&dir, &listeners, &admin, auth, ALLOW_LOOPBACK, "");
+    let base = Target::plain(loopback(plain), true, ctx.origin);
+    let proxy = start_tollgate(ctx, &dir, &yaml, &base).await?;
+    let localhost = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let dial = |config: &Arc<rustls::ClientConfig>| TlsDial {
+        connector: tokio_rustls::TlsConnector::from(config.clone()),
+        name: localhost.clone(),
+    };
+    let t_tls = base.with_tls(loopback(tls), dial(&pki.client));
+    let t_mtls = base.with_tls(loopback(mtls), dial(&pki.mtls_client));
+    smoke_once(&t_tls).await.map_err(|e| format!("TLS listener: {e}"))?;
+    smoke_once(&t_mtls).await.map_err(|e| format!("mTLS listener: {e}"))?;
+    // The mTLS listener must refuse a client without a certificate (else h would measure nothing new).
+    let no_cert = base.with_tls(loopback(mtls), dial(&pki.client));
+    if smoke_once(&no_cert).await.is_ok() {
+        return Err("the mTLS listener served a client without a certificate".into());
+    }
+    println!(
+        "- `tollgate` tls started: pid {}, plain {}, TLS {}, mTLS {} (TLS 1.3 only on the client, ECDSA P-256, \
+         resumption off)",
+        proxy.pid(),
+        base.addr,
+        t_tls.addr,
+        t_mtls.addr
+    );
+    let rounds = ctx.opts.rounds;
+    let dur = Duration::from_secs(ctx.opts.round_secs);
+
+    let e = paired(rounds, "e", ["plain listener", "TLS listener"], "req/s", |v| {
+        scenario_a(if v { &t_tls } else { &base }, dur)
+    })
+    .await;
+    let label = format!("e. keep-alive GET, {KA_CONNS} conns: TLS listener vs plain (req/s)");
+    compare_rows(rep, "e.", label, &e, "≥ 0.80", true);
+
+    let f = paired(rounds, "f", ["plain listener", "TLS listener"], "conn/s", |v| {
+        scenario_b(if v { &t_tls } else { &base }, dur)
+    })
+    .await;
+    let label = format!("f. CONNECT + GET + close, {CC_WORKERS} workers: TLS listener vs plain (conn/s)");
+    compare_rows(rep, "f.", label, &f, "", false);
+
+    let gh = paired(rounds, "g/h", ["TLS", "mTLS"], "handshakes/s", |v| {
+        scenario_handshake(if v { &t_mtls } else { &t_tls }, dur)
+    })
+    .await;
+    rep.feature(
+        format!("g. full TLS 1.3 handshakes, {CC_WORKERS} workers: connect, handshake, close (handshakes/s)"),
+        None,
+        median_of(&gh[0].rate),
+        0,
+        "",
+    );
+    rep.feature(
+        "h. the same with mTLS (client certificate required and sent), vs g (handshakes/s)".into(),
+        median_of(&gh[0].rate),
+        median_of(&gh[1].rate),
+        0,
+        "",
+    );
+    for (side, s) in ["g.", "h."].iter().zip(&gh) {
+        if s.errors > 0 {
+            rep.footnote(format!(
+                "{side} {} failed handshakes (last: {})",
+                s.errors,
+                s.last_error.clone().unwrap_or_default()
+            ));
+        }
+    }
+    if let Some((kib, _)) = tree_rss_kib(proxy.pid()) {
+        println!("  - `tollgate` tls RSS after e-h: {kib} KiB");
+    }
+    drop(proxy);
+    Ok(())
+}
+
+/// The argon2id hash of `BENCH_PASSWORD`, from `tollgate passwd` (made once).
+fn bench_hash(ctx: &mut Ctx) -> Result<String, String> {
+    if let Some(h) = &ctx.bench_hash {
+        return Ok(h.clone());
+    }
+    let bin = ctx.bins.get(&Kind::Tollgate).ok_or("tollgate not installed")?;
+    let mut child = Command::new(bin)
+        .arg("passwd")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("tollgate passwd: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        std::io::Write::write_all(&mut stdin, BENCH_PASSWORD.as_bytes())
+            .map_err(|e| format!("tollgate passwd: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("tollgate passwd: {e}"))?;
+    let hash = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !hash.starts_with("$argon2id$") {
+        return Err(format!(
+            "tollgate passwd failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    ctx.bench_hash = Some(hash.clone());
+    Ok(hash)
+}
+
+/// `Proxy-Authorization` of the Basic user.
+fn bench_basic() -> String {
+    use base64::Engine as _;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{BENCH_USER}:{BENCH_PASSWORD}"));
+    format!("Basic {token}")
+}
+
+/// A config with the Basic user (and no anonymous access); `limits`: the user is in team `bench` and the team,
+/// org and user limits are set; `state`: a `state:` section, or "". Returns the directory, the YAML and the
+/// target (with the user's credentials).
+fn basic_config(ctx: &mut Ctx, tag: &str, limits: bool, state: &str) -> Result<(PathBuf, String, Target), String> {
+    let hash = bench_hash(ctx)?;
+    let dir = ctx.instance_dir(tag)?;
+    let (proxy, admin) = (port()?, port()?);
+    let teams = if limits { ", teams: [bench]" } else { "" };
+    let auth = format!("{{anonymous: deny, users: [{{name: {BENCH_USER}, password_hash: \"{hash}\"{teams}}}]}}");
+    let extra = format!("{}{state}", if limits { TEAM_LIMITS } else { "" });
+    let admin = format!("{{bind: \"127.0.0.1:{admin}\"}}");
+    let yaml = tollgate_yaml(&dir, &listener_item("proxy", proxy), &admin, &auth, ALLOW_LOOPBACK, &extra);
+    let t = Target::plain(loopback(proxy), true, ctx.origin).with_auth(&bench_basic());
+    Ok((dir, yaml, t))
+}
+
+/// Scenario limits: scenario a as the Basic user, with the team and org/user limits against without.
+async fn feature_limits(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
+    let (dir, yaml, t_plain) = basic_config(ctx, "tollgate-basic", false, "")?;
+    let p_plain = start_tollgate(ctx, &dir, &yaml, &t_plain).await?;
+    let (dir, yaml, t_limits) = basic_config(ctx, "tollgate-limits", true, "")?;
+    let p_limits = start_tollgate(ctx, &dir, &yaml, &t_limits).await?;
+    println!(
+        "- `tollgate` limits started: without limits pid {} on {}, with limits pid {} on {} (both on core 1, \
+         used one at a time)",
+        p_plain.pid(),
+        t_plain.addr,
+        p_limits.pid(),
+        t_limits.addr
+    );
+    let dur = Duration::from_secs(ctx.opts.round_secs);
+    let s = paired(ctx.opts.rounds, "limits", ["Basic user, no limits", "Basic user, team + limits"], "req/s", |v| {
+        scenario_a(if v { &t_limits } else { &t_plain }, dur)
+    })
+    .await;
+    let label = format!(
+        "limits. keep-alive GET, {KA_CONNS} conns, Basic user: team + org/user limits (embedded) vs none (req/s)"
+    );
+    compare_rows(rep, "limits.", label, &s, "≥ 0.95", true);
+    drop(p_limits);
+    drop(p_plain);
+    Ok(())
+}
+
+/// Starts redis-server on a free port, pinned to core 1 with the proxy, without persistence.
+async fn start_redis(ctx: &mut Ctx, bin: &Path) -> Result<(Daemon, u16), String> {
+    let dir = ctx.instance_dir("redis")?;
+    let port = port()?;
+    let log = dir.join("redis.log");
+    let out = fs::File::create(&log).map_err(|e| e.to_string())?;
+    let mut cmd = ctx.pinned(bin);
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args(["--daemonize", "no", "--dir"])
+        .arg(&dir)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::null());
+    let child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    register_pid(child.id());
+    let mut daemon = Daemon { child };
+    for _ in 0..READY_ATTEMPTS {
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            return Err(format!("redis-server exited at start-up ({status}): {}", log_tail(&log, 600)));
+        }
+        let ping = timeout(Duration::from_millis(500), async {
+            let mut s = TcpStream::connect(loopback(port)).await?;
+            s.write_all(b"PING\r\n").await?;
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).await?;
+            Ok::<_, io::Error>(buf[..n].starts_with(b"+PONG"))
+        })
+        .await;
+        if let Ok(Ok(true)) = ping {
+            return Ok((daemon, port));
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("redis-server did not answer PING on port {port}: {}", log_tail(&log, 600)))
+}
+
+/// Scenario redis: scenario a as the Basic user with the limits, state in Redis against embedded.
+async fn feature_redis(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
+    let label = "redis. keep-alive GET with limits: state in Redis vs embedded".to_string();
+    let Some(bin) = which("redis-server") else {
+        println!("- `tollgate` redis: redis-server not found on PATH; skipped");
+        rep.feature_skipped(label, "redis-server not installed", None);
+        return Ok(());
+    };
+    let unavailable = |rep: &mut Report, why: String| {
+        println!("- `tollgate` redis: redis backend not available in this build ({why})");
+        rep.feature_skipped(
+            label.clone(),
+            "redis backend not available in this build",
+            Some(format!("redis: redis backend not available in this build: {why}")),
+        );
+    };
+    // The backend's address is only known once redis-server runs; `tollgate check` first, on a placeholder.
+    let tollgate = ctx.bins.get(&Kind::Tollgate).cloned().ok_or("tollgate not installed")?;
+    let (dir, yaml, _) = basic_config(ctx, "tollgate-redis-check", true, &redis_state(6379))?;
+    let path = dir.join("tollgate.yaml");
+    fs::write(&path, &yaml).map_err(|e| format!("write {}: {e}", path.display()))?;
+    let check = Command::new(&tollgate).arg("check").arg("-c").arg(&path).output();
+    match check {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            let why = format!("`tollgate check`: {}", String::from_utf8_lossy(&o.stderr).trim().replace('\n', " | "));
+            unavailable(rep, why);
+            return Ok(());
+        }
+        Err(e) => return Err(format!("tollgate check: {e}")),
+    }
+    let (redis, redis_port) = start_redis(ctx, &bin).await?;
+    let (dir, yaml, t_redis) = basic_config(ctx, "tollgate-redis", true, &redis_state(redis_port))?;
+    let p_redis = match start_tollgate(ctx, &dir, &yaml, &t_redis).await {
+        Ok(p) => p,
+        Err(e) if e.contains("redis") && e.contains("not available") => {
+            unavailable(rep, format!("`tollgate run`: {e}"));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let (dir, yaml, t_embedded) = basic_config(ctx, "tollgate-embedded", true, "")?;
+    let p_embedded = start_tollgate(ctx, &dir, &yaml, &t_embedded).await?;
+    println!(
+        "- `tollgate` redis started: {} on port {redis_port} (pid {}, core 1); embedded pid {} on {}, redis pid {} \
+         on {}",
+        first_line(&bin, &["--version"]),
+        redis.child.id(),
+        p_embedded.pid(),
+        t_embedded.addr,
+        p_redis.pid(),
+        t_redis.addr
+    );
+    let dur = Duration::from_secs(ctx.opts.round_secs);
+    let s = paired(ctx.opts.rounds, "redis", ["embedded state", "redis state"], "req/s", |v| {
+        scenario_a(if v { &t_redis } else { &t_embedded }, dur)
+    })
+    .await;
+    let rate_label = format!("{label}, {KA_CONNS} conns, Basic user (req/s)");
+    compare_rows(rep, "redis.", rate_label, &s, "", true);
+    let added = |q: fn(&Series) -> &Vec<f64>| match (median_of(q(&s[0])), median_of(q(&s[1]))) {
+        (Some(b), Some(v)) => Some(v - b),
+        _ => None,
+    };
+    rep.feature("redis. added latency per request, p50 (µs)".into(), None, added(|s| &s.p50), 0, "");
+    rep.feature("redis. added latency per request, p99 (µs)".into(), None, added(|s| &s.p99), 0, "");
+    drop(p_redis);
+    drop(p_embedded);
+    drop(redis);
+    Ok(())
+}
+
+fn redis_state(port: u16) -> String {
+    format!("state: {{backend: redis, redis_url: \"redis://127.0.0.1:{port}\"}}\n")
+}
+
+/// The outcomes of the reloads of one round: round trip (ms) or error.
+type Reloads = Vec<Result<f64, String>>;
+
+/// One `POST /admin/reload` with the bearer token; its round trip, ms.
+async fn reload_once(admin: SocketAddr) -> Result<f64, String> {
+    let req = format!(
+        "POST /admin/reload HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let t0 = Instant::now();
+    let res = timeout(IO_TIMEOUT, async {
+        let mut c = Conn::open(admin, None, SMALL_READ_BUF).await?;
+        c.send(req.as_bytes()).await?;
+        c.response(false).await
+    })
+    .await;
+    match res {
+        Ok(Ok(r)) if r.status == 200 => Ok(t0.elapsed().as_secs_f64() * 1000.0),
+        Ok(Ok(r)) => Err(format!("POST /admin/reload answered {}", r.status)),
+        Ok(Err(e)) => Err(format!("POST /admin/reload: {e}")),
+        Err(_) => Err("POST /admin/reload: timeout".into()),
+    }
+}
+
+/// `POST /admin/reload` once a second during `dur` (the first after 0.5 s); each one's outcome.
+async fn reload_loop(admin: SocketAddr, dur: Duration) -> Reloads {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    for i in 0..dur.as_secs() {
+        let at = start + Duration::from_millis(500) + Duration::from_secs(i);
+        tokio::time::sleep_until(at.into()).await;
+        out.push(reload_once(admin).await);
+    }
+    out
+}
+
+/// Scenario reload: scenario a for `RELOAD_SECS` against a config with `RELOAD_RULES` allow rules, with a reload
+/// every second against without.
+async fn feature_reload(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
+    let dir = ctx.instance_dir("tollgate-reload")?;
+    let (proxy_port, admin_port) = (port()?, port()?);
+    let mut allow = String::with_capacity(RELOAD_RULES * 32);
+    for i in 0..RELOAD_RULES {
+        let _ = writeln!(allow, "    - \"host{i}.example.com\"");
+    }
+    allow.push_str(ALLOW_LOOPBACK);
+    let admin_map = format!("{{bind: \"127.0.0.1:{admin_port}\", token: {ADMIN_TOKEN}}}");
+    let yaml = tollgate_yaml(&dir, &listener_item("proxy", proxy_port), &admin_map, "{anonymous: bench}", &allow, "");
+    let t = Target::plain(loopback(proxy_port), true, ctx.origin);
+    let t0 = Instant::now();
+    let proxy = start_tollgate(ctx, &dir, &yaml, &t).await?;
+    let started = t0.elapsed();
+    let admin = loopback(admin_port);
+    let first = reload_once(admin).await?;
+    println!(
+        "- `tollgate` reload started: pid {}, {} ({} allow rules, {} KiB of YAML; up and proxying in {:.0} ms), \
+         first reload {first:.1} ms",
+        proxy.pid(),
+        t.addr,
+        RELOAD_RULES + 1,
+        yaml.len() / 1024,
+        started.as_secs_f64() * 1000.0
+    );
+    let dur = Duration::from_secs(RELOAD_SECS);
+    // Each round's reload outcomes.
+    let trips: Arc<Mutex<Vec<Reloads>>> = Arc::default();
+    let s = paired(ctx.opts.rounds, "reload", ["no reloads", "a reload every second"], "req/s", |v| {
+        let (t, trips) = (&t, trips.clone());
+        async move {
+            if v {
+                let (round, outcomes) = tokio::join!(scenario_a(t, dur), reload_loop(admin, dur));
+                if let Ok(mut all) = trips.lock() {
+                    all.push(outcomes);
+                }
+                round
+            } else {
+                scenario_a(t, dur).await
+            }
+        }
+    })
+    .await;
+    let label = format!(
+        "reload. keep-alive GET, {KA_CONNS} conns, {RELOAD_RULES} allow rules, {RELOAD_SECS} s: \
+         POST /admin/reload every second vs none (req/s)"
+    );
+    compare_rows(rep, "reload.", label, &s, "", true);
+    rep.feature("reload. latency max (µs)".into(), median_of(&s[0].max), median_of(&s[1].max), 0, "");
+    let rounds = trips.lock().map(|v| v.clone()).unwrap_or_default();
+    for (r, outcomes) in rounds.iter().enumerate() {
+        let ok: Vec<String> = outcomes.iter().flatten().map(|ms| format!("{ms:.1}")).collect();
+        println!(
+            "  - `tollgate` reload round {}: {} of {} reloads ok, round trips ms [{}]",
+            r + 1,
+            ok.len(),
+            outcomes.len(),
+            ok.join(", ")
+        );
+    }
+    let outcomes: Reloads = rounds.into_iter().flatten().collect();
+    let mut ms: Vec<f64> = outcomes.iter().flatten().copied().collect();
+    let failed: Vec<&String> = outcomes.iter().filter_map(|r| r.as_ref().err()).collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    rep.feature(
+        format!("reload. round trip of POST /admin/reload under load, median of {} (ms)", ms.len()),
+        None,
+        median_of(&ms),
+        1,
+        "",
+    );
+    rep.feature(
+        "reload. round trip of POST /admin/reload under load, max (ms)".into(),
+        None,
+        ms.last().copied(),
+        1,
+        "",
+    );
+    if let Some(e) = failed.last() {
+        rep.footnote(format!("reload: {} of {} reloads failed (last: {e})", failed.len(), outcomes.len()));
+    }
+    drop(proxy);
+    Ok(())
+}
+
+/// Runs one tollgate-only scenario; a failure becomes a row and a note.
+async fn run_feature(ctx: &mut Ctx, rep: &mut Report, scen: Scen) {
+    let (name, res) = match scen {
+        Scen::Tls => ("tls", feature_tls(ctx, rep).await),
+        Scen::Limits => ("limits", feature_limits(ctx, rep).await),
+        Scen::Redis => ("redis", feature_redis(ctx, rep).await),
+        Scen::Reload => ("reload", feature_reload(ctx, rep).await),
+        Scen::A | Scen::B | Scen::C | Scen::D => return,
+    };
+    if let Err(e) = res {
+        println!("- `tollgate` {name}: failed: {e}");
+        rep.feature_skipped(format!("{name}."), "failed", Some(format!("{name}: {e}")));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Driver
 // ---------------------------------------------------------------------------------------------
 
 /// Scenarios a, b and c against one target (one proxy instance for all of them).
 async fn run_rate_scenarios(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
-    let rate_scens: Vec<Scen> = ctx.opts.scens.iter().copied().filter(|s| *s != Scen::D).collect();
+    let rate_scens: Vec<Scen> =
+        ctx.opts.scens.iter().copied().filter(|s| matches!(s, Scen::A | Scen::B | Scen::C)).collect();
     if rate_scens.is_empty() {
         return;
     }
@@ -1507,7 +2387,7 @@ async fn run_rate_scenarios(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
             }
         }
     };
-    let t = Target { addr: proxy.as_ref().map_or(ctx.origin, |p| p.addr), proxy: proxy.is_some(), origin: ctx.origin };
+    let t = Target::plain(proxy.as_ref().map_or(ctx.origin, |p| p.addr), proxy.is_some(), ctx.origin);
     if let Some(p) = &proxy {
         println!("- `{}` started: pid {}, {}", kind.name(), p.pid(), p.addr);
     }
@@ -1522,7 +2402,7 @@ async fn run_rate_scenarios(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
         let mut stale = 0;
         let mut last_error = None;
         for r in 1..=rounds {
-            let round = scenario_a(t, dur).await;
+            let round = scenario_a(&t, dur).await;
             println!("- `{name}` a round {r}/{rounds}: {}", round.describe("req/s"));
             if round.stats.ok > 0 {
                 rps.push(round.rate);
@@ -1575,7 +2455,7 @@ async fn run_rate_scenarios(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
         let mut errors = 0;
         let mut last_error = None;
         for r in 1..=rounds {
-            let round = scenario_b(t, dur).await;
+            let round = scenario_b(&t, dur).await;
             println!("- `{name}` b round {r}/{rounds}: {}", round.describe("conn/s"));
             if round.stats.ok > 0 {
                 rates.push(round.rate);
@@ -1606,7 +2486,7 @@ async fn run_rate_scenarios(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
         let mut rates = Vec::new();
         let mut last_error = None;
         for r in 1..=rounds {
-            match scenario_c(t).await {
+            match scenario_c(&t).await {
                 Ok(v) => {
                     println!("- `{name}` c round {r}/{rounds}: {v:.0} MiB/s");
                     rates.push(v);
@@ -1650,8 +2530,8 @@ async fn run_rss(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
                 break;
             }
         };
-        let t = Target { addr: proxy.addr, proxy: true, origin: ctx.origin };
-        match scenario_d(&proxy, t, ctx.opts.tunnels).await {
+        let t = Target::plain(proxy.addr, true, ctx.origin);
+        match scenario_d(&proxy, &t, ctx.opts.tunnels).await {
             Ok(d) => {
                 let mut line = format!(
                     "- `{name}` d round {r}/{rounds}: {:.1} KiB/tunnel ({} tunnels open, RSS {} -> {} KiB, {} process(es)",
@@ -1708,7 +2588,11 @@ async fn run(mut ctx: Ctx) -> Report {
         eprintln!("load: interrupted, children killed");
         std::process::exit(130);
     });
+    let target_scens = ctx.opts.scens.iter().any(|s| Scen::TARGETS.contains(s));
     for kind in Kind::ALL {
+        if !target_scens {
+            break;
+        }
         if !ctx.opts.kinds.contains(&kind) {
             rep.note(&Metric::ALL, kind, "not run");
             continue;
@@ -1725,6 +2609,14 @@ async fn run(mut ctx: Ctx) -> Report {
             } else {
                 run_rss(&mut ctx, &mut rep, kind).await;
             }
+        }
+    }
+    let features: Vec<Scen> = ctx.opts.scens.iter().copied().filter(|s| !Scen::TARGETS.contains(s)).collect();
+    if !features.is_empty() && !ctx.bins.contains_key(&Kind::Tollgate) {
+        println!("- tls, limits, redis, reload: not run (they need the target tollgate)");
+    } else {
+        for scen in features {
+            run_feature(&mut ctx, &mut rep, scen).await;
         }
     }
     rep
@@ -1802,6 +2694,8 @@ fn main() -> ExitCode {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
 
     println!("# tollgate load report\n");
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    println!("- command: `cargo bench --bench load -- {}`", args.join(" ").trim());
     println!("- date: {date}; kernel {}; {cores} cores", kernel.trim());
     let loadavg = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load1: f64 = loadavg.split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
@@ -1821,7 +2715,8 @@ fn main() -> ExitCode {
     );
     println!("- RLIMIT_NOFILE: {nofile_msg}");
     println!(
-        "- mode: {} ({} s per round for a and b), {} rounds per scenario, median reported; d opens {} tunnels",
+        "- mode: {} ({} s per round for a, b, tls and limits/redis, {RELOAD_SECS} s for reload), {} rounds per \
+         scenario, median reported; d opens {} tunnels",
         if opts.quick { "--quick" } else { "full" },
         opts.round_secs,
         opts.rounds,
@@ -1847,7 +2742,15 @@ fn main() -> ExitCode {
         let origin = listener.local_addr().map_err(|e| e.to_string())?;
         tokio::spawn(origin_serve(listener));
         println!("## progress (origin on {origin})\n");
-        let ctx = Ctx { opts: run_opts, origin, tmp: tmp.path().to_path_buf(), pin_children, bins, instances: 0 };
+        let ctx = Ctx {
+            opts: run_opts,
+            origin,
+            tmp: tmp.path().to_path_buf(),
+            pin_children,
+            bins,
+            instances: 0,
+            bench_hash: None,
+        };
         Ok(run(ctx).await)
     });
     // Stop the origin's tasks before the temp dir goes.
@@ -1860,20 +2763,38 @@ fn main() -> ExitCode {
         }
     };
 
-    println!("\n## results (median of {} rounds)\n", opts.rounds);
-    print!("{}", report.table(&opts));
-    println!("\n### a. keep-alive GET latency\n");
-    print!("{}", report.latency_table());
+    println!("\n## results (median of {} rounds)", opts.rounds);
+    let target_scens = opts.scens.iter().any(|s| Scen::TARGETS.contains(s));
+    if target_scens {
+        print!("\n{}", report.table(&opts));
+    }
+    if opts.scens.contains(&Scen::A) {
+        println!("\n### a. keep-alive GET latency\n");
+        print!("{}", report.latency_table());
+    }
+    if !report.features.is_empty() {
+        println!("\n### tollgate only: TLS listener, limits, Redis state, reload (baseline and measured in one run)\n");
+        print!("{}", report.feature_table());
+    }
     if !report.notes.is_empty() {
         println!("\n### notes\n");
         for (i, n) in report.notes.iter().enumerate() {
             println!("{}. {n}", i + 1);
         }
     }
-    println!(
-        "\nratios are target/direct: for req/s, conn/s and MiB/s higher is better, for latency lower is better. \
-         b for direct is connect + GET + close without a proxy; d has no direct value. \
-         d is the growth of the summed VmRSS of the proxy's process tree divided by the tunnels opened."
-    );
+    if target_scens {
+        println!(
+            "\nratios are target/direct: for req/s, conn/s and MiB/s higher is better, for latency lower is better. \
+             b for direct is connect + GET + close without a proxy; d has no direct value. \
+             d is the growth of the summed VmRSS of the proxy's process tree divided by the tunnels opened."
+        );
+    }
+    if !report.features.is_empty() {
+        println!(
+            "\nin the tollgate-only table the ratio is measured/baseline, each the median of rounds that alternate \
+             baseline and measured; for latency lower is better. Every TLS connection is a full handshake (no \
+             resumption)."
+        );
+    }
     ExitCode::SUCCESS
 }

@@ -4,9 +4,11 @@
 #   benches/run-load.sh                 # full run: 5 s rounds, 3 rounds, 5,000 idle tunnels
 #   benches/run-load.sh --quick         # 2 s rounds
 #   benches/run-load.sh --only direct,squid,tinyproxy
+#   benches/run-load.sh --quick --only tls,limits,redis,reload   # tollgate's own features
 #
-# Arguments are passed to the harness unchanged. Installs squid and tinyproxy with apt-get
-# when they are missing and this runs as root; otherwise those columns say "not installed".
+# Arguments are passed to the harness unchanged. Installs squid, tinyproxy and redis-server (for
+# scenario redis) with apt-get when they are missing and this runs as root; otherwise those
+# columns and rows say "not installed".
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -14,12 +16,14 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v squid >/dev/null 2>&1 || [ -x /usr/sbin/squid ] || missing+=(squid)
 command -v tinyproxy >/dev/null 2>&1 || [ -x /usr/bin/tinyproxy ] || missing+=(tinyproxy)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "installing ${missing[*]} ..." >&2
         DEBIAN_FRONTEND=noninteractive apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
-        # The packages start system services; the harness runs its own instances.
+        # The packages start system services; the harness runs its own instances (redis-server
+        # on a free port, so one on 6379 would not disturb it, but it would take CPU).
         for svc in "${missing[@]}"; do
             systemctl stop "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
         done

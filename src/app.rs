@@ -212,7 +212,10 @@ fn restart_only_changes(current: &Config, loaded: &Config) -> Vec<String> {
     if current.admin.as_ref().map(|a| a.bind) != loaded.admin.as_ref().map(|a| a.bind) {
         changes.push("admin.bind changed".to_owned());
     }
-    if current.state.backend != loaded.state.backend || current.state.redis_url != loaded.state.redis_url {
+    if current.state.backend != loaded.state.backend
+        || current.state.redis_url != loaded.state.redis_url
+        || current.state.path != loaded.state.path
+    {
         changes.push("state backend changed".to_owned());
     }
     if current.audit.file.as_ref().map(|f| &f.path) != loaded.audit.file.as_ref().map(|f| &f.path) {
@@ -277,10 +280,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     start_with(config, Options::default()).await
 }
 
-/// The state backend the config names.
+/// The state backend the config names. The embedded one opens (creating it if need be) its store at
+/// `state.path`, where spend survives a restart.
 fn state_backend(state: &crate::config::State) -> Result<Arc<dyn Backend>, StartError> {
     match state.backend {
-        file::StateBackend::Embedded => Ok(Arc::new(Memory::default())),
+        file::StateBackend::Embedded => {
+            // Every message from `open` names the path.
+            let memory = Memory::open(&state.path).map_err(|error| StartError::State(error.0))?;
+            Ok(Arc::new(memory))
+        }
         file::StateBackend::Redis => {
             let url = state.redis_url.as_deref().expect("the config requires redis_url with backend: redis");
             let redis = Redis::connect(url).map_err(|error| StartError::State(error.to_string()))?;

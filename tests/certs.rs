@@ -326,6 +326,7 @@ async fn the_gateway_serves_its_tls_listener_with_the_generated_files_and_names_
          client_ca: {d}/clients-ca.pem, client_auth: required}}}}\n\
          auth: {{anonymous: deny, mtls: {{identity: san_email, team_from: ou}}}}\n\
          audit: {{file: {{path: {d}/audit.jsonl}}}}\n\
+         state: {{path: {d}/state}}\n\
          policy:\n  default: deny\n  allow: [\"127.0.0.1\"]\n  allow_private: [\"127.0.0.0/8\"]\n"
     );
     let config = tollgate::config::Config::from_text(&yaml, Path::new("certs.yaml"), &|_| None).expect("config loads");

@@ -295,8 +295,10 @@ fn run_serves_and_on_sigterm_cuts_open_tunnels_and_exits_0() {
              auth: {{anonymous: cli-test}}\n\
              policy:\n  default: deny\n  allow: [\"127.0.0.1\"]\n  allow_private: [\"127.0.0.0/8\"]\n\
              audit: {{file: {{path: \"{}\"}}}}\n\
-             server: {{shutdown_grace: 200ms}}\n",
-            audit.display()
+             server: {{shutdown_grace: 200ms}}\n\
+             state: {{path: \"{}\"}}\n",
+            audit.display(),
+            dir.path().join("state").display()
         ),
     )
     .expect("write config");

@@ -38,8 +38,10 @@ impl ConfigFile {
     /// `admin` is the `admin:` value (with or without a token).
     fn new(dir: &Path, admin: &str) -> Self {
         let header = format!(
-            "listeners: [{{name: proxy, bind: \"127.0.0.1:0\"}}]\nadmin: {admin}\naudit: {{file: {{path: \"{}\"}}}}\n",
-            dir.join("audit.jsonl").display()
+            "listeners: [{{name: proxy, bind: \"127.0.0.1:0\"}}]\nadmin: {admin}\naudit: {{file: {{path: \"{}\"}}}}\n\
+             state: {{path: \"{}\"}}\n",
+            dir.join("audit.jsonl").display(),
+            dir.join("state").display()
         );
         Self { path: dir.join("tollgate.yaml"), header }
     }
@@ -165,7 +167,7 @@ async fn the_reload_endpoint_applies_a_valid_change_and_keeps_the_old_config_on_
     let response = reload(&gateway).await;
     assert_eq!(response.status, 422, "{response:?}");
     let error = response.json()["error"].as_str().expect("error message").to_owned();
-    let place = format!("{}:5:12: policy.default: ", file.path.display());
+    let place = format!("{}:6:12: policy.default: ", file.path.display());
     assert!(error.starts_with(&place), "{error:?} should start with {place:?}");
     assert_refused(&get(&gateway, "alice", &origin).await, 403, "deny_rule", Some("policy.deny[0]"), "still denied");
     assert_eq!(get(&gateway, "alice", &other).await.status, 200, "still allowed");

@@ -435,9 +435,10 @@ async fn a_reload_rotates_the_listener_certificate_without_a_restart() {
     std::fs::write(
         &path,
         format!(
-            "listeners:\n  - name: proxy-tls\n    bind: \"127.0.0.1:0\"\n    tls: {{cert: \"{}\", key: \"{}\"}}\nauth: {{anonymous: dev}}\n{POLICY}",
+            "listeners:\n  - name: proxy-tls\n    bind: \"127.0.0.1:0\"\n    tls: {{cert: \"{}\", key: \"{}\"}}\nauth: {{anonymous: dev}}\nstate: {{path: \"{}\"}}\n{POLICY}",
             cert.display(),
-            key.display()
+            key.display(),
+            dir.path().join("state").display()
         ),
     )
     .unwrap();

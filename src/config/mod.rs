@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 pub use units::ByteSize;
 
 use crate::identity::Directory;
-use crate::limits::{Limits, ScopeLimits, TeamLimits};
+use crate::limits::{Limits, Rate, ScopeLimits, TeamLimits};
 use crate::policy::{PatternError, Policy, RuleSet};
 use crate::target::Target;
 use crate::tls::{self, ClientAuth};
@@ -445,6 +445,9 @@ fn referenced_files(path: &Path, parsed: &file::File) -> Vec<PathBuf> {
 fn compile_limits(parsed: &file::File) -> Result<Limits, Invalid> {
     let rate = |rpm: Option<u32>, key: String| match rpm {
         Some(0) => Err(invalid(key, "must be at least 1 (omit it for no limit)")),
+        Some(n) if n > Rate::MAX_PER_MINUTE => {
+            Err(invalid(key, format!("at most {} (one request per microsecond)", Rate::MAX_PER_MINUTE)))
+        }
         Some(n) => Ok(Some(Limits::rate(n))),
         None => Ok(None),
     };

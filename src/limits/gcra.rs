@@ -15,10 +15,15 @@ impl Rate {
         60_000_000 / u64::from(self.per_minute.max(1))
     }
 
-    /// How far ahead of `now` the TAT may run: the burst.
+    /// How far ahead of `now` the TAT may run: the burst, in whole intervals (the same rounding as the TAT's
+    /// steps, so the boundary is exact to the microsecond).
     pub fn tolerance_us(self) -> u64 {
         self.interval_us() * u64::from(self.burst.max(1))
     }
+
+    /// The fastest rate the microsecond clock can express (one request per microsecond); config refuses more,
+    /// since a zero interval would admit nothing beyond the first request at each instant.
+    pub const MAX_PER_MINUTE: u32 = 60_000_000;
 }
 
 /// The outcome of one GCRA step.

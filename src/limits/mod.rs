@@ -4,6 +4,10 @@
 //! Per request (not per connection): `plan` lists the buckets and slots that apply to the principal, the
 //! backend admits or refuses all of them at once, and the returned `Admitted` gives the slots back when the
 //! request or tunnel ends. The request path never knows which backend it has.
+//!
+//! The same backends keep spend counters (integer micro-dollars per key and period) for budgets: `add_spend`
+//! and `spend`. The embedded backend also writes them to a ledger under `state.path`, so a restart keeps
+//! today's spend; rate and concurrency state is memory only.
 
 pub mod gcra;
 pub mod memory;
@@ -74,6 +78,23 @@ pub enum Admission {
 #[error("state backend unavailable: {0}")]
 pub struct StateError(pub String);
 
+/// One spend counter: a key and the end of its period (ms since the epoch, UTC); past it the counter is gone.
+///
+/// A key names one period (e.g. `spend:team:core:day:2026-11-28`): a backend may keep a counter a while past
+/// its end (Redis a day, for replicas' clocks), so a key must not be reused for a later period.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SpendKey {
+    pub key: String,
+    pub period_end_ms: u64,
+}
+
+impl SpendKey {
+    /// Whether the period has ended at `now_ms`: the counter then reads 0 and takes no more spend.
+    pub fn has_ended(&self, now_ms: u64) -> bool {
+        now_ms >= self.period_end_ms
+    }
+}
+
 /// Where limit state lives. Every method is atomic over the keys it is given.
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Admits one request against every bucket, or none: a refusal takes nothing from the others.
@@ -82,6 +103,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn enter<'a>(&'a self, slots: &'a [Slot]) -> BoxFuture<'a, Result<Option<usize>, StateError>>;
     /// Gives slots back.
     fn leave<'a>(&'a self, slots: &'a [Slot]) -> BoxFuture<'a, Result<(), StateError>>;
+    /// Adds `delta_micro_usd` (may be negative: a reservation settled lower) to every key, atomically; returns
+    /// the new values. A key whose period has ended at `now_ms` takes nothing and answers 0.
+    fn add_spend<'a>(
+        &'a self,
+        keys: &'a [SpendKey],
+        delta_micro_usd: i64,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StateError>>;
+    /// The current values (0 for missing or expired keys).
+    fn spend<'a>(&'a self, keys: &'a [SpendKey], now_ms: u64) -> BoxFuture<'a, Result<Vec<i64>, StateError>>;
     /// `embedded` or `redis`, for logs.
     fn name(&self) -> &'static str;
 }
@@ -104,6 +135,11 @@ impl Clock for SystemClock {
 /// Microseconds since the epoch.
 pub fn micros(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Milliseconds since the epoch (spend periods).
+pub fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// A rate and a cap for one scope, compiled.
@@ -180,6 +216,15 @@ impl Plan {
 pub enum Refusal {
     Rate { scope: Scope, per_minute: u32, retry_after_secs: u64 },
     Concurrency { scope: Scope, max: u32 },
+}
+
+impl Refusal {
+    /// The scope whose limit refused.
+    pub fn scope(&self) -> Scope {
+        match self {
+            Refusal::Rate { scope, .. } | Refusal::Concurrency { scope, .. } => *scope,
+        }
+    }
 }
 
 /// Admits requests against the current config's limits over one backend.

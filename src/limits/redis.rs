@@ -7,6 +7,8 @@
 //! exactly what the embedded one would. Keys are `tollgate:` followed by the bucket's or slot's key; a rate
 //! key expires once its TAT has passed (it would admit a full burst then anyway), a slot key an hour after
 //! the last `enter` on it, so the slots of a replica that died holding them are given back eventually.
+//! A spend key (`tollgate:` + the spend key) is an integer counter of micro-dollars, expiring a day after its
+//! period ends; counters are read with `MGET`, and a key whose period has ended reads 0 without asking.
 //!
 //! One multiplexed connection per backend, reconnected by `redis`'s `ConnectionManager` after it breaks;
 //! every command is bounded by a timeout, so a dead or unreachable Redis is a quick `StateError`, never a
@@ -18,13 +20,17 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
-use super::{Admission, Backend, BoxFuture, Bucket, Slot, StateError};
+use super::{Admission, Backend, BoxFuture, Bucket, Slot, SpendKey, StateError};
 
 /// What every key starts with.
 pub const KEY_PREFIX: &str = "tollgate:";
 
 /// Added to a rate key's lifetime beyond its TAT, so clocks a little apart between replicas lose nothing.
 const RATE_TTL_MARGIN_MS: u64 = 1_000;
+
+/// Added to a spend key's lifetime beyond its period's end: replicas' clocks a little apart, and a request
+/// settled just after the period ended, still find it.
+const SPEND_TTL_MARGIN_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// One GCRA step over every bucket, all or nothing.
 ///
@@ -83,9 +89,22 @@ end
 return 0
 "#;
 
+/// Adds `ARGV[1]` (micro-dollars, may be negative) to every key and makes key `i` expire at `ARGV[i + 1]` (ms
+/// since the epoch); returns the new values. `INCRBY` works in 64-bit integers; the values come back through
+/// Lua numbers, exact below 2^53 micro-dollars (nine billion dollars).
+const ADD_SPEND_LUA: &str = r#"
+local values = {}
+for i = 1, #KEYS do
+  values[i] = redis.call('INCRBY', KEYS[i], ARGV[1])
+  redis.call('PEXPIREAT', KEYS[i], ARGV[i + 1])
+end
+return values
+"#;
+
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
 static ENTER: LazyLock<Script> = LazyLock::new(|| Script::new(ENTER_LUA));
 static LEAVE: LazyLock<Script> = LazyLock::new(|| Script::new(LEAVE_LUA));
+static ADD_SPEND: LazyLock<Script> = LazyLock::new(|| Script::new(ADD_SPEND_LUA));
 
 /// How the Redis backend talks to its server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +223,23 @@ fn mask_password(url: &str) -> String {
     }
 }
 
+/// The keys whose period has not ended at `now_ms`, with their index among `keys`.
+fn live(keys: &[SpendKey], now_ms: u64) -> Vec<(usize, &SpendKey)> {
+    keys.iter().enumerate().filter(|(_, key)| !key.has_ended(now_ms)).collect()
+}
+
+/// Puts `got` (one value per live key) in its place among `len` values; ended keys stay 0.
+fn spread(len: usize, live: &[(usize, &SpendKey)], got: Vec<i64>) -> Result<Vec<i64>, StateError> {
+    if got.len() != live.len() {
+        return Err(StateError(format!("redis answered {} spend values for {} keys", got.len(), live.len())));
+    }
+    let mut values = vec![0; len];
+    for ((index, _), value) in live.iter().zip(got) {
+        values[*index] = value;
+    }
+    Ok(values)
+}
+
 fn index(value: i64, len: usize) -> Result<Option<usize>, StateError> {
     match usize::try_from(value) {
         Ok(index) if index < len => Ok(Some(index)),
@@ -263,6 +299,41 @@ impl Backend for Redis {
         })
     }
 
+    fn add_spend<'a>(
+        &'a self,
+        keys: &'a [SpendKey],
+        delta_micro_usd: i64,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StateError>> {
+        Box::pin(async move {
+            let live = live(keys, now_ms);
+            if live.is_empty() {
+                return Ok(vec![0; keys.len()]);
+            }
+            let mut invocation = ADD_SPEND.prepare_invoke();
+            invocation.arg(delta_micro_usd);
+            for (_, spend) in &live {
+                invocation.key(key(&spend.key)).arg(spend.period_end_ms.saturating_add(SPEND_TTL_MARGIN_MS));
+            }
+            let got: Vec<i64> = self.run(invocation).await?;
+            spread(keys.len(), &live, got)
+        })
+    }
+
+    fn spend<'a>(&'a self, keys: &'a [SpendKey], now_ms: u64) -> BoxFuture<'a, Result<Vec<i64>, StateError>> {
+        Box::pin(async move {
+            let live = live(keys, now_ms);
+            if live.is_empty() {
+                return Ok(vec![0; keys.len()]);
+            }
+            let names: Vec<String> = live.iter().map(|(_, spend)| key(&spend.key)).collect();
+            let mut connection = self.connection()?;
+            let got: Vec<Option<i64>> =
+                self.bounded(async move { redis::cmd("MGET").arg(&names).query_async(&mut connection).await }).await?;
+            spread(keys.len(), &live, got.into_iter().map(|value| value.unwrap_or(0)).collect())
+        })
+    }
+
     fn name(&self) -> &'static str {
         "redis"
     }
@@ -293,6 +364,18 @@ mod tests {
         assert_eq!(index(-1, 2).ok(), Some(None));
         assert_eq!(index(1, 2).ok(), Some(Some(1)));
         assert!(index(2, 2).is_err());
+    }
+
+    #[test]
+    fn ended_spend_keys_read_zero_in_place() {
+        let keys = [
+            SpendKey { key: "spend:a".into(), period_end_ms: 100 },
+            SpendKey { key: "spend:b".into(), period_end_ms: 200 },
+        ];
+        let live = live(&keys, 150);
+        assert_eq!(live.len(), 1);
+        assert_eq!(spread(2, &live, vec![7]).ok(), Some(vec![0, 7]));
+        assert!(spread(2, &live, vec![7, 8]).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::io;
 use std::sync::Arc;
 
 use crate::identity::{AuthError, Directory};
-use crate::limits::{Scope, StateError};
+use crate::limits::{Refusal, Scope, StateError};
 use crate::policy::DenyReason;
 
 /// Everything that can end a request before or instead of the upstream's answer.
@@ -55,6 +55,17 @@ pub enum ProxyError {
     ClientClosed(io::Error),
     #[error("the audit log cannot be written; requests are refused (audit.on_failure: block)")]
     AuditUnavailable,
+}
+
+impl From<Refusal> for ProxyError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Rate { scope, per_minute, retry_after_secs } => {
+                ProxyError::RateLimited { scope, per_minute, retry_after_secs }
+            }
+            Refusal::Concurrency { scope, max } => ProxyError::ConcurrencyLimited { scope, max },
+        }
+    }
 }
 
 fn detail(reason: &DenyReason) -> String {

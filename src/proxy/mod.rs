@@ -24,7 +24,7 @@ use crate::app::Gateway;
 use crate::audit::{self, Record};
 use crate::config::Config;
 use crate::identity::Principal;
-use crate::limits::{Admitted, Refusal};
+use crate::limits::Admitted;
 use crate::metrics::RequestOutcome;
 use crate::policy::Decision;
 use crate::target::Target;
@@ -72,6 +72,11 @@ impl Exchange {
             upstream: None,
             error: None,
         }
+    }
+
+    /// The principal's teams (none before identification).
+    fn teams(&self) -> Arc<[Arc<str>]> {
+        self.principal.as_ref().map(|p| p.teams.clone()).unwrap_or_else(|| Arc::new([]))
     }
 
     fn fail(&mut self, error: &ProxyError) {
@@ -193,16 +198,8 @@ async fn admit(
     match gateway.limiter.admit(plan, now).await {
         Ok(Ok(admitted)) => Ok(admitted),
         Ok(Err(refusal)) => {
-            let error = match refusal {
-                Refusal::Rate { scope, per_minute, retry_after_secs } => {
-                    ProxyError::RateLimited { scope, per_minute, retry_after_secs }
-                }
-                Refusal::Concurrency { scope, max } => ProxyError::ConcurrencyLimited { scope, max },
-            };
-            if let ProxyError::RateLimited { scope, .. } | ProxyError::ConcurrencyLimited { scope, .. } = &error {
-                gateway.metrics.rate_limited(scope.label());
-            }
-            Err(error)
+            gateway.metrics.rate_limited(refusal.scope().label());
+            Err(ProxyError::from(refusal))
         }
         Err(error) if config.state.allow_on_error => {
             tracing::warn!(%error, "limits not enforced: the state backend is unreachable (state.on_error: allow)");
@@ -230,7 +227,7 @@ async fn tunnel(
         let target = Target::parse_authority(head.target()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         exchange.target = Some(target.clone());
         let admitted = admit(gateway, config, &head, &target, peer, &mut exchange).await?;
-        let teams = exchange.principal.as_ref().map(|p| p.teams.clone()).unwrap_or_else(|| Arc::new([]));
+        let teams = exchange.teams();
         let dialer = upstream::Dialer { config, own_addresses: &gateway.own_addresses, teams: &teams };
         let (stream, address, _route) = dialer.open_tunnel(&target).await?;
         Ok::<_, ProxyError>((stream, address, admitted))
@@ -342,7 +339,7 @@ async fn forward(
         exchange.target = Some(uri.target.clone());
         exchange.path = Some(uri.path.to_owned());
         let admitted = admit(gateway, config, &head, &uri.target, peer, &mut exchange).await?;
-        let teams = exchange.principal.as_ref().map(|p| p.teams.clone()).unwrap_or_else(|| Arc::new([]));
+        let teams = exchange.teams();
         let dialer = upstream::Dialer { config, own_addresses: &gateway.own_addresses, teams: &teams };
         let forwarded = forward::exchange(gateway, &dialer, client, buf, &head, &uri).await;
         // Before the next request on this connection is read (a pipelined one may already be buffered).

@@ -43,8 +43,9 @@ impl TestGateway {
             "listeners: [{{name: proxy, bind: \"127.0.0.1:0\"}}]\nadmin: {{bind: \"127.0.0.1:0\"}}\naudit: {{file: {{path: \"{}\"}}}}\n{yaml}",
             audit.display()
         );
-        let config = Config::from_text(&text, Path::new("test.yaml"), &|name| std::env::var(name).ok())
+        let mut config = Config::from_text(&text, Path::new("test.yaml"), &|name| std::env::var(name).ok())
             .map_err(|e| e.to_string())?;
+        isolate_state(&mut config, dir.path());
         let running = app::start(config).await.map_err(|e| e.to_string())?;
         let proxy = running.address("proxy").expect("proxy listener");
         let admin = running.admin.expect("admin listener");
@@ -84,6 +85,17 @@ impl TestGateway {
         self.shutdown().await;
         let text = std::fs::read_to_string(self.audit_path()).unwrap_or_default();
         text.lines().map(|line| serde_json::from_str(line).expect("audit lines are JSON")).collect()
+    }
+}
+
+/// The default `state.path` (relative to the working directory: the repository, under `cargo test`).
+pub const DEFAULT_STATE_PATH: &str = "var/state";
+
+/// A gateway started here keeps its embedded store (the spend ledger) in its own temp dir, `DIR/state`, not
+/// in the repository's `var/state`, unless the test names a `state.path` of its own.
+pub fn isolate_state(config: &mut Config, dir: &Path) {
+    if config.state.path == Path::new(DEFAULT_STATE_PATH) {
+        config.state.path = dir.join("state");
     }
 }
 
@@ -503,8 +515,9 @@ impl TestGateway {
         let audit = dir.path().join("audit.jsonl");
         let text =
             format!("admin: {{bind: \"127.0.0.1:0\"}}\naudit: {{file: {{path: \"{}\"}}}}\n{yaml}", audit.display());
-        let config = Config::from_text(&text, Path::new("test.yaml"), &|name| std::env::var(name).ok())
+        let mut config = Config::from_text(&text, Path::new("test.yaml"), &|name| std::env::var(name).ok())
             .unwrap_or_else(|e| panic!("config should load: {e}"));
+        isolate_state(&mut config, dir.path());
         let running = app::start(config).await.unwrap_or_else(|e| panic!("gateway should start: {e}"));
         let proxy =
             running.address("proxy").or_else(|| running.listeners.first().map(|(_, a)| *a)).expect("a listener");
@@ -574,8 +587,9 @@ impl TestGateway {
             "listeners: [{{name: proxy, bind: \"127.0.0.1:0\"}}]\nadmin: {{bind: \"127.0.0.1:0\"}}\naudit: {{file: {{path: \"{}\"}}}}\n{yaml}",
             audit.display()
         );
-        let config = Config::from_text(&text, Path::new("test.yaml"), &|name| std::env::var(name).ok())
+        let mut config = Config::from_text(&text, Path::new("test.yaml"), &|name| std::env::var(name).ok())
             .unwrap_or_else(|e| panic!("config should load: {e}"));
+        isolate_state(&mut config, dir.path());
         let running = app::start_with(config, options).await.unwrap_or_else(|e| panic!("gateway should start: {e}"));
         let proxy = running.address("proxy").expect("proxy listener");
         let admin = running.admin.expect("admin listener");
@@ -586,7 +600,8 @@ impl TestGateway {
     /// `proxy`), `admin` and `audit` (the audit file should be `audit.jsonl` in `dir`, for `audit()`); `dir` is
     /// kept for the life of the gateway.
     pub async fn start_file(path: &Path, dir: tempfile::TempDir, options: app::Options) -> Self {
-        let config = Config::load(path).unwrap_or_else(|e| panic!("config should load: {e}"));
+        let mut config = Config::load(path).unwrap_or_else(|e| panic!("config should load: {e}"));
+        isolate_state(&mut config, dir.path());
         let running = app::start_with(config, options).await.unwrap_or_else(|e| panic!("gateway should start: {e}"));
         let proxy = running.address("proxy").expect("proxy listener");
         let admin = running.admin.expect("admin listener");
