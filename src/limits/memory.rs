@@ -125,7 +125,13 @@ impl Memory {
         }
         // All or nothing: only when every bucket admits is a request taken from each.
         for (bucket, tat) in buckets.iter().zip(admitted) {
-            tats.insert(bucket.key.clone(), tat);
+            // Update in place: a known key costs no allocation.
+            match tats.get_mut(&bucket.key) {
+                Some(known) => *known = tat,
+                None => {
+                    tats.insert(bucket.key.clone(), tat);
+                }
+            }
         }
         if tats.len() > 1_000_000 {
             tats.retain(|_, tat| *tat > now_us);
@@ -139,7 +145,12 @@ impl Memory {
             return Some(full);
         }
         for slot in slots {
-            *counts.entry(slot.key.clone()).or_insert(0) += 1;
+            match counts.get_mut(&slot.key) {
+                Some(count) => *count += 1,
+                None => {
+                    counts.insert(slot.key.clone(), 1);
+                }
+            }
         }
         None
     }
