@@ -211,12 +211,7 @@ async fn explain_agrees_with_the_running_gateway() {
                 let url = origin.url("/agree");
                 let context = format!("{user} → {url} at {time}");
                 let said = explain(&path, &["--user", user, "--method", "GET", "--at", time, &url]).await;
-                let request = format!(
-                    "GET {url} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
-                    origin.address,
-                    basic(user, PASSWORD)
-                );
-                let done = exchange_until_closed(running.proxy, request.as_bytes()).await;
+                let done = get_as(running.proxy, &url, &basic(user, PASSWORD)).await;
                 match said.code {
                     0 => {
                         assert_eq!(

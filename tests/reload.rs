@@ -111,13 +111,7 @@ async fn config_info(gateway: &TestGateway) -> serde_json::Value {
 
 /// A GET through the proxy as `user`, on a new connection that the gateway closes after.
 async fn get(gateway: &TestGateway, user: &str, origin: &Origin) -> Response {
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
-        origin.url("/reload"),
-        origin.address,
-        basic(user, PASSWORD)
-    );
-    exchange_until_closed(gateway.proxy, request.as_bytes()).await
+    get_as(gateway.proxy, &origin.url("/reload"), &basic(user, PASSWORD)).await
 }
 
 /// Opens a tunnel to `echo` as `user` and proves it carries bytes (so it is spliced and registered).

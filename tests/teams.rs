@@ -35,13 +35,7 @@ fn users(list: &[(&str, &[&str])]) -> String {
 /// Sends one absolute-form GET as `user` on a new connection and waits until the gateway closed it (so its audit
 /// record and metrics are in place).
 async fn get(gateway: &TestGateway, user: &str, origin: &Origin) -> Response {
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {}\r\nConnection: close\r\n\r\n",
-        origin.url("/team-test"),
-        origin.address,
-        basic(user, PASSWORD)
-    );
-    exchange_until_closed(gateway.proxy, request.as_bytes()).await
+    get_as(gateway.proxy, &origin.url("/team-test"), &basic(user, PASSWORD)).await
 }
 
 /// What the gateway must answer: 200 from the origin, or 403 naming the rule.

@@ -48,6 +48,13 @@ async fn refused(gateway: &TestGateway, config: Arc<rustls::ClientConfig>, conte
     }
 }
 
+/// curl through the TLS listener, trusting the test CA and presenting `leaf`.
+async fn curl_with_certificate(gateway: &TestGateway, pki: &Pki, leaf: &Leaf, url: &str) -> (i32, String, String) {
+    let (cert, key) = (leaf.pem.to_str().unwrap(), leaf.key.to_str().unwrap());
+    let ca = pki.ca.pem.to_str().unwrap();
+    curl(&["--proxy", &proxy_url(gateway), "--proxy-cacert", ca, "--proxy-cert", cert, "--proxy-key", key, url]).await
+}
+
 fn tls12_client(pki: &Pki, client: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca.der()).unwrap();
@@ -140,33 +147,12 @@ async fn required_client_certificates_refuse_every_bad_kind_in_the_handshake() {
     .await
     .expect("a valid client certificate is accepted");
     assert_eq!((response.status, response.body.as_str()), (200, "origin saw /good"));
-    let (code, body, stderr) = curl(&[
-        "--proxy",
-        &proxy_url(&gateway),
-        "--proxy-cacert",
-        pki.ca.pem.to_str().unwrap(),
-        "--proxy-cert",
-        pki.client_cn.pem.to_str().unwrap(),
-        "--proxy-key",
-        pki.client_cn.key.to_str().unwrap(),
-        &origin.url("/curl-cert"),
-    ])
-    .await;
+    let (code, body, stderr) = curl_with_certificate(&gateway, &pki, &pki.client_cn, &origin.url("/curl-cert")).await;
     // client_cn has no SAN e-mail: the handshake succeeds but it names no principal, so anonymous: deny answers.
     assert_eq!(code, 0, "{stderr}");
     assert!(body.contains("proxy_auth_required"), "a certificate without the identity field does not admit: {body}");
-    let (code, body, stderr) = curl(&[
-        "--proxy",
-        &proxy_url(&gateway),
-        "--proxy-cacert",
-        pki.ca.pem.to_str().unwrap(),
-        "--proxy-cert",
-        pki.client_email.pem.to_str().unwrap(),
-        "--proxy-key",
-        pki.client_email.key.to_str().unwrap(),
-        &origin.url("/curl-good"),
-    ])
-    .await;
+    let (code, body, stderr) =
+        curl_with_certificate(&gateway, &pki, &pki.client_email, &origin.url("/curl-good")).await;
     assert_eq!((code, body.as_str()), (0, "origin saw /curl-good"), "{stderr}");
     let (code, _, stderr) = curl(&[
         "--proxy",

@@ -135,13 +135,15 @@ impl Policy {
         if let Some(rule) = self.deny.first_match(target) {
             return Decision::Deny { rule: rule.name.clone(), reason: DenyReason::DenyRule };
         }
-        let teams: Vec<&TeamPolicy> = teams.iter().filter_map(|name| self.teams.get(name)).collect();
-        if let Some(rule) = teams.iter().find_map(|team| team.deny.first_match(target)) {
+        // The principal's configured teams, looked up lazily: no allocation per request.
+        let teams = || teams.iter().filter_map(|name| self.teams.get(name));
+        if let Some(rule) = teams().find_map(|team| team.deny.first_match(target)) {
             return Decision::Deny { rule: rule.name.clone(), reason: DenyReason::DenyRule };
         }
-        let outside_hours = |team: &&TeamPolicy| team.hours.as_ref().is_some_and(|hours| !hours.contains(now));
-        if !teams.is_empty() && teams.iter().all(outside_hours) {
-            return Decision::Deny { rule: teams[0].hours_rule.clone(), reason: DenyReason::Hours };
+        if let Some(first) = teams().next() {
+            if teams().all(|team| team.hours.as_ref().is_some_and(|hours| !hours.contains(now))) {
+                return Decision::Deny { rule: first.hours_rule.clone(), reason: DenyReason::Hours };
+            }
         }
         if let Host::Ip(ip) = target.host {
             if let Some(denied) = self.private_guard(ip, target.port) {
@@ -149,7 +151,7 @@ impl Policy {
             }
         }
         let allowed_by =
-            self.allow.first_match(target).or_else(|| teams.iter().find_map(|team| team.allow.first_match(target)));
+            self.allow.first_match(target).or_else(|| teams().find_map(|team| team.allow.first_match(target)));
         let port_named = allowed_by.is_some_and(|rule| rule.port.is_some());
         if !port_named && self.ports.as_ref().is_some_and(|ports| !ports.contains(&target.port)) {
             return Decision::Deny { rule: self.ports_rule.clone(), reason: DenyReason::Port };

@@ -189,6 +189,45 @@ pub async fn closed_by_peer(stream: &mut TcpStream) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut sink)).await, Ok(Ok(_)))
 }
 
+/// Accepts on 127.0.0.1:0 and serves each connection with `serve` on its own task; returns the address and the
+/// count of connections accepted.
+async fn serve_counting<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a test server");
+    let address = listener.local_addr().expect("test server address");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(stream));
+        }
+    });
+    (address, connections)
+}
+
+/// Echoes every byte back, recording it, until the client closes; then closes too.
+async fn echo(mut stream: TcpStream, received: Arc<Mutex<Vec<u8>>>) {
+    let mut chunk = [0u8; 16384];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Ok(n) => {
+                received.lock().unwrap().extend_from_slice(&chunk[..n]);
+                if stream.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// An origin server on 127.0.0.1:0 that records every connection and every request head it receives (with its
 /// body, by Content-Length or chunked), and answers each request with `200` and a body naming the path (keep-alive).
 pub struct Origin {
@@ -199,17 +238,9 @@ pub struct Origin {
 
 impl Origin {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
-        let address = listener.local_addr().expect("origin address");
-        let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let (c, r) = (connections.clone(), requests.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                c.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve_origin(stream, r.clone()));
-            }
-        });
+        let r = requests.clone();
+        let (address, connections) = serve_counting(move |stream| serve_origin(stream, r.clone())).await;
         Self { address, connections, requests }
     }
 
@@ -316,34 +347,9 @@ pub struct Echo {
 
 impl Echo {
     pub async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-        let address = listener.local_addr().expect("echo address");
-        let connections = Arc::new(AtomicUsize::new(0));
         let received = Arc::new(Mutex::new(Vec::new()));
-        let (c, r) = (connections.clone(), received.clone());
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                c.fetch_add(1, Ordering::SeqCst);
-                let r = r.clone();
-                tokio::spawn(async move {
-                    let mut chunk = [0u8; 16384];
-                    loop {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => {
-                                let _ = stream.shutdown().await;
-                                return;
-                            }
-                            Ok(n) => {
-                                r.lock().unwrap().extend_from_slice(&chunk[..n]);
-                                if stream.write_all(&chunk[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        let r = received.clone();
+        let (address, connections) = serve_counting(move |stream| echo(stream, r.clone())).await;
         Self { address, connections, received }
     }
 
@@ -405,6 +411,16 @@ pub fn hash(password: &str) -> String {
 /// Sends `request` on a new connection, reads one response, and waits until the gateway closes the connection
 /// (the request should ask for `Connection: close`, or be one the gateway closes after). Once the gateway has
 /// closed, the request's metrics and audit record are in place, so tests can read them without waiting.
+/// One absolute-form `GET url` with `Proxy-Authorization: credentials` on a new connection, waiting until the
+/// gateway closed it (so its audit record and metrics are in place).
+pub async fn get_as(proxy: SocketAddr, url: &str, credentials: &str) -> Response {
+    let host = url.split("://").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or("");
+    let request = format!(
+        "GET {url} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: {credentials}\r\nConnection: close\r\n\r\n"
+    );
+    exchange_until_closed(proxy, request.as_bytes()).await
+}
+
 pub async fn exchange_until_closed(address: SocketAddr, request: &[u8]) -> Response {
     let mut stream = TcpStream::connect(address).await.expect("connect");
     stream.write_all(request).await.expect("write request");
