@@ -37,9 +37,182 @@ pub struct File {
     /// Rate and concurrency limits per user and for the whole organisation.
     #[serde(default)]
     pub limits: Limits,
-    /// Where limit counters (and later spend) live: in this process or shared through Redis.
+    /// Where limit counters and spend live: in this process or shared through Redis.
     #[serde(default)]
     pub state: State,
+    /// Model APIs that intercepted and gateway requests are sent to, by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, NamedUpstream>,
+    /// Which upstream serves a request: first match wins.
+    #[serde(default)]
+    pub routing: Vec<Route>,
+    /// TLS interception of chosen hosts after an allowed CONNECT.
+    pub intercept: Option<Intercept>,
+    /// Secret and personal-data detectors run on metered request bodies.
+    pub dlp: Option<Dlp>,
+    /// USD per million tokens by model glob; first match wins.
+    #[serde(default)]
+    pub pricing: Vec<Price>,
+    /// Organisation-wide spend budgets.
+    #[serde(default)]
+    pub budgets: Budgets,
+}
+
+/// One model API endpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedUpstream {
+    /// `https://host[:port][/base]` (or `http://` for a local endpoint).
+    pub url: String,
+    /// Sent as `x-api-key`, replacing the client's credential; omitted = the client's own key passes.
+    pub api_key: Option<String>,
+}
+
+/// One routing rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Every given condition must hold; none given = always.
+    #[serde(default)]
+    pub when: RouteWhen,
+    /// The name of an entry under `upstreams`.
+    pub to: String,
+}
+
+/// Conditions of a routing rule.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteWhen {
+    /// The listener's name.
+    pub listener: Option<String>,
+    /// The region of one of the principal's teams.
+    pub region: Option<String>,
+    /// One of the principal's teams.
+    pub team: Option<String>,
+    /// The intercepted host (exact name).
+    pub host: Option<String>,
+}
+
+/// TLS interception.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intercept {
+    /// The CA that signs minted leaves; created on first start when both files are missing.
+    #[serde(default = "intercept_ca")]
+    pub ca: CertPair,
+    /// Host globs whose tunnels are intercepted.
+    pub hosts: Vec<String>,
+    /// Paths whose requests are metered, DLP-scanned and checked against the team's models.
+    #[serde(default = "meter_paths")]
+    pub meter_paths: Vec<String>,
+    /// Path globs allowed and denied inside intercepted tunnels.
+    #[serde(default)]
+    pub paths: InterceptPaths,
+    /// Largest request body (413 beyond).
+    #[serde(default = "thirty_two_mib")]
+    pub max_body: ByteSize,
+    /// How long a minted leaf is valid.
+    #[serde(default = "one_day")]
+    pub leaf_validity: Duration,
+    /// How many minted leaves are kept.
+    #[serde(default = "leaf_cache")]
+    pub leaf_cache: usize,
+}
+
+/// Path rules inside intercepted tunnels.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterceptPaths {
+    /// Globs (`*` matches any characters, `/` included); omitted = the Messages API and Claude Code's own.
+    #[serde(default = "default_paths")]
+    pub allow: Vec<String>,
+    /// Globs denied even when allowed.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+impl Default for InterceptPaths {
+    fn default() -> Self {
+        Self { allow: default_paths(), deny: Vec::new() }
+    }
+}
+
+fn intercept_ca() -> CertPair {
+    CertPair { cert: "certs/tollgate-ca.pem".to_owned(), key: "certs/tollgate-ca.key".to_owned() }
+}
+
+fn meter_paths() -> Vec<String> {
+    vec!["/v1/messages".to_owned(), "/v1/messages/count_tokens".to_owned()]
+}
+
+fn default_paths() -> Vec<String> {
+    vec!["/v1/*".to_owned(), "/api/*".to_owned()]
+}
+
+fn thirty_two_mib() -> ByteSize {
+    ByteSize(32 << 20)
+}
+
+fn one_day() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+fn leaf_cache() -> usize {
+    1_000
+}
+
+/// Data-loss prevention.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dlp {
+    /// `block` (403 naming the detector) or `log` (audit only).
+    #[serde(default)]
+    pub action: DlpAction,
+    /// Built-in detectors: `private_key`, `aws_access_key`, `github_token`, `credit_card`, `ssn`.
+    #[serde(default)]
+    pub detectors: Vec<String>,
+    /// Named regular expressions.
+    #[serde(default)]
+    pub custom: Vec<CustomDetector>,
+}
+
+/// What a DLP match does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DlpAction {
+    #[default]
+    Block,
+    Log,
+}
+
+/// A named regular expression.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomDetector {
+    pub name: String,
+    pub regex: String,
+}
+
+/// One pricing row, USD per million tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Model glob (`claude-sonnet-4*`, `*`).
+    pub model: String,
+    pub input: f64,
+    pub output: f64,
+    /// Cache writes; omitted = 1.25 × input.
+    pub cache_write: Option<f64>,
+    /// Cache reads; omitted = 0.1 × input.
+    pub cache_read: Option<f64>,
+}
+
+/// Organisation-wide budgets in USD.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budgets {
+    pub org_daily_usd: Option<f64>,
+    pub org_monthly_usd: Option<f64>,
 }
 
 /// One team.
@@ -168,6 +341,18 @@ pub struct Listener {
     pub bind: String,
     /// Serve the proxy behind TLS (an `https://` proxy URL), optionally with client certificates.
     pub tls: Option<ListenerTls>,
+    /// `proxy` (CONNECT and absolute-form, the default) or `gateway` (origin-form model API requests).
+    #[serde(default)]
+    pub mode: ListenerMode,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    #[default]
+    Proxy,
+    Gateway,
 }
 
 /// TLS on a listener.

@@ -9,6 +9,7 @@
 //! and `spend`. The embedded backend also writes them to a ledger under `state.path`, so a restart keeps
 //! today's spend; rate and concurrency state is memory only.
 
+pub mod budget;
 pub mod gcra;
 pub mod memory;
 pub mod redis;
