@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,9 @@ use tokio_util::task::TaskTracker;
 use crate::audit::Auditor;
 use crate::config::{file, Config, ConfigError};
 use crate::identity::Principal;
+use crate::intercept::ca::{CaOrigin, Minter};
 use crate::limits::{memory::Memory, redis::Redis, Backend, Clock, Limiter, SystemClock};
+use crate::llm::client::{model_client, ModelClient};
 use crate::metrics::Metrics;
 use crate::policy::Decision;
 use crate::proxy::upstream::Pool;
@@ -32,12 +34,16 @@ const POOL_PER_TARGET: usize = 64;
 #[derive(Debug)]
 pub struct Gateway {
     /// The current config snapshot; each request loads it once.
-    pub config: ArcSwap<Config>,
+    pub config: Arc<ArcSwap<Config>>,
     pub metrics: Arc<Metrics>,
     pub auditor: Auditor,
     pub pool: Arc<Pool>,
     /// Where tollgate itself listens: never a destination.
-    pub own_addresses: Vec<SocketAddr>,
+    pub own_addresses: Arc<[SocketAddr]>,
+    /// The pooled client toward model APIs (intercepted and gateway requests).
+    pub models: ModelClient,
+    /// Mints interception leaves; present while the config has an `intercept` section.
+    pub minter: ArcSwapOption<Minter>,
     pub shutdown: Shutdown,
     /// Open client connections across listeners (`server.max_connections`).
     pub connection_slots: Arc<Semaphore>,
@@ -148,6 +154,24 @@ impl Gateway {
                 return Err(error);
             }
         };
+        let minter = match &loaded.llm.intercept {
+            Some(intercept) => match open_minter(intercept) {
+                Ok(minter) => Some(Arc::new(minter)),
+                Err(message) => {
+                    self.note_watched(current.source.files.clone(), before);
+                    self.metrics.config_reload(false);
+                    let error = ConfigError {
+                        file: current.source.path.display().to_string(),
+                        mark: None,
+                        path: "intercept.ca".to_owned(),
+                        message,
+                    };
+                    tracing::error!(error = %error, "config reload refused; the running config stays");
+                    return Err(error);
+                }
+            },
+            None => None,
+        };
         let needs_restart = restart_only_changes(&current, &loaded);
         for change in &needs_restart {
             tracing::warn!(change = %change, "config change needs a restart to take effect");
@@ -157,6 +181,7 @@ impl Gateway {
         self.note_watched(loaded.source.files.clone(), stamps);
         let loaded = Arc::new(loaded);
         self.config.store(loaded.clone());
+        self.minter.store(minter);
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
         self.metrics.config_reload(true);
         let tunnels_revoked = self.revoke_denied_tunnels(&loaded);
@@ -256,6 +281,22 @@ pub enum StartError {
     Audit(std::io::Error),
     #[error("cannot start the state backend: {0}")]
     State(String),
+    #[error("cannot open the interception CA: {0}")]
+    Intercept(String),
+}
+
+/// Loads (or on first start creates) the interception CA, and says where it is and how clients trust it.
+fn open_minter(intercept: &crate::llm::settings::Intercept) -> Result<Minter, String> {
+    let (minter, origin) =
+        Minter::load_or_create(&intercept.ca_cert, &intercept.ca_key, intercept.leaf_validity, intercept.leaf_cache)?;
+    let path = std::fs::canonicalize(minter.ca_cert_path()).unwrap_or_else(|_| minter.ca_cert_path().to_owned());
+    let verb = if origin == CaOrigin::Created { "created" } else { "loaded" };
+    tracing::info!(
+        ca = %path.display(),
+        "interception CA {verb}; clients must trust it: export NODE_EXTRA_CA_CERTS={} (or SSL_CERT_FILE for curl and Python)",
+        path.display()
+    );
+    Ok(minter)
 }
 
 /// A started gateway: its bound addresses and the handle to stop it.
@@ -323,10 +364,17 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         .map(|(name, socket)| (name.clone(), socket.local_addr().expect("bound socket has an address")))
         .collect();
     let admin_address = admin_socket.as_ref().map(|s| s.local_addr().expect("bound socket has an address"));
-    let own_addresses = listeners.iter().map(|(_, a)| *a).chain(admin_address).collect();
+    let own_addresses: Arc<[SocketAddr]> = listeners.iter().map(|(_, a)| *a).chain(admin_address).collect();
     let idle_timeout = config.upstream.idle_timeout;
     let watched = Watched { stamps: stamp(&config.source.files), files: config.source.files.clone() };
     let limiter = Limiter::new(state_backend(&config.state)?);
+    let max_connections = config.server.max_connections;
+    let minter = match &config.llm.intercept {
+        Some(intercept) => Some(Arc::new(open_minter(intercept).map_err(StartError::Intercept)?)),
+        None => None,
+    };
+    let config = Arc::new(ArcSwap::from_pointee(config));
+    let models = model_client(config.clone(), own_addresses.clone());
     let gateway = Arc::new(Gateway {
         limiter,
         clock: options.clock,
@@ -334,8 +382,10 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         tunnels: Mutex::default(),
         watched: Mutex::new(watched),
         reloading: Mutex::default(),
-        connection_slots: Arc::new(Semaphore::new(config.server.max_connections)),
-        config: ArcSwap::from_pointee(config),
+        connection_slots: Arc::new(Semaphore::new(max_connections)),
+        config,
+        models,
+        minter: ArcSwapOption::new(minter),
         metrics,
         auditor,
         pool: Pool::new(POOL_PER_TARGET),

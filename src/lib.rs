@@ -14,6 +14,7 @@ pub mod app;
 pub mod audit;
 pub mod certs;
 pub mod config;
+pub mod exchange;
 pub mod explain;
 pub mod identity;
 pub mod intercept;

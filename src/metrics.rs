@@ -4,8 +4,11 @@
 //! one process and read each one's numbers.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
+
+use crate::llm::usage::Usage;
 
 /// Every metric tollgate exports.
 #[derive(Debug)]
@@ -24,6 +27,12 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     state_errors: IntCounterVec,
     config_reloads: IntCounterVec,
+    tokens: IntCounterVec,
+    cost_usd: CounterVec,
+    budget_used_ratio: GaugeVec,
+    dlp_blocks: IntCounterVec,
+    dlp_matches: IntCounterVec,
+    leaves: IntCounterVec,
 }
 
 /// One finished request, as counted.
@@ -76,6 +85,35 @@ impl Metrics {
         );
         let config_reloads =
             counter("tollgate_config_reloads_total", "Config reloads by result (ok, error).", &["result"]);
+        let tokens = counter(
+            "tollgate_tokens_total",
+            "Metered tokens by team, model and type (input, output, cache_creation, cache_read).",
+            &["team", "model", "type"],
+        );
+        let dlp_blocks =
+            counter("tollgate_dlp_blocks_total", "Requests blocked by a DLP detector, by detector.", &["detector"]);
+        let dlp_matches = counter(
+            "tollgate_dlp_matches_total",
+            "DLP detector matches (blocked or logged), by detector.",
+            &["detector"],
+        );
+        let leaves = counter(
+            "tollgate_intercept_leaves_total",
+            "Interception certificates served, by source (minted, cached).",
+            &["source"],
+        );
+        let cost_usd = CounterVec::new(
+            Opts::new("tollgate_cost_usd_total", "Metered cost in USD by team and model."),
+            &["team", "model"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(cost_usd.clone())).expect("unique metric");
+        let budget_used_ratio = GaugeVec::new(
+            Opts::new("tollgate_budget_used_ratio", "Spend over budget of each team's tightest budget."),
+            &["team"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(budget_used_ratio.clone())).expect("unique metric");
         let request_duration = HistogramVec::new(
             HistogramOpts::new("tollgate_request_duration_seconds", "Request and tunnel duration by kind.")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0]),
@@ -106,6 +144,12 @@ impl Metrics {
             rate_limited,
             state_errors,
             config_reloads,
+            tokens,
+            cost_usd,
+            budget_used_ratio,
+            dlp_blocks,
+            dlp_matches,
+            leaves,
         }
     }
 
@@ -156,6 +200,34 @@ impl Metrics {
 
     pub fn config_reload(&self, ok: bool) {
         self.config_reloads.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    /// Counts one metered response's tokens and cost.
+    pub fn metered(&self, team: &str, model: &str, usage: &Usage, cost_usd: f64) {
+        for (kind, count) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_creation", usage.cache_creation_input_tokens),
+            ("cache_read", usage.cache_read_input_tokens),
+        ] {
+            self.tokens.with_label_values(&[team, model, kind]).inc_by(count);
+        }
+        self.cost_usd.with_label_values(&[team, model]).inc_by(cost_usd);
+    }
+
+    pub fn budget_used(&self, team: &str, ratio: f64) {
+        self.budget_used_ratio.with_label_values(&[team]).set(ratio);
+    }
+
+    pub fn dlp_match(&self, detector: &str, blocked: bool) {
+        self.dlp_matches.with_label_values(&[detector]).inc();
+        if blocked {
+            self.dlp_blocks.with_label_values(&[detector]).inc();
+        }
+    }
+
+    pub fn leaf(&self, minted: bool) {
+        self.leaves.with_label_values(&[if minted { "minted" } else { "cached" }]).inc();
     }
 
     /// The Prometheus text exposition.

@@ -37,6 +37,16 @@ pub struct Record {
     pub bytes_down: u64,
     pub duration_ms: u64,
     pub upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::llm::usage::Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dlp: Vec<Arc<str>>,
     pub error: Option<String>,
 }
 

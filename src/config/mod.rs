@@ -19,6 +19,7 @@ pub use units::ByteSize;
 
 use crate::identity::Directory;
 use crate::limits::{Limits, Rate, ScopeLimits, TeamLimits};
+use crate::llm::settings::Llm;
 use crate::policy::{PatternError, Policy, RuleSet};
 use crate::target::Target;
 use crate::tls::{self, ClientAuth};
@@ -42,12 +43,16 @@ pub struct Config {
     pub state: State,
     /// What each team may use besides destinations (those are in `policy`), for enforcement and `explain`.
     pub teams: BTreeMap<Arc<str>, TeamSettings>,
+    /// Upstreams, routing, interception, DLP, pricing and budgets for model-API requests.
+    pub llm: Llm,
 }
 
 /// A team's models, budget and region (enforced on metered requests).
 #[derive(Debug, Clone, Default)]
 pub struct TeamSettings {
     pub models: Vec<String>,
+    /// `models` compiled; empty = any model.
+    pub model_globs: globset::GlobSet,
     pub budget: Option<BudgetLimits>,
     pub region: Option<String>,
 }
@@ -85,6 +90,7 @@ pub struct Source {
 pub struct Listener {
     pub name: Arc<str>,
     pub bind: SocketAddr,
+    pub mode: file::ListenerMode,
     /// Present on TLS listeners: the server config, re-read with every snapshot.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -104,6 +110,8 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Shared by every upstream TLS connection (origins and an `https://` parent proxy).
     pub tls: Arc<rustls::ClientConfig>,
+    /// The same trust, offering ALPN `h2` and `http/1.1` (model-API upstreams).
+    pub tls_alpn: Arc<rustls::ClientConfig>,
     pub parent_proxy: Option<ParentProxy>,
     /// Destinations reached directly despite the parent proxy.
     pub parent_proxy_bypass: RuleSet,
@@ -304,7 +312,7 @@ fn compile(
             ),
             None => None,
         };
-        listeners.push(Listener { name: listener.name.as_str().into(), bind, tls });
+        listeners.push(Listener { name: listener.name.as_str().into(), bind, mode: listener.mode, tls });
     }
     let admin = match &parsed.admin {
         Some(admin) => Some(Admin {
@@ -355,6 +363,7 @@ fn compile(
     }
     let limits = compile_limits(&parsed)?;
     let teams = compile_team_settings(&parsed.teams)?;
+    let llm = Llm::compile(&parsed, &teams).map_err(|(path, message)| invalid(path, message))?;
     let state = State {
         backend: parsed.state.backend,
         path: PathBuf::from(&parsed.state.path),
@@ -372,11 +381,16 @@ fn compile(
             Ok(value.0)
         }
     };
+    let upstream_tls =
+        compile_upstream_tls(&parsed.upstream).map_err(|(key, m)| invalid(format!("upstream.{key}"), m))?;
+    let mut upstream_tls_alpn = (*upstream_tls).clone();
+    upstream_tls_alpn.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let upstream = Upstream {
+        tls_alpn: Arc::new(upstream_tls_alpn),
         connect_timeout: positive(parsed.upstream.connect_timeout, "upstream.connect_timeout")?,
         dns_timeout: positive(parsed.upstream.dns_timeout, "upstream.dns_timeout")?,
         idle_timeout: positive(parsed.upstream.idle_timeout, "upstream.idle_timeout")?,
-        tls: compile_upstream_tls(&parsed.upstream).map_err(|(key, m)| invalid(format!("upstream.{key}"), m))?,
+        tls: upstream_tls,
         parent_proxy: match &parsed.upstream.parent_proxy {
             Some(url) => Some(parse_parent_proxy(url).map_err(|m| invalid("upstream.parent_proxy", m))?),
             None => None,
@@ -424,6 +438,7 @@ fn compile(
         limits,
         state,
         teams,
+        llm,
     })
 }
 
@@ -438,6 +453,9 @@ fn referenced_files(path: &Path, parsed: &file::File) -> Vec<PathBuf> {
     files.extend(parsed.upstream.trust.extra_ca.iter().map(PathBuf::from));
     if let Some(pair) = &parsed.upstream.client_cert {
         files.extend([PathBuf::from(&pair.cert), PathBuf::from(&pair.key)]);
+    }
+    if let Some(intercept) = &parsed.intercept {
+        files.extend([PathBuf::from(&intercept.ca.cert), PathBuf::from(&intercept.ca.key)]);
     }
     files
 }
@@ -488,14 +506,21 @@ fn compile_limits(parsed: &file::File) -> Result<Limits, Invalid> {
 fn compile_team_settings(teams: &BTreeMap<String, file::Team>) -> Result<BTreeMap<Arc<str>, TeamSettings>, Invalid> {
     let mut compiled = BTreeMap::new();
     for (name, team) in teams {
+        let mut model_globs = globset::GlobSetBuilder::new();
         for (index, model) in team.models.iter().enumerate() {
-            if let Err(error) = globset::Glob::new(model) {
-                return Err(invalid(
-                    format!("teams.{name}.models[{index}]"),
-                    format!("invalid glob {model:?}: {error}"),
-                ));
-            }
+            match globset::Glob::new(model) {
+                Ok(glob) => model_globs.add(glob),
+                Err(error) => {
+                    return Err(invalid(
+                        format!("teams.{name}.models[{index}]"),
+                        format!("invalid glob {model:?}: {error}"),
+                    ))
+                }
+            };
         }
+        let model_globs = model_globs
+            .build()
+            .map_err(|error| invalid(format!("teams.{name}.models"), error.to_string()))?;
         let budget = match &team.budget {
             Some(budget) => {
                 for (field, value) in [
@@ -518,7 +543,7 @@ fn compile_team_settings(teams: &BTreeMap<String, file::Team>) -> Result<BTreeMa
         if team.region.as_ref().is_some_and(|r| r.is_empty()) {
             return Err(invalid(format!("teams.{name}.region"), "must not be empty"));
         }
-        let settings = TeamSettings { models: team.models.clone(), budget, region: team.region.clone() };
+        let settings = TeamSettings { models: team.models.clone(), model_globs, budget, region: team.region.clone() };
         compiled.insert(Arc::from(name.as_str()), settings);
     }
     Ok(compiled)

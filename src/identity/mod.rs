@@ -196,16 +196,57 @@ impl Directory {
         }
         let credentials = BasicCredentials::parse(header)?;
         self.check_throttle(client)?;
-        let Some(user) = self.users.get(credentials.user.as_str()) else {
+        self.verify_password(&credentials.user, credentials.password, client).await
+    }
+
+    /// Identifies a gateway-listener caller: a bearer JWT in `Authorization`, or a user's password as
+    /// `x-api-key` (written `USER:PASSWORD`, or the password alone, which is tried against every user once and
+    /// then found in the verified cache), or the anonymous principal.
+    pub async fn identify_api(
+        &self,
+        authorization: Option<&[u8]>,
+        api_key: Option<&[u8]>,
+        client: IpAddr,
+        now: SystemTime,
+    ) -> Result<Principal, AuthError> {
+        if let Some(header) = authorization {
+            let token = bearer_token(header).ok_or(AuthError::UnsupportedScheme)??;
+            self.check_throttle(client)?;
+            return self.bearer_principal(token, now).inspect_err(|_| self.count_failure(client));
+        }
+        let Some(key) = api_key else {
+            return self.anonymous.clone().ok_or(AuthError::Missing);
+        };
+        let key = std::str::from_utf8(key).map_err(|_| AuthError::Malformed("x-api-key is not UTF-8"))?;
+        self.check_throttle(client)?;
+        if let Some((user, password)) = key.split_once(':').filter(|(user, _)| self.users.contains_key(*user)) {
+            return self.verify_password(user, password.to_owned(), client).await;
+        }
+        let digest = self.digest(key.as_bytes());
+        if let Some(user) = self.users.values().find(|user| self.is_verified(&user.principal.name, &digest)) {
+            return Ok(user.principal.clone());
+        }
+        for user in self.users.values() {
+            if basic::verify_blocking(user.password_hash.clone(), key.to_owned()).await {
+                self.lock_verified().insert(user.principal.name.clone(), digest);
+                return Ok(user.principal.clone());
+            }
+        }
+        Err(self.record_failure(client))
+    }
+
+    /// Checks `password` for `user`, through the verified cache when it can.
+    async fn verify_password(&self, user: &str, password: String, client: IpAddr) -> Result<Principal, AuthError> {
+        let Some(user) = self.users.get(user) else {
             // Spend the same work as a real check so that user names cannot be probed by timing.
-            basic::verify_blocking(basic::DUMMY_HASH.into(), credentials.password).await;
+            basic::verify_blocking(basic::DUMMY_HASH.into(), password).await;
             return Err(self.record_failure(client));
         };
-        let digest = self.digest(credentials.password.as_bytes());
+        let digest = self.digest(password.as_bytes());
         if self.is_verified(&user.principal.name, &digest) {
             return Ok(user.principal.clone());
         }
-        if basic::verify_blocking(user.password_hash.clone(), credentials.password).await {
+        if basic::verify_blocking(user.password_hash.clone(), password).await {
             self.lock_verified().insert(user.principal.name.clone(), digest);
             Ok(user.principal.clone())
         } else {

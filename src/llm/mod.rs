@@ -5,5 +5,7 @@
 
 pub mod dlp;
 pub mod pricing;
+pub mod client;
 pub mod request;
+pub mod settings;
 pub mod usage;

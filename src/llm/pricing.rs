@@ -14,6 +14,11 @@ impl Pricing {
         Ok(Pricing {})
     }
 
+    /// The table used when the config has none.
+    pub fn builtin() -> Pricing {
+        Pricing {}
+    }
+
     /// The cost of `usage` for `model` in micro-dollars; 0 when no row matches.
     pub fn cost_micro_usd(&self, _model: &str, _usage: &Usage) -> i64 {
         0

@@ -7,6 +7,8 @@ use std::io;
 use std::sync::Arc;
 
 use crate::identity::{AuthError, Directory};
+use crate::intercept::ca::MintError;
+use crate::limits::budget::BudgetRefusal;
 use crate::limits::{Refusal, Scope, StateError};
 use crate::policy::DenyReason;
 
@@ -55,6 +57,44 @@ pub enum ProxyError {
     ClientClosed(io::Error),
     #[error("the audit log cannot be written; requests are refused (audit.on_failure: block)")]
     AuditUnavailable,
+    #[error("path {path} is not allowed through tollgate ({rule})")]
+    PathDenied { path: String, rule: Arc<str> },
+    #[error("model {model:?} is not allowed for your team{} ({rule}); use one of: {allowed}", team_phrase(.team))]
+    ModelDenied { model: String, team: Option<Arc<str>>, rule: Arc<str>, allowed: String },
+    #[error("the request names no model, and your team may only use: {allowed} ({rule})")]
+    ModelMissing { rule: Arc<str>, allowed: String },
+    #[error("request blocked by tollgate DLP: it contains data matching the {detector} detector ({rule}); remove it and retry")]
+    DlpBlocked { detector: Arc<str>, rule: Arc<str> },
+    #[error("{}", budget_message(.0))]
+    BudgetSpent(BudgetRefusal),
+    #[error("request body larger than {0} bytes (intercept.max_body)")]
+    BodyTooLarge(u64),
+    #[error("this connection is for {tunnel}; a request for {host} must open its own tunnel")]
+    Misdirected { host: String, tunnel: String },
+    #[error("no upstream serves this request: add a routing rule for listener {listener}")]
+    NoRoute { listener: Arc<str> },
+    #[error("cannot intercept {0}")]
+    Intercept(MintError),
+}
+
+fn team_phrase(team: &Option<Arc<str>>) -> String {
+    team.as_ref().map(|t| format!(" ({t})")).unwrap_or_default()
+}
+
+fn budget_message(refusal: &BudgetRefusal) -> String {
+    let whose = match (&refusal.team, refusal.scope) {
+        (Some(team), _) => format!("team {team}'s"),
+        (None, scope) if scope.starts_with("user") => "your".to_owned(),
+        (None, _) => "the organisation's".to_owned(),
+    };
+    let period = if refusal.scope.ends_with("monthly") { "monthly" } else { "daily" };
+    format!(
+        "{whose} {period} budget of ${:.2} is spent (${:.2} used, budget.{}); it resets in {}",
+        refusal.limit_micro_usd as f64 / 1e6,
+        refusal.spent_micro_usd as f64 / 1e6,
+        refusal.scope,
+        humantime::format_duration(refusal.retry_after)
+    )
 }
 
 impl From<Refusal> for ProxyError {
@@ -100,6 +140,12 @@ impl ProxyError {
             | ProxyError::UpstreamTimeout { .. } => 504,
             ProxyError::AuditUnavailable | ProxyError::ConnectionLimit(_) | ProxyError::StateUnavailable(_) => 503,
             ProxyError::RateLimited { .. } | ProxyError::ConcurrencyLimited { .. } => 429,
+            ProxyError::PathDenied { .. } | ProxyError::ModelDenied { .. } | ProxyError::DlpBlocked { .. } => 403,
+            ProxyError::ModelMissing { .. } => 400,
+            ProxyError::BudgetSpent(_) => 429,
+            ProxyError::BodyTooLarge(_) => 413,
+            ProxyError::Misdirected { .. } => 421,
+            ProxyError::NoRoute { .. } | ProxyError::Intercept(_) => 502,
         }
     }
 
@@ -128,6 +174,14 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => "rate_limited",
             ProxyError::ConcurrencyLimited { .. } => "concurrency_limited",
             ProxyError::StateUnavailable(_) => "state_unavailable",
+            ProxyError::PathDenied { .. } => "path_denied",
+            ProxyError::ModelDenied { .. } | ProxyError::ModelMissing { .. } => "model_denied",
+            ProxyError::DlpBlocked { .. } => "dlp_blocked",
+            ProxyError::BudgetSpent(_) => "budget_spent",
+            ProxyError::BodyTooLarge(_) => "request_too_large",
+            ProxyError::Misdirected { .. } => "misdirected",
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::Intercept(_) => "intercept_failed",
         }
     }
 
@@ -138,6 +192,11 @@ impl ProxyError {
             ProxyError::RateLimited { scope, .. } | ProxyError::ConcurrencyLimited { scope, .. } => {
                 Some(format!("limits.{}", scope.label()).into())
             }
+            ProxyError::PathDenied { rule, .. }
+            | ProxyError::ModelDenied { rule, .. }
+            | ProxyError::ModelMissing { rule, .. }
+            | ProxyError::DlpBlocked { rule, .. } => Some(rule.clone()),
+            ProxyError::BudgetSpent(refusal) => Some(format!("budget.{}", refusal.scope).into()),
             _ => None,
         }
     }
@@ -148,7 +207,12 @@ impl ProxyError {
             ProxyError::Denied { .. }
             | ProxyError::Auth(_)
             | ProxyError::RateLimited { .. }
-            | ProxyError::ConcurrencyLimited { .. } => "deny",
+            | ProxyError::ConcurrencyLimited { .. }
+            | ProxyError::PathDenied { .. }
+            | ProxyError::ModelDenied { .. }
+            | ProxyError::ModelMissing { .. }
+            | ProxyError::DlpBlocked { .. }
+            | ProxyError::BudgetSpent(_) => "deny",
             _ => "error",
         }
     }
@@ -201,6 +265,83 @@ impl ProxyError {
         let mut response = head.into_bytes();
         response.extend_from_slice(body.as_bytes());
         response
+    }
+}
+
+/// The `error.type` of the Anthropic error shape, for answers inside intercepted tunnels and on gateway
+/// listeners (what Claude Code shows its user verbatim).
+fn anthropic_type(error: &ProxyError) -> &'static str {
+    match error {
+        ProxyError::Auth(AuthError::Throttled { .. }) | ProxyError::RateLimited { .. } => "rate_limit_error",
+        ProxyError::ConcurrencyLimited { .. } => "rate_limit_error",
+        ProxyError::Auth(_) => "authentication_error",
+        ProxyError::BudgetSpent(_) => "billing_error",
+        ProxyError::BodyTooLarge(_) => "request_too_large",
+        _ => match error.status() {
+            400 | 408 | 414 | 421 | 431 => "invalid_request_error",
+            403 => "permission_error",
+            504 => "timeout_error",
+            _ => "api_error",
+        },
+    }
+}
+
+impl ProxyError {
+    /// The status inside an intercepted tunnel or on a gateway listener: identity failures are 401 there.
+    pub fn api_status(&self) -> u16 {
+        match self {
+            ProxyError::Auth(AuthError::Throttled { .. }) => 429,
+            ProxyError::Auth(_) => 401,
+            _ => self.status(),
+        }
+    }
+
+    /// The answer in the Anthropic error shape: `{"type":"error","error":{"type":…,"message":…},"request_id":…}`
+    /// with `x-tollgate-request-id`, `x-tollgate-rule` on a deny, `retry-after` on 429, and
+    /// `x-should-retry: false` when retrying cannot help (a spent budget).
+    pub fn api_response(&self, request_id: &str) -> http::Response<bytes::Bytes> {
+        let body = serde_json::json!({
+            "type": "error",
+            "error": { "type": anthropic_type(self), "message": self.api_message() },
+            "request_id": request_id,
+        })
+        .to_string();
+        let mut response = http::Response::new(bytes::Bytes::from(body));
+        *response.status_mut() =
+            http::StatusCode::from_u16(self.api_status()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let headers = response.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        if let Ok(id) = http::HeaderValue::from_str(request_id) {
+            headers.insert("x-tollgate-request-id", id);
+        }
+        if let Some(rule) = self.rule().and_then(|r| http::HeaderValue::from_str(&r).ok()) {
+            headers.insert("x-tollgate-rule", rule);
+        }
+        let retry_after = match self {
+            ProxyError::Auth(AuthError::Throttled { retry_after_secs })
+            | ProxyError::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+            ProxyError::ConcurrencyLimited { .. } => Some(1),
+            ProxyError::BudgetSpent(refusal) => Some(refusal.retry_after.as_secs().max(1)),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        if matches!(self, ProxyError::BudgetSpent(_)) {
+            headers.insert("x-should-retry", http::HeaderValue::from_static("false"));
+        }
+        response
+    }
+
+    /// The message a developer reads: what happened, the rule, and what to do.
+    fn api_message(&self) -> String {
+        match self {
+            ProxyError::Auth(AuthError::Missing) => {
+                "tollgate: authentication required: send Authorization: Bearer <token> or x-api-key".to_owned()
+            }
+            ProxyError::Auth(AuthError::Rejected) => "tollgate: invalid API key".to_owned(),
+            other => format!("tollgate: {other}"),
+        }
     }
 }
 

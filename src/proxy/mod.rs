@@ -15,78 +15,20 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::app::Gateway;
-use crate::audit::{self, Record};
+use crate::exchange::{finish, Exchange};
 use crate::config::Config;
 use crate::identity::Principal;
 use crate::limits::Admitted;
-use crate::metrics::RequestOutcome;
 use crate::policy::Decision;
 use crate::target::Target;
 use error::ProxyError;
 use head::{read_head, HeadError, HeadLimits, RequestHead};
 use stream::Stream;
-
-/// One request (or tunnel) as it goes through the pipeline; becomes the audit record at the end.
-struct Exchange {
-    id: String,
-    started: Instant,
-    started_at: SystemTime,
-    kind: &'static str,
-    method: String,
-    target: Option<Target>,
-    path: Option<String>,
-    principal: Option<Principal>,
-    rule: Option<Arc<str>>,
-    decision: &'static str,
-    reason: &'static str,
-    status: u16,
-    bytes_up: u64,
-    bytes_down: u64,
-    upstream: Option<SocketAddr>,
-    error: Option<String>,
-}
-
-impl Exchange {
-    fn new(id: String, kind: &'static str) -> Self {
-        Self {
-            id,
-            started: Instant::now(),
-            started_at: SystemTime::now(),
-            kind,
-            method: String::new(),
-            target: None,
-            path: None,
-            principal: None,
-            rule: None,
-            decision: "allow",
-            reason: "ok",
-            status: 0,
-            bytes_up: 0,
-            bytes_down: 0,
-            upstream: None,
-            error: None,
-        }
-    }
-
-    /// The principal's teams (none before identification).
-    fn teams(&self) -> Arc<[Arc<str>]> {
-        self.principal.as_ref().map(|p| p.teams.clone()).unwrap_or_else(|| Arc::new([]))
-    }
-
-    fn fail(&mut self, error: &ProxyError) {
-        self.status = error.status();
-        self.decision = error.decision();
-        self.reason = error.kind();
-        self.rule = error.rule().or(self.rule.take());
-        self.error = Some(error.to_string());
-    }
-}
 
 /// What the connection loop does after a request.
 enum Next {
@@ -195,6 +137,17 @@ async fn admit(
         Decision::Allow { rule } => exchange.rule = Some(rule),
         Decision::Deny { rule, reason } => return Err(ProxyError::Denied { target: target.to_string(), rule, reason }),
     }
+    limit(gateway, config, plan, now).await
+}
+
+/// Takes one request of `plan` from the rate limits and its concurrency slots, or says which limit refuses;
+/// with the state backend unreachable, `state.on_error` decides.
+pub(crate) async fn limit(
+    gateway: &Gateway,
+    config: &Config,
+    plan: crate::limits::Plan,
+    now: std::time::SystemTime,
+) -> Result<Admitted, ProxyError> {
     match gateway.limiter.admit(plan, now).await {
         Ok(Ok(admitted)) => Ok(admitted),
         Ok(Err(refusal)) => {
@@ -244,7 +197,7 @@ async fn tunnel(
             return if close { Next::Close } else { Next::KeepAlive };
         }
     };
-    exchange.upstream = Some(upstream_address);
+    exchange.upstream = Some(upstream_address.to_string());
     exchange.status = 200;
     // Registered before the 200: a reload from then on (e.g. while waiting for the ClientHello) closes it.
     let principal = exchange.principal.clone().expect("admitted tunnels have a principal");
@@ -352,7 +305,7 @@ async fn forward(
             exchange.status = forwarded.status;
             exchange.bytes_up = forwarded.bytes_up;
             exchange.bytes_down = forwarded.bytes_down;
-            exchange.upstream = forwarded.upstream;
+            exchange.upstream = forwarded.upstream.map(|a| a.to_string());
             exchange.error = forwarded.error;
             if forwarded.keep_alive {
                 Next::KeepAlive
@@ -387,63 +340,4 @@ async fn refuse(gateway: &Gateway, client: &mut Stream, exchange: &mut Exchange,
         let _ = client.write_all(&error.response(&exchange.id, close)).await;
         let _ = client.flush().await;
     }
-}
-
-/// The last phase of every request: metrics, one log line, one audit record.
-fn finish(gateway: &Gateway, peer: &Peer, exchange: Exchange) {
-    let listener = &peer.listener;
-    let seconds = exchange.started.elapsed().as_secs_f64();
-    gateway.metrics.request(RequestOutcome {
-        listener,
-        kind: exchange.kind,
-        decision: exchange.decision,
-        reason: exchange.reason,
-        seconds,
-    });
-    gateway.metrics.bytes(exchange.bytes_up, exchange.bytes_down);
-    let user = exchange.principal.as_ref().map(|p| p.name.clone());
-    let team = exchange.principal.as_ref().and_then(|p| p.teams.first().cloned());
-    let (host, port) = match &exchange.target {
-        Some(target) => (target.host.to_string(), target.port),
-        None => (String::new(), 0),
-    };
-    tracing::info!(
-        id = %exchange.id,
-        listener = %listener,
-        client = %peer.address,
-        user = user.as_deref().unwrap_or("-"),
-        kind = exchange.kind,
-        method = %exchange.method,
-        host = %host,
-        port,
-        decision = exchange.decision,
-        rule = exchange.rule.as_deref().unwrap_or("-"),
-        status = exchange.status,
-        bytes_up = exchange.bytes_up,
-        bytes_down = exchange.bytes_down,
-        duration_ms = (seconds * 1000.0) as u64,
-        error = exchange.error.as_deref().unwrap_or("-"),
-        "request"
-    );
-    gateway.auditor.record(Record {
-        ts: audit::timestamp(exchange.started_at),
-        id: exchange.id,
-        kind: exchange.kind,
-        listener: listener.clone(),
-        client: peer.address.to_string(),
-        user,
-        team,
-        method: exchange.method,
-        host,
-        port,
-        path: exchange.path,
-        decision: exchange.decision,
-        rule: exchange.rule,
-        status: exchange.status,
-        bytes_up: exchange.bytes_up,
-        bytes_down: exchange.bytes_down,
-        duration_ms: (seconds * 1000.0) as u64,
-        upstream: exchange.upstream.map(|a| a.to_string()),
-        error: exchange.error,
-    });
 }

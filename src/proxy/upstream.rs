@@ -136,6 +136,41 @@ impl Dialer<'_> {
         }
     }
 
+    /// A raw byte path to an endpoint the operator configured (an entry of `upstreams`): like the parent proxy,
+    /// it is not held to the private-address guard, only to the loop check; the parent proxy still applies.
+    pub async fn open_configured(&self, target: &Target) -> Result<(Stream, SocketAddr, Route), ProxyError> {
+        let config = self.config;
+        if route(&config.upstream, target) == Route::Parent {
+            return self.open_tunnel(target).await;
+        }
+        let addresses = self.resolve_unchecked(target).await?;
+        if addresses.iter().any(|a| is_own_address(*a, self.own_addresses)) {
+            return Err(ProxyError::Denied {
+                target: target.to_string(),
+                rule: "upstreams".into(),
+                reason: DenyReason::SelfConnection,
+            });
+        }
+        let stream = dial(target, &addresses, config.upstream.connect_timeout).await?;
+        let peer = stream.peer_addr().unwrap_or(addresses[0]);
+        Ok((Stream::Tcp(stream), peer, Route::Direct))
+    }
+
+    /// The addresses of an operator-configured endpoint, without the private-address guard.
+    async fn resolve_unchecked(&self, target: &Target) -> Result<Vec<SocketAddr>, ProxyError> {
+        match &target.host {
+            Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, target.port)]),
+            Host::Name(name) => Ok(tokio::time::timeout(
+                self.config.upstream.dns_timeout,
+                tokio::net::lookup_host((&**name, target.port)),
+            )
+            .await
+            .map_err(|_| ProxyError::ResolveTimeout { host: name.to_string() })?
+            .map_err(|source| ProxyError::Resolve { host: name.to_string(), source })?
+            .collect()),
+        }
+    }
+
     /// A connection for an `http://` request: to the origin, or to the parent proxy (which then gets the
     /// request in absolute form).
     pub async fn open_forward(&self, target: &Target) -> Result<(Stream, SocketAddr, Route), ProxyError> {
@@ -153,17 +188,7 @@ impl Dialer<'_> {
     async fn connect_parent(&self) -> Result<(Stream, SocketAddr, &ParentProxy), ProxyError> {
         let config = self.config;
         let parent = config.upstream.parent_proxy.as_ref().expect("Route::Parent only with a parent proxy");
-        let addresses = match &parent.target.host {
-            Host::Ip(ip) => vec![SocketAddr::new(*ip, parent.target.port)],
-            Host::Name(name) => tokio::time::timeout(
-                config.upstream.dns_timeout,
-                tokio::net::lookup_host((&**name, parent.target.port)),
-            )
-            .await
-            .map_err(|_| ProxyError::ResolveTimeout { host: name.to_string() })?
-            .map_err(|source| ProxyError::Resolve { host: name.to_string(), source })?
-            .collect(),
-        };
+        let addresses = self.resolve_unchecked(&parent.target).await?;
         if addresses.iter().any(|a| is_own_address(*a, self.own_addresses)) {
             return Err(ProxyError::Denied {
                 target: parent.display.clone(),
@@ -219,12 +244,22 @@ async fn parent_connect(
 
 /// TLS toward an upstream with the shared client config; certificate problems are a 502 naming them.
 pub async fn tls_connect(config: &Config, target: &Target, tcp: TcpStream) -> Result<Stream, ProxyError> {
+    tls_connect_with(config, &config.upstream.tls, target, tcp).await
+}
+
+/// TLS toward an upstream with the given client config (the shared one, or its ALPN variant for model APIs).
+pub async fn tls_connect_with(
+    config: &Config,
+    client: &Arc<rustls::ClientConfig>,
+    target: &Target,
+    tcp: TcpStream,
+) -> Result<Stream, ProxyError> {
     let server_name = match &target.host {
         Host::Name(name) => ServerName::try_from(name.to_string()),
         Host::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
     }
     .map_err(|_| ProxyError::BadRequest(format!("{} is not a valid TLS server name", target.host)))?;
-    let connector = tokio_rustls::TlsConnector::from(config.upstream.tls.clone());
+    let connector = tokio_rustls::TlsConnector::from(client.clone());
     match tokio::time::timeout(config.upstream.connect_timeout, connector.connect(server_name, tcp)).await {
         Ok(Ok(tls)) => Ok(Stream::TlsClient(Box::new(tls))),
         Ok(Err(error)) => Err(ProxyError::UpstreamTls { target: target.to_string(), reason: error.to_string() }),

@@ -1,0 +1,154 @@
+//! One request (or tunnel) as it goes through the pipeline, and the phase that always runs last: `finish`
+//! turns it into metrics, one log line and one audit record, whatever happened before.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::app::Gateway;
+use crate::audit::{self, Record};
+use crate::identity::Principal;
+use crate::llm::usage::Usage;
+use crate::metrics::RequestOutcome;
+use crate::proxy::error::ProxyError;
+use crate::proxy::Peer;
+use crate::target::Target;
+
+/// One request (or tunnel) as it goes through the pipeline; becomes the audit record at the end.
+#[derive(Debug)]
+pub struct Exchange {
+    pub id: String,
+    pub started: Instant,
+    pub started_at: SystemTime,
+    /// `connect`, `http`, `intercepted` or `gateway`.
+    pub kind: &'static str,
+    pub method: String,
+    pub target: Option<Target>,
+    pub path: Option<String>,
+    pub principal: Option<Principal>,
+    pub rule: Option<Arc<str>>,
+    pub decision: &'static str,
+    pub reason: &'static str,
+    pub status: u16,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// The address dialled, or the name of a configured upstream.
+    pub upstream: Option<String>,
+    pub region: Option<Arc<str>>,
+    pub model: Option<String>,
+    pub usage: Option<Usage>,
+    pub cost_usd: Option<f64>,
+    pub dlp: Vec<Arc<str>>,
+    pub error: Option<String>,
+}
+
+impl Exchange {
+    pub fn new(id: String, kind: &'static str) -> Self {
+        Self {
+            id,
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            kind,
+            method: String::new(),
+            target: None,
+            path: None,
+            principal: None,
+            rule: None,
+            decision: "allow",
+            reason: "ok",
+            status: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            upstream: None,
+            region: None,
+            model: None,
+            usage: None,
+            cost_usd: None,
+            dlp: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// The principal's teams (none before identification).
+    pub fn teams(&self) -> Arc<[Arc<str>]> {
+        self.principal.as_ref().map(|p| p.teams.clone()).unwrap_or_else(|| Arc::new([]))
+    }
+
+    /// The principal's first team, the `team` of metrics and audit records.
+    pub fn team(&self) -> Option<Arc<str>> {
+        self.principal.as_ref().and_then(|p| p.teams.first().cloned())
+    }
+
+    pub fn fail(&mut self, error: &ProxyError) {
+        self.status = error.status();
+        self.decision = error.decision();
+        self.reason = error.kind();
+        self.rule = error.rule().or(self.rule.take());
+        self.error = Some(error.to_string());
+    }
+}
+
+/// The last phase of every request: metrics, one log line, one audit record.
+pub fn finish(gateway: &Gateway, peer: &Peer, exchange: Exchange) {
+    let listener = &peer.listener;
+    let seconds = exchange.started.elapsed().as_secs_f64();
+    gateway.metrics.request(RequestOutcome {
+        listener,
+        kind: exchange.kind,
+        decision: exchange.decision,
+        reason: exchange.reason,
+        seconds,
+    });
+    gateway.metrics.bytes(exchange.bytes_up, exchange.bytes_down);
+    let user = exchange.principal.as_ref().map(|p| p.name.clone());
+    let team = exchange.team();
+    let (host, port) = match &exchange.target {
+        Some(target) => (target.host.to_string(), target.port),
+        None => (String::new(), 0),
+    };
+    tracing::info!(
+        id = %exchange.id,
+        listener = %listener,
+        client = %peer.address,
+        user = user.as_deref().unwrap_or("-"),
+        kind = exchange.kind,
+        method = %exchange.method,
+        host = %host,
+        port,
+        path = exchange.path.as_deref().unwrap_or("-"),
+        decision = exchange.decision,
+        rule = exchange.rule.as_deref().unwrap_or("-"),
+        status = exchange.status,
+        bytes_up = exchange.bytes_up,
+        bytes_down = exchange.bytes_down,
+        model = exchange.model.as_deref().unwrap_or("-"),
+        duration_ms = (seconds * 1000.0) as u64,
+        error = exchange.error.as_deref().unwrap_or("-"),
+        "request"
+    );
+    gateway.auditor.record(Record {
+        ts: audit::timestamp(exchange.started_at),
+        id: exchange.id,
+        kind: exchange.kind,
+        listener: listener.clone(),
+        client: peer.address.to_string(),
+        user,
+        team,
+        method: exchange.method,
+        host,
+        port,
+        path: exchange.path,
+        decision: exchange.decision,
+        rule: exchange.rule,
+        status: exchange.status,
+        bytes_up: exchange.bytes_up,
+        bytes_down: exchange.bytes_down,
+        duration_ms: (seconds * 1000.0) as u64,
+        upstream: exchange.upstream,
+        region: exchange.region,
+        model: exchange.model,
+        usage: exchange.usage,
+        cost_usd: exchange.cost_usd,
+        dlp: exchange.dlp,
+        error: exchange.error,
+    });
+}
