@@ -7,6 +7,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use crate::app::Gateway;
+use crate::config::file::ListenerMode;
+use crate::llm::{self, Origin, Session};
 use crate::proxy::error::ProxyError;
 use crate::proxy::stream::Stream;
 use crate::proxy::{self, Peer};
@@ -39,8 +41,15 @@ pub async fn accept_loop(gateway: Arc<Gateway>, socket: TcpListener, name: Arc<s
         let name = name.clone();
         tracker.spawn(async move {
             if let Some((client, certificate)) = handshake(&gateway, stream, &name, address).await {
+                let gateway_mode =
+                    gateway.config.load().listeners.iter().any(|l| l.name == name && l.mode == ListenerMode::Gateway);
                 let peer = Peer { address, listener: name, certificate };
-                proxy::serve(gateway, client, peer).await;
+                if gateway_mode {
+                    let session = Session { gateway, peer: Arc::new(peer), origin: Origin::Gateway };
+                    llm::serve(Arc::new(session), client).await;
+                } else {
+                    proxy::serve(gateway, client, peer).await;
+                }
             }
             drop(permit);
         });

@@ -307,9 +307,19 @@ fn compile(
             return Err(invalid(format!("listeners[{index}].bind"), format!("{bind} is bound by another listener")));
         }
         let tls = match &listener.tls {
-            Some(tls) => Some(
-                compile_listener_tls(tls).map_err(|(key, m)| invalid(format!("listeners[{index}].tls.{key}"), m))?,
-            ),
+            Some(tls) => {
+                let config = compile_listener_tls(tls)
+                    .map_err(|(key, m)| invalid(format!("listeners[{index}].tls.{key}"), m))?;
+                Some(match listener.mode {
+                    // Gateway clients may speak h2; the forward proxy speaks HTTP/1.1 only.
+                    file::ListenerMode::Gateway => {
+                        let mut config = (*config).clone();
+                        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                        Arc::new(config)
+                    }
+                    file::ListenerMode::Proxy => config,
+                })
+            }
             None => None,
         };
         listeners.push(Listener { name: listener.name.as_str().into(), bind, mode: listener.mode, tls });
@@ -518,9 +528,8 @@ fn compile_team_settings(teams: &BTreeMap<String, file::Team>) -> Result<BTreeMa
                 }
             };
         }
-        let model_globs = model_globs
-            .build()
-            .map_err(|error| invalid(format!("teams.{name}.models"), error.to_string()))?;
+        let model_globs =
+            model_globs.build().map_err(|error| invalid(format!("teams.{name}.models"), error.to_string()))?;
         let budget = match &team.budget {
             Some(budget) => {
                 for (field, value) in [

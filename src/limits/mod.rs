@@ -287,6 +287,11 @@ impl Limiter {
         Self { backend }
     }
 
+    /// The state backend (spend counters for budgets live there too).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
     }

@@ -199,8 +199,9 @@ impl ModelUpstream {
             return Err("credentials in the URL are not supported: use api_key".to_owned());
         }
         let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
-        let target = Target::parse_authority(&format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(default_port)))
-            .map_err(|e| e.to_string())?;
+        let target =
+            Target::parse_authority(&format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(default_port)))
+                .map_err(|e| e.to_string())?;
         if uri.query().is_some() {
             return Err("a query string is not supported in an upstream URL".to_owned());
         }
@@ -249,10 +250,9 @@ impl PathRules {
                 if !pattern.starts_with('/') {
                     return Err((format!("intercept.paths.{key}[{index}]"), format!("{pattern:?} must start with /")));
                 }
-                let glob = GlobBuilder::new(pattern)
-                    .literal_separator(false)
-                    .build()
-                    .map_err(|e| (format!("intercept.paths.{key}[{index}]"), format!("invalid glob {pattern:?}: {e}")))?;
+                let glob = GlobBuilder::new(pattern).literal_separator(false).build().map_err(|e| {
+                    (format!("intercept.paths.{key}[{index}]"), format!("invalid glob {pattern:?}: {e}"))
+                })?;
                 builder.add(glob);
             }
             builder.build().map_err(|e| (format!("intercept.paths.{key}"), e.to_string()))

@@ -119,6 +119,34 @@ fn detail(reason: &DenyReason) -> String {
 }
 
 impl ProxyError {
+    /// A copy of a connect failure (they carry `io::Error`, which does not clone), for the model client, whose
+    /// connector's error is only lent back; anything else becomes an upstream protocol error.
+    pub fn duplicate(&self) -> ProxyError {
+        let io = |source: &io::Error| io::Error::new(source.kind(), source.to_string());
+        match self {
+            ProxyError::Denied { target, rule, reason } => {
+                ProxyError::Denied { target: target.clone(), rule: rule.clone(), reason: *reason }
+            }
+            ProxyError::Resolve { host, source } => ProxyError::Resolve { host: host.clone(), source: io(source) },
+            ProxyError::ResolveTimeout { host } => ProxyError::ResolveTimeout { host: host.clone() },
+            ProxyError::Connect { target, source } => {
+                ProxyError::Connect { target: target.clone(), source: io(source) }
+            }
+            ProxyError::ConnectTimeout { target } => ProxyError::ConnectTimeout { target: target.clone() },
+            ProxyError::UpstreamTls { target, reason } => {
+                ProxyError::UpstreamTls { target: target.clone(), reason: reason.clone() }
+            }
+            ProxyError::ParentRefused { parent, answer } => {
+                ProxyError::ParentRefused { parent: parent.clone(), answer: answer.clone() }
+            }
+            ProxyError::UpstreamTimeout { target } => ProxyError::UpstreamTimeout { target: target.clone() },
+            ProxyError::UpstreamIo { target, source } => {
+                ProxyError::UpstreamIo { target: target.clone(), source: io(source) }
+            }
+            other => ProxyError::UpstreamProtocol { target: String::new(), problem: other.to_string() },
+        }
+    }
+
     /// HTTP status of the response.
     pub fn status(&self) -> u16 {
         match self {

@@ -20,8 +20,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::app::Gateway;
-use crate::exchange::{finish, Exchange};
 use crate::config::Config;
+use crate::exchange::{finish, Exchange};
 use crate::identity::Principal;
 use crate::limits::Admitted;
 use crate::policy::Decision;
@@ -34,10 +34,19 @@ use stream::Stream;
 enum Next {
     KeepAlive,
     Close,
+    /// The CONNECT was to an intercepted host: tollgate answers the TLS inside itself.
+    Intercept(Box<Interception>),
+}
+
+/// An admitted CONNECT to an intercepted host, with the leaf to present.
+struct Interception {
+    exchange: Exchange,
+    admitted: Admitted,
+    tls: Arc<rustls::ServerConfig>,
 }
 
 /// Who is at the other end of a client connection.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub address: SocketAddr,
     pub listener: Arc<str>,
@@ -99,8 +108,10 @@ pub async fn serve(gateway: Arc<Gateway>, mut client: Stream, peer: Peer) {
         } else {
             forward(&gateway, &config, &mut client, &mut buf, head, &peer).await
         };
-        if matches!(next, Next::Close) {
-            return;
+        match next {
+            Next::KeepAlive => {}
+            Next::Close => return,
+            Next::Intercept(interception) => return intercepted(&gateway, client, buf, *interception, &peer).await,
         }
     }
 }
@@ -180,14 +191,20 @@ async fn tunnel(
         let target = Target::parse_authority(head.target()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         exchange.target = Some(target.clone());
         let admitted = admit(gateway, config, &head, &target, peer, &mut exchange).await?;
+        if config.llm.intercepts(&target) {
+            // Minted before the 200: a failure is still a clean answer to the CONNECT.
+            let tls = crate::intercept::server_config(gateway, &target).await?;
+            return Ok(Err((admitted, tls)));
+        }
         let teams = exchange.teams();
         let dialer = upstream::Dialer { config, own_addresses: &gateway.own_addresses, teams: &teams };
         let (stream, address, _route) = dialer.open_tunnel(&target).await?;
-        Ok::<_, ProxyError>((stream, address, admitted))
+        Ok::<_, ProxyError>(Ok((stream, address, admitted)))
     }
     .await;
     let (mut upstream_stream, upstream_address, admitted) = match result {
-        Ok(opened) => opened,
+        Ok(Ok(opened)) => opened,
+        Ok(Err((admitted, tls))) => return Next::Intercept(Box::new(Interception { exchange, admitted, tls })),
         Err(error) => {
             // Bytes pipelined after a refused CONNECT were meant for the tunnel: they are dropped with the
             // connection. With nothing pipelined, a 407 may be answered on this connection.
@@ -243,6 +260,43 @@ async fn tunnel(
     }
     finish(gateway, peer, exchange);
     Next::Close
+}
+
+/// Serves an intercepted tunnel to its end: the `200`, the TLS handshake with the minted leaf, the requests
+/// inside (each with its own audit record), then the tunnel's record.
+async fn intercepted(
+    gateway: &Arc<Gateway>,
+    mut client: Stream,
+    buf: BytesMut,
+    interception: Interception,
+    peer: &Peer,
+) {
+    let Interception { mut exchange, admitted, tls } = interception;
+    let principal = exchange.principal.clone().expect("admitted tunnels have a principal");
+    let target = exchange.target.clone().expect("admitted tunnels have a target");
+    exchange.upstream = Some("tollgate (intercepted)".to_owned());
+    let registration = gateway.register_tunnel(principal.clone(), target.clone());
+    if client.write_all(connect::ESTABLISHED).await.is_err() || client.flush().await.is_err() {
+        exchange.error = Some("client closed before the tunnel opened".to_owned());
+        admitted.release().await;
+        finish(gateway, peer, exchange);
+        return;
+    }
+    exchange.status = 200;
+    gateway.metrics.tunnels_active.inc();
+    let served = crate::intercept::serve(gateway, client, buf, tls, peer, (principal, target), &registration.cut).await;
+    gateway.metrics.tunnels_active.dec();
+    let revoked = registration.cut.is_cancelled() && !gateway.shutdown.cut_tunnels.is_cancelled();
+    drop(registration);
+    admitted.release().await;
+    if let Err(problem) = served {
+        exchange.error = Some(problem);
+    }
+    if revoked {
+        exchange.decision = "deny";
+        exchange.reason = "revoked";
+    }
+    finish(gateway, peer, exchange);
 }
 
 /// Reads the tunnel's first bytes into `buf` (they are still forwarded) until the ClientHello is complete,

@@ -1,0 +1,235 @@
+//! The response body toward the client: the upstream's frames passed on as they arrive (SSE events one by
+//! one, never buffered whole), each shown to the usage meter on the way. When the body ends, is cut by the
+//! upstream or dropped by the client, the request is settled: cost from the usage seen, the budget
+//! reservation replaced by it, metrics, the concurrency slots given back, and the audit record.
+//!
+//! The end of a body is held back until the settlement is done, so a client that saw its response end finds
+//! its spend counted.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use super::usage::Meter;
+use crate::app::Gateway;
+use crate::config::Config;
+use crate::exchange::{finish, Exchange};
+use crate::limits::budget::Reservation;
+use crate::limits::Admitted;
+use crate::proxy::Peer;
+
+/// Errors a response body can end with (the upstream's).
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What settling a request needs; taken exactly once, when the body ends or is dropped.
+pub struct Settlement {
+    pub gateway: Arc<Gateway>,
+    pub config: Arc<Config>,
+    pub peer: Arc<Peer>,
+    pub exchange: Exchange,
+    pub admitted: Option<Admitted>,
+    pub reservation: Option<Reservation>,
+}
+
+/// How a response body ended.
+#[derive(Debug)]
+enum End {
+    Complete,
+    UpstreamCut(String),
+    ClientCut,
+}
+
+/// A tollgate-made answer (one frame), or an upstream body being relayed and metered.
+pub struct MeteredBody {
+    inner: Inner,
+}
+
+enum Inner {
+    Refusal(Option<Bytes>),
+    Upstream(Box<Relay>),
+}
+
+struct Relay {
+    incoming: Incoming,
+    meter: Option<Meter>,
+    settlement: Option<Settlement>,
+    /// The upstream's `Content-Length`: the body is complete when that many bytes went by.
+    expected: Option<u64>,
+    relayed: u64,
+    settling: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// What to hand out once the settlement is done: the last frame, an error, or the end.
+    after_settling: Option<Result<Frame<Bytes>, BodyError>>,
+}
+
+impl MeteredBody {
+    /// A response tollgate wrote itself.
+    pub fn refusal(body: Bytes) -> Self {
+        Self { inner: Inner::Refusal(Some(body)) }
+    }
+
+    /// The upstream's body, metered when `meter` is given, settled when it ends.
+    pub fn upstream(incoming: Incoming, meter: Option<Meter>, settlement: Settlement) -> Self {
+        let expected = incoming.size_hint().exact();
+        Self {
+            inner: Inner::Upstream(Box::new(Relay {
+                incoming,
+                meter,
+                settlement: Some(settlement),
+                expected,
+                relayed: 0,
+                settling: None,
+                after_settling: None,
+            })),
+        }
+    }
+}
+
+impl Body for MeteredBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.get_mut().inner {
+            Inner::Refusal(body) => Poll::Ready(body.take().map(|bytes| Ok(Frame::data(bytes)))),
+            Inner::Upstream(relay) => relay.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Refusal(body) => body.is_none(),
+            Inner::Upstream(relay) => {
+                relay.settlement.is_none() && relay.settling.is_none() && relay.incoming.is_end_stream()
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Refusal(Some(body)) => SizeHint::with_exact(body.len() as u64),
+            Inner::Refusal(None) => SizeHint::with_exact(0),
+            Inner::Upstream(relay) => relay.incoming.size_hint(),
+        }
+    }
+}
+
+impl Relay {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            if let Some(settling) = &mut self.settling {
+                ready!(settling.as_mut().poll(cx));
+                self.settling = None;
+                return Poll::Ready(self.after_settling.take());
+            }
+            match ready!(Pin::new(&mut self.incoming).poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.relayed += data.len() as u64;
+                        if let Some(meter) = &mut self.meter {
+                            meter.feed(data);
+                        }
+                    }
+                    if self.expected == Some(self.relayed) && self.settlement.is_some() {
+                        // The last bytes of a sized body: settle before the client can see it end.
+                        self.begin_settling(End::Complete, Some(Ok(frame)));
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Some(Err(error)) => {
+                    let reason = error.to_string();
+                    if self.settlement.is_none() {
+                        return Poll::Ready(Some(Err(error.into())));
+                    }
+                    self.begin_settling(End::UpstreamCut(reason), Some(Err(error.into())));
+                }
+                None if self.settlement.is_some() => self.begin_settling(End::Complete, None),
+                None => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn begin_settling(&mut self, end: End, then: Option<Result<Frame<Bytes>, BodyError>>) {
+        if let Some(settlement) = self.settlement.take() {
+            self.settling = Some(Box::pin(settlement.settle(self.meter.take(), end, self.relayed)));
+        }
+        self.after_settling = then;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The client went away before the end: settle what was seen, off this (synchronous) drop.
+        if let Some(settlement) = self.settlement.take() {
+            let settle = settlement.settle(self.meter.take(), End::ClientCut, self.relayed);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(settle);
+                }
+                Err(_) => tracing::warn!("a cut response could not be settled outside the runtime"),
+            }
+        }
+    }
+}
+
+impl Settlement {
+    /// Cost, spend, metrics, slots and the audit record of a finished (or cut) response.
+    async fn settle(self, meter: Option<Meter>, end: End, relayed: u64) {
+        let Settlement { gateway, config, peer, mut exchange, admitted, reservation } = self;
+        exchange.bytes_down = relayed;
+        let mut cost_micro_usd = 0;
+        let metered = meter.map(Meter::finish);
+        if let Some(metered) = &metered {
+            if metered.model.is_some() {
+                exchange.model = metered.model.clone();
+            }
+            let model = exchange.model.clone().unwrap_or_default();
+            if let Some(usage) = metered.usage {
+                cost_micro_usd = config.llm.pricing.cost_micro_usd(&model, &usage);
+                let cost_usd = cost_micro_usd as f64 / 1e6;
+                exchange.usage = Some(usage);
+                exchange.cost_usd = Some(cost_usd);
+                let team = exchange.team();
+                gateway.metrics.metered(team.as_deref().unwrap_or("-"), &model, &usage, cost_usd);
+            }
+            if let Some(error) = &metered.error {
+                exchange.error = Some(format!("upstream error: {error}"));
+            }
+        }
+        let billed =
+            if metered.as_ref().is_some_and(|m| m.usage.is_some()) { "; billed for the usage seen" } else { "" };
+        match end {
+            End::Complete => {
+                if metered.as_ref().is_some_and(|m| !m.complete) && exchange.status == 200 && exchange.error.is_none() {
+                    exchange.error = Some(format!("response ended before its final event{billed}"));
+                }
+            }
+            End::UpstreamCut(reason) => {
+                gateway.metrics.upstream_error("protocol");
+                exchange.error = Some(format!("stream cut by the upstream ({reason}){billed}"));
+            }
+            End::ClientCut => exchange.error = Some(format!("stream cut by the client{billed}")),
+        }
+        if let Some(reservation) = reservation {
+            match reservation.settle(cost_micro_usd, gateway.clock.now()).await {
+                Ok(ratios) => {
+                    for (team, ratio) in ratios {
+                        gateway.metrics.budget_used(&team, ratio);
+                    }
+                }
+                Err(error) => {
+                    gateway.metrics.state_error(gateway.limiter.backend_name());
+                    tracing::warn!(%error, id = %exchange.id, "spend not settled: the estimate stays charged");
+                }
+            }
+        }
+        if let Some(admitted) = admitted {
+            admitted.release().await;
+        }
+        finish(&gateway, &peer, exchange);
+    }
+}
