@@ -16,7 +16,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 /// How long `server_cert` leaves are valid.
 pub const SERVER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -111,6 +111,7 @@ impl CaKind {
 /// A certificate authority: its certificate and key, ready to sign leaves.
 pub struct Ca {
     cert_pem: String,
+    cert_der: CertificateDer<'static>,
     key_pem: String,
     /// The CA certificate as rcgen needs it to sign: subject name and key identifier taken from the real
     /// certificate, so a leaf's issuer and authority key identifier match it byte for byte.
@@ -162,11 +163,30 @@ impl Ca {
     /// Signs a new leaf with a fresh ECDSA P-256 key and a random serial; returns `(cert_pem, key_pem)`. The
     /// certificate PEM holds the leaf only: append [`Ca::cert_pem`] for a full chain.
     pub fn issue(&self, leaf: &Leaf) -> Result<(String, String), CertError> {
+        let (cert, key) = self.sign(leaf)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// [`Ca::issue`] in DER, as rustls takes it: `(leaf certificate, PKCS#8 key)`, no PEM round trip.
+    pub fn issue_der(&self, leaf: &Leaf) -> Result<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>), CertError> {
+        let (cert, key) = self.sign(leaf)?;
+        Ok((cert.der().clone(), PrivatePkcs8KeyDer::from(key.serialize_der())))
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    fn sign(&self, leaf: &Leaf) -> Result<(rcgen::Certificate, KeyPair), CertError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|source| CertError::Generate { what: "leaf key", source })?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, leaf.common_name.as_str());
+        // An empty common name means none: a DNS name longer than a CN may be (64) goes in the SAN only.
+        if !leaf.common_name.is_empty() {
+            params.distinguished_name.push(DnType::CommonName, leaf.common_name.as_str());
+        }
         if let Some(unit) = &leaf.organizational_unit {
             params.distinguished_name.push(DnType::OrganizationalUnitName, unit.as_str());
         }
@@ -188,7 +208,7 @@ impl Ca {
         let cert = params
             .signed_by(&key, &self.issuer, &self.key)
             .map_err(|source| CertError::Generate { what: "leaf certificate", source })?;
-        Ok((cert.pem(), key.serialize_pem()))
+        Ok((cert, key))
     }
 
     /// Writes the certificate (0644) and the key (0600); refuses to replace either unless `force`.
@@ -218,7 +238,7 @@ impl Ca {
         // rcgen signs with a `Certificate`; this one is a throwaway self-signature over the parsed CA parameters,
         // of which only the subject name and the key identifier are used.
         let issuer = params.self_signed(&key).map_err(|source| CertError::Generate { what: "CA issuer", source })?;
-        Ok(Ca { cert_pem: cert_pem.to_owned(), key_pem: key_pem.to_owned(), issuer, key })
+        Ok(Ca { cert_pem: cert_pem.to_owned(), cert_der: der, key_pem: key_pem.to_owned(), issuer, key })
     }
 }
 
