@@ -597,16 +597,3 @@ mod tests {
         assert!(error.contains(&cert_path.display().to_string()) && error.contains("no PEM CERTIFICATE"), "{error}");
     }
 }
-
-/// How many leaves were minted and served from the cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MintStats {
-    pub minted: u64,
-    pub cache_hits: u64,
-}
-
-impl Minter {
-    pub fn stats(&self) -> MintStats {
-        MintStats::default()
-    }
-}
