@@ -218,13 +218,33 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let listeners: Vec<String> = config.listeners.iter().map(|l| format!("{} {}", l.name, l.bind)).collect();
+    let listeners: Vec<String> = config
+        .listeners
+        .iter()
+        .map(|l| match l.mode {
+            tollgate::config::file::ListenerMode::Gateway => format!("{} {} (gateway)", l.name, l.bind),
+            tollgate::config::file::ListenerMode::Proxy => format!("{} {}", l.name, l.bind),
+        })
+        .collect();
     println!("{}: ok", path.display());
     println!("  listeners: {}", listeners.join(", "));
     println!("  admin: {}", config.admin.as_ref().map_or("off".to_owned(), |a| a.bind.to_string()));
     println!("  policy: {} rules", config.policy.rule_count());
     println!("  users: {}", config.identity.user_count());
     println!("  audit: {}", config.audit.file.as_ref().map_or("off".to_owned(), |f| f.path.display().to_string()));
+    let llm = &config.llm;
+    if let Some(intercept) = &llm.intercept {
+        let ca = intercept.ca_cert.display();
+        let state = if intercept.ca_cert.exists() { "" } else { " (created on first start)" };
+        println!("  intercept: {} host rules, CA {ca}{state}", intercept.hosts.len());
+    }
+    if !llm.upstreams.is_empty() {
+        let names: Vec<&str> = llm.upstreams.keys().map(|name| &**name).collect();
+        println!("  upstreams: {}; {} routing rules", names.join(", "), llm.routes.len());
+    }
+    if let Some(dlp) = &llm.dlp {
+        println!("  dlp: {} detectors ({})", dlp.detector_count(), if dlp.blocks() { "block" } else { "log" });
+    }
     println!("  sha256: {}", config.source.sha256);
     ExitCode::SUCCESS
 }

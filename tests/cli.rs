@@ -68,14 +68,19 @@ fn examples() -> Vec<String> {
 #[test]
 fn check_accepts_every_example() {
     let examples = examples();
-    for wanted in ["team-office.yaml", "k8s-sidecar.yaml", "locked-down.yaml"] {
+    for wanted in ["team-office.yaml", "k8s-sidecar.yaml", "locked-down.yaml", "intercept.yaml", "gateway.yaml"] {
         assert!(examples.iter().any(|e| e.ends_with(wanted)), "config/examples/{wanted} is missing: {examples:?}");
     }
     let mut failures = Vec::new();
     for example in &examples {
         // k8s-sidecar.yaml names the workload from the environment, as a pod would.
-        let output =
-            tollgate().args(["check", "-c", example]).env("TOLLGATE_WORKLOAD", "billing-worker").output().expect("run");
+        // gateway.yaml takes the upstream's key from the environment.
+        let output = tollgate()
+            .args(["check", "-c", example])
+            .env("TOLLGATE_WORKLOAD", "billing-worker")
+            .env("ANTHROPIC_API_KEY", "sk-ant-example")
+            .output()
+            .expect("run");
         if output.status.code() != Some(0) || !text(&output.stdout).starts_with(&format!("{example}: ok\n")) {
             failures.push(format!("{example}: {:?}\n{}{}", output.status, text(&output.stdout), text(&output.stderr)));
         }

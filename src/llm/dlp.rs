@@ -15,6 +15,11 @@ impl Dlp {
         Ok(Dlp {})
     }
 
+    /// How many detectors are configured (built-in and custom).
+    pub fn detector_count(&self) -> usize {
+        0
+    }
+
     /// `action: block`.
     pub fn blocks(&self) -> bool {
         false
