@@ -95,20 +95,27 @@ pub async fn explain(config: &Config, question: &Question) -> Result<Answer, Str
     if plan.is_empty() {
         let _ = writeln!(report, "limit:     none");
     }
+    if config.llm.intercepts(&target) {
+        let _ = writeln!(report, "intercept: yes — each request inside the tunnel is checked, metered and audited");
+    }
     for team in principal.teams.iter() {
-        if let Some(settings) = config.teams.get(team) {
-            if !settings.models.is_empty() {
-                let model = question.model.as_deref().map(|m| format!(" (asked: {m})")).unwrap_or_default();
-                let _ = writeln!(
-                    report,
-                    "models:    teams.{team}.models {}{model} — enforced on intercepted requests",
-                    settings.models.join(", ")
-                );
-            }
-            if let Some(budget) = settings.budget {
-                let _ = writeln!(report, "budget:    teams.{team}.budget {budget:?} — enforced on metered requests");
-            }
+        if let Some(settings) = config.teams.get(team).filter(|s| !s.models.is_empty()) {
+            let verdict = match question.model.as_deref() {
+                Some(model) if settings.model_globs.is_match(model) => format!(" — {model}: allowed"),
+                Some(model) => format!(" — {model}: not allowed by this team"),
+                None => String::new(),
+            };
+            let _ = writeln!(report, "models:    teams.{team}.models {}{verdict}", settings.models.join(", "));
         }
+    }
+    for budget in config.llm.budgets.applying(&principal) {
+        let whose = budget.team.as_deref().map(|t| format!(" (team {t})")).unwrap_or_default();
+        let _ = writeln!(
+            report,
+            "budget:    {} ${:.2}{whose} — enforced on metered requests",
+            budget.scope.rule(),
+            budget.limit_micro_usd as f64 / 1e6
+        );
     }
     let (verdict, rule) = match &decision {
         Decision::Allow { rule } => ("allow", rule),

@@ -64,7 +64,8 @@ pub struct File {
 pub struct NamedUpstream {
     /// `https://host[:port][/base]` (or `http://` for a local endpoint).
     pub url: String,
-    /// Sent as `x-api-key`, replacing the client's credential; omitted = the client's own key passes.
+    /// Sent as `x-api-key`, replacing the client's credential. Omitted: an intercepted request keeps the
+    /// client's own key; a gateway-listener request goes without one (its credential was for tollgate).
     pub api_key: Option<String>,
 }
 

@@ -160,7 +160,12 @@ async fn forward(
                 Host::Ip(ip) => Some(ip.to_string()),
             }
         }
-        Origin::Gateway => None,
+        Origin::Gateway => {
+            if let Err(Decision::Deny { rule, reason }) = config.policy.check_hours(&principal.teams, now) {
+                return Err(ProxyError::Denied { target: session.peer.listener.to_string(), rule, reason });
+            }
+            None
+        }
     };
     let path = request.uri().path().to_owned();
     config.llm.paths.check(&path).map_err(|denied| ProxyError::PathDenied { path: path.clone(), rule: denied.rule })?;

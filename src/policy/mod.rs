@@ -136,14 +136,13 @@ impl Policy {
             return Decision::Deny { rule: rule.name.clone(), reason: DenyReason::DenyRule };
         }
         // The principal's configured teams, looked up lazily: no allocation per request.
-        let teams = || teams.iter().filter_map(|name| self.teams.get(name));
+        let principal_teams = teams;
+        let teams = || principal_teams.iter().filter_map(|name| self.teams.get(name));
         if let Some(rule) = teams().find_map(|team| team.deny.first_match(target)) {
             return Decision::Deny { rule: rule.name.clone(), reason: DenyReason::DenyRule };
         }
-        if let Some(first) = teams().next() {
-            if teams().all(|team| team.hours.as_ref().is_some_and(|hours| !hours.contains(now))) {
-                return Decision::Deny { rule: first.hours_rule.clone(), reason: DenyReason::Hours };
-            }
+        if let Err(denied) = self.check_hours(principal_teams, now) {
+            return denied;
         }
         if let Host::Ip(ip) = target.host {
             if let Some(denied) = self.private_guard(ip, target.port) {
@@ -161,6 +160,18 @@ impl Policy {
             None if self.default_allows => Decision::Allow { rule: self.default_rule.clone() },
             None => Decision::Deny { rule: self.default_rule.clone(), reason: DenyReason::Default },
         }
+    }
+
+    /// The teams' hours alone (gateway listeners, where the destination is the operator's upstream): inside
+    /// when any of the principal's teams is, or when none of them has hours.
+    pub fn check_hours(&self, teams: &[Arc<str>], now: SystemTime) -> Result<(), Decision> {
+        let teams = || teams.iter().filter_map(|name| self.teams.get(name));
+        if let Some(first) = teams().next() {
+            if teams().all(|team| team.hours.as_ref().is_some_and(|hours| !hours.contains(now))) {
+                return Err(Decision::Deny { rule: first.hours_rule.clone(), reason: DenyReason::Hours });
+            }
+        }
+        Ok(())
     }
 
     /// Checks one resolved address of an allowed name for a principal in `teams`: the global and the teams'

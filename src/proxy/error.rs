@@ -82,10 +82,10 @@ fn team_phrase(team: &Option<Arc<str>>) -> String {
 }
 
 fn budget_message(refusal: &BudgetRefusal) -> String {
-    let whose = match (&refusal.team, refusal.scope) {
-        (Some(team), _) => format!("team {team}'s"),
-        (None, scope) if scope.starts_with("user") => "your".to_owned(),
-        (None, _) => "the organisation's".to_owned(),
+    let whose = match (refusal.scope, &refusal.team) {
+        ("user_daily", _) => "your".to_owned(),
+        (_, Some(team)) => format!("team {team}'s"),
+        (_, None) => "the organisation's".to_owned(),
     };
     let period = if refusal.scope.ends_with("monthly") { "monthly" } else { "daily" };
     format!(
@@ -367,7 +367,11 @@ impl ProxyError {
             ProxyError::Auth(AuthError::Missing) => {
                 "tollgate: authentication required: send Authorization: Bearer <token> or x-api-key".to_owned()
             }
-            ProxyError::Auth(AuthError::Rejected) => "tollgate: invalid API key".to_owned(),
+            ProxyError::Auth(AuthError::Rejected) => "tollgate: invalid credentials".to_owned(),
+            ProxyError::Auth(AuthError::UnsupportedScheme) => {
+                "tollgate: unsupported Authorization scheme: send Authorization: Bearer <jwt> (with auth.jwt) or x-api-key"
+                    .to_owned()
+            }
             other => format!("tollgate: {other}"),
         }
     }
