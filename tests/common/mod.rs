@@ -3,6 +3,7 @@
 //! Nothing here sleeps to synchronise: tests wait on sockets, channels and the audit flush.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod messages;
 pub mod pki;
 pub mod tls;
 
@@ -628,4 +629,21 @@ impl TestGateway {
     pub fn gateway(&self) -> &Arc<app::Gateway> {
         &self.running.as_ref().expect("running").gateway
     }
+}
+
+/// The Python interpreter with the `anthropic` SDK that `scripts/test` installs (a venv in `target/test-python`), from
+/// `TOLLGATE_TEST_PYTHON`. Panics when it is not set: the client tests must run, never skip.
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("TOLLGATE_TEST_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        panic!(
+            "TOLLGATE_TEST_PYTHON is not set: run the tests with scripts/test, which installs the Python anthropic SDK \
+             and sets it (or export TOLLGATE_TEST_PYTHON=target/test-python/bin/python after one run of scripts/test)"
+        )
+    });
+    assert!(
+        python.exists(),
+        "TOLLGATE_TEST_PYTHON={} does not exist: run scripts/test to install it",
+        python.display()
+    );
+    python
 }
