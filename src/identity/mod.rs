@@ -199,9 +199,10 @@ impl Directory {
         self.verify_password(&credentials.user, credentials.password, client).await
     }
 
-    /// Identifies a gateway-listener caller: a bearer JWT in `Authorization`, or a user's password as
-    /// `x-api-key` (written `USER:PASSWORD`, or the password alone, which is tried against every user once and
-    /// then found in the verified cache), or the anonymous principal.
+    /// Identifies a gateway-listener caller: a bearer JWT in `Authorization` (with `auth.jwt`), or a user's
+    /// password as the API key — `x-api-key` or a bearer value that is not a JWT — written `USER:PASSWORD`, or
+    /// the password alone (tried against every user once, then found in the verified cache); else the
+    /// anonymous principal.
     pub async fn identify_api(
         &self,
         authorization: Option<&[u8]>,
@@ -209,12 +210,17 @@ impl Directory {
         client: IpAddr,
         now: SystemTime,
     ) -> Result<Principal, AuthError> {
-        if let Some(header) = authorization {
-            let token = bearer_token(header).ok_or(AuthError::UnsupportedScheme)??;
+        // SDKs send an API key as `Authorization: Bearer KEY` (the Python SDK) or as both headers (Claude
+        // Code's apiKeyHelper): a bearer value that is not a JWT is taken as the API key.
+        let bearer = match authorization {
+            Some(header) => Some(bearer_token(header).ok_or(AuthError::UnsupportedScheme)??),
+            None => None,
+        };
+        if let Some(token) = bearer.filter(|token| self.jwt.is_some() && looks_like_jwt(token)) {
             self.check_throttle(client)?;
             return self.bearer_principal(token, now).inspect_err(|_| self.count_failure(client));
         }
-        let Some(key) = api_key else {
+        let Some(key) = bearer.map(str::as_bytes).or(api_key) else {
             return self.anonymous.clone().ok_or(AuthError::Missing);
         };
         let key = std::str::from_utf8(key).map_err(|_| AuthError::Malformed("x-api-key is not UTF-8"))?;
@@ -353,6 +359,11 @@ impl Directory {
 }
 
 /// The token of a `Bearer` credential (scheme case-insensitive), `None` for other schemes.
+/// Three base64url parts separated by dots: a compact JWT, not an API key.
+fn looks_like_jwt(token: &str) -> bool {
+    token.split('.').count() == 3 && token.split('.').all(|part| !part.is_empty())
+}
+
 fn bearer_token(header: &[u8]) -> Option<Result<&str, AuthError>> {
     let header = header.trim_ascii();
     let (scheme, token) = match header.iter().position(|b| *b == b' ') {
