@@ -490,11 +490,11 @@ fn compile_limits(parsed: &file::File) -> Result<Limits, Invalid> {
             concurrent: cap(limits.concurrent, format!("{key}.concurrent"))?,
         })
     };
-    let mut compiled = Limits {
-        org: scope(parsed.limits.org.as_ref(), "limits.org")?,
-        user: scope(parsed.limits.user.as_ref(), "limits.user")?,
-        teams: Default::default(),
-    };
+    let mut compiled = Limits::new(
+        scope(parsed.limits.org.as_ref(), "limits.org")?,
+        scope(parsed.limits.user.as_ref(), "limits.user")?,
+        HashMap::new(),
+    );
     for (name, team) in &parsed.teams {
         let Some(limits) = &team.limits else { continue };
         let key = |field: &str| format!("teams.{name}.limits.{field}");

@@ -113,7 +113,8 @@ impl Memory {
         Ok(Memory { spend: Mutex::new(spend), ..Memory::default() })
     }
 
-    fn acquire_now(&self, buckets: &[Bucket], now_us: u64) -> Admission {
+    /// Takes one request from every bucket, or none.
+    pub(crate) fn acquire_now(&self, buckets: &[Bucket], now_us: u64) -> Admission {
         let mut tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
         let mut admitted = Vec::with_capacity(buckets.len());
         for (index, bucket) in buckets.iter().enumerate() {
@@ -139,7 +140,8 @@ impl Memory {
         Admission::Admit
     }
 
-    fn enter_now(&self, slots: &[Slot]) -> Option<usize> {
+    /// Takes a slot in every one of `slots`, or none; the index of a full one.
+    pub(crate) fn enter_now(&self, slots: &[Slot]) -> Option<usize> {
         let mut counts = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(full) = slots.iter().position(|slot| counts.get(&slot.key).copied().unwrap_or(0) >= slot.max) {
             return Some(full);
@@ -155,15 +157,17 @@ impl Memory {
         None
     }
 
-    fn leave_now(&self, slots: &[Slot]) {
+    /// Gives slots back.
+    pub(crate) fn leave_now(&self, slots: &[Slot]) {
         let mut counts = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         for slot in slots {
             if let Some(count) = counts.get_mut(&slot.key) {
+                // Kept at zero rather than removed: the next request of this key then costs no allocation.
                 *count = count.saturating_sub(1);
-                if *count == 0 {
-                    counts.remove(&slot.key);
-                }
             }
+        }
+        if counts.len() > 1_000_000 {
+            counts.retain(|_, count| *count > 0);
         }
     }
 }
@@ -202,6 +206,10 @@ impl Backend for Memory {
 
     fn name(&self) -> &'static str {
         "embedded"
+    }
+
+    fn local(&self) -> Option<&Memory> {
+        Some(self)
     }
 }
 

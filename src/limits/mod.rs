@@ -116,6 +116,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn spend<'a>(&'a self, keys: &'a [SpendKey], now_ms: u64) -> BoxFuture<'a, Result<Vec<i64>, StateError>>;
     /// `embedded` or `redis`, for logs.
     fn name(&self) -> &'static str;
+    /// The in-process backend, answered synchronously on the request path (no future, no allocation).
+    fn local(&self) -> Option<&memory::Memory> {
+        None
+    }
 }
 
 /// Where the time comes from: the system clock, or a test's.
@@ -163,16 +167,28 @@ pub struct Limits {
     pub org: ScopeLimits,
     pub user: ScopeLimits,
     pub teams: HashMap<Arc<str>, TeamLimits>,
+    /// Plans already built, by principal name (with the teams they were built for): a request of a known
+    /// principal costs a lookup, not a set of formatted keys. Per snapshot, so a reload starts afresh.
+    plans: std::sync::RwLock<HashMap<Arc<str>, Arc<Plan>>>,
 }
+
+/// Plans kept per snapshot before the cache starts over (principals are far fewer in practice).
+const PLAN_CACHE: usize = 100_000;
 
 /// The buckets and slots that apply to one principal.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub buckets: Vec<Bucket>,
     pub slots: Vec<Slot>,
+    /// The teams the plan was built for.
+    teams: Arc<[Arc<str>]>,
 }
 
 impl Limits {
+    pub fn new(org: ScopeLimits, user: ScopeLimits, teams: HashMap<Arc<str>, TeamLimits>) -> Self {
+        Self { org, user, teams, plans: Default::default() }
+    }
+
     /// A rate where the whole minute's allowance may arrive at once.
     pub fn rate(per_minute: u32) -> Rate {
         Rate { per_minute, burst: per_minute }
@@ -180,8 +196,22 @@ impl Limits {
 
     /// What applies to `principal`: its own limits, each of its teams' (a member of several teams is held to
     /// all of them: the strictest wins), and the organisation's.
-    pub fn plan(&self, principal: &Principal) -> Plan {
-        let mut plan = Plan::default();
+    pub fn plan(&self, principal: &Principal) -> Arc<Plan> {
+        let cached = self.plans.read().unwrap_or_else(|p| p.into_inner()).get(&principal.name).cloned();
+        if let Some(plan) = cached.filter(|plan| plan.teams == principal.teams) {
+            return plan;
+        }
+        let plan = Arc::new(self.build_plan(principal));
+        let mut plans = self.plans.write().unwrap_or_else(|p| p.into_inner());
+        if plans.len() >= PLAN_CACHE {
+            plans.clear();
+        }
+        plans.insert(principal.name.clone(), plan.clone());
+        plan
+    }
+
+    fn build_plan(&self, principal: &Principal) -> Plan {
+        let mut plan = Plan { teams: principal.teams.clone(), ..Plan::default() };
         let user = &principal.name;
         plan.add(|| format!("user:{user}"), Scope::User, self.user);
         for team in principal.teams.iter() {
@@ -234,22 +264,23 @@ pub struct Limiter {
     backend: Arc<dyn Backend>,
 }
 
-/// The slots a request holds; given back when dropped.
+/// The slots a request holds (those of its plan); given back when dropped.
 #[derive(Debug)]
 pub struct Admitted {
     backend: Arc<dyn Backend>,
-    slots: Vec<Slot>,
+    held: Option<Arc<Plan>>,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        if self.slots.is_empty() {
+        let Some(plan) = self.held.take() else { return };
+        if let Some(memory) = self.backend.local() {
+            memory.leave_now(&plan.slots);
             return;
         }
         let backend = self.backend.clone();
-        let slots = std::mem::take(&mut self.slots);
         let release = async move {
-            if let Err(error) = backend.leave(&slots).await {
+            if let Err(error) = backend.leave(&plan.slots).await {
                 tracing::warn!(%error, "concurrency slots could not be given back");
             }
         };
@@ -265,18 +296,17 @@ impl Drop for Admitted {
 impl Admitted {
     /// Holds nothing (no limits apply, or they could not be checked and `state.on_error` allows).
     pub fn none() -> Self {
-        Self { backend: Arc::new(memory::Memory::default()), slots: Vec::new() }
+        Self { backend: Arc::new(memory::Memory::default()), held: None }
     }
 
     /// Gives the slots back now, before the request or tunnel is recorded and its connection goes on or closes:
     /// a client that saw it end must find the slots free. (Dropping instead gives them back from a spawned task,
     /// a moment later: only for paths that end early.)
     pub async fn release(mut self) {
-        let slots = std::mem::take(&mut self.slots);
-        if slots.is_empty() {
-            return;
-        }
-        if let Err(error) = self.backend.leave(&slots).await {
+        let Some(plan) = self.held.take() else { return };
+        if let Some(memory) = self.backend.local() {
+            memory.leave_now(&plan.slots);
+        } else if let Err(error) = self.backend.leave(&plan.slots).await {
             tracing::warn!(%error, "concurrency slots could not be given back");
         }
     }
@@ -297,39 +327,123 @@ impl Limiter {
     }
 
     /// Admits one request of `plan` at `now`, or says which limit refuses it.
-    pub async fn admit(&self, plan: Plan, now: SystemTime) -> Result<Result<Admitted, Refusal>, StateError> {
-        let mut admitted = Admitted { backend: self.backend.clone(), slots: Vec::new() };
+    pub async fn admit(&self, plan: Arc<Plan>, now: SystemTime) -> Result<Result<Admitted, Refusal>, StateError> {
         if plan.is_empty() {
-            return Ok(Ok(admitted));
+            return Ok(Ok(Admitted { backend: self.backend.clone(), held: None }));
+        }
+        // The embedded backend answers at once: no future, no allocation.
+        if let Some(memory) = self.backend.local() {
+            let full = memory.enter_now(&plan.slots);
+            return Ok(self.decide(plan, full, |buckets| memory.acquire_now(buckets, micros(now))));
         }
         // Slots first: a request refused for concurrency must not use up its rate (clients retry refusals, and
         // would be rate limited once a slot is free); slots taken by a request the rate refuses are given back.
-        if !plan.slots.is_empty() {
-            if let Some(full) = self.backend.enter(&plan.slots).await? {
-                let slot = &plan.slots[full];
-                return Ok(Err(Refusal::Concurrency { scope: slot.scope, max: slot.max }));
-            }
-            admitted.slots = plan.slots;
+        let full = if plan.slots.is_empty() { None } else { self.backend.enter(&plan.slots).await? };
+        if full.is_some() || plan.buckets.is_empty() {
+            return Ok(self.decide(plan, full, |_| Admission::Admit));
         }
-        if !plan.buckets.is_empty() {
-            let admission = match self.backend.acquire(&plan.buckets, micros(now)).await {
-                Ok(admission) => admission,
-                Err(error) => {
-                    admitted.release().await;
-                    return Err(error);
-                }
-            };
-            if let Admission::Limited { bucket, retry_after_us } = admission {
-                admitted.release().await;
-                let bucket = &plan.buckets[bucket];
-                let retry_after_secs = Duration::from_micros(retry_after_us).as_secs_f64().ceil().max(1.0) as u64;
-                return Ok(Err(Refusal::Rate {
-                    scope: bucket.scope,
-                    per_minute: bucket.rate.per_minute,
-                    retry_after_secs,
-                }));
+        let held = Admitted { backend: self.backend.clone(), held: (!plan.slots.is_empty()).then(|| plan.clone()) };
+        let admission = match self.backend.acquire(&plan.buckets, micros(now)).await {
+            Ok(admission) => admission,
+            Err(error) => {
+                held.release().await;
+                return Err(error);
+            }
+        };
+        match admission {
+            Admission::Admit => Ok(Ok(held)),
+            Admission::Limited { bucket, retry_after_us } => {
+                // Given back before the refusal is answered: the client may retry at once.
+                held.release().await;
+                Ok(Err(rate_refusal(&plan.buckets[bucket], retry_after_us)))
             }
         }
-        Ok(Ok(admitted))
+    }
+
+    /// The outcome once the slots are entered (`full`: the index of a full one) and the buckets asked.
+    fn decide(
+        &self,
+        plan: Arc<Plan>,
+        full: Option<usize>,
+        acquire: impl FnOnce(&[Bucket]) -> Admission,
+    ) -> Result<Admitted, Refusal> {
+        if let Some(full) = full {
+            let slot = &plan.slots[full];
+            return Err(Refusal::Concurrency { scope: slot.scope, max: slot.max });
+        }
+        let admitted = Admitted { backend: self.backend.clone(), held: (!plan.slots.is_empty()).then(|| plan.clone()) };
+        if plan.buckets.is_empty() {
+            return Ok(admitted);
+        }
+        match acquire(&plan.buckets) {
+            Admission::Admit => Ok(admitted),
+            Admission::Limited { bucket, retry_after_us } => {
+                drop(admitted);
+                Err(rate_refusal(&plan.buckets[bucket], retry_after_us))
+            }
+        }
+    }
+}
+
+/// The refusal of an empty bucket, with `Retry-After` in whole seconds (at least one).
+fn rate_refusal(bucket: &Bucket, retry_after_us: u64) -> Refusal {
+    let retry_after_secs = Duration::from_micros(retry_after_us).as_secs_f64().ceil().max(1.0) as u64;
+    Refusal::Rate { scope: bucket.scope, per_minute: bucket.rate.per_minute, retry_after_secs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::AuthMethod;
+
+    fn principal(teams: &[&str]) -> Principal {
+        Principal {
+            name: "alice".into(),
+            teams: teams.iter().map(|t| Arc::from(*t)).collect(),
+            method: AuthMethod::Basic,
+        }
+    }
+
+    fn limits() -> Limits {
+        let user = ScopeLimits { rate: Some(Limits::rate(60)), concurrent: Some(4) };
+        let member = ScopeLimits { rate: Some(Limits::rate(10)), concurrent: None };
+        let teams = HashMap::from([(Arc::from("core"), TeamLimits { team: ScopeLimits::default(), member })]);
+        Limits::new(ScopeLimits::default(), user, teams)
+    }
+
+    #[test]
+    fn a_known_principal_gets_its_cached_plan() {
+        let limits = limits();
+        let first = limits.plan(&principal(&["core"]));
+        let second = limits.plan(&principal(&["core"]));
+        assert!(Arc::ptr_eq(&first, &second), "the second request reuses the plan");
+        let keys: Vec<&str> = first.buckets.iter().map(|b| b.key.as_str()).collect();
+        assert_eq!(keys, ["rate:user:alice", "rate:team:core:user:alice"]);
+        assert_eq!(first.slots.iter().map(|s| s.key.as_str()).collect::<Vec<_>>(), ["conc:user:alice"]);
+    }
+
+    #[test]
+    fn a_principal_whose_teams_changed_gets_a_new_plan() {
+        let limits = limits();
+        let with_team = limits.plan(&principal(&["core"]));
+        let without = limits.plan(&principal(&[]));
+        assert!(!Arc::ptr_eq(&with_team, &without));
+        assert_eq!(without.buckets.len(), 1, "only the user's own rate applies: {without:?}");
+    }
+
+    #[tokio::test]
+    async fn the_embedded_fast_path_admits_refuses_and_gives_slots_back() {
+        let limits = limits();
+        let limiter = Limiter::new(Arc::new(memory::Memory::default()));
+        let plan = limits.plan(&principal(&[]));
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(limiter.admit(plan.clone(), now).await.expect("state").expect("admitted"));
+        }
+        let refused = limiter.admit(plan.clone(), now).await.expect("state").expect_err("a fifth is over the cap");
+        assert_eq!(refused, Refusal::Concurrency { scope: Scope::User, max: 4 });
+        held.pop().expect("held").release().await;
+        assert!(limiter.admit(plan, now).await.expect("state").is_ok(), "a slot given back is free again");
     }
 }

@@ -156,7 +156,7 @@ async fn admit(
 pub(crate) async fn limit(
     gateway: &Gateway,
     config: &Config,
-    plan: crate::limits::Plan,
+    plan: Arc<crate::limits::Plan>,
     now: std::time::SystemTime,
 ) -> Result<Admitted, ProxyError> {
     match gateway.limiter.admit(plan, now).await {
