@@ -243,7 +243,8 @@ fn check(path: &std::path::Path) -> ExitCode {
         println!("  upstreams: {}; {} routing rules", names.join(", "), llm.routes.len());
     }
     if let Some(dlp) = &llm.dlp {
-        println!("  dlp: {} detectors ({})", dlp.detector_count(), if dlp.blocks() { "block" } else { "log" });
+        let names = dlp.detector_names().collect::<Vec<_>>().join(", ");
+        println!("  dlp: {names} ({})", if dlp.blocks() { "block" } else { "log" });
     }
     println!("  sha256: {}", config.source.sha256);
     ExitCode::SUCCESS

@@ -1,32 +1,646 @@
-//! Data-loss prevention: built-in detectors and custom regexes compiled once into one set, run over request
-//! bodies. A match is reported by detector name only: the matched text is never kept, logged or rewritten.
+//! Data-loss prevention: built-in detectors and custom regexes compiled once, run over request bodies. A match
+//! is reported by detector name only: the matched text is never kept, logged or rewritten.
+//!
+//! Each detector searches on its own, the fastest way for it: a regex with a required literal (`-----BEGIN `,
+//! `AKIA`, `gh?_`, most custom patterns) skips through the body with a substring search, and card numbers and
+//! SSNs share one pass over the body's digit runs. One `RegexSet` pass over a 100 KiB body measured 3× slower
+//! than all of this together: a set search steps every byte through its automaton and cannot skip ahead on
+//! literals. A custom regex without a literal costs one automaton pass of its own.
 
+use std::ops::Range;
 use std::sync::Arc;
+
+use regex::bytes::{Regex, RegexBuilder};
 
 use crate::config::file;
 
+/// The built-in detectors, by the name used in `dlp.detectors`, audit records and metric labels.
+pub const BUILTIN_DETECTORS: [&str; 5] = ["private_key", "aws_access_key", "github_token", "credit_card", "ssn"];
+
+/// The most memory one custom regex may compile to.
+const CUSTOM_REGEX_SIZE_LIMIT: usize = 1 << 20;
+
 /// The compiled `dlp` section.
 #[derive(Debug, Default)]
-pub struct Dlp {}
+pub struct Dlp {
+    blocks: bool,
+    /// In configuration order: built-ins as listed, then custom ones.
+    detectors: Vec<Detector>,
+    /// What the digit-run pass must look for.
+    digit_runs: DigitFindings,
+}
+
+/// One detector: the name it is reported by and how it searches.
+#[derive(Debug)]
+struct Detector {
+    name: Arc<str>,
+    search: Search,
+}
+
+/// How a detector searches a body.
+#[derive(Debug)]
+enum Search {
+    /// Any match of the regex is a hit.
+    Regex(Regex),
+    /// A Luhn-valid card number in a digit run.
+    CreditCard,
+    /// A possible SSN in a digit run.
+    Ssn,
+}
 
 impl Dlp {
     /// Compiles the section; an error names the key path (`detectors[1]`, `custom[0].regex`) and the problem.
-    pub fn compile(_section: &file::Dlp) -> Result<Dlp, (String, String)> {
-        Ok(Dlp {})
-    }
-
-    /// How many detectors are configured (built-in and custom).
-    pub fn detector_count(&self) -> usize {
-        0
+    pub fn compile(section: &file::Dlp) -> Result<Dlp, (String, String)> {
+        let mut dlp = Dlp { blocks: section.action == file::DlpAction::Block, ..Dlp::default() };
+        for (index, name) in section.detectors.iter().enumerate() {
+            let Some(builtin) = Builtin::named(name) else {
+                let choices = BUILTIN_DETECTORS.join(", ");
+                return Err((
+                    format!("detectors[{index}]"),
+                    format!("unknown detector {name:?}: choose from {choices}"),
+                ));
+            };
+            // Listing a detector twice changes nothing.
+            if dlp.detector_names().any(|listed| listed == name) {
+                continue;
+            }
+            let search = builtin.search().map_err(|message| (format!("detectors[{index}]"), message))?;
+            match search {
+                Search::CreditCard => dlp.digit_runs.card = true,
+                Search::Ssn => dlp.digit_runs.ssn = true,
+                Search::Regex(_) => {}
+            }
+            dlp.detectors.push(Detector { name: Arc::from(name.as_str()), search });
+        }
+        for (index, custom) in section.custom.iter().enumerate() {
+            check_custom_name(section, index, &custom.name)?;
+            let regex =
+                compile_custom_regex(&custom.regex).map_err(|message| (format!("custom[{index}].regex"), message))?;
+            dlp.detectors.push(Detector { name: Arc::from(custom.name.as_str()), search: Search::Regex(regex) });
+        }
+        Ok(dlp)
     }
 
     /// `action: block`.
     pub fn blocks(&self) -> bool {
-        false
+        self.blocks
     }
 
     /// The names of the detectors that match `body`, each once, in configuration order.
-    pub fn scan(&self, _body: &[u8]) -> Vec<Arc<str>> {
-        Vec::new()
+    pub fn scan(&self, body: &[u8]) -> Vec<Arc<str>> {
+        let in_digit_runs =
+            if self.digit_runs.any() { find_in_digit_runs(body, self.digit_runs) } else { DigitFindings::default() };
+        self.detectors
+            .iter()
+            .filter(|detector| match &detector.search {
+                Search::Regex(regex) => regex.is_match(body),
+                Search::CreditCard => in_digit_runs.card,
+                Search::Ssn => in_digit_runs.ssn,
+            })
+            .map(|detector| detector.name.clone())
+            .collect()
+    }
+
+    /// The detector names, in the order `scan` reports them.
+    pub fn detector_names(&self) -> impl Iterator<Item = &str> {
+        self.detectors.iter().map(|detector| &*detector.name)
+    }
+}
+
+fn check_custom_name(section: &file::Dlp, index: usize, name: &str) -> Result<(), (String, String)> {
+    let key = || format!("custom[{index}].name");
+    if name.is_empty() {
+        return Err((key(), "must not be empty".to_owned()));
+    }
+    if BUILTIN_DETECTORS.contains(&name) {
+        return Err((key(), format!("{name:?} is the name of a built-in detector; list it under detectors")));
+    }
+    if let Some(earlier) = section.custom.iter().take(index).position(|custom| custom.name == name) {
+        return Err((key(), format!("{name:?} is already the name of custom[{earlier}]")));
+    }
+    Ok(())
+}
+
+fn compile_custom_regex(pattern: &str) -> Result<Regex, String> {
+    let regex = RegexBuilder::new(pattern)
+        .size_limit(CUSTOM_REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|error| format!("invalid regex: {error}"))?;
+    // A regex that matches nothing at all would match every body.
+    if regex.is_match(b"") {
+        return Err("matches the empty string, so it would match every request".to_owned());
+    }
+    Ok(regex)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Built-in detectors. Bodies are JSON: a secret may sit inside a string, after an escape such as `\n`.
+
+/// The built-in detectors.
+#[derive(Debug, Clone, Copy)]
+enum Builtin {
+    PrivateKey,
+    AwsAccessKey,
+    GithubToken,
+    CreditCard,
+    Ssn,
+}
+
+impl Builtin {
+    fn named(name: &str) -> Option<Builtin> {
+        match name {
+            "private_key" => Some(Builtin::PrivateKey),
+            "aws_access_key" => Some(Builtin::AwsAccessKey),
+            "github_token" => Some(Builtin::GithubToken),
+            "credit_card" => Some(Builtin::CreditCard),
+            "ssn" => Some(Builtin::Ssn),
+            _ => None,
+        }
+    }
+
+    fn search(self) -> Result<Search, String> {
+        let pattern = match self {
+            // RSA, EC, DSA, OPENSSH, ENCRYPTED, plain PKCS#8 and `PGP PRIVATE KEY BLOCK` headers.
+            Builtin::PrivateKey => r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----",
+            // A word boundary before, or a JSON escape (`\n`, `\t`, `\r`) whose letter touches the key.
+            Builtin::AwsAccessKey => r"(?:^|[^A-Za-z0-9_]|\\[nrt])(?:AKIA|ASIA)[0-9A-Z]{16}(?-u:\b)",
+            // Classic tokens (ghp_, gho_, ghu_, ghs_, ghr_) and fine-grained ones; longer tokens match too.
+            Builtin::GithubToken => r"gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{22}",
+            Builtin::CreditCard => return Ok(Search::CreditCard),
+            Builtin::Ssn => return Ok(Search::Ssn),
+        };
+        // The patterns above compile (the tests compile each); an error would be reported, not panic.
+        Regex::new(pattern).map(Search::Regex).map_err(|error| error.to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Card numbers and SSNs: one pass over the digit runs of the body. A run is digit groups joined by single spaces
+// or dashes (`4111 1111 1111 1111`, `123-45-6789`, `2024-01-15`); a group is a maximal sequence of digits.
+
+/// What the digit-run pass looks for, or found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct DigitFindings {
+    card: bool,
+    ssn: bool,
+}
+
+impl DigitFindings {
+    fn any(self) -> bool {
+        self.card || self.ssn
+    }
+
+    /// Whether everything `wanted` has been found.
+    fn covers(self, wanted: DigitFindings) -> bool {
+        (self.card || !wanted.card) && (self.ssn || !wanted.ssn)
+    }
+}
+
+/// Group layouts of printed card numbers (4-4-4-4 and 4-4-4-4-3 for most, 4-6-5 Amex, 4-6-4 Diners).
+const CARD_LAYOUTS: [&[usize]; 4] = [&[4, 4, 4, 4], &[4, 4, 4, 4, 3], &[4, 6, 5], &[4, 6, 4]];
+
+/// The most groups any check looks back at: the longest layout.
+const RECENT_GROUPS: usize = 5;
+
+/// A digit group and the separator before it (`None` for the first of a run).
+#[derive(Debug, Default, Clone, Copy)]
+struct Group {
+    start: usize,
+    end: usize,
+    separator: Option<u8>,
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        self.end.saturating_sub(self.start)
+    }
+}
+
+fn find_in_digit_runs(body: &[u8], wanted: DigitFindings) -> DigitFindings {
+    let mut found = DigitFindings::default();
+    let mut position = 0;
+    while !found.covers(wanted) {
+        let Some(start) = next_digit(body, position) else { break };
+        position = read_run(body, start, wanted, &mut found);
+    }
+    found
+}
+
+/// The index of the first ASCII digit at or after `from`, 16 bytes at a time (a loop the compiler vectorises).
+fn next_digit(body: &[u8], from: usize) -> Option<usize> {
+    let rest = body.get(from..)?;
+    let mut chunks = rest.chunks_exact(16);
+    let mut offset = from;
+    for chunk in &mut chunks {
+        let digits = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |mask, (index, byte)| mask | (u32::from(byte.wrapping_sub(b'0') < 10) << index));
+        if digits != 0 {
+            return Some(offset + digits.trailing_zeros() as usize);
+        }
+        offset += 16;
+    }
+    chunks.remainder().iter().position(u8::is_ascii_digit).map(|index| offset + index)
+}
+
+/// Reads the run starting at `start` (a digit), checking each window that ends at each group; returns the end.
+fn read_run(body: &[u8], start: usize, wanted: DigitFindings, found: &mut DigitFindings) -> usize {
+    // The last groups of the run, oldest first; only the last `count.min(RECENT_GROUPS)` are filled.
+    let mut recent = [Group::default(); RECENT_GROUPS];
+    let mut count = 0usize;
+    let mut digits = 0usize;
+    let mut separator = None;
+    let mut position = start;
+    loop {
+        let group_start = position;
+        while body.get(position).is_some_and(u8::is_ascii_digit) {
+            position += 1;
+        }
+        let group = Group { start: group_start, end: position, separator };
+        recent.rotate_left(1);
+        if let Some(last) = recent.last_mut() {
+            *last = group;
+        }
+        count += 1;
+        digits += group.len();
+        // Most runs are one short number: nothing can end in them.
+        if count >= 3 || group.len() >= 13 {
+            let filled = recent.get(RECENT_GROUPS.saturating_sub(count)..).unwrap_or_default();
+            if wanted.card && !found.card && card_ends_here(body, filled) {
+                found.card = true;
+            }
+            if wanted.ssn && !found.ssn && ssn_ends_here(body, filled) {
+                found.ssn = true;
+            }
+        }
+        match (body.get(position), body.get(position + 1)) {
+            (Some(&joint @ (b' ' | b'-')), Some(next)) if next.is_ascii_digit() => {
+                separator = Some(joint);
+                position += 1;
+            }
+            _ => break,
+        }
+    }
+    if wanted.card && !found.card && (13..=19).contains(&digits) && is_card(body, start..position) {
+        found.card = true;
+    }
+    position
+}
+
+/// Whether a card number ends with the last of these groups: the last group alone, or the last groups in a
+/// printed card layout.
+fn card_ends_here(body: &[u8], groups: &[Group]) -> bool {
+    let Some(last) = groups.last() else { return false };
+    let single = (13..=19).contains(&last.len()) && is_card(body, last.start..last.end);
+    single
+        || CARD_LAYOUTS.iter().any(|layout| {
+            let Some(window) = groups.len().checked_sub(layout.len()).and_then(|from| groups.get(from..)) else {
+                return false;
+            };
+            let (Some(first), Some(last)) = (window.first(), window.last()) else { return false };
+            window.iter().map(Group::len).eq(layout.iter().copied()) && is_card(body, first.start..last.end)
+        })
+}
+
+/// Whether `body[range]` (digits, maybe with separators) is a card number: 13 to 19 digits that pass the Luhn
+/// check and are not all one digit (`0000 0000 0000 0000` is a placeholder), not glued to letters or digits
+/// (a hex string or an identifier holds digit runs that are not card numbers).
+fn is_card(body: &[u8], range: Range<usize>) -> bool {
+    let Some(text) = body.get(range.clone()) else { return false };
+    let mut digits = [0u8; 19];
+    let mut count = 0;
+    for digit in text.iter().filter(|byte| byte.is_ascii_digit()) {
+        let Some(slot) = digits.get_mut(count) else { return false };
+        *slot = digit - b'0';
+        count += 1;
+    }
+    let digits = digits.get(..count).unwrap_or_default();
+    count >= 13
+        && digits.iter().any(|digit| Some(digit) != digits.first())
+        && passes_luhn(digits)
+        && !alphanumeric_before(body, range.start)
+        && !body.get(range.end).is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// The Luhn checksum: from the right, double every second digit (minus 9 above 9); the sum ends in 0.
+fn passes_luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(position, &digit)| {
+            let digit = u32::from(digit);
+            match position % 2 {
+                0 => digit,
+                _ if digit * 2 > 9 => digit * 2 - 9,
+                _ => digit * 2,
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// Whether the byte before `start` is a letter or digit, not counting the letter of a JSON escape (`\n4111…`).
+fn alphanumeric_before(body: &[u8], start: usize) -> bool {
+    let Some(before) = start.checked_sub(1).and_then(|index| body.get(index)) else { return false };
+    if !before.is_ascii_alphanumeric() {
+        return false;
+    }
+    let escaped = start.checked_sub(2).and_then(|index| body.get(index)) == Some(&b'\\');
+    !(escaped && matches!(before, b'n' | b't' | b'r'))
+}
+
+/// Whether the last three groups are `NNN-NN-NNNN` with a possible area (not 000, 666 or 900–999), group (not
+/// 00) and serial (not 0000). Groups are maximal, so the number does not touch other digits.
+fn ssn_ends_here(body: &[u8], groups: &[Group]) -> bool {
+    let Some([area, group, serial]) = groups.len().checked_sub(3).and_then(|from| groups.get(from..)) else {
+        return false;
+    };
+    let digits = |part: &Group| body.get(part.start..part.end).unwrap_or_default();
+    let (area_digits, group_digits, serial_digits) = (digits(area), digits(group), digits(serial));
+    area.len() == 3
+        && group.len() == 2
+        && serial.len() == 4
+        && group.separator == Some(b'-')
+        && serial.separator == Some(b'-')
+        && area_digits != b"000"
+        && area_digits != b"666"
+        && area_digits.first() != Some(&b'9')
+        && group_digits != b"00"
+        && serial_digits != b"0000"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Custom detectors as (name, regex).
+    type Customs<'a> = &'a [(&'a str, &'a str)];
+
+    fn section(detectors: &[&str], custom: &[(&str, &str)]) -> file::Dlp {
+        file::Dlp {
+            action: file::DlpAction::Block,
+            detectors: detectors.iter().map(|name| name.to_string()).collect(),
+            custom: custom
+                .iter()
+                .map(|(name, regex)| file::CustomDetector { name: name.to_string(), regex: regex.to_string() })
+                .collect(),
+        }
+    }
+
+    fn all_builtins() -> Dlp {
+        Dlp::compile(&section(&BUILTIN_DETECTORS, &[])).expect("the built-in detectors compile")
+    }
+
+    /// A Messages API body with `text` as the user's message, JSON-escaped.
+    fn body(text: &str) -> Vec<u8> {
+        let request = serde_json::json!({
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 1024,
+            "stream": true,
+            "system": [{"type": "text", "text": "You are a coding assistant."}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}],
+        });
+        serde_json::to_vec(&request).expect("serializes")
+    }
+
+    fn scan(dlp: &Dlp, text: &str) -> Vec<String> {
+        dlp.scan(&body(text)).iter().map(|name| name.to_string()).collect()
+    }
+
+    const PEM: &str = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7MhgwMbRvI0MBZhpF\n-----END RSA PRIVATE KEY-----\n";
+
+    #[test]
+    fn each_detector_finds_a_realistic_sample_in_a_request_body() {
+        let dlp = all_builtins();
+        let cases = [
+            (format!("Why does this fail to load?\n{PEM}"), "private_key"),
+            ("[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\n".to_owned(), "aws_access_key"),
+            ("export GITHUB_TOKEN=ghp_16C7e42F292c6912E7710c838347Ae178B4a\n".to_owned(), "github_token"),
+            ("token: github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz".to_owned(), "github_token"),
+            ("charge card 4111 1111 1111 1111 exp 12/29".to_owned(), "credit_card"),
+            ("stripe test card 4242-4242-4242-4242".to_owned(), "credit_card"),
+            ("amex 378282246310005.".to_owned(), "credit_card"),
+            ("amex 3782-822463-10005".to_owned(), "credit_card"),
+            ("paid 2024-01-15 4111 1111 1111 1111 ok".to_owned(), "credit_card"),
+            ("ref FALCON-1234 4111111111111111".to_owned(), "credit_card"),
+            ("customer ssn: 123-45-6789, thanks".to_owned(), "ssn"),
+        ];
+        for (text, detector) in cases {
+            assert_eq!(scan(&dlp, &text), [detector], "{text:?}");
+        }
+    }
+
+    #[test]
+    fn private_key_header_forms() {
+        let dlp = Dlp::compile(&section(&["private_key"], &[])).expect("compiles");
+        for kind in ["", "RSA ", "EC ", "DSA ", "OPENSSH ", "ENCRYPTED ", "PGP "] {
+            let block = if kind == "PGP " { " BLOCK" } else { "" };
+            let text = format!("-----BEGIN {kind}PRIVATE KEY{block}-----\nabc\n");
+            assert_eq!(scan(&dlp, &text), ["private_key"], "{text:?}");
+        }
+        assert!(scan(&dlp, "-----BEGIN PUBLIC KEY-----\nabc").is_empty());
+        assert!(scan(&dlp, "-----BEGIN CERTIFICATE-----\nabc").is_empty());
+    }
+
+    #[test]
+    fn secrets_right_after_a_json_escape_are_found() {
+        let dlp = all_builtins();
+        assert_eq!(scan(&dlp, "keys:\nAKIAIOSFODNN7EXAMPLE"), ["aws_access_key"]);
+        assert_eq!(scan(&dlp, "cards:\n4111111111111111"), ["credit_card"]);
+        assert_eq!(scan(&dlp, "ssns:\t123-45-6789"), ["ssn"]);
+    }
+
+    #[test]
+    fn near_misses_pass() {
+        let dlp = all_builtins();
+        let near_misses = [
+            "order 4111 1111 1111 1112",                                    // 16 digits, not Luhn-valid
+            "sha 4111111111111111abcdef",                                   // digits glued to letters
+            "id 41111111111111110000000",                                   // too many digits
+            "phone 4111-1111-1111",                                         // 12 digits
+            "0000 0000 0000 0000 and 4444444444444",                        // Luhn-valid placeholders of one digit
+            "dates 2024-01-15 2024-01-16 2024-01-17 2024-01-18 1999-12-31", // no card layout inside
+            "000-12-3456 666-12-3456 912-34-5678 123-00-4567 123-45-0000",
+            "1123-45-6789 123-45-67890", // digits around
+            "AKIAIOSFODNN7EXAMPL",       // AKIA + 15
+            "xAKIAIOSFODNN7EXAMPLE AKIAIOSFODNN7EXAMPLEX",
+            "ghp_16C7e42F292c6912E7710c838347Ae178B4", // 35 characters
+            "github_pat_short",
+            "-----BEGIN PUBLIC KEY-----",
+        ];
+        for text in near_misses {
+            assert!(scan(&dlp, text).is_empty(), "{text:?}: {:?}", scan(&dlp, text));
+        }
+    }
+
+    #[test]
+    fn a_rejected_candidate_does_not_hide_a_later_one() {
+        let dlp = all_builtins();
+        assert_eq!(scan(&dlp, "000-12-3456 and 123-45-6789"), ["ssn"]);
+        assert_eq!(scan(&dlp, "4111 1111 1111 1112 / 4111 1111 1111 1111"), ["credit_card"]);
+    }
+
+    /// The digit-run rules restated naively: every substring is a candidate.
+    fn naive_digit_findings(body: &[u8]) -> DigitFindings {
+        let digit = |index: usize| body.get(index).is_some_and(u8::is_ascii_digit);
+        let joint = |index: usize| {
+            matches!(body.get(index), Some(b' ' | b'-')) && digit(index + 1) && index > 0 && digit(index - 1)
+        };
+        let mut found = DigitFindings::default();
+        for start in 0..body.len() {
+            for end in start + 1..=body.len() {
+                let text = &body[start..end];
+                let well_formed = digit(start)
+                    && digit(end - 1)
+                    && (start == 0 || !digit(start - 1))
+                    && !digit(end)
+                    && (start..end).all(|index| digit(index) || joint(index));
+                if !well_formed {
+                    continue;
+                }
+                let groups: Vec<usize> = text.split(|byte| !byte.is_ascii_digit()).map(<[u8]>::len).collect();
+                let joined_before = start >= 2 && joint(start - 1);
+                let whole_run = !(joined_before || joint(end));
+                let shaped = whole_run || groups.len() == 1 || CARD_LAYOUTS.iter().any(|layout| groups == *layout);
+                let digits: Vec<u8> =
+                    text.iter().filter(|byte| byte.is_ascii_digit()).map(|byte| byte - b'0').collect();
+                found.card |= shaped
+                    && (13..=19).contains(&digits.len())
+                    && digits.iter().any(|digit| *digit != digits[0])
+                    && passes_luhn(&digits)
+                    && !alphanumeric_before(body, start)
+                    && !body.get(end).is_some_and(u8::is_ascii_alphanumeric);
+                let ssn = text.len() == 11
+                    && text.iter().enumerate().all(|(index, byte)| match index {
+                        3 | 6 => *byte == b'-',
+                        _ => byte.is_ascii_digit(),
+                    })
+                    && !matches!(&text[0..3], b"000" | b"666")
+                    && text[0] != b'9'
+                    && &text[4..6] != b"00"
+                    && &text[7..11] != b"0000";
+                found.ssn |= ssn;
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_digit_run_pass_agrees_with_a_naive_reading() {
+        use rand::{Rng, SeedableRng};
+        let mut random = rand::rngs::StdRng::seed_from_u64(7);
+        let alphabet = b"0123456789012345678901234567890123456789  --a\\n";
+        let mut hits = DigitFindings::default();
+        for _ in 0..20_000 {
+            let length = random.gen_range(0..48);
+            let body: Vec<u8> = (0..length).map(|_| alphabet[random.gen_range(0..alphabet.len())]).collect();
+            let expected = naive_digit_findings(&body);
+            let all = DigitFindings { card: true, ssn: true };
+            assert_eq!(find_in_digit_runs(&body, all), expected, "{:?}", String::from_utf8_lossy(&body));
+            hits.card |= expected.card;
+            hits.ssn |= expected.ssn;
+        }
+        assert_eq!(hits, DigitFindings { card: true, ssn: true }, "the random bodies reach both detectors");
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let dlp = Dlp::compile(&section(&BUILTIN_DETECTORS, &[("custom", "[0-9]{3}x")])).expect("compiles");
+        let mut random = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..2000 {
+            let length = random.gen_range(0..300);
+            let body: Vec<u8> = (0..length)
+                .map(|_| if random.gen_bool(0.5) { random.gen() } else { b"0123456789 -\\n"[random.gen_range(0..14)] })
+                .collect();
+            let _ = dlp.scan(&body);
+        }
+    }
+
+    #[test]
+    fn luhn() {
+        for valid in ["4111111111111111", "378282246310005", "6011111111111117", "5555555555554444", "79927398713"] {
+            let digits: Vec<u8> = valid.bytes().map(|byte| byte - b'0').collect();
+            assert!(passes_luhn(&digits), "{valid}");
+        }
+        for invalid in ["4111111111111112", "79927398710", "1234567812345678"] {
+            let digits: Vec<u8> = invalid.bytes().map(|byte| byte - b'0').collect();
+            assert!(!passes_luhn(&digits), "{invalid}");
+        }
+    }
+
+    #[test]
+    fn names_are_reported_once_in_configuration_order() {
+        let dlp = Dlp::compile(&section(&["ssn", "credit_card", "ssn"], &[("project-falcon", "FALCON-[0-9]{4}")]))
+            .expect("compiles");
+        let text = "FALCON-1234 4111111111111111 123-45-6789 234-56-7890 FALCON-9999 4242424242424242";
+        assert_eq!(scan(&dlp, text), ["ssn", "credit_card", "project-falcon"]);
+        assert_eq!(dlp.detector_names().collect::<Vec<_>>(), ["ssn", "credit_card", "project-falcon"]);
+    }
+
+    #[test]
+    fn custom_regexes_match() {
+        let dlp =
+            Dlp::compile(&section(&[], &[("project-falcon", "FALCON-[0-9]{4}"), ("internal", r"(?i)corp\.internal")]))
+                .expect("compiles");
+        assert_eq!(scan(&dlp, "see FALCON-2024 on CORP.Internal"), ["project-falcon", "internal"]);
+        assert!(scan(&dlp, "FALCON-20 corp internal").is_empty());
+    }
+
+    #[test]
+    fn action_sets_blocks() {
+        assert!(all_builtins().blocks());
+        let log = file::Dlp { action: file::DlpAction::Log, ..section(&["ssn"], &[]) };
+        assert!(!Dlp::compile(&log).expect("compiles").blocks());
+    }
+
+    #[test]
+    fn an_empty_section_matches_nothing() {
+        let dlp = Dlp::compile(&section(&[], &[])).expect("compiles");
+        assert!(dlp.scan(&body(PEM)).is_empty());
+        assert!(Dlp::default().scan(&body(PEM)).is_empty());
+    }
+
+    #[test]
+    fn bad_sections_are_refused_with_the_key_path() {
+        let error = Dlp::compile(&section(&["ssn", "passwords"], &[])).expect_err("refused");
+        assert_eq!(
+            error,
+            (
+                "detectors[1]".to_owned(),
+                "unknown detector \"passwords\": choose from private_key, aws_access_key, github_token, credit_card, ssn"
+                    .to_owned()
+            )
+        );
+        let cases: [(Customs, &str, &str); 5] = [
+            (&[("", "x")], "custom[0].name", "must not be empty"),
+            (&[("a", "x"), ("a", "y")], "custom[1].name", "\"a\" is already the name of custom[0]"),
+            (&[("ssn", "x")], "custom[0].name", "\"ssn\" is the name of a built-in detector"),
+            (&[("a", "x"), ("b", "FALCON-[0-9")], "custom[1].regex", "invalid regex: regex parse error"),
+            (&[("a", "x*")], "custom[0].regex", "matches the empty string"),
+        ];
+        for (custom, key, message) in cases {
+            let (got_key, got_message) = Dlp::compile(&section(&[], custom)).expect_err("refused");
+            assert_eq!(got_key, key);
+            assert!(got_message.starts_with(message), "{got_message}");
+        }
+        let huge = section(&[], &[("huge", r"\w{1000}\w{1000}\w{1000}")]);
+        let (key, message) = Dlp::compile(&huge).expect_err("refused");
+        assert_eq!(key, "custom[0].regex");
+        assert!(message.contains("size limit"), "{message}");
+    }
+
+    #[test]
+    fn a_large_body_without_secrets_scans_clean() {
+        let dlp =
+            Dlp::compile(&section(&BUILTIN_DETECTORS, &[("project-falcon", "FALCON-[0-9]{4}")])).expect("compiles");
+        let line = "fn handle(request: Request) -> Result<Response, Error> { let id = 12345; /* 2024-01-15 */ }\n";
+        let text = line.repeat((1 << 20) / line.len() + 1);
+        assert!(text.len() >= 1 << 20);
+        assert!(scan(&dlp, &text).is_empty());
+        let non_ascii = "Grüße, 世界! ".repeat(100_000);
+        assert!(scan(&dlp, &non_ascii).is_empty());
     }
 }

@@ -1,31 +1,303 @@
 //! Cost of a response: the `pricing` table (USD per million tokens by model glob, first match wins) applied
 //! to its usage, in integer micro-dollars (the unit of spend counters).
 
+use globset::{Glob, GlobMatcher};
+
 use super::usage::Usage;
 use crate::config::file;
 
-/// The compiled `pricing` table.
+/// The compiled `pricing` table. `Pricing::default()` is an empty table, under which everything costs 0;
+/// [`Pricing::builtin`] is the table for a configuration without a `pricing` section.
 #[derive(Debug, Default)]
-pub struct Pricing {}
+pub struct Pricing {
+    rows: Vec<PriceRow>,
+    compiled: Vec<CompiledRow>,
+}
+
+/// One row as configured, with the cache prices filled in; USD per million tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriceRow {
+    /// The model glob.
+    pub model: String,
+    pub input: f64,
+    pub output: f64,
+    /// Cache writes (the 5-minute price).
+    pub cache_write: f64,
+    pub cache_read: f64,
+}
+
+/// A row ready for matching: prices in pico-dollars per token (USD per million tokens × 10⁶), so that a cost is
+/// an exact integer sum, rounded once.
+#[derive(Debug)]
+struct CompiledRow {
+    matcher: GlobMatcher,
+    input: u64,
+    output: u64,
+    cache_write: u64,
+    cache_read: u64,
+}
+
+/// Pico-dollars in a micro-dollar.
+const PICO_PER_MICRO: u128 = 1_000_000;
 
 impl Pricing {
     /// Compiles the rows; an error names the row index and what is wrong.
-    pub fn compile(_rows: &[file::Price]) -> Result<Pricing, (usize, String)> {
-        Ok(Pricing {})
+    pub fn compile(rows: &[file::Price]) -> Result<Pricing, (usize, String)> {
+        let mut pricing = Pricing::default();
+        for (index, row) in rows.iter().enumerate() {
+            let (row, compiled) = compile_row(row).map_err(|message| (index, message))?;
+            pricing.rows.push(row);
+            pricing.compiled.push(compiled);
+        }
+        Ok(pricing)
     }
 
-    /// The table used when the config has none.
+    /// The table used when the configuration has no `pricing` section: list prices of llm-wire.md B6 (newest
+    /// listed), cache writes at the 5-minute price, and a last `*` row at Opus 5 prices so that an unknown model
+    /// is not free. Not expressed: Haiku 5.5's 5× price for prompts over 100K tokens, 1-hour cache writes,
+    /// batch, regional and fast-mode multipliers.
     pub fn builtin() -> Pricing {
-        Pricing {}
+        const TABLE: &[(&str, f64, f64, f64, f64)] = &[
+            // model glob, input, output, cache write (5m), cache read
+            ("claude-opus-5-5*", 4.0, 20.0, 5.0, 0.20),
+            ("claude-sonnet-5-5*", 2.0, 10.0, 2.50, 0.10),
+            ("claude-haiku-5-5*", 0.10, 0.50, 0.125, 0.01),
+            ("claude-fable-5-1*", 10.0, 50.0, 12.50, 0.25),
+            ("claude-fable-5*", 10.0, 50.0, 12.50, 1.00),
+            ("claude-mythos-5*", 10.0, 50.0, 12.50, 1.00),
+            ("claude-opus-5*", 5.0, 25.0, 6.25, 0.50),
+            ("claude-opus-4-8*", 5.0, 25.0, 6.25, 0.50),
+            ("claude-opus-4-7*", 5.0, 25.0, 6.25, 0.50),
+            ("claude-opus-4-6*", 5.0, 25.0, 6.25, 0.50),
+            ("claude-opus-4-5*", 5.0, 25.0, 6.25, 0.50),
+            ("claude-opus-4*", 15.0, 75.0, 18.75, 1.50),
+            ("claude-sonnet-5*", 2.0, 10.0, 2.50, 0.20),
+            ("claude-sonnet-4*", 3.0, 15.0, 3.75, 0.30),
+            ("claude-haiku-4-5*", 1.0, 5.0, 1.25, 0.10),
+            ("claude-3-5-haiku*", 0.80, 4.0, 1.0, 0.08),
+            ("*", 5.0, 25.0, 6.25, 0.50),
+        ];
+        let rows: Vec<file::Price> = TABLE
+            .iter()
+            .map(|&(model, input, output, cache_write, cache_read)| file::Price {
+                model: model.to_owned(),
+                input,
+                output,
+                cache_write: Some(cache_write),
+                cache_read: Some(cache_read),
+            })
+            .collect();
+        // Invariant: the table above is valid; `builtin_table_compiles` checks it.
+        Self::compile(&rows).expect("the built-in pricing table compiles")
+    }
+
+    /// The rows in order, cache prices filled in.
+    pub fn rows(&self) -> &[PriceRow] {
+        &self.rows
+    }
+
+    /// The index of the row that prices `model` (the first whose glob matches), for `tollgate explain`.
+    pub fn matching_row(&self, model: &str) -> Option<usize> {
+        self.compiled.iter().position(|row| row.matcher.is_match(model))
     }
 
     /// The cost of `usage` for `model` in micro-dollars; 0 when no row matches.
-    pub fn cost_micro_usd(&self, _model: &str, _usage: &Usage) -> i64 {
-        0
+    pub fn cost_micro_usd(&self, model: &str, usage: &Usage) -> i64 {
+        let Some(row) = self.row_for(model) else { return 0 };
+        let picodollars = [
+            (usage.input_tokens, row.input),
+            (usage.output_tokens, row.output),
+            (usage.cache_creation_input_tokens, row.cache_write),
+            (usage.cache_read_input_tokens, row.cache_read),
+        ]
+        .into_iter()
+        .fold(0u128, |sum, (tokens, price)| sum.saturating_add(u128::from(tokens).saturating_mul(u128::from(price))));
+        to_micro_usd(picodollars)
     }
 
     /// A floor estimate before the response is known: `input_tokens` at the model's input price.
-    pub fn estimate_micro_usd(&self, _model: &str, _input_tokens: u64) -> i64 {
-        0
+    pub fn estimate_micro_usd(&self, model: &str, input_tokens: u64) -> i64 {
+        let Some(row) = self.row_for(model) else { return 0 };
+        to_micro_usd(u128::from(input_tokens).saturating_mul(u128::from(row.input)))
+    }
+
+    fn row_for(&self, model: &str) -> Option<&CompiledRow> {
+        self.compiled.iter().find(|row| row.matcher.is_match(model))
+    }
+}
+
+fn compile_row(row: &file::Price) -> Result<(PriceRow, CompiledRow), String> {
+    let matcher =
+        Glob::new(&row.model).map_err(|error| format!("invalid glob {:?}: {error}", row.model))?.compile_matcher();
+    let input = checked_price("input", row.input)?;
+    let output = checked_price("output", row.output)?;
+    let cache_write = checked_price("cache_write", row.cache_write.unwrap_or(input * 1.25))?;
+    let cache_read = checked_price("cache_read", row.cache_read.unwrap_or(input * 0.1))?;
+    let compiled = CompiledRow {
+        matcher,
+        input: picodollars_per_token(input),
+        output: picodollars_per_token(output),
+        cache_write: picodollars_per_token(cache_write),
+        cache_read: picodollars_per_token(cache_read),
+    };
+    let row = PriceRow { model: row.model.clone(), input, output, cache_write, cache_read };
+    Ok((row, compiled))
+}
+
+fn checked_price(field: &str, usd_per_million_tokens: f64) -> Result<f64, String> {
+    if usd_per_million_tokens.is_finite() && usd_per_million_tokens >= 0.0 {
+        Ok(usd_per_million_tokens)
+    } else {
+        Err(format!("{field}: must be a non-negative number of USD per million tokens"))
+    }
+}
+
+/// USD per million tokens is micro-dollars per token; × 10⁶ gives pico-dollars per token (rounded, saturating).
+fn picodollars_per_token(usd_per_million_tokens: f64) -> u64 {
+    // `as` saturates: a price beyond u64 pico-dollars per token (1.8 × 10¹³ USD per million) becomes u64::MAX.
+    (usd_per_million_tokens * 1e6).round() as u64
+}
+
+/// Rounds pico-dollars to the nearest micro-dollar, saturating at `i64::MAX`.
+fn to_micro_usd(picodollars: u128) -> i64 {
+    let micro = picodollars.saturating_add(PICO_PER_MICRO / 2) / PICO_PER_MICRO;
+    i64::try_from(micro).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn price(model: &str, input: f64, output: f64, cache_write: Option<f64>, cache_read: Option<f64>) -> file::Price {
+        file::Price { model: model.to_owned(), input, output, cache_write, cache_read }
+    }
+
+    fn usage(input: u64, output: u64, cache_creation: u64, cache_read: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cache_creation_input_tokens: cache_creation,
+            cache_read_input_tokens: cache_read,
+        }
+    }
+
+    fn design_example() -> Pricing {
+        Pricing::compile(&[
+            price("claude-sonnet-4*", 3.0, 15.0, Some(3.75), Some(0.30)),
+            price("*", 5.0, 25.0, Some(6.25), Some(0.50)),
+        ])
+        .expect("the example compiles")
+    }
+
+    #[test]
+    fn cost_is_tokens_times_price_in_micro_dollars() {
+        let pricing = design_example();
+        let cost = pricing.cost_micro_usd("claude-sonnet-4-5-20250929", &usage(1000, 2000, 3000, 4000));
+        assert_eq!(cost, 3000 + 30000 + 11250 + 1200);
+        assert_eq!(pricing.cost_micro_usd("claude-opus-5", &usage(1_000_000, 0, 0, 0)), 5_000_000);
+        assert_eq!(pricing.cost_micro_usd("claude-opus-5", &usage(0, 0, 0, 0)), 0);
+    }
+
+    #[test]
+    fn the_first_matching_row_wins() {
+        let pricing = Pricing::compile(&[
+            price("claude-sonnet-4-5*", 1.0, 1.0, None, None),
+            price("claude-sonnet-4*", 3.0, 15.0, None, None),
+            price("claude-sonnet-4-5-x", 100.0, 100.0, None, None),
+        ])
+        .expect("compiles");
+        assert_eq!(pricing.matching_row("claude-sonnet-4-5-x"), Some(0));
+        assert_eq!(pricing.matching_row("claude-sonnet-4-20250514"), Some(1));
+        assert_eq!(pricing.matching_row("claude-opus-5"), None);
+        assert_eq!(pricing.estimate_micro_usd("claude-sonnet-4-5-x", 1000), 1000);
+        assert_eq!(pricing.estimate_micro_usd("claude-sonnet-4", 1000), 3000);
+    }
+
+    #[test]
+    fn no_matching_row_costs_nothing() {
+        let pricing = Pricing::compile(&[price("claude-*", 3.0, 15.0, None, None)]).expect("compiles");
+        assert_eq!(pricing.cost_micro_usd("gpt-9", &usage(1000, 1000, 1000, 1000)), 0);
+        assert_eq!(pricing.estimate_micro_usd("gpt-9", 1000), 0);
+        assert_eq!(Pricing::default().cost_micro_usd("claude-opus-5", &usage(1, 1, 1, 1)), 0);
+    }
+
+    #[test]
+    fn cache_prices_default_to_a_share_of_input() {
+        let pricing = Pricing::compile(&[price("*", 3.0, 15.0, None, None)]).expect("compiles");
+        let row = &pricing.rows()[0];
+        assert_eq!((row.cache_write, row.cache_read), (3.75, 3.0 * 0.1));
+        assert_eq!(pricing.cost_micro_usd("m", &usage(0, 0, 1000, 0)), 3750);
+        assert_eq!(pricing.cost_micro_usd("m", &usage(0, 0, 0, 1000)), 300);
+        let explicit = Pricing::compile(&[price("*", 3.0, 15.0, Some(0.0), Some(1.0))]).expect("compiles");
+        assert_eq!(explicit.cost_micro_usd("m", &usage(0, 0, 1000, 1000)), 1000);
+    }
+
+    #[test]
+    fn costs_round_to_the_nearest_micro_dollar() {
+        let pricing = Pricing::compile(&[price("*", 0.3, 0.5, Some(0.25), Some(0.03))]).expect("compiles");
+        assert_eq!(pricing.cost_micro_usd("m", &usage(1, 0, 0, 0)), 0); // 0.3
+        assert_eq!(pricing.cost_micro_usd("m", &usage(0, 1, 0, 0)), 1); // 0.5 rounds up
+        assert_eq!(pricing.cost_micro_usd("m", &usage(5, 1, 2, 0)), 3); // 1.5 + 0.5 + 0.5 = 2.5 → 3
+        assert_eq!(pricing.cost_micro_usd("m", &usage(0, 0, 0, 33)), 1); // 0.99
+    }
+
+    #[test]
+    fn huge_counts_saturate_instead_of_overflowing() {
+        let pricing = Pricing::compile(&[price("*", 1e12, 1e12, None, None)]).expect("compiles");
+        assert_eq!(pricing.cost_micro_usd("m", &usage(u64::MAX, u64::MAX, u64::MAX, u64::MAX)), i64::MAX);
+        assert_eq!(pricing.estimate_micro_usd("m", u64::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn bad_rows_are_refused_with_their_index() {
+        let good = price("*", 1.0, 1.0, None, None);
+        let cases = [
+            (price("*", -1.0, 1.0, None, None), "input: must be a non-negative number of USD per million tokens"),
+            (price("*", 1.0, f64::NAN, None, None), "output: must be a non-negative number of USD per million tokens"),
+            (price("*", 1.0, 1.0, Some(f64::INFINITY), None), "cache_write: must be"),
+            (price("*", 1.0, 1.0, None, Some(-0.1)), "cache_read: must be"),
+            (price("*", f64::INFINITY, 1.0, None, None), "input: must be"),
+        ];
+        for (bad, expected) in cases {
+            let error = Pricing::compile(&[price("a", 1.0, 1.0, None, None), bad]).expect_err("refused");
+            assert_eq!(error.0, 1);
+            assert!(error.1.starts_with(expected), "{}", error.1);
+        }
+        let (index, message) = Pricing::compile(&[good, price("claude-[", 1.0, 1.0, None, None)]).expect_err("refused");
+        assert_eq!(index, 1);
+        assert!(message.starts_with("invalid glob \"claude-[\": "), "{message}");
+    }
+
+    #[test]
+    fn builtin_table_compiles() {
+        let pricing = Pricing::builtin();
+        assert_eq!(pricing.rows().last().map(|row| row.model.as_str()), Some("*"));
+    }
+
+    #[test]
+    fn builtin_prices_follow_the_newest_list_prices() {
+        let pricing = Pricing::builtin();
+        let million_each = |model: &str| {
+            [usage(1_000_000, 0, 0, 0), usage(0, 1_000_000, 0, 0), usage(0, 0, 1_000_000, 0), usage(0, 0, 0, 1_000_000)]
+                .map(|usage| pricing.cost_micro_usd(model, &usage))
+        };
+        let cases: [(&str, [i64; 4]); 12] = [
+            ("claude-opus-5-5", [4_000_000, 20_000_000, 5_000_000, 200_000]),
+            ("claude-opus-5", [5_000_000, 25_000_000, 6_250_000, 500_000]),
+            ("claude-opus-4-7", [5_000_000, 25_000_000, 6_250_000, 500_000]),
+            ("claude-opus-4-1-20250805", [15_000_000, 75_000_000, 18_750_000, 1_500_000]),
+            ("claude-sonnet-5-5", [2_000_000, 10_000_000, 2_500_000, 100_000]),
+            ("claude-sonnet-5", [2_000_000, 10_000_000, 2_500_000, 200_000]),
+            ("claude-sonnet-4-5-20250929", [3_000_000, 15_000_000, 3_750_000, 300_000]),
+            ("claude-haiku-5-5", [100_000, 500_000, 125_000, 10_000]),
+            ("claude-haiku-4-5-20251001", [1_000_000, 5_000_000, 1_250_000, 100_000]),
+            ("claude-3-5-haiku-20241022", [800_000, 4_000_000, 1_000_000, 80_000]),
+            ("claude-fable-5-1", [10_000_000, 50_000_000, 12_500_000, 250_000]),
+            ("some-future-model", [5_000_000, 25_000_000, 6_250_000, 500_000]),
+        ];
+        for (model, expected) in cases {
+            assert_eq!(million_each(model), expected, "{model}");
+        }
+        assert_eq!(pricing.matching_row("claude-mythos-5"), Some(5));
     }
 }
