@@ -74,7 +74,8 @@ where
         .http1()
         .preserve_header_case(true)
         .timer(TokioTimer::new())
-        .header_read_timeout(config.server.header_read_timeout)
+        // Also bounds an idle keep-alive connection's wait for its next request.
+        .header_read_timeout(config.server.keepalive_timeout.max(config.server.header_read_timeout))
         .max_buf_size(config.server.max_header_bytes.max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(config.server.max_header_bytes as u32);
     let shutdown = session.gateway.shutdown.stop_accepting.clone();
@@ -205,6 +206,10 @@ async fn forward(
                 .build()
                 .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URL: {e}")))?;
             parts.headers.insert(HOST, HeaderValue::from_str(upstream.authority.as_str()).expect("a parsed authority"));
+            if exchange.target.is_none() {
+                // Gateway requests are recorded with the upstream they went to.
+                exchange.target = Some(upstream.target.clone());
+            }
             (uri, upstream.name.to_string(), upstream.api_key.clone())
         }
         (None, Origin::Tunnel { target, .. }) => {
