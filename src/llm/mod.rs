@@ -102,6 +102,8 @@ async fn handle(session: Arc<Session>, request: Request<Incoming>) -> Result<Res
         Ok(response) => Ok(response),
         Err(error) => {
             exchange.fail(&error);
+            // The status this path answers with (401 rather than the forward proxy's 407).
+            exchange.status = error.api_status();
             if let Some(kind) = error.upstream_kind() {
                 gateway.metrics.upstream_error(kind);
             }
