@@ -129,10 +129,7 @@ pub fn assert_api_error(response: &Response, status: u16, error_type: &str, rule
     assert!(!id.is_empty(), "{response:?}");
     assert_eq!(body["request_id"].as_str(), Some(id.as_str()), "{response:?}");
     assert_eq!(response.header("x-tollgate-rule").as_deref(), rule, "{response:?}");
-    assert!(
-        response.header("content-type").is_some_and(|t| t.starts_with("application/json")),
-        "{response:?}"
-    );
+    assert!(response.header("content-type").is_some_and(|t| t.starts_with("application/json")), "{response:?}");
     message.to_owned()
 }
 
