@@ -3,6 +3,7 @@
 //! Nothing here sleeps to synchronise: tests wait on sockets, channels and the audit flush.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod gateway;
 pub mod messages;
 pub mod pki;
 pub mod tls;
