@@ -579,3 +579,30 @@ async fn a_plain_gateway_serves_h2_with_prior_knowledge() {
     let audit = gateway.audit().await;
     assert_metered_record(only_gateway_record(&audit), "alice", "backend", STREAM_USAGE);
 }
+
+/// An `https://` upstream is verified with the upstream trust of the TLS issue: with its CA in
+/// `upstream.trust.extra_ca` the request goes through; without it, the gateway answers 502 naming the
+/// certificate problem, and nothing reaches the upstream.
+#[tokio::test]
+async fn an_https_upstream_is_verified_with_the_configured_trust() {
+    let pki = Pki::new();
+    let stub = MessagesStub::start_tls(pki.server.chain(), pki.server.private_key()).await;
+    assert!(stub.url().starts_with("https://127.0.0.1:"), "{}", stub.url());
+    let trusted = format!("upstream: {{trust: {{system_roots: false, extra_ca: [\"{}\"]}}}}\n", pki.ca.pem.display());
+    let gateway = start(&stub, &trusted).await;
+    let response = send(gateway.listener("gateway"), &messages_call(&ALICE.api_key(), MODEL, false)).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(usage_of(&response.json()["usage"]), JSON_USAGE);
+    assert_eq!(stub.requests().len(), 1);
+
+    let untrusted =
+        format!("upstream: {{trust: {{system_roots: false, extra_ca: [\"{}\"]}}}}\n", pki.rogue_ca.pem.display());
+    let gateway = start(&stub, &untrusted).await;
+    let response = send(gateway.listener("gateway"), &messages_call(&ALICE.api_key(), MODEL, false)).await;
+    let message = assert_api_error(&response, 502, "api_error", None);
+    assert!(message.contains("TLS to upstream 127.0.0.1"), "{message}");
+    assert_eq!(stub.requests().len(), 1, "the untrusted upstream got nothing");
+    let record = only_gateway_record(&gateway.audit().await).clone();
+    assert_eq!(record["status"], 502, "{record}");
+    assert_eq!(record["decision"], "error", "{record}");
+}
