@@ -123,6 +123,15 @@ impl Relay {
             if let Some(settling) = &mut self.settling {
                 ready!(settling.as_mut().poll(cx));
                 self.settling = None;
+                if matches!(self.after_settling, Some(Err(_))) {
+                    // hyper drops what it buffered in this round when a body fails: give it one round to
+                    // flush the events before the error, so the client gets every event that was billed.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                return Poll::Ready(self.after_settling.take());
+            }
+            if matches!(self.after_settling, Some(Err(_))) {
                 return Poll::Ready(self.after_settling.take());
             }
             match ready!(Pin::new(&mut self.incoming).poll_frame(cx)) {
