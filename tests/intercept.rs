@@ -94,32 +94,32 @@ async fn the_first_start_creates_the_ca_that_clients_trust() {
     handshake(tcp, API_HOST, trusting(&ca_pem, &[])).await.expect("the same CA still verifies");
 }
 
+/// curl's arguments for `POST https://api.anthropic.com/v1/messages` with `body` through the gateway, trusting only
+/// the interception CA, printing `\n<status> <HTTP version>` after the body.
+fn curl_messages(setup: &Intercepting, body: &str) -> Vec<String> {
+    let mut args: Vec<String> = vec!["--proxy".into(), format!("http://{}", setup.gateway.proxy), "--cacert".into()];
+    args.push(setup.ca_pem().to_str().expect("path").to_owned());
+    for header in ["x-api-key: sk-ant-client", "anthropic-version: 2023-06-01", "content-type: application/json"] {
+        args.extend(["-H".to_owned(), header.to_owned()]);
+    }
+    args.extend([
+        "--data-binary".to_owned(),
+        body.to_owned(),
+        "-w".to_owned(),
+        "\n%{http_code} %{http_version}".to_owned(),
+    ]);
+    args.push("https://api.anthropic.com/v1/messages".to_owned());
+    args
+}
+
 /// curl through the proxy, trusting the CA file only, negotiates h2 inside the tunnel and gets the stub's JSON
 /// message; the stub receives the request (over HTTP/1.1) with its body intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_speaks_h2_inside_the_tunnel() {
     let setup = Intercepting::start(Parts::default()).await;
     let body = messages::request_body(MODEL, false);
-    let proxy = format!("http://{}", setup.gateway.proxy);
-    let ca = setup.ca_pem();
-    let (code, stdout, stderr) = curl(&[
-        "--proxy",
-        &proxy,
-        "--cacert",
-        ca.to_str().expect("path"),
-        "-H",
-        "x-api-key: sk-ant-client",
-        "-H",
-        "anthropic-version: 2023-06-01",
-        "-H",
-        "content-type: application/json",
-        "--data-binary",
-        &body,
-        "-w",
-        "\n%{http_code} %{http_version}",
-        "https://api.anthropic.com/v1/messages",
-    ])
-    .await;
+    let args = curl_messages(&setup, &body);
+    let (code, stdout, stderr) = curl(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
     assert_eq!(code, 0, "{stderr}");
     let (json_text, status) = stdout.rsplit_once('\n').expect("the -w line");
     assert_eq!(status, "200 2", "HTTP/2 inside the tunnel: {stdout}");
@@ -172,9 +172,8 @@ async fn a_rustls_client_sends_two_http1_requests_on_one_tunnel() {
 async fn headers_and_body_arrive_byte_exact_and_hop_by_hop_headers_never() {
     let setup = Intercepting::start(Parts::default()).await;
     // Spacing, key order, escapes and non-ASCII a re-serialisation would change.
-    let body =
-        "{ \"model\" : \"claude-sonnet-4-5\",\n  \"max_tokens\":64,\"messages\":[{\"role\":\"user\",\"content\":\
-                \"caf\\u00e9 \u{2014} na\u{ef}ve \\/ \\\"quoted\\\"\"}], \"metadata\":{\"user_id\":\"user_0f3a\"} }";
+    let body = r#"{ "model" : "claude-sonnet-4-5",
+  "max_tokens":64,"messages":[{"role":"user","content":"caf\u00e9 — naïve \/ \"quoted\""}], "metadata":{"user_id":"user_0f3a"} }"#;
     let end_to_end: &[(&str, &str)] = &[
         ("User-Agent", "claude-cli/2.1.332 (external, cli)"),
         ("x-api-key", "sk-ant-api03-client-key-AbC_123"),
@@ -266,6 +265,9 @@ async fn upstream_errors_pass_through_unmodified() {
             assert_eq!(through.header(name), direct.header(name), "{name}: {through:?}");
         }
         assert_eq!(through.header("x-tollgate-rule"), None, "not a tollgate refusal: {through:?}");
+        if status == 429 {
+            assert_eq!(through.header("retry-after").as_deref(), Some(messages::RETRY_AFTER), "{through:?}");
+        }
     }
     assert_eq!(buf, b"", "nothing more on the tunnel");
 
@@ -323,6 +325,35 @@ async fn a_stream_is_relayed_event_by_event_without_buffering() {
         common::exchange(setup.stub.address, &messages::messages_request(API_HOST, messages::HOLD, true, &[])).await;
     let direct_body: Vec<u8> = chunks(direct.body.as_bytes()).chunks.concat();
     assert_eq!(String::from_utf8(body.chunks.concat()).unwrap(), String::from_utf8(direct_body).unwrap());
+}
+
+/// Over h2 (curl) a stream is relayed as it comes too: curl prints `message_start` while the stub still holds the
+/// rest; after `release()` the whole stream follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_over_h2_gets_message_start_before_the_rest_is_released() {
+    let setup = Intercepting::start(Parts::default()).await;
+    let mut child = tokio::process::Command::new("curl")
+        .args(["--silent", "--show-error", "--no-buffer", "--max-time", "20"])
+        .args(curl_messages(&setup, &messages::request_body(messages::HOLD, true)))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("curl is installed");
+    let mut stdout = child.stdout.take().expect("curl's stdout");
+    let mut out = Vec::new();
+    assert!(messages::read_until(&mut stdout, &mut out, b"event: message_start").await, "message_start arrives");
+    assert!(common::find(&out, b"event: ping").is_none(), "only message_start before release()");
+
+    setup.stub.release();
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(20), stdout.read_to_end(&mut out)).await;
+    waited.expect("curl ends within 20s").expect("read curl's output");
+    assert!(child.wait().await.expect("curl exits").success());
+    let text = String::from_utf8(out).expect("UTF-8");
+    let (stream, status) = text.rsplit_once('\n').expect("the -w line");
+    assert_eq!(status, "200 2", "HTTP/2 inside the tunnel");
+    let events = sse_events(stream);
+    assert_eq!(names(&events), COMPLETE);
+    assert_eq!(merged_usage(&events), messages::STREAM_USAGE);
 }
 
 // ---- 4. Metering ----
