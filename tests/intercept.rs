@@ -13,9 +13,10 @@ use std::os::unix::fs::PermissionsExt;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use common::gateway::assert_api_error;
 use common::intercept::{
-    assert_api_error, assert_billed, audit_until, connect, get, handshake, intercepted, logs, messages_post,
-    only_intercepted, read_more, request, requests_sample, send, trusting, Intercepting, Parts, API_HOST,
+    assert_billed, audit_until, connect, get, handshake, intercepted, logs, messages_post, only_intercepted, read_more,
+    request, requests_sample, send, trusting, Intercepting, Parts, API_HOST,
 };
 use common::messages::{
     self, anthropic_client, chunks, merged_usage, sse_events, usage_json, usage_of, MessagesStub, Seen,

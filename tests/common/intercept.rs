@@ -1,6 +1,7 @@
 //! Interception tests' harness: a gateway that intercepts `api.anthropic.com` and routes it to the Messages stub,
 //! tunnels through it (CONNECT, then TLS trusting only tollgate's CA), HTTP/1.1 requests and responses on a
-//! keep-alive TLS stream, the price table the configs use and the expected cost, and Anthropic-shaped refusals.
+//! keep-alive TLS stream, the price table the configs use and the expected cost, and audit and metric checks
+//! (Anthropic-shaped refusals are checked with `gateway::assert_api_error`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -297,22 +298,6 @@ pub async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>) 
             true
         }
     }
-}
-
-/// Asserts that `response` is tollgate's Anthropic-shaped refusal: `status`, `{"type":"error","error":{"type":…,
-/// "message":"tollgate: …"},"request_id":ID}`, `x-tollgate-request-id: ID`, and `x-tollgate-rule` exactly when a
-/// rule is named. Returns the message.
-pub fn assert_api_error(response: &Response, status: u16, error_type: &str, rule: Option<&str>) -> String {
-    assert_eq!(response.status, status, "{response:?}");
-    let body = response.json();
-    assert_eq!(body["type"], "error", "{response:?}");
-    assert_eq!(body["error"]["type"], error_type, "{response:?}");
-    let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("a message: {response:?}"));
-    assert!(message.starts_with("tollgate: "), "{response:?}");
-    let id = response.header("x-tollgate-request-id").unwrap_or_else(|| panic!("a request id: {response:?}"));
-    assert_eq!(body["request_id"].as_str(), Some(id.as_str()), "{response:?}");
-    assert_eq!(response.header("x-tollgate-rule").as_deref(), rule, "{response:?}");
-    message.to_owned()
 }
 
 /// The audit records of requests inside tunnels.
