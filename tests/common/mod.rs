@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod gateway;
+pub mod intercept;
 pub mod messages;
 pub mod pki;
 pub mod tls;
