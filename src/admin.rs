@@ -1,11 +1,13 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz` (accepting),
-//! and, with the bearer `admin.token`, `GET /admin/config` and `POST /admin/reload`.
+//! and, with the bearer `admin.token`, `GET /admin/config`, `POST /admin/reload` and `GET /admin/usage` (spend and
+//! tokens summed from the audit log by `usage`).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -15,6 +17,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::app::Gateway;
+use crate::config::Config;
+use crate::usage::{self, Filter, Format, Since};
 
 /// Serves admin requests until shutdown.
 pub async fn serve(gateway: Arc<Gateway>, socket: TcpListener) {
@@ -35,11 +39,13 @@ pub async fn serve(gateway: Arc<Gateway>, socket: TcpListener) {
 }
 
 async fn respond(gateway: Arc<Gateway>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = request.uri().path();
+    // The head only: no endpoint reads a body, and `Parts` may be held across the awaits of `/admin/usage`.
+    let (request, _body) = request.into_parts();
+    let path = request.uri.path();
     if path.starts_with("/admin/") {
-        return Ok(admin(&gateway, &request));
+        return Ok(admin(&gateway, &request).await);
     }
-    let (status, content_type, body) = match (request.method(), path) {
+    let (status, content_type, body) = match (&request.method, path) {
         (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", gateway.metrics.render()),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         (&Method::GET, "/readyz") if gateway.shutdown.stop_accepting.is_cancelled() => {
@@ -52,8 +58,8 @@ async fn respond(gateway: Arc<Gateway>, request: Request<Incoming>) -> Result<Re
 }
 
 /// `/admin/*`: bearer token first, then the endpoint.
-fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let config = gateway.config.load();
+async fn admin(gateway: &Gateway, request: &Parts) -> Response<Full<Bytes>> {
+    let config = gateway.config.load_full();
     let Some(token) = config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
         return json_reply(
             StatusCode::FORBIDDEN,
@@ -61,13 +67,13 @@ fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<Full<Bytes>
         );
     };
     let presented =
-        request.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        request.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let authorised =
         presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(p.as_bytes(), token.as_bytes())));
     if !authorised {
         return json_reply(StatusCode::UNAUTHORIZED, json!({"error": "send Authorization: Bearer <admin.token>"}));
     }
-    match (request.method(), request.uri().path()) {
+    match (&request.method, request.uri.path()) {
         (&Method::GET, "/admin/config") => json_reply(
             StatusCode::OK,
             json!({
@@ -90,8 +96,95 @@ fn admin(gateway: &Gateway, request: &Request<Incoming>) -> Response<Full<Bytes>
             ),
             Err(error) => json_reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"error": error.to_string()})),
         },
+        (&Method::GET, "/admin/usage") => usage(gateway, &config, request.uri.query()).await,
         _ => json_reply(StatusCode::NOT_FOUND, json!({"error": "not found"})),
     }
+}
+
+/// `GET /admin/usage?team=&user=&since=&format=`: the `tollgate usage` report of the configured audit file, JSON
+/// unless `format` says `table` or `csv`; `since` counts back from the gateway's clock. Records queued before the
+/// request are written first, and the file is read off the async workers. The count of lines that are not records
+/// is the `x-tollgate-invalid-lines` header (and `invalid_lines` in JSON).
+async fn usage(gateway: &Gateway, config: &Config, query: Option<&str>) -> Response<Full<Bytes>> {
+    let Some(audit) = &config.audit.file else {
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": "audit.file is not configured: usage is summed from the audit log at audit.file.path"}),
+        );
+    };
+    let (filter, format) = match usage_query(query, gateway.clock.now()) {
+        Ok(parsed) => parsed,
+        Err(message) => return json_reply(StatusCode::BAD_REQUEST, json!({"error": message})),
+    };
+    gateway.auditor.flush().await;
+    let path = audit.path.clone();
+    let read = tokio::task::spawn_blocking(move || usage::read_file(&path, filter)).await;
+    let report = match read {
+        Ok(Ok(report)) => report,
+        Ok(Err(error)) => {
+            let message = format!("{}: {error}", audit.path.display());
+            return json_reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": message}));
+        }
+        Err(error) => {
+            tracing::error!(%error, "the usage report task failed");
+            return json_reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "the usage report failed"}));
+        }
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", format.content_type())
+        .header("x-tollgate-invalid-lines", report.invalid_lines())
+        .body(Full::new(Bytes::from(report.render(format))))
+        .expect("static response parts are valid")
+}
+
+/// Reads `team`, `user`, `since` (default 30d before `now`) and `format` (default json) from a query string. An empty
+/// value is the same as none (an HTML form sends every field); an unknown name is an error, not silently ignored.
+fn usage_query(query: Option<&str>, now: std::time::SystemTime) -> Result<(Filter, Format), String> {
+    let mut team = None;
+    let mut user = None;
+    let mut since: Since = usage::DEFAULT_SINCE.parse()?;
+    let mut format = Format::Json;
+    for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(name)?;
+        let value = percent_decode(value)?;
+        if !matches!(name.as_str(), "team" | "user" | "since" | "format") {
+            return Err(format!("unknown parameter {name:?}: use team, user, since and format"));
+        }
+        if value.is_empty() {
+            continue;
+        }
+        match name.as_str() {
+            "team" => team = Some(value),
+            "user" => user = Some(value),
+            "since" => since = value.parse().map_err(|e| format!("since: {e}"))?,
+            _ => format = value.parse().map_err(|e| format!("format: {e}"))?,
+        }
+    }
+    Ok((Filter { team, user, since: since.start(now) }, format))
+}
+
+/// Decodes one `application/x-www-form-urlencoded` name or value: `+` is a space, `%XX` a byte; the result must be
+/// UTF-8. (An RFC 3339 offset is written `%2B01:00`.)
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'+' => decoded.push(b' '),
+            b'%' => {
+                let hex = bytes.get(at + 1..at + 3).filter(|hex| hex.iter().all(u8::is_ascii_hexdigit));
+                let byte = hex.and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+                decoded.push(byte.ok_or_else(|| format!("invalid percent-encoding in {text:?}"))?);
+                at += 2;
+            }
+            byte => decoded.push(byte),
+        }
+        at += 1;
+    }
+    String::from_utf8(decoded).map_err(|_| format!("{text:?} is not UTF-8 once decoded"))
 }
 
 fn json_reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -104,4 +197,49 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_queries_read_filters_and_defaults() {
+        let now = humantime::parse_rfc3339("2026-05-31T12:00:00Z").unwrap();
+        let ago = |days: u64| now - std::time::Duration::from_secs(days * 86_400);
+        let (filter, format) = usage_query(None, now).unwrap();
+        assert_eq!(filter, Filter { team: None, user: None, since: ago(30) });
+        assert_eq!(format, Format::Json);
+
+        let (filter, format) = usage_query(Some("team=&user=&since=&format="), now).unwrap();
+        assert_eq!((filter.team, filter.user, filter.since, format), (None, None, ago(30), Format::Json));
+
+        let query = "team=data+science&user=alice%40corp.com&since=2026-05-01T02:00:00%2B02:00&format=csv";
+        let (filter, format) = usage_query(Some(query), now).unwrap();
+        assert_eq!(filter.team.as_deref(), Some("data science"));
+        assert_eq!(filter.user.as_deref(), Some("alice@corp.com"));
+        assert_eq!(filter.since, humantime::parse_rfc3339("2026-05-01T00:00:00Z").unwrap());
+        assert_eq!(format, Format::Csv);
+        assert_eq!(
+            usage_query(Some("since=7d&format=table"), now).unwrap(),
+            (Filter { since: ago(7), ..filter_none() }, Format::Table)
+        );
+    }
+
+    fn filter_none() -> Filter {
+        Filter { team: None, user: None, since: std::time::SystemTime::UNIX_EPOCH }
+    }
+
+    #[test]
+    fn usage_queries_refuse_what_they_cannot_read() {
+        let now = std::time::SystemTime::now();
+        let error = |query: &str| usage_query(Some(query), now).unwrap_err();
+        assert!(error("teams=red").starts_with("unknown parameter \"teams\""), "{}", error("teams=red"));
+        assert!(error("since=yesterday").starts_with("since: \"yesterday\""), "{}", error("since=yesterday"));
+        assert!(error("format=xml").starts_with("format: invalid format \"xml\""), "{}", error("format=xml"));
+        assert!(error("user=%zz").contains("percent-encoding"));
+        assert!(error("user=%+1").contains("percent-encoding"));
+        assert!(error("user=%e9").contains("UTF-8"));
+        assert!(error("user=%4").contains("percent-encoding"));
+    }
 }

@@ -7,7 +7,8 @@
 //! `finish` writes metrics (`metrics`), a log line and the `audit` record. `config` builds the snapshot all of
 //! this reads; `app` wires it and owns shutdown; `admin` serves metrics and health.
 //! Outside the flow, `certs` makes the CAs and certificates that the TLS listener and mTLS clients use
-//! (`tollgate ca init`, `tollgate cert server|client`).
+//! (`tollgate ca init`, `tollgate cert server|client`), and `usage` sums the audit log into spend and tokens per
+//! team, user and model (`tollgate usage`, `GET /admin/usage`).
 
 pub mod admin;
 pub mod app;
@@ -27,3 +28,4 @@ pub mod policy;
 pub mod proxy;
 pub mod target;
 pub mod tls;
+pub mod usage;

@@ -71,6 +71,24 @@ enum Command {
     },
     /// Read a password on stdin and print its argon2id hash for `auth.users[].password_hash`.
     Passwd,
+    /// Requests, tokens and spend per team and user, summed from the audit log (`audit.file.path`).
+    Usage {
+        /// Config file (for `audit.file.path`).
+        #[arg(short, long, env = "TOLLGATE_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Only this team.
+        #[arg(long)]
+        team: Option<String>,
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Records from this long ago (`30d`, `12h`) or from an RFC 3339 time (`2026-05-01T00:00:00Z`).
+        #[arg(long, default_value = tollgate::usage::DEFAULT_SINCE)]
+        since: tollgate::usage::Since,
+        /// `table` (per team and user), or `csv` / `json` (per team, user and model).
+        #[arg(long, value_enum, default_value = "table")]
+        format: UsageFormat,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -86,6 +104,23 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum UsageFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+impl From<UsageFormat> for tollgate::usage::Format {
+    fn from(format: UsageFormat) -> Self {
+        match format {
+            UsageFormat::Table => Self::Table,
+            UsageFormat::Csv => Self::Csv,
+            UsageFormat::Json => Self::Json,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -166,6 +201,10 @@ fn main() -> ExitCode {
             explain(&config, &question)
         }
         Command::Passwd => passwd(),
+        Command::Usage { config, team, user, since, format } => {
+            let filter = tollgate::usage::Filter { team, user, since: since.start(std::time::SystemTime::now()) };
+            usage(&config, filter, format.into())
+        }
         Command::Audit { command: AuditCommand::Verify { files } } => verify(&files),
         Command::Ca { command: CaCommand::Init { dir, client, force } } => {
             let kind = if client { CaKind::Clients } else { CaKind::Tollgate };
@@ -336,6 +375,39 @@ fn passwd() -> ExitCode {
         return ExitCode::from(2);
     }
     report(tollgate::identity::hash_password(password).map(|hash| println!("{hash}")).map_err(anyhow::Error::msg))
+}
+
+/// Prints the usage report; lines that are not records are counted on stderr. Exit 2 without `audit.file`, 1 when
+/// the file cannot be read.
+fn usage(path: &std::path::Path, filter: tollgate::usage::Filter, format: tollgate::usage::Format) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let Some(audit) = &config.audit.file else {
+        eprintln!(
+            "tollgate: {}: audit.file is not configured: usage is summed from the audit log at audit.file.path",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let report = match tollgate::usage::read_file(&audit.path, filter) {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("tollgate: {}: {error}", audit.path.display());
+            return ExitCode::from(1);
+        }
+    };
+    print!("{}", report.render(format));
+    if let Some(first) = report.first_invalid_line() {
+        let count = report.invalid_lines();
+        let lines = if count == 1 { "line is" } else { "lines are" };
+        eprintln!(
+            "tollgate: {}: {count} {lines} not a JSON audit record and skipped (the first: line {first})",
+            audit.path.display()
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn verify(files: &[PathBuf]) -> ExitCode {
