@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use common::gateway::*;
 use common::messages::{
     self, anthropic_client, merged_usage, sse_events, usage_of, MessagesStub, COUNT_TOKENS, JSON_TEXT, JSON_USAGE,
-    MODEL, MODELS, STREAM_TEXT, STREAM_USAGE,
+    MODEL, MODELS, STREAM_EVENTS, STREAM_TEXT, STREAM_USAGE,
 };
 use common::pki::Pki;
 use common::{curl, metric_value, TestGateway};
@@ -28,19 +28,6 @@ const UPSTREAM_KEY: &str = "sk-upstream";
 const ISSUER: &str = "https://idp.test";
 const AUDIENCE: &str = "tollgate";
 const JWT_SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!";
-
-/// The complete event sequence of a stub stream.
-const COMPLETE: &[&str] = &[
-    "message_start",
-    "ping",
-    "content_block_start",
-    "content_block_delta",
-    "content_block_delta",
-    "content_block_delta",
-    "content_block_stop",
-    "message_delta",
-    "message_stop",
-];
 
 /// Users alice (backend) and bob (frontend), no anonymous access, every gateway request routed to `stub`.
 fn config(stub: &MessagesStub, extra: &str) -> String {
@@ -303,7 +290,7 @@ async fn a_stream_is_relayed_event_by_event_with_exact_usage() {
         events.extend(one);
     }
     let names: Vec<&str> = events.iter().map(|(name, _)| name.as_str()).collect();
-    assert_eq!(names, COMPLETE);
+    assert_eq!(names, STREAM_EVENTS);
     let text: String = events.iter().filter_map(|(_, data)| data["delta"]["text"].as_str()).collect();
     assert_eq!(text, STREAM_TEXT);
     assert_eq!(merged_usage(&events), STREAM_USAGE);
@@ -532,7 +519,7 @@ async fn a_tls_gateway_negotiates_h2_with_curl() {
     let (events, version) = stdout.rsplit_once('\n').expect("the body, then the version");
     assert_eq!(version, "2", "curl --http2 should negotiate h2 with a TLS gateway listener (ALPN)");
     let events = sse_events(events);
-    assert_eq!(events.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), COMPLETE);
+    assert_eq!(events.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), STREAM_EVENTS);
     assert_eq!(merged_usage(&events), STREAM_USAGE);
 
     let requests = stub.requests();
@@ -570,7 +557,7 @@ async fn a_plain_gateway_serves_h2_with_prior_knowledge() {
     let (events, version) = stdout.rsplit_once('\n').expect("the body, then the version");
     assert_eq!(version, "2");
     let events = sse_events(events);
-    assert_eq!(events.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), COMPLETE);
+    assert_eq!(events.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), STREAM_EVENTS);
 
     let requests = stub.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");

@@ -15,31 +15,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::gateway::assert_api_error;
 use common::intercept::{
-    assert_billed, audit_until, connect, get, handshake, intercepted, logs, messages_post, only_intercepted, read_more,
+    assert_billed, audit_until, connect, get, handshake, intercepted, messages_post, only_intercepted, read_more,
     request, requests_sample, send, trusting, Intercepting, Parts, API_HOST,
 };
 use common::messages::{
-    self, anthropic_client, chunks, merged_usage, sse_events, usage_json, usage_of, MessagesStub, Seen,
+    self, anthropic_client, chunks, merged_usage, sse_events, usage_json, usage_of, MessagesStub, Seen, STREAM_EVENTS,
 };
 use common::pki::Pki;
 use common::tls::{request_until_closed, TlsOrigin};
-use common::{basic, curl, hash, Echo, TestGateway};
+use common::{basic, curl, hash, logs, Echo, TestGateway};
 
 /// The model with no scenario: the stub answers normally. It is priced by the `claude-sonnet-4*` row.
 const MODEL: &str = messages::MODEL;
-
-/// Every event of a complete stream, in order.
-const COMPLETE: &[&str] = &[
-    "message_start",
-    "ping",
-    "content_block_start",
-    "content_block_delta",
-    "content_block_delta",
-    "content_block_delta",
-    "content_block_stop",
-    "message_delta",
-    "message_stop",
-];
 
 const MINTED: &str = "tollgate_intercept_leaves_total{source=\"minted\"}";
 const CACHED: &str = "tollgate_intercept_leaves_total{source=\"cached\"}";
@@ -318,7 +305,7 @@ async fn a_stream_is_relayed_event_by_event_without_buffering() {
         assert!(one.len() == 1 && text.ends_with("\n\n"), "one whole event per chunk: {text:?}");
         events.extend(one);
     }
-    assert_eq!(names(&events), COMPLETE);
+    assert_eq!(names(&events), STREAM_EVENTS);
     assert_eq!(merged_usage(&events), messages::STREAM_USAGE);
 
     // The same stream straight from the stub (its gate stays open): byte for byte the same events.
@@ -353,7 +340,7 @@ async fn curl_over_h2_gets_message_start_before_the_rest_is_released() {
     let (stream, status) = text.rsplit_once('\n').expect("the -w line");
     assert_eq!(status, "200 2", "HTTP/2 inside the tunnel");
     let events = sse_events(stream);
-    assert_eq!(names(&events), COMPLETE);
+    assert_eq!(names(&events), STREAM_EVENTS);
     assert_eq!(merged_usage(&events), messages::STREAM_USAGE);
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::messages::{
     self, anthropic_client, chunks, merged_usage, messages_request, read_to_end, read_until, sse_events, usage_of, End,
-    MessagesStub, Seen,
+    MessagesStub, Seen, STREAM_EVENTS,
 };
 use common::pki::Pki;
 use common::tls::parse_response;
@@ -17,19 +17,6 @@ use common::{exchange, next_head, Response};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-
-/// The full event sequence of a complete stream.
-const COMPLETE: &[&str] = &[
-    "message_start",
-    "ping",
-    "content_block_start",
-    "content_block_delta",
-    "content_block_delta",
-    "content_block_delta",
-    "content_block_stop",
-    "message_delta",
-    "message_stop",
-];
 
 fn names(events: &[(String, Value)]) -> Vec<&str> {
     events.iter().map(|(name, _)| name.as_str()).collect()
@@ -131,7 +118,7 @@ async fn a_stream_is_sent_one_event_per_chunk_and_merges_field_by_field() {
     assert!(response.header("request-id").is_some());
     let (events, complete) = events_one_per_chunk(&response);
     assert!(complete, "the body ends with the last chunk: {response:?}");
-    assert_eq!(names(&events), COMPLETE);
+    assert_eq!(names(&events), STREAM_EVENTS);
     assert_eq!(events[0].1["message"]["model"], "claude-haiku-4-5");
     assert_eq!(usage_of(&events[0].1["message"]["usage"]), messages::STREAM_START_USAGE);
     assert_eq!(text(&events), messages::STREAM_TEXT);
@@ -217,7 +204,7 @@ async fn hold_delivers_message_start_before_release_and_the_rest_after() {
     let response = parse_response(&received);
     let (events, complete) = events_one_per_chunk(&response);
     assert!(complete);
-    assert_eq!(names(&events), COMPLETE);
+    assert_eq!(names(&events), STREAM_EVENTS);
     assert_eq!(merged_usage(&events), messages::STREAM_USAGE);
     assert!(!stub.cancelled(), "a hold stream is not watched for cancellation");
 }
@@ -245,7 +232,7 @@ async fn slow_cancel_released_while_the_client_reads_is_not_cancelled() {
     assert_eq!(read_to_end(&mut stream, &mut received).await, End::Closed);
     let (events, complete) = events_one_per_chunk(&parse_response(&received));
     assert!(complete);
-    assert_eq!(names(&events), COMPLETE);
+    assert_eq!(names(&events), STREAM_EVENTS);
     assert!(!stub.cancelled(), "the body ended: nothing was cancelled");
 }
 
@@ -307,7 +294,7 @@ async fn the_tls_stub_serves_curl_streams_and_cuts() {
         common::curl(&["--cacert", ca, "-H", "content-type: application/json", "-d", &body, &url]).await;
     assert_eq!(code, 0, "{err}");
     let events = sse_events(&out);
-    assert_eq!(names(&events), COMPLETE);
+    assert_eq!(names(&events), STREAM_EVENTS);
     assert_eq!(merged_usage(&events), messages::STREAM_USAGE);
 
     // A cut over TLS: no close_notify, the TCP connection reset.

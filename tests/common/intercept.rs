@@ -3,10 +3,9 @@
 //! keep-alive TLS stream, the price table the configs use and the expected cost, and audit and metric checks
 //! (Anthropic-shaped refusals are checked with `gateway::assert_api_error`).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -363,34 +362,4 @@ pub async fn assert_billed(gateway: &TestGateway, record: &Value, model: &str, t
 /// `tollgate_requests_total` of requests inside tunnels on the `proxy` listener.
 pub fn requests_sample(decision: &str, reason: &str) -> String {
     format!("tollgate_requests_total{{decision=\"{decision}\",kind=\"intercepted\",listener=\"proxy\",reason=\"{reason}\"}}")
-}
-
-/// Every log line the gateways of this test binary write, at every level (a global subscriber, installed once).
-pub fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = buffer.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || LogWriter(writer.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
-        buffer
-    })
-    .clone()
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogWriter {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

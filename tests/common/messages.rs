@@ -59,6 +59,19 @@ pub const MESSAGE_ID: &str = "msg_stub";
 /// `retry-after` on the `stub-429` answer.
 pub const RETRY_AFTER: &str = "7";
 /// The ids of `GET /v1/models`.
+/// Every event of a complete stream, in order.
+pub const STREAM_EVENTS: &[&str] = &[
+    "message_start",
+    "ping",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_delta",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+];
+
 pub const MODELS: &[&str] = &["claude-sonnet-4-5", "claude-haiku-4-5"];
 /// A model with no scenario: the normal answer.
 pub const MODEL: &str = "claude-sonnet-4-5";
