@@ -83,11 +83,18 @@ where
     let service = hyper::service::service_fn(move |request| handle(service_session.clone(), request));
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => return,
-        () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = ended {
+        // hyper answered a malformed request itself (400/431) or the connection broke: counted and logged.
+        session.gateway.metrics.client_error(&session.peer.listener, "http_error");
+        tracing::debug!(listener = %session.peer.listener, client = %session.peer.address, %error, "connection ended with an error");
     }
-    let _ = connection.await;
 }
 
 /// One request: refused with an Anthropic-shaped error, or forwarded with its response metered as it streams.
