@@ -694,6 +694,25 @@ async fn a_request_for_another_host_inside_the_tunnel_is_misdirected() {
     assert_eq!(only_intercepted(&records)["status"], 421);
 }
 
+/// A malformed request inside the tunnel (a bare LF and a space in the header name) gets a 400 from the HTTP
+/// layer, never reaches the stub, and is counted in `tollgate_client_errors_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_inside_the_tunnel_is_refused_and_counted() {
+    let setup = Intercepting::start(Parts::default()).await;
+    let sample = "tollgate_client_errors_total{listener=\"proxy\",reason=\"http_error\"}";
+    assert_eq!(setup.metric(sample).await, 0.0);
+    let mut tls = setup.tunnel().await;
+    let mut buf = Vec::new();
+    let response =
+        send(&mut tls, b"POST /v1/messages HTTP/1.1\nHost: api.anthropic.com\r\nBad Header: x\r\n\r\n", &mut buf).await;
+    assert_eq!(response.status, 400, "{response:?}");
+    assert!(setup.stub.requests().is_empty(), "nothing reached the stub");
+    drop(tls);
+    // The connection's end is counted once the tunnel closes; the CONNECT's record follows it.
+    audit_until(&setup.gateway, |record| record["kind"] == "connect").await;
+    assert_eq!(setup.metric(sample).await, 1.0);
+}
+
 // ---- 8. Hosts that are not intercepted ----
 
 /// A CONNECT to an allowed host that is not intercepted is spliced: the client's TLS handshake is with the origin
