@@ -16,6 +16,12 @@
 //! `redis` limits in Redis against the embedded backend (needs `redis-server`), `reload` a config
 //! of 10,000 rules reloaded every second under load.
 //!
+//! The interception scenarios (`intercept`, `sse`) send Messages API requests to an in-process stub
+//! (`POST /v1/messages`, JSON or SSE) through tollgate's intercepted tunnels, straight to the stub
+//! (plain and TLS) and through mitmproxy (`mitmdump`, if installed), and print a third table:
+//! `intercept` non-streamed requests back to back and paced at 500 req/s, and the first handshake
+//! to a new host against a cached one; `sse` the time to the first event and each event's delay.
+//!
 //! The harness (load generator and origin server, one tokio thread) pins itself to core 0; each
 //! proxy runs alone, pinned to core 1. Every load loop is bounded by time and by a count, every
 //! network operation has a timeout, and proxies are killed when their guard is dropped (also on
@@ -30,11 +36,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep, timeout};
 
@@ -76,6 +82,28 @@ const READY_ATTEMPTS: u32 = 150;
 const WANT_NOFILE: u64 = 65536;
 /// Pause between rounds, so closing sockets of one round do not load the next.
 const ROUND_PAUSE: Duration = Duration::from_millis(500);
+/// Largest request body the in-process servers read.
+const MAX_REQUEST_BODY: u64 = 1 << 20;
+/// Scenarios intercept and sse: the host tollgate and mitmproxy intercept, and the domain whose names scenario
+/// intercept uses to make tollgate and mitmproxy mint a leaf.
+const API_HOST: &str = "api.anthropic.com";
+const MINT_DOMAIN: &str = "mint.example.com";
+/// Scenario intercept: keep-alive tunnels sending requests back to back.
+const INTERCEPT_CONNS: usize = 32;
+/// Scenario intercept, paced: requests/s, evenly spaced, over this many keep-alive tunnels.
+const PACED_RATE: u32 = 500;
+const PACED_CONNS: usize = 8;
+/// A paced request sent later than this after its slot is counted as late (tokio's timer has 1 ms ticks).
+const PACE_SLACK: Duration = Duration::from_millis(2);
+/// Scenario intercept: new hosts per round, each opened twice (CONNECT + TLS handshake): minted, then cached.
+const MINT_HOSTS: usize = 20;
+/// Scenario sse: concurrent keep-alive connections, each asking for one streamed response after the other.
+const SSE_CONNS: usize = 4;
+/// Scenario sse: `content_block_delta` events per response, and the stub's gap between events.
+const SSE_DELTAS: usize = 20;
+const SSE_GAP: Duration = Duration::from_millis(2);
+/// Hard cap on streamed responses in one round of scenario sse.
+const SSE_MAX_STREAMS: u64 = 100_000;
 
 // ---------------------------------------------------------------------------------------------
 // Targets, scenarios, options
@@ -87,6 +115,8 @@ enum Kind {
     Tollgate,
     Squid,
     Tinyproxy,
+    /// mitmproxy's `mitmdump`: only in scenarios intercept and sse (not one of `ALL`, the first table's columns).
+    Mitmproxy,
 }
 
 impl Kind {
@@ -98,6 +128,7 @@ impl Kind {
             Kind::Tollgate => "tollgate",
             Kind::Squid => "squid",
             Kind::Tinyproxy => "tinyproxy",
+            Kind::Mitmproxy => "mitmproxy",
         }
     }
 }
@@ -116,10 +147,26 @@ enum Scen {
     Redis,
     /// tollgate only: scenario a with 10,000 allow rules while the config is reloaded once a second.
     Reload,
+    /// Interception: non-streamed Messages API requests through intercepted tunnels, back to back and paced,
+    /// and leaf minting; against the stub direct (plain and TLS) and mitmproxy.
+    Intercept,
+    /// Interception: streamed (SSE) responses, time to first event and per-event delay; same comparison.
+    Sse,
 }
 
 impl Scen {
-    const ALL: [Scen; 8] = [Scen::A, Scen::B, Scen::C, Scen::D, Scen::Tls, Scen::Limits, Scen::Redis, Scen::Reload];
+    const ALL: [Scen; 10] = [
+        Scen::A,
+        Scen::B,
+        Scen::C,
+        Scen::D,
+        Scen::Tls,
+        Scen::Limits,
+        Scen::Redis,
+        Scen::Reload,
+        Scen::Intercept,
+        Scen::Sse,
+    ];
     /// The scenarios that compare targets (the first table); the others are tollgate's features.
     const TARGETS: [Scen; 4] = [Scen::A, Scen::B, Scen::C, Scen::D];
 
@@ -133,6 +180,8 @@ impl Scen {
             "limits" => Some(Scen::Limits),
             "redis" => Some(Scen::Redis),
             "reload" => Some(Scen::Reload),
+            "intercept" | "interception" | "mint" | "paced" => Some(Scen::Intercept),
+            "sse" | "stream" | "streaming" => Some(Scen::Sse),
             _ => None,
         }
     }
@@ -185,7 +234,9 @@ struct Opts {
 const USAGE: &str = "usage: cargo bench --bench load -- [--quick] [--only NAME[,NAME...]] [--rounds N] [--tunnels N]
   NAME: direct, tollgate, squid, tinyproxy (targets) or a|keepalive, b|connect, c|bulk, d|rss (scenarios)
         or tls, limits, redis, reload (tollgate-only scenarios)
-  env:  TOLLGATE_BIN (default target/release/tollgate), SQUID_BIN, TINYPROXY_BIN";
+        or intercept, sse (interception: tollgate against the Messages API stub direct and mitmproxy)
+  env:  TOLLGATE_BIN (default target/release/tollgate), SQUID_BIN, TINYPROXY_BIN,
+        MITMDUMP_BIN (default target/mitmproxy-venv/bin/mitmdump, else mitmdump on PATH)";
 
 fn parse_args() -> Result<Opts, String> {
     let mut quick = false;
@@ -343,6 +394,26 @@ fn tree_rss_kib(root: u32) -> Option<(u64, usize)> {
     (n > 0).then_some((total, n))
 }
 
+/// On-CPU and runnable-but-waiting time of a process and its descendants, all threads, ns
+/// (`/proc/PID/task/TID/schedstat`; threads that ended are not counted).
+fn tree_sched_ns(root: u32) -> (u64, u64) {
+    let (mut run, mut wait) = (0, 0);
+    for pid in process_tree(root) {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(stat) = fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            let mut it = stat.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+            run += it.next().unwrap_or(0);
+            wait += it.next().unwrap_or(0);
+        }
+    }
+    (run, wait)
+}
+
 fn log_tail(path: &Path, max: usize) -> String {
     let text = fs::read(path).unwrap_or_default();
     let from = text.len().saturating_sub(max);
@@ -360,6 +431,18 @@ struct Proxy {
 impl Proxy {
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The end of its output, and of the log files some proxies write next to it.
+    fn tail(&self) -> String {
+        let mut t = log_tail(&self.log, 600);
+        for extra in ["cache.log", "tinyproxy.log"] {
+            let f = self.log.with_file_name(extra);
+            if f.exists() {
+                let _ = write!(t, " | {extra}: {}", log_tail(&f, 400));
+            }
+        }
+        t
     }
 }
 
@@ -501,7 +584,7 @@ fn free_port() -> io::Result<u16> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Origin server (in-process, HTTP/1.1 keep-alive)
+// Origin server and Messages API stub (in-process, HTTP/1.1 keep-alive)
 // ---------------------------------------------------------------------------------------------
 
 fn small_response(close: bool) -> Vec<u8> {
@@ -518,19 +601,45 @@ fn header_has(value: &[u8], token: &str) -> bool {
     String::from_utf8_lossy(value).split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// What an in-process server answers.
+#[derive(Clone, Copy)]
+enum Served {
+    /// The origin of scenarios a-d and tls, limits, redis, reload: `GET /` and `GET /bulk`.
+    Origin,
+    /// The Messages API stub of scenarios intercept and sse: `POST /v1/messages`.
+    Stub,
+}
+
+/// What a request asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resource {
+    /// The origin's 100-byte body (any path but `/bulk`).
+    Small,
+    /// The origin's 1 GiB body.
+    Bulk,
+    /// `POST /v1/messages`.
+    Messages,
+}
+
 struct OriginReq {
-    bulk: bool,
+    resource: Resource,
     close: bool,
     body: u64,
+    chunked: bool,
 }
 
 fn origin_req(req: &httparse::Request) -> OriginReq {
     let path = req.path.unwrap_or("/");
     // Accept absolute-form too (RFC 9112 3.2.2), in case a proxy forwards it unchanged.
-    let path = path.strip_prefix("http://").map(|rest| rest.find('/').map_or("/", |i| &rest[i..])).unwrap_or(path);
+    let path = path
+        .strip_prefix("http://")
+        .or_else(|| path.strip_prefix("https://"))
+        .map(|rest| rest.find('/').map_or("/", |i| &rest[i..]))
+        .unwrap_or(path);
     let http10 = req.version == Some(0);
     let mut close = http10;
     let mut body = 0;
+    let mut chunked = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
             if header_has(h.value, "close") {
@@ -541,108 +650,245 @@ fn origin_req(req: &httparse::Request) -> OriginReq {
             }
         } else if h.name.eq_ignore_ascii_case("content-length") {
             body = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = header_has(h.value, "chunked");
         }
     }
-    OriginReq { bulk: path == "/bulk" || path.starts_with("/bulk?"), close, body }
+    let resource = if path == "/bulk" || path.starts_with("/bulk?") {
+        Resource::Bulk
+    } else if req.method == Some("POST") && (path == "/v1/messages" || path.starts_with("/v1/messages?")) {
+        Resource::Messages
+    } else {
+        Resource::Small
+    };
+    OriginReq { resource, close, body, chunked }
 }
 
-async fn origin_conn(mut s: TcpStream) -> io::Result<()> {
-    s.set_nodelay(true)?;
-    let small_ka = small_response(false);
-    let small_close = small_response(true);
-    let mut buf = vec![0u8; SMALL_READ_BUF];
-    let (mut start, mut end) = (0usize, 0usize);
-    loop {
+/// A server-side connection (plain TCP or TLS) with its read buffer.
+struct ServerConn<S> {
+    s: S,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ServerConn<S> {
+    /// Writes and flushes (TLS buffers records until flushed; for TCP the flush is free).
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.s.write_all(bytes).await?;
+        self.s.flush().await
+    }
+
+    /// The next request and its body (at most `MAX_REQUEST_BODY` bytes, `Content-Length` only); `None` when
+    /// the client closed between requests or sent one this server refuses (answered, then closed).
+    async fn request(&mut self) -> io::Result<Option<(OriginReq, Vec<u8>)>> {
         let (n, req) = loop {
-            if end > start {
+            if self.end > self.start {
                 let mut hs = [httparse::EMPTY_HEADER; 64];
                 let mut req = httparse::Request::new(&mut hs);
-                match req.parse(&buf[start..end]) {
+                match req.parse(&self.buf[self.start..self.end]) {
                     Ok(httparse::Status::Complete(n)) => break (n, origin_req(&req)),
                     Ok(httparse::Status::Partial) => {}
                     Err(_) => {
-                        s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        self.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                             .await?;
-                        return Ok(());
+                        return Ok(None);
                     }
                 }
             }
-            if start > 0 {
-                buf.copy_within(start..end, 0);
-                end -= start;
-                start = 0;
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
             }
-            if end == buf.len() {
-                s.write_all(
+            if self.end == self.buf.len() {
+                self.send(
                     b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                 )
                 .await?;
-                return Ok(());
+                return Ok(None);
             }
-            let got = s.read(&mut buf[end..]).await?;
+            let got = self.s.read(&mut self.buf[self.end..]).await?;
             if got == 0 {
-                return Ok(());
+                return Ok(None);
             }
-            end += got;
+            self.end += got;
         };
-        start += n;
-        // Discard a request body, if any.
-        let mut body = req.body;
-        let buffered = ((end - start) as u64).min(body);
-        start += buffered as usize;
-        body -= buffered;
-        while body > 0 {
-            let got = s.read(&mut buf).await?;
+        self.start += n;
+        if req.chunked || req.body > MAX_REQUEST_BODY {
+            self.send(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await?;
+            return Ok(None);
+        }
+        let want = req.body as usize;
+        let mut body = Vec::with_capacity(want);
+        let buffered = (self.end - self.start).min(want);
+        body.extend_from_slice(&self.buf[self.start..self.start + buffered]);
+        self.start += buffered;
+        while body.len() < want {
+            // Everything buffered is consumed: read the rest from the start of the buffer.
+            let got = self.s.read(&mut self.buf).await?;
             if got == 0 {
-                return Ok(());
+                return Ok(None);
             }
-            let used = (got as u64).min(body);
-            body -= used;
-            start = used as usize;
-            end = got;
+            let used = got.min(want - body.len());
+            body.extend_from_slice(&self.buf[..used]);
+            self.start = used;
+            self.end = got;
         }
-        if start == end {
-            start = 0;
-            end = 0;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
         }
-        if req.bulk {
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {BULK_LEN}\r\n{}\r\n",
-                if req.close { "Connection: close\r\n" } else { "" }
-            );
-            s.write_all(head.as_bytes()).await?;
-            let chunk = vec![b'b'; BULK_READ_BUF];
-            let mut left = BULK_LEN;
-            while left > 0 {
-                let n = (chunk.len() as u64).min(left) as usize;
-                s.write_all(&chunk[..n]).await?;
-                left -= n as u64;
-            }
-        } else if req.close {
-            s.write_all(&small_close).await?;
-        } else {
-            s.write_all(&small_ka).await?;
-        }
-        if req.close {
-            let _ = s.shutdown().await;
-            return Ok(());
-        }
+        Ok(Some((req, body)))
     }
 }
 
-/// Accepts until the runtime shuts down (end of `main`).
-async fn origin_serve(listener: TcpListener) {
+/// Serves one connection until the client closes or asks to.
+async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(s: S, served: Served) -> io::Result<()> {
+    let mut c = ServerConn { s, buf: vec![0u8; SMALL_READ_BUF], start: 0, end: 0 };
+    let small_ka = small_response(false);
+    let small_close = small_response(true);
+    while let Some((req, body)) = c.request().await? {
+        match (served, req.resource) {
+            (Served::Origin, Resource::Bulk) => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {BULK_LEN}\r\n{}\r\n",
+                    if req.close { "Connection: close\r\n" } else { "" }
+                );
+                c.s.write_all(head.as_bytes()).await?;
+                let chunk = vec![b'b'; BULK_READ_BUF];
+                let mut left = BULK_LEN;
+                while left > 0 {
+                    let n = (chunk.len() as u64).min(left) as usize;
+                    c.s.write_all(&chunk[..n]).await?;
+                    left -= n as u64;
+                }
+                c.s.flush().await?;
+            }
+            (Served::Origin, _) => c.send(if req.close { &small_close } else { &small_ka }).await?,
+            (Served::Stub, Resource::Messages) if wants_stream(&body) => stub_stream(&mut c).await?,
+            (Served::Stub, Resource::Messages) => c.send(&stub_message_response(req.close)).await?,
+            (Served::Stub, _) => {
+                c.send(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await?;
+                return Ok(());
+            }
+        }
+        if req.close {
+            let _ = c.s.shutdown().await;
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Accepts until the runtime shuts down (end of `main`); with `tls`, every connection is a TLS server first.
+async fn serve(listener: TcpListener, served: Served, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
         match listener.accept().await {
             Ok((s, _)) => {
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = origin_conn(s).await;
+                    let _ = s.set_nodelay(true);
+                    let _ = match tls {
+                        None => serve_conn(s, served).await,
+                        Some(acceptor) => match timeout(IO_TIMEOUT, acceptor.accept(s)).await {
+                            Ok(Ok(s)) => serve_conn(s, served).await,
+                            _ => Ok(()),
+                        },
+                    };
                 });
             }
             // EMFILE and friends: back off instead of spinning.
             Err(_) => sleep(Duration::from_millis(20)).await,
         }
     }
+}
+
+/// The request body asks for a streamed response (`"stream": true`).
+fn wants_stream(body: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"\"stream\":true";
+    let compact: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    compact.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+}
+
+/// The stub's non-streamed answer: a Messages API message with its `usage`.
+const STUB_MESSAGE: &str = concat!(
+    r#"{"id":"msg_bench","type":"message","role":"assistant","model":"claude-sonnet-4-5","#,
+    r#""content":[{"type":"text","text":"Hello! How can I help you today?"}],"stop_reason":"end_turn","#,
+    r#""stop_sequence":null,"usage":{"input_tokens":8,"output_tokens":12,"cache_creation_input_tokens":0,"#,
+    r#""cache_read_input_tokens":0}}"#
+);
+
+fn stub_message_response(close: bool) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nrequest-id: req_bench\r\nContent-Length: {}\r\n{}\r\n{STUB_MESSAGE}",
+        STUB_MESSAGE.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    )
+    .into_bytes()
+}
+
+/// Events of one streamed response: message_start, content_block_start, ping, `SSE_DELTAS` content_block_delta,
+/// content_block_stop, message_delta (with the usage), message_stop.
+const SSE_EVENTS: usize = SSE_DELTAS + 6;
+
+/// The `event:` and `data:` lines of the streamed response's events, in order.
+fn sse_events() -> Vec<String> {
+    let mut events = vec![
+        concat!(
+            "event: message_start\n",
+            r#"data: {"type":"message_start","message":{"id":"msg_bench","type":"message","role":"assistant","#,
+            r#""model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,"#,
+            r#""usage":{"input_tokens":8,"output_tokens":1}}}"#,
+            "\n"
+        )
+        .to_string(),
+        concat!(
+            "event: content_block_start\n",
+            r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            "\n"
+        )
+        .to_string(),
+        "event: ping\ndata: {\"type\": \"ping\"}\n".to_string(),
+    ];
+    for i in 0..SSE_DELTAS {
+        events.push(format!(
+            "event: content_block_delta\n\
+             data: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"word{i} \"}}}}\n"
+        ));
+    }
+    events.push("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n".to_string());
+    events.push(format!(
+        "event: message_delta\n\
+         data: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\",\"stop_sequence\":null}},\
+         \"usage\":{{\"output_tokens\":{SSE_DELTAS}}}}}\n"
+    ));
+    events.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n".to_string());
+    events
+}
+
+/// The harness's clock for SSE stamps: nanoseconds since its first use (stub and client share the process).
+fn stamp_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// The streamed answer: the head, then each event as one chunk, written and flushed on its own, `SSE_GAP` apart.
+/// Each event carries its send time as an SSE `id:` line (`stamp_ns`), which SSE readers pass over.
+async fn stub_stream<S: AsyncRead + AsyncWrite + Unpin>(c: &mut ServerConn<S>) -> io::Result<()> {
+    c.send(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nrequest-id: req_bench\r\n\
+          Transfer-Encoding: chunked\r\n\r\n",
+    )
+    .await?;
+    for (i, event) in sse_events().iter().enumerate() {
+        if i > 0 {
+            sleep(SSE_GAP).await;
+        }
+        let payload = format!("id: {}\n{event}\n", stamp_ns());
+        c.send(format!("{:x}\r\n{payload}\r\n", payload.len()).as_bytes()).await?;
+    }
+    c.send(b"0\r\n\r\n").await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -679,6 +925,43 @@ fn head_of(r: &httparse::Response) -> Head {
         }
     }
     h
+}
+
+impl Head {
+    /// The connection stays open after this response (unless its body runs to the end of the stream).
+    fn persistent(&self) -> bool {
+        if self.http10 {
+            self.keep_alive
+        } else {
+            !self.close
+        }
+    }
+}
+
+/// How a response body ends, for reading it piece by piece as it arrives (`Conn::piece`).
+enum Framing {
+    /// `left` bytes to go in the current chunk (0: a chunk-size line is next); `crlf`: the CRLF that ends the
+    /// previous chunk is still to read.
+    Chunked {
+        left: u64,
+        crlf: bool,
+    },
+    Length(u64),
+    /// Until the server closes.
+    Eof,
+    Done,
+}
+
+impl Framing {
+    fn of(h: &Head) -> Framing {
+        if h.chunked {
+            Framing::Chunked { left: 0, crlf: false }
+        } else if let Some(n) = h.length {
+            Framing::Length(n)
+        } else {
+            Framing::Eof
+        }
+    }
 }
 
 struct Resp {
@@ -750,11 +1033,24 @@ impl Conn {
     async fn open(addr: SocketAddr, tls: Option<&TlsDial>, buf: usize) -> io::Result<Conn> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let s = match tls {
-            None => Stream::Tcp(tcp),
-            Some(d) => Stream::Tls(Box::new(d.connector.connect(d.name.clone(), tcp).await?)),
+        let c = Conn { s: Stream::Tcp(tcp), buf: vec![0; buf], start: 0, end: 0, read_bytes: 0 };
+        match tls {
+            None => Ok(c),
+            Some(d) => c.start_tls(d).await,
+        }
+    }
+
+    /// The TLS handshake as a client over this TCP connection: to a TLS listener, to a TLS origin, or inside a
+    /// CONNECT tunnel (interception).
+    async fn start_tls(self, d: &TlsDial) -> io::Result<Conn> {
+        let Stream::Tcp(tcp) = self.s else {
+            return Err(io::Error::other("TLS inside a TLS connection is not supported"));
         };
-        Ok(Conn { s, buf: vec![0; buf], start: 0, end: 0, read_bytes: 0 })
+        if self.start != self.end {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "bytes before the TLS handshake"));
+        }
+        let tls = d.connector.connect(d.name.clone(), tcp).await?;
+        Ok(Conn { s: Stream::Tls(Box::new(tls)), buf: self.buf, start: 0, end: 0, read_bytes: self.read_bytes })
     }
 
     async fn read_some(&mut self, at: usize) -> io::Result<usize> {
@@ -841,26 +1137,81 @@ impl Conn {
         Ok(())
     }
 
-    async fn dechunk(&mut self) -> io::Result<u64> {
-        let mut total = 0;
-        for _ in 0..1_000_000 {
-            let line = self.line().await?;
-            let size = line.split(';').next().unwrap_or("").trim();
-            let size = u64::from_str_radix(size, 16)
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
-            if size == 0 {
-                // Trailers, up to the empty line.
-                for _ in 0..100 {
-                    if self.line().await?.is_empty() {
-                        return Ok(total);
-                    }
+    /// The next piece of a body as it arrives: what is buffered, else what one read brings (within the framing);
+    /// `None` after the last byte (and, when chunked, the trailers).
+    async fn piece(&mut self, f: &mut Framing) -> io::Result<Option<Vec<u8>>> {
+        loop {
+            let left = match f {
+                Framing::Done => return Ok(None),
+                Framing::Length(0) => {
+                    *f = Framing::Done;
+                    return Ok(None);
                 }
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "too many trailers"));
+                Framing::Length(left) => left,
+                Framing::Chunked { crlf, .. } if *crlf => {
+                    if !self.line().await?.is_empty() {
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunk end"));
+                    }
+                    *crlf = false;
+                    continue;
+                }
+                Framing::Chunked { left: 0, .. } => {
+                    let line = self.line().await?;
+                    let size = line.split(';').next().unwrap_or("").trim();
+                    let size = u64::from_str_radix(size, 16)
+                        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+                    if size == 0 {
+                        // Trailers, up to the empty line.
+                        for _ in 0..100 {
+                            if self.line().await?.is_empty() {
+                                *f = Framing::Done;
+                                return Ok(None);
+                            }
+                        }
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, "too many trailers"));
+                    }
+                    *f = Framing::Chunked { left: size, crlf: false };
+                    continue;
+                }
+                Framing::Chunked { left, .. } => left,
+                Framing::Eof => {
+                    if self.start == self.end {
+                        match self.fill().await {
+                            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                                *f = Framing::Done;
+                                return Ok(None);
+                            }
+                            r => r?,
+                        }
+                    }
+                    let piece = self.buf[self.start..self.end].to_vec();
+                    self.start = self.end;
+                    return Ok(Some(piece));
+                }
+            };
+            if self.start == self.end {
+                self.fill().await?;
             }
-            self.skip(size).await?;
-            total += size;
-            if !self.line().await?.is_empty() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunk end"));
+            let take = ((self.end - self.start) as u64).min(*left) as usize;
+            let piece = self.buf[self.start..self.start + take].to_vec();
+            self.start += take;
+            *left -= take as u64;
+            if let Framing::Chunked { left: 0, crlf } = f {
+                // Read with the next piece, so that a piece is never held back waiting for its CRLF.
+                *crlf = true;
+            }
+            return Ok(Some(piece));
+        }
+    }
+
+    /// A chunked body, read and counted.
+    async fn dechunk(&mut self) -> io::Result<u64> {
+        let mut f = Framing::Chunked { left: 0, crlf: false };
+        let mut total = 0;
+        for _ in 0..10_000_000 {
+            match self.piece(&mut f).await? {
+                Some(p) => total += p.len() as u64,
+                None => return Ok(total),
             }
         }
         Err(io::Error::new(io::ErrorKind::InvalidData, "too many chunks"))
@@ -891,7 +1242,7 @@ impl Conn {
             }
             h = self.head().await?;
         }
-        let mut keep_alive = if h.http10 { h.keep_alive } else { !h.close };
+        let mut keep_alive = h.persistent();
         let body = if (connect && (200..300).contains(&h.status)) || h.status == 204 || h.status == 304 {
             0
         } else if h.chunked {
@@ -928,12 +1279,29 @@ struct Target {
     tls: Option<TlsDial>,
     /// A `Proxy-Authorization` value sent with every request to the proxy.
     auth: Option<Arc<str>>,
+    /// The destination as `host:port`, named in the CONNECT and (its host) in `Host`; `None`: the origin.
+    authority: Option<Arc<str>>,
+    /// TLS with the destination: inside the CONNECT tunnel (interception), or straight to it (direct TLS).
+    inner: Option<TlsDial>,
 }
 
 impl Target {
     /// A plain-TCP target without credentials.
     fn plain(addr: SocketAddr, proxy: bool, origin: SocketAddr) -> Target {
-        Target { addr, proxy, origin, tls: None, auth: None }
+        Target { addr, proxy, origin, tls: None, auth: None, authority: None, inner: None }
+    }
+
+    /// The Messages API at `authority` (`host:port`) through `addr`: with `inner`, TLS to it (through a proxy:
+    /// inside the tunnel).
+    fn api(addr: SocketAddr, proxy: bool, origin: SocketAddr, authority: &str, inner: Option<TlsDial>) -> Target {
+        Target { authority: Some(authority.into()), inner, ..Target::plain(addr, proxy, origin) }
+    }
+
+    /// The same proxy and trust, for another intercepted `host` on port 443.
+    fn for_host(&self, host: &str) -> Result<Target, String> {
+        let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
+        let inner = self.inner.as_ref().map(|d| TlsDial { connector: d.connector.clone(), name });
+        Ok(Target { authority: Some(format!("{host}:443").into()), inner, ..self.clone() })
     }
 
     fn with_tls(&self, addr: SocketAddr, tls: TlsDial) -> Target {
@@ -967,9 +1335,25 @@ impl Target {
     }
 
     fn connect_req(&self) -> Vec<u8> {
-        let o = self.origin;
+        let o = self.authority.as_deref().map_or_else(|| self.origin.to_string(), str::to_string);
         let auth = self.auth_line();
         format!("CONNECT {o} HTTP/1.1\r\nHost: {o}\r\nUser-Agent: tollgate-load\r\n{auth}\r\n").into_bytes()
+    }
+
+    /// `POST /v1/messages` (origin-form, as a client speaks inside the tunnel), small; `stream` asks for SSE.
+    fn messages_req(&self, stream: bool) -> Vec<u8> {
+        let authority = self.authority.as_deref().unwrap_or(API_HOST);
+        let host = authority.strip_suffix(":443").unwrap_or(authority);
+        let body = format!(
+            r#"{{"model":"claude-sonnet-4-5","max_tokens":16,{}"messages":[{{"role":"user","content":"hi"}}]}}"#,
+            if stream { r#""stream":true,"# } else { "" }
+        );
+        format!(
+            "POST /v1/messages HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tollgate-load\r\nx-api-key: sk-ant-bench\r\n\
+             anthropic-version: 2023-06-01\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
     }
 
     /// A connection to the proxy (or, direct, to the origin): TCP, plus the TLS handshake for a TLS listener.
@@ -977,7 +1361,8 @@ impl Target {
         Conn::open(self.addr, self.tls.as_ref(), buf).await
     }
 
-    /// A connection to the origin: direct, or through a CONNECT tunnel of the proxy.
+    /// A connection to the destination: direct, or through a CONNECT tunnel of the proxy; then the TLS
+    /// handshake with it when `inner` is set.
     async fn tunnel(&self, buf: usize) -> io::Result<Conn> {
         let mut c = self.open(buf).await?;
         if self.proxy {
@@ -987,7 +1372,10 @@ impl Target {
                 return Err(io::Error::other(format!("CONNECT answered {}", r.status)));
             }
         }
-        Ok(c)
+        match &self.inner {
+            Some(d) => c.start_tls(d).await,
+            None => Ok(c),
+        }
     }
 }
 
@@ -1002,7 +1390,11 @@ struct Stats {
     connects: u64,
     /// Requests retried on a new connection because the proxy had closed the kept-alive one.
     stale: u64,
+    /// Paced loads: requests sent more than `PACE_SLACK` after their slot.
+    late: u64,
     lat_ns: Vec<u64>,
+    /// Scenario sse: each streamed event's delay from the stub's send to the client's read.
+    event_ns: Vec<u64>,
     last_error: Option<String>,
 }
 
@@ -1012,7 +1404,9 @@ impl Stats {
         self.errors += o.errors;
         self.connects += o.connects;
         self.stale += o.stale;
+        self.late += o.late;
         self.lat_ns.extend(o.lat_ns);
+        self.event_ns.extend(o.event_ns);
         if o.last_error.is_some() {
             self.last_error = o.last_error;
         }
@@ -1024,9 +1418,14 @@ impl Stats {
     }
 
     fn record(&mut self, t0: Instant) {
+        self.sample(t0.elapsed().as_nanos() as u64);
+    }
+
+    /// One successful operation that took `ns`.
+    fn sample(&mut self, ns: u64) {
         self.ok += 1;
         if self.lat_ns.len() < MAX_SAMPLES_PER_WORKER {
-            self.lat_ns.push(t0.elapsed().as_nanos() as u64);
+            self.lat_ns.push(ns);
         }
     }
 }
@@ -1039,12 +1438,23 @@ fn percentile_us(sorted_ns: &[u64], q: f64) -> f64 {
     sorted_ns[i] as f64 / 1000.0
 }
 
+fn mean_us(ns: &[u64]) -> f64 {
+    if ns.is_empty() {
+        return f64::NAN;
+    }
+    ns.iter().map(|&v| v as f64).sum::<f64>() / ns.len() as f64 / 1000.0
+}
+
 struct RateRound {
     rate: f64,
     p50_us: f64,
     p99_us: f64,
     max_us: f64,
     stats: Stats,
+    /// The proxy's CPU time per successful operation (µs), and the share of the round it was runnable but
+    /// waiting for its core (another process had it), when measured (`with_cpu`).
+    cpu_us: Option<f64>,
+    waiting: Option<f64>,
 }
 
 impl RateRound {
@@ -1055,6 +1465,28 @@ impl RateRound {
         );
         if self.stats.stale > 0 {
             let _ = write!(s, ", {} retried after the proxy closed a kept-alive connection", self.stats.stale);
+        }
+        if self.stats.late > 0 {
+            let _ = write!(s, ", {} sent more than {PACE_SLACK:?} after their slot", self.stats.late);
+        }
+        if let (Some(cpu), Some(waiting)) = (self.cpu_us, self.waiting) {
+            let _ = write!(
+                s,
+                ", proxy CPU {cpu:.1} µs per operation, runnable but waiting for its core {:.0}% of the round",
+                waiting * 100.0
+            );
+        }
+        if !self.stats.event_ns.is_empty() {
+            let mut ev = self.stats.event_ns.clone();
+            ev.sort_unstable();
+            let _ = write!(
+                s,
+                ", {} events: delay mean {:.0} µs, p50 {:.0} µs, p99 {:.0} µs",
+                ev.len(),
+                mean_us(&ev),
+                percentile_us(&ev, 0.50),
+                percentile_us(&ev, 0.99)
+            );
         }
         if let Some(e) = &self.stats.last_error {
             let _ = write!(s, " (last error: {e})");
@@ -1088,7 +1520,25 @@ where
         p99_us: percentile_us(&all.lat_ns, 0.99),
         max_us: percentile_us(&all.lat_ns, 1.0),
         stats: all,
+        cpu_us: None,
+        waiting: None,
     }
+}
+
+/// `round`, with the CPU time the process tree of `pid` spent during it per successful operation, and the share
+/// of the round it spent runnable but waiting for a core.
+async fn with_cpu(pid: Option<u32>, round: impl std::future::Future<Output = RateRound>) -> RateRound {
+    let Some(pid) = pid else {
+        return round.await;
+    };
+    let (t0, (run0, wait0)) = (Instant::now(), tree_sched_ns(pid));
+    let mut r = round.await;
+    let (run1, wait1) = tree_sched_ns(pid);
+    if r.stats.ok > 0 {
+        r.cpu_us = Some(run1.saturating_sub(run0) as f64 / r.stats.ok as f64 / 1000.0);
+        r.waiting = Some(wait1.saturating_sub(wait0) as f64 / t0.elapsed().as_nanos() as f64);
+    }
+    r
 }
 
 /// Takes one unit of the shared operation budget.
@@ -1098,22 +1548,72 @@ fn take(budget: &AtomicU64) -> bool {
 
 /// Scenario a: keep-alive GETs (absolute-form through a proxy, origin-form direct).
 async fn scenario_a(t: &Target, dur: Duration) -> RateRound {
-    let req = Arc::new(t.get_ka());
+    let load = KeepAlive {
+        conns: KA_CONNS,
+        req: Arc::new(t.get_ka()),
+        body: SMALL_BODY as u64,
+        tunnel: false,
+        warm: Vec::new(),
+        rate: None,
+        max_requests: KA_MAX_REQUESTS,
+    };
+    keepalive(t, dur, load).await
+}
+
+/// A keep-alive load: `conns` connections, each sending `req` and reading its answer, one at a time.
+struct KeepAlive {
+    conns: usize,
+    req: Arc<Vec<u8>>,
+    /// The body length of the expected `200`.
+    body: u64,
+    /// Each connection is `Target::tunnel` (CONNECT, then TLS inside when the target says so); else
+    /// `Target::open`, the proxy connection itself (absolute-form requests).
+    tunnel: bool,
+    /// Connections opened before the clock started (`open_warm`), taken by the first workers; the others open
+    /// theirs on the clock.
+    warm: Vec<Conn>,
+    /// Paced: requests/s over all connections, in evenly spaced slots; `None`: each connection back to back.
+    rate: Option<u32>,
+    max_requests: u64,
+}
+
+/// Runs a keep-alive load for `dur`. Paced, a connection takes the next free slot (`start + k / rate`), waits
+/// for it, and sends: open loop as long as a connection is free, latency from the send.
+async fn keepalive(t: &Target, dur: Duration, load: KeepAlive) -> RateRound {
     let t = t.clone();
-    run_workers(KA_CONNS, dur, KA_MAX_REQUESTS, move |deadline, budget| {
-        let req = req.clone();
-        let t = t.clone();
+    let slots = Arc::new(AtomicU64::new(0));
+    let KeepAlive { conns, req, body, tunnel, warm, rate, max_requests } = load;
+    let interval = rate.map(|r| Duration::from_secs(1) / r.max(1));
+    let opened = Arc::new(Mutex::new(warm));
+    run_workers(conns, dur, max_requests, move |deadline, budget| {
+        let (req, t, slots) = (req.clone(), t.clone(), slots.clone());
+        let start = deadline - dur;
+        let mut conn: Option<Conn> = opened.lock().ok().and_then(|mut v| v.pop());
         async move {
             let mut st = Stats::default();
-            let mut conn: Option<Conn> = None;
+            st.connects += u64::from(conn.is_some());
             while Instant::now() < deadline && st.errors < MAX_ERRORS_PER_WORKER && take(&budget) {
+                if let Some(interval) = interval {
+                    let slot = start + interval * slots.fetch_add(1, Ordering::Relaxed) as u32;
+                    if slot >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep_until(slot.into()).await;
+                    if slot.elapsed() > PACE_SLACK {
+                        st.late += 1;
+                    }
+                }
                 let t0 = Instant::now();
                 let res = timeout(IO_TIMEOUT, async {
                     let mut retried = false;
                     loop {
                         let reused = conn.is_some();
                         if !reused {
-                            conn = Some(t.open(SMALL_READ_BUF).await?);
+                            conn = Some(if tunnel {
+                                t.tunnel(SMALL_READ_BUF).await?
+                            } else {
+                                t.open(SMALL_READ_BUF).await?
+                            });
                             st.connects += 1;
                         }
                         let c = conn.as_mut().expect("connection just opened");
@@ -1133,7 +1633,7 @@ async fn scenario_a(t: &Target, dur: Duration) -> RateRound {
                 .await;
                 match res {
                     Ok(Ok(r)) => {
-                        if r.status == 200 && r.body == SMALL_BODY as u64 {
+                        if r.status == 200 && r.body == body {
                             st.record(t0);
                         } else {
                             st.error(format!("status {} body {}", r.status, r.body));
@@ -1157,6 +1657,31 @@ async fn scenario_a(t: &Target, dur: Duration) -> RateRound {
         }
     })
     .await
+}
+
+/// `n` connections to `t` (`Target::tunnel` with `tunnel`, else `Target::open`), opened concurrently before a
+/// load starts, so that its clock measures the steady state; those that fail are left out.
+async fn open_warm(t: &Target, n: usize, tunnel: bool) -> Vec<Conn> {
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let t = t.clone();
+            tokio::spawn(async move {
+                let open = async {
+                    if tunnel {
+                        t.tunnel(SMALL_READ_BUF).await
+                    } else {
+                        t.open(SMALL_READ_BUF).await
+                    }
+                };
+                timeout(IO_TIMEOUT, open).await.ok().and_then(Result::ok)
+            })
+        })
+        .collect();
+    let mut opened = Vec::with_capacity(n);
+    for h in handles {
+        opened.extend(h.await.ok().flatten());
+    }
+    opened
 }
 
 /// Scenario b: CONNECT + one GET + close (direct: connect + one GET + close).
@@ -1328,6 +1853,8 @@ struct Ctx {
     instances: u32,
     /// The argon2id hash of the Basic user's password, made once by `tollgate passwd`.
     bench_hash: Option<String>,
+    /// The Messages API stub, started by the first interception scenario.
+    stub: Option<Stub>,
 }
 
 impl Ctx {
@@ -1377,7 +1904,8 @@ fn write_config(kind: Kind, dir: &Path, port: u16, origin: SocketAddr) -> io::Re
     let d = dir.display();
     let listen = format!("127.0.0.1:{port}");
     match kind {
-        Kind::Direct => Ok(Vec::new()),
+        // mitmproxy is started by `start_mitmproxy`, for the interception scenarios only.
+        Kind::Direct | Kind::Mitmproxy => Ok(Vec::new()),
         Kind::Tollgate => {
             let admin = free_port()?;
             let path = dir.join("tollgate.yaml");
@@ -1457,8 +1985,22 @@ async fn start_tollgate(ctx: &Ctx, dir: &Path, yaml: &str, smoke: &Target) -> Re
     launch(ctx, Kind::Tollgate, dir, &args, smoke).await
 }
 
-/// One absolute-form GET and one CONNECT + GET through `t`.
+/// One absolute-form GET and one CONNECT + GET through `t`; for a Messages API target, one `POST /v1/messages`
+/// through a tunnel.
 async fn smoke_once(t: &Target) -> Result<(), String> {
+    if t.authority.is_some() {
+        let res = timeout(IO_TIMEOUT, async {
+            let mut c = t.tunnel(SMALL_READ_BUF).await?;
+            exchange(&mut c, &t.messages_req(false)).await
+        })
+        .await;
+        return match res {
+            Ok(Ok(r)) if r.status == 200 && r.body == STUB_MESSAGE.len() as u64 => Ok(()),
+            Ok(Ok(r)) => Err(format!("POST /v1/messages: status {}, {} body bytes", r.status, r.body)),
+            Ok(Err(e)) => Err(format!("POST /v1/messages: {e}")),
+            Err(_) => Err("POST /v1/messages: timeout".into()),
+        };
+    }
     let get = timeout(IO_TIMEOUT, async {
         let mut c = t.open(SMALL_READ_BUF).await?;
         c.send(&t.get_ka()).await?;
@@ -1487,6 +2029,13 @@ async fn smoke_once(t: &Target) -> Result<(), String> {
 /// Spawns `kind` with `args` in `dir`, pinned to core 1; waits until `smoke.addr` accepts and
 /// `smoke` answers one request and one CONNECT.
 async fn launch(ctx: &Ctx, kind: Kind, dir: &Path, args: &[String], smoke: &Target) -> Result<Proxy, String> {
+    let mut proxy = spawn(ctx, kind, dir, args, smoke.addr).await?;
+    until_smoke(&mut proxy, smoke).await?;
+    Ok(proxy)
+}
+
+/// Spawns `kind` with `args` in `dir`, pinned to core 1; waits until `addr` accepts.
+async fn spawn(ctx: &Ctx, kind: Kind, dir: &Path, args: &[String], addr: SocketAddr) -> Result<Proxy, String> {
     let bin = ctx.bins.get(&kind).cloned().ok_or("not installed")?;
     let log = dir.join("stdio.log");
     let out = fs::File::create(&log).map_err(|e| e.to_string())?;
@@ -1500,50 +2049,40 @@ async fn launch(ctx: &Ctx, kind: Kind, dir: &Path, args: &[String], smoke: &Targ
     }
     let child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", bin.display()))?;
     register_pid(child.id());
-    let mut proxy = Proxy { kind, child, addr: smoke.addr, log };
-    let tail = |p: &Proxy| {
-        let mut t = log_tail(&p.log, 600);
-        for extra in ["cache.log", "tinyproxy.log"] {
-            let f = dir.join(extra);
-            if f.exists() {
-                let _ = write!(t, " | {extra}: {}", log_tail(&f, 400));
-            }
-        }
-        t
-    };
-    let mut ready = false;
+    let mut proxy = Proxy { kind, child, addr, log };
     for _ in 0..READY_ATTEMPTS {
         if let Ok(Some(status)) = proxy.child.try_wait() {
-            return Err(format!("{} exited at start-up ({status}): {}", kind.name(), tail(&proxy)));
+            return Err(format!("{} exited at start-up ({status}): {}", kind.name(), proxy.tail()));
         }
         if let Ok(Ok(_)) = timeout(Duration::from_millis(500), TcpStream::connect(proxy.addr)).await {
-            ready = true;
-            break;
+            return Ok(proxy);
         }
         sleep(Duration::from_millis(100)).await;
     }
-    if !ready {
-        return Err(format!(
-            "{} did not accept on {} within {} attempts: {}",
-            kind.name(),
-            proxy.addr,
-            READY_ATTEMPTS,
-            tail(&proxy)
-        ));
-    }
-    // Smoke test: one absolute-form GET and one CONNECT, retried briefly while it finishes start-up.
+    Err(format!(
+        "{} did not accept on {} within {} attempts: {}",
+        kind.name(),
+        proxy.addr,
+        READY_ATTEMPTS,
+        proxy.tail()
+    ))
+}
+
+/// Smoke test: one absolute-form GET and one CONNECT (or, for the Messages API, one request), retried briefly
+/// while the proxy finishes start-up.
+async fn until_smoke(proxy: &mut Proxy, smoke: &Target) -> Result<(), String> {
     let mut last = String::new();
     for _ in 0..20 {
         match smoke_once(smoke).await {
-            Ok(()) => return Ok(proxy),
+            Ok(()) => return Ok(()),
             Err(e) => last = e,
         }
         if let Ok(Some(status)) = proxy.child.try_wait() {
-            return Err(format!("{} exited ({status}): {}", kind.name(), tail(&proxy)));
+            return Err(format!("{} exited ({status}): {}", proxy.kind.name(), proxy.tail()));
         }
         sleep(Duration::from_millis(200)).await;
     }
-    Err(format!("{} does not proxy ({last}): {}", proxy.kind.name(), tail(&proxy)))
+    Err(format!("{} does not proxy ({last}): {}", proxy.kind.name(), proxy.tail()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1564,11 +2103,30 @@ struct FeatureRow {
     target: String,
 }
 
+/// What a row of the interception table is held to.
+enum Goal {
+    None,
+    /// tollgate's value at least this many times mitmproxy's (req/s).
+    TimesMitmproxy(f64),
+    /// tollgate's value below this (µs).
+    Below(f64),
+}
+
+/// One row of the interception table: tollgate, the stub direct (plain, TLS) and mitmproxy, in one run.
+struct ApiRow {
+    label: String,
+    /// In `Side::ALL` order.
+    cells: [Cell; 4],
+    decimals: usize,
+    goal: Goal,
+}
+
 #[derive(Default)]
 struct Report {
     cells: BTreeMap<(Metric, Kind), Cell>,
     notes: Vec<String>,
     features: Vec<FeatureRow>,
+    api: Vec<ApiRow>,
 }
 
 impl Report {
@@ -1672,6 +2230,56 @@ impl Report {
                 cell(&r.value, r.decimals),
                 r.target
             );
+        }
+        s
+    }
+
+    fn api(&mut self, label: String, cells: [Cell; 4], decimals: usize, goal: Goal) {
+        self.api.push(ApiRow { label, cells, decimals, goal });
+    }
+
+    /// An interception scenario that could not run: one row saying so, the details in a note.
+    fn api_failed(&mut self, label: String, msg: String) {
+        let short = format!("failed [{}]", self.footnote(msg));
+        self.api(label, Side::ALL.map(|_| Cell::Note(short.clone())), 0, Goal::None);
+    }
+
+    fn api_table(&self) -> String {
+        let mut s = String::from("| scenario |");
+        for side in Side::ALL {
+            let _ = write!(s, " {} |", side.name());
+        }
+        s.push_str(" tollgate/mitmproxy | target | met? |\n|---|---:|---:|---:|---:|---:|---|---|\n");
+        let val = |c: &Cell| match c {
+            Cell::Val(v) => Some(*v),
+            Cell::Note(_) => None,
+        };
+        for r in &self.api {
+            let _ = write!(s, "| {} |", r.label);
+            for c in &r.cells {
+                match c {
+                    Cell::Val(v) => {
+                        let _ = write!(s, " {v:.*} |", r.decimals);
+                    }
+                    Cell::Note(n) => {
+                        let _ = write!(s, " {n} |");
+                    }
+                }
+            }
+            let (tollgate, mitmproxy) = (val(&r.cells[0]), val(&r.cells[3]));
+            let ratio = match (tollgate, mitmproxy) {
+                (Some(t), Some(m)) if m > 0.0 => Some(t / m),
+                _ => None,
+            };
+            let ratio_text = ratio.map_or_else(|| "n/a".into(), |x| format!("{x:.2}x"));
+            let (target, met) = match r.goal {
+                Goal::None => (String::new(), ""),
+                Goal::TimesMitmproxy(x) => {
+                    (format!("≥ {x:.0}× mitmproxy"), ratio.map_or("n/a", |v| if v >= x { "✓" } else { "✗" }))
+                }
+                Goal::Below(x) => (format!("< {x:.0} µs"), tollgate.map_or("n/a", |v| if v < x { "✓" } else { "✗" })),
+            };
+            let _ = writeln!(s, " {ratio_text} | {target} | {met} |");
         }
         s
     }
@@ -1800,6 +2408,13 @@ struct Series {
     p50: Vec<f64>,
     p99: Vec<f64>,
     max: Vec<f64>,
+    /// Scenario sse: per round, the mean and the p99 of the events' delays (µs).
+    event_mean: Vec<f64>,
+    event_p99: Vec<f64>,
+    /// Per round, the proxy's CPU per operation (µs) and its share of the round waiting for its core.
+    cpu: Vec<f64>,
+    waiting: Vec<f64>,
+    late: u64,
     errors: u64,
     last_error: Option<String>,
 }
@@ -1809,7 +2424,16 @@ fn median_of(v: &[f64]) -> Option<f64> {
 }
 
 impl Series {
-    fn add(&mut self, r: RateRound) {
+    fn add(&mut self, mut r: RateRound) {
+        let mut events = std::mem::take(&mut r.stats.event_ns);
+        if !events.is_empty() {
+            events.sort_unstable();
+            self.event_mean.push(mean_us(&events));
+            self.event_p99.push(percentile_us(&events, 0.99));
+        }
+        self.late += r.stats.late;
+        self.cpu.extend(r.cpu_us);
+        self.waiting.extend(r.waiting);
         if r.stats.ok > 0 {
             self.rate.push(r.rate);
             self.p50.push(r.p50_us);
@@ -1823,6 +2447,48 @@ impl Series {
     }
 }
 
+/// Runs `rounds` rounds of every side in turn (`run(i)` runs side `i`), so that a change in the machine's load
+/// hits all alike; prints every round (`what` starts the lines) and each side's rounds.
+async fn interleaved<F, Fut>(rounds: usize, what: &str, names: &[&str], unit: &str, mut run: F) -> Vec<Series>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = RateRound>,
+{
+    let mut out: Vec<Series> = names.iter().map(|_| Series::default()).collect();
+    for r in 1..=rounds {
+        for (i, name) in names.iter().enumerate() {
+            let round = run(i).await;
+            println!("- {what} round {r}/{rounds}, {name}: {}", round.describe(unit));
+            out[i].add(round);
+            sleep(ROUND_PAUSE).await;
+        }
+    }
+    for (name, s) in names.iter().zip(&out) {
+        println!(
+            "  - {what} rounds, {name}: {unit} [{}], p50 µs [{}], p99 µs [{}], max µs [{}]",
+            fmt_rounds(&s.rate, 0),
+            fmt_rounds(&s.p50, 0),
+            fmt_rounds(&s.p99, 0),
+            fmt_rounds(&s.max, 0)
+        );
+        if !s.event_mean.is_empty() {
+            println!(
+                "  - {what} rounds, {name}: event delay mean µs [{}], p99 µs [{}]",
+                fmt_rounds(&s.event_mean, 0),
+                fmt_rounds(&s.event_p99, 0)
+            );
+        }
+        if !s.cpu.is_empty() {
+            println!(
+                "  - {what} rounds, {name}: proxy CPU µs per operation [{}], waiting for its core % [{}]",
+                fmt_rounds(&s.cpu, 1),
+                fmt_rounds(&s.waiting.iter().map(|w| w * 100.0).collect::<Vec<_>>(), 0)
+            );
+        }
+    }
+    out
+}
+
 /// Runs `rounds` rounds of the baseline (`false`) and of the variant (`true`) alternately, so that a change in
 /// the machine's load hits both alike; prints every round. `names`: baseline, variant.
 async fn paired<F, Fut>(rounds: usize, what: &str, names: [&str; 2], unit: &str, mut run: F) -> [Series; 2]
@@ -1830,29 +2496,13 @@ where
     F: FnMut(bool) -> Fut,
     Fut: std::future::Future<Output = RateRound>,
 {
-    let mut out = [Series::default(), Series::default()];
-    for r in 1..=rounds {
-        for (i, variant) in [false, true].into_iter().enumerate() {
-            let round = run(variant).await;
-            println!("- `tollgate` {what} round {r}/{rounds}, {}: {}", names[i], round.describe(unit));
-            out[i].add(round);
-            sleep(ROUND_PAUSE).await;
-        }
-    }
-    for (i, s) in out.iter().enumerate() {
-        println!(
-            "  - `tollgate` {what} rounds, {}: {unit} [{}], p50 µs [{}], p99 µs [{}], max µs [{}]",
-            names[i],
-            fmt_rounds(&s.rate, 0),
-            fmt_rounds(&s.p50, 0),
-            fmt_rounds(&s.p99, 0),
-            fmt_rounds(&s.max, 0)
-        );
-    }
+    let what = format!("`tollgate` {what}");
+    let mut sides = interleaved(rounds, &what, &names, unit, |i| run(i == 1)).await.into_iter();
+    let out = [sides.next().unwrap_or_default(), sides.next().unwrap_or_default()];
     if out[0].rate.len() == rounds && out[1].rate.len() == rounds {
         // Each pair ran back to back: its ratio is the least disturbed by a change in the machine's load.
         let ratios: Vec<f64> = out[1].rate.iter().zip(&out[0].rate).map(|(v, b)| v / b).collect();
-        println!("  - `tollgate` {what}: {unit} measured/baseline per round [{}]", fmt_rounds(&ratios, 2));
+        println!("  - {what}: {unit} measured/baseline per round [{}]", fmt_rounds(&ratios, 2));
     }
     out
 }
@@ -2348,6 +2998,568 @@ async fn feature_reload(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Interception: the Messages API through tollgate, straight to the stub, and through mitmproxy
+// ---------------------------------------------------------------------------------------------
+
+/// The columns of the interception table.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Side {
+    Tollgate,
+    Direct,
+    DirectTls,
+    Mitmproxy,
+}
+
+impl Side {
+    /// The table's column order.
+    const ALL: [Side; 4] = [Side::Tollgate, Side::Direct, Side::DirectTls, Side::Mitmproxy];
+
+    fn name(self) -> &'static str {
+        match self {
+            Side::Tollgate => "tollgate",
+            Side::Direct => "direct",
+            Side::DirectTls => "direct TLS",
+            Side::Mitmproxy => "mitmproxy",
+        }
+    }
+}
+
+/// The Messages API stub: a plain and a TLS listener (a certificate for `localhost` from `make_pki`).
+#[derive(Clone)]
+struct Stub {
+    plain: SocketAddr,
+    tls: SocketAddr,
+    /// How the client reaches the TLS listener.
+    dial: TlsDial,
+}
+
+/// Starts the stub on the harness's thread, once per run.
+async fn stub(ctx: &mut Ctx) -> Result<Stub, String> {
+    if let Some(s) = &ctx.stub {
+        return Ok(s.clone());
+    }
+    let dir = ctx.instance_dir("stub")?;
+    let pki = make_pki(&dir)?;
+    let certs = tollgate::tls::load_certs(&pki.server_cert)?;
+    let key = tollgate::tls::load_key(&pki.server_key)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(tollgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("stub certificate: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let plain = TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("cannot bind the stub: {e}"))?;
+    let tls = TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("cannot bind the stub: {e}"))?;
+    let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let stub = Stub {
+        plain: plain.local_addr().map_err(|e| e.to_string())?,
+        tls: tls.local_addr().map_err(|e| e.to_string())?,
+        dial: TlsDial { connector: tokio_rustls::TlsConnector::from(pki.client.clone()), name },
+    };
+    tokio::spawn(serve(plain, Served::Stub, None));
+    tokio::spawn(serve(tls, Served::Stub, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))));
+    println!(
+        "- Messages API stub: {} (plain), {} (TLS, certificate for localhost); SSE: {SSE_EVENTS} events, \
+         {SSE_GAP:?} apart",
+        stub.plain, stub.tls
+    );
+    ctx.stub = Some(stub.clone());
+    Ok(stub)
+}
+
+/// The Messages API through the proxy at `proxy`, intercepting with the CA in `ca`.
+fn intercepted(proxy: SocketAddr, origin: SocketAddr, ca: &Path) -> Result<Target, String> {
+    let name = ServerName::try_from(API_HOST).map_err(|e| e.to_string())?;
+    let dial = TlsDial { connector: tokio_rustls::TlsConnector::from(tls_client(ca, None)?), name };
+    Ok(Target::api(proxy, true, origin, &format!("{API_HOST}:443"), Some(dial)))
+}
+
+/// tollgate intercepting `API_HOST` (routed to the plain stub) and `*.MINT_DOMAIN` (handshakes only), its CA
+/// created on start in its directory. Checked with one GET through the forward proxy, then one intercepted
+/// request (which mints the leaf of `API_HOST`: the cache is warm from then on).
+async fn start_tollgate_intercept(ctx: &mut Ctx, stub: SocketAddr) -> Result<(Proxy, Target), String> {
+    let dir = ctx.instance_dir("tollgate-intercept")?;
+    let (proxy_port, admin_port) = (port()?, port()?);
+    let d = dir.display();
+    let allow = format!("    - \"{API_HOST}\"\n    - \"*.{MINT_DOMAIN}\"\n{ALLOW_LOOPBACK}");
+    let extra = format!(
+        "upstreams: {{stub: {{url: \"http://{stub}\"}}}}\n\
+         routing: [{{when: {{host: {API_HOST}}}, to: stub}}]\n\
+         intercept: {{ca: {{cert: \"{d}/ca.pem\", key: \"{d}/ca.key\"}}, hosts: [\"{API_HOST}\", \"*.{MINT_DOMAIN}\"]}}\n\
+         state: {{path: \"{d}/state\"}}\n"
+    );
+    let admin = format!("{{bind: \"127.0.0.1:{admin_port}\"}}");
+    let yaml = tollgate_yaml(&dir, &listener_item("proxy", proxy_port), &admin, "{anonymous: bench}", &allow, &extra);
+    let forward = Target::plain(loopback(proxy_port), true, ctx.origin);
+    let mut proxy = start_tollgate(ctx, &dir, &yaml, &forward).await?;
+    let t = intercepted(forward.addr, ctx.origin, &dir.join("ca.pem"))?;
+    until_smoke(&mut proxy, &t).await?;
+    Ok((proxy, t))
+}
+
+/// `mitmdump` in regular proxy mode with `benches/mitm_stub.py` (requests for `API_HOST` go to the plain stub,
+/// SSE responses are streamed), leaves minted for the SNI without asking the upstream, no upstream connection
+/// before a request; its CA created in its directory.
+async fn start_mitmproxy(ctx: &mut Ctx, stub: SocketAddr) -> Result<(Proxy, Target), String> {
+    if !ctx.bins.contains_key(&Kind::Mitmproxy) {
+        return Err("not installed".into());
+    }
+    let dir = ctx.instance_dir("mitmproxy")?;
+    let port = port()?;
+    let addon = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/mitm_stub.py");
+    let mut args: Vec<String> =
+        ["--listen-host", "127.0.0.1", "--listen-port", &port.to_string(), "-q", "-s"].map(String::from).to_vec();
+    args.push(addon.display().to_string());
+    for set in [
+        format!("confdir={}", dir.display()),
+        "upstream_cert=false".into(),
+        "connection_strategy=lazy".into(),
+        "termlog_verbosity=error".into(),
+        "flow_detail=0".into(),
+        format!("bench_stub={stub}"),
+    ] {
+        args.push("--set".into());
+        args.push(set);
+    }
+    let mut proxy = spawn(ctx, Kind::Mitmproxy, &dir, &args, loopback(port)).await?;
+    let ca = dir.join("mitmproxy-ca-cert.pem");
+    for _ in 0..READY_ATTEMPTS {
+        if ca.is_file() {
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    let t = intercepted(proxy.addr, ctx.origin, &ca)?;
+    until_smoke(&mut proxy, &t).await?;
+    Ok((proxy, t))
+}
+
+/// The sides of one interception scenario, the proxies they need, and the sides that could not run.
+struct ApiRun {
+    /// In the order each round runs them.
+    sides: Vec<(Side, Target)>,
+    /// Why a side is missing (a cell's text).
+    missing: Vec<(Side, String)>,
+    /// Killed when the run is dropped.
+    proxies: Vec<Proxy>,
+}
+
+impl ApiRun {
+    fn names(&self) -> Vec<&'static str> {
+        self.sides.iter().map(|(s, _)| s.name()).collect()
+    }
+
+    fn target(&self, i: usize) -> &Target {
+        &self.sides[i].1
+    }
+
+    /// The process behind side `i`, if it is a proxy.
+    fn pid(&self, i: usize) -> Option<u32> {
+        let kind = match self.sides[i].0 {
+            Side::Tollgate => Kind::Tollgate,
+            Side::Mitmproxy => Kind::Mitmproxy,
+            Side::Direct | Side::DirectTls => return None,
+        };
+        self.proxies.iter().find(|p| p.kind == kind).map(Proxy::pid)
+    }
+
+    /// Notes on how much of the rounds the proxies waited for their core (another process had it).
+    fn contention(&self, rep: &mut Report, tag: &str, series: &[Series]) {
+        for ((side, _), s) in self.sides.iter().zip(series) {
+            if let Some(w) = median_of(&s.waiting).filter(|w| *w > 0.05) {
+                rep.footnote(format!(
+                    "{tag} {}: runnable but waiting for its core {:.0}% of the round (median; the machine was busy)",
+                    side.name(),
+                    w * 100.0
+                ));
+            }
+        }
+    }
+
+    /// A row's cells: `value(side, i)` for each side that ran (`None`: n/a, NaN: failed).
+    fn cells(&self, value: impl Fn(Side, usize) -> Option<f64>) -> [Cell; 4] {
+        Side::ALL.map(|side| match self.sides.iter().position(|(s, _)| *s == side) {
+            Some(i) => match value(side, i) {
+                Some(v) if v.is_finite() => Cell::Val(v),
+                Some(_) => Cell::Note("failed".into()),
+                None => Cell::Note("n/a".into()),
+            },
+            None => Cell::Note(
+                self.missing.iter().find(|(s, _)| *s == side).map_or_else(|| "n/a".into(), |(_, why)| why.clone()),
+            ),
+        })
+    }
+
+    /// The rows of one measurement's series: `value` picks a number from a series.
+    fn series_cells(&self, series: &[Series], value: fn(&Series) -> &Vec<f64>) -> [Cell; 4] {
+        self.cells(|_, i| Some(median_of(value(&series[i])).unwrap_or(f64::NAN)))
+    }
+
+    /// `value` of each side minus direct's (direct itself: n/a).
+    fn added_cells(&self, series: &[Series], value: fn(&Series) -> &Vec<f64>) -> [Cell; 4] {
+        let direct = self.sides.iter().position(|(s, _)| *s == Side::Direct).and_then(|i| median_of(value(&series[i])));
+        self.cells(|side, i| {
+            (side != Side::Direct).then(|| match (median_of(value(&series[i])), direct) {
+                (Some(v), Some(d)) => v - d,
+                _ => f64::NAN,
+            })
+        })
+    }
+
+    /// A note per side whose operations failed or ran late.
+    fn notes(&self, rep: &mut Report, tag: &str, series: &[Series]) {
+        for ((side, _), s) in self.sides.iter().zip(series) {
+            if s.errors > 0 {
+                rep.footnote(format!(
+                    "{tag} {}: {} failed operations (last: {})",
+                    side.name(),
+                    s.errors,
+                    s.last_error.clone().unwrap_or_default()
+                ));
+            }
+            if s.late > 0 {
+                rep.footnote(format!(
+                    "{tag} {}: {} requests were sent more than {PACE_SLACK:?} after their slot",
+                    side.name(),
+                    s.late
+                ));
+            }
+        }
+    }
+}
+
+/// The stub direct (plain and TLS), tollgate and mitmproxy, each checked with one request.
+async fn api_run(ctx: &mut Ctx, rep: &mut Report, tag: &str) -> Result<ApiRun, String> {
+    let stub = stub(ctx).await?;
+    let authority = format!("{API_HOST}:443");
+    let mut run = ApiRun {
+        sides: vec![
+            (Side::Direct, Target::api(stub.plain, false, ctx.origin, &authority, None)),
+            (Side::DirectTls, Target::api(stub.tls, false, ctx.origin, &authority, Some(stub.dial.clone()))),
+        ],
+        missing: Vec::new(),
+        proxies: Vec::new(),
+    };
+    for (side, t) in &run.sides {
+        smoke_once(t).await.map_err(|e| format!("the stub, {}: {e}", side.name()))?;
+    }
+    let (proxy, t) = start_tollgate_intercept(ctx, stub.plain).await?;
+    println!(
+        "- `{tag}` tollgate started: pid {}, {} (intercepting {API_HOST}, routed to the stub)",
+        proxy.pid(),
+        t.addr
+    );
+    run.sides.push((Side::Tollgate, t));
+    run.proxies.push(proxy);
+    match start_mitmproxy(ctx, stub.plain).await {
+        Ok((proxy, t)) => {
+            println!("- `{tag}` mitmproxy started: pid {}, {}", proxy.pid(), t.addr);
+            run.sides.push((Side::Mitmproxy, t));
+            run.proxies.push(proxy);
+        }
+        Err(e) if e == "not installed" => {
+            println!("- `{tag}` mitmproxy: not installed");
+            run.missing.push((Side::Mitmproxy, e));
+        }
+        Err(e) => {
+            println!("- `{tag}` mitmproxy: could not start: {e}");
+            let n = rep.footnote(format!("{tag}: mitmproxy: {e}"));
+            run.missing.push((Side::Mitmproxy, format!("failed [{n}]")));
+        }
+    }
+    Ok(run)
+}
+
+/// Scenario intercept: non-streamed `POST /v1/messages` back to back over `INTERCEPT_CONNS` tunnels, then paced
+/// at `PACED_RATE` over `PACED_CONNS`; then the first handshake to a new host against a cached one.
+async fn feature_intercept(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
+    let run = api_run(ctx, rep, "intercept").await?;
+    let names = run.names();
+    let (rounds, dur) = (ctx.opts.rounds, Duration::from_secs(ctx.opts.round_secs));
+    // The tunnels of a round are opened (CONNECT, TLS handshake) before its clock and CPU count start.
+    let round = |i: usize, conns: usize, rate: Option<u32>| {
+        let (t, pid) = (run.target(i), run.pid(i));
+        async move {
+            let warm = open_warm(t, conns, true).await;
+            let req = Arc::new(t.messages_req(false));
+            let body = STUB_MESSAGE.len() as u64;
+            let load = KeepAlive { conns, req, body, tunnel: true, warm, rate, max_requests: KA_MAX_REQUESTS };
+            with_cpu(pid, keepalive(t, dur, load)).await
+        }
+    };
+
+    let s = interleaved(rounds, "`intercept`", &names, "req/s", |i| round(i, INTERCEPT_CONNS, None)).await;
+    rep.api(
+        format!(
+            "intercept. `POST /v1/messages` (non-streamed), {INTERCEPT_CONNS} keep-alive tunnels, back to back (req/s)"
+        ),
+        run.series_cells(&s, |s| &s.rate),
+        0,
+        Goal::TimesMitmproxy(20.0),
+    );
+    rep.api("intercept. latency p50 (µs)".into(), run.series_cells(&s, |s| &s.p50), 0, Goal::None);
+    rep.api("intercept. latency p99 (µs)".into(), run.series_cells(&s, |s| &s.p99), 0, Goal::None);
+    rep.api(
+        "intercept. proxy CPU per request, user + kernel, all threads (µs)".into(),
+        run.cells(|side, i| {
+            matches!(side, Side::Tollgate | Side::Mitmproxy).then(|| median_of(&s[i].cpu).unwrap_or(f64::NAN))
+        }),
+        1,
+        Goal::None,
+    );
+    rep.api(
+        "intercept. one free core's worth: 10⁶ / CPU per request (req/s; unlike req/s, not skewed by other processes \
+         on the proxy's core)"
+            .into(),
+        run.cells(|side, i| {
+            matches!(side, Side::Tollgate | Side::Mitmproxy).then(|| median_of(&s[i].cpu).map_or(f64::NAN, |c| 1e6 / c))
+        }),
+        0,
+        Goal::TimesMitmproxy(20.0),
+    );
+    run.notes(rep, "intercept", &s);
+    run.contention(rep, "intercept", &s);
+
+    let p =
+        interleaved(rounds, "`intercept` paced", &names, "req/s", |i| round(i, PACED_CONNS, Some(PACED_RATE))).await;
+    let tag = format!("paced. {PACED_RATE} req/s evenly spaced over {PACED_CONNS} tunnels");
+    rep.api(format!("{tag}: latency p50 (µs)"), run.series_cells(&p, |s| &s.p50), 0, Goal::None);
+    rep.api(format!("{tag}: latency p99 (µs)"), run.series_cells(&p, |s| &s.p99), 0, Goal::None);
+    rep.api("paced. added latency p50, over direct (µs)".into(), run.added_cells(&p, |s| &s.p50), 0, Goal::None);
+    rep.api(
+        "paced. added latency p99, over direct (µs)".into(),
+        run.added_cells(&p, |s| &s.p99),
+        0,
+        Goal::Below(1000.0),
+    );
+    run.notes(rep, "paced", &p);
+    run.contention(rep, "paced", &p);
+
+    // Minting: each round, new names; the direct TLS side shows a handshake with a fixed certificate.
+    let mut minted: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); run.sides.len()];
+    for r in 1..=rounds {
+        for (i, (side, t)) in run.sides.iter().enumerate() {
+            if *side == Side::Direct {
+                continue;
+            }
+            let host = |h: usize| {
+                if *side == Side::DirectTls {
+                    Ok(t.clone())
+                } else {
+                    t.for_host(&format!("h{r}-{h}.{MINT_DOMAIN}"))
+                }
+            };
+            match handshakes(host).await {
+                Ok((new, cached)) => {
+                    println!(
+                        "- `intercept` handshake round {r}/{rounds}, {}: new host {new:.0} µs, cached host {cached:.0} µs \
+                         (medians of {MINT_HOSTS})",
+                        side.name()
+                    );
+                    minted[i].0.push(new);
+                    minted[i].1.push(cached);
+                }
+                Err(e) => {
+                    println!("- `intercept` handshake round {r}/{rounds}, {}: failed: {e}", side.name());
+                    rep.footnote(format!("mint {}: {e}", side.name()));
+                }
+            }
+            sleep(ROUND_PAUSE).await;
+        }
+    }
+    let pick = |i: usize, new: bool| median_of(if new { &minted[i].0 } else { &minted[i].1 }).unwrap_or(f64::NAN);
+    rep.api(
+        format!("mint. CONNECT + TLS handshake, new host: leaf minted (µs, median of {MINT_HOSTS} hosts)"),
+        run.cells(|side, i| (side != Side::DirectTls && side != Side::Direct).then(|| pick(i, true))),
+        0,
+        Goal::None,
+    );
+    rep.api(
+        "mint. CONNECT + TLS handshake, cached host (µs; direct TLS: TCP + TLS handshake to the stub)".into(),
+        run.cells(|side, i| (side != Side::Direct).then(|| pick(i, false))),
+        0,
+        Goal::None,
+    );
+    drop(run);
+    Ok(())
+}
+
+/// `MINT_HOSTS` hosts (`host(i)`), each opened twice in a row (connect, CONNECT, TLS handshake, close): the
+/// first to a new host mints its leaf, the second finds it cached. Each median, µs.
+async fn handshakes(host: impl Fn(usize) -> Result<Target, String>) -> Result<(f64, f64), String> {
+    let (mut new, mut cached) = (Vec::new(), Vec::new());
+    for h in 0..MINT_HOSTS {
+        let t = host(h)?;
+        for out in [&mut new, &mut cached] {
+            let t0 = Instant::now();
+            match timeout(IO_TIMEOUT, t.tunnel(1024)).await {
+                Ok(Ok(_)) => out.push(t0.elapsed().as_secs_f64() * 1e6),
+                Ok(Err(e)) => return Err(format!("{:?}: {e}", t.authority)),
+                Err(_) => return Err(format!("{:?}: timeout", t.authority)),
+            }
+        }
+    }
+    Ok((median(new), median(cached)))
+}
+
+/// Scenario sse: streamed responses; time to the first event, each later event's delay, per side.
+async fn feature_sse(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
+    let run = api_run(ctx, rep, "sse").await?;
+    let names = run.names();
+    let (rounds, dur) = (ctx.opts.rounds, Duration::from_secs(ctx.opts.round_secs));
+    let s = interleaved(rounds, "`sse`", &names, "streams/s", |i| {
+        let (t, pid) = (run.target(i), run.pid(i));
+        async move {
+            let warm = open_warm(t, SSE_CONNS, true).await;
+            with_cpu(pid, scenario_sse(t, dur, warm)).await
+        }
+    })
+    .await;
+    let tag = format!("sse. {SSE_CONNS} connections, {SSE_EVENTS} events per response, {SSE_GAP:?} apart");
+    rep.api(format!("{tag}: time to first event p50 (µs)"), run.series_cells(&s, |s| &s.p50), 0, Goal::None);
+    rep.api(format!("{tag}: time to first event p99 (µs)"), run.series_cells(&s, |s| &s.p99), 0, Goal::None);
+    rep.api(
+        "sse. added time to first event p50, over direct (µs)".into(),
+        run.added_cells(&s, |s| &s.p50),
+        0,
+        Goal::None,
+    );
+    rep.api(
+        "sse. event delay, stub's send → client's read, mean (µs)".into(),
+        run.series_cells(&s, |s| &s.event_mean),
+        0,
+        Goal::None,
+    );
+    rep.api("sse. event delay p99 (µs)".into(), run.series_cells(&s, |s| &s.event_p99), 0, Goal::None);
+    rep.api(
+        "sse. added latency per event, mean over direct (µs)".into(),
+        run.added_cells(&s, |s| &s.event_mean),
+        0,
+        Goal::Below(1000.0),
+    );
+    rep.api(
+        "sse. added latency per event, p99 over direct (µs)".into(),
+        run.added_cells(&s, |s| &s.event_p99),
+        0,
+        Goal::None,
+    );
+    rep.api(
+        format!("sse. proxy CPU per streamed response ({SSE_EVENTS} events), all threads (µs)"),
+        run.cells(|side, i| {
+            matches!(side, Side::Tollgate | Side::Mitmproxy).then(|| median_of(&s[i].cpu).unwrap_or(f64::NAN))
+        }),
+        0,
+        Goal::None,
+    );
+    run.notes(rep, "sse", &s);
+    run.contention(rep, "sse", &s);
+    drop(run);
+    Ok(())
+}
+
+/// Scenario sse on one side: `SSE_CONNS` keep-alive connections (tunnels), each asking for one streamed response
+/// after the other (`warm`: connections already open). Records the time from sending the request to reading the
+/// first event, and for every later event its delay from the stub's send (its `id:` stamp) to the client's read.
+async fn scenario_sse(t: &Target, dur: Duration, warm: Vec<Conn>) -> RateRound {
+    let req = Arc::new(t.messages_req(true));
+    let t = t.clone();
+    let warm = Arc::new(Mutex::new(warm));
+    run_workers(SSE_CONNS, dur, SSE_MAX_STREAMS, move |deadline, budget| {
+        let (req, t) = (req.clone(), t.clone());
+        let mut conn: Option<Conn> = warm.lock().ok().and_then(|mut v| v.pop());
+        async move {
+            let mut st = Stats::default();
+            st.connects += u64::from(conn.is_some());
+            while Instant::now() < deadline && st.errors < MAX_ERRORS_PER_WORKER && take(&budget) {
+                let res = timeout(IO_TIMEOUT, async {
+                    if conn.is_none() {
+                        conn = Some(t.tunnel(SMALL_READ_BUF).await?);
+                        st.connects += 1;
+                    }
+                    stream_once(conn.as_mut().expect("connection just opened"), &req).await
+                })
+                .await;
+                match res {
+                    Ok(Ok(streamed)) => {
+                        st.sample(streamed.first_ns);
+                        if st.event_ns.len() + streamed.delays_ns.len() <= MAX_SAMPLES_PER_WORKER {
+                            st.event_ns.extend(streamed.delays_ns);
+                        }
+                        if !streamed.keep_alive {
+                            conn = None;
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        st.error(e);
+                        conn = None;
+                        sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(_) => {
+                        st.error("timeout");
+                        conn = None;
+                    }
+                }
+            }
+            st
+        }
+    })
+    .await
+}
+
+/// One streamed response, read event by event.
+struct Streamed {
+    /// From sending the request to reading the first event.
+    first_ns: u64,
+    /// Every later event: from the stub's send to the client's read.
+    delays_ns: Vec<u64>,
+    keep_alive: bool,
+}
+
+/// Sends a streamed request on `c` and reads its events as they arrive; all `SSE_EVENTS` must come, the last
+/// `message_stop`.
+async fn stream_once(c: &mut Conn, req: &[u8]) -> io::Result<Streamed> {
+    let t0 = Instant::now();
+    c.send(req).await?;
+    let h = c.head().await?;
+    if h.status != 200 {
+        return Err(io::Error::other(format!("status {}", h.status)));
+    }
+    let mut framing = Framing::of(&h);
+    let keep_alive = h.persistent() && !matches!(framing, Framing::Eof);
+    let mut pending: Vec<u8> = Vec::new();
+    let (mut first_ns, mut events, mut stopped) = (None, 0, false);
+    let mut delays_ns = Vec::with_capacity(SSE_EVENTS);
+    while let Some(piece) = c.piece(&mut framing).await? {
+        let (now, now_ns) = (Instant::now(), stamp_ns());
+        pending.extend_from_slice(&piece);
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = pending.drain(..end + 2).collect();
+            let event = String::from_utf8_lossy(&event);
+            events += 1;
+            if events > SSE_EVENTS {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "more events than the stub sent"));
+            }
+            if first_ns.is_none() {
+                first_ns = Some(now.duration_since(t0).as_nanos() as u64);
+            } else if let Some(sent) =
+                event.lines().find_map(|l| l.strip_prefix("id:")).and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                delays_ns.push(now_ns.saturating_sub(sent));
+            }
+            stopped = event.lines().any(|l| l == "event: message_stop");
+        }
+    }
+    match first_ns {
+        Some(first_ns) if stopped && events == SSE_EVENTS => Ok(Streamed { first_ns, delays_ns, keep_alive }),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the response ended after {events} of {SSE_EVENTS} events"),
+        )),
+    }
+}
+
 /// Runs one tollgate-only scenario; a failure becomes a row and a note.
 async fn run_feature(ctx: &mut Ctx, rep: &mut Report, scen: Scen) {
     let (name, res) = match scen {
@@ -2355,8 +3567,17 @@ async fn run_feature(ctx: &mut Ctx, rep: &mut Report, scen: Scen) {
         Scen::Limits => ("limits", feature_limits(ctx, rep).await),
         Scen::Redis => ("redis", feature_redis(ctx, rep).await),
         Scen::Reload => ("reload", feature_reload(ctx, rep).await),
+        Scen::Intercept => ("intercept", feature_intercept(ctx, rep).await),
+        Scen::Sse => ("sse", feature_sse(ctx, rep).await),
         Scen::A | Scen::B | Scen::C | Scen::D => return,
     };
+    if let Err(e) = &res {
+        if matches!(scen, Scen::Intercept | Scen::Sse) {
+            println!("- `{name}`: failed: {e}");
+            rep.api_failed(format!("{name}."), format!("{name}: {e}"));
+            return;
+        }
+    }
     if let Err(e) = res {
         println!("- `tollgate` {name}: failed: {e}");
         rep.feature_skipped(format!("{name}."), "failed", Some(format!("{name}: {e}")));
@@ -2613,7 +3834,7 @@ async fn run(mut ctx: Ctx) -> Report {
     }
     let features: Vec<Scen> = ctx.opts.scens.iter().copied().filter(|s| !Scen::TARGETS.contains(s)).collect();
     if !features.is_empty() && !ctx.bins.contains_key(&Kind::Tollgate) {
-        println!("- tls, limits, redis, reload: not run (they need the target tollgate)");
+        println!("- tls, limits, redis, reload, intercept, sse: not run (they need the target tollgate)");
     } else {
         for scen in features {
             run_feature(&mut ctx, &mut rep, scen).await;
@@ -2666,6 +3887,22 @@ fn main() -> ExitCode {
         }
     }
 
+    if opts.scens.iter().any(|s| matches!(s, Scen::Intercept | Scen::Sse)) {
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mitmproxy-venv/bin/mitmdump");
+        let bin = std::env::var_os("MITMDUMP_BIN")
+            .map(PathBuf::from)
+            .or_else(|| venv.is_file().then_some(venv))
+            .or_else(|| which("mitmdump"));
+        match bin {
+            Some(b) if b.is_file() => {
+                versions.push(format!("mitmproxy: {} ({})", first_line(&b, &["--version"]), b.display()));
+                bins.insert(Kind::Mitmproxy, b);
+            }
+            _ => versions
+                .push("mitmproxy: not installed (`benches/run-load.sh` installs it into target/mitmproxy-venv)".into()),
+        }
+    }
+
     // Host set-up, before any thread is started.
     let pinned = pin_self(cores, have_taskset);
     let pin_children = cores >= 2 && have_taskset;
@@ -2715,8 +3952,8 @@ fn main() -> ExitCode {
     );
     println!("- RLIMIT_NOFILE: {nofile_msg}");
     println!(
-        "- mode: {} ({} s per round for a, b, tls and limits/redis, {RELOAD_SECS} s for reload), {} rounds per \
-         scenario, median reported; d opens {} tunnels",
+        "- mode: {} ({} s per round for a, b, tls, limits/redis, intercept and sse, {RELOAD_SECS} s for reload), {} \
+         rounds per scenario, median reported; d opens {} tunnels",
         if opts.quick { "--quick" } else { "full" },
         opts.round_secs,
         opts.rounds,
@@ -2740,7 +3977,7 @@ fn main() -> ExitCode {
             Err(e) => return Err(format!("cannot bind the origin: {e}")),
         };
         let origin = listener.local_addr().map_err(|e| e.to_string())?;
-        tokio::spawn(origin_serve(listener));
+        tokio::spawn(serve(listener, Served::Origin, None));
         println!("## progress (origin on {origin})\n");
         let ctx = Ctx {
             opts: run_opts,
@@ -2750,6 +3987,7 @@ fn main() -> ExitCode {
             bins,
             instances: 0,
             bench_hash: None,
+            stub: None,
         };
         Ok(run(ctx).await)
     });
@@ -2776,6 +4014,10 @@ fn main() -> ExitCode {
         println!("\n### tollgate only: TLS listener, limits, Redis state, reload (baseline and measured in one run)\n");
         print!("{}", report.feature_table());
     }
+    if !report.api.is_empty() {
+        println!("\n### interception: tollgate, the stub direct (plain and TLS) and mitmproxy (same run)\n");
+        print!("{}", report.api_table());
+    }
     if !report.notes.is_empty() {
         println!("\n### notes\n");
         for (i, n) in report.notes.iter().enumerate() {
@@ -2787,6 +4029,14 @@ fn main() -> ExitCode {
             "\nratios are target/direct: for req/s, conn/s and MiB/s higher is better, for latency lower is better. \
              b for direct is connect + GET + close without a proxy; d has no direct value. \
              d is the growth of the summed VmRSS of the proxy's process tree divided by the tunnels opened."
+        );
+    }
+    if !report.api.is_empty() {
+        println!(
+            "\nin the interception table every cell is the median of rounds that run direct, direct TLS, tollgate and \
+             mitmproxy in turn; \"added\" is the side's value minus direct's. Direct is the client speaking the same \
+             HTTP/1.1 to the plain stub, direct TLS the same over TLS; both have client and stub on core 0 with no \
+             proxy: the harness's ceiling. The intercepted tunnels are kept alive (one full TLS handshake each)."
         );
     }
     if !report.features.is_empty() {

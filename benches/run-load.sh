@@ -5,10 +5,13 @@
 #   benches/run-load.sh --quick         # 2 s rounds
 #   benches/run-load.sh --only direct,squid,tinyproxy
 #   benches/run-load.sh --quick --only tls,limits,redis,reload   # tollgate's own features
+#   benches/run-load.sh --quick --only intercept,sse             # interception, against mitmproxy
 #
 # Arguments are passed to the harness unchanged. Installs squid, tinyproxy and redis-server (for
 # scenario redis) with apt-get when they are missing and this runs as root; otherwise those
-# columns and rows say "not installed".
+# columns and rows say "not installed". Installs mitmproxy (for scenarios intercept and sse) with
+# pip into a virtualenv, target/mitmproxy-venv, when no mitmdump is found (MITMDUMP_BIN, the venv,
+# PATH); python3 -m venv needs the python3-venv package, which apt-get installs when root.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -29,6 +32,22 @@ if [ "${#missing[@]}" -gt 0 ]; then
         done
     else
         echo "not installed: ${missing[*]} (run as root to install them with apt-get); continuing" >&2
+    fi
+fi
+
+venv=target/mitmproxy-venv
+if [ -z "${MITMDUMP_BIN:-}" ] && [ ! -x "$venv/bin/mitmdump" ] && ! command -v mitmdump >/dev/null 2>&1; then
+    echo "installing mitmproxy into $venv ..." >&2
+    if ! python3 -m venv "$venv" >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        rm -rf "$venv"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+        python3 -m venv "$venv" || true
+    fi
+    if [ -x "$venv/bin/pip" ] && "$venv/bin/pip" install -q mitmproxy; then
+        "$venv/bin/mitmdump" --version | head -1 >&2
+    else
+        rm -rf "$venv"
+        echo "not installed: mitmproxy (pip install into $venv failed); continuing" >&2
     fi
 fi
 
