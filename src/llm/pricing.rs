@@ -12,7 +12,12 @@ use crate::config::file;
 pub struct Pricing {
     rows: Vec<PriceRow>,
     compiled: Vec<CompiledRow>,
+    /// The row each model seen so far matched: a request costs one lookup, not a scan of the globs.
+    memo: std::sync::RwLock<std::collections::HashMap<Box<str>, Option<usize>>>,
 }
+
+/// Models remembered before the memo starts over (a client can name any model).
+const MEMO_MODELS: usize = 4096;
 
 /// One row as configured, with the cache prices filled in; USD per million tokens.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +103,16 @@ impl Pricing {
 
     /// The index of the row that prices `model` (the first whose glob matches), for `tollgate explain`.
     pub fn matching_row(&self, model: &str) -> Option<usize> {
-        self.compiled.iter().position(|row| row.matcher.is_match(model))
+        if let Some(index) = self.memo.read().unwrap_or_else(|p| p.into_inner()).get(model) {
+            return *index;
+        }
+        let index = self.compiled.iter().position(|row| row.matcher.is_match(model));
+        let mut memo = self.memo.write().unwrap_or_else(|p| p.into_inner());
+        if memo.len() >= MEMO_MODELS {
+            memo.clear();
+        }
+        memo.insert(model.into(), index);
+        index
     }
 
     /// The cost of `usage` for `model` in micro-dollars; 0 when no row matches.
@@ -122,7 +136,7 @@ impl Pricing {
     }
 
     fn row_for(&self, model: &str) -> Option<&CompiledRow> {
-        self.compiled.iter().find(|row| row.matcher.is_match(model))
+        self.matching_row(model).map(|index| &self.compiled[index])
     }
 }
 
