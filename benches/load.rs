@@ -2749,14 +2749,23 @@ async fn feature_limits(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
         t_limits.addr
     );
     let dur = Duration::from_secs(ctx.opts.round_secs);
+    let pids = [p_plain.pid(), p_limits.pid()];
     let s = paired(ctx.opts.rounds, "limits", ["Basic user, no limits", "Basic user, team + limits"], "req/s", |v| {
-        scenario_a(if v { &t_limits } else { &t_plain }, dur)
+        with_cpu(Some(pids[usize::from(v)]), scenario_a(if v { &t_limits } else { &t_plain }, dur))
     })
     .await;
     let label = format!(
         "limits. keep-alive GET, {KA_CONNS} conns, Basic user: team + org/user limits (embedded) vs none (req/s)"
     );
     compare_rows(rep, "limits.", label, &s, "≥ 0.95", true);
+    // CPU per request does not move with what else the machine runs, unlike req/s.
+    rep.feature(
+        "limits. proxy CPU per request, all threads (µs; lower is better)".into(),
+        median_of(&s[0].cpu),
+        median_of(&s[1].cpu),
+        2,
+        "≤ 1.05",
+    );
     drop(p_limits);
     drop(p_plain);
     Ok(())
