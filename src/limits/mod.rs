@@ -169,7 +169,7 @@ pub struct Limits {
     pub teams: HashMap<Arc<str>, TeamLimits>,
     /// Plans already built, by principal name (with the teams they were built for): a request of a known
     /// principal costs a lookup, not a set of formatted keys. Per snapshot, so a reload starts afresh.
-    plans: std::sync::RwLock<HashMap<Arc<str>, Arc<Plan>>>,
+    plans: std::sync::RwLock<HashMap<Arc<str>, Arc<Plan>, foldhash::fast::RandomState>>,
 }
 
 /// Plans kept per snapshot before the cache starts over (principals are far fewer in practice).
