@@ -427,10 +427,8 @@ async fn a_team_region_routes_to_its_regional_upstream() {
     assert!(alice["region"].is_null(), "alice's team has no region: {alice}");
 }
 
-/// A gateway listener behind TLS serves curl (verifying the listener's certificate) and forwards with the
-/// upstream key; curl refuses the listener without the CA.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_gateway_serves_curl() {
+/// A gateway listener behind TLS (the test PKI's `localhost` certificate), routed to a new stub.
+async fn start_tls_gateway() -> (Pki, MessagesStub, TestGateway) {
     let pki = Pki::new();
     let stub = MessagesStub::start().await;
     let listener = format!(
@@ -439,6 +437,14 @@ async fn a_tls_gateway_serves_curl() {
         pki.server.key.display()
     );
     let gateway = start_full_with(&format!("{listener}{}", config(&stub, "")), Default::default()).await;
+    (pki, stub, gateway)
+}
+
+/// A gateway listener behind TLS serves curl (verifying the listener's certificate) and forwards with the
+/// upstream key; curl refuses the listener without the CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_gateway_serves_curl() {
+    let (pki, stub, gateway) = start_tls_gateway().await;
     let port = gateway.listener("gateway").port();
     let url = format!("https://localhost:{port}/v1/messages");
     let resolve = format!("localhost:{port}:127.0.0.1");
@@ -482,14 +488,7 @@ async fn a_tls_gateway_serves_curl() {
 /// A gateway listener behind TLS negotiates h2 with curl (`--http2`: ALPN `h2`) and serves the request over it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_gateway_negotiates_h2_with_curl() {
-    let pki = Pki::new();
-    let stub = MessagesStub::start().await;
-    let listener = format!(
-        "listeners: [{{name: gateway, bind: \"127.0.0.1:0\", mode: gateway, tls: {{cert: \"{}\", key: \"{}\"}}}}]\n",
-        pki.server.pem.display(),
-        pki.server.key.display()
-    );
-    let gateway = start_full_with(&format!("{listener}{}", config(&stub, "")), Default::default()).await;
+    let (pki, stub, gateway) = start_tls_gateway().await;
     let port = gateway.listener("gateway").port();
     let url = format!("https://localhost:{port}/v1/messages");
     let resolve = format!("localhost:{port}:127.0.0.1");

@@ -85,16 +85,6 @@ async fn start(body: &str, options: Options) -> (TestGateway, ConfigFile, String
     (gateway, file, text)
 }
 
-/// An admin request with an optional bearer token (or any `Authorization` value).
-async fn admin(gateway: &TestGateway, method: &str, path: &str, authorization: Option<&str>) -> Response {
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n");
-    if let Some(value) = authorization {
-        request.push_str(&format!("Authorization: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    exchange(gateway.admin, request.as_bytes()).await
-}
-
 fn bearer() -> String {
     format!("Bearer {TOKEN}")
 }

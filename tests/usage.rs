@@ -14,7 +14,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use common::messages::{request_body, MessagesStub, JSON_USAGE, MODEL};
-use common::{exchange, exchange_until_closed, hash, Response, TestGateway};
+use common::{admin, exchange, exchange_until_closed, hash, Response, TestGateway};
 use tollgate::audit::Record;
 use tollgate::llm::usage::Usage;
 
@@ -574,12 +574,7 @@ fn gateway_config(dir: &Path, stub: &MessagesStub) -> PathBuf {
 }
 
 async fn admin_get(gateway: &TestGateway, path_and_query: &str, authorization: Option<&str>) -> Response {
-    let mut request = format!("GET {path_and_query} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n");
-    if let Some(value) = authorization {
-        request.push_str(&format!("Authorization: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    exchange(gateway.admin, request.as_bytes()).await
+    admin(gateway, "GET", path_and_query, authorization).await
 }
 
 fn bearer() -> String {

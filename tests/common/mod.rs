@@ -651,6 +651,16 @@ pub fn python() -> PathBuf {
     python
 }
 
+/// An admin-listener request with an optional `Authorization` value (e.g. `Bearer TOKEN`).
+pub async fn admin(gateway: &TestGateway, method: &str, path: &str, authorization: Option<&str>) -> Response {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n");
+    if let Some(value) = authorization {
+        request.push_str(&format!("Authorization: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    exchange(gateway.admin, request.as_bytes()).await
+}
+
 /// Every log line the gateways of this test binary write, at every level (a global subscriber, installed once).
 pub fn logs() -> Arc<Mutex<Vec<u8>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
