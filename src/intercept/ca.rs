@@ -51,6 +51,13 @@ pub struct Minter {
     clock: Clock,
 }
 
+/// A leaf's TLS config, and whether the call that got it minted it (else it came from the cache).
+#[derive(Debug, Clone)]
+pub struct ServedLeaf {
+    pub config: Arc<rustls::ServerConfig>,
+    pub minted: bool,
+}
+
 /// What `Minter::load_or_create` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaOrigin {
@@ -114,6 +121,12 @@ impl Minter {
 
     /// A TLS server config presenting a leaf for `host` (DNS or IP SAN), ALPN `h2` then `http/1.1`.
     pub async fn server_config(&self, host: &Host) -> Result<Arc<rustls::ServerConfig>, MintError> {
+        self.leaf(host).await.map(|served| served.config)
+    }
+
+    /// `server_config`, saying whether this call minted the leaf (for the leaves metric; counting the stats
+    /// before and after would misattribute concurrent mints).
+    pub async fn leaf(&self, host: &Host) -> Result<ServedLeaf, MintError> {
         let now = self.clock.now();
         let cell = self.slot(host, now);
         let mut minted_here = false;
@@ -126,7 +139,7 @@ impl Minter {
         if !minted_here {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(Arc::clone(&minted.config))
+        Ok(ServedLeaf { config: Arc::clone(&minted.config), minted: minted_here })
     }
 
     /// Leaves signed and cache hits so far.
@@ -490,7 +503,9 @@ mod tests {
         let (_dir, minter) = minter(DAY, SIZE);
         let keep = name("kept.test");
         let first = minter.server_config(&keep).await.expect("minted");
-        let again = minter.server_config(&keep).await.expect("cached");
+        let served = minter.leaf(&keep).await.expect("cached");
+        assert!(!served.minted, "a cached leaf is reported as such");
+        let again = served.config;
         assert!(Arc::ptr_eq(&first, &again), "a repeated host gets the same config");
         assert_eq!(minter.stats(), MintStats { minted: 1, cache_hits: 1 });
 
@@ -519,14 +534,15 @@ mod tests {
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let (minter, host) = (Arc::clone(&minter), host.clone());
-                tokio::spawn(async move { minter.server_config(&host).await })
+                tokio::spawn(async move { minter.leaf(&host).await })
             })
             .collect();
-        let mut configs = Vec::new();
+        let mut served = Vec::new();
         for task in tasks {
-            configs.push(task.await.expect("task").expect("minted"));
+            served.push(task.await.expect("task").expect("minted"));
         }
-        assert!(configs.iter().all(|config| Arc::ptr_eq(config, &configs[0])));
+        assert!(served.iter().all(|leaf| Arc::ptr_eq(&leaf.config, &served[0].config)));
+        assert_eq!(served.iter().filter(|leaf| leaf.minted).count(), 1, "exactly one call reports the mint");
         assert_eq!(minter.stats(), MintStats { minted: 1, cache_hits: 19 });
     }
 

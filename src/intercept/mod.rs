@@ -27,10 +27,9 @@ pub async fn server_config(gateway: &Gateway, target: &Target) -> Result<Arc<rus
         let reason = "no interception CA is loaded".to_owned();
         return Err(ProxyError::Intercept(ca::MintError { host: target.host.to_string(), reason }));
     };
-    let minted_before = minter.stats().minted;
-    let config = minter.server_config(&target.host).await.map_err(ProxyError::Intercept)?;
-    gateway.metrics.leaf(minter.stats().minted != minted_before);
-    Ok(config)
+    let served = minter.leaf(&target.host).await.map_err(ProxyError::Intercept)?;
+    gateway.metrics.leaf(served.minted);
+    Ok(served.config)
 }
 
 /// After the `200` to the CONNECT: the TLS handshake as `target` (bytes the client already sent are read

@@ -332,26 +332,25 @@ async fn read_body(headers: &HeaderMap, body: Incoming, max_body: u64) -> Result
 /// The model must match one of the `models` globs of one of the principal's teams, when any of them sets
 /// `models` (several teams: the most permissive wins, as for destinations).
 fn check_model(config: &Config, principal: &Principal, facts: &RequestFacts) -> Result<(), ProxyError> {
-    let restricting: Vec<(&Arc<str>, &crate::config::TeamSettings)> = principal
-        .teams
-        .iter()
-        .filter_map(|team| config.teams.get(team).map(|settings| (team, settings)))
-        .filter(|(_, settings)| !settings.models.is_empty())
-        .collect();
-    if restricting.is_empty() {
-        return Ok(());
-    }
-    let allowed =
-        restricting.iter().flat_map(|(_, s)| s.models.iter().map(String::as_str)).collect::<Vec<_>>().join(", ");
-    let (team, _) = restricting[0];
-    let rule: Arc<str> = format!("teams.{team}.models").into();
-    let Some(model) = &facts.model else {
-        return Err(ProxyError::ModelMissing { rule, allowed });
+    // No allocation on the allowed path: the list and the message are only built for a refusal.
+    let restricting = || {
+        principal
+            .teams
+            .iter()
+            .filter_map(|team| config.teams.get(team).map(|settings| (team, settings)))
+            .filter(|(_, settings)| !settings.models.is_empty())
     };
-    if restricting.iter().any(|(_, settings)| settings.model_globs.is_match(model)) {
-        Ok(())
-    } else {
-        Err(ProxyError::ModelDenied { model: model.clone(), team: Some(team.clone()), rule, allowed })
+    let Some((team, _)) = restricting().next() else { return Ok(()) };
+    if let Some(model) = &facts.model {
+        if restricting().any(|(_, settings)| settings.model_globs.is_match(model)) {
+            return Ok(());
+        }
+    }
+    let allowed = restricting().flat_map(|(_, s)| s.models.iter().map(String::as_str)).collect::<Vec<_>>().join(", ");
+    let rule: Arc<str> = format!("teams.{team}.models").into();
+    match &facts.model {
+        None => Err(ProxyError::ModelMissing { rule, allowed }),
+        Some(model) => Err(ProxyError::ModelDenied { model: model.clone(), team: Some(team.clone()), rule, allowed }),
     }
 }
 
