@@ -6,7 +6,7 @@
 //! Real parts only: the gateway on 127.0.0.1:0, the hyper Messages stub, curl, a rustls client, raw sockets and the
 //! Python `anthropic` SDK.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 

@@ -2,7 +2,7 @@
 //! request framing (smuggling shapes are a 400 and a closed connection, the origin untouched), size limits,
 //! the header-read timeout, keep-alive with a pooled upstream, and CONNECT tunnels both ways with half-close.
 
-mod common;
+use crate::common;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -2,7 +2,7 @@
 //! refuses every kind of bad client certificate in the handshake (and counts it), and a verified certificate
 //! names the principal and team, winning over any `Proxy-Authorization`.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

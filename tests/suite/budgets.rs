@@ -1,14 +1,10 @@
 //! Budgets shared through a real `redis-server` on loopback: two Redis backends (as two replicas have) hold
 //! one team budget between them, and reservations racing at a budget admit exactly what it allows.
 
-mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
-
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis_server::RedisServer;
+use crate::common::redis::RedisServer;
 use tollgate::identity::{AuthMethod, Principal};
 use tollgate::limits::budget::{BudgetRefusal, Budgets, TeamBudget};
 use tollgate::limits::redis::Redis;

@@ -1,14 +1,12 @@
 //! The Redis state backend against a real `redis-server` on loopback: it admits exactly what the embedded
 //! backend admits, two replicas share one limit, and a dead Redis is a quick `StateError`.
 
-mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis_server::RedisServer;
+use common::redis::RedisServer;
 use tollgate::limits::memory::Memory;
 use tollgate::limits::redis::{Redis, RedisOptions};
 use tollgate::limits::{Admission, Backend, Bucket, Rate, Scope, Slot};

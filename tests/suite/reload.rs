@@ -6,7 +6,7 @@
 //! the watcher could see the edited file between the write and the `POST` and reload it first, and the versions
 //! and counters the tests assert would depend on timing.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

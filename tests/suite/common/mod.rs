@@ -1,12 +1,12 @@
 //! Test harness: the real gateway on 127.0.0.1:0, real origin servers, raw-socket and curl clients.
 //!
 //! Nothing here sleeps to synchronise: tests wait on sockets, channels and the audit flush.
-#![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod gateway;
 pub mod intercept;
 pub mod messages;
 pub mod pki;
+pub mod redis;
 pub mod tls;
 
 use std::io::Write;

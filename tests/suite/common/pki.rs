@@ -4,7 +4,7 @@
 //!
 //! Every certificate and key is written as PEM into the bundle's temp dir: `NAME.pem` and `NAME.key`.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -120,7 +120,8 @@ pub const CN_TEAM: &str = "ops";
 
 /// Every certificate the TLS tests use, in one temp dir.
 pub struct Pki {
-    pub dir: tempfile::TempDir,
+    /// Holds the files: they are removed when the bundle is dropped.
+    _dir: tempfile::TempDir,
     /// Signs the server leaf, the client leaves and the CRL.
     pub ca: Authority,
     /// A CA no config trusts.
@@ -217,7 +218,7 @@ impl Pki {
         let crl_path = d.join("clients.crl");
         std::fs::write(&crl_path, crl.pem().expect("CRL PEM")).expect("write CRL");
         Self {
-            dir,
+            _dir: dir,
             ca,
             rogue_ca,
             server,
@@ -249,6 +250,3 @@ impl Pki {
         })
     }
 }
-
-/// `127.0.0.1`, for server names.
-pub const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

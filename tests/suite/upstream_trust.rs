@@ -2,7 +2,7 @@
 //! `extra_ca` extends the trusted roots, certificate problems are a 502 `upstream_tls` naming them, and
 //! `upstream.client_cert` is presented to origins that ask for one.
 
-mod common;
+use crate::common;
 
 use common::pki::Pki;
 use common::tls::{get, TlsOrigin};

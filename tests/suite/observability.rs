@@ -1,7 +1,7 @@
 //! Metrics and audit records say exactly what happened: counts per decision and reason, one hash-chained audit
 //! record per request with the right fields and no secrets, and upstream failures named as such.
 
-mod common;
+use crate::common;
 
 use common::*;
 

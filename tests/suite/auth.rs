@@ -1,7 +1,7 @@
 //! Proxy authentication: 407 with a Basic challenge, malformed credentials, per-request checks on keep-alive
 //! connections, nothing sent upstream before authorisation, the failed-attempt throttle, and real curl.
 
-mod common;
+use crate::common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -3,7 +3,7 @@
 //!
 //! Every refusal here must happen before any upstream socket: loopback targets point at a `Tripwire`.
 
-mod common;
+use crate::common;
 
 use common::*;
 
@@ -351,7 +351,7 @@ async fn malformed_targets_are_400_before_any_socket() {
     assert!(audit.iter().all(|r| r["status"] == 400 && r["decision"] == "error" && r["upstream"].is_null()));
 }
 
-// Team precedence on names and literals is in tests/teams.rs; this is the resolved-address half.
+// Team precedence on names and literals is in tests/suite/teams.rs; this is the resolved-address half.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_team_deny_cidr_applies_to_resolved_addresses() {
     let tripwire = Tripwire::new();

@@ -1,17 +1,15 @@
 //! Two real `tollgate run` processes sharing one real `redis-server`: together they admit no more than the
 //! organisation's rate, and with Redis stopped both fail closed (503) as `state.on_error: deny` says.
 
-mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::redis::RedisServer;
 use common::{exchange, Origin};
-use redis_server::RedisServer;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 

@@ -2,7 +2,7 @@
 //! the CONNECT host. A matching handshake reaches the origin; a mismatched SNI, no SNI, or bytes that are not TLS
 //! close the tunnel before anything is forwarded, with a deny in the audit record and the metrics.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

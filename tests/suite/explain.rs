@@ -2,7 +2,7 @@
 //! evaluated `--at` a given time, 2 for a config or usage error — and, for a table of users and destinations,
 //! the same decision and rule as the running gateway gives on the same config file at the same time.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

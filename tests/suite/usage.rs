@@ -3,7 +3,7 @@
 //! the window and a torn line that is not JSON: the exact table, CSV and JSON, the filters, relative windows, the
 //! bearer token, and the errors for a missing audit section or file and for bad arguments.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

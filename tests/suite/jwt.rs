@@ -5,7 +5,7 @@
 //! Keys are made per run (RSA with `openssl genpkey`, P-256 with rcgen) and tokens are signed with the
 //! `jsonwebtoken` crate, an implementation independent of tollgate's verifier.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -85,11 +85,6 @@ impl TlsOrigin {
             .expect("the TLS origin was connected to within 20s")
             .expect("TLS origin running")
     }
-
-    /// True when no connection report is waiting (every connection so far has been taken).
-    pub async fn no_more_connections(&self) -> bool {
-        self.connections.lock().await.try_recv().is_err()
-    }
 }
 
 /// Answers requests (heads only, no request bodies) until the client closes.

@@ -2,13 +2,11 @@
 //! `state.path` (skipping a torn last line, dropping ended periods when it compacts), and the Redis one gives
 //! the same values, shared between replicas, against a real `redis-server` on loopback.
 
-mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
+use crate::common;
 
 use std::path::Path;
 
-use redis_server::RedisServer;
+use common::redis::RedisServer;
 use tollgate::limits::memory::{Memory, LEDGER_FILE};
 use tollgate::limits::redis::Redis;
 use tollgate::limits::{Backend, SpendKey};

@@ -175,13 +175,6 @@ pub fn headers_added(sent: &[&str], seen: &Seen) -> Vec<(String, String)> {
     remaining.into_iter().map(|(n, v)| (n.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned())).collect()
 }
 
-/// The body of a chunked response, de-chunked.
-pub fn dechunked(response: &Response) -> String {
-    let split = messages::chunks(response.body.as_bytes());
-    assert!(split.complete.is_some(), "a complete chunked body: {response:?}");
-    split.chunks.iter().map(|chunk| String::from_utf8_lossy(chunk)).collect()
-}
-
 /// A usage as the audit record writes it.
 pub fn audit_usage(record: &Value) -> Usage {
     assert!(record["usage"].is_object(), "the record has a usage: {record}");

@@ -1,7 +1,7 @@
 //! The `tollgate` command as a user runs it: `check`, `passwd`, `audit verify` and `run` with SIGTERM, through
 //! the real binary from the repository root.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -5,9 +5,7 @@
 //! clock is injected; spend survives a restart of the embedded store and is shared by two replicas through a real
 //! `redis-server`.
 
-mod common;
-#[path = "common/redis.rs"]
-mod redis_server;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,8 +14,8 @@ use serde_json::Value;
 
 use common::gateway::*;
 use common::messages::{usage_of, MessagesStub, JSON_USAGE, MODEL};
+use common::redis::RedisServer;
 use common::{Response, TestClock, TestGateway};
-use redis_server::RedisServer;
 
 const ALICE: User = User { name: "alice", password: "alice-password", teams: &["backend"] };
 const ANN: User = User { name: "ann", password: "ann-password", teams: &["backend"] };

@@ -5,7 +5,7 @@
 //!
 //! Every request is a real Basic-authenticated request to a real origin on loopback, told apart by port.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, OnceLock};
 

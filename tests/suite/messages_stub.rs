@@ -2,7 +2,7 @@
 //! `tests/common/messages.rs` (raw sockets, curl, rustls), and the real `anthropic` SDK talks to the stub directly,
 //! through an HTTPS proxy named by `HTTPS_PROXY`, and trusts exactly the CA in `SSL_CERT_FILE`.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

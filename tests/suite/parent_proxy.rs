@@ -2,7 +2,7 @@
 //! (which requires Basic credentials), refusals by the parent are a 502 naming them, and
 //! `parent_proxy_bypass` goes direct.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 

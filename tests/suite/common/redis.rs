@@ -8,7 +8,6 @@
 //!
 //! Readiness is the server's own "Ready to accept connections" line on its stdout, not a sleep. The binary is
 //! `$REDIS_SERVER`, else `redis-server`, else `valkey-server`; `scripts/test` and `.ci/run` install it.
-#![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -64,10 +63,6 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.running.is_some()
     }
 
     /// Kills the server (SIGKILL, as a crash) and waits until it has exited. Its data is gone.

@@ -3,7 +3,7 @@
 //! `60_000_000 / rpm` microseconds), per request on keep-alive connections, all or nothing across scopes, and
 //! the 429s, metrics and audit records agree.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! bearer, an HS256 JWT), replaces their credential with the upstream's API key and routes them to the Messages
 //! stub (by listener, or by the team's region), streaming the answers back unchanged and metering their usage.
 
-mod common;
+use crate::common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

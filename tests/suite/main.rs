@@ -1,0 +1,31 @@
+//! tollgate's integration suite, one test binary: each module drives the real gateway (or the real `tollgate`
+//! binary) on 127.0.0.1:0 with real clients and real origins. One binary links once and shares one harness, so
+//! the harness carries no code that no test uses.
+
+mod common;
+
+mod auth;
+mod budgets;
+mod budgets_e2e;
+mod certs;
+mod cli;
+mod config_errors;
+mod destinations;
+mod explain;
+mod gateway;
+mod http_framing;
+mod intercept;
+mod jwt;
+mod limits;
+mod messages_stub;
+mod observability;
+mod parent_proxy;
+mod redis_limits;
+mod reload;
+mod replicas;
+mod sni;
+mod spend;
+mod teams;
+mod tls_listener;
+mod upstream_trust;
+mod usage;
