@@ -264,6 +264,9 @@ async fn tunnel(
 
 /// Serves an intercepted tunnel to its end: the `200`, the TLS handshake with the minted leaf, the requests
 /// inside (each with its own audit record), then the tunnel's record.
+///
+/// The CONNECT's concurrency slots are given back once the tunnel is open: each request inside takes its own, so
+/// a cap counts requests in flight, not the idle tunnels a client keeps for them.
 async fn intercepted(
     gateway: &Arc<Gateway>,
     mut client: Stream,
@@ -276,9 +279,10 @@ async fn intercepted(
     let target = exchange.target.clone().expect("admitted tunnels have a target");
     exchange.upstream = Some("tollgate (intercepted)".to_owned());
     let registration = gateway.register_tunnel(principal.clone(), target.clone());
-    if client.write_all(connect::ESTABLISHED).await.is_err() || client.flush().await.is_err() {
+    let opened = client.write_all(connect::ESTABLISHED).await.is_ok() && client.flush().await.is_ok();
+    admitted.release().await;
+    if !opened {
         exchange.error = Some("client closed before the tunnel opened".to_owned());
-        admitted.release().await;
         finish(gateway, peer, exchange);
         return;
     }
@@ -288,7 +292,6 @@ async fn intercepted(
     gateway.metrics.tunnels_active.dec();
     let revoked = registration.cut.is_cancelled() && !gateway.shutdown.cut_tunnels.is_cancelled();
     drop(registration);
-    admitted.release().await;
     if let Err(problem) = served {
         exchange.error = Some(problem);
     }

@@ -681,6 +681,37 @@ async fn a_body_over_max_body_is_refused_with_413() {
     assert_eq!(too_large, 2.0);
 }
 
+/// A concurrency cap counts requests in flight, not the tunnels a client keeps open for them: with
+/// `user.concurrent: 1`, two open tunnels each carry a request in turn; while a stream in one is held by the stub,
+/// a request in the other is refused with 429 naming `limits.user` (and never reaches the stub); once the stream
+/// has ended the slot is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_cap_counts_requests_in_flight_not_open_tunnels() {
+    let setup = Intercepting::start(Parts { extra: "limits: {user: {concurrent: 1}}\n", ..Parts::default() }).await;
+    let (mut first, mut second) = (setup.tunnel().await, setup.tunnel().await);
+    let (mut first_buf, mut second_buf) = (Vec::new(), Vec::new());
+    let settings = get("/api/claude_code/settings", &[]);
+    assert_eq!(send(&mut first, &settings, &mut first_buf).await.status, 200, "a request in the first tunnel");
+    assert_eq!(send(&mut second, &settings, &mut second_buf).await.status, 200, "a request in the second tunnel");
+
+    let held = messages_post(&messages::request_body(messages::HOLD, true), &["Connection: close"]);
+    first.write_all(&held).await.expect("send the held stream");
+    assert!(messages::read_until(&mut first, &mut first_buf, b"event: message_start").await, "the stream starts");
+    let refused = send(&mut second, &settings, &mut second_buf).await;
+    let message = assert_api_error(&refused, 429, "rate_limit_error", Some("limits.user"));
+    assert!(message.contains("at most 1"), "{message}");
+
+    setup.stub.release();
+    while read_more(&mut first, &mut first_buf).await {}
+    assert!(common::find(&first_buf, b"event: message_stop").is_some(), "the held stream ended");
+    let after = send(&mut second, &settings, &mut second_buf).await;
+    assert_eq!(after.status, 200, "the slot is free once the stream has ended: {after:?}");
+    let paths: Vec<_> = setup.stub.requests().into_iter().map(|seen| seen.path_and_query).collect();
+    let expected =
+        ["/api/claude_code/settings", "/api/claude_code/settings", "/v1/messages", "/api/claude_code/settings"];
+    assert_eq!(paths, expected, "the refused request never reached the stub");
+}
+
 /// Inside the tunnel for api.anthropic.com, a request naming another host is refused with 421 and not forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_for_another_host_inside_the_tunnel_is_misdirected() {
