@@ -69,6 +69,9 @@ pub enum AuthError {
     UnsupportedScheme,
     #[error("invalid user name or password")]
     Rejected,
+    /// A gateway API key that is not `USER:PASSWORD`.
+    #[error("malformed API key: {0}")]
+    MalformedKey(&'static str),
     #[error("too many failed authentication attempts from this address")]
     Throttled { retry_after_secs: u64 },
     /// A bearer token that does not verify; the reason names the failed check, never the token.
@@ -200,9 +203,11 @@ impl Directory {
     }
 
     /// Identifies a gateway-listener caller: a bearer JWT in `Authorization` (with `auth.jwt`), or a user's
-    /// password as the API key — `x-api-key` or a bearer value that is not a JWT — written `USER:PASSWORD`, or
-    /// the password alone (tried against every user once, then found in the verified cache); else the
-    /// anonymous principal.
+    /// password as the API key — `x-api-key` or a bearer value that is not a JWT — written `USER:PASSWORD`; else
+    /// the anonymous principal.
+    ///
+    /// The key must name its user: a password alone could only be found by trying it against every user's
+    /// argon2id hash, so one request with a wrong key would cost a hash per configured user.
     pub async fn identify_api(
         &self,
         authorization: Option<&[u8]>,
@@ -223,22 +228,12 @@ impl Directory {
         let Some(key) = bearer.map(str::as_bytes).or(api_key) else {
             return self.anonymous.clone().ok_or(AuthError::Missing);
         };
-        let key = std::str::from_utf8(key).map_err(|_| AuthError::Malformed("x-api-key is not UTF-8"))?;
         self.check_throttle(client)?;
-        if let Some((user, password)) = key.split_once(':').filter(|(user, _)| self.users.contains_key(*user)) {
-            return self.verify_password(user, password.to_owned(), client).await;
-        }
-        let digest = self.digest(key.as_bytes());
-        if let Some(user) = self.users.values().find(|user| self.is_verified(&user.principal.name, &digest)) {
-            return Ok(user.principal.clone());
-        }
-        for user in self.users.values() {
-            if basic::verify_blocking(user.password_hash.clone(), key.to_owned()).await {
-                self.lock_verified().insert(user.principal.name.clone(), digest);
-                return Ok(user.principal.clone());
-            }
-        }
-        Err(self.record_failure(client))
+        let (user, password) = std::str::from_utf8(key)
+            .map_err(|_| AuthError::MalformedKey("not UTF-8"))
+            .and_then(|key| key.split_once(':').ok_or(AuthError::MalformedKey("write it USER:PASSWORD")))
+            .inspect_err(|_| self.count_failure(client))?;
+        self.verify_password(user, password.to_owned(), client).await
     }
 
     /// Checks `password` for `user`, through the verified cache when it can.

@@ -365,7 +365,7 @@ impl ProxyError {
     fn api_message(&self) -> String {
         match self {
             ProxyError::Auth(AuthError::Missing) => {
-                "tollgate: authentication required: send Authorization: Bearer <token> or x-api-key".to_owned()
+                "tollgate: authentication required: send Authorization: Bearer <token> or x-api-key: USER:PASSWORD".to_owned()
             }
             ProxyError::Auth(AuthError::Rejected) => "tollgate: invalid credentials".to_owned(),
             ProxyError::Auth(AuthError::UnsupportedScheme) => {

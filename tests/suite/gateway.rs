@@ -1,6 +1,6 @@
 //! `mode: gateway` listeners end to end: real clients (raw sockets, curl, the Python `anthropic` SDK) send
-//! origin-form Messages API requests to tollgate, which identifies them (a per-user key, the password alone as a
-//! bearer, an HS256 JWT), replaces their credential with the upstream's API key and routes them to the Messages
+//! origin-form Messages API requests to tollgate, which identifies them (a per-user key `USER:PASSWORD` as
+//! `x-api-key` or as a bearer, an HS256 JWT), replaces their credential with the upstream's API key and routes them to the Messages
 //! stub (by listener, or by the team's region), streaming the answers back unchanged and metering their usage.
 
 use crate::common;
@@ -106,17 +106,17 @@ async fn a_per_user_key_is_replaced_by_the_upstream_key() {
     assert_metered_record(only_gateway_record(&audit), "alice", "backend", JSON_USAGE);
 }
 
-/// The Python SDK sends `ANTHROPIC_API_KEY` as `Authorization: Bearer KEY`: the password alone identifies its
+/// The Python SDK sends `ANTHROPIC_API_KEY` as `Authorization: Bearer KEY`: `USER:PASSWORD` there identifies the
 /// user, and neither the header nor the password reaches the stub.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_sdk_bearer_password_is_replaced_by_the_upstream_key() {
+async fn the_python_sdk_bearer_key_is_replaced_by_the_upstream_key() {
     let stub = MessagesStub::start().await;
     let gateway = start(&stub, "").await;
     let base_url = format!("http://{}", gateway.listener("gateway"));
 
+    let key = format!("{}:{}", BOB.name, BOB.password);
     let result =
-        anthropic_client("create", MODEL, &[("ANTHROPIC_BASE_URL", &base_url), ("ANTHROPIC_API_KEY", BOB.password)])
-            .await;
+        anthropic_client("create", MODEL, &[("ANTHROPIC_BASE_URL", &base_url), ("ANTHROPIC_API_KEY", &key)]).await;
     assert_eq!(result["ok"], true, "{result}");
     assert_eq!(result["status"], 200, "{result}");
     assert_eq!(result["text"], JSON_TEXT, "{result}");
@@ -155,7 +155,9 @@ async fn an_hs256_jwt_identifies_the_user_and_team() {
 }
 
 /// Wrong credentials of each kind get 401 `authentication_error` in the Anthropic shape, never reach the stub, are
-/// counted in `tollgate_auth_failures_total` by method and audited as denials.
+/// counted in `tollgate_auth_failures_total` by method and audited as denials. A key must name its user: a user's
+/// real password alone is refused too (finding its user would cost an argon2id check per configured user), with
+/// a message that says how to write the key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_are_refused_with_401_and_reach_nothing() {
     let stub = MessagesStub::start().await;
@@ -166,33 +168,38 @@ async fn wrong_credentials_are_refused_with_401_and_reach_nothing() {
         format!("Authorization: Bearer {}", jwt("carol@corp.example", "another-secret-of-at-least-32-bytes"));
     let cases = [
         ("x-api-key: alice:not-her-password".to_owned(), "a wrong password for a known user"),
-        ("x-api-key: not-anyones-password".to_owned(), "a key that is no user's password"),
-        ("Authorization: Bearer not-anyones-password".to_owned(), "a bearer that is no user's password"),
+        ("x-api-key: nobody:not-anyones-password".to_owned(), "a user name no one has"),
+        ("x-api-key: not-anyones-password".to_owned(), "a key without a user name"),
+        ("Authorization: Bearer not-anyones-password".to_owned(), "a bearer without a user name"),
+        (format!("x-api-key: {}", BOB.password), "bob's real password without his user name"),
         (wrong_jwt, "a JWT signed with another secret"),
     ];
     for (credential, context) in &cases {
         let response = send(address, &messages_call(credential, MODEL, false)).await;
-        println!("{context}: {response:?}");
-        assert_api_error(&response, 401, "authentication_error", None);
+        let message = assert_api_error(&response, 401, "authentication_error", None);
+        let malformed = context.contains("without");
+        assert_eq!(message.contains("USER:PASSWORD"), malformed, "{context}: {message}");
     }
     assert!(stub.requests().is_empty(), "refused requests reached the stub: {:?}", stub.requests());
     assert_eq!(stub.connection_count(), 0, "tollgate connected to the stub");
 
     let metrics = gateway.metrics().await;
-    assert_eq!(metric_value(&metrics, "tollgate_auth_failures_total{method=\"basic\"}"), 3.0, "{metrics}");
+    assert_eq!(metric_value(&metrics, "tollgate_auth_failures_total{method=\"basic\"}"), 5.0, "{metrics}");
     assert_eq!(metric_value(&metrics, "tollgate_auth_failures_total{method=\"jwt\"}"), 1.0, "{metrics}");
     let denied = "tollgate_requests_total{decision=\"deny\",kind=\"gateway\",listener=\"gateway\",";
-    assert_eq!(metric_sum(&metrics, denied), 4.0, "{metrics}");
+    assert_eq!(metric_sum(&metrics, denied), 6.0, "{metrics}");
 
     let audit = gateway.audit().await;
     let records = gateway_records(&audit);
-    assert_eq!(records.len(), 4, "{audit:#?}");
+    assert_eq!(records.len(), 6, "{audit:#?}");
     for record in records {
         assert_eq!((record["decision"].as_str(), record["status"].as_u64()), (Some("deny"), Some(401)), "{record}");
         assert!(record["user"].is_null(), "{record}");
         assert!(record["upstream"].is_null(), "{record}");
         let text = record.to_string();
-        assert!(!text.contains("not-her-password") && !text.contains("not-anyones-password"), "{record}");
+        for secret in ["not-her-password", "not-anyones-password", BOB.password] {
+            assert!(!text.contains(secret), "{record}");
+        }
     }
 }
 
