@@ -23,7 +23,8 @@
 //! to a new host against a cached one; `sse` the time to the first event and each event's delay.
 //!
 //! The harness (load generator and origin server, one tokio thread) pins itself to core 0; each
-//! proxy runs alone, pinned to core 1. Every load loop is bounded by time and by a count, every
+//! proxy runs alone, pinned to core 1. The paced rounds run twice: so pinned, and with the harness
+//! and the proxy both free to run on either core, as a sidecar beside its client is. Every load loop is bounded by time and by a count, every
 //! network operation has a timeout, and proxies are killed when their guard is dropped (also on
 //! panic and on Ctrl-C).
 
@@ -474,6 +475,30 @@ fn cpus_allowed() -> String {
         .ok()
         .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|v| v.trim().to_string()))
         .unwrap_or_else(|| "?".into())
+}
+
+/// Sets the cores every thread of `pid` may run on (`taskset -a -p -c CORES PID`).
+fn set_cores(pid: u32, cores: &str) -> Result<(), String> {
+    let out = Command::new("taskset").args(["-a", "-p", "-c", cores, &pid.to_string()]).output();
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("taskset -c {cores} {pid}: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(format!("taskset: {e}")),
+    }
+}
+
+/// Runs `round` with this harness and the proxy `pid` (if any) free to run on cores 0 and 1, then pins them back
+/// (harness on 0, proxy on 1). Sharing cores, a request need not wake an idle core to reach the other process.
+async fn on_shared_cores(pid: Option<u32>, round: impl std::future::Future<Output = RateRound>) -> RateRound {
+    let me = std::process::id();
+    let moved: Result<(), String> = pid.into_iter().chain([me]).try_for_each(|p| set_cores(p, "0,1"));
+    if let Err(e) = moved {
+        panic!("could not unpin for the shared-cores round: {e}");
+    }
+    let result = round.await;
+    let restored = set_cores(me, "0").and_then(|()| pid.map_or(Ok(()), |p| set_cores(p, "1")));
+    restored.unwrap_or_else(|e| panic!("could not pin back after the shared-cores round: {e}"));
+    result
 }
 
 /// Pins this process (all threads; called before the runtime starts) to core 0.
@@ -3345,6 +3370,29 @@ async fn feature_intercept(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String
     );
     run.notes(rep, "paced", &p);
     run.contention(rep, "paced", &p);
+
+    if ctx.pin_children {
+        let shared = interleaved(rounds, "`intercept` paced, shared cores", &names, "req/s", |i| {
+            on_shared_cores(run.pid(i), round(i, PACED_CONNS, Some(PACED_RATE)))
+        })
+        .await;
+        let tag = format!("{tag}, harness and proxy free to run on either core");
+        rep.api(format!("{tag}: latency p50 (µs)"), run.series_cells(&shared, |s| &s.p50), 0, Goal::None);
+        rep.api(format!("{tag}: latency p99 (µs)"), run.series_cells(&shared, |s| &s.p99), 0, Goal::None);
+        rep.api(
+            "paced, shared cores. added latency p50, over direct (µs)".into(),
+            run.added_cells(&shared, |s| &s.p50),
+            0,
+            Goal::None,
+        );
+        rep.api(
+            "paced, shared cores. added latency p99, over direct (µs)".into(),
+            run.added_cells(&shared, |s| &s.p99),
+            0,
+            Goal::Below(1000.0),
+        );
+        run.notes(rep, "paced, shared cores", &shared);
+    }
 
     // Minting: each round, new names; the direct TLS side shows a handshake with a fixed certificate.
     let mut minted: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); run.sides.len()];
