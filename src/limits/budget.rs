@@ -278,6 +278,11 @@ impl Reservation {
         &self.budgets
     }
 
+    /// What was reserved, in micro-dollars.
+    pub fn estimate_micro_usd(&self) -> i64 {
+        self.estimate_micro_usd
+    }
+
     /// Replaces the estimate with the metered cost (a negative cost counts as 0): adds `cost - estimate` to the
     /// same counters, in one atomic `add_spend`; a period that has ended by `now` takes nothing (a request that
     /// ran past midnight is charged to neither day beyond its estimate). Returns each team's used ratio of its

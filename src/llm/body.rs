@@ -209,12 +209,21 @@ impl Settlement {
                 exchange.error = Some(format!("upstream error: {error}"));
             }
         }
-        let billed =
-            if metered.as_ref().is_some_and(|m| m.usage.is_some()) { "; billed for the usage seen" } else { "" };
+        let seen = metered.as_ref().is_some_and(|m| m.usage.is_some());
+        let incomplete = metered.as_ref().is_some_and(|m| !m.complete);
+        // A successful response that told no usage and did not end as a whole message (compressed despite
+        // `accept-encoding: identity`, over `MAX_JSON_BODY`, malformed, cut early) keeps its estimate charged:
+        // budgets fail closed. (`count_tokens` answers a whole body without usage: free.)
+        let unread = !seen && incomplete && (200..300).contains(&exchange.status);
+        let billed = match (seen, unread && reservation.is_some()) {
+            (true, _) => "; billed for the usage seen",
+            (false, true) => "; no usage seen, the estimate stays charged",
+            (false, false) => "",
+        };
         match end {
             End::Complete => {
-                if metered.as_ref().is_some_and(|m| !m.complete) && exchange.status == 200 && exchange.error.is_none() {
-                    exchange.error = Some(format!("response ended before its final event{billed}"));
+                if incomplete && (200..300).contains(&exchange.status) && exchange.error.is_none() {
+                    exchange.error = Some(format!("response ended without a complete message to meter{billed}"));
                 }
             }
             End::UpstreamCut(reason) => {
@@ -224,6 +233,9 @@ impl Settlement {
             End::ClientCut => exchange.error = Some(format!("stream cut by the client{billed}")),
         }
         if let Some(reservation) = reservation {
+            if unread {
+                cost_micro_usd = reservation.estimate_micro_usd();
+            }
             match reservation.settle(cost_micro_usd, gateway.clock.now()).await {
                 Ok(ratios) => {
                     for (team, ratio) in ratios {

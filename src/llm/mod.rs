@@ -187,6 +187,7 @@ async fn forward(
     let metered = config.llm.is_metered(&path) && parts.method == http::Method::POST;
     let mut estimate = 0;
     if metered {
+        refuse_compressed(&parts.headers)?;
         let facts = RequestFacts::read(&body);
         check_model(config, &principal, &facts)?;
         exchange.model = facts.model.clone();
@@ -244,6 +245,10 @@ async fn forward(
     }
     if let Some(key) = api_key {
         parts.headers.insert(HeaderName::from_static("x-api-key"), key);
+    }
+    if metered && parts.headers.contains_key(http::header::ACCEPT_ENCODING) {
+        // Usage is read from the response as it passes: ask for it uncompressed.
+        parts.headers.insert(http::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
     parts.uri = uri;
     parts.version = Version::HTTP_11;
@@ -313,6 +318,17 @@ fn check_authority(request: &Request<Incoming>, tunnel: &Target) -> Result<(), P
     } else {
         Err(ProxyError::Misdirected { host: named, tunnel: tunnel.to_string() })
     }
+}
+
+/// Refuses a compressed request body: the model, DLP and budget checks read the body as sent.
+fn refuse_compressed(headers: &HeaderMap) -> Result<(), ProxyError> {
+    for value in headers.get_all(http::header::CONTENT_ENCODING) {
+        let encodings = String::from_utf8_lossy(value.as_bytes());
+        if encodings.split(',').any(|encoding| !encoding.trim().eq_ignore_ascii_case("identity")) {
+            return Err(ProxyError::CompressedBody(encodings.trim().to_owned()));
+        }
+    }
+    Ok(())
 }
 
 /// Reads the whole request body, refusing one larger than `max_body` (by its `Content-Length` before reading).

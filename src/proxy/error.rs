@@ -69,6 +69,8 @@ pub enum ProxyError {
     BudgetSpent(BudgetRefusal),
     #[error("request body larger than {0} bytes (intercept.max_body)")]
     BodyTooLarge(u64),
+    #[error("a request body with Content-Encoding {0} cannot be checked (model, DLP, budget); send it uncompressed")]
+    CompressedBody(String),
     #[error("this connection is for {tunnel}; a request for {host} must open its own tunnel")]
     Misdirected { host: String, tunnel: String },
     #[error("no upstream serves this request: add a routing rule for listener {listener}")]
@@ -172,6 +174,7 @@ impl ProxyError {
             ProxyError::ModelMissing { .. } => 400,
             ProxyError::BudgetSpent(_) => 429,
             ProxyError::BodyTooLarge(_) => 413,
+            ProxyError::CompressedBody(_) => 415,
             ProxyError::Misdirected { .. } => 421,
             ProxyError::NoRoute { .. } | ProxyError::Intercept(_) => 502,
         }
@@ -207,6 +210,7 @@ impl ProxyError {
             ProxyError::DlpBlocked { .. } => "dlp_blocked",
             ProxyError::BudgetSpent(_) => "budget_spent",
             ProxyError::BodyTooLarge(_) => "request_too_large",
+            ProxyError::CompressedBody(_) => "compressed_body",
             ProxyError::Misdirected { .. } => "misdirected",
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::Intercept(_) => "intercept_failed",
@@ -306,7 +310,7 @@ fn anthropic_type(error: &ProxyError) -> &'static str {
         ProxyError::BudgetSpent(_) => "billing_error",
         ProxyError::BodyTooLarge(_) => "request_too_large",
         _ => match error.status() {
-            400 | 408 | 414 | 421 | 431 => "invalid_request_error",
+            400 | 408 | 414 | 415 | 421 | 431 => "invalid_request_error",
             403 => "permission_error",
             504 => "timeout_error",
             _ => "api_error",
@@ -386,6 +390,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         407 => "Proxy Authentication Required",
         408 => "Request Timeout",
         414 => "URI Too Long",
+        415 => "Unsupported Media Type",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         502 => "Bad Gateway",

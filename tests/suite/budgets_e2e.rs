@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use common::gateway::*;
-use common::messages::{usage_of, MessagesStub, JSON_USAGE, MODEL};
+use common::messages::{self, usage_of, MessagesStub, JSON_USAGE, MODEL};
 use common::redis::RedisServer;
 use common::{Response, TestClock, TestGateway};
 
@@ -277,4 +277,39 @@ async fn two_replicas_share_spend_through_redis() {
     // The replica that settled last saw the whole team's spend, not only its own.
     let ratio = first.metric("tollgate_budget_used_ratio{team=\"backend\"}").await;
     assert!((ratio - 3.0 * cost() as f64 / (BUDGET_USD * 1e6)).abs() < 1e-9, "shared spend over budget: {ratio}");
+}
+
+/// An upstream that answers compressed although tollgate asked it for `accept-encoding: identity` (the stub's
+/// `stub-gzip`): the body reaches the client unchanged, tollgate reads no usage from it, and the reservation's
+/// estimate (request bytes / 4 at the input price) stays charged, so budgets fail closed; the audit record says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_without_readable_usage_keeps_its_estimate_charged() {
+    let stub = MessagesStub::start().await;
+    let teams = format!("  backend: {{budget: {{daily_usd: {BUDGET_USD}}}}}\n  frontend: {{}}\n");
+    let gateway = start_gateway(&config(&stub, &teams, ""), with_clock(TestClock::at(EVENING))).await;
+
+    let body = messages::request_body(messages::GZIP, false);
+    let version = format!("anthropic-version: {ANTHROPIC_VERSION}");
+    let headers =
+        [ALICE.api_key(), version, "content-type: application/json".into(), "accept-encoding: gzip, br".into()];
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let response = send(gateway.listener("gateway"), &request("POST", "/v1/messages", &headers, &body)).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.header("content-encoding").as_deref(), Some("gzip"), "relayed as the stub sent it");
+    let compressed = messages::gzip(b"");
+    assert!(response.body.len() > compressed.len(), "a compressed body: {response:?}");
+    let seen = stub.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].header_str("accept-encoding").as_deref(), Some("identity"), "{:?}", seen[0]);
+
+    let audit = gateway.audit().await;
+    let record = only_gateway_record(&audit);
+    assert_eq!((record["status"].as_u64(), record["decision"].as_str()), (Some(200), Some("allow")), "{record}");
+    assert!(record.get("usage").is_none() && record.get("cost_usd").is_none(), "{record}");
+    let error = record["error"].as_str().unwrap_or_else(|| panic!("an error: {record}"));
+    assert!(error.contains("the estimate stays charged"), "{record}");
+    // `PRICING` charges input at $10 per million tokens: 10 micro-dollars a token.
+    let estimate_micro_usd = (body.len() / 4) as f64 * 10.0;
+    let ratio = gateway.metric("tollgate_budget_used_ratio{team=\"backend\"}").await;
+    assert!((ratio - estimate_micro_usd / (BUDGET_USD * 1e6)).abs() < 1e-9, "{ratio} for {estimate_micro_usd} µ$");
 }

@@ -599,3 +599,34 @@ async fn an_https_upstream_is_verified_with_the_configured_trust() {
     assert_eq!(record["status"], 502, "{record}");
     assert_eq!(record["decision"], "error", "{record}");
 }
+
+/// A compressed request body cannot be checked (model, DLP, budget): a gzip body is refused with 415
+/// `invalid_request_error` naming the encoding, and never reaches the stub; `content-encoding: identity` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_request_body_is_refused_with_415() {
+    let stub = MessagesStub::start().await;
+    let gateway = start(&stub, "").await;
+    let address = gateway.listener("gateway");
+
+    let compressed = messages::gzip(messages::request_body(MODEL, false).as_bytes());
+    let mut raw = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: tollgate.test\r\n{}\r\nanthropic-version: {ANTHROPIC_VERSION}\r\n\
+         content-type: application/json\r\ncontent-encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        ALICE.api_key(),
+        compressed.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&compressed);
+    let refused = send(address, &raw).await;
+    let message = assert_api_error(&refused, 415, "invalid_request_error", None);
+    assert!(message.contains("Content-Encoding gzip") && message.contains("uncompressed"), "{message}");
+    assert!(stub.requests().is_empty(), "{:?}", stub.requests());
+
+    let (key, version) = (ALICE.api_key(), format!("anthropic-version: {ANTHROPIC_VERSION}"));
+    let headers = [key.as_str(), &version, "content-type: application/json", "content-encoding: identity"];
+    let plain = send(address, &request("POST", "/v1/messages", &headers, &messages::request_body(MODEL, false))).await;
+    assert_eq!(plain.status, 200, "{plain:?}");
+    let sample =
+        "tollgate_requests_total{decision=\"error\",kind=\"gateway\",listener=\"gateway\",reason=\"compressed_body\"}";
+    assert_eq!(gateway.metric(sample).await, 1.0);
+}

@@ -93,6 +93,9 @@ pub const HOLD: &str = "stub-hold";
 /// Like `HOLD`; when the response body is dropped before its end because the client went away, `cancelled()` turns
 /// true.
 pub const SLOW_CANCEL: &str = "stub-slow-cancel";
+/// 200 JSON message (usage `JSON_USAGE`) compressed, `content-encoding: gzip`, whatever the request's
+/// `accept-encoding` says: an upstream that ignores it.
+pub const GZIP: &str = "stub-gzip";
 
 /// Header lines in order: names exactly as sent, values as bytes.
 pub type Headers = Vec<(String, Vec<u8>)>;
@@ -513,6 +516,13 @@ fn messages(body: &[u8], request_id: &str, state: &Arc<State>, connection: &Arc<
             steps.extend(rest_of_stream().into_iter().map(Step::Event));
             steps
         }
+        GZIP => {
+            let mut response = json_response(StatusCode::OK, request_id, json!(null));
+            response.headers_mut().insert("content-encoding", "gzip".parse().expect("header value"));
+            *response.body_mut() =
+                Either::Left(Full::new(Bytes::from(gzip(json_message(&model).to_string().as_bytes()))));
+            return response;
+        }
         _ => return json_response(StatusCode::OK, request_id, json_message(&model)),
     };
     let (sender, receiver) = mpsc::channel(1);
@@ -622,6 +632,14 @@ fn json_response(status: StatusCode, request_id: &str, body: Value) -> Response<
         .header("request-id", request_id)
         .body(Either::Left(Full::new(Bytes::from(body.to_string()))))
         .expect("JSON response")
+}
+
+/// `bytes` gzip-compressed.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).expect("compress in memory");
+    encoder.finish().expect("compress in memory")
 }
 
 /// An Anthropic error: `{"type":"error","error":{"type":…,"message":…},"request_id":…}`.
