@@ -143,7 +143,7 @@ fn intercept_ca() -> CertPair {
 }
 
 fn meter_paths() -> Vec<String> {
-    vec!["/v1/messages".to_owned(), "/v1/messages/count_tokens".to_owned()]
+    ["/v1/messages", "/v1/messages/count_tokens", "/v1/messages/batches"].map(str::to_owned).to_vec()
 }
 
 fn default_paths() -> Vec<String> {

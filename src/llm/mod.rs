@@ -186,15 +186,18 @@ async fn forward(
     exchange.bytes_up = body.len() as u64;
     let metered = config.llm.is_metered(&path) && parts.method == http::Method::POST;
     let mut estimate = 0;
-    if metered {
+    if metered || (config.llm.dlp.is_some() && !body.is_empty()) {
         refuse_compressed(&parts.headers)?;
+    }
+    if metered {
         let facts = RequestFacts::read(&body);
         check_model(config, &principal, &facts)?;
         exchange.model = facts.model.clone();
-        scan(gateway, config, &body, exchange)?;
         estimate =
             config.llm.pricing.estimate_micro_usd(facts.model.as_deref().unwrap_or(""), facts.estimated_input_tokens);
     }
+    // Whatever the path: data leaves through any body.
+    scan(gateway, config, &body, exchange)?;
     if metered && !config.llm.budgets.is_empty() {
         held.reservation = Some(reserve(gateway, config, &principal, estimate, now).await?);
     }
@@ -357,16 +360,19 @@ fn check_model(config: &Config, principal: &Principal, facts: &RequestFacts) -> 
             .filter(|(_, settings)| !settings.models.is_empty())
     };
     let Some((team, _)) = restricting().next() else { return Ok(()) };
-    if let Some(model) = &facts.model {
-        if restricting().any(|(_, settings)| settings.model_globs.is_match(model)) {
-            return Ok(());
-        }
+    // Every model named must be allowed (a batch names one per request), and a body must name one.
+    let allows = |model: &str| restricting().any(|(_, settings)| settings.model_globs.is_match(model));
+    let denied = facts.models().find(|model| !allows(model));
+    if denied.is_none() && facts.models().next().is_some() {
+        return Ok(());
     }
     let allowed = restricting().flat_map(|(_, s)| s.models.iter().map(String::as_str)).collect::<Vec<_>>().join(", ");
     let rule: Arc<str> = format!("teams.{team}.models").into();
-    match &facts.model {
+    match denied {
         None => Err(ProxyError::ModelMissing { rule, allowed }),
-        Some(model) => Err(ProxyError::ModelDenied { model: model.clone(), team: Some(team.clone()), rule, allowed }),
+        Some(model) => {
+            Err(ProxyError::ModelDenied { model: model.to_owned(), team: Some(team.clone()), rule, allowed })
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! What tollgate reads from a Messages API request body: the model, whether it streams, and a rough size.
-//! The body itself is forwarded unchanged.
+//! What tollgate reads from a Messages API request body: the model (or, for a message batch, each request's
+//! model), whether it streams, and a rough size. The body itself is forwarded unchanged.
 
 use std::borrow::Cow;
 
@@ -9,18 +9,35 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestFacts {
     pub model: Option<String>,
+    /// `POST /v1/messages/batches`: each request's `params.model`, in order.
+    pub batch_models: Vec<String>,
     pub stream: bool,
     /// A floor estimate of the input tokens (bytes / 4), for budget reservations.
     pub estimated_input_tokens: u64,
 }
 
-/// The two top-level fields read; serde skips the others (the messages) without building them.
+/// The top-level fields read; serde skips the others (the messages) without building them.
 #[derive(Deserialize)]
 struct Fields<'a> {
     /// Borrowed from the body unless the string has escapes.
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     stream: Option<bool>,
+    #[serde(borrow)]
+    requests: Option<Vec<BatchRequest<'a>>>,
+}
+
+/// One request of a message batch: `{"custom_id": …, "params": {"model": …, …}}`.
+#[derive(Deserialize)]
+struct BatchRequest<'a> {
+    #[serde(borrow)]
+    params: BatchParams<'a>,
+}
+
+#[derive(Deserialize)]
+struct BatchParams<'a> {
+    #[serde(borrow)]
+    model: Cow<'a, str>,
 }
 
 impl RequestFacts {
@@ -32,13 +49,20 @@ impl RequestFacts {
     pub fn read(body: &[u8]) -> Self {
         let estimated_input_tokens = body.len() as u64 / 4;
         let Some(fields) = Self::fields(body) else {
-            return Self { model: None, stream: false, estimated_input_tokens };
+            return Self { estimated_input_tokens, ..Self::default() };
         };
+        let batch = fields.requests.unwrap_or_default();
         Self {
             model: fields.model.map(Cow::into_owned),
+            batch_models: batch.into_iter().map(|request| request.params.model.into_owned()).collect(),
             stream: fields.stream.unwrap_or(false),
             estimated_input_tokens,
         }
+    }
+
+    /// Every model the body names: the request's own, then each batch request's.
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.model.iter().chain(&self.batch_models).map(String::as_str)
     }
 
     fn fields(body: &[u8]) -> Option<Fields<'_>> {
@@ -56,7 +80,12 @@ mod tests {
     use super::*;
 
     fn facts(model: Option<&str>, stream: bool, body: &str) -> RequestFacts {
-        RequestFacts { model: model.map(str::to_owned), stream, estimated_input_tokens: body.len() as u64 / 4 }
+        RequestFacts {
+            model: model.map(str::to_owned),
+            batch_models: Vec::new(),
+            stream,
+            estimated_input_tokens: body.len() as u64 / 4,
+        }
     }
 
     #[test]
@@ -103,6 +132,26 @@ mod tests {
         }
         let invalid_utf8 = b"{\"model\":\"\xff\xfe\"}";
         assert_eq!(RequestFacts::read(invalid_utf8).model, None);
+    }
+
+    #[test]
+    fn a_batch_names_each_requests_model() {
+        let body = r#"{"requests":[{"custom_id":"a","params":{"model":"claude-haiku-4-5","max_tokens":8,"messages":[]}},{"custom_id":"b","params":{"max_tokens":8,"model":"claude-opus-5","messages":[]}}]}"#;
+        let read = RequestFacts::read(body.as_bytes());
+        assert_eq!(read.models().collect::<Vec<_>>(), ["claude-haiku-4-5", "claude-opus-5"]);
+        assert_eq!(read.model, None);
+    }
+
+    #[test]
+    fn a_batch_request_without_a_readable_model_names_no_model_at_all() {
+        for body in [
+            r#"{"requests":[{"custom_id":"a","params":{"model":"m"}},{"custom_id":"b","params":{"max_tokens":8}}]}"#,
+            r#"{"requests":[{"custom_id":"a"}]}"#,
+            r#"{"requests":[{"params":{"model":"m","model":"other"}}]}"#,
+            r#"{"requests":{"params":{"model":"m"}}}"#,
+        ] {
+            assert_eq!(RequestFacts::read(body.as_bytes()).models().count(), 0, "{body}");
+        }
     }
 
     #[test]

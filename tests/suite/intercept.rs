@@ -485,6 +485,57 @@ async fn a_model_the_team_may_not_use_is_refused_inside_the_tunnel() {
     assert_eq!(setup.metric(&requests_sample("deny", "model_denied")).await, 1.0);
 }
 
+/// A message batch names a model per request, and each must be allowed: a batch with one model outside the team's
+/// globs is refused with 403 naming that model, a batch of allowed models reaches the stub and costs nothing (its
+/// requests are billed when the batch runs, not here), and a batch whose models cannot be read is refused as naming
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_model_of_a_message_batch_must_be_allowed() {
+    let auth = backend_team();
+    let setup = Intercepting::start(Parts { auth: "", extra: &auth, ..Parts::default() }).await;
+    let mut tls = setup.tunnel_as(Some(&basic("alice", PASSWORD))).await;
+    let mut buf = Vec::new();
+    let batch = |models: &[&str]| {
+        let requests: Vec<Value> = models
+            .iter()
+            .enumerate()
+            .map(|(i, model)| {
+                json!({"custom_id": format!("r{i}"), "params": {"model": model, "max_tokens": 8,
+                                     "messages": [{"role": "user", "content": "hi"}]}})
+            })
+            .collect();
+        let body = json!({ "requests": requests }).to_string();
+        request(
+            "POST",
+            "/v1/messages/batches",
+            &[&format!("Host: {API_HOST}"), "content-type: application/json"],
+            body.as_bytes(),
+        )
+    };
+
+    let denied = send(&mut tls, &batch(&[MODEL, "claude-opus-4-1"]), &mut buf).await;
+    let message = assert_api_error(&denied, 403, "permission_error", Some("teams.backend.models"));
+    assert!(message.contains("\"claude-opus-4-1\""), "{message}");
+    let unreadable =
+        r#"{"requests":[{"custom_id":"r0","params":{"model":"claude-sonnet-4-5","model":"claude-opus-4-1"}}]}"#;
+    let headers = [format!("Host: {API_HOST}"), "content-type: application/json".to_owned()];
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let missing =
+        send(&mut tls, &request("POST", "/v1/messages/batches", &headers, unreadable.as_bytes()), &mut buf).await;
+    assert_api_error(&missing, 400, "invalid_request_error", Some("teams.backend.models"));
+    assert!(setup.stub.requests().is_empty(), "nothing reached the stub");
+
+    let allowed = send(&mut tls, &batch(&[MODEL, "claude-sonnet-4-0"]), &mut buf).await;
+    assert_eq!((allowed.status, allowed.json()["type"].as_str()), (200, Some("message_batch")), "{allowed:?}");
+    assert_eq!(only_request(&setup.stub).path_and_query, "/v1/messages/batches");
+    let records = setup.gateway.audit().await;
+    let found = intercepted(&records);
+    assert_eq!(found.len(), 3, "{records:#?}");
+    let served = found[2];
+    assert_eq!((served["decision"].as_str(), served["status"].as_u64()), (Some("allow"), Some(200)), "{served:#}");
+    assert!(served["usage"].is_null() && served["error"].is_null(), "free, and no error: {served:#}");
+}
+
 /// The Python SDK, configured only by HTTPS_PROXY (with credentials) and SSL_CERT_FILE (the interception CA), goes
 /// through the tunnel: an allowed model's message and stream carry the stub's usage, a denied model fails with
 /// the 403 `permission_error` the SDK reports, and each request is audited for alice.
@@ -590,6 +641,22 @@ async fn each_dlp_detector_blocks_its_sample_without_repeating_it() {
     }
     assert_eq!(setup.metric("tollgate_dlp_blocks_total{detector=\"credit_card\"}").await, 1.0);
     assert_eq!(setup.metric(&requests_sample("deny", "dlp_blocked")).await, SAMPLES.len() as f64);
+}
+
+/// DLP reads every body, not only the metered paths': a secret in a telemetry batch is blocked like one in a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlp_blocks_a_secret_on_a_path_that_is_not_metered() {
+    let dlp = DLP_ALL.replace("ACTION", "block");
+    let setup = Intercepting::start(Parts { extra: &dlp, ..Parts::default() }).await;
+    let body =
+        json!({"events": [{"event_name": "tool_use", "cwd": "/srv", "env": "AWS_ACCESS_KEY_ID=AKIAZ7VQ3MBX5LRT2KPN"}]});
+    let headers =
+        [format!("Host: {API_HOST}"), "content-type: application/json".to_owned(), "Connection: close".to_owned()];
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let raw = request("POST", "/api/event_logging/batch", &headers, body.to_string().as_bytes());
+    let response = setup.send(&raw).await;
+    assert_api_error(&response, 403, "permission_error", Some("dlp.aws_access_key"));
+    assert!(setup.stub.requests().is_empty(), "nothing reached the stub");
 }
 
 /// With `action: log`, a request with matches is forwarded byte-exact and its record lists the detectors that

@@ -446,6 +446,11 @@ async fn answer(
             json_response(StatusCode::OK, &request_id, json!({"input_tokens": COUNT_TOKENS}))
         }
         (&Method::GET, "/v1/models") => json_response(StatusCode::OK, &request_id, models()),
+        (&Method::POST, "/v1/messages/batches") => json_response(
+            StatusCode::OK,
+            &request_id,
+            json!({"id": "msgbatch_stub", "type": "message_batch", "processing_status": "in_progress"}),
+        ),
         (&Method::GET, "/api/claude_code/settings" | "/api/claude_code/policy_limits") => {
             json_response(StatusCode::OK, &request_id, json!({}))
         }
