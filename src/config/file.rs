@@ -101,10 +101,11 @@ pub struct Intercept {
     /// The CA that signs minted leaves; created on first start when both files are missing.
     #[serde(default = "intercept_ca")]
     pub ca: CertPair,
-    /// Host globs whose tunnels are intercepted.
+    /// Host globs whose tunnels are intercepted. `[]`: none, for a gateway-only deployment that sets the request
+    /// rules below (no CA is opened then).
     pub hosts: Vec<String>,
-    /// Paths whose requests are metered, DLP-scanned and checked against the team's models.
-    #[serde(default = "meter_paths")]
+    /// Paths whose `POST`s are metered and checked against the team's models and budgets.
+    #[serde(default = "default_meter_paths")]
     pub meter_paths: Vec<String>,
     /// Path globs allowed and denied inside intercepted tunnels.
     #[serde(default)]
@@ -142,7 +143,8 @@ fn intercept_ca() -> CertPair {
     CertPair { cert: "certs/tollgate-ca.pem".to_owned(), key: "certs/tollgate-ca.key".to_owned() }
 }
 
-fn meter_paths() -> Vec<String> {
+/// `intercept.meter_paths` when not set (also without an `intercept` section).
+pub fn default_meter_paths() -> Vec<String> {
     ["/v1/messages", "/v1/messages/count_tokens", "/v1/messages/batches"].map(str::to_owned).to_vec()
 }
 

@@ -464,7 +464,7 @@ fn referenced_files(path: &Path, parsed: &file::File) -> Vec<PathBuf> {
     if let Some(pair) = &parsed.upstream.client_cert {
         files.extend([PathBuf::from(&pair.cert), PathBuf::from(&pair.key)]);
     }
-    if let Some(intercept) = &parsed.intercept {
+    if let Some(intercept) = parsed.intercept.as_ref().filter(|i| !i.hosts.is_empty()) {
         files.extend([PathBuf::from(&intercept.ca.cert), PathBuf::from(&intercept.ca.key)]);
     }
     files

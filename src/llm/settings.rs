@@ -129,15 +129,15 @@ impl Llm {
             });
         }
         let intercept = match &parsed.intercept {
-            Some(section) => Some(Intercept::compile(section)?),
-            None => None,
+            Some(section) if !section.hosts.is_empty() => Some(Intercept::compile(section)?),
+            _ => None,
         };
         let default_paths = file::InterceptPaths::default();
         let paths_file = parsed.intercept.as_ref().map(|i| &i.paths).unwrap_or(&default_paths);
         let paths = PathRules::compile(paths_file)?;
         let meter_paths = match &parsed.intercept {
             Some(section) => section.meter_paths.clone(),
-            None => vec!["/v1/messages".to_owned(), "/v1/messages/count_tokens".to_owned()],
+            None => file::default_meter_paths(),
         };
         let max_body = parsed.intercept.as_ref().map_or(32 << 20, |i| i.max_body.0);
         if max_body == 0 {
@@ -223,9 +223,6 @@ impl Intercept {
     fn compile(section: &file::Intercept) -> Result<Intercept, (String, String)> {
         let hosts = RuleSet::compile("intercept.hosts", &section.hosts)
             .map_err(|(index, e)| (format!("intercept.hosts[{index}]"), e.0))?;
-        if section.hosts.is_empty() {
-            return Err(("intercept.hosts".into(), "name at least one host to intercept".into()));
-        }
         if section.leaf_validity.0 < Duration::from_secs(3600) {
             return Err(("intercept.leaf_validity".into(), "must be at least 1h".into()));
         }

@@ -630,3 +630,30 @@ async fn a_compressed_request_body_is_refused_with_415() {
         "tollgate_requests_total{decision=\"error\",kind=\"gateway\",listener=\"gateway\",reason=\"compressed_body\"}";
     assert_eq!(gateway.metric(sample).await, 1.0);
 }
+
+/// A gateway-only deployment sets the request rules with `intercept: {hosts: []}`: its path rules and body limit
+/// apply to gateway requests, and no interception CA is opened or created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_only_config_sets_paths_and_max_body_without_a_ca() {
+    let stub = MessagesStub::start().await;
+    let ca_dir = tempfile::tempdir().expect("temp dir");
+    let (ca_pem, ca_key) = (ca_dir.path().join("ca.pem"), ca_dir.path().join("ca.key"));
+    let intercept = format!(
+        "intercept:\n  ca: {{cert: \"{}\", key: \"{}\"}}\n  hosts: []\n  max_body: 1KiB\n  paths: {{deny: [\"/v1/models\"]}}\n",
+        ca_pem.display(),
+        ca_key.display()
+    );
+    let gateway = start(&stub, &intercept).await;
+    let address = gateway.listener("gateway");
+
+    let models = send(address, &request("GET", "/v1/models", &[&ALICE.api_key()], "")).await;
+    assert_api_error(&models, 403, "permission_error", Some("intercept.paths.deny[0]"));
+    let big = messages::request_body(&"a".repeat(1100), false);
+    let version = format!("anthropic-version: {ANTHROPIC_VERSION}");
+    let too_large = send(address, &request("POST", "/v1/messages", &[&ALICE.api_key(), &version], &big)).await;
+    assert_api_error(&too_large, 413, "request_too_large", None);
+    let small = send(address, &messages_call(&ALICE.api_key(), MODEL, false)).await;
+    assert_eq!(small.status, 200, "{small:?}");
+    assert_eq!(stub.requests().len(), 1, "only the allowed request reached the stub");
+    assert!(!ca_pem.exists() && !ca_key.exists(), "no CA without hosts to intercept");
+}
