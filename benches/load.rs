@@ -3243,6 +3243,19 @@ impl ApiRun {
     }
 
     /// A note per side whose operations failed or ran late.
+    /// The rows of one paced layout: latencies, the added latency over direct (p99 against the target), notes.
+    fn paced_rows(&self, rep: &mut Report, layout: &str, series: &[Series]) {
+        let tag = format!("paced, {layout}");
+        let load = format!("{PACED_RATE} req/s evenly spaced over {PACED_CONNS} tunnels");
+        rep.api(format!("{tag}. {load}: latency p50 (µs)"), self.series_cells(series, |s| &s.p50), 0, Goal::None);
+        rep.api(format!("{tag}. {load}: latency p99 (µs)"), self.series_cells(series, |s| &s.p99), 0, Goal::None);
+        let added = |quantile: &str| format!("{tag}. added latency {quantile}, over direct (µs)");
+        rep.api(added("p50"), self.added_cells(series, |s| &s.p50), 0, Goal::None);
+        rep.api(added("p99"), self.added_cells(series, |s| &s.p99), 0, Goal::Below(1000.0));
+        self.notes(rep, &tag, series);
+        self.contention(rep, &tag, series);
+    }
+
     fn notes(&self, rep: &mut Report, tag: &str, series: &[Series]) {
         for ((side, _), s) in self.sides.iter().zip(series) {
             if s.errors > 0 {
@@ -3358,40 +3371,13 @@ async fn feature_intercept(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String
 
     let p =
         interleaved(rounds, "`intercept` paced", &names, "req/s", |i| round(i, PACED_CONNS, Some(PACED_RATE))).await;
-    let tag = format!("paced. {PACED_RATE} req/s evenly spaced over {PACED_CONNS} tunnels");
-    rep.api(format!("{tag}: latency p50 (µs)"), run.series_cells(&p, |s| &s.p50), 0, Goal::None);
-    rep.api(format!("{tag}: latency p99 (µs)"), run.series_cells(&p, |s| &s.p99), 0, Goal::None);
-    rep.api("paced. added latency p50, over direct (µs)".into(), run.added_cells(&p, |s| &s.p50), 0, Goal::None);
-    rep.api(
-        "paced. added latency p99, over direct (µs)".into(),
-        run.added_cells(&p, |s| &s.p99),
-        0,
-        Goal::Below(1000.0),
-    );
-    run.notes(rep, "paced", &p);
-    run.contention(rep, "paced", &p);
-
+    run.paced_rows(rep, "pinned", &p);
     if ctx.pin_children {
         let shared = interleaved(rounds, "`intercept` paced, shared cores", &names, "req/s", |i| {
             on_shared_cores(run.pid(i), round(i, PACED_CONNS, Some(PACED_RATE)))
         })
         .await;
-        let tag = format!("{tag}, harness and proxy free to run on either core");
-        rep.api(format!("{tag}: latency p50 (µs)"), run.series_cells(&shared, |s| &s.p50), 0, Goal::None);
-        rep.api(format!("{tag}: latency p99 (µs)"), run.series_cells(&shared, |s| &s.p99), 0, Goal::None);
-        rep.api(
-            "paced, shared cores. added latency p50, over direct (µs)".into(),
-            run.added_cells(&shared, |s| &s.p50),
-            0,
-            Goal::None,
-        );
-        rep.api(
-            "paced, shared cores. added latency p99, over direct (µs)".into(),
-            run.added_cells(&shared, |s| &s.p99),
-            0,
-            Goal::Below(1000.0),
-        );
-        run.notes(rep, "paced, shared cores", &shared);
+        run.paced_rows(rep, "shared cores", &shared);
     }
 
     // Minting: each round, new names; the direct TLS side shows a handshake with a fixed certificate.
