@@ -96,7 +96,11 @@ pub async fn explain(config: &Config, question: &Question) -> Result<Answer, Str
         let _ = writeln!(report, "limit:     none");
     }
     if config.llm.intercepts(&target) {
-        let _ = writeln!(report, "intercept: yes — each request inside the tunnel is checked, metered and audited");
+        let _ = writeln!(
+            report,
+            "intercept: yes — the CONNECT is opened for any identified user; each request inside is decided as \
+             above, limited, metered and audited, and a refusal is answered inside the tunnel"
+        );
     }
     for team in principal.teams.iter() {
         if let Some(settings) = config.teams.get(team).filter(|s| !s.models.is_empty()) {

@@ -38,10 +38,9 @@ enum Next {
     Intercept(Box<Interception>),
 }
 
-/// An admitted CONNECT to an intercepted host, with the leaf to present.
+/// An identified CONNECT to an intercepted host, with the leaf to present.
 struct Interception {
     exchange: Exchange,
-    admitted: Admitted,
     tls: Arc<rustls::ServerConfig>,
 }
 
@@ -116,6 +115,25 @@ pub async fn serve(gateway: Arc<Gateway>, mut client: Stream, peer: Peer) {
     }
 }
 
+/// Who sent the request: a verified client certificate, else `Proxy-Authorization`, else the anonymous principal.
+async fn identify(
+    gateway: &Gateway,
+    config: &Config,
+    head: &RequestHead,
+    peer: &Peer,
+) -> Result<Principal, ProxyError> {
+    match &peer.certificate {
+        // A verified client certificate is the stronger proof: it wins over any Proxy-Authorization.
+        Some(principal) => Ok(principal.clone()),
+        None => {
+            config.identity.identify(head.header("proxy-authorization"), peer.address.ip()).await.map_err(|error| {
+                gateway.metrics.auth_failure(error.method());
+                ProxyError::Auth(error)
+            })
+        }
+    }
+}
+
 /// Identity, destination and limit checks shared by CONNECT and forwarded requests. The returned slots are
 /// held until the request or tunnel ends.
 async fn admit(
@@ -126,16 +144,7 @@ async fn admit(
     peer: &Peer,
     exchange: &mut Exchange,
 ) -> Result<Admitted, ProxyError> {
-    let principal = match &peer.certificate {
-        // A verified client certificate is the stronger proof: it wins over any Proxy-Authorization.
-        Some(principal) => principal.clone(),
-        None => {
-            config.identity.identify(head.header("proxy-authorization"), peer.address.ip()).await.map_err(|error| {
-                gateway.metrics.auth_failure(error.method());
-                ProxyError::Auth(error)
-            })?
-        }
-    };
+    let principal = identify(gateway, config, head, peer).await?;
     if gateway.auditor.refuses_requests() {
         exchange.principal = Some(principal);
         return Err(ProxyError::AuditUnavailable);
@@ -190,12 +199,15 @@ async fn tunnel(
     let result = async {
         let target = Target::parse_authority(head.target()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         exchange.target = Some(target.clone());
-        let admitted = admit(gateway, config, &head, &target, peer, &mut exchange).await?;
         if config.llm.intercepts(&target) {
+            // Only identity is checked here. Policy, hours, limits and the audit log are checked for each
+            // request inside, where a refusal is an answer the client shows its user: a refused CONNECT shows
+            // only "couldn't connect through your proxy" and is retried for minutes.
+            exchange.principal = Some(identify(gateway, config, &head, peer).await?);
             // Minted before the 200: a failure is still a clean answer to the CONNECT.
-            let tls = crate::intercept::server_config(gateway, &target).await?;
-            return Ok(Err((admitted, tls)));
+            return Ok(Err(crate::intercept::server_config(gateway, &target).await?));
         }
+        let admitted = admit(gateway, config, &head, &target, peer, &mut exchange).await?;
         let teams = exchange.teams();
         let dialer = upstream::Dialer { config, own_addresses: &gateway.own_addresses, teams: &teams };
         let (stream, address, _route) = dialer.open_tunnel(&target).await?;
@@ -204,7 +216,7 @@ async fn tunnel(
     .await;
     let (mut upstream_stream, upstream_address, admitted) = match result {
         Ok(Ok(opened)) => opened,
-        Ok(Err((admitted, tls))) => return Next::Intercept(Box::new(Interception { exchange, admitted, tls })),
+        Ok(Err(tls)) => return Next::Intercept(Box::new(Interception { exchange, tls })),
         Err(error) => {
             // Bytes pipelined after a refused CONNECT were meant for the tunnel: they are dropped with the
             // connection. With nothing pipelined, a 407 may be answered on this connection.
@@ -263,10 +275,8 @@ async fn tunnel(
 }
 
 /// Serves an intercepted tunnel to its end: the `200`, the TLS handshake with the minted leaf, the requests
-/// inside (each with its own audit record), then the tunnel's record.
-///
-/// The CONNECT's concurrency slots are given back once the tunnel is open: each request inside takes its own, so
-/// a cap counts requests in flight, not the idle tunnels a client keeps for them.
+/// inside (each decided, limited and audited on its own), then the tunnel's record. The tunnel itself takes
+/// nothing from the limits: a cap counts the requests in flight, not the idle tunnels a client keeps for them.
 async fn intercepted(
     gateway: &Arc<Gateway>,
     mut client: Stream,
@@ -274,13 +284,12 @@ async fn intercepted(
     interception: Interception,
     peer: &Peer,
 ) {
-    let Interception { mut exchange, admitted, tls } = interception;
+    let Interception { mut exchange, tls } = interception;
     let principal = exchange.principal.clone().expect("admitted tunnels have a principal");
     let target = exchange.target.clone().expect("admitted tunnels have a target");
     exchange.upstream = Some("tollgate (intercepted)".to_owned());
     let registration = gateway.register_tunnel(principal.clone(), target.clone());
     let opened = client.write_all(connect::ESTABLISHED).await.is_ok() && client.flush().await.is_ok();
-    admitted.release().await;
     if !opened {
         exchange.error = Some("client closed before the tunnel opened".to_owned());
         finish(gateway, peer, exchange);

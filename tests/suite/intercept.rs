@@ -23,7 +23,7 @@ use common::messages::{
 };
 use common::pki::Pki;
 use common::tls::{request_until_closed, TlsOrigin};
-use common::{basic, curl, hash, logs, Echo, TestGateway};
+use common::{basic, connect_request, curl, hash, logs, Echo, TestGateway};
 
 /// The model with no scenario: the stub answers normally. It is priced by the `claude-sonnet-4*` row.
 const MODEL: &str = messages::MODEL;
@@ -483,6 +483,63 @@ async fn a_model_the_team_may_not_use_is_refused_inside_the_tunnel() {
     assert_eq!((allow["decision"].as_str(), allow["status"].as_u64()), (Some("allow"), Some(200)), "{allow:#}");
     assert_billed(&setup.gateway, allow, MODEL, "backend", messages::JSON_USAGE).await;
     assert_eq!(setup.metric(&requests_sample("deny", "model_denied")).await, 1.0);
+}
+
+/// A CONNECT to an intercepted host that policy denies the user is still opened, so that the refusal reaches the
+/// developer: each request inside gets 403 `permission_error` naming the team's deny rule (Claude Code shows it
+/// and does not retry), and nothing reaches the stub. Only identity is checked on the CONNECT: without
+/// credentials it is still a 407.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_refusal_is_answered_inside_the_tunnel() {
+    let auth = format!(
+        "auth:\n  anonymous: deny\n  users:\n    - {{name: alice, password_hash: \"{}\", teams: [backend]}}\n\
+         teams:\n  backend: {{deny: [\"{API_HOST}\"]}}\n",
+        hash(PASSWORD)
+    );
+    let mut setup = Intercepting::start(Parts { auth: "", extra: &auth, ..Parts::default() }).await;
+    let mut tls = setup.tunnel_as(Some(&basic("alice", PASSWORD))).await;
+    let mut buf = Vec::new();
+    for request in [messages_post(&messages::request_body(MODEL, false), &[]), get("/api/claude_code/settings", &[])] {
+        let refused = send(&mut tls, &request, &mut buf).await;
+        let message = assert_api_error(&refused, 403, "permission_error", Some("teams.backend.deny[0]"));
+        assert!(message.contains(API_HOST) && message.contains("teams.backend.deny[0]"), "{message}");
+    }
+    assert!(setup.stub.requests().is_empty(), "nothing reached the stub");
+    let unauthenticated =
+        common::exchange(setup.gateway.proxy, connect_request(&format!("{API_HOST}:443"), &[]).as_bytes()).await;
+    assert_eq!(unauthenticated.status, 407, "{unauthenticated:?}");
+
+    drop(tls);
+    let records = setup.gateway.shutdown_and_audit().await;
+    let inside: Vec<_> = intercepted(&records).iter().map(|r| (r["decision"].clone(), r["status"].clone())).collect();
+    assert_eq!(inside, [(json!("deny"), json!(403)), (json!("deny"), json!(403))], "{records:#?}");
+    let connects: Vec<_> = records.iter().filter(|r| r["kind"] == "connect").map(|r| r["status"].clone()).collect();
+    assert_eq!(connects, [json!(407), json!(200)], "{records:#?}");
+}
+
+/// Rate limits count the requests inside an intercepted tunnel, not the tunnel: with `user.rpm: 1` the first
+/// request passes, the next gets 429 `rate_limit_error` with `retry-after` inside the tunnel, and a new tunnel still
+/// opens (a refused CONNECT would be retried by Claude Code for minutes) and answers its request the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_is_answered_inside_the_tunnel() {
+    let setup = Intercepting::start(Parts { extra: "limits: {user: {rpm: 1}}\n", ..Parts::default() }).await;
+    let settings = get("/api/claude_code/settings", &[]);
+    let mut tls = setup.tunnel().await;
+    let mut buf = Vec::new();
+    assert_eq!(send(&mut tls, &settings, &mut buf).await.status, 200, "the first request");
+    let limited = send(&mut tls, &settings, &mut buf).await;
+    assert_api_error(&limited, 429, "rate_limit_error", Some("limits.user"));
+    assert!(limited.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok_and(|s| s >= 1)), "{limited:?}");
+
+    let mut second = setup.tunnel().await;
+    let mut second_buf = Vec::new();
+    assert_api_error(
+        &send(&mut second, &settings, &mut second_buf).await,
+        429,
+        "rate_limit_error",
+        Some("limits.user"),
+    );
+    assert_eq!(setup.stub.requests().len(), 1, "only the first request reached the stub");
 }
 
 /// A message batch names a model per request, and each must be allowed: a batch with one model outside the team's
