@@ -140,6 +140,8 @@ impl Held {
     }
 }
 
+/// The per-request steps in order: identity → destination and hours → path rules → limits → body (size,
+/// encoding, models, DLP) → budget reservation → route → the upstream's response, metered as it streams.
 async fn forward(
     session: &Session,
     config: &Arc<Config>,
@@ -154,29 +156,7 @@ async fn forward(
     if gateway.auditor.refuses_requests() {
         return Err(ProxyError::AuditUnavailable);
     }
-    let host = match &session.origin {
-        Origin::Tunnel { target, .. } => {
-            check_authority(&request, target)?;
-            exchange.target = Some(target.clone());
-            // Every request is checked again: hours end, reloads deny.
-            match config.policy.decide(target, &principal.teams, now) {
-                Decision::Allow { rule } => exchange.rule = Some(rule),
-                Decision::Deny { rule, reason } => {
-                    return Err(ProxyError::Denied { target: target.to_string(), rule, reason })
-                }
-            }
-            match &target.host {
-                Host::Name(name) => Some(name.to_string()),
-                Host::Ip(ip) => Some(ip.to_string()),
-            }
-        }
-        Origin::Gateway => {
-            if let Err(Decision::Deny { rule, reason }) = config.policy.check_hours(&principal.teams, now) {
-                return Err(ProxyError::Denied { target: session.peer.listener.to_string(), rule, reason });
-            }
-            None
-        }
-    };
+    let host = decide(session, config, &request, &principal, now, exchange)?;
     let path = request.uri().path().to_owned();
     config.llm.paths.check(&path).map_err(|denied| ProxyError::PathDenied { path: path.clone(), rule: denied.rule })?;
     held.admitted = Some(crate::proxy::limit(gateway, config, config.limits.plan(&principal), now).await?);
@@ -185,75 +165,13 @@ async fn forward(
     let body = read_body(&parts.headers, body, config.llm.max_body).await?;
     exchange.bytes_up = body.len() as u64;
     let metered = config.llm.is_metered(&path) && parts.method == http::Method::POST;
-    let mut estimate = 0;
-    if metered || (config.llm.dlp.is_some() && !body.is_empty()) {
-        refuse_compressed(&parts.headers)?;
-    }
-    if metered {
-        let facts = RequestFacts::read(&body);
-        check_model(config, &principal, &facts)?;
-        exchange.model = facts.model.clone();
-        estimate =
-            config.llm.pricing.estimate_micro_usd(facts.model.as_deref().unwrap_or(""), facts.estimated_input_tokens);
-    }
-    // Whatever the path: data leaves through any body.
-    scan(gateway, config, &body, exchange)?;
+    let estimate = check_body(gateway, config, &principal, &parts.headers, &body, metered, exchange)?;
     if metered && !config.llm.budgets.is_empty() {
         held.reservation = Some(reserve(gateway, config, &principal, estimate, now).await?);
     }
 
-    let route = config.llm.route(RouteRequest {
-        listener: &session.peer.listener,
-        teams: &principal.teams,
-        team_settings: &config.teams,
-        host: host.as_deref(),
-    });
-    let (uri, upstream_name, api_key) = match (route, &session.origin) {
-        (Some(route), _) => {
-            let upstream = &route.to;
-            let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let uri = Uri::builder()
-                .scheme(upstream.scheme.clone())
-                .authority(upstream.authority.clone())
-                .path_and_query(format!("{}{path_and_query}", upstream.base_path))
-                .build()
-                .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URL: {e}")))?;
-            parts.headers.insert(HOST, HeaderValue::from_str(upstream.authority.as_str()).expect("a parsed authority"));
-            if exchange.target.is_none() {
-                // Gateway requests are recorded with the upstream they went to.
-                exchange.target = Some(upstream.target.clone());
-            }
-            (uri, upstream.name.to_string(), upstream.api_key.clone())
-        }
-        (None, Origin::Tunnel { target, .. }) => {
-            let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let uri = Uri::builder()
-                .scheme("https")
-                .authority(target.to_string())
-                .path_and_query(path_and_query)
-                .build()
-                .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URL: {e}")))?;
-            (uri, target.to_string(), None)
-        }
-        (None, Origin::Gateway) => return Err(ProxyError::NoRoute { listener: session.peer.listener.clone() }),
-    };
-    exchange.upstream = Some(upstream_name);
-    exchange.region =
-        principal.teams.iter().find_map(|t| config.teams.get(t).and_then(|s| s.region.as_deref())).map(Arc::from);
-    strip_hop_by_hop(&mut parts.headers);
-    if matches!(session.origin, Origin::Gateway) || api_key.is_some() {
-        // The client's credential is for tollgate (gateway) or replaced by the upstream's key: never forwarded.
-        parts.headers.remove(http::header::AUTHORIZATION);
-        parts.headers.remove("x-api-key");
-    }
-    if let Some(key) = api_key {
-        parts.headers.insert(HeaderName::from_static("x-api-key"), key);
-    }
-    if metered && parts.headers.contains_key(http::header::ACCEPT_ENCODING) {
-        // Usage is read from the response as it passes: ask for it uncompressed.
-        parts.headers.insert(http::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    }
-    parts.uri = uri;
+    let api_key = route(session, config, &principal, host.as_deref(), &mut parts, exchange)?;
+    rewrite_headers(&mut parts.headers, &session.origin, api_key, metered);
     parts.version = Version::HTTP_11;
     let upstream_request = Request::from_parts(parts, Full::new(body));
 
@@ -277,6 +195,135 @@ async fn forward(
         reservation: held.reservation.take(),
     };
     Ok(Response::from_parts(parts, MeteredBody::upstream(incoming, meter, settlement)))
+}
+
+/// The destination decision: inside a tunnel, the tunnel's host must be the request's, and policy and hours are
+/// decided again (hours end, reloads deny); on a gateway listener only the team hours apply. Returns the host an
+/// intercepted request was for (routing may match on it).
+fn decide(
+    session: &Session,
+    config: &Config,
+    request: &Request<Incoming>,
+    principal: &Principal,
+    now: std::time::SystemTime,
+    exchange: &mut Exchange,
+) -> Result<Option<String>, ProxyError> {
+    match &session.origin {
+        Origin::Tunnel { target, .. } => {
+            check_authority(request, target)?;
+            exchange.target = Some(target.clone());
+            match config.policy.decide(target, &principal.teams, now) {
+                Decision::Allow { rule } => exchange.rule = Some(rule),
+                Decision::Deny { rule, reason } => {
+                    return Err(ProxyError::Denied { target: target.to_string(), rule, reason })
+                }
+            }
+            Ok(Some(match &target.host {
+                Host::Name(name) => name.to_string(),
+                Host::Ip(ip) => ip.to_string(),
+            }))
+        }
+        Origin::Gateway => match config.policy.check_hours(&principal.teams, now) {
+            Err(Decision::Deny { rule, reason }) => {
+                Err(ProxyError::Denied { target: session.peer.listener.to_string(), rule, reason })
+            }
+            _ => Ok(None),
+        },
+    }
+}
+
+/// The checks that read the body: its encoding, the models a metered request names, and DLP (whatever the path:
+/// data leaves through any body). Returns a metered request's budget estimate in micro-dollars.
+fn check_body(
+    gateway: &Gateway,
+    config: &Config,
+    principal: &Principal,
+    headers: &HeaderMap,
+    body: &Bytes,
+    metered: bool,
+    exchange: &mut Exchange,
+) -> Result<i64, ProxyError> {
+    if metered || (config.llm.dlp.is_some() && !body.is_empty()) {
+        refuse_compressed(headers)?;
+    }
+    let mut estimate = 0;
+    if metered {
+        let facts = RequestFacts::read(body);
+        check_model(config, principal, &facts)?;
+        let model = facts.model.as_deref().unwrap_or("");
+        estimate = config.llm.pricing.estimate_micro_usd(model, facts.estimated_input_tokens);
+        exchange.model = facts.model;
+    }
+    scan(gateway, config, body, exchange)?;
+    Ok(estimate)
+}
+
+/// Points the request at its upstream: the first matching route's, else (intercepted) the host the client asked
+/// for. Sets the URI and `Host`, records the upstream and region, and returns the upstream's `api_key`.
+fn route(
+    session: &Session,
+    config: &Config,
+    principal: &Principal,
+    host: Option<&str>,
+    parts: &mut http::request::Parts,
+    exchange: &mut Exchange,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    let route = config.llm.route(RouteRequest {
+        listener: &session.peer.listener,
+        teams: &principal.teams,
+        team_settings: &config.teams,
+        host,
+    });
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let (uri, upstream_name, api_key) = match (route, &session.origin) {
+        (Some(route), _) => {
+            let upstream = &route.to;
+            let path_and_query = format!("{}{path_and_query}", upstream.base_path);
+            let uri = upstream_uri(upstream.scheme.clone(), upstream.authority.as_str(), &path_and_query)?;
+            parts.headers.insert(HOST, HeaderValue::from_str(upstream.authority.as_str()).expect("a parsed authority"));
+            if exchange.target.is_none() {
+                // Gateway requests are recorded with the upstream they went to.
+                exchange.target = Some(upstream.target.clone());
+            }
+            (uri, upstream.name.to_string(), upstream.api_key.clone())
+        }
+        (None, Origin::Tunnel { target, .. }) => {
+            let authority = target.to_string();
+            (upstream_uri(http::uri::Scheme::HTTPS, &authority, path_and_query)?, authority, None)
+        }
+        (None, Origin::Gateway) => return Err(ProxyError::NoRoute { listener: session.peer.listener.clone() }),
+    };
+    parts.uri = uri;
+    exchange.upstream = Some(upstream_name);
+    exchange.region =
+        principal.teams.iter().find_map(|t| config.teams.get(t).and_then(|s| s.region.as_deref())).map(Arc::from);
+    Ok(api_key)
+}
+
+fn upstream_uri(scheme: http::uri::Scheme, authority: &str, path_and_query: &str) -> Result<Uri, ProxyError> {
+    Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(format!("cannot build the upstream URL: {e}")))
+}
+
+/// The request headers as they go upstream: hop-by-hop ones removed, the client's credential removed when it was
+/// for tollgate (gateway) or is replaced by the upstream's `api_key`, and a metered request asking for an
+/// uncompressed response (its usage is read as it passes).
+fn rewrite_headers(headers: &mut HeaderMap, origin: &Origin, api_key: Option<HeaderValue>, metered: bool) {
+    strip_hop_by_hop(headers);
+    if matches!(origin, Origin::Gateway) || api_key.is_some() {
+        headers.remove(http::header::AUTHORIZATION);
+        headers.remove("x-api-key");
+    }
+    if let Some(key) = api_key {
+        headers.insert(HeaderName::from_static("x-api-key"), key);
+    }
+    if metered && headers.contains_key(http::header::ACCEPT_ENCODING) {
+        headers.insert(http::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
 }
 
 /// The principal: the tunnel's (as the current config sees it), or from the gateway request's credentials.
