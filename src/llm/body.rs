@@ -14,6 +14,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::idle::Busy;
 use super::usage::Meter;
 use crate::app::Gateway;
 use crate::config::Config;
@@ -46,6 +47,8 @@ enum End {
 /// A tollgate-made answer (one frame), or an upstream body being relayed and metered.
 pub struct MeteredBody {
     inner: Inner,
+    /// Keeps the connection's request in flight (not idle) until the body has been sent or dropped.
+    _busy: Option<Busy>,
 }
 
 enum Inner {
@@ -68,7 +71,12 @@ struct Relay {
 impl MeteredBody {
     /// A response tollgate wrote itself.
     pub fn refusal(body: Bytes) -> Self {
-        Self { inner: Inner::Refusal(Some(body)) }
+        Self { inner: Inner::Refusal(Some(body)), _busy: None }
+    }
+
+    /// The same body, holding `busy` until it has been sent or dropped.
+    pub fn holding(self, busy: Busy) -> Self {
+        Self { _busy: Some(busy), ..self }
     }
 
     /// The upstream's body, metered when `meter` is given, settled when it ends.
@@ -84,6 +92,7 @@ impl MeteredBody {
                 settling: None,
                 after_settling: None,
             })),
+            _busy: None,
         }
     }
 }

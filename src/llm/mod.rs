@@ -8,6 +8,7 @@
 pub mod body;
 pub mod client;
 pub mod dlp;
+pub mod idle;
 pub mod pricing;
 pub mod request;
 pub mod settings;
@@ -79,13 +80,21 @@ where
         .max_buf_size(config.server.max_header_bytes.max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(config.server.max_header_bytes as u32);
     let shutdown = session.gateway.shutdown.stop_accepting.clone();
+    let activity = idle::Activity::new();
     let service_session = session.clone();
-    let service = hyper::service::service_fn(move |request| handle(service_session.clone(), request));
+    let service_activity = activity.clone();
+    let service =
+        hyper::service::service_fn(move |request| handle(service_session.clone(), service_activity.begin(), request));
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let ended = tokio::select! {
         ended = connection.as_mut() => ended,
         () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = activity.expired(config.server.keepalive_timeout) => {
+            tracing::debug!(listener = %session.peer.listener, client = %session.peer.address, "idle connection closed (server.keepalive_timeout)");
             connection.as_mut().graceful_shutdown();
             connection.await
         }
@@ -98,7 +107,12 @@ where
 }
 
 /// One request: refused with an Anthropic-shaped error, or forwarded with its response metered as it streams.
-async fn handle(session: Arc<Session>, request: Request<Incoming>) -> Result<Response<MeteredBody>, Infallible> {
+/// `busy` keeps the connection from idling out until the response body has been sent.
+async fn handle(
+    session: Arc<Session>,
+    busy: idle::Busy,
+    request: Request<Incoming>,
+) -> Result<Response<MeteredBody>, Infallible> {
     let gateway = &session.gateway;
     let config = gateway.config.load_full();
     let mut exchange = Exchange::new(gateway.next_request_id(), session.kind());
@@ -106,7 +120,7 @@ async fn handle(session: Arc<Session>, request: Request<Incoming>) -> Result<Res
     exchange.path = Some(request.uri().path().to_owned());
     let mut held = Held::default();
     match forward(&session, &config, request, &mut exchange, &mut held).await {
-        Ok(response) => Ok(response),
+        Ok(response) => Ok(response.map(|body| body.holding(busy))),
         Err(error) => {
             exchange.fail(&error);
             // The status this path answers with (401 rather than the forward proxy's 407).
@@ -118,7 +132,7 @@ async fn handle(session: Arc<Session>, request: Request<Incoming>) -> Result<Res
             // Slots and reservations go back before the record, as on the proxy path.
             held.release().await;
             finish(gateway, &session.peer, exchange);
-            Ok(response.map(MeteredBody::refusal))
+            Ok(response.map(|body| MeteredBody::refusal(body).holding(busy)))
         }
     }
 }

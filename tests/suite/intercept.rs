@@ -125,6 +125,32 @@ async fn curl_speaks_h2_inside_the_tunnel() {
     assert_eq!((record["status"].as_u64(), record["upstream"].as_str()), (Some(200), Some("stub")), "{record:#}");
 }
 
+/// An h2 client that keeps its tunnel open without a request in flight is closed after `server.keepalive_timeout`
+/// (a GOAWAY, then the end of the connection), as an idle HTTP/1.1 client is; its request was answered first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_h2_tunnel_is_closed_after_the_keepalive_timeout() {
+    let setup = Intercepting::start(Parts { extra: "server: {keepalive_timeout: 300ms}\n", ..Parts::default() }).await;
+    let tcp = connect(setup.gateway.proxy, API_HOST, None).await;
+    let tls = handshake(tcp, API_HOST, trusting(&setup.ca_pem(), &[b"h2"])).await.expect("TLS inside the tunnel");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let io = hyper_util::rt::TokioIo::new(tls);
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+
+    let request = hyper::Request::get(format!("https://{API_HOST}/api/claude_code/settings"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("a request");
+    let response = sender.send_request(request).await.expect("an answer over h2");
+    assert_eq!(response.status(), 200);
+
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(20), connection).await;
+    let ended = closed.expect("the idle connection is closed within 20s").expect("the connection task");
+    assert!(ended.is_ok(), "closed cleanly (GOAWAY): {ended:?}");
+    let records = setup.gateway.audit().await;
+    assert_eq!(only_intercepted(&records)["status"], 200, "{records:#?}");
+}
+
 /// A rustls client that offers only http/1.1 gets it, and sends two requests on one tunnel (keep-alive): each is
 /// answered, each gets its own audit record, and the CONNECT gets one when the tunnel closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
