@@ -285,12 +285,11 @@ async fn intercepted(
     peer: &Peer,
 ) {
     let Interception { mut exchange, tls } = interception;
-    let principal = exchange.principal.clone().expect("admitted tunnels have a principal");
-    let target = exchange.target.clone().expect("admitted tunnels have a target");
+    let principal = exchange.principal.clone().expect("intercepted tunnels are identified");
+    let target = exchange.target.clone().expect("intercepted tunnels have a target");
     exchange.upstream = Some("tollgate (intercepted)".to_owned());
     let registration = gateway.register_tunnel(principal.clone(), target.clone());
-    let opened = client.write_all(connect::ESTABLISHED).await.is_ok() && client.flush().await.is_ok();
-    if !opened {
+    if client.write_all(connect::ESTABLISHED).await.is_err() || client.flush().await.is_err() {
         exchange.error = Some("client closed before the tunnel opened".to_owned());
         finish(gateway, peer, exchange);
         return;
