@@ -204,8 +204,10 @@ pub struct Price {
     pub model: String,
     pub input: f64,
     pub output: f64,
-    /// Cache writes; omitted = 1.25 × input.
+    /// Cache writes (five-minute lifetime); omitted = 1.25 × input.
     pub cache_write: Option<f64>,
+    /// One-hour cache writes; omitted = 2 × input.
+    pub cache_write_1h: Option<f64>,
     /// Cache reads; omitted = 0.1 × input.
     pub cache_read: Option<f64>,
 }

@@ -28,6 +28,7 @@ pub struct PriceRow {
     pub output: f64,
     /// Cache writes (the 5-minute price).
     pub cache_write: f64,
+    pub cache_write_1h: f64,
     pub cache_read: f64,
 }
 
@@ -39,6 +40,7 @@ struct CompiledRow {
     input: u64,
     output: u64,
     cache_write: u64,
+    cache_write_1h: u64,
     cache_read: u64,
 }
 
@@ -58,9 +60,9 @@ impl Pricing {
     }
 
     /// The table used when the configuration has no `pricing` section: list prices of llm-wire.md B6 (newest
-    /// listed), cache writes at the 5-minute price, and a last `*` row at Opus 5 prices so that an unknown model
-    /// is not free. Not expressed: Haiku 5.5's 5× price for prompts over 100K tokens, 1-hour cache writes,
-    /// batch, regional and fast-mode multipliers.
+    /// listed), one-hour cache writes at 2 × input as listed, and a last `*` row at Opus 5 prices so that an
+    /// unknown model is not free. Not expressed: Haiku 5.5's 5× price for prompts over 100K tokens, batch,
+    /// regional and fast-mode multipliers.
     pub fn builtin() -> Pricing {
         const TABLE: &[(&str, f64, f64, f64, f64)] = &[
             // model glob, input, output, cache write (5m), cache read
@@ -89,6 +91,7 @@ impl Pricing {
                 input,
                 output,
                 cache_write: Some(cache_write),
+                cache_write_1h: None,
                 cache_read: Some(cache_read),
             })
             .collect();
@@ -118,10 +121,12 @@ impl Pricing {
     /// The cost of `usage` for `model` in micro-dollars; 0 when no row matches.
     pub fn cost_micro_usd(&self, model: &str, usage: &Usage) -> i64 {
         let Some(row) = self.row_for(model) else { return 0 };
+        let one_hour = usage.cache_creation_1h_input_tokens.min(usage.cache_creation_input_tokens);
         let picodollars = [
             (usage.input_tokens, row.input),
             (usage.output_tokens, row.output),
-            (usage.cache_creation_input_tokens, row.cache_write),
+            (usage.cache_creation_input_tokens - one_hour, row.cache_write),
+            (one_hour, row.cache_write_1h),
             (usage.cache_read_input_tokens, row.cache_read),
         ]
         .into_iter()
@@ -146,15 +151,17 @@ fn compile_row(row: &file::Price) -> Result<(PriceRow, CompiledRow), String> {
     let input = checked_price("input", row.input)?;
     let output = checked_price("output", row.output)?;
     let cache_write = checked_price("cache_write", row.cache_write.unwrap_or(input * 1.25))?;
+    let cache_write_1h = checked_price("cache_write_1h", row.cache_write_1h.unwrap_or(input * 2.0))?;
     let cache_read = checked_price("cache_read", row.cache_read.unwrap_or(input * 0.1))?;
     let compiled = CompiledRow {
         matcher,
         input: picodollars_per_token(input),
         output: picodollars_per_token(output),
         cache_write: picodollars_per_token(cache_write),
+        cache_write_1h: picodollars_per_token(cache_write_1h),
         cache_read: picodollars_per_token(cache_read),
     };
-    let row = PriceRow { model: row.model.clone(), input, output, cache_write, cache_read };
+    let row = PriceRow { model: row.model.clone(), input, output, cache_write, cache_write_1h, cache_read };
     Ok((row, compiled))
 }
 
@@ -183,7 +190,7 @@ mod tests {
     use super::*;
 
     fn price(model: &str, input: f64, output: f64, cache_write: Option<f64>, cache_read: Option<f64>) -> file::Price {
-        file::Price { model: model.to_owned(), input, output, cache_write, cache_read }
+        file::Price { model: model.to_owned(), input, output, cache_write, cache_write_1h: None, cache_read }
     }
 
     fn usage(input: u64, output: u64, cache_creation: u64, cache_read: u64) -> Usage {
@@ -192,6 +199,7 @@ mod tests {
             output_tokens: output,
             cache_creation_input_tokens: cache_creation,
             cache_read_input_tokens: cache_read,
+            cache_creation_1h_input_tokens: 0,
         }
     }
 
@@ -244,6 +252,23 @@ mod tests {
         assert_eq!(pricing.cost_micro_usd("m", &usage(0, 0, 0, 1000)), 300);
         let explicit = Pricing::compile(&[price("*", 3.0, 15.0, Some(0.0), Some(1.0))]).expect("compiles");
         assert_eq!(explicit.cost_micro_usd("m", &usage(0, 0, 1000, 1000)), 1000);
+    }
+
+    #[test]
+    fn one_hour_cache_writes_are_priced_apart_at_twice_the_input_by_default() {
+        let pricing = Pricing::compile(&[price("*", 3.0, 15.0, None, None)]).expect("compiles");
+        assert_eq!(pricing.rows()[0].cache_write_1h, 6.0);
+        // 1,000 cache writes, 400 of them for an hour: 600 × 3.75 + 400 × 6.
+        let split = Usage { cache_creation_1h_input_tokens: 400, ..usage(0, 0, 1000, 0) };
+        assert_eq!(pricing.cost_micro_usd("m", &split), 2250 + 2400);
+        // A split larger than the total (a malformed usage) is capped by it.
+        let over = Usage { cache_creation_1h_input_tokens: 5000, ..usage(0, 0, 1000, 0) };
+        assert_eq!(pricing.cost_micro_usd("m", &over), 6000);
+        let explicit = file::Price { cache_write_1h: Some(10.0), ..price("*", 3.0, 15.0, None, None) };
+        let pricing = Pricing::compile(&[explicit]).expect("compiles");
+        assert_eq!(pricing.cost_micro_usd("m", &split), 2250 + 4000);
+        let bad = file::Price { cache_write_1h: Some(-1.0), ..price("*", 3.0, 15.0, None, None) };
+        assert!(Pricing::compile(&[bad]).expect_err("refused").1.starts_with("cache_write_1h: must be"));
     }
 
     #[test]

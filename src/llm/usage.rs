@@ -10,8 +10,17 @@ use serde_json::Value;
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Cache writes of both lifetimes.
     pub cache_creation_input_tokens: u64,
     pub cache_read_input_tokens: u64,
+    /// The part of `cache_creation_input_tokens` cached for an hour (`cache_creation.ephemeral_1h_input_tokens`),
+    /// priced higher than the five-minute writes.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_creation_1h_input_tokens: u64,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 /// What a response told about itself once it ended (or was cut).
@@ -125,6 +134,7 @@ struct UsageUpdate {
     output_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
+    cache_creation_1h_input_tokens: Option<u64>,
 }
 
 impl UsageUpdate {
@@ -136,13 +146,22 @@ impl UsageUpdate {
             output_tokens: count("output_tokens"),
             cache_creation_input_tokens: count("cache_creation_input_tokens"),
             cache_read_input_tokens: count("cache_read_input_tokens"),
+            cache_creation_1h_input_tokens: usage
+                .get("cache_creation")
+                .and_then(|split| split.get("ephemeral_1h_input_tokens"))
+                .and_then(Value::as_u64),
         }
     }
 
     /// Merges field by field into `usage`, the last value given winning. Counts are cumulative: never added.
     fn apply(self, usage: &mut Option<Usage>) {
-        let fields =
-            [self.input_tokens, self.output_tokens, self.cache_creation_input_tokens, self.cache_read_input_tokens];
+        let fields = [
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_creation_input_tokens,
+            self.cache_read_input_tokens,
+            self.cache_creation_1h_input_tokens,
+        ];
         if fields.iter().all(Option::is_none) {
             return;
         }
@@ -152,6 +171,7 @@ impl UsageUpdate {
             &mut usage.output_tokens,
             &mut usage.cache_creation_input_tokens,
             &mut usage.cache_read_input_tokens,
+            &mut usage.cache_creation_1h_input_tokens,
         ];
         for (target, given) in targets.into_iter().zip(fields) {
             if let Some(count) = given {
@@ -611,6 +631,7 @@ data: {\"type\":\"message_stop\"}\n\
                 output_tokens: 42,
                 cache_creation_input_tokens: 0,
                 cache_read_input_tokens: 4800,
+                cache_creation_1h_input_tokens: 0,
             }),
             model: Some("claude-sonnet-5".to_owned()),
             error: None,
@@ -645,6 +666,7 @@ data: {\"type\":\"message_stop\"}\n\
             output_tokens: output,
             cache_creation_input_tokens: cache_creation,
             cache_read_input_tokens: cache_read,
+            cache_creation_1h_input_tokens: 0,
         })
     }
 
@@ -837,6 +859,26 @@ event: message_stop\ndata\n\n";
         assert_eq!(metered.model.as_deref(), Some("claude-sonnet-4-5"));
         assert_eq!(metered.error, None);
         assert!(metered.complete);
+    }
+
+    #[test]
+    fn the_one_hour_share_of_cache_writes_is_read_and_merged_like_the_other_fields() {
+        let body = r#"{"type":"message","model":"claude-opus-5","usage":{"input_tokens":5,"output_tokens":7,"cache_creation_input_tokens":1500,"cache_read_input_tokens":0,"cache_creation":{"ephemeral_5m_input_tokens":500,"ephemeral_1h_input_tokens":1000}}}"#;
+        let split =
+            |one_hour| Some(Usage { cache_creation_1h_input_tokens: one_hour, ..usage(5, 7, 1500, 0).unwrap() });
+        assert_eq!(json_whole(body).usage, split(1000));
+        let stream = "event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":1,\"cache_creation_input_tokens\":1500,\"cache_read_input_tokens\":0,\"cache_creation\":{\"ephemeral_5m_input_tokens\":500,\"ephemeral_1h_input_tokens\":1000}}}}\n\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":7,\"cache_creation\":null}}\n\n\
+event: message_stop\n\
+data: {\"type\":\"message_stop\"}\n\n";
+        assert_eq!(sse_whole(stream).usage, split(1000), "a null split keeps the earlier value");
+        assert_eq!(
+            serde_json::to_value(usage(1, 2, 3, 4).unwrap()).expect("serialises"),
+            serde_json::json!({"input_tokens": 1, "output_tokens": 2, "cache_creation_input_tokens": 3, "cache_read_input_tokens": 4}),
+            "no one-hour field in the audit record when there is none"
+        );
     }
 
     #[test]
