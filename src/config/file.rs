@@ -208,6 +208,8 @@ pub struct Price {
     pub cache_write: Option<f64>,
     /// One-hour cache writes; omitted = 2 × input.
     pub cache_write_1h: Option<f64>,
+    /// Server-side web searches, USD per 1,000; omitted = 10.
+    pub web_search: Option<f64>,
     /// Cache reads; omitted = 0.1 × input.
     pub cache_read: Option<f64>,
 }

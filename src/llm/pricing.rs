@@ -30,6 +30,8 @@ pub struct PriceRow {
     pub cache_write: f64,
     pub cache_write_1h: f64,
     pub cache_read: f64,
+    /// USD per 1,000 server-side web searches.
+    pub web_search: f64,
 }
 
 /// A row ready for matching: prices in pico-dollars per token (USD per million tokens × 10⁶), so that a cost is
@@ -42,6 +44,8 @@ struct CompiledRow {
     cache_write: u64,
     cache_write_1h: u64,
     cache_read: u64,
+    /// Pico-dollars per search.
+    web_search: u64,
 }
 
 /// Pico-dollars in a micro-dollar.
@@ -93,6 +97,7 @@ impl Pricing {
                 cache_write: Some(cache_write),
                 cache_write_1h: None,
                 cache_read: Some(cache_read),
+                web_search: None,
             })
             .collect();
         // Invariant: the table above is valid; `builtin_table_compiles` checks it.
@@ -128,6 +133,7 @@ impl Pricing {
             (usage.cache_creation_input_tokens - one_hour, row.cache_write),
             (one_hour, row.cache_write_1h),
             (usage.cache_read_input_tokens, row.cache_read),
+            (usage.web_search_requests, row.web_search),
         ]
         .into_iter()
         .fold(0u128, |sum, (tokens, price)| sum.saturating_add(u128::from(tokens).saturating_mul(u128::from(price))));
@@ -148,11 +154,13 @@ impl Pricing {
 fn compile_row(row: &file::Price) -> Result<(PriceRow, CompiledRow), String> {
     let matcher =
         Glob::new(&row.model).map_err(|error| format!("invalid glob {:?}: {error}", row.model))?.compile_matcher();
-    let input = checked_price("input", row.input)?;
-    let output = checked_price("output", row.output)?;
-    let cache_write = checked_price("cache_write", row.cache_write.unwrap_or(input * 1.25))?;
-    let cache_write_1h = checked_price("cache_write_1h", row.cache_write_1h.unwrap_or(input * 2.0))?;
-    let cache_read = checked_price("cache_read", row.cache_read.unwrap_or(input * 0.1))?;
+    let input = checked_price("input", row.input, PER_MILLION_TOKENS)?;
+    let output = checked_price("output", row.output, PER_MILLION_TOKENS)?;
+    let cache_write = checked_price("cache_write", row.cache_write.unwrap_or(input * 1.25), PER_MILLION_TOKENS)?;
+    let cache_write_1h =
+        checked_price("cache_write_1h", row.cache_write_1h.unwrap_or(input * 2.0), PER_MILLION_TOKENS)?;
+    let cache_read = checked_price("cache_read", row.cache_read.unwrap_or(input * 0.1), PER_MILLION_TOKENS)?;
+    let web_search = checked_price("web_search", row.web_search.unwrap_or(10.0), "per 1,000 searches")?;
     let compiled = CompiledRow {
         matcher,
         input: picodollars_per_token(input),
@@ -160,16 +168,21 @@ fn compile_row(row: &file::Price) -> Result<(PriceRow, CompiledRow), String> {
         cache_write: picodollars_per_token(cache_write),
         cache_write_1h: picodollars_per_token(cache_write_1h),
         cache_read: picodollars_per_token(cache_read),
+        // USD per thousand searches is milli-dollars per search: × 10⁹ gives pico-dollars (saturating as above).
+        web_search: (web_search * 1e9).round() as u64,
     };
-    let row = PriceRow { model: row.model.clone(), input, output, cache_write, cache_write_1h, cache_read };
+    let row = PriceRow { model: row.model.clone(), input, output, cache_write, cache_write_1h, cache_read, web_search };
     Ok((row, compiled))
 }
 
-fn checked_price(field: &str, usd_per_million_tokens: f64) -> Result<f64, String> {
-    if usd_per_million_tokens.is_finite() && usd_per_million_tokens >= 0.0 {
-        Ok(usd_per_million_tokens)
+/// Per million tokens, the unit of every price but `web_search`.
+const PER_MILLION_TOKENS: &str = "per million tokens";
+
+fn checked_price(field: &str, usd: f64, per: &str) -> Result<f64, String> {
+    if usd.is_finite() && usd >= 0.0 {
+        Ok(usd)
     } else {
-        Err(format!("{field}: must be a non-negative number of USD per million tokens"))
+        Err(format!("{field}: must be a non-negative number of USD {per}"))
     }
 }
 
@@ -190,7 +203,15 @@ mod tests {
     use super::*;
 
     fn price(model: &str, input: f64, output: f64, cache_write: Option<f64>, cache_read: Option<f64>) -> file::Price {
-        file::Price { model: model.to_owned(), input, output, cache_write, cache_write_1h: None, cache_read }
+        file::Price {
+            model: model.to_owned(),
+            input,
+            output,
+            cache_write,
+            cache_write_1h: None,
+            cache_read,
+            web_search: None,
+        }
     }
 
     fn usage(input: u64, output: u64, cache_creation: u64, cache_read: u64) -> Usage {
@@ -200,6 +221,7 @@ mod tests {
             cache_creation_input_tokens: cache_creation,
             cache_read_input_tokens: cache_read,
             cache_creation_1h_input_tokens: 0,
+            web_search_requests: 0,
         }
     }
 
@@ -269,6 +291,17 @@ mod tests {
         assert_eq!(pricing.cost_micro_usd("m", &split), 2250 + 4000);
         let bad = file::Price { cache_write_1h: Some(-1.0), ..price("*", 3.0, 15.0, None, None) };
         assert!(Pricing::compile(&[bad]).expect_err("refused").1.starts_with("cache_write_1h: must be"));
+    }
+
+    #[test]
+    fn web_searches_cost_ten_dollars_a_thousand_by_default() {
+        let searches = Usage { web_search_requests: 3, ..usage(0, 0, 0, 0) };
+        let pricing = Pricing::compile(&[price("*", 3.0, 15.0, None, None)]).expect("compiles");
+        assert_eq!(pricing.cost_micro_usd("m", &searches), 30_000);
+        let explicit = file::Price { web_search: Some(25.0), ..price("*", 3.0, 15.0, None, None) };
+        assert_eq!(Pricing::compile(&[explicit]).expect("compiles").cost_micro_usd("m", &searches), 75_000);
+        let bad = file::Price { web_search: Some(f64::NAN), ..price("*", 3.0, 15.0, None, None) };
+        assert!(Pricing::compile(&[bad]).expect_err("refused").1.starts_with("web_search: must be"));
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub struct Usage {
     /// priced higher than the five-minute writes.
     #[serde(skip_serializing_if = "is_zero")]
     pub cache_creation_1h_input_tokens: u64,
+    /// Server-side web searches (`server_tool_use.web_search_requests`), billed per search.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub web_search_requests: u64,
 }
 
 fn is_zero(count: &u64) -> bool {
@@ -135,21 +138,21 @@ struct UsageUpdate {
     cache_creation_input_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
     cache_creation_1h_input_tokens: Option<u64>,
+    web_search_requests: Option<u64>,
 }
 
 impl UsageUpdate {
     /// Reads a `usage` object; a value that is not an object gives nothing.
     fn read(usage: &Value) -> Self {
         let count = |field: &str| usage.get(field).and_then(Value::as_u64);
+        let nested = |object: &str, field: &str| usage.get(object).and_then(|o| o.get(field)).and_then(Value::as_u64);
         Self {
             input_tokens: count("input_tokens"),
             output_tokens: count("output_tokens"),
             cache_creation_input_tokens: count("cache_creation_input_tokens"),
             cache_read_input_tokens: count("cache_read_input_tokens"),
-            cache_creation_1h_input_tokens: usage
-                .get("cache_creation")
-                .and_then(|split| split.get("ephemeral_1h_input_tokens"))
-                .and_then(Value::as_u64),
+            cache_creation_1h_input_tokens: nested("cache_creation", "ephemeral_1h_input_tokens"),
+            web_search_requests: nested("server_tool_use", "web_search_requests"),
         }
     }
 
@@ -161,6 +164,7 @@ impl UsageUpdate {
             self.cache_creation_input_tokens,
             self.cache_read_input_tokens,
             self.cache_creation_1h_input_tokens,
+            self.web_search_requests,
         ];
         if fields.iter().all(Option::is_none) {
             return;
@@ -172,6 +176,7 @@ impl UsageUpdate {
             &mut usage.cache_creation_input_tokens,
             &mut usage.cache_read_input_tokens,
             &mut usage.cache_creation_1h_input_tokens,
+            &mut usage.web_search_requests,
         ];
         for (target, given) in targets.into_iter().zip(fields) {
             if let Some(count) = given {
@@ -632,6 +637,7 @@ data: {\"type\":\"message_stop\"}\n\
                 cache_creation_input_tokens: 0,
                 cache_read_input_tokens: 4800,
                 cache_creation_1h_input_tokens: 0,
+                web_search_requests: 0,
             }),
             model: Some("claude-sonnet-5".to_owned()),
             error: None,
@@ -667,6 +673,7 @@ data: {\"type\":\"message_stop\"}\n\
             cache_creation_input_tokens: cache_creation,
             cache_read_input_tokens: cache_read,
             cache_creation_1h_input_tokens: 0,
+            web_search_requests: 0,
         })
     }
 
@@ -719,7 +726,7 @@ data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usa
 event: message_stop\n\
 data: {\"type\":\"message_stop\"}\n\n";
         let metered = sse_whole(stream);
-        assert_eq!(metered.usage, usage(10682, 510, 0, 0));
+        assert_eq!(metered.usage, Some(Usage { web_search_requests: 1, ..usage(10682, 510, 0, 0).unwrap() }));
         assert!(metered.complete);
     }
 

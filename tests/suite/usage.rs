@@ -102,6 +102,7 @@ fn metered(
             cache_creation_input_tokens: tokens[2],
             cache_read_input_tokens: tokens[3],
             cache_creation_1h_input_tokens: 0,
+            web_search_requests: 0,
         }),
         cost_usd: Some(cost_micro_usd as f64 / 1e6),
         ..Record::default()
