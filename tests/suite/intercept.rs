@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::gateway::assert_api_error;
 use common::intercept::{
-    assert_billed, audit_until, connect, get, handshake, intercepted, messages_post, only_intercepted, read_more,
-    request, requests_sample, send, trusting, Intercepting, Parts, API_HOST,
+    assert_billed, assert_usd, audit_until, connect, expected_cost, get, handshake, intercepted, messages_post,
+    only_intercepted, read_more, request, requests_sample, send, trusting, Intercepting, Parts, API_HOST, PRICES,
 };
 use common::messages::{
     self, anthropic_client, chunks, merged_usage, sse_events, usage_json, usage_of, MessagesStub, Seen, STREAM_EVENTS,
@@ -384,6 +384,29 @@ async fn a_json_message_is_billed_exactly() {
     let record = only_intercepted(&records);
     assert_eq!((record["model"].as_str(), record["error"].as_str()), (Some(MODEL), None), "{record:#}");
     assert_billed(&setup.gateway, record, MODEL, "-", messages::JSON_USAGE).await;
+}
+
+/// One-hour cache writes and web searches are priced apart: the stub's message writes 1,000 of its 1,531 cache
+/// tokens for an hour and made 3 web searches. With no `cache_write_1h` or `web_search` in the `stub-*` row, the
+/// hour costs 2 × input and a search $10 per 1,000; the audit record carries both counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hour_cache_writes_and_web_searches_are_billed_apart() {
+    let setup = Intercepting::start(Parts::default()).await;
+    let model = messages::SERVER_TOOLS;
+    let response = setup.send(&messages_post(&messages::request_body(model, false), &["Connection: close"])).await;
+    assert_eq!(response.status, 200, "{response:?}");
+
+    let records = setup.gateway.audit().await;
+    let record = only_intercepted(&records);
+    let usage = &record["usage"];
+    assert_eq!(usage_of(usage), messages::JSON_USAGE, "{record:#}");
+    assert_eq!(usage["cache_creation_1h_input_tokens"], messages::ONE_HOUR_CACHE_WRITES, "{record:#}");
+    assert_eq!(usage["web_search_requests"], messages::WEB_SEARCHES, "{record:#}");
+    let row = PRICES.iter().find(|p| p.model == "stub-*").expect("the stub's row");
+    let extra_micro_usd =
+        messages::ONE_HOUR_CACHE_WRITES * (2 * row.input - row.cache_write) + messages::WEB_SEARCHES * 10_000;
+    let expected = expected_cost(model, messages::JSON_USAGE) + extra_micro_usd as f64 / 1e6;
+    assert_usd(record["cost_usd"].as_f64().expect("a cost"), expected, "cost_usd");
 }
 
 /// A stream is billed for its usage merged field by field (`message_start`, then `message_delta`'s last non-null

@@ -96,6 +96,11 @@ pub const SLOW_CANCEL: &str = "stub-slow-cancel";
 /// 200 JSON message (usage `JSON_USAGE`) compressed, `content-encoding: gzip`, whatever the request's
 /// `accept-encoding` says: an upstream that ignores it.
 pub const GZIP: &str = "stub-gzip";
+/// 200 JSON message with usage `JSON_USAGE`, of whose cache writes `ONE_HOUR_CACHE_WRITES` are for an hour
+/// (`cache_creation.ephemeral_1h_input_tokens`), and `WEB_SEARCHES` server-side web searches.
+pub const SERVER_TOOLS: &str = "stub-server-tools";
+pub const ONE_HOUR_CACHE_WRITES: u64 = 1000;
+pub const WEB_SEARCHES: u64 = 3;
 
 /// Header lines in order: names exactly as sent, values as bytes.
 pub type Headers = Vec<(String, Vec<u8>)>;
@@ -527,6 +532,14 @@ fn messages(body: &[u8], request_id: &str, state: &Arc<State>, connection: &Arc<
             *response.body_mut() =
                 Either::Left(Full::new(Bytes::from(gzip(json_message(&model).to_string().as_bytes()))));
             return response;
+        }
+        SERVER_TOOLS => {
+            let mut message = json_message(&model);
+            let five_minutes = JSON_USAGE.2 - ONE_HOUR_CACHE_WRITES;
+            message["usage"]["cache_creation"] = json!({"ephemeral_5m_input_tokens": five_minutes,
+                                                        "ephemeral_1h_input_tokens": ONE_HOUR_CACHE_WRITES});
+            message["usage"]["server_tool_use"] = json!({"web_search_requests": WEB_SEARCHES, "web_fetch_requests": 1});
+            return json_response(StatusCode::OK, request_id, message);
         }
         _ => return json_response(StatusCode::OK, request_id, json_message(&model)),
     };
