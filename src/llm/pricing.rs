@@ -214,17 +214,6 @@ mod tests {
         }
     }
 
-    fn usage(input: u64, output: u64, cache_creation: u64, cache_read: u64) -> Usage {
-        Usage {
-            input_tokens: input,
-            output_tokens: output,
-            cache_creation_input_tokens: cache_creation,
-            cache_read_input_tokens: cache_read,
-            cache_creation_1h_input_tokens: 0,
-            web_search_requests: 0,
-        }
-    }
-
     fn design_example() -> Pricing {
         Pricing::compile(&[
             price("claude-sonnet-4*", 3.0, 15.0, Some(3.75), Some(0.30)),
@@ -236,10 +225,10 @@ mod tests {
     #[test]
     fn cost_is_tokens_times_price_in_micro_dollars() {
         let pricing = design_example();
-        let cost = pricing.cost_micro_usd("claude-sonnet-4-5-20250929", &usage(1000, 2000, 3000, 4000));
+        let cost = pricing.cost_micro_usd("claude-sonnet-4-5-20250929", &Usage::tokens(1000, 2000, 3000, 4000));
         assert_eq!(cost, 3000 + 30000 + 11250 + 1200);
-        assert_eq!(pricing.cost_micro_usd("claude-opus-5", &usage(1_000_000, 0, 0, 0)), 5_000_000);
-        assert_eq!(pricing.cost_micro_usd("claude-opus-5", &usage(0, 0, 0, 0)), 0);
+        assert_eq!(pricing.cost_micro_usd("claude-opus-5", &Usage::tokens(1_000_000, 0, 0, 0)), 5_000_000);
+        assert_eq!(pricing.cost_micro_usd("claude-opus-5", &Usage::tokens(0, 0, 0, 0)), 0);
     }
 
     #[test]
@@ -260,9 +249,9 @@ mod tests {
     #[test]
     fn no_matching_row_costs_nothing() {
         let pricing = Pricing::compile(&[price("claude-*", 3.0, 15.0, None, None)]).expect("compiles");
-        assert_eq!(pricing.cost_micro_usd("gpt-9", &usage(1000, 1000, 1000, 1000)), 0);
+        assert_eq!(pricing.cost_micro_usd("gpt-9", &Usage::tokens(1000, 1000, 1000, 1000)), 0);
         assert_eq!(pricing.estimate_micro_usd("gpt-9", 1000), 0);
-        assert_eq!(Pricing::default().cost_micro_usd("claude-opus-5", &usage(1, 1, 1, 1)), 0);
+        assert_eq!(Pricing::default().cost_micro_usd("claude-opus-5", &Usage::tokens(1, 1, 1, 1)), 0);
     }
 
     #[test]
@@ -270,10 +259,10 @@ mod tests {
         let pricing = Pricing::compile(&[price("*", 3.0, 15.0, None, None)]).expect("compiles");
         let row = &pricing.rows()[0];
         assert_eq!((row.cache_write, row.cache_read), (3.75, 3.0 * 0.1));
-        assert_eq!(pricing.cost_micro_usd("m", &usage(0, 0, 1000, 0)), 3750);
-        assert_eq!(pricing.cost_micro_usd("m", &usage(0, 0, 0, 1000)), 300);
+        assert_eq!(pricing.cost_micro_usd("m", &Usage::tokens(0, 0, 1000, 0)), 3750);
+        assert_eq!(pricing.cost_micro_usd("m", &Usage::tokens(0, 0, 0, 1000)), 300);
         let explicit = Pricing::compile(&[price("*", 3.0, 15.0, Some(0.0), Some(1.0))]).expect("compiles");
-        assert_eq!(explicit.cost_micro_usd("m", &usage(0, 0, 1000, 1000)), 1000);
+        assert_eq!(explicit.cost_micro_usd("m", &Usage::tokens(0, 0, 1000, 1000)), 1000);
     }
 
     #[test]
@@ -281,10 +270,10 @@ mod tests {
         let pricing = Pricing::compile(&[price("*", 3.0, 15.0, None, None)]).expect("compiles");
         assert_eq!(pricing.rows()[0].cache_write_1h, 6.0);
         // 1,000 cache writes, 400 of them for an hour: 600 × 3.75 + 400 × 6.
-        let split = Usage { cache_creation_1h_input_tokens: 400, ..usage(0, 0, 1000, 0) };
+        let split = Usage { cache_creation_1h_input_tokens: 400, ..Usage::tokens(0, 0, 1000, 0) };
         assert_eq!(pricing.cost_micro_usd("m", &split), 2250 + 2400);
         // A split larger than the total (a malformed usage) is capped by it.
-        let over = Usage { cache_creation_1h_input_tokens: 5000, ..usage(0, 0, 1000, 0) };
+        let over = Usage { cache_creation_1h_input_tokens: 5000, ..Usage::tokens(0, 0, 1000, 0) };
         assert_eq!(pricing.cost_micro_usd("m", &over), 6000);
         let explicit = file::Price { cache_write_1h: Some(10.0), ..price("*", 3.0, 15.0, None, None) };
         let pricing = Pricing::compile(&[explicit]).expect("compiles");
@@ -295,7 +284,7 @@ mod tests {
 
     #[test]
     fn web_searches_cost_ten_dollars_a_thousand_by_default() {
-        let searches = Usage { web_search_requests: 3, ..usage(0, 0, 0, 0) };
+        let searches = Usage { web_search_requests: 3, ..Usage::tokens(0, 0, 0, 0) };
         let pricing = Pricing::compile(&[price("*", 3.0, 15.0, None, None)]).expect("compiles");
         assert_eq!(pricing.cost_micro_usd("m", &searches), 30_000);
         let explicit = file::Price { web_search: Some(25.0), ..price("*", 3.0, 15.0, None, None) };
@@ -307,16 +296,17 @@ mod tests {
     #[test]
     fn costs_round_to_the_nearest_micro_dollar() {
         let pricing = Pricing::compile(&[price("*", 0.3, 0.5, Some(0.25), Some(0.03))]).expect("compiles");
-        assert_eq!(pricing.cost_micro_usd("m", &usage(1, 0, 0, 0)), 0); // 0.3
-        assert_eq!(pricing.cost_micro_usd("m", &usage(0, 1, 0, 0)), 1); // 0.5 rounds up
-        assert_eq!(pricing.cost_micro_usd("m", &usage(5, 1, 2, 0)), 3); // 1.5 + 0.5 + 0.5 = 2.5 → 3
-        assert_eq!(pricing.cost_micro_usd("m", &usage(0, 0, 0, 33)), 1); // 0.99
+        assert_eq!(pricing.cost_micro_usd("m", &Usage::tokens(1, 0, 0, 0)), 0); // 0.3
+        assert_eq!(pricing.cost_micro_usd("m", &Usage::tokens(0, 1, 0, 0)), 1); // 0.5 rounds up
+        assert_eq!(pricing.cost_micro_usd("m", &Usage::tokens(5, 1, 2, 0)), 3); // 1.5 + 0.5 + 0.5 = 2.5 → 3
+        assert_eq!(pricing.cost_micro_usd("m", &Usage::tokens(0, 0, 0, 33)), 1);
+        // 0.99
     }
 
     #[test]
     fn huge_counts_saturate_instead_of_overflowing() {
         let pricing = Pricing::compile(&[price("*", 1e12, 1e12, None, None)]).expect("compiles");
-        assert_eq!(pricing.cost_micro_usd("m", &usage(u64::MAX, u64::MAX, u64::MAX, u64::MAX)), i64::MAX);
+        assert_eq!(pricing.cost_micro_usd("m", &Usage::tokens(u64::MAX, u64::MAX, u64::MAX, u64::MAX)), i64::MAX);
         assert_eq!(pricing.estimate_micro_usd("m", u64::MAX), i64::MAX);
     }
 
@@ -350,8 +340,13 @@ mod tests {
     fn builtin_prices_follow_the_newest_list_prices() {
         let pricing = Pricing::builtin();
         let million_each = |model: &str| {
-            [usage(1_000_000, 0, 0, 0), usage(0, 1_000_000, 0, 0), usage(0, 0, 1_000_000, 0), usage(0, 0, 0, 1_000_000)]
-                .map(|usage| pricing.cost_micro_usd(model, &usage))
+            [
+                Usage::tokens(1_000_000, 0, 0, 0),
+                Usage::tokens(0, 1_000_000, 0, 0),
+                Usage::tokens(0, 0, 1_000_000, 0),
+                Usage::tokens(0, 0, 0, 1_000_000),
+            ]
+            .map(|usage| pricing.cost_micro_usd(model, &usage))
         };
         let cases: [(&str, [i64; 4]); 12] = [
             ("claude-opus-5-5", [4_000_000, 20_000_000, 5_000_000, 200_000]),

@@ -26,6 +26,20 @@ fn is_zero(count: &u64) -> bool {
     *count == 0
 }
 
+#[cfg(test)]
+impl Usage {
+    /// The four token counts, nothing cached for an hour and no web search.
+    pub(crate) fn tokens(input: u64, output: u64, cache_creation: u64, cache_read: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cache_creation_input_tokens: cache_creation,
+            cache_read_input_tokens: cache_read,
+            ..Usage::default()
+        }
+    }
+}
+
 /// What a response told about itself once it ended (or was cut).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Metered {
@@ -631,14 +645,7 @@ data: {\"type\":\"message_stop\"}\n\
 
     fn b3_metered() -> Metered {
         Metered {
-            usage: Some(Usage {
-                input_tokens: 12,
-                output_tokens: 42,
-                cache_creation_input_tokens: 0,
-                cache_read_input_tokens: 4800,
-                cache_creation_1h_input_tokens: 0,
-                web_search_requests: 0,
-            }),
+            usage: usage(12, 42, 0, 4800),
             model: Some("claude-sonnet-5".to_owned()),
             error: None,
             complete: true,
@@ -667,14 +674,7 @@ data: {\"type\":\"message_stop\"}\n\
     }
 
     fn usage(input: u64, output: u64, cache_creation: u64, cache_read: u64) -> Option<Usage> {
-        Some(Usage {
-            input_tokens: input,
-            output_tokens: output,
-            cache_creation_input_tokens: cache_creation,
-            cache_read_input_tokens: cache_read,
-            cache_creation_1h_input_tokens: 0,
-            web_search_requests: 0,
-        })
+        Some(Usage::tokens(input, output, cache_creation, cache_read))
     }
 
     #[test]
