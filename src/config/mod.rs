@@ -212,14 +212,8 @@ impl Config {
     /// Compiles config text; `path` names it in errors and resolves nothing (paths are relative to the cwd).
     pub fn from_text(text: &str, path: &Path, env: Env<'_>) -> Result<Self, ConfigError> {
         let label = path.display().to_string();
-        let located = |error: yaml::Error| ConfigError {
-            file: label.clone(),
-            mark: Some(error.mark),
-            path: error.path,
-            message: error.message,
-        };
-        let root = yaml::parse(text).map_err(located)?;
-        let parsed: file::File = yaml::deserialize(&root, env).map_err(located)?;
+        let root = yaml::parse(text).map_err(located(&label))?;
+        let parsed: file::File = yaml::deserialize(&root, env).map_err(located(&label))?;
         let locations = yaml::locations(&root);
         let users_file = match &parsed.auth.users_file {
             Some(users_path) => {
@@ -269,15 +263,19 @@ fn nearest_mark(locations: &HashMap<String, Mark>, path: &str) -> Option<Mark> {
 /// Parses the text of `auth.users_file`, a YAML list of users; its errors name that file.
 fn load_users(text: &str, path: &Path, env: Env<'_>) -> Result<(Vec<file::User>, UsersLocated), ConfigError> {
     let label = path.display().to_string();
-    let located = |error: yaml::Error| ConfigError {
-        file: label.clone(),
+    let root = yaml::parse(text).map_err(located(&label))?;
+    let users = yaml::deserialize(&root, env).map_err(located(&label))?;
+    Ok((users, (label, yaml::locations(&root))))
+}
+
+/// A YAML error in the file `label`, as a config error at its line and column.
+fn located(label: &str) -> impl Fn(yaml::Error) -> ConfigError + '_ {
+    move |error| ConfigError {
+        file: label.to_owned(),
         mark: Some(error.mark),
         path: error.path,
         message: error.message,
-    };
-    let root = yaml::parse(text).map_err(located)?;
-    let users = yaml::deserialize(&root, env).map_err(located)?;
-    Ok((users, (label.clone(), yaml::locations(&root))))
+    }
 }
 
 fn compile(
