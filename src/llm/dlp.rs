@@ -303,9 +303,10 @@ fn card_ends_here(body: &[u8], groups: &[Group]) -> bool {
         })
 }
 
-/// Whether `body[range]` (digits, maybe with separators) is a card number: 13 to 19 digits that pass the Luhn
-/// check and are not all one digit (`0000 0000 0000 0000` is a placeholder), not glued to letters or digits
-/// (a hex string or an identifier holds digit runs that are not card numbers).
+/// Whether `body[range]` (digits, maybe with separators) is a card number: 13 to 19 digits that start and are as
+/// long as a card network issues them, pass the Luhn check and are not all one digit (`0000 0000 0000 0000` is a
+/// placeholder), not glued to letters or digits (a hex string or an identifier holds digit runs that are not card
+/// numbers).
 fn is_card(body: &[u8], range: Range<usize>) -> bool {
     let Some(text) = body.get(range.clone()) else { return false };
     let mut digits = [0u8; 19];
@@ -317,10 +318,33 @@ fn is_card(body: &[u8], range: Range<usize>) -> bool {
     }
     let digits = digits.get(..count).unwrap_or_default();
     count >= 13
+        && issued_like_a_card(digits)
         && digits.iter().any(|digit| Some(digit) != digits.first())
         && passes_luhn(digits)
         && !alphanumeric_before(body, range.start)
         && !body.get(range.end).is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// Whether `digits` start as the major card networks issue them, at a length they issue (ISO/IEC 7812 issuer
+/// ranges): Visa 4 (13, 16 or 19 digits); Mastercard 51–55 and 2221–2720 (16); Maestro 50 and 56–69, Discover
+/// and UnionPay 6 (13–19); Amex 34 and 37 (15); Diners 30, 36, 38, 39 (14–19); JCB 35 (16–19). A Luhn check alone
+/// passes one number in ten: epoch timestamps in milliseconds (13 digits) and microseconds (16), which start with
+/// 1, are the common case this keeps out.
+fn issued_like_a_card(digits: &[u8]) -> bool {
+    let prefix = |length: usize| digits.iter().take(length).fold(0u32, |value, &digit| value * 10 + u32::from(digit));
+    let length = digits.len();
+    match digits.first() {
+        Some(4) => matches!(length, 13 | 16 | 19),
+        Some(5) | Some(6) => (13..=19).contains(&length),
+        Some(2) => length == 16 && (2221..=2720).contains(&prefix(4)),
+        Some(3) => match prefix(2) {
+            34 | 37 => length == 15,
+            30 | 36 | 38 | 39 => (14..=19).contains(&length),
+            35 => (16..=19).contains(&length),
+            _ => false,
+        },
+        _ => false,
+    }
 }
 
 /// The Luhn checksum: from the right, double every second digit (minus 9 above 9); the sum ends in 0.
@@ -508,6 +532,7 @@ mod tests {
                     text.iter().filter(|byte| byte.is_ascii_digit()).map(|byte| byte - b'0').collect();
                 found.card |= shaped
                     && (13..=19).contains(&digits.len())
+                    && issued_like_a_card(&digits)
                     && digits.iter().any(|digit| *digit != digits[0])
                     && passes_luhn(&digits)
                     && !alphanumeric_before(body, start)
@@ -525,6 +550,41 @@ mod tests {
             }
         }
         found
+    }
+
+    #[test]
+    fn timestamps_and_numbers_no_network_issues_are_not_cards() {
+        let dlp = Dlp::compile(&section(&["credit_card"], &[])).expect("compiles");
+        // Epoch milliseconds and microseconds around now, each Luhn-valid one among them: none is a card.
+        let mut luhn_valid = 0;
+        for offset in 0..200u64 {
+            for number in [1_764_316_800_000 + offset, 1_764_316_800_000_000 + offset] {
+                let text = number.to_string();
+                let digits: Vec<u8> = text.bytes().map(|byte| byte - b'0').collect();
+                if passes_luhn(&digits) {
+                    luhn_valid += 1;
+                    assert!(scan(&dlp, &format!("{{\"ts\":{text}}}")).is_empty(), "{text} is a timestamp");
+                }
+            }
+        }
+        assert!(luhn_valid >= 20, "the timestamps tried include Luhn-valid ones: {luhn_valid}");
+        // Luhn-valid, but no network issues these (a 9 prefix, a Visa of 15 digits, Amex of 16).
+        for number in ["9111111111111110", "411111111111116", "3782822463100052"] {
+            let digits: Vec<u8> = number.bytes().map(|byte| byte - b'0').collect();
+            assert!(passes_luhn(&digits) && scan(&dlp, number).is_empty(), "{number}");
+        }
+        for card in [
+            "4111111111111111",
+            "5555555555554444",
+            "2223003122003222",
+            "378282246310005",
+            "6011111111111117",
+            "30569309025904",
+            "3530111333300000",
+            "4222222222222",
+        ] {
+            assert_eq!(scan(&dlp, card), ["credit_card"], "{card}");
+        }
     }
 
     #[test]
