@@ -223,7 +223,8 @@ impl Settlement {
         // A successful response that told no usage and did not end as a whole message (compressed despite
         // `accept-encoding: identity`, over `MAX_JSON_BODY`, malformed, cut early) keeps its estimate charged:
         // budgets fail closed. (`count_tokens` answers a whole body without usage: free.)
-        let unread = !seen && incomplete && (200..300).contains(&exchange.status);
+        let succeeded = (200..300).contains(&exchange.status);
+        let unread = !seen && incomplete && succeeded;
         let billed = match (seen, unread && reservation.is_some()) {
             (true, _) => "; billed for the usage seen",
             (false, true) => "; no usage seen, the estimate stays charged",
@@ -231,7 +232,7 @@ impl Settlement {
         };
         match end {
             End::Complete => {
-                if incomplete && (200..300).contains(&exchange.status) && exchange.error.is_none() {
+                if incomplete && succeeded && exchange.error.is_none() {
                     exchange.error = Some(format!("response ended without a complete message to meter{billed}"));
                 }
             }

@@ -171,14 +171,18 @@ async fn forward(
         return Err(ProxyError::AuditUnavailable);
     }
     let host = decide(session, config, &request, &principal, now, exchange)?;
-    let path = request.uri().path().to_owned();
-    config.llm.paths.check(&path).map_err(|denied| ProxyError::PathDenied { path: path.clone(), rule: denied.rule })?;
+    let path = request.uri().path();
+    config
+        .llm
+        .paths
+        .check(path)
+        .map_err(|denied| ProxyError::PathDenied { path: path.to_owned(), rule: denied.rule })?;
     held.admitted = Some(crate::proxy::limit(gateway, config, config.limits.plan(&principal), now).await?);
 
     let (mut parts, body) = request.into_parts();
     let body = read_body(&parts.headers, body, config.llm.max_body).await?;
     exchange.bytes_up = body.len() as u64;
-    let metered = config.llm.is_metered(&path) && parts.method == http::Method::POST;
+    let metered = config.llm.is_metered(parts.uri.path()) && parts.method == http::Method::POST;
     let estimate = check_body(gateway, config, &principal, &parts.headers, &body, metered, exchange)?;
     if metered && !config.llm.budgets.is_empty() {
         held.reservation = Some(reserve(gateway, config, &principal, estimate, now).await?);

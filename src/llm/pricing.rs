@@ -299,8 +299,8 @@ mod tests {
         assert_eq!(pricing.cost_micro_usd("m", &Usage::tokens(1, 0, 0, 0)), 0); // 0.3
         assert_eq!(pricing.cost_micro_usd("m", &Usage::tokens(0, 1, 0, 0)), 1); // 0.5 rounds up
         assert_eq!(pricing.cost_micro_usd("m", &Usage::tokens(5, 1, 2, 0)), 3); // 1.5 + 0.5 + 0.5 = 2.5 → 3
+                                                                                // 0.99
         assert_eq!(pricing.cost_micro_usd("m", &Usage::tokens(0, 0, 0, 33)), 1);
-        // 0.99
     }
 
     #[test]

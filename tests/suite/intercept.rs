@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use common::gateway::assert_api_error;
 use common::intercept::{
     assert_billed, assert_usd, audit_until, connect, expected_cost, get, handshake, intercepted, messages_post,
-    only_intercepted, read_more, request, requests_sample, send, trusting, Intercepting, Parts, API_HOST, PRICES,
+    only_intercepted, post, read_more, request, requests_sample, send, trusting, Intercepting, Parts, API_HOST, PRICES,
 };
 use common::messages::{
     self, anthropic_client, chunks, merged_usage, sse_events, usage_json, usage_of, MessagesStub, Seen, STREAM_EVENTS,
@@ -610,13 +610,7 @@ async fn every_model_of_a_message_batch_must_be_allowed() {
                                      "messages": [{"role": "user", "content": "hi"}]}})
             })
             .collect();
-        let body = json!({ "requests": requests }).to_string();
-        request(
-            "POST",
-            "/v1/messages/batches",
-            &[&format!("Host: {API_HOST}"), "content-type: application/json"],
-            body.as_bytes(),
-        )
+        post("/v1/messages/batches", &json!({ "requests": requests }).to_string(), &[])
     };
 
     let denied = send(&mut tls, &batch(&[MODEL, "claude-opus-4-1"]), &mut buf).await;
@@ -624,10 +618,7 @@ async fn every_model_of_a_message_batch_must_be_allowed() {
     assert!(message.contains("\"claude-opus-4-1\""), "{message}");
     let unreadable =
         r#"{"requests":[{"custom_id":"r0","params":{"model":"claude-sonnet-4-5","model":"claude-opus-4-1"}}]}"#;
-    let headers = [format!("Host: {API_HOST}"), "content-type: application/json".to_owned()];
-    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-    let missing =
-        send(&mut tls, &request("POST", "/v1/messages/batches", &headers, unreadable.as_bytes()), &mut buf).await;
+    let missing = send(&mut tls, &post("/v1/messages/batches", unreadable, &[]), &mut buf).await;
     assert_api_error(&missing, 400, "invalid_request_error", Some("teams.backend.models"));
     assert!(setup.stub.requests().is_empty(), "nothing reached the stub");
 
@@ -756,11 +747,7 @@ async fn dlp_blocks_a_secret_on_a_path_that_is_not_metered() {
     let setup = Intercepting::start(Parts { extra: &dlp, ..Parts::default() }).await;
     let body =
         json!({"events": [{"event_name": "tool_use", "cwd": "/srv", "env": "AWS_ACCESS_KEY_ID=AKIAZ7VQ3MBX5LRT2KPN"}]});
-    let headers =
-        [format!("Host: {API_HOST}"), "content-type: application/json".to_owned(), "Connection: close".to_owned()];
-    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-    let raw = request("POST", "/api/event_logging/batch", &headers, body.to_string().as_bytes());
-    let response = setup.send(&raw).await;
+    let response = setup.send(&post("/api/event_logging/batch", &body.to_string(), &["Connection: close"])).await;
     assert_api_error(&response, 403, "permission_error", Some("dlp.aws_access_key"));
     assert!(setup.stub.requests().is_empty(), "nothing reached the stub");
 }

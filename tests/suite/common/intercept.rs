@@ -224,6 +224,11 @@ pub fn request(method: &str, path: &str, headers: &[&str], body: &[u8]) -> Vec<u
 
 /// `POST /v1/messages` for `api.anthropic.com` with `body`, an API key, `anthropic-version` and extra header lines.
 pub fn messages_post(body: &str, extra: &[&str]) -> Vec<u8> {
+    post("/v1/messages", body, extra)
+}
+
+/// `POST path` for `api.anthropic.com` with a JSON `body`, an API key, `anthropic-version` and extra header lines.
+pub fn post(path: &str, body: &str, extra: &[&str]) -> Vec<u8> {
     let mut headers = vec![
         "Host: api.anthropic.com",
         "x-api-key: sk-ant-client",
@@ -231,7 +236,7 @@ pub fn messages_post(body: &str, extra: &[&str]) -> Vec<u8> {
         "content-type: application/json",
     ];
     headers.extend_from_slice(extra);
-    request("POST", "/v1/messages", &headers, body.as_bytes())
+    request("POST", path, &headers, body.as_bytes())
 }
 
 /// A `GET path` for `api.anthropic.com` with an API key and extra header lines.
