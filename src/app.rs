@@ -286,7 +286,7 @@ pub enum StartError {
 }
 
 /// Loads (or on first start creates) the interception CA, and says where it is and how clients trust it.
-fn open_minter(intercept: &crate::llm::settings::Intercept) -> Result<Minter, String> {
+fn open_minter(intercept: &crate::config::llm::Intercept) -> Result<Minter, String> {
     let (minter, origin) =
         Minter::load_or_create(&intercept.ca_cert, &intercept.ca_key, intercept.leaf_validity, intercept.leaf_cache)?;
     let path = std::fs::canonicalize(minter.ca_cert_path()).unwrap_or_else(|_| minter.ca_cert_path().to_owned());

@@ -12,8 +12,22 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::{Message, Record};
+use tokio::sync::oneshot;
+
+use super::record::Record;
 use crate::metrics::Metrics;
+
+/// What the writer task receives.
+pub(super) enum Message {
+    Record(Box<Record>),
+    Flush(oneshot::Sender<()>),
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("audit message")
+    }
+}
 
 pub(super) struct Writer {
     out: BufWriter<File>,

@@ -4,56 +4,20 @@
 //! the request path never waits on the disk.
 
 mod file;
+mod record;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 pub use file::{verify_chain, ChainError};
+pub use record::Record;
+
+use file::Message;
 
 use crate::config::file::AuditFailure;
 use crate::metrics::Metrics;
-
-/// One audit record; field names are the contract in DESIGN.md.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Record {
-    pub ts: String,
-    pub id: String,
-    pub kind: &'static str,
-    pub listener: Arc<str>,
-    pub client: String,
-    pub user: Option<Arc<str>>,
-    pub team: Option<Arc<str>>,
-    pub method: String,
-    pub host: String,
-    pub port: u16,
-    pub path: Option<String>,
-    pub decision: &'static str,
-    pub rule: Option<Arc<str>>,
-    pub status: u16,
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    pub duration_ms: u64,
-    pub upstream: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub region: Option<Arc<str>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<crate::llm::usage::Usage>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cost_usd: Option<f64>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub dlp: Vec<Arc<str>>,
-    pub error: Option<String>,
-}
-
-enum Message {
-    Record(Box<Record>),
-    Flush(oneshot::Sender<()>),
-}
 
 /// The handle every connection holds to emit records.
 #[derive(Debug)]
@@ -61,12 +25,6 @@ pub struct Auditor {
     sender: Option<mpsc::UnboundedSender<Message>>,
     healthy: Arc<AtomicBool>,
     on_failure: AuditFailure,
-}
-
-impl std::fmt::Debug for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("audit message")
-    }
 }
 
 impl Auditor {

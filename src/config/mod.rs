@@ -4,7 +4,10 @@
 //! then compiles each section into types that cannot be wrong. Every error reads
 //! `FILE:LINE:COL: key.path: what is wrong`.
 
+mod budgets;
 pub mod file;
+pub mod llm;
+pub mod teams;
 mod units;
 pub mod yaml;
 
@@ -15,11 +18,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use llm::Llm;
+pub use teams::{BudgetLimits, TeamSettings};
 pub use units::ByteSize;
 
 use crate::identity::Directory;
 use crate::limits::{Limits, Rate, ScopeLimits, TeamLimits};
-use crate::llm::settings::Llm;
 use crate::policy::{PatternError, Policy, RuleSet};
 use crate::target::Target;
 use crate::tls::{self, ClientAuth};
@@ -45,24 +49,6 @@ pub struct Config {
     pub teams: BTreeMap<Arc<str>, TeamSettings>,
     /// Upstreams, routing, interception, DLP, pricing and budgets for model-API requests.
     pub llm: Llm,
-}
-
-/// A team's models, budget and region (enforced on metered requests).
-#[derive(Debug, Clone, Default)]
-pub struct TeamSettings {
-    pub models: Vec<String>,
-    /// `models` compiled; empty = any model.
-    pub model_globs: globset::GlobSet,
-    pub budget: Option<BudgetLimits>,
-    pub region: Option<String>,
-}
-
-/// Spend budgets in USD.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct BudgetLimits {
-    pub daily_usd: Option<f64>,
-    pub monthly_usd: Option<f64>,
-    pub user_daily_usd: Option<f64>,
 }
 
 /// The state backend.
@@ -370,7 +356,7 @@ fn compile(
         }
     }
     let limits = compile_limits(&parsed)?;
-    let teams = compile_team_settings(&parsed.teams)?;
+    let teams = teams::compile(&parsed.teams).map_err(|(path, message)| invalid(path, message))?;
     let llm = Llm::compile(&parsed, &teams).map_err(|(path, message)| invalid(path, message))?;
     let state = State {
         backend: parsed.state.backend,
@@ -507,51 +493,6 @@ fn compile_limits(parsed: &file::File) -> Result<Limits, Invalid> {
             },
         };
         compiled.teams.insert(Arc::from(name.as_str()), team_limits);
-    }
-    Ok(compiled)
-}
-
-fn compile_team_settings(teams: &BTreeMap<String, file::Team>) -> Result<BTreeMap<Arc<str>, TeamSettings>, Invalid> {
-    let mut compiled = BTreeMap::new();
-    for (name, team) in teams {
-        let mut model_globs = globset::GlobSetBuilder::new();
-        for (index, model) in team.models.iter().enumerate() {
-            match globset::Glob::new(model) {
-                Ok(glob) => model_globs.add(glob),
-                Err(error) => {
-                    return Err(invalid(
-                        format!("teams.{name}.models[{index}]"),
-                        format!("invalid glob {model:?}: {error}"),
-                    ))
-                }
-            };
-        }
-        let model_globs =
-            model_globs.build().map_err(|error| invalid(format!("teams.{name}.models"), error.to_string()))?;
-        let budget = match &team.budget {
-            Some(budget) => {
-                for (field, value) in [
-                    ("daily_usd", budget.daily_usd),
-                    ("monthly_usd", budget.monthly_usd),
-                    ("user_daily_usd", budget.user_daily_usd),
-                ] {
-                    if value.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-                        return Err(invalid(format!("teams.{name}.budget.{field}"), "must be a non-negative amount"));
-                    }
-                }
-                Some(BudgetLimits {
-                    daily_usd: budget.daily_usd,
-                    monthly_usd: budget.monthly_usd,
-                    user_daily_usd: budget.user_daily_usd,
-                })
-            }
-            None => None,
-        };
-        if team.region.as_ref().is_some_and(|r| r.is_empty()) {
-            return Err(invalid(format!("teams.{name}.region"), "must not be empty"));
-        }
-        let settings = TeamSettings { models: team.models.clone(), model_globs, budget, region: team.region.clone() };
-        compiled.insert(Arc::from(name.as_str()), settings);
     }
     Ok(compiled)
 }

@@ -4,7 +4,7 @@ use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, Pass
 use argon2::Argon2;
 use base64::Engine;
 
-use super::AuthError;
+use super::error::AuthError;
 
 /// A decoded `Proxy-Authorization: Basic …` value.
 pub struct BasicCredentials {

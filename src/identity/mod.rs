@@ -6,6 +6,7 @@
 //! digest that later requests compare in constant time.
 
 mod basic;
+mod error;
 mod jwt;
 
 use std::collections::{BTreeMap, HashMap};
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use basic::{hash_password, BasicCredentials};
+pub use error::AuthError;
 pub use jwt::{Claims, JwtConfigError, JwtError, JwtVerifier};
 
 use rustls_pki_types::CertificateDer;
@@ -54,38 +56,6 @@ impl AuthMethod {
             AuthMethod::Basic => "basic",
             AuthMethod::Mtls => "mtls",
             AuthMethod::Jwt => "jwt",
-        }
-    }
-}
-
-/// Why a request could not be identified.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error("proxy authentication required")]
-    Missing,
-    #[error("malformed Proxy-Authorization: {0}")]
-    Malformed(&'static str),
-    #[error("unsupported Proxy-Authorization scheme: use Basic")]
-    UnsupportedScheme,
-    #[error("invalid user name or password")]
-    Rejected,
-    /// A gateway API key that is not `USER:PASSWORD`.
-    #[error("malformed API key: {0}")]
-    MalformedKey(&'static str),
-    #[error("too many failed authentication attempts from this address")]
-    Throttled { retry_after_secs: u64 },
-    /// A bearer token that does not verify; the reason names the failed check, never the token.
-    #[error("invalid bearer token: {0}")]
-    InvalidToken(JwtError),
-}
-
-impl AuthError {
-    /// The `method` label of `tollgate_auth_failures_total` for this failure.
-    pub fn method(&self) -> &'static str {
-        match self {
-            AuthError::Missing => "none",
-            AuthError::InvalidToken(_) => "jwt",
-            _ => "basic",
         }
     }
 }

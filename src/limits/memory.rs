@@ -25,8 +25,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::backend::{millis, Admission, Backend, BoxFuture, Bucket, Local, Slot, SpendKey, StateError};
 use super::gcra::{self, Step};
-use super::{millis, Admission, Backend, BoxFuture, Bucket, Slot, SpendKey, StateError};
 
 /// The hasher of the per-request maps: foldhash, seeded per process (keys carry user names), several times
 /// faster than SipHash on short keys.
@@ -116,9 +116,11 @@ impl Memory {
         let spend = Spend { counters, prune_at: 0, ledger: Some(ledger) };
         Ok(Memory { spend: Mutex::new(spend), ..Memory::default() })
     }
+}
 
+impl Local for Memory {
     /// Takes one request from every bucket, or none.
-    pub(crate) fn acquire_now(&self, buckets: &[Bucket], now_us: u64) -> Admission {
+    fn acquire_now(&self, buckets: &[Bucket], now_us: u64) -> Admission {
         let mut tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
         let mut admitted = Vec::with_capacity(buckets.len());
         for (index, bucket) in buckets.iter().enumerate() {
@@ -145,7 +147,7 @@ impl Memory {
     }
 
     /// Takes a slot in every one of `slots`, or none; the index of a full one.
-    pub(crate) fn enter_now(&self, slots: &[Slot]) -> Option<usize> {
+    fn enter_now(&self, slots: &[Slot]) -> Option<usize> {
         let mut counts = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(full) = slots.iter().position(|slot| counts.get(&slot.key).copied().unwrap_or(0) >= slot.max) {
             return Some(full);
@@ -162,7 +164,7 @@ impl Memory {
     }
 
     /// Gives slots back.
-    pub(crate) fn leave_now(&self, slots: &[Slot]) {
+    fn leave_now(&self, slots: &[Slot]) {
         let mut counts = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         for slot in slots {
             if let Some(count) = counts.get_mut(&slot.key) {
@@ -212,7 +214,7 @@ impl Backend for Memory {
         "embedded"
     }
 
-    fn local(&self) -> Option<&Memory> {
+    fn local(&self) -> Option<&dyn Local> {
         Some(self)
     }
 }

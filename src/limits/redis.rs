@@ -20,7 +20,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
-use super::{Admission, Backend, BoxFuture, Bucket, Slot, SpendKey, StateError};
+use super::backend::{Admission, Backend, BoxFuture, Bucket, Slot, SpendKey, StateError};
 
 /// What every key starts with.
 pub const KEY_PREFIX: &str = "tollgate:";

@@ -11,7 +11,6 @@ pub mod dlp;
 pub mod idle;
 pub mod pricing;
 pub mod request;
-pub mod settings;
 pub mod usage;
 
 use std::convert::Infallible;
@@ -25,6 +24,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::app::Gateway;
+use crate::config::llm::RouteRequest;
 use crate::config::Config;
 use crate::exchange::{finish, Exchange};
 use crate::identity::Principal;
@@ -36,7 +36,6 @@ use crate::proxy::Peer;
 use crate::target::{Host, Target};
 use body::{MeteredBody, Settlement};
 use request::RequestFacts;
-use settings::RouteRequest;
 
 /// Where a connection's requests come from.
 #[derive(Debug)]

@@ -9,10 +9,11 @@ use std::time::Duration;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use http::uri::{Authority, Scheme};
 
-use super::dlp::Dlp;
-use super::pricing::Pricing;
-use crate::config::{file, TeamSettings};
+use super::file;
+use super::teams::TeamSettings;
 use crate::limits::budget::Budgets;
+use crate::llm::dlp::Dlp;
+use crate::llm::pricing::Pricing;
 use crate::policy::RuleSet;
 use crate::target::Target;
 
@@ -152,7 +153,7 @@ impl Llm {
         } else {
             Pricing::compile(&parsed.pricing).map_err(|(index, m)| (format!("pricing[{index}]"), m))?
         };
-        let budgets = Budgets::compile(teams, &parsed.budgets)?;
+        let budgets = super::budgets::compile(teams, &parsed.budgets)?;
         Ok(Llm { upstreams, routes, intercept, paths, meter_paths, max_body, dlp, pricing, budgets })
     }
 

@@ -1,0 +1,126 @@
+//! What a state backend is: the keys it holds (rate buckets, concurrency slots, spend counters) and the atomic
+//! operations every backend offers, so the request path never knows which backend it has.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::gcra::Rate;
+
+/// A boxed future, so `Backend` stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which limit a bucket or slot belongs to; the `scope` label of `tollgate_rate_limited_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    User,
+    Team,
+    TeamMember,
+    Org,
+}
+
+impl Scope {
+    pub fn label(self) -> &'static str {
+        match self {
+            Scope::User => "user",
+            Scope::Team => "team",
+            Scope::TeamMember => "team_member",
+            Scope::Org => "org",
+        }
+    }
+}
+
+/// One rate-limited key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    pub key: String,
+    pub scope: Scope,
+    pub rate: Rate,
+}
+
+/// One concurrency-capped key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub key: String,
+    pub scope: Scope,
+    pub max: u32,
+}
+
+/// The backend's answer for a set of buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Admit,
+    /// `bucket` (an index into the request's buckets) is empty for `retry_after_us`.
+    Limited {
+        bucket: usize,
+        retry_after_us: u64,
+    },
+}
+
+/// The shared state could not be reached.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("state backend unavailable: {0}")]
+pub struct StateError(pub String);
+
+/// One spend counter: a key and the end of its period (ms since the epoch, UTC); past it the counter is gone.
+///
+/// A key names one period (e.g. `spend:team:core:day:2026-11-28`): a backend may keep a counter a while past
+/// its end (Redis a day, for replicas' clocks), so a key must not be reused for a later period.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct SpendKey {
+    pub key: String,
+    pub period_end_ms: u64,
+}
+
+impl SpendKey {
+    /// Whether the period has ended at `now_ms`: the counter then reads 0 and takes no more spend.
+    pub fn has_ended(&self, now_ms: u64) -> bool {
+        now_ms >= self.period_end_ms
+    }
+}
+
+/// Where limit state lives. Every method is atomic over the keys it is given.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Admits one request against every bucket, or none: a refusal takes nothing from the others.
+    fn acquire<'a>(&'a self, buckets: &'a [Bucket], now_us: u64) -> BoxFuture<'a, Result<Admission, StateError>>;
+    /// Takes a slot in every one of `slots`, or none; returns the index of a full one.
+    fn enter<'a>(&'a self, slots: &'a [Slot]) -> BoxFuture<'a, Result<Option<usize>, StateError>>;
+    /// Gives slots back.
+    fn leave<'a>(&'a self, slots: &'a [Slot]) -> BoxFuture<'a, Result<(), StateError>>;
+    /// Adds `delta_micro_usd` (may be negative: a reservation settled lower) to every key, atomically; returns
+    /// the new values. A key whose period has ended at `now_ms` takes nothing and answers 0.
+    fn add_spend<'a>(
+        &'a self,
+        keys: &'a [SpendKey],
+        delta_micro_usd: i64,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StateError>>;
+    /// The current values (0 for missing or expired keys).
+    fn spend<'a>(&'a self, keys: &'a [SpendKey], now_ms: u64) -> BoxFuture<'a, Result<Vec<i64>, StateError>>;
+    /// `embedded` or `redis`, for logs.
+    fn name(&self) -> &'static str;
+    /// The in-process backend, answered synchronously on the request path (no future, no allocation).
+    fn local(&self) -> Option<&dyn Local> {
+        None
+    }
+}
+
+/// A backend in this process: admits and gives back synchronously, without a future.
+pub trait Local {
+    /// `Backend::acquire`, at once.
+    fn acquire_now(&self, buckets: &[Bucket], now_us: u64) -> Admission;
+    /// `Backend::enter`, at once.
+    fn enter_now(&self, slots: &[Slot]) -> Option<usize>;
+    /// `Backend::leave`, at once.
+    fn leave_now(&self, slots: &[Slot]);
+}
+
+/// Microseconds since the epoch.
+pub fn micros(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Milliseconds since the epoch (spend periods).
+pub fn millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
