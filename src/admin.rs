@@ -16,39 +16,39 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::app::Gateway;
 use crate::config::Config;
+use crate::shared::Shared;
 use crate::usage::{self, Filter, Format, Since};
 
 /// Serves admin requests until shutdown.
-pub async fn serve(gateway: Arc<Gateway>, socket: TcpListener) {
+pub async fn serve(shared: Arc<Shared>, socket: TcpListener) {
     loop {
         let (stream, _) = tokio::select! {
             accepted = socket.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(_) => continue,
             },
-            () = gateway.shutdown.cut_tunnels.cancelled() => return,
+            () = shared.shutdown.cut_tunnels.cancelled() => return,
         };
-        let gateway = gateway.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| respond(gateway.clone(), request));
+            let service = service_fn(move |request| respond(shared.clone(), request));
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
-async fn respond(gateway: Arc<Gateway>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     // The head only: no endpoint reads a body, and `Parts` may be held across the awaits of `/admin/usage`.
     let (request, _body) = request.into_parts();
     let path = request.uri.path();
     if path.starts_with("/admin/") {
-        return Ok(admin(&gateway, &request).await);
+        return Ok(admin(&shared, &request).await);
     }
     let (status, content_type, body) = match (&request.method, path) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", gateway.metrics.render()),
+        (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render()),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        (&Method::GET, "/readyz") if gateway.shutdown.stop_accepting.is_cancelled() => {
+        (&Method::GET, "/readyz") if shared.shutdown.stop_accepting.is_cancelled() => {
             (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down\n".to_owned())
         }
         (&Method::GET, "/readyz") => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
@@ -58,8 +58,8 @@ async fn respond(gateway: Arc<Gateway>, request: Request<Incoming>) -> Result<Re
 }
 
 /// `/admin/*`: bearer token first, then the endpoint.
-async fn admin(gateway: &Gateway, request: &Parts) -> Response<Full<Bytes>> {
-    let config = gateway.config.load_full();
+async fn admin(shared: &Shared, request: &Parts) -> Response<Full<Bytes>> {
+    let config = shared.config.load_full();
     let Some(token) = config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
         return json_reply(
             StatusCode::FORBIDDEN,
@@ -77,14 +77,14 @@ async fn admin(gateway: &Gateway, request: &Parts) -> Response<Full<Bytes>> {
         (&Method::GET, "/admin/config") => json_reply(
             StatusCode::OK,
             json!({
-                "version": gateway.version.load(Ordering::Relaxed),
+                "version": shared.version.load(Ordering::Relaxed),
                 "sha256": config.source.sha256,
                 "loaded_at": crate::audit::timestamp(config.source.loaded_at),
                 "path": config.source.path.display().to_string(),
-                "state_backend": gateway.limiter.backend_name(),
+                "state_backend": shared.limiter.backend_name(),
             }),
         ),
-        (&Method::POST, "/admin/reload") => match gateway.reload() {
+        (&Method::POST, "/admin/reload") => match crate::reload::reload(shared) {
             Ok(report) => json_reply(
                 StatusCode::OK,
                 json!({
@@ -96,27 +96,27 @@ async fn admin(gateway: &Gateway, request: &Parts) -> Response<Full<Bytes>> {
             ),
             Err(error) => json_reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"error": error.to_string()})),
         },
-        (&Method::GET, "/admin/usage") => usage(gateway, &config, request.uri.query()).await,
+        (&Method::GET, "/admin/usage") => usage(shared, &config, request.uri.query()).await,
         _ => json_reply(StatusCode::NOT_FOUND, json!({"error": "not found"})),
     }
 }
 
 /// `GET /admin/usage?team=&user=&since=&format=`: the `tollgate usage` report of the configured audit file, JSON
-/// unless `format` says `table` or `csv`; `since` counts back from the gateway's clock. Records queued before the
+/// unless `format` says `table` or `csv`; `since` counts back from the shared's clock. Records queued before the
 /// request are written first, and the file is read off the async workers. The count of lines that are not records
 /// is the `x-tollgate-invalid-lines` header (and `invalid_lines` in JSON).
-async fn usage(gateway: &Gateway, config: &Config, query: Option<&str>) -> Response<Full<Bytes>> {
+async fn usage(shared: &Shared, config: &Config, query: Option<&str>) -> Response<Full<Bytes>> {
     let Some(audit) = &config.audit.file else {
         return json_reply(
             StatusCode::NOT_FOUND,
             json!({"error": "audit.file is not configured: usage is summed from the audit log at audit.file.path"}),
         );
     };
-    let (filter, format) = match usage_query(query, gateway.clock.now()) {
+    let (filter, format) = match usage_query(query, shared.clock.now()) {
         Ok(parsed) => parsed,
         Err(message) => return json_reply(StatusCode::BAD_REQUEST, json!({"error": message})),
     };
-    gateway.auditor.flush().await;
+    shared.auditor.flush().await;
     let path = audit.path.clone();
     let read = tokio::task::spawn_blocking(move || usage::read_file(&path, filter)).await;
     let report = match read {

@@ -9,8 +9,9 @@ use crate::config::Config;
 use crate::identity::{AuthMethod, Principal};
 use crate::limits::Scope;
 use crate::policy::Decision;
-use crate::proxy::{forward, upstream};
+use crate::proxy::forward;
 use crate::target::Target;
+use crate::upstream;
 
 /// The question.
 #[derive(Debug, Clone)]
@@ -46,9 +47,7 @@ pub async fn explain(config: &Config, question: &Question) -> Result<Answer, Str
         principal.name,
         if teams.is_empty() { "none".to_owned() } else { teams.join(", ") }
     );
-    let anonymous = Principal { method: AuthMethod::Anonymous, ..principal.clone() };
-    let known = [&principal, &anonymous].into_iter().any(|p| config.identity.refresh(p).is_some());
-    if !known {
+    if !config.identity.knows(&principal.name) {
         let _ = writeln!(
             report,
             "note:      {} is neither in auth.users nor auth.anonymous: a Basic client would get 407 (a client \
@@ -67,7 +66,7 @@ pub async fn explain(config: &Config, question: &Question) -> Result<Answer, Str
             }
             Err(error) => {
                 let _ = writeln!(report, "addresses: {error}");
-                if let crate::proxy::error::ProxyError::Denied { rule, reason, .. } = error {
+                if let crate::request::error::Error::Denied { rule, reason, .. } = error {
                     decision = Decision::Deny { rule, reason };
                 }
             }
@@ -140,10 +139,9 @@ fn scope_name(scope: Scope) -> &'static str {
 
 /// The principal as the proxy would see it: the configured user's teams unless teams are given.
 fn principal(config: &Config, question: &Question) -> Principal {
-    let assumed = Principal { name: question.user.as_str().into(), teams: Arc::new([]), method: AuthMethod::Basic };
-    let configured = config.identity.refresh(&assumed);
+    let assumed = Principal::named(&question.user, &[], AuthMethod::Basic);
     let teams: Arc<[Arc<str>]> = if question.teams.is_empty() {
-        configured.map(|p| p.teams).unwrap_or_else(|| Arc::new([]))
+        config.identity.teams_of(&question.user).unwrap_or_else(|| Arc::new([]))
     } else {
         question.teams.iter().map(|t| Arc::from(t.as_str())).collect()
     };

@@ -1,28 +1,30 @@
 //! tollgate: an egress gateway for AI coding assistants.
 //!
 //! Life of a request, in module order:
-//! `listener` accepts (connection cap, TLS) → `proxy` reads the head (`proxy::head`, strict) → `identity` names
-//! the principal → `policy` decides on the `target` → `limits` admits it → then one of:
-//! - a pass-through CONNECT: `proxy::upstream` resolves, checks every address and dials the checked one, and
-//!   `proxy::connect` splices the tunnel; an absolute-form request is relayed by `proxy::forward`;
-//! - a CONNECT to an intercepted host: `intercept` answers TLS with a minted leaf (`intercept::ca`) and hands
-//!   each request inside to `llm`, which gateway listeners (`mode: gateway`) reach directly: path, model, DLP
-//!   (`llm::dlp`), budget (`limits::budget`), route (`llm::settings`), the upstream (`llm::client`), and the
-//!   response streamed back and metered (`llm::body`, `llm::usage`, `llm::pricing`).
+//! `listener` accepts (connection cap, TLS with the client certificate's principal) and hands the connection to a
+//! door: `proxy` (CONNECT and absolute-form requests, heads read strictly by `http1`), `intercept` (a CONNECT to a
+//! model host, answered with a minted leaf) or `api` (the model-API requests inside intercepted tunnels, on gateway
+//! listeners, and sent in absolute form to a model host). Every door runs the same phases, in one order, from
+//! `request`: identify (`identity`) → audit health → destination (`policy` on the `target`) → limits (`limits`) →
+//! for model-API requests: path, body, model, DLP (`llm::dlp`), budget (`limits::budget`). Then `upstream` resolves,
+//! checks every address and dials the checked one (directly, through the parent proxy, or from the pooled model
+//! client), and the response streams back; model responses are metered as they pass (`llm::usage`,
+//! `llm::pricing`) and the spend settled.
 //!
-//! Whatever happened, `exchange::finish` writes metrics (`metrics`), a log line and the `audit` record last.
-//! `config` builds the snapshot all of this reads; `app` wires it and owns reload and shutdown; `admin` serves
-//! metrics, health, reload and usage. Outside the flow, `certs` makes the CAs and certificates
-//! (`tollgate ca init`, `tollgate cert server|client`), `explain` answers what the policy would do, and `usage`
-//! sums the audit log into spend and tokens per team, user and model (`tollgate usage`, `GET /admin/usage`).
+//! Whatever happened, `request::finish` writes metrics (`metrics`), a log line and the `audit` record last.
+//! `config` builds the snapshot all of this reads, `shared` is the state every connection holds, `reload` swaps
+//! the snapshot, `app` wires it all and owns shutdown; `admin` serves metrics, health, reload and usage. Outside
+//! the flow, `certs` makes the CAs and certificates (`tollgate ca init`, `tollgate cert server|client`), `explain`
+//! answers what the policy would do, and `usage` sums the audit log into spend and tokens per team, user and model.
 
 pub mod admin;
+pub mod api;
 pub mod app;
 pub mod audit;
 pub mod certs;
 pub mod config;
-pub mod exchange;
 pub mod explain;
+pub mod http1;
 pub mod identity;
 pub mod intercept;
 pub mod limits;
@@ -32,6 +34,11 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
+pub mod request;
+pub mod shared;
+pub mod stream;
 pub mod target;
 pub mod tls;
+pub mod upstream;
 pub mod usage;

@@ -6,19 +6,20 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
-use crate::app::Gateway;
+use crate::api::session::{Origin, Session};
 use crate::config::file::ListenerMode;
-use crate::llm::{self, Origin, Session};
-use crate::proxy::error::ProxyError;
-use crate::proxy::stream::Stream;
-use crate::proxy::{self, Peer};
+use crate::proxy;
+use crate::request::door::Peer;
+use crate::request::error::{Error, Shape};
+use crate::shared::Shared;
+use crate::stream::Stream;
 
 /// Accepts on `socket` until shutdown; each connection is served by its own tracked task.
-pub async fn accept_loop(gateway: Arc<Gateway>, socket: TcpListener, name: Arc<str>, tracker: TaskTracker) {
+pub async fn accept_loop(shared: Arc<Shared>, socket: TcpListener, name: Arc<str>, tracker: TaskTracker) {
     loop {
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
-            () = gateway.shutdown.stop_accepting.cancelled() => return,
+            () = shared.shutdown.stop_accepting.cancelled() => return,
         };
         let (stream, address) = match accepted {
             Ok(pair) => pair,
@@ -29,26 +30,26 @@ pub async fn accept_loop(gateway: Arc<Gateway>, socket: TcpListener, name: Arc<s
                 continue;
             }
         };
-        let Ok(permit) = gateway.connection_slots.clone().try_acquire_owned() else {
-            gateway.metrics.client_error(&name, "connection_limit");
+        let Ok(permit) = shared.connection_slots.clone().try_acquire_owned() else {
+            shared.metrics.client_error(&name, "connection_limit");
             // Best effort and non-blocking: the accept loop must not wait on a client.
-            let refusal = ProxyError::ConnectionLimit(gateway.config.load().server.max_connections);
-            let _ = stream.try_write(&refusal.response(&gateway.next_request_id(), true));
+            let refusal = Error::ConnectionLimit(shared.config.load().server.max_connections);
+            let _ = stream.try_write(&refusal.response(Shape::Proxy, &shared.next_request_id(), true));
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
+        let shared = shared.clone();
         let name = name.clone();
         tracker.spawn(async move {
-            if let Some((client, certificate)) = handshake(&gateway, stream, &name, address).await {
+            if let Some((client, certificate)) = handshake(&shared, stream, &name, address).await {
                 let gateway_mode =
-                    gateway.config.load().listeners.iter().any(|l| l.name == name && l.mode == ListenerMode::Gateway);
+                    shared.config.load().listeners.iter().any(|l| l.name == name && l.mode == ListenerMode::Gateway);
                 let peer = Peer { address, listener: name, certificate };
                 if gateway_mode {
-                    let session = Session { gateway, peer: Arc::new(peer), origin: Origin::Gateway };
-                    llm::serve(Arc::new(session), client).await;
+                    let session = Session { shared, peer: Arc::new(peer), origin: Origin::Gateway };
+                    crate::api::server::serve(Arc::new(session), client).await;
                 } else {
-                    proxy::serve(gateway, client, peer).await;
+                    proxy::serve(shared, client, peer).await;
                 }
             }
             drop(permit);
@@ -59,12 +60,12 @@ pub async fn accept_loop(gateway: Arc<Gateway>, socket: TcpListener, name: Arc<s
 /// Plain listeners pass the socket through; TLS listeners complete the handshake (with the current snapshot's
 /// certificate) and name the client certificate's principal. A failed handshake is counted and logged.
 async fn handshake(
-    gateway: &Gateway,
+    shared: &Shared,
     tcp: TcpStream,
     listener: &Arc<str>,
     address: std::net::SocketAddr,
 ) -> Option<(Stream, Option<crate::identity::Principal>)> {
-    let config = gateway.config.load_full();
+    let config = shared.config.load_full();
     let Some(tls) = config.listeners.iter().find(|l| l.name == *listener).and_then(|l| l.tls.clone()) else {
         return Some((Stream::Tcp(tcp), None));
     };
@@ -85,7 +86,7 @@ async fn handshake(
         Err(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"),
     };
     let reason = handshake_failure_reason(&failure);
-    gateway.metrics.tls_handshake_failure(listener, reason);
+    shared.metrics.tls_handshake_failure(listener, reason);
     tracing::info!(listener = %listener, client = %address, reason, error = %failure, "TLS handshake failed");
     None
 }

@@ -331,7 +331,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for (name, address) in &running.listeners {
         tracing::info!(listener = %name, %address, config = %path.display(), "listening");
     }
-    tracing::info!(backend = running.gateway.limiter.backend_name(), "state backend for limits");
+    tracing::info!(backend = running.shared.limiter.backend_name(), "state backend for limits");
     if let Some(address) = running.admin {
         tracing::info!(%address, "admin endpoints: /metrics /healthz /readyz");
     }
@@ -358,7 +358,7 @@ async fn wait_for_shutdown(running: &tollgate::app::Running) -> anyhow::Result<(
             _ = interrupt.recv() => return Ok(()),
             _ = hangup.recv() => {
                 // The outcome is logged and counted by reload itself.
-                let _ = running.gateway.reload();
+                let _ = tollgate::reload::reload(&running.shared);
             }
         }
     }

@@ -147,7 +147,19 @@ pub enum CertIdentity {
 }
 
 /// The principal name (and team, from the first OU) of a verified client certificate.
-pub fn certificate_identity(cert: &CertificateDer<'_>, identity: CertIdentity) -> Option<(String, Option<String>)> {
+/// What a client certificate says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateIdentity {
+    /// From the SAN e-mail, SAN URI or CN, as `auth.mtls.identity` says.
+    pub name: String,
+    /// The subject's first OU.
+    pub organizational_unit: Option<String>,
+    /// The end of its validity.
+    pub not_after: std::time::SystemTime,
+}
+
+/// The identity of a verified client certificate; `None` when it lacks the configured field.
+pub fn certificate_identity(cert: &CertificateDer<'_>, identity: CertIdentity) -> Option<CertificateIdentity> {
     use x509_parser::extensions::GeneralName;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let name = match identity {
@@ -161,6 +173,9 @@ pub fn certificate_identity(cert: &CertificateDer<'_>, identity: CertIdentity) -
             })?
         }
     };
-    let team = parsed.subject().iter_organizational_unit().next().and_then(|ou| ou.as_str().ok()).map(str::to_owned);
-    Some((name, team))
+    let organizational_unit =
+        parsed.subject().iter_organizational_unit().next().and_then(|ou| ou.as_str().ok()).map(str::to_owned);
+    let seconds = u64::try_from(parsed.validity().not_after.timestamp()).unwrap_or(0);
+    let not_after = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+    Some(CertificateIdentity { name, organizational_unit, not_after })
 }

@@ -681,6 +681,16 @@ pub struct Server {
     /// On SIGTERM, how long open tunnels and requests may take to finish.
     #[serde(default = "thirty_seconds")]
     pub shutdown_grace: Duration,
+    /// A request body tollgate reads whole (model-API requests, for their checks) must arrive within this time
+    /// (408 beyond).
+    #[serde(default = "sixty_seconds")]
+    pub body_read_timeout: Duration,
+    /// The request-body bytes all requests together may hold in memory while they are checked (503 beyond).
+    #[serde(default = "two_hundred_fifty_six_mib")]
+    pub max_buffered_body_bytes: ByteSize,
+    /// Open connections to the admin listener (further ones are closed at once).
+    #[serde(default = "sixty_four")]
+    pub max_admin_connections: usize,
 }
 
 impl Default for Server {
@@ -693,6 +703,9 @@ impl Default for Server {
             max_uri_bytes: eight_kib(),
             max_connections: ten_thousand(),
             shutdown_grace: thirty_seconds(),
+            body_read_timeout: sixty_seconds(),
+            max_buffered_body_bytes: two_hundred_fifty_six_mib(),
+            max_admin_connections: sixty_four(),
         }
     }
 }
@@ -703,6 +716,14 @@ fn sixty_seconds() -> Duration {
 
 fn thirty_seconds() -> Duration {
     Duration::from_secs(30)
+}
+
+fn two_hundred_fifty_six_mib() -> ByteSize {
+    ByteSize(256 << 20)
+}
+
+fn sixty_four() -> usize {
+    64
 }
 
 fn sixty_four_kib() -> ByteSize {

@@ -138,6 +138,10 @@ pub struct Server {
     pub max_uri_bytes: usize,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    pub body_read_timeout: Duration,
+    /// In bytes; a semaphore of this many permits bounds the request bodies held at once.
+    pub max_buffered_body_bytes: u64,
+    pub max_admin_connections: usize,
 }
 
 /// A config error with its place.
@@ -403,6 +407,16 @@ fn compile(
             n => n,
         },
         shutdown_grace: parsed.server.shutdown_grace.0,
+        body_read_timeout: positive(parsed.server.body_read_timeout, "server.body_read_timeout")?,
+        max_buffered_body_bytes: match parsed.server.max_buffered_body_bytes.0 {
+            0 => return Err(invalid("server.max_buffered_body_bytes", "must be greater than zero")),
+            // A semaphore holds at most usize::MAX >> 3 permits; far above any memory.
+            n => n.min(1 << 60),
+        },
+        max_admin_connections: match parsed.server.max_admin_connections {
+            0 => return Err(invalid("server.max_admin_connections", "must be at least 1")),
+            n => n,
+        },
     };
     if server.max_uri_bytes > server.max_header_bytes {
         return Err(invalid("server.max_uri_bytes", "must not exceed server.max_header_bytes"));

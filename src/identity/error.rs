@@ -17,6 +17,15 @@ pub enum AuthError {
     /// A gateway API key that is not `USER:PASSWORD`.
     #[error("malformed API key: {0}")]
     MalformedKey(&'static str),
+    /// The credential's lifetime is over (a JWT's `exp`, a client certificate's `notAfter`).
+    #[error("the credential has expired; sign in again")]
+    Expired,
+    /// A reload removed the user or changed its password.
+    #[error("the credential is no longer valid (the configuration changed); sign in again")]
+    Revoked,
+    /// Every password verifier is busy and the wait queue is full.
+    #[error("too many sign-ins at once; retry in a moment")]
+    Busy,
     #[error("too many failed authentication attempts from this address")]
     Throttled { retry_after_secs: u64 },
     /// A bearer token that does not verify; the reason names the failed check, never the token.
@@ -30,6 +39,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "none",
             AuthError::InvalidToken(_) => "jwt",
+            AuthError::Expired | AuthError::Revoked => "expired",
             _ => "basic",
         }
     }

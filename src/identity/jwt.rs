@@ -32,6 +32,8 @@ pub struct Claims {
     pub user: String,
     /// The values of the configured groups claim, in token order (empty when the claim is absent).
     pub groups: Vec<String>,
+    /// When the token stops verifying: its `exp` plus the leeway.
+    pub expires: SystemTime,
 }
 
 /// Why a token was refused. The messages name the check, never the token's content.
@@ -270,7 +272,8 @@ impl JwtVerifier {
                 .ok_or_else(|| JwtError::MissingClaim(self.groups_claim.clone()))?,
             Some(_) => return Err(JwtError::MissingClaim(self.groups_claim.clone())),
         };
-        Ok(Claims { user, groups })
+        let expires = UNIX_EPOCH + Duration::from_secs_f64((exp + leeway).clamp(0.0, 1e11));
+        Ok(Claims { user, groups, expires })
     }
 
     /// Number of keys (1 for an HS256 secret), for `tollgate check`'s summary.
@@ -437,7 +440,8 @@ mod tests {
     #[test]
     fn hs256_valid_token_yields_user_and_groups() {
         let claims = check(claims()).expect("valid");
-        assert_eq!(claims, Claims { user: "jane.doe".into(), groups: vec!["g1".into(), "g2".into()] });
+        let expires = UNIX_EPOCH + Duration::from_secs(NOW + 300 + 60);
+        assert_eq!(claims, Claims { user: "jane.doe".into(), groups: vec!["g1".into(), "g2".into()], expires });
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod basic;
 mod error;
 mod jwt;
+pub mod verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -17,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use basic::{hash_password, BasicCredentials};
 pub use error::AuthError;
 pub use jwt::{Claims, JwtConfigError, JwtError, JwtVerifier};
+pub use verify::Verifiers;
 
 use rustls_pki_types::CertificateDer;
 
@@ -29,6 +31,25 @@ pub struct Principal {
     pub name: Arc<str>,
     pub teams: Arc<[Arc<str>]>,
     pub method: AuthMethod,
+    /// When the credential stops being valid (a JWT's `exp`, a client certificate's `notAfter`); a principal
+    /// kept by a keep-alive connection or a tunnel is refused from then on.
+    pub expires: Option<SystemTime>,
+    /// Which password a Basic principal was verified against (a digest of its hash): a reload that changes the
+    /// password ends what was identified with the old one. 0 for other methods.
+    pub credential: u64,
+}
+
+impl Principal {
+    /// A principal named by configuration (anonymous access, tests, `explain`): no credential, no expiry.
+    pub fn named(name: &str, teams: &[&str], method: AuthMethod) -> Principal {
+        Principal {
+            name: name.into(),
+            teams: teams.iter().map(|team| Arc::from(*team)).collect(),
+            method,
+            expires: None,
+            credential: 0,
+        }
+    }
 }
 
 impl Principal {
@@ -117,6 +138,8 @@ impl Directory {
                 name: user.name.as_str().into(),
                 teams: user.teams.iter().map(|t| Arc::from(t.as_str())).collect(),
                 method: AuthMethod::Basic,
+                expires: None,
+                credential: fingerprint(&user.password_hash),
             };
             let entry = User { principal, password_hash: user.password_hash.as_str().into() };
             if by_name.insert(user.name.as_str().into(), entry).is_some() {
@@ -140,7 +163,7 @@ impl Directory {
         };
         let anonymous = match auth.anonymous.as_str() {
             "deny" => None,
-            name => Some(Principal { name: name.into(), teams: Arc::new([]), method: AuthMethod::Anonymous }),
+            name => Some(Principal::named(name, &[], AuthMethod::Anonymous)),
         };
         Ok(Self {
             anonymous,
@@ -155,8 +178,14 @@ impl Directory {
         })
     }
 
-    /// Identifies the caller from the raw `Proxy-Authorization` value, if any.
-    pub async fn identify(&self, proxy_authorization: Option<&[u8]>, client: IpAddr) -> Result<Principal, AuthError> {
+    /// Identifies the caller from the raw `Proxy-Authorization` value, if any, at `now`.
+    pub async fn identify(
+        &self,
+        proxy_authorization: Option<&[u8]>,
+        client: IpAddr,
+        now: SystemTime,
+        verifiers: &Verifiers,
+    ) -> Result<Principal, AuthError> {
         let Some(header) = proxy_authorization else {
             return self.anonymous.clone().ok_or(AuthError::Missing);
         };
@@ -164,12 +193,11 @@ impl Directory {
             if self.jwt.is_none() {
                 return Err(AuthError::UnsupportedScheme);
             }
-            self.check_throttle(client)?;
-            return self.bearer_principal(token?, SystemTime::now()).inspect_err(|_| self.count_failure(client));
+            let token = token?;
+            return self.attempt(client, || async { self.bearer_principal(token, now) }).await;
         }
         let credentials = BasicCredentials::parse(header)?;
-        self.check_throttle(client)?;
-        self.verify_password(&credentials.user, credentials.password, client).await
+        self.verify_password(&credentials.user, credentials.password, client, verifiers).await
     }
 
     /// Identifies a gateway-listener caller: a bearer JWT in `Authorization` (with `auth.jwt`), or a user's
@@ -184,6 +212,7 @@ impl Directory {
         api_key: Option<&[u8]>,
         client: IpAddr,
         now: SystemTime,
+        verifiers: &Verifiers,
     ) -> Result<Principal, AuthError> {
         // SDKs send an API key as `Authorization: Bearer KEY` (the Python SDK) or as both headers (Claude
         // Code's apiKeyHelper): a bearer value that is not a JWT is taken as the API key.
@@ -192,62 +221,108 @@ impl Directory {
             None => None,
         };
         if let Some(token) = bearer.filter(|token| self.jwt.is_some() && looks_like_jwt(token)) {
-            self.check_throttle(client)?;
-            return self.bearer_principal(token, now).inspect_err(|_| self.count_failure(client));
+            return self.attempt(client, || async { self.bearer_principal(token, now) }).await;
         }
         let Some(key) = bearer.map(str::as_bytes).or(api_key) else {
             return self.anonymous.clone().ok_or(AuthError::Missing);
         };
-        self.check_throttle(client)?;
-        let (user, password) = std::str::from_utf8(key)
+        let parsed = std::str::from_utf8(key)
             .map_err(|_| AuthError::MalformedKey("not UTF-8"))
-            .and_then(|key| key.split_once(':').ok_or(AuthError::MalformedKey("write it USER:PASSWORD")))
-            .inspect_err(|_| self.count_failure(client))?;
-        self.verify_password(user, password.to_owned(), client).await
+            .and_then(|key| key.split_once(':').ok_or(AuthError::MalformedKey("write it USER:PASSWORD")));
+        match parsed {
+            Ok((user, password)) => self.verify_password(user, password.to_owned(), client, verifiers).await,
+            Err(error) => self.attempt(client, || async { Err(error) }).await,
+        }
     }
 
-    /// Checks `password` for `user`, through the verified cache when it can.
-    async fn verify_password(&self, user: &str, password: String, client: IpAddr) -> Result<Principal, AuthError> {
-        let Some(user) = self.users.get(user) else {
-            // Spend the same work as a real check so that user names cannot be probed by timing.
-            basic::verify_blocking(basic::DUMMY_HASH.into(), password).await;
-            return Err(self.record_failure(client));
-        };
+    /// Checks `password` for `user`: through the verified cache when it can, else on the bounded verifiers, one
+    /// check for concurrent requests with the same credential.
+    async fn verify_password(
+        &self,
+        user: &str,
+        password: String,
+        client: IpAddr,
+        verifiers: &Verifiers,
+    ) -> Result<Principal, AuthError> {
         let digest = self.digest(password.as_bytes());
-        if self.is_verified(&user.principal.name, &digest) {
+        let known = self.users.get(user);
+        if let Some(user) = known.filter(|user| self.is_verified(&user.principal.name, &digest)) {
+            // A throttled address is refused even a credential it proved before.
+            self.check_throttle(client)?;
             return Ok(user.principal.clone());
         }
-        if basic::verify_blocking(user.password_hash.clone(), password).await {
-            self.lock_verified().insert(user.principal.name.clone(), digest);
-            Ok(user.principal.clone())
-        } else {
-            Err(self.record_failure(client))
+        self.attempt(client, || async {
+            // An unknown user costs the same check as a known one, so names cannot be probed by timing.
+            let (name, hash): (Arc<str>, Arc<str>) = match known {
+                Some(user) => (user.principal.name.clone(), user.password_hash.clone()),
+                None => (Arc::from(user), Arc::from(basic::DUMMY_HASH)),
+            };
+            let verified = verifiers.verify((name, digest), hash, password).await?;
+            match known {
+                Some(user) if verified => {
+                    self.lock_verified().insert(user.principal.name.clone(), digest);
+                    Ok(user.principal.clone())
+                }
+                _ => Err(AuthError::Rejected),
+            }
+        })
+        .await
+    }
+
+    /// One authentication attempt from `client`, counted toward `auth.failed_auth_limit` before it is checked (so
+    /// concurrent guesses cannot all slip under the limit) and given back when it succeeds or could not be checked.
+    async fn attempt<F, Fut>(&self, client: IpAddr, check: F) -> Result<Principal, AuthError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Principal, AuthError>>,
+    {
+        self.begin_attempt(client)?;
+        let result = check().await;
+        if matches!(result, Ok(_) | Err(AuthError::Busy)) {
+            self.end_attempt(client);
         }
+        result
     }
 
     /// The principal a verified client certificate names (`auth.mtls`): its name from the SAN e-mail, SAN URI
     /// or CN, its teams from the OU (with `team_from: ou`) and from a configured user of the same name.
     /// `None` when the certificate lacks the configured field.
     pub fn certificate_principal(&self, certificate: &CertificateDer<'_>) -> Option<Principal> {
-        let (name, organizational_unit) = tls::certificate_identity(certificate, self.certificate_identity)?;
+        let identity = tls::certificate_identity(certificate, self.certificate_identity)?;
         let mut teams: Vec<Arc<str>> = Vec::new();
-        if let Some(team) = organizational_unit.filter(|_| self.team_from_ou) {
+        if let Some(team) = identity.organizational_unit.filter(|_| self.team_from_ou) {
             teams.push(team.into());
         }
-        if let Some(user) = self.users.get(name.as_str()) {
+        if let Some(user) = self.users.get(identity.name.as_str()) {
             teams.extend(user.principal.teams.iter().filter(|t| !teams.contains(t)).cloned().collect::<Vec<_>>());
         }
-        Some(Principal { name: name.into(), teams: teams.into(), method: AuthMethod::Mtls })
+        Some(Principal {
+            name: identity.name.into(),
+            teams: teams.into(),
+            method: AuthMethod::Mtls,
+            expires: Some(identity.not_after),
+            credential: 0,
+        })
     }
 
-    /// The principal as this directory sees it now (for tunnels opened under an older config): a Basic user
-    /// must still exist (with its current teams), an anonymous principal must still be the anonymous name.
-    /// Certificate and token principals were proven by their credential and stay as they are.
-    pub fn refresh(&self, principal: &Principal) -> Option<Principal> {
+    /// The principal as this directory sees it at `now`, for one established earlier (a tunnel, a keep-alive
+    /// connection, possibly under an older config): its credential must not have expired, a Basic user must still
+    /// exist with the same password (and gets its current teams), an anonymous principal must still be the
+    /// anonymous name. Certificate and token principals were proven by their credential and stay as they are
+    /// until it expires.
+    pub fn refresh(&self, principal: &Principal, now: SystemTime) -> Result<Principal, AuthError> {
+        if principal.expires.is_some_and(|expires| now >= expires) {
+            return Err(AuthError::Expired);
+        }
         match principal.method {
-            AuthMethod::Basic => self.users.get(&*principal.name).map(|user| user.principal.clone()),
-            AuthMethod::Anonymous => self.anonymous.clone().filter(|anonymous| anonymous.name == principal.name),
-            _ => Some(principal.clone()),
+            AuthMethod::Basic => match self.users.get(&*principal.name) {
+                Some(user) if user.principal.credential == principal.credential => Ok(user.principal.clone()),
+                _ => Err(AuthError::Revoked),
+            },
+            AuthMethod::Anonymous => {
+                self.anonymous.clone().filter(|anonymous| anonymous.name == principal.name).ok_or(AuthError::Revoked)
+            }
+            AuthMethod::Mtls | AuthMethod::Jwt => Ok(principal.clone()),
         }
     }
 
@@ -262,7 +337,13 @@ impl Directory {
                 teams.push(team.clone());
             }
         }
-        Ok(Principal { name: claims.user.into(), teams: teams.into(), method: AuthMethod::Jwt })
+        Ok(Principal {
+            name: claims.user.into(),
+            teams: teams.into(),
+            method: AuthMethod::Jwt,
+            expires: Some(claims.expires),
+            credential: 0,
+        })
     }
 
     /// The challenge realm sent with 407.
@@ -297,24 +378,45 @@ impl Directory {
         }
     }
 
-    fn record_failure(&self, client: IpAddr) -> AuthError {
-        self.count_failure(client);
-        AuthError::Rejected
+    /// Counts an attempt from `client` before it is checked, or refuses when the minute's failures are used up.
+    fn begin_attempt(&self, client: IpAddr) -> Result<(), AuthError> {
+        let Some(limit) = self.failed_auth_limit else { return Ok(()) };
+        let (minute, seconds_left) = current_minute();
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() > 100_000 {
+            failures.retain(|_, (at, _)| *at == minute);
+        }
+        let entry = failures.entry(client).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        if entry.1 >= limit {
+            return Err(AuthError::Throttled { retry_after_secs: seconds_left });
+        }
+        entry.1 += 1;
+        Ok(())
     }
 
-    fn count_failure(&self, client: IpAddr) {
-        if self.failed_auth_limit.is_some() {
-            let (minute, _) = current_minute();
-            let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            if failures.len() > 100_000 {
-                failures.retain(|_, (at, _)| *at == minute);
-            }
-            let entry = failures.entry(client).or_insert((minute, 0));
-            if entry.0 != minute {
-                *entry = (minute, 0);
-            }
-            entry.1 += 1;
+    /// Gives back an attempt that succeeded (only failures count).
+    fn end_attempt(&self, client: IpAddr) {
+        if self.failed_auth_limit.is_none() {
+            return;
         }
+        let (minute, _) = current_minute();
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = failures.get_mut(&client).filter(|entry| entry.0 == minute) {
+            entry.1 = entry.1.saturating_sub(1);
+        }
+    }
+
+    /// Whether `name` is a configured user or the anonymous principal (`tollgate explain`).
+    pub fn knows(&self, name: &str) -> bool {
+        self.users.contains_key(name) || self.anonymous.as_ref().is_some_and(|anonymous| &*anonymous.name == name)
+    }
+
+    /// The teams of the configured user `name` (`tollgate explain`).
+    pub fn teams_of(&self, name: &str) -> Option<Arc<[Arc<str>]>> {
+        self.users.get(name).map(|user| user.principal.teams.clone())
     }
 
     /// Number of configured users, for `tollgate check`'s summary.
@@ -356,6 +458,13 @@ fn jwt_field(field: &'static str) -> &'static str {
         "hs256_secret" => "jwt.hs256_secret",
         _ => "jwt.jwks_file",
     }
+}
+
+/// A digest of a password hash, to tell whether a reload changed a user's password.
+fn fingerprint(password_hash: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(password_hash.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("a SHA-256 digest has 8 bytes"))
 }
 
 /// The current minute since the epoch and the seconds left in it.

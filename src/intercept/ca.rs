@@ -189,6 +189,26 @@ impl Minter {
     }
 }
 
+impl Minter {
+    /// Loads (or on first start creates) the CA of `intercept`, and logs where it is and how clients trust it.
+    pub fn open(intercept: &crate::config::llm::Intercept) -> Result<Minter, String> {
+        let (minter, origin) = Minter::load_or_create(
+            &intercept.ca_cert,
+            &intercept.ca_key,
+            intercept.leaf_validity,
+            intercept.leaf_cache,
+        )?;
+        let path = std::fs::canonicalize(minter.ca_cert_path()).unwrap_or_else(|_| minter.ca_cert_path().to_owned());
+        let verb = if origin == CaOrigin::Created { "created" } else { "loaded" };
+        tracing::info!(
+            ca = %path.display(),
+            "interception CA {verb}; clients must trust it: export NODE_EXTRA_CA_CERTS={} (or SSL_CERT_FILE for curl and Python)",
+            path.display()
+        );
+        Ok(minter)
+    }
+}
+
 impl fmt::Debug for Minter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Minter")

@@ -1,97 +1,90 @@
-//! TLS interception: an allowed CONNECT to an intercepted host is answered by tollgate itself, with a leaf
-//! minted from its own CA, and every request inside is checked and served like a gateway request
-//! (`llm::serve`), so a refusal reaches the developer as a readable Anthropic-shaped error instead of a
-//! refused tunnel.
+//! The intercepted tunnel: an identified CONNECT to a host in `intercept.hosts` is answered by tollgate itself,
+//! with a leaf minted from its own CA (`ca.rs`), and every request inside is served as a model-API request
+//! (`api`), checked on its own, so a refusal reaches the developer as a readable Anthropic-shaped error instead of
+//! a refused tunnel. The tunnel itself takes nothing from the limits: a cap counts the requests in flight, not
+//! the idle tunnels a client keeps for them.
 
 pub mod ca;
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
 
-use crate::app::Gateway;
-use crate::identity::Principal;
-use crate::llm::{self, Origin, Session};
-use crate::proxy::error::ProxyError;
-use crate::proxy::stream::Stream;
-use crate::proxy::Peer;
+use crate::api::session::{Origin, Session};
+use crate::proxy::answers::ESTABLISHED;
+use crate::request::door::Peer;
+use crate::request::error::Error;
+use crate::request::finish::Exchange;
+use crate::shared::Shared;
+use crate::stream::{Rewind, Stream};
 use crate::target::Target;
 
+/// An identified CONNECT to an intercepted host, with the TLS config of its leaf.
+pub struct Interception {
+    pub exchange: Exchange,
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
 /// The TLS server config for `target`: a leaf from the cache or freshly minted.
-pub async fn server_config(gateway: &Gateway, target: &Target) -> Result<Arc<rustls::ServerConfig>, ProxyError> {
-    let Some(minter) = gateway.minter.load_full() else {
+pub async fn server_config(shared: &Shared, target: &Target) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let Some(minter) = shared.minter.load_full() else {
         let reason = "no interception CA is loaded".to_owned();
-        return Err(ProxyError::Intercept(ca::MintError { host: target.host.to_string(), reason }));
+        return Err(Error::Intercept { host: target.host.to_string(), reason });
     };
-    let served = minter.leaf(&target.host).await.map_err(ProxyError::Intercept)?;
-    gateway.metrics.leaf(served.minted);
+    let served = minter
+        .leaf(&target.host)
+        .await
+        .map_err(|error| Error::Intercept { host: error.host.clone(), reason: error.reason.clone() })?;
+    shared.metrics.leaf(served.minted);
     Ok(served.config)
 }
 
-/// After the `200` to the CONNECT: the TLS handshake as `target` (bytes the client already sent are read
-/// first), then the requests inside, until the client closes, shutdown, or `cut` (a reload denied the tunnel).
-pub async fn serve(
-    gateway: &Arc<Gateway>,
-    client: Stream,
+/// Serves an intercepted tunnel to its end: the `200`, the TLS handshake with the minted leaf (bytes the client
+/// already sent are read first), then the requests inside until the client closes, shutdown, or a reload denies
+/// the tunnel. Returns the tunnel's exchange, to be recorded.
+pub async fn serve_tunnel(
+    shared: &Arc<Shared>,
+    mut client: Stream,
     pending: BytesMut,
-    tls: Arc<rustls::ServerConfig>,
+    interception: Interception,
     peer: &Peer,
-    tunnel: (Principal, Target),
-    cut: &tokio_util::sync::CancellationToken,
-) -> Result<(), String> {
-    let handshake_timeout = gateway.config.load().server.tls_handshake_timeout;
-    let io = Rewind { pending, inner: client };
-    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(io);
-    let decrypted = match tokio::time::timeout(handshake_timeout, accept).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return Err(format!("TLS handshake inside the tunnel failed: {error}")),
-        Err(_) => return Err("TLS handshake inside the tunnel timed out".to_owned()),
-    };
-    let (principal, target) = tunnel;
-    let session = Arc::new(Session {
-        gateway: gateway.clone(),
-        peer: Arc::new(peer.clone()),
-        origin: Origin::Tunnel { principal, target },
-    });
-    tokio::select! {
-        () = llm::serve(session, decrypted) => Ok(()),
-        () = cut.cancelled() => Err("closed: the reloaded config denies this tunnel".to_owned()),
+) -> Exchange {
+    let Interception { mut exchange, tls } = interception;
+    let principal = exchange.principal.clone().expect("intercepted tunnels are identified");
+    let target = exchange.target.clone().expect("intercepted tunnels have a target");
+    exchange.upstream = Some("tollgate (intercepted)".to_owned());
+    let registration = shared.register_tunnel(principal.clone(), target.clone());
+    if client.write_all(ESTABLISHED).await.is_err() || client.flush().await.is_err() {
+        exchange.error = Some("client closed before the tunnel opened".to_owned());
+        return exchange;
     }
-}
-
-/// The client stream with the bytes already read from it put back in front.
-struct Rewind {
-    pending: BytesMut,
-    inner: Stream,
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.pending.is_empty() {
-            let take = this.pending.len().min(buf.remaining());
-            buf.put_slice(&this.pending[..take]);
-            this.pending.advance(take);
-            return Poll::Ready(Ok(()));
+    exchange.status = 200;
+    shared.metrics.tunnels_active.inc();
+    let handshake_timeout = shared.config.load().server.tls_handshake_timeout;
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(Rewind::new(pending, client));
+    let served = match tokio::time::timeout(handshake_timeout, accept).await {
+        Ok(Ok(decrypted)) => {
+            let origin = Origin::Tunnel { principal, target };
+            let session = Session { shared: shared.clone(), peer: Arc::new(peer.clone()), origin };
+            tokio::select! {
+                () = crate::api::server::serve(Arc::new(session), decrypted) => Ok(()),
+                () = registration.cut.cancelled() => Err(Error::Revoked),
+            }
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        Ok(Err(error)) => Err(Error::BadRequest(format!("TLS handshake inside the tunnel failed: {error}"))),
+        Err(_) => Err(Error::BadRequest("TLS handshake inside the tunnel timed out".to_owned())),
+    };
+    shared.metrics.tunnels_active.dec();
+    let revoked = registration.revoked();
+    drop(registration);
+    match served {
+        Err(Error::Revoked) if !revoked => {
+            shared.note_cut_tunnel();
+            exchange.error = Some("cut at shutdown".to_owned());
+        }
+        Err(error) => exchange.fail(&error),
+        Ok(()) => {}
     }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
+    exchange
 }

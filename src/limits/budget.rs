@@ -1,13 +1,14 @@
 //! Spend budgets: per user per day, per team per day and month, for the organisation per day and month.
-//! Checked before a metered request (an estimate is reserved) and settled with the metered cost after,
+//! Checked before a metered request (its worst case is reserved) and settled with the metered cost after,
 //! in the state backend's spend counters (micro-dollars per key and period, UTC days and months).
 //!
-//! A reservation is one atomic `add_spend` of the estimate over every key that applies; a budget refuses when
-//! its spend before this reservation had already reached its limit, and the estimate is then taken back from
-//! every key. So the last request admitted under a budget may take it past its limit (by at most what that
-//! request costs), and concurrent requests can never together be admitted past a spent budget: each sees the
-//! others' estimates. While a refused reservation is being taken back it counts for a moment, so a request
-//! racing it at a budget near its limit may be refused too (conservative; it retries).
+//! A reservation is one atomic `add_spend` of the request's worst case (its input estimate plus `max_tokens` at
+//! the output price) over every key that applies; a budget refuses when that would take it past its limit, and the
+//! reservation is then taken back from every key. So a budget is never overrun by a request's output, and
+//! concurrent requests can never together be admitted past it: each sees the others' reservations. (The input
+//! estimate, bytes / 4, can fall short of the real input tokens, so the settled spend may pass a limit by that
+//! much.) While a refused reservation is being taken back it counts for a moment, so a request racing it at a
+//! budget near its limit may be refused too (conservative; it retries).
 //!
 //! Keys name their period (`spend:team:core:day:2026-11-28`, `spend:org:month:2026-11`); a period ends at the
 //! next UTC midnight or first of the month, when its counter reads 0 again.
@@ -96,7 +97,10 @@ pub struct BudgetRefusal {
     /// The team, for team scopes; for `user_daily`, the team whose `user_daily_usd` applies.
     pub team: Option<Arc<str>>,
     pub limit_micro_usd: i64,
+    /// Spent (and held by other requests' reservations) before this request.
     pub spent_micro_usd: i64,
+    /// The worst case of the refused request, when the budget was not spent yet but could not hold it.
+    pub request_micro_usd: Option<i64>,
     /// Until the period resets.
     pub retry_after: Duration,
 }
@@ -184,9 +188,9 @@ impl Budgets {
         budgets.iter().map(|budget| periods.key(budget, &principal.name)).collect()
     }
 
-    /// Reserves `estimate_micro_usd` (a negative estimate counts as 0) against every budget that applies to
-    /// `principal` at `now`, or refuses when one of them is already spent: the first spent one in the order
-    /// of `applying`, with the time until its period ends. A refusal takes nothing from any budget.
+    /// Reserves `estimate_micro_usd` (the request's worst case; a negative estimate counts as 0) against every
+    /// budget that applies to `principal` at `now`, or refuses when one of them cannot hold it: the first such one
+    /// in the order of `applying`, with the time until its period ends. A refusal takes nothing from any budget.
     ///
     /// `Err` when the backend cannot be reached (the caller applies `state.on_error`). When no budget applies
     /// there is no round trip.
@@ -205,9 +209,10 @@ impl Budgets {
         let keys = self.keys(principal, &budgets, now);
         let now_ms = millis(now);
         let values = backend.add_spend(&keys, estimate, now_ms).await?;
+        // A budget refuses when this request's worst case, on top of what others hold and have spent, would take it
+        // past its limit (a spent budget refuses even a request that costs nothing).
         let spent = budgets.iter().zip(&keys).zip(&values).find(|((budget, _), value)| {
-            // Spent before this reservation: what others hold and have spent, without this estimate.
-            value.saturating_sub(estimate) >= budget.limit_micro_usd
+            **value > budget.limit_micro_usd || value.saturating_sub(estimate) >= budget.limit_micro_usd
         });
         if let Some(((budget, key), value)) = spent {
             if estimate != 0 {
@@ -218,11 +223,13 @@ impl Budgets {
                 }
             }
             let until_end = Duration::from_millis(key.period_end_ms.saturating_sub(now_ms));
+            let spent_before = value.saturating_sub(estimate);
             return Ok(Err(BudgetRefusal {
                 scope: budget.scope.label(),
                 team: budget.team.clone(),
                 limit_micro_usd: budget.limit_micro_usd,
-                spent_micro_usd: value.saturating_sub(estimate),
+                spent_micro_usd: spent_before,
+                request_micro_usd: (spent_before < budget.limit_micro_usd).then_some(estimate),
                 retry_after: Duration::from_secs(until_end.as_secs_f64().ceil().max(1.0) as u64),
             }));
         }
@@ -391,11 +398,7 @@ mod tests {
     }
 
     fn principal(name: &str, teams: &[&str]) -> Principal {
-        Principal {
-            name: Arc::from(name),
-            teams: teams.iter().map(|team| Arc::from(*team)).collect(),
-            method: AuthMethod::Basic,
-        }
+        Principal::named(name, teams, AuthMethod::Basic)
     }
 
     fn team(daily: Option<i64>, monthly: Option<i64>, user_daily: Option<i64>) -> TeamBudget {
@@ -520,6 +523,7 @@ mod tests {
             team: Some(Arc::from("core")),
             limit_micro_usd: 10 * USD,
             spent_micro_usd: 10 * USD,
+            request_micro_usd: None,
             retry_after: Duration::from_secs(3600),
         };
         assert_eq!(refusal, expected);
@@ -540,6 +544,25 @@ mod tests {
         assert_eq!(refusal.retry_after, Duration::from_secs(86_400), "23:59:59.5 rounds up");
         // A new month.
         reserve(&budgets, &backend, &who, USD, at("2026-12-01T00:00:00Z")).await.expect("a new month");
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_worst_case_would_pass_the_limit_is_refused_up_front() {
+        let backend = memory();
+        let budgets = budgets(&[("core", team(Some(5 * USD), None, None))], None, None);
+        let who = principal("ana", &["core"]);
+        let now = at("2026-11-28T12:00:00Z");
+        reserve(&budgets, &backend, &who, 3 * USD, now).await.expect("3 of 5").settle(3 * USD, now).await.unwrap();
+        // $2 are left: a request that could cost $2.01 is refused before it runs, and holds nothing.
+        let refusal = reserve(&budgets, &backend, &who, 2 * USD + 10_000, now).await.expect_err("could overrun");
+        assert_eq!(refusal.request_micro_usd, Some(2 * USD + 10_000));
+        assert_eq!(refusal.spent_micro_usd, 3 * USD);
+        assert_eq!(spent(&backend, &budgets, &who, now).await, vec![3 * USD]);
+        // One that fits exactly is admitted; while it runs, its worst case is held against the next.
+        let held = reserve(&budgets, &backend, &who, 2 * USD, now).await.expect("fits exactly");
+        assert!(reserve(&budgets, &backend, &who, 1, now).await.is_err(), "the worst case is held");
+        held.settle(USD, now).await.unwrap();
+        reserve(&budgets, &backend, &who, USD, now).await.expect("the dollar the answer did not use");
     }
 
     #[tokio::test]

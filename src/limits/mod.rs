@@ -289,11 +289,7 @@ mod tests {
     use crate::identity::AuthMethod;
 
     fn principal(teams: &[&str]) -> Principal {
-        Principal {
-            name: "alice".into(),
-            teams: teams.iter().map(|t| Arc::from(*t)).collect(),
-            method: AuthMethod::Basic,
-        }
+        Principal::named("alice", teams, AuthMethod::Basic)
     }
 
     fn limits() -> Limits {

@@ -140,10 +140,13 @@ impl Pricing {
         to_micro_usd(picodollars)
     }
 
-    /// A floor estimate before the response is known: `input_tokens` at the model's input price.
-    pub fn estimate_micro_usd(&self, model: &str, input_tokens: u64) -> i64 {
+    /// The most a request may cost before its response is known: `input_tokens` at the model's input price plus
+    /// `max_output_tokens` at its output price.
+    pub fn estimate_micro_usd(&self, model: &str, input_tokens: u64, max_output_tokens: u64) -> i64 {
         let Some(row) = self.row_for(model) else { return 0 };
-        to_micro_usd(u128::from(input_tokens).saturating_mul(u128::from(row.input)))
+        let input = u128::from(input_tokens).saturating_mul(u128::from(row.input));
+        let output = u128::from(max_output_tokens).saturating_mul(u128::from(row.output));
+        to_micro_usd(input.saturating_add(output))
     }
 
     fn row_for(&self, model: &str) -> Option<&CompiledRow> {
@@ -242,15 +245,16 @@ mod tests {
         assert_eq!(pricing.matching_row("claude-sonnet-4-5-x"), Some(0));
         assert_eq!(pricing.matching_row("claude-sonnet-4-20250514"), Some(1));
         assert_eq!(pricing.matching_row("claude-opus-5"), None);
-        assert_eq!(pricing.estimate_micro_usd("claude-sonnet-4-5-x", 1000), 1000);
-        assert_eq!(pricing.estimate_micro_usd("claude-sonnet-4", 1000), 3000);
+        assert_eq!(pricing.estimate_micro_usd("claude-sonnet-4-5-x", 1000, 0), 1000);
+        assert_eq!(pricing.estimate_micro_usd("claude-sonnet-4", 1000, 0), 3000);
+        assert_eq!(pricing.estimate_micro_usd("claude-sonnet-4", 1000, 2000), 3000 + 30_000, "max_tokens at $15/M");
     }
 
     #[test]
     fn no_matching_row_costs_nothing() {
         let pricing = Pricing::compile(&[price("claude-*", 3.0, 15.0, None, None)]).expect("compiles");
         assert_eq!(pricing.cost_micro_usd("gpt-9", &Usage::tokens(1000, 1000, 1000, 1000)), 0);
-        assert_eq!(pricing.estimate_micro_usd("gpt-9", 1000), 0);
+        assert_eq!(pricing.estimate_micro_usd("gpt-9", 1000, 1000), 0);
         assert_eq!(Pricing::default().cost_micro_usd("claude-opus-5", &Usage::tokens(1, 1, 1, 1)), 0);
     }
 
@@ -307,7 +311,7 @@ mod tests {
     fn huge_counts_saturate_instead_of_overflowing() {
         let pricing = Pricing::compile(&[price("*", 1e12, 1e12, None, None)]).expect("compiles");
         assert_eq!(pricing.cost_micro_usd("m", &Usage::tokens(u64::MAX, u64::MAX, u64::MAX, u64::MAX)), i64::MAX);
-        assert_eq!(pricing.estimate_micro_usd("m", u64::MAX), i64::MAX);
+        assert_eq!(pricing.estimate_micro_usd("m", u64::MAX, u64::MAX), i64::MAX);
     }
 
     #[test]

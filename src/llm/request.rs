@@ -12,6 +12,8 @@ pub struct RequestFacts {
     /// `POST /v1/messages/batches`: each request's `params.model`, in order.
     pub batch_models: Vec<String>,
     pub stream: bool,
+    /// `max_tokens`: the most output the request may be billed for.
+    pub max_tokens: Option<u64>,
     /// A floor estimate of the input tokens (bytes / 4), for budget reservations.
     pub estimated_input_tokens: u64,
 }
@@ -23,6 +25,7 @@ struct Fields<'a> {
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
     stream: Option<bool>,
+    max_tokens: Option<u64>,
     #[serde(borrow)]
     requests: Option<Vec<BatchRequest<'a>>>,
 }
@@ -56,6 +59,7 @@ impl RequestFacts {
             model: fields.model.map(Cow::into_owned),
             batch_models: batch.into_iter().map(|request| request.params.model.into_owned()).collect(),
             stream: fields.stream.unwrap_or(false),
+            max_tokens: fields.max_tokens,
             estimated_input_tokens,
         }
     }
@@ -84,14 +88,16 @@ mod tests {
             model: model.map(str::to_owned),
             batch_models: Vec::new(),
             stream,
+            max_tokens: None,
             estimated_input_tokens: body.len() as u64 / 4,
         }
     }
 
     #[test]
-    fn model_and_stream_are_read_from_a_messages_request() {
+    fn model_stream_and_max_tokens_are_read_from_a_messages_request() {
         let body = r#"{"model":"claude-sonnet-4-5","max_tokens":1024,"stream":true,"system":[{"type":"text","text":"Be brief."}],"messages":[{"role":"user","content":"Hi \"there\""}],"metadata":{"user_id":"u"},"thinking":{"type":"adaptive"}}"#;
-        assert_eq!(RequestFacts::read(body.as_bytes()), facts(Some("claude-sonnet-4-5"), true, body));
+        let expected = RequestFacts { max_tokens: Some(1024), ..facts(Some("claude-sonnet-4-5"), true, body) };
+        assert_eq!(RequestFacts::read(body.as_bytes()), expected);
     }
 
     #[test]

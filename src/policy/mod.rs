@@ -174,9 +174,22 @@ impl Policy {
         Ok(())
     }
 
-    /// Checks one resolved address of an allowed name for a principal in `teams`: the global and the teams'
-    /// deny CIDRs, then the private-address guard.
-    pub fn check_address(&self, ip: IpAddr, port: u16, teams: &[Arc<str>]) -> Result<(), Decision> {
+    /// Decides on an upstream the operator configured (`upstreams`: gateway listeners, routed model requests) for a
+    /// principal in `teams` at `now`: the global and the teams' deny rules and the teams' hours apply; the allow
+    /// lists, `policy.default` and the private-address guard do not, since the operator chose the upstream (as
+    /// for the parent proxy).
+    pub fn check_upstream(&self, target: &Target, teams: &[Arc<str>], now: SystemTime) -> Result<(), Decision> {
+        let team_denies = teams.iter().filter_map(|name| self.teams.get(name)).map(|team| &team.deny);
+        for deny in std::iter::once(&self.deny).chain(team_denies) {
+            if let Some(rule) = deny.first_match(target) {
+                return Err(Decision::Deny { rule: rule.name.clone(), reason: DenyReason::DenyRule });
+            }
+        }
+        self.check_hours(teams, now)
+    }
+
+    /// Checks one resolved address of a configured upstream: the global and the teams' deny CIDRs only.
+    pub fn check_upstream_address(&self, ip: IpAddr, port: u16, teams: &[Arc<str>]) -> Result<(), Decision> {
         let ip = ip.to_canonical();
         let team_denies = teams.iter().filter_map(|name| self.teams.get(name)).map(|team| &team.deny);
         for deny in std::iter::once(&self.deny).chain(team_denies) {
@@ -184,6 +197,14 @@ impl Policy {
                 return Err(Decision::Deny { rule: rule.name.clone(), reason: DenyReason::DenyRule });
             }
         }
+        Ok(())
+    }
+
+    /// Checks one resolved address of an allowed name for a principal in `teams`: the global and the teams'
+    /// deny CIDRs, then the private-address guard.
+    pub fn check_address(&self, ip: IpAddr, port: u16, teams: &[Arc<str>]) -> Result<(), Decision> {
+        self.check_upstream_address(ip, port, teams)?;
+        let ip = ip.to_canonical();
         match self.private_guard(ip, port) {
             Some(denied) => Err(denied),
             None => Ok(()),

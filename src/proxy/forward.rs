@@ -1,5 +1,7 @@
-//! Absolute-form requests (`http://`, and `https://` where tollgate makes the TLS connection): rewritten to
-//! origin-form, sent on a pooled upstream connection, and the response relayed back as it arrives.
+//! Absolute-form requests (`http://`, and `https://` where tollgate makes the TLS connection): admitted
+//! (`request::admit`), rewritten to origin-form, sent on a pooled upstream connection, and the response relayed
+//! back as it arrives. A request to a host in `intercept.hosts` is a model-API request: it goes to `api`, with
+//! the same phases and metering as inside an intercepted tunnel, never through a plain forward.
 //!
 //! `Host` comes from the target (never the client's), hop-by-hop headers and `Proxy-Authorization` stay behind,
 //! and redirects are the client's business: nothing is followed here.
@@ -9,14 +11,81 @@ use std::io::Write;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use super::body::{self, Framing, RelayError};
-use super::error::ProxyError;
-use super::head::{read_head, HeadError, HeadLimits, RequestHead, ResponseHead};
-use super::stream::Stream;
-use super::upstream::{self, Connection, Dialer, PoolKey, Route};
-use crate::app::Gateway;
+use super::answers;
 use crate::config::Config;
+use crate::http1::body::{self, Framing, RelayError};
+use crate::http1::head::{read_head, HeadError, HeadLimits, RequestHead, ResponseHead};
+use crate::request::admit::{admit, Credentials, Destination};
+use crate::request::door::{Door, Peer};
+use crate::request::error::Error;
+use crate::request::finish::Exchange;
+use crate::shared::Shared;
+use crate::stream::Stream;
 use crate::target::Target;
+use crate::upstream::pool::{Connection, PoolKey};
+use crate::upstream::{self, Dialer, Route};
+
+/// What an absolute-form request came to.
+// Returned once per request and matched at once: boxing the exchange would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+pub enum Relayed {
+    /// Refused or relayed: to be recorded; the connection then serves its next request, or closes.
+    Done { exchange: Exchange, keep_alive: bool },
+    /// A request to a model host: `api` serves it (and records it) on this connection, which then closes.
+    ModelRequest(RequestHead),
+}
+
+/// Serves one absolute-form request.
+pub async fn forward(
+    shared: &Shared,
+    config: &Config,
+    client: &mut Stream,
+    buf: &mut BytesMut,
+    head: RequestHead,
+    peer: &Peer,
+) -> Relayed {
+    let mut exchange = Exchange::new(shared.next_request_id(), Door::Forward);
+    exchange.method = head.method().to_owned();
+    let relayed = async {
+        let uri = parse_absolute(head.target())?;
+        exchange.target = Some(uri.target.clone());
+        exchange.set_path(uri.path);
+        if config.llm.intercepts(&uri.target) {
+            return Ok(None);
+        }
+        let credentials = Credentials::Proxy {
+            certificate: peer.certificate.as_ref(),
+            proxy_authorization: head.header("proxy-authorization"),
+        };
+        let destination = Destination::Named(&uri.target);
+        let admission = admit(shared, config, credentials, destination, peer.address.ip(), &mut exchange).await?;
+        let teams = exchange.principal.as_ref().map(|p| p.teams.clone()).unwrap_or_else(|| std::sync::Arc::new([]));
+        let dialer = Dialer { config, own_addresses: &shared.own_addresses, teams: &teams };
+        let forwarded = relay(shared, &dialer, client, buf, &head, &uri).await;
+        // Before the next request on this connection is read (a pipelined one may already be buffered).
+        admission.slots.release().await;
+        forwarded.map(Some)
+    }
+    .await;
+    match relayed {
+        Ok(None) => Relayed::ModelRequest(head),
+        Ok(Some(forwarded)) => {
+            exchange.status = forwarded.status;
+            exchange.bytes_up = forwarded.bytes_up;
+            exchange.bytes_down = forwarded.bytes_down;
+            exchange.upstream = forwarded.upstream.map(|a| a.to_string());
+            exchange.error = forwarded.error;
+            Relayed::Done { exchange, keep_alive: forwarded.keep_alive }
+        }
+        Err(error) => {
+            // An unread request body would be taken for the next request: close instead.
+            let close =
+                !head.keep_alive() || head.framing != body::Framing::Empty || matches!(error, Error::ClientClosed(_));
+            answers::refuse(client, &mut exchange, &error, close).await;
+            Relayed::Done { exchange, keep_alive: !close }
+        }
+    }
+}
 
 /// An absolute-form request target, split.
 #[derive(Debug)]
@@ -31,8 +100,8 @@ pub struct AbsoluteUri<'a> {
 }
 
 /// Parses `http://authority/path?query` or `https://…`; other forms are a 400 naming what to do instead.
-pub fn parse_absolute(uri: &str) -> Result<AbsoluteUri<'_>, ProxyError> {
-    let bad = |message: &str| ProxyError::BadRequest(message.to_owned());
+pub fn parse_absolute(uri: &str) -> Result<AbsoluteUri<'_>, Error> {
+    let bad = |message: &str| Error::BadRequest(message.to_owned());
     if uri.starts_with('/') {
         return Err(bad("tollgate is a proxy: send an absolute-form request (GET http://host/path) or CONNECT"));
     }
@@ -46,7 +115,7 @@ pub fn parse_absolute(uri: &str) -> Result<AbsoluteUri<'_>, ProxyError> {
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
     let target =
-        Target::parse_with_default(authority, Some(default_port)).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+        Target::parse_with_default(authority, Some(default_port)).map_err(|e| Error::BadRequest(e.to_string()))?;
     let path = rest[authority_end..].split('#').next().unwrap_or("");
     let host_header = if target.port == default_port { target.host.to_string() } else { target.to_string() };
     Ok(AbsoluteUri { target, tls, host_header, path: if path.is_empty() { "/" } else { path } })
@@ -66,14 +135,14 @@ pub struct Forwarded {
 }
 
 /// Sends one allowed request upstream and relays the response.
-pub async fn exchange(
-    gateway: &Gateway,
+async fn relay(
+    shared: &Shared,
     dialer: &Dialer<'_>,
     client: &mut Stream,
     client_buf: &mut BytesMut,
     head: &RequestHead,
     uri: &AbsoluteUri<'_>,
-) -> Result<Forwarded, ProxyError> {
+) -> Result<Forwarded, Error> {
     if head.expects_continue() && head.framing != Framing::Empty {
         client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(client_gone)?;
     }
@@ -82,7 +151,7 @@ pub async fn exchange(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut connection = connect(gateway, dialer, &key).await?;
+        let mut connection = connect(shared, dialer, &key).await?;
         let request_head = rewrite_head(head, uri, connection.route, config);
         match send(&mut connection, client, client_buf, head, request_head, config, &uri.target).await {
             // A 407 to an absolute-form request is the parent refusing tollgate, not the client: relayed, it
@@ -90,9 +159,9 @@ pub async fn exchange(
             Ok((response, _)) if connection.route == Route::Parent && !uri.tls && response.status == 407 => {
                 let parent = config.upstream.parent_proxy.as_ref().map(|p| p.display.clone()).unwrap_or_default();
                 let reason = String::from_utf8_lossy(response.reason()).into_owned();
-                return Err(ProxyError::ParentRefused { parent, answer: format!("407 {reason}") });
+                return Err(Error::ParentRefused { parent, answer: format!("407 {reason}") });
             }
-            Ok(response) => return respond(gateway, client, connection, head, response, key).await,
+            Ok(response) => return respond(shared, client, connection, head, response, key).await,
             // A pooled connection the upstream closed meanwhile: safe to retry when nothing of the body was sent.
             Err(Failure::Stale(_)) if attempt == 1 && head.framing == Framing::Empty => continue,
             Err(Failure::Stale(error) | Failure::Fatal(error)) => return Err(error),
@@ -102,21 +171,21 @@ pub async fn exchange(
 
 enum Failure {
     /// Failed before any response byte on a reused connection.
-    Stale(ProxyError),
-    Fatal(ProxyError),
+    Stale(Error),
+    Fatal(Error),
 }
 
 /// A pooled connection, or a new one: direct or through the parent proxy, with TLS for `https://`.
-async fn connect(gateway: &Gateway, dialer: &Dialer<'_>, key: &PoolKey) -> Result<Connection, ProxyError> {
+async fn connect(shared: &Shared, dialer: &Dialer<'_>, key: &PoolKey) -> Result<Connection, Error> {
     let config = dialer.config;
-    if let Some(connection) = gateway.pool.checkout(key, &config.policy, dialer.teams, config.upstream.idle_timeout) {
+    if let Some(connection) = shared.pool.checkout(key, &config.policy, dialer.teams, config.upstream.idle_timeout) {
         return Ok(connection);
     }
     let (stream, peer, route) = if key.tls {
         match dialer.open_tunnel(&key.target).await? {
             (Stream::Tcp(tcp), peer, route) => (upstream::tls_connect(config, &key.target, tcp).await?, peer, route),
             _ => {
-                return Err(ProxyError::BadRequest(
+                return Err(Error::BadRequest(
                     "https:// requests through an https:// parent proxy are not supported: use CONNECT".to_owned(),
                 ))
             }
@@ -176,7 +245,7 @@ async fn send(
     connection.stream.write_all(&request_head).await.map_err(early)?;
     let body_bytes = body::relay(rest, client_buf, client, &mut connection.stream).await.map_err(|e| match e {
         RelayError::Write(source) => early(source),
-        other => Failure::Fatal(ProxyError::BadRequest(format!("request body: {other}"))),
+        other => Failure::Fatal(Error::BadRequest(format!("request body: {other}"))),
     })?;
     let limits = HeadLimits {
         max_head: config.server.max_header_bytes,
@@ -190,11 +259,11 @@ async fn send(
                 return Err(early(std::io::ErrorKind::UnexpectedEof.into()));
             }
             Err(HeadError::Timeout) => {
-                return Err(Failure::Fatal(ProxyError::UpstreamTimeout { target: target.to_string() }))
+                return Err(Failure::Fatal(Error::UpstreamTimeout { target: target.to_string() }))
             }
             Err(HeadError::Io(source)) => return Err(early(source)),
             Err(other) => {
-                return Err(Failure::Fatal(ProxyError::UpstreamProtocol {
+                return Err(Failure::Fatal(Error::UpstreamProtocol {
                     target: target.to_string(),
                     problem: other.to_string(),
                 }))
@@ -202,7 +271,7 @@ async fn send(
         };
         let raw = connection.buf.split_to(length).freeze();
         let response = ResponseHead::parse(raw.clone()).map_err(|problem| {
-            Failure::Fatal(ProxyError::UpstreamProtocol { target: target.to_string(), problem: problem.to_owned() })
+            Failure::Fatal(Error::UpstreamProtocol { target: target.to_string(), problem: problem.to_owned() })
         })?;
         if (100..200).contains(&response.status) && response.status != 101 {
             // Interim responses (100 Continue was already answered here; 103 Early Hints) pass through.
@@ -217,17 +286,17 @@ async fn send(
 
 /// Writes the response head and relays the body; returns the upstream connection to the pool when it is clean.
 async fn respond(
-    gateway: &Gateway,
+    shared: &Shared,
     client: &mut Stream,
     mut connection: Connection,
     head: &RequestHead,
     (response, bytes_up): (ResponseHead, u64),
     key: PoolKey,
-) -> Result<Forwarded, ProxyError> {
+) -> Result<Forwarded, Error> {
     let target = &key.target;
     let framing = response
         .framing(head.method())
-        .map_err(|problem| ProxyError::UpstreamProtocol { target: target.to_string(), problem: problem.to_owned() })?;
+        .map_err(|problem| Error::UpstreamProtocol { target: target.to_string(), problem: problem.to_owned() })?;
     let keep_alive = head.keep_alive() && framing != Framing::UntilClose;
     let mut out = Vec::with_capacity(512);
     let _ = write!(out, "HTTP/1.1 {} ", response.status);
@@ -260,7 +329,7 @@ async fn respond(
             // Not when the request said `Connection: close` upstream: the origin may close it at any moment.
             if head.keep_alive() && response.keep_alive() && framing != Framing::UntilClose {
                 connection.reused = false;
-                gateway.pool.checkin(key, connection);
+                shared.pool.checkin(key, connection);
             }
         }
         Err(error) => {
@@ -273,15 +342,15 @@ async fn respond(
 
 /// A failed upstream read or write. A TLS error there is a TLS failure: with TLS 1.3 the client's handshake ends
 /// before the server has checked the client certificate, so its refusal (an alert) arrives on the first read.
-fn upstream_io(target: &Target, source: std::io::Error) -> ProxyError {
+fn upstream_io(target: &Target, source: std::io::Error) -> Error {
     match source.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-        Some(tls) => ProxyError::UpstreamTls { target: target.to_string(), reason: tls.to_string() },
-        None => ProxyError::UpstreamIo { target: target.to_string(), source },
+        Some(tls) => Error::UpstreamTls { target: target.to_string(), reason: tls.to_string() },
+        None => Error::UpstreamIo { target: target.to_string(), source },
     }
 }
 
-fn client_gone(source: std::io::Error) -> ProxyError {
-    ProxyError::ClientClosed(source)
+fn client_gone(source: std::io::Error) -> Error {
+    Error::ClientClosed(source)
 }
 
 #[cfg(test)]

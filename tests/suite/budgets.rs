@@ -24,7 +24,7 @@ fn replica(server: &RedisServer) -> Arc<dyn Backend> {
 }
 
 fn principal(name: &str, team: &str) -> Principal {
-    Principal { name: Arc::from(name), teams: Arc::from([Arc::from(team)]), method: AuthMethod::Basic }
+    Principal::named(name, &[team], AuthMethod::Basic)
 }
 
 fn team_daily(limit: i64) -> Budgets {
@@ -59,6 +59,7 @@ async fn two_replicas_share_one_team_budget() {
             team: Some(Arc::from("core")),
             limit_micro_usd: 10 * USD,
             spent_micro_usd: 10 * USD,
+            request_micro_usd: None,
             retry_after: Duration::from_secs(3600),
         };
         assert_eq!(refusal, expected);

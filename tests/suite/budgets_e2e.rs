@@ -280,8 +280,9 @@ async fn two_replicas_share_spend_through_redis() {
 }
 
 /// An upstream that answers compressed although tollgate asked it for `accept-encoding: identity` (the stub's
-/// `stub-gzip`): the body reaches the client unchanged, tollgate reads no usage from it, and the reservation's
-/// estimate (request bytes / 4 at the input price) stays charged, so budgets fail closed; the audit record says so.
+/// `stub-gzip`): the body reaches the client unchanged, tollgate reads no usage from it, and the reservation (the
+/// request's worst case: bytes / 4 at the input price plus `max_tokens` at the output price) stays charged, so
+/// budgets fail closed; the audit record says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_without_readable_usage_keeps_its_estimate_charged() {
     let stub = MessagesStub::start().await;
@@ -308,8 +309,9 @@ async fn a_response_without_readable_usage_keeps_its_estimate_charged() {
     assert!(record.get("usage").is_none() && record.get("cost_usd").is_none(), "{record}");
     let error = record["error"].as_str().unwrap_or_else(|| panic!("an error: {record}"));
     assert!(error.contains("the estimate stays charged"), "{record}");
-    // `PRICING` charges input at $10 per million tokens: 10 micro-dollars a token.
-    let estimate_micro_usd = (body.len() / 4) as f64 * 10.0;
+    // `PRICING` charges input at $10 and output at $20 per million tokens: 10 and 20 micro-dollars a token; the
+    // request asks for at most 64 output tokens.
+    let estimate_micro_usd = (body.len() / 4) as f64 * 10.0 + 64.0 * 20.0;
     let ratio = gateway.metric("tollgate_budget_used_ratio{team=\"backend\"}").await;
     assert!((ratio - estimate_micro_usd / (BUDGET_USD * 1e6)).abs() < 1e-9, "{ratio} for {estimate_micro_usd} µ$");
 }

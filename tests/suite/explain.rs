@@ -234,7 +234,7 @@ async fn explain_agrees_with_the_running_gateway() {
                     _ => panic!("{context}: {said:?}"),
                 }
                 // The rule is in the request's audit record too (allow or deny).
-                running.gateway().auditor.flush().await;
+                running.shared().auditor.flush().await;
                 let audit = std::fs::read_to_string(&audit_path).expect("audit file");
                 let record: serde_json::Value =
                     serde_json::from_str(audit.lines().last().expect("a record")).expect("JSON record");

@@ -99,7 +99,7 @@ impl Tally {
     async fn check(&self, gateway: &mut TestGateway) {
         // A request's record is written just after its response: shut down first (every connection has ended),
         // then every record and counter is final.
-        let shared = gateway.gateway().clone();
+        let shared = gateway.shared().clone();
         let audit = gateway.shutdown_and_audit().await;
         let metrics = shared.metrics.render();
         let allowed: Vec<_> = audit.iter().filter(|r| r["decision"] == "allow").collect();

@@ -61,7 +61,7 @@ async fn metrics_and_audit_match_a_fixed_sequence() {
         [&allowed, &denied, &challenged].iter().map(|r| r.header("x-tollgate-request-id")).collect();
     assert!(ids[0].is_none() && ids[1].is_some() && ids[2].is_some(), "{ids:?}");
     let expected = [
-        ("http", "GET", "alice", "allow", "policy.allow[0]", 200, Some("/allowed?x=1")),
+        ("http", "GET", "alice", "allow", "policy.allow[0]", 200, Some("/allowed")),
         ("connect", "CONNECT", "alice", "deny", "policy.private_destinations", 403, None),
         ("http", "GET", "", "deny", "", 407, Some("/anonymous")),
     ];

@@ -87,7 +87,7 @@ async fn connect_and_http_go_through_the_parent_with_its_credentials() {
         assert_eq!(record["team"], "egress");
         assert_eq!(record["host"], "127.0.0.1");
     }
-    assert!(parent_records.iter().any(|r| r["path"] == "/via-parent?q=1"), "{parent_records:#?}");
+    assert!(parent_records.iter().any(|r| r["path"] == "/via-parent"), "no query in a record: {parent_records:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -169,7 +169,7 @@ async fn the_gateway_keeps_its_store_under_state_path() {
     // The harness puts it in the gateway's temp dir, never in the repository's var/state.
     let gateway = common::TestGateway::start(&format!("auth: {{anonymous: dev}}\n{}", common::LOOPBACK_POLICY)).await;
     assert!(gateway.dir.path().join("state").join(LEDGER_FILE).is_file());
-    assert_eq!(gateway.gateway().config.load().state.path, gateway.dir.path().join("state"));
+    assert_eq!(gateway.shared().config.load().state.path, gateway.dir.path().join("state"));
 
     // A state.path that cannot be a directory stops the start, naming it.
     let dir = tempfile::tempdir().expect("temp dir");

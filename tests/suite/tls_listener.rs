@@ -434,7 +434,7 @@ async fn a_reload_rotates_the_listener_certificate_without_a_restart() {
 
     std::fs::copy(&pki.rotated_server.pem, &cert).unwrap();
     std::fs::copy(&pki.rotated_server.key, &key).unwrap();
-    running.gateway.reload().expect("the rotated certificate loads");
+    tollgate::reload::reload(&running.shared).expect("the rotated certificate loads");
 
     connect(address, "localhost", trusting(&pki.rogue_ca))
         .await

@@ -62,7 +62,7 @@ impl TestGateway {
 
     /// Every audit record written so far (waits for the writer to flush).
     pub async fn audit(&self) -> Vec<serde_json::Value> {
-        self.running.as_ref().expect("running").gateway.auditor.flush().await;
+        self.running.as_ref().expect("running").shared.auditor.flush().await;
         let text = std::fs::read_to_string(self.audit_path()).unwrap_or_default();
         text.lines().map(|line| serde_json::from_str(line).expect("audit lines are JSON")).collect()
     }
@@ -552,9 +552,9 @@ impl TestGateway {
 
     /// Shuts down (every connection task has ended, so every counter is final) and returns the Prometheus text.
     pub async fn shutdown_and_metrics(&mut self) -> String {
-        let gateway = self.running.as_ref().expect("running").gateway.clone();
+        let shared = self.running.as_ref().expect("running").shared.clone();
         self.shutdown().await;
-        gateway.metrics.render()
+        shared.metrics.render()
     }
 }
 
@@ -629,8 +629,8 @@ impl TestGateway {
     }
 
     /// The running gateway's shared state.
-    pub fn gateway(&self) -> &Arc<app::Gateway> {
-        &self.running.as_ref().expect("running").gateway
+    pub fn shared(&self) -> &Arc<tollgate::shared::Shared> {
+        &self.running.as_ref().expect("running").shared
     }
 }
 

@@ -1,10 +1,12 @@
 //! One connection end, plain TCP or TLS over TCP, so the pipeline is written once for both: the client side
-//! of a TLS listener, and the upstream side toward an `https://` origin or parent proxy.
+//! of a TLS listener, and the upstream side toward an `https://` origin or parent proxy. `Rewind` puts bytes
+//! already read back in front of a stream, for the code that takes over a connection.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, BytesMut};
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -84,5 +86,49 @@ impl AsyncWrite for Stream {
             Stream::TlsServer(s) => Pin::new(s).poll_shutdown(cx),
             Stream::TlsClient(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+/// A stream with the bytes already read from it put back in front.
+#[derive(Debug)]
+pub struct Rewind<S> {
+    pending: BytesMut,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(pending: BytesMut, inner: S) -> Self {
+        Rewind { pending, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.pending.is_empty() {
+            let take = this.pending.len().min(buf.remaining());
+            buf.put_slice(&this.pending[..take]);
+            this.pending.advance(take);
+            if this.pending.is_empty() {
+                // Nothing kept once it has been read again.
+                this.pending = BytesMut::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

@@ -1,23 +1,27 @@
-//! Reaching a destination: resolve once, check every address, dial only checked addresses, pool for reuse.
+//! Reaching a destination: resolve once, check every address, dial only checked addresses; directly or through
+//! the parent proxy, with TLS toward `https://` upstreams. `pool.rs` keeps the forward proxy's idle connections,
+//! `models.rs` is the pooled client toward model APIs.
 //!
 //! The address that was checked is the address that is dialled: there is no second lookup, so DNS rebinding
 //! cannot swap a public answer for a private one between the check and the connect.
 
-use std::collections::HashMap;
+pub mod models;
+pub mod pool;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use rustls_pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::error::ProxyError;
-use super::head::{read_head, HeadError, HeadLimits, ResponseHead};
-use super::stream::Stream;
 use crate::config::{self, Config, ParentProxy};
-use crate::policy::{Decision, DenyReason, Policy};
+use crate::http1::head::{read_head, HeadError, HeadLimits, ResponseHead};
+use crate::policy::{Decision, DenyReason};
+use crate::request::error::Error;
+use crate::stream::Stream;
 use crate::target::{Host, Target};
 
 /// What dialling needs to know: the snapshot, tollgate's own addresses (never a destination), and the teams of
@@ -31,25 +35,25 @@ pub struct Dialer<'a> {
 
 impl Dialer<'_> {
     /// Resolves `target` and checks every address; one denied address refuses the whole request (fail closed).
-    pub async fn resolve_checked(&self, target: &Target) -> Result<Vec<SocketAddr>, ProxyError> {
+    pub async fn resolve_checked(&self, target: &Target) -> Result<Vec<SocketAddr>, Error> {
         let addresses: Vec<SocketAddr> = match &target.host {
             Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
             Host::Name(name) => {
                 let lookup = tokio::net::lookup_host((&**name, target.port));
                 let found = tokio::time::timeout(self.config.upstream.dns_timeout, lookup)
                     .await
-                    .map_err(|_| ProxyError::ResolveTimeout { host: name.to_string() })?
-                    .map_err(|source| ProxyError::Resolve { host: name.to_string(), source })?;
+                    .map_err(|_| Error::ResolveTimeout { host: name.to_string() })?
+                    .map_err(|source| Error::Resolve { host: name.to_string(), source })?;
                 found.map(|a| SocketAddr::new(a.ip().to_canonical(), a.port())).collect()
             }
         };
         if addresses.is_empty() {
             let source = std::io::ErrorKind::NotFound.into();
-            return Err(ProxyError::Resolve { host: target.host.to_string(), source });
+            return Err(Error::Resolve { host: target.host.to_string(), source });
         }
         for address in &addresses {
             if is_own_address(*address, self.own_addresses) {
-                return Err(ProxyError::Denied {
+                return Err(Error::Denied {
                     target: target.to_string(),
                     rule: "listeners".into(),
                     reason: DenyReason::SelfConnection,
@@ -59,7 +63,7 @@ impl Dialer<'_> {
                 self.config.policy.check_address(address.ip(), address.port(), self.teams)
             {
                 let target = format!("{target} ({})", address.ip());
-                return Err(ProxyError::Denied { target, rule, reason });
+                return Err(Error::Denied { target, rule, reason });
             }
         }
         Ok(addresses)
@@ -78,7 +82,7 @@ fn is_own_address(address: SocketAddr, own_addresses: &[SocketAddr]) -> bool {
 }
 
 /// Dials the checked addresses in order within one overall timeout.
-pub async fn dial(target: &Target, addresses: &[SocketAddr], timeout: Duration) -> Result<TcpStream, ProxyError> {
+pub async fn dial(target: &Target, addresses: &[SocketAddr], timeout: Duration) -> Result<TcpStream, Error> {
     let attempt = async {
         let mut last_error = None;
         for address in addresses {
@@ -94,8 +98,8 @@ pub async fn dial(target: &Target, addresses: &[SocketAddr], timeout: Duration) 
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(source)) => Err(ProxyError::Connect { target: target.to_string(), source }),
-        Err(_) => Err(ProxyError::ConnectTimeout { target: target.to_string() }),
+        Ok(Err(source)) => Err(Error::Connect { target: target.to_string(), source }),
+        Err(_) => Err(Error::ConnectTimeout { target: target.to_string() }),
     }
 }
 
@@ -119,7 +123,7 @@ pub fn route(upstream: &config::Upstream, target: &Target) -> Route {
 impl Dialer<'_> {
     /// A raw byte path to `target` (for CONNECT tunnels and `https://` requests): dialled directly after the
     /// address checks, or a CONNECT tunnel through the parent proxy.
-    pub async fn open_tunnel(&self, target: &Target) -> Result<(Stream, SocketAddr, Route), ProxyError> {
+    pub async fn open_tunnel(&self, target: &Target) -> Result<(Stream, SocketAddr, Route), Error> {
         let config = self.config;
         match route(&config.upstream, target) {
             Route::Direct => {
@@ -138,26 +142,32 @@ impl Dialer<'_> {
 
     /// A raw byte path to an endpoint the operator configured (an entry of `upstreams`): like the parent proxy,
     /// it is not held to the private-address guard, only to the loop check; the parent proxy still applies.
-    pub async fn open_configured(&self, target: &Target) -> Result<(Stream, SocketAddr, Route), ProxyError> {
+    pub async fn open_configured(&self, target: &Target) -> Result<(Stream, SocketAddr, Route), Error> {
         let config = self.config;
         if route(&config.upstream, target) == Route::Parent {
             return self.open_tunnel(target).await;
         }
-        let addresses = self.resolve_unchecked(target).await?;
-        if addresses.iter().any(|a| is_own_address(*a, self.own_addresses)) {
-            return Err(ProxyError::Denied {
-                target: target.to_string(),
-                rule: "upstreams".into(),
-                reason: DenyReason::SelfConnection,
-            });
-        }
+        let addresses = self.resolve_configured(target).await?;
         let stream = dial(target, &addresses, config.upstream.connect_timeout).await?;
         let peer = stream.peer_addr().unwrap_or(addresses[0]);
         Ok((Stream::Tcp(stream), peer, Route::Direct))
     }
 
+    /// The addresses of an operator-configured endpoint: held to the loop check, not to the private-address guard.
+    pub async fn resolve_configured(&self, target: &Target) -> Result<Vec<SocketAddr>, Error> {
+        let addresses = self.resolve_unchecked(target).await?;
+        if addresses.iter().any(|a| is_own_address(*a, self.own_addresses)) {
+            return Err(Error::Denied {
+                target: target.to_string(),
+                rule: "upstreams".into(),
+                reason: DenyReason::SelfConnection,
+            });
+        }
+        Ok(addresses)
+    }
+
     /// The addresses of an operator-configured endpoint, without the private-address guard.
-    async fn resolve_unchecked(&self, target: &Target) -> Result<Vec<SocketAddr>, ProxyError> {
+    async fn resolve_unchecked(&self, target: &Target) -> Result<Vec<SocketAddr>, Error> {
         match &target.host {
             Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, target.port)]),
             Host::Name(name) => Ok(tokio::time::timeout(
@@ -165,15 +175,15 @@ impl Dialer<'_> {
                 tokio::net::lookup_host((&**name, target.port)),
             )
             .await
-            .map_err(|_| ProxyError::ResolveTimeout { host: name.to_string() })?
-            .map_err(|source| ProxyError::Resolve { host: name.to_string(), source })?
+            .map_err(|_| Error::ResolveTimeout { host: name.to_string() })?
+            .map_err(|source| Error::Resolve { host: name.to_string(), source })?
             .collect()),
         }
     }
 
     /// A connection for an `http://` request: to the origin, or to the parent proxy (which then gets the
     /// request in absolute form).
-    pub async fn open_forward(&self, target: &Target) -> Result<(Stream, SocketAddr, Route), ProxyError> {
+    pub async fn open_forward(&self, target: &Target) -> Result<(Stream, SocketAddr, Route), Error> {
         match route(&self.config.upstream, target) {
             Route::Direct => self.open_tunnel(target).await,
             Route::Parent => {
@@ -185,12 +195,12 @@ impl Dialer<'_> {
 
     /// TCP (and TLS for `https://`) to the parent proxy. The parent is configured by the operator: its address
     /// is not held to the private-address guard, only to the loop check.
-    async fn connect_parent(&self) -> Result<(Stream, SocketAddr, &ParentProxy), ProxyError> {
+    async fn connect_parent(&self) -> Result<(Stream, SocketAddr, &ParentProxy), Error> {
         let config = self.config;
         let parent = config.upstream.parent_proxy.as_ref().expect("Route::Parent only with a parent proxy");
         let addresses = self.resolve_unchecked(&parent.target).await?;
         if addresses.iter().any(|a| is_own_address(*a, self.own_addresses)) {
-            return Err(ProxyError::Denied {
+            return Err(Error::Denied {
                 target: parent.display.clone(),
                 rule: "upstream.parent_proxy".into(),
                 reason: DenyReason::SelfConnection,
@@ -209,7 +219,7 @@ async fn parent_connect(
     parent: &ParentProxy,
     target: &Target,
     config: &Config,
-) -> Result<(), ProxyError> {
+) -> Result<(), Error> {
     let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
     if let Some(authorization) = &parent.authorization {
         request.push_str("Proxy-Authorization: ");
@@ -217,7 +227,7 @@ async fn parent_connect(
         request.push_str("\r\n");
     }
     request.push_str("\r\n");
-    let io_error = |source| ProxyError::UpstreamIo { target: parent.display.clone(), source };
+    let io_error = |source| Error::UpstreamIo { target: parent.display.clone(), source };
     stream.write_all(request.as_bytes()).await.map_err(io_error)?;
     let mut buf = BytesMut::with_capacity(1024);
     let limits = HeadLimits {
@@ -226,15 +236,15 @@ async fn parent_connect(
         timeout: config.upstream.connect_timeout,
     };
     let length = read_head(stream, &mut buf, limits).await.map_err(|error| match error {
-        HeadError::Timeout => ProxyError::UpstreamTimeout { target: parent.display.clone() },
+        HeadError::Timeout => Error::UpstreamTimeout { target: parent.display.clone() },
         HeadError::Io(source) => io_error(source),
-        other => ProxyError::ParentRefused { parent: parent.display.clone(), answer: other.to_string() },
+        other => Error::ParentRefused { parent: parent.display.clone(), answer: other.to_string() },
     })?;
     let head = ResponseHead::parse(buf.split_to(length).freeze())
-        .map_err(|problem| ProxyError::ParentRefused { parent: parent.display.clone(), answer: problem.to_owned() })?;
+        .map_err(|problem| Error::ParentRefused { parent: parent.display.clone(), answer: problem.to_owned() })?;
     if head.status != 200 || !buf.is_empty() {
         let reason = String::from_utf8_lossy(head.reason()).into_owned();
-        return Err(ProxyError::ParentRefused {
+        return Err(Error::ParentRefused {
             parent: parent.display.clone(),
             answer: format!("{} {reason}", head.status),
         });
@@ -243,7 +253,7 @@ async fn parent_connect(
 }
 
 /// TLS toward an upstream with the shared client config; certificate problems are a 502 naming them.
-pub async fn tls_connect(config: &Config, target: &Target, tcp: TcpStream) -> Result<Stream, ProxyError> {
+pub async fn tls_connect(config: &Config, target: &Target, tcp: TcpStream) -> Result<Stream, Error> {
     tls_connect_with(config, &config.upstream.tls, target, tcp).await
 }
 
@@ -253,98 +263,16 @@ pub async fn tls_connect_with(
     client: &Arc<rustls::ClientConfig>,
     target: &Target,
     tcp: TcpStream,
-) -> Result<Stream, ProxyError> {
+) -> Result<Stream, Error> {
     let server_name = match &target.host {
         Host::Name(name) => ServerName::try_from(name.to_string()),
         Host::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
     }
-    .map_err(|_| ProxyError::BadRequest(format!("{} is not a valid TLS server name", target.host)))?;
+    .map_err(|_| Error::BadRequest(format!("{} is not a valid TLS server name", target.host)))?;
     let connector = tokio_rustls::TlsConnector::from(client.clone());
     match tokio::time::timeout(config.upstream.connect_timeout, connector.connect(server_name, tcp)).await {
         Ok(Ok(tls)) => Ok(Stream::TlsClient(Box::new(tls))),
-        Ok(Err(error)) => Err(ProxyError::UpstreamTls { target: target.to_string(), reason: error.to_string() }),
-        Err(_) => Err(ProxyError::ConnectTimeout { target: target.to_string() }),
-    }
-}
-
-/// Pooled connections used more recently than this are not probed before reuse.
-const RECENTLY_USED: Duration = Duration::from_secs(1);
-
-/// Which pooled connections can serve a request.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PoolKey {
-    pub target: Target,
-    pub tls: bool,
-}
-
-/// An open connection to an upstream, with the bytes read from it and not yet used.
-#[derive(Debug)]
-pub struct Connection {
-    pub stream: Stream,
-    pub buf: BytesMut,
-    pub peer: SocketAddr,
-    pub route: Route,
-    /// True when it came from the pool (a failure before any response byte may be a stale connection).
-    pub reused: bool,
-}
-
-/// Idle keep-alive connections to upstreams.
-#[derive(Debug)]
-pub struct Pool {
-    idle: Mutex<HashMap<PoolKey, Vec<(Connection, Instant)>>>,
-    max_per_target: usize,
-}
-
-impl Pool {
-    pub fn new(max_per_target: usize) -> Arc<Self> {
-        Arc::new(Self { idle: Mutex::default(), max_per_target })
-    }
-
-    /// The newest live idle connection for `key` whose address the current policy still allows to a principal
-    /// in `teams` (a connection opened for one principal may serve another).
-    pub fn checkout(
-        &self,
-        key: &PoolKey,
-        policy: &Policy,
-        teams: &[Arc<str>],
-        max_idle: Duration,
-    ) -> Option<Connection> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(key)?;
-        while let Some((mut connection, since)) = list.pop() {
-            let still_allowed = connection.route == Route::Parent
-                || policy.check_address(connection.peer.ip(), connection.peer.port(), teams).is_ok();
-            // A connection idle for under a second is taken on trust (a probe costs a syscall per request);
-            // if the upstream closed it meanwhile, a bodiless request is retried on a fresh one.
-            let idle = since.elapsed();
-            let open = idle < RECENTLY_USED || connection.stream.is_idle_and_open();
-            if idle < max_idle && still_allowed && open {
-                connection.reused = true;
-                return Some(connection);
-            }
-        }
-        None
-    }
-
-    /// Returns a connection whose last response ended cleanly.
-    pub fn checkin(&self, key: PoolKey, mut connection: Connection) {
-        if !connection.buf.is_empty() {
-            return;
-        }
-        connection.buf = BytesMut::new();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(key).or_default();
-        if list.len() < self.max_per_target {
-            list.push((connection, Instant::now()));
-        }
-    }
-
-    /// Drops connections idle for longer than `max_idle`.
-    pub fn prune(&self, max_idle: Duration) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|_, list| {
-            list.retain(|(_, since)| since.elapsed() < max_idle);
-            !list.is_empty()
-        });
+        Ok(Err(error)) => Err(Error::UpstreamTls { target: target.to_string(), reason: error.to_string() }),
+        Err(_) => Err(Error::ConnectTimeout { target: target.to_string() }),
     }
 }

@@ -15,20 +15,20 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::idle::Busy;
-use super::usage::Meter;
-use crate::app::Gateway;
 use crate::config::Config;
-use crate::exchange::{finish, Exchange};
 use crate::limits::budget::Reservation;
 use crate::limits::Admitted;
-use crate::proxy::Peer;
+use crate::llm::usage::Meter;
+use crate::request::door::Peer;
+use crate::request::finish::{finish, Exchange};
+use crate::shared::Shared;
 
 /// Errors a response body can end with (the upstream's).
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What settling a request needs; taken exactly once, when the body ends or is dropped.
 pub struct Settlement {
-    pub gateway: Arc<Gateway>,
+    pub shared: Arc<Shared>,
     pub config: Arc<Config>,
     pub peer: Arc<Peer>,
     pub exchange: Exchange,
@@ -197,7 +197,7 @@ impl Drop for Relay {
 impl Settlement {
     /// Cost, spend, metrics, slots and the audit record of a finished (or cut) response.
     async fn settle(self, meter: Option<Meter>, end: End, relayed: u64) {
-        let Settlement { gateway, config, peer, mut exchange, admitted, reservation } = self;
+        let Settlement { shared, config, peer, mut exchange, admitted, reservation } = self;
         exchange.bytes_down = relayed;
         let mut cost_micro_usd = 0;
         let metered = meter.map(Meter::finish);
@@ -212,7 +212,7 @@ impl Settlement {
                 exchange.usage = Some(usage);
                 exchange.cost_usd = Some(cost_usd);
                 let team = exchange.team();
-                gateway.metrics.metered(team.as_deref().unwrap_or("-"), &model, &usage, cost_usd);
+                shared.metrics.metered(team.as_deref().unwrap_or("-"), &model, &usage, cost_usd);
             }
             if let Some(error) = &metered.error {
                 exchange.error = Some(format!("upstream error: {error}"));
@@ -237,7 +237,7 @@ impl Settlement {
                 }
             }
             End::UpstreamCut(reason) => {
-                gateway.metrics.upstream_error("protocol");
+                exchange.upstream_failure = Some("protocol");
                 exchange.error = Some(format!("stream cut by the upstream ({reason}){billed}"));
             }
             End::ClientCut => exchange.error = Some(format!("stream cut by the client{billed}")),
@@ -246,14 +246,14 @@ impl Settlement {
             if unread {
                 cost_micro_usd = reservation.estimate_micro_usd();
             }
-            match reservation.settle(cost_micro_usd, gateway.clock.now()).await {
+            match reservation.settle(cost_micro_usd, shared.clock.now()).await {
                 Ok(ratios) => {
                     for (team, ratio) in ratios {
-                        gateway.metrics.budget_used(&team, ratio);
+                        shared.metrics.budget_used(&team, ratio);
                     }
                 }
                 Err(error) => {
-                    gateway.metrics.state_error(gateway.limiter.backend_name());
+                    shared.metrics.state_error(shared.limiter.backend_name());
                     tracing::warn!(%error, id = %exchange.id, "spend not settled: the estimate stays charged");
                 }
             }
@@ -261,6 +261,6 @@ impl Settlement {
         if let Some(admitted) = admitted {
             admitted.release().await;
         }
-        finish(&gateway, &peer, exchange);
+        finish(&shared, &peer, exchange);
     }
 }

@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::body::Framing;
+use crate::request::headers;
 
 /// Most headers accepted in one head (431 beyond).
 const MAX_HEADERS: usize = 100;
@@ -169,6 +170,11 @@ impl RequestHead {
         std::str::from_utf8(&self.raw[self.method.clone()]).unwrap_or("")
     }
 
+    /// The head as it was read, for code that takes over the connection and reads it again.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
     pub fn target(&self) -> &str {
         std::str::from_utf8(&self.raw[self.target.clone()]).unwrap_or("")
     }
@@ -316,37 +322,21 @@ fn keep_alive(raw: &[u8], headers: &[HeaderRange], minor_version: u8, names: &[&
     !close && (minor_version == 1 || keep)
 }
 
-/// Headers that describe one hop and never travel on (RFC 9110 §7.6.1, plus the proxy ones).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
-/// Headers that delimit the body.
-const FRAMING: [&str; 2] = ["content-length", "transfer-encoding"];
-
 /// Copies every header except hop-by-hop ones, those the `Connection` header names, `x-tollgate-*`, and `extra`.
 /// `Transfer-Encoding` stays: bodies are relayed verbatim, so their coding travels with them.
-fn write_end_to_end(raw: &[u8], headers: &[HeaderRange], extra: &[&str], out: &mut Vec<u8>) {
-    let named_by_connection: Vec<&[u8]> = all_values(raw, headers, "connection")
-        .chain(all_values(raw, headers, "proxy-connection"))
-        .flat_map(|v| v.split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        // Framing headers are never dropped by request: the body is relayed as framed, and a missing
-        // Transfer-Encoding would turn the body into a smuggled request.
-        .filter(|t| !t.is_empty() && !FRAMING.iter().any(|f| t.eq_ignore_ascii_case(f.as_bytes())))
-        .collect();
-    for header in headers {
+fn write_end_to_end(raw: &[u8], ranges: &[HeaderRange], extra: &[&str], out: &mut Vec<u8>) {
+    // Framing headers are never dropped by request: the body is relayed as framed, and a missing
+    // Transfer-Encoding would turn the body into a smuggled request.
+    let named_by_connection: Vec<&[u8]> = headers::named_by_connection(
+        all_values(raw, ranges, "connection").chain(all_values(raw, ranges, "proxy-connection")),
+    )
+    .collect();
+    for header in ranges {
         let name = &raw[header.name.clone()];
-        let drop = HOP_BY_HOP.iter().chain(extra).any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        let drop = headers::is_hop_by_hop(name)
+            || extra.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
             || named_by_connection.iter().any(|n| name.eq_ignore_ascii_case(n))
-            || (name.len() >= 11 && name[..11].eq_ignore_ascii_case(b"x-tollgate-"));
+            || headers::is_internal(name);
         if !drop {
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");

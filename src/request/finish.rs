@@ -1,16 +1,17 @@
 //! One request (or tunnel) as it goes through the pipeline, and the phase that always runs last: `finish`
-//! turns it into metrics, one log line and one audit record, whatever happened before.
+//! turns it into metrics, one log line and one audit record, whatever happened before. This is the one place
+//! that writes an audit record of a request.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crate::app::Gateway;
+use super::door::{Door, Peer};
+use super::error::{Error, Shape};
 use crate::audit::{self, Record};
 use crate::identity::Principal;
 use crate::llm::usage::Usage;
 use crate::metrics::RequestOutcome;
-use crate::proxy::error::ProxyError;
-use crate::proxy::Peer;
+use crate::shared::Shared;
 use crate::target::Target;
 
 /// One request (or tunnel) as it goes through the pipeline; becomes the audit record at the end.
@@ -19,10 +20,12 @@ pub struct Exchange {
     pub id: String,
     pub started: Instant,
     pub started_at: SystemTime,
-    /// `connect`, `http`, `intercepted` or `gateway`.
-    pub kind: &'static str,
+    pub door: Door,
+    /// The shape tollgate's own answers take for this request.
+    pub shape: Shape,
     pub method: String,
     pub target: Option<Target>,
+    /// The path without its query: a query string never reaches the audit record or the logs.
     pub path: Option<String>,
     pub principal: Option<Principal>,
     pub rule: Option<Arc<str>>,
@@ -39,15 +42,18 @@ pub struct Exchange {
     pub cost_usd: Option<f64>,
     pub dlp: Vec<Arc<str>>,
     pub error: Option<String>,
+    /// The kind of upstream failure, for `tollgate_upstream_errors_total`.
+    pub upstream_failure: Option<&'static str>,
 }
 
 impl Exchange {
-    pub fn new(id: String, kind: &'static str) -> Self {
+    pub fn new(id: String, door: Door) -> Self {
         Self {
             id,
             started: Instant::now(),
             started_at: SystemTime::now(),
-            kind,
+            door,
+            shape: door.shape(false),
             method: String::new(),
             target: None,
             path: None,
@@ -65,7 +71,14 @@ impl Exchange {
             cost_usd: None,
             dlp: Vec::new(),
             error: None,
+            upstream_failure: None,
         }
+    }
+
+    /// Records the path of `path_and_query`, without the query.
+    pub fn set_path(&mut self, path_and_query: &str) {
+        let path = path_and_query.split(['?', '#']).next().unwrap_or("");
+        self.path = Some(path.to_owned());
     }
 
     /// The principal's teams (none before identification).
@@ -78,8 +91,13 @@ impl Exchange {
         self.principal.as_ref().and_then(|p| p.teams.first().cloned())
     }
 
-    pub fn fail(&mut self, error: &ProxyError) {
-        self.status = error.status();
+    /// Records what `error` did: its status (unless an answer was already sent, e.g. the `200` of a tunnel later
+    /// cut), the decision, the reason, the rule and the message.
+    pub fn fail(&mut self, error: &Error) {
+        if self.status == 0 {
+            self.status = error.status(self.shape);
+        }
+        self.upstream_failure = error.upstream_kind().or(self.upstream_failure);
         self.decision = error.decision();
         self.reason = error.kind();
         self.rule = error.rule().or(self.rule.take());
@@ -88,17 +106,20 @@ impl Exchange {
 }
 
 /// The last phase of every request: metrics, one log line, one audit record.
-pub fn finish(gateway: &Gateway, peer: &Peer, exchange: Exchange) {
+pub fn finish(shared: &Shared, peer: &Peer, exchange: Exchange) {
     let listener = &peer.listener;
     let seconds = exchange.started.elapsed().as_secs_f64();
-    gateway.metrics.request(RequestOutcome {
+    shared.metrics.request(RequestOutcome {
         listener,
-        kind: exchange.kind,
+        kind: exchange.door.label(),
         decision: exchange.decision,
         reason: exchange.reason,
         seconds,
     });
-    gateway.metrics.bytes(exchange.bytes_up, exchange.bytes_down);
+    shared.metrics.bytes(exchange.bytes_up, exchange.bytes_down);
+    if let Some(kind) = exchange.upstream_failure {
+        shared.metrics.upstream_error(kind);
+    }
     let user = exchange.principal.as_ref().map(|p| p.name.clone());
     let team = exchange.team();
     let (host, port) = match &exchange.target {
@@ -110,7 +131,7 @@ pub fn finish(gateway: &Gateway, peer: &Peer, exchange: Exchange) {
         listener = %listener,
         client = %peer.address,
         user = user.as_deref().unwrap_or("-"),
-        kind = exchange.kind,
+        kind = exchange.door.label(),
         method = %exchange.method,
         host = %host,
         port,
@@ -125,10 +146,10 @@ pub fn finish(gateway: &Gateway, peer: &Peer, exchange: Exchange) {
         error = exchange.error.as_deref().unwrap_or("-"),
         "request"
     );
-    gateway.auditor.record(Record {
+    shared.auditor.record(Record {
         ts: audit::timestamp(exchange.started_at),
         id: exchange.id,
-        kind: exchange.kind,
+        kind: exchange.door.label(),
         listener: listener.clone(),
         client: peer.address.to_string(),
         user,

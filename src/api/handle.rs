@@ -1,0 +1,245 @@
+//! One model-API request: the phases of `request` in order (admit, then path, body, model, DLP, budget), the
+//! request pointed at its upstream, and the upstream's response handed back as a metered body that settles the
+//! request when it ends. A refusal is answered in the door's shape and recorded at once.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{HeaderMap, Request, Response, Uri, Version};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::body::{MeteredBody, Settlement};
+use super::idle::Busy;
+use super::session::{Origin, Session};
+use crate::config::Config;
+use crate::limits::budget::Reservation;
+use crate::limits::Admitted;
+use crate::llm::usage::Meter;
+use crate::request::admit::{admit, Credentials, Destination, Upstream};
+use crate::request::error::Error;
+use crate::request::finish::{finish, Exchange};
+use crate::request::{headers, model};
+use crate::target::Target;
+use crate::upstream::models;
+
+/// One request: refused in the door's shape, or forwarded with its response metered as it streams. `busy` keeps
+/// the connection from idling out until the response body has been sent.
+pub async fn handle(
+    session: Arc<Session>,
+    busy: Busy,
+    request: Request<Incoming>,
+) -> Result<Response<MeteredBody>, Infallible> {
+    let shared = &session.shared;
+    let config = shared.config.load_full();
+    let door = session.door();
+    let mut exchange = Exchange::new(shared.next_request_id(), door);
+    exchange.shape = door.shape(true);
+    exchange.method = request.method().to_string();
+    exchange.set_path(request.uri().path());
+    let mut held = Held::default();
+    match forward(&session, &config, request, &mut exchange, &mut held).await {
+        Ok(response) => Ok(response.map(|body| body.holding(busy))),
+        Err(error) => {
+            exchange.fail(&error);
+            let response = error.http_response(exchange.shape, &exchange.id);
+            // Slots and reservations go back before the record, as on the proxy path.
+            held.release().await;
+            finish(shared, &session.peer, exchange);
+            Ok(response.map(|body| MeteredBody::refusal(body).holding(busy)))
+        }
+    }
+}
+
+/// What a request holds until it ends: concurrency slots, a budget reservation, and its share of the body buffers.
+#[derive(Default)]
+struct Held {
+    admitted: Option<Admitted>,
+    reservation: Option<Reservation>,
+}
+
+impl Held {
+    async fn release(self) {
+        if let Some(admitted) = self.admitted {
+            admitted.release().await;
+        }
+        // An unsettled reservation gives its estimate back when dropped.
+        drop(self.reservation);
+    }
+}
+
+/// The phases in order, then the upstream's response.
+async fn forward(
+    session: &Session,
+    config: &Arc<Config>,
+    request: Request<Incoming>,
+    exchange: &mut Exchange,
+    held: &mut Held,
+) -> Result<Response<MeteredBody>, Error> {
+    let shared = &session.shared;
+    let peer = &session.peer;
+    let named = named_host(&session.origin, &request)?;
+    let headers = request.headers();
+    let credentials = match &session.origin {
+        Origin::Tunnel { principal, .. } => Credentials::Tunnel(principal),
+        Origin::Forward => Credentials::Proxy {
+            certificate: peer.certificate.as_ref(),
+            proxy_authorization: headers.get(http::header::PROXY_AUTHORIZATION).map(HeaderValue::as_bytes),
+        },
+        Origin::Gateway => Credentials::Api {
+            certificate: peer.certificate.as_ref(),
+            authorization: headers.get(http::header::AUTHORIZATION).map(HeaderValue::as_bytes),
+            api_key: headers.get("x-api-key").map(HeaderValue::as_bytes),
+        },
+    };
+    let destination = Destination::Model { host: named.as_ref(), listener: &peer.listener };
+    let admission = admit(shared, config, credentials, destination, peer.address.ip(), exchange).await?;
+    held.admitted = Some(admission.slots);
+    let upstream = admission.upstream.expect("a model destination is routed");
+    let principal = exchange.principal.clone().expect("admitted requests have a principal");
+
+    let path = model::check_path(config, request.uri().path())?.into_owned();
+    exchange.path = Some(path.clone());
+    let (mut parts, body) = request.into_parts();
+    let body = model::read_body(config, &shared.body_buffers, &parts.headers, body).await?;
+    exchange.bytes_up = body.bytes.len() as u64;
+    let metered = config.llm.is_metered(&path) && parts.method == http::Method::POST;
+    let worst_case = model::check_body(shared, config, &principal, &parts.headers, &body.bytes, metered, exchange)?;
+    if metered && !config.llm.budgets.is_empty() {
+        let now = shared.clock.now();
+        held.reservation = Some(model::reserve(shared, config, &principal, worst_case, now).await?);
+    }
+
+    let api_key = point(&session.origin, &upstream, &path, &mut parts, exchange)?;
+    exchange.region =
+        principal.teams.iter().find_map(|t| config.teams.get(t).and_then(|s| s.region.as_deref())).map(Arc::from);
+    rewrite_headers(&mut parts.headers, &session.origin, api_key, metered);
+    parts.version = Version::HTTP_11;
+    let upstream_request = Request::from_parts(parts, Full::new(body.bytes.clone()));
+
+    let wait = config.upstream.idle_timeout;
+    let response = match tokio::time::timeout(wait, shared.models.request(upstream_request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => return Err(upstream_failure(&error, exchange)),
+        Err(_) => return Err(Error::UpstreamTimeout { target: exchange.upstream.clone().unwrap_or_default() }),
+    };
+    // The body has been sent: its share of the buffers goes back.
+    drop(body);
+    exchange.status = response.status().as_u16();
+    let (mut parts, incoming) = response.into_parts();
+    headers::strip(&mut parts.headers);
+    let content_type = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let meter = metered.then(|| Meter::for_content_type(content_type));
+    let settlement = Settlement {
+        shared: shared.clone(),
+        config: config.clone(),
+        peer: session.peer.clone(),
+        exchange: std::mem::replace(exchange, Exchange::new(String::new(), session.door())),
+        admitted: held.admitted.take(),
+        reservation: held.reservation.take(),
+    };
+    Ok(Response::from_parts(parts, MeteredBody::upstream(incoming, meter, settlement)))
+}
+
+/// The host a request names, where the client names one. Inside a tunnel it must be the tunnel's host, in the URI
+/// (h2 `:authority`, an absolute-form target) and in `Host` alike (421 otherwise); an absolute-form request names
+/// it in its URI. A gateway request names none: its route decides.
+fn named_host(origin: &Origin, request: &Request<Incoming>) -> Result<Option<Target>, Error> {
+    match origin {
+        Origin::Tunnel { target, .. } => {
+            let named_in_uri = request.uri().authority().map(|authority| authority.as_str());
+            let named_in_host = match request.headers().get(HOST).map(|h| h.to_str()) {
+                Some(Ok(host)) => Some(host),
+                Some(Err(_)) => return Err(Error::BadRequest("the Host header is not valid text".to_owned())),
+                None => None,
+            };
+            if named_in_uri.is_none() && named_in_host.is_none() {
+                return Err(Error::BadRequest("the request names no host".to_owned()));
+            }
+            for named in named_in_uri.into_iter().chain(named_in_host) {
+                let same = Target::parse_with_default(named, Some(target.port)).is_ok_and(|t| t == *target);
+                if !same {
+                    return Err(Error::Misdirected { host: named.to_owned(), tunnel: target.to_string() });
+                }
+            }
+            Ok(Some(target.clone()))
+        }
+        Origin::Forward => {
+            let uri = request.uri();
+            let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 };
+            let authority = uri.authority().ok_or_else(|| Error::BadRequest(format!("{uri} names no host")))?;
+            let target = Target::parse_with_default(authority.as_str(), Some(default_port))
+                .map_err(|e| Error::BadRequest(e.to_string()))?;
+            Ok(Some(target))
+        }
+        Origin::Gateway => Ok(None),
+    }
+}
+
+/// Points the request at its upstream with the canonical path: the configured upstream's URL (and `api_key`), or
+/// the host the client named. Sets the URI and `Host`, and records the upstream.
+fn point(
+    origin: &Origin,
+    upstream: &Upstream,
+    path: &str,
+    parts: &mut http::request::Parts,
+    exchange: &mut Exchange,
+) -> Result<Option<HeaderValue>, Error> {
+    let query = parts.uri.query().map(|query| format!("?{query}")).unwrap_or_default();
+    let (scheme, authority, path_and_query, name, api_key) = match upstream {
+        Upstream::Configured(upstream) => (
+            upstream.scheme.clone(),
+            upstream.authority.to_string(),
+            format!("{}{path}{query}", upstream.base_path),
+            upstream.name.to_string(),
+            upstream.api_key.clone(),
+        ),
+        Upstream::Origin(target) => {
+            let https = match origin {
+                Origin::Forward => parts.uri.scheme() == Some(&http::uri::Scheme::HTTPS),
+                Origin::Tunnel { .. } | Origin::Gateway => true,
+            };
+            let scheme = if https { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
+            let default_port = if https { 443 } else { 80 };
+            let authority = if target.port == default_port { target.host.to_string() } else { target.to_string() };
+            (scheme, authority, format!("{path}{query}"), target.to_string(), None)
+        }
+    };
+    parts.uri = Uri::builder()
+        .scheme(scheme)
+        .authority(authority.as_str())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| Error::BadRequest(format!("cannot build the upstream URL: {e}")))?;
+    let host = HeaderValue::from_str(&authority).map_err(|_| Error::BadRequest("invalid upstream host".into()))?;
+    parts.headers.insert(HOST, host);
+    exchange.upstream = Some(name);
+    Ok(api_key)
+}
+
+/// The request headers as they go upstream: hop-by-hop ones removed (`Proxy-Authorization` among them), the
+/// client's credential removed when it was for tollgate (gateway) or is replaced by the upstream's `api_key`, and
+/// a metered request asking for an uncompressed response (its usage is read as it passes).
+fn rewrite_headers(headers: &mut HeaderMap, origin: &Origin, api_key: Option<HeaderValue>, metered: bool) {
+    headers::strip(headers);
+    if matches!(origin, Origin::Gateway) || api_key.is_some() {
+        headers.remove(http::header::AUTHORIZATION);
+        headers.remove("x-api-key");
+    }
+    if let Some(key) = api_key {
+        headers.insert(HeaderName::from_static("x-api-key"), key);
+    }
+    if metered && headers.contains_key(http::header::ACCEPT_ENCODING) {
+        headers.insert(http::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    }
+}
+
+/// The precise error behind a failed upstream request.
+fn upstream_failure(error: &hyper_util::client::legacy::Error, exchange: &Exchange) -> Error {
+    let target = exchange.upstream.clone().unwrap_or_default();
+    match models::cause(error) {
+        Some(cause) => cause.duplicate(),
+        None => Error::UpstreamIo { target, source: std::io::Error::other(error.to_string()) },
+    }
+}

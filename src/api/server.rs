@@ -1,0 +1,54 @@
+//! A connection of model-API requests served by hyper: HTTP/1.1 or h2, header limits, and the idle timeout
+//! hyper does not apply to h2 on its own.
+
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use super::session::{Origin, Session};
+use super::{handle, idle};
+
+/// Serves HTTP/1.1 or h2 (by ALPN or preface) on `io` until the client closes, the connection idles out
+/// (`server.keepalive_timeout`, h2 included) or shutdown begins.
+pub async fn serve<I>(session: Arc<Session>, io: I)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let config = session.shared.config.load_full();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .preserve_header_case(true)
+        .keep_alive(!matches!(session.origin, Origin::Forward))
+        .timer(TokioTimer::new())
+        // Also bounds an idle keep-alive connection's wait for its next request.
+        .header_read_timeout(config.server.keepalive_timeout.max(config.server.header_read_timeout))
+        .max_buf_size(config.server.max_header_bytes.max(8192));
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(config.server.max_header_bytes as u32);
+    let shutdown = session.shared.shutdown.stop_accepting.clone();
+    let activity = idle::Activity::new();
+    let service_session = session.clone();
+    let service_activity = activity.clone();
+    let service = hyper::service::service_fn(move |request| {
+        handle::handle(service_session.clone(), service_activity.begin(), request)
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = activity.expired(config.server.keepalive_timeout) => {
+            tracing::debug!(listener = %session.peer.listener, client = %session.peer.address, "idle connection closed (server.keepalive_timeout)");
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = ended {
+        // hyper answered a malformed request itself (400/431) or the connection broke: counted and logged.
+        session.shared.metrics.client_error(&session.peer.listener, "http_error");
+        tracing::debug!(listener = %session.peer.listener, client = %session.peer.address, %error, "connection ended with an error");
+    }
+}

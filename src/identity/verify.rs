@@ -1,0 +1,129 @@
+//! Password verification, bounded: argon2id takes milliseconds of CPU by design, so at most `workers` checks run
+//! at once (about the core count, on the blocking pool), at most `queue` more wait for one, and anything beyond
+//! is refused at once (`AuthError::Busy`, a 503) instead of queueing without bound. Concurrent checks of the same
+//! credential run once and share the result, so a burst of connections opened with one valid password costs one
+//! argon2 check, not one each.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::basic;
+use super::error::AuthError;
+
+/// Checks allowed to wait for a worker, per worker.
+const QUEUE_PER_WORKER: usize = 16;
+
+/// One credential being checked: the user and a keyed digest of the password (never the password itself).
+type Flight = (Arc<str>, [u8; 32]);
+
+/// The shared outcome of one check, which every request with the same credential awaits.
+type Verdict = Arc<OnceCell<Result<bool, AuthError>>>;
+
+/// The bounded pool of password checks.
+#[derive(Debug)]
+pub struct Verifiers {
+    running: Arc<Semaphore>,
+    /// Checks in flight: running or waiting for a worker.
+    in_flight: AtomicUsize,
+    capacity: usize,
+    flights: Mutex<HashMap<Flight, Verdict>>,
+}
+
+impl Default for Verifiers {
+    /// As many workers as cores (at least one), each with `QUEUE_PER_WORKER` waiting checks.
+    fn default() -> Self {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Verifiers::new(workers, workers * QUEUE_PER_WORKER)
+    }
+}
+
+impl Verifiers {
+    pub fn new(workers: usize, queue: usize) -> Verifiers {
+        let workers = workers.max(1);
+        Verifiers {
+            running: Arc::new(Semaphore::new(workers)),
+            in_flight: AtomicUsize::new(0),
+            capacity: workers + queue,
+            flights: Mutex::default(),
+        }
+    }
+
+    /// Whether `password` matches the argon2id `hash`; checks of the same `flight` share one verification. `Busy`
+    /// when every worker is busy and the queue is full.
+    pub async fn verify(&self, flight: Flight, hash: Arc<str>, password: String) -> Result<bool, AuthError> {
+        let cell = {
+            let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+            match flights.get(&flight) {
+                Some(cell) => cell.clone(),
+                None => {
+                    // A new check takes a place in the pool or is refused: joining one in flight costs nothing.
+                    if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+                        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                        return Err(AuthError::Busy);
+                    }
+                    let cell = Arc::new(OnceCell::new());
+                    flights.insert(flight.clone(), cell.clone());
+                    cell
+                }
+            }
+        };
+        let verdict = cell
+            .get_or_init(|| async {
+                let verdict = self.run(hash, password).await;
+                self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&flight);
+                self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                verdict
+            })
+            .await;
+        verdict.clone()
+    }
+
+    /// Runs one check on the blocking pool once a worker is free.
+    async fn run(&self, hash: Arc<str>, password: String) -> Result<bool, AuthError> {
+        let Ok(_worker) = self.running.clone().acquire_owned().await else { return Err(AuthError::Busy) };
+        Ok(basic::verify_blocking(hash, password).await)
+    }
+
+    /// Checks running or waiting now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_checks_of_one_credential_verify_once_and_a_full_queue_refuses() {
+        let hash: Arc<str> = basic::hash_password("right").expect("hashes").into();
+        let verifiers = Arc::new(Verifiers::new(1, 1));
+        // The one worker is held: every check waits, so the queue fills deterministically.
+        let worker = verifiers.running.clone().acquire_owned().await.expect("the semaphore is open");
+        let flight = |password: &str| (Arc::<str>::from("alice"), [password.len() as u8; 32]);
+        let check = |password: &'static str| {
+            let (verifiers, hash) = (verifiers.clone(), hash.clone());
+            tokio::spawn(async move { verifiers.verify(flight(password), hash, password.into()).await })
+        };
+        let first = check("right");
+        while verifiers.in_flight() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let joined = check("right");
+        let second = check("wrong!");
+        while verifiers.in_flight() < 2 {
+            tokio::task::yield_now().await;
+        }
+        // One worker and one place in the queue, both taken by distinct credentials: a third is refused at once.
+        let refused = verifiers.verify(flight("3rd"), hash.clone(), "3rd".into()).await;
+        assert_eq!(refused, Err(AuthError::Busy));
+        drop(worker);
+        assert_eq!(first.await.unwrap(), Ok(true));
+        assert_eq!(joined.await.unwrap(), Ok(true));
+        assert_eq!(second.await.unwrap(), Ok(false));
+        assert_eq!(verifiers.in_flight(), 0);
+    }
+}

@@ -1,0 +1,202 @@
+//! The state every connection of one running tollgate holds: the config snapshot, metrics, the auditor, the
+//! limiter, the upstream pools, the interception minter, the open tunnels and the shutdown signals.
+//!
+//! Built once by `app::start`; a reload (`reload`) swaps the snapshot inside it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::Auditor;
+use crate::config::Config;
+use crate::identity::{Principal, Verifiers};
+use crate::intercept::ca::Minter;
+use crate::limits::{Clock, Limiter};
+use crate::metrics::Metrics;
+use crate::target::Target;
+use crate::upstream::models::ModelClient;
+use crate::upstream::pool::Pool;
+
+/// State shared by every connection of one running tollgate.
+#[derive(Debug)]
+pub struct Shared {
+    /// The current config snapshot; each request loads it once.
+    pub config: Arc<ArcSwap<Config>>,
+    pub metrics: Arc<Metrics>,
+    pub auditor: Auditor,
+    /// Idle keep-alive connections of forwarded (absolute-form) requests.
+    pub pool: Arc<Pool>,
+    /// Where tollgate itself listens: never a destination.
+    pub own_addresses: Arc<[SocketAddr]>,
+    /// The pooled client toward model APIs (intercepted, gateway and absolute-form model requests).
+    pub models: ModelClient,
+    /// Mints interception leaves; present while the config has an `intercept` section.
+    pub minter: ArcSwapOption<Minter>,
+    pub shutdown: Shutdown,
+    /// Open client connections across listeners (`server.max_connections`).
+    pub connection_slots: Arc<Semaphore>,
+    /// Bytes of request bodies held at once while they are checked (`server.max_buffered_body_bytes`).
+    pub body_buffers: Arc<Semaphore>,
+    pub limiter: Limiter,
+    /// The bounded pool of password checks (argon2id), shared by every snapshot.
+    pub verifiers: Verifiers,
+    pub clock: Arc<dyn Clock>,
+    /// Config version: 1 at start, +1 for each successful reload.
+    pub version: AtomicU64,
+    /// The files the running config came from, as they were when it was last (re)loaded or refused.
+    pub watched: Mutex<Watched>,
+    /// One reload at a time (endpoint, SIGHUP and watcher), so versions and snapshots are stored in order.
+    pub reloading: Mutex<()>,
+    tunnels: Mutex<HashMap<u64, OpenTunnel>>,
+    request_prefix: u32,
+    request_counter: AtomicU64,
+    tunnels_cut: AtomicUsize,
+}
+
+/// The watched files and their modification stamps: the file watcher reloads only when they differ, so a change
+/// already reloaded through the endpoint or SIGHUP is not reloaded (or refused and counted) a second time.
+#[derive(Debug, Default)]
+pub struct Watched {
+    pub files: Vec<PathBuf>,
+    pub stamps: Vec<Option<(SystemTime, u64)>>,
+}
+
+impl Watched {
+    /// The files as they are now.
+    pub fn of(files: Vec<PathBuf>) -> Watched {
+        Watched { stamps: stamp(&files), files }
+    }
+}
+
+/// Each file's modification time and length (`None` when it cannot be read).
+pub fn stamp(files: &[PathBuf]) -> Vec<Option<(SystemTime, u64)>> {
+    files.iter().map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.modified().ok()?, m.len())))).collect()
+}
+
+/// A tunnel that a reload may have to close.
+#[derive(Debug)]
+pub struct OpenTunnel {
+    pub principal: Principal,
+    pub target: Target,
+    pub revoke: CancellationToken,
+}
+
+/// A registered tunnel; unregisters when dropped.
+#[derive(Debug)]
+pub struct TunnelRegistration<'a> {
+    shared: &'a Shared,
+    id: u64,
+    /// Cancelled at the end of the shutdown grace period, or when a reload denies the tunnel.
+    pub cut: CancellationToken,
+}
+
+impl TunnelRegistration<'_> {
+    /// Whether a reload (not shutdown) closed the tunnel.
+    pub fn revoked(&self) -> bool {
+        self.cut.is_cancelled() && !self.shared.shutdown.cut_tunnels.is_cancelled()
+    }
+}
+
+impl Drop for TunnelRegistration<'_> {
+    fn drop(&mut self) {
+        self.shared.tunnels.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+/// The two stages of shutdown.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    /// Stop accepting; close idle keep-alive connections.
+    pub stop_accepting: CancellationToken,
+    /// The grace period is over: cut open tunnels.
+    pub cut_tunnels: CancellationToken,
+}
+
+/// The parts `app::start` builds before the shared state exists.
+#[derive(Debug)]
+pub struct Parts {
+    pub config: Arc<ArcSwap<Config>>,
+    pub metrics: Arc<Metrics>,
+    pub auditor: Auditor,
+    pub pool: Arc<Pool>,
+    pub own_addresses: Arc<[SocketAddr]>,
+    pub models: ModelClient,
+    pub minter: Option<Arc<Minter>>,
+    pub max_connections: usize,
+    pub max_buffered_body_bytes: u64,
+    pub limiter: Limiter,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Shared {
+    pub fn new(parts: Parts) -> Shared {
+        let watched = Watched::of(parts.config.load().source.files.clone());
+        Shared {
+            config: parts.config,
+            metrics: parts.metrics,
+            auditor: parts.auditor,
+            pool: parts.pool,
+            own_addresses: parts.own_addresses,
+            models: parts.models,
+            minter: ArcSwapOption::new(parts.minter),
+            shutdown: Shutdown::default(),
+            connection_slots: Arc::new(Semaphore::new(parts.max_connections)),
+            body_buffers: Arc::new(Semaphore::new(parts.max_buffered_body_bytes as usize)),
+            limiter: parts.limiter,
+            verifiers: Verifiers::default(),
+            clock: parts.clock,
+            version: AtomicU64::new(1),
+            watched: Mutex::new(watched),
+            reloading: Mutex::default(),
+            tunnels: Mutex::default(),
+            request_prefix: rand::random(),
+            request_counter: AtomicU64::new(0),
+            tunnels_cut: AtomicUsize::new(0),
+        }
+    }
+
+    /// A unique request id: a per-process prefix and a counter, 16 hex digits.
+    pub fn next_request_id(&self) -> String {
+        let n = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:08x}", self.request_prefix, n as u32)
+    }
+
+    /// Counts a tunnel that shutdown cut at the end of its grace period.
+    pub fn note_cut_tunnel(&self) {
+        self.tunnels_cut.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Tunnels cut at shutdown so far.
+    pub fn tunnels_cut(&self) -> usize {
+        self.tunnels_cut.load(Ordering::Relaxed)
+    }
+
+    /// Registers an open tunnel so a reload can close it when the new policy denies it.
+    pub fn register_tunnel(&self, principal: Principal, target: Target) -> TunnelRegistration<'_> {
+        let id = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        let cut = self.shutdown.cut_tunnels.child_token();
+        let entry = OpenTunnel { principal, target, revoke: cut.clone() };
+        self.tunnels.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry);
+        TunnelRegistration { shared: self, id, cut }
+    }
+
+    /// Closes the open tunnels `keep` refuses; returns how many.
+    pub fn revoke_tunnels(&self, mut keep: impl FnMut(&OpenTunnel) -> bool) -> usize {
+        let tunnels = self.tunnels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut revoked = 0;
+        for tunnel in tunnels.values() {
+            if !keep(tunnel) {
+                tunnel.revoke.cancel();
+                revoked += 1;
+            }
+        }
+        revoked
+    }
+}
