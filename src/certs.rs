@@ -13,10 +13,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use sha2::{Digest, Sha256};
 
 /// How long `server_cert` leaves are valid.
 pub const SERVER_VALIDITY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -137,8 +138,8 @@ impl Ca {
         params.distinguished_name.push(DnType::OrganizationName, "tollgate");
         // Path length 0: this CA signs leaves, never another CA.
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.custom_extensions =
+            vec![key_usage(&[KeyUsageBit::DigitalSignature, KeyUsageBit::KeyCertSign, KeyUsageBit::CrlSign])];
         params.serial_number = Some(random_serial());
         set_validity(&mut params, CA_VALIDITY)?;
         let cert = params.self_signed(&key).map_err(|source| CertError::Generate { what: "CA certificate", source })?;
@@ -190,14 +191,26 @@ impl Ca {
         if let Some(unit) = &leaf.organizational_unit {
             params.distinguished_name.push(DnType::OrganizationalUnitName, unit.as_str());
         }
+        // An empty subject obliges a critical SAN (RFC 5280 §4.2.1.6), which rcgen 0.13 cannot mark: name the issuing
+        // organisation instead, as the CA's subject does.
+        if leaf.common_name.is_empty() && leaf.organizational_unit.is_none() {
+            params.distinguished_name.push(DnType::OrganizationName, "tollgate");
+        }
         params.subject_alt_names = leaf
             .subject_alt_names
             .iter()
             .map(San::to_rcgen)
             .collect::<Result<_, _>>()
             .map_err(|source| CertError::Generate { what: "subject alternative names", source })?;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // Not rcgen's `IsCa::ExplicitNoCa`: it encodes `cA FALSE`, a DEFAULT value DER forbids writing, which strict
+        // parsers (Python's cryptography) refuse. `NoCa` writes neither basicConstraints nor the subject key
+        // identifier, so both come here, in DER.
+        params.is_ca = IsCa::NoCa;
+        params.custom_extensions = vec![
+            key_usage(&[KeyUsageBit::DigitalSignature]),
+            end_entity_basic_constraints(),
+            subject_key_identifier(&key),
+        ];
         params.extended_key_usages = vec![match leaf.usage {
             Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
             Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
@@ -523,6 +536,49 @@ fn first_certificate(pem: &str) -> Option<CertificateDer<'static>> {
     rustls_pemfile::certs(&mut pem.as_bytes()).next().and_then(Result::ok)
 }
 
+/// A bit of RFC 5280's KeyUsage named bit list.
+#[derive(Debug, Clone, Copy)]
+enum KeyUsageBit {
+    DigitalSignature = 0,
+    KeyCertSign = 5,
+    CrlSign = 6,
+}
+
+/// keyUsage (RFC 5280 §4.2.1.3), critical. Written here rather than by rcgen 0.13, which encodes all nine named bits
+/// (`03 03 07 80 00` for digitalSignature alone): DER ends a named bit list at its last set bit (X.690 §11.2.2), so
+/// that is `03 02 07 80`.
+fn key_usage(bits: &[KeyUsageBit]) -> CustomExtension {
+    // Named bit n is bit 15 - n of this big-endian pair of octets.
+    let flags = bits.iter().fold(0u16, |flags, &bit| flags | (0x8000 >> bit as u16));
+    let used_bits = 16 - flags.trailing_zeros() as usize;
+    let octets = used_bits.div_ceil(8);
+    let unused_bits = octets * 8 - used_bits;
+    // BIT STRING: tag, length (the unused-bits octet and the bits), unused-bits count, bits.
+    let mut value = vec![0x03, 1 + octets as u8, unused_bits as u8];
+    value.extend_from_slice(&flags.to_be_bytes()[..octets]);
+    let mut extension = CustomExtension::from_oid_content(&[2, 5, 29, 15], value);
+    extension.set_criticality(true);
+    extension
+}
+
+/// basicConstraints of a leaf, critical: an empty SEQUENCE, which is `cA FALSE` in DER (the default is left out).
+/// Kept rather than dropped, so no verifier can take a leaf for a CA; it is what OpenSSL and Go write for `CA:FALSE`
+/// and what public leaf certificates carry, so every TLS stack reads it.
+fn end_entity_basic_constraints() -> CustomExtension {
+    let mut extension = CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0x00]);
+    extension.set_criticality(true);
+    extension
+}
+
+/// subjectKeyIdentifier (RFC 5280 §4.2.1.2: SHOULD be in leaves), non-critical: an OCTET STRING of the first 20
+/// bytes of the SHA-256 of the key's SubjectPublicKeyInfo, as rcgen derives it for CAs.
+fn subject_key_identifier(key: &KeyPair) -> CustomExtension {
+    let digest = Sha256::digest(key.public_key_der());
+    let mut value = vec![0x04, 20];
+    value.extend_from_slice(&digest[..20]);
+    CustomExtension::from_oid_content(&[2, 5, 29, 14], value)
+}
+
 /// 16 random bytes, positive and without a leading zero byte so the DER length is fixed.
 fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
@@ -737,6 +793,130 @@ mod tests {
         let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
         let expected = (SERVER_VALIDITY + BACKDATE).as_secs() as i64;
         assert!((expected - 5..=expected + 5).contains(&lifetime), "{lifetime}");
+    }
+
+    /// Where `der` differs from DER, as RustCrypto's x509-cert sees it: the certificate, and each extension through
+    /// its typed value, decoded and encoded again must give back the same bytes, since DER has one encoding per value
+    /// (x509-cert reads some non-DER, such as a DEFAULT value written out, but never writes it).
+    fn der_differences(der: &[u8]) -> Vec<String> {
+        use x509_cert::der::oid::AssociatedOid;
+        use x509_cert::der::{Decode, Encode};
+        use x509_cert::ext::pkix::{
+            AuthorityKeyIdentifier, BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAltName, SubjectKeyIdentifier,
+        };
+
+        fn reencoded<'a, T: Decode<'a> + Encode>(bytes: &'a [u8]) -> Result<Vec<u8>, String> {
+            let value = T::from_der(bytes).map_err(|error| error.to_string())?;
+            value.to_der().map_err(|error| error.to_string())
+        }
+
+        let mut differences = Vec::new();
+        let cert = match x509_cert::Certificate::from_der(der) {
+            Ok(cert) => cert,
+            Err(error) => return vec![format!("certificate: {error}")],
+        };
+        match cert.to_der() {
+            Ok(again) if again == der => {}
+            Ok(_) => differences.push("certificate: re-encodes differently".to_owned()),
+            Err(error) => differences.push(format!("certificate: {error}")),
+        }
+        for extension in cert.tbs_certificate().extensions().map(Vec::as_slice).unwrap_or_default() {
+            let (oid, value) = (extension.extn_id, extension.extn_value.as_bytes());
+            let again = if oid == BasicConstraints::OID {
+                reencoded::<BasicConstraints>(value)
+            } else if oid == KeyUsage::OID {
+                reencoded::<KeyUsage>(value)
+            } else if oid == ExtendedKeyUsage::OID {
+                reencoded::<ExtendedKeyUsage>(value)
+            } else if oid == SubjectAltName::OID {
+                reencoded::<SubjectAltName>(value)
+            } else if oid == AuthorityKeyIdentifier::OID {
+                reencoded::<AuthorityKeyIdentifier>(value)
+            } else if oid == SubjectKeyIdentifier::OID {
+                reencoded::<SubjectKeyIdentifier>(value)
+            } else {
+                Err("an extension tollgate does not write".to_owned())
+            };
+            match again {
+                Ok(again) if again == value => {}
+                Ok(again) => {
+                    differences.push(format!("{oid}: {} re-encodes as {}", hex::encode(value), hex::encode(again)))
+                }
+                Err(error) => differences.push(format!("{oid}: {error}")),
+            }
+        }
+        differences
+    }
+
+    /// The value of extension `oid` (dotted) in `pem`'s certificate, with its criticality.
+    fn extension(pem: &str, oid: &str) -> Option<(bool, Vec<u8>)> {
+        let der = der(pem);
+        let (_, cert) = X509Certificate::from_der(&der).expect("parses");
+        let found = cert.extensions().iter().find(|extension| extension.oid.to_id_string() == oid)?;
+        Some((found.critical, found.value.to_vec()))
+    }
+
+    #[test]
+    fn every_kind_of_certificate_is_der() {
+        let ca = Ca::generate("test CA").expect("CA");
+        let long_name = format!("{}.example.test", "a".repeat(63));
+        let leaves = [
+            Leaf::server(&["proxy.test".into(), "*.proxy.test".into()], &["127.0.0.1".parse().expect("ip")]),
+            Leaf::server(&[], &["::1".parse().expect("ip")]),
+            Leaf::client("alice@corp.example", Some("backend")),
+            Leaf::client("bob", None),
+            // An interception leaf for a name too long for a CN.
+            Ok(Leaf {
+                common_name: String::new(),
+                organizational_unit: None,
+                subject_alt_names: vec![San::Dns(long_name)],
+                usage: Usage::Server,
+                validity: SERVER_VALIDITY,
+            }),
+        ];
+        assert_eq!(der_differences(ca.cert_der()), Vec::<String>::new(), "the CA");
+        for leaf in leaves {
+            let leaf = leaf.expect("leaf");
+            let (cert, _) = ca.issue_der(&leaf).expect("issued");
+            assert_eq!(der_differences(&cert), Vec::<String>::new(), "{leaf:?}");
+        }
+    }
+
+    #[test]
+    fn the_der_check_refuses_what_rcgen_writes_for_explicit_no_ca() {
+        // rcgen 0.13's `ExplicitNoCa` and key usages, as tollgate's leaves were made before.
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = CertificateParams::new(vec!["proxy.test".to_owned()]).expect("params");
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        let cert = params.self_signed(&key).expect("signed");
+        let differences = der_differences(cert.der());
+        assert!(differences.iter().any(|d| d == "2.5.29.19: 3003010100 re-encodes as 3000"), "{differences:?}");
+        assert!(differences.iter().any(|d| d == "2.5.29.15: 0303078000 re-encodes as 03020780"), "{differences:?}");
+    }
+
+    #[test]
+    fn leaves_and_cas_carry_their_constraints_and_usages_in_der() {
+        let ca = Ca::generate("test CA").expect("CA");
+        // cA TRUE, pathLenConstraint 0; digitalSignature, keyCertSign, cRLSign: bits 0, 5 and 6, one unused.
+        assert_eq!(
+            extension(ca.cert_pem(), "2.5.29.19"),
+            Some((true, vec![0x30, 0x06, 0x01, 0x01, 0xff, 0x02, 0x01, 0x00]))
+        );
+        assert_eq!(extension(ca.cert_pem(), "2.5.29.15"), Some((true, vec![0x03, 0x02, 0x01, 0x86])));
+        let (leaf, _) = ca.issue(&Leaf::server(&["proxy.test".into()], &[]).expect("leaf")).expect("issued");
+        // cA FALSE is the DEFAULT, so an empty SEQUENCE; digitalSignature alone: bit 0, seven unused.
+        assert_eq!(extension(&leaf, "2.5.29.19"), Some((true, vec![0x30, 0x00])));
+        assert_eq!(extension(&leaf, "2.5.29.15"), Some((true, vec![0x03, 0x02, 0x07, 0x80])));
+        let (critical, identifier) = extension(&leaf, "2.5.29.14").expect("a subject key identifier");
+        assert!(!critical);
+        assert_eq!(identifier.len(), 22, "an OCTET STRING of 20 bytes");
+
+        let leaf_der = der(&leaf);
+        let (_, cert) = X509Certificate::from_der(&leaf_der).expect("parses");
+        assert!(!cert.is_ca());
+        let (_, ca_cert) = X509Certificate::from_der(ca.cert_der()).expect("parses");
+        assert!(ca_cert.is_ca());
     }
 
     #[test]

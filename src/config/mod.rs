@@ -545,7 +545,7 @@ fn compile_listener_tls(tls: &file::ListenerTls) -> Result<Arc<rustls::ServerCon
         client_auth: tls.client_auth,
         crl: tls.crl.as_deref().map(Path::new),
     };
-    tls::server_config(&files).map_err(|m| ("cert", m))
+    tls::server_config(&files).map_err(|error| (error.key, error.message))
 }
 
 /// Builds the shared upstream client config; errors name the key.

@@ -501,6 +501,8 @@ mod tests {
             let (_, leaf) = X509Certificate::from_der(&seen.chain[0]).expect("parses");
             let common_name = leaf.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok());
             assert_eq!(common_name, (host.len() <= MAX_COMMON_NAME).then_some(host), "{host}");
+            // Never an empty subject: that would oblige a critical SAN (RFC 5280 §4.2.1.6).
+            assert_ne!(leaf.subject().iter().count(), 0, "{host}");
         }
     }
 

@@ -1,11 +1,13 @@
 //! `tollgate ca init` and `tollgate cert server|client` through the real binary, checked with real TLS clients
-//! (curl and rustls) against an in-test tokio-rustls server on 127.0.0.1:0.
+//! (curl and rustls) against an in-test tokio-rustls server on 127.0.0.1:0, and every certificate tollgate writes or
+//! mints checked by a strict DER parser (Python's `cryptography`, `tests/clients/strict_der.py`).
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
@@ -13,6 +15,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tollgate::intercept::ca::Minter;
+use tollgate::target::Host;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 /// Runs the real `tollgate` binary.
@@ -352,4 +356,117 @@ async fn the_gateway_serves_its_tls_listener_with_the_generated_files_and_names_
     assert_eq!(record["user"], "alice@corp.example", "{record}");
     assert_eq!(record["team"], "backend", "{record}");
     assert_eq!(record["decision"], "allow", "{record}");
+}
+
+/// Runs `tests/clients/strict_der.py` (Python's `cryptography`, from `scripts/test`'s venv) on `checks`; its exit
+/// status and its one JSON line.
+fn strict_der(checks: &[String]) -> (bool, serde_json::Value) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/strict_der.py");
+    let output =
+        std::process::Command::new(crate::common::python()).arg(script).args(checks).output().expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("one JSON line ({e}): {stdout}\n{}", String::from_utf8_lossy(&output.stderr)));
+    (output.status.success(), report)
+}
+
+/// Certificates as PEM, 64 base64 characters a line.
+fn pem(chain: &[CertificateDer<'_>]) -> String {
+    use base64::Engine;
+    let mut text = String::new();
+    for cert in chain {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        text.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in encoded.as_bytes().chunks(64) {
+            text.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            text.push('\n');
+        }
+        text.push_str("-----END CERTIFICATE-----\n");
+    }
+    text
+}
+
+/// The chain an intercepting gateway's minter presents for `host` (leaf, then its CA), as a rustls client trusting
+/// `ca` receives it in a real handshake.
+async fn minted_chain(minter: &Minter, host: &str, ca: &Path) -> Vec<CertificateDer<'static>> {
+    let target = match host.parse() {
+        Ok(ip) => Host::Ip(ip),
+        Err(_) => Host::Name(host.into()),
+    };
+    let server = minter.server_config(&target).await.expect("minted");
+    let client = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("TLS")
+        .with_root_certificates(roots(ca))
+        .with_no_client_auth();
+    let name = ServerName::try_from(host.to_owned()).expect("server name");
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let (accepted, connected) = tokio::join!(
+        TlsAcceptor::from(server).accept(server_io),
+        TlsConnector::from(Arc::new(client)).connect(name, client_io)
+    );
+    accepted.expect("server side of the handshake");
+    let tls = connected.expect("the minted leaf verifies");
+    tls.get_ref().1.peer_certificates().expect("a chain").to_vec()
+}
+
+#[tokio::test]
+async fn every_certificate_tollgate_writes_or_mints_is_strict_der() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path().to_str().expect("utf-8 path");
+    tollgate_ok(&["ca", "init", "--dir", d]);
+    tollgate_ok(&["ca", "init", "--client", "--dir", d]);
+    let server = "cert server --name proxy.test --name *.proxy.test --ip 127.0.0.1 --ip ::1 --dir";
+    tollgate_ok(&server.split(' ').chain([d]).collect::<Vec<_>>());
+    tollgate_ok(&["cert", "client", "--user", "alice@corp.example", "--team", "backend", "--dir", d]);
+    tollgate_ok(&["cert", "client", "--user", "bob", "--dir", d]);
+
+    // Interception leaves: a name, a name too long for a CN (the SAN alone names it), and IP addresses.
+    let (ca_cert, ca_key) = (dir.path().join("interception-ca.pem"), dir.path().join("interception-ca.key"));
+    let (minter, _) =
+        Minter::load_or_create(&ca_cert, &ca_key, Duration::from_secs(24 * 60 * 60), 16).expect("interception CA");
+    let long_name = format!("{}.example.test", "a".repeat(63));
+    let mut checks: Vec<String> =
+        ["tollgate-ca", "clients-ca", "interception-ca"].iter().map(|stem| format!("ca:{d}/{stem}.pem")).collect();
+    for name in ["proxy.test", "www.proxy.test", "127.0.0.1", "::1"] {
+        checks.push(format!("server:{d}/server.pem:{name}"));
+    }
+    checks.push(format!("client:{d}/alice@corp.example.pem"));
+    checks.push(format!("client:{d}/bob.pem"));
+    for (index, host) in ["api.anthropic.com", long_name.as_str(), "10.1.2.3", "2001:db8::7"].into_iter().enumerate() {
+        let path = dir.path().join(format!("minted-{index}.pem"));
+        std::fs::write(&path, pem(&minted_chain(&minter, host, &ca_cert).await)).expect("write the minted chain");
+        checks.push(format!("server:{}:{host}", path.display()));
+    }
+
+    let (ok, report) = strict_der(&checks);
+    assert!(ok, "{report:#}");
+    assert_eq!(report["certificates"], 3 + 2 * (4 + 2 + 4), "{report}");
+}
+
+#[test]
+fn the_strict_check_refuses_what_der_forbids() {
+    use rcgen::{CertificateParams, CustomExtension, KeyPair};
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A self-signed certificate carrying one extension whose value breaks a DER rule.
+    let self_signed = |name: &str, oid: &[u64], value: &[u8]| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["strict.test".to_owned()]).expect("params");
+        let mut extension = CustomExtension::from_oid_content(oid, value.to_vec());
+        extension.set_criticality(true);
+        params.custom_extensions = vec![extension];
+        let path = dir.path().join(format!("{name}.pem"));
+        std::fs::write(&path, params.self_signed(&key).expect("signed").pem()).expect("write");
+        format!("ca:{}", path.display())
+    };
+    // basicConstraints `cA FALSE` written out, though FALSE is its DEFAULT.
+    let explicit_default = self_signed("explicit-default", &[2, 5, 29, 19], &[0x30, 0x03, 0x01, 0x01, 0x00]);
+    // keyUsage digitalSignature as nine bits, trailing zeros kept.
+    let padded_bits = self_signed("padded-bits", &[2, 5, 29, 15], &[0x03, 0x03, 0x07, 0x80, 0x00]);
+    let (ok, report) = strict_der(&[explicit_default.clone(), padded_bits.clone()]);
+    assert!(!ok, "{report}");
+    let errors: Vec<&str> = report["errors"].as_array().expect("errors").iter().filter_map(|e| e.as_str()).collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(errors[0].starts_with(&explicit_default) && errors[0].contains("EncodedDefault"), "{}", errors[0]);
+    assert!(errors[1].starts_with(&padded_bits) && errors[1].contains("keyUsage is not in DER"), "{}", errors[1]);
 }
