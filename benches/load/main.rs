@@ -50,23 +50,23 @@ use tokio::time::{sleep, timeout};
 // ---------------------------------------------------------------------------------------------
 
 /// Body size of `GET /` on the origin.
-const SMALL_BODY: usize = 100;
+const SMALL_BODY_LENGTH: usize = 100;
 /// Body size of `GET /bulk` on the origin (1 GiB).
-const BULK_LEN: u64 = 1 << 30;
+const BULK_LENGTH: u64 = 1 << 30;
 /// Read buffer of the bulk download.
-const BULK_READ_BUF: usize = 256 * 1024;
+const BULK_READ_BUFFER: usize = 256 * 1024;
 /// Read buffer of the request/response scenarios.
-const SMALL_READ_BUF: usize = 16 * 1024;
+const SMALL_READ_BUFFER: usize = 16 * 1024;
 /// Scenario a: concurrent keep-alive connections.
-const KA_CONNS: usize = 32;
+const KEEP_ALIVE_CONNECTIONS: usize = 32;
 /// Scenario b: concurrent CONNECT + GET + close workers.
-const CC_WORKERS: usize = 16;
+const CONNECT_WORKERS: usize = 16;
 /// Scenario d: concurrent openers.
-const RSS_OPENERS: usize = 64;
+const TUNNEL_OPENERS: usize = 64;
 /// Hard cap on requests in one round of scenario a (the time bound normally ends it first).
-const KA_MAX_REQUESTS: u64 = 5_000_000;
+const KEEP_ALIVE_MAX_REQUESTS: u64 = 5_000_000;
 /// Hard cap on operations in one round of scenario b.
-const CC_MAX_OPS: u64 = 1_000_000;
+const CONNECT_MAX_OPERATIONS: u64 = 1_000_000;
 /// Hard cap on recorded latencies per worker (memory bound).
 const MAX_SAMPLES_PER_WORKER: usize = 1_000_000;
 /// A worker gives up after this many errors in one round.
@@ -76,11 +76,11 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timeout of one 1 GiB download.
 const BULK_TIMEOUT: Duration = Duration::from_secs(120);
 /// Time allowed to open all idle tunnels of scenario d.
-const RSS_OPEN_TIMEOUT: Duration = Duration::from_secs(90);
+const TUNNELS_OPEN_TIMEOUT: Duration = Duration::from_secs(90);
 /// Readiness: connect attempts, 100 ms apart.
 const READY_ATTEMPTS: u32 = 150;
 /// RLIMIT_NOFILE the harness asks for (5,000 tunnels need ~10,000 descriptors on each side).
-const WANT_NOFILE: u64 = 65536;
+const WANTED_OPEN_FILES: u64 = 65536;
 /// Pause between rounds, so closing sockets of one round do not load the next.
 const ROUND_PAUSE: Duration = Duration::from_millis(500);
 /// Largest request body the in-process servers read.
@@ -90,16 +90,16 @@ const MAX_REQUEST_BODY: u64 = 1 << 20;
 const API_HOST: &str = "api.anthropic.com";
 const MINT_DOMAIN: &str = "mint.example.com";
 /// Scenario intercept: keep-alive tunnels sending requests back to back.
-const INTERCEPT_CONNS: usize = 32;
+const INTERCEPT_TUNNELS: usize = 32;
 /// Scenario intercept, paced: requests/s, evenly spaced, over this many keep-alive tunnels.
 const PACED_RATE: u32 = 500;
-const PACED_CONNS: usize = 8;
+const PACED_TUNNELS: usize = 8;
 /// A paced request sent later than this after its slot is counted as late (tokio's timer has 1 ms ticks).
 const PACE_SLACK: Duration = Duration::from_millis(2);
 /// Scenario intercept: new hosts per round, each opened twice (CONNECT + TLS handshake): minted, then cached.
 const MINT_HOSTS: usize = 20;
 /// Scenario sse: concurrent keep-alive connections, each asking for one streamed response after the other.
-const SSE_CONNS: usize = 4;
+const SSE_CONNECTIONS: usize = 4;
 /// Scenario sse: `content_block_delta` events per response, and the stub's gap between events.
 const SSE_DELTAS: usize = 20;
 const SSE_GAP: Duration = Duration::from_millis(2);
@@ -111,7 +111,7 @@ const SSE_MAX_STREAMS: u64 = 100_000;
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-enum Kind {
+enum Target {
     Direct,
     Tollgate,
     Squid,
@@ -120,26 +120,30 @@ enum Kind {
     Mitmproxy,
 }
 
-impl Kind {
-    const ALL: [Kind; 4] = [Kind::Direct, Kind::Tollgate, Kind::Squid, Kind::Tinyproxy];
+impl Target {
+    const ALL: [Target; 4] = [Target::Direct, Target::Tollgate, Target::Squid, Target::Tinyproxy];
 
     fn name(self) -> &'static str {
         match self {
-            Kind::Direct => "direct",
-            Kind::Tollgate => "tollgate",
-            Kind::Squid => "squid",
-            Kind::Tinyproxy => "tinyproxy",
-            Kind::Mitmproxy => "mitmproxy",
+            Target::Direct => "direct",
+            Target::Tollgate => "tollgate",
+            Target::Squid => "squid",
+            Target::Tinyproxy => "tinyproxy",
+            Target::Mitmproxy => "mitmproxy",
         }
     }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
-enum Scen {
-    A,
-    B,
-    C,
-    D,
+enum Scenario {
+    /// a: keep-alive GETs through the proxy (absolute-form), req/s and latency.
+    KeepAlive,
+    /// b: connect, CONNECT, one GET inside the tunnel, close; operations/s.
+    ConnectGetClose,
+    /// c: 1 GiB through one tunnel, MiB/s.
+    Bulk,
+    /// d: the proxy's RSS per idle tunnel.
+    IdleTunnels,
     /// tollgate only: the TLS listener against the plain one (e, f), TLS and mTLS handshakes (g, h).
     Tls,
     /// tollgate only: scenario a with team and org/user limits against the same without.
@@ -155,34 +159,35 @@ enum Scen {
     Sse,
 }
 
-impl Scen {
-    const ALL: [Scen; 10] = [
-        Scen::A,
-        Scen::B,
-        Scen::C,
-        Scen::D,
-        Scen::Tls,
-        Scen::Limits,
-        Scen::Redis,
-        Scen::Reload,
-        Scen::Intercept,
-        Scen::Sse,
+impl Scenario {
+    const ALL: [Scenario; 10] = [
+        Scenario::KeepAlive,
+        Scenario::ConnectGetClose,
+        Scenario::Bulk,
+        Scenario::IdleTunnels,
+        Scenario::Tls,
+        Scenario::Limits,
+        Scenario::Redis,
+        Scenario::Reload,
+        Scenario::Intercept,
+        Scenario::Sse,
     ];
     /// The scenarios that compare targets (the first table); the others are tollgate's features.
-    const TARGETS: [Scen; 4] = [Scen::A, Scen::B, Scen::C, Scen::D];
+    const COMPARING_TARGETS: [Scenario; 4] =
+        [Scenario::KeepAlive, Scenario::ConnectGetClose, Scenario::Bulk, Scenario::IdleTunnels];
 
-    fn parse(s: &str) -> Option<Scen> {
+    fn parse(s: &str) -> Option<Scenario> {
         match s {
-            "a" | "keepalive" | "keep-alive" => Some(Scen::A),
-            "b" | "connect" | "cc" => Some(Scen::B),
-            "c" | "bulk" | "throughput" => Some(Scen::C),
-            "d" | "rss" | "memory" => Some(Scen::D),
-            "tls" | "e" | "f" | "g" | "h" => Some(Scen::Tls),
-            "limits" => Some(Scen::Limits),
-            "redis" => Some(Scen::Redis),
-            "reload" => Some(Scen::Reload),
-            "intercept" | "interception" | "mint" | "paced" => Some(Scen::Intercept),
-            "sse" | "stream" | "streaming" => Some(Scen::Sse),
+            "a" | "keepalive" | "keep-alive" => Some(Scenario::KeepAlive),
+            "b" | "connect" | "cc" => Some(Scenario::ConnectGetClose),
+            "c" | "bulk" | "throughput" => Some(Scenario::Bulk),
+            "d" | "rss" | "memory" => Some(Scenario::IdleTunnels),
+            "tls" | "e" | "f" | "g" | "h" => Some(Scenario::Tls),
+            "limits" => Some(Scenario::Limits),
+            "redis" => Some(Scenario::Redis),
+            "reload" => Some(Scenario::Reload),
+            "intercept" | "interception" | "mint" | "paced" => Some(Scenario::Intercept),
+            "sse" | "stream" | "streaming" => Some(Scenario::Sse),
             _ => None,
         }
     }
@@ -191,45 +196,51 @@ impl Scen {
 /// One row of the result table.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Metric {
-    KaRps,
-    KaP50,
-    KaP99,
-    CcRate,
-    BulkMibs,
-    RssKib,
+    KeepAliveRate,
+    KeepAliveP50,
+    KeepAliveP99,
+    ConnectRate,
+    BulkThroughput,
+    RssPerTunnel,
 }
 
 impl Metric {
-    const ALL: [Metric; 6] =
-        [Metric::KaRps, Metric::KaP50, Metric::KaP99, Metric::CcRate, Metric::BulkMibs, Metric::RssKib];
+    const ALL: [Metric; 6] = [
+        Metric::KeepAliveRate,
+        Metric::KeepAliveP50,
+        Metric::KeepAliveP99,
+        Metric::ConnectRate,
+        Metric::BulkThroughput,
+        Metric::RssPerTunnel,
+    ];
 
-    fn label(self, opts: &Opts) -> String {
+    fn label(self, options: &Options) -> String {
         match self {
-            Metric::KaRps => format!("a. keep-alive GET, {KA_CONNS} conns (req/s)"),
-            Metric::KaP50 => "a. latency p50 (µs)".to_string(),
-            Metric::KaP99 => "a. latency p99 (µs)".to_string(),
-            Metric::CcRate => format!("b. CONNECT + GET + close, {CC_WORKERS} workers (conn/s)"),
-            Metric::BulkMibs => "c. 1 GiB through one tunnel (MiB/s)".to_string(),
-            Metric::RssKib => format!("d. RSS per idle tunnel, {} tunnels (KiB)", opts.tunnels),
+            Metric::KeepAliveRate => format!("a. keep-alive GET, {KEEP_ALIVE_CONNECTIONS} conns (req/s)"),
+            Metric::KeepAliveP50 => "a. latency p50 (µs)".to_string(),
+            Metric::KeepAliveP99 => "a. latency p99 (µs)".to_string(),
+            Metric::ConnectRate => format!("b. CONNECT + GET + close, {CONNECT_WORKERS} workers (conn/s)"),
+            Metric::BulkThroughput => "c. 1 GiB through one tunnel (MiB/s)".to_string(),
+            Metric::RssPerTunnel => format!("d. RSS per idle tunnel, {} tunnels (KiB)", options.tunnels),
         }
     }
 
     fn decimals(self) -> usize {
         match self {
-            Metric::RssKib => 1,
+            Metric::RssPerTunnel => 1,
             _ => 0,
         }
     }
 }
 
 #[derive(Clone)]
-struct Opts {
+struct Options {
     quick: bool,
     rounds: usize,
     round_secs: u64,
     tunnels: usize,
-    kinds: Vec<Kind>,
-    scens: Vec<Scen>,
+    targets: Vec<Target>,
+    scenarios: Vec<Scenario>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--quick] [--only NAME[,NAME...]] [--rounds N] [--tunnels N]
@@ -239,7 +250,7 @@ const USAGE: &str = "usage: cargo bench --bench load -- [--quick] [--only NAME[,
   env:  TOLLGATE_BIN (default target/release/tollgate), SQUID_BIN, TINYPROXY_BIN,
         MITMDUMP_BIN (default target/mitmproxy-venv/bin/mitmdump, else mitmdump on PATH)";
 
-fn parse_args() -> Result<Opts, String> {
+fn parse_args() -> Result<Options, String> {
     let mut quick = false;
     let mut rounds = 3usize;
     let mut tunnels = 5000usize;
@@ -275,28 +286,28 @@ fn parse_args() -> Result<Opts, String> {
             other => eprintln!("load: ignoring unknown argument {other:?}"),
         }
     }
-    let mut kinds = Vec::new();
-    let mut scens = Vec::new();
+    let mut targets = Vec::new();
+    let mut scenarios = Vec::new();
     for name in &only {
-        if let Some(k) = Kind::ALL.iter().find(|k| k.name() == name) {
-            kinds.push(*k);
-        } else if let Some(s) = Scen::parse(name) {
-            scens.push(s);
+        if let Some(k) = Target::ALL.iter().find(|k| k.name() == name) {
+            targets.push(*k);
+        } else if let Some(s) = Scenario::parse(name) {
+            scenarios.push(s);
         } else {
             return Err(format!("--only: unknown name {name:?}\n{USAGE}"));
         }
     }
-    if kinds.is_empty() {
-        kinds = Kind::ALL.to_vec();
+    if targets.is_empty() {
+        targets = Target::ALL.to_vec();
     }
-    if scens.is_empty() {
-        scens = Scen::ALL.to_vec();
+    if scenarios.is_empty() {
+        scenarios = Scenario::ALL.to_vec();
     }
-    kinds.sort();
-    kinds.dedup();
-    scens.sort();
-    scens.dedup();
-    Ok(Opts { quick, rounds, round_secs: if quick { 2 } else { 5 }, tunnels, kinds, scens })
+    targets.sort();
+    targets.dedup();
+    scenarios.sort();
+    scenarios.dedup();
+    Ok(Options { quick, rounds, round_secs: if quick { 2 } else { 5 }, tunnels, targets, scenarios })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -397,7 +408,7 @@ fn tree_rss_kib(root: u32) -> Option<(u64, usize)> {
 
 /// On-CPU and runnable-but-waiting time of a process and its descendants, all threads, ns
 /// (`/proc/PID/task/TID/schedstat`; threads that ended are not counted).
-fn tree_sched_ns(root: u32) -> (u64, u64) {
+fn tree_cpu_ns(root: u32) -> (u64, u64) {
     let (mut run, mut wait) = (0, 0);
     for pid in process_tree(root) {
         let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -423,7 +434,7 @@ fn log_tail(path: &Path, max: usize) -> String {
 
 /// A running proxy. Dropping it kills the process and its descendants.
 struct Proxy {
-    kind: Kind,
+    kind: Target,
     child: Child,
     addr: SocketAddr,
     log: PathBuf,
@@ -519,7 +530,7 @@ fn pin_self(cores: usize, have_taskset: bool) -> String {
     }
 }
 
-fn nofile_limits() -> Option<(u64, u64)> {
+fn open_file_limits() -> Option<(u64, u64)> {
     let limits = fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     let mut it = line["Max open files".len()..].split_whitespace();
@@ -530,22 +541,22 @@ fn nofile_limits() -> Option<(u64, u64)> {
 
 /// Raises RLIMIT_NOFILE of this process with `prlimit` (children inherit it).
 /// `need`: descriptors scenario d needs in this process.
-fn raise_nofile(need: u64) -> (u64, String) {
+fn raise_open_file_limit(need: u64) -> (u64, String) {
     let pid = std::process::id().to_string();
-    let before = nofile_limits();
+    let before = open_file_limits();
     if let Some((soft, _)) = before {
-        if soft >= WANT_NOFILE {
+        if soft >= WANTED_OPEN_FILES {
             return (soft, format!("{soft} (already)"));
         }
     }
     let mut how = String::new();
     for spec in [
-        format!("--nofile={WANT_NOFILE}:{WANT_NOFILE}"),
+        format!("--nofile={WANTED_OPEN_FILES}:{WANTED_OPEN_FILES}"),
         // Without privileges, at least raise the soft limit to the hard one.
         format!(
             "--nofile={}:{}",
-            before.map_or(WANT_NOFILE, |(_, h)| h.min(WANT_NOFILE)),
-            before.map_or(WANT_NOFILE, |(_, h)| h)
+            before.map_or(WANTED_OPEN_FILES, |(_, h)| h.min(WANTED_OPEN_FILES)),
+            before.map_or(WANTED_OPEN_FILES, |(_, h)| h)
         ),
     ] {
         match Command::new("prlimit").args(["--pid", &pid, &spec]).output() {
@@ -559,8 +570,8 @@ fn raise_nofile(need: u64) -> (u64, String) {
             }
         }
     }
-    let now = nofile_limits().map_or(0, |(s, _)| s);
-    if now >= WANT_NOFILE {
+    let now = open_file_limits().map_or(0, |(s, _)| s);
+    if now >= WANTED_OPEN_FILES {
         (now, format!("{now} (raised with prlimit)"))
     } else {
         let verdict = if now >= need {
@@ -570,12 +581,12 @@ fn raise_nofile(need: u64) -> (u64, String) {
         };
         (
             now,
-            format!("{now}: could not raise it to {WANT_NOFILE} ({how}run under `ulimit -n {WANT_NOFILE}`); {verdict}"),
+            format!("{now}: could not raise it to {WANTED_OPEN_FILES} ({how}run under `ulimit -n {WANTED_OPEN_FILES}`); {verdict}"),
         )
     }
 }
 
-fn tollgate_bin() -> PathBuf {
+fn tollgate_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TOLLGATE_BIN") {
         return PathBuf::from(p);
     }
@@ -614,15 +625,15 @@ fn free_port() -> io::Result<u16> {
 
 fn small_response(close: bool) -> Vec<u8> {
     let mut r = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {SMALL_BODY}\r\n{}\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {SMALL_BODY_LENGTH}\r\n{}\r\n",
         if close { "Connection: close\r\n" } else { "" }
     )
     .into_bytes();
-    r.extend(std::iter::repeat_n(b'x', SMALL_BODY));
+    r.extend(std::iter::repeat_n(b'x', SMALL_BODY_LENGTH));
     r
 }
 
-fn header_has(value: &[u8], token: &str) -> bool {
+fn header_has_token(value: &[u8], token: &str) -> bool {
     String::from_utf8_lossy(value).split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
@@ -646,14 +657,14 @@ enum Resource {
     Messages,
 }
 
-struct OriginReq {
+struct IncomingRequest {
     resource: Resource,
     close: bool,
     body: u64,
     chunked: bool,
 }
 
-fn origin_req(req: &httparse::Request) -> OriginReq {
+fn origin_req(req: &httparse::Request) -> IncomingRequest {
     let path = req.path.unwrap_or("/");
     // Accept absolute-form too (RFC 9112 3.2.2), in case a proxy forwards it unchanged.
     let path = path
@@ -667,16 +678,16 @@ fn origin_req(req: &httparse::Request) -> OriginReq {
     let mut chunked = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
-            if header_has(h.value, "close") {
+            if header_has_token(h.value, "close") {
                 close = true;
-            } else if http10 && header_has(h.value, "keep-alive") {
+            } else if http10 && header_has_token(h.value, "keep-alive") {
                 // We never answer HTTP/1.0 keep-alive; keep it simple and close.
                 close = true;
             }
         } else if h.name.eq_ignore_ascii_case("content-length") {
             body = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = header_has(h.value, "chunked");
+            chunked = header_has_token(h.value, "chunked");
         }
     }
     let resource = if path == "/bulk" || path.starts_with("/bulk?") {
@@ -686,18 +697,18 @@ fn origin_req(req: &httparse::Request) -> OriginReq {
     } else {
         Resource::Small
     };
-    OriginReq { resource, close, body, chunked }
+    IncomingRequest { resource, close, body, chunked }
 }
 
 /// A server-side connection (plain TCP or TLS) with its read buffer.
-struct ServerConn<S> {
+struct ServerConnection<S> {
     s: S,
     buf: Vec<u8>,
     start: usize,
     end: usize,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> ServerConn<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
     /// Writes and flushes (TLS buffers records until flushed; for TCP the flush is free).
     async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.s.write_all(bytes).await?;
@@ -706,7 +717,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerConn<S> {
 
     /// The next request and its body (at most `MAX_REQUEST_BODY` bytes, `Content-Length` only); `None` when
     /// the client closed between requests or sent one this server refuses (answered, then closed).
-    async fn request(&mut self) -> io::Result<Option<(OriginReq, Vec<u8>)>> {
+    async fn request(&mut self) -> io::Result<Option<(IncomingRequest, Vec<u8>)>> {
         let (n, req) = loop {
             if self.end > self.start {
                 let mut hs = [httparse::EMPTY_HEADER; 64];
@@ -769,20 +780,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ServerConn<S> {
 }
 
 /// Serves one connection until the client closes or asks to.
-async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(s: S, served: Served) -> io::Result<()> {
-    let mut c = ServerConn { s, buf: vec![0u8; SMALL_READ_BUF], start: 0, end: 0 };
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(s: S, served: Served) -> io::Result<()> {
+    let mut c = ServerConnection { s, buf: vec![0u8; SMALL_READ_BUFFER], start: 0, end: 0 };
     let small_ka = small_response(false);
     let small_close = small_response(true);
     while let Some((req, body)) = c.request().await? {
         match (served, req.resource) {
             (Served::Origin, Resource::Bulk) => {
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {BULK_LEN}\r\n{}\r\n",
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {BULK_LENGTH}\r\n{}\r\n",
                     if req.close { "Connection: close\r\n" } else { "" }
                 );
                 c.s.write_all(head.as_bytes()).await?;
-                let chunk = vec![b'b'; BULK_READ_BUF];
-                let mut left = BULK_LEN;
+                let chunk = vec![b'b'; BULK_READ_BUFFER];
+                let mut left = BULK_LENGTH;
                 while left > 0 {
                     let n = (chunk.len() as u64).min(left) as usize;
                     c.s.write_all(&chunk[..n]).await?;
@@ -815,9 +826,9 @@ async fn serve(listener: TcpListener, served: Served, tls: Option<tokio_rustls::
                 tokio::spawn(async move {
                     let _ = s.set_nodelay(true);
                     let _ = match tls {
-                        None => serve_conn(s, served).await,
+                        None => serve_connection(s, served).await,
                         Some(acceptor) => match timeout(IO_TIMEOUT, acceptor.accept(s)).await {
-                            Ok(Ok(s)) => serve_conn(s, served).await,
+                            Ok(Ok(s)) => serve_connection(s, served).await,
                             _ => Ok(()),
                         },
                     };
@@ -900,7 +911,7 @@ fn stamp_ns() -> u64 {
 
 /// The streamed answer: the head, then each event as one chunk, written and flushed on its own, `SSE_GAP` apart.
 /// Each event carries its send time as an SSE `id:` line (`stamp_ns`), which SSE readers pass over.
-async fn stub_stream<S: AsyncRead + AsyncWrite + Unpin>(c: &mut ServerConn<S>) -> io::Result<()> {
+async fn stub_stream<S: AsyncRead + AsyncWrite + Unpin>(c: &mut ServerConnection<S>) -> io::Result<()> {
     c.send(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nrequest-id: req_bench\r\n\
           Transfer-Encoding: chunked\r\n\r\n",
@@ -929,7 +940,7 @@ struct Head {
     chunked: bool,
 }
 
-fn head_of(r: &httparse::Response) -> Head {
+fn parse_head(r: &httparse::Response) -> Head {
     let mut h = Head {
         status: r.code.unwrap_or(0),
         http10: r.version == Some(0),
@@ -943,10 +954,10 @@ fn head_of(r: &httparse::Response) -> Head {
         if name.eq_ignore_ascii_case("content-length") {
             h.length = std::str::from_utf8(hd.value).ok().and_then(|v| v.trim().parse().ok());
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            h.chunked = header_has(hd.value, "chunked");
+            h.chunked = header_has_token(hd.value, "chunked");
         } else if name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("proxy-connection") {
-            h.close |= header_has(hd.value, "close");
-            h.keep_alive |= header_has(hd.value, "keep-alive");
+            h.close |= header_has_token(hd.value, "close");
+            h.keep_alive |= header_has_token(hd.value, "keep-alive");
         }
     }
     h
@@ -963,7 +974,7 @@ impl Head {
     }
 }
 
-/// How a response body ends, for reading it piece by piece as it arrives (`Conn::piece`).
+/// How a response body ends, for reading it piece by piece as it arrives (`Connection::piece`).
 enum Framing {
     /// `left` bytes to go in the current chunk (0: a chunk-size line is next); `crlf`: the CRLF that ends the
     /// previous chunk is still to read.
@@ -989,7 +1000,7 @@ impl Framing {
     }
 }
 
-struct Resp {
+struct Response {
     status: u16,
     keep_alive: bool,
     body: u64,
@@ -1029,7 +1040,7 @@ impl Stream {
     }
 }
 
-struct Conn {
+struct Connection {
     s: Stream,
     buf: Vec<u8>,
     start: usize,
@@ -1039,26 +1050,26 @@ struct Conn {
 }
 
 /// One request and its response on an open connection.
-async fn exchange(c: &mut Conn, req: &[u8]) -> io::Result<Resp> {
+async fn exchange(c: &mut Connection, req: &[u8]) -> io::Result<Response> {
     c.send(req).await?;
     c.response(false).await
 }
 
 /// The peer closed the connection (as opposed to a protocol error).
-fn closed(e: &io::Error) -> bool {
+fn closed_by_peer(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
 }
 
-fn eof() -> io::Error {
+fn closed_early() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed early")
 }
 
-impl Conn {
+impl Connection {
     /// Connects to `addr`; with `tls`, makes the TLS handshake too.
-    async fn open(addr: SocketAddr, tls: Option<&TlsDial>, buf: usize) -> io::Result<Conn> {
+    async fn open(addr: SocketAddr, tls: Option<&TlsDial>, buf: usize) -> io::Result<Connection> {
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
-        let c = Conn { s: Stream::Tcp(tcp), buf: vec![0; buf], start: 0, end: 0, read_bytes: 0 };
+        let c = Connection { s: Stream::Tcp(tcp), buf: vec![0; buf], start: 0, end: 0, read_bytes: 0 };
         match tls {
             None => Ok(c),
             Some(d) => c.start_tls(d).await,
@@ -1067,7 +1078,7 @@ impl Conn {
 
     /// The TLS handshake as a client over this TCP connection: to a TLS listener, to a TLS origin, or inside a
     /// CONNECT tunnel (interception).
-    async fn start_tls(self, d: &TlsDial) -> io::Result<Conn> {
+    async fn start_tls(self, d: &TlsDial) -> io::Result<Connection> {
         let Stream::Tcp(tcp) = self.s else {
             return Err(io::Error::other("TLS inside a TLS connection is not supported"));
         };
@@ -1075,7 +1086,7 @@ impl Conn {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "bytes before the TLS handshake"));
         }
         let tls = d.connector.connect(d.name.clone(), tcp).await?;
-        Ok(Conn { s: Stream::Tls(Box::new(tls)), buf: self.buf, start: 0, end: 0, read_bytes: self.read_bytes })
+        Ok(Connection { s: Stream::Tls(Box::new(tls)), buf: self.buf, start: 0, end: 0, read_bytes: self.read_bytes })
     }
 
     async fn read_some(&mut self, at: usize) -> io::Result<usize> {
@@ -1102,7 +1113,7 @@ impl Conn {
         }
         let n = self.read_some(self.end).await?;
         if n == 0 {
-            return Err(eof());
+            return Err(closed_early());
         }
         self.end += n;
         Ok(())
@@ -1115,7 +1126,7 @@ impl Conn {
                 let mut r = httparse::Response::new(&mut hs);
                 match r.parse(&self.buf[self.start..self.end]) {
                     Ok(httparse::Status::Complete(n)) => {
-                        let h = head_of(&r);
+                        let h = parse_head(&r);
                         self.start += n;
                         return Ok(h);
                     }
@@ -1141,13 +1152,13 @@ impl Conn {
 
     /// Reads and discards `n` body bytes; reads straight into the whole buffer.
     async fn skip(&mut self, mut n: u64) -> io::Result<()> {
-        let take = ((self.end - self.start) as u64).min(n);
-        self.start += take as usize;
-        n -= take;
+        let taken = ((self.end - self.start) as u64).min(n);
+        self.start += taken as usize;
+        n -= taken;
         while n > 0 {
             let got = self.read_some(0).await?;
             if got == 0 {
-                return Err(eof());
+                return Err(closed_early());
             }
             if got as u64 > n {
                 self.start = n as usize;
@@ -1217,10 +1228,10 @@ impl Conn {
             if self.start == self.end {
                 self.fill().await?;
             }
-            let take = ((self.end - self.start) as u64).min(*left) as usize;
-            let piece = self.buf[self.start..self.start + take].to_vec();
-            self.start += take;
-            *left -= take as u64;
+            let taken = ((self.end - self.start) as u64).min(*left) as usize;
+            let piece = self.buf[self.start..self.start + taken].to_vec();
+            self.start += taken;
+            *left -= taken as u64;
             if let Framing::Chunked { left: 0, crlf } = f {
                 // Read with the next piece, so that a piece is never held back waiting for its CRLF.
                 *crlf = true;
@@ -1246,7 +1257,7 @@ impl Conn {
         let mut total = (self.end - self.start) as u64;
         self.start = 0;
         self.end = 0;
-        while total < 4 * BULK_LEN {
+        while total < 4 * BULK_LENGTH {
             let got = self.read_some(0).await?;
             if got == 0 {
                 return Ok(total);
@@ -1257,7 +1268,7 @@ impl Conn {
     }
 
     /// Reads one response; `connect`: the answer to a CONNECT (a 2xx has no body).
-    async fn response(&mut self, connect: bool) -> io::Result<Resp> {
+    async fn response(&mut self, connect: bool) -> io::Result<Response> {
         let mut h = self.head().await?;
         let mut interim = 0;
         while (100..200).contains(&h.status) && h.status != 101 {
@@ -1279,7 +1290,7 @@ impl Conn {
             keep_alive = false;
             self.drain_to_eof().await?
         };
-        Ok(Resp { status: h.status, keep_alive, body })
+        Ok(Response { status: h.status, keep_alive, body })
     }
 }
 
@@ -1295,7 +1306,7 @@ struct TlsDial {
 }
 
 #[derive(Clone)]
-struct Target {
+struct Route {
     /// Where the client connects: the origin (direct) or the proxy.
     addr: SocketAddr,
     proxy: bool,
@@ -1310,31 +1321,31 @@ struct Target {
     inner: Option<TlsDial>,
 }
 
-impl Target {
+impl Route {
     /// A plain-TCP target without credentials.
-    fn plain(addr: SocketAddr, proxy: bool, origin: SocketAddr) -> Target {
-        Target { addr, proxy, origin, tls: None, auth: None, authority: None, inner: None }
+    fn plain(addr: SocketAddr, proxy: bool, origin: SocketAddr) -> Route {
+        Route { addr, proxy, origin, tls: None, auth: None, authority: None, inner: None }
     }
 
     /// The Messages API at `authority` (`host:port`) through `addr`: with `inner`, TLS to it (through a proxy:
     /// inside the tunnel).
-    fn api(addr: SocketAddr, proxy: bool, origin: SocketAddr, authority: &str, inner: Option<TlsDial>) -> Target {
-        Target { authority: Some(authority.into()), inner, ..Target::plain(addr, proxy, origin) }
+    fn api(addr: SocketAddr, proxy: bool, origin: SocketAddr, authority: &str, inner: Option<TlsDial>) -> Route {
+        Route { authority: Some(authority.into()), inner, ..Route::plain(addr, proxy, origin) }
     }
 
     /// The same proxy and trust, for another intercepted `host` on port 443.
-    fn for_host(&self, host: &str) -> Result<Target, String> {
+    fn for_host(&self, host: &str) -> Result<Route, String> {
         let name = ServerName::try_from(host.to_string()).map_err(|e| format!("{host}: {e}"))?;
         let inner = self.inner.as_ref().map(|d| TlsDial { connector: d.connector.clone(), name });
-        Ok(Target { authority: Some(format!("{host}:443").into()), inner, ..self.clone() })
+        Ok(Route { authority: Some(format!("{host}:443").into()), inner, ..self.clone() })
     }
 
-    fn with_tls(&self, addr: SocketAddr, tls: TlsDial) -> Target {
-        Target { addr, tls: Some(tls), ..self.clone() }
+    fn with_tls(&self, addr: SocketAddr, tls: TlsDial) -> Route {
+        Route { addr, tls: Some(tls), ..self.clone() }
     }
 
-    fn with_auth(&self, auth: &str) -> Target {
-        Target { auth: Some(auth.into()), ..self.clone() }
+    fn with_auth(&self, auth: &str) -> Route {
+        Route { auth: Some(auth.into()), ..self.clone() }
     }
 
     fn auth_line(&self) -> String {
@@ -1382,13 +1393,13 @@ impl Target {
     }
 
     /// A connection to the proxy (or, direct, to the origin): TCP, plus the TLS handshake for a TLS listener.
-    async fn open(&self, buf: usize) -> io::Result<Conn> {
-        Conn::open(self.addr, self.tls.as_ref(), buf).await
+    async fn open(&self, buf: usize) -> io::Result<Connection> {
+        Connection::open(self.addr, self.tls.as_ref(), buf).await
     }
 
     /// A connection to the destination: direct, or through a CONNECT tunnel of the proxy; then the TLS
     /// handshake with it when `inner` is set.
-    async fn tunnel(&self, buf: usize) -> io::Result<Conn> {
+    async fn tunnel(&self, buf: usize) -> io::Result<Connection> {
         let mut c = self.open(buf).await?;
         if self.proxy {
             c.send(&self.connect_req()).await?;
@@ -1412,14 +1423,14 @@ impl Target {
 struct Stats {
     ok: u64,
     errors: u64,
-    connects: u64,
+    connections_opened: u64,
     /// Requests retried on a new connection because the proxy had closed the kept-alive one.
     stale: u64,
     /// Paced loads: requests sent more than `PACE_SLACK` after their slot.
     late: u64,
-    lat_ns: Vec<u64>,
+    latencies_ns: Vec<u64>,
     /// Scenario sse: each streamed event's delay from the stub's send to the client's read.
-    event_ns: Vec<u64>,
+    event_delays_ns: Vec<u64>,
     last_error: Option<String>,
 }
 
@@ -1427,11 +1438,11 @@ impl Stats {
     fn merge(&mut self, o: Stats) {
         self.ok += o.ok;
         self.errors += o.errors;
-        self.connects += o.connects;
+        self.connections_opened += o.connections_opened;
         self.stale += o.stale;
         self.late += o.late;
-        self.lat_ns.extend(o.lat_ns);
-        self.event_ns.extend(o.event_ns);
+        self.latencies_ns.extend(o.latencies_ns);
+        self.event_delays_ns.extend(o.event_delays_ns);
         if o.last_error.is_some() {
             self.last_error = o.last_error;
         }
@@ -1449,8 +1460,8 @@ impl Stats {
     /// One successful operation that took `ns`.
     fn sample(&mut self, ns: u64) {
         self.ok += 1;
-        if self.lat_ns.len() < MAX_SAMPLES_PER_WORKER {
-            self.lat_ns.push(ns);
+        if self.latencies_ns.len() < MAX_SAMPLES_PER_WORKER {
+            self.latencies_ns.push(ns);
         }
     }
 }
@@ -1477,7 +1488,7 @@ struct RateRound {
     max_us: f64,
     stats: Stats,
     /// The proxy's CPU time per successful operation (µs), and the share of the round it was runnable but
-    /// waiting for its core (another process had it), when measured (`with_cpu`).
+    /// waiting for its core (another process had it), when measured (`with_proxy_cpu`).
     cpu_us: Option<f64>,
     waiting: Option<f64>,
 }
@@ -1486,7 +1497,7 @@ impl RateRound {
     fn describe(&self, unit: &str) -> String {
         let mut s = format!(
             "{:.0} {unit}, p50 {:.0} µs, p99 {:.0} µs, {} ok, {} errors, {} connections opened",
-            self.rate, self.p50_us, self.p99_us, self.stats.ok, self.stats.errors, self.stats.connects
+            self.rate, self.p50_us, self.p99_us, self.stats.ok, self.stats.errors, self.stats.connections_opened
         );
         if self.stats.stale > 0 {
             let _ = write!(s, ", {} retried after the proxy closed a kept-alive connection", self.stats.stale);
@@ -1501,8 +1512,8 @@ impl RateRound {
                 waiting * 100.0
             );
         }
-        if !self.stats.event_ns.is_empty() {
-            let mut ev = self.stats.event_ns.clone();
+        if !self.stats.event_delays_ns.is_empty() {
+            let mut ev = self.stats.event_delays_ns.clone();
             ev.sort_unstable();
             let _ = write!(
                 s,
@@ -1521,14 +1532,14 @@ impl RateRound {
 }
 
 /// Runs `workers` copies of a worker for `dur`, bounded by `max_ops` in total.
-async fn run_workers<F, Fut>(workers: usize, dur: Duration, max_ops: u64, worker: F) -> RateRound
+async fn run_workers<F, Fut>(workers: usize, duration: Duration, max_ops: u64, worker: F) -> RateRound
 where
     F: Fn(Instant, Arc<AtomicU64>) -> Fut,
     Fut: std::future::Future<Output = Stats> + Send + 'static,
 {
     let budget = Arc::new(AtomicU64::new(max_ops));
     let start = Instant::now();
-    let deadline = start + dur;
+    let deadline = start + duration;
     let handles: Vec<_> = (0..workers).map(|_| tokio::spawn(worker(deadline, budget.clone()))).collect();
     let mut all = Stats::default();
     for h in handles {
@@ -1538,12 +1549,12 @@ where
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    all.lat_ns.sort_unstable();
+    all.latencies_ns.sort_unstable();
     RateRound {
         rate: all.ok as f64 / elapsed,
-        p50_us: percentile_us(&all.lat_ns, 0.50),
-        p99_us: percentile_us(&all.lat_ns, 0.99),
-        max_us: percentile_us(&all.lat_ns, 1.0),
+        p50_us: percentile_us(&all.latencies_ns, 0.50),
+        p99_us: percentile_us(&all.latencies_ns, 0.99),
+        max_us: percentile_us(&all.latencies_ns, 1.0),
         stats: all,
         cpu_us: None,
         waiting: None,
@@ -1552,13 +1563,13 @@ where
 
 /// `round`, with the CPU time the process tree of `pid` spent during it per successful operation, and the share
 /// of the round it spent runnable but waiting for a core.
-async fn with_cpu(pid: Option<u32>, round: impl std::future::Future<Output = RateRound>) -> RateRound {
+async fn with_proxy_cpu(pid: Option<u32>, round: impl std::future::Future<Output = RateRound>) -> RateRound {
     let Some(pid) = pid else {
         return round.await;
     };
-    let (t0, (run0, wait0)) = (Instant::now(), tree_sched_ns(pid));
+    let (t0, (run0, wait0)) = (Instant::now(), tree_cpu_ns(pid));
     let mut r = round.await;
-    let (run1, wait1) = tree_sched_ns(pid);
+    let (run1, wait1) = tree_cpu_ns(pid);
     if r.stats.ok > 0 {
         r.cpu_us = Some(run1.saturating_sub(run0) as f64 / r.stats.ok as f64 / 1000.0);
         r.waiting = Some(wait1.saturating_sub(wait0) as f64 / t0.elapsed().as_nanos() as f64);
@@ -1567,36 +1578,36 @@ async fn with_cpu(pid: Option<u32>, round: impl std::future::Future<Output = Rat
 }
 
 /// Takes one unit of the shared operation budget.
-fn take(budget: &AtomicU64) -> bool {
+fn take_from_budget(budget: &AtomicU64) -> bool {
     budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1)).is_ok()
 }
 
 /// Scenario a: keep-alive GETs (absolute-form through a proxy, origin-form direct).
-async fn scenario_a(t: &Target, dur: Duration) -> RateRound {
-    let load = KeepAlive {
-        conns: KA_CONNS,
+async fn keep_alive_gets(t: &Route, duration: Duration) -> RateRound {
+    let load = KeepAliveLoad {
+        conns: KEEP_ALIVE_CONNECTIONS,
         req: Arc::new(t.get_ka()),
-        body: SMALL_BODY as u64,
+        body: SMALL_BODY_LENGTH as u64,
         tunnel: false,
         warm: Vec::new(),
         rate: None,
-        max_requests: KA_MAX_REQUESTS,
+        max_requests: KEEP_ALIVE_MAX_REQUESTS,
     };
-    keepalive(t, dur, load).await
+    run_keep_alive_load(t, duration, load).await
 }
 
 /// A keep-alive load: `conns` connections, each sending `req` and reading its answer, one at a time.
-struct KeepAlive {
+struct KeepAliveLoad {
     conns: usize,
     req: Arc<Vec<u8>>,
     /// The body length of the expected `200`.
     body: u64,
-    /// Each connection is `Target::tunnel` (CONNECT, then TLS inside when the target says so); else
-    /// `Target::open`, the proxy connection itself (absolute-form requests).
+    /// Each connection is `Route::tunnel` (CONNECT, then TLS inside when the target says so); else
+    /// `Route::open`, the proxy connection itself (absolute-form requests).
     tunnel: bool,
-    /// Connections opened before the clock started (`open_warm`), taken by the first workers; the others open
+    /// Connections opened before the clock started (`open_ahead`), taken by the first workers; the others open
     /// theirs on the clock.
-    warm: Vec<Conn>,
+    warm: Vec<Connection>,
     /// Paced: requests/s over all connections, in evenly spaced slots; `None`: each connection back to back.
     rate: Option<u32>,
     max_requests: u64,
@@ -1604,20 +1615,20 @@ struct KeepAlive {
 
 /// Runs a keep-alive load for `dur`. Paced, a connection takes the next free slot (`start + k / rate`), waits
 /// for it, and sends: open loop as long as a connection is free, latency from the send.
-async fn keepalive(t: &Target, dur: Duration, load: KeepAlive) -> RateRound {
+async fn run_keep_alive_load(t: &Route, duration: Duration, load: KeepAliveLoad) -> RateRound {
     let t = t.clone();
     let slots = Arc::new(AtomicU64::new(0));
-    let KeepAlive { conns, req, body, tunnel, warm, rate, max_requests } = load;
+    let KeepAliveLoad { conns, req, body, tunnel, warm, rate, max_requests } = load;
     let interval = rate.map(|r| Duration::from_secs(1) / r.max(1));
     let opened = Arc::new(Mutex::new(warm));
-    run_workers(conns, dur, max_requests, move |deadline, budget| {
+    run_workers(conns, duration, max_requests, move |deadline, budget| {
         let (req, t, slots) = (req.clone(), t.clone(), slots.clone());
-        let start = deadline - dur;
-        let mut conn: Option<Conn> = opened.lock().ok().and_then(|mut v| v.pop());
+        let start = deadline - duration;
+        let mut conn: Option<Connection> = opened.lock().ok().and_then(|mut v| v.pop());
         async move {
-            let mut st = Stats::default();
-            st.connects += u64::from(conn.is_some());
-            while Instant::now() < deadline && st.errors < MAX_ERRORS_PER_WORKER && take(&budget) {
+            let mut stats = Stats::default();
+            stats.connections_opened += u64::from(conn.is_some());
+            while Instant::now() < deadline && stats.errors < MAX_ERRORS_PER_WORKER && take_from_budget(&budget) {
                 if let Some(interval) = interval {
                     let slot = start + interval * slots.fetch_add(1, Ordering::Relaxed) as u32;
                     if slot >= deadline {
@@ -1625,7 +1636,7 @@ async fn keepalive(t: &Target, dur: Duration, load: KeepAlive) -> RateRound {
                     }
                     tokio::time::sleep_until(slot.into()).await;
                     if slot.elapsed() > PACE_SLACK {
-                        st.late += 1;
+                        stats.late += 1;
                     }
                 }
                 let t0 = Instant::now();
@@ -1635,21 +1646,21 @@ async fn keepalive(t: &Target, dur: Duration, load: KeepAlive) -> RateRound {
                         let reused = conn.is_some();
                         if !reused {
                             conn = Some(if tunnel {
-                                t.tunnel(SMALL_READ_BUF).await?
+                                t.tunnel(SMALL_READ_BUFFER).await?
                             } else {
-                                t.open(SMALL_READ_BUF).await?
+                                t.open(SMALL_READ_BUFFER).await?
                             });
-                            st.connects += 1;
+                            stats.connections_opened += 1;
                         }
                         let c = conn.as_mut().expect("connection just opened");
                         let seen = c.read_bytes;
                         match exchange(c, &req).await {
                             // The peer closed a kept-alive connection before answering: what
                             // any HTTP client does is retry on a new connection (counted).
-                            Err(e) if reused && !retried && c.read_bytes == seen && closed(&e) => {
+                            Err(e) if reused && !retried && c.read_bytes == seen && closed_by_peer(&e) => {
                                 conn = None;
                                 retried = true;
-                                st.stale += 1;
+                                stats.stale += 1;
                             }
                             r => return r,
                         }
@@ -1659,43 +1670,43 @@ async fn keepalive(t: &Target, dur: Duration, load: KeepAlive) -> RateRound {
                 match res {
                     Ok(Ok(r)) => {
                         if r.status == 200 && r.body == body {
-                            st.record(t0);
+                            stats.record(t0);
                         } else {
-                            st.error(format!("status {} body {}", r.status, r.body));
+                            stats.error(format!("status {} body {}", r.status, r.body));
                         }
                         if !r.keep_alive {
                             conn = None;
                         }
                     }
                     Ok(Err(e)) => {
-                        st.error(e);
+                        stats.error(e);
                         conn = None;
                         sleep(Duration::from_millis(1)).await;
                     }
                     Err(_) => {
-                        st.error("timeout");
+                        stats.error("timeout");
                         conn = None;
                     }
                 }
             }
-            st
+            stats
         }
     })
     .await
 }
 
-/// `n` connections to `t` (`Target::tunnel` with `tunnel`, else `Target::open`), opened concurrently before a
+/// `n` connections to `t` (`Route::tunnel` with `tunnel`, else `Route::open`), opened concurrently before a
 /// load starts, so that its clock measures the steady state; those that fail are left out.
-async fn open_warm(t: &Target, n: usize, tunnel: bool) -> Vec<Conn> {
+async fn open_ahead(t: &Route, n: usize, tunnel: bool) -> Vec<Connection> {
     let handles: Vec<_> = (0..n)
         .map(|_| {
             let t = t.clone();
             tokio::spawn(async move {
                 let open = async {
                     if tunnel {
-                        t.tunnel(SMALL_READ_BUF).await
+                        t.tunnel(SMALL_READ_BUFFER).await
                     } else {
-                        t.open(SMALL_READ_BUF).await
+                        t.open(SMALL_READ_BUFFER).await
                     }
                 };
                 timeout(IO_TIMEOUT, open).await.ok().and_then(Result::ok)
@@ -1710,44 +1721,44 @@ async fn open_warm(t: &Target, n: usize, tunnel: bool) -> Vec<Conn> {
 }
 
 /// Scenario b: CONNECT + one GET + close (direct: connect + one GET + close).
-async fn scenario_b(t: &Target, dur: Duration) -> RateRound {
+async fn connect_get_close(t: &Route, duration: Duration) -> RateRound {
     let get = Arc::new(t.get_origin_form("/"));
     let t = t.clone();
-    run_workers(CC_WORKERS, dur, CC_MAX_OPS, move |deadline, budget| {
+    run_workers(CONNECT_WORKERS, duration, CONNECT_MAX_OPERATIONS, move |deadline, budget| {
         let get = get.clone();
         let t = t.clone();
         async move {
-            let mut st = Stats::default();
-            while Instant::now() < deadline && st.errors < MAX_ERRORS_PER_WORKER && take(&budget) {
+            let mut stats = Stats::default();
+            while Instant::now() < deadline && stats.errors < MAX_ERRORS_PER_WORKER && take_from_budget(&budget) {
                 let t0 = Instant::now();
                 let res = timeout(IO_TIMEOUT, async {
-                    let mut c = t.tunnel(SMALL_READ_BUF).await?;
+                    let mut c = t.tunnel(SMALL_READ_BUFFER).await?;
                     c.send(&get).await?;
                     c.response(false).await
                     // `c` is dropped here: the client closes.
                 })
                 .await;
-                st.connects += 1;
+                stats.connections_opened += 1;
                 match res {
-                    Ok(Ok(r)) if r.status == 200 && r.body == SMALL_BODY as u64 => st.record(t0),
-                    Ok(Ok(r)) => st.error(format!("status {} body {}", r.status, r.body)),
+                    Ok(Ok(r)) if r.status == 200 && r.body == SMALL_BODY_LENGTH as u64 => stats.record(t0),
+                    Ok(Ok(r)) => stats.error(format!("status {} body {}", r.status, r.body)),
                     Ok(Err(e)) => {
-                        st.error(e);
+                        stats.error(e);
                         sleep(Duration::from_millis(1)).await;
                     }
-                    Err(_) => st.error("timeout"),
+                    Err(_) => stats.error("timeout"),
                 }
             }
-            st
+            stats
         }
     })
     .await
 }
 
 /// Scenario c: 1 GiB through one tunnel (direct: a straight download), MiB/s.
-async fn scenario_c(t: &Target) -> Result<f64, String> {
+async fn bulk_download(t: &Route) -> Result<f64, String> {
     let res = timeout(BULK_TIMEOUT, async {
-        let mut c = t.tunnel(BULK_READ_BUF).await?;
+        let mut c = t.tunnel(BULK_READ_BUFFER).await?;
         let t0 = Instant::now();
         c.send(&t.get_origin_form("/bulk")).await?;
         let r = c.response(false).await?;
@@ -1755,7 +1766,7 @@ async fn scenario_c(t: &Target) -> Result<f64, String> {
     })
     .await;
     match res {
-        Ok(Ok((r, el))) if r.status == 200 && r.body == BULK_LEN => {
+        Ok(Ok((r, el))) if r.status == 200 && r.body == BULK_LENGTH => {
             Ok(r.body as f64 / (1024.0 * 1024.0) / el.as_secs_f64())
         }
         Ok(Ok((r, _))) => Err(format!("status {} body {} bytes", r.status, r.body)),
@@ -1764,24 +1775,24 @@ async fn scenario_c(t: &Target) -> Result<f64, String> {
     }
 }
 
-struct RssRound {
+struct MemoryRound {
     kib_per_tunnel: f64,
     opened: usize,
     before_kib: u64,
     after_kib: u64,
-    procs: usize,
+    processes: usize,
     errors: u64,
     last_error: Option<String>,
 }
 
 /// Scenario d: open `n` idle CONNECT tunnels to the origin, compare the proxy's RSS.
-async fn scenario_d(proxy: &Proxy, t: &Target, n: usize) -> Result<RssRound, String> {
+async fn idle_tunnel_memory(proxy: &Proxy, t: &Route, n: usize) -> Result<MemoryRound, String> {
     let pid = proxy.pid();
     // Warm up: a few tunnels used and closed, so one-time allocations are not counted.
     let get = t.get_origin_form("/");
     for _ in 0..20 {
         let res = timeout(IO_TIMEOUT, async {
-            let mut c = t.tunnel(SMALL_READ_BUF).await?;
+            let mut c = t.tunnel(SMALL_READ_BUFFER).await?;
             c.send(&get).await?;
             c.response(false).await
         })
@@ -1794,8 +1805,8 @@ async fn scenario_d(proxy: &Proxy, t: &Target, n: usize) -> Result<RssRound, Str
     let (before_kib, _) = tree_rss_kib(pid).ok_or("cannot read /proc/PID/status")?;
 
     let next = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + RSS_OPEN_TIMEOUT;
-    let handles: Vec<_> = (0..RSS_OPENERS.min(n))
+    let deadline = Instant::now() + TUNNELS_OPEN_TIMEOUT;
+    let handles: Vec<_> = (0..TUNNEL_OPENERS.min(n))
         .map(|_| {
             let next = next.clone();
             let t = t.clone();
@@ -1839,7 +1850,7 @@ async fn scenario_d(proxy: &Proxy, t: &Target, n: usize) -> Result<RssRound, Str
         return Err(format!("no tunnel opened ({errors} errors, last: {})", last_error.unwrap_or_default()));
     }
     sleep(Duration::from_secs(1)).await;
-    let (after_kib, procs) = tree_rss_kib(pid).ok_or("cannot read /proc/PID/status")?;
+    let (after_kib, processes) = tree_rss_kib(pid).ok_or("cannot read /proc/PID/status")?;
     // Check that the last tunnel still carries traffic.
     if let Some(c) = tunnels.last_mut() {
         let res = timeout(IO_TIMEOUT, async {
@@ -1854,12 +1865,12 @@ async fn scenario_d(proxy: &Proxy, t: &Target, n: usize) -> Result<RssRound, Str
     }
     let opened = tunnels.len();
     drop(tunnels);
-    Ok(RssRound {
+    Ok(MemoryRound {
         kib_per_tunnel: (after_kib as f64 - before_kib as f64) / opened as f64,
         opened,
         before_kib,
         after_kib,
-        procs,
+        processes,
         errors,
         last_error,
     })
@@ -1869,24 +1880,24 @@ async fn scenario_d(proxy: &Proxy, t: &Target, n: usize) -> Result<RssRound, Str
 // Proxies: configs and start-up
 // ---------------------------------------------------------------------------------------------
 
-struct Ctx {
-    opts: Opts,
+struct Harness {
+    options: Options,
     origin: SocketAddr,
-    tmp: PathBuf,
+    temp_dir: PathBuf,
     pin_children: bool,
-    bins: BTreeMap<Kind, PathBuf>,
+    binaries: BTreeMap<Target, PathBuf>,
     instances: u32,
     /// The argon2id hash of the Basic user's password, made once by `tollgate passwd`.
-    bench_hash: Option<String>,
+    basic_user_hash: Option<String>,
     /// The Messages API stub, started by the first interception scenario.
     stub: Option<Stub>,
 }
 
-impl Ctx {
+impl Harness {
     /// A fresh directory for one instance (config, logs, state).
     fn instance_dir(&mut self, tag: &str) -> Result<PathBuf, String> {
         self.instances += 1;
-        let dir = self.tmp.join(format!("{tag}-{}", self.instances));
+        let dir = self.temp_dir.join(format!("{tag}-{}", self.instances));
         fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         Ok(dir)
     }
@@ -1925,13 +1936,13 @@ fn tollgate_yaml(dir: &Path, listeners: &str, admin: &str, auth: &str, allow: &s
     )
 }
 
-fn write_config(kind: Kind, dir: &Path, port: u16, origin: SocketAddr) -> io::Result<Vec<String>> {
+fn write_config(kind: Target, dir: &Path, port: u16, origin: SocketAddr) -> io::Result<Vec<String>> {
     let d = dir.display();
     let listen = format!("127.0.0.1:{port}");
     match kind {
         // mitmproxy is started by `start_mitmproxy`, for the interception scenarios only.
-        Kind::Direct | Kind::Mitmproxy => Ok(Vec::new()),
-        Kind::Tollgate => {
+        Target::Direct | Target::Mitmproxy => Ok(Vec::new()),
+        Target::Tollgate => {
             let admin = free_port()?;
             let path = dir.join("tollgate.yaml");
             let listeners = format!("  - {{name: proxy, bind: \"{listen}\"}}\n");
@@ -1939,7 +1950,7 @@ fn write_config(kind: Kind, dir: &Path, port: u16, origin: SocketAddr) -> io::Re
             fs::write(&path, tollgate_yaml(dir, &listeners, &admin, "{anonymous: bench}", ALLOW_LOOPBACK, ""))?;
             Ok(vec!["run".into(), "-c".into(), path.display().to_string()])
         }
-        Kind::Squid => {
+        Target::Squid => {
             // squid drops privileges to its cache_effective_user when started as root.
             fs::set_permissions(dir, fs::Permissions::from_mode(0o777))?;
             let path = dir.join("squid.conf");
@@ -1958,7 +1969,7 @@ fn write_config(kind: Kind, dir: &Path, port: u16, origin: SocketAddr) -> io::Re
                      visible_hostname tollgate-load\n\
                      via off\n\
                      forwarded_for delete\n\
-                     max_filedescriptors {WANT_NOFILE}\n\
+                     max_filedescriptors {WANTED_OPEN_FILES}\n\
                      shutdown_lifetime 0 seconds\n\
                      workers 1\n\
                      pinger_enable off\n"
@@ -1966,7 +1977,7 @@ fn write_config(kind: Kind, dir: &Path, port: u16, origin: SocketAddr) -> io::Re
             )?;
             Ok(vec!["-N".into(), "-f".into(), path.display().to_string()])
         }
-        Kind::Tinyproxy => {
+        Target::Tinyproxy => {
             let path = dir.join("tinyproxy.conf");
             fs::write(
                 &path,
@@ -1992,30 +2003,30 @@ fn write_config(kind: Kind, dir: &Path, port: u16, origin: SocketAddr) -> io::Re
 
 /// Starts a fresh instance of a proxy pinned to core 1, waits until it accepts and answers
 /// one request and one CONNECT.
-async fn start_proxy(ctx: &mut Ctx, kind: Kind) -> Result<Proxy, String> {
-    if !ctx.bins.contains_key(&kind) {
+async fn start_proxy(harness: &mut Harness, kind: Target) -> Result<Proxy, String> {
+    if !harness.binaries.contains_key(&kind) {
         return Err("not installed".into());
     }
-    let dir = ctx.instance_dir(kind.name())?;
+    let dir = harness.instance_dir(kind.name())?;
     let port = free_port().map_err(|e| e.to_string())?;
-    let args = write_config(kind, &dir, port, ctx.origin).map_err(|e| e.to_string())?;
-    launch(ctx, kind, &dir, &args, &Target::plain(loopback(port), true, ctx.origin)).await
+    let args = write_config(kind, &dir, port, harness.origin).map_err(|e| e.to_string())?;
+    launch(harness, kind, &dir, &args, &Route::plain(loopback(port), true, harness.origin)).await
 }
 
 /// Writes `yaml` to `dir/tollgate.yaml` and starts tollgate on it; `smoke` is the listener to check.
-async fn start_tollgate(ctx: &Ctx, dir: &Path, yaml: &str, smoke: &Target) -> Result<Proxy, String> {
+async fn start_tollgate(harness: &Harness, dir: &Path, yaml: &str, smoke: &Route) -> Result<Proxy, String> {
     let path = dir.join("tollgate.yaml");
     fs::write(&path, yaml).map_err(|e| format!("write {}: {e}", path.display()))?;
     let args = ["run".to_string(), "-c".to_string(), path.display().to_string()];
-    launch(ctx, Kind::Tollgate, dir, &args, smoke).await
+    launch(harness, Target::Tollgate, dir, &args, smoke).await
 }
 
 /// One absolute-form GET and one CONNECT + GET through `t`; for a Messages API target, one `POST /v1/messages`
 /// through a tunnel.
-async fn smoke_once(t: &Target) -> Result<(), String> {
+async fn smoke_once(t: &Route) -> Result<(), String> {
     if t.authority.is_some() {
         let res = timeout(IO_TIMEOUT, async {
-            let mut c = t.tunnel(SMALL_READ_BUF).await?;
+            let mut c = t.tunnel(SMALL_READ_BUFFER).await?;
             exchange(&mut c, &t.messages_req(false)).await
         })
         .await;
@@ -2027,13 +2038,13 @@ async fn smoke_once(t: &Target) -> Result<(), String> {
         };
     }
     let get = timeout(IO_TIMEOUT, async {
-        let mut c = t.open(SMALL_READ_BUF).await?;
+        let mut c = t.open(SMALL_READ_BUFFER).await?;
         c.send(&t.get_ka()).await?;
         c.response(false).await
     })
     .await;
     let tun = timeout(IO_TIMEOUT, async {
-        let mut c = t.tunnel(SMALL_READ_BUF).await?;
+        let mut c = t.tunnel(SMALL_READ_BUFFER).await?;
         c.send(&t.get_origin_form("/")).await?;
         c.response(false).await
     })
@@ -2041,7 +2052,7 @@ async fn smoke_once(t: &Target) -> Result<(), String> {
     match (get, tun) {
         (Ok(Ok(a)), Ok(Ok(b))) if a.status == 200 && b.status == 200 => Ok(()),
         (g, c) => {
-            let d = |r: Result<io::Result<Resp>, _>| match r {
+            let d = |r: Result<io::Result<Response>, _>| match r {
                 Ok(Ok(r)) => format!("status {}", r.status),
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "timeout".into(),
@@ -2053,21 +2064,27 @@ async fn smoke_once(t: &Target) -> Result<(), String> {
 
 /// Spawns `kind` with `args` in `dir`, pinned to core 1; waits until `smoke.addr` accepts and
 /// `smoke` answers one request and one CONNECT.
-async fn launch(ctx: &Ctx, kind: Kind, dir: &Path, args: &[String], smoke: &Target) -> Result<Proxy, String> {
-    let mut proxy = spawn(ctx, kind, dir, args, smoke.addr).await?;
+async fn launch(harness: &Harness, kind: Target, dir: &Path, args: &[String], smoke: &Route) -> Result<Proxy, String> {
+    let mut proxy = spawn(harness, kind, dir, args, smoke.addr).await?;
     until_smoke(&mut proxy, smoke).await?;
     Ok(proxy)
 }
 
 /// Spawns `kind` with `args` in `dir`, pinned to core 1; waits until `addr` accepts.
-async fn spawn(ctx: &Ctx, kind: Kind, dir: &Path, args: &[String], addr: SocketAddr) -> Result<Proxy, String> {
-    let bin = ctx.bins.get(&kind).cloned().ok_or("not installed")?;
+async fn spawn(
+    harness: &Harness,
+    kind: Target,
+    dir: &Path,
+    args: &[String],
+    addr: SocketAddr,
+) -> Result<Proxy, String> {
+    let bin = harness.binaries.get(&kind).cloned().ok_or("not installed")?;
     let log = dir.join("stdio.log");
     let out = fs::File::create(&log).map_err(|e| e.to_string())?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
-    let mut cmd = ctx.pinned(&bin);
+    let mut cmd = harness.pinned(&bin);
     cmd.args(args).current_dir(dir).stdin(Stdio::null()).stdout(out).stderr(err);
-    if kind == Kind::Tollgate && std::env::var_os("TOLLGATE_LOG").is_none() {
+    if kind == Target::Tollgate && std::env::var_os("TOLLGATE_LOG").is_none() {
         // The peers run without an access log; tollgate's per-request log line is off too (its audit record,
         // the contract, stays on).
         cmd.env("TOLLGATE_LOG", "warn");
@@ -2095,7 +2112,7 @@ async fn spawn(ctx: &Ctx, kind: Kind, dir: &Path, args: &[String], addr: SocketA
 
 /// Smoke test: one absolute-form GET and one CONNECT (or, for the Messages API, one request), retried briefly
 /// while the proxy finishes start-up.
-async fn until_smoke(proxy: &mut Proxy, smoke: &Target) -> Result<(), String> {
+async fn until_smoke(proxy: &mut Proxy, smoke: &Route) -> Result<(), String> {
     let mut last = String::new();
     for _ in 0..20 {
         match smoke_once(smoke).await {
@@ -2115,7 +2132,7 @@ async fn until_smoke(proxy: &mut Proxy, smoke: &Target) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 
 enum Cell {
-    Val(f64),
+    Value(f64),
     Note(String),
 }
 
@@ -2138,7 +2155,7 @@ enum Goal {
 }
 
 /// One row of the interception table: tollgate, the stub direct (plain, TLS) and mitmproxy, in one run.
-struct ApiRow {
+struct InterceptionRow {
     label: String,
     /// In `Side::ALL` order.
     cells: [Cell; 4],
@@ -2148,24 +2165,24 @@ struct ApiRow {
 
 #[derive(Default)]
 struct Report {
-    cells: BTreeMap<(Metric, Kind), Cell>,
+    cells: BTreeMap<(Metric, Target), Cell>,
     notes: Vec<String>,
     features: Vec<FeatureRow>,
-    api: Vec<ApiRow>,
+    api: Vec<InterceptionRow>,
 }
 
 impl Report {
-    fn set(&mut self, m: Metric, k: Kind, v: f64) {
-        self.cells.insert((m, k), Cell::Val(v));
+    fn set(&mut self, m: Metric, k: Target, v: f64) {
+        self.cells.insert((m, k), Cell::Value(v));
     }
 
-    fn note(&mut self, metrics: &[Metric], k: Kind, short: &str) {
+    fn note(&mut self, metrics: &[Metric], k: Target, short: &str) {
         for m in metrics {
             self.cells.insert((*m, k), Cell::Note(short.to_string()));
         }
     }
 
-    fn fail(&mut self, metrics: &[Metric], k: Kind, msg: String) {
+    fn fail(&mut self, metrics: &[Metric], k: Target, msg: String) {
         self.notes.push(msg);
         let short = format!("failed [{}]", self.notes.len());
         self.note(metrics, k, &short);
@@ -2176,32 +2193,32 @@ impl Report {
         self.notes.len()
     }
 
-    fn value(&self, m: Metric, k: Kind) -> Option<f64> {
+    fn value(&self, m: Metric, k: Target) -> Option<f64> {
         match self.cells.get(&(m, k)) {
-            Some(Cell::Val(v)) => Some(*v),
+            Some(Cell::Value(v)) => Some(*v),
             _ => None,
         }
     }
 
-    fn cell(&self, m: Metric, k: Kind) -> String {
+    fn cell(&self, m: Metric, k: Target) -> String {
         match self.cells.get(&(m, k)) {
-            Some(Cell::Val(v)) => format!("{v:.*}", m.decimals()),
+            Some(Cell::Value(v)) => format!("{v:.*}", m.decimals()),
             Some(Cell::Note(n)) => n.clone(),
             None => "not run".into(),
         }
     }
 
-    fn table(&self, opts: &Opts) -> String {
+    fn table(&self, options: &Options) -> String {
         let mut s = String::new();
         s.push_str("| scenario | direct | tollgate | squid | tinyproxy | tollgate/direct | squid/direct | tinyproxy/direct |\n");
         s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
         for m in Metric::ALL {
-            let _ = write!(s, "| {} |", m.label(opts));
-            for k in Kind::ALL {
+            let _ = write!(s, "| {} |", m.label(options));
+            for k in Target::ALL {
                 let _ = write!(s, " {} |", self.cell(m, k));
             }
-            for k in [Kind::Tollgate, Kind::Squid, Kind::Tinyproxy] {
-                let r = match (self.value(m, k), self.value(m, Kind::Direct)) {
+            for k in [Target::Tollgate, Target::Squid, Target::Tinyproxy] {
+                let r = match (self.value(m, k), self.value(m, Target::Direct)) {
                     (Some(v), Some(d)) if d > 0.0 => format!("{:.2}x", v / d),
                     _ => "n/a".into(),
                 };
@@ -2214,8 +2231,8 @@ impl Report {
 
     /// A feature row; `None` for the baseline means there is none ("n/a"), for the value "failed".
     fn feature(&mut self, label: String, base: Option<f64>, value: Option<f64>, decimals: usize, target: &str) {
-        let base = base.map_or_else(|| Cell::Note("n/a".into()), Cell::Val);
-        let value = value.map_or_else(|| Cell::Note("failed".into()), Cell::Val);
+        let base = base.map_or_else(|| Cell::Note("n/a".into()), Cell::Value);
+        let value = value.map_or_else(|| Cell::Note("failed".into()), Cell::Value);
         self.features.push(FeatureRow { label, base, value, decimals, target: target.to_string() });
     }
 
@@ -2239,12 +2256,12 @@ impl Report {
             "| scenario (tollgate only) | baseline | measured | measured/baseline | target |\n|---|---:|---:|---:|---|\n",
         );
         let cell = |c: &Cell, decimals: usize| match c {
-            Cell::Val(v) => format!("{v:.decimals$}"),
+            Cell::Value(v) => format!("{v:.decimals$}"),
             Cell::Note(n) => n.clone(),
         };
         for r in &self.features {
             let ratio = match (&r.base, &r.value) {
-                (Cell::Val(b), Cell::Val(v)) if *b > 0.0 => format!("{:.2}x", v / b),
+                (Cell::Value(b), Cell::Value(v)) if *b > 0.0 => format!("{:.2}x", v / b),
                 _ => "n/a".into(),
             };
             let _ = writeln!(
@@ -2260,30 +2277,30 @@ impl Report {
     }
 
     fn api(&mut self, label: String, cells: [Cell; 4], decimals: usize, goal: Goal) {
-        self.api.push(ApiRow { label, cells, decimals, goal });
+        self.api.push(InterceptionRow { label, cells, decimals, goal });
     }
 
     /// An interception scenario that could not run: one row saying so, the details in a note.
-    fn api_failed(&mut self, label: String, msg: String) {
+    fn interception_failed(&mut self, label: String, msg: String) {
         let short = format!("failed [{}]", self.footnote(msg));
         self.api(label, Side::ALL.map(|_| Cell::Note(short.clone())), 0, Goal::None);
     }
 
-    fn api_table(&self) -> String {
+    fn interception_table(&self) -> String {
         let mut s = String::from("| scenario |");
         for side in Side::ALL {
             let _ = write!(s, " {} |", side.name());
         }
         s.push_str(" tollgate/mitmproxy | target | met? |\n|---|---:|---:|---:|---:|---:|---|---|\n");
         let val = |c: &Cell| match c {
-            Cell::Val(v) => Some(*v),
+            Cell::Value(v) => Some(*v),
             Cell::Note(_) => None,
         };
         for r in &self.api {
             let _ = write!(s, "| {} |", r.label);
             for c in &r.cells {
                 match c {
-                    Cell::Val(v) => {
+                    Cell::Value(v) => {
                         let _ = write!(s, " {v:.*} |", r.decimals);
                     }
                     Cell::Note(n) => {
@@ -2311,14 +2328,14 @@ impl Report {
 
     fn latency_table(&self) -> String {
         let mut s = String::from("| target | req/s | p50 (µs) | p99 (µs) |\n|---|---:|---:|---:|\n");
-        for k in Kind::ALL {
+        for k in Target::ALL {
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} |",
                 k.name(),
-                self.cell(Metric::KaRps, k),
-                self.cell(Metric::KaP50, k),
-                self.cell(Metric::KaP99, k)
+                self.cell(Metric::KeepAliveRate, k),
+                self.cell(Metric::KeepAliveP50, k),
+                self.cell(Metric::KeepAliveP99, k)
             );
         }
         s
@@ -2334,7 +2351,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn fmt_rounds(v: &[f64], decimals: usize) -> String {
+fn format_rounds(v: &[f64], decimals: usize) -> String {
     v.iter().map(|x| format!("{x:.decimals$}")).collect::<Vec<_>>().join(", ")
 }
 
@@ -2345,8 +2362,8 @@ fn fmt_rounds(v: &[f64], decimals: usize) -> String {
 /// Scenario tls, e and f: name of the mTLS client certificate's CN (the principal, `auth.mtls.identity: cn`).
 const MTLS_USER: &str = "bench-client";
 /// Scenarios limits and redis: the Basic user and its password.
-const BENCH_USER: &str = "bench-user";
-const BENCH_PASSWORD: &str = "pw";
+const BASIC_USER: &str = "bench-user";
+const BASIC_PASSWORD: &str = "pw";
 /// Scenarios limits and redis: team `bench` and org/user limits, all far above what one core can reach.
 const TEAM_LIMITS: &str =
     "teams:\n  bench:\n    limits: {rpm: 10000000, user_rpm: 10000000, user_concurrent: 100000}\n\
@@ -2354,7 +2371,7 @@ const TEAM_LIMITS: &str =
                            user: {rpm: 10000000, concurrent: 100000}\n";
 /// Scenario reload: `policy.allow` rules besides the origin's, and the length of each round.
 const RELOAD_RULES: usize = 10_000;
-const RELOAD_SECS: u64 = 10;
+const RELOAD_SECONDS: u64 = 10;
 /// Scenario reload: `admin.token`.
 const ADMIN_TOKEN: &str = "bench";
 
@@ -2384,26 +2401,26 @@ fn port() -> Result<u16, String> {
 }
 
 /// Scenarios g and h: full TLS handshakes (connect, handshake, close; no request).
-async fn scenario_handshake(t: &Target, dur: Duration) -> RateRound {
+async fn full_handshakes(t: &Route, duration: Duration) -> RateRound {
     let t = t.clone();
-    run_workers(CC_WORKERS, dur, CC_MAX_OPS, move |deadline, budget| {
+    run_workers(CONNECT_WORKERS, duration, CONNECT_MAX_OPERATIONS, move |deadline, budget| {
         let t = t.clone();
         async move {
-            let mut st = Stats::default();
-            while Instant::now() < deadline && st.errors < MAX_ERRORS_PER_WORKER && take(&budget) {
+            let mut stats = Stats::default();
+            while Instant::now() < deadline && stats.errors < MAX_ERRORS_PER_WORKER && take_from_budget(&budget) {
                 let t0 = Instant::now();
                 let res = timeout(IO_TIMEOUT, handshake_once(&t)).await;
-                st.connects += 1;
+                stats.connections_opened += 1;
                 match res {
-                    Ok(Ok(())) => st.record(t0),
+                    Ok(Ok(())) => stats.record(t0),
                     Ok(Err(e)) => {
-                        st.error(e);
+                        stats.error(e);
                         sleep(Duration::from_millis(1)).await;
                     }
-                    Err(_) => st.error("timeout"),
+                    Err(_) => stats.error("timeout"),
                 }
             }
-            st
+            stats
         }
     })
     .await
@@ -2412,14 +2429,14 @@ async fn scenario_handshake(t: &Target, dur: Duration) -> RateRound {
 /// Connects, completes the handshake, sends close_notify and waits for the proxy to close in turn: by then it
 /// has processed the client's whole flight (with mTLS, checked its certificate), and a refusal (an alert) is
 /// an error rather than a handshake.
-async fn handshake_once(t: &Target) -> io::Result<()> {
+async fn handshake_once(t: &Route) -> io::Result<()> {
     let mut c = t.open(1024).await?;
     c.s.shutdown().await?;
     for _ in 0..64 {
         match c.s.read(&mut c.buf).await {
             Ok(0) => return Ok(()),
             Ok(_) => {}
-            Err(e) if closed(&e) => return Ok(()),
+            Err(e) if closed_by_peer(&e) => return Ok(()),
             Err(e) => return Err(e),
         }
     }
@@ -2450,7 +2467,7 @@ fn median_of(v: &[f64]) -> Option<f64> {
 
 impl Series {
     fn add(&mut self, mut r: RateRound) {
-        let mut events = std::mem::take(&mut r.stats.event_ns);
+        let mut events = std::mem::take(&mut r.stats.event_delays_ns);
         if !events.is_empty() {
             events.sort_unstable();
             self.event_mean.push(mean_us(&events));
@@ -2491,23 +2508,23 @@ where
     for (name, s) in names.iter().zip(&out) {
         println!(
             "  - {what} rounds, {name}: {unit} [{}], p50 µs [{}], p99 µs [{}], max µs [{}]",
-            fmt_rounds(&s.rate, 0),
-            fmt_rounds(&s.p50, 0),
-            fmt_rounds(&s.p99, 0),
-            fmt_rounds(&s.max, 0)
+            format_rounds(&s.rate, 0),
+            format_rounds(&s.p50, 0),
+            format_rounds(&s.p99, 0),
+            format_rounds(&s.max, 0)
         );
         if !s.event_mean.is_empty() {
             println!(
                 "  - {what} rounds, {name}: event delay mean µs [{}], p99 µs [{}]",
-                fmt_rounds(&s.event_mean, 0),
-                fmt_rounds(&s.event_p99, 0)
+                format_rounds(&s.event_mean, 0),
+                format_rounds(&s.event_p99, 0)
             );
         }
         if !s.cpu.is_empty() {
             println!(
                 "  - {what} rounds, {name}: proxy CPU µs per operation [{}], waiting for its core % [{}]",
-                fmt_rounds(&s.cpu, 1),
-                fmt_rounds(&s.waiting.iter().map(|w| w * 100.0).collect::<Vec<_>>(), 0)
+                format_rounds(&s.cpu, 1),
+                format_rounds(&s.waiting.iter().map(|w| w * 100.0).collect::<Vec<_>>(), 0)
             );
         }
     }
@@ -2527,22 +2544,22 @@ where
     if out[0].rate.len() == rounds && out[1].rate.len() == rounds {
         // Each pair ran back to back: its ratio is the least disturbed by a change in the machine's load.
         let ratios: Vec<f64> = out[1].rate.iter().zip(&out[0].rate).map(|(v, b)| v / b).collect();
-        println!("  - {what}: {unit} measured/baseline per round [{}]", fmt_rounds(&ratios, 2));
+        println!("  - {what}: {unit} measured/baseline per round [{}]", format_rounds(&ratios, 2));
     }
     out
 }
 
 /// The rows of a comparison: the rate (`rate_label`), and with `latency` p50 and p99 (`tag` starts their
 /// labels); failed requests go to the notes.
-fn compare_rows(rep: &mut Report, tag: &str, rate_label: String, s: &[Series; 2], target: &str, latency: bool) {
-    rep.feature(rate_label, median_of(&s[0].rate), median_of(&s[1].rate), 0, target);
+fn compare_rows(report: &mut Report, tag: &str, rate_label: String, s: &[Series; 2], target: &str, latency: bool) {
+    report.feature(rate_label, median_of(&s[0].rate), median_of(&s[1].rate), 0, target);
     if latency {
-        rep.feature(format!("{tag} latency p50 (µs)"), median_of(&s[0].p50), median_of(&s[1].p50), 0, "");
-        rep.feature(format!("{tag} latency p99 (µs)"), median_of(&s[0].p99), median_of(&s[1].p99), 0, "");
+        report.feature(format!("{tag} latency p50 (µs)"), median_of(&s[0].p50), median_of(&s[1].p50), 0, "");
+        report.feature(format!("{tag} latency p99 (µs)"), median_of(&s[0].p99), median_of(&s[1].p99), 0, "");
     }
     for (side, series) in ["baseline", "measured"].iter().zip(s) {
         if series.errors > 0 {
-            rep.footnote(format!(
+            report.footnote(format!(
                 "{tag} {side}: {} failed operations (last: {})",
                 series.errors,
                 series.last_error.clone().unwrap_or_default()
@@ -2616,8 +2633,8 @@ fn make_pki(dir: &Path) -> Result<Pki, String> {
 
 /// Scenario tls: one tollgate with a plain, a TLS and an mTLS listener; e and f compare the TLS listener with
 /// the plain one, g counts full handshakes, h the same with a client certificate.
-async fn feature_tls(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
-    let dir = ctx.instance_dir("tollgate-tls")?;
+async fn measure_tls(harness: &mut Harness, report: &mut Report) -> Result<(), String> {
+    let dir = harness.instance_dir("tollgate-tls")?;
     let pki = make_pki(&dir)?;
     let (plain, tls, mtls, admin) = (port()?, port()?, port()?, port()?);
     let (cert, key, ca) = (pki.server_cert.display(), pki.server_key.display(), pki.client_ca.display());
@@ -2631,8 +2648,8 @@ async fn feature_tls(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
     let admin = format!("{{bind: \"127.0.0.1:{admin}\"}}");
     let auth = "{anonymous: bench, mtls: {identity: cn}}";
     let yaml = tollgate_yaml(&dir, &listeners, &admin, auth, ALLOW_LOOPBACK, "");
-    let base = Target::plain(loopback(plain), true, ctx.origin);
-    let proxy = start_tollgate(ctx, &dir, &yaml, &base).await?;
+    let base = Route::plain(loopback(plain), true, harness.origin);
+    let proxy = start_tollgate(harness, &dir, &yaml, &base).await?;
     let localhost = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
     let dial = |config: &Arc<rustls::ClientConfig>| TlsDial {
         connector: tokio_rustls::TlsConnector::from(config.clone()),
@@ -2655,35 +2672,35 @@ async fn feature_tls(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
         t_tls.addr,
         t_mtls.addr
     );
-    let rounds = ctx.opts.rounds;
-    let dur = Duration::from_secs(ctx.opts.round_secs);
+    let rounds = harness.options.rounds;
+    let duration = Duration::from_secs(harness.options.round_secs);
 
     let e = paired(rounds, "e", ["plain listener", "TLS listener"], "req/s", |v| {
-        scenario_a(if v { &t_tls } else { &base }, dur)
+        keep_alive_gets(if v { &t_tls } else { &base }, duration)
     })
     .await;
-    let label = format!("e. keep-alive GET, {KA_CONNS} conns: TLS listener vs plain (req/s)");
-    compare_rows(rep, "e.", label, &e, "≥ 0.80", true);
+    let label = format!("e. keep-alive GET, {KEEP_ALIVE_CONNECTIONS} conns: TLS listener vs plain (req/s)");
+    compare_rows(report, "e.", label, &e, "≥ 0.80", true);
 
     let f = paired(rounds, "f", ["plain listener", "TLS listener"], "conn/s", |v| {
-        scenario_b(if v { &t_tls } else { &base }, dur)
+        connect_get_close(if v { &t_tls } else { &base }, duration)
     })
     .await;
-    let label = format!("f. CONNECT + GET + close, {CC_WORKERS} workers: TLS listener vs plain (conn/s)");
-    compare_rows(rep, "f.", label, &f, "", false);
+    let label = format!("f. CONNECT + GET + close, {CONNECT_WORKERS} workers: TLS listener vs plain (conn/s)");
+    compare_rows(report, "f.", label, &f, "", false);
 
     let gh = paired(rounds, "g/h", ["TLS", "mTLS"], "handshakes/s", |v| {
-        scenario_handshake(if v { &t_mtls } else { &t_tls }, dur)
+        full_handshakes(if v { &t_mtls } else { &t_tls }, duration)
     })
     .await;
-    rep.feature(
-        format!("g. full TLS 1.3 handshakes, {CC_WORKERS} workers: connect, handshake, close (handshakes/s)"),
+    report.feature(
+        format!("g. full TLS 1.3 handshakes, {CONNECT_WORKERS} workers: connect, handshake, close (handshakes/s)"),
         None,
         median_of(&gh[0].rate),
         0,
         "",
     );
-    rep.feature(
+    report.feature(
         "h. the same with mTLS (client certificate required and sent), vs g (handshakes/s)".into(),
         median_of(&gh[0].rate),
         median_of(&gh[1].rate),
@@ -2692,7 +2709,7 @@ async fn feature_tls(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
     );
     for (side, s) in ["g.", "h."].iter().zip(&gh) {
         if s.errors > 0 {
-            rep.footnote(format!(
+            report.footnote(format!(
                 "{side} {} failed handshakes (last: {})",
                 s.errors,
                 s.last_error.clone().unwrap_or_default()
@@ -2706,12 +2723,12 @@ async fn feature_tls(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
-/// The argon2id hash of `BENCH_PASSWORD`, from `tollgate passwd` (made once).
-fn bench_hash(ctx: &mut Ctx) -> Result<String, String> {
-    if let Some(h) = &ctx.bench_hash {
+/// The argon2id hash of `BASIC_PASSWORD`, from `tollgate passwd` (made once).
+fn basic_user_hash(harness: &mut Harness) -> Result<String, String> {
+    if let Some(h) = &harness.basic_user_hash {
         return Ok(h.clone());
     }
-    let bin = ctx.bins.get(&Kind::Tollgate).ok_or("tollgate not installed")?;
+    let bin = harness.binaries.get(&Target::Tollgate).ok_or("tollgate not installed")?;
     let mut child = Command::new(bin)
         .arg("passwd")
         .stdin(Stdio::piped())
@@ -2720,7 +2737,7 @@ fn bench_hash(ctx: &mut Ctx) -> Result<String, String> {
         .spawn()
         .map_err(|e| format!("tollgate passwd: {e}"))?;
     if let Some(mut stdin) = child.stdin.take() {
-        std::io::Write::write_all(&mut stdin, BENCH_PASSWORD.as_bytes())
+        std::io::Write::write_all(&mut stdin, BASIC_PASSWORD.as_bytes())
             .map_err(|e| format!("tollgate passwd: {e}"))?;
     }
     let out = child.wait_with_output().map_err(|e| format!("tollgate passwd: {e}"))?;
@@ -2732,39 +2749,44 @@ fn bench_hash(ctx: &mut Ctx) -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    ctx.bench_hash = Some(hash.clone());
+    harness.basic_user_hash = Some(hash.clone());
     Ok(hash)
 }
 
 /// `Proxy-Authorization` of the Basic user.
-fn bench_basic() -> String {
+fn basic_user_authorization() -> String {
     use base64::Engine as _;
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{BENCH_USER}:{BENCH_PASSWORD}"));
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{BASIC_USER}:{BASIC_PASSWORD}"));
     format!("Basic {token}")
 }
 
 /// A config with the Basic user (and no anonymous access); `limits`: the user is in team `bench` and the team,
 /// org and user limits are set; `state`: a `state:` section, or "". Returns the directory, the YAML and the
 /// target (with the user's credentials).
-fn basic_config(ctx: &mut Ctx, tag: &str, limits: bool, state: &str) -> Result<(PathBuf, String, Target), String> {
-    let hash = bench_hash(ctx)?;
-    let dir = ctx.instance_dir(tag)?;
+fn basic_config(
+    harness: &mut Harness,
+    tag: &str,
+    limits: bool,
+    state: &str,
+) -> Result<(PathBuf, String, Route), String> {
+    let hash = basic_user_hash(harness)?;
+    let dir = harness.instance_dir(tag)?;
     let (proxy, admin) = (port()?, port()?);
     let teams = if limits { ", teams: [bench]" } else { "" };
-    let auth = format!("{{anonymous: deny, users: [{{name: {BENCH_USER}, password_hash: \"{hash}\"{teams}}}]}}");
+    let auth = format!("{{anonymous: deny, users: [{{name: {BASIC_USER}, password_hash: \"{hash}\"{teams}}}]}}");
     let extra = format!("{}{state}", if limits { TEAM_LIMITS } else { "" });
     let admin = format!("{{bind: \"127.0.0.1:{admin}\"}}");
     let yaml = tollgate_yaml(&dir, &listener_item("proxy", proxy), &admin, &auth, ALLOW_LOOPBACK, &extra);
-    let t = Target::plain(loopback(proxy), true, ctx.origin).with_auth(&bench_basic());
+    let t = Route::plain(loopback(proxy), true, harness.origin).with_auth(&basic_user_authorization());
     Ok((dir, yaml, t))
 }
 
 /// Scenario limits: scenario a as the Basic user, with the team and org/user limits against without.
-async fn feature_limits(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
-    let (dir, yaml, t_plain) = basic_config(ctx, "tollgate-basic", false, "")?;
-    let p_plain = start_tollgate(ctx, &dir, &yaml, &t_plain).await?;
-    let (dir, yaml, t_limits) = basic_config(ctx, "tollgate-limits", true, "")?;
-    let p_limits = start_tollgate(ctx, &dir, &yaml, &t_limits).await?;
+async fn measure_limits(harness: &mut Harness, report: &mut Report) -> Result<(), String> {
+    let (dir, yaml, t_plain) = basic_config(harness, "tollgate-basic", false, "")?;
+    let p_plain = start_tollgate(harness, &dir, &yaml, &t_plain).await?;
+    let (dir, yaml, t_limits) = basic_config(harness, "tollgate-limits", true, "")?;
+    let p_limits = start_tollgate(harness, &dir, &yaml, &t_limits).await?;
     println!(
         "- `tollgate` limits started: without limits pid {} on {}, with limits pid {} on {} (both on core 1, \
          used one at a time)",
@@ -2773,18 +2795,22 @@ async fn feature_limits(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
         p_limits.pid(),
         t_limits.addr
     );
-    let dur = Duration::from_secs(ctx.opts.round_secs);
+    let duration = Duration::from_secs(harness.options.round_secs);
     let pids = [p_plain.pid(), p_limits.pid()];
-    let s = paired(ctx.opts.rounds, "limits", ["Basic user, no limits", "Basic user, team + limits"], "req/s", |v| {
-        with_cpu(Some(pids[usize::from(v)]), scenario_a(if v { &t_limits } else { &t_plain }, dur))
-    })
+    let s = paired(
+        harness.options.rounds,
+        "limits",
+        ["Basic user, no limits", "Basic user, team + limits"],
+        "req/s",
+        |v| with_proxy_cpu(Some(pids[usize::from(v)]), keep_alive_gets(if v { &t_limits } else { &t_plain }, duration)),
+    )
     .await;
     let label = format!(
-        "limits. keep-alive GET, {KA_CONNS} conns, Basic user: team + org/user limits (embedded) vs none (req/s)"
+        "limits. keep-alive GET, {KEEP_ALIVE_CONNECTIONS} conns, Basic user: team + org/user limits (embedded) vs none (req/s)"
     );
-    compare_rows(rep, "limits.", label, &s, "≥ 0.95", true);
+    compare_rows(report, "limits.", label, &s, "≥ 0.95", true);
     // CPU per request does not move with what else the machine runs, unlike req/s.
-    rep.feature(
+    report.feature(
         "limits. proxy CPU per request, all threads (µs; lower is better)".into(),
         median_of(&s[0].cpu),
         median_of(&s[1].cpu),
@@ -2797,12 +2823,12 @@ async fn feature_limits(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
 }
 
 /// Starts redis-server on a free port, pinned to core 1 with the proxy, without persistence.
-async fn start_redis(ctx: &mut Ctx, bin: &Path) -> Result<(Daemon, u16), String> {
-    let dir = ctx.instance_dir("redis")?;
+async fn start_redis(harness: &mut Harness, bin: &Path) -> Result<(Daemon, u16), String> {
+    let dir = harness.instance_dir("redis")?;
     let port = port()?;
     let log = dir.join("redis.log");
     let out = fs::File::create(&log).map_err(|e| e.to_string())?;
-    let mut cmd = ctx.pinned(bin);
+    let mut cmd = harness.pinned(bin);
     cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
         .args(["--daemonize", "no", "--dir"])
         .arg(&dir)
@@ -2834,24 +2860,24 @@ async fn start_redis(ctx: &mut Ctx, bin: &Path) -> Result<(Daemon, u16), String>
 }
 
 /// Scenario redis: scenario a as the Basic user with the limits, state in Redis against embedded.
-async fn feature_redis(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
+async fn measure_redis(harness: &mut Harness, report: &mut Report) -> Result<(), String> {
     let label = "redis. keep-alive GET with limits: state in Redis vs embedded".to_string();
     let Some(bin) = which("redis-server") else {
         println!("- `tollgate` redis: redis-server not found on PATH; skipped");
-        rep.feature_skipped(label, "redis-server not installed", None);
+        report.feature_skipped(label, "redis-server not installed", None);
         return Ok(());
     };
-    let unavailable = |rep: &mut Report, why: String| {
+    let unavailable = |report: &mut Report, why: String| {
         println!("- `tollgate` redis: redis backend not available in this build ({why})");
-        rep.feature_skipped(
+        report.feature_skipped(
             label.clone(),
             "redis backend not available in this build",
             Some(format!("redis: redis backend not available in this build: {why}")),
         );
     };
     // The backend's address is only known once redis-server runs; `tollgate check` first, on a placeholder.
-    let tollgate = ctx.bins.get(&Kind::Tollgate).cloned().ok_or("tollgate not installed")?;
-    let (dir, yaml, _) = basic_config(ctx, "tollgate-redis-check", true, &redis_state(6379))?;
+    let tollgate = harness.binaries.get(&Target::Tollgate).cloned().ok_or("tollgate not installed")?;
+    let (dir, yaml, _) = basic_config(harness, "tollgate-redis-check", true, &redis_state(6379))?;
     let path = dir.join("tollgate.yaml");
     fs::write(&path, &yaml).map_err(|e| format!("write {}: {e}", path.display()))?;
     let check = Command::new(&tollgate).arg("check").arg("-c").arg(&path).output();
@@ -2859,23 +2885,23 @@ async fn feature_redis(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
         Ok(o) if o.status.success() => {}
         Ok(o) => {
             let why = format!("`tollgate check`: {}", String::from_utf8_lossy(&o.stderr).trim().replace('\n', " | "));
-            unavailable(rep, why);
+            unavailable(report, why);
             return Ok(());
         }
         Err(e) => return Err(format!("tollgate check: {e}")),
     }
-    let (redis, redis_port) = start_redis(ctx, &bin).await?;
-    let (dir, yaml, t_redis) = basic_config(ctx, "tollgate-redis", true, &redis_state(redis_port))?;
-    let p_redis = match start_tollgate(ctx, &dir, &yaml, &t_redis).await {
+    let (redis, redis_port) = start_redis(harness, &bin).await?;
+    let (dir, yaml, t_redis) = basic_config(harness, "tollgate-redis", true, &redis_state(redis_port))?;
+    let p_redis = match start_tollgate(harness, &dir, &yaml, &t_redis).await {
         Ok(p) => p,
         Err(e) if e.contains("redis") && e.contains("not available") => {
-            unavailable(rep, format!("`tollgate run`: {e}"));
+            unavailable(report, format!("`tollgate run`: {e}"));
             return Ok(());
         }
         Err(e) => return Err(e),
     };
-    let (dir, yaml, t_embedded) = basic_config(ctx, "tollgate-embedded", true, "")?;
-    let p_embedded = start_tollgate(ctx, &dir, &yaml, &t_embedded).await?;
+    let (dir, yaml, t_embedded) = basic_config(harness, "tollgate-embedded", true, "")?;
+    let p_embedded = start_tollgate(harness, &dir, &yaml, &t_embedded).await?;
     println!(
         "- `tollgate` redis started: {} on port {redis_port} (pid {}, core 1); embedded pid {} on {}, redis pid {} \
          on {}",
@@ -2886,19 +2912,19 @@ async fn feature_redis(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
         p_redis.pid(),
         t_redis.addr
     );
-    let dur = Duration::from_secs(ctx.opts.round_secs);
-    let s = paired(ctx.opts.rounds, "redis", ["embedded state", "redis state"], "req/s", |v| {
-        scenario_a(if v { &t_redis } else { &t_embedded }, dur)
+    let duration = Duration::from_secs(harness.options.round_secs);
+    let s = paired(harness.options.rounds, "redis", ["embedded state", "redis state"], "req/s", |v| {
+        keep_alive_gets(if v { &t_redis } else { &t_embedded }, duration)
     })
     .await;
-    let rate_label = format!("{label}, {KA_CONNS} conns, Basic user (req/s)");
-    compare_rows(rep, "redis.", rate_label, &s, "", true);
+    let rate_label = format!("{label}, {KEEP_ALIVE_CONNECTIONS} conns, Basic user (req/s)");
+    compare_rows(report, "redis.", rate_label, &s, "", true);
     let added = |q: fn(&Series) -> &Vec<f64>| match (median_of(q(&s[0])), median_of(q(&s[1]))) {
         (Some(b), Some(v)) => Some(v - b),
         _ => None,
     };
-    rep.feature("redis. added latency per request, p50 (µs)".into(), None, added(|s| &s.p50), 0, "");
-    rep.feature("redis. added latency per request, p99 (µs)".into(), None, added(|s| &s.p99), 0, "");
+    report.feature("redis. added latency per request, p50 (µs)".into(), None, added(|s| &s.p50), 0, "");
+    report.feature("redis. added latency per request, p99 (µs)".into(), None, added(|s| &s.p99), 0, "");
     drop(p_redis);
     drop(p_embedded);
     drop(redis);
@@ -2920,7 +2946,7 @@ async fn reload_once(admin: SocketAddr) -> Result<f64, String> {
     );
     let t0 = Instant::now();
     let res = timeout(IO_TIMEOUT, async {
-        let mut c = Conn::open(admin, None, SMALL_READ_BUF).await?;
+        let mut c = Connection::open(admin, None, SMALL_READ_BUFFER).await?;
         c.send(req.as_bytes()).await?;
         c.response(false).await
     })
@@ -2934,10 +2960,10 @@ async fn reload_once(admin: SocketAddr) -> Result<f64, String> {
 }
 
 /// `POST /admin/reload` once a second during `dur` (the first after 0.5 s); each one's outcome.
-async fn reload_loop(admin: SocketAddr, dur: Duration) -> Reloads {
+async fn reload_loop(admin: SocketAddr, duration: Duration) -> Reloads {
     let start = Instant::now();
     let mut out = Vec::new();
-    for i in 0..dur.as_secs() {
+    for i in 0..duration.as_secs() {
         let at = start + Duration::from_millis(500) + Duration::from_secs(i);
         tokio::time::sleep_until(at.into()).await;
         out.push(reload_once(admin).await);
@@ -2945,10 +2971,10 @@ async fn reload_loop(admin: SocketAddr, dur: Duration) -> Reloads {
     out
 }
 
-/// Scenario reload: scenario a for `RELOAD_SECS` against a config with `RELOAD_RULES` allow rules, with a reload
+/// Scenario reload: scenario a for `RELOAD_SECONDS` against a config with `RELOAD_RULES` allow rules, with a reload
 /// every second against without.
-async fn feature_reload(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
-    let dir = ctx.instance_dir("tollgate-reload")?;
+async fn measure_reload(harness: &mut Harness, report: &mut Report) -> Result<(), String> {
+    let dir = harness.instance_dir("tollgate-reload")?;
     let (proxy_port, admin_port) = (port()?, port()?);
     let mut allow = String::with_capacity(RELOAD_RULES * 32);
     for i in 0..RELOAD_RULES {
@@ -2957,9 +2983,9 @@ async fn feature_reload(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
     allow.push_str(ALLOW_LOOPBACK);
     let admin_map = format!("{{bind: \"127.0.0.1:{admin_port}\", token: {ADMIN_TOKEN}}}");
     let yaml = tollgate_yaml(&dir, &listener_item("proxy", proxy_port), &admin_map, "{anonymous: bench}", &allow, "");
-    let t = Target::plain(loopback(proxy_port), true, ctx.origin);
+    let t = Route::plain(loopback(proxy_port), true, harness.origin);
     let t0 = Instant::now();
-    let proxy = start_tollgate(ctx, &dir, &yaml, &t).await?;
+    let proxy = start_tollgate(harness, &dir, &yaml, &t).await?;
     let started = t0.elapsed();
     let admin = loopback(admin_port);
     let first = reload_once(admin).await?;
@@ -2972,30 +2998,30 @@ async fn feature_reload(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
         yaml.len() / 1024,
         started.as_secs_f64() * 1000.0
     );
-    let dur = Duration::from_secs(RELOAD_SECS);
+    let duration = Duration::from_secs(RELOAD_SECONDS);
     // Each round's reload outcomes.
     let trips: Arc<Mutex<Vec<Reloads>>> = Arc::default();
-    let s = paired(ctx.opts.rounds, "reload", ["no reloads", "a reload every second"], "req/s", |v| {
+    let s = paired(harness.options.rounds, "reload", ["no reloads", "a reload every second"], "req/s", |v| {
         let (t, trips) = (&t, trips.clone());
         async move {
             if v {
-                let (round, outcomes) = tokio::join!(scenario_a(t, dur), reload_loop(admin, dur));
+                let (round, outcomes) = tokio::join!(keep_alive_gets(t, duration), reload_loop(admin, duration));
                 if let Ok(mut all) = trips.lock() {
                     all.push(outcomes);
                 }
                 round
             } else {
-                scenario_a(t, dur).await
+                keep_alive_gets(t, duration).await
             }
         }
     })
     .await;
     let label = format!(
-        "reload. keep-alive GET, {KA_CONNS} conns, {RELOAD_RULES} allow rules, {RELOAD_SECS} s: \
+        "reload. keep-alive GET, {KEEP_ALIVE_CONNECTIONS} conns, {RELOAD_RULES} allow rules, {RELOAD_SECONDS} s: \
          POST /admin/reload every second vs none (req/s)"
     );
-    compare_rows(rep, "reload.", label, &s, "", true);
-    rep.feature("reload. latency max (µs)".into(), median_of(&s[0].max), median_of(&s[1].max), 0, "");
+    compare_rows(report, "reload.", label, &s, "", true);
+    report.feature("reload. latency max (µs)".into(), median_of(&s[0].max), median_of(&s[1].max), 0, "");
     let rounds = trips.lock().map(|v| v.clone()).unwrap_or_default();
     for (r, outcomes) in rounds.iter().enumerate() {
         let ok: Vec<String> = outcomes.iter().flatten().map(|ms| format!("{ms:.1}")).collect();
@@ -3011,14 +3037,14 @@ async fn feature_reload(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
     let mut ms: Vec<f64> = outcomes.iter().flatten().copied().collect();
     let failed: Vec<&String> = outcomes.iter().filter_map(|r| r.as_ref().err()).collect();
     ms.sort_by(|a, b| a.total_cmp(b));
-    rep.feature(
+    report.feature(
         format!("reload. round trip of POST /admin/reload under load, median of {} (ms)", ms.len()),
         None,
         median_of(&ms),
         1,
         "",
     );
-    rep.feature(
+    report.feature(
         "reload. round trip of POST /admin/reload under load, max (ms)".into(),
         None,
         ms.last().copied(),
@@ -3026,7 +3052,7 @@ async fn feature_reload(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
         "",
     );
     if let Some(e) = failed.last() {
-        rep.footnote(format!("reload: {} of {} reloads failed (last: {e})", failed.len(), outcomes.len()));
+        report.footnote(format!("reload: {} of {} reloads failed (last: {e})", failed.len(), outcomes.len()));
     }
     drop(proxy);
     Ok(())
@@ -3069,11 +3095,11 @@ struct Stub {
 }
 
 /// Starts the stub on the harness's thread, once per run.
-async fn stub(ctx: &mut Ctx) -> Result<Stub, String> {
-    if let Some(s) = &ctx.stub {
+async fn stub(harness: &mut Harness) -> Result<Stub, String> {
+    if let Some(s) = &harness.stub {
         return Ok(s.clone());
     }
-    let dir = ctx.instance_dir("stub")?;
+    let dir = harness.instance_dir("stub")?;
     let pki = make_pki(&dir)?;
     let certs = tollgate::tls::load_certs(&pki.server_cert)?;
     let key = tollgate::tls::load_key(&pki.server_key)?;
@@ -3099,22 +3125,22 @@ async fn stub(ctx: &mut Ctx) -> Result<Stub, String> {
          {SSE_GAP:?} apart",
         stub.plain, stub.tls
     );
-    ctx.stub = Some(stub.clone());
+    harness.stub = Some(stub.clone());
     Ok(stub)
 }
 
 /// The Messages API through the proxy at `proxy`, intercepting with the CA in `ca`.
-fn intercepted(proxy: SocketAddr, origin: SocketAddr, ca: &Path) -> Result<Target, String> {
+fn intercepted_route(proxy: SocketAddr, origin: SocketAddr, ca: &Path) -> Result<Route, String> {
     let name = ServerName::try_from(API_HOST).map_err(|e| e.to_string())?;
     let dial = TlsDial { connector: tokio_rustls::TlsConnector::from(tls_client(ca, None)?), name };
-    Ok(Target::api(proxy, true, origin, &format!("{API_HOST}:443"), Some(dial)))
+    Ok(Route::api(proxy, true, origin, &format!("{API_HOST}:443"), Some(dial)))
 }
 
 /// tollgate intercepting `API_HOST` (routed to the plain stub) and `*.MINT_DOMAIN` (handshakes only), its CA
 /// created on start in its directory. Checked with one GET through the forward proxy, then one intercepted
 /// request (which mints the leaf of `API_HOST`: the cache is warm from then on).
-async fn start_tollgate_intercept(ctx: &mut Ctx, stub: SocketAddr) -> Result<(Proxy, Target), String> {
-    let dir = ctx.instance_dir("tollgate-intercept")?;
+async fn start_tollgate_interception(harness: &mut Harness, stub: SocketAddr) -> Result<(Proxy, Route), String> {
+    let dir = harness.instance_dir("tollgate-intercept")?;
     let (proxy_port, admin_port) = (port()?, port()?);
     let d = dir.display();
     let allow = format!("    - \"{API_HOST}\"\n    - \"*.{MINT_DOMAIN}\"\n{ALLOW_LOOPBACK}");
@@ -3126,9 +3152,9 @@ async fn start_tollgate_intercept(ctx: &mut Ctx, stub: SocketAddr) -> Result<(Pr
     );
     let admin = format!("{{bind: \"127.0.0.1:{admin_port}\"}}");
     let yaml = tollgate_yaml(&dir, &listener_item("proxy", proxy_port), &admin, "{anonymous: bench}", &allow, &extra);
-    let forward = Target::plain(loopback(proxy_port), true, ctx.origin);
-    let mut proxy = start_tollgate(ctx, &dir, &yaml, &forward).await?;
-    let t = intercepted(forward.addr, ctx.origin, &dir.join("ca.pem"))?;
+    let forward = Route::plain(loopback(proxy_port), true, harness.origin);
+    let mut proxy = start_tollgate(harness, &dir, &yaml, &forward).await?;
+    let t = intercepted_route(forward.addr, harness.origin, &dir.join("ca.pem"))?;
     until_smoke(&mut proxy, &t).await?;
     Ok((proxy, t))
 }
@@ -3136,11 +3162,11 @@ async fn start_tollgate_intercept(ctx: &mut Ctx, stub: SocketAddr) -> Result<(Pr
 /// `mitmdump` in regular proxy mode with `benches/mitm_stub.py` (requests for `API_HOST` go to the plain stub,
 /// SSE responses are streamed), leaves minted for the SNI without asking the upstream, no upstream connection
 /// before a request; its CA created in its directory.
-async fn start_mitmproxy(ctx: &mut Ctx, stub: SocketAddr) -> Result<(Proxy, Target), String> {
-    if !ctx.bins.contains_key(&Kind::Mitmproxy) {
+async fn start_mitmproxy(harness: &mut Harness, stub: SocketAddr) -> Result<(Proxy, Route), String> {
+    if !harness.binaries.contains_key(&Target::Mitmproxy) {
         return Err("not installed".into());
     }
-    let dir = ctx.instance_dir("mitmproxy")?;
+    let dir = harness.instance_dir("mitmproxy")?;
     let port = port()?;
     let addon = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/mitm_stub.py");
     let mut args: Vec<String> =
@@ -3157,7 +3183,7 @@ async fn start_mitmproxy(ctx: &mut Ctx, stub: SocketAddr) -> Result<(Proxy, Targ
         args.push("--set".into());
         args.push(set);
     }
-    let mut proxy = spawn(ctx, Kind::Mitmproxy, &dir, &args, loopback(port)).await?;
+    let mut proxy = spawn(harness, Target::Mitmproxy, &dir, &args, loopback(port)).await?;
     let ca = dir.join("mitmproxy-ca-cert.pem");
     for _ in 0..READY_ATTEMPTS {
         if ca.is_file() {
@@ -3165,45 +3191,45 @@ async fn start_mitmproxy(ctx: &mut Ctx, stub: SocketAddr) -> Result<(Proxy, Targ
         }
         sleep(Duration::from_millis(100)).await;
     }
-    let t = intercepted(proxy.addr, ctx.origin, &ca)?;
+    let t = intercepted_route(proxy.addr, harness.origin, &ca)?;
     until_smoke(&mut proxy, &t).await?;
     Ok((proxy, t))
 }
 
 /// The sides of one interception scenario, the proxies they need, and the sides that could not run.
-struct ApiRun {
+struct InterceptionRun {
     /// In the order each round runs them.
-    sides: Vec<(Side, Target)>,
+    sides: Vec<(Side, Route)>,
     /// Why a side is missing (a cell's text).
     missing: Vec<(Side, String)>,
     /// Killed when the run is dropped.
     proxies: Vec<Proxy>,
 }
 
-impl ApiRun {
+impl InterceptionRun {
     fn names(&self) -> Vec<&'static str> {
         self.sides.iter().map(|(s, _)| s.name()).collect()
     }
 
-    fn target(&self, i: usize) -> &Target {
+    fn target(&self, i: usize) -> &Route {
         &self.sides[i].1
     }
 
     /// The process behind side `i`, if it is a proxy.
     fn pid(&self, i: usize) -> Option<u32> {
         let kind = match self.sides[i].0 {
-            Side::Tollgate => Kind::Tollgate,
-            Side::Mitmproxy => Kind::Mitmproxy,
+            Side::Tollgate => Target::Tollgate,
+            Side::Mitmproxy => Target::Mitmproxy,
             Side::Direct | Side::DirectTls => return None,
         };
         self.proxies.iter().find(|p| p.kind == kind).map(Proxy::pid)
     }
 
     /// Notes on how much of the rounds the proxies waited for their core (another process had it).
-    fn contention(&self, rep: &mut Report, tag: &str, series: &[Series]) {
+    fn contention(&self, report: &mut Report, tag: &str, series: &[Series]) {
         for ((side, _), s) in self.sides.iter().zip(series) {
             if let Some(w) = median_of(&s.waiting).filter(|w| *w > 0.05) {
-                rep.footnote(format!(
+                report.footnote(format!(
                     "{tag} {}: runnable but waiting for its core {:.0}% of the round (median; the machine was busy)",
                     side.name(),
                     w * 100.0
@@ -3216,7 +3242,7 @@ impl ApiRun {
     fn cells(&self, value: impl Fn(Side, usize) -> Option<f64>) -> [Cell; 4] {
         Side::ALL.map(|side| match self.sides.iter().position(|(s, _)| *s == side) {
             Some(i) => match value(side, i) {
-                Some(v) if v.is_finite() => Cell::Val(v),
+                Some(v) if v.is_finite() => Cell::Value(v),
                 Some(_) => Cell::Note("failed".into()),
                 None => Cell::Note("n/a".into()),
             },
@@ -3244,22 +3270,22 @@ impl ApiRun {
 
     /// A note per side whose operations failed or ran late.
     /// The rows of one paced layout: latencies, the added latency over direct (p99 against the target), notes.
-    fn paced_rows(&self, rep: &mut Report, layout: &str, series: &[Series]) {
+    fn paced_rows(&self, report: &mut Report, layout: &str, series: &[Series]) {
         let tag = format!("paced, {layout}");
-        let load = format!("{PACED_RATE} req/s evenly spaced over {PACED_CONNS} tunnels");
-        rep.api(format!("{tag}. {load}: latency p50 (µs)"), self.series_cells(series, |s| &s.p50), 0, Goal::None);
-        rep.api(format!("{tag}. {load}: latency p99 (µs)"), self.series_cells(series, |s| &s.p99), 0, Goal::None);
+        let load = format!("{PACED_RATE} req/s evenly spaced over {PACED_TUNNELS} tunnels");
+        report.api(format!("{tag}. {load}: latency p50 (µs)"), self.series_cells(series, |s| &s.p50), 0, Goal::None);
+        report.api(format!("{tag}. {load}: latency p99 (µs)"), self.series_cells(series, |s| &s.p99), 0, Goal::None);
         let added = |quantile: &str| format!("{tag}. added latency {quantile}, over direct (µs)");
-        rep.api(added("p50"), self.added_cells(series, |s| &s.p50), 0, Goal::None);
-        rep.api(added("p99"), self.added_cells(series, |s| &s.p99), 0, Goal::Below(1000.0));
-        self.notes(rep, &tag, series);
-        self.contention(rep, &tag, series);
+        report.api(added("p50"), self.added_cells(series, |s| &s.p50), 0, Goal::None);
+        report.api(added("p99"), self.added_cells(series, |s| &s.p99), 0, Goal::Below(1000.0));
+        self.notes(report, &tag, series);
+        self.contention(report, &tag, series);
     }
 
-    fn notes(&self, rep: &mut Report, tag: &str, series: &[Series]) {
+    fn notes(&self, report: &mut Report, tag: &str, series: &[Series]) {
         for ((side, _), s) in self.sides.iter().zip(series) {
             if s.errors > 0 {
-                rep.footnote(format!(
+                report.footnote(format!(
                     "{tag} {}: {} failed operations (last: {})",
                     side.name(),
                     s.errors,
@@ -3267,7 +3293,7 @@ impl ApiRun {
                 ));
             }
             if s.late > 0 {
-                rep.footnote(format!(
+                report.footnote(format!(
                     "{tag} {}: {} requests were sent more than {PACE_SLACK:?} after their slot",
                     side.name(),
                     s.late
@@ -3278,13 +3304,17 @@ impl ApiRun {
 }
 
 /// The stub direct (plain and TLS), tollgate and mitmproxy, each checked with one request.
-async fn api_run(ctx: &mut Ctx, rep: &mut Report, tag: &str) -> Result<ApiRun, String> {
-    let stub = stub(ctx).await?;
+async fn start_interception_run(
+    harness: &mut Harness,
+    report: &mut Report,
+    tag: &str,
+) -> Result<InterceptionRun, String> {
+    let stub = stub(harness).await?;
     let authority = format!("{API_HOST}:443");
-    let mut run = ApiRun {
+    let mut run = InterceptionRun {
         sides: vec![
-            (Side::Direct, Target::api(stub.plain, false, ctx.origin, &authority, None)),
-            (Side::DirectTls, Target::api(stub.tls, false, ctx.origin, &authority, Some(stub.dial.clone()))),
+            (Side::Direct, Route::api(stub.plain, false, harness.origin, &authority, None)),
+            (Side::DirectTls, Route::api(stub.tls, false, harness.origin, &authority, Some(stub.dial.clone()))),
         ],
         missing: Vec::new(),
         proxies: Vec::new(),
@@ -3292,7 +3322,7 @@ async fn api_run(ctx: &mut Ctx, rep: &mut Report, tag: &str) -> Result<ApiRun, S
     for (side, t) in &run.sides {
         smoke_once(t).await.map_err(|e| format!("the stub, {}: {e}", side.name()))?;
     }
-    let (proxy, t) = start_tollgate_intercept(ctx, stub.plain).await?;
+    let (proxy, t) = start_tollgate_interception(harness, stub.plain).await?;
     println!(
         "- `{tag}` tollgate started: pid {}, {} (intercepting {API_HOST}, routed to the stub)",
         proxy.pid(),
@@ -3300,7 +3330,7 @@ async fn api_run(ctx: &mut Ctx, rep: &mut Report, tag: &str) -> Result<ApiRun, S
     );
     run.sides.push((Side::Tollgate, t));
     run.proxies.push(proxy);
-    match start_mitmproxy(ctx, stub.plain).await {
+    match start_mitmproxy(harness, stub.plain).await {
         Ok((proxy, t)) => {
             println!("- `{tag}` mitmproxy started: pid {}, {}", proxy.pid(), t.addr);
             run.sides.push((Side::Mitmproxy, t));
@@ -3312,43 +3342,44 @@ async fn api_run(ctx: &mut Ctx, rep: &mut Report, tag: &str) -> Result<ApiRun, S
         }
         Err(e) => {
             println!("- `{tag}` mitmproxy: could not start: {e}");
-            let n = rep.footnote(format!("{tag}: mitmproxy: {e}"));
+            let n = report.footnote(format!("{tag}: mitmproxy: {e}"));
             run.missing.push((Side::Mitmproxy, format!("failed [{n}]")));
         }
     }
     Ok(run)
 }
 
-/// Scenario intercept: non-streamed `POST /v1/messages` back to back over `INTERCEPT_CONNS` tunnels, then paced
-/// at `PACED_RATE` over `PACED_CONNS`; then the first handshake to a new host against a cached one.
-async fn feature_intercept(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
-    let run = api_run(ctx, rep, "intercept").await?;
+/// Scenario intercept: non-streamed `POST /v1/messages` back to back over `INTERCEPT_TUNNELS` tunnels, then paced
+/// at `PACED_RATE` over `PACED_TUNNELS`; then the first handshake to a new host against a cached one.
+async fn measure_interception(harness: &mut Harness, report: &mut Report) -> Result<(), String> {
+    let run = start_interception_run(harness, report, "intercept").await?;
     let names = run.names();
-    let (rounds, dur) = (ctx.opts.rounds, Duration::from_secs(ctx.opts.round_secs));
+    let (rounds, duration) = (harness.options.rounds, Duration::from_secs(harness.options.round_secs));
     // The tunnels of a round are opened (CONNECT, TLS handshake) before its clock and CPU count start.
     let round = |i: usize, conns: usize, rate: Option<u32>| {
         let (t, pid) = (run.target(i), run.pid(i));
         async move {
-            let warm = open_warm(t, conns, true).await;
+            let warm = open_ahead(t, conns, true).await;
             let req = Arc::new(t.messages_req(false));
             let body = STUB_MESSAGE.len() as u64;
-            let load = KeepAlive { conns, req, body, tunnel: true, warm, rate, max_requests: KA_MAX_REQUESTS };
-            with_cpu(pid, keepalive(t, dur, load)).await
+            let load =
+                KeepAliveLoad { conns, req, body, tunnel: true, warm, rate, max_requests: KEEP_ALIVE_MAX_REQUESTS };
+            with_proxy_cpu(pid, run_keep_alive_load(t, duration, load)).await
         }
     };
 
-    let s = interleaved(rounds, "`intercept`", &names, "req/s", |i| round(i, INTERCEPT_CONNS, None)).await;
-    rep.api(
+    let s = interleaved(rounds, "`intercept`", &names, "req/s", |i| round(i, INTERCEPT_TUNNELS, None)).await;
+    report.api(
         format!(
-            "intercept. `POST /v1/messages` (non-streamed), {INTERCEPT_CONNS} keep-alive tunnels, back to back (req/s)"
+            "intercept. `POST /v1/messages` (non-streamed), {INTERCEPT_TUNNELS} keep-alive tunnels, back to back (req/s)"
         ),
         run.series_cells(&s, |s| &s.rate),
         0,
         Goal::TimesMitmproxy(20.0),
     );
-    rep.api("intercept. latency p50 (µs)".into(), run.series_cells(&s, |s| &s.p50), 0, Goal::None);
-    rep.api("intercept. latency p99 (µs)".into(), run.series_cells(&s, |s| &s.p99), 0, Goal::None);
-    rep.api(
+    report.api("intercept. latency p50 (µs)".into(), run.series_cells(&s, |s| &s.p50), 0, Goal::None);
+    report.api("intercept. latency p99 (µs)".into(), run.series_cells(&s, |s| &s.p99), 0, Goal::None);
+    report.api(
         "intercept. proxy CPU per request, user + kernel, all threads (µs)".into(),
         run.cells(|side, i| {
             matches!(side, Side::Tollgate | Side::Mitmproxy).then(|| median_of(&s[i].cpu).unwrap_or(f64::NAN))
@@ -3356,7 +3387,7 @@ async fn feature_intercept(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String
         1,
         Goal::None,
     );
-    rep.api(
+    report.api(
         "intercept. one free core's worth: 10⁶ / CPU per request (req/s; unlike req/s, not skewed by other processes \
          on the proxy's core)"
             .into(),
@@ -3366,18 +3397,18 @@ async fn feature_intercept(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String
         0,
         Goal::TimesMitmproxy(20.0),
     );
-    run.notes(rep, "intercept", &s);
-    run.contention(rep, "intercept", &s);
+    run.notes(report, "intercept", &s);
+    run.contention(report, "intercept", &s);
 
     let p =
-        interleaved(rounds, "`intercept` paced", &names, "req/s", |i| round(i, PACED_CONNS, Some(PACED_RATE))).await;
-    run.paced_rows(rep, "pinned", &p);
-    if ctx.pin_children {
+        interleaved(rounds, "`intercept` paced", &names, "req/s", |i| round(i, PACED_TUNNELS, Some(PACED_RATE))).await;
+    run.paced_rows(report, "pinned", &p);
+    if harness.pin_children {
         let shared = interleaved(rounds, "`intercept` paced, shared cores", &names, "req/s", |i| {
-            on_shared_cores(run.pid(i), round(i, PACED_CONNS, Some(PACED_RATE)))
+            on_shared_cores(run.pid(i), round(i, PACED_TUNNELS, Some(PACED_RATE)))
         })
         .await;
-        run.paced_rows(rep, "shared cores", &shared);
+        run.paced_rows(report, "shared cores", &shared);
     }
 
     // Minting: each round, new names; the direct TLS side shows a handshake with a fixed certificate.
@@ -3394,7 +3425,7 @@ async fn feature_intercept(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String
                     t.for_host(&format!("h{r}-{h}.{MINT_DOMAIN}"))
                 }
             };
-            match handshakes(host).await {
+            match new_and_cached_handshakes(host).await {
                 Ok((new, cached)) => {
                     println!(
                         "- `intercept` handshake round {r}/{rounds}, {}: new host {new:.0} µs, cached host {cached:.0} µs \
@@ -3406,20 +3437,20 @@ async fn feature_intercept(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String
                 }
                 Err(e) => {
                     println!("- `intercept` handshake round {r}/{rounds}, {}: failed: {e}", side.name());
-                    rep.footnote(format!("mint {}: {e}", side.name()));
+                    report.footnote(format!("mint {}: {e}", side.name()));
                 }
             }
             sleep(ROUND_PAUSE).await;
         }
     }
     let pick = |i: usize, new: bool| median_of(if new { &minted[i].0 } else { &minted[i].1 }).unwrap_or(f64::NAN);
-    rep.api(
+    report.api(
         format!("mint. CONNECT + TLS handshake, new host: leaf minted (µs, median of {MINT_HOSTS} hosts)"),
         run.cells(|side, i| (side != Side::DirectTls && side != Side::Direct).then(|| pick(i, true))),
         0,
         Goal::None,
     );
-    rep.api(
+    report.api(
         "mint. CONNECT + TLS handshake, cached host (µs; direct TLS: TCP + TLS handshake to the stub)".into(),
         run.cells(|side, i| (side != Side::Direct).then(|| pick(i, false))),
         0,
@@ -3431,7 +3462,7 @@ async fn feature_intercept(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String
 
 /// `MINT_HOSTS` hosts (`host(i)`), each opened twice in a row (connect, CONNECT, TLS handshake, close): the
 /// first to a new host mints its leaf, the second finds it cached. Each median, µs.
-async fn handshakes(host: impl Fn(usize) -> Result<Target, String>) -> Result<(f64, f64), String> {
+async fn new_and_cached_handshakes(host: impl Fn(usize) -> Result<Route, String>) -> Result<(f64, f64), String> {
     let (mut new, mut cached) = (Vec::new(), Vec::new());
     for h in 0..MINT_HOSTS {
         let t = host(h)?;
@@ -3448,47 +3479,47 @@ async fn handshakes(host: impl Fn(usize) -> Result<Target, String>) -> Result<(f
 }
 
 /// Scenario sse: streamed responses; time to the first event, each later event's delay, per side.
-async fn feature_sse(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
-    let run = api_run(ctx, rep, "sse").await?;
+async fn measure_streaming(harness: &mut Harness, report: &mut Report) -> Result<(), String> {
+    let run = start_interception_run(harness, report, "sse").await?;
     let names = run.names();
-    let (rounds, dur) = (ctx.opts.rounds, Duration::from_secs(ctx.opts.round_secs));
+    let (rounds, duration) = (harness.options.rounds, Duration::from_secs(harness.options.round_secs));
     let s = interleaved(rounds, "`sse`", &names, "streams/s", |i| {
         let (t, pid) = (run.target(i), run.pid(i));
         async move {
-            let warm = open_warm(t, SSE_CONNS, true).await;
-            with_cpu(pid, scenario_sse(t, dur, warm)).await
+            let warm = open_ahead(t, SSE_CONNECTIONS, true).await;
+            with_proxy_cpu(pid, streamed_responses(t, duration, warm)).await
         }
     })
     .await;
-    let tag = format!("sse. {SSE_CONNS} connections, {SSE_EVENTS} events per response, {SSE_GAP:?} apart");
-    rep.api(format!("{tag}: time to first event p50 (µs)"), run.series_cells(&s, |s| &s.p50), 0, Goal::None);
-    rep.api(format!("{tag}: time to first event p99 (µs)"), run.series_cells(&s, |s| &s.p99), 0, Goal::None);
-    rep.api(
+    let tag = format!("sse. {SSE_CONNECTIONS} connections, {SSE_EVENTS} events per response, {SSE_GAP:?} apart");
+    report.api(format!("{tag}: time to first event p50 (µs)"), run.series_cells(&s, |s| &s.p50), 0, Goal::None);
+    report.api(format!("{tag}: time to first event p99 (µs)"), run.series_cells(&s, |s| &s.p99), 0, Goal::None);
+    report.api(
         "sse. added time to first event p50, over direct (µs)".into(),
         run.added_cells(&s, |s| &s.p50),
         0,
         Goal::None,
     );
-    rep.api(
+    report.api(
         "sse. event delay, stub's send → client's read, mean (µs)".into(),
         run.series_cells(&s, |s| &s.event_mean),
         0,
         Goal::None,
     );
-    rep.api("sse. event delay p99 (µs)".into(), run.series_cells(&s, |s| &s.event_p99), 0, Goal::None);
-    rep.api(
+    report.api("sse. event delay p99 (µs)".into(), run.series_cells(&s, |s| &s.event_p99), 0, Goal::None);
+    report.api(
         "sse. added latency per event, mean over direct (µs)".into(),
         run.added_cells(&s, |s| &s.event_mean),
         0,
         Goal::Below(1000.0),
     );
-    rep.api(
+    report.api(
         "sse. added latency per event, p99 over direct (µs)".into(),
         run.added_cells(&s, |s| &s.event_p99),
         0,
         Goal::None,
     );
-    rep.api(
+    report.api(
         format!("sse. proxy CPU per streamed response ({SSE_EVENTS} events), all threads (µs)"),
         run.cells(|side, i| {
             matches!(side, Side::Tollgate | Side::Mitmproxy).then(|| median_of(&s[i].cpu).unwrap_or(f64::NAN))
@@ -3496,56 +3527,56 @@ async fn feature_sse(ctx: &mut Ctx, rep: &mut Report) -> Result<(), String> {
         0,
         Goal::None,
     );
-    run.notes(rep, "sse", &s);
-    run.contention(rep, "sse", &s);
+    run.notes(report, "sse", &s);
+    run.contention(report, "sse", &s);
     drop(run);
     Ok(())
 }
 
-/// Scenario sse on one side: `SSE_CONNS` keep-alive connections (tunnels), each asking for one streamed response
+/// Scenario sse on one side: `SSE_CONNECTIONS` keep-alive connections (tunnels), each asking for one streamed response
 /// after the other (`warm`: connections already open). Records the time from sending the request to reading the
 /// first event, and for every later event its delay from the stub's send (its `id:` stamp) to the client's read.
-async fn scenario_sse(t: &Target, dur: Duration, warm: Vec<Conn>) -> RateRound {
+async fn streamed_responses(t: &Route, duration: Duration, warm: Vec<Connection>) -> RateRound {
     let req = Arc::new(t.messages_req(true));
     let t = t.clone();
     let warm = Arc::new(Mutex::new(warm));
-    run_workers(SSE_CONNS, dur, SSE_MAX_STREAMS, move |deadline, budget| {
+    run_workers(SSE_CONNECTIONS, duration, SSE_MAX_STREAMS, move |deadline, budget| {
         let (req, t) = (req.clone(), t.clone());
-        let mut conn: Option<Conn> = warm.lock().ok().and_then(|mut v| v.pop());
+        let mut conn: Option<Connection> = warm.lock().ok().and_then(|mut v| v.pop());
         async move {
-            let mut st = Stats::default();
-            st.connects += u64::from(conn.is_some());
-            while Instant::now() < deadline && st.errors < MAX_ERRORS_PER_WORKER && take(&budget) {
+            let mut stats = Stats::default();
+            stats.connections_opened += u64::from(conn.is_some());
+            while Instant::now() < deadline && stats.errors < MAX_ERRORS_PER_WORKER && take_from_budget(&budget) {
                 let res = timeout(IO_TIMEOUT, async {
                     if conn.is_none() {
-                        conn = Some(t.tunnel(SMALL_READ_BUF).await?);
-                        st.connects += 1;
+                        conn = Some(t.tunnel(SMALL_READ_BUFFER).await?);
+                        stats.connections_opened += 1;
                     }
                     stream_once(conn.as_mut().expect("connection just opened"), &req).await
                 })
                 .await;
                 match res {
                     Ok(Ok(streamed)) => {
-                        st.sample(streamed.first_ns);
-                        if st.event_ns.len() + streamed.delays_ns.len() <= MAX_SAMPLES_PER_WORKER {
-                            st.event_ns.extend(streamed.delays_ns);
+                        stats.sample(streamed.first_ns);
+                        if stats.event_delays_ns.len() + streamed.delays_ns.len() <= MAX_SAMPLES_PER_WORKER {
+                            stats.event_delays_ns.extend(streamed.delays_ns);
                         }
                         if !streamed.keep_alive {
                             conn = None;
                         }
                     }
                     Ok(Err(e)) => {
-                        st.error(e);
+                        stats.error(e);
                         conn = None;
                         sleep(Duration::from_millis(1)).await;
                     }
                     Err(_) => {
-                        st.error("timeout");
+                        stats.error("timeout");
                         conn = None;
                     }
                 }
             }
-            st
+            stats
         }
     })
     .await
@@ -3562,7 +3593,7 @@ struct Streamed {
 
 /// Sends a streamed request on `c` and reads its events as they arrive; all `SSE_EVENTS` must come, the last
 /// `message_stop`.
-async fn stream_once(c: &mut Conn, req: &[u8]) -> io::Result<Streamed> {
+async fn stream_once(c: &mut Connection, req: &[u8]) -> io::Result<Streamed> {
     let t0 = Instant::now();
     c.send(req).await?;
     let h = c.head().await?;
@@ -3604,26 +3635,26 @@ async fn stream_once(c: &mut Conn, req: &[u8]) -> io::Result<Streamed> {
 }
 
 /// Runs one tollgate-only scenario; a failure becomes a row and a note.
-async fn run_feature(ctx: &mut Ctx, rep: &mut Report, scen: Scen) {
-    let (name, res) = match scen {
-        Scen::Tls => ("tls", feature_tls(ctx, rep).await),
-        Scen::Limits => ("limits", feature_limits(ctx, rep).await),
-        Scen::Redis => ("redis", feature_redis(ctx, rep).await),
-        Scen::Reload => ("reload", feature_reload(ctx, rep).await),
-        Scen::Intercept => ("intercept", feature_intercept(ctx, rep).await),
-        Scen::Sse => ("sse", feature_sse(ctx, rep).await),
-        Scen::A | Scen::B | Scen::C | Scen::D => return,
+async fn run_feature(harness: &mut Harness, report: &mut Report, scenario: Scenario) {
+    let (name, res) = match scenario {
+        Scenario::Tls => ("tls", measure_tls(harness, report).await),
+        Scenario::Limits => ("limits", measure_limits(harness, report).await),
+        Scenario::Redis => ("redis", measure_redis(harness, report).await),
+        Scenario::Reload => ("reload", measure_reload(harness, report).await),
+        Scenario::Intercept => ("intercept", measure_interception(harness, report).await),
+        Scenario::Sse => ("sse", measure_streaming(harness, report).await),
+        Scenario::KeepAlive | Scenario::ConnectGetClose | Scenario::Bulk | Scenario::IdleTunnels => return,
     };
     if let Err(e) = &res {
-        if matches!(scen, Scen::Intercept | Scen::Sse) {
+        if matches!(scenario, Scenario::Intercept | Scenario::Sse) {
             println!("- `{name}`: failed: {e}");
-            rep.api_failed(format!("{name}."), format!("{name}: {e}"));
+            report.interception_failed(format!("{name}."), format!("{name}: {e}"));
             return;
         }
     }
     if let Err(e) = res {
         println!("- `tollgate` {name}: failed: {e}");
-        rep.feature_skipped(format!("{name}."), "failed", Some(format!("{name}: {e}")));
+        report.feature_skipped(format!("{name}."), "failed", Some(format!("{name}: {e}")));
     }
 }
 
@@ -3632,41 +3663,52 @@ async fn run_feature(ctx: &mut Ctx, rep: &mut Report, scen: Scen) {
 // ---------------------------------------------------------------------------------------------
 
 /// Scenarios a, b and c against one target (one proxy instance for all of them).
-async fn run_rate_scenarios(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
-    let rate_scens: Vec<Scen> =
-        ctx.opts.scens.iter().copied().filter(|s| matches!(s, Scen::A | Scen::B | Scen::C)).collect();
-    if rate_scens.is_empty() {
+async fn run_rate_scenarios(harness: &mut Harness, report: &mut Report, kind: Target) {
+    let rate_scenarios: Vec<Scenario> = harness
+        .options
+        .scenarios
+        .iter()
+        .copied()
+        .filter(|s| matches!(s, Scenario::KeepAlive | Scenario::ConnectGetClose | Scenario::Bulk))
+        .collect();
+    if rate_scenarios.is_empty() {
         return;
     }
-    let all_metrics = [Metric::KaRps, Metric::KaP50, Metric::KaP99, Metric::CcRate, Metric::BulkMibs];
-    let proxy = if kind == Kind::Direct {
+    let all_metrics = [
+        Metric::KeepAliveRate,
+        Metric::KeepAliveP50,
+        Metric::KeepAliveP99,
+        Metric::ConnectRate,
+        Metric::BulkThroughput,
+    ];
+    let proxy = if kind == Target::Direct {
         None
     } else {
-        match start_proxy(ctx, kind).await {
+        match start_proxy(harness, kind).await {
             Ok(p) => Some(p),
             Err(e) => {
                 println!("- `{}`: could not start: {e}", kind.name());
-                rep.fail(&all_metrics, kind, format!("{}: {e}", kind.name()));
+                report.fail(&all_metrics, kind, format!("{}: {e}", kind.name()));
                 return;
             }
         }
     };
-    let t = Target::plain(proxy.as_ref().map_or(ctx.origin, |p| p.addr), proxy.is_some(), ctx.origin);
+    let t = Route::plain(proxy.as_ref().map_or(harness.origin, |p| p.addr), proxy.is_some(), harness.origin);
     if let Some(p) = &proxy {
         println!("- `{}` started: pid {}, {}", kind.name(), p.pid(), p.addr);
     }
-    let rounds = ctx.opts.rounds;
-    let dur = Duration::from_secs(ctx.opts.round_secs);
+    let rounds = harness.options.rounds;
+    let duration = Duration::from_secs(harness.options.round_secs);
     let name = kind.name();
 
-    if rate_scens.contains(&Scen::A) {
+    if rate_scenarios.contains(&Scenario::KeepAlive) {
         let (mut rps, mut p50, mut p99) = (Vec::new(), Vec::new(), Vec::new());
         let mut errors = 0;
-        let mut connects = 0;
+        let mut connections_opened = 0;
         let mut stale = 0;
         let mut last_error = None;
         for r in 1..=rounds {
-            let round = scenario_a(&t, dur).await;
+            let round = keep_alive_gets(&t, duration).await;
             println!("- `{name}` a round {r}/{rounds}: {}", round.describe("req/s"));
             if round.stats.ok > 0 {
                 rps.push(round.rate);
@@ -3674,38 +3716,38 @@ async fn run_rate_scenarios(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
                 p99.push(round.p99_us);
             }
             errors += round.stats.errors;
-            connects += round.stats.connects;
+            connections_opened += round.stats.connections_opened;
             stale += round.stats.stale;
             last_error = round.stats.last_error.or(last_error);
             sleep(ROUND_PAUSE).await;
         }
         if rps.is_empty() {
-            rep.fail(
-                &[Metric::KaRps, Metric::KaP50, Metric::KaP99],
+            report.fail(
+                &[Metric::KeepAliveRate, Metric::KeepAliveP50, Metric::KeepAliveP99],
                 kind,
                 format!("{name} a: no successful request ({})", last_error.unwrap_or_default()),
             );
         } else {
             println!(
                 "  - `{name}` a rounds: req/s [{}], p50 µs [{}], p99 µs [{}]",
-                fmt_rounds(&rps, 0),
-                fmt_rounds(&p50, 0),
-                fmt_rounds(&p99, 0)
+                format_rounds(&rps, 0),
+                format_rounds(&p50, 0),
+                format_rounds(&p99, 0)
             );
-            rep.set(Metric::KaRps, kind, median(rps));
-            rep.set(Metric::KaP50, kind, median(p50));
-            rep.set(Metric::KaP99, kind, median(p99));
+            report.set(Metric::KeepAliveRate, kind, median(rps));
+            report.set(Metric::KeepAliveP50, kind, median(p50));
+            report.set(Metric::KeepAliveP99, kind, median(p99));
             if errors > 0 {
-                rep.footnote(format!(
+                report.footnote(format!(
                     "{name} a: {errors} failed requests over {rounds} rounds (last: {})",
                     last_error.unwrap_or_default()
                 ));
             }
-            let per_round = connects as f64 / rounds as f64;
-            if per_round > 2.0 * KA_CONNS as f64 {
-                rep.footnote(format!(
+            let per_round = connections_opened as f64 / rounds as f64;
+            if per_round > 2.0 * KEEP_ALIVE_CONNECTIONS as f64 {
+                report.footnote(format!(
                     "{name} a: the proxy did not keep client connections alive \
-                     ({per_round:.0} connections opened per round for {KA_CONNS} clients; \
+                     ({per_round:.0} connections opened per round for {KEEP_ALIVE_CONNECTIONS} clients; \
                      {stale} requests were re-sent on a new connection because the proxy closed \
                      the previous one after a response that did not say `Connection: close`; \
                      their latency includes the failed attempt)"
@@ -3714,12 +3756,12 @@ async fn run_rate_scenarios(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
         }
     }
 
-    if rate_scens.contains(&Scen::B) {
+    if rate_scenarios.contains(&Scenario::ConnectGetClose) {
         let mut rates = Vec::new();
         let mut errors = 0;
         let mut last_error = None;
         for r in 1..=rounds {
-            let round = scenario_b(&t, dur).await;
+            let round = connect_get_close(&t, duration).await;
             println!("- `{name}` b round {r}/{rounds}: {}", round.describe("conn/s"));
             if round.stats.ok > 0 {
                 rates.push(round.rate);
@@ -3729,16 +3771,16 @@ async fn run_rate_scenarios(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
             sleep(ROUND_PAUSE).await;
         }
         if rates.is_empty() {
-            rep.fail(
-                &[Metric::CcRate],
+            report.fail(
+                &[Metric::ConnectRate],
                 kind,
                 format!("{name} b: no successful operation ({})", last_error.unwrap_or_default()),
             );
         } else {
-            println!("  - `{name}` b rounds: conn/s [{}]", fmt_rounds(&rates, 0));
-            rep.set(Metric::CcRate, kind, median(rates));
+            println!("  - `{name}` b rounds: conn/s [{}]", format_rounds(&rates, 0));
+            report.set(Metric::ConnectRate, kind, median(rates));
             if errors > 0 {
-                rep.footnote(format!(
+                report.footnote(format!(
                     "{name} b: {errors} failed operations over {rounds} rounds (last: {})",
                     last_error.unwrap_or_default()
                 ));
@@ -3746,11 +3788,11 @@ async fn run_rate_scenarios(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
         }
     }
 
-    if rate_scens.contains(&Scen::C) {
+    if rate_scenarios.contains(&Scenario::Bulk) {
         let mut rates = Vec::new();
         let mut last_error = None;
         for r in 1..=rounds {
-            match scenario_c(&t).await {
+            match bulk_download(&t).await {
                 Ok(v) => {
                     println!("- `{name}` c round {r}/{rounds}: {v:.0} MiB/s");
                     rates.push(v);
@@ -3763,12 +3805,12 @@ async fn run_rate_scenarios(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
             sleep(ROUND_PAUSE).await;
         }
         if rates.is_empty() {
-            rep.fail(&[Metric::BulkMibs], kind, format!("{name} c: {}", last_error.unwrap_or_default()));
+            report.fail(&[Metric::BulkThroughput], kind, format!("{name} c: {}", last_error.unwrap_or_default()));
         } else {
-            println!("  - `{name}` c rounds: MiB/s [{}]", fmt_rounds(&rates, 0));
-            rep.set(Metric::BulkMibs, kind, median(rates));
+            println!("  - `{name}` c rounds: MiB/s [{}]", format_rounds(&rates, 0));
+            report.set(Metric::BulkThroughput, kind, median(rates));
             if let Some(e) = last_error {
-                rep.footnote(format!("{name} c: a round failed: {e}"));
+                report.footnote(format!("{name} c: a round failed: {e}"));
             }
         }
     }
@@ -3781,36 +3823,36 @@ async fn run_rate_scenarios(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
 }
 
 /// Scenario d against one proxy: a fresh instance per round.
-async fn run_rss(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
+async fn run_idle_tunnel_memory(harness: &mut Harness, report: &mut Report, kind: Target) {
     let name = kind.name();
-    let rounds = ctx.opts.rounds;
+    let rounds = harness.options.rounds;
     let mut vals = Vec::new();
     let mut last_error = None;
     for r in 1..=rounds {
-        let proxy = match start_proxy(ctx, kind).await {
+        let proxy = match start_proxy(harness, kind).await {
             Ok(p) => p,
             Err(e) => {
                 last_error = Some(e);
                 break;
             }
         };
-        let t = Target::plain(proxy.addr, true, ctx.origin);
-        match scenario_d(&proxy, &t, ctx.opts.tunnels).await {
+        let t = Route::plain(proxy.addr, true, harness.origin);
+        match idle_tunnel_memory(&proxy, &t, harness.options.tunnels).await {
             Ok(d) => {
                 let mut line = format!(
                     "- `{name}` d round {r}/{rounds}: {:.1} KiB/tunnel ({} tunnels open, RSS {} -> {} KiB, {} process(es)",
-                    d.kib_per_tunnel, d.opened, d.before_kib, d.after_kib, d.procs
+                    d.kib_per_tunnel, d.opened, d.before_kib, d.after_kib, d.processes
                 );
                 if d.errors > 0 {
                     let _ = write!(line, ", {} errors, last: {}", d.errors, d.last_error.clone().unwrap_or_default());
                 }
                 line.push(')');
                 println!("{line}");
-                if d.opened < ctx.opts.tunnels {
-                    rep.footnote(format!(
+                if d.opened < harness.options.tunnels {
+                    report.footnote(format!(
                         "{name} d round {r}: only {} of {} tunnels opened (last error: {})",
                         d.opened,
-                        ctx.opts.tunnels,
+                        harness.options.tunnels,
                         d.last_error.unwrap_or_default()
                     ));
                 }
@@ -3825,15 +3867,15 @@ async fn run_rss(ctx: &mut Ctx, rep: &mut Report, kind: Kind) {
         sleep(ROUND_PAUSE).await;
     }
     if vals.is_empty() {
-        rep.fail(&[Metric::RssKib], kind, format!("{name} d: {}", last_error.unwrap_or_default()));
+        report.fail(&[Metric::RssPerTunnel], kind, format!("{name} d: {}", last_error.unwrap_or_default()));
     } else {
-        println!("  - `{name}` d rounds: KiB/tunnel [{}]", fmt_rounds(&vals, 1));
-        rep.set(Metric::RssKib, kind, median(vals));
+        println!("  - `{name}` d rounds: KiB/tunnel [{}]", format_rounds(&vals, 1));
+        report.set(Metric::RssPerTunnel, kind, median(vals));
     }
 }
 
-async fn run(mut ctx: Ctx) -> Report {
-    let mut rep = Report::default();
+async fn run(mut harness: Harness) -> Report {
+    let mut report = Report::default();
     // Ctrl-C, SIGTERM, SIGHUP: kill the children, then leave.
     tokio::spawn(async {
         use tokio::signal::unix::{signal, SignalKind};
@@ -3852,42 +3894,43 @@ async fn run(mut ctx: Ctx) -> Report {
         eprintln!("load: interrupted, children killed");
         std::process::exit(130);
     });
-    let target_scens = ctx.opts.scens.iter().any(|s| Scen::TARGETS.contains(s));
-    for kind in Kind::ALL {
-        if !target_scens {
+    let compares_targets = harness.options.scenarios.iter().any(|s| Scenario::COMPARING_TARGETS.contains(s));
+    for kind in Target::ALL {
+        if !compares_targets {
             break;
         }
-        if !ctx.opts.kinds.contains(&kind) {
-            rep.note(&Metric::ALL, kind, "not run");
+        if !harness.options.targets.contains(&kind) {
+            report.note(&Metric::ALL, kind, "not run");
             continue;
         }
-        if kind != Kind::Direct && !ctx.bins.contains_key(&kind) {
+        if kind != Target::Direct && !harness.binaries.contains_key(&kind) {
             println!("- `{}`: not installed", kind.name());
-            rep.note(&Metric::ALL, kind, "not installed");
+            report.note(&Metric::ALL, kind, "not installed");
             continue;
         }
-        run_rate_scenarios(&mut ctx, &mut rep, kind).await;
-        if ctx.opts.scens.contains(&Scen::D) {
-            if kind == Kind::Direct {
-                rep.note(&[Metric::RssKib], kind, "n/a");
+        run_rate_scenarios(&mut harness, &mut report, kind).await;
+        if harness.options.scenarios.contains(&Scenario::IdleTunnels) {
+            if kind == Target::Direct {
+                report.note(&[Metric::RssPerTunnel], kind, "n/a");
             } else {
-                run_rss(&mut ctx, &mut rep, kind).await;
+                run_idle_tunnel_memory(&mut harness, &mut report, kind).await;
             }
         }
     }
-    let features: Vec<Scen> = ctx.opts.scens.iter().copied().filter(|s| !Scen::TARGETS.contains(s)).collect();
-    if !features.is_empty() && !ctx.bins.contains_key(&Kind::Tollgate) {
+    let features: Vec<Scenario> =
+        harness.options.scenarios.iter().copied().filter(|s| !Scenario::COMPARING_TARGETS.contains(s)).collect();
+    if !features.is_empty() && !harness.binaries.contains_key(&Target::Tollgate) {
         println!("- tls, limits, redis, reload, intercept, sse: not run (they need the target tollgate)");
     } else {
-        for scen in features {
-            run_feature(&mut ctx, &mut rep, scen).await;
+        for scenario in features {
+            run_feature(&mut harness, &mut report, scenario).await;
         }
     }
-    rep
+    report
 }
 
 fn main() -> ExitCode {
-    let opts = match parse_args() {
+    let options = match parse_args() {
         Ok(o) => o,
         Err(e) => {
             eprintln!("{e}");
@@ -3898,10 +3941,10 @@ fn main() -> ExitCode {
     let have_taskset = which("taskset").is_some();
 
     // Binaries.
-    let mut bins = BTreeMap::new();
+    let mut binaries = BTreeMap::new();
     let mut versions = Vec::new();
-    if opts.kinds.contains(&Kind::Tollgate) {
-        let bin = tollgate_bin();
+    if options.targets.contains(&Target::Tollgate) {
+        let bin = tollgate_binary();
         if !bin.is_file() {
             eprintln!(
                 "load: tollgate binary not found at {}\n\
@@ -3912,25 +3955,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         versions.push(format!("tollgate: {} ({})", first_line(&bin, &["--version"]), bin.display()));
-        bins.insert(Kind::Tollgate, bin);
+        binaries.insert(Target::Tollgate, bin);
     }
     for (kind, env, name, vflag) in
-        [(Kind::Squid, "SQUID_BIN", "squid", "-v"), (Kind::Tinyproxy, "TINYPROXY_BIN", "tinyproxy", "-v")]
+        [(Target::Squid, "SQUID_BIN", "squid", "-v"), (Target::Tinyproxy, "TINYPROXY_BIN", "tinyproxy", "-v")]
     {
-        if !opts.kinds.contains(&kind) {
+        if !options.targets.contains(&kind) {
             continue;
         }
         let bin = std::env::var_os(env).map(PathBuf::from).or_else(|| which(name));
         match bin {
             Some(b) if b.is_file() => {
                 versions.push(format!("{name}: {} ({})", first_line(&b, &[vflag]), b.display()));
-                bins.insert(kind, b);
+                binaries.insert(kind, b);
             }
             _ => versions.push(format!("{name}: not installed (`apt-get install -y {name}`)")),
         }
     }
 
-    if opts.scens.iter().any(|s| matches!(s, Scen::Intercept | Scen::Sse)) {
+    if options.scenarios.iter().any(|s| matches!(s, Scenario::Intercept | Scenario::Sse)) {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/mitmproxy-venv/bin/mitmdump");
         let bin = std::env::var_os("MITMDUMP_BIN")
             .map(PathBuf::from)
@@ -3939,7 +3982,7 @@ fn main() -> ExitCode {
         match bin {
             Some(b) if b.is_file() => {
                 versions.push(format!("mitmproxy: {} ({})", first_line(&b, &["--version"]), b.display()));
-                bins.insert(Kind::Mitmproxy, b);
+                binaries.insert(Target::Mitmproxy, b);
             }
             _ => versions
                 .push("mitmproxy: not installed (`benches/run-load.sh` installs it into target/mitmproxy-venv)".into()),
@@ -3949,10 +3992,10 @@ fn main() -> ExitCode {
     // Host set-up, before any thread is started.
     let pinned = pin_self(cores, have_taskset);
     let pin_children = cores >= 2 && have_taskset;
-    let need_nofile = 2 * opts.tunnels as u64 + 1024;
-    let (nofile, nofile_msg) = raise_nofile(need_nofile);
+    let need_nofile = 2 * options.tunnels as u64 + 1024;
+    let (nofile, nofile_msg) = raise_open_file_limit(need_nofile);
 
-    let tmp = match tempfile::Builder::new().prefix("tollgate-load-").tempdir() {
+    let temp_dir = match tempfile::Builder::new().prefix("tollgate-load-").tempdir() {
         Ok(t) => t,
         Err(e) => {
             eprintln!("load: cannot create a temp dir: {e}");
@@ -3995,25 +4038,25 @@ fn main() -> ExitCode {
     );
     println!("- RLIMIT_NOFILE: {nofile_msg}");
     println!(
-        "- mode: {} ({} s per round for a, b, tls, limits/redis, intercept and sse, {RELOAD_SECS} s for reload), {} \
+        "- mode: {} ({} s per round for a, b, tls, limits/redis, intercept and sse, {RELOAD_SECONDS} s for reload), {} \
          rounds per scenario, median reported; d opens {} tunnels",
-        if opts.quick { "--quick" } else { "full" },
-        opts.round_secs,
-        opts.rounds,
-        opts.tunnels
+        if options.quick { "--quick" } else { "full" },
+        options.round_secs,
+        options.rounds,
+        options.tunnels
     );
     for v in &versions {
         println!("- {v}");
     }
-    println!("- temp dir: {}\n", tmp.path().display());
-    if nofile < need_nofile && opts.scens.contains(&Scen::D) {
+    println!("- temp dir: {}\n", temp_dir.path().display());
+    if nofile < need_nofile && options.scenarios.contains(&Scenario::IdleTunnels) {
         println!(
             "- WARNING: RLIMIT_NOFILE {nofile} is too low for {} tunnels; scenario d will open fewer\n",
-            opts.tunnels
+            options.tunnels
         );
     }
 
-    let run_opts = opts.clone();
+    let run_options = options.clone();
     let report = rt.block_on(async {
         let listener = match TcpListener::bind("127.0.0.1:0").await {
             Ok(l) => l,
@@ -4022,17 +4065,17 @@ fn main() -> ExitCode {
         let origin = listener.local_addr().map_err(|e| e.to_string())?;
         tokio::spawn(serve(listener, Served::Origin, None));
         println!("## progress (origin on {origin})\n");
-        let ctx = Ctx {
-            opts: run_opts,
+        let harness = Harness {
+            options: run_options,
             origin,
-            tmp: tmp.path().to_path_buf(),
+            temp_dir: temp_dir.path().to_path_buf(),
             pin_children,
-            bins,
+            binaries,
             instances: 0,
-            bench_hash: None,
+            basic_user_hash: None,
             stub: None,
         };
-        Ok(run(ctx).await)
+        Ok(run(harness).await)
     });
     // Stop the origin's tasks before the temp dir goes.
     drop(rt);
@@ -4044,12 +4087,12 @@ fn main() -> ExitCode {
         }
     };
 
-    println!("\n## results (median of {} rounds)", opts.rounds);
-    let target_scens = opts.scens.iter().any(|s| Scen::TARGETS.contains(s));
-    if target_scens {
-        print!("\n{}", report.table(&opts));
+    println!("\n## results (median of {} rounds)", options.rounds);
+    let compares_targets = options.scenarios.iter().any(|s| Scenario::COMPARING_TARGETS.contains(s));
+    if compares_targets {
+        print!("\n{}", report.table(&options));
     }
-    if opts.scens.contains(&Scen::A) {
+    if options.scenarios.contains(&Scenario::KeepAlive) {
         println!("\n### a. keep-alive GET latency\n");
         print!("{}", report.latency_table());
     }
@@ -4059,7 +4102,7 @@ fn main() -> ExitCode {
     }
     if !report.api.is_empty() {
         println!("\n### interception: tollgate, the stub direct (plain and TLS) and mitmproxy (same run)\n");
-        print!("{}", report.api_table());
+        print!("{}", report.interception_table());
     }
     if !report.notes.is_empty() {
         println!("\n### notes\n");
@@ -4067,7 +4110,7 @@ fn main() -> ExitCode {
             println!("{}. {n}", i + 1);
         }
     }
-    if target_scens {
+    if compares_targets {
         println!(
             "\nratios are target/direct: for req/s, conn/s and MiB/s higher is better, for latency lower is better. \
              b for direct is connect + GET + close without a proxy; d has no direct value. \
