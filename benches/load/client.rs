@@ -11,42 +11,45 @@ use crate::parameters::BULK_LENGTH;
 use crate::route::TlsDial;
 use crate::servers::header_has_token;
 
+/// A response head: what the reader needs of it.
 pub struct Head {
     pub status: u16,
-    pub http10: bool,
+    pub http_1_0: bool,
+    /// `Connection: close` (or `Proxy-Connection: close`).
     pub close: bool,
     pub keep_alive: bool,
-    pub length: Option<u64>,
+    pub content_length: Option<u64>,
     pub chunked: bool,
 }
 
-pub fn parse_head(r: &httparse::Response) -> Head {
-    let mut h = Head {
-        status: r.code.unwrap_or(0),
-        http10: r.version == Some(0),
-        close: false,
-        keep_alive: false,
-        length: None,
-        chunked: false,
-    };
-    for hd in r.headers.iter() {
-        let name = hd.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            h.length = std::str::from_utf8(hd.value).ok().and_then(|v| v.trim().parse().ok());
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            h.chunked = header_has_token(hd.value, "chunked");
-        } else if name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("proxy-connection") {
-            h.close |= header_has_token(hd.value, "close");
-            h.keep_alive |= header_has_token(hd.value, "keep-alive");
-        }
-    }
-    h
-}
-
 impl Head {
+    fn parse(response: &httparse::Response) -> Head {
+        let mut head = Head {
+            status: response.code.unwrap_or(0),
+            http_1_0: response.version == Some(0),
+            close: false,
+            keep_alive: false,
+            content_length: None,
+            chunked: false,
+        };
+        for header in response.headers.iter() {
+            let name = header.name;
+            if name.eq_ignore_ascii_case("content-length") {
+                head.content_length =
+                    std::str::from_utf8(header.value).ok().and_then(|length| length.trim().parse().ok());
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                head.chunked = header_has_token(header.value, "chunked");
+            } else if name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("proxy-connection") {
+                head.close |= header_has_token(header.value, "close");
+                head.keep_alive |= header_has_token(header.value, "keep-alive");
+            }
+        }
+        head
+    }
+
     /// The connection stays open after this response (unless its body runs to the end of the stream).
     pub fn persistent(&self) -> bool {
-        if self.http10 {
+        if self.http_1_0 {
             self.keep_alive
         } else {
             !self.close
@@ -64,190 +67,208 @@ pub enum Framing {
     },
     Length(u64),
     /// Until the server closes.
-    Eof,
+    UntilClose,
     Done,
 }
 
 impl Framing {
-    pub fn of(h: &Head) -> Framing {
-        if h.chunked {
+    /// The framing `head` announces.
+    pub fn of(head: &Head) -> Framing {
+        if head.chunked {
             Framing::Chunked { left: 0, crlf: false }
-        } else if let Some(n) = h.length {
-            Framing::Length(n)
+        } else if let Some(length) = head.content_length {
+            Framing::Length(length)
         } else {
-            Framing::Eof
+            Framing::UntilClose
         }
     }
 }
 
+/// A response read to its end: its status, whether the connection stays open, how long its body was.
 pub struct Response {
     pub status: u16,
     pub keep_alive: bool,
-    pub body: u64,
+    pub body_length: u64,
 }
 
 /// A client connection: plain TCP, or TLS to a TLS listener of the proxy.
-pub enum Stream {
+enum Stream {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Stream {
-    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    async fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
+            Stream::Tcp(tcp) => tcp.read(buffer).await,
+            Stream::Tls(tls) => tls.read(buffer).await,
         }
     }
 
-    pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
-            Stream::Tcp(s) => s.write_all(bytes).await,
-            Stream::Tls(s) => {
-                s.write_all(bytes).await?;
+            Stream::Tcp(tcp) => tcp.write_all(bytes).await,
+            Stream::Tls(tls) => {
+                tls.write_all(bytes).await?;
                 // rustls buffers the records; push them out now.
-                s.flush().await
+                tls.flush().await
             }
         }
     }
 
     /// Closes the write side (TLS: sends close_notify first).
-    pub async fn shutdown(&mut self) -> io::Result<()> {
+    async fn shutdown(&mut self) -> io::Result<()> {
         match self {
-            Stream::Tcp(s) => s.shutdown().await,
-            Stream::Tls(s) => s.shutdown().await,
+            Stream::Tcp(tcp) => tcp.shutdown().await,
+            Stream::Tls(tls) => tls.shutdown().await,
         }
     }
 }
 
+/// A client connection with its read buffer: `buffer[start..end]` is read but not yet consumed.
 pub struct Connection {
-    pub s: Stream,
-    pub buf: Vec<u8>,
-    pub start: usize,
-    pub end: usize,
+    stream: Stream,
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
     /// Bytes received so far.
     pub read_bytes: u64,
 }
 
 /// One request and its response on an open connection.
-pub async fn exchange(c: &mut Connection, req: &[u8]) -> io::Result<Response> {
-    c.send(req).await?;
-    c.response(false).await
+pub async fn exchange(connection: &mut Connection, request: &[u8]) -> io::Result<Response> {
+    connection.send(request).await?;
+    connection.response(false).await
 }
 
 /// The peer closed the connection (as opposed to a protocol error).
-pub fn closed_by_peer(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
+pub fn closed_by_peer(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe)
 }
 
-pub fn closed_early() -> io::Error {
+fn closed_early() -> io::Error {
     io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed early")
 }
 
 impl Connection {
-    /// Connects to `addr`; with `tls`, makes the TLS handshake too.
-    pub async fn open(addr: SocketAddr, tls: Option<&TlsDial>, buf: usize) -> io::Result<Connection> {
-        let tcp = TcpStream::connect(addr).await?;
+    /// Connects to `address`; with `tls`, makes the TLS handshake too.
+    pub async fn open(address: SocketAddr, tls: Option<&TlsDial>, read_buffer: usize) -> io::Result<Connection> {
+        let tcp = TcpStream::connect(address).await?;
         tcp.set_nodelay(true)?;
-        let c = Connection { s: Stream::Tcp(tcp), buf: vec![0; buf], start: 0, end: 0, read_bytes: 0 };
+        let connection =
+            Connection { stream: Stream::Tcp(tcp), buffer: vec![0; read_buffer], start: 0, end: 0, read_bytes: 0 };
         match tls {
-            None => Ok(c),
-            Some(d) => c.start_tls(d).await,
+            None => Ok(connection),
+            Some(dial) => connection.start_tls(dial).await,
         }
     }
 
     /// The TLS handshake as a client over this TCP connection: to a TLS listener, to a TLS origin, or inside a
     /// CONNECT tunnel (interception).
-    pub async fn start_tls(self, d: &TlsDial) -> io::Result<Connection> {
-        let Stream::Tcp(tcp) = self.s else {
+    pub async fn start_tls(self, dial: &TlsDial) -> io::Result<Connection> {
+        let Stream::Tcp(tcp) = self.stream else {
             return Err(io::Error::other("TLS inside a TLS connection is not supported"));
         };
         if self.start != self.end {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "bytes before the TLS handshake"));
         }
-        let tls = d.connector.connect(d.name.clone(), tcp).await?;
-        Ok(Connection { s: Stream::Tls(Box::new(tls)), buf: self.buf, start: 0, end: 0, read_bytes: self.read_bytes })
+        let tls = dial.connector.connect(dial.name.clone(), tcp).await?;
+        Ok(Connection {
+            stream: Stream::Tls(Box::new(tls)),
+            buffer: self.buffer,
+            start: 0,
+            end: 0,
+            read_bytes: self.read_bytes,
+        })
     }
 
+    /// One read into the buffer from `at`; 0 at the end of the stream.
     pub async fn read_some(&mut self, at: usize) -> io::Result<usize> {
-        let n = self.s.read(&mut self.buf[at..]).await?;
-        self.read_bytes += n as u64;
-        Ok(n)
+        let read = self.stream.read(&mut self.buffer[at..]).await?;
+        self.read_bytes += read as u64;
+        Ok(read)
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.s.write_all(bytes).await
+        self.stream.write_all(bytes).await
     }
 
-    pub async fn fill(&mut self) -> io::Result<()> {
+    /// Closes the write side (TLS: sends close_notify first).
+    pub async fn close_write(&mut self) -> io::Result<()> {
+        self.stream.shutdown().await
+    }
+
+    /// Reads more after what is buffered (moving it to the front when the buffer is full).
+    async fn fill(&mut self) -> io::Result<()> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-        } else if self.end == self.buf.len() {
+        } else if self.end == self.buffer.len() {
             if self.start == 0 {
                 return Err(io::Error::other("response head larger than the buffer"));
             }
-            self.buf.copy_within(self.start..self.end, 0);
+            self.buffer.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
-        let n = self.read_some(self.end).await?;
-        if n == 0 {
+        let read = self.read_some(self.end).await?;
+        if read == 0 {
             return Err(closed_early());
         }
-        self.end += n;
+        self.end += read;
         Ok(())
     }
 
+    /// Reads a response head.
     pub async fn head(&mut self) -> io::Result<Head> {
         loop {
             if self.end > self.start {
-                let mut hs = [httparse::EMPTY_HEADER; 64];
-                let mut r = httparse::Response::new(&mut hs);
-                match r.parse(&self.buf[self.start..self.end]) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        let h = parse_head(&r);
-                        self.start += n;
-                        return Ok(h);
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut response = httparse::Response::new(&mut headers);
+                match response.parse(&self.buffer[self.start..self.end]) {
+                    Ok(httparse::Status::Complete(length)) => {
+                        let head = Head::parse(&response);
+                        self.start += length;
+                        return Ok(head);
                     }
                     Ok(httparse::Status::Partial) => {}
-                    Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                    Err(error) => return Err(io::Error::new(io::ErrorKind::InvalidData, error)),
                 }
             }
             self.fill().await?;
         }
     }
 
-    pub async fn line(&mut self) -> io::Result<String> {
+    async fn line(&mut self) -> io::Result<String> {
         loop {
-            let window = &self.buf[self.start..self.end];
-            if let Some(i) = window.windows(2).position(|w| w == b"\r\n") {
-                let s = String::from_utf8_lossy(&window[..i]).into_owned();
-                self.start += i + 2;
-                return Ok(s);
+            let window = &self.buffer[self.start..self.end];
+            if let Some(end) = window.windows(2).position(|pair| pair == b"\r\n") {
+                let line = String::from_utf8_lossy(&window[..end]).into_owned();
+                self.start += end + 2;
+                return Ok(line);
             }
             self.fill().await?;
         }
     }
 
-    /// Reads and discards `n` body bytes; reads straight into the whole buffer.
-    pub async fn skip(&mut self, mut n: u64) -> io::Result<()> {
-        let taken = ((self.end - self.start) as u64).min(n);
+    /// Reads and discards `length` body bytes; reads straight into the whole buffer.
+    async fn skip(&mut self, mut length: u64) -> io::Result<()> {
+        let taken = ((self.end - self.start) as u64).min(length);
         self.start += taken as usize;
-        n -= taken;
-        while n > 0 {
-            let got = self.read_some(0).await?;
-            if got == 0 {
+        length -= taken;
+        while length > 0 {
+            let read = self.read_some(0).await?;
+            if read == 0 {
                 return Err(closed_early());
             }
-            if got as u64 > n {
-                self.start = n as usize;
-                self.end = got;
-                n = 0;
+            if read as u64 > length {
+                self.start = length as usize;
+                self.end = read;
+                length = 0;
             } else {
                 self.start = 0;
                 self.end = 0;
-                n -= got as u64;
+                length -= read as u64;
             }
         }
         Ok(())
@@ -255,12 +276,12 @@ impl Connection {
 
     /// The next piece of a body as it arrives: what is buffered, else what one read brings (within the framing);
     /// `None` after the last byte (and, when chunked, the trailers).
-    pub async fn piece(&mut self, f: &mut Framing) -> io::Result<Option<Vec<u8>>> {
+    pub async fn piece(&mut self, framing: &mut Framing) -> io::Result<Option<Vec<u8>>> {
         loop {
-            let left = match f {
+            let left = match framing {
                 Framing::Done => return Ok(None),
                 Framing::Length(0) => {
-                    *f = Framing::Done;
+                    *framing = Framing::Done;
                     return Ok(None);
                 }
                 Framing::Length(left) => left,
@@ -280,27 +301,27 @@ impl Connection {
                         // Trailers, up to the empty line.
                         for _ in 0..100 {
                             if self.line().await?.is_empty() {
-                                *f = Framing::Done;
+                                *framing = Framing::Done;
                                 return Ok(None);
                             }
                         }
                         return Err(io::Error::new(io::ErrorKind::InvalidData, "too many trailers"));
                     }
-                    *f = Framing::Chunked { left: size, crlf: false };
+                    *framing = Framing::Chunked { left: size, crlf: false };
                     continue;
                 }
                 Framing::Chunked { left, .. } => left,
-                Framing::Eof => {
+                Framing::UntilClose => {
                     if self.start == self.end {
                         match self.fill().await {
-                            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                                *f = Framing::Done;
+                            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                                *framing = Framing::Done;
                                 return Ok(None);
                             }
-                            r => r?,
+                            filled => filled?,
                         }
                     }
-                    let piece = self.buf[self.start..self.end].to_vec();
+                    let piece = self.buffer[self.start..self.end].to_vec();
                     self.start = self.end;
                     return Ok(Some(piece));
                 }
@@ -309,10 +330,10 @@ impl Connection {
                 self.fill().await?;
             }
             let taken = ((self.end - self.start) as u64).min(*left) as usize;
-            let piece = self.buf[self.start..self.start + taken].to_vec();
+            let piece = self.buffer[self.start..self.start + taken].to_vec();
             self.start += taken;
             *left -= taken as u64;
-            if let Framing::Chunked { left: 0, crlf } = f {
+            if let Framing::Chunked { left: 0, crlf } = framing {
                 // Read with the next piece, so that a piece is never held back waiting for its CRLF.
                 *crlf = true;
             }
@@ -321,55 +342,57 @@ impl Connection {
     }
 
     /// A chunked body, read and counted.
-    pub async fn dechunk(&mut self) -> io::Result<u64> {
-        let mut f = Framing::Chunked { left: 0, crlf: false };
+    async fn dechunk(&mut self) -> io::Result<u64> {
+        let mut framing = Framing::Chunked { left: 0, crlf: false };
         let mut total = 0;
         for _ in 0..10_000_000 {
-            match self.piece(&mut f).await? {
-                Some(p) => total += p.len() as u64,
+            match self.piece(&mut framing).await? {
+                Some(piece) => total += piece.len() as u64,
                 None => return Ok(total),
             }
         }
         Err(io::Error::new(io::ErrorKind::InvalidData, "too many chunks"))
     }
 
-    pub async fn drain_to_eof(&mut self) -> io::Result<u64> {
+    /// A body without framing: read until the server closes, and counted.
+    async fn drain_until_close(&mut self) -> io::Result<u64> {
         let mut total = (self.end - self.start) as u64;
         self.start = 0;
         self.end = 0;
         while total < 4 * BULK_LENGTH {
-            let got = self.read_some(0).await?;
-            if got == 0 {
+            let read = self.read_some(0).await?;
+            if read == 0 {
                 return Ok(total);
             }
-            total += got as u64;
+            total += read as u64;
         }
         Err(io::Error::other("body without length too long"))
     }
 
     /// Reads one response; `connect`: the answer to a CONNECT (a 2xx has no body).
     pub async fn response(&mut self, connect: bool) -> io::Result<Response> {
-        let mut h = self.head().await?;
+        let mut head = self.head().await?;
         let mut interim = 0;
-        while (100..200).contains(&h.status) && h.status != 101 {
+        while (100..200).contains(&head.status) && head.status != 101 {
             interim += 1;
             if interim > 5 {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "too many 1xx"));
             }
-            h = self.head().await?;
+            head = self.head().await?;
         }
-        let mut keep_alive = h.persistent();
-        let body = if (connect && (200..300).contains(&h.status)) || h.status == 204 || h.status == 304 {
+        let mut keep_alive = head.persistent();
+        let body_length = if (connect && (200..300).contains(&head.status)) || head.status == 204 || head.status == 304
+        {
             0
-        } else if h.chunked {
+        } else if head.chunked {
             self.dechunk().await?
-        } else if let Some(n) = h.length {
-            self.skip(n).await?;
-            n
+        } else if let Some(length) = head.content_length {
+            self.skip(length).await?;
+            length
         } else {
             keep_alive = false;
-            self.drain_to_eof().await?
+            self.drain_until_close().await?
         };
-        Ok(Response { status: h.status, keep_alive, body })
+        Ok(Response { status: head.status, keep_alive, body_length })
     }
 }

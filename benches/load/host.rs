@@ -2,53 +2,56 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::parameters::WANTED_OPEN_FILES;
 use crate::scenarios::RateRound;
 
+/// The file `name` on `PATH` or in the sbin directories.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+        .map(|dir| dir.join(name))
+        .find(|file| file.is_file())
 }
 
-pub fn cpus_allowed() -> String {
+fn cpus_allowed() -> String {
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(|v| v.trim().to_string()))
+        .and_then(|status| {
+            status.lines().find_map(|line| line.strip_prefix("Cpus_allowed_list:")).map(|cpus| cpus.trim().to_string())
+        })
         .unwrap_or_else(|| "?".into())
 }
 
 /// Sets the cores every thread of `pid` may run on (`taskset -a -p -c CORES PID`).
-pub fn set_cores(pid: u32, cores: &str) -> Result<(), String> {
-    let out = Command::new("taskset").args(["-a", "-p", "-c", cores, &pid.to_string()]).output();
-    match out {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!("taskset -c {cores} {pid}: {}", String::from_utf8_lossy(&o.stderr).trim())),
-        Err(e) => Err(format!("taskset: {e}")),
+fn set_cores(pid: u32, cores: &str) -> Result<(), String> {
+    let output = Command::new("taskset").args(["-a", "-p", "-c", cores, &pid.to_string()]).output();
+    match output {
+        Ok(output) if output.status.success() => Ok(()),
+        Ok(output) => Err(format!("taskset -c {cores} {pid}: {}", String::from_utf8_lossy(&output.stderr).trim())),
+        Err(error) => Err(format!("taskset: {error}")),
     }
 }
 
 /// Runs `round` with this harness and the proxy `pid` (if any) free to run on cores 0 and 1, then pins them back
 /// (harness on 0, proxy on 1). Sharing cores, a request need not wake an idle core to reach the other process.
-pub async fn on_shared_cores(pid: Option<u32>, round: impl std::future::Future<Output = RateRound>) -> RateRound {
-    let me = std::process::id();
-    let moved: Result<(), String> = pid.into_iter().chain([me]).try_for_each(|p| set_cores(p, "0,1"));
-    if let Err(e) = moved {
-        panic!("could not unpin for the shared-cores round: {e}");
+pub async fn on_shared_cores(pid: Option<u32>, round: impl Future<Output = RateRound>) -> RateRound {
+    let harness = std::process::id();
+    let moved: Result<(), String> = pid.into_iter().chain([harness]).try_for_each(|pid| set_cores(pid, "0,1"));
+    if let Err(error) = moved {
+        panic!("could not unpin for the shared-cores round: {error}");
     }
     let result = round.await;
-    let restored = set_cores(me, "0").and_then(|()| pid.map_or(Ok(()), |p| set_cores(p, "1")));
-    restored.unwrap_or_else(|e| panic!("could not pin back after the shared-cores round: {e}"));
+    let restored = set_cores(harness, "0").and_then(|()| pid.map_or(Ok(()), |pid| set_cores(pid, "1")));
+    restored.unwrap_or_else(|error| panic!("could not pin back after the shared-cores round: {error}"));
     result
 }
 
-/// Pins this process (all threads; called before the runtime starts) to core 0.
+/// Pins this process (all threads; called before the runtime starts) to core 0; says how it went.
 pub fn pin_self(cores: usize, have_taskset: bool) -> String {
     if cores < 2 {
         return format!("not pinned: only {cores} core(s) available (allowed: {})", cpus_allowed());
@@ -56,26 +59,27 @@ pub fn pin_self(cores: usize, have_taskset: bool) -> String {
     if !have_taskset {
         return "not pinned: taskset not found".into();
     }
-    let out = Command::new("taskset").args(["-a", "-p", "-c", "0", &std::process::id().to_string()]).output();
-    match out {
-        Ok(o) if o.status.success() => {
+    let output = Command::new("taskset").args(["-a", "-p", "-c", "0", &std::process::id().to_string()]).output();
+    match output {
+        Ok(output) if output.status.success() => {
             format!("core 0 (`taskset -a -p -c 0`; Cpus_allowed_list now {})", cpus_allowed())
         }
-        Ok(o) => format!("not pinned: taskset failed: {}", String::from_utf8_lossy(&o.stderr).trim()),
-        Err(e) => format!("not pinned: {e}"),
+        Ok(output) => format!("not pinned: taskset failed: {}", String::from_utf8_lossy(&output.stderr).trim()),
+        Err(error) => format!("not pinned: {error}"),
     }
 }
 
-pub fn open_file_limits() -> Option<(u64, u64)> {
+/// RLIMIT_NOFILE of this process: (soft, hard).
+fn open_file_limits() -> Option<(u64, u64)> {
     let limits = fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let mut it = line["Max open files".len()..].split_whitespace();
-    let soft = it.next()?.parse().ok()?;
-    let hard = it.next()?.parse().ok()?;
+    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft = fields.next()?.parse().ok()?;
+    let hard = fields.next()?.parse().ok()?;
     Some((soft, hard))
 }
 
-/// Raises RLIMIT_NOFILE of this process with `prlimit` (children inherit it).
+/// Raises RLIMIT_NOFILE of this process with `prlimit` (children inherit it): the limit it got, and what to print.
 /// `need`: descriptors scenario d needs in this process.
 pub fn raise_open_file_limit(need: u64) -> (u64, String) {
     let pid = std::process::id().to_string();
@@ -91,22 +95,22 @@ pub fn raise_open_file_limit(need: u64) -> (u64, String) {
         // Without privileges, at least raise the soft limit to the hard one.
         format!(
             "--nofile={}:{}",
-            before.map_or(WANTED_OPEN_FILES, |(_, h)| h.min(WANTED_OPEN_FILES)),
-            before.map_or(WANTED_OPEN_FILES, |(_, h)| h)
+            before.map_or(WANTED_OPEN_FILES, |(_, hard)| hard.min(WANTED_OPEN_FILES)),
+            before.map_or(WANTED_OPEN_FILES, |(_, hard)| hard)
         ),
     ] {
         match Command::new("prlimit").args(["--pid", &pid, &spec]).output() {
-            Ok(o) if o.status.success() => break,
-            Ok(o) => {
-                let _ = write!(how, "prlimit {spec}: {}; ", String::from_utf8_lossy(&o.stderr).trim());
+            Ok(output) if output.status.success() => break,
+            Ok(output) => {
+                let _ = write!(how, "prlimit {spec}: {}; ", String::from_utf8_lossy(&output.stderr).trim());
             }
-            Err(e) => {
-                let _ = write!(how, "prlimit: {e}; ");
+            Err(error) => {
+                let _ = write!(how, "prlimit: {error}; ");
                 break;
             }
         }
     }
-    let now = open_file_limits().map_or(0, |(s, _)| s);
+    let now = open_file_limits().map_or(0, |(soft, _)| soft);
     if now >= WANTED_OPEN_FILES {
         (now, format!("{now} (raised with prlimit)"))
     } else {
@@ -122,39 +126,38 @@ pub fn raise_open_file_limit(need: u64) -> (u64, String) {
     }
 }
 
+/// `TOLLGATE_BIN`, else the release build.
 pub fn tollgate_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("TOLLGATE_BIN") {
-        return PathBuf::from(p);
+    if let Some(binary) = std::env::var_os("TOLLGATE_BIN") {
+        return PathBuf::from(binary);
     }
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        let p = PathBuf::from(dir).join("release/tollgate");
-        if p.is_file() {
-            return p;
+        let binary = PathBuf::from(dir).join("release/tollgate");
+        if binary.is_file() {
+            return binary;
         }
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tollgate")
 }
 
-pub fn first_line(cmd: &Path, args: &[&str]) -> String {
-    Command::new(cmd)
+/// The first line `command ARGS` prints (its version).
+pub fn first_line(command: &Path, args: &[&str]) -> String {
+    Command::new(command)
         .args(args)
         .stdin(Stdio::null())
         .output()
         .ok()
-        .map(|o| {
-            let mut s = String::from_utf8_lossy(&o.stdout).to_string();
-            s.push_str(&String::from_utf8_lossy(&o.stderr));
-            s.lines().next().unwrap_or("").trim().to_string()
+        .map(|output| {
+            let mut text = String::from_utf8_lossy(&output.stdout).to_string();
+            text.push_str(&String::from_utf8_lossy(&output.stderr));
+            text.lines().next().unwrap_or("").trim().to_string()
         })
-        .filter(|s| !s.is_empty())
+        .filter(|line| !line.is_empty())
         .unwrap_or_else(|| "version unknown".into())
 }
 
-pub fn free_port() -> io::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-pub fn port() -> Result<u16, String> {
-    free_port().map_err(|e| format!("no free port: {e}"))
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|error| format!("no free port: {error}"))?;
+    Ok(listener.local_addr().map_err(|error| format!("no free port: {error}"))?.port())
 }

@@ -7,7 +7,8 @@
 //!
 //! `NAME` is a target (`direct`, `tollgate`, `squid`, `tinyproxy`) or a scenario (`a`, `b`, `c`,
 //! `d`, or `keepalive`, `connect`, `bulk`, `rss`; tollgate only: `tls`, `limits`, `redis`,
-//! `reload`). With no target named every target runs; with no scenario named every scenario runs.
+//! `reload`; interception: `intercept`, `sse`). With no target named every target runs; with no
+//! scenario named every scenario runs.
 //! See `docs/BENCHMARKS.md` for the method.
 //!
 //! The tollgate-only scenarios compare tollgate with itself (a feature on against off, measured
@@ -24,9 +25,17 @@
 //!
 //! The harness (load generator and origin server, one tokio thread) pins itself to core 0; each
 //! proxy runs alone, pinned to core 1. The paced rounds run twice: so pinned, and with the harness
-//! and the proxy both free to run on either core, as a sidecar beside its client is. Every load loop is bounded by time and by a count, every
-//! network operation has a timeout, and proxies are killed when their guard is dropped (also on
-//! panic and on Ctrl-C).
+//! and the proxy both free to run on either core, as a sidecar beside its client is. Every load
+//! loop is bounded by time and by a count, every network operation has a timeout, and proxies are
+//! killed when their guard is dropped (also on panic and on Ctrl-C).
+//!
+//! The modules, in the order a run uses them: `options` (what to run) and `parameters`; `driver`
+//! (host set-up, the run, the report); `host` and `processes` (cores, limits, child processes);
+//! `servers` (the in-process origin and Messages API stub) and `client` (the client's connection
+//! and response reader); `route` (where a request goes, and its bytes); `proxies` (configs and
+//! start-up of the proxies, and the run's `Harness`); `scenarios` (the first table's scenarios and
+//! the load workers), `rounds` (comparisons in rounds), `tollgate_only`, `interception` and
+//! `certificates`; `report`.
 
 use std::process::ExitCode;
 
@@ -47,5 +56,12 @@ mod servers;
 mod tollgate_only;
 
 fn main() -> ExitCode {
-    driver::main()
+    match options::parse_args() {
+        Ok(options) => driver::run(options),
+        // The usage, or what is wrong with the arguments.
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(2)
+        }
+    }
 }

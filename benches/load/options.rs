@@ -3,6 +3,7 @@
 
 use crate::parameters::{CONNECT_WORKERS, KEEP_ALIVE_CONNECTIONS};
 
+/// What the client talks to: the origin straight (`direct`), or a proxy in front of it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Target {
     Direct,
@@ -14,8 +15,10 @@ pub enum Target {
 }
 
 impl Target {
+    /// The first table's columns, in order.
     pub const ALL: [Target; 4] = [Target::Direct, Target::Tollgate, Target::Squid, Target::Tinyproxy];
 
+    /// The name on the command line and in the report.
     pub fn name(self) -> &'static str {
         match self {
             Target::Direct => "direct",
@@ -27,6 +30,7 @@ impl Target {
     }
 }
 
+/// A scenario, named on the command line by its letter or its name.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Scenario {
     /// a: keep-alive GETs through the proxy (absolute-form), req/s and latency.
@@ -69,8 +73,9 @@ impl Scenario {
     pub const COMPARING_TARGETS: [Scenario; 4] =
         [Scenario::KeepAlive, Scenario::ConnectGetClose, Scenario::Bulk, Scenario::IdleTunnels];
 
-    pub fn parse(s: &str) -> Option<Scenario> {
-        match s {
+    /// The scenario a `--only` name picks.
+    pub fn parse(name: &str) -> Option<Scenario> {
+        match name {
             "a" | "keepalive" | "keep-alive" => Some(Scenario::KeepAlive),
             "b" | "connect" | "cc" => Some(Scenario::ConnectGetClose),
             "c" | "bulk" | "throughput" => Some(Scenario::Bulk),
@@ -86,7 +91,7 @@ impl Scenario {
     }
 }
 
-/// One row of the result table.
+/// One row of the first table.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Metric {
     KeepAliveRate,
@@ -107,6 +112,7 @@ impl Metric {
         Metric::RssPerTunnel,
     ];
 
+    /// The row's label, as `docs/BENCHMARKS.md` quotes it.
     pub fn label(self, options: &Options) -> String {
         match self {
             Metric::KeepAliveRate => format!("a. keep-alive GET, {KEEP_ALIVE_CONNECTIONS} conns (req/s)"),
@@ -118,6 +124,7 @@ impl Metric {
         }
     }
 
+    /// Decimals printed.
     pub fn decimals(self) -> usize {
         match self {
             Metric::RssPerTunnel => 1,
@@ -126,42 +133,53 @@ impl Metric {
     }
 }
 
+/// The command line, parsed.
 #[derive(Clone)]
 pub struct Options {
+    /// `--quick`: 2 s rounds instead of 5 s.
     pub quick: bool,
+    /// `--rounds N`: rounds per scenario.
     pub rounds: usize,
-    pub round_secs: u64,
+    /// Length of a round (but reload's), seconds.
+    pub round_seconds: u64,
+    /// `--tunnels N`: idle tunnels of scenario d.
     pub tunnels: usize,
+    /// Named with `--only`, sorted; all when none is named.
     pub targets: Vec<Target>,
+    /// Named with `--only`, sorted; all when none is named.
     pub scenarios: Vec<Scenario>,
 }
 
-pub const USAGE: &str =
-    "usage: cargo bench --bench load -- [--quick] [--only NAME[,NAME...]] [--rounds N] [--tunnels N]
+const USAGE: &str = "usage: cargo bench --bench load -- [--quick] [--only NAME[,NAME...]] [--rounds N] [--tunnels N]
   NAME: direct, tollgate, squid, tinyproxy (targets) or a|keepalive, b|connect, c|bulk, d|rss (scenarios)
         or tls, limits, redis, reload (tollgate-only scenarios)
         or intercept, sse (interception: tollgate against the Messages API stub direct and mitmproxy)
   env:  TOLLGATE_BIN (default target/release/tollgate), SQUID_BIN, TINYPROXY_BIN,
         MITMDUMP_BIN (default target/mitmproxy-venv/bin/mitmdump, else mitmdump on PATH)";
 
+/// Parses the arguments after `--`; `Err` holds the message to print (the usage for `--help`).
 pub fn parse_args() -> Result<Options, String> {
     let mut quick = false;
     let mut rounds = 3usize;
     let mut tunnels = 5000usize;
     let mut only: Vec<String> = Vec::new();
     let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let (key, inline) = match a.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
+    while let Some(argument) = args.next() {
+        let (key, inline) = match argument.split_once('=') {
+            Some((key, value)) if key.starts_with("--") => (key.to_string(), Some(value.to_string())),
+            _ => (argument.clone(), None),
         };
         let mut value = |name: &str| -> Result<String, String> {
             inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
         };
         match key.as_str() {
             "--quick" => quick = true,
-            "--only" => only
-                .extend(value("--only")?.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty())),
+            "--only" => only.extend(
+                value("--only")?
+                    .split(',')
+                    .map(|name| name.trim().to_ascii_lowercase())
+                    .filter(|name| !name.is_empty()),
+            ),
             "--rounds" => {
                 rounds = value("--rounds")?.parse().map_err(|_| "--rounds: not a number".to_string())?;
                 if !(1..=9).contains(&rounds) {
@@ -183,10 +201,10 @@ pub fn parse_args() -> Result<Options, String> {
     let mut targets = Vec::new();
     let mut scenarios = Vec::new();
     for name in &only {
-        if let Some(k) = Target::ALL.iter().find(|k| k.name() == name) {
-            targets.push(*k);
-        } else if let Some(s) = Scenario::parse(name) {
-            scenarios.push(s);
+        if let Some(target) = Target::ALL.iter().find(|target| target.name() == name) {
+            targets.push(*target);
+        } else if let Some(scenario) = Scenario::parse(name) {
+            scenarios.push(scenario);
         } else {
             return Err(format!("--only: unknown name {name:?}\n{USAGE}"));
         }
@@ -201,5 +219,5 @@ pub fn parse_args() -> Result<Options, String> {
     targets.dedup();
     scenarios.sort();
     scenarios.dedup();
-    Ok(Options { quick, rounds, round_secs: if quick { 2 } else { 5 }, tunnels, targets, scenarios })
+    Ok(Options { quick, rounds, round_seconds: if quick { 2 } else { 5 }, tunnels, targets, scenarios })
 }

@@ -22,12 +22,18 @@ use crate::processes::{register_pid, Proxy};
 use crate::route::Route;
 use crate::servers::STUB_MESSAGE;
 
+/// The state of one run, handed to every scenario.
 pub struct Harness {
     pub options: Options,
+    /// The in-process origin.
     pub origin: SocketAddr,
+    /// Every instance's directory is made in it.
     pub temp_dir: PathBuf,
+    /// Proxies run on core 1 (`taskset` and two cores are there).
     pub pin_children: bool,
+    /// The installed targets' binaries.
     pub binaries: BTreeMap<Target, PathBuf>,
+    /// Instances started so far (numbers their directories).
     pub instances: u32,
     /// The argon2id hash of the Basic user's password, made once by `tollgate passwd`.
     pub basic_user_hash: Option<String>,
@@ -40,22 +46,23 @@ impl Harness {
     pub fn instance_dir(&mut self, tag: &str) -> Result<PathBuf, String> {
         self.instances += 1;
         let dir = self.temp_dir.join(format!("{tag}-{}", self.instances));
-        fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        fs::create_dir_all(&dir).map_err(|error| format!("mkdir {}: {error}", dir.display()))?;
         Ok(dir)
     }
 
     /// A command pinned to core 1 (when pinning is possible).
-    pub fn pinned(&self, bin: &Path) -> Command {
+    pub fn pinned(&self, binary: &Path) -> Command {
         if self.pin_children {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg("1").arg(bin);
-            c
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg("1").arg(binary);
+            command
         } else {
-            Command::new(bin)
+            Command::new(binary)
         }
     }
 }
 
+/// `127.0.0.1:port`.
 pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -67,77 +74,82 @@ pub const ALLOW_LOOPBACK: &str = "    - \"127.0.0.1\"\n";
 /// items of `policy.allow`, `extra` further top-level sections. Private destinations: 127.0.0.0/8 only; audit
 /// to a file in `dir`.
 pub fn tollgate_yaml(dir: &Path, listeners: &str, admin: &str, auth: &str, allow: &str, extra: &str) -> String {
-    let d = dir.display();
+    let directory = dir.display();
     format!(
         "listeners:\n{listeners}\
          admin: {admin}\n\
          auth: {auth}\n\
          policy:\n  default: deny\n  allow:\n{allow}  allow_private: [\"127.0.0.0/8\"]\n\
-         audit: {{file: {{path: \"{d}/audit.jsonl\"}}}}\n\
+         audit: {{file: {{path: \"{directory}/audit.jsonl\"}}}}\n\
          {extra}"
     )
 }
 
-pub fn write_config(kind: Target, dir: &Path, port: u16, origin: SocketAddr) -> io::Result<Vec<String>> {
-    let d = dir.display();
+/// A listener as a YAML block-list item.
+pub fn listener_item(name: &str, port: u16) -> String {
+    format!("  - {{name: {name}, bind: \"127.0.0.1:{port}\"}}\n")
+}
+
+/// Writes the config of `target` listening on `port` into `dir`; returns the arguments that start it on it.
+fn write_config(target: Target, dir: &Path, port: u16, origin: SocketAddr) -> Result<Vec<String>, String> {
+    let directory = dir.display();
     let listen = format!("127.0.0.1:{port}");
-    match kind {
+    let written =
+        |path: &Path, written: io::Result<()>| written.map_err(|error| format!("{}: {error}", path.display()));
+    match target {
         // mitmproxy is started by `start_mitmproxy`, for the interception scenarios only.
         Target::Direct | Target::Mitmproxy => Ok(Vec::new()),
         Target::Tollgate => {
             let admin = free_port()?;
             let path = dir.join("tollgate.yaml");
-            let listeners = format!("  - {{name: proxy, bind: \"{listen}\"}}\n");
+            let listeners = listener_item("proxy", port);
             let admin = format!("{{bind: \"127.0.0.1:{admin}\"}}");
-            fs::write(&path, tollgate_yaml(dir, &listeners, &admin, "{anonymous: bench}", ALLOW_LOOPBACK, ""))?;
+            let yaml = tollgate_yaml(dir, &listeners, &admin, "{anonymous: bench}", ALLOW_LOOPBACK, "");
+            written(&path, fs::write(&path, yaml))?;
             Ok(vec!["run".into(), "-c".into(), path.display().to_string()])
         }
         Target::Squid => {
             // squid drops privileges to its cache_effective_user when started as root.
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o777))?;
+            written(dir, fs::set_permissions(dir, fs::Permissions::from_mode(0o777)))?;
             let path = dir.join("squid.conf");
-            fs::write(
-                &path,
-                format!(
-                    "http_port {listen}\n\
-                     http_access allow all\n\
-                     cache deny all\n\
-                     cache_mem 8 MB\n\
-                     access_log none\n\
-                     cache_store_log none\n\
-                     cache_log {d}/cache.log\n\
-                     pid_filename {d}/squid.pid\n\
-                     coredump_dir {d}\n\
-                     visible_hostname tollgate-load\n\
-                     via off\n\
-                     forwarded_for delete\n\
-                     max_filedescriptors {WANTED_OPEN_FILES}\n\
-                     shutdown_lifetime 0 seconds\n\
-                     workers 1\n\
-                     pinger_enable off\n"
-                ),
-            )?;
+            let config = format!(
+                "http_port {listen}\n\
+                 http_access allow all\n\
+                 cache deny all\n\
+                 cache_mem 8 MB\n\
+                 access_log none\n\
+                 cache_store_log none\n\
+                 cache_log {directory}/cache.log\n\
+                 pid_filename {directory}/squid.pid\n\
+                 coredump_dir {directory}\n\
+                 visible_hostname tollgate-load\n\
+                 via off\n\
+                 forwarded_for delete\n\
+                 max_filedescriptors {WANTED_OPEN_FILES}\n\
+                 shutdown_lifetime 0 seconds\n\
+                 workers 1\n\
+                 pinger_enable off\n"
+            );
+            written(&path, fs::write(&path, config))?;
             Ok(vec!["-N".into(), "-f".into(), path.display().to_string()])
         }
         Target::Tinyproxy => {
             let path = dir.join("tinyproxy.conf");
-            fs::write(
-                &path,
-                format!(
-                    "Port {port}\n\
-                     Listen 127.0.0.1\n\
-                     Timeout 600\n\
-                     MaxClients 20000\n\
-                     LogLevel Error\n\
-                     LogFile \"{d}/tinyproxy.log\"\n\
-                     PidFile \"{d}/tinyproxy.pid\"\n\
-                     Allow 127.0.0.1\n\
-                     ConnectPort {}\n\
-                     DisableViaHeader Yes\n\
-                     XTinyproxy No\n",
-                    origin.port()
-                ),
-            )?;
+            let config = format!(
+                "Port {port}\n\
+                 Listen 127.0.0.1\n\
+                 Timeout 600\n\
+                 MaxClients 20000\n\
+                 LogLevel Error\n\
+                 LogFile \"{directory}/tinyproxy.log\"\n\
+                 PidFile \"{directory}/tinyproxy.pid\"\n\
+                 Allow 127.0.0.1\n\
+                 ConnectPort {}\n\
+                 DisableViaHeader Yes\n\
+                 XTinyproxy No\n",
+                origin.port()
+            );
+            written(&path, fs::write(&path, config))?;
             Ok(vec!["-d".into(), "-c".into(), path.display().to_string()])
         }
     }
@@ -145,114 +157,116 @@ pub fn write_config(kind: Target, dir: &Path, port: u16, origin: SocketAddr) -> 
 
 /// Starts a fresh instance of a proxy pinned to core 1, waits until it accepts and answers
 /// one request and one CONNECT.
-pub async fn start_proxy(harness: &mut Harness, kind: Target) -> Result<Proxy, String> {
-    if !harness.binaries.contains_key(&kind) {
+pub async fn start_proxy(harness: &mut Harness, target: Target) -> Result<Proxy, String> {
+    if !harness.binaries.contains_key(&target) {
         return Err("not installed".into());
     }
-    let dir = harness.instance_dir(kind.name())?;
-    let port = free_port().map_err(|e| e.to_string())?;
-    let args = write_config(kind, &dir, port, harness.origin).map_err(|e| e.to_string())?;
-    launch(harness, kind, &dir, &args, &Route::plain(loopback(port), true, harness.origin)).await
+    let dir = harness.instance_dir(target.name())?;
+    let port = free_port()?;
+    let args = write_config(target, &dir, port, harness.origin)?;
+    launch(harness, target, &dir, &args, &Route::plain(loopback(port), true, harness.origin)).await
 }
 
 /// Writes `yaml` to `dir/tollgate.yaml` and starts tollgate on it; `smoke` is the listener to check.
 pub async fn start_tollgate(harness: &Harness, dir: &Path, yaml: &str, smoke: &Route) -> Result<Proxy, String> {
     let path = dir.join("tollgate.yaml");
-    fs::write(&path, yaml).map_err(|e| format!("write {}: {e}", path.display()))?;
+    fs::write(&path, yaml).map_err(|error| format!("write {}: {error}", path.display()))?;
     let args = ["run".to_string(), "-c".to_string(), path.display().to_string()];
     launch(harness, Target::Tollgate, dir, &args, smoke).await
 }
 
-/// One absolute-form GET and one CONNECT + GET through `t`; for a Messages API target, one `POST /v1/messages`
-/// through a tunnel.
-pub async fn smoke_once(t: &Route) -> Result<(), String> {
-    if t.authority.is_some() {
-        let res = timeout(IO_TIMEOUT, async {
-            let mut c = t.tunnel(SMALL_READ_BUFFER).await?;
-            exchange(&mut c, &t.messages_req(false)).await
+/// One absolute-form GET and one CONNECT + GET by `route`; for the Messages API, one `POST /v1/messages` through
+/// a tunnel.
+pub async fn smoke_once(route: &Route) -> Result<(), String> {
+    if route.authority.is_some() {
+        let outcome = timeout(IO_TIMEOUT, async {
+            let mut connection = route.tunnel(SMALL_READ_BUFFER).await?;
+            exchange(&mut connection, &route.messages_request(false)).await
         })
         .await;
-        return match res {
-            Ok(Ok(r)) if r.status == 200 && r.body == STUB_MESSAGE.len() as u64 => Ok(()),
-            Ok(Ok(r)) => Err(format!("POST /v1/messages: status {}, {} body bytes", r.status, r.body)),
-            Ok(Err(e)) => Err(format!("POST /v1/messages: {e}")),
+        return match outcome {
+            Ok(Ok(response)) if response.status == 200 && response.body_length == STUB_MESSAGE.len() as u64 => Ok(()),
+            Ok(Ok(response)) => {
+                Err(format!("POST /v1/messages: status {}, {} body bytes", response.status, response.body_length))
+            }
+            Ok(Err(error)) => Err(format!("POST /v1/messages: {error}")),
             Err(_) => Err("POST /v1/messages: timeout".into()),
         };
     }
     let get = timeout(IO_TIMEOUT, async {
-        let mut c = t.open(SMALL_READ_BUFFER).await?;
-        c.send(&t.get_ka()).await?;
-        c.response(false).await
+        let mut connection = route.open(SMALL_READ_BUFFER).await?;
+        connection.send(&route.keep_alive_get()).await?;
+        connection.response(false).await
     })
     .await;
-    let tun = timeout(IO_TIMEOUT, async {
-        let mut c = t.tunnel(SMALL_READ_BUFFER).await?;
-        c.send(&t.get_origin_form("/")).await?;
-        c.response(false).await
+    let tunnel = timeout(IO_TIMEOUT, async {
+        let mut connection = route.tunnel(SMALL_READ_BUFFER).await?;
+        connection.send(&route.origin_form_get("/")).await?;
+        connection.response(false).await
     })
     .await;
-    match (get, tun) {
-        (Ok(Ok(a)), Ok(Ok(b))) if a.status == 200 && b.status == 200 => Ok(()),
-        (g, c) => {
-            let d = |r: Result<io::Result<Response>, _>| match r {
-                Ok(Ok(r)) => format!("status {}", r.status),
-                Ok(Err(e)) => e.to_string(),
+    match (get, tunnel) {
+        (Ok(Ok(get)), Ok(Ok(tunnel))) if get.status == 200 && tunnel.status == 200 => Ok(()),
+        (get, tunnel) => {
+            let describe = |outcome: Result<io::Result<Response>, _>| match outcome {
+                Ok(Ok(response)) => format!("status {}", response.status),
+                Ok(Err(error)) => error.to_string(),
                 Err(_) => "timeout".into(),
             };
-            Err(format!("GET: {}, CONNECT: {}", d(g), d(c)))
+            Err(format!("GET: {}, CONNECT: {}", describe(get), describe(tunnel)))
         }
     }
 }
 
-/// Spawns `kind` with `args` in `dir`, pinned to core 1; waits until `smoke.addr` accepts and
+/// Spawns `target` with `args` in `dir`, pinned to core 1; waits until `smoke.address` accepts and
 /// `smoke` answers one request and one CONNECT.
-pub async fn launch(
+async fn launch(
     harness: &Harness,
-    kind: Target,
+    target: Target,
     dir: &Path,
     args: &[String],
     smoke: &Route,
 ) -> Result<Proxy, String> {
-    let mut proxy = spawn(harness, kind, dir, args, smoke.addr).await?;
+    let mut proxy = spawn(harness, target, dir, args, smoke.address).await?;
     until_smoke(&mut proxy, smoke).await?;
     Ok(proxy)
 }
 
-/// Spawns `kind` with `args` in `dir`, pinned to core 1; waits until `addr` accepts.
+/// Spawns `target` with `args` in `dir`, pinned to core 1; waits until `address` accepts.
 pub async fn spawn(
     harness: &Harness,
-    kind: Target,
+    target: Target,
     dir: &Path,
     args: &[String],
-    addr: SocketAddr,
+    address: SocketAddr,
 ) -> Result<Proxy, String> {
-    let bin = harness.binaries.get(&kind).cloned().ok_or("not installed")?;
+    let binary = harness.binaries.get(&target).cloned().ok_or("not installed")?;
     let log = dir.join("stdio.log");
-    let out = fs::File::create(&log).map_err(|e| e.to_string())?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    let mut cmd = harness.pinned(&bin);
-    cmd.args(args).current_dir(dir).stdin(Stdio::null()).stdout(out).stderr(err);
-    if kind == Target::Tollgate && std::env::var_os("TOLLGATE_LOG").is_none() {
+    let stdout = fs::File::create(&log).map_err(|error| error.to_string())?;
+    let stderr = stdout.try_clone().map_err(|error| error.to_string())?;
+    let mut command = harness.pinned(&binary);
+    command.args(args).current_dir(dir).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+    if target == Target::Tollgate && std::env::var_os("TOLLGATE_LOG").is_none() {
         // The peers run without an access log; tollgate's per-request log line is off too (its audit record,
         // the contract, stays on).
-        cmd.env("TOLLGATE_LOG", "warn");
+        command.env("TOLLGATE_LOG", "warn");
     }
-    let child = cmd.spawn().map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    let child = command.spawn().map_err(|error| format!("spawn {}: {error}", binary.display()))?;
     register_pid(child.id());
-    let mut proxy = Proxy { kind, child, addr, log };
+    let mut proxy = Proxy { target, child, address, log };
     for _ in 0..READY_ATTEMPTS {
         if let Ok(Some(status)) = proxy.child.try_wait() {
-            return Err(format!("{} exited at start-up ({status}): {}", kind.name(), proxy.tail()));
+            return Err(format!("{} exited at start-up ({status}): {}", target.name(), proxy.tail()));
         }
-        if let Ok(Ok(_)) = timeout(Duration::from_millis(500), TcpStream::connect(proxy.addr)).await {
+        if let Ok(Ok(_)) = timeout(Duration::from_millis(500), TcpStream::connect(proxy.address)).await {
             return Ok(proxy);
         }
         sleep(Duration::from_millis(100)).await;
     }
     Err(format!(
         "{} did not accept on {} within {} attempts: {}",
-        kind.name(),
-        proxy.addr,
+        target.name(),
+        proxy.address,
         READY_ATTEMPTS,
         proxy.tail()
     ))
@@ -265,17 +279,12 @@ pub async fn until_smoke(proxy: &mut Proxy, smoke: &Route) -> Result<(), String>
     for _ in 0..20 {
         match smoke_once(smoke).await {
             Ok(()) => return Ok(()),
-            Err(e) => last = e,
+            Err(error) => last = error,
         }
         if let Ok(Some(status)) = proxy.child.try_wait() {
-            return Err(format!("{} exited ({status}): {}", proxy.kind.name(), proxy.tail()));
+            return Err(format!("{} exited ({status}): {}", proxy.target.name(), proxy.tail()));
         }
         sleep(Duration::from_millis(200)).await;
     }
-    Err(format!("{} does not proxy ({last}): {}", proxy.kind.name(), proxy.tail()))
-}
-
-/// A listener as a YAML block-list item.
-pub fn listener_item(name: &str, port: u16) -> String {
-    format!("  - {{name: {name}, bind: \"127.0.0.1:{port}\"}}\n")
+    Err(format!("{} does not proxy ({last}): {}", proxy.target.name(), proxy.tail()))
 }

@@ -1,24 +1,41 @@
 //! The report: the first table (targets against direct), the tollgate-only table, the interception table and the
-//! notes, collected during the run and printed at its end.
+//! notes, collected during the run and printed at its end. `docs/BENCHMARKS.md` quotes these tables.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::interception::Side;
-use crate::options::{Metric, Options, Target};
+use crate::options::{Metric, Options, Scenario, Target};
 
+/// A table cell: a number, or a word saying why there is none.
 pub enum Cell {
     Value(f64),
     Note(String),
 }
 
+impl Cell {
+    fn value(&self) -> Option<f64> {
+        match self {
+            Cell::Value(value) => Some(*value),
+            Cell::Note(_) => None,
+        }
+    }
+
+    fn text(&self, decimals: usize) -> String {
+        match self {
+            Cell::Value(value) => format!("{value:.decimals$}"),
+            Cell::Note(note) => note.clone(),
+        }
+    }
+}
+
 /// One row of the second table: a tollgate feature against a tollgate baseline, measured in one run.
-pub struct FeatureRow {
-    pub label: String,
-    pub base: Cell,
-    pub value: Cell,
-    pub decimals: usize,
-    pub target: String,
+struct FeatureRow {
+    label: String,
+    baseline: Cell,
+    measured: Cell,
+    decimals: usize,
+    target: String,
 }
 
 /// What a row of the interception table is held to.
@@ -31,189 +48,242 @@ pub enum Goal {
 }
 
 /// One row of the interception table: tollgate, the stub direct (plain, TLS) and mitmproxy, in one run.
-pub struct InterceptionRow {
-    pub label: String,
+struct InterceptionRow {
+    label: String,
     /// In `Side::ALL` order.
-    pub cells: [Cell; 4],
-    pub decimals: usize,
-    pub goal: Goal,
+    cells: [Cell; 4],
+    decimals: usize,
+    goal: Goal,
 }
 
+/// Everything the run measured, and the notes the cells point to.
 #[derive(Default)]
 pub struct Report {
-    pub cells: BTreeMap<(Metric, Target), Cell>,
-    pub notes: Vec<String>,
-    pub features: Vec<FeatureRow>,
-    pub api: Vec<InterceptionRow>,
+    targets: BTreeMap<(Metric, Target), Cell>,
+    notes: Vec<String>,
+    features: Vec<FeatureRow>,
+    interception: Vec<InterceptionRow>,
 }
 
 impl Report {
-    pub fn set(&mut self, m: Metric, k: Target, v: f64) {
-        self.cells.insert((m, k), Cell::Value(v));
+    /// A value of the first table.
+    pub fn set(&mut self, metric: Metric, target: Target, value: f64) {
+        self.targets.insert((metric, target), Cell::Value(value));
     }
 
-    pub fn note(&mut self, metrics: &[Metric], k: Target, short: &str) {
-        for m in metrics {
-            self.cells.insert((*m, k), Cell::Note(short.to_string()));
+    /// Cells of the first table that say `short` instead of a value.
+    pub fn note(&mut self, metrics: &[Metric], target: Target, short: &str) {
+        for metric in metrics {
+            self.targets.insert((*metric, target), Cell::Note(short.to_string()));
         }
     }
 
-    pub fn fail(&mut self, metrics: &[Metric], k: Target, msg: String) {
-        self.notes.push(msg);
+    /// Cells of the first table that failed: `failed [N]`, with `message` as note N.
+    pub fn fail(&mut self, metrics: &[Metric], target: Target, message: String) {
+        self.notes.push(message);
         let short = format!("failed [{}]", self.notes.len());
-        self.note(metrics, k, &short);
+        self.note(metrics, target, &short);
     }
 
-    pub fn footnote(&mut self, msg: String) -> usize {
-        self.notes.push(msg);
+    /// Adds a note; its number.
+    pub fn footnote(&mut self, message: String) -> usize {
+        self.notes.push(message);
         self.notes.len()
     }
 
-    pub fn value(&self, m: Metric, k: Target) -> Option<f64> {
-        match self.cells.get(&(m, k)) {
-            Some(Cell::Value(v)) => Some(*v),
-            _ => None,
-        }
-    }
-
-    pub fn cell(&self, m: Metric, k: Target) -> String {
-        match self.cells.get(&(m, k)) {
-            Some(Cell::Value(v)) => format!("{v:.*}", m.decimals()),
-            Some(Cell::Note(n)) => n.clone(),
-            None => "not run".into(),
-        }
-    }
-
-    pub fn table(&self, options: &Options) -> String {
-        let mut s = String::new();
-        s.push_str("| scenario | direct | tollgate | squid | tinyproxy | tollgate/direct | squid/direct | tinyproxy/direct |\n");
-        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
-        for m in Metric::ALL {
-            let _ = write!(s, "| {} |", m.label(options));
-            for k in Target::ALL {
-                let _ = write!(s, " {} |", self.cell(m, k));
-            }
-            for k in [Target::Tollgate, Target::Squid, Target::Tinyproxy] {
-                let r = match (self.value(m, k), self.value(m, Target::Direct)) {
-                    (Some(v), Some(d)) if d > 0.0 => format!("{:.2}x", v / d),
-                    _ => "n/a".into(),
-                };
-                let _ = write!(s, " {r} |");
-            }
-            s.push('\n');
-        }
-        s
-    }
-
-    /// A feature row; `None` for the baseline means there is none ("n/a"), for the value "failed".
-    pub fn feature(&mut self, label: String, base: Option<f64>, value: Option<f64>, decimals: usize, target: &str) {
-        let base = base.map_or_else(|| Cell::Note("n/a".into()), Cell::Value);
-        let value = value.map_or_else(|| Cell::Note("failed".into()), Cell::Value);
-        self.features.push(FeatureRow { label, base, value, decimals, target: target.to_string() });
+    /// A feature row; `None` for the baseline means there is none ("n/a"), for the measured value "failed".
+    pub fn feature(
+        &mut self,
+        label: String,
+        baseline: Option<f64>,
+        measured: Option<f64>,
+        decimals: usize,
+        target: &str,
+    ) {
+        let baseline = baseline.map_or_else(|| Cell::Note("n/a".into()), Cell::Value);
+        let measured = measured.map_or_else(|| Cell::Note("failed".into()), Cell::Value);
+        self.features.push(FeatureRow { label, baseline, measured, decimals, target: target.to_string() });
     }
 
     /// A feature scenario that could not run: one row saying why (`short`), the details in a note.
-    pub fn feature_skipped(&mut self, label: String, short: &str, msg: Option<String>) {
-        let short = match msg {
-            Some(m) => format!("{short} [{}]", self.footnote(m)),
+    pub fn feature_skipped(&mut self, label: String, short: &str, message: Option<String>) {
+        let short = match message {
+            Some(message) => format!("{short} [{}]", self.footnote(message)),
             None => short.to_string(),
         };
         self.features.push(FeatureRow {
             label,
-            base: Cell::Note(short.clone()),
-            value: Cell::Note(short),
+            baseline: Cell::Note(short.clone()),
+            measured: Cell::Note(short),
             decimals: 0,
             target: String::new(),
         });
     }
 
-    pub fn feature_table(&self) -> String {
-        let mut s = String::from(
-            "| scenario (tollgate only) | baseline | measured | measured/baseline | target |\n|---|---:|---:|---:|---|\n",
-        );
-        let cell = |c: &Cell, decimals: usize| match c {
-            Cell::Value(v) => format!("{v:.decimals$}"),
-            Cell::Note(n) => n.clone(),
-        };
-        for r in &self.features {
-            let ratio = match (&r.base, &r.value) {
-                (Cell::Value(b), Cell::Value(v)) if *b > 0.0 => format!("{:.2}x", v / b),
-                _ => "n/a".into(),
-            };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {ratio} | {} |",
-                r.label,
-                cell(&r.base, r.decimals),
-                cell(&r.value, r.decimals),
-                r.target
-            );
-        }
-        s
-    }
-
-    pub fn api(&mut self, label: String, cells: [Cell; 4], decimals: usize, goal: Goal) {
-        self.api.push(InterceptionRow { label, cells, decimals, goal });
+    /// A row of the interception table.
+    pub fn interception(&mut self, label: String, cells: [Cell; 4], decimals: usize, goal: Goal) {
+        self.interception.push(InterceptionRow { label, cells, decimals, goal });
     }
 
     /// An interception scenario that could not run: one row saying so, the details in a note.
-    pub fn interception_failed(&mut self, label: String, msg: String) {
-        let short = format!("failed [{}]", self.footnote(msg));
-        self.api(label, Side::ALL.map(|_| Cell::Note(short.clone())), 0, Goal::None);
+    pub fn interception_failed(&mut self, label: String, message: String) {
+        let short = format!("failed [{}]", self.footnote(message));
+        self.interception(label, Side::ALL.map(|_| Cell::Note(short.clone())), 0, Goal::None);
     }
 
-    pub fn interception_table(&self) -> String {
-        let mut s = String::from("| scenario |");
-        for side in Side::ALL {
-            let _ = write!(s, " {} |", side.name());
+    /// Prints the results section: the tables the run filled, the notes, and how to read them.
+    pub fn print(&self, options: &Options) {
+        println!("\n## results (median of {} rounds)", options.rounds);
+        let compares_targets = options.scenarios.iter().any(|scenario| Scenario::COMPARING_TARGETS.contains(scenario));
+        if compares_targets {
+            print!("\n{}", self.target_table(options));
         }
-        s.push_str(" tollgate/mitmproxy | target | met? |\n|---|---:|---:|---:|---:|---:|---|---|\n");
-        let val = |c: &Cell| match c {
-            Cell::Value(v) => Some(*v),
-            Cell::Note(_) => None,
-        };
-        for r in &self.api {
-            let _ = write!(s, "| {} |", r.label);
-            for c in &r.cells {
-                match c {
-                    Cell::Value(v) => {
-                        let _ = write!(s, " {v:.*} |", r.decimals);
-                    }
-                    Cell::Note(n) => {
-                        let _ = write!(s, " {n} |");
-                    }
-                }
+        if options.scenarios.contains(&Scenario::KeepAlive) {
+            println!("\n### a. keep-alive GET latency\n");
+            print!("{}", self.latency_table());
+        }
+        if !self.features.is_empty() {
+            println!(
+                "\n### tollgate only: TLS listener, limits, Redis state, reload (baseline and measured in one run)\n"
+            );
+            print!("{}", self.feature_table());
+        }
+        if !self.interception.is_empty() {
+            println!("\n### interception: tollgate, the stub direct (plain and TLS) and mitmproxy (same run)\n");
+            print!("{}", self.interception_table());
+        }
+        if !self.notes.is_empty() {
+            println!("\n### notes\n");
+            for (index, note) in self.notes.iter().enumerate() {
+                println!("{}. {note}", index + 1);
             }
-            let (tollgate, mitmproxy) = (val(&r.cells[0]), val(&r.cells[3]));
-            let ratio = match (tollgate, mitmproxy) {
-                (Some(t), Some(m)) if m > 0.0 => Some(t / m),
-                _ => None,
-            };
-            let ratio_text = ratio.map_or_else(|| "n/a".into(), |x| format!("{x:.2}x"));
-            let (target, met) = match r.goal {
-                Goal::None => (String::new(), ""),
-                Goal::TimesMitmproxy(x) => {
-                    (format!("≥ {x:.0}× mitmproxy"), ratio.map_or("n/a", |v| if v >= x { "✓" } else { "✗" }))
-                }
-                Goal::Below(x) => (format!("< {x:.0} µs"), tollgate.map_or("n/a", |v| if v < x { "✓" } else { "✗" })),
-            };
-            let _ = writeln!(s, " {ratio_text} | {target} | {met} |");
         }
-        s
-    }
-
-    pub fn latency_table(&self) -> String {
-        let mut s = String::from("| target | req/s | p50 (µs) | p99 (µs) |\n|---|---:|---:|---:|\n");
-        for k in Target::ALL {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} |",
-                k.name(),
-                self.cell(Metric::KeepAliveRate, k),
-                self.cell(Metric::KeepAliveP50, k),
-                self.cell(Metric::KeepAliveP99, k)
+        if compares_targets {
+            println!(
+                "\nratios are target/direct: for req/s, conn/s and MiB/s higher is better, for latency lower is better. \
+                 b for direct is connect + GET + close without a proxy; d has no direct value. \
+                 d is the growth of the summed VmRSS of the proxy's process tree divided by the tunnels opened."
             );
         }
-        s
+        if !self.interception.is_empty() {
+            println!(
+                "\nin the interception table every cell is the median of rounds that run direct, direct TLS, tollgate \
+                 and mitmproxy in turn; \"added\" is the side's value minus direct's. Direct is the client speaking the \
+                 same HTTP/1.1 to the plain stub, direct TLS the same over TLS; both have client and stub on core 0 \
+                 with no proxy: the harness's ceiling. The intercepted tunnels are kept alive (one full TLS handshake \
+                 each)."
+            );
+        }
+        if !self.features.is_empty() {
+            println!(
+                "\nin the tollgate-only table the ratio is measured/baseline, each the median of rounds that alternate \
+                 baseline and measured; for latency lower is better. Every TLS connection is a full handshake (no \
+                 resumption)."
+            );
+        }
+    }
+
+    fn value(&self, metric: Metric, target: Target) -> Option<f64> {
+        self.targets.get(&(metric, target)).and_then(Cell::value)
+    }
+
+    fn cell(&self, metric: Metric, target: Target) -> String {
+        match self.targets.get(&(metric, target)) {
+            Some(cell) => cell.text(metric.decimals()),
+            None => "not run".into(),
+        }
+    }
+
+    fn target_table(&self, options: &Options) -> String {
+        let mut table = String::new();
+        table.push_str(
+            "| scenario | direct | tollgate | squid | tinyproxy | tollgate/direct | squid/direct | tinyproxy/direct |\n",
+        );
+        table.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+        for metric in Metric::ALL {
+            let _ = write!(table, "| {} |", metric.label(options));
+            for target in Target::ALL {
+                let _ = write!(table, " {} |", self.cell(metric, target));
+            }
+            for target in [Target::Tollgate, Target::Squid, Target::Tinyproxy] {
+                let ratio = match (self.value(metric, target), self.value(metric, Target::Direct)) {
+                    (Some(value), Some(direct)) if direct > 0.0 => format!("{:.2}x", value / direct),
+                    _ => "n/a".into(),
+                };
+                let _ = write!(table, " {ratio} |");
+            }
+            table.push('\n');
+        }
+        table
+    }
+
+    fn latency_table(&self) -> String {
+        let mut table = String::from("| target | req/s | p50 (µs) | p99 (µs) |\n|---|---:|---:|---:|\n");
+        for target in Target::ALL {
+            let _ = writeln!(
+                table,
+                "| {} | {} | {} | {} |",
+                target.name(),
+                self.cell(Metric::KeepAliveRate, target),
+                self.cell(Metric::KeepAliveP50, target),
+                self.cell(Metric::KeepAliveP99, target)
+            );
+        }
+        table
+    }
+
+    fn feature_table(&self) -> String {
+        let mut table = String::from(
+            "| scenario (tollgate only) | baseline | measured | measured/baseline | target |\n|---|---:|---:|---:|---|\n",
+        );
+        for row in &self.features {
+            let ratio = match (&row.baseline, &row.measured) {
+                (Cell::Value(baseline), Cell::Value(measured)) if *baseline > 0.0 => {
+                    format!("{:.2}x", measured / baseline)
+                }
+                _ => "n/a".into(),
+            };
+            let _ = writeln!(
+                table,
+                "| {} | {} | {} | {ratio} | {} |",
+                row.label,
+                row.baseline.text(row.decimals),
+                row.measured.text(row.decimals),
+                row.target
+            );
+        }
+        table
+    }
+
+    fn interception_table(&self) -> String {
+        let mut table = String::from("| scenario |");
+        for side in Side::ALL {
+            let _ = write!(table, " {} |", side.name());
+        }
+        table.push_str(" tollgate/mitmproxy | target | met? |\n|---|---:|---:|---:|---:|---:|---|---|\n");
+        for row in &self.interception {
+            let _ = write!(table, "| {} |", row.label);
+            for cell in &row.cells {
+                let _ = write!(table, " {} |", cell.text(row.decimals));
+            }
+            let (tollgate, mitmproxy) = (row.cells[0].value(), row.cells[3].value());
+            let ratio = match (tollgate, mitmproxy) {
+                (Some(tollgate), Some(mitmproxy)) if mitmproxy > 0.0 => Some(tollgate / mitmproxy),
+                _ => None,
+            };
+            let ratio_text = ratio.map_or_else(|| "n/a".into(), |ratio| format!("{ratio:.2}x"));
+            let (target, met) = match row.goal {
+                Goal::None => (String::new(), ""),
+                Goal::TimesMitmproxy(times) => (
+                    format!("≥ {times:.0}× mitmproxy"),
+                    ratio.map_or("n/a", |ratio| if ratio >= times { "✓" } else { "✗" }),
+                ),
+                Goal::Below(limit) => {
+                    (format!("< {limit:.0} µs"), tollgate.map_or("n/a", |value| if value < limit { "✓" } else { "✗" }))
+                }
+            };
+            let _ = writeln!(table, " {ratio_text} | {target} | {met} |");
+        }
+        table
     }
 }

@@ -14,20 +14,6 @@ use crate::parameters::{
     SSE_GAP,
 };
 
-pub fn small_response(close: bool) -> Vec<u8> {
-    let mut r = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {SMALL_BODY_LENGTH}\r\n{}\r\n",
-        if close { "Connection: close\r\n" } else { "" }
-    )
-    .into_bytes();
-    r.extend(std::iter::repeat_n(b'x', SMALL_BODY_LENGTH));
-    r
-}
-
-pub fn header_has_token(value: &[u8], token: &str) -> bool {
-    String::from_utf8_lossy(value).split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 /// What an in-process server answers.
 #[derive(Clone, Copy)]
 pub enum Served {
@@ -37,189 +23,18 @@ pub enum Served {
     Stub,
 }
 
-/// What a request asks for.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Resource {
-    /// The origin's 100-byte body (any path but `/bulk`).
-    Small,
-    /// The origin's 1 GiB body.
-    Bulk,
-    /// `POST /v1/messages`.
-    Messages,
-}
-
-pub struct IncomingRequest {
-    pub resource: Resource,
-    pub close: bool,
-    pub body: u64,
-    pub chunked: bool,
-}
-
-pub fn origin_req(req: &httparse::Request) -> IncomingRequest {
-    let path = req.path.unwrap_or("/");
-    // Accept absolute-form too (RFC 9112 3.2.2), in case a proxy forwards it unchanged.
-    let path = path
-        .strip_prefix("http://")
-        .or_else(|| path.strip_prefix("https://"))
-        .map(|rest| rest.find('/').map_or("/", |i| &rest[i..]))
-        .unwrap_or(path);
-    let http10 = req.version == Some(0);
-    let mut close = http10;
-    let mut body = 0;
-    let mut chunked = false;
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("connection") {
-            if header_has_token(h.value, "close") {
-                close = true;
-            } else if http10 && header_has_token(h.value, "keep-alive") {
-                // We never answer HTTP/1.0 keep-alive; keep it simple and close.
-                close = true;
-            }
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            body = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(0);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = header_has_token(h.value, "chunked");
-        }
-    }
-    let resource = if path == "/bulk" || path.starts_with("/bulk?") {
-        Resource::Bulk
-    } else if req.method == Some("POST") && (path == "/v1/messages" || path.starts_with("/v1/messages?")) {
-        Resource::Messages
-    } else {
-        Resource::Small
-    };
-    IncomingRequest { resource, close, body, chunked }
-}
-
-/// A server-side connection (plain TCP or TLS) with its read buffer.
-pub struct ServerConnection<S> {
-    pub s: S,
-    pub buf: Vec<u8>,
-    pub start: usize,
-    pub end: usize,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
-    /// Writes and flushes (TLS buffers records until flushed; for TCP the flush is free).
-    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.s.write_all(bytes).await?;
-        self.s.flush().await
-    }
-
-    /// The next request and its body (at most `MAX_REQUEST_BODY` bytes, `Content-Length` only); `None` when
-    /// the client closed between requests or sent one this server refuses (answered, then closed).
-    pub async fn request(&mut self) -> io::Result<Option<(IncomingRequest, Vec<u8>)>> {
-        let (n, req) = loop {
-            if self.end > self.start {
-                let mut hs = [httparse::EMPTY_HEADER; 64];
-                let mut req = httparse::Request::new(&mut hs);
-                match req.parse(&self.buf[self.start..self.end]) {
-                    Ok(httparse::Status::Complete(n)) => break (n, origin_req(&req)),
-                    Ok(httparse::Status::Partial) => {}
-                    Err(_) => {
-                        self.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                            .await?;
-                        return Ok(None);
-                    }
-                }
-            }
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            if self.end == self.buf.len() {
-                self.send(
-                    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                )
-                .await?;
-                return Ok(None);
-            }
-            let got = self.s.read(&mut self.buf[self.end..]).await?;
-            if got == 0 {
-                return Ok(None);
-            }
-            self.end += got;
-        };
-        self.start += n;
-        if req.chunked || req.body > MAX_REQUEST_BODY {
-            self.send(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await?;
-            return Ok(None);
-        }
-        let want = req.body as usize;
-        let mut body = Vec::with_capacity(want);
-        let buffered = (self.end - self.start).min(want);
-        body.extend_from_slice(&self.buf[self.start..self.start + buffered]);
-        self.start += buffered;
-        while body.len() < want {
-            // Everything buffered is consumed: read the rest from the start of the buffer.
-            let got = self.s.read(&mut self.buf).await?;
-            if got == 0 {
-                return Ok(None);
-            }
-            let used = got.min(want - body.len());
-            body.extend_from_slice(&self.buf[..used]);
-            self.start = used;
-            self.end = got;
-        }
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-        Ok(Some((req, body)))
-    }
-}
-
-/// Serves one connection until the client closes or asks to.
-pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(s: S, served: Served) -> io::Result<()> {
-    let mut c = ServerConnection { s, buf: vec![0u8; SMALL_READ_BUFFER], start: 0, end: 0 };
-    let small_ka = small_response(false);
-    let small_close = small_response(true);
-    while let Some((req, body)) = c.request().await? {
-        match (served, req.resource) {
-            (Served::Origin, Resource::Bulk) => {
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {BULK_LENGTH}\r\n{}\r\n",
-                    if req.close { "Connection: close\r\n" } else { "" }
-                );
-                c.s.write_all(head.as_bytes()).await?;
-                let chunk = vec![b'b'; BULK_READ_BUFFER];
-                let mut left = BULK_LENGTH;
-                while left > 0 {
-                    let n = (chunk.len() as u64).min(left) as usize;
-                    c.s.write_all(&chunk[..n]).await?;
-                    left -= n as u64;
-                }
-                c.s.flush().await?;
-            }
-            (Served::Origin, _) => c.send(if req.close { &small_close } else { &small_ka }).await?,
-            (Served::Stub, Resource::Messages) if wants_stream(&body) => stub_stream(&mut c).await?,
-            (Served::Stub, Resource::Messages) => c.send(&stub_message_response(req.close)).await?,
-            (Served::Stub, _) => {
-                c.send(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await?;
-                return Ok(());
-            }
-        }
-        if req.close {
-            let _ = c.s.shutdown().await;
-            return Ok(());
-        }
-    }
-    Ok(())
-}
-
-/// Accepts until the runtime shuts down (end of `main`); with `tls`, every connection is a TLS server first.
+/// Accepts until the runtime shuts down (end of the run); with `tls`, every connection is a TLS server first.
 pub async fn serve(listener: TcpListener, served: Served, tls: Option<tokio_rustls::TlsAcceptor>) {
     loop {
         match listener.accept().await {
-            Ok((s, _)) => {
+            Ok((tcp, _)) => {
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = s.set_nodelay(true);
+                    let _ = tcp.set_nodelay(true);
                     let _ = match tls {
-                        None => serve_connection(s, served).await,
-                        Some(acceptor) => match timeout(IO_TIMEOUT, acceptor.accept(s)).await {
-                            Ok(Ok(s)) => serve_connection(s, served).await,
+                        None => serve_connection(tcp, served).await,
+                        Some(acceptor) => match timeout(IO_TIMEOUT, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => serve_connection(tls, served).await,
                             _ => Ok(()),
                         },
                     };
@@ -231,11 +46,9 @@ pub async fn serve(listener: TcpListener, served: Served, tls: Option<tokio_rust
     }
 }
 
-/// The request body asks for a streamed response (`"stream": true`).
-pub fn wants_stream(body: &[u8]) -> bool {
-    pub const NEEDLE: &[u8] = b"\"stream\":true";
-    let compact: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
-    compact.windows(NEEDLE.len()).any(|w| w == NEEDLE)
+/// The comma-separated header `value` holds `token` (any case).
+pub fn header_has_token(value: &[u8], token: &str) -> bool {
+    String::from_utf8_lossy(value).split(',').any(|item| item.trim().eq_ignore_ascii_case(token))
 }
 
 /// The stub's non-streamed answer: a Messages API message with its `usage`.
@@ -246,7 +59,215 @@ pub const STUB_MESSAGE: &str = concat!(
     r#""cache_read_input_tokens":0}}"#
 );
 
-pub fn stub_message_response(close: bool) -> Vec<u8> {
+/// Events of one streamed response: message_start, content_block_start, ping, `SSE_DELTAS` content_block_delta,
+/// content_block_stop, message_delta (with the usage), message_stop.
+pub const SSE_EVENTS: usize = SSE_DELTAS + 6;
+
+/// The harness's clock for SSE stamps: nanoseconds since its first use (stub and client share the process).
+pub fn stamp_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// What a request asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resource {
+    /// The origin's 100-byte body (any path but `/bulk`).
+    Small,
+    /// The origin's 1 GiB body.
+    Bulk,
+    /// `POST /v1/messages`.
+    Messages,
+}
+
+/// A request head as the servers read it.
+struct IncomingRequest {
+    resource: Resource,
+    /// The connection closes after the answer.
+    close: bool,
+    /// `Content-Length` (0 without).
+    body_length: u64,
+    chunked: bool,
+}
+
+impl IncomingRequest {
+    fn parse(request: &httparse::Request) -> IncomingRequest {
+        let path = request.path.unwrap_or("/");
+        // Accept absolute-form too (RFC 9112 3.2.2), in case a proxy forwards it unchanged.
+        let path = path
+            .strip_prefix("http://")
+            .or_else(|| path.strip_prefix("https://"))
+            .map(|rest| rest.find('/').map_or("/", |slash| &rest[slash..]))
+            .unwrap_or(path);
+        let http_1_0 = request.version == Some(0);
+        let mut close = http_1_0;
+        let mut body_length = 0;
+        let mut chunked = false;
+        for header in request.headers.iter() {
+            if header.name.eq_ignore_ascii_case("connection") {
+                if header_has_token(header.value, "close") {
+                    close = true;
+                } else if http_1_0 && header_has_token(header.value, "keep-alive") {
+                    // We never answer HTTP/1.0 keep-alive; keep it simple and close.
+                    close = true;
+                }
+            } else if header.name.eq_ignore_ascii_case("content-length") {
+                body_length =
+                    std::str::from_utf8(header.value).ok().and_then(|length| length.trim().parse().ok()).unwrap_or(0);
+            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = header_has_token(header.value, "chunked");
+            }
+        }
+        let resource = if path == "/bulk" || path.starts_with("/bulk?") {
+            Resource::Bulk
+        } else if request.method == Some("POST") && (path == "/v1/messages" || path.starts_with("/v1/messages?")) {
+            Resource::Messages
+        } else {
+            Resource::Small
+        };
+        IncomingRequest { resource, close, body_length, chunked }
+    }
+}
+
+/// A server-side connection (plain TCP or TLS) with its read buffer: `buffer[start..end]` is read but not yet
+/// consumed.
+struct ServerConnection<S> {
+    stream: S,
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ServerConnection<S> {
+    /// Writes and flushes (TLS buffers records until flushed; for TCP the flush is free).
+    async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// The next request and its body (at most `MAX_REQUEST_BODY` bytes, `Content-Length` only); `None` when
+    /// the client closed between requests or sent one this server refuses (answered, then closed).
+    async fn request(&mut self) -> io::Result<Option<(IncomingRequest, Vec<u8>)>> {
+        let (head_length, request) = loop {
+            if self.end > self.start {
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut request = httparse::Request::new(&mut headers);
+                match request.parse(&self.buffer[self.start..self.end]) {
+                    Ok(httparse::Status::Complete(length)) => break (length, IncomingRequest::parse(&request)),
+                    Ok(httparse::Status::Partial) => {}
+                    Err(_) => {
+                        self.send(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await?;
+                        return Ok(None);
+                    }
+                }
+            }
+            if self.start > 0 {
+                self.buffer.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.end == self.buffer.len() {
+                self.send(
+                    b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await?;
+                return Ok(None);
+            }
+            let read = self.stream.read(&mut self.buffer[self.end..]).await?;
+            if read == 0 {
+                return Ok(None);
+            }
+            self.end += read;
+        };
+        self.start += head_length;
+        if request.chunked || request.body_length > MAX_REQUEST_BODY {
+            self.send(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await?;
+            return Ok(None);
+        }
+        let want = request.body_length as usize;
+        let mut body = Vec::with_capacity(want);
+        let buffered = (self.end - self.start).min(want);
+        body.extend_from_slice(&self.buffer[self.start..self.start + buffered]);
+        self.start += buffered;
+        while body.len() < want {
+            // Everything buffered is consumed: read the rest from the start of the buffer.
+            let read = self.stream.read(&mut self.buffer).await?;
+            if read == 0 {
+                return Ok(None);
+            }
+            let used = read.min(want - body.len());
+            body.extend_from_slice(&self.buffer[..used]);
+            self.start = used;
+            self.end = read;
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        Ok(Some((request, body)))
+    }
+}
+
+/// Serves one connection until the client closes or asks to.
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(stream: S, served: Served) -> io::Result<()> {
+    let mut connection = ServerConnection { stream, buffer: vec![0u8; SMALL_READ_BUFFER], start: 0, end: 0 };
+    let small_keep_alive = small_response(false);
+    let small_close = small_response(true);
+    while let Some((request, body)) = connection.request().await? {
+        match (served, request.resource) {
+            (Served::Origin, Resource::Bulk) => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {BULK_LENGTH}\r\n{}\r\n",
+                    if request.close { "Connection: close\r\n" } else { "" }
+                );
+                connection.stream.write_all(head.as_bytes()).await?;
+                let chunk = vec![b'b'; BULK_READ_BUFFER];
+                let mut left = BULK_LENGTH;
+                while left > 0 {
+                    let length = (chunk.len() as u64).min(left) as usize;
+                    connection.stream.write_all(&chunk[..length]).await?;
+                    left -= length as u64;
+                }
+                connection.stream.flush().await?;
+            }
+            (Served::Origin, _) => {
+                connection.send(if request.close { &small_close } else { &small_keep_alive }).await?
+            }
+            (Served::Stub, Resource::Messages) if wants_stream(&body) => stub_stream(&mut connection).await?,
+            (Served::Stub, Resource::Messages) => connection.send(&stub_message_response(request.close)).await?,
+            (Served::Stub, _) => {
+                connection.send(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await?;
+                return Ok(());
+            }
+        }
+        if request.close {
+            let _ = connection.stream.shutdown().await;
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The origin's answer to anything but `/bulk`: 200 with `SMALL_BODY_LENGTH` bytes.
+fn small_response(close: bool) -> Vec<u8> {
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {SMALL_BODY_LENGTH}\r\n{}\r\n",
+        if close { "Connection: close\r\n" } else { "" }
+    )
+    .into_bytes();
+    response.extend(std::iter::repeat_n(b'x', SMALL_BODY_LENGTH));
+    response
+}
+
+/// The request body asks for a streamed response (`"stream": true`).
+fn wants_stream(body: &[u8]) -> bool {
+    const NEEDLE: &[u8] = b"\"stream\":true";
+    let compact: Vec<u8> = body.iter().copied().filter(|byte| !byte.is_ascii_whitespace()).collect();
+    compact.windows(NEEDLE.len()).any(|window| window == NEEDLE)
+}
+
+fn stub_message_response(close: bool) -> Vec<u8> {
     format!(
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nrequest-id: req_bench\r\nContent-Length: {}\r\n{}\r\n{STUB_MESSAGE}",
         STUB_MESSAGE.len(),
@@ -255,12 +276,8 @@ pub fn stub_message_response(close: bool) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Events of one streamed response: message_start, content_block_start, ping, `SSE_DELTAS` content_block_delta,
-/// content_block_stop, message_delta (with the usage), message_stop.
-pub const SSE_EVENTS: usize = SSE_DELTAS + 6;
-
 /// The `event:` and `data:` lines of the streamed response's events, in order.
-pub fn sse_events() -> Vec<String> {
+fn stub_events() -> Vec<String> {
     let mut events = vec![
         concat!(
             "event: message_start\n",
@@ -278,10 +295,10 @@ pub fn sse_events() -> Vec<String> {
         .to_string(),
         "event: ping\ndata: {\"type\": \"ping\"}\n".to_string(),
     ];
-    for i in 0..SSE_DELTAS {
+    for index in 0..SSE_DELTAS {
         events.push(format!(
             "event: content_block_delta\n\
-             data: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"word{i} \"}}}}\n"
+             data: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"word{index} \"}}}}\n"
         ));
     }
     events.push("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n".to_string());
@@ -294,26 +311,21 @@ pub fn sse_events() -> Vec<String> {
     events
 }
 
-/// The harness's clock for SSE stamps: nanoseconds since its first use (stub and client share the process).
-pub fn stamp_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
 /// The streamed answer: the head, then each event as one chunk, written and flushed on its own, `SSE_GAP` apart.
 /// Each event carries its send time as an SSE `id:` line (`stamp_ns`), which SSE readers pass over.
-pub async fn stub_stream<S: AsyncRead + AsyncWrite + Unpin>(c: &mut ServerConnection<S>) -> io::Result<()> {
-    c.send(
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nrequest-id: req_bench\r\n\
-          Transfer-Encoding: chunked\r\n\r\n",
-    )
-    .await?;
-    for (i, event) in sse_events().iter().enumerate() {
-        if i > 0 {
+async fn stub_stream<S: AsyncRead + AsyncWrite + Unpin>(connection: &mut ServerConnection<S>) -> io::Result<()> {
+    connection
+        .send(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nrequest-id: req_bench\r\n\
+              Transfer-Encoding: chunked\r\n\r\n",
+        )
+        .await?;
+    for (index, event) in stub_events().iter().enumerate() {
+        if index > 0 {
             sleep(SSE_GAP).await;
         }
         let payload = format!("id: {}\n{event}\n", stamp_ns());
-        c.send(format!("{:x}\r\n{payload}\r\n", payload.len()).as_bytes()).await?;
+        connection.send(format!("{:x}\r\n{payload}\r\n", payload.len()).as_bytes()).await?;
     }
-    c.send(b"0\r\n\r\n").await
+    connection.send(b"0\r\n\r\n").await
 }
