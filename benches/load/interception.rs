@@ -30,7 +30,8 @@ use crate::route::{Route, TlsDial};
 use crate::scenarios::{
     open_ahead, run_keep_alive_load, run_workers, take_from_budget, with_proxy_cpu, KeepAliveLoad, RateRound, Stats,
 };
-use crate::servers::{serve, stamp_ns, Served, SSE_EVENTS, STUB_MESSAGE};
+use crate::servers::{serve, stamp_ns, stub_message, Served, SSE_EVENTS};
+use crate::support::tls::server_config;
 
 /// The columns of the interception table.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -79,7 +80,7 @@ pub async fn measure_interception(harness: &mut Harness, report: &mut Report) ->
             let load = KeepAliveLoad {
                 connections,
                 request: Arc::new(route.messages_request(false)),
-                body_length: STUB_MESSAGE.len() as u64,
+                body_length: stub_message().len() as u64,
                 tunnel: true,
                 opened_ahead,
                 rate,
@@ -436,12 +437,7 @@ async fn messages_stub(harness: &mut Harness) -> Result<Stub, String> {
     let pki = make_pki(&dir)?;
     let chain = tollgate::tls::load_certs(&pki.server_chain)?;
     let key = tollgate::tls::load_key(&pki.server_key)?;
-    let mut config = rustls::ServerConfig::builder_with_provider(tollgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|error| error.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|error| format!("stub certificate: {error}"))?;
+    let mut config = server_config(chain, key, None).map_err(|error| format!("stub: {error}"))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let bind_error = |error: io::Error| format!("cannot bind the stub: {error}");
     let plain = TcpListener::bind("127.0.0.1:0").await.map_err(bind_error)?;

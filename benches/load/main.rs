@@ -35,7 +35,8 @@
 //! and response reader); `route` (where a request goes, and its bytes); `proxies` (configs and
 //! start-up of the proxies, and the run's `Harness`); `scenarios` (the first table's scenarios and
 //! the load workers), `rounds` (comparisons in rounds), `tollgate_only`, `interception` and
-//! `certificates`; `report`.
+//! `certificates`; `report`. `support` is code shared with the integration tests
+//! (`tests/support/`).
 
 use std::process::ExitCode;
 
@@ -53,6 +54,7 @@ mod rounds;
 mod route;
 mod scenarios;
 mod servers;
+mod support;
 mod tollgate_only;
 
 fn main() -> ExitCode {

@@ -43,6 +43,8 @@ pub const MAX_REQUEST_BODY: u64 = 1 << 20;
 /// intercept uses to make tollgate and mitmproxy mint a leaf.
 pub const API_HOST: &str = "api.anthropic.com";
 pub const MINT_DOMAIN: &str = "mint.example.com";
+/// Scenarios intercept and sse: the model the client asks for and the stub answers as.
+pub const MODEL: &str = "claude-sonnet-4-5";
 /// Scenario intercept: keep-alive tunnels sending requests back to back.
 pub const INTERCEPT_TUNNELS: usize = 32;
 /// Scenario intercept, paced: requests/s, evenly spaced, over this many keep-alive tunnels.

@@ -20,7 +20,7 @@ use crate::options::{Options, Target};
 use crate::parameters::{IO_TIMEOUT, READY_ATTEMPTS, SMALL_READ_BUFFER, WANTED_OPEN_FILES};
 use crate::processes::{register_pid, Proxy};
 use crate::route::Route;
-use crate::servers::STUB_MESSAGE;
+use crate::servers::stub_message;
 
 /// The state of one run, handed to every scenario.
 pub struct Harness {
@@ -185,7 +185,7 @@ pub async fn smoke_once(route: &Route) -> Result<(), String> {
         })
         .await;
         return match outcome {
-            Ok(Ok(response)) if response.status == 200 && response.body_length == STUB_MESSAGE.len() as u64 => Ok(()),
+            Ok(Ok(response)) if response.status == 200 && response.body_length == stub_message().len() as u64 => Ok(()),
             Ok(Ok(response)) => {
                 Err(format!("POST /v1/messages: status {}, {} body bytes", response.status, response.body_length))
             }

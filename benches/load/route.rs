@@ -8,7 +8,8 @@ use std::sync::Arc;
 use rustls_pki_types::ServerName;
 
 use crate::client::Connection;
-use crate::parameters::API_HOST;
+use crate::parameters::{API_HOST, MODEL};
+use crate::support::messages;
 
 /// How the client makes a TLS handshake: full handshakes only (resumption off), TLS 1.3, ALPN http/1.1.
 #[derive(Clone)]
@@ -118,10 +119,7 @@ impl Route {
     pub fn messages_request(&self, stream: bool) -> Vec<u8> {
         let authority = self.authority.as_deref().unwrap_or(API_HOST);
         let host = authority.strip_suffix(":443").unwrap_or(authority);
-        let body = format!(
-            r#"{{"model":"claude-sonnet-4-5","max_tokens":16,{}"messages":[{{"role":"user","content":"hi"}}]}}"#,
-            if stream { r#""stream":true,"# } else { "" }
-        );
+        let body = messages::request_body(MODEL, 16, "hi", stream);
         format!(
             "POST /v1/messages HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tollgate-load\r\nx-api-key: sk-ant-bench\r\n\
              anthropic-version: 2023-06-01\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",

@@ -1,18 +1,27 @@
 //! The in-process servers, on the harness's thread: the origin (`GET /`, `GET /bulk`) and the Messages API stub
 //! (`POST /v1/messages`, JSON or SSE), raw HTTP/1.1 with keep-alive, plain or TLS.
+//!
+//! They stay raw (httparse, one read buffer, answers built once) because they must not be what limits a proxy
+//! measured at tens of thousands of requests per second; the stub's message and events are the Messages API's
+//! shapes shared with the integration tests (`support::messages`).
 
 use std::io;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::{sleep, timeout};
 
 use crate::parameters::{
-    BULK_LENGTH, BULK_READ_BUFFER, IO_TIMEOUT, MAX_REQUEST_BODY, SMALL_BODY_LENGTH, SMALL_READ_BUFFER, SSE_DELTAS,
-    SSE_GAP,
+    BULK_LENGTH, BULK_READ_BUFFER, IO_TIMEOUT, MAX_REQUEST_BODY, MODEL, SMALL_BODY_LENGTH, SMALL_READ_BUFFER,
+    SSE_DELTAS, SSE_GAP,
 };
+use crate::support::messages;
+
+/// The `id` of the stub's messages.
+const STUB_MESSAGE_ID: &str = "msg_bench";
 
 /// What an in-process server answers.
 #[derive(Clone, Copy)]
@@ -52,12 +61,13 @@ pub fn header_has_token(value: &[u8], token: &str) -> bool {
 }
 
 /// The stub's non-streamed answer: a Messages API message with its `usage`.
-pub const STUB_MESSAGE: &str = concat!(
-    r#"{"id":"msg_bench","type":"message","role":"assistant","model":"claude-sonnet-4-5","#,
-    r#""content":[{"type":"text","text":"Hello! How can I help you today?"}],"stop_reason":"end_turn","#,
-    r#""stop_sequence":null,"usage":{"input_tokens":8,"output_tokens":12,"cache_creation_input_tokens":0,"#,
-    r#""cache_read_input_tokens":0}}"#
-);
+pub fn stub_message() -> &'static str {
+    static MESSAGE: OnceLock<String> = OnceLock::new();
+    MESSAGE.get_or_init(|| {
+        let usage = messages::usage_json((8, 12, 0, 0));
+        messages::message(STUB_MESSAGE_ID, MODEL, "Hello! How can I help you today?", usage).to_string()
+    })
+}
 
 /// Events of one streamed response: message_start, content_block_start, ping, `SSE_DELTAS` content_block_delta,
 /// content_block_stop, message_delta (with the usage), message_stop.
@@ -268,47 +278,24 @@ fn wants_stream(body: &[u8]) -> bool {
 }
 
 fn stub_message_response(close: bool) -> Vec<u8> {
+    let message = stub_message();
     format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nrequest-id: req_bench\r\nContent-Length: {}\r\n{}\r\n{STUB_MESSAGE}",
-        STUB_MESSAGE.len(),
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nrequest-id: req_bench\r\nContent-Length: {}\r\n{}\r\n{message}",
+        message.len(),
         if close { "Connection: close\r\n" } else { "" }
     )
     .into_bytes()
 }
 
-/// The `event:` and `data:` lines of the streamed response's events, in order.
-fn stub_events() -> Vec<String> {
-    let mut events = vec![
-        concat!(
-            "event: message_start\n",
-            r#"data: {"type":"message_start","message":{"id":"msg_bench","type":"message","role":"assistant","#,
-            r#""model":"claude-sonnet-4-5","content":[],"stop_reason":null,"stop_sequence":null,"#,
-            r#""usage":{"input_tokens":8,"output_tokens":1}}}"#,
-            "\n"
-        )
-        .to_string(),
-        concat!(
-            "event: content_block_start\n",
-            r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
-            "\n"
-        )
-        .to_string(),
-        "event: ping\ndata: {\"type\": \"ping\"}\n".to_string(),
-    ];
-    for index in 0..SSE_DELTAS {
-        events.push(format!(
-            "event: content_block_delta\n\
-             data: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"word{index} \"}}}}\n"
-        ));
-    }
-    events.push("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n".to_string());
-    events.push(format!(
-        "event: message_delta\n\
-         data: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\",\"stop_sequence\":null}},\
-         \"usage\":{{\"output_tokens\":{SSE_DELTAS}}}}}\n"
-    ));
-    events.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n".to_string());
-    events
+/// The events of the stub's streamed response, each `event:` and `data:` lines and the blank line, in order.
+fn stub_events() -> &'static [String] {
+    static EVENTS: OnceLock<Vec<String>> = OnceLock::new();
+    EVENTS.get_or_init(|| {
+        let deltas: Vec<String> = (0..SSE_DELTAS).map(|index| format!("word{index} ")).collect();
+        let deltas: Vec<&str> = deltas.iter().map(String::as_str).collect();
+        let start_usage = json!({"input_tokens": 8, "output_tokens": 1});
+        messages::stream(STUB_MESSAGE_ID, MODEL, start_usage, &deltas, json!({"output_tokens": SSE_DELTAS}))
+    })
 }
 
 /// The streamed answer: the head, then each event as one chunk, written and flushed on its own, `SSE_GAP` apart.
@@ -324,7 +311,7 @@ async fn stub_stream<S: AsyncRead + AsyncWrite + Unpin>(connection: &mut ServerC
         if index > 0 {
             sleep(SSE_GAP).await;
         }
-        let payload = format!("id: {}\n{event}\n", stamp_ns());
+        let payload = format!("id: {}\n{event}", stamp_ns());
         connection.send(format!("{:x}\r\n{payload}\r\n", payload.len()).as_bytes()).await?;
     }
     connection.send(b"0\r\n\r\n").await
