@@ -189,6 +189,7 @@ impl Connection {
         Ok(read)
     }
 
+    /// Writes `bytes` (TLS: and flushes them).
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes).await
     }

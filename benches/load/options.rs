@@ -57,6 +57,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    /// Every scenario, in the order they run.
     pub const ALL: [Scenario; 10] = [
         Scenario::KeepAlive,
         Scenario::ConnectGetClose,
@@ -103,6 +104,7 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// The first table's rows, in order.
     pub const ALL: [Metric; 6] = [
         Metric::KeepAliveRate,
         Metric::KeepAliveP50,

@@ -152,6 +152,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// Its process id (with `taskset`, that of the proxy itself: taskset execs it).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

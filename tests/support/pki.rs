@@ -16,6 +16,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A certificate authority that signs leaves (and CRLs).
 pub struct Authority {
+    /// The CA certificate and its key, to sign more than leaves with (a CRL).
     pub cert: rcgen::Certificate,
     pub key: KeyPair,
     /// The CA certificate, PEM.
@@ -37,6 +38,7 @@ impl Authority {
         Self { cert, key, pem }
     }
 
+    /// The CA certificate, DER: a root to trust.
     pub fn der(&self) -> CertificateDer<'static> {
         self.cert.der().clone()
     }
@@ -54,6 +56,7 @@ impl Authority {
 
 /// An issued certificate with its key.
 pub struct Leaf {
+    /// Certificate, DER.
     pub der: CertificateDer<'static>,
     key_der: Vec<u8>,
     /// Certificate, PEM.
@@ -63,10 +66,12 @@ pub struct Leaf {
 }
 
 impl Leaf {
+    /// The chain to present: the leaf alone.
     pub fn chain(&self) -> Vec<CertificateDer<'static>> {
         vec![self.der.clone()]
     }
 
+    /// The private key, DER (PKCS#8).
     pub fn private_key(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
     }
