@@ -1,4 +1,4 @@
-"""mitmproxy addon for the load harness (benches/load.rs, scenarios intercept and sse).
+"""mitmproxy addon for the load harness (benches/load/, scenarios intercept and sse).
 
 Requests for https://api.anthropic.com are sent to the harness's plain-HTTP Messages API stub instead
 (`--set bench_stub=127.0.0.1:PORT`), as tollgate's `routing` sends them to its `stub` upstream; SSE responses

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the load harness (benches/load.rs) and writes the report to target/load-report.md.
+# Runs the load harness (benches/load/) and writes the report to target/load-report.md.
 #
 #   benches/run-load.sh                 # full run: 5 s rounds, 3 rounds, 5,000 idle tunnels
 #   benches/run-load.sh --quick         # 2 s rounds

@@ -28,10 +28,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::find;
+use super::tls::server_config;
 
-/// Token counts as `(input, output, cache_creation, cache_read)`: `input_tokens`, `output_tokens`,
-/// `cache_creation_input_tokens`, `cache_read_input_tokens`.
-pub type Usage = (u64, u64, u64, u64);
+/// The API's wire shapes, shared with the load harness.
+#[path = "../../support/messages.rs"]
+mod shared;
+
+pub use shared::{usage_json, Usage};
 
 /// The usage of every non-streamed message.
 pub const JSON_USAGE: Usage = (313, 47, 1531, 2309);
@@ -62,8 +65,8 @@ pub const RETRY_AFTER: &str = "7";
 /// Every event of a complete stream, in order.
 pub const STREAM_EVENTS: &[&str] = &[
     "message_start",
-    "ping",
     "content_block_start",
+    "ping",
     "content_block_delta",
     "content_block_delta",
     "content_block_delta",
@@ -156,12 +159,7 @@ impl MessagesStub {
     /// TLS on 127.0.0.1:0 with `cert_chain` and `key` (e.g. `pki.server.chain()`, `pki.server.private_key()`: valid for
     /// `localhost` and `127.0.0.1`); ALPN offers `http/1.1` only.
     pub async fn start_tls(cert_chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
-        let mut config = rustls::ServerConfig::builder_with_provider(tollgate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(cert_chain, key)
-            .expect("stub certificate");
+        let mut config = server_config(cert_chain, key, None).expect("stub config");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Self::listen(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
     }
@@ -486,7 +484,6 @@ fn messages(body: &[u8], request_id: &str, state: &Arc<State>, connection: &Arc<
         return error_response(StatusCode::BAD_REQUEST, request_id, "invalid_request_error", "model: Field required");
     };
     let stream = parsed["stream"].as_bool().unwrap_or(false);
-    let start = event("message_start", message_start(&model));
     let steps = match model.as_str() {
         RATE_LIMITED => {
             let mut response = error_response(
@@ -502,30 +499,23 @@ fn messages(body: &[u8], request_id: &str, state: &Arc<State>, connection: &Arc<
             let status = StatusCode::from_u16(529).expect("529 is a status");
             return error_response(status, request_id, "overloaded_error", "Overloaded");
         }
-        ERROR_AFTER_200 => {
-            vec![Step::Event(start), Step::Event(event("error", error_body("overloaded_error", "Overloaded", None)))]
-        }
+        ERROR_AFTER_200 => vec![
+            Step::Event(event("message_start", &message_start(&model))),
+            Step::Event(event("error", &error_body("overloaded_error", "Overloaded", None))),
+        ],
         CUT => vec![
-            Step::Event(start),
-            Step::Event(event("content_block_start", content_block_start())),
-            Step::Event(event("content_block_delta", text_delta(TEXT_DELTAS[0]))),
-            Step::Event(event(
-                "message_delta",
-                json!({"type": "message_delta", "delta": {"stop_reason": null, "stop_sequence": null},
-                       "usage": {"output_tokens": CUT_USAGE.1}}),
-            )),
+            Step::Event(event("message_start", &message_start(&model))),
+            Step::Event(event("content_block_start", &shared::content_block_start())),
+            Step::Event(event("content_block_delta", &shared::text_delta(TEXT_DELTAS[0]))),
+            Step::Event(event("message_delta", &shared::message_delta(None, json!({"output_tokens": CUT_USAGE.1})))),
             Step::Reset,
         ],
         HOLD | SLOW_CANCEL => {
-            let mut steps = vec![Step::Event(start), Step::Gate];
-            steps.extend(rest_of_stream().into_iter().map(Step::Event));
-            steps
+            let mut events = complete_stream(&model).into_iter().map(Step::Event);
+            let start = events.next().expect("message_start");
+            [start, Step::Gate].into_iter().chain(events).collect()
         }
-        _ if stream => {
-            let mut steps = vec![Step::Event(start)];
-            steps.extend(rest_of_stream().into_iter().map(Step::Event));
-            steps
-        }
+        _ if stream => complete_stream(&model).into_iter().map(Step::Event).collect(),
         GZIP => {
             let mut response = json_response(StatusCode::OK, request_id, json!(null));
             response.headers_mut().insert("content-encoding", "gzip".parse().expect("header value"));
@@ -673,52 +663,26 @@ fn error_body(error_type: &str, message: &str, request_id: Option<&str>) -> Valu
     body
 }
 
-fn event(name: &str, data: Value) -> Bytes {
-    Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+/// One SSE event, as one body frame.
+fn event(name: &str, data: &Value) -> Bytes {
+    Bytes::from(shared::event(name, data))
 }
 
 fn message_start(model: &str) -> Value {
-    let (input, output, cache_creation, cache_read) = STREAM_START_USAGE;
-    json!({"type": "message_start", "message": {
-        "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": model, "content": [],
-        "stop_reason": null, "stop_sequence": null,
-        "usage": {"input_tokens": input, "cache_creation_input_tokens": cache_creation,
-                  "cache_read_input_tokens": cache_read, "output_tokens": output},
-    }})
+    shared::message_start(MESSAGE_ID, model, usage_json(STREAM_START_USAGE))
 }
 
-fn content_block_start() -> Value {
-    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
-}
-
-fn text_delta(text: &str) -> Value {
-    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
-}
-
-/// Everything after `message_start` in a complete stream.
-fn rest_of_stream() -> Vec<Bytes> {
-    let mut events = vec![event("ping", json!({"type": "ping"})), event("content_block_start", content_block_start())];
-    events.extend(TEXT_DELTAS.iter().map(|text| event("content_block_delta", text_delta(text))));
-    events.push(event("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
-    events.push(event(
-        "message_delta",
-        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null},
-               "usage": {"input_tokens": STREAM_USAGE.0, "cache_creation_input_tokens": null,
-                         "output_tokens": STREAM_USAGE.1}}),
-    ));
-    events.push(event("message_stop", json!({"type": "message_stop"})));
-    events
+/// Every event of a complete stream: its `message_delta` raises `input_tokens`, sets `output_tokens`, sends
+/// `cache_creation_input_tokens: null` and leaves out `cache_read_input_tokens` (see `STREAM_USAGE`).
+fn complete_stream(model: &str) -> Vec<Bytes> {
+    let end_usage = json!({"input_tokens": STREAM_USAGE.0, "cache_creation_input_tokens": null,
+                           "output_tokens": STREAM_USAGE.1});
+    let events = shared::stream(MESSAGE_ID, model, usage_json(STREAM_START_USAGE), TEXT_DELTAS, end_usage);
+    events.into_iter().map(Bytes::from).collect()
 }
 
 fn json_message(model: &str) -> Value {
-    let (input, output, cache_creation, cache_read) = JSON_USAGE;
-    json!({
-        "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": JSON_TEXT}],
-        "stop_reason": "end_turn", "stop_sequence": null,
-        "usage": {"input_tokens": input, "cache_creation_input_tokens": cache_creation,
-                  "cache_read_input_tokens": cache_read, "output_tokens": output},
-    })
+    shared::message(MESSAGE_ID, model, JSON_TEXT, usage_json(JSON_USAGE))
 }
 
 fn models() -> Value {
@@ -731,13 +695,9 @@ fn models() -> Value {
 
 // ---- The client side ----
 
-/// A Messages request body: `model`, `max_tokens`, one user message, and `stream` when true.
+/// A Messages request body: `model`, `max_tokens` 64, one user message, and `stream` when true.
 pub fn request_body(model: &str, stream: bool) -> String {
-    let mut body = json!({"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "Say hello"}]});
-    if stream {
-        body["stream"] = json!(true);
-    }
-    body.to_string()
+    shared::request_body(model, 64, "Say hello", stream)
 }
 
 /// A complete `POST /v1/messages?beta=true` request (origin-form) for `host`, with `x-api-key`, `anthropic-version`,
@@ -800,12 +760,6 @@ pub fn merged_usage(events: &[(String, Value)]) -> Usage {
         }
     }
     (merged[0], merged[1], merged[2], merged[3])
-}
-
-/// A usage as the audit record and the API name its fields.
-pub fn usage_json(usage: Usage) -> Value {
-    json!({"input_tokens": usage.0, "output_tokens": usage.1,
-           "cache_creation_input_tokens": usage.2, "cache_read_input_tokens": usage.3})
 }
 
 /// A usage read from a JSON object with the API's field names (absent fields are 0).

@@ -4,111 +4,22 @@
 //!
 //! Every certificate and key is written as PEM into the bundle's temp dir: `NAME.pem` and `NAME.key`.
 
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType,
-    SerialNumber,
+    CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose, KeyIdMethod, RevocationReason, RevokedCertParams,
+    SanType, SerialNumber,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-/// A certificate authority that signs leaves (and CRLs).
-pub struct Authority {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-    /// The CA certificate, PEM.
-    pub pem: PathBuf,
-}
+use super::tls::client_config;
 
-impl Authority {
-    fn new(dir: &Path, file: &str, name: &str) -> Self {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn(&[(DnType::CommonName, name), (DnType::OrganizationName, "tollgate tests")]);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("self-signed CA");
-        let pem = dir.join(format!("{file}.pem"));
-        std::fs::write(&pem, cert.pem()).expect("write CA");
-        Self { cert, key, pem }
-    }
+/// Certificate making, shared with the load harness.
+#[path = "../../support/pki.rs"]
+mod shared;
 
-    pub fn der(&self) -> CertificateDer<'static> {
-        self.cert.der().clone()
-    }
-
-    /// Signs `params` (a fresh key) and writes `NAME.pem` / `NAME.key` into `dir`.
-    fn issue(&self, dir: &Path, file: &str, params: CertificateParams) -> Leaf {
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.cert, &self.key).expect("sign leaf");
-        let (pem, key_path) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
-        std::fs::write(&pem, cert.pem()).expect("write leaf");
-        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
-        Leaf { der: cert.der().clone(), key_der: key.serialize_der(), pem, key: key_path }
-    }
-}
-
-/// An issued certificate with its key.
-pub struct Leaf {
-    pub der: CertificateDer<'static>,
-    key_der: Vec<u8>,
-    /// Certificate, PEM.
-    pub pem: PathBuf,
-    /// Private key, PEM (PKCS#8).
-    pub key: PathBuf,
-}
-
-impl Leaf {
-    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        vec![self.der.clone()]
-    }
-
-    pub fn private_key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
-    }
-}
-
-fn dn(parts: &[(DnType, &str)]) -> DistinguishedName {
-    let mut name = DistinguishedName::new();
-    for (kind, value) in parts {
-        name.push(kind.clone(), *value);
-    }
-    name
-}
-
-fn ia5(text: &str) -> rcgen::Ia5String {
-    text.try_into().expect("IA5 string")
-}
-
-/// A client leaf: clientAuth usage, the given subject and SANs.
-fn client_params(subject: &[(DnType, &str)], sans: Vec<SanType>) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = dn(subject);
-    params.subject_alt_names = sans;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params
-}
-
-/// A server leaf for `names` (DNS names; `127.0.0.1` becomes an IP SAN).
-fn server_params(names: &[&str]) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    params.distinguished_name = dn(&[(DnType::CommonName, names[0])]);
-    params.subject_alt_names = names
-        .iter()
-        .map(|name| match name.parse::<IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(ia5(name)),
-        })
-        .collect();
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params
-}
+use shared::{client_params, ia5, server_params};
+pub use shared::{Authority, Leaf};
 
 /// The principal names the good client certificates carry.
 pub const EMAIL: &str = "alice@corp.example";
@@ -238,15 +149,7 @@ impl Pki {
 
     /// A rustls client config that trusts `ca`, presenting `client` when given.
     pub fn client_config(&self, client: Option<&Leaf>) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.der()).expect("CA is a usable root");
-        let builder = rustls::ClientConfig::builder_with_provider(tollgate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_root_certificates(roots);
-        Arc::new(match client {
-            Some(leaf) => builder.with_client_auth_cert(leaf.chain(), leaf.private_key()).expect("client cert"),
-            None => builder.with_no_client_auth(),
-        })
+        let identity = client.map(|leaf| (leaf.chain(), leaf.private_key()));
+        Arc::new(client_config(vec![self.ca.der()], identity, rustls::DEFAULT_VERSIONS).expect("client config"))
     }
 }

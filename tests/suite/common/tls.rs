@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -13,6 +12,12 @@ use tokio::sync::{mpsc, Mutex};
 
 use super::pki::{Authority, Leaf};
 use super::{find, next_head, Response};
+
+/// The rustls configs, shared with the load harness.
+#[path = "../../support/tls.rs"]
+mod shared;
+
+pub use shared::{client_config, server_config};
 
 /// What the TLS origin saw on one TCP connection.
 #[derive(Debug)]
@@ -32,21 +37,8 @@ pub struct TlsOrigin {
 impl TlsOrigin {
     /// Serves `leaf`; with `client_ca`, a client certificate signed by it is required.
     pub async fn start(leaf: &Leaf, client_ca: Option<&Authority>) -> Self {
-        let builder = rustls::ServerConfig::builder_with_provider(tollgate::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions");
-        let builder = match client_ca {
-            Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add(ca.der()).expect("client CA");
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), tollgate::tls::provider())
-                    .build()
-                    .expect("client verifier");
-                builder.with_client_cert_verifier(verifier)
-            }
-            None => builder.with_no_client_auth(),
-        };
-        let config = builder.with_single_cert(leaf.chain(), leaf.private_key()).expect("origin certificate");
+        let config =
+            server_config(leaf.chain(), leaf.private_key(), client_ca.map(Authority::der)).expect("origin config");
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind TLS origin");
         let address = listener.local_addr().expect("TLS origin address");
