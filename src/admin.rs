@@ -12,28 +12,50 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::metrics::Sampled;
 use crate::shared::Shared;
 use crate::usage::{self, Filter, Format, Since};
 
-/// Serves admin requests until shutdown.
+/// Serves admin requests until shutdown, bounded like the proxy listeners: at most
+/// `server.max_admin_connections` at once (further ones are closed at once), each head within
+/// `server.header_read_timeout`, an idle keep-alive connection closed after it.
 pub async fn serve(shared: Arc<Shared>, socket: TcpListener) {
+    let config = shared.config.load_full();
+    let slots = Arc::new(Semaphore::new(config.server.max_admin_connections));
+    let header_timeout = config.server.header_read_timeout;
     loop {
         let (stream, _) = tokio::select! {
             accepted = socket.accept() => match accepted {
                 Ok(pair) => pair,
-                Err(_) => continue,
+                Err(error) => {
+                    // EMFILE and friends: say so and keep accepting once descriptors free up.
+                    tracing::warn!(listener = "admin", %error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
             },
             () = shared.shutdown.cut_tunnels.cancelled() => return,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared.metrics.client_error("admin", "connection_limit");
+            continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| respond(shared.clone(), request));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(64 * 1024)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(slot);
         });
     }
 }
@@ -46,7 +68,14 @@ async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Resp
         return Ok(admin(&shared, &request).await);
     }
     let (status, content_type, body) = match (&request.method, path) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render()),
+        (&Method::GET, "/metrics") => {
+            let sampled = Sampled {
+                log_lines_dropped: crate::logging::dropped_lines(),
+                password_checks_run: shared.verifiers.checks_run(),
+                password_checks_refused: shared.verifiers.checks_refused(),
+            };
+            (StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render_with(sampled))
+        }
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         (&Method::GET, "/readyz") if shared.shutdown.stop_accepting.is_cancelled() => {
             (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down\n".to_owned())

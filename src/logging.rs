@@ -1,8 +1,12 @@
 //! Log output that stays off the request path: formatted lines are appended to a shared buffer and a
 //! background thread writes them to stderr every 50 ms (sooner when 64 KiB are waiting). A request neither
 //! blocks on a slow terminal or pipe nor wakes another thread for each line.
+//!
+//! The buffer is bounded (`MAX_BUFFERED`): when stderr stalls (a full pipe nobody reads), further lines are
+//! dropped and counted (`tollgate_log_lines_dropped_total`) instead of growing memory.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -12,6 +16,16 @@ use tracing_subscriber::fmt::MakeWriter;
 const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Buffered bytes that wake the writer early.
 const FLUSH_AT: usize = 64 * 1024;
+/// Buffered bytes beyond which lines are dropped.
+const MAX_BUFFERED: usize = 4 << 20;
+
+/// Lines dropped because the buffer was full, since the process started.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines dropped so far because stderr did not keep up.
+pub fn dropped_lines() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
 
 #[derive(Debug, Default)]
 struct Shared {
@@ -79,6 +93,12 @@ pub struct Line<'a>(&'a Shared);
 impl Write for Line<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         let mut guard = self.0.lines.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.0.len() + bytes.len() > MAX_BUFFERED {
+            // Counted once per line: the formatter writes a line in one call.
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            self.0.wake.notify_one();
+            return Ok(bytes.len());
+        }
         guard.0.extend_from_slice(bytes);
         if guard.0.len() >= FLUSH_AT {
             self.0.wake.notify_one();

@@ -4,8 +4,8 @@
 //! one process and read each one's numbers.
 
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::llm::usage::Usage;
@@ -33,6 +33,18 @@ pub struct Metrics {
     dlp_blocks: IntCounterVec,
     dlp_matches: IntCounterVec,
     leaves: IntCounterVec,
+    password_checks: IntCounterVec,
+    log_lines_dropped: IntCounter,
+}
+
+/// Counts kept outside the registry (by the log writer and the password verifiers), copied in when rendered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sampled {
+    pub log_lines_dropped: u64,
+    /// argon2id checks run.
+    pub password_checks_run: u64,
+    /// Checks refused because every verifier was busy and the queue full.
+    pub password_checks_refused: u64,
 }
 
 /// One finished request, as counted.
@@ -102,6 +114,17 @@ impl Metrics {
             "Interception certificates served, by source (minted, cached).",
             &["source"],
         );
+        let password_checks = counter(
+            "tollgate_password_checks_total",
+            "argon2id password checks, by result: run, or refused because every verifier was busy (503).",
+            &["result"],
+        );
+        let log_lines_dropped = IntCounter::new(
+            "tollgate_log_lines_dropped_total",
+            "Log lines dropped because stderr did not keep up and the log buffer was full.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(log_lines_dropped.clone())).expect("unique metric");
         let cost_usd = CounterVec::new(
             Opts::new("tollgate_cost_usd_total", "Metered cost in USD by team and model."),
             &["team", "model"],
@@ -150,6 +173,8 @@ impl Metrics {
             dlp_blocks,
             dlp_matches,
             leaves,
+            password_checks,
+            log_lines_dropped,
         }
     }
 
@@ -231,6 +256,15 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
+    /// The Prometheus text, with the counts kept outside the registry brought up to date first.
+    pub fn render_with(&self, sampled: Sampled) -> String {
+        let advance = |counter: &IntCounter, total: u64| counter.inc_by(total.saturating_sub(counter.get()));
+        advance(&self.log_lines_dropped, sampled.log_lines_dropped);
+        advance(&self.password_checks.with_label_values(&["run"]), sampled.password_checks_run);
+        advance(&self.password_checks.with_label_values(&["refused"]), sampled.password_checks_refused);
+        self.render()
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");

@@ -40,6 +40,7 @@ impl AuthError {
             AuthError::Missing => "none",
             AuthError::InvalidToken(_) => "jwt",
             AuthError::Expired | AuthError::Revoked => "expired",
+            AuthError::Busy => "busy",
             _ => "basic",
         }
     }

@@ -5,7 +5,7 @@
 //! argon2 check, not one each.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OnceCell, Semaphore};
@@ -30,6 +30,9 @@ pub struct Verifiers {
     in_flight: AtomicUsize,
     capacity: usize,
     flights: Mutex<HashMap<Flight, Verdict>>,
+    /// Checks run (argon2id computed) and refused, since start.
+    run: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl Default for Verifiers {
@@ -48,6 +51,8 @@ impl Verifiers {
             in_flight: AtomicUsize::new(0),
             capacity: workers + queue,
             flights: Mutex::default(),
+            run: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -62,6 +67,7 @@ impl Verifiers {
                     // A new check takes a place in the pool or is refused: joining one in flight costs nothing.
                     if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.capacity {
                         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+                        self.refused.fetch_add(1, Ordering::Relaxed);
                         return Err(AuthError::Busy);
                     }
                     let cell = Arc::new(OnceCell::new());
@@ -84,7 +90,18 @@ impl Verifiers {
     /// Runs one check on the blocking pool once a worker is free.
     async fn run(&self, hash: Arc<str>, password: String) -> Result<bool, AuthError> {
         let Ok(_worker) = self.running.clone().acquire_owned().await else { return Err(AuthError::Busy) };
+        self.run.fetch_add(1, Ordering::Relaxed);
         Ok(basic::verify_blocking(hash, password).await)
+    }
+
+    /// Checks run since start (argon2id computed).
+    pub fn checks_run(&self) -> u64 {
+        self.run.load(Ordering::Relaxed)
+    }
+
+    /// Checks refused since start because the pool was full.
+    pub fn checks_refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Checks running or waiting now.
@@ -125,5 +142,6 @@ mod tests {
         assert_eq!(joined.await.unwrap(), Ok(true));
         assert_eq!(second.await.unwrap(), Ok(false));
         assert_eq!(verifiers.in_flight(), 0);
+        assert_eq!((verifiers.checks_run(), verifiers.checks_refused()), (2, 1), "one check for the shared credential");
     }
 }

@@ -127,7 +127,10 @@ pub async fn identify(
         }
     };
     identified.map_err(|error: AuthError| {
-        shared.metrics.auth_failure(error.method());
+        // A check the verifiers had no room for is not a failed sign-in (`tollgate_password_checks_total` counts it).
+        if error != AuthError::Busy {
+            shared.metrics.auth_failure(error.method());
+        }
         Error::Auth(error)
     })
 }
