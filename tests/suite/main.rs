@@ -16,6 +16,7 @@ mod gateway;
 mod http_framing;
 mod intercept;
 mod jwt;
+mod layout;
 mod limits;
 mod messages_stub;
 mod observability;
