@@ -78,7 +78,7 @@ pub struct Intercept {
     pub leaf_cache: usize,
 }
 
-/// `intercept.paths` compiled: globs where `*` also matches `/`.
+/// `intercept.paths` compiled: globs where `*` also matches `/`, matched without case on canonical paths.
 #[derive(Debug)]
 pub struct PathRules {
     allow: GlobSet,
@@ -163,8 +163,10 @@ impl Llm {
     }
 
     /// Whether requests to `path` are metered (and DLP-scanned and model-checked).
+    /// The path is canonical (`request::path`); letters compare without case, so that an upstream matching
+    /// paths without case cannot be reached past the meter with `/V1/Messages`.
     pub fn is_metered(&self, path: &str) -> bool {
-        self.meter_paths.iter().any(|p| p == path)
+        self.meter_paths.iter().any(|p| p.eq_ignore_ascii_case(path))
     }
 
     /// Whether CONNECTs to `target` are intercepted.
@@ -248,9 +250,10 @@ impl PathRules {
                 if !pattern.starts_with('/') {
                     return Err((format!("intercept.paths.{key}[{index}]"), format!("{pattern:?} must start with /")));
                 }
-                let glob = GlobBuilder::new(pattern).literal_separator(false).build().map_err(|e| {
-                    (format!("intercept.paths.{key}[{index}]"), format!("invalid glob {pattern:?}: {e}"))
-                })?;
+                let glob =
+                    GlobBuilder::new(pattern).literal_separator(false).case_insensitive(true).build().map_err(|e| {
+                        (format!("intercept.paths.{key}[{index}]"), format!("invalid glob {pattern:?}: {e}"))
+                    })?;
                 builder.add(glob);
             }
             builder.build().map_err(|e| (format!("intercept.paths.{key}"), e.to_string()))
@@ -268,5 +271,20 @@ impl PathRules {
         } else {
             Err(PathDenied { rule: "intercept.paths.allow".into() })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_rules_and_meter_paths_ignore_case() {
+        let paths = file::InterceptPaths { allow: vec!["/v1/*".into()], deny: vec!["/v1/files*".into()] };
+        let rules = PathRules::compile(&paths).expect("compiles");
+        assert!(rules.check("/v1/messages").is_ok());
+        assert!(rules.check("/V1/Messages").is_ok());
+        assert_eq!(rules.check("/V1/FILES/x").unwrap_err().rule.as_ref(), "intercept.paths.deny[0]");
+        assert_eq!(rules.check("/api/x").unwrap_err().rule.as_ref(), "intercept.paths.allow");
     }
 }
