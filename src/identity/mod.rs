@@ -251,22 +251,24 @@ impl Directory {
             self.check_throttle(client)?;
             return Ok(user.principal.clone());
         }
-        self.attempt(client, || async {
-            // An unknown user costs the same check as a known one, so names cannot be probed by timing.
-            let (name, hash): (Arc<str>, Arc<str>) = match known {
-                Some(user) => (user.principal.name.clone(), user.password_hash.clone()),
-                None => (Arc::from(user), Arc::from(basic::DUMMY_HASH)),
-            };
-            let verified = verifiers.verify((name, digest), hash, password).await?;
-            match known {
-                Some(user) if verified => {
-                    self.lock_verified().insert(user.principal.name.clone(), digest);
-                    Ok(user.principal.clone())
-                }
-                _ => Err(AuthError::Rejected),
+        // An unknown user costs the same check as a known one, so names cannot be probed by timing.
+        let (name, hash): (Arc<str>, Arc<str>) = match known {
+            Some(user) => (user.principal.name.clone(), user.password_hash.clone()),
+            None => (Arc::from(user), Arc::from(basic::DUMMY_HASH)),
+        };
+        // Counted as an attempt only by the request that starts the check: a burst of requests with one
+        // credential shares its check and is one attempt.
+        let checked = verifiers.verify((name, digest), hash, password, || self.begin_attempt(client)).await;
+        if checked.started && matches!(checked.verdict, Ok(true) | Err(AuthError::Busy)) {
+            self.end_attempt(client);
+        }
+        match (known, checked.verdict?) {
+            (Some(user), true) => {
+                self.lock_verified().insert(user.principal.name.clone(), digest);
+                Ok(user.principal.clone())
             }
-        })
-        .await
+            _ => Err(AuthError::Rejected),
+        }
     }
 
     /// One authentication attempt from `client`, counted toward `auth.failed_auth_limit` before it is checked (so

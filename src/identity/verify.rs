@@ -22,6 +22,14 @@ type Flight = (Arc<str>, [u8; 32]);
 /// The shared outcome of one check, which every request with the same credential awaits.
 type Verdict = Arc<OnceCell<Result<bool, AuthError>>>;
 
+/// The outcome of one request's check: the verdict, and whether this request started the check (only the
+/// request that started it counts as an attempt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub verdict: Result<bool, AuthError>,
+    pub started: bool,
+}
+
 /// The bounded pool of password checks.
 #[derive(Debug)]
 pub struct Verifiers {
@@ -56,23 +64,32 @@ impl Verifiers {
         }
     }
 
-    /// Whether `password` matches the argon2id `hash`; checks of the same `flight` share one verification. `Busy`
-    /// when every worker is busy and the queue is full.
-    pub async fn verify(&self, flight: Flight, hash: Arc<str>, password: String) -> Result<bool, AuthError> {
-        let cell = {
+    /// Whether `password` matches the argon2id `hash`; checks of the same `flight` share one verification. A new
+    /// check first calls `begin` (which may refuse it: the failed-attempt limit counts a check before it runs);
+    /// joining one in flight costs nothing. `Busy` when every worker is busy and the queue is full.
+    pub async fn verify(
+        &self,
+        flight: Flight,
+        hash: Arc<str>,
+        password: String,
+        begin: impl FnOnce() -> Result<(), AuthError>,
+    ) -> Checked {
+        let (cell, started) = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             match flights.get(&flight) {
-                Some(cell) => cell.clone(),
+                Some(cell) => (cell.clone(), false),
                 None => {
-                    // A new check takes a place in the pool or is refused: joining one in flight costs nothing.
+                    if let Err(refused) = begin() {
+                        return Checked { verdict: Err(refused), started: false };
+                    }
                     if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.capacity {
                         self.in_flight.fetch_sub(1, Ordering::AcqRel);
                         self.refused.fetch_add(1, Ordering::Relaxed);
-                        return Err(AuthError::Busy);
+                        return Checked { verdict: Err(AuthError::Busy), started: true };
                     }
                     let cell = Arc::new(OnceCell::new());
                     flights.insert(flight.clone(), cell.clone());
-                    cell
+                    (cell, true)
                 }
             }
         };
@@ -84,7 +101,7 @@ impl Verifiers {
                 verdict
             })
             .await;
-        verdict.clone()
+        Checked { verdict: verdict.clone(), started }
     }
 
     /// Runs one check on the blocking pool once a worker is free.
@@ -123,7 +140,7 @@ mod tests {
         let flight = |password: &str| (Arc::<str>::from("alice"), [password.len() as u8; 32]);
         let check = |password: &'static str| {
             let (verifiers, hash) = (verifiers.clone(), hash.clone());
-            tokio::spawn(async move { verifiers.verify(flight(password), hash, password.into()).await })
+            tokio::spawn(async move { verifiers.verify(flight(password), hash, password.into(), || Ok(())).await })
         };
         let first = check("right");
         while verifiers.in_flight() < 1 {
@@ -135,12 +152,12 @@ mod tests {
             tokio::task::yield_now().await;
         }
         // One worker and one place in the queue, both taken by distinct credentials: a third is refused at once.
-        let refused = verifiers.verify(flight("3rd"), hash.clone(), "3rd".into()).await;
-        assert_eq!(refused, Err(AuthError::Busy));
+        let refused = verifiers.verify(flight("3rd"), hash.clone(), "3rd".into(), || Ok(())).await;
+        assert_eq!(refused.verdict, Err(AuthError::Busy));
         drop(worker);
-        assert_eq!(first.await.unwrap(), Ok(true));
-        assert_eq!(joined.await.unwrap(), Ok(true));
-        assert_eq!(second.await.unwrap(), Ok(false));
+        assert_eq!(first.await.unwrap(), Checked { verdict: Ok(true), started: true });
+        assert_eq!(joined.await.unwrap(), Checked { verdict: Ok(true), started: false });
+        assert_eq!(second.await.unwrap(), Checked { verdict: Ok(false), started: true });
         assert_eq!(verifiers.in_flight(), 0);
         assert_eq!((verifiers.checks_run(), verifiers.checks_refused()), (2, 1), "one check for the shared credential");
     }
