@@ -20,7 +20,7 @@ use super::finish::Exchange;
 use crate::config::llm::{ModelUpstream, RouteRequest};
 use crate::config::Config;
 use crate::identity::{AuthError, Principal};
-use crate::limits::Admitted;
+use crate::limits::{Admitted, StateError};
 use crate::policy::Decision;
 use crate::shared::Shared;
 use crate::target::{Host, Target};
@@ -215,14 +215,19 @@ pub async fn limit(
             shared.metrics.rate_limited(refusal.scope().label());
             Err(Error::from(refusal))
         }
-        Err(error) if config.state.allow_on_error => {
-            tracing::warn!(%error, "limits not enforced: the state backend is unreachable (state.on_error: allow)");
-            shared.metrics.state_error(shared.limiter.backend_name());
-            Ok(Admitted::none())
-        }
-        Err(error) => {
-            shared.metrics.state_error(shared.limiter.backend_name());
-            Err(Error::StateUnavailable(error))
-        }
+        Err(error) => state_unreachable(shared, config, error, "limits").map(|()| Admitted::none()),
+    }
+}
+
+/// The one answer to a state backend that cannot be reached (limits, budgets), counted either way: with
+/// `state.on_error: allow` the request goes on unchecked (and a warning says which check was skipped), else it is
+/// refused with 503.
+pub fn state_unreachable(shared: &Shared, config: &Config, error: StateError, skipped: &str) -> Result<(), Error> {
+    shared.metrics.state_error(shared.limiter.backend_name());
+    if config.state.allow_on_error {
+        tracing::warn!(%error, "{skipped} not enforced: the state backend is unreachable (state.on_error: allow)");
+        Ok(())
+    } else {
+        Err(Error::StateUnavailable(error))
     }
 }

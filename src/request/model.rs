@@ -18,6 +18,7 @@ use http::HeaderMap;
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::admit::state_unreachable;
 use super::error::Error;
 use super::finish::Exchange;
 use super::path;
@@ -196,14 +197,6 @@ pub async fn reserve(
     match config.llm.budgets.reserve(shared.limiter.backend(), principal, worst_case, now).await {
         Ok(Ok(reservation)) => Ok(reservation),
         Ok(Err(refusal)) => Err(Error::BudgetSpent(refusal)),
-        Err(error) if config.state.allow_on_error => {
-            tracing::warn!(%error, "budgets not enforced: the state backend is unreachable (state.on_error: allow)");
-            shared.metrics.state_error(shared.limiter.backend_name());
-            Ok(Reservation::none())
-        }
-        Err(error) => {
-            shared.metrics.state_error(shared.limiter.backend_name());
-            Err(Error::StateUnavailable(error))
-        }
+        Err(error) => state_unreachable(shared, config, error, "budgets").map(|()| Reservation::none()),
     }
 }
