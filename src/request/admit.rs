@@ -188,7 +188,7 @@ async fn route(
     };
     let configured = matches!(upstream, Upstream::Configured(_));
     let target = upstream.target();
-    for address in shared.models.addresses(config, target, configured).await? {
+    for &address in shared.models.addresses(config, target, configured).await?.iter() {
         let checked = if configured {
             config.policy.check_upstream_address(address, target.port, &principal.teams)
         } else {

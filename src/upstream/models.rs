@@ -73,18 +73,15 @@ impl ModelClient {
 
     /// Every address a request to `target` may be sent to: the current resolution and the addresses pooled
     /// connections were dialled at. Empty when the parent proxy reaches `target` (it resolves and dials).
-    pub async fn addresses(&self, config: &Config, target: &Target, configured: bool) -> Result<Vec<IpAddr>, Error> {
+    pub async fn addresses(&self, config: &Config, target: &Target, configured: bool) -> Result<Arc<[IpAddr]>, Error> {
         if route(&config.upstream, target) == Route::Parent {
-            return Ok(Vec::new());
+            return Ok(Arc::new([]));
         }
-        let resolved = self.addresses.resolve(config, &self.own_addresses, target, configured).await?;
-        let mut all: Vec<IpAddr> = resolved.iter().map(SocketAddr::ip).collect();
-        for ip in self.addresses.dialled(target) {
-            if !all.contains(&ip) {
-                all.push(ip);
-            }
+        if let Some(known) = self.addresses.fresh(target) {
+            return Ok(known);
         }
-        Ok(all)
+        self.addresses.resolve(config, &self.own_addresses, target, configured).await?;
+        Ok(self.addresses.fresh(target).unwrap_or_else(|| Arc::new([])))
     }
 }
 
@@ -99,11 +96,26 @@ struct Host {
     resolved: Arc<[SocketAddr]>,
     at: Instant,
     dialled: Vec<IpAddr>,
+    /// `resolved` and `dialled` together, built when either changes: what a request checks, without allocating.
+    all: Arc<[IpAddr]>,
+}
+
+impl Host {
+    fn update_all(&mut self) {
+        let mut all: Vec<IpAddr> = self.resolved.iter().map(SocketAddr::ip).collect();
+        all.extend(self.dialled.iter().filter(|ip| !self.resolved.iter().any(|a| a.ip() == **ip)));
+        self.all = all.into();
+    }
 }
 
 impl Addresses {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Target, Host>> {
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The addresses to check for `target`, when its resolution is fresh.
+    fn fresh(&self, target: &Target) -> Option<Arc<[IpAddr]>> {
+        self.lock().get(target).filter(|host| host.at.elapsed() < ADDRESS_TTL).map(|host| host.all.clone())
     }
 
     /// The checked addresses of `target`, resolving them when none are fresh.
@@ -134,14 +146,12 @@ impl Addresses {
             resolved: resolved.clone(),
             at: Instant::now(),
             dialled: Vec::new(),
+            all: Arc::new([]),
         });
         host.resolved = resolved.clone();
         host.at = Instant::now();
+        host.update_all();
         Ok(resolved)
-    }
-
-    fn dialled(&self, target: &Target) -> Vec<IpAddr> {
-        self.lock().get(target).map(|host| host.dialled.clone()).unwrap_or_default()
     }
 
     fn note_dialled(&self, target: &Target, ip: IpAddr) {
@@ -151,6 +161,7 @@ impl Addresses {
                     host.dialled.remove(0);
                 }
                 host.dialled.push(ip);
+                host.update_all();
             }
         }
     }
