@@ -79,6 +79,10 @@ async fn forward(
 ) -> Result<Response<MeteredBody>, Error> {
     let shared = &session.shared;
     let peer = &session.peer;
+    if request.method() == http::Method::CONNECT {
+        // A tunnel inside a tunnel (or an h2 extended CONNECT) would carry bytes past every check below.
+        return Err(Error::BadRequest("CONNECT is not served here: open a tunnel to the proxy itself".to_owned()));
+    }
     let named = named_host(&session.origin, &request)?;
     let headers = request.headers();
     let credentials = match &session.origin {
