@@ -20,8 +20,9 @@ use crate::upstream::models::model_client;
 use crate::upstream::pool::Pool;
 use crate::{admin, listener, reload};
 
-/// Idle upstream connections kept per destination.
+/// Idle upstream connections kept per destination, and in all.
 const POOL_PER_TARGET: usize = 64;
+const POOL_TOTAL: usize = 4096;
 
 /// Options a test (or an embedding program) may set.
 #[derive(Debug, Clone)]
@@ -132,7 +133,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         config,
         metrics,
         auditor,
-        pool: Pool::new(POOL_PER_TARGET),
+        pool: Pool::new(POOL_PER_TARGET, POOL_TOTAL),
         own_addresses,
         models,
         minter,

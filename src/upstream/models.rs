@@ -35,6 +35,8 @@ pub type RequestBody = http_body_util::Full<bytes::Bytes>;
 const ADDRESS_TTL: Duration = Duration::from_secs(30);
 /// Upstream hosts whose addresses are kept (intercepted hosts and configured upstreams: few in practice).
 const MAX_HOSTS: usize = 4096;
+/// Idle pooled connections kept per model host.
+const MAX_IDLE_PER_HOST: usize = 64;
 /// Addresses remembered per host as dialled (pooled connections may still use them).
 const MAX_DIALLED: usize = 32;
 
@@ -58,6 +60,8 @@ pub fn model_client(config: Arc<ArcSwap<Config>>, own_addresses: Arc<[SocketAddr
     let addresses = Arc::new(Addresses::default());
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(idle)
+        // Model hosts are few; their idle connections are bounded all the same.
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http1_preserve_header_case(true)

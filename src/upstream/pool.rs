@@ -34,16 +34,33 @@ pub struct Connection {
     pub reused: bool,
 }
 
-/// Idle keep-alive connections to upstreams.
+/// Idle keep-alive connections to upstreams, at most `max_per_target` per destination and `max_total` in all
+/// (each holds a socket: clients reaching many destinations cannot make tollgate keep sockets without bound).
 #[derive(Debug)]
 pub struct Pool {
-    idle: Mutex<HashMap<PoolKey, Vec<(Connection, Instant)>>>,
+    idle: Mutex<Idle>,
     max_per_target: usize,
+    max_total: usize,
+}
+
+#[derive(Debug, Default)]
+struct Idle {
+    by_key: HashMap<PoolKey, Vec<(Connection, Instant)>>,
+    total: usize,
 }
 
 impl Pool {
-    pub fn new(max_per_target: usize) -> Arc<Self> {
-        Arc::new(Self { idle: Mutex::default(), max_per_target })
+    pub fn new(max_per_target: usize, max_total: usize) -> Arc<Self> {
+        Arc::new(Self { idle: Mutex::default(), max_per_target, max_total })
+    }
+
+    /// Idle connections kept now.
+    pub fn len(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The newest live idle connection for `key` whose address the current policy still allows to a principal
@@ -56,8 +73,10 @@ impl Pool {
         max_idle: Duration,
     ) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(key)?;
+        let Idle { by_key, total } = &mut *idle;
+        let list = by_key.get_mut(key)?;
         while let Some((mut connection, since)) = list.pop() {
+            *total -= 1;
             let still_allowed = connection.route == Route::Parent
                 || policy.check_address(connection.peer.ip(), connection.peer.port(), teams).is_ok();
             // A connection idle for under a second is taken on trust (a probe costs a syscall per request);
@@ -79,18 +98,59 @@ impl Pool {
         }
         connection.buf = BytesMut::new();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(key).or_default();
+        if idle.total >= self.max_total {
+            return;
+        }
+        let Idle { by_key, total } = &mut *idle;
+        let list = by_key.entry(key).or_default();
         if list.len() < self.max_per_target {
             list.push((connection, Instant::now()));
+            *total += 1;
         }
     }
 
     /// Drops connections idle for longer than `max_idle`.
     pub fn prune(&self, max_idle: Duration) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|_, list| {
+        idle.by_key.retain(|_, list| {
             list.retain(|(_, since)| since.elapsed() < max_idle);
             !list.is_empty()
         });
+        idle.total = idle.by_key.values().map(Vec::len).sum();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn connection(listener: &tokio::net::TcpListener) -> Connection {
+        let address = listener.local_addr().unwrap();
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        Connection {
+            stream: Stream::Tcp(stream),
+            buf: BytesMut::new(),
+            peer: address,
+            route: Route::Direct,
+            reused: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_at_most_its_total_and_its_share_per_target() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = Pool::new(2, 3);
+        let key =
+            |port: u16| PoolKey { target: Target::parse_authority(&format!("a.test:{port}")).unwrap(), tls: false };
+        for _ in 0..3 {
+            pool.checkin(key(1), connection(&listener).await);
+        }
+        assert_eq!(pool.len(), 2, "two per target");
+        for port in 2..5 {
+            pool.checkin(key(port), connection(&listener).await);
+        }
+        assert_eq!(pool.len(), 3, "three in all");
+        pool.prune(Duration::ZERO);
+        assert!(pool.is_empty());
     }
 }
