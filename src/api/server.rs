@@ -8,6 +8,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use super::session::{Origin, Session};
 use super::{handle, idle};
 
+/// Bytes an h2 client may send on one stream, and on one connection, before tollgate reads them.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Requests one h2 connection may have open at once.
+const H2_MAX_STREAMS: u32 = 100;
+
 /// Serves HTTP/1.1 or h2 (by ALPN or preface) on `io` until the client closes, the connection idles out
 /// (`server.keepalive_timeout`, h2 included) or shutdown begins.
 pub async fn serve<I>(session: Arc<Session>, io: I)
@@ -24,7 +30,14 @@ where
         // Also bounds an idle keep-alive connection's wait for its next request.
         .header_read_timeout(config.server.keepalive_timeout.max(config.server.header_read_timeout))
         .max_buf_size(config.server.max_header_bytes.max(8192));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(config.server.max_header_bytes as u32);
+    // h2 bounds what a client may push before tollgate reads it: per stream, per connection, and streams at once.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(config.server.max_header_bytes as u32)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_concurrent_streams(H2_MAX_STREAMS);
     let shutdown = session.shared.shutdown.stop_accepting.clone();
     let activity = idle::Activity::new();
     let service_session = session.clone();
