@@ -412,8 +412,8 @@ async fn partial_heads_are_closed_by_the_header_timeout_on_every_listener() {
     let metrics = tollgate.metrics().await;
     let timeouts = "tollgate_client_errors_total{listener=\"proxy\",reason=\"header_timeout\"}";
     assert_eq!(common::metric_value(&metrics, timeouts), CONNECTIONS as f64, "{metrics}");
-    let errors = "tollgate_client_errors_total{listener=\"gateway\",reason=\"http_error\"}";
-    assert_eq!(common::metric_value(&metrics, errors), CONNECTIONS as f64, "{metrics}");
+    let timeouts = "tollgate_client_errors_total{listener=\"gateway\",reason=\"header_timeout\"}";
+    assert_eq!(common::metric_value(&metrics, timeouts), CONNECTIONS as f64, "{metrics}");
     for listener in ["proxy", "gateway"] {
         let active = format!("tollgate_connections_active{{listener=\"{listener}\"}}");
         assert_eq!(common::metric_value(&metrics, &active), 0.0, "{metrics}");
