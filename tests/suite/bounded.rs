@@ -526,10 +526,10 @@ async fn a_log_pipe_nobody_reads_drops_lines_instead_of_growing_memory() {
     for client in clients {
         assert_eq!(client.await.expect("a client"), PER_CONNECTION);
     }
+    assert_rss_growth(&tollgate, before, 48, "100 MB of log lines into a full pipe");
     let dropped = tollgate.metric("tollgate_log_lines_dropped_total").await;
+    eprintln!("log lines dropped: {dropped}");
     assert!(dropped > 0.0, "lines were dropped: {dropped}");
     let denied = tollgate.metric(&requests_sample("deny", "http", "proxy", "default")).await;
     assert_eq!(denied, (CONNECTIONS * PER_CONNECTION) as f64, "every request was answered and counted");
-    eprintln!("log lines dropped: {dropped}");
-    assert_rss_growth(&tollgate, before, 48, "100 MB of log lines into a full pipe");
 }
