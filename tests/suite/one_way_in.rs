@@ -138,7 +138,8 @@ async fn an_absolute_form_model_request_gets_every_check_of_an_intercepted_one()
         let before = setup.stub.requests().len();
         let anonymous =
             exchange_until_closed(proxy, &absolute_post(&url("/v1/messages"), &message(MODEL, 64), &[])).await;
-        assert_api_error(&anonymous, 407, "authentication_error", None);
+        let text = assert_api_error(&anonymous, 407, "authentication_error", None);
+        assert!(text.contains("Proxy-Authorization"), "a proxy client is told what the proxy wants: {text}");
         assert_eq!(
             anonymous.header("proxy-authenticate").as_deref(),
             Some("Basic realm=\"tollgate\""),
