@@ -60,9 +60,10 @@ fn get_as(url: &str, user: &str, password: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Sends each request on its own connection, all at once: every connection is opened and sent all of its request
-/// but the last byte first, then the last bytes go out back to back, so the gateway sees the requests together.
-/// Returns the responses in order (status 0 for a connection closed without one).
+/// Sends each request (which asks for `Connection: close`) on its own connection, all at once: every connection is
+/// opened and sent all of its request but the last byte first, then the last bytes go out back to back, so the
+/// gateway sees the requests together. Returns the responses in order (status 0 for a connection closed without
+/// one) once the gateway has closed every connection, so their records and metrics are in place.
 async fn burst(address: SocketAddr, requests: Vec<Vec<u8>>) -> Vec<Response> {
     let mut opened = Vec::with_capacity(requests.len());
     for request in requests {
@@ -75,7 +76,9 @@ async fn burst(address: SocketAddr, requests: Vec<Vec<u8>>) -> Vec<Response> {
         .map(|(mut stream, last)| {
             tokio::spawn(async move {
                 stream.write_all(&[last]).await.expect("write the last byte");
-                read_response(&mut stream).await
+                let response = read_response(&mut stream).await;
+                assert!(common::closed_by_peer(&mut stream).await, "the gateway closes after {response:?}");
+                response
             })
         })
         .collect();
@@ -348,7 +351,7 @@ async fn a_stalled_request_body_gets_408() {
         assert!(answer.contains("server.body_read_timeout"), "upload {index}: {answer}");
     }
     assert!(stub.requests().is_empty(), "no stalled upload reached the stub");
-    // 8 × 100 KiB were held at once; with them released, 10 such uploads fit again.
+    // 8 × 100 KiB were held at once: had they not been released, 8 more would not fit in 1 MiB.
     let mut whole = upload_head(body.len()).replace("\r\n\r\n", "\r\nconnection: close\r\n\r\n").into_bytes();
     whole.extend_from_slice(&body);
     let responses = burst(gateway, vec![whole; 8]).await;
@@ -518,7 +521,9 @@ async fn a_log_pipe_nobody_reads_drops_lines_instead_of_growing_memory() {
                         answered += 1;
                     }
                 }
+                // Closing our side, and waiting for the proxy to close its own, puts the last record in place.
                 drop(writer.await);
+                assert_eq!(read.read(&mut [0u8; 1]).await.expect("read the end"), 0, "the proxy closes after us");
                 answered
             })
         })

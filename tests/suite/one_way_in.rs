@@ -494,6 +494,7 @@ async fn every_spelling_is_one_path(setup: &Intercepting, mut client: Client, ki
     assert_eq!(input, (SPELLINGS.len() as u64 * JSON_USAGE.0) as f64, "each spelling metered once");
 }
 
+/// `every_spelling_is_one_path` over HTTP/1.1 on one keep-alive tunnel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_spelling_is_one_path_inside_an_http1_tunnel() {
     let setup = paths_setup().await;
@@ -501,6 +502,7 @@ async fn every_spelling_is_one_path_inside_an_http1_tunnel() {
     every_spelling_is_one_path(&setup, client, "intercepted").await;
 }
 
+/// `every_spelling_is_one_path` over h2 inside a tunnel (hyper's client sends each spelling as `:path`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_spelling_is_one_path_inside_an_h2_tunnel() {
     let setup = paths_setup().await;
@@ -508,6 +510,7 @@ async fn every_spelling_is_one_path_inside_an_h2_tunnel() {
     every_spelling_is_one_path(&setup, client, "intercepted").await;
 }
 
+/// `every_spelling_is_one_path` on one keep-alive gateway connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_spelling_is_one_path_on_a_gateway_listener() {
     let setup = paths_setup().await;
