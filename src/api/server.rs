@@ -1,5 +1,5 @@
-//! A connection of model-API requests served by hyper: HTTP/1.1 or h2, header limits, and the idle timeout
-//! hyper does not apply to h2 on its own.
+//! A connection of model-API requests served by hyper: HTTP/1.1 or h2, header limits, and the idle and head
+//! timeouts hyper does not apply on its own (`idle`).
 
 use std::sync::Arc;
 
@@ -15,7 +15,8 @@ const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 const H2_MAX_STREAMS: u32 = 100;
 
 /// Serves HTTP/1.1 or h2 (by ALPN or preface) on `io` until the client closes, the connection idles out
-/// (`server.keepalive_timeout`, h2 included) or shutdown begins.
+/// (`server.keepalive_timeout`, h2 included), an HTTP/1.1 request head is late (`server.header_read_timeout`) or
+/// shutdown begins.
 pub async fn serve<I>(session: Arc<Session>, io: I)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -45,7 +46,7 @@ where
     let service = hyper::service::service_fn(move |request| {
         handle::handle(service_session.clone(), service_activity.begin(), request)
     });
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    let connection = builder.serve_connection(TokioIo::new(activity.watch(io)), service);
     tokio::pin!(connection);
     let ended = tokio::select! {
         ended = connection.as_mut() => ended,
@@ -57,6 +58,12 @@ where
             tracing::debug!(listener = %session.peer.listener, client = %session.peer.address, "idle connection closed (server.keepalive_timeout)");
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        () = activity.head_overdue(config.server.header_read_timeout) => {
+            // A head that has not arrived cannot be answered: the connection is closed, as on the proxy listener.
+            session.shared.metrics.client_error(&session.peer.listener, "header_timeout");
+            tracing::debug!(listener = %session.peer.listener, client = %session.peer.address, "request head not received in time (server.header_read_timeout)");
+            return;
         }
     };
     if let Err(error) = ended {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OnceCell, Semaphore};
 
-use super::basic;
+use super::basic::{self, Scratch};
 use super::error::AuthError;
 
 /// Checks allowed to wait for a worker, per worker.
@@ -41,6 +41,9 @@ pub struct Verifiers {
     /// Checks run (argon2id computed) and refused, since start.
     run: AtomicU64,
     refused: AtomicU64,
+    /// The memory of checks not running now, at most one per worker: reused, so the checks' memory stays that of
+    /// the workers.
+    scratch: Mutex<Vec<Scratch>>,
 }
 
 impl Default for Verifiers {
@@ -61,6 +64,7 @@ impl Verifiers {
             flights: Mutex::default(),
             run: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            scratch: Mutex::default(),
         }
     }
 
@@ -108,7 +112,10 @@ impl Verifiers {
     async fn run(&self, hash: Arc<str>, password: String) -> Result<bool, AuthError> {
         let Ok(_worker) = self.running.clone().acquire_owned().await else { return Err(AuthError::Busy) };
         self.run.fetch_add(1, Ordering::Relaxed);
-        Ok(basic::verify_blocking(hash, password).await)
+        let scratch = self.scratch.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
+        let (verified, scratch) = basic::verify_blocking(hash, password, scratch).await;
+        self.scratch.lock().unwrap_or_else(|p| p.into_inner()).push(scratch);
+        Ok(verified)
     }
 
     /// Checks run since start (argon2id computed).

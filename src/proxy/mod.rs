@@ -37,16 +37,18 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
     let mut buf = BytesMut::with_capacity(4096);
     let mut first = true;
     loop {
-        let config = shared.config.load_full();
         if !first && buf.is_empty() {
             // Wait for the next request by reading (not by socket readiness: TLS may hold decrypted bytes).
-            let wait = tokio::time::timeout(config.server.keepalive_timeout, client.read_buf(&mut buf));
+            let keepalive_timeout = shared.config.load().server.keepalive_timeout;
+            let wait = tokio::time::timeout(keepalive_timeout, client.read_buf(&mut buf));
             tokio::select! {
                 read = wait => if !matches!(read, Ok(Ok(1..))) { return },
                 () = shared.shutdown.stop_accepting.cancelled() => return,
             }
         }
         first = false;
+        // Loaded once the request has begun to arrive: a reload while the connection was idle applies to it.
+        let config = shared.config.load_full();
         let head = match read_request_head(&shared, &config, &mut client, &mut buf, &peer).await {
             Some(head) => head,
             None => return,

@@ -334,7 +334,7 @@ impl Error {
             }),
             Shape::Api | Shape::ProxiedApi => serde_json::json!({
                 "type": "error",
-                "error": { "type": self.anthropic_type(), "message": self.api_message() },
+                "error": { "type": self.anthropic_type(), "message": self.api_message(shape) },
                 "request_id": request_id,
             }),
         }
@@ -409,9 +409,14 @@ impl Error {
         }
     }
 
-    /// The message a developer reads: what happened, the rule, and what to do.
-    fn api_message(&self) -> String {
+    /// The message a developer reads: what happened, the rule, and what to do. Missing credentials are named by
+    /// the door: a request sent through the proxy (`ProxiedApi`) proves itself to the proxy.
+    fn api_message(&self, shape: Shape) -> String {
         match self {
+            Error::Auth(AuthError::Missing | AuthError::UnsupportedScheme) if shape == Shape::ProxiedApi => {
+                "tollgate: proxy authentication required: send Proxy-Authorization: Basic <base64 of USER:PASSWORD> (or Bearer <jwt> with auth.jwt)"
+                    .to_owned()
+            }
             Error::Auth(AuthError::Missing) => {
                 "tollgate: authentication required: send Authorization: Bearer <token> or x-api-key: USER:PASSWORD".to_owned()
             }

@@ -5,6 +5,7 @@
 mod common;
 
 mod auth;
+mod bounded;
 mod budgets;
 mod budgets_e2e;
 mod certs;
@@ -20,6 +21,7 @@ mod layout;
 mod limits;
 mod messages_stub;
 mod observability;
+mod one_way_in;
 mod parent_proxy;
 mod redis_limits;
 mod reload;

@@ -2,6 +2,7 @@
 //!
 //! Nothing here sleeps to synchronise: tests wait on sockets, channels and the audit flush.
 
+pub mod binary;
 pub mod gateway;
 pub mod intercept;
 pub mod messages;
