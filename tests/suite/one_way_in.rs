@@ -558,6 +558,23 @@ async fn a_request_naming_another_host_inside_a_tunnel_is_misdirected() {
     assert_eq!(setup.gateway.metric(misdirected).await, 6.0);
 }
 
+/// A CONNECT inside an intercepted tunnel would open a tunnel inside the tunnel and carry bytes past every check:
+/// it is refused with 400 and reaches nothing, and the connection goes on serving requests for its host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_inside_a_tunnel_is_refused() {
+    let setup = paths_setup().await;
+    let mut tls = setup.tunnel_as(Some(&basic(ALICE.name, ALICE.password))).await;
+    let mut buf = Vec::new();
+    let connect = format!("CONNECT {API_HOST}:443 HTTP/1.1\r\nHost: {API_HOST}:443\r\n\r\n");
+    let response = send(&mut tls, connect.as_bytes(), &mut buf).await;
+    let text = assert_api_error(&response, 400, "invalid_request_error", None);
+    assert!(text.contains("CONNECT is not served here"), "{text}");
+    assert!(setup.stub.requests().is_empty(), "nothing reached the stub");
+    let records = setup.gateway.audit().await;
+    let refused: Vec<_> = records_of(&records, "intercepted").iter().map(|r| r["method"].clone()).collect();
+    assert_eq!(refused, [Value::from("CONNECT")], "{records:#?}");
+}
+
 /// Query strings reach the upstream and nothing else: through every door of the real binary (a gateway listener,
 /// an intercepted tunnel, an absolute-form request to the model host, a plain absolute-form request, refusals of a
 /// denied and of a malformed path), no secret-looking query value appears in the audit file or the log, which
