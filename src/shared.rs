@@ -46,7 +46,7 @@ pub struct Shared {
     pub body_buffers: Arc<Semaphore>,
     pub limiter: Limiter,
     /// The bounded pool of password checks (argon2id), shared by every snapshot.
-    pub verifiers: Verifiers,
+    pub verifiers: Arc<Verifiers>,
     pub clock: Arc<dyn Clock>,
     /// Config version: 1 at start, +1 for each successful reload.
     pub version: AtomicU64,
@@ -150,7 +150,7 @@ impl Shared {
             connection_slots: Arc::new(Semaphore::new(parts.max_connections)),
             body_buffers: Arc::new(Semaphore::new(parts.max_buffered_body_bytes as usize)),
             limiter: parts.limiter,
-            verifiers: Verifiers::default(),
+            verifiers: Arc::new(Verifiers::default()),
             clock: parts.clock,
             version: AtomicU64::new(1),
             watched: Mutex::new(watched),

@@ -103,8 +103,7 @@ async fn forward(
     let upstream = admission.upstream.expect("a model destination is routed");
     let principal = exchange.principal.clone().expect("admitted requests have a principal");
 
-    let path = model::check_path(config, request.uri().path())?.into_owned();
-    exchange.path = Some(path.clone());
+    let path = model::check_path(config, request.uri().path(), exchange)?.into_owned();
     let (mut parts, body) = request.into_parts();
     let body = model::read_body(config, &shared.body_buffers, &parts.headers, body).await?;
     exchange.bytes_up = body.bytes.len() as u64;

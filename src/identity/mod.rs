@@ -184,7 +184,7 @@ impl Directory {
         proxy_authorization: Option<&[u8]>,
         client: IpAddr,
         now: SystemTime,
-        verifiers: &Verifiers,
+        verifiers: &Arc<Verifiers>,
     ) -> Result<Principal, AuthError> {
         let Some(header) = proxy_authorization else {
             return self.anonymous.clone().ok_or(AuthError::Missing);
@@ -212,7 +212,7 @@ impl Directory {
         api_key: Option<&[u8]>,
         client: IpAddr,
         now: SystemTime,
-        verifiers: &Verifiers,
+        verifiers: &Arc<Verifiers>,
     ) -> Result<Principal, AuthError> {
         // SDKs send an API key as `Authorization: Bearer KEY` (the Python SDK) or as both headers (Claude
         // Code's apiKeyHelper): a bearer value that is not a JWT is taken as the API key.
@@ -242,7 +242,7 @@ impl Directory {
         user: &str,
         password: String,
         client: IpAddr,
-        verifiers: &Verifiers,
+        verifiers: &Arc<Verifiers>,
     ) -> Result<Principal, AuthError> {
         let digest = self.digest(password.as_bytes());
         let known = self.users.get(user);

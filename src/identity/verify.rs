@@ -2,13 +2,14 @@
 //! at once (about the core count, on the blocking pool), at most `queue` more wait for one, and anything beyond
 //! is refused at once (`AuthError::Busy`, a 503) instead of queueing without bound. Concurrent checks of the same
 //! credential run once and share the result, so a burst of connections opened with one valid password costs one
-//! argon2 check, not one each.
+//! argon2 check, not one each. A check runs in a task of its own: a client that goes away while its check waits
+//! or runs cannot leave the pool's count or the shared result behind.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 use super::basic::{self, Scratch};
 use super::error::AuthError;
@@ -20,7 +21,7 @@ const QUEUE_PER_WORKER: usize = 16;
 type Flight = (Arc<str>, [u8; 32]);
 
 /// The shared outcome of one check, which every request with the same credential awaits.
-type Verdict = Arc<OnceCell<Result<bool, AuthError>>>;
+type Verdict = watch::Receiver<Option<Result<bool, AuthError>>>;
 
 /// The outcome of one request's check: the verdict, and whether this request started the check (only the
 /// request that started it counts as an attempt).
@@ -72,16 +73,16 @@ impl Verifiers {
     /// check first calls `begin` (which may refuse it: the failed-attempt limit counts a check before it runs);
     /// joining one in flight costs nothing. `Busy` when every worker is busy and the queue is full.
     pub async fn verify(
-        &self,
+        self: &Arc<Self>,
         flight: Flight,
         hash: Arc<str>,
         password: String,
         begin: impl FnOnce() -> Result<(), AuthError>,
     ) -> Checked {
-        let (cell, started) = {
+        let (mut verdict, started) = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             match flights.get(&flight) {
-                Some(cell) => (cell.clone(), false),
+                Some(verdict) => (verdict.clone(), false),
                 None => {
                     if let Err(refused) = begin() {
                         return Checked { verdict: Err(refused), started: false };
@@ -91,21 +92,25 @@ impl Verifiers {
                         self.refused.fetch_add(1, Ordering::Relaxed);
                         return Checked { verdict: Err(AuthError::Busy), started: true };
                     }
-                    let cell = Arc::new(OnceCell::new());
-                    flights.insert(flight.clone(), cell.clone());
-                    (cell, true)
+                    let (send, verdict) = watch::channel(None);
+                    flights.insert(flight.clone(), verdict.clone());
+                    let verifiers = self.clone();
+                    tokio::spawn(async move {
+                        let checked = verifiers.run(hash, password).await;
+                        let _ = send.send(Some(checked));
+                        verifiers.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&flight);
+                        verifiers.in_flight.fetch_sub(1, Ordering::AcqRel);
+                    });
+                    (verdict, true)
                 }
             }
         };
-        let verdict = cell
-            .get_or_init(|| async {
-                let verdict = self.run(hash, password).await;
-                self.flights.lock().unwrap_or_else(|p| p.into_inner()).remove(&flight);
-                self.in_flight.fetch_sub(1, Ordering::AcqRel);
-                verdict
-            })
-            .await;
-        Checked { verdict: verdict.clone(), started }
+        let checked = match verdict.wait_for(Option::is_some).await {
+            Ok(checked) => checked.clone().unwrap_or(Err(AuthError::Busy)),
+            // The check's task ended without a verdict (the runtime is shutting down).
+            Err(_) => Err(AuthError::Busy),
+        };
+        Checked { verdict: checked, started }
     }
 
     /// Runs one check on the blocking pool once a worker is free.
@@ -167,5 +172,34 @@ mod tests {
         assert_eq!(second.await.unwrap(), Checked { verdict: Ok(false), started: true });
         assert_eq!(verifiers.in_flight(), 0);
         assert_eq!((verifiers.checks_run(), verifiers.checks_refused()), (2, 1), "one check for the shared credential");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_goes_away_leaves_nothing_behind() {
+        let hash: Arc<str> = basic::hash_password("right").expect("hashes").into();
+        let verifiers = Arc::new(Verifiers::new(1, 1));
+        let worker = verifiers.running.clone().acquire_owned().await.expect("the semaphore is open");
+        let flight = (Arc::<str>::from("alice"), [1; 32]);
+        let gone = tokio::spawn({
+            let (verifiers, hash, flight) = (verifiers.clone(), hash.clone(), flight.clone());
+            async move { verifiers.verify(flight, hash, "right".into(), || Ok(())).await }
+        });
+        while verifiers.in_flight() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // The request waiting for its check is dropped (its client closed the connection).
+        gone.abort();
+        assert!(gone.await.unwrap_err().is_cancelled());
+        drop(worker);
+        // The check still ends on its own, gives its place back and leaves no shared result behind.
+        let settled = async {
+            while verifiers.in_flight() > 0 || !verifiers.flights.lock().unwrap().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), settled).await.expect("the pool is whole again");
+        assert_eq!(verifiers.checks_run(), 1);
+        let again = verifiers.verify(flight, hash, "right".into(), || Ok(())).await;
+        assert_eq!(again, Checked { verdict: Ok(true), started: true });
     }
 }

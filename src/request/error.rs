@@ -396,7 +396,7 @@ impl Error {
         match self {
             Error::Auth(AuthError::Throttled { .. }) | Error::RateLimited { .. } => "rate_limit_error",
             Error::ConcurrencyLimited { .. } => "rate_limit_error",
-            Error::Auth(AuthError::Busy) => "overloaded_error",
+            Error::Auth(AuthError::Busy) | Error::BuffersFull(_) => "overloaded_error",
             Error::Auth(_) => "authentication_error",
             Error::BudgetSpent(_) => "billing_error",
             Error::BodyTooLarge(_) => "request_too_large",

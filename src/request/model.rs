@@ -28,9 +28,12 @@ use crate::limits::budget::Reservation;
 use crate::llm::request::RequestFacts;
 use crate::shared::Shared;
 
-/// Phase 5: the canonical path, if the path rules allow it.
-pub fn check_path<'a>(config: &Config, raw: &'a str) -> Result<Cow<'a, str>, Error> {
+/// Phase 5: the canonical path, if the path rules allow it; the exchange records the canonical path.
+pub fn check_path<'a>(config: &Config, raw: &'a str, exchange: &mut Exchange) -> Result<Cow<'a, str>, Error> {
     let canonical = path::canonical(raw).map_err(|problem| Error::BadRequest(format!("path {raw:?}: {problem}")))?;
+    if canonical != raw {
+        exchange.path = Some(canonical.to_string());
+    }
     config
         .llm
         .paths
