@@ -226,26 +226,47 @@ fn find_in_digit_runs(body: &[u8], wanted: DigitFindings) -> DigitFindings {
     found
 }
 
-/// The index of the first ASCII digit at or after `from`, 16 bytes at a time (a loop the compiler vectorises).
+/// The index of the first ASCII digit at or after `from`, 8 bytes at a time.
 fn next_digit(body: &[u8], from: usize) -> Option<usize> {
     let rest = body.get(from..)?;
-    let mut chunks = rest.chunks_exact(16);
+    let mut words = rest.chunks_exact(8);
     let mut offset = from;
-    for chunk in &mut chunks {
-        let digits = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |mask, (index, byte)| mask | (u32::from(byte.wrapping_sub(b'0') < 10) << index));
+    for word in &mut words {
+        let digits = digit_flags(u64::from_le_bytes(word.try_into().unwrap_or_default()));
         if digits != 0 {
-            return Some(offset + digits.trailing_zeros() as usize);
+            return Some(offset + (digits.trailing_zeros() / 8) as usize);
         }
-        offset += 16;
+        offset += 8;
     }
-    chunks.remainder().iter().position(u8::is_ascii_digit).map(|index| offset + index)
+    words.remainder().iter().position(u8::is_ascii_digit).map(|index| offset + index)
+}
+
+/// The top bit of each byte of `word` that is an ASCII digit; all other bits 0. Exact for every byte: the sums
+/// are taken on the low seven bits of each byte, so no carry reaches the next one.
+fn digit_flags(word: u64) -> u64 {
+    const LOW_SEVEN: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    let low = word & LOW_SEVEN;
+    let from_zero = low + 0x5050_5050_5050_5050; // top bit set from b'0' (0x30) up
+    let past_nine = low + 0x4646_4646_4646_4646; // top bit set from b':' (0x3A) up
+    from_zero & !past_nine & !word & !LOW_SEVEN
 }
 
 /// Reads the run starting at `start` (a digit), checking each window that ends at each group; returns the end.
 fn read_run(body: &[u8], start: usize, wanted: DigitFindings, found: &mut DigitFindings) -> usize {
+    let mut end = start;
+    while body.get(end).is_some_and(u8::is_ascii_digit) {
+        end += 1;
+    }
+    // Most runs are one short number, not joined to another: no card or SSN can end in them.
+    let joined = matches!((body.get(end), body.get(end + 1)), (Some(b' ' | b'-'), Some(next)) if next.is_ascii_digit());
+    if !joined && end - start < 13 {
+        return end;
+    }
+    read_groups(body, start, wanted, found)
+}
+
+/// Reads the run starting at `start` group by group, checking each window that ends at each group.
+fn read_groups(body: &[u8], start: usize, wanted: DigitFindings, found: &mut DigitFindings) -> usize {
     // The last groups of the run, oldest first; only the last `count.min(RECENT_GROUPS)` are filled.
     let mut recent = [Group::default(); RECENT_GROUPS];
     let mut count = 0usize;
@@ -264,7 +285,7 @@ fn read_run(body: &[u8], start: usize, wanted: DigitFindings, found: &mut DigitF
         }
         count += 1;
         digits += group.len();
-        // Most runs are one short number: nothing can end in them.
+        // A card layout or an SSN ends at a third group or later; a card alone in one group has 13 digits or more.
         if count >= 3 || group.len() >= 13 {
             let filled = recent.get(RECENT_GROUPS.saturating_sub(count)..).unwrap_or_default();
             if wanted.card && !found.card && card_ends_here(body, filled) {
@@ -603,6 +624,23 @@ mod tests {
             hits.ssn |= expected.ssn;
         }
         assert_eq!(hits, DigitFindings { card: true, ssn: true }, "the random bodies reach both detectors");
+    }
+
+    #[test]
+    fn digit_flags_mark_exactly_the_digits() {
+        for byte in 0..=u8::MAX {
+            for filler in [0x00, b'/', b'0', b'9', b':', 0x7F, 0x80, 0xB0, 0xB9, 0xFF] {
+                for index in 0..8 {
+                    let mut bytes = [filler; 8];
+                    bytes[index] = byte;
+                    let expected = bytes
+                        .iter()
+                        .enumerate()
+                        .fold(0u64, |flags, (at, byte)| flags | u64::from(byte.is_ascii_digit()) << (8 * at + 7));
+                    assert_eq!(digit_flags(u64::from_le_bytes(bytes)), expected, "{bytes:?}");
+                }
+            }
+        }
     }
 
     #[test]
