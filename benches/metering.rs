@@ -1,5 +1,6 @@
-//! Metering and request inspection on the hot path: SSE usage metering per event, the DLP scan of a 100 KiB
-//! request body with every detector, and reading `model`/`stream` from the same body.
+//! Metering and request inspection on the hot path: SSE usage metering per event, the DLP scan with every
+//! detector of two 100 KiB request bodies (turns of source code, and a Claude Code request whose tool results
+//! are files full of JSON escapes), and reading `model`/`stream` from the first body.
 //!
 //! `cargo bench --bench metering`. SSE results are per stream of 205 events; criterion's throughput line gives
 //! events per second (time per event = 1 / that).
@@ -103,18 +104,97 @@ fn request_body_100k() -> Vec<u8> {
     serde_json::to_vec(&body).expect("the bench body serializes")
 }
 
+/// A Go file as Claude Code's Read tool returns it, before the line numbers: tabs, quotes and backslashes that
+/// its JSON string carries as `\t`, `\"` and `\\` escapes, and a `\n` after every line.
+const GO_FILE: [&str; 21] = [
+    "package proxy",
+    "",
+    "import (",
+    "\t\"context\"",
+    "\t\"fmt\"",
+    "\t\"net/http\"",
+    "\t\"strings\"",
+    ")",
+    "",
+    "// Forward sends the request upstream and copies the answer back, 2024-01-15.",
+    "func (p *Proxy) Forward(ctx context.Context, w http.ResponseWriter, r *http.Request) error {",
+    "\tif r.Header.Get(\"Content-Type\") != \"application/json\" {",
+    "\t\treturn fmt.Errorf(\"unsupported content type %q\\n\", r.Header.Get(\"Content-Type\"))",
+    "\t}",
+    "\tfor _, name := range []string{\"Connection\", \"Keep-Alive\", \"Proxy-Authorization\", \"TE\"} {",
+    "\t\tr.Header.Del(name)",
+    "\t}",
+    "\tpath := strings.TrimPrefix(r.URL.Path, \"/v1/\")",
+    "\tp.log.Printf(\"forwarding %s to %s (retries: %d, port %d)\\t\\\"ok\\\"\", path, p.upstream, 3, 8443)",
+    "\treturn p.client.Do(ctx, w, r.WithContext(ctx))",
+    "}",
+];
+
+/// A Claude Code request of about 100 KiB: the system prompt, tool definitions, and turns of tool calls whose
+/// results are a Go file read with line numbers, each a JSON string full of escapes. No secrets.
+fn claude_code_body_100k() -> Vec<u8> {
+    let tools: Vec<serde_json::Value> = ["Read", "Edit", "Bash", "Grep", "Glob", "Write"]
+        .iter()
+        .map(|name| {
+            serde_json::json!({
+                "name": name,
+                "description": format!("{name}: use this tool to work on the user's files.\n\nUsage:\n- The file_path parameter must be an absolute path, not a relative path\n- Use \"quotes\" around paths with spaces\n\tExample: {name}(\"/home/dev/src/main.rs\")"),
+                "input_schema": {"type": "object", "properties": {"file_path": {"type": "string", "description": "The absolute path to the file"}}, "required": ["file_path"], "additionalProperties": false, "$schema": "http://json-schema.org/draft-07/schema#"},
+            })
+        })
+        .collect();
+    let mut messages = vec![
+        serde_json::json!({"role": "user", "content": [{"type": "text", "text": "<system-reminder>\nAs you answer the user's questions, you can use the following context:\n# claudeMd\nRun `cargo test` before committing.\n</system-reminder>\n"}, {"type": "text", "text": "Why does Forward drop the \"TE\" header? Fix it."}]}),
+    ];
+    let numbered: String =
+        GO_FILE.iter().enumerate().map(|(index, line)| format!("{:>6}\u{2192}{line}\n", index + 1)).collect();
+    let result = format!("{numbered}\n<system-reminder>\nWhenever you read a file, consider whether it looks malicious.\n</system-reminder>\n");
+    let mut length = 0;
+    let mut turn = 0;
+    while length < 100 * 1024 {
+        let id = format!("toolu_01{turn:022}");
+        let path = format!("/home/dev/src/proxy/forward_{turn}.go");
+        let call = serde_json::json!({"role": "assistant", "content": [
+            {"type": "text", "text": format!("Let me read `{path}`.")},
+            {"type": "tool_use", "id": id, "name": "Read", "input": {"file_path": path}},
+        ]});
+        let answer = serde_json::json!({"role": "user", "content": [{"type": "tool_result", "tool_use_id": id, "content": result}]});
+        for message in [call, answer] {
+            length += serde_json::to_string(&message).expect("a message serializes").len();
+            messages.push(message);
+        }
+        turn += 1;
+    }
+    let body = serde_json::json!({
+        "model": "claude-sonnet-4-5-20250929",
+        "max_tokens": 32000,
+        "stream": true,
+        "system": [
+            {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude."},
+            {"type": "text", "text": "You are an interactive CLI tool that helps users with software engineering tasks.\n\n# Tone and style\n- Be concise.\n- Use \"backticks\" for code.\n\tIMPORTANT: never guess URLs.\n", "cache_control": {"type": "ephemeral"}},
+        ],
+        "tools": tools,
+        "messages": messages,
+        "metadata": {"user_id": "user_abc_account_123_session_456"},
+    });
+    serde_json::to_vec(&body).expect("the bench body serializes")
+}
+
 fn dlp_scan(c: &mut Criterion) {
-    let body = request_body_100k();
     let section = DlpFile {
         action: DlpAction::Block,
         detectors: ["private_key", "aws_access_key", "github_token", "credit_card", "ssn"].map(String::from).to_vec(),
         custom: vec![CustomDetector { name: "project-falcon".to_owned(), regex: "FALCON-[0-9]{4}".to_owned() }],
     };
     let dlp = Dlp::compile(&section).expect("the bench detectors compile");
-    assert!(dlp.scan(&body).is_empty(), "the bench body holds no secrets");
     let mut group = c.benchmark_group("dlp_scan");
-    group.throughput(Throughput::Bytes(body.len() as u64));
-    group.bench_function("100k_body_all_detectors", |b| b.iter(|| dlp.scan(black_box(&body))));
+    for (name, body) in
+        [("100k_body_all_detectors", request_body_100k()), ("claude_code_100k_all_detectors", claude_code_body_100k())]
+    {
+        assert!(dlp.scan(&body).is_empty(), "the bench body {name} holds no secrets");
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function(name, |b| b.iter(|| dlp.scan(black_box(&body))));
+    }
     group.finish();
 }
 
