@@ -740,6 +740,39 @@ async fn each_dlp_detector_blocks_its_sample_without_repeating_it() {
     assert_eq!(setup.metric(&requests_sample("deny", "dlp_blocked")).await, SAMPLES.len() as f64);
 }
 
+/// JSON-escape `text` as a hostile client would: every letter and digit as `\uXXXX`, every `/` as `\/`; the JSON
+/// means the same text, so the model reads the secret.
+fn escaped_message(text: &str) -> String {
+    let mut escaped = String::new();
+    for c in text.chars() {
+        match c {
+            c if c.is_ascii_alphanumeric() => escaped.push_str(&format!("\\u{:04x}", c as u32)),
+            '/' => escaped.push_str("\\/"),
+            '\n' => escaped.push_str("\\n"),
+            '"' => escaped.push_str("\\\""),
+            c => escaped.push(c),
+        }
+    }
+    format!(r#"{{"model":"{MODEL}","max_tokens":64,"messages":[{{"role":"user","content":"{escaped}"}}]}}"#)
+}
+
+/// DLP reads what the model reads: each sample spelled with JSON escapes (every letter and digit a `\uXXXX`) is
+/// blocked by its detector as plainly spelled, and reaches nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlp_reads_the_json_decoded_text() {
+    let dlp = DLP_ALL.replace("ACTION", "block");
+    let setup = Intercepting::start(Parts { extra: &dlp, ..Parts::default() }).await;
+    for (detector, text, secret) in SAMPLES {
+        let body = escaped_message(text);
+        assert!(!body.contains(secret), "{detector}: the raw body must not hold the secret as written");
+        let decoded: Value = serde_json::from_str(&body).expect("valid JSON");
+        assert_eq!(decoded["messages"][0]["content"], *text, "{detector}: the JSON means the sample");
+        let response = setup.send(&messages_post(&body, &["Connection: close"])).await;
+        assert_api_error(&response, 403, "permission_error", Some(&format!("dlp.{detector}")));
+    }
+    assert!(setup.stub.requests().is_empty(), "no escaped secret reached the stub");
+}
+
 /// DLP reads every body, not only the metered paths': a secret in a telemetry batch is blocked like one in a message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlp_blocks_a_secret_on_a_path_that_is_not_metered() {
