@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
@@ -15,14 +14,8 @@ use crate::config::{file, Config};
 use crate::intercept::ca::Minter;
 use crate::limits::{memory::Memory, redis::Redis, Backend, Clock, Limiter, SystemClock};
 use crate::metrics::Metrics;
-use crate::shared::{Parts, Shared};
-use crate::upstream::models::model_client;
-use crate::upstream::pool::Pool;
+use crate::shared::Shared;
 use crate::{admin, listener, reload};
-
-/// Idle upstream connections kept per destination, and in all.
-const POOL_PER_TARGET: usize = 64;
-const POOL_TOTAL: usize = 4096;
 
 /// Options a test (or an embedding program) may set.
 #[derive(Debug, Clone)]
@@ -121,27 +114,11 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
     let own_addresses: Arc<[SocketAddr]> = listeners.iter().map(|(_, a)| *a).chain(admin_address).collect();
     let idle_timeout = config.upstream.idle_timeout;
     let limiter = Limiter::new(state_backend(&config.state)?);
-    let max_connections = config.server.max_connections;
-    let max_buffered_body_bytes = config.server.max_buffered_body_bytes;
     let minter = match &config.llm.intercept {
         Some(intercept) => Some(Arc::new(Minter::open(intercept).map_err(StartError::Intercept)?)),
         None => None,
     };
-    let config = Arc::new(ArcSwap::from_pointee(config));
-    let models = model_client(config.clone(), own_addresses.clone());
-    let shared = Arc::new(Shared::new(Parts {
-        config,
-        metrics,
-        auditor,
-        pool: Pool::new(POOL_PER_TARGET, POOL_TOTAL),
-        own_addresses,
-        models,
-        minter,
-        max_connections,
-        max_buffered_body_bytes,
-        limiter,
-        clock: options.clock,
-    }));
+    let shared = Arc::new(Shared::new(config, metrics, auditor, limiter, minter, own_addresses, options.clock));
     let tracker = TaskTracker::new();
     for (name, socket) in bound {
         tracker.spawn(listener::accept_loop(shared.clone(), socket, name, tracker.clone()));

@@ -21,8 +21,12 @@ use crate::intercept::ca::Minter;
 use crate::limits::{Clock, Limiter};
 use crate::metrics::Metrics;
 use crate::target::Target;
-use crate::upstream::models::ModelClient;
+use crate::upstream::models::{model_client, ModelClient};
 use crate::upstream::pool::Pool;
+
+/// Idle upstream connections of the forward proxy kept per destination, and in all.
+const POOL_PER_TARGET: usize = 64;
+const POOL_TOTAL: usize = 4096;
 
 /// State shared by every connection of one running tollgate.
 #[derive(Debug)]
@@ -119,39 +123,36 @@ pub struct Shutdown {
     pub cut_tunnels: CancellationToken,
 }
 
-/// The parts `app::start` builds before the shared state exists.
-#[derive(Debug)]
-pub struct Parts {
-    pub config: Arc<ArcSwap<Config>>,
-    pub metrics: Arc<Metrics>,
-    pub auditor: Auditor,
-    pub pool: Arc<Pool>,
-    pub own_addresses: Arc<[SocketAddr]>,
-    pub models: ModelClient,
-    pub minter: Option<Arc<Minter>>,
-    pub max_connections: usize,
-    pub max_buffered_body_bytes: u64,
-    pub limiter: Limiter,
-    pub clock: Arc<dyn Clock>,
-}
-
 impl Shared {
-    pub fn new(parts: Parts) -> Shared {
-        let watched = Watched::of(parts.config.load().source.files.clone());
+    /// The shared state of a tollgate starting with `config`: the pools, the model client and the bounded
+    /// semaphores are sized from it (`server.max_connections`, `server.max_buffered_body_bytes`).
+    pub fn new(
+        config: Config,
+        metrics: Arc<Metrics>,
+        auditor: Auditor,
+        limiter: Limiter,
+        minter: Option<Arc<Minter>>,
+        own_addresses: Arc<[SocketAddr]>,
+        clock: Arc<dyn Clock>,
+    ) -> Shared {
+        let watched = Watched::of(config.source.files.clone());
+        let connection_slots = Arc::new(Semaphore::new(config.server.max_connections));
+        let body_buffers = Arc::new(Semaphore::new(config.server.max_buffered_body_bytes as usize));
+        let config = Arc::new(ArcSwap::from_pointee(config));
         Shared {
-            config: parts.config,
-            metrics: parts.metrics,
-            auditor: parts.auditor,
-            pool: parts.pool,
-            own_addresses: parts.own_addresses,
-            models: parts.models,
-            minter: ArcSwapOption::new(parts.minter),
+            models: model_client(config.clone(), own_addresses.clone()),
+            config,
+            metrics,
+            auditor,
+            pool: Pool::new(POOL_PER_TARGET, POOL_TOTAL),
+            own_addresses,
+            minter: ArcSwapOption::new(minter),
             shutdown: Shutdown::default(),
-            connection_slots: Arc::new(Semaphore::new(parts.max_connections)),
-            body_buffers: Arc::new(Semaphore::new(parts.max_buffered_body_bytes as usize)),
-            limiter: parts.limiter,
+            connection_slots,
+            body_buffers,
+            limiter,
             verifiers: Arc::new(Verifiers::default()),
-            clock: parts.clock,
+            clock,
             version: AtomicU64::new(1),
             watched: Mutex::new(watched),
             reloading: Mutex::default(),
