@@ -24,6 +24,7 @@ use crate::http1::head::{read_head, HeadError, HeadLimits, RequestHead};
 use crate::intercept;
 use crate::request::door::{Door, Peer};
 use crate::request::error::Error;
+use crate::audit::Release;
 use crate::request::finish::{finish, Exchange};
 use crate::shared::Shared;
 use crate::stream::{Rewind, Stream};
@@ -56,7 +57,9 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
                 Tunnelled::Done { exchange, keep_alive } => (exchange, keep_alive),
                 Tunnelled::Intercept(interception) => {
                     let exchange = intercept::serve_tunnel(&shared, client, buf, *interception, &peer).await;
-                    return finish(&shared, &peer, exchange);
+                    // The tunnel has ended: its record is written before the connection closes.
+                    let _ = finish(&shared, &peer, exchange).await;
+                    return;
                 }
             }
         } else {
@@ -71,8 +74,7 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
                 }
             }
         };
-        finish(&shared, &peer, exchange);
-        if !keep_alive {
+        if finish(&shared, &peer, exchange).await == Release::Cut || !keep_alive {
             return;
         }
     }
@@ -111,6 +113,6 @@ async fn read_request_head(
     shared.metrics.client_error(&peer.listener, error.kind());
     let mut exchange = Exchange::new(shared.next_request_id(), Door::Forward);
     answers::refuse(client, &mut exchange, &error, true).await;
-    finish(shared, peer, exchange);
+    let _ = finish(shared, peer, exchange).await;
     None
 }
