@@ -2,10 +2,14 @@
 //! turns it into metrics, one log line and one audit record, whatever happened before. This is the one place
 //! that writes an audit record of a request.
 //!
-//! Under `audit.on_failure: block`, `finish` returns once the record is written.
+//! Under `audit.on_failure: block`, `finish` returns once the record is written, and a door completes the response
+//! only then: a refusal is sent after `finish`, a relayed response's last bytes are held until it returns
+//! (`Held`), a tunnel's record is written when the tunnel ends, before its connection closes.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::door::{Door, Peer};
 use super::error::{Error, Shape};
@@ -46,6 +50,32 @@ pub struct Exchange {
     pub error: Option<String>,
     /// The kind of upstream failure, for `tollgate_upstream_errors_total`.
     pub upstream_failure: Option<&'static str>,
+    /// What the client is still owed, sent once the exchange is recorded.
+    pub held: Held,
+}
+
+/// What a door keeps back from the client until the exchange is recorded, so that under
+/// `audit.on_failure: block` no response completes before its record is written.
+#[derive(Debug, Default)]
+pub enum Held {
+    #[default]
+    Nothing,
+    /// A whole answer: a refusal tollgate wrote, or a response that arrived whole with its head.
+    Answer(Vec<u8>),
+    /// The last byte of a relayed body, whose other bytes have been sent.
+    LastByte(u8),
+}
+
+impl Held {
+    /// Sends what was held.
+    pub async fn send<W: AsyncWrite + Unpin>(self, client: &mut W) -> std::io::Result<()> {
+        match self {
+            Held::Nothing => return Ok(()),
+            Held::Answer(bytes) => client.write_all(&bytes).await?,
+            Held::LastByte(byte) => client.write_all(&[byte]).await?,
+        }
+        client.flush().await
+    }
 }
 
 impl Exchange {
@@ -74,6 +104,7 @@ impl Exchange {
             dlp: Vec::new(),
             error: None,
             upstream_failure: None,
+            held: Held::Nothing,
         }
     }
 
