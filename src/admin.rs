@@ -1,6 +1,7 @@
-//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz` (accepting),
-//! and, with the bearer `admin.token`, `GET /admin/config`, `POST /admin/reload` and `GET /admin/usage` (spend and
-//! tokens summed from the audit log by `usage`).
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz` (accepting, and
+//! with `audit.on_failure: block` the audit sink taking records), and, with the bearer `admin.token`,
+//! `GET /admin/config`, `POST /admin/reload` and `GET /admin/usage` (spend and tokens summed from the audit log by
+//! `usage`).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -73,6 +74,7 @@ async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Resp
                 log_lines_dropped: crate::logging::dropped_lines(),
                 password_checks_run: shared.verifiers.checks_run(),
                 password_checks_refused: shared.verifiers.checks_refused(),
+                audit: shared.auditor.sample(),
             };
             (StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render_with(sampled))
         }
@@ -80,7 +82,14 @@ async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Resp
         (&Method::GET, "/readyz") if shared.shutdown.stop_accepting.is_cancelled() => {
             (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down\n".to_owned())
         }
-        (&Method::GET, "/readyz") => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+        // With audit.on_failure: block, a sink that cannot take records means requests are refused: not ready.
+        (&Method::GET, "/readyz") => match shared.auditor.unhealthy() {
+            None => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            Some(unhealthy) if unhealthy.refusing => {
+                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {unhealthy}\n"))
+            }
+            Some(unhealthy) => (StatusCode::OK, "text/plain", format!("ready, but {unhealthy}\n")),
+        },
         _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
     };
     Ok(reply(status, content_type, body))
@@ -132,7 +141,7 @@ async fn admin(shared: &Shared, request: &Parts) -> Response<Full<Bytes>> {
 
 /// `GET /admin/usage?team=&user=&since=&format=`: the `tollgate usage` report of the configured audit file, JSON
 /// unless `format` says `table` or `csv`; `since` counts back from the shared's clock. Records queued before the
-/// request are written first, and the file is read off the async workers. The count of lines that are not records
+/// request are written first (waiting `USAGE_FLUSH_WAIT` at most), and the file is read off the async workers. The count of lines that are not records
 /// is the `x-tollgate-invalid-lines` header (and `invalid_lines` in JSON).
 async fn usage(shared: &Shared, config: &Config, query: Option<&str>) -> Response<Full<Bytes>> {
     let Some(audit) = &config.audit.file else {
@@ -145,7 +154,8 @@ async fn usage(shared: &Shared, config: &Config, query: Option<&str>) -> Respons
         Ok(parsed) => parsed,
         Err(message) => return json_reply(StatusCode::BAD_REQUEST, json!({"error": message})),
     };
-    shared.auditor.flush().await;
+    // Bounded: a stalled sink must not hold an admin connection; the report then reads what is on disk.
+    let _ = tokio::time::timeout(USAGE_FLUSH_WAIT, shared.auditor.flush()).await;
     let path = audit.path.clone();
     let read = tokio::task::spawn_blocking(move || usage::read_file(&path, filter)).await;
     let report = match read {
@@ -166,6 +176,9 @@ async fn usage(shared: &Shared, config: &Config, query: Option<&str>) -> Respons
         .body(Full::new(Bytes::from(report.render(format))))
         .expect("static response parts are valid")
 }
+
+/// How long `/admin/usage` waits for queued records to be written before reading the file.
+const USAGE_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reads `team`, `user`, `since` (default 30d before `now`) and `format` (default json) from a query string. An empty
 /// value is the same as none (an HTML form sends every field); an unknown name is an error, not silently ignored.

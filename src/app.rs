@@ -53,7 +53,6 @@ pub struct Running {
     pub listeners: Vec<(Arc<str>, SocketAddr)>,
     pub admin: Option<SocketAddr>,
     tracker: TaskTracker,
-    audit_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What shutdown did.
@@ -61,7 +60,14 @@ pub struct Running {
 pub struct ShutdownReport {
     /// Tunnels still open when the grace period ended, closed by force.
     pub tunnels_cut: usize,
+    /// Audit records still queued when the last flush gave up (a stalled or failing sink).
+    pub audit_unwritten: u64,
 }
+
+/// After the grace period, how long cut work (tunnels, bodies still relaying) may take to end.
+const CUT_WAIT: Duration = Duration::from_secs(5);
+/// The least time the last audit flush gets, when the grace period has run out.
+const LAST_FLUSH: Duration = Duration::from_secs(1);
 
 /// Binds everything and starts serving, with the system clock.
 pub async fn start(config: Config) -> Result<Running, StartError> {
@@ -105,7 +111,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
-    let (auditor, audit_task) = Auditor::start(&config.audit, metrics.clone()).map_err(StartError::Audit)?;
+    let auditor = Auditor::start(&config.audit, &metrics).map_err(StartError::Audit)?;
     let listeners: Vec<(Arc<str>, SocketAddr)> = bound
         .iter()
         .map(|(name, socket)| (name.clone(), socket.local_addr().expect("bound socket has an address")))
@@ -130,7 +136,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
     if let Some(interval) = options.watch_interval {
         tokio::spawn(reload::watch_files(shared.clone(), interval));
     }
-    Ok(Running { shared, listeners, admin: admin_address, tracker, audit_task })
+    Ok(Running { shared, listeners, admin: admin_address, tracker })
 }
 
 /// Drops expired idle upstream connections now and then.
@@ -150,19 +156,23 @@ impl Running {
         self.listeners.iter().find(|(n, _)| &**n == name).map(|(_, a)| *a)
     }
 
-    /// Stops accepting, waits up to `server.shutdown_grace` for open work, cuts the rest, flushes the audit log.
+    /// Stops accepting and waits up to `server.shutdown_grace` for open work; then cuts what is left (tunnels, and
+    /// responses still waiting for their audit records) and gives it `CUT_WAIT`. Last, the audit writer writes
+    /// and syncs what is queued, until the grace period ends (or for `LAST_FLUSH`, when it already has): a stalled
+    /// sink cannot hold the exit, and the report says how many records it kept.
     pub async fn shutdown(self) -> ShutdownReport {
         let grace = self.shared.config.load().server.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         self.shared.shutdown.stop_accepting.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline, self.tracker.wait()).await.is_err() {
             self.shared.shutdown.cut_tunnels.cancel();
-            // Cut tunnels end at once; requests still relaying a body get a last short bound.
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+            self.shared.auditor.abandon();
+            // Cut tunnels and held responses end at once; requests still relaying a body get a last short bound.
+            let _ = tokio::time::timeout(CUT_WAIT, self.tracker.wait()).await;
         }
-        self.shared.auditor.flush().await;
-        let report = ShutdownReport { tunnels_cut: self.shared.tunnels_cut() };
-        drop(self.audit_task);
-        report
+        let flush_deadline = deadline.max(tokio::time::Instant::now() + LAST_FLUSH);
+        let audit_unwritten = self.shared.auditor.close(flush_deadline).await;
+        ShutdownReport { tunnels_cut: self.shared.tunnels_cut(), audit_unwritten }
     }
 }

@@ -125,7 +125,7 @@ impl From<UsageFormat> for tollgate::usage::Format {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of audit files; names the first broken record.
+    /// Check the hash chain of audit files; names the first broken record, and the torn lines it skipped.
     Verify {
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -343,6 +343,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "stopped ({} tunnels cut after the grace period)",
         report.tunnels_cut
     );
+    if report.audit_unwritten > 0 {
+        let unwritten = report.audit_unwritten;
+        tracing::error!(
+            audit_unwritten = unwritten,
+            "{unwritten} audit records were not written: the sink did not take them"
+        );
+        anyhow::bail!(
+            "{unwritten} audit records were not written: the audit sink did not take them within server.shutdown_grace"
+        );
+    }
     Ok(())
 }
 
@@ -410,18 +420,34 @@ fn usage(path: &std::path::Path, filter: tollgate::usage::Filter, format: tollga
     ExitCode::SUCCESS
 }
 
+/// Checks each file's chain: `FILE: ok, N records` (and the torn lines skipped, by number), or `FILE: broken at
+/// line N: …` and exit 1.
 fn verify(files: &[PathBuf]) -> ExitCode {
     let mut broken = false;
     for file in files {
-        match std::fs::read_to_string(file) {
-            Ok(text) => match tollgate::audit::verify_chain(&text) {
-                Ok(count) => println!("{}: ok, {count} records", file.display()),
-                Err(error) => {
-                    println!("{}: broken at {error}", file.display());
-                    broken = true;
+        let opened = std::fs::File::open(file).map(|f| std::io::BufReader::with_capacity(1 << 16, f));
+        match opened.map_err(tollgate::audit::VerifyError::Read).and_then(tollgate::audit::verify) {
+            Ok(verified) => {
+                println!("{}: ok, {} records", file.display(), verified.records);
+                if verified.torn_lines > 0 {
+                    let numbers: Vec<String> = verified.first_torn.iter().map(u64::to_string).collect();
+                    let more = if verified.torn_lines > verified.first_torn.len() as u64 { ", …" } else { "" };
+                    println!(
+                        "{}: {} torn {} skipped (not a complete record: a write cut short): line {}{more}; the records \
+                         around {} chain",
+                        file.display(),
+                        verified.torn_lines,
+                        if verified.torn_lines == 1 { "line" } else { "lines" },
+                        numbers.join(", "),
+                        if verified.torn_lines == 1 { "it" } else { "them" },
+                    );
                 }
-            },
-            Err(error) => {
+            }
+            Err(tollgate::audit::VerifyError::Broken(error)) => {
+                println!("{}: broken at {error}", file.display());
+                broken = true;
+            }
+            Err(tollgate::audit::VerifyError::Read(error)) => {
                 eprintln!("{}: {error}", file.display());
                 broken = true;
             }

@@ -22,6 +22,9 @@ pub struct Metrics {
     auth_failures: IntCounterVec,
     upstream_errors: IntCounterVec,
     audit_records: IntCounterVec,
+    audit_torn_lines: IntCounterVec,
+    audit_queued: IntGaugeVec,
+    audit_healthy: IntGaugeVec,
     client_errors: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
     rate_limited: IntCounterVec,
@@ -45,6 +48,17 @@ pub struct Sampled {
     pub password_checks_run: u64,
     /// Checks refused because every verifier was busy and the queue full.
     pub password_checks_refused: u64,
+    /// The audit sink, when there is one.
+    pub audit: Option<AuditSample>,
+}
+
+/// The audit sink as it is when the metrics are rendered.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditSample {
+    pub sink: &'static str,
+    /// Records queued or being written.
+    pub queued: u64,
+    pub healthy: bool,
 }
 
 /// One finished request, as counted.
@@ -73,8 +87,17 @@ impl Metrics {
         let auth_failures =
             counter("tollgate_auth_failures_total", "Failed proxy authentications by method.", &["method"]);
         let upstream_errors = counter("tollgate_upstream_errors_total", "Upstream failures by kind.", &["kind"]);
-        let audit_records =
-            counter("tollgate_audit_records_total", "Audit records by sink and result.", &["sink", "result"]);
+        let audit_records = counter(
+            "tollgate_audit_records_total",
+            "Audit records by sink and result: ok (written), dropped (the queue was full; audit.on_failure: continue, \
+             or a refusal because the sink could not take records).",
+            &["sink", "result"],
+        );
+        let audit_torn_lines = counter(
+            "tollgate_audit_torn_lines_total",
+            "Torn ends of the audit file (a write cut short by a crash) set aside when it was opened.",
+            &["sink"],
+        );
         let client_errors = counter(
             "tollgate_client_errors_total",
             "Client connections refused or cut before a request: timeouts, malformed heads, limits.",
@@ -150,6 +173,19 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(connections_active.clone())).expect("unique metric");
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGaugeVec::new(Opts::new(name, help), &["sink"]).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let audit_queued = gauge(
+            "tollgate_audit_queued_records",
+            "Audit records queued or being written, by sink (at most audit.queue).",
+        );
+        let audit_healthy = gauge(
+            "tollgate_audit_sink_healthy",
+            "1 while the audit sink takes records, 0 while it fails, stalls or its queue is full.",
+        );
         let tunnels_active = IntGauge::new("tollgate_tunnels_active", "Open CONNECT tunnels.").expect("valid metric");
         registry.register(Box::new(tunnels_active.clone())).expect("unique metric");
         Self {
@@ -162,6 +198,9 @@ impl Metrics {
             auth_failures,
             upstream_errors,
             audit_records,
+            audit_torn_lines,
+            audit_queued,
+            audit_healthy,
             client_errors,
             tls_handshake_failures,
             rate_limited,
@@ -203,8 +242,15 @@ impl Metrics {
         self.upstream_errors.with_label_values(&[kind]).inc();
     }
 
-    pub fn audit_record(&self, sink: &str, written: bool) {
-        self.audit_records.with_label_values(&[sink, if written { "ok" } else { "error" }]).inc();
+    /// The counter of `sink`'s records with `result` (ok, dropped), held by the sink so that counting costs no
+    /// lookup.
+    pub fn audit_counter(&self, sink: &str, result: &str) -> IntCounter {
+        self.audit_records.with_label_values(&[sink, result])
+    }
+
+    /// The counter of `sink`'s torn ends set aside.
+    pub fn audit_torn(&self, sink: &str) -> IntCounter {
+        self.audit_torn_lines.with_label_values(&[sink])
     }
 
     pub fn client_error(&self, listener: &str, reason: &str) {
@@ -262,6 +308,10 @@ impl Metrics {
         advance(&self.log_lines_dropped, sampled.log_lines_dropped);
         advance(&self.password_checks.with_label_values(&["run"]), sampled.password_checks_run);
         advance(&self.password_checks.with_label_values(&["refused"]), sampled.password_checks_refused);
+        if let Some(audit) = sampled.audit {
+            self.audit_queued.with_label_values(&[audit.sink]).set(i64::try_from(audit.queued).unwrap_or(i64::MAX));
+            self.audit_healthy.with_label_values(&[audit.sink]).set(i64::from(audit.healthy));
+        }
         self.render()
     }
 

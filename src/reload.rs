@@ -117,6 +117,16 @@ fn restart_only_changes(current: &Config, loaded: &Config) -> Vec<String> {
     if current.audit.file.as_ref().map(|f| f.chain) != loaded.audit.file.as_ref().map(|f| f.chain) {
         changes.push("audit.file.chain changed".to_owned());
     }
+    // The writer thread and its queue are set up once, at start.
+    if current.audit.file.as_ref().map(|f| f.sync) != loaded.audit.file.as_ref().map(|f| f.sync) {
+        changes.push("audit.file.sync changed".to_owned());
+    }
+    if current.audit.on_failure != loaded.audit.on_failure {
+        changes.push("audit.on_failure changed".to_owned());
+    }
+    if current.audit.queue != loaded.audit.queue {
+        changes.push("audit.queue changed".to_owned());
+    }
     // The connection and buffer semaphores are sized once, at start.
     if current.server.max_connections != loaded.server.max_connections {
         changes.push("server.max_connections changed".to_owned());

@@ -4,7 +4,7 @@
 //! reservation replaced by it, metrics, the concurrency slots given back, and the audit record.
 //!
 //! The end of a body is held back until the settlement is done, so a client that saw its response end finds
-//! its spend counted.
+//! its spend counted, and (under `audit.on_failure: block`) its audit record written.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +15,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::idle::Busy;
+use crate::audit::Release;
 use crate::config::Config;
 use crate::limits::budget::Reservation;
 use crate::limits::Admitted;
@@ -53,6 +54,8 @@ pub struct MeteredBody {
 
 enum Inner {
     Refusal(Option<Bytes>),
+    /// A refusal whose record was not written before shutdown stopped waiting: it fails instead of completing.
+    Cut(bool),
     Upstream(Box<Relay>),
 }
 
@@ -63,15 +66,19 @@ struct Relay {
     /// The upstream's `Content-Length`: the body is complete when that many bytes went by.
     expected: Option<u64>,
     relayed: u64,
-    settling: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    settling: Option<Pin<Box<dyn Future<Output = Release> + Send>>>,
     /// What to hand out once the settlement is done: the last frame, an error, or the end.
     after_settling: Option<Result<Frame<Bytes>, BodyError>>,
 }
 
 impl MeteredBody {
-    /// A response tollgate wrote itself.
-    pub fn refusal(body: Bytes) -> Self {
-        Self { inner: Inner::Refusal(Some(body)), _busy: None }
+    /// A response tollgate wrote itself, sent as `release` says: not when its record was not written.
+    pub fn refusal(body: Bytes, release: Release) -> Self {
+        let inner = match release {
+            Release::Complete => Inner::Refusal(Some(body)),
+            Release::Cut => Inner::Cut(false),
+        };
+        Self { inner, _busy: None }
     }
 
     /// The same body, holding `busy` until it has been sent or dropped.
@@ -104,6 +111,7 @@ impl Body for MeteredBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.get_mut().inner {
             Inner::Refusal(body) => Poll::Ready(body.take().map(|bytes| Ok(Frame::data(bytes)))),
+            Inner::Cut(failed) => Poll::Ready((!std::mem::replace(failed, true)).then(|| Err(cut_before_record()))),
             Inner::Upstream(relay) => relay.poll_frame(cx),
         }
     }
@@ -111,6 +119,7 @@ impl Body for MeteredBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Refusal(body) => body.is_none(),
+            Inner::Cut(failed) => *failed,
             Inner::Upstream(relay) => {
                 relay.settlement.is_none() && relay.settling.is_none() && relay.incoming.is_end_stream()
             }
@@ -121,6 +130,7 @@ impl Body for MeteredBody {
         match &self.inner {
             Inner::Refusal(Some(body)) => SizeHint::with_exact(body.len() as u64),
             Inner::Refusal(None) => SizeHint::with_exact(0),
+            Inner::Cut(_) => SizeHint::default(),
             Inner::Upstream(relay) => relay.incoming.size_hint(),
         }
     }
@@ -130,8 +140,12 @@ impl Relay {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         loop {
             if let Some(settling) = &mut self.settling {
-                ready!(settling.as_mut().poll(cx));
+                let release = ready!(settling.as_mut().poll(cx));
                 self.settling = None;
+                if release == Release::Cut {
+                    // Shutdown stopped waiting for the audit record: the response must not complete.
+                    self.after_settling = Some(Err(cut_before_record()));
+                }
                 if matches!(self.after_settling, Some(Err(_))) {
                     // hyper drops what it buffered in this round when a body fails: give it one round to
                     // flush the events before the error, so the client gets every event that was billed.
@@ -194,9 +208,15 @@ impl Drop for Relay {
     }
 }
 
+/// The error a response ends with when its audit record was not written before shutdown stopped waiting.
+fn cut_before_record() -> BodyError {
+    "cut at shutdown: the audit record was not written (audit.on_failure: block)".into()
+}
+
 impl Settlement {
-    /// Cost, spend, metrics, slots and the audit record of a finished (or cut) response.
-    async fn settle(self, meter: Option<Meter>, end: End, relayed: u64) {
+    /// Cost, spend, metrics, slots and the audit record of a finished (or cut) response; says whether the
+    /// response may complete.
+    async fn settle(self, meter: Option<Meter>, end: End, relayed: u64) -> Release {
         let Settlement { shared, config, peer, mut exchange, admitted, reservation } = self;
         exchange.bytes_down = relayed;
         let mut cost_micro_usd = 0;
@@ -261,6 +281,6 @@ impl Settlement {
         if let Some(admitted) = admitted {
             admitted.release().await;
         }
-        finish(&shared, &peer, exchange);
+        finish(&shared, &peer, exchange).await
     }
 }

@@ -46,8 +46,8 @@ pub async fn handle(
             let response = error.http_response(exchange.shape, &exchange.id);
             // Slots and reservations go back before the record, as on the proxy path.
             held.release().await;
-            finish(shared, &session.peer, exchange);
-            Ok(response.map(|body| MeteredBody::refusal(body).holding(busy)))
+            let release = finish(shared, &session.peer, exchange).await;
+            Ok(response.map(|body| MeteredBody::refusal(body, release).holding(busy)))
         }
     }
 }

@@ -1,210 +1,366 @@
-//! The JSON-lines file sink: appends records, each chained to the previous one by SHA-256.
+//! The JSON-lines file sink: one writer thread, off the async workers, appends records in batches (one write(2)
+//! per batch), chains each to the previous one by SHA-256, and syncs them as `audit.file.sync` says.
 //!
 //! With `chain: true` a record carries `prev` (the previous record's hash) and `hash`, the SHA-256 of the line
 //! as written up to `,"hash"` with the closing brace, so editing or deleting a line breaks every later hash.
+//! On open, a torn end (a crash in the middle of a write) is set aside in `PATH.torn` and cut from the file, so
+//! the chain continues from the last complete record.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
-use tokio::sync::oneshot;
-
+use super::queue::{Queue, Taken};
 use super::record::Record;
-use crate::metrics::Metrics;
+use super::verify::{split_hash, GENESIS};
+use crate::config::file::AuditSync;
 
-/// What the writer task receives.
-pub(super) enum Message {
-    Record(Box<Record>),
-    Flush(oneshot::Sender<()>),
-}
-
-impl std::fmt::Debug for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("audit message")
-    }
-}
-
+/// The file sink's writer; `run` is the body of its thread.
 pub(super) struct Writer {
-    out: BufWriter<File>,
-    chain: Option<String>,
+    file: File,
+    /// Only regular files are synced: a pipe or a terminal cannot be.
+    regular: bool,
+    /// The previous record's hash, in hex, when the records are chained.
+    chain: Option<[u8; 64]>,
+    sync: AuditSync,
+    /// The batch being written, reused from batch to batch.
+    out: Vec<u8>,
 }
 
-/// How long a record may wait in memory before it is written.
-const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
-/// Buffered bytes that are written at once.
-const FLUSH_AT: usize = 48 * 1024;
+/// A torn end found on open: set aside in `kept_in`, and cut from the audit file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Torn {
+    /// Where the torn bytes began in the audit file (its length now).
+    pub offset: u64,
+    pub bytes: u64,
+    pub kept_in: PathBuf,
+}
 
-const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Largest batch buffer kept between batches; a larger one (after a burst) is given back.
+const KEEP_BUFFER: usize = 1 << 20;
 
 impl Writer {
-    pub(super) fn open(path: &Path, chain: bool) -> std::io::Result<Self> {
+    /// Opens (creating it and its directory) the file to append to; a regular file's torn end is repaired first.
+    pub(super) fn open(path: &Path, chain: bool, sync: AuditSync) -> std::io::Result<(Self, Option<Torn>)> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let prev = if chain { Some(last_hash(path)?.unwrap_or_else(|| GENESIS.to_owned())) } else { None };
+        let existing = match std::fs::metadata(path) {
+            // A pipe or terminal (e.g. /dev/stdout in a container) cannot be read back: its chain starts afresh.
+            Ok(meta) => meta.is_file(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+            Err(error) => return Err(error),
+        };
+        let (torn, last) = if existing { repair(path)? } else { (None, None) };
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { out: BufWriter::with_capacity(64 * 1024, file), chain: prev })
+        let regular = file.metadata()?.is_file();
+        let chain = chain.then(|| {
+            let mut prev = [0u8; 64];
+            prev.copy_from_slice(last.as_deref().unwrap_or(GENESIS).as_bytes());
+            prev
+        });
+        Ok((Self { file, regular, chain, sync, out: Vec::with_capacity(64 * 1024) }, torn))
     }
 
-    /// Appends records as they come. Under load the file is written once per 10 ms (or per 48 KiB), not once
-    /// per record; an explicit `flush` (and the end of the stream) writes at once.
-    pub(super) async fn run(
-        mut self,
-        mut receiver: mpsc::UnboundedReceiver<Message>,
-        healthy: Arc<AtomicBool>,
-        metrics: Arc<Metrics>,
-    ) {
-        let mut pending_flush = Vec::new();
-        let mut flush_at: Option<tokio::time::Instant> = None;
+    /// The writer thread: takes every queued record at once, writes them with one write(2), syncs per
+    /// `audit.file.sync`, then tells the waiters. A failed write or sync is retried until it succeeds (the
+    /// records stay counted against the queue meanwhile), or until shutdown gives up.
+    pub(super) fn run(mut self, queue: &Queue, written: &prometheus::IntCounter) {
+        let mut batch = VecDeque::new();
+        let interval = match self.sync {
+            AuditSync::Batch => None,
+            AuditSync::Every(interval) => Some(interval),
+        };
+        let mut last_sync = Instant::now();
+        let mut unsynced = false;
         loop {
-            let first = match flush_at {
-                Some(deadline) => tokio::select! {
-                    message = receiver.recv() => message,
-                    () = tokio::time::sleep_until(deadline) => {
-                        self.flush(&healthy);
-                        flush_at = None;
-                        continue;
+            let deadline = interval.filter(|_| unsynced && self.regular).map(|interval| last_sync + interval);
+            match queue.take(&mut batch, deadline) {
+                Taken::Records => {}
+                Taken::Deadline => {
+                    if !self.sync(queue) {
+                        break;
                     }
-                },
-                None => receiver.recv().await,
-            };
-            let Some(first) = first else { break };
-            let mut next = Some(first);
-            while let Some(message) = next {
-                match message {
-                    Message::Record(record) => {
-                        let result = self.append(&record);
-                        metrics.audit_record("file", result.is_ok());
-                        if let Err(error) = result {
-                            healthy.store(false, Ordering::Relaxed);
-                            tracing::error!(%error, "audit record could not be written");
-                        }
-                    }
-                    Message::Flush(done) => pending_flush.push(done),
+                    (last_sync, unsynced) = (Instant::now(), false);
+                    continue;
                 }
-                next = receiver.try_recv().ok();
+                Taken::Closed => {
+                    if unsynced {
+                        self.sync(queue);
+                    }
+                    break;
+                }
             }
-            if !pending_flush.is_empty() || self.out.buffer().len() >= FLUSH_AT {
-                self.flush(&healthy);
-                flush_at = None;
-                for done in pending_flush.drain(..) {
-                    let _ = done.send(());
+            let count = batch.len() as u64;
+            self.out.clear();
+            for record in batch.drain(..) {
+                self.append(&record);
+            }
+            if !self.write_out(queue) {
+                break;
+            }
+            unsynced = true;
+            if interval.is_none_or(|interval| last_sync.elapsed() >= interval) {
+                if !self.sync(queue) {
+                    break;
                 }
-            } else if flush_at.is_none() {
-                flush_at = Some(tokio::time::Instant::now() + FLUSH_EVERY);
+                (last_sync, unsynced) = (Instant::now(), false);
+            }
+            if queue.recover() {
+                tracing::warn!("audit records are written again");
+            }
+            queue.advance(count);
+            written.inc_by(count);
+            if self.out.capacity() > KEEP_BUFFER {
+                self.out = Vec::with_capacity(64 * 1024);
             }
         }
-        self.flush(&healthy);
+        queue.finish();
     }
 
-    fn flush(&mut self, healthy: &AtomicBool) {
-        match self.out.flush() {
-            Ok(()) => healthy.store(true, Ordering::Relaxed),
-            Err(error) => {
-                healthy.store(false, Ordering::Relaxed);
-                tracing::error!(%error, "audit file could not be flushed");
-            }
+    /// Serializes one record into the batch, chained to the previous one.
+    fn append(&mut self, record: &Record) {
+        let start = self.out.len();
+        if serde_json::to_writer(&mut self.out, record).is_err() {
+            // A record is strings and numbers: serializing it cannot fail. Should it, the line is left out.
+            self.out.truncate(start);
+            tracing::error!(id = %record.id, "audit record could not be serialized");
+            return;
         }
-    }
-
-    fn append(&mut self, record: &Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
         if let Some(prev) = &mut self.chain {
-            line.pop(); // the closing brace
-            line.extend_from_slice(b",\"prev\":\"");
-            line.extend_from_slice(prev.as_bytes());
-            line.extend_from_slice(b"\"}");
-            let hash = hex::encode(Sha256::digest(&line));
-            line.pop();
-            line.extend_from_slice(b",\"hash\":\"");
-            line.extend_from_slice(hash.as_bytes());
-            line.extend_from_slice(b"\"}");
-            *prev = hash;
+            self.out.pop(); // the closing brace
+            self.out.extend_from_slice(b",\"prev\":\"");
+            self.out.extend_from_slice(prev);
+            self.out.extend_from_slice(b"\"}");
+            let hash = Sha256::digest(&self.out[start..]);
+            hex::encode_to_slice(hash, prev).expect("64 hex digits fit 64 bytes");
+            self.out.pop();
+            self.out.extend_from_slice(b",\"hash\":\"");
+            self.out.extend_from_slice(prev);
+            self.out.extend_from_slice(b"\"}");
         }
-        line.push(b'\n');
-        self.out.write_all(&line)
+        self.out.push(b'\n');
+    }
+
+    /// Writes the batch; false when shutdown gave up on a failing sink.
+    fn write_out(&mut self, queue: &Queue) -> bool {
+        let mut done = 0;
+        let mut failures = 0;
+        while done < self.out.len() {
+            queue.begin_io();
+            let result = self.file.write(&self.out[done..]);
+            queue.end_io();
+            match result {
+                Ok(0) => {
+                    if !retry(queue, &std::io::ErrorKind::WriteZero.into(), &mut failures) {
+                        return false;
+                    }
+                }
+                Ok(written) => done += written,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    if !retry(queue, &error, &mut failures) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Syncs the file's data to the disk (a regular file only); false when shutdown gave up on a failing sink.
+    fn sync(&mut self, queue: &Queue) -> bool {
+        if !self.regular {
+            return true;
+        }
+        let mut failures = 0;
+        loop {
+            queue.begin_io();
+            let result = self.file.sync_data();
+            queue.end_io();
+            match result {
+                Ok(()) => return true,
+                Err(error) => {
+                    if !retry(queue, &error, &mut failures) {
+                        return false;
+                    }
+                }
+            }
+        }
     }
 }
 
-/// The hash of the last record of an existing file, to continue its chain.
-fn last_hash(path: &Path) -> std::io::Result<Option<String>> {
-    match std::fs::metadata(path) {
-        // A pipe or terminal (e.g. /dev/stdout in a container) cannot be read back: its chain starts afresh.
-        Ok(meta) if !meta.is_file() => return Ok(None),
-        Ok(_) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(error),
+/// Marks the sink failing (logged once per failure), then waits a little before the next attempt; false when
+/// shutdown has given up.
+fn retry(queue: &Queue, error: &std::io::Error, failures: &mut u32) -> bool {
+    if queue.fail(error) {
+        tracing::error!(%error, "audit records cannot be written; retrying until they can");
     }
-    let file = File::open(path)?;
-    let mut last = None;
-    for line in BufReader::new(file).lines() {
-        let line = line?;
-        if let Some((_, hash)) = split_hash(&line) {
-            last = Some(hash.to_owned());
+    if queue.abandoned() {
+        return false;
+    }
+    *failures += 1;
+    std::thread::sleep(Duration::from_millis(50 << (*failures).min(4)));
+    true
+}
+
+/// Sets aside a torn end of the file at `path` (appended to `PATH.torn`, then cut), and returns it with the hash
+/// of the last record, to continue the chain from.
+///
+/// Torn is: bytes after the last newline that are not a complete record, and the last newline-terminated line
+/// when it is not a complete record either (a JSON object). Bytes after the last newline that are a complete
+/// record lacked only their newline, which is added. Nothing before the last line is changed.
+fn repair(path: &Path) -> std::io::Result<(Option<Torn>, Option<String>)> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let tail = Tail::read(&mut file)?;
+    let mut torn_from = None;
+    if !tail.fragment().is_empty() {
+        if is_record(tail.fragment()) {
+            file.seek(SeekFrom::End(0))?;
+            file.write_all(b"\n")?;
+            file.sync_data()?;
+            tracing::warn!(file = %path.display(), "the last audit record lacked its newline: added");
+        } else {
+            torn_from = Some(tail.fragment_start());
         }
+    }
+    let last_line_torn = tail.last_line().is_some_and(|line| !is_record(line));
+    if last_line_torn && (torn_from.is_some() || tail.fragment().is_empty()) {
+        torn_from = tail.last_line_start();
+    }
+    let torn = match torn_from {
+        Some(offset) => {
+            let kept_in = torn_path(path);
+            let bytes = &tail.bytes[(offset - tail.start) as usize..];
+            let mut aside = OpenOptions::new().create(true).append(true).open(&kept_in)?;
+            aside.write_all(bytes)?;
+            if !bytes.ends_with(b"\n") {
+                aside.write_all(b"\n")?;
+            }
+            aside.sync_data()?;
+            file.set_len(offset)?;
+            file.sync_data()?;
+            Some(Torn { offset, bytes: bytes.len() as u64, kept_in })
+        }
+        None => None,
+    };
+    Ok((torn, last_hash(&mut file)?))
+}
+
+/// `PATH.torn`: where torn ends of `PATH` are kept.
+pub fn torn_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".torn");
+    path.with_file_name(name)
+}
+
+/// The end of a file: its last newline-terminated line and what follows the last newline.
+struct Tail {
+    /// Offset of `bytes` in the file.
+    start: u64,
+    bytes: Vec<u8>,
+    /// In `bytes`: just after the last newline (0 when there is none), and the start of the line it ends.
+    fragment_at: usize,
+    last_line_at: Option<usize>,
+}
+
+impl Tail {
+    /// Reads back from the end until the last line and the fragment after it are whole.
+    fn read(file: &mut File) -> std::io::Result<Self> {
+        let length = file.seek(SeekFrom::End(0))?;
+        let mut window = 64 * 1024u64;
+        loop {
+            let start = length.saturating_sub(window);
+            let mut bytes = Vec::with_capacity((length - start) as usize);
+            file.seek(SeekFrom::Start(start))?;
+            Read::by_ref(file).take(length - start).read_to_end(&mut bytes)?;
+            let last_newline = memchr::memrchr(b'\n', &bytes);
+            let line_start = last_newline.map(|end| memchr::memrchr(b'\n', &bytes[..end]).map_or(0, |at| at + 1));
+            let whole = match (last_newline, line_start) {
+                (None, _) => start == 0,
+                (Some(_), Some(0)) => start == 0,
+                _ => true,
+            };
+            if whole {
+                let fragment_at = last_newline.map_or(0, |at| at + 1);
+                return Ok(Tail { start, bytes, fragment_at, last_line_at: line_start });
+            }
+            window *= 4;
+        }
+    }
+
+    fn fragment(&self) -> &[u8] {
+        &self.bytes[self.fragment_at..]
+    }
+
+    fn fragment_start(&self) -> u64 {
+        self.start + self.fragment_at as u64
+    }
+
+    /// The last newline-terminated line, without its newline.
+    fn last_line(&self) -> Option<&[u8]> {
+        self.last_line_at.map(|at| &self.bytes[at..self.fragment_at - 1])
+    }
+
+    fn last_line_start(&self) -> Option<u64> {
+        self.last_line_at.map(|at| self.start + at as u64)
+    }
+}
+
+/// A complete record: one JSON object.
+fn is_record(line: &[u8]) -> bool {
+    matches!(serde_json::from_slice::<serde_json::Value>(line), Ok(serde_json::Value::Object(_)))
+}
+
+/// The hash of the last record that has one: the last line's, or else found by reading the whole file.
+fn last_hash(file: &mut File) -> std::io::Result<Option<String>> {
+    let tail = Tail::read(file)?;
+    if let Some(hash) = tail.last_line().and_then(|line| std::str::from_utf8(line).ok()).and_then(hash_of) {
+        return Ok(Some(hash));
+    }
+    file.seek(SeekFrom::Start(0))?;
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    let mut last = None;
+    while reader.read_until(b'\n', &mut line)? > 0 {
+        if let Some(hash) = std::str::from_utf8(line.trim_ascii_end()).ok().and_then(hash_of) {
+            last = Some(hash);
+        }
+        line.clear();
     }
     Ok(last)
 }
 
-/// Splits a chained line into the hashed part (with its closing brace restored) and the hash.
-fn split_hash(line: &str) -> Option<(String, &str)> {
-    let start = line.rfind(",\"hash\":\"")?;
-    let hash = line[start + 9..].strip_suffix("\"}")?;
-    Some((format!("{}}}", &line[..start]), hash))
-}
-
-/// A break in the chain: the 1-based line number and what is wrong.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {problem}")]
-pub struct ChainError {
-    pub line: usize,
-    pub problem: String,
-}
-
-/// Verifies every record of `text` (one file's contents); returns the number of records.
-pub fn verify_chain(text: &str) -> Result<usize, ChainError> {
-    let mut prev = GENESIS.to_owned();
-    let mut count = 0;
-    for (index, line) in text.lines().enumerate() {
-        let broken = |problem: &str| ChainError { line: index + 1, problem: problem.to_owned() };
-        let (hashed, hash) = split_hash(line).ok_or_else(|| broken("no hash"))?;
-        let expected_prev = format!(",\"prev\":\"{prev}\"}}");
-        if !hashed.ends_with(&expected_prev) {
-            return Err(broken("prev does not match the previous record's hash (a record was removed or reordered)"));
-        }
-        if hex::encode(Sha256::digest(hashed.as_bytes())) != hash {
-            return Err(broken("hash does not match the record (the record was edited)"));
-        }
-        prev = hash.to_owned();
-        count += 1;
-    }
-    Ok(count)
+fn hash_of(line: &str) -> Option<String> {
+    split_hash(line).map(|(_, hash)| hash.to_owned()).filter(|hash| hash.len() == 64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::verify::verify_chain;
+
+    fn write_records(path: &Path, ids: &[&str]) {
+        let (mut writer, _) = Writer::open(path, true, AuditSync::Batch).unwrap();
+        for id in ids {
+            writer.append(&Record { id: (*id).into(), kind: "connect", decision: "allow", ..Record::default() });
+        }
+        writer.file.write_all(&writer.out).unwrap();
+    }
 
     #[test]
     fn the_chain_detects_edits_and_removals() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let mut writer = Writer::open(&path, true).unwrap();
-        for id in ["a", "b", "c"] {
-            writer.append(&Record { id: id.into(), kind: "connect", decision: "allow", ..Record::default() }).unwrap();
-        }
-        writer.out.flush().unwrap();
+        write_records(&path, &["a", "b", "c"]);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(verify_chain(&text), Ok(3));
 
-        let mut reopened = Writer::open(&path, true).unwrap();
-        reopened.append(&Record { id: "d".into(), ..Record::default() }).unwrap();
-        reopened.out.flush().unwrap();
+        write_records(&path, &["d"]);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(verify_chain(&text), Ok(4));
 
@@ -213,5 +369,68 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         let removed = format!("{}\n{}\n{}\n", lines[0], lines[2], lines[3]);
         assert_eq!(verify_chain(&removed).unwrap_err().line, 2);
+    }
+
+    #[test]
+    fn a_torn_end_is_set_aside_and_the_chain_continues_from_the_last_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        write_records(&path, &["a", "b"]);
+        let complete = std::fs::read(&path).unwrap();
+        const FRAGMENT: &[u8] = b"{\"ts\":\"2026-05-31T12:00:00.000Z\",\"id\":\"c";
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(FRAGMENT).unwrap();
+
+        let (mut writer, torn) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        let torn = torn.expect("the fragment is torn");
+        assert_eq!((torn.offset, torn.bytes), (complete.len() as u64, FRAGMENT.len() as u64));
+        assert_eq!(torn.kept_in, dir.path().join("audit.jsonl.torn"));
+        assert_eq!(std::fs::read(&torn.kept_in).unwrap(), [FRAGMENT, b"\n"].concat());
+        assert_eq!(std::fs::read(&path).unwrap(), complete, "cut back to the last complete record");
+
+        writer.append(&Record { id: "d".into(), ..Record::default() });
+        writer.file.write_all(&writer.out).unwrap();
+        assert_eq!(verify_chain(&std::fs::read_to_string(&path).unwrap()), Ok(3), "d chains to b");
+    }
+
+    #[test]
+    fn a_bad_last_line_goes_with_the_fragment_and_a_record_lacking_only_its_newline_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        write_records(&path, &["a"]);
+        let complete = std::fs::read(&path).unwrap();
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"\0\0\0\0\n{\"id\":").unwrap();
+        let (_, torn) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        assert_eq!(torn.map(|t| (t.offset, t.bytes)), Some((complete.len() as u64, 11)));
+        assert_eq!(std::fs::read(&path).unwrap(), complete);
+
+        // A whole record whose newline was not written: only the newline is added.
+        let text = String::from_utf8(complete).unwrap();
+        std::fs::write(&path, text.trim_end()).unwrap();
+        let (_, torn) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        assert_eq!(torn, None);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+
+        // A file that is nothing but a fragment.
+        std::fs::write(&path, "{\"ts\":").unwrap();
+        let (_, torn) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        assert_eq!(torn.map(|t| (t.offset, t.bytes)), Some((0, 6)));
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_long_last_line_is_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let long = "x".repeat(300 * 1024);
+        let (mut writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        writer.append(&Record { id: "a".into(), ..Record::default() });
+        writer.append(&Record { id: long.clone(), ..Record::default() });
+        writer.file.write_all(&writer.out).unwrap();
+        let expected = writer.chain.unwrap();
+        let (reopened, torn) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        assert_eq!(torn, None);
+        assert_eq!(reopened.chain, Some(expected), "the chain continues from the long record");
     }
 }

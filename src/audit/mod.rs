@@ -1,70 +1,211 @@
-//! The audit record: one JSON object per tunnel, request or deny, written whatever the outcome.
+//! The audit trail: one record per tunnel, request or refusal, written whatever the outcome.
 //!
-//! Records go through a channel to a single writer task (`file.rs`), which hash-chains and appends them, so
-//! the request path never waits on the disk.
+//! `request::finish` hands each record to the `Auditor`, which queues it (at most `audit.queue` records wait) for
+//! one writer thread (`file.rs`) that chains, writes and syncs records in batches, off the async workers. With
+//! `audit.on_failure: block` the caller waits until its record is written, and its response completes only then
+//! (`Release`); with `continue` nothing waits, and a record that does not fit the queue is dropped and counted. A
+//! sink that fails, stalls or fills up is unhealthy (`Health`): with `block`, admission refuses new requests and
+//! `/readyz` says why, until it drains.
 
 mod file;
+mod queue;
 mod record;
+mod verify;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use prometheus::IntCounter;
 
-pub use file::{verify_chain, ChainError};
+pub use file::{torn_path, Torn};
+pub use queue::{Health, STALL_AFTER};
 pub use record::Record;
-
-use file::Message;
+pub use verify::{verify, verify_chain, ChainError, Verified, VerifyError};
 
 use crate::config::file::AuditFailure;
-use crate::metrics::Metrics;
+use crate::metrics::{AuditSample, Metrics};
+use queue::Queue;
+
+/// The file sink's name in metrics, logs and refusals.
+const FILE_SINK: &str = "file";
+
+/// Under `audit.on_failure: continue`, how long records are gathered before they are written.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The handle every connection holds to emit records.
-#[derive(Debug)]
 pub struct Auditor {
-    sender: Option<mpsc::UnboundedSender<Message>>,
-    healthy: Arc<AtomicBool>,
+    sink: Option<Sink>,
     on_failure: AuditFailure,
 }
 
+struct Sink {
+    queue: Arc<Queue>,
+    path: PathBuf,
+    /// `tollgate_audit_records_total{sink="file",result="dropped"}`.
+    dropped: IntCounter,
+}
+
+/// Whether the caller of `Auditor::record` may wait for its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Under `audit.on_failure: block`, until the record is written.
+    UntilWritten,
+    /// Never: the record is queued if there is room, dropped and counted if not. For the refusals the sink's
+    /// own failure causes, which could not otherwise be answered while it lasts.
+    Never,
+}
+
+/// What a recorded request's response may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "under audit.on_failure: block, a response whose record was not written must not complete"]
+pub enum Release {
+    /// Complete it: its record is written, or the sink's policy does not hold responses.
+    Complete,
+    /// Cut it: shutdown stopped waiting before its record was written.
+    Cut,
+}
+
+/// An unhealthy sink, as `/readyz` tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unhealthy {
+    pub sink: &'static str,
+    pub path: PathBuf,
+    pub health: Health,
+    /// `audit.on_failure: block`: new requests are refused meanwhile.
+    pub refusing: bool,
+}
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "audit sink {} ({}) is {}; ", self.sink, self.path.display(), self.health)?;
+        if self.refusing {
+            f.write_str("requests are refused until it drains (audit.on_failure: block)")
+        } else {
+            f.write_str("records that do not fit the queue are dropped (audit.on_failure: continue)")
+        }
+    }
+}
+
 impl Auditor {
-    /// Opens the sink (creating the file and its directory) and starts the writer task.
-    pub fn start(
-        config: &crate::config::Audit,
-        metrics: Arc<Metrics>,
-    ) -> std::io::Result<(Self, Option<tokio::task::JoinHandle<()>>)> {
-        let healthy = Arc::new(AtomicBool::new(true));
-        let Some(sink) = &config.file else {
-            return Ok((Self { sender: None, healthy, on_failure: config.on_failure }, None));
+    /// Opens the sink (creating the file and its directory, setting aside a torn last line) and starts the
+    /// writer thread.
+    pub fn start(config: &crate::config::Audit, metrics: &Metrics) -> std::io::Result<Self> {
+        let Some(file) = &config.file else {
+            return Ok(Self { sink: None, on_failure: config.on_failure });
         };
-        let writer = file::Writer::open(&sink.path, sink.chain)?;
-        let (sender, receiver) = mpsc::unbounded_channel();
-        let task = tokio::spawn(writer.run(receiver, healthy.clone(), metrics));
-        Ok((Self { sender: Some(sender), healthy, on_failure: config.on_failure }, Some(task)))
+        let (writer, torn) = file::Writer::open(&file.path, file.chain, file.sync)?;
+        if let Some(torn) = &torn {
+            metrics.audit_torn(FILE_SINK).inc();
+            tracing::warn!(
+                file = %file.path.display(),
+                offset = torn.offset,
+                bytes = torn.bytes,
+                kept_in = %torn.kept_in.display(),
+                "the audit file ended in a torn line (a write cut short by a crash): it is set aside, and the chain \
+                 continues from the last complete record"
+            );
+        }
+        // Nobody waits for records under `continue`: they are gathered for a moment, for fewer, larger writes.
+        let gather = (config.on_failure == AuditFailure::Continue).then_some(GATHER);
+        let queue = Arc::new(Queue::new(config.queue, gather));
+        let written = metrics.audit_counter(FILE_SINK, "ok");
+        let writer_queue = queue.clone();
+        std::thread::Builder::new()
+            .name("tollgate-audit".to_owned())
+            .spawn(move || writer.run(&writer_queue, &written))?;
+        let dropped = metrics.audit_counter(FILE_SINK, "dropped");
+        Ok(Self { sink: Some(Sink { queue, path: file.path.clone(), dropped }), on_failure: config.on_failure })
     }
 
-    /// Queues one record.
-    pub fn record(&self, record: Record) {
-        if let Some(sender) = &self.sender {
-            if sender.send(Message::Record(Box::new(record))).is_err() {
-                self.healthy.store(false, Ordering::Relaxed);
-            }
+    /// Hands one record to the sink. Under `audit.on_failure: block` (and `Wait::UntilWritten`) waits for room in
+    /// the queue, then until the record is written; otherwise never waits.
+    pub async fn record(&self, record: Record, wait: Wait) -> Release {
+        let Some(sink) = &self.sink else { return Release::Complete };
+        let record = Box::new(record);
+        if self.holds_responses() && wait == Wait::UntilWritten {
+            return match sink.queue.push(record).await {
+                Some(sequence) if sink.queue.written(sequence).await => Release::Complete,
+                _ => Release::Cut,
+            };
+        }
+        if sink.queue.try_push(record).is_err() {
+            sink.dropped.inc();
+        }
+        Release::Complete
+    }
+
+    /// True when responses wait for their records: a sink with `audit.on_failure: block`.
+    pub fn holds_responses(&self) -> bool {
+        self.sink.is_some() && self.on_failure == AuditFailure::Block
+    }
+
+    /// The sink that cannot take records now, when `audit.on_failure: block` says to refuse requests meanwhile.
+    pub fn unavailable_sink(&self) -> Option<&'static str> {
+        let sink = self.sink.as_ref()?;
+        (self.on_failure == AuditFailure::Block && !sink.queue.healthy()).then_some(FILE_SINK)
+    }
+
+    /// What is wrong with the sink, if anything.
+    pub fn unhealthy(&self) -> Option<Unhealthy> {
+        let sink = self.sink.as_ref()?;
+        match sink.queue.health() {
+            Health::Healthy => None,
+            health => Some(Unhealthy {
+                sink: FILE_SINK,
+                path: sink.path.clone(),
+                health,
+                refusing: self.on_failure == AuditFailure::Block,
+            }),
         }
     }
 
-    /// True when records cannot be written and `audit.on_failure: block` says to refuse requests.
-    pub fn refuses_requests(&self) -> bool {
-        self.on_failure == AuditFailure::Block && !self.healthy.load(Ordering::Relaxed)
+    /// The queue and health, for `/metrics`.
+    pub fn sample(&self) -> Option<AuditSample> {
+        let sink = self.sink.as_ref()?;
+        Some(AuditSample { sink: FILE_SINK, queued: sink.queue.unwritten(), healthy: sink.queue.healthy() })
     }
 
-    /// Waits until every record queued so far is on disk.
+    /// Waits until every record queued so far is written (no bound).
     pub async fn flush(&self) {
-        if let Some(sender) = &self.sender {
-            let (done, wait) = oneshot::channel();
-            if sender.send(Message::Flush(done)).is_ok() {
-                let _ = wait.await;
-            }
+        if let Some(sink) = &self.sink {
+            sink.queue.flush().await;
         }
+    }
+
+    /// Stops every wait for a record: responses still waiting for theirs are cut (shutdown, after the grace
+    /// period).
+    pub fn abandon(&self) {
+        if let Some(sink) = &self.sink {
+            sink.queue.abandon();
+        }
+    }
+
+    /// Writes what is queued, syncs and stops the writer, waiting until `deadline` at most; returns the number of
+    /// records not written (a stalled sink keeps them). Later records are not written.
+    pub async fn close(&self, deadline: tokio::time::Instant) -> u64 {
+        let Some(sink) = &self.sink else { return 0 };
+        let unwritten = sink.queue.close(deadline).await;
+        sink.queue.abandon();
+        unwritten
+    }
+}
+
+impl Drop for Auditor {
+    fn drop(&mut self) {
+        // The writer thread writes what is queued and ends; a failing one stops retrying.
+        if let Some(sink) = &self.sink {
+            sink.queue.close_now();
+            sink.queue.abandon();
+        }
+    }
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor")
+            .field("path", &self.sink.as_ref().map(|sink| &sink.path))
+            .field("on_failure", &self.on_failure)
+            .finish_non_exhaustive()
     }
 }
 

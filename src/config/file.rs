@@ -622,14 +622,19 @@ fn five_minutes() -> Duration {
 }
 
 /// The audit trail.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Audit {
     /// JSON-lines file sink.
     pub file: Option<AuditFile>,
-    /// `block`: refuse requests while records cannot be written; `continue`: serve anyway.
+    /// `block`: no response completes before its record is written, and requests are refused while records
+    /// cannot be written; `continue`: serve anyway, dropping (and counting) the records that do not fit the queue.
     #[serde(default)]
     pub on_failure: AuditFailure,
+    /// Records that may wait to be written at most (queued, or being written); a full queue makes the sink
+    /// unhealthy.
+    #[serde(default = "audit_queue")]
+    pub queue: usize,
 }
 
 /// The JSON-lines audit file.
@@ -641,10 +646,24 @@ pub struct AuditFile {
     /// Hash-chain the records (`prev`, `hash`).
     #[serde(default = "yes")]
     pub chain: bool,
+    /// When written records are synced to the disk (fdatasync): `batch`, after each batch is written (and before
+    /// the responses waiting for them complete), or a duration, at most that long after a write.
+    #[serde(default)]
+    pub sync: AuditSync,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn audit_queue() -> usize {
+    4096
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Self { file: None, on_failure: AuditFailure::default(), queue: audit_queue() }
+    }
 }
 
 /// What to do when an audit record cannot be written.
@@ -654,6 +673,31 @@ pub enum AuditFailure {
     #[default]
     Block,
     Continue,
+}
+
+/// When the audit file is synced to the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AuditSync {
+    /// After each batch of records is written.
+    #[default]
+    Batch,
+    /// At most this long after a write.
+    Every(std::time::Duration),
+}
+
+impl TryFrom<String> for AuditSync {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        if text == "batch" {
+            return Ok(AuditSync::Batch);
+        }
+        match text.parse::<Duration>() {
+            Ok(Duration(every)) if !every.is_zero() => Ok(AuditSync::Every(every)),
+            _ => Err(format!("invalid sync \"{text}\": write batch, or a duration greater than zero (100ms, 1s)")),
+        }
+    }
 }
 
 /// Limits on what clients may send and how long they may take.

@@ -119,13 +119,21 @@ pub struct ParentProxy {
 pub struct Audit {
     pub file: Option<AuditFile>,
     pub on_failure: file::AuditFailure,
+    /// Records that may wait to be written at most.
+    pub queue: usize,
 }
+
+/// The bounds of `audit.queue`: a queue this short would make the sink look full under ordinary load; one this
+/// long could hold gigabytes of records.
+const AUDIT_QUEUE_MIN: usize = 16;
+const AUDIT_QUEUE_MAX: usize = 1 << 20;
 
 /// The JSON-lines audit file.
 #[derive(Debug, Clone)]
 pub struct AuditFile {
     pub path: PathBuf,
     pub chain: bool,
+    pub sync: file::AuditSync,
 }
 
 /// Limits on client connections.
@@ -422,8 +430,19 @@ fn compile(
         return Err(invalid("server.max_uri_bytes", "must not exceed server.max_header_bytes"));
     }
     let audit = Audit {
-        file: parsed.audit.file.as_ref().map(|f| AuditFile { path: PathBuf::from(&f.path), chain: f.chain }),
+        file: parsed.audit.file.as_ref().map(|f| AuditFile {
+            path: PathBuf::from(&f.path),
+            chain: f.chain,
+            sync: f.sync,
+        }),
         on_failure: parsed.audit.on_failure,
+        queue: match parsed.audit.queue {
+            queue @ AUDIT_QUEUE_MIN..=AUDIT_QUEUE_MAX => queue,
+            _ => {
+                let message = format!("must be from {AUDIT_QUEUE_MIN} to {AUDIT_QUEUE_MAX} records");
+                return Err(invalid("audit.queue", message));
+            }
+        },
     };
     if audit.file.as_ref().is_some_and(|f| f.path.as_os_str().is_empty()) {
         return Err(invalid("audit.file.path", "must not be empty"));

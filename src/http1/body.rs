@@ -1,5 +1,6 @@
 //! Message bodies relayed as they arrive: by length, chunk by chunk (verbatim, with the chunk structure checked
-//! so the end is found exactly), or until the upstream closes. Nothing is buffered beyond one read.
+//! so the end is found exactly), or until the upstream closes. Nothing is buffered beyond one read. A response
+//! body's last byte may be held back (`relay_holding_end`), for the caller to send once the request is recorded.
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -51,11 +52,28 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    relay_holding_end(framing, buf, from, to, false).await.map(|(relayed, _)| relayed)
+}
+
+/// Like `relay`, but with `hold` a body delimited by length or chunks is relayed but for its last byte, which is
+/// returned for the caller to send: the peer cannot take the body for complete before it has it. (A body that
+/// ends when the upstream closes is whole only when the connection closes; nothing is held.) The byte is counted.
+pub async fn relay_holding_end<R, W>(
+    framing: Framing,
+    buf: &mut BytesMut,
+    from: &mut R,
+    to: &mut W,
+    hold: bool,
+) -> Result<(u64, Option<u8>), RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut chunked = ChunkedScanner::default();
     let mut remaining = match framing {
         Framing::Empty => {
             to.flush().await.map_err(RelayError::Write)?;
-            return Ok(0);
+            return Ok((0, None));
         }
         Framing::Length(n) => n,
         Framing::Chunked | Framing::UntilClose => u64::MAX,
@@ -72,12 +90,13 @@ where
                 }
                 Framing::Empty | Framing::UntilClose => (buf.len(), false),
             };
-            to.write_all(&buf[..take]).await.map_err(RelayError::Write)?;
+            let held = (done && hold && take > 0).then(|| buf[take - 1]);
+            to.write_all(&buf[..take - usize::from(held.is_some())]).await.map_err(RelayError::Write)?;
             buf.advance(take);
             total += take as u64;
             if done {
                 to.flush().await.map_err(RelayError::Write)?;
-                return Ok(total);
+                return Ok((total, held));
             }
         }
         if buf.capacity() - buf.len() < READ_SIZE / 4 {
@@ -86,7 +105,7 @@ where
         if from.read_buf(buf).await.map_err(RelayError::Read)? == 0 {
             to.flush().await.map_err(RelayError::Write)?;
             return match framing {
-                Framing::UntilClose => Ok(total),
+                Framing::UntilClose => Ok((total, None)),
                 _ => Err(RelayError::Truncated),
             };
         }
@@ -211,5 +230,31 @@ mod tests {
         assert!(matches!(relay_text(Framing::Length(10), "short").await.0, Err(RelayError::Truncated)));
         let (result, out, rest) = relay_text(Framing::Length(3), "abcdef").await;
         assert_eq!((result.unwrap(), out.as_str(), rest.as_str()), (3, "abc", "def"));
+    }
+
+    #[tokio::test]
+    async fn the_last_byte_of_a_sized_or_chunked_body_can_be_held() {
+        let chunked = "5\r\nhello\r\n0\r\n\r\n";
+        for (framing, input, body) in
+            [(Framing::Length(5), "hello", "hello"), (Framing::Chunked, &*format!("{chunked}NEXT"), chunked)]
+        {
+            let mut buf = BytesMut::from(input.as_bytes());
+            let mut out = Vec::new();
+            let relayed = relay_holding_end(framing, &mut buf, &mut tokio::io::empty(), &mut out, true).await.unwrap();
+            assert_eq!(relayed, (body.len() as u64, Some(body.as_bytes()[body.len() - 1])), "{framing:?}");
+            assert_eq!(out, body.as_bytes()[..body.len() - 1], "{framing:?}: all but the last byte");
+        }
+        // The end arriving in a later read: only the last byte is held, the bytes before went out.
+        let mut upstream: &[u8] = b"lo";
+        let mut buf = BytesMut::from(&b"hel"[..]);
+        let mut out = Vec::new();
+        let relayed = relay_holding_end(Framing::Length(5), &mut buf, &mut upstream, &mut out, true).await.unwrap();
+        assert_eq!((relayed, out.as_slice()), ((5, Some(b'o')), &b"hell"[..]));
+        // A body that ends with the connection holds nothing.
+        let mut buf = BytesMut::from(&b"all of it"[..]);
+        let mut out = Vec::new();
+        let relayed =
+            relay_holding_end(Framing::UntilClose, &mut buf, &mut tokio::io::empty(), &mut out, true).await.unwrap();
+        assert_eq!((relayed, out.as_slice()), ((9, None), &b"all of it"[..]));
     }
 }

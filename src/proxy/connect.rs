@@ -83,7 +83,7 @@ pub async fn tunnel(
             // Bytes pipelined after a refused CONNECT were meant for the tunnel: they are dropped with the
             // connection. With nothing pipelined, a 407 may be answered on this connection.
             let keep_alive = buf.is_empty() && error.status(Shape::Proxy) == 407 && head.keep_alive();
-            answers::refuse(client, &mut exchange, &error, !keep_alive).await;
+            answers::refuse(&mut exchange, &error, !keep_alive);
             return Tunnelled::Done { exchange, keep_alive };
         }
     };

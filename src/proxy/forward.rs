@@ -4,7 +4,9 @@
 //! the same phases and metering as inside an intercepted tunnel, never through a plain forward.
 //!
 //! `Host` comes from the target (never the client's), hop-by-hop headers and `Proxy-Authorization` stay behind,
-//! and redirects are the client's business: nothing is followed here.
+//! and redirects are the client's business: nothing is followed here. Under `audit.on_failure: block` the
+//! response's end (the whole of a response that arrived with its head, else its body's last byte) is held for the
+//! connection to send once the request's record is written.
 
 use std::io::Write;
 
@@ -18,7 +20,7 @@ use crate::http1::head::{read_head, HeadError, HeadLimits, RequestHead, Response
 use crate::request::admit::{admit, Credentials, Destination};
 use crate::request::door::{Door, Peer};
 use crate::request::error::Error;
-use crate::request::finish::Exchange;
+use crate::request::finish::{Exchange, Held};
 use crate::shared::Shared;
 use crate::stream::Stream;
 use crate::target::Target;
@@ -75,13 +77,14 @@ pub async fn forward(
             exchange.bytes_down = forwarded.bytes_down;
             exchange.upstream = forwarded.upstream.map(|a| a.to_string());
             exchange.error = forwarded.error;
+            exchange.held = forwarded.held;
             Relayed::Done { exchange, keep_alive: forwarded.keep_alive }
         }
         Err(error) => {
             // An unread request body would be taken for the next request: close instead.
             let close =
                 !head.keep_alive() || head.framing != body::Framing::Empty || matches!(error, Error::ClientClosed(_));
-            answers::refuse(client, &mut exchange, &error, close).await;
+            answers::refuse(&mut exchange, &error, close);
             Relayed::Done { exchange, keep_alive: !close }
         }
     }
@@ -132,6 +135,8 @@ pub struct Forwarded {
     pub keep_alive: bool,
     /// A failure after the response started: the connection is closed, the audit record says why.
     pub error: Option<String>,
+    /// Under `audit.on_failure: block`, the response's end, sent once its record is written.
+    pub held: Held,
 }
 
 /// Sends one allowed request upstream and relays the response.
@@ -314,18 +319,31 @@ async fn respond(
         upstream: Some(connection.peer),
         keep_alive,
         error: None,
+        held: Held::Nothing,
     };
     // A small body already read travels in the same write as the head.
     let rest = body::append_if_complete(framing, &mut connection.buf, &mut out);
     forwarded.bytes_down = out.len() as u64;
-    if let Err(error) = client.write_all(&out).await {
-        forwarded.keep_alive = false;
-        forwarded.error = Some(format!("client closed: {error}"));
-        return Ok(forwarded);
-    }
-    match body::relay(rest, &mut connection.buf, &mut connection.stream, client).await {
-        Ok(relayed) => {
+    // No response completes before its record is written (audit.on_failure: block): its end is held back.
+    let hold = shared.auditor.holds_responses();
+    let relayed = if hold && rest == Framing::Empty {
+        // The whole response is here: it goes out once its record is written.
+        forwarded.held = Held::Answer(out);
+        Ok((0, None))
+    } else {
+        if let Err(error) = client.write_all(&out).await {
+            forwarded.keep_alive = false;
+            forwarded.error = Some(format!("client closed: {error}"));
+            return Ok(forwarded);
+        }
+        body::relay_holding_end(rest, &mut connection.buf, &mut connection.stream, client, hold).await
+    };
+    match relayed {
+        Ok((relayed, last_byte)) => {
             forwarded.bytes_down += relayed;
+            if let Some(byte) = last_byte {
+                forwarded.held = Held::LastByte(byte);
+            }
             // Not when the request said `Connection: close` upstream: the origin may close it at any moment.
             if head.keep_alive() && response.keep_alive() && framing != Framing::UntilClose {
                 connection.reused = false;

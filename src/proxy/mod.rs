@@ -6,7 +6,8 @@
 //!                                  └─ absolute-form → forward.rs: admit, pooled upstream, relay the response
 //!                                                    (a model host: api::server::serve, the model-API phases)
 //! ```
-//! Whatever happened, the request is recorded once, by `request::finish`, before the next is read.
+//! Whatever happened, the request is recorded once, by `request::finish`, before the next is read; what the
+//! client is still owed (a refusal, a response's last bytes) is sent after that (`finish::Held`).
 
 pub mod answers;
 pub mod connect;
@@ -19,6 +20,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
 use crate::api::session::{Origin, Session};
+use crate::audit::Release;
 use crate::config::Config;
 use crate::http1::head::{read_head, HeadError, HeadLimits, RequestHead};
 use crate::intercept;
@@ -58,7 +60,9 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
                 Tunnelled::Done { exchange, keep_alive } => (exchange, keep_alive),
                 Tunnelled::Intercept(interception) => {
                     let exchange = intercept::serve_tunnel(&shared, client, buf, *interception, &peer).await;
-                    return finish(&shared, &peer, exchange);
+                    // The tunnel has ended: its record is written before the connection closes.
+                    let _ = finish(&shared, &peer, exchange).await;
+                    return;
                 }
             }
         } else {
@@ -73,10 +77,20 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
                 }
             }
         };
-        finish(&shared, &peer, exchange);
-        if !keep_alive {
+        if !record_and_answer(&shared, &peer, &mut client, exchange).await || !keep_alive {
             return;
         }
+    }
+}
+
+/// Records the exchange (`request::finish`), then sends the client what the door held back: a refusal, or the end
+/// of a relayed response. False when the connection must close without it: shutdown stopped waiting for the
+/// record (`audit.on_failure: block`), or the client is gone.
+async fn record_and_answer(shared: &Shared, peer: &Peer, client: &mut Stream, mut exchange: Exchange) -> bool {
+    let held = std::mem::take(&mut exchange.held);
+    match finish(shared, peer, exchange).await {
+        Release::Complete => held.send(client).await.is_ok(),
+        Release::Cut => false,
     }
 }
 
@@ -112,7 +126,7 @@ async fn read_request_head(
     };
     shared.metrics.client_error(&peer.listener, error.kind());
     let mut exchange = Exchange::new(shared.next_request_id(), Door::Forward);
-    answers::refuse(client, &mut exchange, &error, true).await;
-    finish(shared, peer, exchange);
+    answers::refuse(&mut exchange, &error, true);
+    record_and_answer(shared, peer, client, exchange).await;
     None
 }

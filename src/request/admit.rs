@@ -88,8 +88,8 @@ pub async fn admit(
     let principal = identify(shared, config, credentials, client, now).await?;
     exchange.principal = Some(principal.clone());
     let principal = &principal;
-    if shared.auditor.refuses_requests() {
-        return Err(Error::AuditUnavailable { sink: "file" });
+    if let Some(sink) = shared.auditor.unavailable_sink() {
+        return Err(Error::AuditUnavailable { sink });
     }
     let upstream = match destination {
         Destination::Named(target) => {

@@ -1,13 +1,19 @@
 //! One request (or tunnel) as it goes through the pipeline, and the phase that always runs last: `finish`
 //! turns it into metrics, one log line and one audit record, whatever happened before. This is the one place
 //! that writes an audit record of a request.
+//!
+//! Under `audit.on_failure: block`, `finish` returns once the record is written, and a door completes the response
+//! only then: a refusal is sent after `finish`, a relayed response's last bytes are held until it returns
+//! (`Held`), a tunnel's record is written when the tunnel ends, before its connection closes.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
 use super::door::{Door, Peer};
 use super::error::{Error, Shape};
-use crate::audit::{self, Record};
+use crate::audit::{self, Record, Release, Wait};
 use crate::identity::Principal;
 use crate::llm::usage::Usage;
 use crate::metrics::RequestOutcome;
@@ -44,6 +50,32 @@ pub struct Exchange {
     pub error: Option<String>,
     /// The kind of upstream failure, for `tollgate_upstream_errors_total`.
     pub upstream_failure: Option<&'static str>,
+    /// What the client is still owed, sent once the exchange is recorded.
+    pub held: Held,
+}
+
+/// What a door keeps back from the client until the exchange is recorded, so that under
+/// `audit.on_failure: block` no response completes before its record is written.
+#[derive(Debug, Default)]
+pub enum Held {
+    #[default]
+    Nothing,
+    /// A whole answer: a refusal tollgate wrote, or a response that arrived whole with its head.
+    Answer(Vec<u8>),
+    /// The last byte of a relayed body, whose other bytes have been sent.
+    LastByte(u8),
+}
+
+impl Held {
+    /// Sends what was held.
+    pub async fn send<W: AsyncWrite + Unpin>(self, client: &mut W) -> std::io::Result<()> {
+        match self {
+            Held::Nothing => return Ok(()),
+            Held::Answer(bytes) => client.write_all(&bytes).await?,
+            Held::LastByte(byte) => client.write_all(&[byte]).await?,
+        }
+        client.flush().await
+    }
 }
 
 impl Exchange {
@@ -72,6 +104,7 @@ impl Exchange {
             dlp: Vec::new(),
             error: None,
             upstream_failure: None,
+            held: Held::Nothing,
         }
     }
 
@@ -105,8 +138,13 @@ impl Exchange {
     }
 }
 
-/// The last phase of every request: metrics, one log line, one audit record.
-pub fn finish(shared: &Shared, peer: &Peer, exchange: Exchange) {
+/// `Error::AuditUnavailable`'s reason: a refusal the audit sink's own failure caused.
+const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
+
+/// The last phase of every request: metrics, one log line, one audit record. Under `audit.on_failure: block`
+/// returns once the record is written (`Release::Cut` when shutdown stopped waiting first); a refusal because the
+/// sink cannot take records does not wait for its own record.
+pub async fn finish(shared: &Shared, peer: &Peer, exchange: Exchange) -> Release {
     let listener = &peer.listener;
     let seconds = exchange.started.elapsed().as_secs_f64();
     shared.metrics.request(RequestOutcome {
@@ -146,7 +184,8 @@ pub fn finish(shared: &Shared, peer: &Peer, exchange: Exchange) {
         error = exchange.error.as_deref().unwrap_or("-"),
         "request"
     );
-    shared.auditor.record(Record {
+    let wait = if exchange.reason == AUDIT_UNAVAILABLE { Wait::Never } else { Wait::UntilWritten };
+    let record = Record {
         ts: audit::timestamp(exchange.started_at),
         id: exchange.id,
         kind: exchange.door.label(),
@@ -171,5 +210,16 @@ pub fn finish(shared: &Shared, peer: &Peer, exchange: Exchange) {
         cost_usd: exchange.cost_usd,
         dlp: exchange.dlp,
         error: exchange.error,
-    });
+    };
+    shared.auditor.record(record, wait).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusals_that_do_not_wait_are_those_of_an_unavailable_sink() {
+        assert_eq!(Error::AuditUnavailable { sink: "file" }.kind(), AUDIT_UNAVAILABLE);
+    }
 }

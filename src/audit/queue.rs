@@ -1,0 +1,510 @@
+//! The bounded queue between the request path and the writer thread, and what the writer tells back: how many
+//! records are written, and whether the sink is healthy.
+//!
+//! Each record gets a sequence number as it is queued, and the writer writes records in that order, so one number,
+//! "written through N", tells every waiter whether its record is on its way to disk (group commit: one write per
+//! batch, every waiter woken once per batch). A record counts against `audit.queue` from the moment it is queued
+//! until it is written, so memory stays bounded however long the sink stalls.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use super::record::Record;
+
+/// Records that end a gathering early.
+const GATHER_RECORDS: usize = 256;
+
+/// A write (or sync) that has not returned after this long makes the sink stalled.
+pub const STALL_AFTER: Duration = Duration::from_secs(2);
+
+/// The queue of records waiting for the writer thread.
+pub(super) struct Queue {
+    state: Mutex<State>,
+    /// Wakes the writer thread when records arrive, the queue closes or a sync is due.
+    arrived: Condvar,
+    /// What the writer has done, for the callers that wait on it.
+    progress: watch::Sender<Progress>,
+    /// Wakes callers waiting for room (`audit.on_failure: block` with a full queue).
+    room: Notify,
+    capacity: u64,
+    /// When nobody waits for records (`audit.on_failure: continue`), how long the writer gathers records after
+    /// the first before writing them, and how many end the gathering early.
+    gather: Option<Duration>,
+    gather_records: usize,
+    /// Copies of `State::pushed` and `Progress::written`, read without a lock by health checks.
+    pushed: AtomicU64,
+    written: AtomicU64,
+    /// Nanoseconds after `epoch`, plus one, at which the write or sync in progress began; 0 when none is.
+    io_since: AtomicU64,
+    epoch: Instant,
+    /// The last write or sync failed; it is retried until it succeeds.
+    failing: AtomicBool,
+    failure: Mutex<String>,
+}
+
+struct State {
+    records: VecDeque<Box<Record>>,
+    /// Records queued since the start: the next record's sequence number.
+    pushed: u64,
+    writer: WriterState,
+    /// A caller waits for everything queued to be written: no gathering.
+    flush_requested: bool,
+    closing: bool,
+}
+
+/// What the writer thread is doing, so that only a wake-up it needs costs a system call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterState {
+    Busy,
+    /// Asleep with nothing queued: the next record wakes it.
+    Idle,
+    /// Asleep gathering records: woken by enough of them, a flush, or its deadline.
+    Gathering,
+}
+
+/// What the writer has done so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    /// Records written: every sequence number below it.
+    written: u64,
+    /// Shutdown stopped waiting for records: waiters give up.
+    abandoned: bool,
+    /// The writer thread has written what it could and ended.
+    finished: bool,
+}
+
+/// How the sink is doing, as `/readyz` and admission see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Healthy,
+    /// A write or sync has been in progress for this long (the disk or pipe does not take the bytes).
+    Stalled(Duration),
+    /// The last write or sync failed with this error; it is retried until it succeeds.
+    Failing(String),
+    /// `audit.queue` records are waiting to be written.
+    Full(u64),
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Health::Healthy => f.write_str("healthy"),
+            Health::Stalled(since) => write!(f, "stalled: a write has not returned for {:.1}s", since.as_secs_f64()),
+            Health::Failing(error) => write!(f, "failing: {error}"),
+            Health::Full(records) => write!(f, "full: {records} records (audit.queue) are waiting to be written"),
+        }
+    }
+}
+
+/// What the writer thread found when it asked for records.
+pub(super) enum Taken {
+    /// Records were moved into the batch.
+    Records,
+    /// The deadline passed with nothing queued.
+    Deadline,
+    /// The queue is closed and empty.
+    Closed,
+}
+
+impl Queue {
+    /// A queue of at most `capacity` records; with `gather`, the writer waits that long after a first record for
+    /// more, unless someone waits for them.
+    pub(super) fn new(capacity: usize, gather: Option<Duration>) -> Self {
+        let state = State {
+            records: VecDeque::new(),
+            pushed: 0,
+            writer: WriterState::Busy,
+            flush_requested: false,
+            closing: false,
+        };
+        Self {
+            state: Mutex::new(state),
+            arrived: Condvar::new(),
+            progress: watch::Sender::new(Progress::default()),
+            room: Notify::new(),
+            capacity: capacity as u64,
+            gather,
+            gather_records: (capacity / 2).clamp(1, GATHER_RECORDS),
+            pushed: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            io_since: AtomicU64::new(0),
+            epoch: Instant::now(),
+            failing: AtomicBool::new(false),
+            failure: Mutex::new(String::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves the queue consistent (every change is one statement).
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues `record` when there is room; returns its sequence number, or gives it back.
+    pub(super) fn try_push(&self, record: Box<Record>) -> Result<u64, Box<Record>> {
+        self.push_unless_full(record, true)
+    }
+
+    /// Queues `record` even beyond `audit.queue`: for a caller that waited for room and was cancelled (at most
+    /// one record per request in flight, which admission bounds).
+    pub(super) fn force_push(&self, record: Box<Record>) {
+        let _ = self.push_unless_full(record, false);
+    }
+
+    fn push_unless_full(&self, record: Box<Record>, bounded: bool) -> Result<u64, Box<Record>> {
+        let mut state = self.lock();
+        if bounded && state.pushed - self.written.load(Ordering::Acquire) >= self.capacity {
+            return Err(record);
+        }
+        let sequence = state.pushed;
+        state.pushed += 1;
+        self.pushed.store(state.pushed, Ordering::Release);
+        state.records.push_back(record);
+        // Only a sleeping writer needs the (system call) wake-up; a busy one takes the record with its next batch.
+        let wake = match state.writer {
+            WriterState::Idle => true,
+            WriterState::Gathering => state.records.len() >= self.gather_records,
+            WriterState::Busy => false,
+        };
+        if wake {
+            state.writer = WriterState::Busy;
+        }
+        drop(state);
+        if wake {
+            self.arrived.notify_one();
+        }
+        Ok(sequence)
+    }
+
+    /// Queues `record`, waiting for room while the queue is full. `None` when shutdown gave up first (the record
+    /// is then queued anyway, for the last flush). Cancelled while waiting, it queues the record beyond the bound
+    /// rather than lose it.
+    pub(super) async fn push(&self, record: Box<Record>) -> Option<u64> {
+        struct Pending<'a> {
+            queue: &'a Queue,
+            record: Option<Box<Record>>,
+        }
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                if let Some(record) = self.record.take() {
+                    self.queue.force_push(record);
+                }
+            }
+        }
+        let mut pending = Pending { queue: self, record: Some(record) };
+        loop {
+            // Registered before the check, so room made in between is not missed.
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            // Put back below after each failed try.
+            let record = pending.record.take()?;
+            match self.try_push(record) {
+                Ok(sequence) => return Some(sequence),
+                Err(record) => pending.record = Some(record),
+            }
+            if self.progress.borrow().abandoned {
+                return None;
+            }
+            room.await;
+        }
+    }
+
+    /// Waits until the record numbered `sequence` is written; false when shutdown gave up first.
+    pub(super) async fn written(&self, sequence: u64) -> bool {
+        if self.written.load(Ordering::Acquire) > sequence {
+            return true;
+        }
+        let mut progress = self.progress.subscribe();
+        let seen = progress.wait_for(|progress| progress.written > sequence || progress.abandoned).await;
+        // The sender lives as long as the queue, which outlives this borrow.
+        seen.is_ok_and(|progress| progress.written > sequence)
+    }
+
+    /// Waits until every record queued before the call is written (no bound: for tests and the usage report).
+    pub(super) async fn flush(&self) {
+        let target = self.pushed.load(Ordering::Acquire);
+        let wake = {
+            let mut state = self.lock();
+            state.flush_requested = true;
+            std::mem::replace(&mut state.writer, WriterState::Busy) != WriterState::Busy
+        };
+        if wake {
+            self.arrived.notify_one();
+        }
+        if target > 0 {
+            let _ = self.written(target - 1).await;
+        }
+    }
+
+    /// Closes the queue (the writer writes what is queued, syncs and ends) and waits for the writer to finish,
+    /// until `deadline`. Returns how many records were not written.
+    pub(super) async fn close(&self, deadline: tokio::time::Instant) -> u64 {
+        self.close_now();
+        let mut progress = self.progress.subscribe();
+        let _ = tokio::time::timeout_at(deadline, progress.wait_for(|progress| progress.finished)).await;
+        self.unwritten()
+    }
+
+    /// Closes the queue without waiting.
+    pub(super) fn close_now(&self) {
+        let mut state = self.lock();
+        state.closing = true;
+        drop(state);
+        self.arrived.notify_one();
+    }
+
+    /// Stops every wait: callers waiting for room or for their record give up (their responses are cut), and a
+    /// failing writer stops retrying.
+    pub(super) fn abandon(&self) {
+        self.progress.send_modify(|progress| progress.abandoned = true);
+        self.room.notify_waiters();
+    }
+
+    pub(super) fn abandoned(&self) -> bool {
+        self.progress.borrow().abandoned
+    }
+
+    /// Records queued and not yet written.
+    pub(super) fn unwritten(&self) -> u64 {
+        self.pushed.load(Ordering::Acquire) - self.written.load(Ordering::Acquire)
+    }
+
+    /// True unless a write fails, stalls, or the queue is full; cheap enough for every admission.
+    pub(super) fn healthy(&self) -> bool {
+        if self.failing.load(Ordering::Acquire) || self.unwritten() >= self.capacity {
+            return false;
+        }
+        let since = self.io_since.load(Ordering::Acquire);
+        since == 0 || self.epoch.elapsed() < Duration::from_nanos(since - 1) + STALL_AFTER
+    }
+
+    /// What is wrong with the sink, if anything.
+    pub(super) fn health(&self) -> Health {
+        if self.failing.load(Ordering::Acquire) {
+            let failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            return Health::Failing(failure.clone());
+        }
+        let since = self.io_since.load(Ordering::Acquire);
+        if since != 0 {
+            let running = self.epoch.elapsed().saturating_sub(Duration::from_nanos(since - 1));
+            if running >= STALL_AFTER {
+                return Health::Stalled(running);
+            }
+        }
+        let unwritten = self.unwritten();
+        if unwritten >= self.capacity {
+            return Health::Full(unwritten);
+        }
+        Health::Healthy
+    }
+
+    // The writer thread's side.
+
+    /// Moves every queued record into `batch`; sleeps until there is one, the queue closes, or `deadline`.
+    pub(super) fn take(&self, batch: &mut VecDeque<Box<Record>>, deadline: Option<Instant>) -> Taken {
+        let mut state = self.lock();
+        let mut slept = false;
+        loop {
+            if !state.records.is_empty() {
+                if slept {
+                    state = self.gather(state);
+                }
+                state.flush_requested = false;
+                std::mem::swap(&mut state.records, batch);
+                return Taken::Records;
+            }
+            if state.closing {
+                return Taken::Closed;
+            }
+            state.writer = WriterState::Idle;
+            state = match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        state.writer = WriterState::Busy;
+                        return Taken::Deadline;
+                    }
+                    self.arrived.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0
+                }
+                None => self.arrived.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner()),
+            };
+            state.writer = WriterState::Busy;
+            slept = true;
+        }
+    }
+
+    /// Woken by the first record of a burst, lets the rest be queued before the batch is taken, so that one write
+    /// takes many records.
+    fn gather<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let Some(gather) = self.gather else {
+            // Callers wait: no waiting on purpose, but the threads queueing the rest (on this core, perhaps) run
+            // first. Without it, a writer sharing a core with the workers wrote one record per batch in the load
+            // harness.
+            drop(state);
+            std::thread::yield_now();
+            return self.lock();
+        };
+        let until = Instant::now() + gather;
+        while state.records.len() < self.gather_records && !state.flush_requested && !state.closing {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            state.writer = WriterState::Gathering;
+            state = self.arrived.wait_timeout(state, until - now).unwrap_or_else(|p| p.into_inner()).0;
+            state.writer = WriterState::Busy;
+        }
+        state
+    }
+
+    /// Marks the start of a write or sync (for stall detection).
+    pub(super) fn begin_io(&self) {
+        let since = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
+        self.io_since.store(since + 1, Ordering::Release);
+    }
+
+    pub(super) fn end_io(&self) {
+        self.io_since.store(0, Ordering::Release);
+    }
+
+    /// A write or sync failed; true when this starts a failure (the caller logs it once).
+    pub(super) fn fail(&self, error: &std::io::Error) -> bool {
+        *self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = error.to_string();
+        !self.failing.swap(true, Ordering::AcqRel)
+    }
+
+    /// Writes and syncs succeed again; true when a failure ended.
+    pub(super) fn recover(&self) -> bool {
+        self.failing.swap(false, Ordering::AcqRel)
+    }
+
+    /// `count` more records are written: wakes their waiters, and those waiting for room.
+    pub(super) fn advance(&self, count: u64) {
+        let written = self.written.fetch_add(count, Ordering::AcqRel) + count;
+        self.progress.send_modify(|progress| progress.written = written);
+        self.room.notify_waiters();
+    }
+
+    /// The writer thread has ended.
+    pub(super) fn finish(&self) {
+        self.progress.send_modify(|progress| progress.finished = true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> Box<Record> {
+        Box::new(Record { id: id.into(), ..Record::default() })
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_until_the_writer_advances() {
+        let queue = Queue::new(2, None);
+        assert_eq!(queue.try_push(record("a")).ok(), Some(0));
+        assert_eq!(queue.try_push(record("b")).ok(), Some(1));
+        assert!(queue.try_push(record("c")).is_err(), "a third record does not fit");
+        assert_eq!(queue.health(), Health::Full(2));
+        assert!(!queue.healthy());
+
+        // Taken by the writer, the records still count until they are written.
+        let mut batch = VecDeque::new();
+        assert!(matches!(queue.take(&mut batch, None), Taken::Records));
+        assert_eq!(batch.len(), 2);
+        assert!(queue.try_push(record("c")).is_err());
+
+        queue.advance(2);
+        assert!(queue.healthy());
+        assert!(queue.written(1).await);
+        assert_eq!(queue.try_push(record("c")).ok(), Some(2));
+    }
+
+    #[tokio::test]
+    async fn waiters_wake_when_their_record_is_written_or_shutdown_gives_up() {
+        let queue = std::sync::Arc::new(Queue::new(4, None));
+        let first = queue.try_push(record("a")).unwrap();
+        let second = queue.try_push(record("b")).unwrap();
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.written(second).await }
+        });
+        queue.advance(1);
+        assert!(queue.written(first).await);
+        queue.abandon();
+        assert!(!waiting.await.unwrap(), "abandoned before the second record was written");
+    }
+
+    #[tokio::test]
+    async fn a_push_waits_for_room_and_a_cancelled_one_keeps_its_record() {
+        let queue = std::sync::Arc::new(Queue::new(1, None));
+        queue.try_push(record("a")).unwrap();
+        let pushing = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.push(record("b")).await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(queue.unwritten(), 1, "the second record waits for room");
+        queue.advance(1);
+        assert_eq!(pushing.await.unwrap(), Some(1));
+
+        // Cancelled while waiting: the record is queued beyond the bound rather than lost.
+        tokio::select! {
+            biased;
+            _ = queue.push(record("c")) => panic!("there is no room for a third record"),
+            () = std::future::ready(()) => {}
+        }
+        assert_eq!(queue.unwritten(), 2);
+    }
+
+    /// The writer's side on a thread: one `take`, the batch's size sent back, then the batch written.
+    fn writer_takes_once(queue: &std::sync::Arc<Queue>) -> std::sync::mpsc::Receiver<usize> {
+        let (sender, taken) = std::sync::mpsc::channel();
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            let mut batch = VecDeque::new();
+            assert!(matches!(queue.take(&mut batch, None), Taken::Records));
+            let _ = sender.send(batch.len());
+            queue.advance(batch.len() as u64);
+        });
+        taken
+    }
+
+    #[test]
+    fn gathering_ends_with_enough_records_not_at_its_deadline() {
+        // Gathering for a minute, ended by the second record (half the queue).
+        let queue = std::sync::Arc::new(Queue::new(4, Some(Duration::from_secs(60))));
+        let taken = writer_takes_once(&queue);
+        queue.try_push(record("a")).unwrap();
+        queue.try_push(record("b")).unwrap();
+        assert_eq!(taken.recv_timeout(Duration::from_secs(30)), Ok(2));
+    }
+
+    #[tokio::test]
+    async fn a_flush_ends_gathering() {
+        let queue = std::sync::Arc::new(Queue::new(4, Some(Duration::from_secs(60))));
+        let taken = writer_takes_once(&queue);
+        queue.try_push(record("a")).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), queue.flush()).await.expect("flushed without gathering");
+        assert_eq!(taken.recv_timeout(Duration::from_secs(30)), Ok(1));
+    }
+
+    #[test]
+    fn a_write_that_does_not_return_is_a_stall() {
+        let mut queue = Queue::new(4, None);
+        queue.begin_io();
+        assert!(queue.healthy(), "a write just begun is no stall");
+        queue.end_io();
+        // A write that began at an epoch twice STALL_AFTER ago.
+        queue.epoch = Instant::now().checked_sub(STALL_AFTER * 2).expect("the monotonic clock has run for 4 s");
+        queue.io_since.store(1, Ordering::Release);
+        assert!(!queue.healthy());
+        assert!(matches!(queue.health(), Health::Stalled(running) if running >= STALL_AFTER * 2));
+        queue.end_io();
+        assert_eq!(queue.health(), Health::Healthy);
+    }
+}
