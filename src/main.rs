@@ -318,7 +318,13 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Audit writers are woken when a worker runs out of work, so one write takes a whole burst of records.
+    tollgate::audit::install_park_hook();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(tollgate::audit::worker_parks)
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => return report(Err(error.into())),
     };

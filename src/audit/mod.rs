@@ -18,7 +18,7 @@ use std::sync::Arc;
 use prometheus::IntCounter;
 
 pub use file::{torn_path, Torn};
-pub use queue::{Health, STALL_AFTER};
+pub use queue::{install_park_hook, worker_parks, Health, STALL_AFTER};
 pub use record::Record;
 pub use verify::{verify, verify_chain, ChainError, Verified, VerifyError};
 
@@ -107,7 +107,9 @@ impl Auditor {
         }
         // Nobody waits for records under `continue`: they are gathered for a moment, for fewer, larger writes.
         let gather = (config.on_failure == AuditFailure::Continue).then_some(GATHER);
-        let queue = Arc::new(Queue::new(config.queue, gather));
+        // Callers wait under `block`: with the runtime's park hook, the writer is woken once a burst is queued.
+        let defer = gather.is_none() && queue::park_hook_installed();
+        let queue = Queue::new(config.queue, gather, defer);
         let written = metrics.audit_counter(FILE_SINK, "ok");
         let writer_queue = queue.clone();
         std::thread::Builder::new()

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
@@ -20,6 +20,43 @@ const GATHER_RECORDS: usize = 256;
 
 /// A write (or sync) that has not returned after this long makes the sink stalled.
 pub const STALL_AFTER: Duration = Duration::from_secs(2);
+
+/// Records a deferred wake-up may hold back before the writer is woken anyway.
+const DEFER_RECORDS: usize = 64;
+/// How long a writer with wake-ups deferred sleeps at most before it looks for records itself (a worker that stays
+/// busy without parking would otherwise hold them back).
+const DEFER_AT_MOST: Duration = Duration::from_millis(2);
+
+/// Set when the async runtime calls `worker_parks` each time one of its workers runs out of work.
+static PARK_HOOK: AtomicBool = AtomicBool::new(false);
+/// Some queue holds records whose wake-up was deferred to the next worker park.
+static DEFERRED: AtomicBool = AtomicBool::new(false);
+/// The queues that defer their wake-ups.
+static DEFERRING: Mutex<Vec<Weak<Queue>>> = Mutex::new(Vec::new());
+
+/// Says that the runtime calls `worker_parks` (from `tokio::runtime::Builder::on_thread_park`): queues created from
+/// then on under `audit.on_failure: block` defer waking their writer to the moment a worker runs out of work, so one
+/// batch (one write, one wake-up of the waiters) takes every record of a burst instead of a few.
+pub fn install_park_hook() {
+    PARK_HOOK.store(true, Ordering::Release);
+}
+
+/// Whether the runtime calls `worker_parks`.
+pub(super) fn park_hook_installed() -> bool {
+    PARK_HOOK.load(Ordering::Acquire)
+}
+
+/// Called by each async worker as it is about to park: wakes the writers whose wake-up was deferred. One atomic
+/// load when none was.
+pub fn worker_parks() {
+    if !DEFERRED.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    let queues = DEFERRING.lock().unwrap_or_else(|p| p.into_inner());
+    for queue in queues.iter().filter_map(Weak::upgrade) {
+        queue.wake_deferred();
+    }
+}
 
 /// The queue of records waiting for the writer thread.
 pub(super) struct Queue {
@@ -35,6 +72,8 @@ pub(super) struct Queue {
     /// the first before writing them, and how many end the gathering early.
     gather: Option<Duration>,
     gather_records: usize,
+    /// Waking the writer is left to the next worker park (`worker_parks`) for up to `DEFER_RECORDS` records.
+    defer: bool,
     /// Copies of `State::pushed` and `Progress::written`, read without a lock by health checks.
     pushed: AtomicU64,
     written: AtomicU64,
@@ -53,6 +92,8 @@ struct State {
     writer: WriterState,
     /// A caller waits for everything queued to be written: no gathering.
     flush_requested: bool,
+    /// Records are queued and the writer sleeps: its wake-up was left to the next worker park.
+    deferred: bool,
     closing: bool,
 }
 
@@ -112,16 +153,18 @@ pub(super) enum Taken {
 
 impl Queue {
     /// A queue of at most `capacity` records; with `gather`, the writer waits that long after a first record for
-    /// more, unless someone waits for them.
-    pub(super) fn new(capacity: usize, gather: Option<Duration>) -> Self {
+    /// more, unless someone waits for them. With `defer` (callers wait, and the runtime calls `worker_parks`),
+    /// waking the writer is left to the next worker park.
+    pub(super) fn new(capacity: usize, gather: Option<Duration>, defer: bool) -> Arc<Self> {
         let state = State {
             records: VecDeque::new(),
             pushed: 0,
             writer: WriterState::Busy,
             flush_requested: false,
+            deferred: false,
             closing: false,
         };
-        Self {
+        let queue = Arc::new(Self {
             state: Mutex::new(state),
             arrived: Condvar::new(),
             progress: watch::Sender::new(Progress::default()),
@@ -135,7 +178,25 @@ impl Queue {
             epoch: Instant::now(),
             failing: AtomicBool::new(false),
             failure: Mutex::new(String::new()),
+            defer,
+        });
+        if defer {
+            let mut deferring = DEFERRING.lock().unwrap_or_else(|p| p.into_inner());
+            deferring.retain(|queue| queue.strong_count() > 0);
+            deferring.push(Arc::downgrade(&queue));
         }
+        queue
+    }
+
+    /// Wakes the writer if its wake-up was deferred.
+    fn wake_deferred(&self) {
+        let mut state = self.lock();
+        if !std::mem::take(&mut state.deferred) || state.writer != WriterState::Idle {
+            return;
+        }
+        state.writer = WriterState::Busy;
+        drop(state);
+        self.arrived.notify_one();
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -164,13 +225,20 @@ impl Queue {
         self.pushed.store(state.pushed, Ordering::Release);
         state.records.push_back(record);
         // Only a sleeping writer needs the (system call) wake-up; a busy one takes the record with its next batch.
+        // With the park hook, the worker that runs out of work wakes it, after queueing the rest of the burst.
         let wake = match state.writer {
+            WriterState::Idle if self.defer && state.records.len() < DEFER_RECORDS => {
+                state.deferred = true;
+                DEFERRED.store(true, Ordering::Release);
+                false
+            }
             WriterState::Idle => true,
             WriterState::Gathering => state.records.len() >= self.gather_records,
             WriterState::Busy => false,
         };
         if wake {
             state.writer = WriterState::Busy;
+            state.deferred = false;
         }
         drop(state);
         if wake {
@@ -314,21 +382,27 @@ impl Queue {
                     state = self.gather(state);
                 }
                 state.flush_requested = false;
+                state.deferred = false;
                 std::mem::swap(&mut state.records, batch);
                 return Taken::Records;
             }
             if state.closing {
                 return Taken::Closed;
             }
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                return Taken::Deadline;
+            }
             state.writer = WriterState::Idle;
-            state = match deadline {
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        state.writer = WriterState::Busy;
-                        return Taken::Deadline;
-                    }
-                    self.arrived.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0
+            // A deferring writer also looks for records itself now and then: a busy worker may not park for a while.
+            let wake_at = match (deadline, self.defer) {
+                (deadline, false) => deadline,
+                (Some(deadline), true) => Some(deadline.min(Instant::now() + DEFER_AT_MOST)),
+                (None, true) => Some(Instant::now() + DEFER_AT_MOST),
+            };
+            state = match wake_at {
+                Some(wake_at) => {
+                    let wait = wake_at.saturating_duration_since(Instant::now());
+                    self.arrived.wait_timeout(state, wait).unwrap_or_else(|p| p.into_inner()).0
                 }
                 None => self.arrived.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner()),
             };
@@ -341,6 +415,10 @@ impl Queue {
     /// takes many records.
     fn gather<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         let Some(gather) = self.gather else {
+            if self.defer {
+                // Woken by a parking worker: the burst is queued already.
+                return state;
+            }
             // Callers wait: no waiting on purpose, but the threads queueing the rest (on this core, perhaps) run
             // first. Without it, a writer sharing a core with the workers wrote one record per batch in the load
             // harness.
@@ -405,7 +483,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_refuses_until_the_writer_advances() {
-        let queue = Queue::new(2, None);
+        let queue = Queue::new(2, None, false);
         assert_eq!(queue.try_push(record("a")).ok(), Some(0));
         assert_eq!(queue.try_push(record("b")).ok(), Some(1));
         assert!(queue.try_push(record("c")).is_err(), "a third record does not fit");
@@ -426,7 +504,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiters_wake_when_their_record_is_written_or_shutdown_gives_up() {
-        let queue = std::sync::Arc::new(Queue::new(4, None));
+        let queue = Queue::new(4, None, false);
         let first = queue.try_push(record("a")).unwrap();
         let second = queue.try_push(record("b")).unwrap();
         let waiting = tokio::spawn({
@@ -441,7 +519,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_push_waits_for_room_and_a_cancelled_one_keeps_its_record() {
-        let queue = std::sync::Arc::new(Queue::new(1, None));
+        let queue = Queue::new(1, None, false);
         queue.try_push(record("a")).unwrap();
         let pushing = tokio::spawn({
             let queue = queue.clone();
@@ -477,7 +555,7 @@ mod tests {
     #[test]
     fn gathering_ends_with_enough_records_not_at_its_deadline() {
         // Gathering for a minute, ended by the second record (half the queue).
-        let queue = std::sync::Arc::new(Queue::new(4, Some(Duration::from_secs(60))));
+        let queue = Queue::new(4, Some(Duration::from_secs(60)), false);
         let taken = writer_takes_once(&queue);
         queue.try_push(record("a")).unwrap();
         queue.try_push(record("b")).unwrap();
@@ -486,7 +564,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flush_ends_gathering() {
-        let queue = std::sync::Arc::new(Queue::new(4, Some(Duration::from_secs(60))));
+        let queue = Queue::new(4, Some(Duration::from_secs(60)), false);
         let taken = writer_takes_once(&queue);
         queue.try_push(record("a")).unwrap();
         tokio::time::timeout(Duration::from_secs(30), queue.flush()).await.expect("flushed without gathering");
@@ -495,16 +573,43 @@ mod tests {
 
     #[test]
     fn a_write_that_does_not_return_is_a_stall() {
-        let mut queue = Queue::new(4, None);
+        let mut queue = Queue::new(4, None, false);
         queue.begin_io();
         assert!(queue.healthy(), "a write just begun is no stall");
         queue.end_io();
         // A write that began at an epoch twice STALL_AFTER ago.
-        queue.epoch = Instant::now().checked_sub(STALL_AFTER * 2).expect("the monotonic clock has run for 4 s");
+        let only = Arc::get_mut(&mut queue).expect("the only handle");
+        only.epoch = Instant::now().checked_sub(STALL_AFTER * 2).expect("the monotonic clock has run for 4 s");
         queue.io_since.store(1, Ordering::Release);
         assert!(!queue.healthy());
         assert!(matches!(queue.health(), Health::Stalled(running) if running >= STALL_AFTER * 2));
         queue.end_io();
         assert_eq!(queue.health(), Health::Healthy);
+    }
+}
+
+#[cfg(test)]
+mod deferred_tests {
+    use super::*;
+
+    #[test]
+    fn with_the_park_hook_a_record_waits_for_a_parking_worker_to_wake_the_writer() {
+        let queue = Queue::new(128, None, true);
+        // The writer sleeps with nothing queued.
+        queue.lock().writer = WriterState::Idle;
+        queue.try_push(Box::new(Record { id: "a".into(), ..Record::default() })).unwrap();
+        let state = queue.lock();
+        assert!(state.deferred && state.writer == WriterState::Idle, "the wake-up is left to the next park");
+        drop(state);
+        worker_parks();
+        let state = queue.lock();
+        assert!(!state.deferred && state.writer == WriterState::Busy, "a parking worker woke the writer");
+        drop(state);
+        // A burst of DEFER_RECORDS wakes the writer at once, park or not.
+        queue.lock().writer = WriterState::Idle;
+        for id in 0..DEFER_RECORDS {
+            queue.try_push(Box::new(Record { id: id.to_string(), ..Record::default() })).unwrap();
+        }
+        assert_eq!(queue.lock().writer, WriterState::Busy);
     }
 }

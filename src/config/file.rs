@@ -646,8 +646,8 @@ pub struct AuditFile {
     /// Hash-chain the records (`prev`, `hash`).
     #[serde(default = "yes")]
     pub chain: bool,
-    /// When written records are synced to the disk (fdatasync): `batch`, after each batch is written (and before
-    /// the responses waiting for them complete), or a duration, at most that long after a write.
+    /// When written records are synced to the disk (fdatasync): a duration, at most that long after a write (1s by
+    /// default), or `batch`, after each batch is written and before the responses waiting for it complete.
     #[serde(default)]
     pub sync: AuditSync,
 }
@@ -676,14 +676,21 @@ pub enum AuditFailure {
 }
 
 /// When the audit file is synced to the disk.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub enum AuditSync {
     /// After each batch of records is written.
-    #[default]
     Batch,
     /// At most this long after a write.
     Every(std::time::Duration),
+}
+
+impl Default for AuditSync {
+    /// Every second: a crash of tollgate loses no acknowledged record either way (they are written before their
+    /// responses complete), and a power cut the last second at most; `batch` makes each response wait for an fsync.
+    fn default() -> Self {
+        AuditSync::Every(std::time::Duration::from_secs(1))
+    }
 }
 
 impl TryFrom<String> for AuditSync {
