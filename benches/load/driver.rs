@@ -318,7 +318,9 @@ async fn run_rate_scenarios(harness: &mut Harness, report: &mut Report, target: 
         let mut stale = 0;
         let mut last_error = None;
         for number in 1..=rounds {
-            let round = keep_alive_gets(&route, duration).await;
+            let round =
+                crate::scenarios::with_proxy_cpu(proxy.as_ref().map(|p| p.pid()), keep_alive_gets(&route, duration))
+                    .await;
             println!("- `{name}` a round {number}/{rounds}: {}", round.describe("req/s"));
             if round.stats.successes > 0 {
                 rates.push(round.rate);
@@ -371,7 +373,9 @@ async fn run_rate_scenarios(harness: &mut Harness, report: &mut Report, target: 
         let mut errors = 0;
         let mut last_error = None;
         for number in 1..=rounds {
-            let round = connect_get_close(&route, duration).await;
+            let round =
+                crate::scenarios::with_proxy_cpu(proxy.as_ref().map(|p| p.pid()), connect_get_close(&route, duration))
+                    .await;
             println!("- `{name}` b round {number}/{rounds}: {}", round.describe("conn/s"));
             if round.stats.successes > 0 {
                 rates.push(round.rate);
