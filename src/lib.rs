@@ -17,6 +17,7 @@
 //! the flow, `certs` makes the CAs and certificates (`tollgate ca init`, `tollgate cert server|client`), `explain`
 //! answers what the policy would do, and `usage` sums the audit log into spend and tokens per team, user and model.
 
+pub mod actions;
 pub mod admin;
 pub mod api;
 pub mod app;
