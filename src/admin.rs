@@ -20,8 +20,9 @@ use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::metrics::Sampled;
+use crate::report::{Filter, Format, Since};
 use crate::shared::Shared;
-use crate::usage::{self, Filter, Format, Since};
+use crate::usage;
 
 /// Serves admin requests until shutdown, bounded like the proxy listeners: at most
 /// `server.max_admin_connections` at once (further ones are closed at once), each head within
@@ -140,63 +141,78 @@ async fn admin(shared: &Shared, request: &Parts) -> Response<Full<Bytes>> {
 }
 
 /// `GET /admin/usage?team=&user=&since=&format=`: the `tollgate usage` report of the configured audit file, JSON
-/// unless `format` says `table` or `csv`; `since` counts back from the shared's clock. Records queued before the
-/// request are written first (waiting `USAGE_FLUSH_WAIT` at most), and the file is read off the async workers. The count of lines that are not records
-/// is the `x-tollgate-invalid-lines` header (and `invalid_lines` in JSON).
+/// unless `format` says `table` or `csv`; `since` counts back from the shared's clock. The count of lines that are
+/// not records is the `x-tollgate-invalid-lines` header (and `invalid_lines` in JSON).
 async fn usage(shared: &Shared, config: &Config, query: Option<&str>) -> Response<Full<Bytes>> {
-    let Some(audit) = &config.audit.file else {
-        return json_reply(
-            StatusCode::NOT_FOUND,
-            json!({"error": "audit.file is not configured: usage is summed from the audit log at audit.file.path"}),
-        );
-    };
-    let (filter, format) = match usage_query(query, shared.clock.now()) {
+    let (filter, format) = match filter_query(query, shared.clock.now(), usage::DEFAULT_SINCE) {
         Ok(parsed) => parsed,
         Err(message) => return json_reply(StatusCode::BAD_REQUEST, json!({"error": message})),
     };
-    // Bounded: a stalled sink must not hold an admin connection; the report then reads what is on disk.
-    let _ = tokio::time::timeout(USAGE_FLUSH_WAIT, shared.auditor.flush()).await;
-    let path = audit.path.clone();
-    let read = tokio::task::spawn_blocking(move || usage::read_file(&path, filter)).await;
-    let report = match read {
-        Ok(Ok(report)) => report,
-        Ok(Err(error)) => {
-            let message = format!("{}: {error}", audit.path.display());
-            return json_reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": message}));
-        }
-        Err(error) => {
-            tracing::error!(%error, "the usage report task failed");
-            return json_reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "the usage report failed"}));
-        }
-    };
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", format.content_type())
-        .header("x-tollgate-invalid-lines", report.invalid_lines())
-        .body(Full::new(Bytes::from(report.render(format))))
-        .expect("static response parts are valid")
+    let report =
+        match read_audit(shared, config, "usage is summed from", move |path| usage::read_file(path, filter)).await {
+            Ok(report) => report,
+            Err(response) => return response,
+        };
+    report_reply(format, report.invalid_lines(), 0, report.render(format))
 }
 
-/// How long `/admin/usage` waits for queued records to be written before reading the file.
-const USAGE_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Reads the configured audit file with `read`, off the async workers, once the records queued before the request
+/// are written (waiting `REPORT_FLUSH_WAIT` at most). The error is the response to send: 404 without `audit.file`
+/// (`reads` says what the report does with it), 500 when the file cannot be read.
+async fn read_audit<T: Send + 'static>(
+    shared: &Shared,
+    config: &Config,
+    reads: &str,
+    read: impl FnOnce(&std::path::Path) -> std::io::Result<T> + Send + 'static,
+) -> Result<T, Response<Full<Bytes>>> {
+    let Some(audit) = &config.audit.file else {
+        let message = format!("audit.file is not configured: {reads} the audit log at audit.file.path");
+        return Err(json_reply(StatusCode::NOT_FOUND, json!({"error": message})));
+    };
+    // Bounded: a stalled sink must not hold an admin connection; the report then reads what is on disk.
+    let _ = tokio::time::timeout(REPORT_FLUSH_WAIT, shared.auditor.flush()).await;
+    let path = audit.path.clone();
+    match tokio::task::spawn_blocking(move || read(&path)).await {
+        Ok(Ok(report)) => Ok(report),
+        Ok(Err(error)) => {
+            let message = format!("{}: {error}", audit.path.display());
+            Err(json_reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": message})))
+        }
+        Err(error) => {
+            tracing::error!(%error, "a report task on the audit log failed");
+            Err(json_reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "the report failed"})))
+        }
+    }
+}
 
-/// Reads `team`, `user`, `since` (default 30d before `now`) and `format` (default json) from a query string. An empty
-/// value is the same as none (an HTML form sends every field); an unknown name is an error, not silently ignored.
-fn usage_query(query: Option<&str>, now: std::time::SystemTime) -> Result<(Filter, Format), String> {
+/// A rendered report with its content type and counts: `x-tollgate-invalid-lines` always, `x-tollgate-not-shown`
+/// when something was left out.
+fn report_reply(format: Format, invalid_lines: u64, not_shown: u64, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", format.content_type())
+        .header("x-tollgate-invalid-lines", invalid_lines);
+    if not_shown > 0 {
+        response = response.header("x-tollgate-not-shown", not_shown);
+    }
+    response.body(Full::new(Bytes::from(body))).expect("static response parts are valid")
+}
+
+/// How long a report endpoint waits for queued records to be written before reading the file.
+const REPORT_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads `team`, `user`, `since` (default `default_since` before `now`) and `format` (default json) from a query
+/// string.
+fn filter_query(
+    query: Option<&str>,
+    now: std::time::SystemTime,
+    default_since: &str,
+) -> Result<(Filter, Format), String> {
     let mut team = None;
     let mut user = None;
-    let mut since: Since = usage::DEFAULT_SINCE.parse()?;
+    let mut since: Since = default_since.parse()?;
     let mut format = Format::Json;
-    for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = percent_decode(name)?;
-        let value = percent_decode(value)?;
-        if !matches!(name.as_str(), "team" | "user" | "since" | "format") {
-            return Err(format!("unknown parameter {name:?}: use team, user, since and format"));
-        }
-        if value.is_empty() {
-            continue;
-        }
+    for (name, value) in query_pairs(query, &["team", "user", "since", "format"])? {
         match name.as_str() {
             "team" => team = Some(value),
             "user" => user = Some(value),
@@ -205,6 +221,29 @@ fn usage_query(query: Option<&str>, now: std::time::SystemTime) -> Result<(Filte
         }
     }
     Ok((Filter { team, user, since: since.start(now) }, format))
+}
+
+/// The decoded `name=value` pairs of a query string whose value is not empty (an HTML form sends every field, and
+/// an empty one means none); a name not in `known` is an error, not silently ignored.
+fn query_pairs(query: Option<&str>, known: &[&str]) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode(name)?;
+        let value = percent_decode(value)?;
+        if !known.contains(&name.as_str()) {
+            let names = match known {
+                [only] => (*only).to_owned(),
+                [most @ .., last] => format!("{} and {last}", most.join(", ")),
+                [] => "none".to_owned(),
+            };
+            return Err(format!("unknown parameter {name:?}: use {names}"));
+        }
+        if !value.is_empty() {
+            pairs.push((name, value));
+        }
+    }
+    Ok(pairs)
 }
 
 /// Decodes one `application/x-www-form-urlencoded` name or value: `+` is a space, `%XX` a byte; the result must be
@@ -249,21 +288,21 @@ mod tests {
     fn usage_queries_read_filters_and_defaults() {
         let now = humantime::parse_rfc3339("2026-05-31T12:00:00Z").unwrap();
         let ago = |days: u64| now - std::time::Duration::from_secs(days * 86_400);
-        let (filter, format) = usage_query(None, now).unwrap();
+        let (filter, format) = filter_query(None, now, usage::DEFAULT_SINCE).unwrap();
         assert_eq!(filter, Filter { team: None, user: None, since: ago(30) });
         assert_eq!(format, Format::Json);
 
-        let (filter, format) = usage_query(Some("team=&user=&since=&format="), now).unwrap();
+        let (filter, format) = filter_query(Some("team=&user=&since=&format="), now, usage::DEFAULT_SINCE).unwrap();
         assert_eq!((filter.team, filter.user, filter.since, format), (None, None, ago(30), Format::Json));
 
         let query = "team=data+science&user=alice%40corp.com&since=2026-05-01T02:00:00%2B02:00&format=csv";
-        let (filter, format) = usage_query(Some(query), now).unwrap();
+        let (filter, format) = filter_query(Some(query), now, usage::DEFAULT_SINCE).unwrap();
         assert_eq!(filter.team.as_deref(), Some("data science"));
         assert_eq!(filter.user.as_deref(), Some("alice@corp.com"));
         assert_eq!(filter.since, humantime::parse_rfc3339("2026-05-01T00:00:00Z").unwrap());
         assert_eq!(format, Format::Csv);
         assert_eq!(
-            usage_query(Some("since=7d&format=table"), now).unwrap(),
+            filter_query(Some("since=7d&format=table"), now, usage::DEFAULT_SINCE).unwrap(),
             (Filter { since: ago(7), ..filter_none() }, Format::Table)
         );
     }
@@ -275,7 +314,7 @@ mod tests {
     #[test]
     fn usage_queries_refuse_what_they_cannot_read() {
         let now = std::time::SystemTime::now();
-        let error = |query: &str| usage_query(Some(query), now).unwrap_err();
+        let error = |query: &str| filter_query(Some(query), now, usage::DEFAULT_SINCE).unwrap_err();
         assert!(error("teams=red").starts_with("unknown parameter \"teams\""), "{}", error("teams=red"));
         assert!(error("since=yesterday").starts_with("since: \"yesterday\""), "{}", error("since=yesterday"));
         assert!(error("format=xml").starts_with("format: invalid format \"xml\""), "{}", error("format=xml"));

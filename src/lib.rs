@@ -15,7 +15,8 @@
 //! `config` builds the snapshot all of this reads, `shared` is the state every connection holds, `reload` swaps
 //! the snapshot, `app` wires it all and owns shutdown; `admin` serves metrics, health, reload and usage. Outside
 //! the flow, `certs` makes the CAs and certificates (`tollgate ca init`, `tollgate cert server|client`), `explain`
-//! answers what the policy would do, and `usage` sums the audit log into spend and tokens per team, user and model.
+//! answers what the policy would do, and the reports read the audit log back (`report` holds what they share):
+//! `usage` sums it into spend and tokens per team, user and model.
 
 pub mod actions;
 pub mod admin;
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod reload;
+pub mod report;
 pub mod request;
 pub mod shared;
 pub mod stream;

@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -84,10 +84,10 @@ enum Command {
         user: Option<String>,
         /// Records from this long ago (`30d`, `12h`) or from an RFC 3339 time (`2026-05-01T00:00:00Z`).
         #[arg(long, default_value = tollgate::usage::DEFAULT_SINCE)]
-        since: tollgate::usage::Since,
+        since: tollgate::report::Since,
         /// `table` (per team and user), or `csv` / `json` (per team, user and model).
         #[arg(long, value_enum, default_value = "table")]
-        format: UsageFormat,
+        format: ReportFormat,
     },
     /// Audit log tools.
     Audit {
@@ -106,19 +106,20 @@ enum Command {
     },
 }
 
+/// How `usage` prints its report.
 #[derive(Clone, Copy, ValueEnum)]
-enum UsageFormat {
+enum ReportFormat {
     Table,
     Csv,
     Json,
 }
 
-impl From<UsageFormat> for tollgate::usage::Format {
-    fn from(format: UsageFormat) -> Self {
+impl From<ReportFormat> for tollgate::report::Format {
+    fn from(format: ReportFormat) -> Self {
         match format {
-            UsageFormat::Table => Self::Table,
-            UsageFormat::Csv => Self::Csv,
-            UsageFormat::Json => Self::Json,
+            ReportFormat::Table => Self::Table,
+            ReportFormat::Csv => Self::Csv,
+            ReportFormat::Json => Self::Json,
         }
     }
 }
@@ -202,7 +203,7 @@ fn main() -> ExitCode {
         }
         Command::Passwd => passwd(),
         Command::Usage { config, team, user, since, format } => {
-            let filter = tollgate::usage::Filter { team, user, since: since.start(std::time::SystemTime::now()) };
+            let filter = tollgate::report::Filter { team, user, since: since.start(std::time::SystemTime::now()) };
             usage(&config, filter, format.into())
         }
         Command::Audit { command: AuditCommand::Verify { files } } => verify(&files),
@@ -395,35 +396,48 @@ fn passwd() -> ExitCode {
 
 /// Prints the usage report; lines that are not records are counted on stderr. Exit 2 without `audit.file`, 1 when
 /// the file cannot be read.
-fn usage(path: &std::path::Path, filter: tollgate::usage::Filter, format: tollgate::usage::Format) -> ExitCode {
-    let config = match load(path) {
-        Ok(config) => config,
+fn usage(path: &Path, filter: tollgate::report::Filter, format: tollgate::report::Format) -> ExitCode {
+    let audit = match audit_file(path, "usage is summed from") {
+        Ok(audit) => audit,
         Err(code) => return code,
     };
-    let Some(audit) = &config.audit.file else {
-        eprintln!(
-            "tollgate: {}: audit.file is not configured: usage is summed from the audit log at audit.file.path",
-            path.display()
-        );
-        return ExitCode::from(2);
-    };
-    let report = match tollgate::usage::read_file(&audit.path, filter) {
+    let report = match tollgate::usage::read_file(&audit, filter) {
         Ok(report) => report,
         Err(error) => {
-            eprintln!("tollgate: {}: {error}", audit.path.display());
+            eprintln!("tollgate: {}: {error}", audit.display());
             return ExitCode::from(1);
         }
     };
     print!("{}", report.render(format));
-    if let Some(first) = report.first_invalid_line() {
-        let count = report.invalid_lines();
+    skipped(&audit, report.invalid_lines(), report.first_invalid_line());
+    ExitCode::SUCCESS
+}
+
+/// The config's `audit.file.path`, which the reports read. Exit 2 when the config does not load or has no
+/// `audit.file`; `reads` says what the report does with the file (`usage is summed from`).
+fn audit_file(path: &Path, reads: &str) -> Result<PathBuf, ExitCode> {
+    let config = load(path)?;
+    match config.audit.file {
+        Some(file) => Ok(file.path),
+        None => {
+            eprintln!(
+                "tollgate: {}: audit.file is not configured: {reads} the audit log at audit.file.path",
+                path.display()
+            );
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// Says on stderr how many lines of the audit file were not records, and the first.
+fn skipped(audit: &Path, count: u64, first: Option<u64>) {
+    if let Some(first) = first {
         let lines = if count == 1 { "line is" } else { "lines are" };
         eprintln!(
             "tollgate: {}: {count} {lines} not a JSON audit record and skipped (the first: line {first})",
-            audit.path.display()
+            audit.display()
         );
     }
-    ExitCode::SUCCESS
 }
 
 /// Checks each file's chain: `FILE: ok, N records` (and the torn lines skipped, by number), or `FILE: broken at

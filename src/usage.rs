@@ -7,93 +7,13 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::path::Path;
-use std::str::FromStr;
-use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-/// How far back to sum: a duration before now (`30d`, `12h`) or a point in time (RFC 3339).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Since {
-    Ago(Duration),
-    At(SystemTime),
-}
+use crate::report::{self, Align, Filter, Format, Lines, Table, Tokens};
 
 /// The window `tollgate usage` and `/admin/usage` sum when not told otherwise.
 pub const DEFAULT_SINCE: &str = "30d";
-
-impl FromStr for Since {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        if let Ok(ago) = humantime::parse_duration(text) {
-            return Ok(Self::Ago(ago));
-        }
-        if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
-            return Ok(Self::At(at.into()));
-        }
-        // A time without an offset reads as UTC, as `explain --at` does.
-        humantime::parse_rfc3339_weak(text).map(Self::At).map_err(|_| {
-            format!("{text:?} is neither a duration (30d, 12h) nor an RFC 3339 time (2026-05-01T00:00:00Z)")
-        })
-    }
-}
-
-impl Since {
-    /// The first instant summed, given the time now; never before 1970, which no record is (and which could
-    /// not be printed in the report).
-    pub fn start(self, now: SystemTime) -> SystemTime {
-        let start = match self {
-            Self::Ago(ago) => now.checked_sub(ago),
-            Self::At(at) => Some(at),
-        };
-        start.filter(|start| *start >= SystemTime::UNIX_EPOCH).unwrap_or(SystemTime::UNIX_EPOCH)
-    }
-}
-
-/// How a report is printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// Aligned columns, one row per team and user, for people.
-    Table,
-    /// One row per team, user and model, with a header row and a total row.
-    Csv,
-    /// One object: the window, the rows per team, user and model, the total and the lines skipped.
-    Json,
-}
-
-impl FromStr for Format {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "table" => Ok(Self::Table),
-            "csv" => Ok(Self::Csv),
-            "json" => Ok(Self::Json),
-            _ => Err(format!("invalid format {text:?}: write table, csv or json")),
-        }
-    }
-}
-
-impl Format {
-    /// The `content-type` of the rendered report.
-    pub fn content_type(self) -> &'static str {
-        match self {
-            Self::Table => "text/plain; charset=utf-8",
-            Self::Csv => "text/csv; charset=utf-8",
-            Self::Json => "application/json",
-        }
-    }
-}
-
-/// Which records count: those at or after `since`, of this team and user when given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Filter {
-    pub team: Option<String>,
-    pub user: Option<String>,
-    pub since: SystemTime,
-}
 
 /// Sums over metered records. Cost is kept in micro-USD, the unit pricing computes in, so sums are exact.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -120,13 +40,12 @@ impl Totals {
 
     /// Cost in USD rounded half up to 4 decimals, as printed in tables and CSV (`0.0123`).
     pub fn cost_usd_4(&self) -> String {
-        let ten_thousandths = self.cost_micro_usd.saturating_add(50) / 100;
-        format!("{}.{:04}", ten_thousandths / 10_000, ten_thousandths % 10_000)
+        report::usd_4(self.cost_micro_usd)
     }
 
     /// Cost in USD as a number (micro-USD precision).
     pub fn cost_usd(&self) -> f64 {
-        self.cost_micro_usd as f64 / 1e6
+        report::usd(self.cost_micro_usd)
     }
 }
 
@@ -146,9 +65,7 @@ pub struct Report {
     /// Keyed by `team \0 user \0 model`, built in `key` so that a record of a known triple allocates nothing.
     rows: HashMap<String, Row>,
     key: String,
-    lines: u64,
-    invalid_lines: u64,
-    first_invalid_line: Option<u64>,
+    lines: Lines,
 }
 
 /// The fields of an audit record that usage reads; serde skips the others.
@@ -166,67 +83,41 @@ struct Entry<'a> {
     cost_usd: Option<f64>,
 }
 
-/// The audit record's `usage` object.
-#[derive(Deserialize)]
-struct Tokens {
-    #[serde(default)]
-    input_tokens: u64,
-    #[serde(default)]
-    output_tokens: u64,
-    #[serde(default)]
-    cache_creation_input_tokens: u64,
-    #[serde(default)]
-    cache_read_input_tokens: u64,
-}
-
 /// Reads the audit file at `path` line by line.
 pub fn read_file(path: &Path, filter: Filter) -> std::io::Result<Report> {
-    let file = std::fs::File::open(path)?;
-    Report::read(filter, std::io::BufReader::with_capacity(256 * 1024, file))
+    Report::read(filter, report::open(path)?)
 }
 
 impl Report {
     /// An empty report over `filter`.
     pub fn new(filter: Filter) -> Self {
-        Self { filter, rows: HashMap::new(), key: String::new(), lines: 0, invalid_lines: 0, first_invalid_line: None }
+        Self { filter, rows: HashMap::new(), key: String::new(), lines: Lines::default() }
     }
 
     /// Sums every line of `reader`; only an I/O error stops it (a line that is not a record is counted).
-    pub fn read(filter: Filter, mut reader: impl BufRead) -> std::io::Result<Self> {
+    pub fn read(filter: Filter, reader: impl BufRead) -> std::io::Result<Self> {
         let mut report = Self::new(filter);
-        let mut line = Vec::with_capacity(4096);
-        loop {
-            line.clear();
-            if reader.read_until(b'\n', &mut line)? == 0 {
-                return Ok(report);
-            }
-            report.add_line(&line);
-        }
+        report::each_line(reader, |line| report.add_line(line))?;
+        Ok(report)
     }
 
     /// Sums one line of the audit log. A record without `usage` (a tunnel, a deny, an unmetered response) or
     /// outside the filter is passed over; a line that is not a JSON audit record is counted as invalid.
     pub fn add_line(&mut self, line: &[u8]) {
-        self.lines += 1;
-        if line.iter().all(u8::is_ascii_whitespace) {
+        if !self.lines.next(line) {
             return;
         }
         let Ok(entry) = serde_json::from_slice::<Entry>(line) else {
-            return self.invalid();
+            return self.lines.invalid();
         };
         let Some(tokens) = entry.usage else { return };
-        let Ok(ts) = chrono::DateTime::parse_from_rfc3339(&entry.ts) else {
-            return self.invalid();
+        let Some(ts) = report::parse_time(&entry.ts) else {
+            return self.lines.invalid();
         };
-        if SystemTime::from(ts) < self.filter.since {
-            return;
-        }
         let team = entry.team.as_deref().unwrap_or("-");
         let user = entry.user.as_deref().unwrap_or("-");
         let model = entry.model.as_deref().unwrap_or("-");
-        if self.filter.team.as_deref().is_some_and(|wanted| wanted != team)
-            || self.filter.user.as_deref().is_some_and(|wanted| wanted != user)
-        {
+        if !self.filter.admits(ts, team, user) {
             return;
         }
         let totals = Totals {
@@ -235,8 +126,7 @@ impl Report {
             output_tokens: tokens.output_tokens,
             cache_creation_input_tokens: tokens.cache_creation_input_tokens,
             cache_read_input_tokens: tokens.cache_read_input_tokens,
-            // `as` saturates: a negative or NaN cost (never written by tollgate) counts as 0.
-            cost_micro_usd: (entry.cost_usd.unwrap_or(0.0) * 1e6).round() as u64,
+            cost_micro_usd: report::micro_usd(entry.cost_usd.unwrap_or(0.0)),
         };
         self.key.clear();
         for (index, part) in [team, user, model].into_iter().enumerate() {
@@ -254,23 +144,18 @@ impl Report {
         }
     }
 
-    fn invalid(&mut self) {
-        self.invalid_lines += 1;
-        self.first_invalid_line.get_or_insert(self.lines);
-    }
-
     pub fn filter(&self) -> &Filter {
         &self.filter
     }
 
     /// Lines that are not a JSON audit record (not JSON, or a record whose fields do not read).
     pub fn invalid_lines(&self) -> u64 {
-        self.invalid_lines
+        self.lines.invalid_lines()
     }
 
     /// The 1-based number of the first invalid line.
     pub fn first_invalid_line(&self) -> Option<u64> {
-        self.first_invalid_line
+        self.lines.first_invalid_line()
     }
 
     /// One row per team, user and model: cost descending, then team, user and model.
@@ -316,19 +201,24 @@ impl Report {
 
     /// `usage since TS[, team T][, user U]`, then aligned columns per team and user, then `total`.
     fn table(&self) -> String {
-        let mut out = format!("usage since {}", crate::audit::timestamp(self.filter.since));
-        if let Some(team) = &self.filter.team {
-            out.push_str(&format!(", team {}", printable(team)));
-        }
-        if let Some(user) = &self.filter.user {
-            out.push_str(&format!(", user {}", printable(user)));
-        }
-        out.push('\n');
-        let header = ["TEAM", "USER", "REQUESTS", "INPUT", "OUTPUT", "CACHE_WRITE", "CACHE_READ", "COST_USD"];
+        let mut out = format!("usage {}\n", self.filter.title());
+        let mut table = Table::new(
+            &["TEAM", "USER", "REQUESTS", "INPUT", "OUTPUT", "CACHE_WRITE", "CACHE_READ", "COST_USD"],
+            &[
+                Align::Left,
+                Align::Left,
+                Align::Right,
+                Align::Right,
+                Align::Right,
+                Align::Right,
+                Align::Right,
+                Align::Right,
+            ],
+        );
         let cells = |team: &str, user: &str, t: &Totals| {
             vec![
-                printable(team),
-                printable(user),
+                report::printable(team),
+                report::printable(user),
                 t.requests.to_string(),
                 t.input_tokens.to_string(),
                 t.output_tokens.to_string(),
@@ -337,28 +227,11 @@ impl Report {
                 t.cost_usd_4(),
             ]
         };
-        let mut lines = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
-        lines.extend(self.rows_by_user().iter().map(|(team, user, totals)| cells(team, user, totals)));
-        lines.push(cells("total", "", &self.total()));
-        let widths: Vec<usize> =
-            (0..header.len()).map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0)).collect();
-        for line in &lines {
-            let mut text = String::new();
-            for (column, cell) in line.iter().enumerate() {
-                let width = widths[column];
-                if column > 0 {
-                    text.push_str("  ");
-                }
-                // Names read left-aligned, numbers right-aligned.
-                if column < 2 {
-                    text.push_str(&format!("{cell:<width$}"));
-                } else {
-                    text.push_str(&format!("{cell:>width$}"));
-                }
-            }
-            out.push_str(text.trim_end());
-            out.push('\n');
+        for (team, user, totals) in self.rows_by_user() {
+            table.row(cells(team, user, &totals));
         }
+        table.row(cells("total", "", &self.total()));
+        table.render(&mut out);
         out
     }
 
@@ -369,7 +242,7 @@ impl Report {
             "team,user,model,requests,input_tokens,output_tokens,cache_creation_input_tokens,cache_read_input_tokens,cost_usd\n",
         );
         let mut line = |names: [&str; 3], t: &Totals| {
-            let names: Vec<Cow<str>> = names.iter().map(|n| csv_field(n)).collect();
+            let names: Vec<Cow<str>> = names.iter().map(|n| report::csv_field(n)).collect();
             out.push_str(&format!(
                 "{},{},{},{},{},{},{},{},{}\n",
                 names[0],
@@ -406,7 +279,7 @@ impl Report {
                 })
                 .collect(),
             total: JsonTotals::from(&self.total()),
-            invalid_lines: self.invalid_lines,
+            invalid_lines: self.lines.invalid_lines(),
         };
         let mut text = serde_json::to_string_pretty(&document).expect("a report of strings and numbers serialises");
         text.push('\n');
@@ -456,27 +329,10 @@ impl From<&Totals> for JsonTotals {
     }
 }
 
-/// A name as a table cell: control characters (a newline would break the columns) are escaped.
-fn printable(name: &str) -> String {
-    if name.chars().any(char::is_control) {
-        name.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
-    } else {
-        name.to_owned()
-    }
-}
-
-/// A CSV field, quoted (RFC 4180) when it holds a comma, a quote or a line break.
-fn csv_field(text: &str) -> Cow<'_, str> {
-    if text.contains([',', '"', '\n', '\r']) {
-        Cow::Owned(format!("\"{}\"", text.replace('"', "\"\"")))
-    } else {
-        Cow::Borrowed(text)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     fn at(text: &str) -> SystemTime {
         humantime::parse_rfc3339(text).unwrap()
@@ -502,29 +358,6 @@ mod tests {
 
     fn read(filter: Filter, lines: &[String]) -> Report {
         Report::read(filter, lines.join("\n").as_bytes()).unwrap()
-    }
-
-    #[test]
-    fn since_reads_durations_and_times() {
-        let now = at("2026-05-31T12:00:00Z");
-        assert_eq!("30d".parse::<Since>().unwrap().start(now), at("2026-05-01T12:00:00Z"));
-        assert_eq!("12h".parse::<Since>().unwrap().start(now), at("2026-05-31T00:00:00Z"));
-        assert_eq!("2026-05-01T00:00:00Z".parse::<Since>().unwrap().start(now), at("2026-05-01T00:00:00Z"));
-        assert_eq!("2026-05-01T02:00:00+02:00".parse::<Since>().unwrap().start(now), at("2026-05-01T00:00:00Z"));
-        assert_eq!("2026-05-01T00:00:00".parse::<Since>().unwrap().start(now), at("2026-05-01T00:00:00Z"));
-        assert_eq!("100000000d".parse::<Since>().unwrap().start(now), SystemTime::UNIX_EPOCH);
-        assert_eq!("1900-01-01T00:00:00Z".parse::<Since>().unwrap().start(now), SystemTime::UNIX_EPOCH);
-        let error = "yesterday".parse::<Since>().unwrap_err();
-        assert!(error.contains("\"yesterday\"") && error.contains("30d"), "{error}");
-        assert!("30x".parse::<Since>().is_err());
-    }
-
-    #[test]
-    fn formats_parse_by_name() {
-        assert_eq!("table".parse(), Ok(Format::Table));
-        assert_eq!("csv".parse(), Ok(Format::Csv));
-        assert_eq!("json".parse(), Ok(Format::Json));
-        assert!("xml".parse::<Format>().unwrap_err().contains("table, csv or json"));
     }
 
     #[test]
@@ -673,16 +506,5 @@ mod tests {
              total               0      0       0            0           0    0.0000\n"
         );
         assert_eq!(report.render(Format::Csv).lines().last(), Some("total,,,0,0,0,0,0,0.0000"));
-    }
-
-    #[test]
-    fn cost_rounds_half_up_to_four_decimals() {
-        let cost = |micro| Totals { cost_micro_usd: micro, ..Totals::default() }.cost_usd_4();
-        assert_eq!(cost(0), "0.0000");
-        assert_eq!(cost(49), "0.0000");
-        assert_eq!(cost(50), "0.0001");
-        assert_eq!(cost(12_345), "0.0123");
-        assert_eq!(cost(12_350), "0.0124");
-        assert_eq!(cost(123_456_789), "123.4568");
     }
 }
