@@ -13,10 +13,11 @@
 //!
 //! Whatever happened, `request::finish` writes metrics (`metrics`), a log line and the `audit` record last.
 //! `config` builds the snapshot all of this reads, `shared` is the state every connection holds, `reload` swaps
-//! the snapshot, `app` wires it all and owns shutdown; `admin` serves metrics, health, reload and usage. Outside
-//! the flow, `certs` makes the CAs and certificates (`tollgate ca init`, `tollgate cert server|client`), `explain`
-//! answers what the policy would do, and the reports read the audit log back (`report` holds what they share):
-//! `usage` sums it into spend and tokens per team, user and model.
+//! the snapshot, `app` wires it all and owns shutdown; `admin` serves metrics, health, reload, usage and sessions.
+//! Outside the flow, `certs` makes the CAs and certificates (`tollgate ca init`, `tollgate cert server|client`),
+//! `explain` answers what the policy would do, and the reports read the audit log back (`report` holds what they
+//! share): `usage` sums it into spend and tokens per team, user and model, `sessions` into what each
+//! coding-assistant session did.
 
 pub mod actions;
 pub mod admin;
@@ -39,6 +40,7 @@ pub mod proxy;
 pub mod reload;
 pub mod report;
 pub mod request;
+pub mod sessions;
 pub mod shared;
 pub mod stream;
 pub mod target;
