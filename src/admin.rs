@@ -1,7 +1,7 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz` (accepting, and
 //! with `audit.on_failure: block` the audit sink taking records), and, with the bearer `admin.token`,
-//! `GET /admin/config`, `POST /admin/reload` and `GET /admin/usage` (spend and tokens summed from the audit log by
-//! `usage`).
+//! `GET /admin/config`, `POST /admin/reload`, `GET /admin/usage` (spend and tokens summed from the audit log by
+//! `usage`) and `GET /admin/sessions[/ID]` (the sessions in the audit log, or one's timeline, by `sessions`).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -21,6 +21,7 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::metrics::Sampled;
 use crate::report::{Filter, Format, Since};
+use crate::sessions;
 use crate::shared::Shared;
 use crate::usage;
 
@@ -136,6 +137,10 @@ async fn admin(shared: &Shared, request: &Parts) -> Response<Full<Bytes>> {
             Err(error) => json_reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"error": error.to_string()})),
         },
         (&Method::GET, "/admin/usage") => usage(shared, &config, request.uri.query()).await,
+        (&Method::GET, "/admin/sessions") => list_sessions(shared, &config, request.uri.query()).await,
+        (&Method::GET, path) if path.starts_with("/admin/sessions/") => {
+            timeline(shared, &config, &path["/admin/sessions/".len()..], request.uri.query()).await
+        }
         _ => json_reply(StatusCode::NOT_FOUND, json!({"error": "not found"})),
     }
 }
@@ -154,6 +159,49 @@ async fn usage(shared: &Shared, config: &Config, query: Option<&str>) -> Respons
             Err(response) => return response,
         };
     report_reply(format, report.invalid_lines(), 0, report.render(format))
+}
+
+/// `GET /admin/sessions?team=&user=&since=&format=`: the `tollgate sessions` listing of the configured audit file,
+/// JSON unless `format` says otherwise; `since` (default 1d) counts back from the shared's clock. Headers:
+/// `x-tollgate-invalid-lines`, and `x-tollgate-not-shown` (sessions left out past `sessions::SESSIONS_LIMIT`).
+async fn list_sessions(shared: &Shared, config: &Config, query: Option<&str>) -> Response<Full<Bytes>> {
+    let (filter, format) = match filter_query(query, shared.clock.now(), sessions::DEFAULT_SINCE) {
+        Ok(parsed) => parsed,
+        Err(message) => return json_reply(StatusCode::BAD_REQUEST, json!({"error": message})),
+    };
+    let read = move |path: &std::path::Path| sessions::list_file(path, filter);
+    let listing = match read_audit(shared, config, "sessions are read from", read).await {
+        Ok(listing) => listing,
+        Err(response) => return response,
+    };
+    report_reply(format, listing.invalid_lines(), listing.not_shown(), listing.render(format))
+}
+
+/// `GET /admin/sessions/ID?format=`: session ID's timeline (the id percent-decoded), JSON unless `format` says
+/// otherwise; 404 when the audit file holds no record of it. Headers as for the listing (`x-tollgate-not-shown`:
+/// entries left out past `sessions::TIMELINE_LIMIT`).
+async fn timeline(shared: &Shared, config: &Config, id: &str, query: Option<&str>) -> Response<Full<Bytes>> {
+    let parsed = percent_decode(id, Encoding::Path).and_then(|id| Ok((id, format_query(query)?)));
+    let (id, format) = match parsed {
+        Ok(parsed) => parsed,
+        Err(message) => return json_reply(StatusCode::BAD_REQUEST, json!({"error": message})),
+    };
+    if id.is_empty() {
+        return json_reply(StatusCode::NOT_FOUND, json!({"error": "no session id: GET /admin/sessions/ID"}));
+    }
+    let wanted = id.clone();
+    let read = move |path: &std::path::Path| sessions::timeline_file(path, &wanted);
+    let timeline = match read_audit(shared, config, "sessions are read from", read).await {
+        Ok(timeline) => timeline,
+        Err(response) => return response,
+    };
+    if !timeline.found() {
+        return json_reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("no record of session {id:?} in the audit log")}),
+        );
+    }
+    report_reply(format, timeline.invalid_lines(), timeline.not_shown(), timeline.render(format))
 }
 
 /// Reads the configured audit file with `read`, off the async workers, once the records queued before the request
@@ -223,14 +271,23 @@ fn filter_query(
     Ok((Filter { team, user, since: since.start(now) }, format))
 }
 
+/// Reads `format` (default json) from a query string.
+fn format_query(query: Option<&str>) -> Result<Format, String> {
+    let mut format = Format::Json;
+    for (_, value) in query_pairs(query, &["format"])? {
+        format = value.parse().map_err(|e| format!("format: {e}"))?;
+    }
+    Ok(format)
+}
+
 /// The decoded `name=value` pairs of a query string whose value is not empty (an HTML form sends every field, and
 /// an empty one means none); a name not in `known` is an error, not silently ignored.
 fn query_pairs(query: Option<&str>, known: &[&str]) -> Result<Vec<(String, String)>, String> {
     let mut pairs = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|pair| !pair.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = percent_decode(name)?;
-        let value = percent_decode(value)?;
+        let name = percent_decode(name, Encoding::Form)?;
+        let value = percent_decode(value, Encoding::Form)?;
         if !known.contains(&name.as_str()) {
             let names = match known {
                 [only] => (*only).to_owned(),
@@ -246,15 +303,22 @@ fn query_pairs(query: Option<&str>, known: &[&str]) -> Result<Vec<(String, Strin
     Ok(pairs)
 }
 
-/// Decodes one `application/x-www-form-urlencoded` name or value: `+` is a space, `%XX` a byte; the result must be
-/// UTF-8. (An RFC 3339 offset is written `%2B01:00`.)
-fn percent_decode(text: &str) -> Result<String, String> {
+/// Where percent-encoded text comes from: a form's query string reads `+` as a space, a path keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Form,
+    Path,
+}
+
+/// Decodes one `application/x-www-form-urlencoded` name or value (`+` is a space, `%XX` a byte) or a path segment
+/// (`%XX` a byte); the result must be UTF-8. (An RFC 3339 offset in a query is written `%2B01:00`.)
+fn percent_decode(text: &str, encoding: Encoding) -> Result<String, String> {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut at = 0;
     while at < bytes.len() {
         match bytes[at] {
-            b'+' => decoded.push(b' '),
+            b'+' if encoding == Encoding::Form => decoded.push(b' '),
             b'%' => {
                 let hex = bytes.get(at + 1..at + 3).filter(|hex| hex.iter().all(u8::is_ascii_hexdigit));
                 let byte = hex.and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
@@ -322,5 +386,25 @@ mod tests {
         assert!(error("user=%+1").contains("percent-encoding"));
         assert!(error("user=%e9").contains("UTF-8"));
         assert!(error("user=%4").contains("percent-encoding"));
+    }
+
+    #[test]
+    fn session_queries_read_their_own_window_and_the_format() {
+        let now = humantime::parse_rfc3339("2026-05-31T12:00:00Z").unwrap();
+        let (filter, format) = filter_query(None, now, sessions::DEFAULT_SINCE).unwrap();
+        assert_eq!(filter.since, now - std::time::Duration::from_secs(86_400));
+        assert_eq!(format, Format::Json);
+        assert_eq!(format_query(None), Ok(Format::Json));
+        assert_eq!(format_query(Some("format=csv")), Ok(Format::Csv));
+        assert_eq!(format_query(Some("format=")), Ok(Format::Json));
+        assert_eq!(format_query(Some("user=alice")), Err("unknown parameter \"user\": use format".to_owned()));
+        assert!(format_query(Some("format=xml")).unwrap_err().starts_with("format: invalid format \"xml\""));
+    }
+
+    #[test]
+    fn a_path_keeps_its_plus_signs_a_form_reads_them_as_spaces() {
+        assert_eq!(percent_decode("a+b%2Fc%20d", Encoding::Path).as_deref(), Ok("a+b/c d"));
+        assert_eq!(percent_decode("a+b%2Fc%20d", Encoding::Form).as_deref(), Ok("a b/c d"));
+        assert!(percent_decode("%zz", Encoding::Path).unwrap_err().contains("percent-encoding"));
     }
 }

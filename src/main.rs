@@ -89,6 +89,32 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: ReportFormat,
     },
+    /// Coding-assistant sessions (by `X-Claude-Code-Session-Id`) read from the audit log: one row per session, the
+    /// most recently active first; with SESSION_ID, that session's model requests and tool calls in order (exit 1
+    /// when the log holds no record of it).
+    Sessions {
+        /// Config file (for `audit.file.path`).
+        #[arg(short, long, env = "TOLLGATE_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Read this audit file instead of the config's `audit.file.path` (the config is then not read).
+        #[arg(long, value_name = "PATH")]
+        audit: Option<PathBuf>,
+        /// Only this team's sessions.
+        #[arg(long, conflicts_with = "session")]
+        team: Option<String>,
+        /// Only this user's sessions.
+        #[arg(long, conflicts_with = "session")]
+        user: Option<String>,
+        /// Records from this long ago (`1d`, `12h`) or from an RFC 3339 time (`2026-05-01T00:00:00Z`); a timeline
+        /// reads the whole file.
+        #[arg(long, default_value = tollgate::sessions::DEFAULT_SINCE, conflicts_with = "session")]
+        since: tollgate::report::Since,
+        /// `table`, `csv` or `json`.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+        /// A session id: print its timeline instead of the list.
+        session: Option<String>,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -106,7 +132,7 @@ enum Command {
     },
 }
 
-/// How `usage` prints its report.
+/// How `usage` and `sessions` print their report.
 #[derive(Clone, Copy, ValueEnum)]
 enum ReportFormat {
     Table,
@@ -205,6 +231,20 @@ fn main() -> ExitCode {
         Command::Usage { config, team, user, since, format } => {
             let filter = tollgate::report::Filter { team, user, since: since.start(std::time::SystemTime::now()) };
             usage(&config, filter, format.into())
+        }
+        Command::Sessions { config, audit, team, user, since, format, session } => {
+            let audit = match audit.map_or_else(|| audit_file(&config, "sessions are read from"), Ok) {
+                Ok(audit) => audit,
+                Err(code) => return code,
+            };
+            match session {
+                Some(id) => timeline(&audit, &id, format.into()),
+                None => {
+                    let filter =
+                        tollgate::report::Filter { team, user, since: since.start(std::time::SystemTime::now()) };
+                    sessions(&audit, filter, format.into())
+                }
+            }
         }
         Command::Audit { command: AuditCommand::Verify { files } } => verify(&files),
         Command::Ca { command: CaCommand::Init { dir, client, force } } => {
@@ -410,6 +450,46 @@ fn usage(path: &Path, filter: tollgate::report::Filter, format: tollgate::report
     };
     print!("{}", report.render(format));
     skipped(&audit, report.invalid_lines(), report.first_invalid_line());
+    ExitCode::SUCCESS
+}
+
+/// Prints the session listing of the audit file; lines that are not records are counted on stderr, as are the
+/// sessions left out when the format (CSV) has no place for the note. Exit 1 when the file cannot be read.
+fn sessions(audit: &Path, filter: tollgate::report::Filter, format: tollgate::report::Format) -> ExitCode {
+    let listing = match tollgate::sessions::list_file(audit, filter) {
+        Ok(listing) => listing,
+        Err(error) => {
+            eprintln!("tollgate: {}: {error}", audit.display());
+            return ExitCode::from(1);
+        }
+    };
+    print!("{}", listing.render(format));
+    if format == tollgate::report::Format::Csv {
+        listing.notes().iter().for_each(|note| eprintln!("tollgate: {note}"));
+    }
+    skipped(audit, listing.invalid_lines(), listing.first_invalid_line());
+    ExitCode::SUCCESS
+}
+
+/// Prints one session's timeline. Exit 1 when the file cannot be read or holds no record of the session.
+fn timeline(audit: &Path, id: &str, format: tollgate::report::Format) -> ExitCode {
+    let timeline = match tollgate::sessions::timeline_file(audit, id) {
+        Ok(timeline) => timeline,
+        Err(error) => {
+            eprintln!("tollgate: {}: {error}", audit.display());
+            return ExitCode::from(1);
+        }
+    };
+    if !timeline.found() {
+        eprintln!("tollgate: {}: no record of session {id:?}", audit.display());
+        skipped(audit, timeline.invalid_lines(), timeline.first_invalid_line());
+        return ExitCode::from(1);
+    }
+    print!("{}", timeline.render(format));
+    if format == tollgate::report::Format::Csv {
+        timeline.notes().iter().for_each(|note| eprintln!("tollgate: {note}"));
+    }
+    skipped(audit, timeline.invalid_lines(), timeline.first_invalid_line());
     ExitCode::SUCCESS
 }
 
