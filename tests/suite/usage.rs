@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
+use common::ledger::Ledger;
 use common::messages::{request_body, MessagesStub, JSON_USAGE, MODEL};
 use common::{admin, exchange, exchange_until_closed, hash, Response, TestGateway};
 use tollgate::audit::Record;
@@ -22,41 +22,6 @@ const TOKEN: &str = "usage-admin-token";
 const DAY: Duration = Duration::from_secs(86_400);
 
 // ---- the ledger --------------------------------------------------------------------------------------------
-
-/// An audit file written as the gateway's file sink writes it: `Record`s serialised and hash-chained.
-struct Ledger {
-    text: String,
-    prev: String,
-}
-
-impl Ledger {
-    fn new() -> Self {
-        Self { text: String::new(), prev: "0".repeat(64) }
-    }
-
-    fn record(&mut self, record: Record) -> &mut Self {
-        let mut line = serde_json::to_string(&record).expect("a record serialises");
-        line.pop();
-        line.push_str(&format!(",\"prev\":\"{}\"}}", self.prev));
-        let hash = hex::encode(Sha256::digest(line.as_bytes()));
-        line.pop();
-        line.push_str(&format!(",\"hash\":\"{hash}\"}}\n"));
-        self.text.push_str(&line);
-        self.prev = hash;
-        self
-    }
-
-    /// A line as it is, e.g. a torn one.
-    fn raw(&mut self, line: &str) -> &mut Self {
-        self.text.push_str(line);
-        self.text.push('\n');
-        self
-    }
-
-    fn write(&self, path: &Path) {
-        std::fs::write(path, &self.text).expect("write the audit file");
-    }
-}
 
 fn ts(at: SystemTime) -> String {
     tollgate::audit::timestamp(at)

@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod gateway;
 pub mod intercept;
+pub mod ledger;
 pub mod messages;
 pub mod pki;
 pub mod redis;
