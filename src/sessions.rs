@@ -397,9 +397,10 @@ impl Listing {
             ));
         }
         if self.without_session > 0 {
-            let (records, carry) = if self.without_session == 1 { ("record", "carries") } else { ("records", "carry") };
+            let (records, carry, are) =
+                if self.without_session == 1 { ("record", "carries", "is") } else { ("records", "carry", "are") };
             notes.push(format!(
-                "{} {records} in the window {carry} no session id and are in no session",
+                "{} {records} in the window {carry} no session id and {are} in no session",
                 self.without_session
             ));
         }
