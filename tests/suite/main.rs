@@ -27,6 +27,7 @@ mod parent_proxy;
 mod redis_limits;
 mod reload;
 mod replicas;
+mod sessions;
 mod sni;
 mod spend;
 mod teams;
