@@ -391,8 +391,8 @@ impl Listing {
         let mut notes = Vec::new();
         if self.not_shown > 0 {
             notes.push(format!(
-                "{} more sessions not shown: over {} in the window, the least recently active are left out (narrow \
-                 the window, or filter by user or team)",
+                "{} more sessions not shown: over {} in the window, the least recently active are left out; narrow \
+                 the window, or filter by user or team",
                 self.not_shown, self.limit
             ));
         }
