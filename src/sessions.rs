@@ -185,6 +185,11 @@ struct Head<'a> {
 }
 
 impl Head<'_> {
+    /// The session id; an empty one is none.
+    fn session(&self) -> Option<&str> {
+        self.session.as_deref().filter(|session| !session.is_empty())
+    }
+
     fn user(&self) -> &str {
         self.user.as_deref().unwrap_or("-")
     }
@@ -315,7 +320,7 @@ impl Listing {
         if !self.filter.admits(at, head.team(), head.user()) {
             return;
         }
-        match head.session.as_deref() {
+        match head.session() {
             Some(session) => self.add(session, kind, &head, at),
             None => self.without_session += 1,
         }
@@ -355,6 +360,7 @@ impl Listing {
         self.not_shown += excess as u64;
     }
 
+    /// The window, team and user the listing was read with.
     pub fn filter(&self) -> &Filter {
         &self.filter
     }
@@ -538,7 +544,7 @@ impl Timeline {
         }
         let Ok(parsed) = head(line) else { return self.lines.invalid() };
         let Some((kind, head, at)) = parsed else { return };
-        if head.session.as_deref() != Some(self.id.as_str()) {
+        if head.session() != Some(self.id.as_str()) {
             return;
         }
         let Ok(detail) = serde_json::from_slice::<Detail>(line) else { return self.lines.invalid() };
@@ -1079,6 +1085,8 @@ mod tests {
             // Not in any session: counted apart. Not a session's kind: passed over.
             request("2026-05-02T12:00:00.000Z", None, "dave", Some("curl/8"), "allow", 1.0),
             json!({"ts": "2026-05-02T12:00:00.000Z", "kind": "connect", "user": "dave", "session": "s4", "decision": "allow"}),
+            // An empty session id is none.
+            request("2026-05-02T12:00:01.000Z", Some(""), "dave", None, "allow", 1.0),
             // Before the window.
             request("2026-04-30T10:00:00.000Z", Some("s0"), "alice", None, "allow", 9.0),
         ];
@@ -1093,7 +1101,8 @@ mod tests {
         );
         let s1 = listing.sessions()[1];
         assert_eq!((s1.first, s1.last), (at("2026-05-02T10:00:00Z"), at("2026-05-02T10:05:00Z")));
-        assert_eq!((listing.without_session(), listing.invalid_lines(), listing.not_shown()), (1, 0, 0));
+        assert_eq!((listing.without_session(), listing.invalid_lines(), listing.not_shown()), (2, 0, 0));
+        assert!(!Timeline::read("", text(&lines).as_bytes()).unwrap().found());
     }
 
     #[test]
