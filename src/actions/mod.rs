@@ -5,4 +5,5 @@
 //! request's replayed calls and their results.
 
 pub mod paths;
+pub mod shell;
 pub mod tools;
