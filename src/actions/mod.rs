@@ -5,5 +5,6 @@
 //! request's replayed calls and their results.
 
 pub mod paths;
+pub mod rules;
 pub mod shell;
 pub mod tools;
