@@ -833,6 +833,7 @@ mod tests {
             "https://Docs.Example.com/a#frag",
             "not-a-url://",
             "https://",
+            "file:///etc/passwd",
             "a secret recipe",
         ] {
             assert!(denied_by(&policy, &fetch(url)).is_some(), "{url}");

@@ -941,6 +941,10 @@ mod tests {
         assert_eq!(unreadable("bash -c \"curl $URL\""), Unreadable::ComputedScript);
         assert_eq!(unreadable("eval \"$x\""), Unreadable::ComputedScript);
         assert_eq!(texts("bash -c 'cd $DIR && make'"), ["bash -c cd $DIR && make", "cd $DIR", "make"]);
+        assert_eq!(
+            texts("sudo -u x bash -c 'ls; curl http://x'"),
+            ["sudo -u x bash -c ls; curl http://x", "bash -c ls; curl http://x", "ls", "curl http://x"]
+        );
     }
 
     #[test]
