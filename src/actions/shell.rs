@@ -1032,6 +1032,20 @@ mod tests {
         assert!(results.iter().all(|result| matches!(result, Ok(_) | Err(Unreadable::TooDeep))), "{results:?}");
     }
 
+    proptest::proptest! {
+        /// Any text is split or refused, never a panic: shell punctuation, quotes, keywords and wrappers mixed.
+        #[test]
+        fn any_text_is_split_or_refused(parts in proptest::collection::vec(proptest::sample::select(vec![
+            " ", ";", "&&", "||", "|", "&", "\n", "(", ")", "{", "}", "$(", "`", "'", "\"", "\\", "$", "${", "}",
+            "<<", "<<<", ">", ">&", "2>&1", "EOF", "if", "then", "fi", "for", "in", "do", "done", "case", "esac",
+            ";;", "[[", "]]", "((", "))", "$((", "=", "x", "curl", "sudo", "bash", "-c", "eval", "env", "A=1",
+            "*", "?", "[", "]", "~", "#", "!", "$'\\x", "-exec", "find", "\\;",
+        ]), 0..40)) {
+            let command: String = parts.concat();
+            let _ = split(&command);
+        }
+    }
+
     #[test]
     fn ansi_c_escapes_decode() {
         assert_eq!(ansi_c("a\\tb\\n\\x41\\101\\u00e9\\cA\\q\\"), "a\tb\nAA\u{e9}\u{1}\\q\\");
