@@ -336,7 +336,8 @@ impl Walker {
                     }
                     return self.script(&script.text, depth + 1);
                 }
-                Runs::Arguments => {
+                Runs::Arguments(start) => {
+                    let arguments = &arguments[start..];
                     if arguments.iter().any(|argument| argument.computed) {
                         return Err(Unreadable::ComputedScript);
                     }
@@ -534,9 +535,13 @@ fn opens_compound_command(token: &Token) -> bool {
     }
 }
 
-/// `/usr/bin/curl` → `curl`.
+/// `/usr/bin/curl` → `curl`; `C:\\Windows\\System32\\curl.exe` → `curl` (Git Bash on Windows runs both).
 fn program_name(program: &str) -> &str {
-    program.rsplit('/').next().unwrap_or(program)
+    let name = program.rsplit(['/', '\\']).next().unwrap_or(program);
+    match name.len().checked_sub(4) {
+        Some(stem) if name.is_char_boundary(stem) && name[stem..].eq_ignore_ascii_case(".exe") => &name[..stem],
+        _ => name,
+    }
 }
 
 /// The standard streams and `/dev/null`: redirecting into them writes no file.
@@ -553,8 +558,8 @@ enum Runs {
     Commands(Vec<std::ops::Range<usize>>),
     /// The script in this argument (`bash -c SCRIPT`).
     Script(usize),
-    /// The arguments joined as a script (`eval …`).
-    Arguments,
+    /// The arguments from this one on, joined as a script (`eval …`, `watch …`).
+    Arguments(usize),
     /// The script on its standard input (`bash` with no script file).
     Stdin,
 }
@@ -576,6 +581,11 @@ fn after_options(arguments: &[Word], options: &Options) -> Option<usize> {
         let text = argument.text.as_str();
         if text == "--" {
             return (index + 1 < arguments.len()).then_some(index + 1);
+        }
+        // `env -` is `env -i`.
+        if text == "-" {
+            index += 1;
+            continue;
         }
         if let Some(long) = text.strip_prefix("--") {
             index += if options.long_with_value.contains(&long) { 2 } else { 1 };
@@ -649,7 +659,18 @@ fn runs(program: &str, arguments: &[Word]) -> Runs {
                 assignments: true,
             })
         }
-        "command" | "nohup" => wrapper(plain("")),
+        // `busybox wget …` and `toybox wget …` run the applet named first.
+        "command" | "nohup" | "setsid" | "busybox" | "toybox" => wrapper(plain("")),
+        "stdbuf" => wrapper(Options {
+            short_with_value: "ioe",
+            long_with_value: &["input", "output", "error"],
+            assignments: false,
+        }),
+        "ionice" => wrapper(Options {
+            short_with_value: "cnp",
+            long_with_value: &["class", "classdata", "pid"],
+            assignments: false,
+        }),
         "exec" => wrapper(plain("a")),
         "time" => {
             wrapper(Options { short_with_value: "of", long_with_value: &["output", "format"], assignments: false })
@@ -679,7 +700,15 @@ fn runs(program: &str, arguments: &[Word]) -> Runs {
                 _ => Runs::Nothing,
             }
         }
-        "eval" => Runs::Arguments,
+        "eval" => Runs::Arguments(0),
+        // `watch CMD…` runs `sh -c "CMD…"`.
+        "watch" => after_options(arguments, &plain("n")).map_or(Runs::Nothing, Runs::Arguments),
+        // `su -c SCRIPT user`, `runuser -c SCRIPT user`.
+        "su" | "runuser" => arguments
+            .iter()
+            .position(|argument| matches!(argument.text.as_str(), "-c" | "--command"))
+            .filter(|index| index + 1 < arguments.len())
+            .map_or(Runs::Nothing, |index| Runs::Script(index + 1)),
         "find" => {
             let mut ranges = Vec::new();
             let mut index = 0;
@@ -918,6 +947,15 @@ mod tests {
         assert_eq!(
             texts("find . -exec curl {} \\; -exec rm {} +"),
             ["find . -exec curl {} ; -exec rm {} +", "curl {}", "rm {}"]
+        );
+        assert_eq!(texts("env - PATH=/x curl http://x"), ["env - PATH=/x curl http://x", "curl http://x"]);
+        assert_eq!(texts("busybox wget y"), ["busybox wget y", "wget y"]);
+        assert_eq!(texts("setsid stdbuf -o0 ionice -c 3 curl http://x")[3], "curl http://x");
+        assert_eq!(texts("watch -n 5 'curl http://x'"), ["watch -n 5 curl http://x", "curl http://x"]);
+        assert_eq!(texts("su -c 'curl http://x' root"), ["su -c curl http://x root", "curl http://x"]);
+        assert_eq!(
+            texts("curl.exe http://x; 'C:\\Windows\\System32\\CURL.EXE' http://x"),
+            ["curl http://x", "CURL http://x"]
         );
         assert_eq!(texts("sudo"), ["sudo"]);
         assert_eq!(texts("timeout 10"), ["timeout 10"]);
