@@ -1,8 +1,15 @@
-//! The policy decision with 10,000 rules: exact names, `*.suffix` globs, inner globs and CIDRs.
+//! The policy decision with 10,000 rules: exact names, `*.suffix` globs, inner globs and CIDRs; and the agent-action
+//! decision with a realistic policy of about 20 rules, for a file action and a compound shell command.
 //!
-//! `cargo bench --bench policy`. The target is ≤ 1 µs per decision at 10,000 rules.
+//! `cargo bench --bench policy`. The target is ≤ 1 µs per destination decision at 10,000 rules.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+
+use tollgate::actions::rules::{ActionPolicy, GlobalActions, Lists, Mode, TeamActions, Verdict as ActionVerdict};
+use tollgate::actions::tools::Tools;
 
 use tollgate::config::file::{Policy as PolicyFile, Verdict};
 use tollgate::policy::Policy;
@@ -62,5 +69,71 @@ fn decide(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decide);
+/// A policy an organisation might write: 13 global rules, 7 for a team.
+fn action_policy() -> ActionPolicy {
+    let strings = |patterns: &[&str]| patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+    let deny = strings(&[
+        "file:read:/etc/passwd",
+        "file:read:/etc/shadow",
+        "file:*:**/secrets/**",
+        "file:*:**/.ssh/**",
+        "file:write:/repos/trading/main/**",
+        "bash:run:curl http://*",
+        "bash:run:wget *",
+        "bash:run:rm -rf /*",
+        "web:fetch:*.internal.example.com",
+        "mcp:call:prod-db/*",
+    ]);
+    let alert = strings(&["file:read:**/.env", "bash:run:kubectl *", "bash:run:terraform *"]);
+    let global = GlobalActions {
+        mode: Mode::Enforce,
+        default: ActionVerdict::Allow,
+        lists: Lists::compile("actions", &deny, &[], &alert).expect("bench patterns compile"),
+    };
+    let team = TeamActions {
+        mode: None,
+        lists: Lists::compile(
+            "teams.backend.actions",
+            &strings(&["mcp:call:jira/delete_*", "bash:run:docker push *"]),
+            &strings(&["bash:run:cargo *", "bash:run:git *"]),
+            &strings(&["web:fetch"]),
+        )
+        .expect("bench patterns compile"),
+        readonly: false,
+        blocked_files: TeamActions::blocked_files(
+            "teams.backend.blocked_file_patterns",
+            &strings(&["**/*.pem", "**/*.key"]),
+        )
+        .expect("bench patterns compile"),
+    };
+    ActionPolicy::new(global, BTreeMap::from([(Arc::from("backend"), team)]))
+}
+
+fn decide_actions(c: &mut Criterion) {
+    let policy = action_policy();
+    let tools = Tools::default();
+    let teams = [Arc::from("backend")];
+    let cases = [
+        ("file_read_allowed", tools.action("Read", &serde_json::json!({"file_path": "/repos/app/src/main.rs"}))),
+        ("file_write_denied", tools.action("Edit", &serde_json::json!({"file_path": "/repos/trading/main/./src/../Cargo.toml"}))),
+        (
+            "shell_compound_allowed",
+            tools.action(
+                "Bash",
+                &serde_json::json!({"command": "cd /repos/app && cargo test --workspace 2>&1 | tail -20; git status --short"}),
+            ),
+        ),
+        (
+            "shell_compound_denied",
+            tools.action("Bash", &serde_json::json!({"command": "ls -la && echo $(curl http://x.example/a) | sudo tee /tmp/y"})),
+        ),
+    ];
+    let mut group = c.benchmark_group("actions_decide_20_rules");
+    for (name, action) in &cases {
+        group.bench_function(*name, |b| b.iter(|| policy.decide(black_box(action), &teams)));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decide, decide_actions);
 criterion_main!(benches);

@@ -56,6 +56,86 @@ pub struct File {
     /// Organisation-wide spend budgets.
     #[serde(default)]
     pub budgets: Budgets,
+    /// What coding agents may do: rules for the tool calls (`tool_use` blocks) in model responses.
+    #[serde(default)]
+    pub actions: Actions,
+}
+
+/// Agent-action rules (docs/policy.md, "Agent actions").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Actions {
+    /// `enforce` (the default): a deny is carried out; `observe`: it is recorded as `would_deny` and the action
+    /// allowed.
+    #[serde(default)]
+    pub mode: ActionMode,
+    /// What an action that no list decides gets: `allow` (the default) or `deny` (the allow lists are exhaustive).
+    #[serde(default = "verdict_allow")]
+    pub default: Verdict,
+    /// `ACTION[:TARGET]` patterns denied (`file:read:/etc/passwd`, `bash:run:curl *`), before any allow.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// `ACTION[:TARGET]` patterns allowed, after the deny lists.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// `ACTION[:TARGET]` patterns that mark an allowed action as alerting.
+    #[serde(default)]
+    pub alert: Vec<String>,
+    /// Further tool names and their actions (`shell: bash:run`), for agents other than Claude Code; a name here
+    /// replaces a built-in one.
+    #[serde(default)]
+    pub tools: BTreeMap<String, String>,
+    /// The largest `tool_use` block held back while it is decided.
+    #[serde(default = "four_mib")]
+    pub max_block_bytes: ByteSize,
+}
+
+impl Default for Actions {
+    fn default() -> Self {
+        Self {
+            mode: ActionMode::default(),
+            default: Verdict::Allow,
+            deny: Vec::new(),
+            allow: Vec::new(),
+            alert: Vec::new(),
+            tools: BTreeMap::new(),
+            max_block_bytes: four_mib(),
+        }
+    }
+}
+
+/// A team's own agent-action rules, checked before the global ones.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamActions {
+    /// `enforce` or `observe`; omitted = `actions.mode`.
+    pub mode: Option<ActionMode>,
+    /// Patterns denied to the team's members.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Patterns allowed to the team's members (after every deny list).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Patterns that mark an allowed action of a member as alerting.
+    #[serde(default)]
+    pub alert: Vec<String>,
+}
+
+/// Whether action denials are carried out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionMode {
+    #[default]
+    Enforce,
+    Observe,
+}
+
+fn verdict_allow() -> Verdict {
+    Verdict::Allow
+}
+
+fn four_mib() -> ByteSize {
+    ByteSize(4 << 20)
 }
 
 /// One model API endpoint.
@@ -243,6 +323,14 @@ pub struct Team {
     pub region: Option<String>,
     /// When the team may use the gateway.
     pub hours: Option<Hours>,
+    /// Members' agents may not write files, nor run commands that no `allow` pattern names.
+    #[serde(default)]
+    pub readonly: bool,
+    /// File globs (`**/*.pem`) members' agents may neither read nor write.
+    #[serde(default)]
+    pub blocked_file_patterns: Vec<String>,
+    /// The team's own agent-action rules, checked before the global ones.
+    pub actions: Option<TeamActions>,
 }
 
 /// A team's limits.

@@ -4,6 +4,7 @@
 //! then compiles each section into types that cannot be wrong. Every error reads
 //! `FILE:LINE:COL: key.path: what is wrong`.
 
+pub mod actions;
 mod budgets;
 pub mod file;
 pub mod llm;
@@ -49,6 +50,8 @@ pub struct Config {
     pub teams: BTreeMap<Arc<str>, TeamSettings>,
     /// Upstreams, routing, interception, DLP, pricing and budgets for model-API requests.
     pub llm: Llm,
+    /// The rules agent actions (tool calls in model responses) are decided by, and the tool table.
+    pub actions: actions::Actions,
 }
 
 /// The state backend.
@@ -370,6 +373,7 @@ fn compile(
     let limits = compile_limits(&parsed)?;
     let teams = teams::compile(&parsed.teams).map_err(|(path, message)| invalid(path, message))?;
     let llm = Llm::compile(&parsed, &teams).map_err(|(path, message)| invalid(path, message))?;
+    let actions = actions::compile(&parsed.actions, &parsed.teams).map_err(|(path, message)| invalid(path, message))?;
     let state = State {
         backend: parsed.state.backend,
         path: PathBuf::from(&parsed.state.path),
@@ -466,6 +470,7 @@ fn compile(
         state,
         teams,
         llm,
+        actions,
     })
 }
 
