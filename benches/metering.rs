@@ -2,11 +2,16 @@
 //! detector of two 100 KiB request bodies (turns of source code, and a Claude Code request whose tool results
 //! are files full of JSON escapes), and reading `model`/`stream` from the first body.
 //!
+//! Also the reading of agent actions (tool calls) from the same stream: watched (a copy, recording only) and
+//! held (the bytes go out event by event, each tool call held until decided), and a tool call's hold: the time
+//! from the event that completes its input to its release.
+//!
 //! `cargo bench --bench metering`. SSE results are per stream of 205 events; criterion's throughput line gives
 //! events per second (time per event = 1 / that).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
+use tollgate::actions::stream::{Calls, Next};
 use tollgate::config::file::{CustomDetector, Dlp as DlpFile, DlpAction};
 use tollgate::llm::dlp::Dlp;
 use tollgate::llm::request::RequestFacts;
@@ -75,6 +80,70 @@ fn sse_metering(c: &mut Criterion) {
             }
             meter.finish()
         })
+    });
+    group.finish();
+}
+
+/// The tool-call reader on a stream without tool calls, per event: the cost every response pays.
+fn action_reading(c: &mut Criterion) {
+    let events = stream_events();
+    let mut group = c.benchmark_group("actions_text_stream");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("watch", |b| {
+        b.iter(|| {
+            let mut calls = Calls::watch(4 << 20);
+            for event in &events {
+                black_box(calls.feed(black_box(event), &mut |_| Next::Release));
+            }
+            calls.finish(&mut |_| Next::Release)
+        })
+    });
+    group.bench_function("hold", |b| {
+        b.iter(|| {
+            let mut calls = Calls::hold(4 << 20);
+            for event in &events {
+                black_box(calls.feed(black_box(event), &mut |_| Next::Release));
+            }
+            calls.finish(&mut |_| Next::Release)
+        })
+    });
+    group.finish();
+
+    // A Bash call whose input arrives in 24 pieces: held from its start; measured is the last event (the block's
+    // stop), which completes the input, parses it and releases the held events.
+    let command = "cd /repo && cargo test --workspace -- --nocapture 2>&1 | tail -n 50";
+    let input = serde_json::json!({"command": command, "description": "Run the tests"}).to_string();
+    let mut block = vec![
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_01A\",\"name\":\"Bash\",\"input\":{}}}\n\n".to_owned(),
+    ];
+    let piece = input.len().div_ceil(24);
+    for part in input.as_bytes().chunks(piece) {
+        let partial = serde_json::to_string(std::str::from_utf8(part).expect("ASCII")).expect("a JSON string");
+        block.push(format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":1,\"delta\":{{\"type\":\"input_json_delta\",\"partial_json\":{partial}}}}}\n\n"
+        ));
+    }
+    let stop = "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n";
+    let mut group = c.benchmark_group("actions_tool_call");
+    group.bench_function("hold_then_release_at_stop", |b| {
+        b.iter_batched(
+            || {
+                let mut calls = Calls::hold(4 << 20);
+                for event in &block {
+                    calls.feed(event.as_bytes(), &mut |_| Next::Release);
+                }
+                calls
+            },
+            |mut calls| {
+                let released = calls.feed(black_box(stop.as_bytes()), &mut |call| {
+                    black_box(call);
+                    Next::Release
+                });
+                assert!(!released.is_empty());
+                released
+            },
+            criterion::BatchSize::SmallInput,
+        )
     });
     group.finish();
 }
@@ -207,5 +276,5 @@ fn request_facts(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, sse_metering, dlp_scan, request_facts);
+criterion_group!(benches, sse_metering, action_reading, dlp_scan, request_facts);
 criterion_main!(benches);

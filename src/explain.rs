@@ -5,6 +5,8 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::actions::rules::Verdict;
+use crate::actions::tools::{Action, Kind};
 use crate::config::Config;
 use crate::identity::{AuthMethod, Principal};
 use crate::limits::Scope;
@@ -135,6 +137,58 @@ fn scope_name(scope: Scope) -> &'static str {
         Scope::TeamMember => "team member",
         Scope::Org => "org",
     }
+}
+
+/// The answer to `explain --action`: the decision, and a report to print.
+#[derive(Debug, Clone)]
+pub struct ActionAnswer {
+    pub decision: crate::actions::rules::Decision,
+    pub report: String,
+}
+
+/// Explains one agent action (`file:write:/repos/x`, `bash:run:curl http://x`, `tool:NAME`) for the question's
+/// principal, with the decision code the gateway runs on each tool call.
+pub fn explain_action(config: &Config, question: &Question, action: &str) -> Result<ActionAnswer, String> {
+    let principal = principal(config, question);
+    let action = parse_action(action)?;
+    let decision = config.actions.policy.decide(&action, &principal.teams);
+    let teams: Vec<&str> = principal.teams.iter().map(|t| &**t).collect();
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "principal: {} (teams: {})",
+        principal.name,
+        if teams.is_empty() { "none".to_owned() } else { teams.join(", ") }
+    );
+    let _ = writeln!(report, "action:    {action}");
+    let verdict = match (decision.verdict, decision.would_deny, &decision.alert) {
+        (Verdict::Deny, _, _) => "deny",
+        (Verdict::Allow, true, _) => "allow (would deny: the policy is in observe mode)",
+        (Verdict::Allow, false, Some(_)) => "allow, alerting",
+        (Verdict::Allow, false, None) => "allow",
+    };
+    let _ = writeln!(report, "decision:  {verdict}");
+    let _ = writeln!(report, "rule:      {}", decision.rule);
+    if let Some(alert) = &decision.alert {
+        let _ = writeln!(report, "alert:     {alert}");
+    }
+    Ok(ActionAnswer { decision, report })
+}
+
+/// `FAMILY:VERB[:TARGET]` or `tool:NAME` as an action.
+fn parse_action(text: &str) -> Result<Action, String> {
+    let mut parts = text.splitn(3, ':');
+    let (family, verb) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let target = parts.next().filter(|target| !target.is_empty()).map(str::to_owned);
+    if family == "tool" && !verb.is_empty() {
+        return Ok(Action { kind: Kind::Tool, tool: verb.to_owned(), target });
+    }
+    let name = format!("{family}:{verb}");
+    let kind = Kind::named(&name).ok_or_else(|| {
+        let known: Vec<&str> = Kind::NAMED.iter().map(|(name, _)| *name).collect();
+        format!("unknown action {name:?}: one of {}, or tool:NAME", known.join(", "))
+    })?;
+    Ok(Action { kind, tool: String::new(), target })
 }
 
 /// The principal as the proxy would see it: the configured user's teams unless teams are given.

@@ -66,8 +66,13 @@ enum Command {
         /// Evaluate at this time (RFC 3339) instead of now, e.g. for team hours.
         #[arg(long)]
         at: Option<String>,
+        /// An agent action to explain instead of a request: `file:write:/repos/x`, `bash:run:curl http://x`,
+        /// `mcp:call:jira/create`, `tool:NAME`.
+        #[arg(long, conflicts_with_all = ["method", "model", "resolve"])]
+        action: Option<String>,
         /// `host:port` or an `https://…` URL.
-        target: String,
+        #[arg(required_unless_present = "action")]
+        target: Option<String>,
     },
     /// Read a password on stdin and print its argon2id hash for `auth.users[].password_hash`.
     Passwd,
@@ -215,7 +220,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Explain { config, user, teams, method, model, resolve, at, target } => {
+        Command::Explain { config, user, teams, method, model, resolve, at, action, target } => {
             let at = match at.map(|text| parse_at(&text).map_err(|e| format!("--at {text:?}: {e}"))) {
                 Some(Ok(at)) => at,
                 Some(Err(message)) => {
@@ -224,8 +229,12 @@ fn main() -> ExitCode {
                 }
                 None => std::time::SystemTime::now(),
             };
+            let target = target.unwrap_or_default();
             let question = tollgate::explain::Question { user, teams, method, model, target, resolve, at };
-            explain(&config, &question)
+            match action {
+                Some(action) => explain_action(&config, &question, &action),
+                None => explain(&config, &question),
+            }
         }
         Command::Passwd => passwd(),
         Command::Usage { config, team, user, since, format } => {
@@ -345,6 +354,26 @@ fn explain(path: &std::path::Path, question: &tollgate::explain::Question) -> Ex
             match answer.decision {
                 tollgate::policy::Decision::Allow { .. } => ExitCode::SUCCESS,
                 tollgate::policy::Decision::Deny { .. } => ExitCode::from(1),
+            }
+        }
+        Err(message) => {
+            eprintln!("tollgate: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn explain_action(path: &std::path::Path, question: &tollgate::explain::Question, action: &str) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    match tollgate::explain::explain_action(&config, question, action) {
+        Ok(answer) => {
+            print!("{}", answer.report);
+            match answer.decision.verdict {
+                tollgate::actions::rules::Verdict::Allow => ExitCode::SUCCESS,
+                tollgate::actions::rules::Verdict::Deny => ExitCode::from(1),
             }
         }
         Err(message) => {

@@ -34,6 +34,7 @@ pub struct Metrics {
     cost_usd: CounterVec,
     budget_used_ratio: GaugeVec,
     dlp_blocks: IntCounterVec,
+    actions: IntCounterVec,
     dlp_matches: IntCounterVec,
     leaves: IntCounterVec,
     password_checks: IntCounterVec,
@@ -127,6 +128,12 @@ impl Metrics {
         );
         let dlp_blocks =
             counter("tollgate_dlp_blocks_total", "Requests blocked by a DLP detector, by detector.", &["detector"]);
+        let actions = counter(
+            "tollgate_actions_total",
+            "Agent actions (tool calls) read from model responses, by team, action (tool:* for tools outside the \
+             table) and decision (allow, alert, would_deny, deny).",
+            &["team", "action", "decision"],
+        );
         let dlp_matches = counter(
             "tollgate_dlp_matches_total",
             "DLP detector matches (blocked or logged), by detector.",
@@ -210,6 +217,7 @@ impl Metrics {
             cost_usd,
             budget_used_ratio,
             dlp_blocks,
+            actions,
             dlp_matches,
             leaves,
             password_checks,
@@ -295,6 +303,12 @@ impl Metrics {
         if blocked {
             self.dlp_blocks.with_label_values(&[detector]).inc();
         }
+    }
+
+    /// One agent action decided: `action` is `file:read`, … or `tool:*`; `decision` allow, alert, would_deny or
+    /// deny.
+    pub fn action(&self, team: &str, action: &str, decision: &str) {
+        self.actions.with_label_values(&[team, action, decision]).inc();
     }
 
     pub fn leaf(&self, minted: bool) {

@@ -37,6 +37,8 @@ use crate::support::tls::server_config;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Side {
     Tollgate,
+    /// tollgate with an `actions` policy that can deny: every response's tool calls are held until decided.
+    TollgateActions,
     Direct,
     DirectTls,
     Mitmproxy,
@@ -44,12 +46,13 @@ pub enum Side {
 
 impl Side {
     /// The table's column order.
-    pub const ALL: [Side; 4] = [Side::Tollgate, Side::Direct, Side::DirectTls, Side::Mitmproxy];
+    pub const ALL: [Side; 5] = [Side::Tollgate, Side::TollgateActions, Side::Direct, Side::DirectTls, Side::Mitmproxy];
 
     /// The column's name.
     pub fn name(self) -> &'static str {
         match self {
             Side::Tollgate => "tollgate",
+            Side::TollgateActions => "tollgate, actions held",
             Side::Direct => "direct",
             Side::DirectTls => "direct TLS",
             Side::Mitmproxy => "mitmproxy",
@@ -113,7 +116,8 @@ pub async fn measure_interception(harness: &mut Harness, report: &mut Report) ->
         Goal::None,
     );
     let proxy_cpu = |side: Side, index: usize| {
-        matches!(side, Side::Tollgate | Side::Mitmproxy).then(|| median_of(&back_to_back[index].cpu))
+        matches!(side, Side::Tollgate | Side::TollgateActions | Side::Mitmproxy)
+            .then(|| median_of(&back_to_back[index].cpu))
     };
     report.interception(
         "intercept. proxy CPU per request, user + kernel, all threads (µs)".into(),
@@ -255,7 +259,8 @@ pub async fn measure_streaming(harness: &mut Harness, report: &mut Report) -> Re
     report.interception(
         format!("sse. proxy CPU per streamed response ({SSE_EVENTS} events), all threads (µs)"),
         run.cells(|side, index| {
-            matches!(side, Side::Tollgate | Side::Mitmproxy).then(|| median_of(&series[index].cpu).unwrap_or(f64::NAN))
+            matches!(side, Side::Tollgate | Side::TollgateActions | Side::Mitmproxy)
+                .then(|| median_of(&series[index].cpu).unwrap_or(f64::NAN))
         }),
         0,
         Goal::None,
@@ -273,7 +278,7 @@ struct InterceptionRun {
     /// Why a side is missing (a cell's text).
     missing: Vec<(Side, String)>,
     /// Killed when the run is dropped.
-    proxies: Vec<Proxy>,
+    proxies: Vec<(Side, Proxy)>,
 }
 
 impl InterceptionRun {
@@ -287,12 +292,8 @@ impl InterceptionRun {
 
     /// The process behind side number `index`, if it is a proxy.
     fn pid(&self, index: usize) -> Option<u32> {
-        let target = match self.sides[index].0 {
-            Side::Tollgate => Target::Tollgate,
-            Side::Mitmproxy => Target::Mitmproxy,
-            Side::Direct | Side::DirectTls => return None,
-        };
-        self.proxies.iter().find(|proxy| proxy.target == target).map(Proxy::pid)
+        let side = self.sides[index].0;
+        self.proxies.iter().find(|(ran, _)| *ran == side).map(|(_, proxy)| proxy.pid())
     }
 
     /// Notes on how much of the rounds the proxies waited for their core (another process had it).
@@ -309,7 +310,7 @@ impl InterceptionRun {
     }
 
     /// A row's cells: `value(side, index)` for each side that ran (`None`: n/a, NaN: failed).
-    fn cells(&self, value: impl Fn(Side, usize) -> Option<f64>) -> [Cell; 4] {
+    fn cells(&self, value: impl Fn(Side, usize) -> Option<f64>) -> [Cell; Side::ALL.len()] {
         Side::ALL.map(|side| match self.sides.iter().position(|(ran, _)| *ran == side) {
             Some(index) => match value(side, index) {
                 Some(value) if value.is_finite() => Cell::Value(value),
@@ -326,12 +327,12 @@ impl InterceptionRun {
     }
 
     /// The cells of one measurement's series: `value` picks a number from a series.
-    fn series_cells(&self, series: &[Series], value: fn(&Series) -> &Vec<f64>) -> [Cell; 4] {
+    fn series_cells(&self, series: &[Series], value: fn(&Series) -> &Vec<f64>) -> [Cell; Side::ALL.len()] {
         self.cells(|_, index| Some(median_of(value(&series[index])).unwrap_or(f64::NAN)))
     }
 
     /// `value` of each side minus direct's (direct itself: n/a).
-    fn added_cells(&self, series: &[Series], value: fn(&Series) -> &Vec<f64>) -> [Cell; 4] {
+    fn added_cells(&self, series: &[Series], value: fn(&Series) -> &Vec<f64>) -> [Cell; Side::ALL.len()] {
         let direct = self
             .sides
             .iter()
@@ -401,19 +402,22 @@ async fn start_interception_run(
     for (side, route) in &run.sides {
         smoke_once(route).await.map_err(|error| format!("the stub, {}: {error}", side.name()))?;
     }
-    let (proxy, route) = start_tollgate_interception(harness, stub.plain).await?;
-    println!(
-        "- `{tag}` tollgate started: pid {}, {} (intercepting {API_HOST}, routed to the stub)",
-        proxy.pid(),
-        route.address
-    );
-    run.sides.push((Side::Tollgate, route));
-    run.proxies.push(proxy);
+    for side in [Side::Tollgate, Side::TollgateActions] {
+        let (proxy, route) = start_tollgate_interception(harness, stub.plain, side == Side::TollgateActions).await?;
+        println!(
+            "- `{tag}` {} started: pid {}, {} (intercepting {API_HOST}, routed to the stub)",
+            side.name(),
+            proxy.pid(),
+            route.address
+        );
+        run.sides.push((side, route));
+        run.proxies.push((side, proxy));
+    }
     match start_mitmproxy(harness, stub.plain).await {
         Ok((proxy, route)) => {
             println!("- `{tag}` mitmproxy started: pid {}, {}", proxy.pid(), route.address);
             run.sides.push((Side::Mitmproxy, route));
-            run.proxies.push(proxy);
+            run.proxies.push((Side::Mitmproxy, proxy));
         }
         Err(error) if error == "not installed" => {
             println!("- `{tag}` mitmproxy: not installed");
@@ -469,8 +473,12 @@ fn intercepted_route(proxy: SocketAddr, origin: SocketAddr, ca: &Path) -> Result
 /// tollgate intercepting `API_HOST` (routed to the plain stub) and `*.MINT_DOMAIN` (handshakes only), its CA
 /// created on start in its directory. Checked with one GET through the forward proxy, then one intercepted
 /// request (which mints the leaf of `API_HOST`: the cache is warm from then on).
-async fn start_tollgate_interception(harness: &mut Harness, stub: SocketAddr) -> Result<(Proxy, Route), String> {
-    let dir = harness.instance_dir("tollgate-intercept")?;
+async fn start_tollgate_interception(
+    harness: &mut Harness,
+    stub: SocketAddr,
+    actions: bool,
+) -> Result<(Proxy, Route), String> {
+    let dir = harness.instance_dir(if actions { "tollgate-intercept-actions" } else { "tollgate-intercept" })?;
     let (proxy_port, admin_port) = (free_port()?, free_port()?);
     let directory = dir.display();
     let allow = format!("    - \"{API_HOST}\"\n    - \"*.{MINT_DOMAIN}\"\n{ALLOW_LOOPBACK}");
@@ -480,6 +488,13 @@ async fn start_tollgate_interception(harness: &mut Harness, stub: SocketAddr) ->
          intercept: {{ca: {{cert: \"{directory}/ca.pem\", key: \"{directory}/ca.key\"}}, hosts: [\"{API_HOST}\", \"*.{MINT_DOMAIN}\"]}}\n\
          state: {{path: \"{directory}/state\"}}\n"
     );
+    // A policy that can deny: tool calls are held until decided (the stub's responses carry none, so this measures
+    // what holding costs a response without tool calls).
+    let extra = if actions {
+        format!("{extra}actions: {{deny: [\"file:read:/etc/shadow\", \"bash:run:curl *\"]}}\n")
+    } else {
+        extra
+    };
     let admin = format!("{{bind: \"127.0.0.1:{admin_port}\"}}");
     let yaml = tollgate_yaml(&dir, &listener_item("proxy", proxy_port), &admin, "{anonymous: bench}", &allow, &extra);
     let forward = Route::plain(loopback(proxy_port), true, harness.origin);

@@ -51,7 +51,7 @@ pub enum Goal {
 struct InterceptionRow {
     label: String,
     /// In `Side::ALL` order.
-    cells: [Cell; 4],
+    cells: [Cell; Side::ALL.len()],
     decimals: usize,
     goal: Goal,
 }
@@ -121,7 +121,7 @@ impl Report {
     }
 
     /// A row of the interception table.
-    pub fn interception(&mut self, label: String, cells: [Cell; 4], decimals: usize, goal: Goal) {
+    pub fn interception(&mut self, label: String, cells: [Cell; Side::ALL.len()], decimals: usize, goal: Goal) {
         self.interception.push(InterceptionRow { label, cells, decimals, goal });
     }
 
@@ -168,7 +168,7 @@ impl Report {
         if !self.interception.is_empty() {
             println!(
                 "\nin the interception table every cell is the median of rounds that run direct, direct TLS, tollgate \
-                 and mitmproxy in turn; \"added\" is the side's value minus direct's. Direct is the client speaking the \
+                 (without and with an actions policy that holds tool calls) and mitmproxy in turn; \"added\" is the side's value minus direct's. Direct is the client speaking the \
                  same HTTP/1.1 to the plain stub, direct TLS the same over TLS; both have client and stub on core 0 \
                  with no proxy: the harness's ceiling. The intercepted tunnels are kept alive (one full TLS handshake \
                  each)."
@@ -260,13 +260,14 @@ impl Report {
         for side in Side::ALL {
             let _ = write!(table, " {} |", side.name());
         }
-        table.push_str(" tollgate/mitmproxy | target | met? |\n|---|---:|---:|---:|---:|---:|---|---|\n");
+        table.push_str(" tollgate/mitmproxy | target | met? |\n|---|---:|---:|---:|---:|---:|---:|---|---|\n");
         for row in &self.interception {
             let _ = write!(table, "| {} |", row.label);
             for cell in &row.cells {
                 let _ = write!(table, " {} |", cell.text(row.decimals));
             }
-            let (tollgate, mitmproxy) = (row.cells[0].value(), row.cells[3].value());
+            let mitmproxy_column = Side::ALL.iter().position(|side| *side == Side::Mitmproxy).unwrap_or(0);
+            let (tollgate, mitmproxy) = (row.cells[0].value(), row.cells[mitmproxy_column].value());
             let ratio = match (tollgate, mitmproxy) {
                 (Some(tollgate), Some(mitmproxy)) if mitmproxy > 0.0 => Some(tollgate / mitmproxy),
                 _ => None,

@@ -4,7 +4,9 @@
 //! commands with `shell`; `stream` reads and holds the blocks of a response as it passes; `history` reads a
 //! request's replayed calls and their results.
 
+pub mod history;
 pub mod paths;
 pub mod rules;
 pub mod shell;
+pub mod stream;
 pub mod tools;

@@ -192,6 +192,22 @@ impl ActionPolicy {
             })
     }
 
+    /// Some action of a principal in `teams` may be denied (not only observed): an enforced global default deny or
+    /// deny list, or a team of the principal with an enforced deny list, `readonly` or blocked files. When false,
+    /// the gateway need not hold a response's tool calls until they are decided.
+    pub fn may_deny(&self, teams: &[Arc<str>]) -> bool {
+        let global = self.global.mode == Mode::Enforce
+            && (self.global.default == Verdict::Deny || !self.global.lists.deny.is_empty());
+        global
+            || teams.iter().filter_map(|name| self.teams.get(&**name)).any(|team| {
+                let enforced = team.actions.mode.unwrap_or(self.global.mode) == Mode::Enforce;
+                let rules = !team.actions.lists.deny.is_empty()
+                    || team.actions.readonly
+                    || !team.actions.blocked_files.is_empty();
+                enforced && rules
+            })
+    }
+
     /// Decides `action` for a principal in `teams` (the first is its team; the rules of all apply).
     pub fn decide(&self, action: &Action, teams: &[Arc<str>]) -> Decision {
         let subject = Lazy { action, subject: OnceCell::new() };

@@ -14,6 +14,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::actions::ResponseCalls;
 use super::idle::Busy;
 use crate::audit::Release;
 use crate::config::Config;
@@ -60,8 +61,10 @@ enum Inner {
 }
 
 struct Relay {
-    incoming: Incoming,
+    incoming: Source,
     meter: Option<Meter>,
+    /// The response's tool calls, read as they pass (and held until decided, under a policy that can deny).
+    actions: Option<ResponseCalls>,
     settlement: Option<Settlement>,
     /// The upstream's `Content-Length`: the body is complete when that many bytes went by.
     expected: Option<u64>,
@@ -86,21 +89,43 @@ impl MeteredBody {
         Self { _busy: Some(busy), ..self }
     }
 
-    /// The upstream's body, metered when `meter` is given, settled when it ends.
-    pub fn upstream(incoming: Incoming, meter: Option<Meter>, settlement: Settlement) -> Self {
+    /// The upstream's body, metered when `meter` is given, its tool calls read when `actions` is, settled when
+    /// it ends.
+    pub fn upstream(
+        incoming: Incoming,
+        meter: Option<Meter>,
+        actions: Option<ResponseCalls>,
+        settlement: Settlement,
+    ) -> Self {
         let expected = incoming.size_hint().exact();
-        Self {
-            inner: Inner::Upstream(Box::new(Relay {
-                incoming,
-                meter,
-                settlement: Some(settlement),
-                expected,
-                relayed: 0,
-                settling: None,
-                after_settling: None,
-            })),
-            _busy: None,
-        }
+        Self::relay(Source::Upstream(incoming), expected, meter, actions, settlement)
+    }
+
+    /// A body the upstream sent whole and tollgate read before answering (to decide its tool calls): `sent` goes
+    /// to the client (the body itself, or the refusal that replaced it); the meter has seen the upstream's body.
+    pub fn whole(sent: Bytes, meter: Option<Meter>, settlement: Settlement) -> Self {
+        let expected = Some(sent.len() as u64);
+        Self::relay(Source::Whole(Some(sent)), expected, meter, None, settlement)
+    }
+
+    fn relay(
+        incoming: Source,
+        expected: Option<u64>,
+        meter: Option<Meter>,
+        actions: Option<ResponseCalls>,
+        settlement: Settlement,
+    ) -> Self {
+        let relay = Relay {
+            incoming,
+            meter,
+            actions,
+            settlement: Some(settlement),
+            expected,
+            relayed: 0,
+            settling: None,
+            after_settling: None,
+        };
+        Self { inner: Inner::Upstream(Box::new(relay)), _busy: None }
     }
 }
 
@@ -131,6 +156,8 @@ impl Body for MeteredBody {
             Inner::Refusal(Some(body)) => SizeHint::with_exact(body.len() as u64),
             Inner::Refusal(None) => SizeHint::with_exact(0),
             Inner::Cut(_) => SizeHint::default(),
+            // Held calls may be replaced by an error event: the length is not known ahead.
+            Inner::Upstream(relay) if relay.actions.as_ref().is_some_and(ResponseCalls::holds) => SizeHint::default(),
             Inner::Upstream(relay) => relay.incoming.size_hint(),
         }
     }
@@ -157,31 +184,81 @@ impl Relay {
             if matches!(self.after_settling, Some(Err(_))) {
                 return Poll::Ready(self.after_settling.take());
             }
-            match ready!(Pin::new(&mut self.incoming).poll_frame(cx)) {
+            match ready!(self.incoming.poll_frame(cx)) {
                 Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
+                    let mut frame = Some(frame);
+                    if let Some(data) = frame.as_ref().and_then(Frame::data_ref) {
                         self.relayed += data.len() as u64;
                         if let Some(meter) = &mut self.meter {
                             meter.feed(data);
                         }
+                        if let Some(actions) = &mut self.actions {
+                            let out = actions.feed(data);
+                            if actions.holds() {
+                                frame = (!out.is_empty()).then(|| Frame::data(out));
+                            }
+                            self.note_denial();
+                        }
                     }
                     if self.expected == Some(self.relayed) && self.settlement.is_some() {
                         // The last bytes of a sized body: settle before the client can see it end.
-                        self.begin_settling(End::Complete, Some(Ok(frame)));
+                        let frame = self.with_held_rest(frame);
+                        self.begin_settling(End::Complete, frame.map(Ok));
                         continue;
                     }
-                    return Poll::Ready(Some(Ok(frame)));
+                    match frame {
+                        Some(frame) => return Poll::Ready(Some(Ok(frame))),
+                        // Held, or after a denied call: nothing for the client yet; read on (the meter still
+                        // counts what the upstream generates).
+                        None => continue,
+                    }
                 }
                 Some(Err(error)) => {
                     let reason = error.to_string();
                     if self.settlement.is_none() {
-                        return Poll::Ready(Some(Err(error.into())));
+                        return Poll::Ready(Some(Err(error)));
                     }
-                    self.begin_settling(End::UpstreamCut(reason), Some(Err(error.into())));
+                    self.begin_settling(End::UpstreamCut(reason), Some(Err(error)));
                 }
-                None if self.settlement.is_some() => self.begin_settling(End::Complete, None),
+                None if self.settlement.is_some() => {
+                    let rest = self.with_held_rest(None);
+                    self.begin_settling(End::Complete, rest.map(Ok));
+                }
                 None => return Poll::Ready(None),
             }
+        }
+    }
+
+    /// `frame` with what the action reader still holds at the end of the body appended.
+    fn with_held_rest(&mut self, frame: Option<Frame<Bytes>>) -> Option<Frame<Bytes>> {
+        let Some(actions) = &mut self.actions else { return frame };
+        let rest = actions.finish();
+        let holds = actions.holds();
+        self.note_denial();
+        if !holds || rest.is_empty() {
+            return frame;
+        }
+        match frame.map(Frame::into_data) {
+            None => Some(Frame::data(rest)),
+            Some(Ok(data)) => {
+                let mut joined = bytes::BytesMut::with_capacity(data.len() + rest.len());
+                joined.extend_from_slice(&data);
+                joined.extend_from_slice(&rest);
+                Some(Frame::data(joined.freeze()))
+            }
+            // A trailers frame: the held bytes go first would reorder it; trailers do not occur on these responses.
+            Some(Err(frame)) => Some(frame),
+        }
+    }
+
+    /// A denied call ended the response: the request's record says so.
+    fn note_denial(&mut self) {
+        let Some(denied) = self.actions.as_mut().and_then(ResponseCalls::take_denied) else { return };
+        if let Some(settlement) = &mut self.settlement {
+            let exchange = &mut settlement.exchange;
+            exchange.rule = denied.rule();
+            exchange.reason = denied.kind();
+            exchange.error = Some(format!("response ended: {denied}"));
         }
     }
 
@@ -204,6 +281,37 @@ impl Drop for Relay {
                 }
                 Err(_) => tracing::warn!("a cut response could not be settled outside the runtime"),
             }
+        }
+    }
+}
+
+/// Where a relayed body comes from.
+enum Source {
+    Upstream(Incoming),
+    /// Read whole already: one frame.
+    Whole(Option<Bytes>),
+}
+
+impl Source {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self {
+            Source::Upstream(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            Source::Whole(body) => Poll::Ready(body.take().map(|bytes| Ok(Frame::data(bytes)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Upstream(incoming) => incoming.is_end_stream(),
+            Source::Whole(body) => body.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Upstream(incoming) => incoming.size_hint(),
+            Source::Whole(Some(body)) => SizeHint::with_exact(body.len() as u64),
+            Source::Whole(None) => SizeHint::with_exact(0),
         }
     }
 }

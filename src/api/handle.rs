@@ -10,6 +10,7 @@ use http::{HeaderMap, Request, Response, Uri, Version};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use super::actions::{self, Context, ResponseCalls};
 use super::body::{MeteredBody, Settlement};
 use super::idle::Busy;
 use super::session::{Origin, Session};
@@ -21,6 +22,7 @@ use crate::request::admit::{admit, Credentials, Destination, Upstream};
 use crate::request::error::Error;
 use crate::request::finish::{finish, Exchange};
 use crate::request::{headers, model};
+use crate::shared::Shared;
 use crate::target::Target;
 use crate::upstream::models;
 
@@ -97,6 +99,8 @@ async fn forward(
             api_key: headers.get("x-api-key").map(HeaderValue::as_bytes),
         },
     };
+    exchange.session = actions::session(headers);
+    exchange.user_agent = actions::user_agent(headers);
     let destination = Destination::Model { host: named.as_ref(), listener: &peer.listener };
     let admission = admit(shared, config, credentials, destination, peer.address.ip(), exchange).await?;
     held.admitted = Some(admission.slots);
@@ -109,6 +113,16 @@ async fn forward(
     exchange.bytes_up = body.bytes.len() as u64;
     let metered = config.llm.is_metered(&path) && parts.method == http::Method::POST;
     let worst_case = model::check_body(shared, config, &principal, &parts.headers, &body.bytes, metered, exchange)?;
+    // Agent actions: a Messages request's replayed calls are checked before it leaves; its response's calls are
+    // read as it streams back.
+    let actions = match metered && path.eq_ignore_ascii_case(MESSAGES) {
+        true => {
+            let context = Context::new(shared, config, &session.peer, exchange);
+            context.check_replayed(&body.bytes)?;
+            Some(context)
+        }
+        false => None,
+    };
     if metered && !config.llm.budgets.is_empty() {
         let now = shared.clock.now();
         held.reservation = Some(model::reserve(shared, config, &principal, worst_case, now).await?);
@@ -133,8 +147,28 @@ async fn forward(
     let (mut parts, incoming) = response.into_parts();
     headers::strip(&mut parts.headers);
     let content_type = parts.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    let meter = metered.then(|| Meter::for_content_type(content_type));
-    let settlement = Settlement {
+    let mut meter = metered.then(|| Meter::for_content_type(content_type));
+    let streamed = content_type.is_some_and(crate::llm::usage::is_event_stream);
+    let actions = actions.filter(|_| (200..300).contains(&exchange.status));
+    let body = match &actions {
+        // A whole message under a policy that can deny: read before it is answered, to refuse it if a call is
+        // denied (its tokens are metered and charged all the same).
+        Some(context) if context.holds() && !streamed => {
+            let body = read_message(shared, config, &parts.headers, incoming, exchange.upstream.as_deref()).await?;
+            if let Some(meter) = &mut meter {
+                meter.feed(&body.bytes);
+            }
+            Reply::Whole(context.decide_message(&body.bytes), body.bytes)
+        }
+        _ => Reply::Relayed(incoming),
+    };
+    let calls =
+        actions.filter(|_| matches!(body, Reply::Relayed(_))).map(|context| ResponseCalls::new(context, content_type));
+    if calls.as_ref().is_some_and(ResponseCalls::holds) {
+        // A held call may be replaced by an error event: the length is no longer the upstream's.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    let mut settlement = Settlement {
         shared: shared.clone(),
         config: config.clone(),
         peer: session.peer.clone(),
@@ -142,7 +176,52 @@ async fn forward(
         admitted: held.admitted.take(),
         reservation: held.reservation.take(),
     };
-    Ok(Response::from_parts(parts, MeteredBody::upstream(incoming, meter, settlement)))
+    let response = match body {
+        Reply::Relayed(incoming) => {
+            Response::from_parts(parts, MeteredBody::upstream(incoming, meter, calls, settlement))
+        }
+        Reply::Whole(Ok(()), body) => Response::from_parts(parts, MeteredBody::whole(body, meter, settlement)),
+        Reply::Whole(Err(denied), _) => {
+            let exchange = &mut settlement.exchange;
+            exchange.status = denied.status(exchange.shape);
+            exchange.fail(&denied);
+            let (parts, body) = denied.http_response(exchange.shape, &exchange.id).into_parts();
+            Response::from_parts(parts, MeteredBody::whole(body, meter, settlement))
+        }
+    };
+    Ok(response)
+}
+
+/// The upstream's body as it goes back: relayed as it comes, or read whole first (and decided).
+enum Reply {
+    Relayed(Incoming),
+    Whole(Result<(), Error>, bytes::Bytes),
+}
+
+/// The canonical path of the Messages API, whose requests and responses carry tool calls.
+const MESSAGES: &str = "/v1/messages";
+
+/// Reads a whole (non-streamed) response, within `MAX_JSON_BODY`, the upstream's idle timeout and the shared body
+/// buffers; one larger cannot be checked for agent actions and is refused.
+async fn read_message(
+    shared: &Shared,
+    config: &Config,
+    headers: &HeaderMap,
+    incoming: Incoming,
+    upstream: Option<&str>,
+) -> Result<model::Body, Error> {
+    let target = || upstream.unwrap_or_default().to_owned();
+    let max = crate::llm::usage::MAX_JSON_BODY;
+    let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let capacity = config.server.max_buffered_body_bytes;
+    let read = model::collect(&shared.body_buffers, capacity, declared, incoming, max as u64, || {
+        Error::ResponseUnchecked(max)
+    });
+    match tokio::time::timeout(config.upstream.idle_timeout, read).await {
+        Ok(Err(Error::ClientClosed(source))) => Err(Error::UpstreamIo { target: target(), source }),
+        Ok(result) => result,
+        Err(_) => Err(Error::UpstreamTimeout { target: target() }),
+    }
 }
 
 /// The host a request names, where the client names one. Inside a tunnel it must be the tunnel's host, in the URI

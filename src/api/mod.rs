@@ -4,6 +4,7 @@
 //! and metered as it passes (`body.rs`). Refusals are answered in the Anthropic error shape, which Claude Code
 //! shows its user verbatim.
 
+pub mod actions;
 pub mod body;
 pub mod handle;
 pub mod idle;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::queue::{Queue, Taken};
-use super::record::Record;
+use super::record::Entry;
 use super::verify::{split_hash, GENESIS};
 use crate::config::file::AuditSync;
 
@@ -123,12 +123,12 @@ impl Writer {
     }
 
     /// Serializes one record into the batch, chained to the previous one.
-    fn append(&mut self, record: &Record) {
+    fn append(&mut self, record: &Entry) {
         let start = self.out.len();
         if serde_json::to_writer(&mut self.out, record).is_err() {
             // A record is strings and numbers: serializing it cannot fail. Should it, the line is left out.
             self.out.truncate(start);
-            tracing::error!(id = %record.id, "audit record could not be serialized");
+            tracing::error!(id = %record.id(), "audit record could not be serialized");
             return;
         }
         if let Some(prev) = &mut self.chain {
@@ -343,11 +343,17 @@ fn hash_of(line: &str) -> Option<String> {
 mod tests {
     use super::*;
     use crate::audit::verify::verify_chain;
+    use crate::audit::Record;
 
     fn write_records(path: &Path, ids: &[&str]) {
         let (mut writer, _) = Writer::open(path, true, AuditSync::Batch).unwrap();
         for id in ids {
-            writer.append(&Record { id: (*id).into(), kind: "connect", decision: "allow", ..Record::default() });
+            writer.append(&Entry::from(Record {
+                id: (*id).into(),
+                kind: "connect",
+                decision: "allow",
+                ..Record::default()
+            }));
         }
         writer.file.write_all(&writer.out).unwrap();
     }
@@ -388,7 +394,7 @@ mod tests {
         assert_eq!(std::fs::read(&torn.kept_in).unwrap(), [FRAGMENT, b"\n"].concat());
         assert_eq!(std::fs::read(&path).unwrap(), complete, "cut back to the last complete record");
 
-        writer.append(&Record { id: "d".into(), ..Record::default() });
+        writer.append(&Entry::from(Record { id: "d".into(), ..Record::default() }));
         writer.file.write_all(&writer.out).unwrap();
         assert_eq!(verify_chain(&std::fs::read_to_string(&path).unwrap()), Ok(3), "d chains to b");
     }
@@ -425,8 +431,8 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         let long = "x".repeat(300 * 1024);
         let (mut writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
-        writer.append(&Record { id: "a".into(), ..Record::default() });
-        writer.append(&Record { id: long.clone(), ..Record::default() });
+        writer.append(&Entry::from(Record { id: "a".into(), ..Record::default() }));
+        writer.append(&Entry::from(Record { id: long.clone(), ..Record::default() }));
         writer.file.write_all(&writer.out).unwrap();
         let expected = writer.chain.unwrap();
         let (reopened, torn) = Writer::open(&path, true, AuditSync::Batch).unwrap();

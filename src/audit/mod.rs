@@ -19,7 +19,7 @@ use prometheus::IntCounter;
 
 pub use file::{torn_path, Torn};
 pub use queue::{install_park_hook, worker_parks, Health, STALL_AFTER};
-pub use record::Record;
+pub use record::{ActionRecord, Entry, OutcomeRecord, Record};
 pub use verify::{verify, verify_chain, ChainError, Verified, VerifyError};
 
 use crate::config::file::AuditFailure;
@@ -121,9 +121,9 @@ impl Auditor {
 
     /// Hands one record to the sink. Under `audit.on_failure: block` (and `Wait::UntilWritten`) waits for room in
     /// the queue, then until the record is written; otherwise never waits.
-    pub async fn record(&self, record: Record, wait: Wait) -> Release {
+    pub async fn record(&self, record: impl Into<Entry>, wait: Wait) -> Release {
         let Some(sink) = &self.sink else { return Release::Complete };
-        let record = Box::new(record);
+        let record = record.into();
         if self.holds_responses() && wait == Wait::UntilWritten {
             return match sink.queue.push(record).await {
                 Some(sequence) if sink.queue.written(sequence).await => Release::Complete,
@@ -134,6 +134,19 @@ impl Auditor {
             sink.dropped.inc();
         }
         Release::Complete
+    }
+
+    /// Hands one record to the sink without waiting, from code that cannot wait (a response body being relayed).
+    /// Under `audit.on_failure: block` it is queued even past the queue's bound, never dropped: the response it
+    /// belongs to waits for its own record, written after this one. Otherwise dropped and counted when full.
+    pub fn record_now(&self, record: impl Into<Entry>) {
+        let Some(sink) = &self.sink else { return };
+        let record = record.into();
+        if self.holds_responses() {
+            sink.queue.force_push(record);
+        } else if sink.queue.try_push(record).is_err() {
+            sink.dropped.inc();
+        }
     }
 
     /// True when responses wait for their records: a sink with `audit.on_failure: block`.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
-use super::record::Record;
+use super::record::Entry;
 
 /// Records that end a gathering early.
 const GATHER_RECORDS: usize = 256;
@@ -86,7 +86,7 @@ pub(super) struct Queue {
 }
 
 struct State {
-    records: VecDeque<Box<Record>>,
+    records: VecDeque<Entry>,
     /// Records queued since the start: the next record's sequence number.
     pushed: u64,
     writer: WriterState,
@@ -205,17 +205,17 @@ impl Queue {
     }
 
     /// Queues `record` when there is room; returns its sequence number, or gives it back.
-    pub(super) fn try_push(&self, record: Box<Record>) -> Result<u64, Box<Record>> {
+    pub(super) fn try_push(&self, record: Entry) -> Result<u64, Entry> {
         self.push_unless_full(record, true)
     }
 
     /// Queues `record` even beyond `audit.queue`: for a caller that waited for room and was cancelled (at most
     /// one record per request in flight, which admission bounds).
-    pub(super) fn force_push(&self, record: Box<Record>) {
+    pub(super) fn force_push(&self, record: Entry) {
         let _ = self.push_unless_full(record, false);
     }
 
-    fn push_unless_full(&self, record: Box<Record>, bounded: bool) -> Result<u64, Box<Record>> {
+    fn push_unless_full(&self, record: Entry, bounded: bool) -> Result<u64, Entry> {
         let mut state = self.lock();
         if bounded && state.pushed - self.written.load(Ordering::Acquire) >= self.capacity {
             return Err(record);
@@ -250,10 +250,10 @@ impl Queue {
     /// Queues `record`, waiting for room while the queue is full. `None` when shutdown gave up first (the record
     /// is then queued anyway, for the last flush). Cancelled while waiting, it queues the record beyond the bound
     /// rather than lose it.
-    pub(super) async fn push(&self, record: Box<Record>) -> Option<u64> {
+    pub(super) async fn push(&self, record: Entry) -> Option<u64> {
         struct Pending<'a> {
             queue: &'a Queue,
-            record: Option<Box<Record>>,
+            record: Option<Entry>,
         }
         impl Drop for Pending<'_> {
             fn drop(&mut self) {
@@ -373,7 +373,7 @@ impl Queue {
     // The writer thread's side.
 
     /// Moves every queued record into `batch`; sleeps until there is one, the queue closes, or `deadline`.
-    pub(super) fn take(&self, batch: &mut VecDeque<Box<Record>>, deadline: Option<Instant>) -> Taken {
+    pub(super) fn take(&self, batch: &mut VecDeque<Entry>, deadline: Option<Instant>) -> Taken {
         let mut state = self.lock();
         let mut slept = false;
         loop {
@@ -476,9 +476,10 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::Record;
 
-    fn record(id: &str) -> Box<Record> {
-        Box::new(Record { id: id.into(), ..Record::default() })
+    fn record(id: &str) -> Entry {
+        Entry::from(Record { id: id.into(), ..Record::default() })
     }
 
     #[tokio::test]
@@ -591,13 +592,14 @@ mod tests {
 #[cfg(test)]
 mod deferred_tests {
     use super::*;
+    use crate::audit::Record;
 
     #[test]
     fn with_the_park_hook_a_record_waits_for_a_parking_worker_to_wake_the_writer() {
         let queue = Queue::new(128, None, true);
         // The writer sleeps with nothing queued.
         queue.lock().writer = WriterState::Idle;
-        queue.try_push(Box::new(Record { id: "a".into(), ..Record::default() })).unwrap();
+        queue.try_push(Entry::from(Record { id: "a".into(), ..Record::default() })).unwrap();
         let state = queue.lock();
         assert!(state.deferred && state.writer == WriterState::Idle, "the wake-up is left to the next park");
         drop(state);
@@ -608,7 +610,7 @@ mod deferred_tests {
         // A burst of DEFER_RECORDS wakes the writer at once, park or not.
         queue.lock().writer = WriterState::Idle;
         for id in 0..DEFER_RECORDS {
-            queue.try_push(Box::new(Record { id: id.to_string(), ..Record::default() })).unwrap();
+            queue.try_push(Entry::from(Record { id: id.to_string(), ..Record::default() })).unwrap();
         }
         assert_eq!(queue.lock().writer, WriterState::Busy);
     }

@@ -36,4 +36,97 @@ pub struct Record {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dlp: Vec<Arc<str>>,
     pub error: Option<String>,
+    /// The client's session (`X-Claude-Code-Session-Id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<Arc<str>>,
+    /// The client's first User-Agent product token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+/// One tool call the model made (`kind: "action"`): what it does, on what, and what tollgate decided.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ActionRecord {
+    pub ts: String,
+    pub id: String,
+    pub kind: &'static str,
+    pub listener: Arc<str>,
+    pub client: String,
+    pub user: Option<Arc<str>>,
+    pub team: Option<Arc<str>>,
+    pub session: Option<Arc<str>>,
+    /// The `id` of the model request whose response carried the call.
+    pub request: Arc<str>,
+    pub model: Option<Arc<str>>,
+    /// `file:read`, `file:write`, `bash:run`, `web:fetch`, `mcp:call`, `agent:spawn` or `tool:NAME`.
+    pub action: String,
+    pub tool: String,
+    /// The path, command, URL, query, `SERVER/TOOL` or subagent type; never file contents or output.
+    pub target: Option<String>,
+    pub tool_use_id: String,
+    pub decision: &'static str,
+    pub rule: Option<Arc<str>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub alert: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub would_deny: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How a call ended, once a later request shows its result (`kind: "action_outcome"`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OutcomeRecord {
+    pub ts: String,
+    pub id: String,
+    pub kind: &'static str,
+    pub user: Option<Arc<str>>,
+    pub team: Option<Arc<str>>,
+    pub session: Option<Arc<str>>,
+    /// The `id` of the request that carried the result.
+    pub request: Arc<str>,
+    pub tool_use_id: String,
+    pub action: String,
+    pub tool: String,
+    pub target: Option<String>,
+    /// `ran`, `failed` or `refused` (by the user).
+    pub outcome: &'static str,
+}
+
+/// Any record the sink writes.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Entry {
+    Request(Box<Record>),
+    Action(Box<ActionRecord>),
+    Outcome(Box<OutcomeRecord>),
+}
+
+impl Entry {
+    /// The record's `id`.
+    pub fn id(&self) -> &str {
+        match self {
+            Entry::Request(record) => &record.id,
+            Entry::Action(record) => &record.id,
+            Entry::Outcome(record) => &record.id,
+        }
+    }
+}
+
+impl From<Record> for Entry {
+    fn from(record: Record) -> Self {
+        Entry::Request(Box::new(record))
+    }
+}
+
+impl From<ActionRecord> for Entry {
+    fn from(record: ActionRecord) -> Self {
+        Entry::Action(Box::new(record))
+    }
+}
+
+impl From<OutcomeRecord> for Entry {
+    fn from(record: OutcomeRecord) -> Self {
+        Entry::Outcome(Box::new(record))
+    }
 }

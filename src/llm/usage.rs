@@ -101,7 +101,7 @@ impl Meter {
 }
 
 /// `text/event-stream`, in any case, with or without parameters.
-fn is_event_stream(content_type: &str) -> bool {
+pub fn is_event_stream(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or("");
     essence.trim().eq_ignore_ascii_case("text/event-stream")
 }

@@ -76,6 +76,15 @@ pub enum Error {
     DlpBlocked { detector: Arc<str>, rule: Arc<str> },
     #[error("{}", budget_message(.0))]
     BudgetSpent(BudgetRefusal),
+    #[error("the agent action {action} is denied ({rule}); ask your administrator if you need it")]
+    ActionDenied { action: String, rule: Arc<str> },
+    #[error(
+        "this conversation carries the result of {action}, which is denied ({rule}): tollgate will not send it to \
+             the model; rewind the conversation to before that call (/rewind) or start a new one (/clear)"
+    )]
+    ActionResultDenied { action: String, rule: Arc<str> },
+    #[error("a model response over {0} bytes could not be checked for agent actions")]
+    ResponseUnchecked(usize),
     #[error("request body larger than {0} bytes (intercept.max_body)")]
     BodyTooLarge(u64),
     #[error("a request body with Content-Encoding {0} cannot be checked (model, DLP, budget); send it uncompressed")]
@@ -211,7 +220,12 @@ impl Error {
             | Error::StateUnavailable(_)
             | Error::BuffersFull(_) => 503,
             Error::RateLimited { .. } | Error::ConcurrencyLimited { .. } => 429,
-            Error::PathDenied { .. } | Error::ModelDenied { .. } | Error::DlpBlocked { .. } => 403,
+            Error::PathDenied { .. }
+            | Error::ModelDenied { .. }
+            | Error::DlpBlocked { .. }
+            | Error::ActionDenied { .. }
+            | Error::ActionResultDenied { .. } => 403,
+            Error::ResponseUnchecked(_) => 502,
             Error::ModelMissing { .. } => 400,
             Error::BudgetSpent(_) => 429,
             Error::BodyTooLarge(_) => 413,
@@ -252,6 +266,8 @@ impl Error {
             Error::PathDenied { .. } => "path_denied",
             Error::ModelDenied { .. } | Error::ModelMissing { .. } => "model_denied",
             Error::DlpBlocked { .. } => "dlp_blocked",
+            Error::ActionDenied { .. } | Error::ActionResultDenied { .. } => "action_denied",
+            Error::ResponseUnchecked(_) => "response_unchecked",
             Error::BudgetSpent(_) => "budget_spent",
             Error::BodyTooLarge(_) => "request_too_large",
             Error::CompressedBody(_) => "compressed_body",
@@ -273,7 +289,9 @@ impl Error {
             Error::PathDenied { rule, .. }
             | Error::ModelDenied { rule, .. }
             | Error::ModelMissing { rule, .. }
-            | Error::DlpBlocked { rule, .. } => Some(rule.clone()),
+            | Error::DlpBlocked { rule, .. }
+            | Error::ActionDenied { rule, .. }
+            | Error::ActionResultDenied { rule, .. } => Some(rule.clone()),
             Error::BudgetSpent(refusal) => Some(format!("budget.{}", refusal.scope).into()),
             Error::SniMismatch(_) => Some("policy.require_sni_match".into()),
             _ => None,
@@ -292,6 +310,8 @@ impl Error {
             | Error::ModelDenied { .. }
             | Error::ModelMissing { .. }
             | Error::DlpBlocked { .. }
+            | Error::ActionDenied { .. }
+            | Error::ActionResultDenied { .. }
             | Error::BudgetSpent(_)
             | Error::SniMismatch(_)
             | Error::Revoked => "deny",
@@ -392,6 +412,15 @@ impl Error {
     }
 
     /// The `error.type` of the Anthropic error shape.
+    /// The error as an SSE `event: error` in the Anthropic shape, ending a stream already answered with 200.
+    pub fn sse_event(&self) -> String {
+        let data = serde_json::json!({
+            "type": "error",
+            "error": {"type": self.anthropic_type(), "message": self.api_message(Shape::Api)},
+        });
+        format!("event: error\ndata: {data}\n\n")
+    }
+
     fn anthropic_type(&self) -> &'static str {
         match self {
             Error::Auth(AuthError::Throttled { .. }) | Error::RateLimited { .. } => "rate_limit_error",

@@ -48,6 +48,10 @@ pub struct Exchange {
     pub cost_usd: Option<f64>,
     pub dlp: Vec<Arc<str>>,
     pub error: Option<String>,
+    /// The client's session (`X-Claude-Code-Session-Id`), when it names one.
+    pub session: Option<Arc<str>>,
+    /// The client's first User-Agent product token (`claude-cli/2.1.332`).
+    pub user_agent: Option<String>,
     /// The kind of upstream failure, for `tollgate_upstream_errors_total`.
     pub upstream_failure: Option<&'static str>,
     /// What the client is still owed, sent once the exchange is recorded.
@@ -103,6 +107,8 @@ impl Exchange {
             cost_usd: None,
             dlp: Vec::new(),
             error: None,
+            session: None,
+            user_agent: None,
             upstream_failure: None,
             held: Held::Nothing,
         }
@@ -210,6 +216,8 @@ pub async fn finish(shared: &Shared, peer: &Peer, exchange: Exchange) -> Release
         cost_usd: exchange.cost_usd,
         dlp: exchange.dlp,
         error: exchange.error,
+        session: exchange.session,
+        user_agent: exchange.user_agent,
     };
     shared.auditor.record(record, wait).await
 }

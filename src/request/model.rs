@@ -55,7 +55,7 @@ pub async fn read_body<B>(
     config: &Config,
     buffers: &Arc<Semaphore>,
     headers: &HeaderMap,
-    mut body: B,
+    body: B,
 ) -> Result<Body, Error>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
@@ -67,6 +67,28 @@ where
         return Err(Error::BodyTooLarge(max_body));
     }
     let capacity = config.server.max_buffered_body_bytes;
+    let read = collect(buffers, capacity, declared, body, max_body, || Error::BodyTooLarge(max_body));
+    let timeout = config.server.body_read_timeout;
+    match tokio::time::timeout(timeout, read).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::BodyTimeout(timeout)),
+    }
+}
+
+/// Reads a body whole, at most `max` bytes (`too_large` past it), holding its size in `buffers` (whose
+/// `capacity` the error names when it cannot): a `declared` length is taken at once, before a byte is read.
+pub async fn collect<B>(
+    buffers: &Arc<Semaphore>,
+    capacity: u64,
+    declared: Option<u64>,
+    mut body: B,
+    max: u64,
+    too_large: impl Fn() -> Error,
+) -> Result<Body, Error>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let take = |held: &mut Option<OwnedSemaphorePermit>, bytes: usize| -> Result<(), Error> {
         let Ok(bytes) = u32::try_from(bytes) else { return Err(Error::BuffersFull(capacity)) };
         if bytes == 0 {
@@ -80,31 +102,25 @@ where
         Ok(())
     };
     let mut held = None;
-    // A declared length is taken at once: a body that cannot fit is refused before a byte of it is read.
     if let Some(length) = declared {
+        if length > max {
+            return Err(too_large());
+        }
         take(&mut held, length as usize)?;
     }
-    let read = async {
-        let mut collected = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|error| Error::ClientClosed(std::io::Error::other(error.to_string())))?;
-            let Ok(data) = frame.into_data() else { continue };
-            if collected.len() as u64 + data.len() as u64 > max_body {
-                return Err(Error::BodyTooLarge(max_body));
-            }
-            let beyond_declared = (collected.len() + data.len()).saturating_sub(declared.unwrap_or(0) as usize);
-            let already_beyond = collected.len().saturating_sub(declared.unwrap_or(0) as usize);
-            take(&mut held, beyond_declared - already_beyond)?;
-            collected.extend_from_slice(&data);
+    let mut collected = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| Error::ClientClosed(std::io::Error::other(error.to_string())))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if collected.len() as u64 + data.len() as u64 > max {
+            return Err(too_large());
         }
-        Ok(collected.freeze())
-    };
-    let timeout = config.server.body_read_timeout;
-    match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(bytes)) => Ok(Body { bytes, _held: held }),
-        Ok(Err(error)) => Err(error),
-        Err(_) => Err(Error::BodyTimeout(timeout)),
+        let beyond_declared = (collected.len() + data.len()).saturating_sub(declared.unwrap_or(0) as usize);
+        let already_beyond = collected.len().saturating_sub(declared.unwrap_or(0) as usize);
+        take(&mut held, beyond_declared - already_beyond)?;
+        collected.extend_from_slice(&data);
     }
+    Ok(Body { bytes: collected.freeze(), _held: held })
 }
 
 /// Phases 6 to 8 on the body read: its encoding, the models a metered request names, and DLP (whatever the path:

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod actions;
 mod audit_sink;
 mod auth;
 mod bounded;

@@ -103,6 +103,10 @@ pub const GZIP: &str = "stub-gzip";
 /// (`cache_creation.ephemeral_1h_input_tokens`), and `WEB_SEARCHES` server-side web searches.
 pub const SERVER_TOOLS: &str = "stub-server-tools";
 pub const ONE_HOUR_CACHE_WRITES: u64 = 1000;
+/// 200 with the content blocks the request's `stub_blocks` lists (see `tool_blocks`): a JSON message, or with
+/// `stream: true` an SSE stream whose tool inputs are sent as `input_json_delta` pieces split where each block's
+/// `pieces` says. Usage `STREAM_USAGE` (streamed) or `JSON_USAGE`.
+pub const TOOLS: &str = "stub-tools";
 pub const WEB_SEARCHES: u64 = 3;
 
 /// Header lines in order: names exactly as sent, values as bytes.
@@ -515,6 +519,13 @@ fn messages(body: &[u8], request_id: &str, state: &Arc<State>, connection: &Arc<
             let start = events.next().expect("message_start");
             [start, Step::Gate].into_iter().chain(events).collect()
         }
+        TOOLS if stream => tool_stream(&model, &parsed["stub_blocks"]).into_iter().map(Step::Event).collect(),
+        TOOLS => {
+            let mut message = json_message(&model);
+            message["content"] = json!(blocks_of(&parsed["stub_blocks"]));
+            message["stop_reason"] = json!("tool_use");
+            return json_response(StatusCode::OK, request_id, message);
+        }
         _ if stream => complete_stream(&model).into_iter().map(Step::Event).collect(),
         GZIP => {
             let mut response = json_response(StatusCode::OK, request_id, json!(null));
@@ -679,6 +690,62 @@ fn complete_stream(model: &str) -> Vec<Bytes> {
                            "output_tokens": STREAM_USAGE.1});
     let events = shared::stream(MESSAGE_ID, model, usage_json(STREAM_START_USAGE), TEXT_DELTAS, end_usage);
     events.into_iter().map(Bytes::from).collect()
+}
+
+/// The blocks of a `stub-tools` answer as a whole message: `pieces` and `raw_input` dropped.
+fn blocks_of(blocks: &Value) -> Vec<Value> {
+    let blocks = blocks.as_array().cloned().unwrap_or_default();
+    blocks
+        .into_iter()
+        .map(|mut block| {
+            if let Some(object) = block.as_object_mut() {
+                object.remove("pieces");
+                if let Some(raw) = object.remove("raw_input") {
+                    let raw = raw.as_str().unwrap_or_default();
+                    object.insert("input".into(), serde_json::from_str(raw).unwrap_or(Value::Null));
+                }
+            }
+            block
+        })
+        .collect()
+}
+
+/// The events of a `stub-tools` stream: each block of `blocks` (`{"type": "text", "text": …}` or
+/// `{"type": "tool_use", "id": …, "name": …, "input": {…}, "pieces": [byte offsets], "raw_input": "…"}`) as
+/// `content_block_start`, its deltas and `content_block_stop`; a tool input's JSON text (`raw_input`, else the
+/// compact `input`) split at the `pieces` offsets into `input_json_delta` events.
+fn tool_stream(model: &str, blocks: &Value) -> Vec<Bytes> {
+    let mut events = vec![event("message_start", &message_start(model))];
+    for (index, block) in blocks.as_array().cloned().unwrap_or_default().iter().enumerate() {
+        if block["type"] == "tool_use" {
+            let start = json!({"type": "content_block_start", "index": index, "content_block":
+                {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}});
+            events.push(event("content_block_start", &start));
+            let text = block["raw_input"].as_str().map(str::to_owned).unwrap_or_else(|| block["input"].to_string());
+            let mut from = 0;
+            let offsets = block["pieces"].as_array().cloned().unwrap_or_default();
+            let ends = offsets.iter().filter_map(Value::as_u64).map(|end| end as usize).chain([text.len()]);
+            for end in ends {
+                let end = end.clamp(from, text.len());
+                let delta = json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": &text[from..end]}});
+                events.push(event("content_block_delta", &delta));
+                from = end;
+            }
+        } else {
+            let start = json!({"type": "content_block_start", "index": index,
+                "content_block": {"type": "text", "text": ""}});
+            events.push(event("content_block_start", &start));
+            let delta = json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": "text_delta", "text": block["text"]}});
+            events.push(event("content_block_delta", &delta));
+        }
+        events.push(event("content_block_stop", &json!({"type": "content_block_stop", "index": index})));
+    }
+    let end_usage = json!({"input_tokens": STREAM_USAGE.0, "output_tokens": STREAM_USAGE.1});
+    events.push(event("message_delta", &shared::message_delta(Some("tool_use"), end_usage)));
+    events.push(event("message_stop", &json!({"type": "message_stop"})));
+    events
 }
 
 fn json_message(model: &str) -> Value {
