@@ -292,6 +292,14 @@ impl ResponseCalls {
         }
     }
 
+    /// A denied call ended what the client sees.
+    pub fn ended(&self) -> bool {
+        match &self.reader {
+            Reader::Stream(calls) => calls.ended(),
+            Reader::Json { .. } => false,
+        }
+    }
+
     /// The denial that ended the response, once.
     pub fn take_denied(&mut self) -> Option<Error> {
         self.denied.take()

@@ -272,15 +272,31 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        // The client went away before the end: settle what was seen, off this (synchronous) drop.
-        if let Some(settlement) = self.settlement.take() {
-            let settle = settlement.settle(self.meter.take(), End::ClientCut, self.relayed);
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    runtime.spawn(settle);
+        // The client went away before the end: settle what was seen, off this (synchronous) drop. A client that
+        // stops reading after the error of a denied call (Claude Code does) leaves tokens the model generated
+        // after it: the upstream is read on to its end, within its idle timeout, so that they are metered.
+        let Some(settlement) = self.settlement.take() else { return };
+        let mut meter = self.meter.take();
+        let mut relayed = self.relayed;
+        let denied = self.actions.as_ref().is_some_and(ResponseCalls::ended);
+        let mut source = std::mem::replace(&mut self.incoming, Source::Whole(None));
+        let idle = settlement.config.upstream.idle_timeout;
+        let settle = async move {
+            if denied {
+                while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, source.frame()).await {
+                    if let (Some(data), Some(meter)) = (frame.data_ref(), &mut meter) {
+                        relayed += data.len() as u64;
+                        meter.feed(data);
+                    }
                 }
-                Err(_) => tracing::warn!("a cut response could not be settled outside the runtime"),
             }
+            settlement.settle(meter, End::ClientCut, relayed).await
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(settle);
+            }
+            Err(_) => tracing::warn!("a cut response could not be settled outside the runtime"),
         }
     }
 }
@@ -293,6 +309,11 @@ enum Source {
 }
 
 impl Source {
+    /// The next frame, as a future.
+    async fn frame(&mut self) -> Option<Result<Frame<Bytes>, BodyError>> {
+        std::future::poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self {
             Source::Upstream(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
@@ -358,17 +379,25 @@ impl Settlement {
             (false, true) => "; no usage seen, the estimate stays charged",
             (false, false) => "",
         };
-        match end {
+        let cut = match end {
             End::Complete => {
                 if incomplete && succeeded && exchange.error.is_none() {
                     exchange.error = Some(format!("response ended without a complete message to meter{billed}"));
                 }
+                None
             }
             End::UpstreamCut(reason) => {
                 exchange.upstream_failure = Some("protocol");
-                exchange.error = Some(format!("stream cut by the upstream ({reason}){billed}"));
+                Some(format!("stream cut by the upstream ({reason}){billed}"))
             }
-            End::ClientCut => exchange.error = Some(format!("stream cut by the client{billed}")),
+            End::ClientCut => Some(format!("stream cut by the client{billed}")),
+        };
+        if let Some(cut) = cut {
+            // After what already ended the response (a denied agent action), if anything did.
+            exchange.error = Some(match exchange.error.take() {
+                Some(before) => format!("{before}; then {cut}"),
+                None => cut,
+            });
         }
         if let Some(reservation) = reservation {
             if unread {

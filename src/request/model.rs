@@ -6,7 +6,9 @@
 //!    hold at once (`server.max_buffered_body_bytes`); a compressed body is refused where it must be read;
 //! 7. **model**: every model the body names must be allowed for the principal's teams;
 //! 8. **DLP**: the detectors read the body (its JSON-decoded text too); a match blocks or is logged;
-//! 9. **budget**: the request's worst case (input estimate plus `max_tokens` at the output price) is reserved
+//! 9. **actions** (`api::actions`, for Messages requests): the conversation's replayed tool calls are read, their
+//!    new outcomes recorded, and a result of a denied call refuses the request;
+//! 10. **budget**: the request's worst case (input estimate plus `max_tokens` at the output price) is reserved
 //!    against every budget that applies, or the request is refused.
 
 use std::borrow::Cow;
@@ -204,7 +206,7 @@ fn scan(shared: &Shared, config: &Config, body: &Bytes, exchange: &mut Exchange)
     }
 }
 
-/// Phase 9: reserves the worst case against every budget that applies; `state.on_error` decides when the state
+/// Phase 10: reserves the worst case against every budget that applies; `state.on_error` decides when the state
 /// backend cannot be reached.
 pub async fn reserve(
     shared: &Shared,
