@@ -9,7 +9,7 @@
 //! 9. **actions** (`api::actions`, for Messages requests): the conversation's replayed tool calls are read, their
 //!    new outcomes recorded, and a result of a denied call refuses the request;
 //! 10. **budget**: the request's worst case (input estimate plus `max_tokens` at the output price) is reserved
-//!    against every budget that applies, or the request is refused.
+//!     against every budget that applies, or the request is refused.
 
 use std::borrow::Cow;
 use std::sync::Arc;
