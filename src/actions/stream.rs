@@ -256,20 +256,23 @@ impl OpenBlock {
     }
 }
 
+/// A content block, as far as tool calls are read from it (a whole message's `content`, an SSE
+/// `content_block_start`).
+#[derive(Deserialize)]
+struct ContentBlock {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    id: Option<String>,
+    name: Option<String>,
+    input: Option<Value>,
+}
+
 /// The tool calls of a whole (non-streamed) message, in order.
 pub fn calls_of_message(body: &[u8]) -> Option<Vec<Call>> {
     #[derive(Deserialize)]
     struct Message {
         #[serde(default)]
-        content: Vec<Block>,
-    }
-    #[derive(Deserialize)]
-    struct Block {
-        #[serde(rename = "type")]
-        kind: Option<String>,
-        id: Option<String>,
-        name: Option<String>,
-        input: Option<Value>,
+        content: Vec<ContentBlock>,
     }
     let message: Message = serde_json::from_slice(body).ok()?;
     let calls = message
@@ -337,16 +340,8 @@ impl Event {
             #[serde(rename = "type")]
             kind: Option<String>,
             index: Option<u64>,
-            content_block: Option<Block>,
+            content_block: Option<ContentBlock>,
             delta: Option<Delta>,
-        }
-        #[derive(Deserialize)]
-        struct Block {
-            #[serde(rename = "type")]
-            kind: Option<String>,
-            id: Option<String>,
-            name: Option<String>,
-            input: Option<Value>,
         }
         #[derive(Deserialize)]
         struct Delta {
