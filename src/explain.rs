@@ -160,7 +160,7 @@ pub fn explain_action(config: &Config, question: &Question, action: &str) -> Res
         principal.name,
         if teams.is_empty() { "none".to_owned() } else { teams.join(", ") }
     );
-    let _ = writeln!(report, "action:    {action}");
+    let _ = writeln!(report, "action:    {}", action.canonical());
     let verdict = match (decision.verdict, decision.would_deny, &decision.alert) {
         (Verdict::Deny, _, _) => "deny",
         (Verdict::Allow, true, _) => "allow (would deny: the policy is in observe mode)",

@@ -83,6 +83,23 @@ impl Action {
     }
 }
 
+impl Action {
+    /// The target as records and messages show it: a file path normalised (`/repo/src/../a` reads `/repo/a`),
+    /// any other target as given.
+    pub fn canonical_target(&self) -> Option<String> {
+        let target = self.target.as_deref()?;
+        Some(match self.kind {
+            Kind::FileRead | Kind::FileWrite => super::paths::normalise_path(target).path,
+            _ => target.to_owned(),
+        })
+    }
+
+    /// The same action with its target in canonical form.
+    pub fn canonical(&self) -> Action {
+        Action { target: self.canonical_target(), ..self.clone() }
+    }
+}
+
 impl fmt::Display for Action {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.target {

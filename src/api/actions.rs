@@ -111,7 +111,7 @@ impl Context {
             model: self.model.clone(),
             action: action.name(),
             tool: action.tool.clone(),
-            target: recorded_target(&action),
+            target: action.canonical_target(),
             tool_use_id: call.id,
             decision: if decision.verdict == Verdict::Deny { "deny" } else { "allow" },
             rule: Some(decision.alert.clone().unwrap_or_else(|| decision.rule.clone())),
@@ -168,7 +168,7 @@ impl Context {
                     tool_use_id: call.id.clone(),
                     action: action.name(),
                     tool: action.tool.clone(),
-                    target: recorded_target(&action),
+                    target: action.canonical_target(),
                     outcome: call.outcome.as_str(),
                 };
                 self.shared.auditor.record_now(record);
@@ -200,19 +200,9 @@ fn label(decision: &Decision) -> &'static str {
     }
 }
 
-/// The target as records show it: a file path normalised (`/repo/src/../a` reads `/repo/a`), others as given.
-fn recorded_target(action: &Action) -> Option<String> {
-    let target = action.target.as_deref()?;
-    Some(match action.kind {
-        Kind::FileRead | Kind::FileWrite => crate::actions::paths::normalise_path(target).path,
-        _ => target.to_owned(),
-    })
-}
-
 /// The action as a refusal names it: `file:read:/etc/passwd`, the target normalised and cut at 200 characters.
 fn shown(action: &Action) -> String {
-    let action = Action { target: recorded_target(action), ..action.clone() };
-    let text = action.to_string();
+    let text = action.canonical().to_string();
     match text.char_indices().nth(200) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,
