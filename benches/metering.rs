@@ -11,6 +11,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
+use tollgate::actions::history;
 use tollgate::actions::stream::{Calls, Next};
 use tollgate::config::file::{CustomDetector, Dlp as DlpFile, DlpAction};
 use tollgate::llm::dlp::Dlp;
@@ -273,6 +274,18 @@ fn request_facts(c: &mut Criterion) {
     let mut group = c.benchmark_group("request_facts");
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("read_100k_body", |b| b.iter(|| RequestFacts::read(black_box(&body))));
+    group.finish();
+
+    // The replayed tool calls and their results, read from a Claude Code request of 100 KiB whose turns are tool
+    // calls and results (every request to /v1/messages is read so).
+    let body = claude_code_body_100k();
+    let replayed = history::replayed(&body).expect("a Messages request");
+    assert!(!replayed.is_empty());
+    let mut group = c.benchmark_group("replayed_calls");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    group.bench_function("claude_code_100k_body", |b| b.iter(|| history::replayed(black_box(&body))));
+    // The model and the other top-level fields, from the same body: the JSON parse every request pays already.
+    group.bench_function("request_facts_same_body", |b| b.iter(|| RequestFacts::read(black_box(&body))));
     group.finish();
 }
 
