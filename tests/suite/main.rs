@@ -5,6 +5,7 @@
 mod common;
 
 mod actions;
+mod actions_enforce;
 mod audit_sink;
 mod auth;
 mod bounded;
