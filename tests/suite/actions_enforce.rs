@@ -321,3 +321,98 @@ async fn a_call_past_max_block_bytes_passes_byte_exact_and_is_recorded_with_an_e
         }
     }
 }
+
+// ---- 7. Before the data leaves ----
+
+/// A request whose conversation ends with `results` (a user turn of `tool_result` blocks) after `calls` (an
+/// assistant turn of `tool_use` blocks), after `earlier` turns.
+fn conversation(earlier: &[Value], calls: Value, results: Value) -> String {
+    let mut turns = vec![json!({"role": "user", "content": "look at the system"})];
+    turns.extend_from_slice(earlier);
+    turns.push(json!({"role": "assistant", "content": calls}));
+    turns.push(json!({"role": "user", "content": results}));
+    json!({"model": messages::TOOLS, "max_tokens": 1024, "messages": turns, "stub_blocks": [text("Noted.")]})
+        .to_string()
+}
+
+fn read_call(id: &str, path: &str) -> Value {
+    json!({"type": "tool_use", "id": id, "name": "Read", "input": {"file_path": path}})
+}
+
+fn result(id: &str, is_error: bool, content: &str) -> Value {
+    json!({"type": "tool_result", "tool_use_id": id, "is_error": is_error, "content": content})
+}
+
+/// What Claude Code sends back when the user refuses a call.
+const REFUSED: &str =
+    "The user doesn't want to proceed with this tool use. The tool use was rejected (eg. if it was a \
+                       file edit, the new_string was NOT written to the file). STOP what you are doing and wait for \
+                       the user to tell you how to proceed.";
+
+/// A request carrying the result of a call the policy denies — it ran, it failed, or it is in an earlier turn — is
+/// refused with 403 `permission_error` naming the action and the rule and telling the developer to /rewind or
+/// /clear, and nothing reaches the stub. The outcomes of the latest results are still recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_carrying_the_result_of_a_denied_call_is_refused_before_it_leaves() {
+    let setup = Intercepting::start(Parts { extra: DENY_PASSWD, ..Parts::default() }).await;
+    let ran = conversation(
+        &[],
+        json!([read_call("toolu_71", "/etc/passwd")]),
+        json!([result("toolu_71", false, "root:x:0:0")]),
+    );
+    let failed =
+        conversation(&[], json!([read_call("toolu_72", "/etc/passwd")]), json!([result("toolu_72", true, "EACCES")]));
+    let earlier = [
+        json!({"role": "assistant", "content": [read_call("toolu_73", "/etc/passwd")]}),
+        json!({"role": "user", "content": [result("toolu_73", false, "root:x:0:0")]}),
+    ];
+    let later = conversation(
+        &earlier,
+        json!([read_call("toolu_74", "/etc/hosts")]),
+        json!([result("toolu_74", false, "127.0.0.1")]),
+    );
+    for (body, latest, outcome) in
+        [(ran, "toolu_71", "ran"), (failed, "toolu_72", "failed"), (later, "toolu_74", "ran")]
+    {
+        let response = setup.send(&messages_post(&body, &["Connection: close"])).await;
+        let message = assert_api_error(&response, 403, "permission_error", Some(PASSWD_RULE));
+        for named in ["the result of file:read:/etc/passwd", PASSWD_RULE, "/rewind", "/clear"] {
+            assert!(message.contains(named), "{message:?} names {named:?}");
+        }
+        let wanted = |r: &Value| r["kind"] == "action_outcome" && r["tool_use_id"] == latest;
+        let records = audit_until(&setup.gateway, wanted).await;
+        let record = records.iter().find(|r| wanted(r)).expect("found");
+        assert_eq!(record["outcome"], outcome, "{record:#}");
+        let request = records.iter().rfind(|r| r["kind"] == "intercepted").expect("the request's record");
+        assert_eq!(record["request"], request["id"], "{records:#?}");
+        assert_eq!(
+            (request["status"].as_u64(), request["decision"].as_str(), request["rule"].as_str()),
+            (Some(403), Some("deny"), Some(PASSWD_RULE)),
+            "{request:#}"
+        );
+        assert!(request["usage"].is_null(), "nothing was generated: {request:#}");
+    }
+    assert!(setup.stub.requests().is_empty(), "nothing reached the stub: {:?}", setup.stub.requests());
+    let records = setup.gateway.audit().await;
+    let outcomes: Vec<_> =
+        records.iter().filter(|r| r["kind"] == "action_outcome").map(|r| &r["tool_use_id"]).collect();
+    assert_eq!(outcomes, ["toolu_71", "toolu_72", "toolu_74"], "only the latest results are recorded");
+}
+
+/// A call the user refused carries no data: the request carrying its result goes on, and the outcome `refused` is
+/// recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_carrying_a_refused_denied_call_goes_on() {
+    let setup = Intercepting::start(Parts { extra: DENY_PASSWD, ..Parts::default() }).await;
+    let body =
+        conversation(&[], json!([read_call("toolu_75", "/etc/passwd")]), json!([result("toolu_75", true, REFUSED)]));
+    let response = setup.send(&messages_post(&body, &["Connection: close"])).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.json()["content"][0]["text"], "Noted.");
+    assert_eq!(setup.stub.requests().len(), 1);
+    assert_eq!(setup.stub.requests()[0].body, body.as_bytes(), "the request as sent");
+    let wanted = |r: &Value| r["kind"] == "action_outcome" && r["tool_use_id"] == "toolu_75";
+    let records = audit_until(&setup.gateway, wanted).await;
+    let record = records.iter().find(|r| wanted(r)).expect("found");
+    assert_eq!((record["outcome"].as_str(), record["target"].as_str()), (Some("refused"), Some("/etc/passwd")));
+}

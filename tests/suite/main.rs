@@ -6,6 +6,7 @@ mod common;
 
 mod actions;
 mod actions_enforce;
+mod actions_rules;
 mod audit_sink;
 mod auth;
 mod bounded;
