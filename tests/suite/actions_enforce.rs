@@ -9,7 +9,7 @@ use crate::common;
 use serde_json::{json, Value};
 
 use common::gateway::assert_api_error;
-use common::intercept::{assert_billed, audit_until, messages_post, Intercepting, Parts};
+use common::intercept::{assert_billed, audit_until, messages_post, send, Intercepting, Parts};
 use common::messages::{self, sse_events, MessagesStub, JSON_USAGE, STREAM_USAGE};
 
 /// A `stub-tools` request whose response carries `blocks` after a one-message conversation.
@@ -104,9 +104,14 @@ async fn a_denied_call_ends_the_stream_after_the_bytes_before_it_and_the_whole_u
     ]);
     let body = tools_request(&blocks, true);
     let sent = stub_bytes(&setup.stub, &body).await;
-    let response = setup.send(&messages_post(&body, &["Connection: close"])).await;
+    // On a keep-alive tunnel: the ended stream is a complete chunked body, and the next request is served.
+    let mut tls = setup.tunnel().await;
+    let mut buf = Vec::new();
+    let response = send(&mut tls, &messages_post(&body, &[]), &mut buf).await;
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(response.header("content-length"), None, "{response:?}");
+    let next = send(&mut tls, &messages_post(&messages::request_body(messages::MODEL, false), &[]), &mut buf).await;
+    assert_eq!((next.status, next.json()["content"][0]["text"].as_str()), (200, Some(messages::JSON_TEXT)));
     let before = &sent[..block_start(&sent, "toolu_1")];
     assert!(before.contains("Let me look.") && !sent[before.len()..].starts_with("event: error"));
     assert_ends_with_denial(&response.body, before, "file:read:/etc/passwd", PASSWD_RULE);
@@ -116,7 +121,7 @@ async fn a_denied_call_ends_the_stream_after_the_bytes_before_it_and_the_whole_u
     assert_eq!((record["decision"].as_str(), record["rule"].as_str()), (Some("deny"), Some(PASSWD_RULE)), "{record:#}");
     assert_eq!((record["action"].as_str(), record["target"].as_str()), (Some("file:read"), Some("/etc/passwd")));
     let records = setup.gateway.audit().await;
-    let request = records.iter().find(|r| r["kind"] == "intercepted").expect("the request's record");
+    let request = records.iter().find(|r| r["kind"] == "intercepted" && r["model"] == messages::TOOLS).expect("found");
     assert_eq!(record["request"], request["id"], "{request:#}");
     assert_eq!((request["status"].as_u64(), request["rule"].as_str()), (Some(200), Some(PASSWD_RULE)), "{request:#}");
     let error = request["error"].as_str().unwrap_or_default();
@@ -129,6 +134,11 @@ async fn a_denied_call_ends_the_stream_after_the_bytes_before_it_and_the_whole_u
     assert_eq!(setup.metric(requests).await, 1.0, "the request was forwarded; its response ended by the denial");
 }
 
+/// A `Read` block whose input is exactly the JSON text `raw`, split in two at `split`.
+fn raw_read(id: &str, raw: &str, split: usize) -> Value {
+    json!({"type": "tool_use", "id": id, "name": "Read", "raw_input": raw, "pieces": [split]})
+}
+
 /// The input of a call split into two `input_json_delta` pieces at every byte position (inside JSON escapes too,
 /// and with `..` and `//` in the path): a denied call is denied at every split, with the bytes before it intact; an
 /// allowed one is released byte-exact at every split, the whole stream the same bytes as the stub's.
@@ -137,15 +147,14 @@ async fn a_call_split_at_every_byte_of_its_input_is_decided_the_same() {
     let setup = Intercepting::start(Parts { extra: DENY_PASSWD, ..Parts::default() }).await;
     let denied = r#"{"file_path":"\/tmp\/..\/etc\/\/pa\u0073swd","limit":10}"#;
     let allowed = r#"{"file_path":"\/etc\/h\u006fsts","limit":10}"#;
-    let block = |id: &str, raw: &str, split: usize| json!({"type": "tool_use", "id": id, "name": "Read", "raw_input": raw, "pieces": [split]});
     let before = {
-        let body = tools_request(&json!([text("Reading."), block("toolu_d", denied, 0)]), true);
+        let body = tools_request(&json!([text("Reading."), raw_read("toolu_d", denied, 0)]), true);
         let sent = stub_bytes(&setup.stub, &body).await;
         sent[..block_start(&sent, "toolu_d")].to_owned()
     };
     for split in 0..=denied.len() {
         let id = format!("toolu_d{split}");
-        let body = tools_request(&json!([text("Reading."), block(&id, denied, split), text("Done.")]), true);
+        let body = tools_request(&json!([text("Reading."), raw_read(&id, denied, split), text("Done.")]), true);
         let response = setup.send(&messages_post(&body, &["Connection: close"])).await;
         assert_eq!(response.status, 200, "split at {split}: {response:?}");
         assert_ends_with_denial(&response.body, &before, "file:read:/etc/passwd", PASSWD_RULE);
@@ -154,7 +163,7 @@ async fn a_call_split_at_every_byte_of_its_input_is_decided_the_same() {
     }
     for split in 0..=allowed.len() {
         let id = format!("toolu_a{split}");
-        let body = tools_request(&json!([text("Reading."), block(&id, allowed, split), text("Done.")]), true);
+        let body = tools_request(&json!([text("Reading."), raw_read(&id, allowed, split), text("Done.")]), true);
         let sent = stub_bytes(&setup.stub, &body).await;
         let response = setup.send(&messages_post(&body, &["Connection: close"])).await;
         assert_eq!(response.status, 200, "split at {split}: {response:?}");
@@ -165,6 +174,36 @@ async fn a_call_split_at_every_byte_of_its_input_is_decided_the_same() {
     let count = |decision: &'static str| actions_sample("file:read", decision, "-");
     assert_eq!(setup.metric(&count("deny")).await, (denied.len() + 1) as f64);
     assert_eq!(setup.metric(&count("allow")).await, (allowed.len() + 1) as f64);
+}
+
+/// Inputs a client would read differently from a careless reader: with a key given twice the last one counts (as in
+/// JavaScript's `JSON.parse`), so `/etc/passwd` is what the call reads and it is denied. An input that is not a JSON
+/// object, or is cut before it ends, cannot be read: under a policy that can deny it is denied, streamed or whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_and_unreadable_inputs_are_denied() {
+    let setup = Intercepting::start(Parts { extra: DENY_PASSWD, ..Parts::default() }).await;
+    let unreadable = "actions (unreadable tool input)";
+    let cases = [
+        (r#"{"file_path":"/etc/hosts","file_path":"/etc/passwd"}"#, "file:read:/etc/passwd", PASSWD_RULE),
+        (r#""/etc/hosts""#, "file:read", unreadable),
+        (r#"["/etc/hosts"]"#, "file:read", unreadable),
+        (r#"{"file_path":"/etc/hosts""#, "file:read", unreadable),
+    ];
+    for (number, (raw, action, rule)) in cases.into_iter().enumerate() {
+        let id = format!("toolu_h{number}");
+        let body = tools_request(&json!([text("Reading."), raw_read(&id, raw, 5)]), true);
+        let sent = stub_bytes(&setup.stub, &body).await;
+        let response = setup.send(&messages_post(&body, &["Connection: close"])).await;
+        assert_ends_with_denial(&response.body, &sent[..block_start(&sent, &id)], action, rule);
+        let record = action_record(&setup, &id).await;
+        assert_eq!((record["decision"].as_str(), record["rule"].as_str()), (Some("deny"), Some(rule)), "{raw}");
+        assert_eq!(record["error"].is_string(), rule == unreadable, "{record:#}");
+
+        let id = format!("toolu_w{number}");
+        let body = tools_request(&json!([text("Reading."), raw_read(&id, raw, 5)]), false);
+        let response = setup.send(&messages_post(&body, &["Connection: close"])).await;
+        assert_api_error(&response, 403, "permission_error", Some(rule));
+    }
 }
 
 // ---- 2. A whole message ----
