@@ -9,7 +9,7 @@ use crate::common;
 use serde_json::{json, Value};
 
 use common::gateway::assert_api_error;
-use common::intercept::{assert_billed, audit_until, messages_post, send, Intercepting, Parts};
+use common::intercept::{assert_billed, audit_until, messages_post, post, send, Intercepting, Parts};
 use common::messages::{self, sse_events, MessagesStub, JSON_USAGE, STREAM_USAGE};
 
 /// A `stub-tools` request whose response carries `blocks` after a one-message conversation.
@@ -203,6 +203,23 @@ async fn duplicate_keys_and_unreadable_inputs_are_denied() {
         let body = tools_request(&json!([text("Reading."), raw_read(&id, raw, 5)]), false);
         let response = setup.send(&messages_post(&body, &["Connection: close"])).await;
         assert_api_error(&response, 403, "permission_error", Some(rule));
+    }
+}
+
+/// The Messages path as clients write it — with Claude Code's `?beta=true`, or in a form that names the same path
+/// (`//`, `.`, a trailing `/`, percent-escaped letters) — is read all the same: the call is denied in each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_form_of_the_messages_path_is_read() {
+    let setup = Intercepting::start(Parts { extra: DENY_PASSWD, ..Parts::default() }).await;
+    let paths = ["/v1/messages?beta=true", "/v1//messages/", "/v1/./messages", "/v1/%6d%65ssages", "/x/../v1/messages"];
+    for (number, path) in paths.into_iter().enumerate() {
+        let id = format!("toolu_p{number}");
+        let blocks = json!([text("Reading."), tool(&id, "Read", json!({"file_path": "/etc/passwd"}), &[7])]);
+        let body = tools_request(&blocks, true);
+        let sent = stub_bytes(&setup.stub, &body).await;
+        let response = setup.send(&post(path, &body, &["Connection: close"])).await;
+        assert_eq!(response.status, 200, "{path}: {response:?}");
+        assert_ends_with_denial(&response.body, &sent[..block_start(&sent, &id)], "file:read:/etc/passwd", PASSWD_RULE);
     }
 }
 
