@@ -189,7 +189,10 @@ impl Relay {
                     let mut frame = Some(frame);
                     if let Some(data) = frame.as_ref().and_then(Frame::data_ref) {
                         self.relayed += data.len() as u64;
-                        if let Some(meter) = &mut self.meter {
+                        // A body read whole was metered as the upstream sent it; what goes out may be the
+                        // refusal that replaced it.
+                        let upstream = matches!(self.incoming, Source::Upstream(_));
+                        if let Some(meter) = self.meter.as_mut().filter(|_| upstream) {
                             meter.feed(data);
                         }
                         if let Some(actions) = &mut self.actions {

@@ -14,7 +14,9 @@ Reads the environment the way the SDK does:
   TOLLGATE_CLIENT_AUTH: bearer (default: what the SDK does with ANTHROPIC_API_KEY, `Authorization: Bearer KEY`) or
     x-api-key (`X-Api-Key: KEY` and no Authorization, as Claude Code sends an API key),
   TOLLGATE_CLIENT_MAX_RETRIES (default 0: one request, so a test sees what one call does),
-  TOLLGATE_CLIENT_TIMEOUT (seconds, default 20).
+  TOLLGATE_CLIENT_TIMEOUT (seconds, default 20),
+  TOLLGATE_CLIENT_BODY: a JSON object sent as the SDK's extra_body with create and stream (e.g. the Messages stub's
+    {"stub_blocks": [...]}, whose tool_use blocks the answer carries).
 
 The SDK's own default client is used, not one built here: with anthropic 2.14 (httpx2 2.16) it honours the proxy
 variables (anthropic's _DefaultHttpxClient mounts get_environment_proxies()) and SSL_CERT_FILE (httpcore2's
@@ -23,11 +25,13 @@ default_ssl_context: ssl.create_default_context(cafile=$SSL_CERT_FILE)), which t
 Prints exactly one JSON line and exits 0:
   {"ok": true, "mode": ..., "status": 200, "request_id": ..., "id": ..., "model": ..., "text": ...,
    "stop_reason": ..., "usage": {"input_tokens", "output_tokens", "cache_creation_input_tokens",
-   "cache_read_input_tokens"}, "events": [...] (stream)}          or, for count, {"ok": true, "input_tokens": N}
+   "cache_read_input_tokens"}, "tool_uses": [{"id", "name", "input"}], "events": [...] (stream)}
+                                                                  or, for count, {"ok": true, "input_tokens": N}
   {"ok": false, "mode": ..., "error": {"kind": "status", "status": 429, "type": "rate_limit_error", "message": ...,
    "request_id": ..., "retry_after": "7"}, "partial": {...} (stream)}
   {"ok": false, "mode": ..., "error": {"kind": "connection", "exception": ..., "message": ...}, "partial": {...}}
-"partial" holds what a stream delivered before it failed: events, text and the usage merged so far.
+"partial" holds what a stream delivered before it failed: events, text, the types of the content blocks and the usage
+merged so far.
 Any other exception is a bug here or in the SDK: the traceback goes to stderr and the exit code is 1.
 """
 
@@ -65,6 +69,11 @@ def describe_message(message):
         "text": text_of(message),
         "stop_reason": message.stop_reason,
         "usage": usage_of(message.usage),
+        "tool_uses": [
+            {"id": block.id, "name": block.name, "input": block.input}
+            for block in message.content
+            if getattr(block, "type", None) == "tool_use"
+        ],
     }
 
 
@@ -106,11 +115,14 @@ def main():
         default_headers=headers,
     )
     messages = [{"role": "user", "content": "Say hello"}]
+    extra_body = json.loads(os.environ.get("TOLLGATE_CLIENT_BODY", "null"))
     result = {"mode": mode}
     partial = None
     try:
         if mode == "create":
-            raw = client.messages.with_raw_response.create(model=model, max_tokens=64, messages=messages)
+            raw = client.messages.with_raw_response.create(
+                model=model, max_tokens=64, messages=messages, extra_body=extra_body
+            )
             message = raw.parse()
             result.update(ok=True, status=raw.status_code, request_id=raw.headers.get("request-id"))
             result.update(describe_message(message))
@@ -120,13 +132,16 @@ def main():
             result.update(ok=True, status=raw.status_code, request_id=raw.headers.get("request-id"))
             result.update(input_tokens=count.input_tokens)
         else:
-            partial = {"events": [], "text": "", "usage": None}
-            with client.messages.stream(model=model, max_tokens=64, messages=messages) as stream:
+            partial = {"events": [], "text": "", "blocks": [], "usage": None}
+            with client.messages.stream(
+                model=model, max_tokens=64, messages=messages, extra_body=extra_body
+            ) as stream:
                 result.update(status=stream.response.status_code, request_id=stream.response.headers.get("request-id"))
                 for event in stream:
                     partial["events"].append(event.type)
                     snapshot = stream.current_message_snapshot
                     partial["text"] = text_of(snapshot)
+                    partial["blocks"] = [block.type for block in snapshot.content]
                     partial["usage"] = usage_of(snapshot.usage)
                 message = stream.get_final_message()
             result.update(ok=True, events=partial["events"])

@@ -5,6 +5,9 @@
 mod common;
 
 mod actions;
+mod actions_clients;
+mod actions_enforce;
+mod actions_rules;
 mod audit_sink;
 mod auth;
 mod bounded;

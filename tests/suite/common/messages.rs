@@ -952,6 +952,7 @@ pub const CLIENT_ENVIRONMENT: &[&str] = &[
     "TOLLGATE_CLIENT_AUTH",
     "TOLLGATE_CLIENT_MAX_RETRIES",
     "TOLLGATE_CLIENT_TIMEOUT",
+    "TOLLGATE_CLIENT_BODY",
 ];
 
 /// Runs the Python `anthropic` SDK client once: `mode` is `create`, `stream` or `count`, `model` the model it asks for,
