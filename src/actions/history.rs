@@ -44,6 +44,31 @@ pub struct Replayed {
     pub latest: bool,
 }
 
+/// The requests that carry a conversation, and so may carry tool results to the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conversation {
+    /// `POST /v1/messages`: its response carries the next tool calls.
+    Message,
+    /// `POST /v1/messages/count_tokens`: the same conversation, counted.
+    CountTokens,
+    /// `POST /v1/messages/batches`: each request's `params` is a message's body.
+    Batch,
+}
+
+impl Conversation {
+    /// The conversation a request to `path` (canonical, any case) carries, if any.
+    pub fn of(path: &str) -> Option<Conversation> {
+        [
+            ("/v1/messages", Conversation::Message),
+            ("/v1/messages/count_tokens", Conversation::CountTokens),
+            ("/v1/messages/batches", Conversation::Batch),
+        ]
+        .into_iter()
+        .find(|(known, _)| path.eq_ignore_ascii_case(known))
+        .map(|(_, conversation)| conversation)
+    }
+}
+
 /// What Claude Code's `tool_result` says when the user refused a call.
 const REFUSALS: [&str; 2] = ["doesn't want to proceed with this tool use", "tool use was rejected"];
 
@@ -51,10 +76,33 @@ const REFUSALS: [&str; 2] = ["doesn't want to proceed with this tool use", "tool
 /// Messages request (not JSON, no `messages` array of the expected shape).
 pub fn replayed(body: &[u8]) -> Option<Vec<Replayed>> {
     let request: Request<'_> = serde_json::from_slice(body).ok()?;
-    let last = request.messages.len().checked_sub(1);
+    Some(joined(&request.messages))
+}
+
+/// The calls with results of every request of a message batch (none of them `latest`: a batch is not a
+/// conversation going on). `None` when the body is not a batch.
+pub fn replayed_in_batch(body: &[u8]) -> Option<Vec<Replayed>> {
+    #[derive(Deserialize)]
+    struct Batch<'a> {
+        #[serde(borrow)]
+        requests: Vec<BatchRequest<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct BatchRequest<'a> {
+        #[serde(borrow)]
+        params: Request<'a>,
+    }
+    let batch: Batch<'_> = serde_json::from_slice(body).ok()?;
+    let calls = batch.requests.iter().flat_map(|request| joined(&request.params.messages));
+    Some(calls.map(|call| Replayed { latest: false, ..call }).collect())
+}
+
+/// The results of `messages` joined to their calls.
+fn joined(messages: &[Message<'_>]) -> Vec<Replayed> {
+    let last = messages.len().checked_sub(1);
     let mut calls: HashMap<&str, (&str, &RawValue)> = HashMap::new();
     let mut replayed = Vec::new();
-    for (position, message) in request.messages.iter().enumerate() {
+    for (position, message) in messages.iter().enumerate() {
         let Content::Blocks(blocks) = &message.content else { continue };
         for block in blocks {
             match block.kind.as_deref() {
@@ -84,7 +132,7 @@ pub fn replayed(body: &[u8]) -> Option<Vec<Replayed>> {
             }
         }
     }
-    Some(replayed)
+    replayed
 }
 
 /// The result's content says the user refused the call.
@@ -195,6 +243,25 @@ mod tests {
             ]
         );
         assert_eq!(calls[1].input, json!({"command": "cargo build"}));
+    }
+
+    #[test]
+    fn a_batch_is_read_request_by_request() {
+        let batch = json!({"requests": [
+            {"custom_id": "a", "params": conversation()},
+            {"custom_id": "b", "params": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}}]});
+        let calls = replayed_in_batch(batch.to_string().as_bytes()).expect("a batch");
+        assert_eq!(calls.len(), 4);
+        assert!(calls.iter().all(|call| !call.latest));
+        assert_eq!(replayed_in_batch(conversation().to_string().as_bytes()), None);
+    }
+
+    #[test]
+    fn the_paths_that_carry_a_conversation() {
+        assert_eq!(Conversation::of("/v1/messages"), Some(Conversation::Message));
+        assert_eq!(Conversation::of("/V1/Messages/count_tokens"), Some(Conversation::CountTokens));
+        assert_eq!(Conversation::of("/v1/messages/batches"), Some(Conversation::Batch));
+        assert_eq!(Conversation::of("/v1/models"), None);
     }
 
     #[test]

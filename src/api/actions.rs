@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::Value;
 
-use crate::actions::history::{self, Outcome};
+use crate::actions::history::{self, Conversation, Outcome};
 use crate::actions::rules::{Decision, Verdict};
 use crate::actions::stream::{Call, Calls, Next, Unread};
 use crate::actions::tools::{Action, Kind};
@@ -142,10 +142,19 @@ impl Context {
         denied.map_or(Ok(()), Err)
     }
 
-    /// The request's own conversation, before it leaves: the outcome of each call whose result is new is
-    /// recorded, and a result of a call the policy denies (it ran, or failed after running) refuses the request.
-    pub fn check_replayed(&self, body: &[u8]) -> Result<(), Error> {
-        let Some(replayed) = history::replayed(body) else {
+    /// The request's own conversation, before it leaves: a result of a call the policy denies (it ran, or failed
+    /// after running) refuses the request; for a Messages request, the outcome of each call whose result is new
+    /// is recorded.
+    pub fn check_replayed(&self, body: &[u8], conversation: Conversation) -> Result<(), Error> {
+        if !self.hold && conversation != Conversation::Message {
+            // Nothing to refuse, and outcomes are recorded from Messages requests only.
+            return Ok(());
+        }
+        let replayed = match conversation {
+            Conversation::Batch => history::replayed_in_batch(body),
+            Conversation::Message | Conversation::CountTokens => history::replayed(body),
+        };
+        let Some(replayed) = replayed else {
             if self.hold {
                 return Err(Error::BadRequest(
                     "the request's messages could not be read for the agent-action checks".to_owned(),
@@ -156,7 +165,7 @@ impl Context {
         let mut refusal = None;
         for call in replayed {
             let action = self.action(&call.name, &call.input);
-            if call.latest {
+            if call.latest && conversation == Conversation::Message {
                 let record = OutcomeRecord {
                     ts: audit::timestamp(SystemTime::now()),
                     id: self.next_id(),

@@ -261,6 +261,8 @@ impl Relay {
             let exchange = &mut settlement.exchange;
             exchange.rule = denied.rule();
             exchange.reason = denied.kind();
+            // The response was ended by a deny: the request's decision (its status stays the 200 that was sent).
+            exchange.decision = denied.decision();
             exchange.error = Some(format!("response ended: {denied}"));
         }
     }

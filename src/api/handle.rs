@@ -14,6 +14,7 @@ use super::actions::{self, Context, ResponseCalls};
 use super::body::{MeteredBody, Settlement};
 use super::idle::Busy;
 use super::session::{Origin, Session};
+use crate::actions::history::Conversation;
 use crate::config::Config;
 use crate::limits::budget::Reservation;
 use crate::limits::Admitted;
@@ -44,6 +45,8 @@ pub async fn handle(
     match forward(&session, &config, request, &mut exchange, &mut held).await {
         Ok(response) => Ok(response.map(|body| body.holding(busy))),
         Err(error) => {
+            // The client gets this refusal, even after the upstream answered (a response that cannot be checked).
+            exchange.status = error.status(exchange.shape);
             exchange.fail(&error);
             let response = error.http_response(exchange.shape, &exchange.id);
             // Slots and reservations go back before the record, as on the proxy path.
@@ -115,13 +118,13 @@ async fn forward(
     let worst_case = model::check_body(shared, config, &principal, &parts.headers, &body.bytes, metered, exchange)?;
     // Agent actions: a Messages request's replayed calls are checked before it leaves; its response's calls are
     // read as it streams back.
-    let actions = match metered && path.eq_ignore_ascii_case(MESSAGES) {
-        true => {
+    let actions = match metered.then(|| Conversation::of(&path)).flatten() {
+        Some(conversation) => {
             let context = Context::new(shared, config, &session.peer, exchange);
-            context.check_replayed(&body.bytes)?;
-            Some(context)
+            context.check_replayed(&body.bytes, conversation)?;
+            (conversation == Conversation::Message).then_some(context)
         }
-        false => None,
+        None => None,
     };
     if metered && !config.llm.budgets.is_empty() {
         let now = shared.clock.now();
@@ -150,6 +153,12 @@ async fn forward(
     let mut meter = metered.then(|| Meter::for_content_type(content_type));
     let streamed = content_type.is_some_and(crate::llm::usage::is_event_stream);
     let actions = actions.filter(|_| (200..300).contains(&exchange.status));
+    if actions.as_ref().is_some_and(Context::holds) {
+        // A compressed body cannot be read for its tool calls (tollgate asked for `identity`): fail closed.
+        if let Some(encoding) = compressed(&parts.headers) {
+            return Err(Error::ResponseUnchecked(format!("it is compressed ({encoding})")));
+        }
+    }
     let body = match &actions {
         // A whole message under a policy that can deny: read before it is answered, to refuse it if a call is
         // denied (its tokens are metered and charged all the same).
@@ -198,8 +207,14 @@ enum Reply {
     Whole(Result<(), Error>, bytes::Bytes),
 }
 
-/// The canonical path of the Messages API, whose requests and responses carry tool calls.
-const MESSAGES: &str = "/v1/messages";
+/// A `Content-Encoding` other than `identity`, if the response has one.
+fn compressed(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).trim().to_owned())
+        .find(|encoding| !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity"))
+}
 
 /// Reads a whole (non-streamed) response, within `MAX_JSON_BODY`, the upstream's idle timeout and the shared body
 /// buffers; one larger cannot be checked for agent actions and is refused.
@@ -215,7 +230,7 @@ async fn read_message(
     let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let capacity = config.server.max_buffered_body_bytes;
     let read = model::collect(&shared.body_buffers, capacity, declared, incoming, max as u64, || {
-        Error::ResponseUnchecked(max)
+        Error::ResponseUnchecked(format!("it is larger than {max} bytes"))
     });
     match tokio::time::timeout(config.upstream.idle_timeout, read).await {
         Ok(Err(Error::ClientClosed(source))) => Err(Error::UpstreamIo { target: target(), source }),

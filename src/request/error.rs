@@ -83,8 +83,8 @@ pub enum Error {
              the model; rewind the conversation to before that call (/rewind) or start a new one (/clear)"
     )]
     ActionResultDenied { action: String, rule: Arc<str> },
-    #[error("a model response over {0} bytes could not be checked for agent actions")]
-    ResponseUnchecked(usize),
+    #[error("the model's response could not be checked for agent actions: {0}")]
+    ResponseUnchecked(String),
     #[error("request body larger than {0} bytes (intercept.max_body)")]
     BodyTooLarge(u64),
     #[error("a request body with Content-Encoding {0} cannot be checked (model, DLP, budget); send it uncompressed")]

@@ -130,7 +130,7 @@ async fn a_denied_call_ends_the_stream_after_the_bytes_before_it_and_the_whole_u
     assert_eq!(setup.metric(&actions_sample("file:read", "deny", "-")).await, 1.0);
     assert_eq!(setup.metric(&actions_sample("file:read", "allow", "-")).await, 0.0);
     let requests =
-        "tollgate_requests_total{decision=\"allow\",kind=\"intercepted\",listener=\"proxy\",reason=\"action_denied\"}";
+        "tollgate_requests_total{decision=\"deny\",kind=\"intercepted\",listener=\"proxy\",reason=\"action_denied\"}";
     assert_eq!(setup.metric(requests).await, 1.0, "the request was forwarded; its response ended by the denial");
 }
 
@@ -471,4 +471,50 @@ async fn a_request_carrying_a_refused_denied_call_goes_on() {
     let records = audit_until(&setup.gateway, wanted).await;
     let record = records.iter().find(|r| wanted(r)).expect("found");
     assert_eq!((record["outcome"].as_str(), record["target"].as_str()), (Some("refused"), Some("/etc/passwd")));
+}
+
+/// The same conversation sent to be counted, or inside a message batch, carries the denied file's contents too:
+/// refused alike before it leaves (no outcome is recorded from them: the Messages request records it). Without a
+/// policy that can deny, both pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_tokens_and_batches_carrying_a_denied_result_are_refused_before_they_leave() {
+    let setup = Intercepting::start(Parts { extra: DENY_PASSWD, ..Parts::default() }).await;
+    let body = conversation(
+        &[],
+        json!([read_call("toolu_81", "/etc/passwd")]),
+        json!([result("toolu_81", false, "root:x:0:0")]),
+    );
+    let counted = setup.send(&post("/v1/messages/count_tokens", &body, &["Connection: close"])).await;
+    let message = assert_api_error(&counted, 403, "permission_error", Some(PASSWD_RULE));
+    assert!(message.contains("the result of file:read:/etc/passwd"), "{message:?}");
+    let params: Value = serde_json::from_str(&body).expect("JSON");
+    let batch = json!({"requests": [
+        {"custom_id": "clean", "params": {"model": messages::MODEL, "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}},
+        {"custom_id": "leak", "params": params}]});
+    let batched = setup.send(&post("/v1/messages/batches", &batch.to_string(), &["Connection: close"])).await;
+    assert_api_error(&batched, 403, "permission_error", Some(PASSWD_RULE));
+    assert!(setup.stub.requests().is_empty(), "nothing reached the stub: {:?}", setup.stub.requests());
+    let records = audit_until(&setup.gateway, |r| r["path"] == "/v1/messages/batches").await;
+    assert!(records.iter().all(|r| r["kind"] != "action_outcome"), "{records:#?}");
+
+    let open = Intercepting::start(Parts::default()).await;
+    let counted = open.send(&post("/v1/messages/count_tokens", &body, &["Connection: close"])).await;
+    assert_eq!(counted.status, 200, "{counted:?}");
+    let batched = open.send(&post("/v1/messages/batches", &batch.to_string(), &["Connection: close"])).await;
+    assert_eq!(batched.status, 200, "{batched:?}");
+}
+
+/// A compressed response cannot be read for its tool calls: under a policy that can deny it is refused (502
+/// naming why), never passed unread. (Without one it passes as it came: `budgets_e2e.rs` covers that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compressed_response_is_refused_under_a_policy_that_can_deny() {
+    let setup = Intercepting::start(Parts { extra: DENY_PASSWD, ..Parts::default() }).await;
+    let body = messages::request_body(messages::GZIP, false);
+    let response = setup.send(&messages_post(&body, &["Connection: close"])).await;
+    let message = assert_api_error(&response, 502, "api_error", None);
+    assert!(message.contains("could not be checked for agent actions") && message.contains("gzip"), "{message:?}");
+    let records = audit_until(&setup.gateway, |r| r["kind"] == "intercepted").await;
+    let request = records.iter().find(|r| r["kind"] == "intercepted").expect("the request's record");
+    assert_eq!(request["status"], 502, "{request:#}");
 }
