@@ -14,6 +14,7 @@ use super::actions::{self, Context, ResponseCalls};
 use super::body::{MeteredBody, Settlement};
 use super::idle::Busy;
 use super::session::{Origin, Session};
+use super::settings;
 use crate::actions::history::Conversation;
 use crate::config::Config;
 use crate::limits::budget::Reservation;
@@ -111,6 +112,12 @@ async fn forward(
     let principal = exchange.principal.clone().expect("admitted requests have a principal");
 
     let path = model::check_path(config, request.uri().path(), exchange)?.into_owned();
+    if matches!(session.origin, Origin::Tunnel { .. }) {
+        let (method, headers) = (request.method(), request.headers());
+        if let Some(answer) = settings::answer(config, &principal, method, &path, headers, &exchange.id) {
+            return Ok(answered(session, config, answer, exchange, held));
+        }
+    }
     let (mut parts, body) = request.into_parts();
     let body = model::read_body(config, &shared.body_buffers, &parts.headers, body).await?;
     exchange.bytes_up = body.bytes.len() as u64;
@@ -199,6 +206,28 @@ async fn forward(
         }
     };
     Ok(response)
+}
+
+/// Claude Code's managed settings or policy limits, answered by tollgate and recorded like any response.
+fn answered(
+    session: &Session,
+    config: &Arc<Config>,
+    answer: settings::Answer,
+    exchange: &mut Exchange,
+    held: &mut Held,
+) -> Response<MeteredBody> {
+    exchange.status = answer.response.status().as_u16();
+    exchange.upstream = Some(format!("tollgate:managed_settings/{}", answer.kind.name()));
+    let settlement = Settlement {
+        shared: session.shared.clone(),
+        config: config.clone(),
+        peer: session.peer.clone(),
+        exchange: std::mem::replace(exchange, Exchange::new(String::new(), session.door())),
+        admitted: held.admitted.take(),
+        reservation: held.reservation.take(),
+    };
+    let (parts, body) = answer.response.into_parts();
+    Response::from_parts(parts, MeteredBody::whole(body, None, settlement))
 }
 
 /// The upstream's body as it goes back: relayed as it comes, or read whole first (and decided).

@@ -6,7 +6,9 @@
 
 pub mod actions;
 pub mod body;
+pub mod checksum;
 pub mod handle;
 pub mod idle;
 pub mod server;
 pub mod session;
+pub mod settings;

@@ -59,6 +59,225 @@ pub struct File {
     /// What coding agents may do: rules for the tool calls (`tool_use` blocks) in model responses.
     #[serde(default)]
     pub actions: Actions,
+    /// Claude Code's server-managed settings and policy limits, served inside intercepted tunnels
+    /// (docs/managed-settings.md); omitted = those calls go to Anthropic unchanged.
+    pub managed_settings: Option<ManagedSettings>,
+}
+
+/// `managed_settings`: what `GET /api/claude_code/settings` and `/api/claude_code/policy_limits` answer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedSettings {
+    /// Claude Code settings (`settings.json` keys) for everyone; the keys that matter are checked, the rest passed
+    /// through.
+    #[serde(default)]
+    pub settings: SettingsObject,
+    /// Settings for the members of a team, merged over `settings` (deep merge; see docs for the rules).
+    #[serde(default)]
+    pub teams: BTreeMap<String, SettingsObject>,
+    /// Parts generated from the rest of the config.
+    #[serde(default)]
+    pub generate: GenerateSettings,
+    /// The answer to `/api/claude_code/policy_limits`; omitted = that call goes to Anthropic unchanged.
+    pub policy_limits: Option<PolicyLimits>,
+}
+
+/// A JSON object written in YAML: numbers must be finite and integers within ±(2^53 − 1) (JavaScript reads
+/// them), and no key may be `__proto__`.
+#[derive(Debug, Default, Clone)]
+pub struct SettingsObject(pub serde_json::Map<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for SettingsObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match deserializer.deserialize_map(JsonVisitor)? {
+            serde_json::Value::Object(map) => Ok(SettingsObject(map)),
+            _ => Err(serde::de::Error::custom("expected a map")),
+        }
+    }
+}
+
+/// Builds a `serde_json::Value` from any self-describing input, refusing what JavaScript would not read back
+/// unchanged.
+struct JsonVisitor;
+
+/// `Number.MAX_SAFE_INTEGER`: larger integers lose precision in JavaScript.
+const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
+
+impl<'de> serde::de::Visitor<'de> for JsonVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Self::Value, E> {
+        if value > MAX_SAFE_INTEGER {
+            return Err(E::custom(format!(
+                "{value} is beyond 2^53 - 1, which JavaScript cannot hold exactly: quote it to send a string"
+            )));
+        }
+        Ok(value.into())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Self::Value, E> {
+        if value.unsigned_abs() > MAX_SAFE_INTEGER {
+            return Err(E::custom(format!(
+                "{value} is beyond -(2^53 - 1), which JavaScript cannot hold exactly: quote it to send a string"
+            )));
+        }
+        Ok(value.into())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Self::Value, E> {
+        if !value.is_finite() {
+            return Err(E::custom(format!("{value} is not a finite number: quote it to send a string")));
+        }
+        // -0 is written `0` by JSON.stringify: keep the value the client will hold.
+        let value = if value == 0.0 { 0.0 } else { value };
+        Ok(serde_json::Number::from_f64(value).map_or(serde_json::Value::Null, serde_json::Value::Number))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_string<E: serde::de::Error>(self, value: String) -> Result<Self::Value, E> {
+        Ok(value.into())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(JsonSeed)? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let value = map.next_value_seed(JsonSeed)?;
+            if object.insert(key.clone(), value).is_some() {
+                return Err(serde::de::Error::custom(format!("key {key:?} is written twice")));
+            }
+        }
+        Ok(serde_json::Value::Object(object))
+    }
+}
+
+struct JsonSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonSeed {
+    type Value = serde_json::Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(JsonVisitor)
+    }
+}
+
+/// A key of a settings object: a string, never `__proto__` (the client's sorted copy would drop it).
+struct KeySeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
+    type Value = String;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        let key = String::deserialize(deserializer)?;
+        if key == "__proto__" {
+            return Err(serde::de::Error::custom("the key __proto__ cannot be sent: JavaScript drops it"));
+        }
+        Ok(key)
+    }
+}
+
+/// Generated parts of the managed settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSettings {
+    /// `availableModels` from the user's teams' `models` (the plain names; globs are left out).
+    #[serde(default)]
+    pub available_models: bool,
+    /// `permissions.deny` rules translated from the enforced `actions` deny patterns (and teams'
+    /// `blocked_file_patterns`) that have a faithful Claude Code permission rule.
+    #[serde(default)]
+    pub deny_from_actions: bool,
+}
+
+/// `managed_settings.policy_limits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyLimits {
+    /// Feature restrictions by key (`allow_product_feedback: {allowed: false}`); a key not listed is allowed.
+    #[serde(default)]
+    pub restrictions: BTreeMap<String, Restriction>,
+    /// Compliance taints the client is told of (`zdr`).
+    pub compliance_taints: Option<Vec<String>>,
+    /// A notice that usage is monitored, shown by the client.
+    pub monitoring_notice: Option<MonitoringNotice>,
+    /// The lowest Claude Code version accepted from a date on.
+    pub upcoming_minimum_version: Option<MinimumVersion>,
+    /// Per-team overlays: a restriction is allowed only when every source allows it.
+    #[serde(default)]
+    pub teams: BTreeMap<String, PolicyLimitsOverlay>,
+}
+
+/// A team's policy limits, merged over `policy_limits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyLimitsOverlay {
+    /// Feature restrictions by key.
+    #[serde(default)]
+    pub restrictions: BTreeMap<String, Restriction>,
+    /// Compliance taints, added to the organisation's.
+    pub compliance_taints: Option<Vec<String>>,
+    /// Replaces the organisation's notice.
+    pub monitoring_notice: Option<MonitoringNotice>,
+    /// The highest minimum version wins.
+    pub upcoming_minimum_version: Option<MinimumVersion>,
+}
+
+/// One restriction.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restriction {
+    /// Whether the feature may be used.
+    pub allowed: bool,
+}
+
+/// `monitoring_notice`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitoringNotice {
+    /// The notice's text.
+    pub text: String,
+    /// An `https://` link to the policy.
+    pub url: String,
+}
+
+/// `upcoming_minimum_version`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinimumVersion {
+    /// `x.y.z`.
+    pub claude_code: String,
+    /// `YYYY-MM-DD`.
+    pub date: String,
 }
 
 /// Agent-action rules (docs/policy.md, "Agent actions").

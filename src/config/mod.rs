@@ -8,6 +8,7 @@ pub mod actions;
 mod budgets;
 pub mod file;
 pub mod llm;
+pub mod settings;
 pub mod teams;
 mod units;
 pub mod yaml;
@@ -52,6 +53,8 @@ pub struct Config {
     pub llm: Llm,
     /// The rules agent actions (tool calls in model responses) are decided by, and the tool table.
     pub actions: actions::Actions,
+    /// Claude Code's server-managed settings and policy limits; `None` = those calls go upstream unchanged.
+    pub managed_settings: Option<settings::Managed>,
 }
 
 /// The state backend.
@@ -374,6 +377,7 @@ fn compile(
     let teams = teams::compile(&parsed.teams).map_err(|(path, message)| invalid(path, message))?;
     let llm = Llm::compile(&parsed, &teams).map_err(|(path, message)| invalid(path, message))?;
     let actions = actions::compile(&parsed.actions, &parsed.teams).map_err(|(path, message)| invalid(path, message))?;
+    let managed_settings = settings::compile(&parsed).map_err(|(path, message)| invalid(path, message))?;
     let state = State {
         backend: parsed.state.backend,
         path: PathBuf::from(&parsed.state.path),
@@ -471,6 +475,7 @@ fn compile(
         teams,
         llm,
         actions,
+        managed_settings,
     })
 }
 
