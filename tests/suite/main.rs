@@ -24,6 +24,7 @@ mod intercept;
 mod jwt;
 mod layout;
 mod limits;
+mod managed_settings;
 mod messages_stub;
 mod observability;
 mod one_way_in;
