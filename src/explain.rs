@@ -175,6 +175,58 @@ pub fn explain_action(config: &Config, question: &Question, action: &str) -> Res
     Ok(ActionAnswer { decision, report })
 }
 
+/// Explains what the question's principal's Claude Code receives from `GET /api/claude_code/settings` and
+/// `/api/claude_code/policy_limits` inside an intercepted tunnel: the JSON, its checksum, and the action rules and
+/// model globs that generated nothing.
+pub fn explain_settings(config: &Config, question: &Question) -> String {
+    use crate::api::settings::{body_for, Kind};
+
+    let principal = principal(config, question);
+    let teams: Vec<&str> = principal.teams.iter().map(|t| &**t).collect();
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "principal: {} (teams: {})",
+        principal.name,
+        if teams.is_empty() { "none".to_owned() } else { teams.join(", ") }
+    );
+    let Some(managed) = &config.managed_settings else {
+        let _ = writeln!(
+            report,
+            "settings:  none (no managed_settings section): the calls go to api.anthropic.com unchanged"
+        );
+        return report;
+    };
+    for (kind, label) in [(Kind::Settings, "settings"), (Kind::PolicyLimits, "policy limits")] {
+        match body_for(config, &principal.teams, kind) {
+            Some((body, checksum)) => {
+                let value: serde_json::Value = serde_json::from_str(&body).expect("tollgate's own JSON");
+                let shown = if kind == Kind::Settings { &value["settings"] } else { &value };
+                let pretty = serde_json::to_string_pretty(shown).expect("JSON");
+                let _ = writeln!(report, "{label}: {checksum}\n{pretty}");
+            }
+            None => {
+                let _ = writeln!(
+                    report,
+                    "{label}: none configured for this user: the call goes to api.anthropic.com unchanged"
+                );
+            }
+        }
+    }
+    let concerned: Vec<_> = managed
+        .untranslated
+        .iter()
+        .filter(|u| u.team.as_ref().is_none_or(|team| principal.teams.contains(team)))
+        .collect();
+    if !concerned.is_empty() {
+        let _ = writeln!(report, "not translated (the gateway still enforces these on the wire):");
+        for untranslated in concerned {
+            let _ = writeln!(report, "  {}: {}", untranslated.source, untranslated.why);
+        }
+    }
+    report
+}
+
 /// `FAMILY:VERB[:TARGET]` or `tool:NAME` as an action.
 fn parse_action(text: &str) -> Result<Action, String> {
     let mut parts = text.splitn(3, ':');

@@ -70,8 +70,12 @@ enum Command {
         /// `mcp:call:jira/create`, `tool:NAME`.
         #[arg(long, conflicts_with_all = ["method", "model", "resolve"])]
         action: Option<String>,
+        /// Print what the user's Claude Code receives as managed settings and policy limits (the JSON and its
+        /// checksum) instead of explaining a request.
+        #[arg(long, conflicts_with_all = ["method", "model", "resolve", "action", "target"])]
+        settings: bool,
         /// `host:port` or an `https://…` URL.
-        #[arg(required_unless_present = "action")]
+        #[arg(required_unless_present_any = ["action", "settings"])]
         target: Option<String>,
     },
     /// Read a password on stdin and print its argon2id hash for `auth.users[].password_hash`.
@@ -220,7 +224,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Check { config } => check(&config),
-        Command::Explain { config, user, teams, method, model, resolve, at, action, target } => {
+        Command::Explain { config, user, teams, method, model, resolve, at, action, settings, target } => {
             let at = match at.map(|text| parse_at(&text).map_err(|e| format!("--at {text:?}: {e}"))) {
                 Some(Ok(at)) => at,
                 Some(Err(message)) => {
@@ -233,6 +237,7 @@ fn main() -> ExitCode {
             let question = tollgate::explain::Question { user, teams, method, model, target, resolve, at };
             match action {
                 Some(action) => explain_action(&config, &question, &action),
+                None if settings => explain_settings(&config, &question),
                 None => explain(&config, &question),
             }
         }
@@ -360,6 +365,16 @@ fn explain(path: &std::path::Path, question: &tollgate::explain::Question) -> Ex
             eprintln!("tollgate: {message}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn explain_settings(path: &std::path::Path, question: &tollgate::explain::Question) -> ExitCode {
+    match load(path) {
+        Ok(config) => {
+            print!("{}", tollgate::explain::explain_settings(&config, question));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
     }
 }
 

@@ -396,3 +396,52 @@ async fn a_reload_changes_the_checksum_served() {
     assert_eq!(after, json!({"permissions": {"deny": ["Bash", "WebFetch"]}}));
     assert_ne!(new_checksum, checksum);
 }
+
+/// `tollgate explain --settings` (the real binary) prints the checksum the gateway serves for the same user and
+/// config, the policy limits, and the rules that generated nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_prints_what_the_gateway_serves() {
+    let stub = MessagesStub::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca_dir = tempfile::tempdir().expect("CA dir");
+    let path = dir.path().join("tollgate.yaml");
+    let auth = auth_with_teams("  interns: {models: [claude-haiku-4-5, \"claude-sonnet-4*\"]}\n  contractors: {}\n");
+    let extra = "actions: {deny: [\"bash:run:curl http://*\", \"bash:run:rm *\"]}
+managed_settings:
+  settings: {permissions: {deny: [WebFetch]}}
+  generate: {available_models: true, deny_from_actions: true}
+  policy_limits: {restrictions: {allow_product_feedback: {allowed: false}}}
+";
+    let parts = Parts { auth: &auth, extra, ..Parts::default() };
+    let text = format!(
+        "listeners: [{{name: proxy, bind: \"127.0.0.1:0\"}}]\nadmin: {{bind: \"127.0.0.1:0\"}}\n\
+         audit: {{file: {{path: \"{}\"}}}}\n{}",
+        dir.path().join("audit.jsonl").display(),
+        common::intercept::config(&stub, ca_dir.path(), &parts)
+    );
+    std::fs::write(&path, text).expect("write the config");
+    let gateway = TestGateway::start_file(&path, dir, Options { watch_interval: None, ..Options::default() }).await;
+    let config_path = gateway.dir.path().join("tollgate.yaml");
+    let setup = Intercepting { stub, gateway, ca_dir };
+    let (settings, checksum) = assert_served(&fetch(&setup, Some("alice"), SETTINGS, &[]).await).await;
+    assert_eq!(settings["permissions"]["deny"], json!(["WebFetch", "Bash(rm:*)"]));
+    let limits = fetch(&setup, Some("alice"), POLICY_LIMITS, &[]).await;
+    let limits_etag = limits.header("etag").expect("an ETag");
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["explain", "--settings", "--user", "alice", "-c"])
+        .arg(&config_path)
+        .env_remove("TOLLGATE_CONFIG")
+        .env("TOLLGATE_LOG", "warn")
+        .output()
+        .await
+        .expect("run tollgate explain");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.starts_with("principal: alice (teams: interns)\n"), "{stdout}");
+    assert!(stdout.contains(&format!("settings: {checksum}\n")), "{stdout}");
+    assert!(stdout.contains(&format!("policy limits: {}\n", limits_etag.trim_matches('"'))), "{stdout}");
+    assert!(stdout.contains("\"claude-haiku-4-5\""), "{stdout}");
+    assert!(stdout.contains("  teams.interns.models claude-sonnet-4*: a glob"), "{stdout}");
+    assert!(stdout.contains("  actions.deny[0] bash:run:curl http://*: "), "{stdout}");
+}
