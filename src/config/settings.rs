@@ -253,15 +253,11 @@ fn check_settings(key: &str, settings: &Map<String, Value>) -> Result<(), (Strin
                     let key = at(&format!("permissions.{field}"));
                     match field.as_str() {
                         "allow" | "deny" | "ask" | "additionalDirectories" => string_list(&key, value, true)?,
-                        "defaultMode" => {
-                            if !value.as_str().is_some_and(|mode| MODES.contains(&mode)) {
-                                return Err((key, format!("expected one of {}", MODES.join(" | "))));
-                            }
+                        "defaultMode" if !value.as_str().is_some_and(|mode| MODES.contains(&mode)) => {
+                            return Err((key, format!("expected one of {}", MODES.join(" | "))));
                         }
-                        "disableBypassPermissionsMode" => {
-                            if value.as_str() != Some("disable") {
-                                return Err((key, "the only value is \"disable\"".to_owned()));
-                            }
+                        "disableBypassPermissionsMode" if value.as_str() != Some("disable") => {
+                            return Err((key, "the only value is \"disable\"".to_owned()));
                         }
                         _ => {}
                     }
@@ -280,16 +276,12 @@ fn check_settings(key: &str, settings: &Map<String, Value>) -> Result<(), (Strin
                     }
                 }
             }
-            "model" => {
-                if !value.as_str().is_some_and(|model| !model.is_empty()) {
-                    return Err((at(name), "expected a model name".to_owned()));
-                }
+            "model" if value.as_str().is_none_or(str::is_empty) => {
+                return Err((at(name), "expected a model name".to_owned()));
             }
             "availableModels" | "companyAnnouncements" => string_list(&at(name), value, true)?,
-            "forceRemoteSettingsRefresh" | "allowManagedPermissionRulesOnly" => {
-                if !value.is_boolean() {
-                    return Err((at(name), "expected true or false".to_owned()));
-                }
+            "forceRemoteSettingsRefresh" | "allowManagedPermissionRulesOnly" if !value.is_boolean() => {
+                return Err((at(name), "expected true or false".to_owned()));
             }
             "hooks" => {
                 let Value::Object(events) = value else {
