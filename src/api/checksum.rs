@@ -96,9 +96,12 @@ fn array_index(key: &str) -> Option<u32> {
 /// `Number.prototype.toString` for a finite number (ECMAScript Number::toString, radix 10): the shortest digits
 /// that round-trip, in plain notation for decimal exponents from −6 to 20 and `d.ddde±x` outside; −0 is `0`.
 pub fn js_number(value: f64) -> String {
-    if value == 0.0 || !value.is_finite() {
-        // Non-finite numbers are refused when the config is read; `JSON.stringify` would write `null`.
-        return if value.is_finite() { "0".to_owned() } else { "null".to_owned() };
+    if !value.is_finite() {
+        // Refused when the config is read; `JSON.stringify` writes them `null`.
+        return "null".to_owned();
+    }
+    if value == 0.0 {
+        return "0".to_owned();
     }
     // Rust's `{:e}` writes the shortest round-tripping digits: `d.ddddde-7`.
     let scientific = format!("{:e}", value.abs());
