@@ -191,6 +191,31 @@ async fn the_checksum_is_the_one_node_computes() {
         let text = serde_json::to_string(&value).expect("JSON");
         assert_eq!(node_checksum(&text).await, tollgate::api::checksum::checksum(&value), "{text}");
     }
+
+    // Thousands of doubles from random bit patterns (every exponent, subnormals included) and strings of random
+    // code points, keyed by random strings: one checksum over all of them.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let numbers: Vec<Value> =
+        (0..4000).map(|_| f64::from_bits(next())).filter(|f| f.is_finite()).map(|f| json!(f)).collect();
+    let mut object = serde_json::Map::new();
+    for _ in 0..500 {
+        let mut random_text = |longest: u64| -> String {
+            let length = next() % longest;
+            (0..length).filter_map(|_| char::from_u32((next() % 0x11_0000) as u32)).collect()
+        };
+        let key = random_text(6);
+        let value = random_text(12);
+        object.insert(key, Value::String(value));
+    }
+    let value = json!({"numbers": numbers, "strings": object});
+    let text = serde_json::to_string(&value).expect("JSON");
+    assert_eq!(node_checksum(&text).await, tollgate::api::checksum::checksum(&value));
 }
 
 /// Team overlays: a member of one team and of two get the organisation's settings merged with their teams' by the
