@@ -9,9 +9,11 @@
 #   a1  the model calls Bash `curl http://example.invalid/` in a streamed response; actions.deny has bash:run:curl *
 #   a2  the same call in a whole (non-streamed) message: the upstream answers the streamed request with 404, which
 #       makes Claude Code fall back to a non-streamed one
+#   a1t the same, after a line of text
 #   b   the model calls Read of secrets/token.txt; the policy allows it, the tool runs and the session is saved;
-#       then actions.deny gains file:read:**/secrets/** (POST /admin/reload), and `claude -p --resume` replays the
-#       result; and last `claude -p` in a new session, which is what the developer can do next
+#       then actions.deny gains file:read:**/secrets/** (POST /admin/reload), and `claude -p --resume` (and
+#       --continue) replays the result; then what the developer can do next: a new session, or the same one
+#       resumed at the prompt before the call (--resume-session-at, not listed in `claude --help`)
 #
 # For each run it prints what claude printed (stdout, stderr), its exit code, the requests the upstream and tollgate
 # saw, the audit records, and whether the tool ran.
@@ -141,9 +143,9 @@ run_claude() {
   echo "--- stderr"
   cat "$work/stderr"
   echo "--- exit code: $status"
-  echo "--- the upstream saw (method path, streamed or not -> its answer; the tool results the last message carries)"
+  echo "--- the upstream saw (streamed or not, messages in the conversation, results in the last one -> its answer)"
   tail -n +"$((upstream_before + 1))" "$work/upstream.jsonl" |
-    jq -r '"\(.method) \(.path) stream=\(.stream // "-") -> \(.answer)\(if .tool_results then " results=\(.tool_results)" else "" end)"'
+    jq -r '"\(.method) \(.path)\(if .messages then " stream=\(.stream) messages=\(.messages) results=\(.tool_results)" else "" end) -> \(.answer)"'
   echo "--- tollgate's audit records"
   tail -n +"$((audit_before + 1))" "$work/audit.jsonl" |
     jq -c 'if .kind == "action" or .kind == "action_outcome" then
@@ -155,6 +157,12 @@ echo
 echo "######## a1: a denied Bash call in a streamed response (actions.deny: bash:run:curl *)"
 write_script "{\"tool\": {\"name\": \"Bash\", \"input\": {\"command\": \"touch $marker && curl -sS http://example.invalid/\", \"description\": \"Fetch example.invalid\"}}}"
 run_claude "a1 streamed" "Fetch http://example.invalid/ with curl"
+[ -e "$marker" ] && echo "--- the tool RAN ($marker exists)" || echo "--- the tool did not run ($marker absent)"
+
+echo
+echo "######## a1t: the same, the call after a line of text (text is streamed at once; only the call is held)"
+write_script "{\"text\": \"I will fetch it with curl.\", \"tool\": {\"name\": \"Bash\", \"input\": {\"command\": \"touch $marker && curl -sS http://example.invalid/\", \"description\": \"Fetch example.invalid\"}}}"
+run_claude "a1t streamed, text first" "Fetch http://example.invalid/ with curl"
 [ -e "$marker" ] && echo "--- the tool RAN ($marker exists)" || echo "--- the tool did not run ($marker absent)"
 
 echo
@@ -176,3 +184,7 @@ write_script '{}'
 run_claude "b2 resumed: the next request replays the denied result" --resume "$session" "continue"
 run_claude "b3 the same, with --continue" --continue "continue"
 run_claude "b4 a new session instead" "Say hello"
+# Or the same session, resumed at the prompt before the call (the transcript names each message's uuid).
+transcript=$(ls "$work"/home/.claude/projects/*/"$session".jsonl)
+prompt=$(jq -r 'select(.type == "user" and (.message.content | type) == "string") | .uuid' "$transcript" | head -n 1)
+run_claude "b5 the same session, resumed at the prompt before the call" --resume "$session" --resume-session-at "$prompt" "Say hello"

@@ -4,16 +4,17 @@
 It stands where api.anthropic.com would, behind a tollgate gateway listener, and answers Claude Code:
 
 - POST /v1/messages: when the request offers the script's tool and its last message carries no tool_result,
-  the answer is a call of that tool (one tool_use block, streamed as content_block_start, input_json_delta pieces
-  and content_block_stop, or whole when the request does not stream); once the last message carries a
-  tool_result, or for any other request, the answer is plain text. With "stream_404" in the script, a streamed
+  the answer is a call of that tool (one tool_use block, after a text block when the script has "text"; streamed
+  as content_block_start, input_json_delta pieces and content_block_stop, or whole when the request does not
+  stream); once the last message carries a tool_result, or for any other request, the answer is plain text. With "stream_404" in the script, a streamed
   request gets 404, which makes Claude Code fall back to a non-streamed request.
 - POST /v1/messages/count_tokens: an estimate; anything else: 404 in the Anthropic error shape.
 
 The script is a JSON file re-read on every request, so the driver changes it between runs:
-    {"tool": {"name": "Bash", "input": {"command": "…", "description": "…"}}, "stream_404": false}
+    {"tool": {"name": "Bash", "input": {"command": "…", "description": "…"}}, "text": "…", "stream_404": false}
 Every request is appended to the log (one JSON object per line): method, path, whether it streamed, Claude Code's
-session id, the tool_use_ids of the results its last message carries, and what was answered.
+session id, how many messages the conversation has, the tool_use_ids of the results its last message carries, and
+what was answered.
 
     upstream.py --port PORT --script script.json --log requests.jsonl
 """
@@ -106,6 +107,7 @@ class Upstream(BaseHTTPRequestHandler):
         common = {
             "stream": stream,
             "session": self.headers.get("x-claude-code-session-id"),
+            "messages": len(body.get("messages") or []),
             "tool_results": results,
         }
         tool = script.get("tool")
@@ -115,8 +117,9 @@ class Upstream(BaseHTTPRequestHandler):
         if tool and not results and offers(body, tool["name"]):
             block = {"type": "tool_use", "id": "toolu_" + uuid.uuid4().hex[:24], "name": tool["name"],
                      "input": tool["input"]}
+            before = [{"type": "text", "text": script["text"]}] if script.get("text") else []
             self.record(answer="tool_use", tool_use_id=block["id"], **common)
-            return self.answer(body, [block], "tool_use", stream)
+            return self.answer(body, [*before, block], "tool_use", stream)
         text = "The tool's result came back; nothing more to do." if results else "Hello from the scripted upstream."
         self.record(answer="text", **common)
         return self.answer(body, [{"type": "text", "text": text}], "end_turn", stream)
