@@ -1,6 +1,7 @@
 //! The one place where a failure becomes a status code, a body, headers and a metric reason, in either wire shape:
 //! the forward proxy's `{"error":{"type":…,"message":…,"rule":…}}`, or the Anthropic error JSON that Claude Code
-//! shows its user verbatim (`{"type":"error","error":{"type":…,"message":…},"request_id":…}`).
+//! shows its user verbatim (`{"type":"error","error":{"type":…,"message":…},"request_id":…}`; an agent-action
+//! refusal adds `error.details.error_code`).
 //!
 //! Every tollgate-made answer carries `x-tollgate-request-id` and, on a deny, `x-tollgate-rule` (DESIGN.md's
 //! error contract).
@@ -354,7 +355,7 @@ impl Error {
             }),
             Shape::Api | Shape::ProxiedApi => serde_json::json!({
                 "type": "error",
-                "error": { "type": self.anthropic_type(), "message": self.api_message(shape) },
+                "error": self.api_error(shape),
                 "request_id": request_id,
             }),
         }
@@ -411,16 +412,34 @@ impl Error {
         response
     }
 
-    /// The `error.type` of the Anthropic error shape.
     /// The error as an SSE `event: error` in the Anthropic shape, ending a stream already answered with 200.
     pub fn sse_event(&self) -> String {
-        let data = serde_json::json!({
-            "type": "error",
-            "error": {"type": self.anthropic_type(), "message": self.api_message(Shape::Api)},
-        });
+        let data = serde_json::json!({"type": "error", "error": self.api_error(Shape::Api)});
         format!("event: error\ndata: {data}\n\n")
     }
 
+    /// The `error` object of the Anthropic shape: `type`, `message` and, for a refusal that must not be sent
+    /// again, `details.error_code`.
+    fn api_error(&self, shape: Shape) -> serde_json::Value {
+        let mut error = serde_json::json!({"type": self.anthropic_type(), "message": self.api_message(shape)});
+        if let Some(code) = self.error_code() {
+            error["details"] = serde_json::json!({ "error_code": code });
+        }
+        error
+    }
+
+    /// `error.details.error_code` of an agent-action refusal: `dlp_request_denied`, the code of an organisation's
+    /// refusal that the same request will meet again. Claude Code shows such an error as it is, where any other
+    /// 401 or 403 reads "Failed to authenticate"; it does not send a refused stream again without streaming (the
+    /// model would be asked, and billed, twice); and an interactive session suggests /rewind or /clear.
+    fn error_code(&self) -> Option<&'static str> {
+        match self {
+            Error::ActionDenied { .. } | Error::ActionResultDenied { .. } => Some("dlp_request_denied"),
+            _ => None,
+        }
+    }
+
+    /// The `error.type` of the Anthropic error shape.
     fn anthropic_type(&self) -> &'static str {
         match self {
             Error::Auth(AuthError::Throttled { .. }) | Error::RateLimited { .. } => "rate_limit_error",
@@ -478,5 +497,73 @@ pub fn reason_phrase(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action_denied() -> Error {
+        Error::ActionDenied {
+            action: "bash:run:curl http://x".to_owned(),
+            rule: "actions.deny[0] bash:run:curl *".into(),
+        }
+    }
+
+    fn result_denied() -> Error {
+        Error::ActionResultDenied {
+            action: "file:read:/repo/secrets/token".to_owned(),
+            rule: "actions.deny[1] file:read:**/secrets/**".into(),
+        }
+    }
+
+    /// The `data` of an SSE `event: error`, parsed.
+    fn event_data(event: &str) -> serde_json::Value {
+        let data = event.strip_prefix("event: error\ndata: ").and_then(|rest| rest.strip_suffix("\n\n"));
+        serde_json::from_str(data.unwrap_or_else(|| panic!("one SSE error event: {event:?}"))).expect("JSON data")
+    }
+
+    /// A tool call refused in a stream ends it with a permission_error that carries the code of a refusal the
+    /// same request meets again, so a client does not resend it without streaming.
+    #[test]
+    fn a_refused_call_ends_a_stream_with_an_error_the_client_does_not_resend() {
+        let data = event_data(&action_denied().sse_event());
+        assert_eq!(
+            data,
+            serde_json::json!({"type": "error", "error": {
+                "type": "permission_error",
+                "message": "tollgate: the agent action bash:run:curl http://x is denied (actions.deny[0] bash:run:curl *); ask your administrator if you need it",
+                "details": {"error_code": "dlp_request_denied"},
+            }})
+        );
+    }
+
+    /// Both action refusals answered whole are 403 permission_error with the rule, the request id and the code.
+    #[test]
+    fn refused_actions_answered_whole_carry_the_error_code() {
+        for (error, rule) in [
+            (action_denied(), "actions.deny[0] bash:run:curl *"),
+            (result_denied(), "actions.deny[1] file:read:**/secrets/**"),
+        ] {
+            let answer = error.answer(Shape::Api, "5f1c2a90");
+            assert_eq!(answer.status, 403);
+            assert!(answer.headers.contains(&("x-tollgate-rule", rule.to_owned())), "{answer:?}");
+            let body: serde_json::Value = serde_json::from_str(&answer.body).expect("JSON body");
+            assert_eq!(body["type"], "error");
+            assert_eq!(body["request_id"], "5f1c2a90");
+            assert_eq!(body["error"]["type"], "permission_error");
+            assert_eq!(body["error"]["details"], serde_json::json!({"error_code": "dlp_request_denied"}));
+            assert_eq!(body["error"]["message"], format!("tollgate: {error}"));
+        }
+    }
+
+    /// Other refusals keep the plain shape: a model, path or DLP deny is no agent action.
+    #[test]
+    fn other_refusals_have_no_error_code() {
+        let denied = Error::PathDenied { path: "/v1/files".to_owned(), rule: "intercept.paths.deny[0]".into() };
+        let body: serde_json::Value = serde_json::from_str(&denied.answer(Shape::Api, "1").body).expect("JSON");
+        assert_eq!(body["error"].as_object().map(|error| error.len()), Some(2), "{body}");
+        assert!(event_data(&denied.sse_event())["error"].get("details").is_none());
     }
 }
