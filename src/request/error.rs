@@ -428,13 +428,15 @@ impl Error {
         error
     }
 
-    /// `error.details.error_code` of an agent-action refusal: `dlp_request_denied`, the code of an organisation's
-    /// refusal that the same request will meet again. Claude Code shows such an error as it is, where any other
+    /// `error.details.error_code` of an agent-action or DLP refusal: `dlp_request_denied`, the code of an
+    /// organisation's refusal that the same request will meet again. Claude Code shows such an error as it is, where any other
     /// 401 or 403 reads "Failed to authenticate"; it does not send a refused stream again without streaming (the
     /// model would be asked, and billed, twice); and an interactive session suggests /rewind or /clear.
     fn error_code(&self) -> Option<&'static str> {
         match self {
-            Error::ActionDenied { .. } | Error::ActionResultDenied { .. } => Some("dlp_request_denied"),
+            Error::ActionDenied { .. } | Error::ActionResultDenied { .. } | Error::DlpBlocked { .. } => {
+                Some("dlp_request_denied")
+            }
             _ => None,
         }
     }
