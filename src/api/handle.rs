@@ -14,6 +14,7 @@ use super::actions::{self, Context, ResponseCalls};
 use super::body::{MeteredBody, Settlement};
 use super::idle::Busy;
 use super::session::{Origin, Session};
+use super::telemetry;
 use crate::actions::history::Conversation;
 use crate::config::Config;
 use crate::limits::budget::Reservation;
@@ -89,6 +90,9 @@ async fn forward(
         return Err(Error::BadRequest("CONNECT is not served here: open a tunnel to the proxy itself".to_owned()));
     }
     let named = named_host(&session.origin, &request)?;
+    if let Some(endpoint) = telemetry::dropped(config, &session.origin, request.method(), request.uri().path()) {
+        return telemetry::answer(session, config, request, exchange, endpoint).await;
+    }
     let headers = request.headers();
     let credentials = match &session.origin {
         Origin::Tunnel { principal, .. } => Credentials::Tunnel(principal),

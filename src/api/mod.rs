@@ -10,3 +10,4 @@ pub mod handle;
 pub mod idle;
 pub mod server;
 pub mod session;
+pub mod telemetry;

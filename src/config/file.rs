@@ -199,6 +199,22 @@ pub struct Intercept {
     /// How many minted leaves are kept.
     #[serde(default = "leaf_cache")]
     pub leaf_cache: usize,
+    /// Claude Code's telemetry calls inside intercepted tunnels (event logging, metrics, feature-flag
+    /// evaluation): `pass` (forwarded like any other call, the default) or `drop` (answered by tollgate, never
+    /// forwarded).
+    #[serde(default)]
+    pub telemetry: Telemetry,
+}
+
+/// What happens to telemetry calls inside intercepted tunnels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Telemetry {
+    /// Forwarded like any other call.
+    #[default]
+    Pass,
+    /// Answered by tollgate with what the client accepts, never forwarded.
+    Drop,
 }
 
 /// Path rules inside intercepted tunnels.
