@@ -133,6 +133,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         tokio::spawn(admin::serve(shared.clone(), socket));
     }
     tokio::spawn(prune_pool(shared.clone(), idle_timeout));
+    tokio::spawn(crate::fleet::flush_every(shared.fleet.clone(), shared.shutdown.stop_accepting.clone()));
     if let Some(interval) = options.watch_interval {
         tokio::spawn(reload::watch_files(shared.clone(), interval));
     }
@@ -171,6 +172,8 @@ impl Running {
             // Cut tunnels and held responses end at once; requests still relaying a body get a last short bound.
             let _ = tokio::time::timeout(CUT_WAIT, self.tracker.wait()).await;
         }
+        // The fleet's last sightings (bounded by the state backend's own timeout).
+        let _ = self.shared.fleet.flush().await;
         let flush_deadline = deadline.max(tokio::time::Instant::now() + LAST_FLUSH);
         let audit_unwritten = self.shared.auditor.close(flush_deadline).await;
         ShutdownReport { tunnels_cut: self.shared.tunnels_cut(), audit_unwritten }

@@ -120,6 +120,20 @@ enum Command {
         /// A session id: print its timeline instead of the list.
         session: Option<String>,
     },
+    /// The fleet inventory: per user, the clients (client and version from User-Agent) and sessions seen, first
+    /// and last seen, and the managed settings and policy limits last delivered. Asks the running gateway's
+    /// `GET /admin/fleet` (admin.bind, admin.token from the config): the inventory lives in its state backend.
+    Fleet {
+        /// Config file (for `admin.bind` and `admin.token`).
+        #[arg(short, long, env = "TOLLGATE_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Only the users whose last delivered settings or policy limits are not the current ones.
+        #[arg(long)]
+        stale: bool,
+        /// `table`, `csv` or `json`.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -255,6 +269,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Fleet { config, stale, format } => fleet(&config, stale, format.into()),
         Command::Audit { command: AuditCommand::Verify { files } } => verify(&files),
         Command::Ca { command: CaCommand::Init { dir, client, force } } => {
             let kind = if client { CaKind::Clients } else { CaKind::Tollgate };
@@ -520,6 +535,39 @@ fn timeline(audit: &Path, id: &str, format: tollgate::report::Format) -> ExitCod
     }
     skipped(audit, timeline.invalid_lines(), timeline.first_invalid_line());
     ExitCode::SUCCESS
+}
+
+/// Prints the fleet inventory the running gateway keeps. Exit 2 when the config does not load or has no admin
+/// listener or token, 1 when the gateway cannot be asked.
+fn fleet(path: &Path, stale: bool, format: tollgate::report::Format) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let Some((bind, Some(token))) = config.admin.as_ref().map(|admin| (admin.bind, admin.token.clone())) else {
+        eprintln!(
+            "tollgate: {}: the fleet inventory is read from the running gateway's GET /admin/fleet: configure \
+             admin.bind and admin.token",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let address = tollgate::fleet::admin_address(bind);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return report(Err(error.into())),
+    };
+    let timeout = std::time::Duration::from_secs(30);
+    match runtime.block_on(tollgate::fleet::ask(address, &token, stale, format, timeout)) {
+        Ok(body) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tollgate: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// The config's `audit.file.path`, which the reports read. Exit 2 when the config does not load or has no

@@ -115,6 +115,10 @@ async fn forward(
     let principal = exchange.principal.clone().expect("admitted requests have a principal");
 
     let path = model::check_path(config, request.uri().path(), exchange)?.into_owned();
+    if config.llm.is_metered(&path) {
+        let session = exchange.session.as_deref();
+        shared.fleet.seen(&principal.name, &principal.teams, exchange.user_agent.as_deref(), session);
+    }
     let (mut parts, body) = request.into_parts();
     let body = model::read_body(config, &shared.body_buffers, &parts.headers, body).await?;
     exchange.bytes_up = body.bytes.len() as u64;

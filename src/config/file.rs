@@ -421,12 +421,25 @@ pub struct State {
     /// When the shared state cannot be reached: `deny` (503, the default) or `allow`.
     #[serde(default = "verdict_deny")]
     pub on_error: Verdict,
+    /// Users the fleet inventory keeps (the least recently seen go first); read at start.
+    #[serde(default = "fleet_max_users")]
+    pub fleet_max_users: usize,
 }
 
 impl Default for State {
     fn default() -> Self {
-        Self { backend: StateBackend::default(), path: state_path(), redis_url: None, on_error: Verdict::Deny }
+        Self {
+            backend: StateBackend::default(),
+            path: state_path(),
+            redis_url: None,
+            on_error: Verdict::Deny,
+            fleet_max_users: fleet_max_users(),
+        }
     }
+}
+
+fn fleet_max_users() -> usize {
+    crate::fleet::DEFAULT_MAX_USERS
 }
 
 fn state_path() -> String {

@@ -103,6 +103,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn local(&self) -> Option<&dyn Local> {
         None
     }
+    /// The Redis backend, for state kept beside the limits in the same server (the fleet inventory).
+    fn redis(&self) -> Option<&super::redis::Redis> {
+        None
+    }
 }
 
 /// A backend in this process: admits and gives back synchronously, without a future.

@@ -200,6 +200,18 @@ impl Redis {
         let mut connection = self.connection()?;
         self.bounded(async move { invocation.invoke_async(&mut connection).await }).await
     }
+
+    /// Runs one script over the shared connection, bounded like every operation (for state kept beside the
+    /// limits: the fleet inventory).
+    pub async fn script<T: FromRedisValue>(&self, invocation: ScriptInvocation<'_>) -> Result<T, StateError> {
+        self.run(invocation).await
+    }
+
+    /// Sends a pipeline of commands in one round trip, bounded like every operation.
+    pub async fn pipeline<T: FromRedisValue>(&self, pipeline: &redis::Pipeline) -> Result<T, StateError> {
+        let mut connection = self.connection()?;
+        self.bounded(async move { pipeline.query_async(&mut connection).await }).await
+    }
 }
 
 /// `tollgate:` + the key.
@@ -336,6 +348,10 @@ impl Backend for Redis {
 
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn redis(&self) -> Option<&Redis> {
+        Some(self)
     }
 }
 
