@@ -130,6 +130,9 @@ enum Command {
         /// Only the users whose last delivered settings or policy limits are not the current ones.
         #[arg(long)]
         stale: bool,
+        /// Ask the admin listener at this address (`HOST:PORT`) instead of the config's `admin.bind`.
+        #[arg(long, value_name = "ADDRESS")]
+        admin: Option<std::net::SocketAddr>,
         /// `table`, `csv` or `json`.
         #[arg(long, value_enum, default_value = "table")]
         format: ReportFormat,
@@ -269,7 +272,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Fleet { config, stale, format } => fleet(&config, stale, format.into()),
+        Command::Fleet { config, stale, admin, format } => fleet(&config, stale, admin, format.into()),
         Command::Audit { command: AuditCommand::Verify { files } } => verify(&files),
         Command::Ca { command: CaCommand::Init { dir, client, force } } => {
             let kind = if client { CaKind::Clients } else { CaKind::Tollgate };
@@ -539,7 +542,7 @@ fn timeline(audit: &Path, id: &str, format: tollgate::report::Format) -> ExitCod
 
 /// Prints the fleet inventory the running gateway keeps. Exit 2 when the config does not load or has no admin
 /// listener or token, 1 when the gateway cannot be asked.
-fn fleet(path: &Path, stale: bool, format: tollgate::report::Format) -> ExitCode {
+fn fleet(path: &Path, stale: bool, admin: Option<std::net::SocketAddr>, format: tollgate::report::Format) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -552,7 +555,7 @@ fn fleet(path: &Path, stale: bool, format: tollgate::report::Format) -> ExitCode
         );
         return ExitCode::from(2);
     };
-    let address = tollgate::fleet::admin_address(bind);
+    let address = admin.unwrap_or_else(|| tollgate::fleet::admin_address(bind));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => return report(Err(error.into())),
