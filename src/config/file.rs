@@ -438,8 +438,9 @@ impl Default for State {
     }
 }
 
+/// `state.fleet_max_users` when not set.
 fn fleet_max_users() -> usize {
-    crate::fleet::DEFAULT_MAX_USERS
+    50_000
 }
 
 fn state_path() -> String {

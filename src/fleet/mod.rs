@@ -17,32 +17,26 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::audit::timestamp;
 use crate::limits::{millis, Backend, Clock, StateError};
 use crate::report::{self, Align, Format, Table};
-pub use store::Store;
+pub use store::{
+    client, Bounds, Client, ClientUpdate, Delivery, Store, Update, User, MAX_CLIENTS, RECENT_SESSIONS, RETENTION,
+};
 
 /// A user and client written this recently, with the same session, is not written again.
 pub const WRITE_EVERY: Duration = Duration::from_secs(60);
 /// How often the pending batch is written to the store.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(10);
-/// Clients kept per user; past it the least recently seen client goes.
-pub const MAX_CLIENTS: usize = 8;
-/// Session ids kept per user to count distinct sessions: a session is new when it is not among them.
-pub const RECENT_SESSIONS: usize = 16;
-/// A user not seen for this long is dropped.
-pub const RETENTION: Duration = Duration::from_secs(90 * 86_400);
 /// The window of `tollgate_clients` and `tollgate_managed_settings_current_ratio`.
 pub const ACTIVE_WINDOW: Duration = Duration::from_secs(86_400);
 /// `tollgate_clients` series at most: the pairs with the most users; the rest are summed as `other`.
 pub const CLIENT_SERIES: usize = 50;
 /// Users in the pending batch at most; past it a new user's sightings wait for the next flush.
 pub const PENDING_USERS: usize = 50_000;
-/// Users kept when `state.fleet_max_users` is not set.
-pub const DEFAULT_MAX_USERS: usize = 50_000;
 
 /// What was delivered to a client: managed settings or policy limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,78 +58,6 @@ pub enum Currency {
     Current,
     /// A checksum delivered is not the current one, or none was delivered.
     Stale,
-}
-
-/// The store's bounds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Bounds {
-    pub max_users: usize,
-    pub max_clients: usize,
-    pub recent_sessions: usize,
-    pub retention: Duration,
-}
-
-impl Bounds {
-    /// The bounds for `max_users` users.
-    pub fn new(max_users: usize) -> Self {
-        Self { max_users, max_clients: MAX_CLIENTS, recent_sessions: RECENT_SESSIONS, retention: RETENTION }
-    }
-}
-
-/// One user's sightings and deliveries, merged into the store (times in ms since the epoch).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Update {
-    pub user: String,
-    /// The user's teams as a JSON array, from the latest sighting.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub teams_json: Option<String>,
-    pub first: u64,
-    pub last: u64,
-    pub clients: Vec<ClientUpdate>,
-    /// Hashed session ids (`session_id`), oldest first.
-    pub sessions: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub settings: Option<Delivery>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy_limits: Option<Delivery>,
-}
-
-/// One client of an update: `name` is `client/version`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClientUpdate {
-    pub name: String,
-    pub first: u64,
-    pub last: u64,
-}
-
-/// A checksum delivered, and when (ms).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivery {
-    pub checksum: String,
-    pub at: u64,
-}
-
-/// One user as the store holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub user: String,
-    pub teams: Vec<String>,
-    pub first: u64,
-    pub last: u64,
-    pub sessions: u64,
-    /// Most recently seen first.
-    pub clients: Vec<Client>,
-    pub settings: Option<Delivery>,
-    pub policy_limits: Option<Delivery>,
-}
-
-/// One client of a user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Client {
-    pub client: String,
-    pub version: String,
-    pub first: u64,
-    pub last: u64,
 }
 
 /// The fleet inventory of one running tollgate.
@@ -460,12 +382,6 @@ pub fn admin_address(bind: std::net::SocketAddr) -> std::net::SocketAddr {
         ip => ip,
     };
     std::net::SocketAddr::new(ip, bind.port())
-}
-
-/// The client and version of a User-Agent product token: `claude-cli/2.1.332` is (`claude-cli`, `2.1.332`); a token
-/// without a version has version `""`.
-pub fn client(user_agent: &str) -> (&str, &str) {
-    user_agent.split_once('/').unwrap_or((user_agent, ""))
 }
 
 /// A session id as the store keeps it: 64 bits of its SHA-256, the same on every replica.

@@ -12,17 +12,103 @@
 //! Redis keys: `tollgate:fleet:users` (a sorted set of user names by last seen, ms) and `tollgate:fleet:user:NAME`
 //! (a hash: `first`, `last`, `teams`, `sessions`, `recent`, `c:CLIENT/VERSION` = "FIRST LAST", `settings`,
 //! `settings_at`, `policy_limits`, `policy_limits_at`; it expires `retention` after its last write). A batch is one
-//! `EVALSHA`; a read is one `ZREVRANGE` and one pipeline of `HGETALL`s. The script deletes the hashes of the users it
+//! `EVALSHA`; a read is one `ZRANGEBYSCORE` and one pipeline of `HGETALL`s. The script deletes the hashes of the users it
 //! evicts by name, so it needs a single Redis server (or Valkey), not a cluster — as the limits do.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use redis::Script;
+use serde::{Deserialize, Serialize};
 
-use super::{Bounds, Client, Delivery, Update, User};
-use crate::limits::redis::{key, Redis};
-use crate::limits::{Backend, StateError};
+use crate::limits::redis::key;
+use crate::limits::{Backend, SharedServer, StateError};
+
+/// Clients kept per user; past it the least recently seen client goes.
+pub const MAX_CLIENTS: usize = 8;
+/// Session ids kept per user to count distinct sessions: a session is new when it is not among them.
+pub const RECENT_SESSIONS: usize = 16;
+/// A user not seen for this long is dropped.
+pub const RETENTION: Duration = Duration::from_secs(90 * 86_400);
+
+/// The store's bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub max_users: usize,
+    pub max_clients: usize,
+    pub recent_sessions: usize,
+    pub retention: Duration,
+}
+
+impl Bounds {
+    /// The bounds for `max_users` users.
+    pub fn new(max_users: usize) -> Self {
+        Self { max_users, max_clients: MAX_CLIENTS, recent_sessions: RECENT_SESSIONS, retention: RETENTION }
+    }
+}
+
+/// One user's sightings and deliveries, merged into the store (times in ms since the epoch).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Update {
+    pub user: String,
+    /// The user's teams as a JSON array, from the latest sighting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub teams_json: Option<String>,
+    pub first: u64,
+    pub last: u64,
+    pub clients: Vec<ClientUpdate>,
+    /// Hashed session ids (`session_id`), oldest first.
+    pub sessions: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Delivery>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_limits: Option<Delivery>,
+}
+
+/// One client of an update: `name` is `client/version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientUpdate {
+    pub name: String,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// A checksum delivered, and when (ms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub checksum: String,
+    pub at: u64,
+}
+
+/// One user as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub user: String,
+    pub teams: Vec<String>,
+    pub first: u64,
+    pub last: u64,
+    pub sessions: u64,
+    /// Most recently seen first.
+    pub clients: Vec<Client>,
+    pub settings: Option<Delivery>,
+    pub policy_limits: Option<Delivery>,
+}
+
+/// One client of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub client: String,
+    pub version: String,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// The client and version of a User-Agent product token: `claude-cli/2.1.332` is (`claude-cli`, `2.1.332`); a token
+/// without a version has version `""`.
+pub fn client(user_agent: &str) -> (&str, &str) {
+    user_agent.split_once('/').unwrap_or((user_agent, ""))
+}
 
 /// The sorted set of user names by last seen.
 pub const USERS_KEY: &str = "fleet:users";
@@ -130,14 +216,14 @@ static APPLY: LazyLock<Script> = LazyLock::new(|| Script::new(APPLY_LUA));
 pub enum Store {
     /// In this process.
     Memory(Mutex<Table>),
-    /// In the Redis server of this backend (whose `redis()` is `Some`).
+    /// In the server this backend shares with the replicas (its `shared_server()` is `Some`).
     Redis(Arc<dyn Backend>),
 }
 
 impl Store {
     /// Redis when `backend` is the Redis backend, else memory.
     pub fn for_backend(backend: Arc<dyn Backend>) -> Store {
-        if backend.redis().is_some() {
+        if backend.shared_server().is_some() {
             Store::Redis(backend)
         } else {
             Store::Memory(Mutex::default())
@@ -152,22 +238,19 @@ impl Store {
                 Ok(())
             }
             Store::Redis(backend) => {
-                let redis = redis_of(backend);
-                let updates = serde_json::to_string(&batch).expect("updates serialise");
-                let mut invocation = APPLY.prepare_invoke();
-                invocation.key(key(USERS_KEY));
-                for update in &batch {
-                    invocation.key(key(&format!("{USER_KEY_PREFIX}{}", update.user)));
-                }
-                invocation
-                    .arg(updates)
-                    .arg(bounds.max_users)
-                    .arg(bounds.max_clients)
-                    .arg(bounds.recent_sessions)
-                    .arg(bounds.retention.as_millis() as u64)
-                    .arg(now)
-                    .arg(key(USER_KEY_PREFIX));
-                let _: i64 = redis.script(invocation).await?;
+                let server = server_of(backend);
+                let mut keys = vec![key(USERS_KEY)];
+                keys.extend(batch.iter().map(|update| key(&format!("{USER_KEY_PREFIX}{}", update.user))));
+                let args = [
+                    serde_json::to_string(&batch).expect("updates serialise"),
+                    bounds.max_users.to_string(),
+                    bounds.max_clients.to_string(),
+                    bounds.recent_sessions.to_string(),
+                    (bounds.retention.as_millis() as u64).to_string(),
+                    now.to_string(),
+                    key(USER_KEY_PREFIX),
+                ];
+                server.eval(&APPLY, &keys, &args).await?;
                 Ok(())
             }
         }
@@ -182,24 +265,29 @@ impl Store {
                 Ok(table.users.iter().filter(|(_, entry)| entry.last >= horizon).map(|(n, e)| e.user(n)).collect())
             }
             Store::Redis(backend) => {
-                let redis = redis_of(backend);
+                let server = server_of(backend);
                 let mut names = redis::pipe();
                 names.cmd("ZRANGEBYSCORE").arg(key(USERS_KEY)).arg(horizon).arg("+inf");
-                let (names,): (Vec<String>,) = redis.pipeline(&names).await?;
+                let (names,): (Vec<String>,) = decode(server.pipeline(&names).await?)?;
                 let mut hashes = redis::pipe();
                 for name in &names {
                     hashes.cmd("HGETALL").arg(key(&format!("{USER_KEY_PREFIX}{name}")));
                 }
                 let fields: Vec<HashMap<String, String>> =
-                    if names.is_empty() { Vec::new() } else { redis.pipeline(&hashes).await? };
+                    if names.is_empty() { Vec::new() } else { decode(server.pipeline(&hashes).await?)? };
                 Ok(names.iter().zip(&fields).filter(|(_, f)| !f.is_empty()).map(|(n, f)| from_hash(n, f)).collect())
             }
         }
     }
 }
 
-fn redis_of(backend: &Arc<dyn Backend>) -> &Redis {
-    backend.redis().expect("Store::Redis is made only for the Redis backend")
+fn server_of(backend: &Arc<dyn Backend>) -> &dyn SharedServer {
+    backend.shared_server().expect("Store::Redis is made only for a backend with a shared server")
+}
+
+/// A Redis answer read as `T`; an answer of another shape is a `StateError`.
+fn decode<T: redis::FromRedisValue>(value: redis::Value) -> Result<T, StateError> {
+    redis::from_redis_value(value).map_err(|error| StateError(format!("redis answered the fleet read oddly: {error}")))
 }
 
 /// A user as the Redis hash holds it.
@@ -213,7 +301,7 @@ fn from_hash(name: &str, fields: &HashMap<String, String>) -> User {
         .filter_map(|(field, value)| {
             let name = field.strip_prefix("c:")?;
             let (first, last) = value.split_once(' ')?;
-            let (client, version) = super::client(name);
+            let (client, version) = client(name);
             Some(Client {
                 client: client.to_owned(),
                 version: version.to_owned(),
@@ -265,7 +353,7 @@ impl Entry {
             .clients
             .iter()
             .map(|(name, (first, last))| {
-                let (client, version) = super::client(name);
+                let (client, version) = client(name);
                 Client { client: client.to_owned(), version: version.to_owned(), first: *first, last: *last }
             })
             .collect();

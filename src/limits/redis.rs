@@ -20,7 +20,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
-use super::backend::{Admission, Backend, BoxFuture, Bucket, Slot, SpendKey, StateError};
+use super::backend::{Admission, Backend, BoxFuture, Bucket, SharedServer, Slot, SpendKey, StateError};
 
 /// What every key starts with.
 pub const KEY_PREFIX: &str = "tollgate:";
@@ -200,17 +200,32 @@ impl Redis {
         let mut connection = self.connection()?;
         self.bounded(async move { invocation.invoke_async(&mut connection).await }).await
     }
+}
 
-    /// Runs one script over the shared connection, bounded like every operation (for state kept beside the
-    /// limits: the fleet inventory).
-    pub async fn script<T: FromRedisValue>(&self, invocation: ScriptInvocation<'_>) -> Result<T, StateError> {
-        self.run(invocation).await
+impl SharedServer for Redis {
+    fn eval<'a>(
+        &'a self,
+        script: &'a Script,
+        keys: &'a [String],
+        args: &'a [String],
+    ) -> BoxFuture<'a, Result<redis::Value, StateError>> {
+        Box::pin(async move {
+            let mut invocation = script.prepare_invoke();
+            for name in keys {
+                invocation.key(name);
+            }
+            for arg in args {
+                invocation.arg(arg);
+            }
+            self.run(invocation).await
+        })
     }
 
-    /// Sends a pipeline of commands in one round trip, bounded like every operation.
-    pub async fn pipeline<T: FromRedisValue>(&self, pipeline: &redis::Pipeline) -> Result<T, StateError> {
-        let mut connection = self.connection()?;
-        self.bounded(async move { pipeline.query_async(&mut connection).await }).await
+    fn pipeline<'a>(&'a self, pipeline: &'a redis::Pipeline) -> BoxFuture<'a, Result<redis::Value, StateError>> {
+        Box::pin(async move {
+            let mut connection = self.connection()?;
+            self.bounded(async move { pipeline.query_async(&mut connection).await }).await
+        })
     }
 }
 
@@ -350,7 +365,7 @@ impl Backend for Redis {
         "redis"
     }
 
-    fn redis(&self) -> Option<&Redis> {
+    fn shared_server(&self) -> Option<&dyn SharedServer> {
         Some(self)
     }
 }
