@@ -12,7 +12,7 @@
 //! Redis keys: `tollgate:fleet:users` (a sorted set of user names by last seen, ms) and `tollgate:fleet:user:NAME`
 //! (a hash: `first`, `last`, `teams`, `sessions`, `recent`, `c:CLIENT/VERSION` = "FIRST LAST", `settings`,
 //! `settings_at`, `policy_limits`, `policy_limits_at`; it expires `retention` after its last write). A batch is one
-//! `EVALSHA`; a read is one `ZRANGEBYSCORE` and one pipeline of `HGETALL`s. The script deletes the hashes of the users it
+//! `EVALSHA` per `SCRIPT_USERS` users; a read is one `ZRANGEBYSCORE` and one pipeline of `HGETALL`s. The script deletes the hashes of the users it
 //! evicts by name, so it needs a single Redis server (or Valkey), not a cluster — as the limits do.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -109,6 +109,9 @@ pub struct Client {
 pub fn client(user_agent: &str) -> (&str, &str) {
     user_agent.split_once('/').unwrap_or((user_agent, ""))
 }
+
+/// Users merged by one run of the script at most.
+pub const SCRIPT_USERS: usize = 500;
 
 /// The sorted set of user names by last seen.
 pub const USERS_KEY: &str = "fleet:users";
@@ -239,18 +242,21 @@ impl Store {
             }
             Store::Redis(backend) => {
                 let server = server_of(backend);
-                let mut keys = vec![key(USERS_KEY)];
-                keys.extend(batch.iter().map(|update| key(&format!("{USER_KEY_PREFIX}{}", update.user))));
-                let args = [
-                    serde_json::to_string(&batch).expect("updates serialise"),
-                    bounds.max_users.to_string(),
-                    bounds.max_clients.to_string(),
-                    bounds.recent_sessions.to_string(),
-                    (bounds.retention.as_millis() as u64).to_string(),
-                    now.to_string(),
-                    key(USER_KEY_PREFIX),
-                ];
-                server.eval(&APPLY, &keys, &args).await?;
+                // A script holds the server while it runs: a large batch goes in several.
+                for chunk in batch.chunks(SCRIPT_USERS) {
+                    let mut keys = vec![key(USERS_KEY)];
+                    keys.extend(chunk.iter().map(|update| key(&format!("{USER_KEY_PREFIX}{}", update.user))));
+                    let args = [
+                        serde_json::to_string(chunk).expect("updates serialise"),
+                        bounds.max_users.to_string(),
+                        bounds.max_clients.to_string(),
+                        bounds.recent_sessions.to_string(),
+                        (bounds.retention.as_millis() as u64).to_string(),
+                        now.to_string(),
+                        key(USER_KEY_PREFIX),
+                    ];
+                    server.eval(&APPLY, &keys, &args).await?;
+                }
                 Ok(())
             }
         }
