@@ -343,7 +343,11 @@ fn check(path: &std::path::Path) -> ExitCode {
     if let Some(intercept) = &llm.intercept {
         let ca = intercept.ca_cert.display();
         let state = if intercept.ca_cert.exists() { "" } else { " (created on first start)" };
-        println!("  intercept: {} host rules, CA {ca}{state}", intercept.hosts.len());
+        let telemetry = match llm.telemetry {
+            tollgate::config::file::Telemetry::Drop => ", telemetry dropped",
+            tollgate::config::file::Telemetry::Pass => "",
+        };
+        println!("  intercept: {} host rules, CA {ca}{state}{telemetry}", intercept.hosts.len());
     }
     if !llm.upstreams.is_empty() {
         let names: Vec<&str> = llm.upstreams.keys().map(|name| &**name).collect();
