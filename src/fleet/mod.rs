@@ -673,6 +673,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn past_the_busiest_client_series_the_rest_are_other() {
+        let (fleet, _clock) = fleet(1000);
+        for index in 0..CLIENT_SERIES + 10 {
+            let user = format!("user-{index}");
+            fleet.seen(&user, &[], Some(&format!("claude-cli/1.0.{index}")), None);
+            // The first pair has two users: it is the busiest.
+            fleet.seen(&user, &[], Some("claude-cli/2.0.0"), None);
+        }
+        let (series, ratio) = fleet.gauges().await.unwrap();
+        assert_eq!(ratio, None);
+        assert_eq!(series.len(), CLIENT_SERIES + 1, "{series:?}");
+        assert_eq!(series[0], ("claude-cli".to_owned(), "2.0.0".to_owned(), (CLIENT_SERIES + 10) as i64));
+        assert_eq!(series.last(), Some(&("other".to_owned(), "other".to_owned(), 11)));
+    }
+
+    #[tokio::test]
     async fn currency_compares_the_last_delivery_with_the_current_checksum() {
         let (fleet, _clock) = fleet(10);
         fleet.seen("alice", &[], Some("claude-cli/2.1.332"), None);

@@ -248,6 +248,12 @@ async fn the_fleet_records_users_clients_and_sessions_through_a_tunnel_and_a_gat
     assert_eq!(bob["sessions"], 1);
     assert_eq!(fleet["managed_settings"], false);
 
+    let table = admin_fleet(gateway.admin, "?format=table", Some(&format!("Bearer {TOKEN}"))).await;
+    assert_eq!(table.header("content-type").as_deref(), Some("text/plain; charset=utf-8"));
+    let rows: Vec<&str> = table.body.lines().collect();
+    assert!(rows[1].starts_with("USER") && rows[1].contains("CURRENT"), "{}", table.body);
+    assert_eq!(rows.len(), 5, "a title, a header and one row per user and client: {}", table.body);
+
     let metrics = gateway.metrics().await;
     let clients_sample = |version: &str| format!("tollgate_clients{{client=\"claude-cli\",version=\"{version}\"}}");
     assert_eq!(metric_value(&metrics, &clients_sample("2.1.332")), 1.0, "{metrics}");
@@ -299,7 +305,7 @@ async fn the_fleet_records_users_clients_and_sessions_through_a_tunnel_and_a_gat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_bounded_fleet_through_redis() {
     use common::binary::{Stderr, Tollgate};
-    let redis = common::redis::RedisServer::start().await;
+    let mut redis = common::redis::RedisServer::start().await;
     let stub = common::messages::MessagesStub::start().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let state = format!("state: {{backend: redis, redis_url: \"{}\", fleet_max_users: 2}}\n", redis.url());
@@ -358,4 +364,11 @@ async fn two_replicas_share_one_bounded_fleet_through_redis() {
     assert!(output.status.success(), "{output:?}");
     let printed: Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(printed["users"], bounded["users"]);
+
+    // Without Redis, requests are still served (no limits apply here) and the inventory cannot be read: 503.
+    redis.stop().await;
+    through_tunnel(first.listener("proxy"), &ca, "alice", "claude-cli/2.1.332 (external, cli)", "session-a3").await;
+    let unreadable = admin_fleet(first.admin, "", Some(&format!("Bearer {TOKEN}"))).await;
+    assert_eq!(unreadable.status, 503, "{unreadable:?}");
+    assert!(unreadable.json()["error"].as_str().is_some_and(|e| e.contains("redis")), "{unreadable:?}");
 }
