@@ -1,7 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process is up), `/readyz` (accepting, and
 //! with `audit.on_failure: block` the audit sink taking records), and, with the bearer `admin.token`,
 //! `GET /admin/config`, `POST /admin/reload`, `GET /admin/usage` (spend and tokens summed from the audit log by
-//! `usage`) and `GET /admin/sessions[/ID]` (the sessions in the audit log, or one's timeline, by `sessions`).
+//! `usage`), `GET /admin/sessions[/ID]` (the sessions in the audit log, or one's timeline, by `sessions`) and
+//! `GET /admin/fleet` (the clients seen, by `fleet`).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -72,6 +73,10 @@ async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Resp
     }
     let (status, content_type, body) = match (&request.method, path) {
         (&Method::GET, "/metrics") => {
+            // The fleet gauges, read from the state backend (a failure keeps the last values).
+            if let Ok((clients, ratio)) = shared.fleet.gauges().await {
+                shared.metrics.fleet(&clients, ratio);
+            }
             let sampled = Sampled {
                 log_lines_dropped: crate::logging::dropped_lines(),
                 password_checks_run: shared.verifiers.checks_run(),
@@ -137,6 +142,7 @@ async fn admin(shared: &Shared, request: &Parts) -> Response<Full<Bytes>> {
             Err(error) => json_reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"error": error.to_string()})),
         },
         (&Method::GET, "/admin/usage") => usage(shared, &config, request.uri.query()).await,
+        (&Method::GET, "/admin/fleet") => fleet(shared, request.uri.query()).await,
         (&Method::GET, "/admin/sessions") => list_sessions(shared, &config, request.uri.query()).await,
         (&Method::GET, path) if path.starts_with("/admin/sessions/") => {
             timeline(shared, &config, &path["/admin/sessions/".len()..], request.uri.query()).await
@@ -202,6 +208,32 @@ async fn timeline(shared: &Shared, config: &Config, id: &str, query: Option<&str
         );
     }
     report_reply(format, timeline.invalid_lines(), timeline.not_shown(), timeline.render(format))
+}
+
+/// `GET /admin/fleet?stale=&format=`: the fleet inventory (`fleet`), JSON unless `format` says `table` or `csv`;
+/// `stale=true` lists only the users whose last delivered settings or policy limits are not the current ones. 503
+/// when the state backend cannot be read.
+async fn fleet(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
+    let parsed = query_pairs(query, &["stale", "format"]).and_then(|pairs| {
+        let (mut stale, mut format) = (false, Format::Json);
+        for (name, value) in pairs {
+            match (name.as_str(), value.as_str()) {
+                ("stale", "true" | "1") => stale = true,
+                ("stale", "false" | "0") => stale = false,
+                ("stale", other) => return Err(format!("stale: {other:?} is not true or false")),
+                _ => format = value.parse().map_err(|e| format!("format: {e}"))?,
+            }
+        }
+        Ok((stale, format))
+    });
+    let (stale, format) = match parsed {
+        Ok(parsed) => parsed,
+        Err(message) => return json_reply(StatusCode::BAD_REQUEST, json!({"error": message})),
+    };
+    match shared.fleet.listing(stale).await {
+        Ok(listing) => reply(StatusCode::OK, format.content_type(), listing.render(format)),
+        Err(error) => json_reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": error.to_string()})),
+    }
 }
 
 /// Reads the configured audit file with `read`, off the async workers, once the records queued before the request

@@ -125,6 +125,13 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         None => None,
     };
     let shared = Arc::new(Shared::new(config, metrics, auditor, limiter, minter, own_addresses, options.clock));
+    // What each user's clients should run now, from the config in force (a reload changes it): the fleet
+    // inventory compares it with what was delivered.
+    let snapshot = shared.config.clone();
+    shared.fleet.set_current(Arc::new(move |_user: &str, teams: &[String], kind| {
+        let teams: Vec<Arc<str>> = teams.iter().map(|team| Arc::from(team.as_str())).collect();
+        crate::api::settings::body_for(&snapshot.load(), &teams, kind).map(|(_, checksum)| checksum)
+    }));
     let tracker = TaskTracker::new();
     for (name, socket) in bound {
         tracker.spawn(listener::accept_loop(shared.clone(), socket, name, tracker.clone()));
@@ -133,6 +140,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         tokio::spawn(admin::serve(shared.clone(), socket));
     }
     tokio::spawn(prune_pool(shared.clone(), idle_timeout));
+    tokio::spawn(crate::fleet::flush_every(shared.fleet.clone(), shared.shutdown.stop_accepting.clone()));
     if let Some(interval) = options.watch_interval {
         tokio::spawn(reload::watch_files(shared.clone(), interval));
     }
@@ -171,6 +179,8 @@ impl Running {
             // Cut tunnels and held responses end at once; requests still relaying a body get a last short bound.
             let _ = tokio::time::timeout(CUT_WAIT, self.tracker.wait()).await;
         }
+        // The fleet's last sightings (bounded by the state backend's own timeout).
+        let _ = self.shared.fleet.flush().await;
         let flush_deadline = deadline.max(tokio::time::Instant::now() + LAST_FLUSH);
         let audit_unwritten = self.shared.auditor.close(flush_deadline).await;
         ShutdownReport { tunnels_cut: self.shared.tunnels_cut(), audit_unwritten }

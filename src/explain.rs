@@ -179,7 +179,8 @@ pub fn explain_action(config: &Config, question: &Question, action: &str) -> Res
 /// `/api/claude_code/policy_limits` inside an intercepted tunnel: the JSON, its checksum, and the action rules and
 /// model globs that generated nothing.
 pub fn explain_settings(config: &Config, question: &Question) -> String {
-    use crate::api::settings::{body_for, Kind};
+    use crate::api::settings::body_for;
+    use crate::config::settings::Kind;
 
     let principal = principal(config, question);
     let teams: Vec<&str> = principal.teams.iter().map(|t| &**t).collect();

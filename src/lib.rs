@@ -15,7 +15,8 @@
 //! `config` builds the snapshot all of this reads, `shared` is the state every connection holds, `reload` swaps
 //! the snapshot, `app` wires it all and owns shutdown; `admin` serves metrics, health, reload, usage and sessions.
 //! Outside the flow, `certs` makes the CAs and certificates (`tollgate ca init`, `tollgate cert server|client`),
-//! `explain` answers what the policy would do, and the reports read the audit log back (`report` holds what they
+//! `explain` answers what the policy would do, `fleet` keeps the inventory of clients seen (beside the limits, in
+//! the state backend), and the reports read the audit log back (`report` holds what they
 //! share): `usage` sums it into spend and tokens per team, user and model, `sessions` into what each
 //! coding-assistant session did.
 
@@ -27,6 +28,7 @@ pub mod audit;
 pub mod certs;
 pub mod config;
 pub mod explain;
+pub mod fleet;
 pub mod http1;
 pub mod identity;
 pub mod intercept;

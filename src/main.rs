@@ -124,6 +124,23 @@ enum Command {
         /// A session id: print its timeline instead of the list.
         session: Option<String>,
     },
+    /// The fleet inventory: per user, the clients (client and version from User-Agent) and sessions seen, first
+    /// and last seen, and the managed settings and policy limits last delivered. Asks the running gateway's
+    /// `GET /admin/fleet` (admin.bind, admin.token from the config): the inventory lives in its state backend.
+    Fleet {
+        /// Config file (for `admin.bind` and `admin.token`).
+        #[arg(short, long, env = "TOLLGATE_CONFIG", default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Only the users whose last delivered settings or policy limits are not the current ones.
+        #[arg(long)]
+        stale: bool,
+        /// Ask the admin listener at this address (`HOST:PORT`) instead of the config's `admin.bind`.
+        #[arg(long, value_name = "ADDRESS")]
+        admin: Option<std::net::SocketAddr>,
+        /// `table`, `csv` or `json`.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -260,6 +277,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Fleet { config, stale, admin, format } => fleet(&config, stale, admin, format.into()),
         Command::Audit { command: AuditCommand::Verify { files } } => verify(&files),
         Command::Ca { command: CaCommand::Init { dir, client, force } } => {
             let kind = if client { CaKind::Clients } else { CaKind::Tollgate };
@@ -330,7 +348,11 @@ fn check(path: &std::path::Path) -> ExitCode {
     if let Some(intercept) = &llm.intercept {
         let ca = intercept.ca_cert.display();
         let state = if intercept.ca_cert.exists() { "" } else { " (created on first start)" };
-        println!("  intercept: {} host rules, CA {ca}{state}", intercept.hosts.len());
+        let telemetry = match llm.telemetry {
+            tollgate::config::file::Telemetry::Drop => ", telemetry dropped",
+            tollgate::config::file::Telemetry::Pass => "",
+        };
+        println!("  intercept: {} host rules, CA {ca}{state}{telemetry}", intercept.hosts.len());
     }
     if !llm.upstreams.is_empty() {
         let names: Vec<&str> = llm.upstreams.keys().map(|name| &**name).collect();
@@ -535,6 +557,39 @@ fn timeline(audit: &Path, id: &str, format: tollgate::report::Format) -> ExitCod
     }
     skipped(audit, timeline.invalid_lines(), timeline.first_invalid_line());
     ExitCode::SUCCESS
+}
+
+/// Prints the fleet inventory the running gateway keeps. Exit 2 when the config does not load or has no admin
+/// listener or token, 1 when the gateway cannot be asked.
+fn fleet(path: &Path, stale: bool, admin: Option<std::net::SocketAddr>, format: tollgate::report::Format) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let Some((bind, Some(token))) = config.admin.as_ref().map(|admin| (admin.bind, admin.token.clone())) else {
+        eprintln!(
+            "tollgate: {}: the fleet inventory is read from the running gateway's GET /admin/fleet: configure \
+             admin.bind and admin.token",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let address = admin.unwrap_or_else(|| tollgate::fleet::admin_address(bind));
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return report(Err(error.into())),
+    };
+    let timeout = std::time::Duration::from_secs(30);
+    match runtime.block_on(tollgate::fleet::ask(address, &token, stale, format, timeout)) {
+        Ok(body) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tollgate: {error}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// The config's `audit.file.path`, which the reports read. Exit 2 when the config does not load or has no

@@ -39,6 +39,9 @@ pub struct Metrics {
     leaves: IntCounterVec,
     password_checks: IntCounterVec,
     log_lines_dropped: IntCounter,
+    telemetry_dropped: IntCounterVec,
+    clients: IntGaugeVec,
+    managed_settings_current: GaugeVec,
 }
 
 /// Counts kept outside the registry (by the log writer and the password verifiers), copied in when rendered.
@@ -149,6 +152,12 @@ impl Metrics {
             "argon2id password checks, by result: run, or refused because every verifier was busy (503).",
             &["result"],
         );
+        let telemetry_dropped = counter(
+            "tollgate_telemetry_dropped_total",
+            "Telemetry calls answered inside intercepted tunnels and not forwarded (intercept.telemetry: drop), by \
+             endpoint (event_logging, metrics, metrics_enabled, feature_flags).",
+            &["endpoint"],
+        );
         let log_lines_dropped = IntCounter::new(
             "tollgate_log_lines_dropped_total",
             "Log lines dropped because stderr did not keep up and the log buffer was full.",
@@ -193,6 +202,26 @@ impl Metrics {
             "tollgate_audit_sink_healthy",
             "1 while the audit sink takes records, 0 while it fails, stalls or its queue is full.",
         );
+        let clients = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_clients",
+                "Users seen in the last 24 hours per client and version (from User-Agent); past the busiest \
+                 fleet::CLIENT_SERIES pairs the rest are counted as client=\"other\".",
+            ),
+            &["client", "version"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(clients.clone())).expect("unique metric");
+        let managed_settings_current = GaugeVec::new(
+            Opts::new(
+                "tollgate_managed_settings_current_ratio",
+                "Of the users seen in the last 24 hours who have managed settings, the share whose last delivered \
+                 settings and policy limits are the current ones; absent without managed settings.",
+            ),
+            &[],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(managed_settings_current.clone())).expect("unique metric");
         let tunnels_active = IntGauge::new("tollgate_tunnels_active", "Open CONNECT tunnels.").expect("valid metric");
         registry.register(Box::new(tunnels_active.clone())).expect("unique metric");
         Self {
@@ -222,6 +251,27 @@ impl Metrics {
             leaves,
             password_checks,
             log_lines_dropped,
+            telemetry_dropped,
+            clients,
+            managed_settings_current,
+        }
+    }
+
+    /// Counts one telemetry call answered without forwarding; `endpoint` is one of a fixed set.
+    pub fn telemetry_dropped(&self, endpoint: &str) {
+        self.telemetry_dropped.with_label_values(&[endpoint]).inc();
+    }
+
+    /// Sets the fleet gauges: users per client and version (the previous pairs are cleared first), and the
+    /// share of users on the current managed settings (`None`: the gauge is not exported).
+    pub fn fleet(&self, clients: &[(String, String, i64)], current_ratio: Option<f64>) {
+        self.clients.reset();
+        for (client, version, users) in clients {
+            self.clients.with_label_values(&[client, version]).set(*users);
+        }
+        match current_ratio {
+            Some(ratio) => self.managed_settings_current.with_label_values::<&str>(&[]).set(ratio),
+            None => self.managed_settings_current.reset(),
         }
     }
 

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::Auditor;
 use crate::config::Config;
+use crate::fleet::{self, Fleet};
 use crate::identity::{Principal, Verifiers};
 use crate::intercept::ca::Minter;
 use crate::limits::{Clock, Limiter};
@@ -49,6 +50,8 @@ pub struct Shared {
     /// Bytes of request bodies held at once while they are checked (`server.max_buffered_body_bytes`).
     pub body_buffers: Arc<Semaphore>,
     pub limiter: Limiter,
+    /// The inventory of clients seen, kept beside the limits in the state backend.
+    pub fleet: Arc<Fleet>,
     /// The bounded pool of password checks (argon2id), shared by every snapshot.
     pub verifiers: Arc<Verifiers>,
     pub clock: Arc<dyn Clock>,
@@ -138,8 +141,11 @@ impl Shared {
         let watched = Watched::of(config.source.files.clone());
         let connection_slots = Arc::new(Semaphore::new(config.server.max_connections));
         let body_buffers = Arc::new(Semaphore::new(config.server.max_buffered_body_bytes as usize));
+        let bounds = fleet::Bounds::new(config.state.fleet_max_users);
+        let fleet = Arc::new(Fleet::new(limiter.backend().clone(), bounds, clock.clone()));
         let config = Arc::new(ArcSwap::from_pointee(config));
         Shared {
+            fleet,
             models: model_client(config.clone(), own_addresses.clone()),
             config,
             metrics,

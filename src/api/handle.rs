@@ -15,6 +15,7 @@ use super::body::{MeteredBody, Settlement};
 use super::idle::Busy;
 use super::session::{Origin, Session};
 use super::settings;
+use super::telemetry;
 use crate::actions::history::Conversation;
 use crate::config::Config;
 use crate::limits::budget::Reservation;
@@ -90,6 +91,9 @@ async fn forward(
         return Err(Error::BadRequest("CONNECT is not served here: open a tunnel to the proxy itself".to_owned()));
     }
     let named = named_host(&session.origin, &request)?;
+    if let Some(endpoint) = telemetry::dropped(config, &session.origin, request.method(), request.uri().path()) {
+        return telemetry::answer(session, config, request, exchange, endpoint).await;
+    }
     let headers = request.headers();
     let credentials = match &session.origin {
         Origin::Tunnel { principal, .. } => Credentials::Tunnel(principal),
@@ -115,8 +119,14 @@ async fn forward(
     if matches!(session.origin, Origin::Tunnel { .. }) {
         let (method, headers) = (request.method(), request.headers());
         if let Some(answer) = settings::answer(config, &principal, method, &path, headers, &exchange.id) {
+            // The fleet inventory keeps what each user's client was last given (a 304 confirms its copy).
+            shared.fleet.delivered(&principal.name, answer.kind, &answer.checksum);
             return Ok(answered(session, config, answer, exchange, held));
         }
+    }
+    if config.llm.is_metered(&path) {
+        let session = exchange.session.as_deref();
+        shared.fleet.seen(&principal.name, &principal.teams, exchange.user_agent.as_deref(), session);
     }
     let (mut parts, body) = request.into_parts();
     let body = model::read_body(config, &shared.body_buffers, &parts.headers, body).await?;

@@ -12,3 +12,4 @@ pub mod idle;
 pub mod server;
 pub mod session;
 pub mod settings;
+pub mod telemetry;

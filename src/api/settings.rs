@@ -11,6 +11,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use serde_json::Value;
 
 use super::checksum;
+use crate::config::settings::Kind;
 use crate::config::Config;
 use crate::identity::Principal;
 
@@ -18,23 +19,6 @@ use crate::identity::Principal;
 pub const SETTINGS_PATH: &str = "/api/claude_code/settings";
 /// The path of Claude Code's policy limits.
 pub const POLICY_LIMITS_PATH: &str = "/api/claude_code/policy_limits";
-
-/// Which of the two calls was answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Settings,
-    PolicyLimits,
-}
-
-impl Kind {
-    /// The name in logs: `settings` or `policy_limits`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Settings => "settings",
-            Kind::PolicyLimits => "policy_limits",
-        }
-    }
-}
 
 /// A local answer: 200 with the body, or 304 when the client already holds this checksum.
 #[derive(Debug)]
@@ -100,14 +84,7 @@ pub fn answer(
     headers.insert(ETAG, etag);
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
     headers.insert("request-id", request_id_header(request_id));
-    delivered(principal, kind, &checksum, unchanged);
     Some(Answer { kind, checksum, response })
-}
-
-/// The one place a delivery is reported: settings (or policy limits) with `checksum` reached `principal`'s client,
-/// as a full body or as a 304 confirming the copy it holds. Logged for now, without the settings themselves.
-pub fn delivered(principal: &Principal, kind: Kind, checksum: &str, not_modified: bool) {
-    tracing::debug!(user = %principal.name, kind = kind.name(), checksum, not_modified, "managed settings delivered");
 }
 
 /// `If-None-Match` lists the checksum (quoted or not, weak or not), or is `*`.

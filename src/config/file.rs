@@ -418,6 +418,22 @@ pub struct Intercept {
     /// How many minted leaves are kept.
     #[serde(default = "leaf_cache")]
     pub leaf_cache: usize,
+    /// Claude Code's telemetry calls inside intercepted tunnels (event logging, metrics, feature-flag
+    /// evaluation): `pass` (forwarded like any other call, the default) or `drop` (answered by tollgate, never
+    /// forwarded).
+    #[serde(default)]
+    pub telemetry: Telemetry,
+}
+
+/// What happens to telemetry calls inside intercepted tunnels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Telemetry {
+    /// Forwarded like any other call.
+    #[default]
+    Pass,
+    /// Answered by tollgate with what the client accepts, never forwarded.
+    Drop,
 }
 
 /// Path rules inside intercepted tunnels.
@@ -624,12 +640,26 @@ pub struct State {
     /// When the shared state cannot be reached: `deny` (503, the default) or `allow`.
     #[serde(default = "verdict_deny")]
     pub on_error: Verdict,
+    /// Users the fleet inventory keeps (the least recently seen go first); read at start.
+    #[serde(default = "fleet_max_users")]
+    pub fleet_max_users: usize,
 }
 
 impl Default for State {
     fn default() -> Self {
-        Self { backend: StateBackend::default(), path: state_path(), redis_url: None, on_error: Verdict::Deny }
+        Self {
+            backend: StateBackend::default(),
+            path: state_path(),
+            redis_url: None,
+            on_error: Verdict::Deny,
+            fleet_max_users: fleet_max_users(),
+        }
     }
+}
+
+/// `state.fleet_max_users` when not set.
+fn fleet_max_users() -> usize {
+    50_000
 }
 
 fn state_path() -> String {

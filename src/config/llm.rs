@@ -27,6 +27,8 @@ pub struct Llm {
     /// Paths (without the query) whose requests are metered, DLP-scanned and model-checked.
     pub meter_paths: Vec<String>,
     pub max_body: u64,
+    /// `intercept.telemetry`: whether telemetry calls inside intercepted tunnels are forwarded or answered here.
+    pub telemetry: file::Telemetry,
     pub dlp: Option<Dlp>,
     pub pricing: Pricing,
     pub budgets: Budgets,
@@ -154,7 +156,8 @@ impl Llm {
             Pricing::compile(&parsed.pricing).map_err(|(index, m)| (format!("pricing[{index}]"), m))?
         };
         let budgets = super::budgets::compile(teams, &parsed.budgets)?;
-        Ok(Llm { upstreams, routes, intercept, paths, meter_paths, max_body, dlp, pricing, budgets })
+        let telemetry = parsed.intercept.as_ref().map_or(file::Telemetry::Pass, |i| i.telemetry);
+        Ok(Llm { upstreams, routes, intercept, paths, meter_paths, max_body, telemetry, dlp, pricing, budgets })
     }
 
     /// The upstream for a request: the first route whose conditions all hold.

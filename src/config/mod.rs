@@ -65,6 +65,8 @@ pub struct State {
     pub redis_url: Option<String>,
     /// `state.on_error: allow`: serve without limits while the shared state is unreachable.
     pub allow_on_error: bool,
+    /// Users the fleet inventory keeps.
+    pub fleet_max_users: usize,
 }
 
 /// Where the config came from.
@@ -383,7 +385,11 @@ fn compile(
         path: PathBuf::from(&parsed.state.path),
         redis_url: parsed.state.redis_url.clone(),
         allow_on_error: parsed.state.on_error == file::Verdict::Allow,
+        fleet_max_users: parsed.state.fleet_max_users,
     };
+    if state.fleet_max_users == 0 {
+        return Err(invalid("state.fleet_max_users", "must be at least 1"));
+    }
     if state.backend == file::StateBackend::Redis && state.redis_url.is_none() {
         return Err(invalid("state.redis_url", "backend: redis needs redis_url (redis://host:port)"));
     }

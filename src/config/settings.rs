@@ -15,6 +15,23 @@ use serde_json::{Map, Value};
 
 use super::file;
 
+/// The two answers managed settings make: Claude Code's settings, or its policy limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Settings,
+    PolicyLimits,
+}
+
+impl Kind {
+    /// The name in logs: `settings` or `policy_limits`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Settings => "settings",
+            Kind::PolicyLimits => "policy_limits",
+        }
+    }
+}
+
 /// Claude Code's permission modes, from the least to the most strict.
 const MODES: [&str; 5] = ["bypassPermissions", "acceptEdits", "default", "dontAsk", "plan"];
 

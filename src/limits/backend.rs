@@ -103,6 +103,25 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn local(&self) -> Option<&dyn Local> {
         None
     }
+    /// The server the replicas share, for state kept beside the limits (the fleet inventory); `None` for a backend
+    /// in this process.
+    fn shared_server(&self) -> Option<&dyn SharedServer> {
+        None
+    }
+}
+
+/// A Redis (or Valkey) server the replicas share: state kept beside the limits runs its own scripts and reads there,
+/// over the backend's connection and within its timeout.
+pub trait SharedServer: Send + Sync {
+    /// Runs `script` over `keys` with `args`.
+    fn eval<'a>(
+        &'a self,
+        script: &'a redis::Script,
+        keys: &'a [String],
+        args: &'a [String],
+    ) -> BoxFuture<'a, Result<redis::Value, StateError>>;
+    /// Sends `pipeline` in one round trip; its answers, one per command.
+    fn pipeline<'a>(&'a self, pipeline: &'a redis::Pipeline) -> BoxFuture<'a, Result<redis::Value, StateError>>;
 }
 
 /// A backend in this process: admits and gives back synchronously, without a future.

@@ -19,7 +19,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-pub use backend::{micros, millis, Admission, Backend, BoxFuture, Bucket, Local, Scope, Slot, SpendKey, StateError};
+pub use backend::{
+    micros, millis, Admission, Backend, BoxFuture, Bucket, Local, Scope, SharedServer, Slot, SpendKey, StateError,
+};
 pub use gcra::Rate;
 
 use crate::identity::Principal;

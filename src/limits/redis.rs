@@ -20,7 +20,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
-use super::backend::{Admission, Backend, BoxFuture, Bucket, Slot, SpendKey, StateError};
+use super::backend::{Admission, Backend, BoxFuture, Bucket, SharedServer, Slot, SpendKey, StateError};
 
 /// What every key starts with.
 pub const KEY_PREFIX: &str = "tollgate:";
@@ -202,6 +202,33 @@ impl Redis {
     }
 }
 
+impl SharedServer for Redis {
+    fn eval<'a>(
+        &'a self,
+        script: &'a Script,
+        keys: &'a [String],
+        args: &'a [String],
+    ) -> BoxFuture<'a, Result<redis::Value, StateError>> {
+        Box::pin(async move {
+            let mut invocation = script.prepare_invoke();
+            for name in keys {
+                invocation.key(name);
+            }
+            for arg in args {
+                invocation.arg(arg);
+            }
+            self.run(invocation).await
+        })
+    }
+
+    fn pipeline<'a>(&'a self, pipeline: &'a redis::Pipeline) -> BoxFuture<'a, Result<redis::Value, StateError>> {
+        Box::pin(async move {
+            let mut connection = self.connection()?;
+            self.bounded(async move { pipeline.query_async(&mut connection).await }).await
+        })
+    }
+}
+
 /// `tollgate:` + the key.
 pub fn key(name: &str) -> String {
     format!("{KEY_PREFIX}{name}")
@@ -336,6 +363,10 @@ impl Backend for Redis {
 
     fn name(&self) -> &'static str {
         "redis"
+    }
+
+    fn shared_server(&self) -> Option<&dyn SharedServer> {
+        Some(self)
     }
 }
 

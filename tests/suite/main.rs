@@ -18,6 +18,7 @@ mod cli;
 mod config_errors;
 mod destinations;
 mod explain;
+mod fleet;
 mod gateway;
 mod http_framing;
 mod intercept;

@@ -386,7 +386,8 @@ async fn unconfigured_calls_go_to_the_upstream_and_nothing_is_204_or_404() {
 }
 
 /// A reload that changes the settings changes the checksum served: the client's copy gets 200 with the new body
-/// instead of 304.
+/// instead of 304. The fleet inventory shows alice current after her fetch, stale after the reload, current again
+/// after her next fetch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_changes_the_checksum_served() {
     let stub = MessagesStub::start().await;
@@ -413,13 +414,26 @@ async fn a_reload_changes_the_checksum_served() {
 
     let (before, checksum) = assert_served(&fetch(&setup, Some("alice"), SETTINGS, &[]).await).await;
     assert_eq!(before, json!({"permissions": {"deny": ["Bash"]}}));
+    // The fleet inventory keeps what alice's client was given, and knows it is the current policy.
+    let token = format!("Bearer {TOKEN}");
+    let fleet = admin(&setup.gateway, "GET", "/admin/fleet", Some(&token)).await.json();
+    let alice = |fleet: &Value| {
+        fleet["users"].as_array().and_then(|users| users.iter().find(|u| u["user"] == "alice").cloned())
+    };
+    let listed = alice(&fleet).unwrap_or_else(|| panic!("alice is listed: {fleet:#}"));
+    assert_eq!((listed["settings"]["checksum"].as_str(), &listed["current"]), (Some(checksum.as_str()), &json!(true)));
     write(&setup.stub, "Bash, WebFetch");
-    let reload = admin(&setup.gateway, "POST", "/admin/reload", Some(&format!("Bearer {TOKEN}"))).await;
+    let reload = admin(&setup.gateway, "POST", "/admin/reload", Some(&token)).await;
     assert_eq!(reload.status, 200, "{reload:?}");
+    // Until her client polls again, alice runs a policy that is no longer the current one.
+    let stale = admin(&setup.gateway, "GET", "/admin/fleet?stale=true", Some(&token)).await.json();
+    assert_eq!(alice(&stale).map(|u| u["current"].clone()), Some(json!(false)), "{stale:#}");
     let response = fetch(&setup, Some("alice"), SETTINGS, &[&format!("If-None-Match: \"{checksum}\"")]).await;
     let (after, new_checksum) = assert_served(&response).await;
     assert_eq!(after, json!({"permissions": {"deny": ["Bash", "WebFetch"]}}));
     assert_ne!(new_checksum, checksum);
+    let stale = admin(&setup.gateway, "GET", "/admin/fleet?stale=true", Some(&token)).await.json();
+    assert_eq!(alice(&stale), None, "current again: {stale:#}");
 }
 
 /// `tollgate explain --settings` (the real binary) prints the checksum the gateway serves for the same user and
