@@ -110,10 +110,19 @@ async fn metrics_and_audit_match_a_fixed_sequence() {
     // And the chain notices an edit.
     let edited = text.replacen("\"status\":403", "\"status\":200", 1);
     assert!(tollgate::audit::verify_chain(&edited).is_err());
-    assert_eq!(
-        metric_value(&gateway.metrics().await, "tollgate_audit_records_total{result=\"ok\",sink=\"file\"}"),
-        3.0
-    );
+    // The writer counts a batch once it is written: the lines can be on disk a moment before the counter moves.
+    let written = "tollgate_audit_records_total{result=\"ok\",sink=\"file\"}";
+    let counted = async {
+        loop {
+            let value = metric_value(&gateway.metrics().await, written);
+            if value >= 3.0 {
+                return value;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let counted = tokio::time::timeout(std::time::Duration::from_secs(20), counted).await;
+    assert_eq!(counted.ok(), Some(3.0), "three records counted as written");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
