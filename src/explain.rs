@@ -41,14 +41,7 @@ pub struct Answer {
 pub async fn explain(config: &Config, question: &Question) -> Result<Answer, String> {
     let target = parse_target(&question.target)?;
     let principal = principal(config, question);
-    let mut report = String::new();
-    let teams: Vec<&str> = principal.teams.iter().map(|t| &**t).collect();
-    let _ = writeln!(
-        report,
-        "principal: {} (teams: {})",
-        principal.name,
-        if teams.is_empty() { "none".to_owned() } else { teams.join(", ") }
-    );
+    let mut report = principal_line(&principal);
     if !config.identity.knows(&principal.name) {
         let _ = writeln!(
             report,
@@ -152,14 +145,7 @@ pub fn explain_action(config: &Config, question: &Question, action: &str) -> Res
     let principal = principal(config, question);
     let action = parse_action(action)?;
     let decision = config.actions.policy.decide(&action, &principal.teams);
-    let teams: Vec<&str> = principal.teams.iter().map(|t| &**t).collect();
-    let mut report = String::new();
-    let _ = writeln!(
-        report,
-        "principal: {} (teams: {})",
-        principal.name,
-        if teams.is_empty() { "none".to_owned() } else { teams.join(", ") }
-    );
+    let mut report = principal_line(&principal);
     let _ = writeln!(report, "action:    {}", action.canonical());
     let verdict = match (decision.verdict, decision.would_deny, &decision.alert) {
         (Verdict::Deny, _, _) => "deny",
@@ -183,14 +169,7 @@ pub fn explain_settings(config: &Config, question: &Question) -> String {
     use crate::config::settings::Kind;
 
     let principal = principal(config, question);
-    let teams: Vec<&str> = principal.teams.iter().map(|t| &**t).collect();
-    let mut report = String::new();
-    let _ = writeln!(
-        report,
-        "principal: {} (teams: {})",
-        principal.name,
-        if teams.is_empty() { "none".to_owned() } else { teams.join(", ") }
-    );
+    let mut report = principal_line(&principal);
     let Some(managed) = &config.managed_settings else {
         let _ = writeln!(
             report,
@@ -242,6 +221,13 @@ fn parse_action(text: &str) -> Result<Action, String> {
         format!("unknown action {name:?}: one of {}, or tool:NAME", known.join(", "))
     })?;
     Ok(Action { kind, tool: String::new(), target })
+}
+
+/// The report's first line: who is asked about, and in which teams.
+fn principal_line(principal: &Principal) -> String {
+    let teams: Vec<&str> = principal.teams.iter().map(|t| &**t).collect();
+    let teams = if teams.is_empty() { "none".to_owned() } else { teams.join(", ") };
+    format!("principal: {} (teams: {teams})\n", principal.name)
 }
 
 /// The principal as the proxy would see it: the configured user's teams unless teams are given.
