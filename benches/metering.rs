@@ -279,11 +279,17 @@ fn request_facts(c: &mut Criterion) {
     // The replayed tool calls and their results, read from a Claude Code request of 100 KiB whose turns are tool
     // calls and results (every request to /v1/messages is read so).
     let body = claude_code_body_100k();
-    let replayed = history::replayed(&body).expect("a Messages request");
+    let replayed = history::replayed(&body, history::Results::All).expect("a Messages request");
     assert!(!replayed.is_empty());
     let mut group = c.benchmark_group("replayed_calls");
     group.throughput(Throughput::Bytes(body.len() as u64));
-    group.bench_function("claude_code_100k_body", |b| b.iter(|| history::replayed(black_box(&body))));
+    group.bench_function("claude_code_100k_body", |b| {
+        b.iter(|| history::replayed(black_box(&body), history::Results::All))
+    });
+    // Without a policy that may deny, only the results of the last message are read (to record their outcomes).
+    group.bench_function("claude_code_100k_body_latest_only", |b| {
+        b.iter(|| history::replayed(black_box(&body), history::Results::Latest))
+    });
     // The model and the other top-level fields, from the same body: the JSON parse every request pays already.
     group.bench_function("request_facts_same_body", |b| b.iter(|| RequestFacts::read(black_box(&body))));
     group.finish();

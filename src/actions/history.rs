@@ -72,11 +72,21 @@ impl Conversation {
 /// What Claude Code's `tool_result` says when the user refused a call.
 const REFUSALS: [&str; 2] = ["doesn't want to proceed with this tool use", "tool use was rejected"];
 
+/// Which results to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Results {
+    /// Every result in the conversation (to check each against the policy).
+    All,
+    /// Only those in the last message, new since the previous request (to record their outcomes): the inputs
+    /// of earlier calls are not parsed.
+    Latest,
+}
+
 /// The calls of `body` that have a result, in the order of their results. `None` when the body is not a
 /// Messages request (not JSON, no `messages` array of the expected shape).
-pub fn replayed(body: &[u8]) -> Option<Vec<Replayed>> {
+pub fn replayed(body: &[u8], results: Results) -> Option<Vec<Replayed>> {
     let request: Request<'_> = serde_json::from_slice(body).ok()?;
-    Some(joined(&request.messages))
+    Some(joined(&request.messages, results))
 }
 
 /// The calls with results of every request of a message batch (none of them `latest`: a batch is not a
@@ -93,40 +103,44 @@ pub fn replayed_in_batch(body: &[u8]) -> Option<Vec<Replayed>> {
         params: Request<'a>,
     }
     let batch: Batch<'_> = serde_json::from_slice(body).ok()?;
-    let calls = batch.requests.iter().flat_map(|request| joined(&request.params.messages));
+    let calls = batch.requests.iter().flat_map(|request| joined(&request.params.messages, Results::All));
     Some(calls.map(|call| Replayed { latest: false, ..call }).collect())
 }
 
-/// The results of `messages` joined to their calls.
-fn joined(messages: &[Message<'_>]) -> Vec<Replayed> {
+/// The results of `messages` joined to their calls. A result joins every call its `tool_use_id` names: a
+/// conversation that gives two calls one id cannot hide the first behind the second.
+fn joined(messages: &[Message<'_>], results: Results) -> Vec<Replayed> {
     let last = messages.len().checked_sub(1);
-    let mut calls: HashMap<&str, (&str, &RawValue)> = HashMap::new();
+    let mut calls: HashMap<&str, Vec<(&str, &RawValue)>> = HashMap::new();
     let mut replayed = Vec::new();
     for (position, message) in messages.iter().enumerate() {
         let Content::Blocks(blocks) = &message.content else { continue };
+        let latest = Some(position) == last;
         for block in blocks {
             match block.kind.as_deref() {
                 Some("tool_use") => {
                     if let (Some(id), Some(name), Some(input)) = (&block.id, &block.name, block.input) {
-                        calls.insert(id.as_ref(), (name.as_ref(), input));
+                        calls.entry(id.as_ref()).or_default().push((name.as_ref(), input));
                     }
                 }
-                Some("tool_result") => {
+                Some("tool_result") if latest || results == Results::All => {
                     let Some(id) = &block.tool_use_id else { continue };
-                    let Some((name, input)) = calls.get(id.as_ref()) else { continue };
+                    let Some(named) = calls.get(id.as_ref()) else { continue };
                     let outcome = match block.is_error {
                         Some(true) if refused(block.content) => Outcome::Refused,
                         Some(true) => Outcome::Failed,
                         _ => Outcome::Ran,
                     };
-                    let input = serde_json::from_str::<Value>(input.get()).ok().filter(Value::is_object);
-                    replayed.push(Replayed {
-                        id: id.clone().into_owned(),
-                        name: (*name).to_owned(),
-                        input: input.unwrap_or(Value::Null),
-                        outcome,
-                        latest: Some(position) == last,
-                    });
+                    for (name, input) in named {
+                        let input = serde_json::from_str::<Value>(input.get()).ok().filter(Value::is_object);
+                        replayed.push(Replayed {
+                            id: id.clone().into_owned(),
+                            name: (*name).to_owned(),
+                            input: input.unwrap_or(Value::Null),
+                            outcome,
+                            latest,
+                        });
+                    }
                 }
                 _ => {}
             }
@@ -231,7 +245,7 @@ mod tests {
 
     #[test]
     fn results_are_joined_to_their_calls_with_outcomes_and_the_latest_marked() {
-        let calls = replayed(conversation().to_string().as_bytes()).expect("a Messages request");
+        let calls = replayed(conversation().to_string().as_bytes(), Results::All).expect("a Messages request");
         let summary: Vec<_> = calls.iter().map(|c| (c.id.as_str(), c.name.as_str(), c.outcome, c.latest)).collect();
         assert_eq!(
             summary,
@@ -243,6 +257,25 @@ mod tests {
             ]
         );
         assert_eq!(calls[1].input, json!({"command": "cargo build"}));
+    }
+
+    #[test]
+    fn only_the_latest_results_are_read_when_asked() {
+        let calls = replayed(conversation().to_string().as_bytes(), Results::Latest).expect("a Messages request");
+        let ids: Vec<_> = calls.iter().map(|call| (call.id.as_str(), call.latest)).collect();
+        assert_eq!(ids, [("toolu_3", true), ("toolu_4", true)]);
+    }
+
+    #[test]
+    fn a_result_joins_every_call_that_shares_its_id() {
+        let body = json!({"messages": [
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_x", "name": "Read", "input": {"file_path": "/etc/passwd"}},
+                {"type": "tool_use", "id": "toolu_x", "name": "Read", "input": {"file_path": "/tmp/ok"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_x", "content": "root:x"}]}]});
+        let calls = replayed(body.to_string().as_bytes(), Results::All).expect("a Messages request");
+        let paths: Vec<_> = calls.iter().map(|call| call.input["file_path"].as_str()).collect();
+        assert_eq!(paths, [Some("/etc/passwd"), Some("/tmp/ok")]);
     }
 
     #[test]
@@ -266,9 +299,9 @@ mod tests {
 
     #[test]
     fn bodies_that_are_not_messages_requests_read_as_none() {
-        assert_eq!(replayed(b"not json"), None);
-        assert_eq!(replayed(br#"{"messages": 3}"#), None);
-        assert_eq!(replayed(br#"{"model": "m", "messages": []}"#), Some(vec![]));
+        assert_eq!(replayed(b"not json", Results::All), None);
+        assert_eq!(replayed(br#"{"messages": 3}"#, Results::All), None);
+        assert_eq!(replayed(br#"{"model": "m", "messages": []}"#, Results::All), Some(vec![]));
     }
 
     #[test]
@@ -277,7 +310,7 @@ mod tests {
             {"role": "assistant", "content": [{"type": "tool_use", "id": "t\u0031", "name": "B\u0061sh",
               "input": {"command": "cat /etc/p\u0061sswd"}}]},
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "x"}]}]}"#;
-        let calls = replayed(body.as_bytes()).expect("a Messages request");
+        let calls = replayed(body.as_bytes(), Results::All).expect("a Messages request");
         assert_eq!(calls.len(), 1, "the escaped id joins the result to its call");
         assert_eq!((calls[0].name.as_str(), &calls[0].input), ("Bash", &json!({"command": "cat /etc/passwd"})));
     }

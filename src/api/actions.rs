@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde_json::Value;
 
-use crate::actions::history::{self, Conversation, Outcome};
+use crate::actions::history::{self, Conversation, Outcome, Results};
 use crate::actions::rules::{Decision, Verdict};
 use crate::actions::stream::{Call, Calls, Next, Unread};
 use crate::actions::tools::{Action, Kind};
@@ -152,7 +152,10 @@ impl Context {
         }
         let replayed = match conversation {
             Conversation::Batch => history::replayed_in_batch(body),
-            Conversation::Message | Conversation::CountTokens => history::replayed(body),
+            // Only a policy that may deny needs every result; recording needs the new ones.
+            Conversation::Message | Conversation::CountTokens => {
+                history::replayed(body, if self.hold { Results::All } else { Results::Latest })
+            }
         };
         let Some(replayed) = replayed else {
             if self.hold {

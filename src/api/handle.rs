@@ -134,8 +134,9 @@ async fn forward(
     let metered = config.llm.is_metered(&path) && parts.method == http::Method::POST;
     let worst_case = model::check_body(shared, config, &principal, &parts.headers, &body.bytes, metered, exchange)?;
     // Agent actions: a Messages request's replayed calls are checked before it leaves; its response's calls are
-    // read as it streams back.
-    let actions = match metered.then(|| Conversation::of(&path)).flatten() {
+    // read as it streams back. Whatever `intercept.meter_paths` says: metering is not what decides this.
+    let posted = parts.method == http::Method::POST;
+    let actions = match posted.then(|| Conversation::of(&path)).flatten() {
         Some(conversation) => {
             let context = Context::new(shared, config, &session.peer, exchange);
             context.check_replayed(&body.bytes, conversation)?;
@@ -151,7 +152,8 @@ async fn forward(
     let api_key = point(&session.origin, &upstream, &path, &mut parts, exchange)?;
     exchange.region =
         principal.teams.iter().find_map(|t| config.teams.get(t).and_then(|s| s.region.as_deref())).map(Arc::from);
-    rewrite_headers(&mut parts.headers, &session.origin, api_key, metered);
+    // The response is read as it passes (usage, tool calls): ask for it uncompressed.
+    rewrite_headers(&mut parts.headers, &session.origin, api_key, metered || actions.is_some());
     parts.version = Version::HTTP_11;
     let upstream_request = Request::from_parts(parts, Full::new(body.bytes.clone()));
 
@@ -356,8 +358,8 @@ fn point(
 
 /// The request headers as they go upstream: hop-by-hop ones removed (`Proxy-Authorization` among them), the
 /// client's credential removed when it was for tollgate (gateway) or is replaced by the upstream's `api_key`, and
-/// a metered request asking for an uncompressed response (its usage is read as it passes).
-fn rewrite_headers(headers: &mut HeaderMap, origin: &Origin, api_key: Option<HeaderValue>, metered: bool) {
+/// a request whose response is read as it passes (usage, tool calls) asking for it uncompressed.
+fn rewrite_headers(headers: &mut HeaderMap, origin: &Origin, api_key: Option<HeaderValue>, read: bool) {
     headers::strip(headers);
     if matches!(origin, Origin::Gateway) || api_key.is_some() {
         headers.remove(http::header::AUTHORIZATION);
@@ -366,7 +368,7 @@ fn rewrite_headers(headers: &mut HeaderMap, origin: &Origin, api_key: Option<Hea
     if let Some(key) = api_key {
         headers.insert(HeaderName::from_static("x-api-key"), key);
     }
-    if metered && headers.contains_key(http::header::ACCEPT_ENCODING) {
+    if read && headers.contains_key(http::header::ACCEPT_ENCODING) {
         headers.insert(http::header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
 }

@@ -5,10 +5,9 @@
 
 use crate::common;
 
-use std::path::Path;
-
 use serde_json::{json, Value};
 
+use common::binary::explain;
 use common::gateway::{start_gateway, upstreams_yaml, users_yaml, User};
 use common::intercept::{audit_until, Intercepting, Parts, API_HOST};
 use common::messages::{anthropic_client, usage_of, MessagesStub, JSON_USAGE, STREAM_USAGE, TOOLS};
@@ -159,32 +158,6 @@ async fn curl_over_h2_gets_the_error_event_and_a_clean_end() {
 }
 
 // ---- 11. tollgate explain --action ----
-
-/// What `tollgate explain` did.
-#[derive(Debug)]
-struct Explained {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-async fn explain(config: &Path, args: &[&str]) -> Explained {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("explain")
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .env_remove("TOLLGATE_CONFIG")
-        .env("TOLLGATE_LOG", "warn")
-        .output()
-        .await
-        .expect("run tollgate explain");
-    Explained {
-        code: output.status.code().expect("exit code"),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 /// `tollgate explain --action`: a denied action exits 1 and prints the rule (a global deny, a team's `readonly`); an
 /// allowed one exits 0 (with its alert pattern when one matches); an action name that does not exist exits 2 and

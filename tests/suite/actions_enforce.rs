@@ -518,3 +518,36 @@ async fn a_compressed_response_is_refused_under_a_policy_that_can_deny() {
     let request = records.iter().find(|r| r["kind"] == "intercepted").expect("the request's record");
     assert_eq!(request["status"], 502, "{request:#}");
 }
+
+/// Agent actions do not hang off metering: with `intercept.meter_paths` naming none of the Messages paths, a denied
+/// call still ends its stream, and a count_tokens request carrying a denied result is still refused before it
+/// leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meter_paths_do_not_decide_which_requests_are_checked() {
+    let setup = Intercepting::start(Parts {
+        extra: DENY_PASSWD,
+        intercept: &["meter_paths: [\"/v1/other\"]"],
+        ..Parts::default()
+    })
+    .await;
+    let blocks = json!([text("Let me look."), tool("toolu_91", "Read", json!({"file_path": "/etc/passwd"}), &[3])]);
+    let body = tools_request(&blocks, true);
+    let sent = stub_bytes(&setup.stub, &body).await;
+    let response = setup.send(&messages_post(&body, &["Connection: close"])).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_ends_with_denial(
+        &response.body,
+        &sent[..block_start(&sent, "toolu_91")],
+        "file:read:/etc/passwd",
+        PASSWD_RULE,
+    );
+
+    let counted = conversation(
+        &[],
+        json!([read_call("toolu_92", "/etc/passwd")]),
+        json!([result("toolu_92", false, "root:x:0:0")]),
+    );
+    let refused = setup.send(&post("/v1/messages/count_tokens", &counted, &["Connection: close"])).await;
+    assert_api_error(&refused, 403, "permission_error", Some(PASSWD_RULE));
+    assert_eq!(setup.stub.requests().len(), 2, "the stream's request and stub_bytes' own; not the count");
+}

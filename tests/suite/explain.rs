@@ -7,6 +7,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use common::binary::{explain, Explained};
 use common::*;
 use tollgate::app::Options;
 
@@ -17,37 +18,11 @@ fn password_hash() -> &'static str {
     HASH.get_or_init(|| hash(PASSWORD))
 }
 
-/// What `tollgate explain` did.
-#[derive(Debug)]
-struct Explained {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 impl Explained {
     /// The rule on the `decision:` line.
     fn rule(&self) -> &str {
         let line = self.stdout.lines().find(|l| l.starts_with("decision:")).unwrap_or_else(|| panic!("{self:?}"));
         line.split("(rule ").nth(1).and_then(|r| r.strip_suffix(')')).unwrap_or_else(|| panic!("{self:?}"))
-    }
-}
-
-async fn explain(config: &Path, args: &[&str]) -> Explained {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("explain")
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .env_remove("TOLLGATE_CONFIG")
-        .env("TOLLGATE_LOG", "warn")
-        .output()
-        .await
-        .expect("run tollgate explain");
-    Explained {
-        code: output.status.code().expect("exit code"),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
 

@@ -128,3 +128,30 @@ impl Tollgate {
         text
     }
 }
+
+/// What `tollgate explain` did.
+#[derive(Debug)]
+pub struct Explained {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `tollgate explain -c CONFIG ARGS…` (the real binary, `TOLLGATE_CONFIG` unset).
+pub async fn explain(config: &Path, args: &[&str]) -> Explained {
+    let output = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("explain")
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .env_remove("TOLLGATE_CONFIG")
+        .env("TOLLGATE_LOG", "warn")
+        .output()
+        .await
+        .expect("run tollgate explain");
+    Explained {
+        code: output.status.code().expect("exit code"),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
