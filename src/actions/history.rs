@@ -85,6 +85,10 @@ pub enum Results {
 /// The calls of `body` that have a result, in the order of their results. `None` when the body is not a
 /// Messages request (not JSON, no `messages` array of the expected shape).
 pub fn replayed(body: &[u8], results: Results) -> Option<Vec<Replayed>> {
+    if results == Results::Latest && !may_hold(body, b"tool_result") {
+        // Recording only, and no result can be in it: not worth a parse.
+        return Some(Vec::new());
+    }
     let request: Request<'_> = serde_json::from_slice(body).ok()?;
     Some(joined(&request.messages, results))
 }
@@ -147,6 +151,12 @@ fn joined(messages: &[Message<'_>], results: Results) -> Vec<Replayed> {
         }
     }
     replayed
+}
+
+/// Whether JSON text `body` may hold the string `word` (ASCII): false only when neither `word` nor a `\u` escape
+/// (which could spell it) occurs, so a false is certain.
+pub fn may_hold(body: &[u8], word: &[u8]) -> bool {
+    memchr::memmem::find(body, word).is_some() || memchr::memmem::find(body, b"\\u").is_some()
 }
 
 /// The result's content says the user refused the call.
@@ -276,6 +286,17 @@ mod tests {
         let calls = replayed(body.to_string().as_bytes(), Results::All).expect("a Messages request");
         let paths: Vec<_> = calls.iter().map(|call| call.input["file_path"].as_str()).collect();
         assert_eq!(paths, [Some("/etc/passwd"), Some("/tmp/ok")]);
+    }
+
+    #[test]
+    fn only_text_without_the_word_or_an_escape_is_certain_not_to_hold_it() {
+        assert!(may_hold(br#"{"type":"tool_result"}"#, b"tool_result"));
+        assert!(may_hold(br#"{"type":"tool_\u0072esult"}"#, b"tool_result"));
+        assert!(!may_hold(br#"{"type":"text","text":"hi"}"#, b"tool_result"));
+        let escaped =
+            br#"{"messages":[{"role":"assistant","content":[{"type":"tool_use","id":"a","name":"Read","input":{}}]},
+            {"role":"user","content":[{"type":"tool_\u0072esult","tool_use_id":"a","content":"x"}]}]}"#;
+        assert_eq!(replayed(escaped, Results::Latest).map(|calls| calls.len()), Some(1));
     }
 
     #[test]

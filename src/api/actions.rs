@@ -285,7 +285,9 @@ impl ResponseCalls {
         match reader {
             Reader::Stream(calls) => calls.finish(&mut |call| context.decide_call(call, denied)),
             Reader::Json { copy, .. } => {
-                for call in message_calls(copy) {
+                // Watching only: a message that cannot hold a tool call is not parsed a second time.
+                let calls = if history::may_hold(copy, b"tool_use") { message_calls(copy) } else { Vec::new() };
+                for call in calls {
                     let _ = context.decide_call(call, denied);
                 }
                 *copy = Vec::new();
