@@ -91,9 +91,6 @@ async fn forward(
         return Err(Error::BadRequest("CONNECT is not served here: open a tunnel to the proxy itself".to_owned()));
     }
     let named = named_host(&session.origin, &request)?;
-    if let Some(endpoint) = telemetry::dropped(config, &session.origin, request.method(), request.uri().path()) {
-        return telemetry::answer(session, config, request, exchange, endpoint).await;
-    }
     let headers = request.headers();
     let credentials = match &session.origin {
         Origin::Tunnel { principal, .. } => Credentials::Tunnel(principal),
@@ -116,6 +113,14 @@ async fn forward(
     let principal = exchange.principal.clone().expect("admitted requests have a principal");
 
     let path = model::check_path(config, request.uri().path(), exchange)?.into_owned();
+    // Answered here, after the phases every request runs (identity, audit health, policy, limits, path).
+    if let Some(endpoint) = telemetry::dropped(config, &session.origin, request.method(), &path) {
+        // Nothing goes upstream: the slots go back before the answer is recorded, as for a refusal.
+        if let Some(admitted) = held.admitted.take() {
+            admitted.release().await;
+        }
+        return telemetry::answer(session, config, request, exchange, endpoint).await;
+    }
     if matches!(session.origin, Origin::Tunnel { .. }) {
         let (method, headers) = (request.method(), request.headers());
         if let Some(answer) = settings::answer(config, &principal, method, &path, headers, &exchange.id) {

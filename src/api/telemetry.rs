@@ -18,7 +18,7 @@ use crate::config::file::Telemetry;
 use crate::config::Config;
 use crate::request::error::Error;
 use crate::request::finish::{finish, Exchange};
-use crate::request::{model, path};
+use crate::request::model;
 
 /// The rule a dropped call names in its audit record.
 pub const RULE: &str = "intercept.telemetry";
@@ -106,13 +106,11 @@ fn events(body: &[u8]) -> Option<usize> {
 
 /// The telemetry endpoint of a request to answer here: only inside an intercepted tunnel, with
 /// `intercept.telemetry: drop`.
-pub fn dropped(config: &Config, origin: &Origin, method: &Method, raw_path: &str) -> Option<Endpoint> {
+pub fn dropped(config: &Config, origin: &Origin, method: &Method, canonical_path: &str) -> Option<Endpoint> {
     if config.llm.telemetry != Telemetry::Drop || !matches!(origin, Origin::Tunnel { .. }) {
         return None;
     }
-    // A path that is not canonical is refused later by the path phase (400), and never forwarded.
-    let canonical = path::canonical(raw_path).ok()?;
-    Endpoint::of(method, &canonical)
+    Endpoint::of(method, canonical_path)
 }
 
 /// Answers a telemetry call without forwarding it: reads its body (bounded like any body), counts and records it,
@@ -125,10 +123,6 @@ pub async fn answer(
     endpoint: Endpoint,
 ) -> Result<Response<MeteredBody>, Error> {
     let shared = &session.shared;
-    if let Origin::Tunnel { principal, target } = &session.origin {
-        exchange.principal = Some(principal.clone());
-        exchange.target = Some(target.clone());
-    }
     let (parts, body) = request.into_parts();
     let body = model::read_body(config, &shared.body_buffers, &parts.headers, body).await?;
     exchange.bytes_up = body.bytes.len() as u64;

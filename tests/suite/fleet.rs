@@ -74,6 +74,28 @@ async fn dropped_telemetry_is_answered_in_the_tunnel_and_never_forwarded() {
     }
 }
 
+/// A dropped telemetry call runs the phases every request runs before it is answered: past the user's rate limit
+/// it is refused (429) like any other request, not answered.
+#[tokio::test]
+async fn dropped_telemetry_runs_the_shared_phases_first() {
+    let setup = Intercepting::start(Parts {
+        intercept: &["telemetry: drop"],
+        extra: "limits: {user: {rpm: 1}}\n",
+        ..Parts::default()
+    })
+    .await;
+    let mut tls = setup.tunnel().await;
+    let mut buf = Vec::new();
+    let calls = telemetry_calls();
+    let first = intercept::send(&mut tls, &calls[2].1, &mut buf).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    let second = intercept::send(&mut tls, &calls[2].1, &mut buf).await;
+    assert_eq!(second.status, 429, "{second:?}");
+    let metrics = setup.gateway.metrics().await;
+    assert_eq!(metric_value(&metrics, "tollgate_telemetry_dropped_total{endpoint=\"metrics\"}"), 1.0, "{metrics}");
+    assert!(setup.stub.requests().is_empty(), "{:?}", setup.stub.requests());
+}
+
 #[tokio::test]
 async fn telemetry_passes_by_default() {
     let setup = Intercepting::start(Parts::default()).await;
