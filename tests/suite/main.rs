@@ -27,6 +27,7 @@ mod layout;
 mod limits;
 mod managed_settings;
 mod messages_stub;
+mod monitoring;
 mod observability;
 mod one_way_in;
 mod parent_proxy;
