@@ -124,6 +124,11 @@ impl Metrics {
         );
         let config_reloads =
             counter("tollgate_config_reloads_total", "Config reloads by result (ok, error).", &["result"]);
+        // Both results from the start: the first refused reload is then an increase that alerting rules see, not a
+        // new series.
+        for result in ["ok", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
         let tokens = counter(
             "tollgate_tokens_total",
             "Metered tokens by team, model and type (input, output, cache_creation, cache_read).",

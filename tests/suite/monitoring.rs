@@ -198,6 +198,10 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
     std::fs::write(&config, monitored_config(dir.path(), &stub, &redis)).expect("write the config");
     let options = tollgate::app::Options { watch_interval: None, ..tollgate::app::Options::default() };
     let gateway = TestGateway::start_file(&config, dir, options).await;
+    // Exported at 0 before any reload: the first refused one is an increase (TollgateConfigReloadFailed).
+    let fresh = gateway.metrics().await;
+    let refused_reloads = "tollgate_config_reloads_total{result=\"error\"} 0";
+    assert!(fresh.lines().any(|line| line == refused_reloads), "{refused_reloads} from the start:\n{fresh}");
 
     let alice = basic(ALICE.name, ALICE.password);
     let bob = basic(BOB.name, BOB.password);
