@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::gateway::{messages_call, request, send, upstreams_yaml, users_yaml, User, ANTHROPIC_VERSION, PRICING};
-use common::messages::{MessagesStub, MODEL};
+use common::messages::{MessagesStub, MODEL, TOOLS};
 use common::redis::RedisServer;
 use common::{admin, basic, connect_request, exchange_until_closed, get_as, Origin, TestGateway};
 use yaml_rust2::{Yaml, YamlLoader};
@@ -178,8 +178,8 @@ fn the_dashboard_uses_its_data_source_input_and_its_queries_are_promql() {
 
 /// Every metric the rules and the dashboard name is a `# TYPE` family on the live `/metrics` of a gateway with
 /// the features of `monitored_config`, after an allowed request, a denied one, a refused login, an unreachable
-/// upstream, a malformed request, a metered model call, a DLP block, a rate limit, a reload, a torn audit line
-/// found at start and a stopped Redis. `AWAITING_MERGE` names are checked apart: still referenced, not yet
+/// upstream, a malformed request, a metered model call, a DLP block, a model call with a tool call, a rate limit, a
+/// reload, a torn audit line found at start and a stopped Redis. `AWAITING_MERGE` names are checked apart: still referenced, not yet
 /// exported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
@@ -231,6 +231,13 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
     let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
     let blocked = send(model_gateway, &request("POST", "/v1/messages", &headers, &leaked)).await;
     assert_eq!(blocked.status, 403, "{blocked:?}");
+    let read = serde_json::json!({"type": "tool_use", "id": "toolu_01", "name": "Read",
+        "input": {"file_path": "/repo/Cargo.toml"}});
+    let tool_call = serde_json::json!({"model": TOOLS, "max_tokens": 64,
+        "messages": [{"role": "user", "content": "read the manifest"}], "stub_blocks": [read]})
+    .to_string();
+    let acted = send(model_gateway, &request("POST", "/v1/messages", &headers, &tool_call)).await;
+    assert_eq!(acted.status, 200, "{acted:?}");
 
     let first = get_as(gateway.proxy, &origin.url("/bob"), &bob).await;
     assert_eq!(first.status, 200, "{first:?}");
