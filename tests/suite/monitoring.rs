@@ -13,9 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::gateway::{messages_call, request, send, upstreams_yaml, users_yaml, User, ANTHROPIC_VERSION, PRICING};
-use common::messages::{MessagesStub, MODEL, TOOLS};
+use common::intercept::{self, API_HOST};
+use common::messages::{self, MessagesStub, MODEL, TOOLS};
+use common::pki::Pki;
 use common::redis::RedisServer;
 use common::{admin, basic, connect_request, exchange_until_closed, get_as, Origin, TestGateway};
+use tokio::io::AsyncWriteExt;
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// The alerting and recording rules.
@@ -50,26 +53,34 @@ const ADMIN_TOKEN: &str = "monitoring-admin-token";
 const LEAKED_KEY: &str = "AKIAZ7VQ3MBX5LRT2KPN";
 
 /// The gateway whose `/metrics` the dashboard and the rules are checked against: every feature whose metrics they
-/// name is on. A forward-proxy listener `proxy` and a `gateway` listener routed to the Messages stub; users alice
-/// (team red, with a daily budget: tokens, cost and the budget ratio) and bob (team blue, one request per minute:
-/// rate limits); DLP blocking AWS keys; the state in Redis (state errors once it is stopped); the admin token
-/// (reloads); the audit file in `dir`.
-fn monitored_config(dir: &Path, stub: &MessagesStub, redis: &RedisServer) -> String {
+/// name is on. A forward-proxy listener `proxy`, a TLS listener `proxy-tls` (handshake failures) and a `gateway`
+/// listener routed to the Messages stub; interception of `api.anthropic.com` toward the stub, its CA created in
+/// `dir` (interception certificates); users alice (team red, with a daily budget: tokens, cost and the budget ratio)
+/// and bob (team blue, one request per minute: rate limits); DLP blocking AWS keys; the state in Redis (state
+/// errors once it is stopped); the admin token (reloads); the audit file in `dir`.
+fn monitored_config(dir: &Path, stub: &MessagesStub, redis: &RedisServer, pki: &Pki) -> String {
     format!(
-        "listeners:\n  - {{name: proxy, bind: \"127.0.0.1:0\"}}\n  - {{name: gateway, bind: \"127.0.0.1:0\", mode: gateway}}\n\
+        "listeners:\n  - {{name: proxy, bind: \"127.0.0.1:0\"}}\n  \
+         - {{name: gateway, bind: \"127.0.0.1:0\", mode: gateway}}\n  \
+         - {{name: proxy-tls, bind: \"127.0.0.1:0\", tls: {{cert: \"{tls_cert}\", key: \"{tls_key}\"}}}}\n\
          admin: {{bind: \"127.0.0.1:0\", token: \"{ADMIN_TOKEN}\"}}\n\
          audit: {{file: {{path: \"{audit}\"}}}}\n\
          auth:\n  anonymous: deny\n{users}\
          teams:\n  red: {{budget: {{daily_usd: 100}}}}\n  blue: {{limits: {{user_rpm: 1}}}}\n\
-         {policy}\
-         {upstreams}routing:\n  - {{when: {{listener: gateway}}, to: stub}}\n\
+         policy:\n  default: deny\n  allow: [\"127.0.0.1\", \"{API_HOST}\"]\n  allow_private: [\"127.0.0.0/8\"]\n\
+         {upstreams}routing:\n  - {{when: {{listener: gateway}}, to: stub}}\n  \
+         - {{when: {{host: {API_HOST}}}, to: stub}}\n\
+         intercept:\n  ca: {{cert: \"{ca_cert}\", key: \"{ca_key}\"}}\n  hosts: [\"{API_HOST}\"]\n\
          {PRICING}\
          dlp: {{action: block, detectors: [aws_access_key]}}\n\
          state: {{backend: redis, redis_url: \"{redis_url}\", on_error: deny}}\n",
+        tls_cert = pki.server.pem.display(),
+        tls_key = pki.server.key.display(),
         audit = dir.join("audit.jsonl").display(),
         users = users_yaml(&[&ALICE, &BOB]),
-        policy = common::LOOPBACK_POLICY,
         upstreams = upstreams_yaml(&[("stub", stub, "sk-upstream")]),
+        ca_cert = dir.join("ca.pem").display(),
+        ca_key = dir.join("ca.key").display(),
         redis_url = redis.url(),
     )
 }
@@ -178,9 +189,9 @@ fn the_dashboard_uses_its_data_source_input_and_its_queries_are_promql() {
 
 /// Every metric the rules and the dashboard name is a `# TYPE` family on the live `/metrics` of a gateway with
 /// the features of `monitored_config`, after an allowed request, a denied one, a refused login, an unreachable
-/// upstream, a malformed request, a metered model call, a DLP block, a model call with a tool call, a rate limit, a
-/// reload, a torn audit line found at start and a stopped Redis. `AWAITING_MERGE` names are checked apart: still referenced, not yet
-/// exported.
+/// upstream, a malformed request, a metered model call, a DLP block, a model call with a tool call, an intercepted
+/// model call, a failed TLS handshake, a rate limit, a reload, a torn audit line found at start and a stopped Redis.
+/// `AWAITING_MERGE` names are checked apart: still referenced, not yet exported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
     let mut names = rule_metric_names();
@@ -195,7 +206,9 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
     // A write cut short by a crash: set aside at start and counted (tollgate_audit_torn_lines_total).
     std::fs::write(dir.path().join("audit.jsonl"), "{\"ts\":\"2026-12-05T09:").expect("a torn audit file");
     let config = dir.path().join("tollgate.yaml");
-    std::fs::write(&config, monitored_config(dir.path(), &stub, &redis)).expect("write the config");
+    let pki = Pki::new();
+    std::fs::write(&config, monitored_config(dir.path(), &stub, &redis, &pki)).expect("write the config");
+    let ca_pem = dir.path().join("ca.pem");
     let options = tollgate::app::Options { watch_interval: None, ..tollgate::app::Options::default() };
     let gateway = TestGateway::start_file(&config, dir, options).await;
     // Exported at 0 before any reload: the first refused one is an increase (TollgateConfigReloadFailed).
@@ -238,6 +251,18 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
     .to_string();
     let acted = send(model_gateway, &request("POST", "/v1/messages", &headers, &tool_call)).await;
     assert_eq!(acted.status, 200, "{acted:?}");
+    let tunnel = intercept::connect(gateway.proxy, API_HOST, Some(&alice)).await;
+    let mut tunnel = intercept::handshake(tunnel, API_HOST, intercept::trusting(&ca_pem, &[b"http/1.1"]))
+        .await
+        .expect("TLS inside the tunnel with the interception CA");
+    let body = messages::request_body(MODEL, false);
+    let intercepted =
+        intercept::send(&mut tunnel, &intercept::messages_post(&body, &["Connection: close"]), &mut Vec::new()).await;
+    assert_eq!(intercepted.status, 200, "{intercepted:?}");
+    // Plain HTTP to the TLS listener: a failed handshake, counted once the gateway has closed the connection.
+    let mut not_tls = tokio::net::TcpStream::connect(gateway.listener("proxy-tls")).await.expect("connect");
+    not_tls.write_all(b"GET / HTTP/1.1\r\nHost: tollgate\r\n\r\n").await.expect("write");
+    assert!(common::closed_by_peer(&mut not_tls).await, "the TLS listener closes a connection that is not TLS");
 
     let first = get_as(gateway.proxy, &origin.url("/bob"), &bob).await;
     assert_eq!(first.status, 200, "{first:?}");
@@ -249,7 +274,20 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
     let unavailable = get_as(gateway.proxy, &origin.url("/bob-without-redis"), &bob).await;
     assert_eq!(unavailable.status, 503, "{unavailable:?}");
 
-    let metrics = gateway.metrics().await;
+    // The failed handshake is counted just after its connection closes: wait for the count.
+    let handshake_failures = "tollgate_tls_handshake_failures_total{listener=\"proxy-tls\"";
+    let metrics = async {
+        loop {
+            let metrics = gateway.metrics().await;
+            if metrics.lines().any(|line| line.starts_with(handshake_failures)) {
+                return metrics;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let metrics = tokio::time::timeout(std::time::Duration::from_secs(20), metrics)
+        .await
+        .unwrap_or_else(|_| panic!("{handshake_failures}…}} within 20s"));
     let families = metric_families(&metrics);
     let awaiting: BTreeSet<String> = AWAITING_MERGE.iter().map(|name| (*name).to_owned()).collect();
     let missing: Vec<&String> =
