@@ -297,7 +297,9 @@ fn compile_rule(
             }
             for (index, threshold) in thresholds.iter().enumerate() {
                 if !(*threshold > 0.0 && *threshold <= 1.0) {
-                    let message = format!("{threshold} is outside (0, 1]: a threshold is a fraction of the budget");
+                    let message = format!(
+                        "{threshold} is outside (0, 1]: a threshold is a fraction of the budget (0.8 for 80 %)"
+                    );
                     return Err(error(&format!("thresholds[{index}]"), message));
                 }
             }
@@ -387,4 +389,94 @@ fn compile_rule(
         return Err(error("cooldown", "must be greater than zero".to_owned()));
     }
     Ok(Rule { name: rule.name.as_str().into(), scope, sinks: targets, cooldown, kind })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Alerts, (String, String)> {
+        let text = format!("listeners: [{{name: proxy, bind: \"127.0.0.1:0\"}}]\npolicy: {{default: deny}}\n{yaml}");
+        let root = crate::config::yaml::parse(&text).expect("the YAML parses");
+        let file: file::File = crate::config::yaml::deserialize(&root, &|_| None).expect("the YAML deserializes");
+        let alerts = file.alerts.as_ref().expect("an alerts section");
+        compile(alerts, &file.teams, &file.upstream.trust)
+    }
+
+    const HOOK: &str = "alerts:\n  sinks:\n    hook: {webhook: \"https://hooks.corp.example/x\"}\n  rules:\n";
+
+    #[test]
+    fn defaults_fill_what_a_rule_leaves_out() {
+        let alerts = parse(&format!(
+            "{HOOK}    - {{name: budget, kind: budget, to: [hook]}}\n    - {{name: spend, kind: spend_anomaly, to: [hook, hook]}}\n    - {{name: burst, kind: auth_failures, to: [hook]}}\n"
+        ))
+        .expect("compiles");
+        let [budget, spend, burst] = &alerts.rules[..] else { panic!("three rules: {alerts:?}") };
+        assert!(matches!(&budget.kind, Kind::Budget { thresholds } if thresholds == &[0.5, 0.8, 0.95]));
+        assert_eq!(budget.scope, None, "every budget that applies");
+        assert_eq!(budget.cooldown, DEFAULT_COOLDOWN);
+        assert!(
+            matches!(spend.kind, Kind::SpendAnomaly { factor, min_micro_usd } if factor == 2.0 && min_micro_usd == 10_000_000)
+        );
+        assert_eq!(spend.scope, Some(Scope::User));
+        assert_eq!(spend.sinks, [0], "a sink named twice is sent to once");
+        assert!(matches!(burst.kind, Kind::AuthFailures { count: 20, window } if window == Duration::from_secs(60)));
+        assert_eq!(alerts.wants, super::super::Wants::METERED | super::super::Wants::AUTH_FAILURE);
+    }
+
+    #[test]
+    fn thresholds_are_sorted_and_checked() {
+        let alerts = parse(&format!("{HOOK}    - {{name: b, kind: budget, thresholds: [0.95, 0.5, 1], to: [hook]}}\n"))
+            .expect("compiles");
+        assert!(matches!(&alerts.rules[0].kind, Kind::Budget { thresholds } if thresholds == &[0.5, 0.95, 1.0]));
+        for bad in ["0", "-0.5", "1.01"] {
+            let (key, message) =
+                parse(&format!("{HOOK}    - {{name: b, kind: budget, thresholds: [{bad}], to: [hook]}}\n"))
+                    .expect_err("refused");
+            assert_eq!(key, "alerts.rules[0].thresholds[0]", "{bad}");
+            assert!(message.contains("outside (0, 1]"), "{message}");
+        }
+    }
+
+    #[test]
+    fn sinks_are_webhooks_or_email_over_tls() {
+        let refused =
+            |sink: &str| parse(&format!("alerts:\n  sinks:\n    s: {sink}\n  rules: []\n")).expect_err("refused").1;
+        assert!(refused("{webhook: \"ftp://x/\"}").contains("invalid URL"));
+        assert!(refused("{webhook: \"https://x/\", email: [a@b.example]}").contains("not both"));
+        assert!(refused("{}").contains("webhook: URL or email"));
+        assert!(refused("{email: [a@b.example], smtp: \"smtp://m\"}").contains("from: ADDRESS"));
+        assert!(refused("{email: [not an address], smtp: \"smtp://m\", from: t@b.example}").contains("invalid email"));
+        assert!(refused("{email: [a@b.example], smtp: \"http://m\", from: t@b.example}").contains("invalid SMTP URL"));
+        assert!(refused("{email: [a@b.example], smtp: \"smtp://u:p@m\", from: t@b.example}").contains("password_file"));
+        assert!(refused("{webhook: \"https://x/\", smtp: \"smtp://m\"}").contains("email sinks only"));
+        assert_eq!(parse_smtp("smtp://mail.corp.example"), Ok(("mail.corp.example".to_owned(), 587, false)));
+        assert_eq!(parse_smtp("smtps://mail.corp.example"), Ok(("mail.corp.example".to_owned(), 465, true)));
+        assert_eq!(parse_smtp("smtp://10.0.0.5:2525/"), Ok(("10.0.0.5".to_owned(), 2525, false)));
+    }
+
+    #[test]
+    fn rule_mistakes_name_their_key() {
+        for (rule, key, says) in [
+            ("{name: a, kind: dlp, to: []}", "alerts.rules[0].to", "at least one sink"),
+            ("{name: a, kind: dlp, to: [nope]}", "alerts.rules[0].to[0]", "unknown sink \"nope\""),
+            ("{name: a, kind: dlp, scope: region, to: [hook]}", "alerts.rules[0].scope", "unknown scope"),
+            ("{name: a, kind: auth_failures, scope: user, to: [hook]}", "alerts.rules[0].scope", "client address"),
+            ("{name: a, kind: auth_failures, count: 1, to: [hook]}", "alerts.rules[0].count", "at least 2"),
+            ("{name: a, kind: spend_anomaly, factor: 0.5, to: [hook]}", "alerts.rules[0].factor", "at least 1"),
+            ("{name: a, kind: dlp, cooldown: 0s, to: [hook]}", "alerts.rules[0].cooldown", "greater than zero"),
+            ("{name: a, kind: after_hours, teams: [ghosts], to: [hook]}", "alerts.rules[0].teams[0]", "not defined"),
+            ("{name: a, kind: action, match: [\"file:read:/etc/[x\"], to: [hook]}", "alerts.rules[0].match[0]", "glob"),
+            ("{name: a, kind: dlp, count: 3, to: [hook]}", "alerts.rules[0].count", "auth_failures only"),
+        ] {
+            let (found, message) = parse(&format!("{HOOK}    - {rule}\n")).expect_err(rule);
+            assert_eq!(found, key, "{rule}: {message}");
+            assert!(message.contains(says), "{rule}: {message}");
+        }
+        let (key, message) = parse(&format!(
+            "{HOOK}    - {{name: a, kind: dlp, to: [hook]}}\n    - {{name: a, kind: dlp, to: [hook]}}\n"
+        ))
+        .expect_err("a name twice");
+        assert_eq!((key.as_str(), message.as_str()), ("alerts.rules[1].name", "rule \"a\" is defined twice"));
+    }
 }
