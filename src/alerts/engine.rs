@@ -2,9 +2,11 @@
 //! config snapshot in force, keeps the state rules need (daily spend per scope in the state backend, failed
 //! sign-ins per address in memory), claims each alert once (cooldowns), and starts its delivery.
 //!
-//! Claims: an alert is raised only by whoever claims its key first — `SET tollgate:alerts:… NX PX <cooldown>` in
-//! Redis when replicas share it, a map in this process with the embedded backend. A replica that loses a claim
-//! counts the alert `suppressed`; so does a rule still in its cooldown for the same key.
+//! Claims: an alert is raised only by whoever claims its key first. A budget threshold (per budget period) and a
+//! spend anomaly (per day) are claimed with a counter in the state backend, so the claim is shared by replicas and
+//! survives a restart; a cooldown is claimed with `SET tollgate:alerts:… NX PX <cooldown>` in Redis when replicas
+//! share it, in a map of this process with the embedded backend. A replica that loses a claim counts the alert
+//! `suppressed`; so does a rule still in its cooldown for the same key.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -215,14 +217,12 @@ impl Engine {
                 } else {
                     "daily"
                 };
-                let until_period_end = Duration::from_millis(key.period_end_ms.saturating_sub(millis(request.at)));
                 let mut raised = false;
                 // The highest threshold crossed is alerted; those below it are claimed with it, so a budget that
                 // jumps from 40 % to 90 % sends one alert, not two.
                 for threshold in thresholds.iter().rev().filter(|threshold| used >= **threshold) {
                     let claim_key = format!("alerts:budget:{}:{}:{threshold}", rule.name, key.key);
-                    let ttl = until_period_end + Duration::from_secs(60);
-                    match (self.claim(claim_key, ttl, request.at).await, raised) {
+                    match (self.claim_period(claim_key, key.period_end_ms, request.at).await, raised) {
                         (Claim::Won, false) => {
                             raised = true;
                             let message = format!(
@@ -305,7 +305,6 @@ impl Engine {
                 }
             }
         }
-        let until_day_end = Duration::from_millis(today_start + DAY_MS - now_ms);
         for (index, rule) in alerts.rules.iter().enumerate() {
             let Kind::SpendAnomaly { factor, min_micro_usd } = rule.kind else { continue };
             for key in spend_scope_keys(rule.scope, request.user.as_deref(), &request.teams) {
@@ -316,9 +315,8 @@ impl Engine {
                     continue;
                 }
                 let claim_key = format!("alerts:anomaly:{}:{key}:{today}", rule.name);
-                let ttl = rule.cooldown.max(until_day_end);
                 let (scope, name) = key.split_once(':').unwrap_or(("org", "org"));
-                match self.claim(claim_key, ttl, request.at).await {
+                match self.claim_period(claim_key, today_start + DAY_MS, request.at).await {
                     Claim::Won => {}
                     Claim::Held => continue,
                     Claim::Lost => {
@@ -452,17 +450,42 @@ impl Engine {
         }
     }
 
-    /// Claims `key` for `ttl`: in Redis when the replicas share it, else here.
-    async fn claim(&mut self, key: String, ttl: Duration, now: SystemTime) -> Claim {
+    /// Claims `key` until its period ends (`period_end_ms`): a counter in the state backend, so the claim is shared
+    /// by replicas (Redis) and survives a restart (the embedded store's ledger); whoever takes it to 1 won.
+    async fn claim_period(&mut self, key: String, period_end_ms: u64, now: SystemTime) -> Claim {
         if self.claims.get(&key).is_some_and(|until| *until > now) {
             return Claim::Held;
         }
+        self.prune_claims(now);
+        let counter = [SpendKey { key: key.clone(), period_end_ms }];
+        let claim = match self.shared.limiter.backend().add_spend(&counter, 1, millis(now)).await {
+            Ok(values) if values.first() == Some(&1) => Claim::Won,
+            Ok(_) => Claim::Lost,
+            Err(error) => {
+                tracing::warn!(%error, "an alert could not be claimed in the state backend; raising it here");
+                Claim::Won
+            }
+        };
+        let until = std::time::UNIX_EPOCH + Duration::from_millis(period_end_ms);
+        self.claims.insert(key, until);
+        claim
+    }
+
+    fn prune_claims(&mut self, now: SystemTime) {
         if self.claims.len() >= MAX_TRACKED {
             self.claims.retain(|_, until| *until > now);
             if self.claims.len() >= MAX_TRACKED {
                 self.claims.clear();
             }
         }
+    }
+
+    /// Claims `key` for `ttl` (a cooldown): `SET NX PX` in Redis when the replicas share it, else here.
+    async fn claim(&mut self, key: String, ttl: Duration, now: SystemTime) -> Claim {
+        if self.claims.get(&key).is_some_and(|until| *until > now) {
+            return Claim::Held;
+        }
+        self.prune_claims(now);
         let claim = match self.shared.limiter.backend().shared_server() {
             None => Claim::Won,
             Some(server) => {

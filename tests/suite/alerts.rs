@@ -426,3 +426,34 @@ async fn two_replicas_sharing_redis_fire_a_budget_alert_once() {
         + alerts_metric(&second, "finance-budget", "hook", "suppressed").await;
     assert_eq!((sent, suppressed), (1.0, 1.0));
 }
+
+/// A budget threshold is claimed in the state backend, not only in memory: after a restart of a gateway with the
+/// embedded store, the next request above 50 % raises nothing, and 80 % still fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_threshold_stays_claimed_across_a_restart() {
+    let stub = MessagesStub::start().await;
+    let receiver = WebhookReceiver::start(200).await;
+    let state = tempfile::tempdir().expect("state dir");
+    let budget_usd = 10.0 * cost() as f64 / 1e6;
+    let teams = format!("  backend: {{budget: {{daily_usd: {budget_usd}}}}}\n  night: {{}}\n");
+    let rules = "    - {name: finance-budget, kind: budget, scope: team, thresholds: [0.5, 0.8], to: [hook]}\n";
+    let extra = format!("state: {{path: \"{}\"}}\n{}", state.path().display(), alerts_yaml(&receiver, "json", rules));
+    let yaml = config(&stub, &teams, &extra);
+    let mut gateway = start_gateway(&yaml, with_clock(clock_at_hour(12))).await;
+    for _ in 0..5 {
+        served(&gateway, &ALICE).await;
+    }
+    assert_eq!(receiver.next(WITHIN).await.body["threshold"], 0.5);
+    settled(&gateway).await;
+    gateway.shutdown().await;
+
+    let restarted = start_gateway(&yaml, with_clock(clock_at_hour(12))).await;
+    served(&restarted, &ALICE).await;
+    settled(&restarted).await;
+    assert!(receiver.drain().await.is_empty(), "60 %: the 50 % alert was sent before the restart");
+    assert_eq!(alerts_metric(&restarted, "finance-budget", "hook", "suppressed").await, 1.0, "claimed before");
+    for _ in 0..2 {
+        served(&restarted, &ALICE).await;
+    }
+    assert_eq!(receiver.next(WITHIN).await.body["threshold"], 0.8);
+}
