@@ -457,3 +457,40 @@ async fn a_budget_threshold_stays_claimed_across_a_restart() {
     }
     assert_eq!(receiver.next(WITHIN).await.body["threshold"], 0.8);
 }
+
+/// Rules come from the config snapshot: a gateway started without alerts sends none; after a reload that adds a
+/// rule, its counters are exported at 0 and the next DLP block is alerted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_brings_new_rules() {
+    let stub = MessagesStub::start().await;
+    let receiver = WebhookReceiver::start(200).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tollgate.yaml");
+    let header = format!(
+        "listeners:\n  - {{name: proxy, bind: \"127.0.0.1:0\"}}\n  - {{name: gateway, bind: \"127.0.0.1:0\", mode: gateway}}\nadmin: {{bind: \"127.0.0.1:0\"}}\naudit: {{file: {{path: \"{}\"}}}}\ndlp: {{action: block, detectors: [aws_access_key]}}\n",
+        dir.path().join("audit.jsonl").display()
+    );
+    std::fs::write(&path, format!("{header}{}", config(&stub, PLAIN_TEAMS, ""))).expect("write config");
+    let gateway = TestGateway::start_file(&path, dir, with_clock(clock_at_hour(12))).await;
+    let version = format!("anthropic-version: {ANTHROPIC_VERSION}");
+    let headers = [ALICE.api_key(), version, "content-type: application/json".to_owned()];
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let blocked = request("POST", "/v1/messages", &headers, &body_saying("AKIAIOSFODNN7EXAMPLE"));
+    assert_eq!(send(gateway.listener("gateway"), &blocked).await.status, 403);
+    assert!(alerts_of(&settled(&gateway).await).is_empty());
+    assert!(!gateway.metrics().await.contains("tollgate_alerts_total"), "no rule, no series");
+
+    let rules = "    - {name: dlp-blocks, kind: dlp, to: [hook]}\n";
+    let text = format!("{header}{}", config(&stub, PLAIN_TEAMS, &alerts_yaml(&receiver, "json", rules)));
+    std::fs::write(&path, text).expect("rewrite config");
+    tollgate::reload::reload(gateway.shared()).expect("the new config loads");
+    assert_eq!(alerts_metric(&gateway, "dlp-blocks", "hook", "sent").await, 0.0);
+    assert!(gateway
+        .metrics()
+        .await
+        .contains("tollgate_alerts_total{result=\"sent\",rule=\"dlp-blocks\",sink=\"hook\"} 0"));
+    assert_eq!(send(gateway.listener("gateway"), &blocked).await.status, 403);
+    assert_eq!(receiver.next(WITHIN).await.body["rule"], "dlp-blocks");
+    settled(&gateway).await;
+    assert_eq!(alerts_metric(&gateway, "dlp-blocks", "hook", "sent").await, 1.0);
+}
