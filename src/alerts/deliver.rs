@@ -157,8 +157,13 @@ async fn mail(email: &Email, alert: &Alert) -> Result<(), String> {
         parameters = parameters.certificate_store(CertificateStore::None);
     }
     for pem in &email.extra_ca {
-        let certificate = Certificate::from_pem(pem).map_err(|e| format!("upstream.trust.extra_ca: {e}"))?;
-        parameters = parameters.add_root_certificate(certificate);
+        // Every certificate of each file, as the upstream trust reads them (lettre's `from_pem` takes the first).
+        for der in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let der = der.map_err(|e| format!("upstream.trust.extra_ca: {e}"))?;
+            let certificate =
+                Certificate::from_der(der.to_vec()).map_err(|e| format!("upstream.trust.extra_ca: {e}"))?;
+            parameters = parameters.add_root_certificate(certificate);
+        }
     }
     let parameters = parameters.build_rustls().map_err(|e| format!("TLS settings: {e}"))?;
     let tls = if email.implicit_tls { Tls::Wrapper(parameters) } else { Tls::Required(parameters) };

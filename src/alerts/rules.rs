@@ -181,7 +181,14 @@ fn compile_sink(key: &str, sink: &file::AlertSink, trust: &file::Trust) -> Resul
             let invalid = || error("webhook", format!("invalid URL {url:?}: write https://host[:port]/path"));
             let uri: http::Uri = url.parse().map_err(|_| invalid())?;
             match (uri.scheme_str(), uri.host()) {
-                (Some("https" | "http"), Some(host)) if !host.is_empty() => {}
+                (Some("https"), Some(host)) if !host.is_empty() => {}
+                // Alerts name users and teams: in the clear only to this machine (a local relay, a test).
+                (Some("http"), Some(host)) if is_loopback(host) => {}
+                (Some("http"), Some(_)) => {
+                    let message = "http:// would send alerts in the clear: use https:// (http:// is accepted for \
+                                   loopback addresses only)";
+                    return Err(error("webhook", message.to_owned()));
+                }
                 _ => return Err(invalid()),
             }
             Ok(Target::Webhook { url: uri, format: sink.format.unwrap_or_default() })
@@ -235,6 +242,12 @@ fn compile_sink(key: &str, sink: &file::AlertSink, trust: &file::Trust) -> Resul
             })))
         }
     }
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]` and the like.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `smtp://host[:port]` (587) or `smtps://host[:port]` (465): host, port and whether TLS starts at once.
@@ -443,6 +456,10 @@ mod tests {
         let refused =
             |sink: &str| parse(&format!("alerts:\n  sinks:\n    s: {sink}\n  rules: []\n")).expect_err("refused").1;
         assert!(refused("{webhook: \"ftp://x/\"}").contains("invalid URL"));
+        assert!(refused("{webhook: \"http://hooks.corp.example/x\"}").contains("in the clear"));
+        for local in ["http://127.0.0.1:9/x", "http://localhost/x", "http://[::1]:80/"] {
+            assert!(parse(&format!("alerts:\n  sinks:\n    s: {{webhook: \"{local}\"}}\n")).is_ok(), "{local}");
+        }
         assert!(refused("{webhook: \"https://x/\", email: [a@b.example]}").contains("not both"));
         assert!(refused("{}").contains("webhook: URL or email"));
         assert!(refused("{email: [a@b.example], smtp: \"smtp://m\"}").contains("from: ADDRESS"));

@@ -494,3 +494,38 @@ async fn a_reload_brings_new_rules() {
     settled(&gateway).await;
     assert_eq!(alerts_metric(&gateway, "dlp-blocks", "hook", "sent").await, 1.0);
 }
+
+/// An `https://` webhook is reached with the upstream trust settings: trusted through `upstream.trust.extra_ca` it
+/// receives the alert; trusted by nothing configured (system roots only) the delivery fails on TLS and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_webhook_uses_the_upstream_trust() {
+    let pki = Pki::new();
+    let tls = common::tls::server_config(pki.server.chain(), pki.server.private_key(), None).expect("server config");
+    let receiver = WebhookReceiver::start_tls(200, Arc::new(tls)).await;
+    let stub = MessagesStub::start().await;
+    let alerts = format!(
+        "dlp: {{action: block, detectors: [aws_access_key]}}\nalerts:\n  sinks:\n    hook: {{webhook: \"{}\"}}\n  rules:\n    - {{name: dlp-blocks, kind: dlp, to: [hook]}}\n",
+        receiver.https_url("hooks/tollgate")
+    );
+    let version = format!("anthropic-version: {ANTHROPIC_VERSION}");
+    let headers = [ALICE.api_key(), version, "content-type: application/json".to_owned()];
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let blocked = request("POST", "/v1/messages", &headers, &body_saying("AKIAIOSFODNN7EXAMPLE"));
+
+    let trusted = format!("upstream: {{trust: {{system_roots: false, extra_ca: [\"{}\"]}}}}\n", pki.ca.pem.display());
+    let gateway =
+        start_gateway(&config(&stub, PLAIN_TEAMS, &format!("{trusted}{alerts}")), with_clock(clock_at_hour(12))).await;
+    assert_eq!(send(gateway.listener("gateway"), &blocked).await.status, 403);
+    let hook = receiver.next(WITHIN).await;
+    assert_eq!(hook.body["rule"], "dlp-blocks", "{:#}", hook.body);
+    assert_eq!(alerts_of(&settled(&gateway).await)[0]["sinks"][0]["result"], "sent");
+
+    let untrusted = start_gateway(&config(&stub, PLAIN_TEAMS, &alerts), with_clock(clock_at_hour(12))).await;
+    assert_eq!(send(untrusted.listener("gateway"), &blocked).await.status, 403);
+    let records = settled(&untrusted).await;
+    let delivery = &alerts_of(&records)[0]["sinks"][0];
+    assert_eq!(delivery["result"], "failed", "{delivery}");
+    assert!(delivery["error"].as_str().is_some_and(|e| e.contains("TLS")), "{delivery}");
+    assert!(receiver.drain().await.is_empty(), "nothing reached the receiver without trust");
+    assert_eq!(alerts_metric(&untrusted, "dlp-blocks", "hook", "failed").await, 1.0);
+}

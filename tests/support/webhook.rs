@@ -1,5 +1,6 @@
-//! A webhook receiver for alert tests: an HTTP/1.1 server on 127.0.0.1:0 (hyper) that keeps every `POST` it gets
-//! (path, content type, body) and answers with the status the test chose (200, or 500 for a failing hook).
+//! A webhook receiver for alert tests: an HTTP/1.1 server on 127.0.0.1:0 (hyper), plain or behind TLS
+//! (tokio-rustls), that keeps every `POST` it gets (path, content type, body) and answers with the status the test
+//! chose (200, or 500 for a failing hook).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,6 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Mutex};
+use tokio_rustls::TlsAcceptor;
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -30,8 +32,17 @@ pub struct WebhookReceiver {
 }
 
 impl WebhookReceiver {
-    /// Starts a receiver answering `status` (e.g. 200, or 500 to fail every delivery).
+    /// Starts a plain-HTTP receiver answering `status` (e.g. 200, or 500 to fail every delivery).
     pub async fn start(status: u16) -> Self {
+        Self::start_with(status, None).await
+    }
+
+    /// Starts an HTTPS receiver serving `tls` (a certificate for `localhost`).
+    pub async fn start_tls(status: u16, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with(status, Some(TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(status: u16, tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind webhook receiver");
         let address = listener.local_addr().expect("address");
         let answer = Arc::new(AtomicU16::new(status));
@@ -39,32 +50,16 @@ impl WebhookReceiver {
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (sender, answer) = (sender.clone(), answer.clone());
+                let (sender, answer, tls) = (sender.clone(), answer.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                        let (sender, answer) = (sender.clone(), answer.clone());
-                        async move {
-                            let method = request.method().to_string();
-                            let path = request.uri().path().to_owned();
-                            let content_type = request
-                                .headers()
-                                .get(http::header::CONTENT_TYPE)
-                                .and_then(|value| value.to_str().ok())
-                                .map(str::to_owned);
-                            let bytes = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                            let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-                            let _ = sender.send(Hook { method, path, content_type, body });
-                            let status = answer.load(Ordering::Relaxed);
-                            let response = hyper::Response::builder()
-                                .status(status)
-                                .body(Full::new(Bytes::from_static(b"{}")))
-                                .expect("response");
-                            Ok::<_, Infallible>(response)
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve(TokioIo::new(stream), sender, answer).await;
+                            }
                         }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        None => serve(TokioIo::new(stream), sender, answer).await,
+                    }
                 });
             }
         });
@@ -74,6 +69,11 @@ impl WebhookReceiver {
     /// `http://127.0.0.1:PORT/PATH`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/{path}", self.address)
+    }
+
+    /// `https://localhost:PORT/PATH`, for a receiver started with `start_tls`.
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://localhost:{}/{path}", self.address.port())
     }
 
     /// The next request; panics when none comes within `within` (a missing alert fails the test).
@@ -94,4 +94,29 @@ impl WebhookReceiver {
         }
         hooks
     }
+}
+
+/// Serves one connection: each request is kept and answered with the current status.
+async fn serve<I>(io: I, sender: mpsc::UnboundedSender<Hook>, answer: Arc<AtomicU16>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let (sender, answer) = (sender.clone(), answer.clone());
+        async move {
+            let method = request.method().to_string();
+            let path = request.uri().path().to_owned();
+            let content_type =
+                request.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let bytes = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+            let _ = sender.send(Hook { method, path, content_type, body });
+            let response = hyper::Response::builder()
+                .status(answer.load(Ordering::Relaxed))
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .expect("response");
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
 }
