@@ -529,3 +529,30 @@ async fn an_https_webhook_uses_the_upstream_trust() {
     assert!(receiver.drain().await.is_empty(), "nothing reached the receiver without trust");
     assert_eq!(alerts_metric(&untrusted, "dlp-blocks", "hook", "failed").await, 1.0);
 }
+
+/// The same budget rule on requests metered inside an intercepted tunnel (CONNECT to `api.anthropic.com`, TLS with
+/// the interception CA): the organisation's daily budget at 50 % is alerted after the second request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_alert_from_intercepted_requests() {
+    use common::intercept::{expected_cost, messages_post, Intercepting, Parts};
+
+    let receiver = WebhookReceiver::start(200).await;
+    let budget_usd = 4.0 * expected_cost(MODEL, JSON_USAGE);
+    let rules = "    - {name: org-budget, kind: budget, scope: org, thresholds: [0.5], to: [hook]}\n";
+    let extra = format!("budgets: {{org_daily_usd: {budget_usd}}}\n{}", alerts_yaml(&receiver, "json", rules));
+    let setup = Intercepting::start(Parts { extra: &extra, ..Parts::default() }).await;
+    let call = messages_post(&messages::request_body(MODEL, false), &["Connection: close"]);
+    let response = setup.send(&call).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert!(alerts_of(&settled(&setup.gateway).await).is_empty(), "25 %");
+    assert_eq!(setup.send(&call).await.status, 200);
+    let hook = receiver.next(WITHIN).await;
+    assert_eq!((hook.body["scope"].as_str(), hook.body["key"].as_str()), (Some("org"), Some("org")), "{:#}", hook.body);
+    assert_eq!(hook.body["threshold"], 0.5);
+    let message = hook.body["message"].as_str().expect("message");
+    assert!(message.starts_with("the organisation has spent 50% of its daily budget"), "{message}");
+    let records = settled(&setup.gateway).await;
+    let alert = alerts_of(&records)[0];
+    let last = records.iter().rev().find(|r| r["kind"] == "intercepted").expect("the intercepted request");
+    assert_eq!(alert["request"], last["id"], "the alert names the request that crossed the threshold");
+}
