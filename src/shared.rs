@@ -146,7 +146,7 @@ impl Shared {
         let body_buffers = Arc::new(Semaphore::new(config.server.max_buffered_body_bytes as usize));
         let bounds = fleet::Bounds::new(config.state.fleet_max_users);
         let fleet = Arc::new(Fleet::new(limiter.backend().clone(), bounds, clock.clone()));
-        let alerts = Alerts::new(&config, &metrics);
+        let alerts = Alerts::new(config.alerts.as_deref(), &metrics);
         let config = Arc::new(ArcSwap::from_pointee(config));
         Shared {
             fleet,

@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::deliver::{self, Alert};
+use super::event::{ActionEvent, Event, RequestEvent};
 use super::rules::{Alerts, Kind, Rule, Scope};
-use super::{ActionEvent, Event, RequestEvent};
 use crate::audit::{self, AlertDelivery, AlertRecord, Wait};
 use crate::config::Config;
 use crate::identity::{AuthMethod, Principal};

@@ -8,87 +8,25 @@
 //! each alert becomes an audit record (`kind: "alert"`) and counts in `tollgate_alerts_total{rule,sink,result}`.
 
 mod deliver;
-mod engine;
+pub mod engine;
+pub mod event;
 pub mod rules;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use prometheus::IntCounter;
 use tokio::sync::{mpsc, oneshot};
 
-pub use engine::run;
+pub use event::{ActionEvent, Event, RequestEvent, Wants};
 pub use rules::Alerts as Rules;
 
-use crate::actions::tools::Action;
-use crate::config::Config;
 use crate::metrics::Metrics;
 
 /// Events queued for the engine before the request path starts dropping them.
 const QUEUE: usize = 4096;
-
-/// Which events the request path sends: bits of the rules' kinds in the current snapshot.
-pub struct Wants;
-
-impl Wants {
-    /// Metered requests with a cost (`budget`, `spend_anomaly`).
-    pub const METERED: u8 = 1;
-    /// Requests refused by team hours (`after_hours`).
-    pub const HOURS_DENIED: u8 = 2;
-    /// Allowed model requests (`after_hours` with an alert-only window).
-    pub const MODEL_USE: u8 = 4;
-    /// Requests a DLP detector blocked (`dlp`).
-    pub const DLP: u8 = 8;
-    /// Failed sign-ins (`auth_failures`).
-    pub const AUTH_FAILURE: u8 = 16;
-    /// Agent actions marked `alert`, denied or that would be denied (`action`).
-    pub const ACTION: u8 = 32;
-}
-
-/// What the request path tells the engine.
-#[derive(Debug)]
-pub enum Event {
-    Request(Box<RequestEvent>),
-    Action(Box<ActionEvent>),
-    AuthFailure {
-        client: IpAddr,
-        at: SystemTime,
-    },
-    /// Answered once every event before it is evaluated and every delivery it started has ended (`Alerts::flush`).
-    Flush(oneshot::Sender<()>),
-}
-
-/// A finished request, as the rules need it.
-#[derive(Debug)]
-pub struct RequestEvent {
-    pub id: String,
-    pub at: SystemTime,
-    pub user: Option<Arc<str>>,
-    pub teams: Arc<[Arc<str>]>,
-    /// Its metered cost (0: not metered, or nothing to charge).
-    pub cost_micro_usd: i64,
-    /// Refused by team hours: the rule (`teams.NAME.hours`).
-    pub hours_rule: Option<Arc<str>>,
-    /// An allowed model request: its model.
-    pub model: Option<String>,
-    /// The detectors that blocked it (empty: not blocked by DLP).
-    pub dlp_blocked: Vec<Arc<str>>,
-}
-
-/// An agent action that a policy marked `alert`, denied or would deny.
-#[derive(Debug)]
-pub struct ActionEvent {
-    pub id: String,
-    pub at: SystemTime,
-    pub user: Option<Arc<str>>,
-    pub teams: Arc<[Arc<str>]>,
-    pub action: Action,
-    /// `alert`, `deny` or `would_deny`.
-    pub verdict: &'static str,
-    pub rule: Option<Arc<str>>,
-}
 
 /// The request path's handle: the queue to the engine and which events the current rules want.
 pub struct Alerts {
@@ -105,8 +43,9 @@ impl std::fmt::Debug for Alerts {
 }
 
 impl Alerts {
-    /// A queue for `config`'s rules; the engine takes its receiving end (`take_receiver`) when it starts.
-    pub fn new(config: &Config, metrics: &Metrics) -> Alerts {
+    /// A queue for `rules` (the config's `alerts`); the engine takes its receiving end (`take_receiver`) when it
+    /// starts.
+    pub fn new(rules: Option<&Rules>, metrics: &Metrics) -> Alerts {
         let (sender, receiver) = mpsc::channel(QUEUE);
         let alerts = Alerts {
             sender,
@@ -114,13 +53,13 @@ impl Alerts {
             wants: AtomicU8::new(0),
             dropped: metrics.alert_events_dropped(),
         };
-        alerts.configure(config, metrics);
+        alerts.configure(rules, metrics);
         alerts
     }
 
-    /// Follows a new snapshot: which events to send, and each rule × sink × result counter registered at 0.
-    pub fn configure(&self, config: &Config, metrics: &Metrics) {
-        let wants = match &config.alerts {
+    /// Follows a new snapshot's rules: which events to send, and each rule × sink × result counter registered at 0.
+    pub fn configure(&self, rules: Option<&Rules>, metrics: &Metrics) {
+        let wants = match rules {
             Some(alerts) => {
                 for rule in &alerts.rules {
                     for sink in &rule.sinks {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use lettre::message::Mailbox;
 
+use super::event::Wants;
 use crate::actions::rules::{ActionPolicy, GlobalActions, Lists};
 use crate::config::file::{self, AlertFormat};
 use crate::policy::Hours;
@@ -123,12 +124,12 @@ impl Kind {
 
     fn wants(&self) -> u8 {
         match self {
-            Kind::Budget { .. } | Kind::SpendAnomaly { .. } => super::Wants::METERED,
-            Kind::AfterHours { window: None, .. } => super::Wants::HOURS_DENIED,
-            Kind::AfterHours { window: Some(_), .. } => super::Wants::HOURS_DENIED | super::Wants::MODEL_USE,
-            Kind::Action { .. } => super::Wants::ACTION,
-            Kind::Dlp => super::Wants::DLP,
-            Kind::AuthFailures { .. } => super::Wants::AUTH_FAILURE,
+            Kind::Budget { .. } | Kind::SpendAnomaly { .. } => Wants::METERED,
+            Kind::AfterHours { window: None, .. } => Wants::HOURS_DENIED,
+            Kind::AfterHours { window: Some(_), .. } => Wants::HOURS_DENIED | Wants::MODEL_USE,
+            Kind::Action { .. } => Wants::ACTION,
+            Kind::Dlp => Wants::DLP,
+            Kind::AuthFailures { .. } => Wants::AUTH_FAILURE,
         }
     }
 }
@@ -434,7 +435,7 @@ mod tests {
         assert_eq!(spend.scope, Some(Scope::User));
         assert_eq!(spend.sinks, [0], "a sink named twice is sent to once");
         assert!(matches!(burst.kind, Kind::AuthFailures { count: 20, window } if window == Duration::from_secs(60)));
-        assert_eq!(alerts.wants, super::super::Wants::METERED | super::super::Wants::AUTH_FAILURE);
+        assert_eq!(alerts.wants, super::Wants::METERED | super::Wants::AUTH_FAILURE);
     }
 
     #[test]
