@@ -106,8 +106,8 @@ impl Alerts {
         }
     }
 
-    /// Waits until the engine has evaluated every event queued so far and delivered what they raised (tests and
-    /// shutdown); returns at once when no engine runs.
+    /// Waits until the engine has evaluated every event queued so far and delivered what they raised (for tests:
+    /// a point after which no alert of those events is still coming); returns at once once the engine has ended.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.sender.send(Event::Flush(done)).await.is_ok() {

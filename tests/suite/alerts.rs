@@ -556,3 +556,35 @@ async fn a_budget_alert_from_intercepted_requests() {
     let last = records.iter().rev().find(|r| r["kind"] == "intercepted").expect("the intercepted request");
     assert_eq!(alert["request"], last["id"], "the alert names the request that crossed the threshold");
 }
+
+/// Cooldowns are shared through Redis too (`SET NX PX`): a DLP block alerted by one replica is suppressed on the
+/// other within the cooldown, and counted there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cooldown_is_shared_by_replicas_through_redis() {
+    let redis = RedisServer::start().await;
+    let stub = MessagesStub::start().await;
+    let receiver = WebhookReceiver::start(200).await;
+    let rules = "    - {name: dlp-blocks, kind: dlp, to: [hook], cooldown: 1h}\n";
+    let state = format!("state: {{backend: redis, redis_url: \"{}\", on_error: deny}}\n", redis.url());
+    let extra = format!(
+        "{state}dlp: {{action: block, detectors: [aws_access_key]}}\n{}",
+        alerts_yaml(&receiver, "json", rules)
+    );
+    let yaml = config(&stub, PLAIN_TEAMS, &extra);
+    let first = start_gateway(&yaml, with_clock(clock_at_hour(12))).await;
+    let second = start_gateway(&yaml, with_clock(clock_at_hour(12))).await;
+    let version = format!("anthropic-version: {ANTHROPIC_VERSION}");
+    let headers = [ALICE.api_key(), version, "content-type: application/json".to_owned()];
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let blocked = request("POST", "/v1/messages", &headers, &body_saying("AKIAIOSFODNN7EXAMPLE"));
+    assert_eq!(send(first.listener("gateway"), &blocked).await.status, 403);
+    receiver.next(WITHIN).await;
+    settled(&first).await;
+    assert_eq!(send(second.listener("gateway"), &blocked).await.status, 403);
+    let records = settled(&second).await;
+    assert!(alerts_of(&records).is_empty(), "the other replica alerted it: {records:#?}");
+    assert!(receiver.drain().await.is_empty());
+    assert_eq!(alerts_metric(&first, "dlp-blocks", "hook", "sent").await, 1.0);
+    assert_eq!(alerts_metric(&second, "dlp-blocks", "hook", "suppressed").await, 1.0);
+    assert_eq!(alerts_metric(&second, "dlp-blocks", "hook", "sent").await, 0.0);
+}
