@@ -614,3 +614,32 @@ fn day_name(ms: u64) -> String {
     let at = DateTime::<Utc>::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or_default();
     at.format("%Y-%m-%d").to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_2026_11_28: u64 = 1_795_824_000_000;
+
+    #[test]
+    fn a_daily_spend_counter_names_its_day_and_lasts_the_week_after() {
+        assert_eq!(day_name(DAY_2026_11_28), "2026-11-28");
+        assert_eq!(day_name(DAY_2026_11_28 + DAY_MS - 1), "2026-11-28");
+        let key = daily_key("user:alice", DAY_2026_11_28);
+        assert_eq!(key.key, "alerts:spend:user:alice:day:2026-11-28");
+        // Still read seven days later, as the oldest day of that day's trailing week; gone the day after.
+        assert!(!key.has_ended(DAY_2026_11_28 + 7 * DAY_MS + DAY_MS - 1));
+        assert!(key.has_ended(DAY_2026_11_28 + 8 * DAY_MS));
+    }
+
+    #[test]
+    fn scope_keys_follow_the_rule_scope() {
+        let teams: Vec<Arc<str>> = vec!["backend".into(), "ops".into()];
+        assert_eq!(spend_scope_keys(Some(Scope::User), Some("alice"), &teams), ["user:alice"]);
+        assert_eq!(spend_scope_keys(Some(Scope::Team), Some("alice"), &teams), ["team:backend", "team:ops"]);
+        assert_eq!(spend_scope_keys(Some(Scope::Org), None, &teams), ["org"]);
+        assert!(spend_scope_keys(None, None, &teams).is_empty(), "no user, nothing to count per user");
+        assert_eq!(who(Some("alice"), &teams), "user alice (team backend)");
+        assert_eq!(who(None, &[]), "an unidentified client");
+    }
+}
