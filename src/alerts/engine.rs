@@ -530,7 +530,7 @@ impl Engine {
             kind: rule.kind.label(),
             scope: raised.scope,
             key: raised.key,
-            message: raised.message,
+            message: clean(&raised.message),
             value: raised.value,
             threshold: raised.threshold,
             user: raised.user,
@@ -573,7 +573,21 @@ impl Engine {
     }
 }
 
-/// `user alice (team backend)`, `an anonymous client`.
+/// The most of a message an alert carries: a target an agent wrote (a path, a command) can be long.
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// `message` on one line (control characters, from a model-written path or command, become spaces: a mail subject
+/// or a chat line cannot be split or forged), at most `MAX_MESSAGE_CHARS`.
+fn clean(message: &str) -> String {
+    let mut cleaned: String =
+        message.chars().take(MAX_MESSAGE_CHARS).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if message.chars().nth(MAX_MESSAGE_CHARS).is_some() {
+        cleaned.push('…');
+    }
+    cleaned
+}
+
+/// `user alice (team backend)`, `an unidentified client`.
 fn who(user: Option<&str>, teams: &[Arc<str>]) -> String {
     match (user, teams.first()) {
         (Some(user), Some(team)) => format!("user {user} (team {team})"),
@@ -641,5 +655,14 @@ mod tests {
         assert!(spend_scope_keys(None, None, &teams).is_empty(), "no user, nothing to count per user");
         assert_eq!(who(Some("alice"), &teams), "user alice (team backend)");
         assert_eq!(who(None, &[]), "an unidentified client");
+    }
+
+    #[test]
+    fn a_message_is_one_bounded_line() {
+        assert_eq!(clean("file:read /r/a\r\nBcc: x@evil.example\u{7}"), "file:read /r/a  Bcc: x@evil.example ");
+        let long = "x".repeat(MAX_MESSAGE_CHARS + 5);
+        assert_eq!(clean(&long).chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert!(clean(&long).ends_with('…'));
+        assert_eq!(clean("héllo"), "héllo");
     }
 }
