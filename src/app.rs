@@ -139,6 +139,9 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
     if let Some(socket) = admin_socket {
         tokio::spawn(admin::serve(shared.clone(), socket));
     }
+    if let Some(events) = shared.alerts.take_receiver() {
+        tokio::spawn(crate::alerts::engine::run(shared.clone(), events));
+    }
     tokio::spawn(prune_pool(shared.clone(), idle_timeout));
     tokio::spawn(crate::fleet::flush_every(shared.fleet.clone(), shared.shutdown.stop_accepting.clone()));
     if let Some(interval) = options.watch_interval {

@@ -22,6 +22,7 @@
 
 pub mod actions;
 pub mod admin;
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod audit;

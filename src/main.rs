@@ -362,6 +362,10 @@ fn check(path: &std::path::Path) -> ExitCode {
         let names = dlp.detector_names().collect::<Vec<_>>().join(", ");
         println!("  dlp: {names} ({})", if dlp.blocks() { "block" } else { "log" });
     }
+    if let Some(alerts) = &config.alerts {
+        let sinks: Vec<&str> = alerts.sinks.iter().map(|sink| &*sink.name).collect();
+        println!("  alerts: {} rules to {}", alerts.rules.len(), sinks.join(", "));
+    }
     println!("  sha256: {}", config.source.sha256);
     ExitCode::SUCCESS
 }

@@ -42,6 +42,8 @@ pub struct Metrics {
     telemetry_dropped: IntCounterVec,
     clients: IntGaugeVec,
     managed_settings_current: GaugeVec,
+    alerts: IntCounterVec,
+    alert_events_dropped: IntCounter,
 }
 
 /// Counts kept outside the registry (by the log writer and the password verifiers), copied in when rendered.
@@ -227,6 +229,18 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(managed_settings_current.clone())).expect("unique metric");
+        let alerts = counter(
+            "tollgate_alerts_total",
+            "Alerts by rule, sink and result: sent, failed (delivery gave up), suppressed (within the rule's cooldown \
+             for the same key, or already raised by another replica).",
+            &["rule", "sink", "result"],
+        );
+        let alert_events_dropped = IntCounter::new(
+            "tollgate_alert_events_dropped_total",
+            "Events the alert rules did not see because the alert engine's queue was full.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(alert_events_dropped.clone())).expect("unique metric");
         let tunnels_active = IntGauge::new("tollgate_tunnels_active", "Open CONNECT tunnels.").expect("valid metric");
         registry.register(Box::new(tunnels_active.clone())).expect("unique metric");
         Self {
@@ -259,6 +273,8 @@ impl Metrics {
             telemetry_dropped,
             clients,
             managed_settings_current,
+            alerts,
+            alert_events_dropped,
         }
     }
 
@@ -364,6 +380,16 @@ impl Metrics {
     /// deny.
     pub fn action(&self, team: &str, action: &str, decision: &str) {
         self.actions.with_label_values(&[team, action, decision]).inc();
+    }
+
+    /// The counter of `rule`'s alerts to `sink` with `result` (sent, failed, suppressed).
+    pub fn alert_counter(&self, rule: &str, sink: &str, result: &str) -> IntCounter {
+        self.alerts.with_label_values(&[rule, sink, result])
+    }
+
+    /// The counter of events dropped because the alert engine's queue was full.
+    pub fn alert_events_dropped(&self) -> IntCounter {
+        self.alert_events_dropped.clone()
     }
 
     pub fn leaf(&self, minted: bool) {

@@ -54,6 +54,7 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport, ConfigError> {
     let stamps = if loaded.source.files == current.source.files { before } else { stamp(&loaded.source.files) };
     note_watched(shared, loaded.source.files.clone(), stamps);
     let loaded = Arc::new(loaded);
+    shared.alerts.configure(loaded.alerts.as_deref(), &shared.metrics);
     shared.config.store(loaded.clone());
     shared.minter.store(minter);
     let version = shared.version.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;

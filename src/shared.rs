@@ -14,6 +14,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::Alerts;
 use crate::audit::Auditor;
 use crate::config::Config;
 use crate::fleet::{self, Fleet};
@@ -50,6 +51,8 @@ pub struct Shared {
     /// Bytes of request bodies held at once while they are checked (`server.max_buffered_body_bytes`).
     pub body_buffers: Arc<Semaphore>,
     pub limiter: Limiter,
+    /// The queue to the alert engine, and which events the current rules want.
+    pub alerts: Alerts,
     /// The inventory of clients seen, kept beside the limits in the state backend.
     pub fleet: Arc<Fleet>,
     /// The bounded pool of password checks (argon2id), shared by every snapshot.
@@ -143,6 +146,7 @@ impl Shared {
         let body_buffers = Arc::new(Semaphore::new(config.server.max_buffered_body_bytes as usize));
         let bounds = fleet::Bounds::new(config.state.fleet_max_users);
         let fleet = Arc::new(Fleet::new(limiter.backend().clone(), bounds, clock.clone()));
+        let alerts = Alerts::new(config.alerts.as_deref(), &metrics);
         let config = Arc::new(ArcSwap::from_pointee(config));
         Shared {
             fleet,
@@ -157,6 +161,7 @@ impl Shared {
             connection_slots,
             body_buffers,
             limiter,
+            alerts,
             verifiers: Arc::new(Verifiers::default()),
             clock,
             version: AtomicU64::new(1),

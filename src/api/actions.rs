@@ -16,6 +16,7 @@ use crate::actions::history::{self, Conversation, Outcome, Results};
 use crate::actions::rules::{Decision, Verdict};
 use crate::actions::stream::{Call, Calls, Next, Unread};
 use crate::actions::tools::{Action, Kind};
+use crate::alerts::{ActionEvent, Event, Wants};
 use crate::audit::{self, ActionRecord, OutcomeRecord};
 use crate::config::Config;
 use crate::request::door::Peer;
@@ -119,6 +120,22 @@ impl Context {
             would_deny: decision.would_deny,
             error: error.map(str::to_owned),
         };
+        if self.shared.alerts.wants(Wants::ACTION) && (record.alert || record.would_deny || record.decision == "deny") {
+            let verdict = match (record.decision, record.would_deny) {
+                ("deny", _) => "deny",
+                (_, true) => "would_deny",
+                _ => "alert",
+            };
+            self.shared.alerts.send(Event::Action(Box::new(ActionEvent {
+                id: record.id.clone(),
+                at: self.shared.clock.now(),
+                user: self.user.clone(),
+                teams: self.teams.clone(),
+                action: action.clone(),
+                verdict,
+                rule: record.rule.clone(),
+            })));
+        }
         self.shared.auditor.record_now(record);
         match (decision.verdict, self.hold) {
             (Verdict::Deny, true) => {

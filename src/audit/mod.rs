@@ -19,7 +19,7 @@ use prometheus::IntCounter;
 
 pub use file::{torn_path, Torn};
 pub use queue::{install_park_hook, worker_parks, Health, STALL_AFTER};
-pub use record::{ActionRecord, Entry, OutcomeRecord, Record};
+pub use record::{ActionRecord, AlertDelivery, AlertRecord, Entry, OutcomeRecord, Record};
 pub use verify::{verify, verify_chain, ChainError, Verified, VerifyError};
 
 use crate::config::file::AuditFailure;

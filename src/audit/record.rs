@@ -100,6 +100,7 @@ pub enum Entry {
     Request(Box<Record>),
     Action(Box<ActionRecord>),
     Outcome(Box<OutcomeRecord>),
+    Alert(Box<AlertRecord>),
 }
 
 impl Entry {
@@ -109,6 +110,7 @@ impl Entry {
             Entry::Request(record) => &record.id,
             Entry::Action(record) => &record.id,
             Entry::Outcome(record) => &record.id,
+            Entry::Alert(record) => &record.id,
         }
     }
 }
@@ -129,4 +131,48 @@ impl From<OutcomeRecord> for Entry {
     fn from(record: OutcomeRecord) -> Self {
         Entry::Outcome(Box::new(record))
     }
+}
+
+impl From<AlertRecord> for Entry {
+    fn from(record: AlertRecord) -> Self {
+        Entry::Alert(Box::new(record))
+    }
+}
+
+/// One alert raised by a rule (`kind: "alert"`), with what happened at each of its sinks.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AlertRecord {
+    pub ts: String,
+    pub id: String,
+    pub kind: &'static str,
+    /// The rule's name.
+    pub rule: Arc<str>,
+    /// `budget`, `spend_anomaly`, `after_hours`, `action`, `dlp` or `auth_failures`.
+    pub rule_kind: &'static str,
+    /// `user`, `team`, `org` or `client`.
+    pub scope: &'static str,
+    /// The user, team or client address the alert is about (`org` for the organisation).
+    pub key: String,
+    pub message: String,
+    /// The measured value (a budget's used fraction, today's spend in USD, failed sign-ins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The threshold it crossed (a budget fraction, factor × the trailing average in USD, a count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// The `id` of the request (or action record) that raised it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// Each sink and what delivery did.
+    pub sinks: Vec<AlertDelivery>,
+}
+
+/// One sink's delivery of an alert.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AlertDelivery {
+    pub sink: Arc<str>,
+    /// `sent` or `failed`.
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

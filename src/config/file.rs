@@ -62,6 +62,86 @@ pub struct File {
     /// Claude Code's server-managed settings and policy limits, served inside intercepted tunnels
     /// (docs/managed-settings.md); omitted = those calls go to Anthropic unchanged.
     pub managed_settings: Option<ManagedSettings>,
+    /// Alerts: where they go (`sinks`) and the rules that raise them (docs/alerts.md); omitted = none.
+    pub alerts: Option<Alerts>,
+}
+
+/// `alerts`: named sinks and the rules that send to them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    /// Sinks by name: a webhook (`webhook: URL`, `format: json | slack`) or email (`email: [ADDRESS…]`, `smtp`, `from`).
+    #[serde(default)]
+    pub sinks: BTreeMap<String, AlertSink>,
+    /// The rules, each sending to one or more sinks.
+    #[serde(default)]
+    pub rules: Vec<AlertRule>,
+}
+
+/// One alert sink: exactly one of `webhook` or `email`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSink {
+    /// `https://…` (or `http://…`): each alert is POSTed as JSON.
+    pub webhook: Option<String>,
+    /// For a webhook: `json` (the alert object, the default) or `slack` (`{"text": "…"}`).
+    pub format: Option<AlertFormat>,
+    /// Recipients of an email sink.
+    pub email: Option<Vec<String>>,
+    /// `smtp://host[:587]` (STARTTLS, required) or `smtps://host[:465]` (TLS from the first byte).
+    pub smtp: Option<String>,
+    /// The sender address of an email sink.
+    pub from: Option<String>,
+    /// SMTP user name (with `password_file`).
+    pub username: Option<String>,
+    /// A file holding the SMTP password (its first line).
+    pub password_file: Option<String>,
+}
+
+/// How a webhook alert is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertFormat {
+    /// The alert object as JSON.
+    #[default]
+    Json,
+    /// `{"text": "…"}`, as Slack (and Mattermost, Rocket.Chat, Teams workflows) incoming webhooks take it.
+    Slack,
+}
+
+/// One alert rule; which fields apply depends on `kind`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    /// The rule's name: the `rule` of the alert, its audit record and its metric.
+    pub name: String,
+    /// `budget`, `spend_anomaly`, `after_hours`, `action`, `dlp` or `auth_failures`.
+    pub kind: String,
+    /// Whose alert it is: `user`, `team` or `org` (`auth_failures`: always the client address).
+    pub scope: Option<String>,
+    /// The sinks the alert goes to, by name.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// After an alert, the same rule and scope key stay quiet this long (default 1h; every replica together).
+    pub cooldown: Option<Duration>,
+    /// `budget`: fractions of a budget, each alerted once per budget period (default 0.5, 0.8, 0.95).
+    pub thresholds: Option<Vec<f64>>,
+    /// `spend_anomaly`: today's spend above this times the trailing 7-day daily average (default 2.0).
+    pub factor: Option<f64>,
+    /// `spend_anomaly`: no alert below this spend today, in USD (default 10).
+    pub min_usd: Option<f64>,
+    /// `after_hours`: an alert-only window (model use outside it is alerted, not refused).
+    pub hours: Option<Hours>,
+    /// `after_hours`: only members of these teams (default: everyone).
+    pub teams: Option<Vec<String>>,
+    /// `action`: only actions matching one of these patterns (`file:*:**/secrets/**`; default: every alerted or
+    /// denied action).
+    #[serde(rename = "match")]
+    pub matches: Option<Vec<String>>,
+    /// `auth_failures`: this many failed sign-ins from one client address…
+    pub count: Option<u32>,
+    /// `auth_failures`: …within this window (default 1m).
+    pub window: Option<Duration>,
 }
 
 /// `managed_settings`: what `GET /api/claude_code/settings` and `/api/claude_code/policy_limits` answer.

@@ -55,6 +55,8 @@ pub struct Config {
     pub actions: actions::Actions,
     /// Claude Code's server-managed settings and policy limits; `None` = those calls go upstream unchanged.
     pub managed_settings: Option<settings::Managed>,
+    /// Alert sinks and rules; `None` = no alerts (the request path then sends no events).
+    pub alerts: Option<Arc<crate::alerts::Rules>>,
 }
 
 /// The state backend.
@@ -380,6 +382,13 @@ fn compile(
     let llm = Llm::compile(&parsed, &teams).map_err(|(path, message)| invalid(path, message))?;
     let actions = actions::compile(&parsed.actions, &parsed.teams).map_err(|(path, message)| invalid(path, message))?;
     let managed_settings = settings::compile(&parsed).map_err(|(path, message)| invalid(path, message))?;
+    let alerts = match &parsed.alerts {
+        Some(alerts) if !alerts.rules.is_empty() || !alerts.sinks.is_empty() => Some(Arc::new(
+            crate::alerts::rules::compile(alerts, &parsed.teams, &parsed.upstream.trust)
+                .map_err(|(path, message)| invalid(path, message))?,
+        )),
+        _ => None,
+    };
     let state = State {
         backend: parsed.state.backend,
         path: PathBuf::from(&parsed.state.path),
@@ -482,6 +491,7 @@ fn compile(
         llm,
         actions,
         managed_settings,
+        alerts,
     })
 }
 
@@ -496,6 +506,9 @@ fn referenced_files(path: &Path, parsed: &file::File) -> Vec<PathBuf> {
     files.extend(parsed.upstream.trust.extra_ca.iter().map(PathBuf::from));
     if let Some(pair) = &parsed.upstream.client_cert {
         files.extend([PathBuf::from(&pair.cert), PathBuf::from(&pair.key)]);
+    }
+    for sink in parsed.alerts.iter().flat_map(|alerts| alerts.sinks.values()) {
+        files.extend(sink.password_file.iter().map(PathBuf::from));
     }
     if let Some(intercept) = parsed.intercept.as_ref().filter(|i| !i.hosts.is_empty()) {
         files.extend([PathBuf::from(&intercept.ca.cert), PathBuf::from(&intercept.ca.key)]);

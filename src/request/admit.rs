@@ -130,6 +130,10 @@ pub async fn identify(
         // A check the verifiers had no room for is not a failed sign-in (`tollgate_password_checks_total` counts it).
         if error != AuthError::Busy {
             shared.metrics.auth_failure(error.method());
+            // No credentials at all is the first leg of a challenge, not a failed sign-in.
+            if error != AuthError::Missing {
+                shared.alerts.auth_failure(client, now);
+            }
         }
         Error::Auth(error)
     })

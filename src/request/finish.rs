@@ -13,10 +13,12 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::door::{Door, Peer};
 use super::error::{Error, Shape};
+use crate::alerts::{Event, RequestEvent, Wants};
 use crate::audit::{self, Record, Release, Wait};
 use crate::identity::Principal;
 use crate::llm::usage::Usage;
 use crate::metrics::RequestOutcome;
+use crate::policy::DenyReason;
 use crate::shared::Shared;
 use crate::target::Target;
 
@@ -190,6 +192,9 @@ pub async fn finish(shared: &Shared, peer: &Peer, exchange: Exchange) -> Release
         error = exchange.error.as_deref().unwrap_or("-"),
         "request"
     );
+    if shared.alerts.active() {
+        observe(shared, &exchange);
+    }
     let wait = if exchange.reason == AUDIT_UNAVAILABLE { Wait::Never } else { Wait::UntilWritten };
     let record = Record {
         ts: audit::timestamp(exchange.started_at),
@@ -220,6 +225,36 @@ pub async fn finish(shared: &Shared, peer: &Peer, exchange: Exchange) -> Release
         user_agent: exchange.user_agent,
     };
     shared.auditor.record(record, wait).await
+}
+
+/// Hands what the alert rules watch (spend, hours refusals, model use, DLP blocks) to the alert engine; only
+/// called while some rule is configured.
+fn observe(shared: &Shared, exchange: &Exchange) {
+    let alerts = &shared.alerts;
+    let cost_micro_usd = match exchange.cost_usd {
+        Some(cost) if alerts.wants(Wants::METERED) && cost > 0.0 => (cost * 1e6).round() as i64,
+        _ => 0,
+    };
+    let hours_rule = (exchange.reason == DenyReason::Hours.label() && alerts.wants(Wants::HOURS_DENIED))
+        .then(|| exchange.rule.clone())
+        .flatten();
+    let model =
+        (exchange.decision == "allow" && alerts.wants(Wants::MODEL_USE)).then(|| exchange.model.clone()).flatten();
+    let dlp_blocked =
+        if exchange.reason == "dlp_blocked" && alerts.wants(Wants::DLP) { exchange.dlp.clone() } else { Vec::new() };
+    if cost_micro_usd == 0 && hours_rule.is_none() && model.is_none() && dlp_blocked.is_empty() {
+        return;
+    }
+    alerts.send(Event::Request(Box::new(RequestEvent {
+        id: exchange.id.clone(),
+        at: shared.clock.now(),
+        user: exchange.principal.as_ref().map(|p| p.name.clone()),
+        teams: exchange.teams(),
+        cost_micro_usd,
+        hours_rule,
+        model,
+        dlp_blocked,
+    })));
 }
 
 #[cfg(test)]

@@ -11,6 +11,12 @@ pub mod pki;
 pub mod redis;
 pub mod tls;
 
+/// In-test servers that receive alerts: a webhook receiver and an SMTP server with STARTTLS.
+#[path = "../../support/smtp.rs"]
+pub mod smtp;
+#[path = "../../support/webhook.rs"]
+pub mod webhook;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
