@@ -37,7 +37,6 @@ const AWAITING_MERGE: &[&str] = &[
     "tollgate_siem_sent_total",
     "tollgate_siem_errors_total",
     "tollgate_siem_dropped_total",
-    "tollgate_alerts_total",
     "tollgate_audit_rotations_total",
     "tollgate_audit_files_deleted_total",
     "tollgate_audit_checkpoints_total",
@@ -73,7 +72,9 @@ fn monitored_config(dir: &Path, stub: &MessagesStub, redis: &RedisServer, pki: &
          intercept:\n  ca: {{cert: \"{ca_cert}\", key: \"{ca_key}\"}}\n  hosts: [\"{API_HOST}\"]\n\
          {PRICING}\
          dlp: {{action: block, detectors: [aws_access_key]}}\n\
-         state: {{backend: redis, redis_url: \"{redis_url}\", on_error: deny}}\n",
+         state: {{backend: redis, redis_url: \"{redis_url}\", on_error: deny}}\n\
+         alerts:\n  sinks: {{ops: {{webhook: \"http://127.0.0.1:9/tollgate\"}}}}\n  \
+         rules: [{{name: dlp-blocks, kind: dlp, to: [ops]}}]\n",
         tls_cert = pki.server.pem.display(),
         tls_key = pki.server.key.display(),
         audit = dir.join("audit.jsonl").display(),
