@@ -1,21 +1,31 @@
 //! The JSON-lines file sink: one writer thread, off the async workers, appends records in batches (one write(2)
-//! per batch), chains each to the previous one by SHA-256, and syncs them as `audit.file.sync` says.
+//! per batch), chains each to the previous one by SHA-256 (or HMAC-SHA256 with `audit.file.key`), and syncs them
+//! as `audit.file.sync` says.
 //!
 //! With `chain: true` a record carries `prev` (the previous record's hash) and `hash`, the SHA-256 of the line
-//! as written up to `,"hash"` with the closing brace, so editing or deleting a line breaks every later hash.
+//! as written up to `,"hash"` with the closing brace, so editing or deleting a line breaks every later hash. With
+//! a key, `"chain":"hmac-sha256"` comes before `prev` and the hash is the HMAC-SHA256 of the same bytes.
 //! On open, a torn end (a crash in the middle of a write) is set aside in `PATH.torn` and cut from the file, so
 //! the chain continues from the last complete record.
+//!
+//! With `audit.file.rotate` the writer closes the file by size (after the batch that reaches it) or at UTC
+//! midnight, renames it (`rotate.rs`) and goes on in a new file; the chain goes on too, so the new file's first
+//! `prev` is the old file's last hash. With `audit.checkpoints`, signed checkpoints join the batches.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
 
+use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
 
+use super::checkpoint;
 use super::queue::{Queue, Taken};
-use super::record::Entry;
+use super::record::{CheckpointRecord, Entry};
+use super::rotate::{self, Job, Naming};
 use super::verify::{split_hash, GENESIS};
 use crate::config::file::AuditSync;
 
@@ -26,9 +36,44 @@ pub(super) struct Writer {
     regular: bool,
     /// The previous record's hash, in hex, when the records are chained.
     chain: Option<[u8; 64]>,
+    /// `audit.file.key`: the chain is HMAC-SHA256 with it.
+    key: Option<ring::hmac::Key>,
     sync: AuditSync,
     /// The batch being written, reused from batch to batch.
     out: Vec<u8>,
+    naming: Naming,
+    /// Bytes and lines in the active file.
+    size: u64,
+    lines: u64,
+    /// The active file's serial: one more than the last rotated file's.
+    serial: u64,
+    /// The UTC day the active file's records are from.
+    day: u64,
+    rotation: Option<Rotation>,
+    checkpoints: Option<Checkpoints>,
+    now: fn() -> SystemTime,
+}
+
+/// `audit.file.rotate`, and where rotated files go to be compressed.
+pub(super) struct Rotation {
+    pub size: Option<u64>,
+    pub daily: bool,
+    pub compressor: mpsc::Sender<Job>,
+    pub rotations: IntCounter,
+    /// A rename that failed is not tried again before this.
+    pub retry_after: Option<Instant>,
+}
+
+/// `audit.checkpoints`.
+pub(super) struct Checkpoints {
+    pub every: Duration,
+    pub key: ring::signature::Ed25519KeyPair,
+    /// The sidecar every checkpoint is appended to.
+    pub sidecar: File,
+    pub written: IntCounter,
+    pub last: Instant,
+    /// Lines of the active file at the last checkpoint (and its serial): nothing new, no checkpoint.
+    pub at: (u64, u64),
 }
 
 /// A torn end found on open: set aside in `kept_in`, and cut from the audit file.
@@ -55,20 +100,74 @@ impl Writer {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
             Err(error) => return Err(error),
         };
-        let (torn, last) = if existing { repair(path)? } else { (None, None) };
+        let (torn, mut last) = if existing { repair(path)? } else { (None, None) };
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let regular = file.metadata()?.is_file();
+        let metadata = file.metadata()?;
+        let regular = metadata.is_file();
+        let naming = Naming::new(path);
+        let (mut serial, mut lines) = (1, 0);
+        if regular {
+            serial = naming.last_serial()? + 1;
+            lines = count_lines(path)?;
+            // An empty active file after a rotation: the chain continues from the last rotated file.
+            if chain && last.is_none() && lines == 0 {
+                last = last_hash_of_series(&naming)?;
+            }
+        }
         let chain = chain.then(|| {
             let mut prev = [0u8; 64];
             prev.copy_from_slice(last.as_deref().unwrap_or(GENESIS).as_bytes());
             prev
         });
-        Ok((Self { file, regular, chain, sync, out: Vec::with_capacity(64 * 1024) }, torn))
+        let now = SystemTime::now();
+        let day = match metadata.modified() {
+            Ok(modified) if lines > 0 => rotate::utc_day(modified),
+            _ => rotate::utc_day(now),
+        };
+        let writer = Self {
+            file,
+            regular,
+            chain,
+            key: None,
+            sync,
+            out: Vec::with_capacity(64 * 1024),
+            naming,
+            size: metadata.len(),
+            lines,
+            serial,
+            day,
+            rotation: None,
+            checkpoints: None,
+            now: SystemTime::now,
+        };
+        Ok((writer, torn))
+    }
+
+    /// Keys the chain: HMAC-SHA256 with `key` instead of SHA-256.
+    pub(super) fn keyed(mut self, key: ring::hmac::Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Rotates the file as `rotation` says (a regular file only).
+    pub(super) fn rotating(mut self, rotation: Rotation) -> std::io::Result<Self> {
+        if !self.regular {
+            return Err(std::io::Error::other("audit.file.rotate needs a regular file, not a pipe or a terminal"));
+        }
+        self.rotation = Some(rotation);
+        Ok(self)
+    }
+
+    /// Writes signed checkpoints as `checkpoints` says.
+    pub(super) fn checkpointing(mut self, checkpoints: Checkpoints) -> Self {
+        self.checkpoints = Some(checkpoints);
+        self
     }
 
     /// The writer thread: takes every queued record at once, writes them with one write(2), syncs per
     /// `audit.file.sync`, then tells the waiters. A failed write or sync is retried until it succeeds (the
-    /// records stay counted against the queue meanwhile), or until shutdown gives up.
+    /// records stay counted against the queue meanwhile), or until shutdown gives up. Between batches it rotates
+    /// the file and writes checkpoints when they are due.
     pub(super) fn run(mut self, queue: &Queue, written: &prometheus::IntCounter) {
         let mut batch = VecDeque::new();
         let interval = match self.sync {
@@ -78,20 +177,37 @@ impl Writer {
         let mut last_sync = Instant::now();
         let mut unsynced = false;
         loop {
-            let deadline = interval.filter(|_| unsynced && self.regular).map(|interval| last_sync + interval);
+            let sync_at = interval.filter(|_| unsynced && self.regular).map(|interval| last_sync + interval);
+            let deadline = [sync_at, self.timer_deadline()].into_iter().flatten().min();
             match queue.take(&mut batch, deadline) {
-                Taken::Records => {}
-                Taken::Deadline => {
-                    if !self.sync(queue) {
-                        break;
-                    }
-                    (last_sync, unsynced) = (Instant::now(), false);
-                    continue;
-                }
+                Taken::Records | Taken::Deadline => {}
                 Taken::Closed => {
+                    // The last checkpoint says how far the file goes at shutdown.
+                    self.out.clear();
+                    if self.checkpoint_pending() {
+                        self.append_checkpoint();
+                        unsynced |= self.write_out(queue);
+                    }
                     if unsynced {
                         self.sync(queue);
                     }
+                    break;
+                }
+            }
+            if self.day_turned() {
+                // The old day's file is closed before a record of the new day is written.
+                self.out.clear();
+                if self.checkpoint_pending() {
+                    self.append_checkpoint();
+                    if !self.write_out(queue) {
+                        break;
+                    }
+                }
+                if !self.sync(queue) {
+                    break;
+                }
+                (last_sync, unsynced) = (Instant::now(), false);
+                if !self.rotate(queue) {
                     break;
                 }
             }
@@ -100,21 +216,32 @@ impl Writer {
             for record in batch.drain(..) {
                 self.append(&record);
             }
-            if !self.write_out(queue) {
-                break;
+            let full = self.full_after(self.out.len() as u64);
+            if (full || self.checkpoint_due()) && self.checkpoint_pending() {
+                self.append_checkpoint();
             }
-            unsynced = true;
-            if interval.is_none_or(|interval| last_sync.elapsed() >= interval) {
+            if !self.out.is_empty() {
+                if !self.write_out(queue) {
+                    break;
+                }
+                unsynced = true;
+            }
+            if unsynced && (full || interval.is_none_or(|interval| last_sync.elapsed() >= interval)) {
                 if !self.sync(queue) {
                     break;
                 }
                 (last_sync, unsynced) = (Instant::now(), false);
             }
+            if full && !self.rotate(queue) {
+                break;
+            }
             if queue.recover() {
                 tracing::warn!("audit records are written again");
             }
-            queue.advance(count);
-            written.inc_by(count);
+            if count > 0 {
+                queue.advance(count);
+                written.inc_by(count);
+            }
             if self.out.capacity() > KEEP_BUFFER {
                 self.out = Vec::with_capacity(64 * 1024);
             }
@@ -133,17 +260,149 @@ impl Writer {
         }
         if let Some(prev) = &mut self.chain {
             self.out.pop(); // the closing brace
+            if self.key.is_some() {
+                self.out.extend_from_slice(KEYED_MARK);
+            }
             self.out.extend_from_slice(b",\"prev\":\"");
             self.out.extend_from_slice(prev);
             self.out.extend_from_slice(b"\"}");
-            let hash = Sha256::digest(&self.out[start..]);
-            hex::encode_to_slice(hash, prev).expect("64 hex digits fit 64 bytes");
+            match &self.key {
+                Some(key) => {
+                    let tag = ring::hmac::sign(key, &self.out[start..]);
+                    hex::encode_to_slice(tag.as_ref(), prev).expect("64 hex digits fit 64 bytes");
+                }
+                None => {
+                    let hash = Sha256::digest(&self.out[start..]);
+                    hex::encode_to_slice(hash, prev).expect("64 hex digits fit 64 bytes");
+                }
+            }
             self.out.pop();
             self.out.extend_from_slice(b",\"hash\":\"");
             self.out.extend_from_slice(prev);
             self.out.extend_from_slice(b"\"}");
         }
         self.out.push(b'\n');
+        self.lines += 1;
+    }
+
+    /// The next moment a timer is due: a checkpoint while records wait for one, or midnight for a daily rotation
+    /// of a file that has records.
+    fn timer_deadline(&self) -> Option<Instant> {
+        let checkpoint = self
+            .checkpoints
+            .as_ref()
+            .filter(|_| self.checkpoint_pending())
+            .map(|checkpoints| checkpoints.last + checkpoints.every);
+        let midnight = self.rotation.as_ref().filter(|r| r.daily && self.lines > 0).map(|rotation| {
+            let midnight = rotate::next_midnight(SystemTime::UNIX_EPOCH + Duration::from_secs(self.day * 86_400));
+            let at = Instant::now() + midnight.duration_since((self.now)()).unwrap_or_default();
+            // After a failed rename, not before it may be tried again.
+            rotation.retry_after.map_or(at, |after| at.max(after))
+        });
+        [checkpoint, midnight].into_iter().flatten().min()
+    }
+
+    /// Whether a daily rotation is due: the active file has records of an earlier UTC day.
+    fn day_turned(&mut self) -> bool {
+        let Some(rotation) = &self.rotation else { return false };
+        let today = rotate::utc_day((self.now)());
+        if !rotation.daily || today <= self.day {
+            return false;
+        }
+        if self.lines == 0 {
+            self.day = today;
+            return false;
+        }
+        rotation.retry_after.is_none_or(|after| Instant::now() >= after)
+    }
+
+    /// Whether the active file reaches the rotation size once `more` bytes are written.
+    fn full_after(&self, more: u64) -> bool {
+        self.rotation.as_ref().is_some_and(|rotation| {
+            rotation.size.is_some_and(|size| self.size + more >= size)
+                && rotation.retry_after.is_none_or(|after| Instant::now() >= after)
+        })
+    }
+
+    /// Lines were written since the last checkpoint.
+    fn checkpoint_pending(&self) -> bool {
+        self.checkpoints.as_ref().is_some_and(|c| c.at != (self.serial, self.lines))
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.checkpoints.as_ref().is_some_and(|c| c.last.elapsed() >= c.every)
+    }
+
+    /// Appends a signed checkpoint of the active file as it is with the batch so far, and copies it to the
+    /// sidecar. Lines already in `out` count: they are written with it, before it.
+    fn append_checkpoint(&mut self) {
+        let (Some(checkpoints), Some(prev)) = (&self.checkpoints, &self.chain) else { return };
+        let last_hash = std::str::from_utf8(prev).unwrap_or(GENESIS).to_owned();
+        let mut record = CheckpointRecord {
+            ts: super::timestamp((self.now)()),
+            id: format!("checkpoint-{}", &last_hash[..16]),
+            kind: "checkpoint".into(),
+            file: self.naming.active().file_name().unwrap_or_default().to_string_lossy().into_owned(),
+            serial: self.serial,
+            records: self.lines,
+            last_hash,
+            chain_hash: if self.key.is_some() { "hmac-sha256" } else { "sha256" }.into(),
+            signature: String::new(),
+        };
+        checkpoint::sign(&mut record, &checkpoints.key);
+        let start = self.out.len();
+        self.append(&Entry::from(record));
+        let line = self.out[start..].to_vec();
+        let checkpoints = self.checkpoints.as_mut().expect("checked above");
+        if let Err(error) = checkpoints.sidecar.write_all(&line) {
+            tracing::error!(%error, file = %self.naming.checkpoints().display(), "cannot append to the checkpoint file");
+        }
+        checkpoints.written.inc();
+        checkpoints.last = Instant::now();
+        checkpoints.at = (self.serial, self.lines);
+    }
+
+    /// Renames the active file to its rotated name, opens a new one (the chain goes on), and hands the rotated
+    /// file to the compressor. A rename that fails is logged and tried again a minute later, the records going on
+    /// into the same file; false only when shutdown gave up while a new file could not be opened.
+    fn rotate(&mut self, queue: &Queue) -> bool {
+        let now = (self.now)();
+        let active = self.naming.active();
+        let rotated = self.naming.rotated(self.serial, now);
+        let Some(rotation) = self.rotation.as_mut() else { return true };
+        if let Err(error) = std::fs::rename(&active, &rotated) {
+            tracing::error!(%error, file = %active.display(), "cannot rotate the audit file; trying again in a minute");
+            rotation.retry_after = Some(Instant::now() + Duration::from_secs(60));
+            return true;
+        }
+        rotation.retry_after = None;
+        let mut failures = 0;
+        let file = loop {
+            let opened = OpenOptions::new().create(true).append(true).open(&active);
+            match opened.and_then(|file| rotate::sync_dir(self.naming.dir()).map(|()| file)) {
+                Ok(file) => break file,
+                Err(error) => {
+                    if !retry(queue, &error, &mut failures) {
+                        return false;
+                    }
+                }
+            }
+        };
+        let rotation = self.rotation.as_mut().expect("checked above");
+        rotation.rotations.inc();
+        tracing::info!(
+            file = %rotated.display(),
+            serial = self.serial,
+            lines = self.lines,
+            bytes = self.size,
+            "audit file rotated"
+        );
+        if rotation.compressor.send(Job::Compress(rotated)).is_err() {
+            tracing::error!("the audit compressor has stopped: rotated files stay uncompressed until the next start");
+        }
+        self.file = file;
+        (self.size, self.lines, self.serial, self.day) = (0, 0, self.serial + 1, rotate::utc_day(now));
+        true
     }
 
     /// Writes the batch; false when shutdown gave up on a failing sink.
@@ -160,7 +419,10 @@ impl Writer {
                         return false;
                     }
                 }
-                Ok(written) => done += written,
+                Ok(written) => {
+                    done += written;
+                    self.size += written as u64;
+                }
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(error) => {
                     if !retry(queue, &error, &mut failures) {
@@ -177,6 +439,11 @@ impl Writer {
         if !self.regular {
             return true;
         }
+        if let Some(checkpoints) = &self.checkpoints {
+            if let Err(error) = checkpoints.sidecar.sync_data() {
+                tracing::error!(%error, file = %self.naming.checkpoints().display(), "cannot sync the checkpoint file");
+            }
+        }
         let mut failures = 0;
         loop {
             queue.begin_io();
@@ -192,6 +459,39 @@ impl Writer {
             }
         }
     }
+}
+
+/// `"chain":"hmac-sha256"`, before `prev` in a keyed record.
+pub(super) const KEYED_MARK: &[u8] = b",\"chain\":\"hmac-sha256\"";
+
+/// Newline-terminated lines in the file.
+fn count_lines(path: &Path) -> std::io::Result<u64> {
+    let mut file = File::open(path)?;
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut lines = 0;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(lines);
+        }
+        lines += memchr::memchr_iter(b'\n', &buffer[..read]).count() as u64;
+    }
+}
+
+/// The last hash of the newest rotated file, compressed or not.
+fn last_hash_of_series(naming: &Naming) -> std::io::Result<Option<String>> {
+    let series = naming.series()?;
+    let Some(newest) = series.iter().rev().find(|file| file.serial.is_some()) else { return Ok(None) };
+    let mut last = None;
+    let mut reader = rotate::open_series_file(&newest.path)?;
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line)? > 0 {
+        if let Some(hash) = std::str::from_utf8(line.trim_ascii_end()).ok().and_then(hash_of) {
+            last = Some(hash);
+        }
+        line.clear();
+    }
+    Ok(last)
 }
 
 /// Marks the sink failing (logged once per failure), then waits a little before the next attempt; false when
