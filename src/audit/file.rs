@@ -158,6 +158,14 @@ impl Writer {
         Ok(self)
     }
 
+    /// Takes the time from `now` (tests of the day boundary).
+    #[cfg(test)]
+    fn clocked(mut self, now: fn() -> SystemTime) -> Self {
+        self.now = now;
+        self.day = rotate::utc_day(now());
+        self
+    }
+
     /// Writes signed checkpoints as `checkpoints` says.
     pub(super) fn checkpointing(mut self, checkpoints: Checkpoints) -> Self {
         self.checkpoints = Some(checkpoints);
@@ -402,6 +410,10 @@ impl Writer {
         }
         self.file = file;
         (self.size, self.lines, self.serial, self.day) = (0, 0, self.serial + 1, rotate::utc_day(now));
+        if let Some(checkpoints) = &mut self.checkpoints {
+            // The new file has nothing to checkpoint until a record is written to it.
+            checkpoints.at = (self.serial, 0);
+        }
         true
     }
 
@@ -738,5 +750,217 @@ mod tests {
         let (reopened, torn) = Writer::open(&path, true, AuditSync::Batch).unwrap();
         assert_eq!(torn, None);
         assert_eq!(reopened.chain, Some(expected), "the chain continues from the long record");
+    }
+
+    // ---- rotation, keys and checkpoints ------------------------------------------------------------------
+
+    use crate::audit::rotate::SeriesFile;
+    use crate::audit::verify::{verify_series, CheckpointCheck};
+    use ring::signature::KeyPair;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// The fake clock of `clocked` writers, in seconds since the epoch.
+    static FAKE_NOW: AtomicU64 = AtomicU64::new(0);
+
+    fn fake_now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(FAKE_NOW.load(Ordering::SeqCst))
+    }
+
+    fn set_fake_now(text: &str) {
+        let at = humantime::parse_rfc3339(text).unwrap().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        FAKE_NOW.store(at.as_secs(), Ordering::SeqCst);
+    }
+
+    fn record(id: &str) -> Entry {
+        Entry::from(Record { id: id.into(), kind: "connect", decision: "allow", ..Record::default() })
+    }
+
+    fn rotating(size: Option<u64>, daily: bool) -> (Rotation, mpsc::Receiver<Job>) {
+        let (compressor, jobs) = mpsc::channel();
+        let rotations = IntCounter::new("rotations", "rotations").unwrap();
+        (Rotation { size, daily, compressor, rotations, retry_after: None }, jobs)
+    }
+
+    /// Runs `writer` on its thread, hands it each batch in turn (each written before the next is queued, with
+    /// `between` called in between), then closes it.
+    fn run_batches(writer: Writer, batches: &[&[&str]], between: impl Fn(usize)) {
+        let queue = Queue::new(4096, None, false);
+        let writer_queue = queue.clone();
+        let written = IntCounter::new("written", "written").unwrap();
+        let thread = std::thread::spawn(move || writer.run(&writer_queue, &written));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        for (index, batch) in batches.iter().enumerate() {
+            between(index);
+            for id in *batch {
+                queue.try_push(record(id)).unwrap();
+            }
+            runtime.block_on(queue.flush());
+        }
+        queue.close_now();
+        thread.join().unwrap();
+    }
+
+    /// Every line of the series, in order.
+    fn series_text(naming: &Naming) -> (Vec<SeriesFile>, String) {
+        let series = naming.series().unwrap();
+        let mut text = String::new();
+        for file in &series {
+            rotate::open_series_file(&file.path).unwrap().read_to_string(&mut text).unwrap();
+        }
+        (series, text)
+    }
+
+    fn ids(text: &str) -> Vec<String> {
+        text.lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|record| record["kind"] != "checkpoint")
+            .map(|record| record["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn at_utc_midnight_the_file_is_rotated_before_the_new_day_is_written_and_the_chain_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        set_fake_now("2026-12-05T23:59:58Z");
+        let (rotation, jobs) = rotating(None, true);
+        let (writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        let writer = writer.clocked(fake_now).rotating(rotation).unwrap();
+        run_batches(writer, &[&["a", "b"], &["c"], &["d"]], |index| match index {
+            1 => set_fake_now("2026-12-05T23:59:59Z"),
+            2 => set_fake_now("2026-12-06T00:00:01Z"),
+            _ => {}
+        });
+        let rotated = dir.path().join("audit-000001-20261206T000001Z.jsonl");
+        assert!(matches!(jobs.try_recv(), Ok(Job::Compress(path)) if path == rotated), "handed to the compressor");
+        assert_eq!(ids(&std::fs::read_to_string(&rotated).unwrap()), ["a", "b", "c"]);
+        assert_eq!(ids(&std::fs::read_to_string(&path).unwrap()), ["d"]);
+        let (series, _) = series_text(&Naming::new(&path));
+        let report = verify_series(&series, None, None);
+        assert!(!report.broken, "{:?}", report.lines);
+        assert_eq!(report.lines.len(), 2, "{:?}", report.lines);
+
+        // The boundary is UTC midnight only: a new file with records of one day is not rotated.
+        let (rotation, jobs) = rotating(None, true);
+        let (writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        let writer = writer.clocked(fake_now).rotating(rotation).unwrap();
+        run_batches(writer, &[&["e"], &["f"]], |_| set_fake_now("2026-12-06T23:59:59Z"));
+        assert!(jobs.try_recv().is_err());
+        assert_eq!(ids(&std::fs::read_to_string(&path).unwrap()), ["d", "e", "f"]);
+    }
+
+    #[test]
+    fn by_size_every_record_is_in_exactly_one_file_and_the_series_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (rotation, jobs) = rotating(Some(1024), false);
+        let counter = rotation.rotations.clone();
+        let (writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        let writer = writer.rotating(rotation).unwrap();
+        let names: Vec<String> = (0..60).map(|n| format!("r{n}")).collect();
+        let batches: Vec<Vec<&str>> = names.chunks(3).map(|c| c.iter().map(String::as_str).collect()).collect();
+        let batches: Vec<&[&str]> = batches.iter().map(Vec::as_slice).collect();
+        run_batches(writer, &batches, |_| {});
+        let rotated = jobs.try_iter().count() as u64;
+        assert!(rotated >= 5, "{rotated} rotations");
+        assert_eq!(counter.get(), rotated);
+        let naming = Naming::new(&path);
+        let (series, text) = series_text(&naming);
+        assert_eq!(ids(&text), names, "every record once, in order");
+        for file in series.iter().filter(|f| f.serial.is_some()) {
+            let size = std::fs::metadata(&file.path).unwrap().len();
+            assert!(size >= 1024 && size < 1024 + 3 * 300, "{}: {size} bytes", file.path.display());
+        }
+        let report = verify_series(&series, None, None);
+        assert!(!report.broken, "{:?}", report.lines);
+
+        // Reopened after the rotations, the writer goes on from the last file's serial and hash.
+        std::fs::remove_file(&path).unwrap();
+        let (writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        assert_eq!(writer.serial, rotated + 1);
+        run_batches(writer, &[&["after"]], |_| {});
+        let (series, _) = series_text(&naming);
+        assert!(!verify_series(&series, None, None).broken);
+    }
+
+    #[test]
+    fn a_keyed_chain_refuses_a_recomputed_sha256_and_checkpoints_find_a_cut_tail_and_a_forgery() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let keys = crate::audit::keys::keygen(&dir.path().join("keys")).unwrap();
+        let chain_key = crate::audit::keys::load_chain_key(&keys.chain_key).unwrap();
+        let signing = crate::audit::keys::load_signing_key(&keys.signing_key).unwrap();
+        let public_key = signing.public_key().as_ref().to_vec();
+        let (rotation, _jobs) = rotating(Some(4096), false);
+        let checkpoints = Checkpoints {
+            every: Duration::from_secs(3600),
+            key: signing,
+            sidecar: OpenOptions::new().create(true).append(true).open(dir.path().join("audit.checkpoints.jsonl")).unwrap(),
+            written: IntCounter::new("checkpoints", "checkpoints").unwrap(),
+            last: Instant::now(),
+            at: (0, 0),
+        };
+        let written = checkpoints.written.clone();
+        let (writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        let writer = writer.keyed(chain_key).rotating(rotation).unwrap().checkpointing(checkpoints);
+        let names: Vec<String> = (0..23).map(|n| format!("r{n}")).collect();
+        let batches: Vec<Vec<&str>> = names.chunks(2).map(|c| c.iter().map(String::as_str).collect()).collect();
+        let batches: Vec<&[&str]> = batches.iter().map(Vec::as_slice).collect();
+        run_batches(writer, &batches, |_| {});
+
+        let naming = Naming::new(&path);
+        let (series, text) = series_text(&naming);
+        assert_eq!(ids(&text), names);
+        let sidecar = naming.checkpoints();
+        let checkpoints = crate::audit::verify::read_checkpoints(&sidecar).unwrap();
+        assert_eq!(checkpoints.len() as u64, written.get());
+        let counts: Vec<usize> = series.iter().map(|f| std::fs::read_to_string(&f.path).unwrap().lines().count()).collect();
+        assert!(series.len() >= 2, "{series:?}");
+        assert_eq!(checkpoints.len(), series.len(), "one at each rotation and one at shutdown: {counts:?} {checkpoints:?}");
+        let key = crate::audit::keys::load_chain_key(&keys.chain_key).unwrap();
+        let check = CheckpointCheck { source: &sidecar, checkpoints: &checkpoints, public_key: &public_key };
+        let report = verify_series(&series, Some(&key), Some(&check));
+        assert!(!report.broken, "{:?}", report.lines);
+
+        // Without the key: refused, saying why.
+        let report = verify_series(&series, None, None);
+        assert!(report.needs_key && report.lines[0].contains("--key"), "{:?}", report.lines);
+
+        // An edit with every later hash recomputed as plain SHA-256 (what anyone can do without the key).
+        let active = std::fs::read_to_string(&path).unwrap();
+        let mut prev = serde_json::from_str::<serde_json::Value>(active.lines().next().unwrap()).unwrap()["prev"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut forged = String::new();
+        for line in active.lines() {
+            let line = line.replace("\"decision\":\"allow\"", "\"decision\":\"deny\"");
+            let (hashed, _) = split_hash(&line).unwrap();
+            let at = hashed.rfind(",\"prev\":\"").unwrap();
+            let hashed = format!("{},\"prev\":\"{prev}\"}}", &hashed[..at]);
+            prev = hex::encode(Sha256::digest(hashed.as_bytes()));
+            forged.push_str(&format!("{},\"hash\":\"{prev}\"}}\n", &hashed[..hashed.len() - 1]));
+        }
+        std::fs::write(&path, &forged).unwrap();
+        let report = verify_series(&series, Some(&key), None);
+        assert!(report.broken, "{:?}", report.lines);
+        assert!(report.lines.iter().any(|l| l.contains("keyed hash does not match")), "{:?}", report.lines);
+        std::fs::write(&path, &active).unwrap();
+
+        // A tail cut from the active file: the chain alone cannot tell, the last checkpoint can.
+        assert!(active.lines().count() >= 2, "a record and the shutdown checkpoint: {active}");
+        let cut: String = active.lines().take(active.lines().count() - 2).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, &cut).unwrap();
+        assert!(!verify_series(&series, Some(&key), None).broken, "invisible to the chain");
+        let report = verify_series(&series, Some(&key), Some(&check));
+        assert!(report.lines.iter().any(|l| l.contains("truncated: the checkpoint of")), "{:?}", report.lines);
+        std::fs::write(&path, &active).unwrap();
+
+        // A forged checkpoint (the count changed to cover a cut) fails its signature.
+        let mut forged = checkpoints.clone();
+        forged.last_mut().unwrap().1.records -= 1;
+        let check = CheckpointCheck { source: &sidecar, checkpoints: &forged, public_key: &public_key };
+        let report = verify_series(&series, Some(&key), Some(&check));
+        assert!(report.lines.iter().any(|l| l.contains("signature does not hold")), "{:?}", report.lines);
     }
 }
