@@ -72,6 +72,8 @@ pub(super) struct Checkpoints {
     pub sidecar: File,
     pub written: IntCounter,
     pub last: Instant,
+    /// Checkpoints in the batch being written, for the sidecar once the batch is.
+    pub unwritten: Vec<u8>,
     /// Lines of the active file at the last checkpoint (and its serial): nothing new, no checkpoint.
     pub at: (u64, u64),
 }
@@ -360,11 +362,10 @@ impl Writer {
         checkpoint::sign(&mut record, &checkpoints.key);
         let start = self.out.len();
         self.append(&Entry::from(record));
-        let line = self.out[start..].to_vec();
         let checkpoints = self.checkpoints.as_mut().expect("checked above");
-        if let Err(error) = checkpoints.sidecar.write_all(&line) {
-            tracing::error!(%error, file = %self.naming.checkpoints().display(), "cannot append to the checkpoint file");
-        }
+        // Copied to the sidecar once the file has it (`write_out`): a checkpoint there never claims more than the
+        // file got, even when a crash cuts the write short.
+        checkpoints.unwritten.extend_from_slice(&self.out[start..]);
         checkpoints.written.inc();
         checkpoints.last = Instant::now();
         checkpoints.at = (self.serial, self.lines);
@@ -442,6 +443,12 @@ impl Writer {
                     }
                 }
             }
+        }
+        if let Some(checkpoints) = self.checkpoints.as_mut().filter(|c| !c.unwritten.is_empty()) {
+            if let Err(error) = checkpoints.sidecar.write_all(&checkpoints.unwritten) {
+                tracing::error!(%error, file = %self.naming.checkpoints().display(), "cannot append to the checkpoint file");
+            }
+            checkpoints.unwritten.clear();
         }
         true
     }
@@ -895,9 +902,14 @@ mod tests {
         let checkpoints = Checkpoints {
             every: Duration::from_secs(3600),
             key: signing,
-            sidecar: OpenOptions::new().create(true).append(true).open(dir.path().join("audit.checkpoints.jsonl")).unwrap(),
+            sidecar: OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.path().join("audit.checkpoints.jsonl"))
+                .unwrap(),
             written: IntCounter::new("checkpoints", "checkpoints").unwrap(),
             last: Instant::now(),
+            unwritten: Vec::new(),
             at: (0, 0),
         };
         let written = checkpoints.written.clone();
@@ -914,9 +926,14 @@ mod tests {
         let sidecar = naming.checkpoints();
         let checkpoints = crate::audit::verify::read_checkpoints(&sidecar).unwrap();
         assert_eq!(checkpoints.len() as u64, written.get());
-        let counts: Vec<usize> = series.iter().map(|f| std::fs::read_to_string(&f.path).unwrap().lines().count()).collect();
+        let counts: Vec<usize> =
+            series.iter().map(|f| std::fs::read_to_string(&f.path).unwrap().lines().count()).collect();
         assert!(series.len() >= 2, "{series:?}");
-        assert_eq!(checkpoints.len(), series.len(), "one at each rotation and one at shutdown: {counts:?} {checkpoints:?}");
+        assert_eq!(
+            checkpoints.len(),
+            series.len(),
+            "one at each rotation and one at shutdown: {counts:?} {checkpoints:?}"
+        );
         let key = crate::audit::keys::load_chain_key(&keys.chain_key).unwrap();
         let check = CheckpointCheck { source: &sidecar, checkpoints: &checkpoints, public_key: &public_key };
         let report = verify_series(&series, Some(&key), Some(&check));

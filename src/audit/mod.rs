@@ -125,6 +125,7 @@ impl Auditor {
                 sidecar,
                 written: metrics.audit_checkpoints.clone(),
                 last: std::time::Instant::now(),
+                unwritten: Vec::new(),
                 at: (0, 0),
             });
         }

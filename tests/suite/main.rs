@@ -8,6 +8,7 @@ mod actions;
 mod actions_clients;
 mod actions_enforce;
 mod actions_rules;
+mod audit_rotate;
 mod audit_sink;
 mod auth;
 mod bounded;
