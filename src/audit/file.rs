@@ -876,7 +876,7 @@ mod tests {
         assert_eq!(ids(&text), names, "every record once, in order");
         for file in series.iter().filter(|f| f.serial.is_some()) {
             let size = std::fs::metadata(&file.path).unwrap().len();
-            assert!(size >= 1024 && size < 1024 + 3 * 300, "{}: {size} bytes", file.path.display());
+            assert!((1024..1024 + 3 * 300).contains(&size), "{}: {size} bytes", file.path.display());
         }
         let report = verify_series(&series, None, None);
         assert!(!report.broken, "{:?}", report.lines);

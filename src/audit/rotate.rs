@@ -154,7 +154,7 @@ pub fn series_of(paths: &[PathBuf]) -> std::io::Result<Vec<Vec<SeriesFile>>> {
                     namings.push(naming);
                 }
             }
-            namings.sort_by(|a, b| a.active().cmp(&b.active()));
+            namings.sort_by_key(Naming::active);
             for naming in namings {
                 all.push(naming.series()?);
             }
