@@ -704,6 +704,9 @@ fn verify(paths: &[PathBuf], key: Option<&Path>, checkpoints: Option<(&Path, &Pa
         for line in &report.lines {
             println!("{line}");
         }
+        for error in &report.errors {
+            eprintln!("{error}");
+        }
         broken |= report.broken;
         needs_key |= report.needs_key;
     }

@@ -210,6 +210,8 @@ pub struct SeriesReport {
     pub broken: bool,
     /// Keyed records were found and no key was given.
     pub needs_key: bool,
+    /// Files that could not be read (for stderr).
+    pub errors: Vec<String>,
 }
 
 impl SeriesReport {
@@ -333,6 +335,12 @@ pub fn verify_series(
             Ok(verified) => verified,
             Err(VerifyError::Broken(error)) => {
                 report.broken(format!("{name}: broken at {error}"));
+                previous = Some((file.path.clone(), None));
+                continue;
+            }
+            Err(VerifyError::Read(error)) => {
+                report.errors.push(format!("{name}: {error}"));
+                report.broken = true;
                 previous = Some((file.path.clone(), None));
                 continue;
             }
