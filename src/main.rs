@@ -371,6 +371,41 @@ fn check(path: &std::path::Path) -> ExitCode {
     println!("  policy: {} rules", config.policy.rule_count());
     println!("  users: {}", config.identity.user_count());
     println!("  audit: {}", config.audit.file.as_ref().map_or("off".to_owned(), |f| f.path.display().to_string()));
+    if let Some(file) = &config.audit.file {
+        let mut notes = Vec::new();
+        if let Some(key) = &file.key {
+            if let Err(error) = tollgate::audit::keys::load_chain_key(key) {
+                eprintln!("tollgate: audit.file.key: {error}");
+                return ExitCode::from(2);
+            }
+            notes.push("chain keyed (HMAC-SHA256)".to_owned());
+        }
+        match (file.rotate_size, file.rotate_daily) {
+            (Some(size), true) => notes.push(format!("rotated at {size} bytes and at UTC midnight")),
+            (Some(size), false) => notes.push(format!("rotated at {size} bytes")),
+            (None, true) => notes.push("rotated at UTC midnight".to_owned()),
+            (None, false) => {}
+        }
+        if let Some(retention) = file.retention {
+            let days = retention.as_secs() / 86_400;
+            let kept = if retention.as_secs() % 86_400 == 0 {
+                format!("{days} days")
+            } else {
+                humantime::format_duration(retention).to_string()
+            };
+            notes.push(format!("rotated files kept {kept}"));
+        }
+        if let Some(checkpoints) = &config.audit.checkpoints {
+            if let Err(error) = tollgate::audit::keys::load_signing_key(&checkpoints.signing_key) {
+                eprintln!("tollgate: audit.checkpoints.signing_key: {error}");
+                return ExitCode::from(2);
+            }
+            notes.push(format!("signed checkpoints every {}", humantime::format_duration(checkpoints.every)));
+        }
+        if !notes.is_empty() {
+            println!("    {}", notes.join(", "));
+        }
+    }
     let llm = &config.llm;
     if let Some(intercept) = &llm.intercept {
         let ca = intercept.ca_cert.display();

@@ -418,7 +418,8 @@ impl Writer {
         true
     }
 
-    /// Writes the batch; false when shutdown gave up on a failing sink.
+    /// Writes the batch (`out`); false when shutdown gave up on a failing sink. Every byte the file gets passes
+    /// here, records and checkpoints alike; once written, the batch's checkpoints go to the sidecar.
     fn write_out(&mut self, queue: &Queue) -> bool {
         let mut done = 0;
         let mut failures = 0;

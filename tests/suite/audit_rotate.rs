@@ -489,3 +489,31 @@ fn usage_reads_rotated_and_compressed_files() {
         assert!(stdout.lines().any(|line| line.starts_with("t,bob,m,1,3,1,")), "the active file: {stdout}");
     }
 }
+
+/// `tollgate check` says how the audit file is kept, and refuses a key file that is missing or not a key.
+#[test]
+fn check_describes_rotation_keys_and_checkpoints_and_refuses_a_bad_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    keygen(dir.path());
+    let path = dir.path().join("tollgate.yaml");
+    std::fs::write(&path, config(dir.path(), "100MiB", ", retention: 7y")).unwrap();
+    let output = tollgate(&["check", "-c", &path.display().to_string()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        stdout.contains(
+            "    chain keyed (HMAC-SHA256), rotated at 104857600 bytes, rotated files kept 2555 days, signed checkpoints \
+             every 1m\n"
+        ),
+        "{stdout}"
+    );
+
+    std::fs::write(dir.path().join("keys/audit.key"), "abcd\n").unwrap();
+    let output = tollgate(&["check", "-c", &path.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("audit.file.key: ") && stderr.contains("a chain key needs at least 32 bytes; it has 2"),
+        "{stderr}"
+    );
+}
