@@ -26,7 +26,7 @@ use super::checkpoint;
 use super::queue::{Queue, Taken};
 use super::record::{CheckpointRecord, Entry};
 use super::rotate::{self, Job, Naming};
-use super::verify::{split_hash, GENESIS};
+use super::verify::{split_hash, GENESIS, KEYED_MARK};
 use crate::config::file::AuditSync;
 
 /// The file sink's writer; `run` is the body of its thread.
@@ -480,9 +480,6 @@ impl Writer {
         }
     }
 }
-
-/// `"chain":"hmac-sha256"`, before `prev` in a keyed record.
-pub(super) const KEYED_MARK: &[u8] = b",\"chain\":\"hmac-sha256\"";
 
 /// Newline-terminated lines in the file.
 fn count_lines(path: &Path) -> std::io::Result<u64> {

@@ -14,12 +14,14 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::file::KEYED_MARK;
 use super::record::CheckpointRecord;
 use super::rotate::{self, SeriesFile};
 
 /// The `prev` of the first record.
 pub(super) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// `"chain":"hmac-sha256"`, before `prev` in a keyed record.
+pub(super) const KEYED_MARK: &[u8] = b",\"chain\":\"hmac-sha256\"";
 
 /// Torn lines listed by number; more are only counted.
 const LISTED: usize = 20;
