@@ -855,6 +855,23 @@ mod tests {
     }
 
     #[test]
+    fn a_daily_writer_wakes_at_utc_midnight_only_when_its_file_has_records() {
+        fn ten_seconds_to_midnight() -> SystemTime {
+            humantime::parse_rfc3339("2026-12-05T23:59:50Z").unwrap()
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (rotation, _jobs) = rotating(None, true);
+        let (writer, _) = Writer::open(&dir.path().join("audit.jsonl"), true, AuditSync::Batch).unwrap();
+        let mut writer = writer.clocked(ten_seconds_to_midnight).rotating(rotation).unwrap();
+        assert_eq!(writer.timer_deadline(), None, "an empty file is not rotated");
+        writer.lines = 1;
+        let before = Instant::now();
+        let wake = writer.timer_deadline().expect("midnight");
+        let after = Instant::now();
+        assert!(wake >= before + Duration::from_secs(10) && wake <= after + Duration::from_secs(10), "{wake:?}");
+    }
+
+    #[test]
     fn by_size_every_record_is_in_exactly_one_file_and_the_series_verifies() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
