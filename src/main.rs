@@ -734,6 +734,11 @@ fn verify(paths: &[PathBuf], key: Option<&Path>, checkpoints: Option<(&Path, &Pa
     }
     let mut broken = false;
     let mut needs_key = false;
+    if let Some(check) = &check {
+        let report = tollgate::audit::verify_signatures(check);
+        report.lines.iter().for_each(|line| println!("{line}"));
+        broken |= report.broken;
+    }
     for files in series.iter().filter(|files| !files.is_empty()) {
         let report = tollgate::audit::verify_series(files, key.as_ref(), check.as_ref());
         for line in &report.lines {

@@ -992,7 +992,9 @@ mod tests {
         let mut forged = checkpoints.clone();
         forged.last_mut().unwrap().1.records -= 1;
         let check = CheckpointCheck { source: &sidecar, checkpoints: &forged, public_key: &public_key };
-        let report = verify_series(&series, Some(&key), Some(&check));
+        let report = crate::audit::verify::verify_signatures(&check);
         assert!(report.lines.iter().any(|l| l.contains("signature does not hold")), "{:?}", report.lines);
+        let check = CheckpointCheck { source: &sidecar, checkpoints: &checkpoints, public_key: &public_key };
+        assert!(!crate::audit::verify::verify_signatures(&check).broken);
     }
 }

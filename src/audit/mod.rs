@@ -25,8 +25,8 @@ pub use file::{torn_path, Torn};
 pub use queue::{install_park_hook, worker_parks, Health, STALL_AFTER};
 pub use record::{ActionRecord, CheckpointRecord, Entry, OutcomeRecord, Record};
 pub use verify::{
-    read_checkpoints, verify, verify_chain, verify_series, verify_with, ChainError, Check, CheckpointCheck,
-    SeriesReport, Verified, VerifyError,
+    read_checkpoints, verify, verify_chain, verify_series, verify_signatures, verify_with, ChainError, Check,
+    CheckpointCheck, SeriesReport, Verified, VerifyError,
 };
 
 use crate::config::file::AuditFailure;

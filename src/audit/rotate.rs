@@ -189,6 +189,15 @@ pub fn series_of(paths: &[PathBuf]) -> std::io::Result<Vec<Vec<SeriesFile>>> {
     Ok(all)
 }
 
+/// The name of the active file of the series `path` belongs to: `audit.jsonl` for `audit-000042-….jsonl.gz` and
+/// for `audit.jsonl` itself.
+pub fn active_name(path: &Path) -> String {
+    match rotated_naming(path) {
+        Some((naming, _)) => format!("{}{}", naming.stem, naming.extension),
+        None => path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+    }
+}
+
 /// The serial of a rotated file's path; `None` for any other file.
 pub fn rotated_serial(path: &Path) -> Option<u64> {
     rotated_naming(path).map(|(_, serial)| serial)

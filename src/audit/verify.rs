@@ -237,8 +237,8 @@ pub struct CheckpointCheck<'a> {
 }
 
 /// Verifies a series of files in order: each file's chain, each file's first record against the previous file's
-/// last, the serials of rotated names, and (with `checkpoints`) every checkpoint's signature and that the file it
-/// names still holds what it says. `files` is in series order (rotated files by serial, then the active file).
+/// last, the serials of rotated names, and (with `checkpoints`) that each file still holds what this series'
+/// checkpoints (those naming its active file) say; their signatures are `verify_signatures`'. `files` is in series order (rotated files by serial, then the active file).
 pub fn verify_series(
     files: &[SeriesFile],
     key: Option<&ring::hmac::Key>,
@@ -255,19 +255,15 @@ pub fn verify_series(
     }
     let active_given = files.last().is_some_and(|file| file.serial.is_none());
     let given_serials: Vec<u64> = serials.iter().flatten().copied().collect();
+    // Only this series' checkpoints: they name its active file.
+    let series_name = files.first().map(|file| rotate::active_name(&file.path)).unwrap_or_default();
+    let ours: Vec<(u64, CheckpointRecord)> = checkpoints
+        .map(|check| check.checkpoints.iter().filter(|(_, c)| c.file == series_name).cloned().collect())
+        .unwrap_or_default();
     if let Some(check) = checkpoints {
-        for (line, checkpoint) in check.checkpoints {
-            if !super::checkpoint::signature_holds(checkpoint, check.public_key) {
-                report.broken(format!(
-                    "{}: line {line}: the checkpoint's signature does not hold (a forged or altered checkpoint, or \
-                     another public key)",
-                    check.source.display()
-                ));
-            }
-        }
         let (low, high) = (given_serials.first().copied(), given_serials.last().copied());
         let mut skipped = 0;
-        for (line, checkpoint) in check.checkpoints {
+        for (line, checkpoint) in &ours {
             if given_serials.contains(&checkpoint.serial) {
                 continue;
             }
@@ -305,9 +301,7 @@ pub fn verify_series(
     let mut ends: Vec<(PathBuf, Option<String>)> = Vec::new();
     for (index, file) in files.iter().enumerate() {
         let serial = serials[index];
-        let wanted: Vec<&(u64, CheckpointRecord)> = checkpoints
-            .map(|check| check.checkpoints.iter().filter(|(_, c)| Some(c.serial) == serial).collect())
-            .unwrap_or_default();
+        let wanted: Vec<&(u64, CheckpointRecord)> = ours.iter().filter(|(_, c)| Some(c.serial) == serial).collect();
         let mut lines_wanted: Vec<u64> = wanted.iter().map(|(_, c)| c.records).filter(|&r| r > 0).collect();
         lines_wanted.sort_unstable();
         lines_wanted.dedup();
@@ -412,6 +406,22 @@ pub fn verify_series(
         }
         ends.push((file.path.clone(), verified.last_hash.clone()));
         previous = Some((file.path.clone(), verified.last_hash));
+    }
+    report
+}
+
+/// Checks the signature of every checkpoint (once, whatever series they name): a checkpoint whose fields were
+/// changed, or that was made without the signing key, is named.
+pub fn verify_signatures(check: &CheckpointCheck<'_>) -> SeriesReport {
+    let mut report = SeriesReport::default();
+    for (line, checkpoint) in check.checkpoints {
+        if !super::checkpoint::signature_holds(checkpoint, check.public_key) {
+            report.broken(format!(
+                "{}: line {line}: the checkpoint's signature does not hold (a forged or altered checkpoint, or \
+                 another public key)",
+                check.source.display()
+            ));
+        }
     }
     report
 }
