@@ -997,4 +997,49 @@ mod tests {
         let check = CheckpointCheck { source: &sidecar, checkpoints: &checkpoints, public_key: &public_key };
         assert!(!crate::audit::verify::verify_signatures(&check).broken);
     }
+
+    #[test]
+    fn without_a_key_checkpoints_still_find_a_rewrite_with_recomputed_hashes_up_to_the_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let keys = crate::audit::keys::keygen(&dir.path().join("keys")).unwrap();
+        let signing = crate::audit::keys::load_signing_key(&keys.signing_key).unwrap();
+        let public_key = signing.public_key().as_ref().to_vec();
+        let sidecar = dir.path().join("audit.checkpoints.jsonl");
+        let checkpoints = Checkpoints {
+            every: Duration::from_secs(3600),
+            key: signing,
+            sidecar: OpenOptions::new().create(true).append(true).open(&sidecar).unwrap(),
+            written: IntCounter::new("checkpoints", "checkpoints").unwrap(),
+            last: Instant::now(),
+            unwritten: Vec::new(),
+            at: (0, 0),
+        };
+        let (writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        run_batches(writer.checkpointing(checkpoints), &[&["a", "b"], &["c"]], |_| {});
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The edit, every hash after it recomputed: the plain chain verifies.
+        let mut prev = GENESIS.to_owned();
+        let mut forged = String::new();
+        for line in text.lines() {
+            let line = line.replace("\"decision\":\"allow\"", "\"decision\":\"deny\"");
+            let (hashed, _) = split_hash(&line).unwrap();
+            let at = hashed.rfind(",\"prev\":\"").unwrap();
+            let hashed = format!("{},\"prev\":\"{prev}\"}}", &hashed[..at]);
+            prev = hex::encode(Sha256::digest(hashed.as_bytes()));
+            forged.push_str(&format!("{},\"hash\":\"{prev}\"}}\n", &hashed[..hashed.len() - 1]));
+        }
+        std::fs::write(&path, &forged).unwrap();
+        let series = Naming::new(&path).series().unwrap();
+        assert!(!verify_series(&series, None, None).broken, "the plain chain cannot tell");
+        let checkpoints = crate::audit::verify::read_checkpoints(&sidecar).unwrap();
+        let check = CheckpointCheck { source: &sidecar, checkpoints: &checkpoints, public_key: &public_key };
+        let report = verify_series(&series, None, Some(&check));
+        assert!(report.broken, "{:?}", report.lines);
+        assert!(
+            report.lines.iter().any(|l| l.contains("line 3: its hash is not the one the checkpoint of")),
+            "{:?}",
+            report.lines
+        );
+    }
 }
