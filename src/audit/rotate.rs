@@ -117,6 +117,9 @@ impl Naming {
 /// The naming and serial of a rotated file's path (`DIR/STEM-SERIAL-TIME.EXT[.gz]`), whatever its stem.
 fn rotated_naming(path: &Path) -> Option<(Naming, u64)> {
     let name = path.file_name()?.to_str()?;
+    if name.ends_with(PARTIAL) {
+        return None;
+    }
     let plain = name.strip_suffix(GZ).unwrap_or(name);
     let (left, right) = plain.rsplit_once('-')?;
     let (stem, _) = left.rsplit_once('-')?;
@@ -143,6 +146,10 @@ pub fn series_of(paths: &[PathBuf]) -> std::io::Result<Vec<Vec<SeriesFile>>> {
             for entry in std::fs::read_dir(path)? {
                 let entry_path = entry?.path();
                 let name = entry_path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                if name.ends_with(PARTIAL) {
+                    // A compression cut short: its plain original is still there.
+                    continue;
+                }
                 let naming = match rotated_naming(&entry_path) {
                     Some((naming, _)) => naming,
                     None if name.ends_with(".jsonl") && !name.ends_with(".checkpoints.jsonl") => {
@@ -465,6 +472,13 @@ mod tests {
         }
         assert_eq!(text, "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n");
         assert_eq!(series.iter().map(|f| f.serial).collect::<Vec<_>>(), [Some(1), Some(2), None]);
+
+        // A directory with a compression cut short holds one series: the partial file is not a file of it.
+        std::fs::write(dir.path().join("audit-000003-20261203T000000Z.jsonl"), "{\"id\":\"d\"}\n").unwrap();
+        std::fs::write(dir.path().join("audit-000003-20261203T000000Z.jsonl.gz.tmp"), b"\x1f").unwrap();
+        let all = series_of(&[dir.path().to_owned()]).unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(all[0].iter().map(|f| f.serial).collect::<Vec<_>>(), [Some(1), Some(2), Some(3), None]);
     }
 
     #[test]

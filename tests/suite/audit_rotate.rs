@@ -83,7 +83,8 @@ fn read_any(path: &Path) -> String {
     }
 }
 
-/// The rotated files of `audit` (`audit-SERIAL-….jsonl[.gz]`), by serial.
+/// The rotated files of `audit` (`audit-SERIAL-….jsonl[.gz]`), by serial; a file found both plain and compressed
+/// (shutdown came between the compressed copy's rename and the plain file's removal) is listed once, plain.
 fn rotated(audit: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(audit)
         .expect("list")
@@ -94,6 +95,7 @@ fn rotated(audit: &Path) -> Vec<PathBuf> {
         })
         .collect();
     files.sort();
+    files.dedup_by(|later, earlier| later.to_string_lossy() == format!("{}.gz", earlier.to_string_lossy()));
     files
 }
 
