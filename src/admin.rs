@@ -159,11 +159,14 @@ async fn usage(shared: &Shared, config: &Config, query: Option<&str>) -> Respons
         Ok(parsed) => parsed,
         Err(message) => return json_reply(StatusCode::BAD_REQUEST, json!({"error": message})),
     };
-    let report =
-        match read_audit(shared, config, "usage is summed from", move |path| usage::read_file(path, filter)).await {
-            Ok(report) => report,
-            Err(response) => return response,
-        };
+    let report = match read_audit(shared, config, "usage is summed from", move |path| {
+        usage::read_series(&[path.to_owned()], filter)
+    })
+    .await
+    {
+        Ok(report) => report,
+        Err(response) => return response,
+    };
     report_reply(format, report.invalid_lines(), 0, report.render(format))
 }
 

@@ -80,11 +80,16 @@ enum Command {
     },
     /// Read a password on stdin and print its argon2id hash for `auth.users[].password_hash`.
     Passwd,
-    /// Requests, tokens and spend per team and user, summed from the audit log (`audit.file.path`).
+    /// Requests, tokens and spend per team and user, summed from the audit log (`audit.file.path` and its rotated
+    /// files, compressed or not).
     Usage {
         /// Config file (for `audit.file.path`).
         #[arg(short, long, env = "TOLLGATE_CONFIG", default_value = DEFAULT_PATH)]
         config: PathBuf,
+        /// Read these audit files or directories (`.gz` too) instead of the config's `audit.file.path` and its
+        /// rotated files (the config is then not read).
+        #[arg(long, value_name = "PATH", num_args = 1..)]
+        audit: Vec<PathBuf>,
         /// Only this team.
         #[arg(long)]
         team: Option<String>,
@@ -178,10 +183,29 @@ impl From<ReportFormat> for tollgate::report::Format {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Check the hash chain of audit files; names the first broken record, and the torn lines it skipped.
+    /// Check the hash chain of audit files; names the first broken record, and the torn lines it skipped; across
+    /// the files of a rotated series, a missing file or files out of order.
     Verify {
+        /// Audit files (`.gz` too), or directories: every series in them, in order.
         #[arg(required = true)]
-        files: Vec<PathBuf>,
+        paths: Vec<PathBuf>,
+        /// The chain key (`audit.file.key`): keyed records are checked with it, and every record must be keyed.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Signed checkpoints (`STEM.checkpoints.jsonl`, kept elsewhere) to check the files against: a tail cut
+        /// from a file is found.
+        #[arg(long, value_name = "FILE", requires = "public_key")]
+        checkpoints: Option<PathBuf>,
+        /// The checkpoints' public key (`audit-sign.pub`).
+        #[arg(long, value_name = "FILE", requires = "checkpoints")]
+        public_key: Option<PathBuf>,
+    },
+    /// Make the audit keys: the chain key (`audit.key`), the checkpoint signing key (`audit-sign.key`), both mode
+    /// 0600, and its public key (`audit-sign.pub`). Never overwrites.
+    Keygen {
+        /// Directory for the files (created when missing).
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
     },
 }
 
@@ -259,9 +283,9 @@ fn main() -> ExitCode {
             }
         }
         Command::Passwd => passwd(),
-        Command::Usage { config, team, user, since, format } => {
+        Command::Usage { config, audit, team, user, since, format } => {
             let filter = tollgate::report::Filter { team, user, since: since.start(std::time::SystemTime::now()) };
-            usage(&config, filter, format.into())
+            usage(&config, audit, filter, format.into())
         }
         Command::Sessions { config, audit, team, user, since, format, session } => {
             let audit = match audit.map_or_else(|| audit_file(&config, "sessions are read from"), Ok) {
@@ -278,7 +302,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Fleet { config, stale, admin, format } => fleet(&config, stale, admin, format.into()),
-        Command::Audit { command: AuditCommand::Verify { files } } => verify(&files),
+        Command::Audit { command: AuditCommand::Verify { paths, key, checkpoints, public_key } } => {
+            verify(&paths, key.as_deref(), checkpoints.as_deref().zip(public_key.as_deref()))
+        }
+        Command::Audit { command: AuditCommand::Keygen { dir } } => keygen(&dir),
         Command::Ca { command: CaCommand::Init { dir, client, force } } => {
             let kind = if client { CaKind::Clients } else { CaKind::Tollgate };
             written(certs::init_ca(&dir, kind, force))
@@ -344,6 +371,41 @@ fn check(path: &std::path::Path) -> ExitCode {
     println!("  policy: {} rules", config.policy.rule_count());
     println!("  users: {}", config.identity.user_count());
     println!("  audit: {}", config.audit.file.as_ref().map_or("off".to_owned(), |f| f.path.display().to_string()));
+    if let Some(file) = &config.audit.file {
+        let mut notes = Vec::new();
+        if let Some(key) = &file.key {
+            if let Err(error) = tollgate::audit::keys::load_chain_key(key) {
+                eprintln!("tollgate: audit.file.key: {error}");
+                return ExitCode::from(2);
+            }
+            notes.push("chain keyed (HMAC-SHA256)".to_owned());
+        }
+        match (file.rotate_size, file.rotate_daily) {
+            (Some(size), true) => notes.push(format!("rotated at {size} bytes and at UTC midnight")),
+            (Some(size), false) => notes.push(format!("rotated at {size} bytes")),
+            (None, true) => notes.push("rotated at UTC midnight".to_owned()),
+            (None, false) => {}
+        }
+        if let Some(retention) = file.retention {
+            let days = retention.as_secs() / 86_400;
+            let kept = if retention.as_secs() % 86_400 == 0 {
+                format!("{days} days")
+            } else {
+                humantime::format_duration(retention).to_string()
+            };
+            notes.push(format!("rotated files kept {kept}"));
+        }
+        if let Some(checkpoints) = &config.audit.checkpoints {
+            if let Err(error) = tollgate::audit::keys::load_signing_key(&checkpoints.signing_key) {
+                eprintln!("tollgate: audit.checkpoints.signing_key: {error}");
+                return ExitCode::from(2);
+            }
+            notes.push(format!("signed checkpoints every {}", humantime::format_duration(checkpoints.every)));
+        }
+        if !notes.is_empty() {
+            println!("    {}", notes.join(", "));
+        }
+    }
     let llm = &config.llm;
     if let Some(intercept) = &llm.intercept {
         let ca = intercept.ca_cert.display();
@@ -504,22 +566,32 @@ fn passwd() -> ExitCode {
     report(tollgate::identity::hash_password(password).map(|hash| println!("{hash}")).map_err(anyhow::Error::msg))
 }
 
-/// Prints the usage report; lines that are not records are counted on stderr. Exit 2 without `audit.file`, 1 when
-/// the file cannot be read.
-fn usage(path: &Path, filter: tollgate::report::Filter, format: tollgate::report::Format) -> ExitCode {
-    let audit = match audit_file(path, "usage is summed from") {
-        Ok(audit) => audit,
-        Err(code) => return code,
+/// Prints the usage report of the audit log (`audit`, or the config's `audit.file.path` with its rotated files);
+/// lines that are not records are counted on stderr. Exit 2 without `audit.file`, 1 when a file cannot be read.
+fn usage(
+    path: &Path,
+    audit: Vec<PathBuf>,
+    filter: tollgate::report::Filter,
+    format: tollgate::report::Format,
+) -> ExitCode {
+    let audit = if audit.is_empty() {
+        match audit_file(path, "usage is summed from") {
+            Ok(audit) => vec![audit],
+            Err(code) => return code,
+        }
+    } else {
+        audit
     };
-    let report = match tollgate::usage::read_file(&audit, filter) {
+    let shown = audit.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    let report = match tollgate::usage::read_series(&audit, filter) {
         Ok(report) => report,
         Err(error) => {
-            eprintln!("tollgate: {}: {error}", audit.display());
+            eprintln!("tollgate: {shown}: {error}");
             return ExitCode::from(1);
         }
     };
     print!("{}", report.render(format));
-    skipped(&audit, report.invalid_lines(), report.first_invalid_line());
+    skipped(Path::new(&shown), report.invalid_lines(), report.first_invalid_line());
     ExitCode::SUCCESS
 }
 
@@ -623,43 +695,92 @@ fn skipped(audit: &Path, count: u64, first: Option<u64>) {
     }
 }
 
-/// Checks each file's chain: `FILE: ok, N records` (and the torn lines skipped, by number), or `FILE: broken at
-/// line N: …` and exit 1.
-fn verify(files: &[PathBuf]) -> ExitCode {
-    let mut broken = false;
-    for file in files {
-        let opened = std::fs::File::open(file).map(|f| std::io::BufReader::with_capacity(1 << 16, f));
-        match opened.map_err(tollgate::audit::VerifyError::Read).and_then(tollgate::audit::verify) {
-            Ok(verified) => {
-                println!("{}: ok, {} records", file.display(), verified.records);
-                if verified.torn_lines > 0 {
-                    let numbers: Vec<String> = verified.first_torn.iter().map(u64::to_string).collect();
-                    let more = if verified.torn_lines > verified.first_torn.len() as u64 { ", …" } else { "" };
-                    println!(
-                        "{}: {} torn {} skipped (not a complete record: a write cut short): line {}{more}; the records \
-                         around {} chain",
-                        file.display(),
-                        verified.torn_lines,
-                        if verified.torn_lines == 1 { "line" } else { "lines" },
-                        numbers.join(", "),
-                        if verified.torn_lines == 1 { "it" } else { "them" },
-                    );
-                }
-            }
-            Err(tollgate::audit::VerifyError::Broken(error)) => {
-                println!("{}: broken at {error}", file.display());
-                broken = true;
-            }
-            Err(tollgate::audit::VerifyError::Read(error)) => {
-                eprintln!("{}: {error}", file.display());
-                broken = true;
-            }
+/// Checks each series' chain: `FILE: ok, N records` per file (and the torn lines skipped, by number), or
+/// `FILE: broken at line N: …`, a missing or misplaced file, a checkpoint that does not hold, and exit 1; exit 2
+/// when a key or the checkpoints cannot be read, or the records are keyed and no key was given.
+fn verify(paths: &[PathBuf], key: Option<&Path>, checkpoints: Option<(&Path, &Path)>) -> ExitCode {
+    let key = match key.map(tollgate::audit::keys::load_chain_key).transpose() {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!("tollgate: {error}");
+            return ExitCode::from(2);
         }
+    };
+    let loaded = checkpoints.map(|(source, public_key)| {
+        let public_key = tollgate::audit::keys::load_public_key(public_key).map_err(|error| error.to_string())?;
+        Ok::<_, String>((source, tollgate::audit::read_checkpoints(source)?, public_key))
+    });
+    let loaded = match loaded.transpose() {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("tollgate: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let check = loaded.as_ref().map(|(source, checkpoints, public_key)| tollgate::audit::CheckpointCheck {
+        source,
+        checkpoints,
+        public_key,
+    });
+    let series = match tollgate::audit::rotate::series_of(paths) {
+        Ok(series) => series,
+        Err(error) => {
+            eprintln!("tollgate: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    if series.iter().all(Vec::is_empty) {
+        eprintln!(
+            "tollgate: no audit files in {}",
+            paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+        return ExitCode::from(1);
     }
-    if broken {
+    let mut broken = false;
+    let mut needs_key = false;
+    if let Some(check) = &check {
+        let report = tollgate::audit::verify_signatures(check);
+        report.lines.iter().for_each(|line| println!("{line}"));
+        broken |= report.broken;
+    }
+    for files in series.iter().filter(|files| !files.is_empty()) {
+        let report = tollgate::audit::verify_series(files, key.as_ref(), check.as_ref());
+        for line in &report.lines {
+            println!("{line}");
+        }
+        for error in &report.errors {
+            eprintln!("{error}");
+        }
+        broken |= report.broken;
+        needs_key |= report.needs_key;
+    }
+    if needs_key {
+        ExitCode::from(2)
+    } else if broken {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Writes the audit keys and says what to configure.
+fn keygen(dir: &Path) -> ExitCode {
+    match tollgate::audit::keys::keygen(dir) {
+        Ok(generated) => {
+            println!("wrote {} (chain key, mode 0600)", generated.chain_key.display());
+            println!("wrote {} (checkpoint signing key, mode 0600)", generated.signing_key.display());
+            println!("wrote {} (public key: keep a copy away from this machine)", generated.public_key.display());
+            println!(
+                "configure: audit: {{file: {{key: {}}}, checkpoints: {{every: 1m, signing_key: {}}}}}",
+                generated.chain_key.display(),
+                generated.signing_key.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tollgate: {error}");
+            ExitCode::from(1)
+        }
     }
 }
 

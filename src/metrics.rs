@@ -25,6 +25,10 @@ pub struct Metrics {
     audit_torn_lines: IntCounterVec,
     audit_queued: IntGaugeVec,
     audit_healthy: IntGaugeVec,
+    /// Audit files rotated, deleted by `audit.file.retention`, and checkpoints written.
+    pub audit_rotations: IntCounter,
+    pub audit_files_deleted: IntCounter,
+    pub audit_checkpoints: IntCounter,
     client_errors: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
     rate_limited: IntCounterVec,
@@ -241,6 +245,19 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(alert_events_dropped.clone())).expect("unique metric");
+        let plain_counter = |name: &str, help: &str| {
+            let metric = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let audit_rotations =
+            plain_counter("tollgate_audit_rotations_total", "Audit files rotated (audit.file.rotate: size or daily).");
+        let audit_files_deleted = plain_counter(
+            "tollgate_audit_files_deleted_total",
+            "Rotated audit files deleted because they were older than audit.file.retention.",
+        );
+        let audit_checkpoints =
+            plain_counter("tollgate_audit_checkpoints_total", "Signed audit checkpoints written (audit.checkpoints).");
         let tunnels_active = IntGauge::new("tollgate_tunnels_active", "Open CONNECT tunnels.").expect("valid metric");
         registry.register(Box::new(tunnels_active.clone())).expect("unique metric");
         Self {
@@ -256,6 +273,9 @@ impl Metrics {
             audit_torn_lines,
             audit_queued,
             audit_healthy,
+            audit_rotations,
+            audit_files_deleted,
+            audit_checkpoints,
             client_errors,
             tls_handshake_failures,
             rate_limited,

@@ -122,6 +122,18 @@ fn restart_only_changes(current: &Config, loaded: &Config) -> Vec<String> {
     if current.audit.file.as_ref().map(|f| f.sync) != loaded.audit.file.as_ref().map(|f| f.sync) {
         changes.push("audit.file.sync changed".to_owned());
     }
+    let keyed = |config: &Config| config.audit.file.as_ref().map(|f| f.key.clone());
+    let rotated = |config: &Config| config.audit.file.as_ref().map(|f| (f.rotate_size, f.rotate_daily, f.retention));
+    let checkpoints = |config: &Config| config.audit.checkpoints.as_ref().map(|c| (c.every, c.signing_key.clone()));
+    if keyed(current) != keyed(loaded) {
+        changes.push("audit.file.key changed".to_owned());
+    }
+    if rotated(current) != rotated(loaded) {
+        changes.push("audit.file.rotate or audit.file.retention changed".to_owned());
+    }
+    if checkpoints(current) != checkpoints(loaded) {
+        changes.push("audit.checkpoints changed".to_owned());
+    }
     if current.audit.on_failure != loaded.audit.on_failure {
         changes.push("audit.on_failure changed".to_owned());
     }

@@ -88,6 +88,34 @@ pub fn read_file(path: &Path, filter: Filter) -> std::io::Result<Report> {
     Report::read(filter, report::open(path)?)
 }
 
+/// Reads the audit log at `paths` line by line: each a file (`.gz` too) or a directory (every series in it, see
+/// `audit::rotate::series_of`); an active file comes with the rotated files next to it. A rotated file rotated
+/// before the filter's start holds no record after it and is not read. Invalid lines are numbered across the
+/// files read.
+pub fn read_series(paths: &[std::path::PathBuf], filter: Filter) -> std::io::Result<Report> {
+    use crate::audit::rotate::{rotated_serial, series_of, Naming};
+    let mut report = Report::new(filter);
+    let mut series = Vec::new();
+    for path in paths {
+        let naming = Naming::new(path);
+        let active = path.is_file() && rotated_serial(path).is_none() && path.extension().is_none_or(|e| e != "gz");
+        if active {
+            series.push(naming.series()?);
+        } else {
+            series.extend(series_of(std::slice::from_ref(path))?);
+        }
+    }
+    for files in series {
+        for file in files {
+            if file.rotated_at.is_some_and(|at| at < report.filter.since) {
+                continue;
+            }
+            report::each_line(crate::audit::rotate::open_series_file(&file.path)?, |line| report.add_line(line))?;
+        }
+    }
+    Ok(report)
+}
+
 impl Report {
     /// An empty report over `filter`.
     pub fn new(filter: Filter) -> Self {

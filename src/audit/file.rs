@@ -1,22 +1,32 @@
 //! The JSON-lines file sink: one writer thread, off the async workers, appends records in batches (one write(2)
-//! per batch), chains each to the previous one by SHA-256, and syncs them as `audit.file.sync` says.
+//! per batch), chains each to the previous one by SHA-256 (or HMAC-SHA256 with `audit.file.key`), and syncs them
+//! as `audit.file.sync` says.
 //!
 //! With `chain: true` a record carries `prev` (the previous record's hash) and `hash`, the SHA-256 of the line
-//! as written up to `,"hash"` with the closing brace, so editing or deleting a line breaks every later hash.
+//! as written up to `,"hash"` with the closing brace, so editing or deleting a line breaks every later hash. With
+//! a key, `"chain":"hmac-sha256"` comes before `prev` and the hash is the HMAC-SHA256 of the same bytes.
 //! On open, a torn end (a crash in the middle of a write) is set aside in `PATH.torn` and cut from the file, so
 //! the chain continues from the last complete record.
+//!
+//! With `audit.file.rotate` the writer closes the file by size (after the batch that reaches it) or at UTC
+//! midnight, renames it (`rotate.rs`) and goes on in a new file; the chain goes on too, so the new file's first
+//! `prev` is the old file's last hash. With `audit.checkpoints`, signed checkpoints join the batches.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
 
+use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
 
+use super::checkpoint;
 use super::queue::{Queue, Taken};
-use super::record::Entry;
-use super::verify::{split_hash, GENESIS};
+use super::record::{CheckpointRecord, Entry};
+use super::rotate::{self, Job, Naming};
+use super::verify::{split_hash, GENESIS, KEYED_MARK};
 use crate::config::file::AuditSync;
 
 /// The file sink's writer; `run` is the body of its thread.
@@ -26,9 +36,46 @@ pub(super) struct Writer {
     regular: bool,
     /// The previous record's hash, in hex, when the records are chained.
     chain: Option<[u8; 64]>,
+    /// `audit.file.key`: the chain is HMAC-SHA256 with it.
+    key: Option<ring::hmac::Key>,
     sync: AuditSync,
     /// The batch being written, reused from batch to batch.
     out: Vec<u8>,
+    naming: Naming,
+    /// Bytes and lines in the active file.
+    size: u64,
+    lines: u64,
+    /// The active file's serial: one more than the last rotated file's.
+    serial: u64,
+    /// The UTC day the active file's records are from.
+    day: u64,
+    rotation: Option<Rotation>,
+    checkpoints: Option<Checkpoints>,
+    now: fn() -> SystemTime,
+}
+
+/// `audit.file.rotate`, and where rotated files go to be compressed.
+pub(super) struct Rotation {
+    pub size: Option<u64>,
+    pub daily: bool,
+    pub compressor: mpsc::Sender<Job>,
+    pub rotations: IntCounter,
+    /// A rename that failed is not tried again before this.
+    pub retry_after: Option<Instant>,
+}
+
+/// `audit.checkpoints`.
+pub(super) struct Checkpoints {
+    pub every: Duration,
+    pub key: ring::signature::Ed25519KeyPair,
+    /// The sidecar every checkpoint is appended to.
+    pub sidecar: File,
+    pub written: IntCounter,
+    pub last: Instant,
+    /// Checkpoints in the batch being written, for the sidecar once the batch is.
+    pub unwritten: Vec<u8>,
+    /// Lines of the active file at the last checkpoint (and its serial): nothing new, no checkpoint.
+    pub at: (u64, u64),
 }
 
 /// A torn end found on open: set aside in `kept_in`, and cut from the audit file.
@@ -55,20 +102,82 @@ impl Writer {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
             Err(error) => return Err(error),
         };
-        let (torn, last) = if existing { repair(path)? } else { (None, None) };
+        let (torn, mut last) = if existing { repair(path)? } else { (None, None) };
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let regular = file.metadata()?.is_file();
+        let metadata = file.metadata()?;
+        let regular = metadata.is_file();
+        let naming = Naming::new(path);
+        let (mut serial, mut lines) = (1, 0);
+        if regular {
+            serial = naming.last_serial()? + 1;
+            lines = count_lines(path)?;
+            // An empty active file after a rotation: the chain continues from the last rotated file.
+            if chain && last.is_none() && lines == 0 {
+                last = last_hash_of_series(&naming)?;
+            }
+        }
         let chain = chain.then(|| {
             let mut prev = [0u8; 64];
             prev.copy_from_slice(last.as_deref().unwrap_or(GENESIS).as_bytes());
             prev
         });
-        Ok((Self { file, regular, chain, sync, out: Vec::with_capacity(64 * 1024) }, torn))
+        let now = SystemTime::now();
+        let day = match metadata.modified() {
+            Ok(modified) if lines > 0 => rotate::utc_day(modified),
+            _ => rotate::utc_day(now),
+        };
+        let writer = Self {
+            file,
+            regular,
+            chain,
+            key: None,
+            sync,
+            out: Vec::with_capacity(64 * 1024),
+            naming,
+            size: metadata.len(),
+            lines,
+            serial,
+            day,
+            rotation: None,
+            checkpoints: None,
+            now: SystemTime::now,
+        };
+        Ok((writer, torn))
+    }
+
+    /// Keys the chain: HMAC-SHA256 with `key` instead of SHA-256.
+    pub(super) fn keyed(mut self, key: ring::hmac::Key) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Rotates the file as `rotation` says (a regular file only).
+    pub(super) fn rotating(mut self, rotation: Rotation) -> std::io::Result<Self> {
+        if !self.regular {
+            return Err(std::io::Error::other("audit.file.rotate needs a regular file, not a pipe or a terminal"));
+        }
+        self.rotation = Some(rotation);
+        Ok(self)
+    }
+
+    /// Takes the time from `now` (tests of the day boundary).
+    #[cfg(test)]
+    fn clocked(mut self, now: fn() -> SystemTime) -> Self {
+        self.now = now;
+        self.day = rotate::utc_day(now());
+        self
+    }
+
+    /// Writes signed checkpoints as `checkpoints` says.
+    pub(super) fn checkpointing(mut self, checkpoints: Checkpoints) -> Self {
+        self.checkpoints = Some(checkpoints);
+        self
     }
 
     /// The writer thread: takes every queued record at once, writes them with one write(2), syncs per
     /// `audit.file.sync`, then tells the waiters. A failed write or sync is retried until it succeeds (the
-    /// records stay counted against the queue meanwhile), or until shutdown gives up.
+    /// records stay counted against the queue meanwhile), or until shutdown gives up. Between batches it rotates
+    /// the file and writes checkpoints when they are due.
     pub(super) fn run(mut self, queue: &Queue, written: &prometheus::IntCounter) {
         let mut batch = VecDeque::new();
         let interval = match self.sync {
@@ -78,20 +187,37 @@ impl Writer {
         let mut last_sync = Instant::now();
         let mut unsynced = false;
         loop {
-            let deadline = interval.filter(|_| unsynced && self.regular).map(|interval| last_sync + interval);
+            let sync_at = interval.filter(|_| unsynced && self.regular).map(|interval| last_sync + interval);
+            let deadline = [sync_at, self.timer_deadline()].into_iter().flatten().min();
             match queue.take(&mut batch, deadline) {
-                Taken::Records => {}
-                Taken::Deadline => {
-                    if !self.sync(queue) {
-                        break;
-                    }
-                    (last_sync, unsynced) = (Instant::now(), false);
-                    continue;
-                }
+                Taken::Records | Taken::Deadline => {}
                 Taken::Closed => {
+                    // The last checkpoint says how far the file goes at shutdown.
+                    self.out.clear();
+                    if self.checkpoint_pending() {
+                        self.append_checkpoint();
+                        unsynced |= self.write_out(queue);
+                    }
                     if unsynced {
                         self.sync(queue);
                     }
+                    break;
+                }
+            }
+            if self.day_turned() {
+                // The old day's file is closed before a record of the new day is written.
+                self.out.clear();
+                if self.checkpoint_pending() {
+                    self.append_checkpoint();
+                    if !self.write_out(queue) {
+                        break;
+                    }
+                }
+                if !self.sync(queue) {
+                    break;
+                }
+                (last_sync, unsynced) = (Instant::now(), false);
+                if !self.rotate(queue) {
                     break;
                 }
             }
@@ -100,21 +226,32 @@ impl Writer {
             for record in batch.drain(..) {
                 self.append(&record);
             }
-            if !self.write_out(queue) {
-                break;
+            let full = self.full_after(self.out.len() as u64);
+            if (full || self.checkpoint_due()) && self.checkpoint_pending() {
+                self.append_checkpoint();
             }
-            unsynced = true;
-            if interval.is_none_or(|interval| last_sync.elapsed() >= interval) {
+            if !self.out.is_empty() {
+                if !self.write_out(queue) {
+                    break;
+                }
+                unsynced = true;
+            }
+            if unsynced && (full || interval.is_none_or(|interval| last_sync.elapsed() >= interval)) {
                 if !self.sync(queue) {
                     break;
                 }
                 (last_sync, unsynced) = (Instant::now(), false);
             }
+            if full && !self.rotate(queue) {
+                break;
+            }
             if queue.recover() {
                 tracing::warn!("audit records are written again");
             }
-            queue.advance(count);
-            written.inc_by(count);
+            if count > 0 {
+                queue.advance(count);
+                written.inc_by(count);
+            }
             if self.out.capacity() > KEEP_BUFFER {
                 self.out = Vec::with_capacity(64 * 1024);
             }
@@ -133,20 +270,156 @@ impl Writer {
         }
         if let Some(prev) = &mut self.chain {
             self.out.pop(); // the closing brace
+            if self.key.is_some() {
+                self.out.extend_from_slice(KEYED_MARK);
+            }
             self.out.extend_from_slice(b",\"prev\":\"");
             self.out.extend_from_slice(prev);
             self.out.extend_from_slice(b"\"}");
-            let hash = Sha256::digest(&self.out[start..]);
-            hex::encode_to_slice(hash, prev).expect("64 hex digits fit 64 bytes");
+            match &self.key {
+                Some(key) => {
+                    let tag = ring::hmac::sign(key, &self.out[start..]);
+                    hex::encode_to_slice(tag.as_ref(), prev).expect("64 hex digits fit 64 bytes");
+                }
+                None => {
+                    let hash = Sha256::digest(&self.out[start..]);
+                    hex::encode_to_slice(hash, prev).expect("64 hex digits fit 64 bytes");
+                }
+            }
             self.out.pop();
             self.out.extend_from_slice(b",\"hash\":\"");
             self.out.extend_from_slice(prev);
             self.out.extend_from_slice(b"\"}");
         }
         self.out.push(b'\n');
+        self.lines += 1;
     }
 
-    /// Writes the batch; false when shutdown gave up on a failing sink.
+    /// The next moment a timer is due: a checkpoint while records wait for one, or midnight for a daily rotation
+    /// of a file that has records.
+    fn timer_deadline(&self) -> Option<Instant> {
+        let checkpoint = self
+            .checkpoints
+            .as_ref()
+            .filter(|_| self.checkpoint_pending())
+            .map(|checkpoints| checkpoints.last + checkpoints.every);
+        let midnight = self.rotation.as_ref().filter(|r| r.daily && self.lines > 0).map(|rotation| {
+            let midnight = rotate::next_midnight(SystemTime::UNIX_EPOCH + Duration::from_secs(self.day * 86_400));
+            let at = Instant::now() + midnight.duration_since((self.now)()).unwrap_or_default();
+            // After a failed rename, not before it may be tried again.
+            rotation.retry_after.map_or(at, |after| at.max(after))
+        });
+        [checkpoint, midnight].into_iter().flatten().min()
+    }
+
+    /// Whether a daily rotation is due: the active file has records of an earlier UTC day.
+    fn day_turned(&mut self) -> bool {
+        let Some(rotation) = &self.rotation else { return false };
+        let today = rotate::utc_day((self.now)());
+        if !rotation.daily || today <= self.day {
+            return false;
+        }
+        if self.lines == 0 {
+            self.day = today;
+            return false;
+        }
+        rotation.retry_after.is_none_or(|after| Instant::now() >= after)
+    }
+
+    /// Whether the active file reaches the rotation size once `more` bytes are written.
+    fn full_after(&self, more: u64) -> bool {
+        self.rotation.as_ref().is_some_and(|rotation| {
+            rotation.size.is_some_and(|size| self.size + more >= size)
+                && rotation.retry_after.is_none_or(|after| Instant::now() >= after)
+        })
+    }
+
+    /// Lines were written since the last checkpoint.
+    fn checkpoint_pending(&self) -> bool {
+        self.checkpoints.as_ref().is_some_and(|c| c.at != (self.serial, self.lines))
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.checkpoints.as_ref().is_some_and(|c| c.last.elapsed() >= c.every)
+    }
+
+    /// Appends a signed checkpoint of the active file as it is with the batch so far, and copies it to the
+    /// sidecar. Lines already in `out` count: they are written with it, before it.
+    fn append_checkpoint(&mut self) {
+        let (Some(checkpoints), Some(prev)) = (&self.checkpoints, &self.chain) else { return };
+        let last_hash = std::str::from_utf8(prev).unwrap_or(GENESIS).to_owned();
+        let mut record = CheckpointRecord {
+            ts: super::timestamp((self.now)()),
+            id: format!("checkpoint-{}", &last_hash[..16]),
+            kind: "checkpoint".into(),
+            file: self.naming.active().file_name().unwrap_or_default().to_string_lossy().into_owned(),
+            serial: self.serial,
+            records: self.lines,
+            last_hash,
+            chain_hash: if self.key.is_some() { "hmac-sha256" } else { "sha256" }.into(),
+            signature: String::new(),
+        };
+        checkpoint::sign(&mut record, &checkpoints.key);
+        let start = self.out.len();
+        self.append(&Entry::from(record));
+        let checkpoints = self.checkpoints.as_mut().expect("checked above");
+        // Copied to the sidecar once the file has it (`write_out`): a checkpoint there never claims more than the
+        // file got, even when a crash cuts the write short.
+        checkpoints.unwritten.extend_from_slice(&self.out[start..]);
+        checkpoints.written.inc();
+        checkpoints.last = Instant::now();
+        checkpoints.at = (self.serial, self.lines);
+    }
+
+    /// Renames the active file to its rotated name, opens a new one (the chain goes on), and hands the rotated
+    /// file to the compressor. A rename that fails is logged and tried again a minute later, the records going on
+    /// into the same file; false only when shutdown gave up while a new file could not be opened.
+    fn rotate(&mut self, queue: &Queue) -> bool {
+        let now = (self.now)();
+        let active = self.naming.active();
+        let rotated = self.naming.rotated(self.serial, now);
+        let Some(rotation) = self.rotation.as_mut() else { return true };
+        if let Err(error) = std::fs::rename(&active, &rotated) {
+            tracing::error!(%error, file = %active.display(), "cannot rotate the audit file; trying again in a minute");
+            rotation.retry_after = Some(Instant::now() + Duration::from_secs(60));
+            return true;
+        }
+        rotation.retry_after = None;
+        let mut failures = 0;
+        let file = loop {
+            let opened = OpenOptions::new().create(true).append(true).open(&active);
+            match opened.and_then(|file| rotate::sync_dir(self.naming.dir()).map(|()| file)) {
+                Ok(file) => break file,
+                Err(error) => {
+                    if !retry(queue, &error, &mut failures) {
+                        return false;
+                    }
+                }
+            }
+        };
+        let rotation = self.rotation.as_mut().expect("checked above");
+        rotation.rotations.inc();
+        tracing::info!(
+            file = %rotated.display(),
+            serial = self.serial,
+            lines = self.lines,
+            bytes = self.size,
+            "audit file rotated"
+        );
+        if rotation.compressor.send(Job::Compress(rotated)).is_err() {
+            tracing::error!("the audit compressor has stopped: rotated files stay uncompressed until the next start");
+        }
+        self.file = file;
+        (self.size, self.lines, self.serial, self.day) = (0, 0, self.serial + 1, rotate::utc_day(now));
+        if let Some(checkpoints) = &mut self.checkpoints {
+            // The new file has nothing to checkpoint until a record is written to it.
+            checkpoints.at = (self.serial, 0);
+        }
+        true
+    }
+
+    /// Writes the batch (`out`); false when shutdown gave up on a failing sink. Every byte the file gets passes
+    /// here, records and checkpoints alike; once written, the batch's checkpoints go to the sidecar.
     fn write_out(&mut self, queue: &Queue) -> bool {
         let mut done = 0;
         let mut failures = 0;
@@ -160,7 +433,10 @@ impl Writer {
                         return false;
                     }
                 }
-                Ok(written) => done += written,
+                Ok(written) => {
+                    done += written;
+                    self.size += written as u64;
+                }
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(error) => {
                     if !retry(queue, &error, &mut failures) {
@@ -169,6 +445,12 @@ impl Writer {
                 }
             }
         }
+        if let Some(checkpoints) = self.checkpoints.as_mut().filter(|c| !c.unwritten.is_empty()) {
+            if let Err(error) = checkpoints.sidecar.write_all(&checkpoints.unwritten) {
+                tracing::error!(%error, file = %self.naming.checkpoints().display(), "cannot append to the checkpoint file");
+            }
+            checkpoints.unwritten.clear();
+        }
         true
     }
 
@@ -176,6 +458,11 @@ impl Writer {
     fn sync(&mut self, queue: &Queue) -> bool {
         if !self.regular {
             return true;
+        }
+        if let Some(checkpoints) = &self.checkpoints {
+            if let Err(error) = checkpoints.sidecar.sync_data() {
+                tracing::error!(%error, file = %self.naming.checkpoints().display(), "cannot sync the checkpoint file");
+            }
         }
         let mut failures = 0;
         loop {
@@ -192,6 +479,36 @@ impl Writer {
             }
         }
     }
+}
+
+/// Newline-terminated lines in the file.
+fn count_lines(path: &Path) -> std::io::Result<u64> {
+    let mut file = File::open(path)?;
+    let mut buffer = vec![0u8; 256 * 1024];
+    let mut lines = 0;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(lines);
+        }
+        lines += memchr::memchr_iter(b'\n', &buffer[..read]).count() as u64;
+    }
+}
+
+/// The last hash of the newest rotated file, compressed or not.
+fn last_hash_of_series(naming: &Naming) -> std::io::Result<Option<String>> {
+    let series = naming.series()?;
+    let Some(newest) = series.iter().rev().find(|file| file.serial.is_some()) else { return Ok(None) };
+    let mut last = None;
+    let mut reader = rotate::open_series_file(&newest.path)?;
+    let mut line = Vec::new();
+    while reader.read_until(b'\n', &mut line)? > 0 {
+        if let Some(hash) = std::str::from_utf8(line.trim_ascii_end()).ok().and_then(hash_of) {
+            last = Some(hash);
+        }
+        line.clear();
+    }
+    Ok(last)
 }
 
 /// Marks the sink failing (logged once per failure), then waits a little before the next attempt; false when
@@ -438,5 +755,291 @@ mod tests {
         let (reopened, torn) = Writer::open(&path, true, AuditSync::Batch).unwrap();
         assert_eq!(torn, None);
         assert_eq!(reopened.chain, Some(expected), "the chain continues from the long record");
+    }
+
+    // ---- rotation, keys and checkpoints ------------------------------------------------------------------
+
+    use crate::audit::rotate::SeriesFile;
+    use crate::audit::verify::{verify_series, CheckpointCheck};
+    use ring::signature::KeyPair;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// The fake clock of `clocked` writers, in seconds since the epoch.
+    static FAKE_NOW: AtomicU64 = AtomicU64::new(0);
+
+    fn fake_now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(FAKE_NOW.load(Ordering::SeqCst))
+    }
+
+    fn set_fake_now(text: &str) {
+        let at = humantime::parse_rfc3339(text).unwrap().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+        FAKE_NOW.store(at.as_secs(), Ordering::SeqCst);
+    }
+
+    fn record(id: &str) -> Entry {
+        Entry::from(Record { id: id.into(), kind: "connect", decision: "allow", ..Record::default() })
+    }
+
+    fn rotating(size: Option<u64>, daily: bool) -> (Rotation, mpsc::Receiver<Job>) {
+        let (compressor, jobs) = mpsc::channel();
+        let rotations = IntCounter::new("rotations", "rotations").unwrap();
+        (Rotation { size, daily, compressor, rotations, retry_after: None }, jobs)
+    }
+
+    /// Runs `writer` on its thread, hands it each batch in turn (each written before the next is queued, with
+    /// `between` called in between), then closes it.
+    fn run_batches(writer: Writer, batches: &[&[&str]], between: impl Fn(usize)) {
+        let queue = Queue::new(4096, None, false);
+        let writer_queue = queue.clone();
+        let written = IntCounter::new("written", "written").unwrap();
+        let thread = std::thread::spawn(move || writer.run(&writer_queue, &written));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        for (index, batch) in batches.iter().enumerate() {
+            between(index);
+            for id in *batch {
+                queue.try_push(record(id)).unwrap();
+            }
+            runtime.block_on(queue.flush());
+        }
+        queue.close_now();
+        thread.join().unwrap();
+    }
+
+    /// Every line of the series, in order.
+    fn series_text(naming: &Naming) -> (Vec<SeriesFile>, String) {
+        let series = naming.series().unwrap();
+        let mut text = String::new();
+        for file in &series {
+            rotate::open_series_file(&file.path).unwrap().read_to_string(&mut text).unwrap();
+        }
+        (series, text)
+    }
+
+    fn ids(text: &str) -> Vec<String> {
+        text.lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|record| record["kind"] != "checkpoint")
+            .map(|record| record["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn at_utc_midnight_the_file_is_rotated_before_the_new_day_is_written_and_the_chain_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        set_fake_now("2026-12-05T23:59:58Z");
+        let (rotation, jobs) = rotating(None, true);
+        let (writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        let writer = writer.clocked(fake_now).rotating(rotation).unwrap();
+        run_batches(writer, &[&["a", "b"], &["c"], &["d"]], |index| match index {
+            1 => set_fake_now("2026-12-05T23:59:59Z"),
+            2 => set_fake_now("2026-12-06T00:00:01Z"),
+            _ => {}
+        });
+        let rotated = dir.path().join("audit-000001-20261206T000001Z.jsonl");
+        assert!(matches!(jobs.try_recv(), Ok(Job::Compress(path)) if path == rotated), "handed to the compressor");
+        assert_eq!(ids(&std::fs::read_to_string(&rotated).unwrap()), ["a", "b", "c"]);
+        assert_eq!(ids(&std::fs::read_to_string(&path).unwrap()), ["d"]);
+        let (series, _) = series_text(&Naming::new(&path));
+        let report = verify_series(&series, None, None);
+        assert!(!report.broken, "{:?}", report.lines);
+        assert_eq!(report.lines.len(), 2, "{:?}", report.lines);
+
+        // The boundary is UTC midnight only: a new file with records of one day is not rotated.
+        let (rotation, jobs) = rotating(None, true);
+        let (writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        let writer = writer.clocked(fake_now).rotating(rotation).unwrap();
+        run_batches(writer, &[&["e"], &["f"]], |_| set_fake_now("2026-12-06T23:59:59Z"));
+        assert!(jobs.try_recv().is_err());
+        assert_eq!(ids(&std::fs::read_to_string(&path).unwrap()), ["d", "e", "f"]);
+    }
+
+    #[test]
+    fn a_daily_writer_wakes_at_utc_midnight_only_when_its_file_has_records() {
+        fn ten_seconds_to_midnight() -> SystemTime {
+            humantime::parse_rfc3339("2026-12-05T23:59:50Z").unwrap()
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (rotation, _jobs) = rotating(None, true);
+        let (writer, _) = Writer::open(&dir.path().join("audit.jsonl"), true, AuditSync::Batch).unwrap();
+        let mut writer = writer.clocked(ten_seconds_to_midnight).rotating(rotation).unwrap();
+        assert_eq!(writer.timer_deadline(), None, "an empty file is not rotated");
+        writer.lines = 1;
+        let before = Instant::now();
+        let wake = writer.timer_deadline().expect("midnight");
+        let after = Instant::now();
+        assert!(wake >= before + Duration::from_secs(10) && wake <= after + Duration::from_secs(10), "{wake:?}");
+    }
+
+    #[test]
+    fn by_size_every_record_is_in_exactly_one_file_and_the_series_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (rotation, jobs) = rotating(Some(1024), false);
+        let counter = rotation.rotations.clone();
+        let (writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        let writer = writer.rotating(rotation).unwrap();
+        let names: Vec<String> = (0..60).map(|n| format!("r{n}")).collect();
+        let batches: Vec<Vec<&str>> = names.chunks(3).map(|c| c.iter().map(String::as_str).collect()).collect();
+        let batches: Vec<&[&str]> = batches.iter().map(Vec::as_slice).collect();
+        run_batches(writer, &batches, |_| {});
+        let rotated = jobs.try_iter().count() as u64;
+        assert!(rotated >= 5, "{rotated} rotations");
+        assert_eq!(counter.get(), rotated);
+        let naming = Naming::new(&path);
+        let (series, text) = series_text(&naming);
+        assert_eq!(ids(&text), names, "every record once, in order");
+        for file in series.iter().filter(|f| f.serial.is_some()) {
+            let size = std::fs::metadata(&file.path).unwrap().len();
+            assert!((1024..1024 + 3 * 300).contains(&size), "{}: {size} bytes", file.path.display());
+        }
+        let report = verify_series(&series, None, None);
+        assert!(!report.broken, "{:?}", report.lines);
+
+        // Reopened after the rotations, the writer goes on from the last file's serial and hash.
+        std::fs::remove_file(&path).unwrap();
+        let (writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        assert_eq!(writer.serial, rotated + 1);
+        run_batches(writer, &[&["after"]], |_| {});
+        let (series, _) = series_text(&naming);
+        assert!(!verify_series(&series, None, None).broken);
+    }
+
+    #[test]
+    fn a_keyed_chain_refuses_a_recomputed_sha256_and_checkpoints_find_a_cut_tail_and_a_forgery() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let keys = crate::audit::keys::keygen(&dir.path().join("keys")).unwrap();
+        let chain_key = crate::audit::keys::load_chain_key(&keys.chain_key).unwrap();
+        let signing = crate::audit::keys::load_signing_key(&keys.signing_key).unwrap();
+        let public_key = signing.public_key().as_ref().to_vec();
+        let (rotation, _jobs) = rotating(Some(4096), false);
+        let checkpoints = Checkpoints {
+            every: Duration::from_secs(3600),
+            key: signing,
+            sidecar: OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.path().join("audit.checkpoints.jsonl"))
+                .unwrap(),
+            written: IntCounter::new("checkpoints", "checkpoints").unwrap(),
+            last: Instant::now(),
+            unwritten: Vec::new(),
+            at: (0, 0),
+        };
+        let written = checkpoints.written.clone();
+        let (writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        let writer = writer.keyed(chain_key).rotating(rotation).unwrap().checkpointing(checkpoints);
+        let names: Vec<String> = (0..23).map(|n| format!("r{n}")).collect();
+        let batches: Vec<Vec<&str>> = names.chunks(2).map(|c| c.iter().map(String::as_str).collect()).collect();
+        let batches: Vec<&[&str]> = batches.iter().map(Vec::as_slice).collect();
+        run_batches(writer, &batches, |_| {});
+
+        let naming = Naming::new(&path);
+        let (series, text) = series_text(&naming);
+        assert_eq!(ids(&text), names);
+        let sidecar = naming.checkpoints();
+        let checkpoints = crate::audit::verify::read_checkpoints(&sidecar).unwrap();
+        assert_eq!(checkpoints.len() as u64, written.get());
+        let counts: Vec<usize> =
+            series.iter().map(|f| std::fs::read_to_string(&f.path).unwrap().lines().count()).collect();
+        assert!(series.len() >= 2, "{series:?}");
+        assert_eq!(
+            checkpoints.len(),
+            series.len(),
+            "one at each rotation and one at shutdown: {counts:?} {checkpoints:?}"
+        );
+        let key = crate::audit::keys::load_chain_key(&keys.chain_key).unwrap();
+        let check = CheckpointCheck { source: &sidecar, checkpoints: &checkpoints, public_key: &public_key };
+        let report = verify_series(&series, Some(&key), Some(&check));
+        assert!(!report.broken, "{:?}", report.lines);
+
+        // Without the key: refused, saying why.
+        let report = verify_series(&series, None, None);
+        assert!(report.needs_key && report.lines[0].contains("--key"), "{:?}", report.lines);
+
+        // An edit with every later hash recomputed as plain SHA-256 (what anyone can do without the key).
+        let active = std::fs::read_to_string(&path).unwrap();
+        let mut prev = serde_json::from_str::<serde_json::Value>(active.lines().next().unwrap()).unwrap()["prev"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut forged = String::new();
+        for line in active.lines() {
+            let line = line.replace("\"decision\":\"allow\"", "\"decision\":\"deny\"");
+            let (hashed, _) = split_hash(&line).unwrap();
+            let at = hashed.rfind(",\"prev\":\"").unwrap();
+            let hashed = format!("{},\"prev\":\"{prev}\"}}", &hashed[..at]);
+            prev = hex::encode(Sha256::digest(hashed.as_bytes()));
+            forged.push_str(&format!("{},\"hash\":\"{prev}\"}}\n", &hashed[..hashed.len() - 1]));
+        }
+        std::fs::write(&path, &forged).unwrap();
+        let report = verify_series(&series, Some(&key), None);
+        assert!(report.broken, "{:?}", report.lines);
+        assert!(report.lines.iter().any(|l| l.contains("keyed hash does not match")), "{:?}", report.lines);
+        std::fs::write(&path, &active).unwrap();
+
+        // A tail cut from the active file: the chain alone cannot tell, the last checkpoint can.
+        assert!(active.lines().count() >= 2, "a record and the shutdown checkpoint: {active}");
+        let cut: String = active.lines().take(active.lines().count() - 2).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, &cut).unwrap();
+        assert!(!verify_series(&series, Some(&key), None).broken, "invisible to the chain");
+        let report = verify_series(&series, Some(&key), Some(&check));
+        assert!(report.lines.iter().any(|l| l.contains("truncated: the checkpoint of")), "{:?}", report.lines);
+        std::fs::write(&path, &active).unwrap();
+
+        // A forged checkpoint (the count changed to cover a cut) fails its signature.
+        let mut forged = checkpoints.clone();
+        forged.last_mut().unwrap().1.records -= 1;
+        let check = CheckpointCheck { source: &sidecar, checkpoints: &forged, public_key: &public_key };
+        let report = crate::audit::verify::verify_signatures(&check);
+        assert!(report.lines.iter().any(|l| l.contains("signature does not hold")), "{:?}", report.lines);
+        let check = CheckpointCheck { source: &sidecar, checkpoints: &checkpoints, public_key: &public_key };
+        assert!(!crate::audit::verify::verify_signatures(&check).broken);
+    }
+
+    #[test]
+    fn without_a_key_checkpoints_still_find_a_rewrite_with_recomputed_hashes_up_to_the_last_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let keys = crate::audit::keys::keygen(&dir.path().join("keys")).unwrap();
+        let signing = crate::audit::keys::load_signing_key(&keys.signing_key).unwrap();
+        let public_key = signing.public_key().as_ref().to_vec();
+        let sidecar = dir.path().join("audit.checkpoints.jsonl");
+        let checkpoints = Checkpoints {
+            every: Duration::from_secs(3600),
+            key: signing,
+            sidecar: OpenOptions::new().create(true).append(true).open(&sidecar).unwrap(),
+            written: IntCounter::new("checkpoints", "checkpoints").unwrap(),
+            last: Instant::now(),
+            unwritten: Vec::new(),
+            at: (0, 0),
+        };
+        let (writer, _) = Writer::open(&path, true, AuditSync::Batch).unwrap();
+        run_batches(writer.checkpointing(checkpoints), &[&["a", "b"], &["c"]], |_| {});
+        let text = std::fs::read_to_string(&path).unwrap();
+        // The edit, every hash after it recomputed: the plain chain verifies.
+        let mut prev = GENESIS.to_owned();
+        let mut forged = String::new();
+        for line in text.lines() {
+            let line = line.replace("\"decision\":\"allow\"", "\"decision\":\"deny\"");
+            let (hashed, _) = split_hash(&line).unwrap();
+            let at = hashed.rfind(",\"prev\":\"").unwrap();
+            let hashed = format!("{},\"prev\":\"{prev}\"}}", &hashed[..at]);
+            prev = hex::encode(Sha256::digest(hashed.as_bytes()));
+            forged.push_str(&format!("{},\"hash\":\"{prev}\"}}\n", &hashed[..hashed.len() - 1]));
+        }
+        std::fs::write(&path, &forged).unwrap();
+        let series = Naming::new(&path).series().unwrap();
+        assert!(!verify_series(&series, None, None).broken, "the plain chain cannot tell");
+        let checkpoints = crate::audit::verify::read_checkpoints(&sidecar).unwrap();
+        let check = CheckpointCheck { source: &sidecar, checkpoints: &checkpoints, public_key: &public_key };
+        let report = verify_series(&series, None, Some(&check));
+        assert!(report.broken, "{:?}", report.lines);
+        assert!(
+            report.lines.iter().any(|l| l.contains("line 3: its hash is not the one the checkpoint of")),
+            "{:?}",
+            report.lines
+        );
     }
 }

@@ -7,9 +7,12 @@
 //! sink that fails, stalls or fills up is unhealthy (`Health`): with `block`, admission refuses new requests and
 //! `/readyz` says why, until it drains.
 
+mod checkpoint;
 mod file;
+pub mod keys;
 mod queue;
 mod record;
+pub mod rotate;
 mod verify;
 
 use std::path::PathBuf;
@@ -17,10 +20,14 @@ use std::sync::Arc;
 
 use prometheus::IntCounter;
 
+pub use checkpoint::signature_holds;
 pub use file::{torn_path, Torn};
 pub use queue::{install_park_hook, worker_parks, Health, STALL_AFTER};
-pub use record::{ActionRecord, AlertDelivery, AlertRecord, Entry, OutcomeRecord, Record};
-pub use verify::{verify, verify_chain, ChainError, Verified, VerifyError};
+pub use record::{ActionRecord, AlertDelivery, AlertRecord, CheckpointRecord, Entry, OutcomeRecord, Record};
+pub use verify::{
+    read_checkpoints, verify, verify_chain, verify_series, verify_signatures, verify_with, ChainError, Check,
+    CheckpointCheck, SeriesReport, Verified, VerifyError,
+};
 
 use crate::config::file::AuditFailure;
 use crate::metrics::{AuditSample, Metrics};
@@ -93,7 +100,35 @@ impl Auditor {
         let Some(file) = &config.file else {
             return Ok(Self { sink: None, on_failure: config.on_failure });
         };
-        let (writer, torn) = file::Writer::open(&file.path, file.chain, file.sync)?;
+        let (mut writer, torn) = file::Writer::open(&file.path, file.chain, file.sync)?;
+        if let Some(path) = &file.key {
+            writer = writer.keyed(keys::load_chain_key(path).map_err(std::io::Error::other)?);
+        }
+        if file.rotate_size.is_some() || file.rotate_daily {
+            let naming = rotate::Naming::new(&file.path);
+            let compressor = rotate::Compressor::new(naming, file.retention, metrics.audit_files_deleted.clone());
+            writer = writer.rotating(file::Rotation {
+                size: file.rotate_size,
+                daily: file.rotate_daily,
+                compressor: compressor.start()?,
+                rotations: metrics.audit_rotations.clone(),
+                retry_after: None,
+            })?;
+        }
+        if let Some(checkpoints) = &config.checkpoints {
+            let key = keys::load_signing_key(&checkpoints.signing_key).map_err(std::io::Error::other)?;
+            let sidecar_path = rotate::Naming::new(&file.path).checkpoints();
+            let sidecar = std::fs::OpenOptions::new().create(true).append(true).open(&sidecar_path)?;
+            writer = writer.checkpointing(file::Checkpoints {
+                every: checkpoints.every,
+                key,
+                sidecar,
+                written: metrics.audit_checkpoints.clone(),
+                last: std::time::Instant::now(),
+                unwritten: Vec::new(),
+                at: (0, 0),
+            });
+        }
         if let Some(torn) = &torn {
             metrics.audit_torn(FILE_SINK).inc();
             tracing::warn!(

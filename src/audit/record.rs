@@ -101,6 +101,7 @@ pub enum Entry {
     Action(Box<ActionRecord>),
     Outcome(Box<OutcomeRecord>),
     Alert(Box<AlertRecord>),
+    Checkpoint(Box<CheckpointRecord>),
 }
 
 impl Entry {
@@ -111,6 +112,7 @@ impl Entry {
             Entry::Action(record) => &record.id,
             Entry::Outcome(record) => &record.id,
             Entry::Alert(record) => &record.id,
+            Entry::Checkpoint(record) => &record.id,
         }
     }
 }
@@ -175,4 +177,31 @@ pub struct AlertDelivery {
     pub result: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl From<CheckpointRecord> for Entry {
+    fn from(record: CheckpointRecord) -> Self {
+        Entry::Checkpoint(Box::new(record))
+    }
+}
+
+/// A signed statement of how far the chain had come (`kind: "checkpoint"`): the file, how many lines it held
+/// before this one, and the hash of the last; signed with `audit.checkpoints.signing_key` (see `checkpoint.rs`).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct CheckpointRecord {
+    pub ts: String,
+    pub id: String,
+    pub kind: std::borrow::Cow<'static, str>,
+    /// The active file's name when the checkpoint was written (`audit.jsonl`).
+    pub file: String,
+    /// The file's serial: the number it has in its rotated name (`audit-000042-….jsonl.gz`).
+    pub serial: u64,
+    /// Lines in the file before this checkpoint.
+    pub records: u64,
+    /// The hash of the last of them (the file's first `prev` when there are none).
+    pub last_hash: String,
+    /// How the chain is hashed: `sha256` or `hmac-sha256`.
+    pub chain_hash: std::borrow::Cow<'static, str>,
+    /// Ed25519 over `checkpoint::message`, hex.
+    pub signature: String,
 }

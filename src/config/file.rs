@@ -1052,6 +1052,8 @@ pub struct Audit {
     /// unhealthy.
     #[serde(default = "audit_queue")]
     pub queue: usize,
+    /// Signed checkpoints of the chain, written at an interval, at rotation and at shutdown.
+    pub checkpoints: Option<AuditCheckpoints>,
 }
 
 /// The JSON-lines audit file.
@@ -1067,6 +1069,63 @@ pub struct AuditFile {
     /// default), or `batch`, after each batch is written and before the responses waiting for it complete.
     #[serde(default)]
     pub sync: AuditSync,
+    /// A key file (from `tollgate audit keygen`): the chain is HMAC-SHA256 with it instead of SHA-256.
+    pub key: Option<String>,
+    /// When the file is closed and a new one begun: by size, at each UTC midnight, or both.
+    pub rotate: Option<AuditRotate>,
+    /// Rotated files older than this are deleted (`90d`, `7y`); never the active file.
+    pub retention: Option<Retention>,
+}
+
+/// When the audit file is rotated.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRotate {
+    /// Once the file holds this much (checked after each batch).
+    pub size: Option<ByteSize>,
+    /// At the first write after each UTC midnight (and at midnight when records were written that day).
+    #[serde(default)]
+    pub daily: bool,
+}
+
+/// How long rotated audit files are kept: a duration, or years (`7y`, 365 days each) or weeks (`2w`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Retention(pub std::time::Duration);
+
+impl TryFrom<String> for Retention {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let invalid = || format!("invalid retention \"{text}\": write a duration greater than zero (90d, 2w, 7y)");
+        let scaled = |suffix: char, days: u64| {
+            let number: u64 = text.strip_suffix(suffix)?.parse().ok()?;
+            number.checked_mul(days * 86_400).map(std::time::Duration::from_secs)
+        };
+        let retention = match scaled('y', 365).or_else(|| scaled('w', 7)) {
+            Some(retention) => retention,
+            None => text.parse::<Duration>().map_err(|_| invalid())?.0,
+        };
+        if retention.is_zero() {
+            return Err(invalid());
+        }
+        Ok(Retention(retention))
+    }
+}
+
+/// Signed checkpoints of the audit chain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCheckpoints {
+    /// How often a checkpoint is written while records are (also at rotation and at shutdown).
+    #[serde(default = "one_minute")]
+    pub every: Duration,
+    /// The Ed25519 signing key (PKCS#8, from `tollgate audit keygen`).
+    pub signing_key: String,
+}
+
+fn one_minute() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn yes() -> bool {
@@ -1079,7 +1138,7 @@ fn audit_queue() -> usize {
 
 impl Default for Audit {
     fn default() -> Self {
-        Self { file: None, on_failure: AuditFailure::default(), queue: audit_queue() }
+        Self { file: None, on_failure: AuditFailure::default(), queue: audit_queue(), checkpoints: None }
     }
 }
 

@@ -131,6 +131,15 @@ pub struct Audit {
     pub on_failure: file::AuditFailure,
     /// Records that may wait to be written at most.
     pub queue: usize,
+    pub checkpoints: Option<AuditCheckpoints>,
+}
+
+/// Signed checkpoints of the audit chain.
+#[derive(Debug, Clone)]
+pub struct AuditCheckpoints {
+    pub every: Duration,
+    /// The Ed25519 key (PKCS#8) that signs them.
+    pub signing_key: PathBuf,
 }
 
 /// The bounds of `audit.queue`: a queue this short would make the sink look full under ordinary load; one this
@@ -144,7 +153,18 @@ pub struct AuditFile {
     pub path: PathBuf,
     pub chain: bool,
     pub sync: file::AuditSync,
+    /// The chain is HMAC-SHA256 with the key in this file.
+    pub key: Option<PathBuf>,
+    /// Rotate once the file holds this many bytes.
+    pub rotate_size: Option<u64>,
+    /// Rotate at each UTC midnight.
+    pub rotate_daily: bool,
+    /// Delete rotated files older than this.
+    pub retention: Option<Duration>,
 }
+
+/// The smallest `audit.file.rotate.size`.
+const ROTATE_SIZE_MIN: u64 = 1024;
 
 /// Limits on client connections.
 #[derive(Debug, Clone)]
@@ -457,8 +477,17 @@ fn compile(
             path: PathBuf::from(&f.path),
             chain: f.chain,
             sync: f.sync,
+            key: f.key.as_ref().map(PathBuf::from),
+            rotate_size: f.rotate.as_ref().and_then(|r| r.size).map(|size| size.0),
+            rotate_daily: f.rotate.as_ref().is_some_and(|r| r.daily),
+            retention: f.retention.map(|r| r.0),
         }),
         on_failure: parsed.audit.on_failure,
+        checkpoints: parsed
+            .audit
+            .checkpoints
+            .as_ref()
+            .map(|c| AuditCheckpoints { every: c.every.0, signing_key: PathBuf::from(&c.signing_key) }),
         queue: match parsed.audit.queue {
             queue @ AUDIT_QUEUE_MIN..=AUDIT_QUEUE_MAX => queue,
             _ => {
@@ -469,6 +498,32 @@ fn compile(
     };
     if audit.file.as_ref().is_some_and(|f| f.path.as_os_str().is_empty()) {
         return Err(invalid("audit.file.path", "must not be empty"));
+    }
+    if let Some(f) = &audit.file {
+        if f.key.is_some() && !f.chain {
+            return Err(invalid("audit.file.key", "keys the chain: it needs audit.file.chain: true"));
+        }
+        if f.rotate_size.is_some_and(|size| size < ROTATE_SIZE_MIN) {
+            return Err(invalid("audit.file.rotate.size", format!("must be at least {ROTATE_SIZE_MIN} bytes (1KiB)")));
+        }
+        if parsed.audit.file.as_ref().and_then(|f| f.rotate.as_ref()).is_some_and(|r| r.size.is_none() && !r.daily) {
+            return Err(invalid("audit.file.rotate", "says when to rotate: give size, daily: true, or both"));
+        }
+        if f.retention.is_some() && f.rotate_size.is_none() && !f.rotate_daily {
+            return Err(invalid("audit.file.retention", "deletes rotated files: it needs audit.file.rotate"));
+        }
+    }
+    match (&audit.checkpoints, &audit.file) {
+        (Some(_), None) => {
+            return Err(invalid("audit.checkpoints", "checkpoints the audit file: configure audit.file"))
+        }
+        (Some(_), Some(f)) if !f.chain => {
+            return Err(invalid("audit.checkpoints", "checkpoints the chain: it needs audit.file.chain: true"));
+        }
+        (Some(c), _) if c.every.is_zero() => {
+            return Err(invalid("audit.checkpoints.every", "must be greater than zero"))
+        }
+        _ => {}
     }
 
     Ok(Config {

@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use common::*;
 
 /// How long any single step may take before the test gives up (a bound, never a synchronisation).
-const PATIENCE: Duration = Duration::from_secs(30);
+pub(super) const PATIENCE: Duration = Duration::from_secs(30);
 
 /// `server.shutdown_grace` of the gateways here.
 const GRACE: Duration = Duration::from_secs(1);
@@ -40,17 +40,17 @@ fn long_path(client: usize, number: usize, length: usize) -> String {
 // ---- the child gateway ------------------------------------------------------------------------------------
 
 /// A `tollgate run` child with JSON logs on stderr, read line by line on a thread.
-struct Gateway {
+pub(super) struct Gateway {
     child: Child,
-    proxy: SocketAddr,
-    admin: SocketAddr,
+    pub(super) proxy: SocketAddr,
+    pub(super) admin: SocketAddr,
     lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    pub(super) seen: Vec<String>,
 }
 
 impl Gateway {
     /// Writes `config` (YAML) to `dir/tollgate.yaml` and starts `tollgate run` on it; returns once it listens.
-    fn start(dir: &Path, config: &str) -> Gateway {
+    pub(super) fn start(dir: &Path, config: &str) -> Gateway {
         let path = dir.join("tollgate.yaml");
         std::fs::write(&path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
@@ -89,7 +89,7 @@ impl Gateway {
     }
 
     /// Waits for the next log line whose message satisfies `wanted`.
-    fn wait_for_log(&mut self, wanted: impl Fn(&str) -> bool) -> serde_json::Value {
+    pub(super) fn wait_for_log(&mut self, wanted: impl Fn(&str) -> bool) -> serde_json::Value {
         loop {
             match self.lines.recv_timeout(PATIENCE) {
                 Ok(line) => {
@@ -115,13 +115,13 @@ impl Gateway {
         line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmHWM in kB")
     }
 
-    fn signal(&self, signal: &str) {
+    pub(super) fn signal(&self, signal: &str) {
         let status = Command::new("kill").args([signal, &self.pid()]).status().expect("run kill");
         assert!(status.success(), "kill {signal} {}", self.pid());
     }
 
     /// Waits (at most `PATIENCE`) for the child to exit; returns its status and every log line it wrote.
-    fn wait(mut self) -> (ExitStatus, Vec<String>) {
+    pub(super) fn wait(mut self) -> (ExitStatus, Vec<String>) {
         let deadline = Instant::now() + PATIENCE;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -146,7 +146,7 @@ impl Gateway {
         exchange(self.admin, b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").await
     }
 
-    async fn metric(&self, sample: &str) -> f64 {
+    pub(super) async fn metric(&self, sample: &str) -> f64 {
         let response = exchange(self.admin, b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").await;
         metric_value(&response.body, sample)
     }
@@ -218,16 +218,16 @@ impl Fifo {
 
 /// What a client got for one request.
 #[derive(Debug, Clone)]
-struct Answer {
-    path: String,
-    status: u16,
+pub(super) struct Answer {
+    pub(super) path: String,
+    pub(super) status: u16,
     /// The whole response arrived (its body as long as its `Content-Length`, or its chunked end).
-    complete: bool,
-    body: String,
+    pub(super) complete: bool,
+    pub(super) body: String,
 }
 
 /// One request with `Connection: close`, read until the gateway closes: a held response waits as long as it is held.
-async fn request(proxy: SocketAddr, url: &str, path: &str) -> Answer {
+pub(super) async fn request(proxy: SocketAddr, url: &str, path: &str) -> Answer {
     let mut bytes = Vec::new();
     // Refused (the gateway has exited): no answer at all.
     if let Ok(mut stream) = TcpStream::connect(proxy).await {
@@ -479,7 +479,7 @@ async fn a_stalled_sink_under_continue_drops_and_counts_records_in_bounded_memor
 }
 
 /// One response on a kept-alive connection, by `Content-Length` or chunked.
-async fn read_kept_alive(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
+pub(super) async fn read_kept_alive(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Answer {
     let mut chunk = [0u8; 16 * 1024];
     loop {
         if let Some(end) = find(buf, b"\r\n\r\n") {
@@ -527,7 +527,7 @@ fn chunked_end(bytes: &[u8]) -> Option<usize> {
 
 /// An origin whose answers take every shape the forward proxy relays: a body in the same read as the head, a
 /// long one by `Content-Length` in pieces, and a chunked one, by the first letter of the path.
-async fn shaped_origin() -> SocketAddr {
+pub(super) async fn shaped_origin() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
     let address = listener.local_addr().expect("origin address");
     tokio::spawn(async move {

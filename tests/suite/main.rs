@@ -9,6 +9,7 @@ mod actions_clients;
 mod actions_enforce;
 mod actions_rules;
 mod alerts;
+mod audit_rotate;
 mod audit_sink;
 mod auth;
 mod bounded;

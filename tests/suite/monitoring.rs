@@ -37,9 +37,6 @@ const AWAITING_MERGE: &[&str] = &[
     "tollgate_siem_sent_total",
     "tollgate_siem_errors_total",
     "tollgate_siem_dropped_total",
-    "tollgate_audit_rotations_total",
-    "tollgate_audit_files_deleted_total",
-    "tollgate_audit_checkpoints_total",
 ];
 
 const ALICE: User = User { name: "alice", password: "alice-password", teams: &["red"] };
