@@ -8,7 +8,6 @@
 //! then refuses connections) to play an outage.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,7 +94,6 @@ impl SigningKey {
 pub struct Idp {
     /// `https://127.0.0.1:PORT`, the `iss` of its tokens.
     pub issuer: String,
-    pub address: SocketAddr,
     /// The `aud` of the tokens its token endpoint issues.
     pub audience: String,
     state: Arc<State>,
@@ -151,11 +149,12 @@ impl Idp {
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(stream).await else { return };
                     let service = hyper::service::service_fn(move |request| answer(request, state.clone()));
-                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
                 });
             }
         });
-        Idp { issuer, address, audience: audience.to_owned(), state, server }
+        Idp { issuer, audience: audience.to_owned(), state, server }
     }
 
     /// Stops answering: the listener closes, so connections are refused (an outage). Not undone.
@@ -169,6 +168,11 @@ impl Idp {
     /// Publishes `key` too (the overlap of a rotation); the token endpoint signs with it from now on.
     pub fn add_key(&self, key: Arc<SigningKey>) {
         self.state.inner.lock().unwrap().keys.push(key);
+    }
+
+    /// The keys published now, in order.
+    pub fn signing_keys(&self) -> Vec<Arc<SigningKey>> {
+        self.state.inner.lock().unwrap().keys.clone()
     }
 
     /// Stops publishing the key `kid` (the end of a rotation).
