@@ -1,5 +1,5 @@
-//! From a verified token's claims to a `Principal`, the same for `auth.jwt` and `auth.oidc`: the user claim names
-//! it, its groups map to teams (exact names, or globs such as `eng-*`), and its region comes from a claim, the
+//! From a verified token's claims to what its principal is, the same for `auth.jwt` and `auth.oidc`: the user claim
+//! names it, its groups map to teams (exact names, or globs such as `eng-*`), and its region comes from a claim, the
 //! domain of its e-mail address or a group — the first that names one.
 
 use std::collections::BTreeMap;
@@ -9,7 +9,6 @@ use globset::{Glob, GlobMatcher};
 use serde_json::Value;
 
 use super::jwt::Claims;
-use super::{AuthMethod, Principal};
 use crate::config::file;
 
 /// How claims become a principal.
@@ -33,10 +32,10 @@ struct RegionRule {
     groups: GroupMap,
 }
 
-/// A mapping key that does not compile: its path below the mapping (`teams.eng-[`) and the problem.
+/// A mapping key that does not compile: the section (`teams` or `region`) and the problem, naming the entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MappingError {
-    pub key: String,
+    pub section: &'static str,
     pub message: String,
 }
 
@@ -53,12 +52,12 @@ impl ClaimMapping {
         let region = match &oidc.region {
             Some(region) => {
                 if region.claim.as_ref().is_some_and(|c| c.is_empty()) {
-                    return Err(MappingError { key: "region.claim".into(), message: "must not be empty".into() });
+                    return Err(MappingError { section: "region", message: "claim: must not be empty".into() });
                 }
                 for (key, value) in region.email_domains.iter().chain(&region.groups) {
                     if key.is_empty() || value.is_empty() {
                         return Err(MappingError {
-                            key: "region".into(),
+                            section: "region",
                             message: format!("{key:?}: {value:?}: neither side may be empty"),
                         });
                     }
@@ -70,7 +69,7 @@ impl ClaimMapping {
                         .iter()
                         .map(|(domain, region)| (domain.to_ascii_lowercase(), Arc::from(region.as_str())))
                         .collect(),
-                    groups: GroupMap::compile(&region.groups, "region.groups")?,
+                    groups: GroupMap::compile(&region.groups, "region")?,
                 }
             }
             None => RegionRule::default(),
@@ -78,9 +77,8 @@ impl ClaimMapping {
         Ok(ClaimMapping { teams, region })
     }
 
-    /// The principal `claims` name, established by `method`: its teams in the order of its groups (each once), its
-    /// region, and its credential's expiry.
-    pub fn principal(&self, claims: &Claims, method: AuthMethod) -> Principal {
+    /// The teams of `claims`: those its groups map to, in the order of its groups, each once.
+    pub fn teams(&self, claims: &Claims) -> Vec<Arc<str>> {
         let mut teams: Vec<Arc<str>> = Vec::new();
         for group in &claims.groups {
             for team in self.teams.lookup(group) {
@@ -89,18 +87,11 @@ impl ClaimMapping {
                 }
             }
         }
-        Principal {
-            name: claims.user.as_str().into(),
-            teams: teams.into(),
-            method,
-            expires: Some(claims.expires),
-            credential: 0,
-            region: self.region(claims),
-        }
+        teams
     }
 
-    /// The region: the claim, else the e-mail domain, else the first group that maps to one.
-    fn region(&self, claims: &Claims) -> Option<Arc<str>> {
+    /// The region of `claims`: the claim, else the e-mail domain, else the first group that maps to one.
+    pub fn region(&self, claims: &Claims) -> Option<Arc<str>> {
         let rule = &self.region;
         let from_claim = rule.claim.as_ref().and_then(|name| match claims.payload.get(name) {
             Some(Value::String(region)) if !region.is_empty() && !region.chars().any(char::is_control) => {
@@ -119,17 +110,20 @@ impl ClaimMapping {
 }
 
 impl GroupMap {
-    fn compile(map: &BTreeMap<String, String>, path: &str) -> Result<GroupMap, MappingError> {
+    fn compile(map: &BTreeMap<String, String>, section: &'static str) -> Result<GroupMap, MappingError> {
         let mut compiled = GroupMap::default();
         for (group, value) in map {
             if group.is_empty() || value.is_empty() {
-                return Err(MappingError { key: format!("{path}.{group}"), message: "must not be empty".into() });
+                return Err(MappingError {
+                    section,
+                    message: format!("{group:?}: {value:?}: neither side may be empty"),
+                });
             }
             let value = Arc::from(value.as_str());
             if group.contains(['*', '?', '[', '{']) {
                 let glob = Glob::new(group).map_err(|error| MappingError {
-                    key: format!("{path}.{group}"),
-                    message: format!("invalid group pattern: {}", error.kind()),
+                    section,
+                    message: format!("{group:?}: invalid group pattern: {}", error.kind()),
                 })?;
                 compiled.patterns.push((glob.compile_matcher(), value));
             } else {
@@ -177,12 +171,10 @@ mod tests {
             json!({"teams": {"grp-backend": "backend", "eng-*": "engineering", "eng-data": "data"}}),
         ))
         .unwrap();
-        let principal =
-            mapping.principal(&claims("jane", &["eng-data", "other", "grp-backend"], json!({})), AuthMethod::Oidc);
-        let teams: Vec<&str> = principal.teams.iter().map(|t| &**t).collect();
+        let claims = claims("jane", &["eng-data", "other", "grp-backend"], json!({}));
+        let teams: Vec<String> = mapping.teams(&claims).iter().map(|t| t.to_string()).collect();
         assert_eq!(teams, ["data", "engineering", "backend"]);
-        assert_eq!(principal.region, None);
-        assert_eq!(principal.method, AuthMethod::Oidc);
+        assert_eq!(mapping.region(&claims), None);
     }
 
     #[test]
@@ -191,7 +183,7 @@ mod tests {
             "claim": "region", "email_domains": {"EU.corp.example": "eu"}, "groups": {"region-us": "us", "geo-*": "apac"}}})))
         .unwrap();
         let region = |user: &str, groups: &[&str], payload: Value| {
-            mapping.principal(&claims(user, groups, payload), AuthMethod::Oidc).region.map(|r| r.to_string())
+            mapping.region(&claims(user, groups, payload)).map(|r| r.to_string())
         };
         assert_eq!(region("a@eu.corp.example", &["region-us"], json!({"region": "ch"})).as_deref(), Some("ch"));
         assert_eq!(region("a@eu.corp.example", &["region-us"], json!({"region": 7})).as_deref(), Some("eu"));
@@ -204,8 +196,9 @@ mod tests {
     #[test]
     fn bad_patterns_name_their_key() {
         let error = ClaimMapping::compile(&oidc(json!({"teams": {"eng-[": "engineering"}}))).unwrap_err();
-        assert_eq!(error.key, "teams.eng-[");
+        assert_eq!(error.section, "teams");
+        assert!(error.message.starts_with("\"eng-[\": invalid group pattern"), "{}", error.message);
         let error = ClaimMapping::compile(&oidc(json!({"region": {"groups": {"r-*": ""}}}))).unwrap_err();
-        assert_eq!(error.key, "region");
+        assert_eq!(error.section, "region");
     }
 }

@@ -184,8 +184,8 @@ impl Directory {
                 })?,
                 mapping: ClaimMapping::compile(config).map_err(|e| UserError {
                     index: None,
-                    field: if e.key.starts_with("teams") { "oidc.teams" } else { "oidc.region" },
-                    message: format!("{}: {}", e.key, e.message),
+                    field: if e.section == "teams" { "oidc.teams" } else { "oidc.region" },
+                    message: e.message,
                 })?,
             }),
             None => None,
@@ -377,11 +377,11 @@ impl Directory {
             self.oidc.as_ref().filter(|oidc| self.jwt.is_none() || issuer.as_deref() == Some(oidc.verifier.issuer()));
         if let Some(oidc) = oidc {
             let claims = oidc.verifier.verify(token, now).await.map_err(AuthError::InvalidToken)?;
-            return Ok(oidc.mapping.principal(&claims, AuthMethod::Oidc));
+            return Ok(token_principal(&oidc.mapping, &claims, AuthMethod::Oidc));
         }
         let jwt = self.jwt.as_ref().ok_or(AuthError::UnsupportedScheme)?;
         let claims = jwt.verifier.verify(token, now).map_err(AuthError::InvalidToken)?;
-        Ok(jwt.mapping.principal(&claims, AuthMethod::Jwt))
+        Ok(token_principal(&jwt.mapping, &claims, AuthMethod::Jwt))
     }
 
     /// The OpenID Connect provider, when `auth.oidc` is configured.
@@ -503,6 +503,19 @@ fn jwt_field(field: &'static str) -> &'static str {
         "groups_claim" => "jwt.groups_claim",
         "hs256_secret" => "jwt.hs256_secret",
         _ => "jwt.jwks_file",
+    }
+}
+
+/// The principal a verified token's `claims` name, established by `method`: its teams and region as `mapping` says,
+/// and its token's expiry.
+fn token_principal(mapping: &ClaimMapping, claims: &Claims, method: AuthMethod) -> Principal {
+    Principal {
+        name: claims.user.as_str().into(),
+        teams: mapping.teams(claims).into(),
+        method,
+        expires: Some(claims.expires),
+        credential: 0,
+        region: mapping.region(claims),
     }
 }
 
