@@ -183,11 +183,6 @@ impl Provider {
         let cache = &self.source.cache;
         RefreshCounts { ok: cache.fetched.load(Ordering::Relaxed), error: cache.failed.load(Ordering::Relaxed) }
     }
-
-    /// How many keys are known (0 before the first successful fetch).
-    pub fn known_keys(&self) -> usize {
-        self.source.known().keys.as_ref().map_or(0, |keys| keys.len())
-    }
 }
 
 impl Source {

@@ -40,24 +40,22 @@ fn config(pki: &Pki, issuer: &str, stub: &MessagesStub, stub_eu: &MessagesStub) 
 
 /// The parts of one test: the certificates, the provider, two Messages stubs and the gateway.
 struct Setup {
-    _pki: Pki,
+    pki: Pki,
     idp: Idp,
     stub: MessagesStub,
     stub_eu: MessagesStub,
     gateway: TestGateway,
-    _keys: tempfile::TempDir,
 }
 
 impl Setup {
     /// The provider publishes `keys` (none given: one ES256 key `es-1`).
     async fn start(keys: &[Arc<SigningKey>]) -> Setup {
         let pki = Pki::new();
-        let keys_dir = tempfile::tempdir().expect("temp dir");
         let keys = if keys.is_empty() { vec![SigningKey::es256("es-1")] } else { keys.to_vec() };
         let idp = Idp::start(&pki.server, AUDIENCE, &keys).await;
         let (stub, stub_eu) = (MessagesStub::start().await, MessagesStub::start().await);
         let gateway = start_full_with(&config(&pki, &idp.issuer, &stub, &stub_eu), Default::default()).await;
-        Setup { _pki: pki, idp, stub, stub_eu, gateway, _keys: keys_dir }
+        Setup { pki, idp, stub, stub_eu, gateway }
     }
 
     /// A token for `email` in `groups`, signed with `key`, valid for ten minutes, with `extra` claims on top.
@@ -188,8 +186,8 @@ async fn expired_wrong_audience_and_wrong_issuer_tokens_are_refused_with_the_rea
     assert_eq!(setup.metric("tollgate_auth_failures_total{method=\"jwt\"}").await, 8.0);
 }
 
-/// A key rotation: the provider publishes a second key and signs with it. The first token with the new `kid`
-/// fetches the keys once and is admitted; later ones use the fetched set; tokens with the old key keep working
+/// A key rotation: the provider publishes a second key and signs with it. The first tokens with the new `kid` (a
+/// concurrent burst) fetch the keys once and are admitted; later ones use the fetched set; tokens with the old key keep working
 /// during the overlap. A made-up `kid` right after does not fetch again (at most one unknown-key fetch per 30 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_key_is_fetched_once_and_no_request_fails() {
@@ -200,11 +198,23 @@ async fn a_rotated_key_is_fetched_once_and_no_request_fails() {
         let (proxy, url) = (setup.gateway.proxy, origin.url("/"));
         async move { exchange_until_closed(proxy, proxied_get(&url, &token).as_bytes()).await }
     };
-    assert_eq!(get(setup.token(&old, "a@corp.example", &[], json!({}))).await.status, 200);
-    assert_eq!(setup.idp.jwks_fetches(), 1);
+    // A burst of first requests waits for one fetch.
+    let burst = |key: &Arc<SigningKey>| {
+        let requests: Vec<_> = (0..8)
+            .map(|n| tokio::spawn(get(setup.token(key, &format!("user{n}@corp.example"), &[], json!({})))))
+            .collect();
+        async move {
+            for request in requests {
+                assert_eq!(request.await.expect("the request task").status, 200);
+            }
+        }
+    };
+    burst(&old).await;
+    assert_eq!((setup.idp.discovery_fetches(), setup.idp.jwks_fetches()), (1, 1));
 
     let new = SigningKey::ed25519("ed-2");
     setup.idp.add_key(new.clone());
+    burst(&new).await;
     for user in ["b@corp.example", "c@corp.example"] {
         assert_eq!(get(setup.token(&new, user, &[], json!({}))).await.status, 200, "{user} with the new key");
     }
@@ -325,7 +335,7 @@ async fn check_online_and_explain_token() {
     let setup = Setup::start(&[]).await;
     let signer = setup_signer(&setup);
     let path = setup.gateway.dir.path().join("oidc.yaml");
-    std::fs::write(&path, config(&setup._pki, &setup.idp.issuer, &setup.stub, &setup.stub_eu)).expect("config");
+    std::fs::write(&path, config(&setup.pki, &setup.idp.issuer, &setup.stub, &setup.stub_eu)).expect("config");
 
     let check = |online: bool| {
         let path = path.clone();
@@ -376,7 +386,7 @@ async fn check_online_and_explain_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_from_the_device_grant_and_a_refresh_are_admitted() {
     let setup = Setup::start(&[]).await;
-    let ca = setup._pki.ca.pem.display().to_string();
+    let ca = setup.pki.ca.pem.display().to_string();
     let post = |path: &str, form: Vec<String>| {
         let (url, ca) = (format!("{}{path}", setup.idp.issuer), ca.clone());
         async move {
