@@ -50,11 +50,16 @@ struct Setup {
 impl Setup {
     /// The provider publishes `keys` (none given: one ES256 key `es-1`).
     async fn start(keys: &[Arc<SigningKey>]) -> Setup {
+        Setup::start_with(keys, Default::default()).await
+    }
+
+    /// Like `start`, with the gateway's `options` (its clock).
+    async fn start_with(keys: &[Arc<SigningKey>], options: tollgate::app::Options) -> Setup {
         let pki = Pki::new();
         let keys = if keys.is_empty() { vec![SigningKey::es256("es-1")] } else { keys.to_vec() };
         let idp = Idp::start(&pki.server, AUDIENCE, &keys).await;
         let (stub, stub_eu) = (MessagesStub::start().await, MessagesStub::start().await);
-        let gateway = start_full_with(&config(&pki, &idp.issuer, &stub, &stub_eu), Default::default()).await;
+        let gateway = start_full_with(&config(&pki, &idp.issuer, &stub, &stub_eu), options).await;
         Setup { pki, idp, stub, stub_eu, gateway }
     }
 
@@ -158,6 +163,32 @@ async fn a_valid_token_identifies_user_teams_and_region_through_both_doors() {
 /// The key the provider of `setup` signs with (the first it publishes).
 fn setup_signer(setup: &Setup) -> Arc<SigningKey> {
     setup.idp.signing_keys().into_iter().next().expect("a published key")
+}
+
+/// The principal a token names ends at the token's `exp` (plus the leeway) by the gateway's clock, on a keep-alive
+/// forward-proxy connection opened with it: requests pass until then, and the next one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_principal_ends_at_its_exp_on_a_keep_alive_connection() {
+    use tokio::io::AsyncWriteExt;
+    let clock = TestClock::at("2026-01-01T00:00:00Z");
+    clock.set(std::time::SystemTime::now());
+    let setup = Setup::start_with(&[], common::gateway::with_clock(clock.clone())).await;
+    let signer = setup_signer(&setup);
+    let origin = Origin::start().await;
+    // Valid for 600 s, with the default leeway of 60 s.
+    let token = setup.token(&signer, "kept@corp.example", &[], json!({}));
+    let get = format!("GET {} HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Bearer {token}\r\n\r\n", origin.url("/kept"));
+    let mut connection = tokio::net::TcpStream::connect(setup.gateway.proxy).await.expect("connect");
+    for (step, status) in [(0, 200), (600, 200), (61, 407)] {
+        clock.advance(std::time::Duration::from_secs(step));
+        connection.write_all(get.as_bytes()).await.expect("write");
+        let response = read_response(&mut connection).await;
+        assert_eq!(response.status, status, "after {step} s more: {response:?}");
+        if status == 407 {
+            assert!(response.body.contains("the token has expired"), "{response:?}");
+        }
+    }
+    assert_eq!(origin.request_heads().len(), 2);
 }
 
 /// Expired, wrong-audience and wrong-issuer tokens are refused on both doors with the reason; nothing reaches an
