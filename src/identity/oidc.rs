@@ -10,12 +10,13 @@
 //! Fetches are counted (`tollgate_oidc_refresh_total{result}`) and an outage is logged once, when it starts, and
 //! once more when it ends.
 //!
-//! The known keys belong to the issuer, not to one config snapshot: a reload that keeps the issuer keeps them.
+//! The known keys belong to the issuer, not to one config snapshot: a reload that keeps the issuer keeps them. Time
+//! is the gateway's clock, the `now` each request is checked at.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -63,11 +64,11 @@ struct KeyCache {
 struct Known {
     keys: Option<Arc<KeySet>>,
     /// The last successful fetch.
-    fetched_at: Option<Instant>,
+    fetched_at: Option<SystemTime>,
     /// The last fetch attempted, successful or not.
-    attempted_at: Option<Instant>,
+    attempted_at: Option<SystemTime>,
     /// The last fetch an unknown key id caused.
-    unknown_key_at: Option<Instant>,
+    unknown_key_at: Option<SystemTime>,
     /// Fetches finished (successful or not), to tell whether one finished while a request waited.
     generation: u64,
     /// Why the last fetch failed, while the IdP is unreachable (`None` while it answers).
@@ -164,7 +165,7 @@ impl Provider {
     /// Checks `token` at `now`, fetching the keys first when none are known or the token names an unknown key.
     pub async fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, JwtError> {
         let signed = SignedToken::decode(token)?;
-        let keys = self.source.keys_for(signed.kid()?).await?;
+        let keys = self.source.keys_for(signed.kid()?, now).await?;
         signed.verify_with(&keys)?;
         self.rules.check(signed.payload()?, now)
     }
@@ -174,7 +175,7 @@ impl Provider {
         let _fetching = self.source.cache.fetching.lock().await;
         let result = self.source.fetch().await;
         let keys = result.as_ref().ok().map(|(_, keys)| keys.clone());
-        self.source.settle(keys, result.as_ref().err().cloned(), false);
+        self.source.settle(keys, result.as_ref().err().cloned(), false, SystemTime::now());
         result.map(|(discovered, _)| discovered)
     }
 
@@ -190,17 +191,18 @@ impl Source {
         self.cache.known.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The keys to verify a token with key id `kid` against.
-    async fn keys_for(self: &Arc<Self>, kid: Option<&str>) -> Result<Arc<KeySet>, JwtError> {
+    /// The keys to verify a token with key id `kid` against, at `now`.
+    async fn keys_for(self: &Arc<Self>, kid: Option<&str>, now: SystemTime) -> Result<Arc<KeySet>, JwtError> {
+        let since = |at: SystemTime| now.duration_since(at).unwrap_or_default();
         let (keys, generation) = {
             let known = self.known();
             if let Some(keys) = known.keys.as_ref().filter(|keys| keys.has(kid)) {
-                let stale = known.fetched_at.is_none_or(|at| at.elapsed() >= self.refresh);
-                let resting = known.attempted_at.is_some_and(|at| at.elapsed() < UNKNOWN_KEY_INTERVAL);
+                let stale = known.fetched_at.is_none_or(|at| since(at) >= self.refresh);
+                let resting = known.attempted_at.is_some_and(|at| since(at) < UNKNOWN_KEY_INTERVAL);
                 let keys = keys.clone();
                 drop(known);
                 if stale && !resting {
-                    self.refresh_in_background();
+                    self.refresh_in_background(now);
                 }
                 return Ok(keys);
             }
@@ -214,10 +216,10 @@ impl Source {
             let unknown_key = keys.is_some();
             let allowed = match (unknown_key, known.unknown_key_at, known.attempted_at) {
                 // A rotation: at most one fetch per interval for unknown key ids.
-                (true, Some(at), _) => at.elapsed() >= UNKNOWN_KEY_INTERVAL,
+                (true, Some(at), _) => since(at) >= UNKNOWN_KEY_INTERVAL,
                 (true, None, _) => true,
                 // Nothing known: try again once the last failure is an interval old.
-                (false, _, Some(at)) => at.elapsed() >= UNKNOWN_KEY_INTERVAL,
+                (false, _, Some(at)) => since(at) >= UNKNOWN_KEY_INTERVAL,
                 (false, _, None) => true,
             };
             if finished_meanwhile || !allowed {
@@ -235,7 +237,7 @@ impl Source {
                     Ok((_, keys)) => (Some(keys), None),
                     Err(error) => (None, Some(error)),
                 };
-                self.settle(fetched, error, unknown_key);
+                self.settle(fetched, error, unknown_key, now);
                 let known = self.known();
                 (known.keys.clone(), known.outage.clone())
             }
@@ -244,27 +246,27 @@ impl Source {
     }
 
     /// A scheduled refresh on its own task; requests go on with the keys they have.
-    fn refresh_in_background(self: &Arc<Self>) {
+    fn refresh_in_background(self: &Arc<Self>, now: SystemTime) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let source = self.clone();
         runtime.spawn(async move {
             let Ok(_fetching) = source.cache.fetching.try_lock() else { return };
-            let due = source.known().attempted_at.is_none_or(|at| at.elapsed() >= UNKNOWN_KEY_INTERVAL);
+            let since = |at: SystemTime| now.duration_since(at).unwrap_or_default();
+            let due = source.known().attempted_at.is_none_or(|at| since(at) >= UNKNOWN_KEY_INTERVAL);
             if due {
                 let (keys, error) = match source.fetch().await {
                     Ok((_, keys)) => (Some(keys), None),
                     Err(error) => (None, Some(error)),
                 };
-                source.settle(keys, error, false);
+                source.settle(keys, error, false, now);
             }
         });
     }
 
-    /// Records one fetch: new keys replace the old, a failure keeps them; counted, and logged when an outage
-    /// starts or ends.
-    fn settle(&self, keys: Option<Arc<KeySet>>, error: Option<String>, unknown_key: bool) {
+    /// Records one fetch, begun at `now`: new keys replace the old, a failure keeps them; counted, and logged when
+    /// an outage starts or ends.
+    fn settle(&self, keys: Option<Arc<KeySet>>, error: Option<String>, unknown_key: bool, now: SystemTime) {
         let mut known = self.cache.known.write().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
         known.attempted_at = Some(now);
         known.generation += 1;
         if unknown_key {

@@ -191,6 +191,67 @@ async fn a_token_principal_ends_at_its_exp_on_a_keep_alive_connection() {
     assert_eq!(origin.request_heads().len(), 2);
 }
 
+/// Seconds since the epoch of `clock`'s time.
+fn epoch_seconds(clock: &TestClock) -> u64 {
+    clock.time().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs()
+}
+
+/// Waits (bounded) until the gateway's `sample` reaches `value`: a background fetch has settled.
+async fn wait_for_metric(setup: &Setup, sample: &str, value: f64) {
+    let reached = async {
+        while setup.metric(sample).await != value {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), reached)
+        .await
+        .unwrap_or_else(|_| panic!("{sample} did not reach {value}"));
+}
+
+/// Once `refresh` has passed by the gateway's clock, a request is served with the keys known and makes a fetch in
+/// the background, which brings a key the provider published meanwhile. While the provider fails, each scheduled
+/// attempt is counted but the outage is logged once; when it answers again, that is logged once too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_fetched_again_on_schedule_and_an_outage_is_logged_once() {
+    let logs = logs();
+    let clock = TestClock::at("2026-01-01T00:00:00Z");
+    clock.set(std::time::SystemTime::now());
+    let setup = Setup::start_with(&[], common::gateway::with_clock(clock.clone())).await;
+    let signer = setup_signer(&setup);
+    let origin = Origin::start().await;
+    let get = |key: &SigningKey, user: &str| {
+        let token = setup.token(key, user, &[], json!({"exp": epoch_seconds(&clock) + 600}));
+        let (proxy, url) = (setup.gateway.proxy, origin.url("/"));
+        async move { exchange_until_closed(proxy, proxied_get(&url, &token).as_bytes()).await.status }
+    };
+    assert_eq!(get(&signer, "a@corp.example").await, 200);
+    let published = SigningKey::ed25519("ed-2");
+    setup.idp.add_key(published.clone());
+
+    clock.advance(std::time::Duration::from_secs(3_600));
+    assert_eq!(get(&signer, "b@corp.example").await, 200, "served with the known keys");
+    wait_for_metric(&setup, REFRESHED_OK, 2.0).await;
+    assert_eq!(get(&published, "c@corp.example").await, 200, "the scheduled fetch brought the new key");
+    assert_eq!(setup.idp.jwks_fetches(), 2, "no fetch for a kid the schedule already brought");
+
+    setup.idp.set_failing(true);
+    for (step, failures) in [(3_600, 1.0), (31, 2.0)] {
+        clock.advance(std::time::Duration::from_secs(step));
+        assert_eq!(get(&signer, "d@corp.example").await, 200, "the provider fails: the cached keys serve");
+        wait_for_metric(&setup, REFRESHED_ERROR, failures).await;
+    }
+    setup.idp.set_failing(false);
+    clock.advance(std::time::Duration::from_secs(31));
+    assert_eq!(get(&signer, "e@corp.example").await, 200);
+    wait_for_metric(&setup, REFRESHED_OK, 3.0).await;
+
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let ours = |what: &str| text.lines().filter(|l| l.contains(what) && l.contains(&setup.idp.issuer)).count();
+    assert_eq!(ours("identity provider unreachable"), 1, "two failed fetches, one outage logged");
+    assert!(text.contains("HTTP status 503"), "the log names the cause");
+    assert_eq!(ours("identity provider reachable again"), 1);
+}
+
 /// Expired, wrong-audience and wrong-issuer tokens are refused on both doors with the reason; nothing reaches an
 /// upstream; each failure is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,6 +359,11 @@ async fn an_unreachable_provider_keeps_the_cached_keys_and_counts_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_provider_with_no_keys_known_refuses_with_a_clear_error() {
     let setup = Setup::start(&[]).await;
+    let metrics = setup.gateway.metrics().await;
+    for result in ["ok", "error"] {
+        let sample = format!("tollgate_oidc_refresh_total{{result=\"{result}\"}} 0");
+        assert!(metrics.lines().any(|line| line == sample), "{sample} is exported from the start:\n{metrics}");
+    }
     let signer = setup_signer(&setup);
     setup.idp.stop().await;
     let origin = Origin::start().await;

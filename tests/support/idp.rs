@@ -114,6 +114,8 @@ struct Inner {
     keys: Vec<Arc<SigningKey>>,
     /// The `issuer` discovery names, when it is not the real one (a misconfigured or spoofed provider).
     named_issuer: Option<String>,
+    /// Discovery and the JWKS answer 503 (an outage that can end).
+    failing: bool,
     /// Pending device authorizations by device code.
     devices: HashMap<String, Device>,
     /// Refresh tokens → the claims of the user they were issued to.
@@ -180,6 +182,11 @@ impl Idp {
         self.state.inner.lock().unwrap().keys.retain(|key| key.kid != kid);
     }
 
+    /// Discovery and the JWKS answer 503 while `failing`.
+    pub fn set_failing(&self, failing: bool) {
+        self.state.inner.lock().unwrap().failing = failing;
+    }
+
     /// Makes discovery name `issuer` instead of the real one.
     pub fn name_issuer(&self, issuer: &str) {
         self.state.inner.lock().unwrap().named_issuer = Some(issuer.to_owned());
@@ -229,7 +236,11 @@ async fn answer(request: Request<hyper::body::Incoming>, state: Arc<State>) -> R
     let (parts, body) = request.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let failing = state.inner.lock().unwrap().failing;
     let (status, document) = match (parts.method.as_str(), parts.uri.path()) {
+        ("GET", "/.well-known/openid-configuration" | "/jwks") if failing => {
+            (StatusCode::SERVICE_UNAVAILABLE, json!({"error": "temporarily_unavailable"}))
+        }
         ("GET", "/.well-known/openid-configuration") => {
             state.discovery_fetches.fetch_add(1, Ordering::SeqCst);
             let named = state.inner.lock().unwrap().named_issuer.clone();
