@@ -475,6 +475,37 @@ async fn check_online_and_explain_token() {
     // With a target: the token's user and teams are explained.
     let explained = common::binary::explain(&path, &["--token", &token, &origin_target()]).await;
     assert!(explained.stdout.contains("principal: max@eu.corp.example (teams: engineering, backend)"), "{explained:?}");
+
+    setup.idp.stop().await;
+    let (code, stdout) = check(true).await;
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("oidc discovery: failed: discovery"), "{stdout}");
+}
+
+/// A config loaded again (a reload) with the same issuer keeps the keys the previous one fetched: with the provider
+/// down, its tokens still verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_keys_of_its_issuer() {
+    let pki = Pki::new();
+    let idp = Idp::start(&pki.server, AUDIENCE, &[SigningKey::es256("es-1")]).await;
+    let (stub, stub_eu) = (MessagesStub::start().await, MessagesStub::start().await);
+    let text = config(&pki, &idp.issuer, &stub, &stub_eu);
+    let load =
+        || tollgate::config::Config::from_text(&text, std::path::Path::new("test.yaml"), &|_| None).expect("loads");
+    let signer = idp.signing_keys().remove(0);
+    let token = signer.sign(&idp.claims(600, json!({"email": "a@corp.example", "groups": ["grp-backend"]})));
+    let now = std::time::SystemTime::now();
+    let before = load();
+    let principal = before.identity.bearer_principal(&token, now).await.expect("verifies");
+    assert_eq!(
+        (&*principal.name, principal.team(), principal.method.label()),
+        ("a@corp.example", Some("backend"), "oidc")
+    );
+
+    idp.stop().await;
+    let after = load();
+    assert!(after.identity.bearer_principal(&token, now).await.is_ok(), "the reloaded config knows the keys");
+    assert_eq!(after.identity.oidc().expect("auth.oidc").refresh_counts().error, 0, "and did not fetch them");
 }
 
 /// The provider's device authorization grant (RFC 8628) and refresh tokens, driven with curl as a login command
