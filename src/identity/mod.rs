@@ -376,7 +376,7 @@ impl Directory {
         let oidc =
             self.oidc.as_ref().filter(|oidc| self.jwt.is_none() || issuer.as_deref() == Some(oidc.verifier.issuer()));
         if let Some(oidc) = oidc {
-            let claims = oidc.verifier.verify(token, now).await.map_err(AuthError::InvalidToken)?;
+            let claims = oidc.verifier.verify(token, now).await.map_err(AuthError::InvalidOidcToken)?;
             return Ok(token_principal(&oidc.mapping, &claims, AuthMethod::Oidc));
         }
         let jwt = self.jwt.as_ref().ok_or(AuthError::UnsupportedScheme)?;

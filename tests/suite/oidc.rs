@@ -275,7 +275,7 @@ async fn expired_wrong_audience_and_wrong_issuer_tokens_are_refused_with_the_rea
     }
     assert_eq!(origin.connection_count(), 0);
     assert!(setup.stub.requests().is_empty() && setup.stub_eu.requests().is_empty());
-    assert_eq!(setup.metric("tollgate_auth_failures_total{method=\"jwt\"}").await, 8.0);
+    assert_eq!(setup.metric("tollgate_auth_failures_total{method=\"oidc\"}").await, 8.0);
 }
 
 /// A key rotation: the provider publishes a second key and signs with it. The first tokens with the new `kid` (a
