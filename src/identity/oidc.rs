@@ -55,7 +55,7 @@ struct Source {
 struct KeyCache {
     known: RwLock<Known>,
     /// One fetch at a time; requests that wait for it use its result.
-    fetching: tokio::sync::Mutex<()>,
+    fetching: Arc<tokio::sync::Mutex<()>>,
     fetched: AtomicU64,
     failed: AtomicU64,
 }
@@ -245,12 +245,14 @@ impl Source {
         keys.ok_or_else(|| JwtError::KeysUnavailable(outage.unwrap_or_else(|| "not fetched yet".to_owned())))
     }
 
-    /// A scheduled refresh on its own task; requests go on with the keys they have.
+    /// A scheduled refresh on its own task, unless a fetch is under way; requests go on with the keys they have.
     fn refresh_in_background(self: &Arc<Self>, now: SystemTime) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        // Taken before the task is spawned: requests arriving while one fetch runs spawn nothing.
+        let Ok(fetching) = self.cache.fetching.clone().try_lock_owned() else { return };
         let source = self.clone();
         runtime.spawn(async move {
-            let Ok(_fetching) = source.cache.fetching.try_lock() else { return };
+            let _fetching = fetching;
             let since = |at: SystemTime| now.duration_since(at).unwrap_or_default();
             let due = source.known().attempted_at.is_none_or(|at| since(at) >= UNKNOWN_KEY_INTERVAL);
             if due {
