@@ -108,7 +108,7 @@ async fn sdk_call(setup: &Setup, token: &str, x_api_key: bool) -> Value {
 /// routes the request; the token reaches no upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_token_identifies_user_teams_and_region_through_both_doors() {
-    let setup = Setup::start(&[]).await;
+    let mut setup = Setup::start(&[]).await;
     let signer = setup_signer(&setup);
     let origin = Origin::start().await;
 
@@ -118,6 +118,12 @@ async fn a_valid_token_identifies_user_teams_and_region_through_both_doors() {
     let (code, body, stderr) = curl(&["-x", &proxy, "--proxy-header", &header, &origin.url("/curl")]).await;
     assert_eq!((code, body.as_str()), (0, "origin saw /curl"), "{stderr}");
     assert!(!origin.request_heads()[0].contains(&token), "the token went to the origin");
+    // CONNECT, as Claude Code's proxyAuthHelper credential arrives: a tunnel to an HTTPS origin.
+    let tls_origin = common::tls::TlsOrigin::start(&setup.pki.server, None).await;
+    let url = format!("https://127.0.0.1:{}/tunnel", tls_origin.address.port());
+    let ca = setup.pki.ca.pem.display().to_string();
+    let (code, body, stderr) = curl(&["-x", &proxy, "--proxy-header", &header, "--cacert", &ca, &url]).await;
+    assert_eq!((code, body.as_str()), (0, "tls origin saw /tunnel"), "{stderr}");
 
     // Region eu from the e-mail domain: routed to stub-eu.
     let eu = setup.token(&signer, "max@eu.corp.example", &["grp-backend"], json!({}));
@@ -140,9 +146,15 @@ async fn a_valid_token_identifies_user_teams_and_region_through_both_doors() {
         }
     }
 
-    let audit = setup.gateway.audit().await;
+    assert_eq!(setup.idp.jwks_fetches(), 1, "the keys were fetched once for every request");
+    assert_eq!(setup.metric(REFRESHED_OK).await, 1.0);
+    // Shut down first: a tunnel's record is written once both of its halves have closed.
+    let audit = setup.gateway.shutdown_and_audit().await;
     let record = audit.iter().find(|r| r["user"] == "jane@corp.example").expect("jane's record");
-    assert_eq!((record["kind"].as_str(), record["team"].as_str()), (Some("http"), Some("engineering")), "{record}");
+    let kinds: Vec<&str> =
+        audit.iter().filter(|r| r["user"] == "jane@corp.example").filter_map(|r| r["kind"].as_str()).collect();
+    assert_eq!(kinds, ["http", "connect"], "{audit:?}");
+    assert_eq!(record["team"], "engineering", "{record}");
     let regions: Vec<(String, String, String)> = audit
         .iter()
         .filter(|r| r["kind"] == "gateway")
@@ -156,8 +168,6 @@ async fn a_valid_token_identifies_user_teams_and_region_through_both_doors() {
             ("\"ann@eu.corp.example\"".into(), "\"ch\"".into(), "\"stub\"".into()),
         ]
     );
-    assert_eq!(setup.idp.jwks_fetches(), 1, "the keys were fetched once for every request");
-    assert_eq!(setup.metric(REFRESHED_OK).await, 1.0);
 }
 
 /// The key the provider of `setup` signs with (the first it publishes).
