@@ -569,3 +569,56 @@ async fn tokens_from_the_device_grant_and_a_refresh_are_admitted() {
 fn origin_target() -> String {
     "127.0.0.1:9".to_owned()
 }
+
+/// `auth.jwt` keeps working beside `auth.oidc`: a token is verified by the source its `iss` names, each mapping its
+/// groups its own way; a token whose issuer is neither is refused by `auth.jwt`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_jwt_and_auth_oidc_verify_side_by_side() {
+    let pki = Pki::new();
+    let idp = Idp::start(&pki.server, AUDIENCE, &[SigningKey::es256("es-1")]).await;
+    let (stub, stub_eu) = (MessagesStub::start().await, MessagesStub::start().await);
+    let secret = "an-hs256-secret-of-at-least-32-bytes!";
+    let jwt = format!(
+        "auth:\n  jwt: {{issuer: \"https://static.test\", audience: tollgate, hs256_secret: \"{secret}\", user_claim: email}}\n  group_teams: {{static-backend: backend}}\n"
+    );
+    let text = config(&pki, &idp.issuer, &stub, &stub_eu).replace("auth:\n", &jwt);
+    let config =
+        tollgate::config::Config::from_text(&text, std::path::Path::new("test.yaml"), &|_| None).expect("loads");
+    let now = std::time::SystemTime::now();
+
+    let oidc_token =
+        idp.signing_keys()[0].sign(&idp.claims(600, json!({"email": "o@corp.example", "groups": ["grp-backend"]})));
+    let principal = config.identity.bearer_principal(&oidc_token, now).await.expect("the OIDC token verifies");
+    assert_eq!(
+        (&*principal.name, principal.team(), principal.method.label()),
+        ("o@corp.example", Some("backend"), "oidc")
+    );
+
+    let static_claims = common::idp::claims(
+        "https://static.test",
+        "tollgate",
+        600,
+        json!({"email": "s@corp.example", "groups": ["static-backend", "grp-backend"]}),
+    );
+    let hs256 = |claims: &Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
+    };
+    let principal =
+        config.identity.bearer_principal(&hs256(&static_claims), now).await.expect("the static token verifies");
+    let teams: Vec<&str> = principal.teams.iter().map(|t| &**t).collect();
+    assert_eq!(
+        (&*principal.name, teams, principal.method.label()),
+        ("s@corp.example", vec!["backend"], "jwt"),
+        "group_teams, not auth.oidc.teams"
+    );
+
+    let elsewhere = common::idp::claims("https://elsewhere.test", "tollgate", 600, json!({"email": "x@corp.example"}));
+    let refused = config.identity.bearer_principal(&hs256(&elsewhere), now).await.expect_err("an unknown issuer");
+    assert_eq!(refused.to_string(), "invalid bearer token: wrong issuer (iss)");
+    assert_eq!(refused.method(), "jwt");
+}
