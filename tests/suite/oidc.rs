@@ -482,8 +482,9 @@ async fn check_online_and_explain_token() {
     );
     assert!(!explained.stdout.contains(&expired) && !explained.stderr.contains(&expired), "the token is not echoed");
 
-    // With a target: the token's user and teams are explained.
-    let explained = common::binary::explain(&path, &["--token", &token, &origin_target()]).await;
+    // With a target: the request is explained for the token's user and teams (LOOPBACK_POLICY allows 127.0.0.1).
+    let explained = common::binary::explain(&path, &["--token", &token, "127.0.0.1:9"]).await;
+    assert_eq!(explained.code, 0, "{explained:?}");
     assert!(explained.stdout.contains("principal: max@eu.corp.example (teams: engineering, backend)"), "{explained:?}");
 
     setup.idp.stop().await;
@@ -564,10 +565,6 @@ async fn tokens_from_the_device_grant_and_a_refresh_are_admitted() {
         .map(|r| (r["user"].as_str().unwrap_or_default(), r["team"].as_str().unwrap_or_default()))
         .collect();
     assert_eq!(users, [("dev@corp.example", "backend"), ("dev@corp.example", "backend")]);
-}
-
-fn origin_target() -> String {
-    "127.0.0.1:9".to_owned()
 }
 
 /// `auth.jwt` keeps working beside `auth.oidc`: a token is verified by the source its `iss` names, each mapping its
