@@ -77,10 +77,14 @@ async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Resp
             if let Ok((clients, ratio)) = shared.fleet.gauges().await {
                 shared.metrics.fleet(&clients, ratio);
             }
+            let oidc =
+                shared.config.load().identity.oidc().map(|provider| provider.refresh_counts()).unwrap_or_default();
             let sampled = Sampled {
                 log_lines_dropped: crate::logging::dropped_lines(),
                 password_checks_run: shared.verifiers.checks_run(),
                 password_checks_refused: shared.verifiers.checks_refused(),
+                oidc_refresh_ok: oidc.ok,
+                oidc_refresh_error: oidc.error,
                 audit: shared.auditor.sample(),
             };
             (StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render_with(sampled))

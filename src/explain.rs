@@ -15,6 +15,52 @@ use crate::proxy::forward;
 use crate::target::Target;
 use crate::upstream;
 
+/// What a bearer token proves, for `tollgate explain --token`.
+#[derive(Debug, Clone)]
+pub struct TokenAnswer {
+    /// The principal the token names: user, teams and region, as a request carrying it would be identified.
+    pub principal: Principal,
+    /// How it was verified and what it maps to, to print.
+    pub report: String,
+}
+
+/// Verifies `token` at `at` exactly as a request's `Proxy-Authorization: Bearer` or `Authorization: Bearer` is
+/// (`auth.oidc` fetches the identity provider's keys first), and says who it names — or, as the error, why a
+/// request carrying it is refused.
+pub async fn explain_token(config: &Config, token: &str, at: SystemTime) -> Result<TokenAnswer, String> {
+    let token = token.trim();
+    let token = token.strip_prefix("Bearer ").or_else(|| token.strip_prefix("bearer ")).unwrap_or(token).trim();
+    if !config.identity.accepts_bearer() {
+        return Err("the token is refused: neither auth.oidc nor auth.jwt is configured".to_owned());
+    }
+    let principal =
+        config.identity.bearer_principal(token, at).await.map_err(|error| {
+            format!("the token is refused (a client gets 407, or 401 on a gateway listener): {error}")
+        })?;
+    let source = match (principal.method, config.identity.oidc()) {
+        (AuthMethod::Oidc, Some(provider)) => format!("auth.oidc, issuer {}", provider.issuer()),
+        _ => "auth.jwt".to_owned(),
+    };
+    let teams: Vec<&str> = principal.teams.iter().map(|t| &**t).collect();
+    let teams = if teams.is_empty() { "none (no group maps to a team)".to_owned() } else { teams.join(", ") };
+    let region = match &principal.region {
+        Some(region) => format!("{region} (from the token)"),
+        None => {
+            let from_team = principal.teams.iter().find_map(|t| config.teams.get(t).and_then(|s| s.region.as_deref()));
+            from_team.map_or("none".to_owned(), |region| format!("{region} (from its team)"))
+        }
+    };
+    let mut report = String::new();
+    let _ = writeln!(report, "token:     valid ({source})");
+    let _ = writeln!(report, "user:      {}", principal.name);
+    let _ = writeln!(report, "teams:     {teams}");
+    let _ = writeln!(report, "region:    {region}");
+    if let Some(expires) = principal.expires {
+        let _ = writeln!(report, "expires:   {}", humantime::format_rfc3339_seconds(expires));
+    }
+    Ok(TokenAnswer { principal, report })
+}
+
 /// The question.
 #[derive(Debug, Clone)]
 pub struct Question {

@@ -41,6 +41,9 @@ enum Command {
         /// Config file.
         #[arg(short, long, env = "TOLLGATE_CONFIG", default_value = DEFAULT_PATH)]
         config: PathBuf,
+        /// Also fetch what the config only names: the OpenID Connect discovery document and keys (`auth.oidc`).
+        #[arg(long)]
+        online: bool,
     },
     /// Explain what tollgate would do with a request: the decision, the rule, hours and limits that apply.
     /// Exit 0 allow, 1 deny.
@@ -49,8 +52,12 @@ enum Command {
         #[arg(short, long, env = "TOLLGATE_CONFIG", default_value = DEFAULT_PATH)]
         config: PathBuf,
         /// The principal.
+        #[arg(long, required_unless_present = "token", conflicts_with = "token")]
+        user: Option<String>,
+        /// A bearer token (JWT) to verify as a request carrying it would be: prints the user, teams and region it
+        /// names, or why it is refused (exit 1). With a target, action or --settings, explains those for its user.
         #[arg(long)]
-        user: String,
+        token: Option<String>,
         /// A team to assume (repeat for several); default: the configured user's teams.
         #[arg(long = "team")]
         teams: Vec<String>,
@@ -75,7 +82,7 @@ enum Command {
         #[arg(long, conflicts_with_all = ["method", "model", "resolve", "action", "target"])]
         settings: bool,
         /// `host:port` or an `https://…` URL.
-        #[arg(required_unless_present_any = ["action", "settings"])]
+        #[arg(required_unless_present_any = ["action", "settings", "token"])]
         target: Option<String>,
     },
     /// Read a password on stdin and print its argon2id hash for `auth.users[].password_hash`.
@@ -264,8 +271,8 @@ fn main() -> ExitCode {
     let _log_writer = init_logging(cli.log_format);
     match cli.command {
         Command::Run { config } => run(&config),
-        Command::Check { config } => check(&config),
-        Command::Explain { config, user, teams, method, model, resolve, at, action, settings, target } => {
+        Command::Check { config, online } => check(&config, online),
+        Command::Explain { config, user, token, teams, method, model, resolve, at, action, settings, target } => {
             let at = match at.map(|text| parse_at(&text).map_err(|e| format!("--at {text:?}: {e}"))) {
                 Some(Ok(at)) => at,
                 Some(Err(message)) => {
@@ -274,8 +281,28 @@ fn main() -> ExitCode {
                 }
                 None => std::time::SystemTime::now(),
             };
-            let target = target.unwrap_or_default();
-            let question = tollgate::explain::Question { user, teams, method, model, target, resolve, at };
+            let mut question = tollgate::explain::Question {
+                user: user.unwrap_or_default(),
+                teams,
+                method,
+                model,
+                target: target.clone().unwrap_or_default(),
+                resolve,
+                at,
+            };
+            if let Some(token) = token {
+                let principal = match explain_token(&config, &token, at) {
+                    Ok(principal) => principal,
+                    Err(code) => return code,
+                };
+                if target.is_none() && action.is_none() && !settings {
+                    return ExitCode::SUCCESS;
+                }
+                question.user = principal.name.to_string();
+                if question.teams.is_empty() {
+                    question.teams = principal.teams.iter().map(|team| team.to_string()).collect();
+                }
+            }
             match action {
                 Some(action) => explain_action(&config, &question, &action),
                 None if settings => explain_settings(&config, &question),
@@ -352,7 +379,7 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, online: bool) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -428,8 +455,69 @@ fn check(path: &std::path::Path) -> ExitCode {
         let sinks: Vec<&str> = alerts.sinks.iter().map(|sink| &*sink.name).collect();
         println!("  alerts: {} rules to {}", alerts.rules.len(), sinks.join(", "));
     }
+    if let Some(provider) = config.identity.oidc() {
+        println!(
+            "  oidc: issuer {}, audience {}, keys refreshed every {}",
+            provider.issuer(),
+            provider.audience(),
+            humantime::format_duration(provider.refresh_interval())
+        );
+    }
     println!("  sha256: {}", config.source.sha256);
-    ExitCode::SUCCESS
+    match config.identity.oidc().filter(|_| online) {
+        Some(provider) => check_oidc_online(provider),
+        None => ExitCode::SUCCESS,
+    }
+}
+
+/// `tollgate check --online`: fetches the discovery document and the keys, and says what it found.
+fn check_oidc_online(provider: &tollgate::identity::Provider) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return report(Err(error.into())),
+    };
+    match runtime.block_on(provider.probe()) {
+        Ok(found) => {
+            println!("  oidc discovery: ok, jwks_uri {}", found.jwks_uri);
+            println!("  oidc keys: {}", found.keys.join(", "));
+            if let Some(endpoint) = &found.device_authorization_endpoint {
+                println!("  oidc device authorization: {endpoint}");
+            }
+            if let Some(endpoint) = &found.token_endpoint {
+                println!("  oidc token endpoint: {endpoint}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            println!("  oidc discovery: failed: {error}");
+            eprintln!("tollgate: the identity provider could not be reached or answered wrongly: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `tollgate explain --token`: prints who the token names, or why it is refused (exit 1).
+fn explain_token(
+    path: &std::path::Path,
+    token: &str,
+    at: std::time::SystemTime,
+) -> Result<tollgate::identity::Principal, ExitCode> {
+    let config = load(path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|error| {
+        eprintln!("tollgate: {error}");
+        ExitCode::from(1)
+    })?;
+    match runtime.block_on(tollgate::explain::explain_token(&config, token, at)) {
+        Ok(answer) => {
+            print!("{}", answer.report);
+            Ok(answer.principal)
+        }
+        Err(reason) => {
+            println!("token:     refused");
+            println!("reason:    {reason}");
+            Err(ExitCode::from(1))
+        }
+    }
 }
 
 fn explain(path: &std::path::Path, question: &tollgate::explain::Question) -> ExitCode {

@@ -42,6 +42,7 @@ pub struct Metrics {
     dlp_matches: IntCounterVec,
     leaves: IntCounterVec,
     password_checks: IntCounterVec,
+    oidc_refreshes: IntCounterVec,
     log_lines_dropped: IntCounter,
     telemetry_dropped: IntCounterVec,
     clients: IntGaugeVec,
@@ -58,6 +59,9 @@ pub struct Sampled {
     pub password_checks_run: u64,
     /// Checks refused because every verifier was busy and the queue full.
     pub password_checks_refused: u64,
+    /// Fetches of the OpenID Connect provider's keys that succeeded and that failed (`auth.oidc`).
+    pub oidc_refresh_ok: u64,
+    pub oidc_refresh_error: u64,
     /// The audit sink, when there is one.
     pub audit: Option<AuditSample>,
 }
@@ -163,6 +167,15 @@ impl Metrics {
             "argon2id password checks, by result: run, or refused because every verifier was busy (503).",
             &["result"],
         );
+        let oidc_refreshes = counter(
+            "tollgate_oidc_refresh_total",
+            "Fetches of the OpenID Connect provider's discovery document and keys (auth.oidc), by result: ok, or \
+             error (unreachable, refused or malformed; the keys fetched before stay in use).",
+            &["result"],
+        );
+        for result in ["ok", "error"] {
+            oidc_refreshes.with_label_values(&[result]);
+        }
         let telemetry_dropped = counter(
             "tollgate_telemetry_dropped_total",
             "Telemetry calls answered inside intercepted tunnels and not forwarded (intercept.telemetry: drop), by \
@@ -289,6 +302,7 @@ impl Metrics {
             dlp_matches,
             leaves,
             password_checks,
+            oidc_refreshes,
             log_lines_dropped,
             telemetry_dropped,
             clients,
@@ -423,6 +437,8 @@ impl Metrics {
         advance(&self.log_lines_dropped, sampled.log_lines_dropped);
         advance(&self.password_checks.with_label_values(&["run"]), sampled.password_checks_run);
         advance(&self.password_checks.with_label_values(&["refused"]), sampled.password_checks_refused);
+        advance(&self.oidc_refreshes.with_label_values(&["ok"]), sampled.oidc_refresh_ok);
+        advance(&self.oidc_refreshes.with_label_values(&["error"]), sampled.oidc_refresh_error);
         if let Some(audit) = sampled.audit {
             self.audit_queued.with_label_values(&[audit.sink]).set(i64::try_from(audit.queued).unwrap_or(i64::MAX));
             self.audit_healthy.with_label_values(&[audit.sink]).set(i64::from(audit.healthy));

@@ -180,6 +180,7 @@ impl Engine {
             method: AuthMethod::Basic,
             expires: None,
             credential: 0,
+            region: None,
         };
         let budgets = &config.llm.budgets;
         let applying = budgets.applying(&principal);

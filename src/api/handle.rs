@@ -155,8 +155,9 @@ async fn forward(
     }
 
     let api_key = point(&session.origin, &upstream, &path, &mut parts, exchange)?;
-    exchange.region =
-        principal.teams.iter().find_map(|t| config.teams.get(t).and_then(|s| s.region.as_deref())).map(Arc::from);
+    exchange.region = principal.region.clone().or_else(|| {
+        principal.teams.iter().find_map(|t| config.teams.get(t).and_then(|s| s.region.as_deref())).map(Arc::from)
+    });
     // The response is read as it passes (usage, tool calls): ask for it uncompressed.
     rewrite_headers(&mut parts.headers, &session.origin, api_key, metered || actions.is_some());
     parts.version = Version::HTTP_11;

@@ -832,6 +832,56 @@ pub struct Auth {
     /// JWT group → team.
     #[serde(default)]
     pub group_teams: BTreeMap<String, String>,
+    /// Tokens from the organisation's OpenID Connect identity provider, its keys found by discovery.
+    pub oidc: Option<Oidc>,
+}
+
+/// OpenID Connect verification: discovery at `{issuer}/.well-known/openid-configuration`, keys from its
+/// `jwks_uri` (fetched with the `upstream.trust` roots), refreshed on schedule and when a token names an unknown key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Oidc {
+    /// The issuer URL (`https://…`), exactly as tokens carry it in `iss` and discovery names it.
+    pub issuer: String,
+    /// Required `aud` (one of, when the token has several): the client or application ID the tokens are for.
+    pub audience: String,
+    /// The claim that names the user: `email`, `preferred_username`, `upn`, `sub` (the default).
+    #[serde(default = "sub_claim")]
+    pub user_claim: String,
+    /// The claim listing the user's groups.
+    #[serde(default = "groups_claim")]
+    pub groups_claim: String,
+    /// Group → team: an exact group name, or a glob (`eng-*`) matching group names. A user is in every team one of
+    /// their groups maps to; unknown groups are ignored.
+    #[serde(default)]
+    pub teams: BTreeMap<String, String>,
+    /// Where the user's region comes from (for `routing` `when: {region}` and the audit record); the first source
+    /// that names one wins, and a team's `region` applies when none does.
+    pub region: Option<OidcRegion>,
+    /// How often the signing keys are fetched again (also at once, at most every 30 s, for an unknown `kid`).
+    #[serde(default = "one_hour")]
+    pub refresh: Duration,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "sixty_seconds")]
+    pub leeway: Duration,
+}
+
+/// The sources of a token's region, tried in this order.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcRegion {
+    /// A claim whose string value is the region.
+    pub claim: Option<String>,
+    /// The domain of the user's e-mail (the `email` claim, else the user claim) → region.
+    #[serde(default)]
+    pub email_domains: BTreeMap<String, String>,
+    /// A group (exact name or glob, e.g. `region-eu`) → region.
+    #[serde(default)]
+    pub groups: BTreeMap<String, String>,
+}
+
+fn one_hour() -> Duration {
+    Duration::from_secs(3_600)
 }
 
 /// JWT verification.
@@ -893,6 +943,7 @@ impl Default for Auth {
             mtls: Mtls::default(),
             jwt: None,
             group_teams: BTreeMap::new(),
+            oidc: None,
         }
     }
 }

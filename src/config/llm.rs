@@ -68,6 +68,8 @@ pub struct RouteRequest<'a> {
     pub team_settings: &'a BTreeMap<Arc<str>, TeamSettings>,
     /// The intercepted host; `None` on gateway listeners.
     pub host: Option<&'a str>,
+    /// The region the caller's token names (`auth.oidc.region`); without one, its teams' regions apply.
+    pub region: Option<&'a str>,
 }
 
 /// `intercept` compiled.
@@ -182,10 +184,11 @@ impl Route {
     fn matches(&self, request: &RouteRequest<'_>) -> bool {
         let listener = self.listener.as_deref().is_none_or(|l| l == request.listener);
         let team = self.team.as_deref().is_none_or(|t| request.teams.iter().any(|own| &**own == t));
-        let region = self.region.as_deref().is_none_or(|region| {
-            request.teams.iter().any(|own| {
+        let region = self.region.as_deref().is_none_or(|region| match request.region {
+            Some(own) => own == region,
+            None => request.teams.iter().any(|own| {
                 request.team_settings.get(own).and_then(|s| s.region.as_deref()).is_some_and(|r| r == region)
-            })
+            }),
         });
         let host = self.host.as_deref().is_none_or(|h| request.host == Some(h));
         listener && team && region && host

@@ -362,7 +362,7 @@ fn compile(
     let inline = parsed.auth.users.len();
     users.extend(parsed.auth.users.iter().map(clone_user));
     users.extend(users_file.unwrap_or_default());
-    let identity = Directory::compile(&parsed.auth, &users).map_err(|e| {
+    let identity = Directory::compile(&parsed.auth, &users, &parsed.upstream.trust).map_err(|e| {
         let list = match e.index {
             None => "auth".to_owned(),
             Some(index) if index < inline => format!("auth.users[{index}]"),
@@ -393,6 +393,14 @@ fn compile(
         if !parsed.teams.contains_key(team) {
             return Err(invalid(
                 format!("auth.group_teams.{group}"),
+                format!("team {team:?} is not defined under teams"),
+            ));
+        }
+    }
+    for (group, team) in parsed.auth.oidc.iter().flat_map(|oidc| &oidc.teams) {
+        if !parsed.teams.contains_key(team) {
+            return Err(invalid(
+                format!("auth.oidc.teams.{group}"),
                 format!("team {team:?} is not defined under teams"),
             ));
         }

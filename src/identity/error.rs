@@ -31,6 +31,9 @@ pub enum AuthError {
     /// A bearer token that does not verify; the reason names the failed check, never the token.
     #[error("invalid bearer token: {0}")]
     InvalidToken(JwtError),
+    /// The same, for a token `auth.oidc` checked (its failures are counted apart).
+    #[error("invalid bearer token: {0}")]
+    InvalidOidcToken(JwtError),
 }
 
 impl AuthError {
@@ -39,6 +42,7 @@ impl AuthError {
         match self {
             AuthError::Missing => "none",
             AuthError::InvalidToken(_) => "jwt",
+            AuthError::InvalidOidcToken(_) => "oidc",
             AuthError::Expired | AuthError::Revoked => "expired",
             AuthError::Busy => "busy",
             _ => "basic",

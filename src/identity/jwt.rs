@@ -1,5 +1,6 @@
-//! Bearer JWTs from the company's identity provider (`auth.jwt`): RS256 and ES256 against a JWKS file, or HS256
-//! against a shared secret.
+//! Bearer JWTs from the company's identity provider: RS256, ES256 and EdDSA (Ed25519) against a JWKS — a file
+//! (`auth.jwt.jwks_file`) or the keys OIDC discovery finds (`auth.oidc`, in `oidc.rs`) — or HS256 against a shared
+//! secret.
 //!
 //! Implemented on `ring` with nothing left to a library's defaults: the header's `alg` must be the algorithm of the
 //! one key it selects (so `none`, and HS256 "signed" with an RSA public key, never verify), the signature is
@@ -34,6 +35,8 @@ pub struct Claims {
     pub groups: Vec<String>,
     /// When the token stops verifying: its `exp` plus the leeway.
     pub expires: SystemTime,
+    /// Every claim of the verified payload, for mappings that read more than the user and groups (the region).
+    pub payload: Map<String, Value>,
 }
 
 /// Why a token was refused. The messages name the check, never the token's content.
@@ -48,6 +51,11 @@ pub enum JwtError {
     /// No JWKS key has the token's `kid` (or the token has none and the JWKS holds several keys).
     #[error("no configured key matches the token's key id")]
     UnknownKey,
+    /// The identity provider's keys could not be fetched and none are known: no token can be verified.
+    #[error(
+        "the identity provider's signing keys are unavailable ({0}); no token can be verified until it is reachable"
+    )]
+    KeysUnavailable(String),
     /// The signature does not verify with the selected key.
     #[error("bad signature")]
     BadSignature,
@@ -80,16 +88,29 @@ pub struct JwtConfigError {
 /// Verifies bearer tokens for one config.
 pub struct JwtVerifier {
     keys: Keys,
-    issuer: String,
-    audience: String,
-    user_claim: String,
-    groups_claim: String,
-    leeway: Duration,
+    rules: ClaimRules,
+}
+
+/// The checks on a verified payload, and which claims name the user and the groups: the same for `auth.jwt` and
+/// `auth.oidc`.
+#[derive(Debug, Clone)]
+pub struct ClaimRules {
+    pub issuer: String,
+    pub audience: String,
+    pub user_claim: String,
+    pub groups_claim: String,
+    pub leeway: Duration,
 }
 
 enum Keys {
     Hs256(hmac::Key),
-    Jwks(Vec<Jwk>),
+    Jwks(KeySet),
+}
+
+/// The public signing keys of a JWKS document (RS256, ES256 on P-256, EdDSA on Ed25519).
+#[derive(Default)]
+pub struct KeySet {
+    keys: Vec<Jwk>,
 }
 
 struct Jwk {
@@ -101,6 +122,8 @@ enum PublicKey {
     Rs256(signature::RsaPublicKeyComponents<Vec<u8>>),
     /// The uncompressed P-256 point, `04 || x || y`.
     Es256(Vec<u8>),
+    /// The 32-byte Ed25519 public key.
+    EdDsa(Vec<u8>),
 }
 
 impl PublicKey {
@@ -108,6 +131,7 @@ impl PublicKey {
         match self {
             PublicKey::Rs256(_) => "RS256",
             PublicKey::Es256(_) => "ES256",
+            PublicKey::EdDsa(_) => "EdDSA",
         }
     }
 
@@ -117,6 +141,9 @@ impl PublicKey {
             PublicKey::Es256(point) => signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
                 .verify(message, signature)
                 .is_ok(),
+            PublicKey::EdDsa(key) => {
+                signature::UnparsedPublicKey::new(&signature::ED25519, key).verify(message, signature).is_ok()
+            }
         }
     }
 }
@@ -128,10 +155,16 @@ impl fmt::Debug for JwtVerifier {
             Keys::Jwks(keys) => format!("{} JWKS keys", keys.len()),
         };
         f.debug_struct("JwtVerifier")
-            .field("issuer", &self.issuer)
-            .field("audience", &self.audience)
+            .field("issuer", &self.rules.issuer)
+            .field("audience", &self.rules.audience)
             .field("keys", &keys)
             .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.keys.iter().map(|k| (k.kid.as_deref(), k.key.alg()))).finish()
     }
 }
 
@@ -139,18 +172,13 @@ impl JwtVerifier {
     /// Builds the verifier from `auth.jwt`, reading the JWKS file if one is named.
     pub fn compile(config: &file::Jwt) -> Result<Self, JwtConfigError> {
         let fail = |field, message: String| Err(JwtConfigError { field, message });
-        if config.issuer.is_empty() {
-            return fail("issuer", "must not be empty".into());
-        }
-        if config.audience.is_empty() {
-            return fail("audience", "must not be empty".into());
-        }
-        if config.user_claim.is_empty() {
-            return fail("user_claim", "must not be empty".into());
-        }
-        if config.groups_claim.is_empty() {
-            return fail("groups_claim", "must not be empty".into());
-        }
+        let rules = ClaimRules::compile(
+            &config.issuer,
+            &config.audience,
+            &config.user_claim,
+            &config.groups_claim,
+            config.leeway.0,
+        )?;
         let keys = match (&config.jwks_file, &config.hs256_secret) {
             (Some(_), Some(_)) => return fail("hs256_secret", "set jwks_file or hs256_secret, not both".into()),
             (None, None) => {
@@ -167,23 +195,126 @@ impl JwtVerifier {
                     field: "jwks_file",
                     message: format!("cannot read {path}: {error}"),
                 })?;
-                let keys = parse_jwks(&text)
+                let keys = KeySet::parse(&text)
                     .map_err(|problem| JwtConfigError { field: "jwks_file", message: format!("{path}: {problem}") })?;
                 Keys::Jwks(keys)
             }
         };
-        Ok(Self {
-            keys,
-            issuer: config.issuer.clone(),
-            audience: config.audience.clone(),
-            user_claim: config.user_claim.clone(),
-            groups_claim: config.groups_claim.clone(),
-            leeway: config.leeway.0,
-        })
+        Ok(Self { keys, rules })
     }
 
     /// Checks `token` (the compact serialization, without `Bearer `) at time `now`.
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<Claims, JwtError> {
+        let signed = SignedToken::decode(token)?;
+        match &self.keys {
+            Keys::Hs256(key) => {
+                if signed.alg() != "HS256" {
+                    return Err(JwtError::Algorithm("only HS256 is configured"));
+                }
+                hmac::verify(key, signed.message, &signed.signature).map_err(|_| JwtError::BadSignature)?;
+            }
+            Keys::Jwks(keys) => signed.verify_with(keys)?,
+        }
+        self.rules.check(signed.payload()?, now)
+    }
+
+    /// The issuer this verifier expects.
+    pub fn issuer(&self) -> &str {
+        &self.rules.issuer
+    }
+
+    /// Number of keys (1 for an HS256 secret), for `tollgate check`'s summary.
+    pub fn key_count(&self) -> usize {
+        match &self.keys {
+            Keys::Hs256(_) => 1,
+            Keys::Jwks(keys) => keys.len(),
+        }
+    }
+}
+
+impl ClaimRules {
+    /// The rules, each name checked non-empty; an error names the key (`issuer`, `audience`, …).
+    pub fn compile(
+        issuer: &str,
+        audience: &str,
+        user_claim: &str,
+        groups_claim: &str,
+        leeway: Duration,
+    ) -> Result<ClaimRules, JwtConfigError> {
+        for (field, value) in
+            [("issuer", issuer), ("audience", audience), ("user_claim", user_claim), ("groups_claim", groups_claim)]
+        {
+            if value.is_empty() {
+                return Err(JwtConfigError { field, message: "must not be empty".into() });
+            }
+        }
+        Ok(ClaimRules {
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            user_claim: user_claim.to_owned(),
+            groups_claim: groups_claim.to_owned(),
+            leeway,
+        })
+    }
+
+    /// Checks a verified payload at `now`: `iss`, `aud`, `exp` and `nbf` (with the leeway), the user claim and the
+    /// groups claim.
+    pub fn check(&self, claims: Map<String, Value>, now: SystemTime) -> Result<Claims, JwtError> {
+        match claims.get("iss") {
+            Some(Value::String(iss)) if *iss == self.issuer => {}
+            Some(_) => return Err(JwtError::Issuer),
+            None => return Err(JwtError::MissingClaim("iss".into())),
+        }
+        let audience_ok = match claims.get("aud") {
+            Some(Value::String(aud)) => *aud == self.audience,
+            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(self.audience.as_str())),
+            Some(_) => false,
+            None => return Err(JwtError::MissingClaim("aud".into())),
+        };
+        if !audience_ok {
+            return Err(JwtError::Audience);
+        }
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let leeway = self.leeway.as_secs_f64();
+        let exp = numeric_date(&claims, "exp")?.ok_or_else(|| JwtError::MissingClaim("exp".into()))?;
+        if now >= exp + leeway {
+            return Err(JwtError::Expired);
+        }
+        if let Some(nbf) = numeric_date(&claims, "nbf")? {
+            if now + leeway < nbf {
+                return Err(JwtError::NotYetValid);
+            }
+        }
+        let user = match claims.get(&self.user_claim) {
+            Some(Value::String(user)) if !user.is_empty() && !user.chars().any(char::is_control) => user.clone(),
+            _ => return Err(JwtError::MissingClaim(self.user_claim.clone())),
+        };
+        let groups = match claims.get(&self.groups_claim) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| JwtError::MissingClaim(self.groups_claim.clone()))?,
+            Some(_) => return Err(JwtError::MissingClaim(self.groups_claim.clone())),
+        };
+        let expires = UNIX_EPOCH + Duration::from_secs_f64((exp + leeway).clamp(0.0, 1e11));
+        Ok(Claims { user, groups, expires, payload: claims })
+    }
+}
+
+/// A compact JWS taken apart, its signature not yet checked.
+pub struct SignedToken<'a> {
+    header: Map<String, Value>,
+    /// `header.payload`, the bytes the signature covers.
+    message: &'a [u8],
+    payload: &'a str,
+    signature: Vec<u8>,
+}
+
+impl<'a> SignedToken<'a> {
+    /// Splits and decodes `token`; refuses unsigned tokens, critical extensions and headers without `alg`.
+    pub fn decode(token: &'a str) -> Result<SignedToken<'a>, JwtError> {
         if token.len() > MAX_TOKEN {
             return Err(JwtError::Malformed("too long"));
         }
@@ -206,91 +337,140 @@ impl JwtVerifier {
         if alg.eq_ignore_ascii_case("none") {
             return Err(JwtError::Algorithm("unsigned tokens (alg none) are not accepted"));
         }
-        let signed = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
-        match &self.keys {
-            Keys::Hs256(key) => {
-                if alg != "HS256" {
-                    return Err(JwtError::Algorithm("only HS256 is configured"));
-                }
-                hmac::verify(key, signed, &signature).map_err(|_| JwtError::BadSignature)?;
-            }
-            Keys::Jwks(keys) => {
-                let kid = match header.get("kid") {
-                    None => None,
-                    Some(Value::String(kid)) => Some(kid.as_str()),
-                    Some(_) => return Err(JwtError::Malformed("kid is not a string")),
-                };
-                let key = select_key(keys, kid).ok_or(JwtError::UnknownKey)?;
-                if alg != key.key.alg() {
-                    return Err(JwtError::Algorithm("the token's alg does not match its key"));
-                }
-                if !key.key.verify(signed, &signature) {
-                    return Err(JwtError::BadSignature);
-                }
-            }
-        }
-        let claims = decode_object(payload_b64, "payload")?;
-        self.check_claims(&claims, now)
+        let message = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
+        Ok(SignedToken { header, message, payload: payload_b64, signature })
     }
 
-    fn check_claims(&self, claims: &Map<String, Value>, now: SystemTime) -> Result<Claims, JwtError> {
-        match claims.get("iss") {
-            Some(Value::String(iss)) if *iss == self.issuer => {}
-            Some(_) => return Err(JwtError::Issuer),
-            None => return Err(JwtError::MissingClaim("iss".into())),
-        }
-        let audience_ok = match claims.get("aud") {
-            Some(Value::String(aud)) => *aud == self.audience,
-            Some(Value::Array(auds)) => auds.iter().any(|a| a.as_str() == Some(self.audience.as_str())),
-            Some(_) => false,
-            None => return Err(JwtError::MissingClaim("aud".into())),
-        };
-        if !audience_ok {
-            return Err(JwtError::Audience);
-        }
-        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-        let leeway = self.leeway.as_secs_f64();
-        let exp = numeric_date(claims, "exp")?.ok_or_else(|| JwtError::MissingClaim("exp".into()))?;
-        if now >= exp + leeway {
-            return Err(JwtError::Expired);
-        }
-        if let Some(nbf) = numeric_date(claims, "nbf")? {
-            if now + leeway < nbf {
-                return Err(JwtError::NotYetValid);
-            }
-        }
-        let user = match claims.get(&self.user_claim) {
-            Some(Value::String(user)) if !user.is_empty() && !user.chars().any(char::is_control) => user.clone(),
-            _ => return Err(JwtError::MissingClaim(self.user_claim.clone())),
-        };
-        let groups = match claims.get(&self.groups_claim) {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|item| item.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| JwtError::MissingClaim(self.groups_claim.clone()))?,
-            Some(_) => return Err(JwtError::MissingClaim(self.groups_claim.clone())),
-        };
-        let expires = UNIX_EPOCH + Duration::from_secs_f64((exp + leeway).clamp(0.0, 1e11));
-        Ok(Claims { user, groups, expires })
+    /// The header's `alg`.
+    pub fn alg(&self) -> &str {
+        self.header.get("alg").and_then(Value::as_str).unwrap_or_default()
     }
 
-    /// Number of keys (1 for an HS256 secret), for `tollgate check`'s summary.
-    pub fn key_count(&self) -> usize {
-        match &self.keys {
-            Keys::Hs256(_) => 1,
-            Keys::Jwks(keys) => keys.len(),
+    /// The header's `kid`, if any.
+    pub fn kid(&self) -> Result<Option<&str>, JwtError> {
+        match self.header.get("kid") {
+            None => Ok(None),
+            Some(Value::String(kid)) => Ok(Some(kid.as_str())),
+            Some(_) => Err(JwtError::Malformed("kid is not a string")),
         }
+    }
+
+    /// The payload's `iss`, read before any check: only to choose which configured issuer verifies the token.
+    pub fn unverified_issuer(&self) -> Option<String> {
+        let payload = decode_object(self.payload, "payload").ok()?;
+        payload.get("iss").and_then(Value::as_str).map(str::to_owned)
+    }
+
+    /// Checks the signature with the key of `keys` the `kid` selects, whose algorithm must be the header's `alg`.
+    pub fn verify_with(&self, keys: &KeySet) -> Result<(), JwtError> {
+        let key = keys.select(self.kid()?).ok_or(JwtError::UnknownKey)?;
+        if self.alg() != key.key.alg() {
+            return Err(JwtError::Algorithm("the token's alg does not match its key"));
+        }
+        if !key.key.verify(self.message, &self.signature) {
+            return Err(JwtError::BadSignature);
+        }
+        Ok(())
+    }
+
+    /// The payload (call only after the signature verified).
+    pub fn payload(&self) -> Result<Map<String, Value>, JwtError> {
+        decode_object(self.payload, "payload")
     }
 }
 
-/// The key a token's `kid` selects; without a `kid`, the only key there is.
-fn select_key<'a>(keys: &'a [Jwk], kid: Option<&str>) -> Option<&'a Jwk> {
-    match kid {
-        Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
-        None if keys.len() == 1 => keys.first(),
-        None => None,
+impl KeySet {
+    /// Parses a JWKS document: RSA, EC P-256 and Ed25519 signing keys are kept, keys for other uses or algorithms
+    /// skipped; a set without one usable key is an error.
+    pub fn parse(text: &str) -> Result<KeySet, String> {
+        let document: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let Some(entries) = document.get("keys").and_then(Value::as_array) else {
+            return Err("a JWKS needs a \"keys\" array".into());
+        };
+        let mut keys = Vec::new();
+        let mut kids = HashSet::new();
+        for (index, entry) in entries.iter().enumerate() {
+            let field = |name: &str| entry.get(name).and_then(Value::as_str);
+            if field("use").is_some_and(|u| u != "sig") {
+                continue;
+            }
+            let bytes = |name: &str| -> Result<Vec<u8>, String> {
+                let text = field(name).ok_or_else(|| format!("keys[{index}]: no {name:?}"))?;
+                URL_SAFE_NO_PAD.decode(text).map_err(|_| format!("keys[{index}].{name} is not base64url"))
+            };
+            let key = match (field("kty"), field("alg")) {
+                (Some("RSA"), None | Some("RS256")) => {
+                    let n = strip_leading_zeros(bytes("n")?);
+                    let e = strip_leading_zeros(bytes("e")?);
+                    if n.len() < MIN_RSA_MODULUS {
+                        return Err(format!("keys[{index}]: RSA keys need at least 2048 bits"));
+                    }
+                    if e.is_empty() || e.len() > 4 {
+                        return Err(format!("keys[{index}].e is not a usable RSA exponent"));
+                    }
+                    PublicKey::Rs256(signature::RsaPublicKeyComponents { n, e })
+                }
+                (Some("EC"), None | Some("ES256")) if field("crv") == Some("P-256") => {
+                    let (x, y) = (bytes("x")?, bytes("y")?);
+                    if x.len() != 32 || y.len() != 32 {
+                        return Err(format!("keys[{index}]: P-256 coordinates are 32 bytes each"));
+                    }
+                    let mut point = Vec::with_capacity(65);
+                    point.push(4);
+                    point.extend_from_slice(&x);
+                    point.extend_from_slice(&y);
+                    PublicKey::Es256(point)
+                }
+                (Some("OKP"), None | Some("EdDSA")) if field("crv") == Some("Ed25519") => {
+                    let x = bytes("x")?;
+                    if x.len() != 32 {
+                        return Err(format!("keys[{index}]: an Ed25519 key is 32 bytes"));
+                    }
+                    PublicKey::EdDsa(x)
+                }
+                _ => continue,
+            };
+            let kid = field("kid").map(str::to_owned);
+            if let Some(kid) = &kid {
+                if !kids.insert(kid.clone()) {
+                    return Err(format!("keys[{index}]: kid {kid:?} is used twice"));
+                }
+            }
+            keys.push(Jwk { kid, key });
+        }
+        if keys.is_empty() {
+            return Err("no RS256, ES256 (P-256) or EdDSA (Ed25519) signing key in \"keys\"".into());
+        }
+        Ok(KeySet { keys })
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether the set holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Each key's id and algorithm, for `tollgate check --online`.
+    pub fn describe(&self) -> Vec<String> {
+        self.keys.iter().map(|k| format!("{} ({})", k.kid.as_deref().unwrap_or("no kid"), k.key.alg())).collect()
+    }
+
+    /// Whether a token with this `kid` finds a key here.
+    pub fn has(&self, kid: Option<&str>) -> bool {
+        self.select(kid).is_some()
+    }
+
+    /// The key a token's `kid` selects; without a `kid`, the only key there is.
+    fn select(&self, kid: Option<&str>) -> Option<&Jwk> {
+        match kid {
+            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+            None if self.keys.len() == 1 => self.keys.first(),
+            None => None,
+        }
     }
 }
 
@@ -318,62 +498,6 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, 
             _ => Err(JwtError::MissingClaim(name.to_owned())),
         },
     }
-}
-
-/// Parses a JWKS document: RSA and EC P-256 signing keys are kept, keys for other uses or algorithms skipped.
-fn parse_jwks(text: &str) -> Result<Vec<Jwk>, String> {
-    let document: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-    let Some(entries) = document.get("keys").and_then(Value::as_array) else {
-        return Err("a JWKS needs a \"keys\" array".into());
-    };
-    let mut keys = Vec::new();
-    let mut kids = HashSet::new();
-    for (index, entry) in entries.iter().enumerate() {
-        let field = |name: &str| entry.get(name).and_then(Value::as_str);
-        if field("use").is_some_and(|u| u != "sig") {
-            continue;
-        }
-        let bytes = |name: &str| -> Result<Vec<u8>, String> {
-            let text = field(name).ok_or_else(|| format!("keys[{index}]: no {name:?}"))?;
-            URL_SAFE_NO_PAD.decode(text).map_err(|_| format!("keys[{index}].{name} is not base64url"))
-        };
-        let key = match (field("kty"), field("alg")) {
-            (Some("RSA"), None | Some("RS256")) => {
-                let n = strip_leading_zeros(bytes("n")?);
-                let e = strip_leading_zeros(bytes("e")?);
-                if n.len() < MIN_RSA_MODULUS {
-                    return Err(format!("keys[{index}]: RSA keys need at least 2048 bits"));
-                }
-                if e.is_empty() || e.len() > 4 {
-                    return Err(format!("keys[{index}].e is not a usable RSA exponent"));
-                }
-                PublicKey::Rs256(signature::RsaPublicKeyComponents { n, e })
-            }
-            (Some("EC"), None | Some("ES256")) if field("crv") == Some("P-256") => {
-                let (x, y) = (bytes("x")?, bytes("y")?);
-                if x.len() != 32 || y.len() != 32 {
-                    return Err(format!("keys[{index}]: P-256 coordinates are 32 bytes each"));
-                }
-                let mut point = Vec::with_capacity(65);
-                point.push(4);
-                point.extend_from_slice(&x);
-                point.extend_from_slice(&y);
-                PublicKey::Es256(point)
-            }
-            _ => continue,
-        };
-        let kid = field("kid").map(str::to_owned);
-        if let Some(kid) = &kid {
-            if !kids.insert(kid.clone()) {
-                return Err(format!("keys[{index}]: kid {kid:?} is used twice"));
-            }
-        }
-        keys.push(Jwk { kid, key });
-    }
-    if keys.is_empty() {
-        return Err("no RS256 or ES256 (P-256) signing key in \"keys\"".into());
-    }
-    Ok(keys)
 }
 
 fn strip_leading_zeros(mut bytes: Vec<u8>) -> Vec<u8> {
@@ -441,7 +565,11 @@ mod tests {
     fn hs256_valid_token_yields_user_and_groups() {
         let claims = check(claims()).expect("valid");
         let expires = UNIX_EPOCH + Duration::from_secs(NOW + 300 + 60);
-        assert_eq!(claims, Claims { user: "jane.doe".into(), groups: vec!["g1".into(), "g2".into()], expires });
+        assert_eq!(
+            (claims.user.as_str(), claims.groups.clone(), claims.expires),
+            ("jane.doe", vec!["g1".into(), "g2".into()], expires)
+        );
+        assert_eq!(claims.payload.get("iss"), Some(&json!("https://idp.test")));
     }
 
     #[test]
@@ -523,8 +651,7 @@ mod tests {
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
         let point = pair.public_key().as_ref();
         let jwk = |kid: &str| json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": b64(&point[1..33]), "y": b64(&point[33..])});
-        let verifier =
-            jwks_verifier(&json!({"keys": [jwk("k1"), {"kty": "OKP", "crv": "Ed25519", "x": "AA"}]})).unwrap();
+        let verifier = jwks_verifier(&json!({"keys": [jwk("k1"), {"kty": "OKP", "crv": "X448", "x": "AA"}]})).unwrap();
         assert_eq!(verifier.key_count(), 1);
         let token = es256_token(&pair, json!({"alg": "ES256", "kid": "k1"}), &claims());
         assert_eq!(verifier.verify(&token, now()).unwrap().user, "jane.doe");
@@ -541,6 +668,24 @@ mod tests {
         }
         let two = jwks_verifier(&json!({"keys": [jwk("k1"), jwk("k2")]})).unwrap();
         assert_eq!(two.verify(&no_kid, now()), Err(JwtError::UnknownKey), "several keys need a kid");
+    }
+
+    #[test]
+    fn eddsa_keys_verify_and_a_short_key_is_refused() {
+        use ring::signature::Ed25519KeyPair;
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": b64(pair.public_key().as_ref())});
+        let verifier = jwks_verifier(&json!({"keys": [jwk]})).unwrap();
+        let sign = |header: Value| {
+            let signed = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims().to_string().as_bytes()));
+            format!("{signed}.{}", b64(pair.sign(signed.as_bytes()).as_ref()))
+        };
+        assert_eq!(verifier.verify(&sign(json!({"alg": "EdDSA", "kid": "ed"})), now()).unwrap().user, "jane.doe");
+        let mismatched = sign(json!({"alg": "ES256", "kid": "ed"}));
+        assert!(matches!(verifier.verify(&mismatched, now()), Err(JwtError::Algorithm(_))));
+        let short = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AA"}]});
+        assert!(jwks_verifier(&short).unwrap_err().message.contains("32 bytes"));
     }
 
     #[test]

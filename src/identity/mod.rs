@@ -1,23 +1,27 @@
-//! Who a request comes from: a `Principal`, from Basic proxy credentials, a bearer JWT (`auth.jwt`), a client
-//! certificate or the anonymous setting.
+//! Who a request comes from: a `Principal`, from Basic proxy credentials, a bearer JWT (`auth.jwt` with static keys,
+//! `auth.oidc` with the identity provider's discovered keys), a client certificate or the anonymous setting.
 //!
 //! Checked per request (keep-alive connections may change credentials between requests). Verifying an argon2id
 //! hash costs milliseconds, so it runs on the blocking pool and a verified password is remembered as a keyed
 //! digest that later requests compare in constant time.
 
 mod basic;
+pub mod claims;
 mod error;
 mod jwt;
+pub mod oidc;
 pub mod verify;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use basic::{hash_password, BasicCredentials};
+pub use claims::ClaimMapping;
 pub use error::AuthError;
-pub use jwt::{Claims, JwtConfigError, JwtError, JwtVerifier};
+pub use jwt::{Claims, JwtConfigError, JwtError, JwtVerifier, KeySet, SignedToken};
+pub use oidc::{Provider, RefreshCounts};
 pub use verify::Verifiers;
 
 use rustls_pki_types::CertificateDer;
@@ -37,6 +41,8 @@ pub struct Principal {
     /// Which password a Basic principal was verified against (a digest of its hash): a reload that changes the
     /// password ends what was identified with the old one. 0 for other methods.
     pub credential: u64,
+    /// The region its token names (`auth.oidc.region`); otherwise its teams' `region` applies.
+    pub region: Option<Arc<str>>,
 }
 
 impl Principal {
@@ -48,6 +54,7 @@ impl Principal {
             method,
             expires: None,
             credential: 0,
+            region: None,
         }
     }
 }
@@ -68,6 +75,8 @@ pub enum AuthMethod {
     Mtls,
     /// A verified bearer JWT (`auth.jwt`).
     Jwt,
+    /// A verified bearer token from the OpenID Connect identity provider (`auth.oidc`).
+    Oidc,
 }
 
 impl AuthMethod {
@@ -77,6 +86,7 @@ impl AuthMethod {
             AuthMethod::Basic => "basic",
             AuthMethod::Mtls => "mtls",
             AuthMethod::Jwt => "jwt",
+            AuthMethod::Oidc => "oidc",
         }
     }
 }
@@ -92,14 +102,16 @@ pub struct Directory {
     cache_key: [u8; 32],
     certificate_identity: CertIdentity,
     team_from_ou: bool,
-    jwt: Option<Bearer>,
+    jwt: Option<Bearer<JwtVerifier>>,
+    oidc: Option<Bearer<Provider>>,
 }
 
-/// `auth.jwt` compiled, with `auth.group_teams`.
+/// A source of bearer tokens compiled (`auth.jwt` with `auth.group_teams`, or `auth.oidc`), with how its claims map
+/// to a principal.
 #[derive(Debug)]
-struct Bearer {
-    verifier: JwtVerifier,
-    group_teams: BTreeMap<String, Arc<str>>,
+struct Bearer<V> {
+    verifier: V,
+    mapping: ClaimMapping,
 }
 
 #[derive(Debug)]
@@ -118,8 +130,9 @@ pub struct UserError {
 }
 
 impl Directory {
-    /// Builds the directory from `auth` and the users of `auth.users_file` (already read).
-    pub fn compile(auth: &file::Auth, users: &[file::User]) -> Result<Self, UserError> {
+    /// Builds the directory from `auth` and the users of `auth.users_file` (already read); the identity provider's
+    /// keys (`auth.oidc`) are fetched trusting the roots of `trust` (`upstream.trust`).
+    pub fn compile(auth: &file::Auth, users: &[file::User], trust: &file::Trust) -> Result<Self, UserError> {
         let mut by_name = HashMap::new();
         for (index, user) in users.iter().enumerate() {
             basic::check_hash(&user.password_hash).map_err(|message| UserError {
@@ -140,6 +153,7 @@ impl Directory {
                 method: AuthMethod::Basic,
                 expires: None,
                 credential: fingerprint(&user.password_hash),
+                region: None,
             };
             let entry = User { principal, password_hash: user.password_hash.as_str().into() };
             if by_name.insert(user.name.as_str().into(), entry).is_some() {
@@ -157,7 +171,22 @@ impl Directory {
                     field: jwt_field(e.field),
                     message: e.message,
                 })?,
-                group_teams: auth.group_teams.iter().map(|(g, t)| (g.clone(), Arc::from(t.as_str()))).collect(),
+                mapping: ClaimMapping::exact(&auth.group_teams),
+            }),
+            None => None,
+        };
+        let oidc = match &auth.oidc {
+            Some(config) => Some(Bearer {
+                verifier: Provider::compile(config, trust).map_err(|e| UserError {
+                    index: None,
+                    field: oidc_field(e.field),
+                    message: e.message,
+                })?,
+                mapping: ClaimMapping::compile(config).map_err(|e| UserError {
+                    index: None,
+                    field: if e.section == "teams" { "oidc.teams" } else { "oidc.region" },
+                    message: e.message,
+                })?,
             }),
             None => None,
         };
@@ -175,6 +204,7 @@ impl Directory {
             certificate_identity: auth.mtls.identity,
             team_from_ou: auth.mtls.team_from == Some(file::TeamFrom::Ou),
             jwt,
+            oidc,
         })
     }
 
@@ -190,11 +220,11 @@ impl Directory {
             return self.anonymous.clone().ok_or(AuthError::Missing);
         };
         if let Some(token) = bearer_token(header) {
-            if self.jwt.is_none() {
+            if !self.accepts_bearer() {
                 return Err(AuthError::UnsupportedScheme);
             }
             let token = token?;
-            return self.attempt(client, || async { self.bearer_principal(token, now) }).await;
+            return self.attempt(client, || self.bearer_principal(token, now)).await;
         }
         let credentials = BasicCredentials::parse(header)?;
         self.verify_password(&credentials.user, credentials.password, client, verifiers).await
@@ -220,8 +250,11 @@ impl Directory {
             Some(header) => Some(bearer_token(header).ok_or(AuthError::UnsupportedScheme)??),
             None => None,
         };
-        if let Some(token) = bearer.filter(|token| self.jwt.is_some() && looks_like_jwt(token)) {
-            return self.attempt(client, || async { self.bearer_principal(token, now) }).await;
+        // A token in `x-api-key` (an SDK given the token as its API key) is a token too.
+        let api_key_token = api_key.and_then(|key| std::str::from_utf8(key).ok()).map(str::trim);
+        let token = bearer.filter(|token| looks_like_jwt(token)).or(api_key_token.filter(|key| looks_like_jwt(key)));
+        if let Some(token) = token.filter(|_| self.accepts_bearer()) {
+            return self.attempt(client, || self.bearer_principal(token, now)).await;
         }
         let Some(key) = bearer.map(str::as_bytes).or(api_key) else {
             return self.anonymous.clone().ok_or(AuthError::Missing);
@@ -304,6 +337,7 @@ impl Directory {
             method: AuthMethod::Mtls,
             expires: Some(identity.not_after),
             credential: 0,
+            region: None,
         })
     }
 
@@ -324,28 +358,35 @@ impl Directory {
             AuthMethod::Anonymous => {
                 self.anonymous.clone().filter(|anonymous| anonymous.name == principal.name).ok_or(AuthError::Revoked)
             }
-            AuthMethod::Mtls | AuthMethod::Jwt => Ok(principal.clone()),
+            AuthMethod::Mtls | AuthMethod::Jwt | AuthMethod::Oidc => Ok(principal.clone()),
         }
     }
 
-    /// The principal a bearer JWT names (`auth.jwt`): the user claim, and the groups claim mapped through
-    /// `auth.group_teams` (unknown groups are ignored). Also for `Authorization: Bearer` on gateway listeners.
-    pub fn bearer_principal(&self, token: &str, now: SystemTime) -> Result<Principal, AuthError> {
-        let bearer = self.jwt.as_ref().ok_or(AuthError::UnsupportedScheme)?;
-        let claims = bearer.verifier.verify(token, now).map_err(AuthError::InvalidToken)?;
-        let mut teams: Vec<Arc<str>> = Vec::new();
-        for team in claims.groups.iter().filter_map(|g| bearer.group_teams.get(g)) {
-            if !teams.contains(team) {
-                teams.push(team.clone());
-            }
+    /// Whether bearer tokens are configured (`auth.jwt` or `auth.oidc`).
+    pub fn accepts_bearer(&self) -> bool {
+        self.jwt.is_some() || self.oidc.is_some()
+    }
+
+    /// The principal a bearer token names: verified by `auth.oidc` when its `iss` is the OIDC issuer (or no
+    /// `auth.jwt` is configured), else by `auth.jwt`; then the user claim, and the groups and region mapped
+    /// (unknown groups are ignored). For `Proxy-Authorization` and for `Authorization: Bearer` on gateway
+    /// listeners alike.
+    pub async fn bearer_principal(&self, token: &str, now: SystemTime) -> Result<Principal, AuthError> {
+        let issuer = SignedToken::decode(token).ok().and_then(|signed| signed.unverified_issuer());
+        let oidc =
+            self.oidc.as_ref().filter(|oidc| self.jwt.is_none() || issuer.as_deref() == Some(oidc.verifier.issuer()));
+        if let Some(oidc) = oidc {
+            let claims = oidc.verifier.verify(token, now).await.map_err(AuthError::InvalidOidcToken)?;
+            return Ok(token_principal(&oidc.mapping, &claims, AuthMethod::Oidc));
         }
-        Ok(Principal {
-            name: claims.user.into(),
-            teams: teams.into(),
-            method: AuthMethod::Jwt,
-            expires: Some(claims.expires),
-            credential: 0,
-        })
+        let jwt = self.jwt.as_ref().ok_or(AuthError::UnsupportedScheme)?;
+        let claims = jwt.verifier.verify(token, now).map_err(AuthError::InvalidToken)?;
+        Ok(token_principal(&jwt.mapping, &claims, AuthMethod::Jwt))
+    }
+
+    /// The OpenID Connect provider, when `auth.oidc` is configured.
+    pub fn oidc(&self) -> Option<&Provider> {
+        self.oidc.as_ref().map(|bearer| &bearer.verifier)
     }
 
     /// The challenge realm sent with 407.
@@ -427,12 +468,15 @@ impl Directory {
     }
 }
 
-/// The token of a `Bearer` credential (scheme case-insensitive), `None` for other schemes.
 /// Three base64url parts separated by dots: a compact JWT, not an API key.
+/// (An API key `USER:PASSWORD` holds a ':', which base64url never does.)
 fn looks_like_jwt(token: &str) -> bool {
-    token.split('.').count() == 3 && token.split('.').all(|part| !part.is_empty())
+    let base64url =
+        |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    token.split('.').count() == 3 && token.split('.').all(base64url)
 }
 
+/// The token of a `Bearer` credential (scheme case-insensitive), `None` for other schemes.
 fn bearer_token(header: &[u8]) -> Option<Result<&str, AuthError>> {
     let header = header.trim_ascii();
     let (scheme, token) = match header.iter().position(|b| *b == b' ') {
@@ -459,6 +503,31 @@ fn jwt_field(field: &'static str) -> &'static str {
         "groups_claim" => "jwt.groups_claim",
         "hs256_secret" => "jwt.hs256_secret",
         _ => "jwt.jwks_file",
+    }
+}
+
+/// The principal a verified token's `claims` name, established by `method`: its teams and region as `mapping` says,
+/// and its token's expiry.
+fn token_principal(mapping: &ClaimMapping, claims: &Claims, method: AuthMethod) -> Principal {
+    Principal {
+        name: claims.user.as_str().into(),
+        teams: mapping.teams(claims).into(),
+        method,
+        expires: Some(claims.expires),
+        credential: 0,
+        region: mapping.region(claims),
+    }
+}
+
+/// `auth.oidc`'s key for a provider config error.
+fn oidc_field(field: &'static str) -> &'static str {
+    match field {
+        "issuer" => "oidc.issuer",
+        "audience" => "oidc.audience",
+        "user_claim" => "oidc.user_claim",
+        "groups_claim" => "oidc.groups_claim",
+        "refresh" => "oidc.refresh",
+        _ => "oidc",
     }
 }
 

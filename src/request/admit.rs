@@ -171,6 +171,7 @@ async fn route(
         teams: &principal.teams,
         team_settings: &config.teams,
         host: host_name.as_deref(),
+        region: principal.region.as_deref(),
     });
     let upstream = match (route, host) {
         (Some(route), _) => {

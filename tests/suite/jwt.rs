@@ -313,14 +313,14 @@ async fn bearer_without_auth_jwt_is_an_unsupported_scheme() {
     assert_eq!(origin.request_heads().len(), 0);
 }
 
-#[test]
-fn the_jwks_file_is_read_with_each_config_load() {
+#[tokio::test]
+async fn the_jwks_file_is_read_with_each_config_load() {
     let keys = Keys::new();
     let yaml = format!("listeners: [{{name: proxy, bind: \"127.0.0.1:0\"}}]\n{}", jwks_config(&keys));
     let load = || tollgate::config::Config::from_text(&yaml, Path::new("test.yaml"), &|_| None).expect("config loads");
     let token = keys.rs256(&claims("rs.user"));
     let before = load();
-    let principal = before.identity.bearer_principal(&token, SystemTime::now()).expect("valid token");
+    let principal = before.identity.bearer_principal(&token, SystemTime::now()).await.expect("valid token");
     assert_eq!((&*principal.name, principal.team(), principal.method.label()), ("rs.user", Some("data"), "jwt"));
 
     // The IdP rotates its RSA key: the next load verifies with the new key only; the loaded snapshot keeps the old.
@@ -334,13 +334,16 @@ fn the_jwks_file_is_read_with_each_config_load() {
         &claims("rotated.user"),
         &EncodingKey::from_rsa_pem(&rotated_private).unwrap(),
     );
-    assert!(after.identity.bearer_principal(&rotated, SystemTime::now()).is_ok());
-    assert!(after.identity.bearer_principal(&token, SystemTime::now()).is_err(), "the old key is gone");
-    assert!(before.identity.bearer_principal(&token, SystemTime::now()).is_ok(), "a loaded snapshot does not change");
-    assert!(before.identity.bearer_principal(&rotated, SystemTime::now()).is_err());
+    assert!(after.identity.bearer_principal(&rotated, SystemTime::now()).await.is_ok());
+    assert!(after.identity.bearer_principal(&token, SystemTime::now()).await.is_err(), "the old key is gone");
+    assert!(
+        before.identity.bearer_principal(&token, SystemTime::now()).await.is_ok(),
+        "a loaded snapshot does not change"
+    );
+    assert!(before.identity.bearer_principal(&rotated, SystemTime::now()).await.is_err());
     // Time is the caller's: the same token is expired an hour from now.
     let later = SystemTime::now() + Duration::from_secs(3600);
-    assert!(after.identity.bearer_principal(&rotated, later).is_err());
+    assert!(after.identity.bearer_principal(&rotated, later).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

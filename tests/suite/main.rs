@@ -31,6 +31,7 @@ mod managed_settings;
 mod messages_stub;
 mod monitoring;
 mod observability;
+mod oidc;
 mod one_way_in;
 mod parent_proxy;
 mod redis_limits;

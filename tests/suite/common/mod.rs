@@ -4,6 +4,9 @@
 
 pub mod binary;
 pub mod gateway;
+/// The OpenID Connect identity provider, shared with later login tests.
+#[path = "../../support/idp.rs"]
+pub mod idp;
 pub mod intercept;
 pub mod ledger;
 pub mod messages;
