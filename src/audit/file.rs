@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::queue::{Queue, Taken};
 use super::record::Entry;
+use super::siem::Spools;
 use super::verify::{split_hash, GENESIS};
 use crate::config::file::AuditSync;
 
@@ -69,7 +70,7 @@ impl Writer {
     /// The writer thread: takes every queued record at once, writes them with one write(2), syncs per
     /// `audit.file.sync`, then tells the waiters. A failed write or sync is retried until it succeeds (the
     /// records stay counted against the queue meanwhile), or until shutdown gives up.
-    pub(super) fn run(mut self, queue: &Queue, written: &prometheus::IntCounter) {
+    pub(super) fn run(mut self, queue: &Queue, written: &prometheus::IntCounter, siem: &Spools) {
         let mut batch = VecDeque::new();
         let interval = match self.sync {
             AuditSync::Batch => None,
@@ -82,15 +83,15 @@ impl Writer {
             match queue.take(&mut batch, deadline) {
                 Taken::Records => {}
                 Taken::Deadline => {
-                    if !self.sync(queue) {
+                    if !self.sync(queue) || !siem.sync(queue) {
                         break;
                     }
                     (last_sync, unsynced) = (Instant::now(), false);
                     continue;
                 }
                 Taken::Closed => {
-                    if unsynced {
-                        self.sync(queue);
+                    if unsynced && self.sync(queue) {
+                        siem.sync(queue);
                     }
                     break;
                 }
@@ -103,9 +104,13 @@ impl Writer {
             if !self.write_out(queue) {
                 break;
             }
+            // Spooled for each SIEM sink before the records count as written.
+            if !siem.append(&self.out, queue) {
+                break;
+            }
             unsynced = true;
             if interval.is_none_or(|interval| last_sync.elapsed() >= interval) {
-                if !self.sync(queue) {
+                if !self.sync(queue) || !siem.sync(queue) {
                     break;
                 }
                 (last_sync, unsynced) = (Instant::now(), false);

@@ -10,6 +10,7 @@
 mod file;
 mod queue;
 mod record;
+pub mod siem;
 mod verify;
 
 use std::path::PathBuf;
@@ -43,6 +44,8 @@ struct Sink {
     path: PathBuf,
     /// `tollgate_audit_records_total{sink="file",result="dropped"}`.
     dropped: IntCounter,
+    /// The SIEM sinks' delivery threads (`audit.siem`).
+    deliveries: siem::Deliveries,
 }
 
 /// Whether the caller of `Auditor::record` may wait for its record.
@@ -111,12 +114,14 @@ impl Auditor {
         let defer = gather.is_none() && queue::park_hook_installed();
         let queue = Queue::new(config.queue, gather, defer);
         let written = metrics.audit_counter(FILE_SINK, "ok");
+        let (spools, deliveries) = siem::start(&config.siem, config.pseudonymize.as_ref(), metrics)?;
         let writer_queue = queue.clone();
         std::thread::Builder::new()
             .name("tollgate-audit".to_owned())
-            .spawn(move || writer.run(&writer_queue, &written))?;
+            .spawn(move || writer.run(&writer_queue, &written, &spools))?;
         let dropped = metrics.audit_counter(FILE_SINK, "dropped");
-        Ok(Self { sink: Some(Sink { queue, path: file.path.clone(), dropped }), on_failure: config.on_failure })
+        let sink = Sink { queue, path: file.path.clone(), dropped, deliveries };
+        Ok(Self { sink: Some(sink), on_failure: config.on_failure })
     }
 
     /// Hands one record to the sink. Under `audit.on_failure: block` (and `Wait::UntilWritten`) waits for room in
@@ -201,6 +206,7 @@ impl Auditor {
         let Some(sink) = &self.sink else { return 0 };
         let unwritten = sink.queue.close(deadline).await;
         sink.queue.abandon();
+        sink.deliveries.stop(deadline).await;
         unwritten
     }
 }
@@ -211,6 +217,7 @@ impl Drop for Auditor {
         if let Some(sink) = &self.sink {
             sink.queue.close_now();
             sink.queue.abandon();
+            sink.deliveries.stop_now();
         }
     }
 }

@@ -1,0 +1,134 @@
+//! SIEM delivery (`audit.siem`): every batch the audit writer writes to the file is appended to each sink's spool
+//! (`spool.rs`) before its records count as written; one thread per sink reads its spool and delivers in order, at
+//! least once, retrying with backoff (`deliver.rs`), in the sink's wire shape (`event.rs`).
+//!
+//! The request path never waits for a SIEM: only for the local spool append, and that only while a spool with
+//! `on_full: block` is full (the audit sink is unhealthy meanwhile, which `/readyz` and admission see).
+
+mod deliver;
+pub mod event;
+pub mod spool;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::queue::Queue;
+use crate::config::siem::{Pseudonymize, SiemSink};
+use crate::metrics::Metrics;
+use spool::{Appended, Spool};
+
+/// The writer's side: every sink's spool.
+#[derive(Default)]
+pub(super) struct Spools(Vec<Arc<Spool>>);
+
+/// The delivery side: one thread per sink.
+pub(super) struct Deliveries {
+    stop: CancellationToken,
+    finished: Vec<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// Opens every sink's spool and starts its delivery thread.
+pub(super) fn start(
+    sinks: &[SiemSink],
+    pseudonymize: Option<&Pseudonymize>,
+    metrics: &Metrics,
+) -> std::io::Result<(Spools, Deliveries)> {
+    let stop = CancellationToken::new();
+    let mut spools = Vec::with_capacity(sinks.len());
+    let mut finished = Vec::with_capacity(sinks.len());
+    for sink in sinks {
+        let sink_metrics = metrics.siem(&sink.name);
+        let spool = Spool::open(sink.name.clone(), &sink.spool, sink_metrics.clone()).map_err(|error| {
+            std::io::Error::new(error.kind(), format!("SIEM spool {}: {error}", sink.spool.dir.display()))
+        })?;
+        let undelivered = spool.undelivered();
+        if undelivered > 0 {
+            tracing::info!(sink = %sink.name, bytes = undelivered, "SIEM spool holds undelivered records: resuming");
+        }
+        finished.push(deliver::spawn(sink.clone(), spool.clone(), pseudonymize.cloned(), sink_metrics, stop.clone())?);
+        spools.push(spool);
+    }
+    Ok((Spools(spools), Deliveries { stop, finished }))
+}
+
+impl Spools {
+    /// Appends the batch's lines to every spool, retrying a failing or waiting for a full one (the sink is marked
+    /// failing meanwhile, which `/readyz` tells); false when shutdown gave up.
+    pub(super) fn append(&self, lines: &[u8], queue: &Queue) -> bool {
+        for spool in &self.0 {
+            let mut failures = 0;
+            loop {
+                match spool.append(lines) {
+                    Ok(Appended::Written) => break,
+                    Ok(Appended::Full) => {
+                        let message = format!(
+                            "SIEM spool {} ({}) is full ({} bytes, on_full: block): waiting for the SIEM to take records",
+                            spool.name(),
+                            spool.dir().display(),
+                            spool.max()
+                        );
+                        if queue.fail(&std::io::Error::other(message)) {
+                            tracing::error!(sink = %spool.name(), "SIEM spool full: audit records wait for delivery");
+                        }
+                        if queue.abandoned() {
+                            return false;
+                        }
+                        spool.wait_for_room(Duration::from_millis(100));
+                    }
+                    Err(error) => {
+                        if !retry(queue, spool, &error, &mut failures) {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Syncs every spool; false when shutdown gave up on a failing one.
+    pub(super) fn sync(&self, queue: &Queue) -> bool {
+        for spool in &self.0 {
+            let mut failures = 0;
+            while let Err(error) = spool.sync() {
+                if !retry(queue, spool, &error, &mut failures) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Marks the audit sink failing (logged once), then waits before the next attempt; false once shutdown gave up.
+fn retry(queue: &Queue, spool: &Spool, error: &std::io::Error, failures: &mut u32) -> bool {
+    let error = std::io::Error::new(error.kind(), format!("SIEM spool {}: {error}", spool.dir().display()));
+    if queue.fail(&error) {
+        tracing::error!(sink = %spool.name(), %error, "audit records cannot be spooled; retrying until they can");
+    }
+    if queue.abandoned() {
+        return false;
+    }
+    *failures += 1;
+    std::thread::sleep(Duration::from_millis(50 << (*failures).min(4)));
+    true
+}
+
+impl Deliveries {
+    /// Stops every delivery after the batch in flight (its answer is awaited, within the sink's timeout, so that
+    /// a clean restart sends nothing twice), waiting until `deadline` at most.
+    pub(super) async fn stop(&self, deadline: tokio::time::Instant) {
+        self.stop.cancel();
+        for finished in &self.finished {
+            let mut finished = finished.clone();
+            let _ = tokio::time::timeout_at(deadline, finished.wait_for(|done| *done)).await;
+        }
+    }
+
+    /// Stops every delivery without waiting.
+    pub(super) fn stop_now(&self) {
+        self.stop.cancel();
+    }
+}
