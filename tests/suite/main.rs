@@ -34,6 +34,7 @@ mod redis_limits;
 mod reload;
 mod replicas;
 mod sessions;
+mod siem;
 mod sni;
 mod spend;
 mod teams;

@@ -9,6 +9,8 @@ pub mod ledger;
 pub mod messages;
 pub mod pki;
 pub mod redis;
+#[path = "../../support/siem.rs"]
+pub mod siem;
 pub mod tls;
 
 use std::io::Write;
