@@ -115,6 +115,7 @@ impl Auditor {
         let queue = Queue::new(config.queue, gather, defer);
         let written = metrics.audit_counter(FILE_SINK, "ok");
         let (spools, deliveries) = siem::start(&config.siem, config.pseudonymize.as_ref(), metrics)?;
+        spools.catch_up(&file.path)?;
         let writer_queue = queue.clone();
         std::thread::Builder::new()
             .name("tollgate-audit".to_owned())

@@ -478,3 +478,34 @@ async fn a_record_the_siem_refuses_is_dropped_alone_and_counted() {
     assert_eq!(metric_value(&metrics, "tollgate_siem_dropped_total{sink=\"splunk_hec\"}"), 1.0);
     assert_eq!(metric_value(&metrics, "tollgate_siem_sent_total{sink=\"splunk_hec\"}"), 8.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_crash_left_in_the_file_but_not_in_the_spool_are_spooled_on_start() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_port();
+    let audit = format!("  siem:\n{}", hec_sink(dir.path(), address, "hec"));
+    let mut first = start_on(dir.path(), &audit, "").await;
+    load(first.proxy, &origin, "crash", 2, 5).await;
+    first.shutdown().await;
+
+    // A crash between the file's write and the spool's: the spool lacks the file's last two records.
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path().join("hec"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "spool"))
+        .collect();
+    segments.sort();
+    let last = segments.last().expect("a segment");
+    let text = std::fs::read_to_string(last).unwrap();
+    let kept: Vec<&str> = text.lines().collect();
+    std::fs::write(last, kept[..kept.len() - 2].iter().map(|line| format!("{line}\n")).collect::<String>()).unwrap();
+
+    let mut second = start_on(dir.path(), &audit, "").await;
+    let hec = HttpReceiver::start(address, Shape::Hec { token: HEC_TOKEN.into() }, None, None).await.expect("HEC");
+    let file = ids(&file_records(dir.path()));
+    assert_eq!(file.len(), 10);
+    let received = ids(&hec.wait_for(10, PATIENCE).await.unwrap());
+    assert_eq!(assert_in_order_without_gaps(&file, &received), 0);
+    second.shutdown().await;
+}

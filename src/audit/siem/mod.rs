@@ -9,6 +9,9 @@ mod deliver;
 pub mod event;
 pub mod spool;
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +56,34 @@ pub(super) fn start(
     Ok((Spools(spools), Deliveries { stop, finished }))
 }
 
+/// How much of the audit file's end `catch_up` reads at most, looking for a spool's last record.
+const CATCH_UP_WINDOW: u64 = 64 << 20;
+
 impl Spools {
+    /// Appends to each spool the records of the audit file after the spool's last one: those a crash left in
+    /// the file between its write and the spool's. A spool that is empty (a new sink) starts with the next record.
+    pub(super) fn catch_up(&self, file: &Path) -> std::io::Result<()> {
+        for spool in &self.0 {
+            let Some(last) = spool.last_line()? else { continue };
+            match records_after(file, &last)? {
+                Some(missing) if missing.is_empty() => {}
+                Some(missing) => {
+                    let records = memchr::memchr_iter(b'\n', &missing).count();
+                    if spool.append(&missing)? == Appended::Full {
+                        tracing::error!(sink = %spool.name(), records,
+                            "the SIEM spool is full: records the file got before a crash are not spooled");
+                    } else {
+                        tracing::warn!(sink = %spool.name(), records,
+                            "records written to the audit file before a crash were missing from the SIEM spool: spooled");
+                    }
+                }
+                None => tracing::warn!(sink = %spool.name(), file = %file.display(),
+                    "the SIEM spool's last record is not near the end of the audit file: nothing to catch up from"),
+            }
+        }
+        Ok(())
+    }
+
     /// Appends the batch's lines to every spool, retrying a failing or waiting for a full one (the sink is marked
     /// failing meanwhile, which `/readyz` tells); false when shutdown gave up.
     pub(super) fn append(&self, lines: &[u8], queue: &Queue) -> bool {
@@ -100,6 +130,30 @@ impl Spools {
         }
         true
     }
+}
+
+/// The bytes of `file` after the line `last` (with its newline), searched for in its last `CATCH_UP_WINDOW`
+/// bytes; `None` when it is not there.
+fn records_after(file: &Path, last: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+    let mut file = match File::open(file) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let length = file.metadata()?.len();
+    let start = length.saturating_sub(CATCH_UP_WINDOW);
+    let mut tail = Vec::with_capacity((length - start) as usize);
+    file.seek(SeekFrom::Start(start))?;
+    file.take(length - start).read_to_end(&mut tail)?;
+    let mut end = tail.len();
+    while let Some(at) = memchr::memmem::rfind(&tail[..end], last) {
+        // A whole line: at the start of the file or after a newline.
+        if (at == 0 && start == 0) || (at > 0 && tail[at - 1] == b'\n') {
+            return Ok(Some(tail[at + last.len()..].to_vec()));
+        }
+        end = at + last.len() - 1;
+    }
+    Ok(None)
 }
 
 /// Marks the audit sink failing (logged once), then waits before the next attempt; false once shutdown gave up.

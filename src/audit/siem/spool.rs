@@ -232,6 +232,27 @@ impl Spool {
         write_delivered(&self.dir, delivered)
     }
 
+    /// The last line appended (with its newline), when the spool holds one.
+    pub fn last_line(&self) -> std::io::Result<Option<Vec<u8>>> {
+        let segments = self.lock().segments.clone();
+        let Some(segment) = segments.iter().rev().find(|segment| segment.length > 0) else { return Ok(None) };
+        let mut file = File::open(segment_path(&self.dir, segment.start))?;
+        let mut window = 64 * 1024u64;
+        loop {
+            let start = segment.length.saturating_sub(window);
+            let mut bytes = Vec::with_capacity((segment.length - start) as usize);
+            file.seek(SeekFrom::Start(start))?;
+            Read::by_ref(&mut file).take(segment.length - start).read_to_end(&mut bytes)?;
+            // Segments end with a newline: the line is what follows the one before it.
+            let body = &bytes[..bytes.len().saturating_sub(1)];
+            match memchr::memrchr(b'\n', body) {
+                Some(at) => return Ok(Some(bytes[at + 1..].to_vec())),
+                None if start == 0 => return Ok(Some(bytes)),
+                None => window *= 4,
+            }
+        }
+    }
+
     /// Undelivered bytes.
     pub fn undelivered(&self) -> u64 {
         let state = self.lock();
