@@ -128,14 +128,26 @@ impl Delivery {
                     continue;
                 }
             };
-            // A partial batch waits up to batch.wait for more records.
-            if !chunk.more {
+            // A partial batch waits up to batch.wait for more records, or until a full batch waits (checked on each
+            // append without reading the spool again); a batch being retried does not wait.
+            let full = chunk.more || chunk.records >= self.sink.batch.records;
+            if !full && !failing {
                 let until = *first_seen.get_or_insert_with(Instant::now) + self.sink.batch.wait;
                 if Instant::now() < until {
-                    tokio::select! {
-                        () = arrived => {}
-                        () = tokio::time::sleep_until(until) => {}
-                        () = self.stop.cancelled() => return,
+                    let lines = spool.lines();
+                    loop {
+                        let arrived = spool.arrived().notified();
+                        tokio::pin!(arrived);
+                        arrived.as_mut().enable();
+                        let records = chunk.records as u64 + spool.lines().saturating_sub(lines);
+                        if records >= self.sink.batch.records as u64 || spool.undelivered() >= self.sink.batch.bytes {
+                            break;
+                        }
+                        tokio::select! {
+                            () = arrived => {}
+                            () = tokio::time::sleep_until(until) => break,
+                            () = self.stop.cancelled() => return,
+                        }
                     }
                     continue;
                 }

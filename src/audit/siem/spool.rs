@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ pub struct Spool {
     room: Condvar,
     /// Wakes the delivery when records arrive.
     arrived: Notify,
+    /// Lines appended since the spool was opened.
+    lines: AtomicU64,
     metrics: SiemMetrics,
 }
 
@@ -118,6 +121,7 @@ impl Spool {
             state: Mutex::new(State { segments, active, delivered }),
             room: Condvar::new(),
             arrived: Notify::new(),
+            lines: AtomicU64::new(0),
             metrics,
         });
         let state = spool.lock();
@@ -139,6 +143,11 @@ impl Spool {
     /// Its bound in bytes.
     pub fn max(&self) -> u64 {
         self.max
+    }
+
+    /// Lines appended since the spool was opened (a cheap count for the delivery's batching).
+    pub fn lines(&self) -> u64 {
+        self.lines.load(Ordering::Acquire)
     }
 
     /// Notified on each append.
@@ -176,6 +185,7 @@ impl Spool {
         state.segments.back_mut().expect("never empty").length += bytes.len() as u64;
         self.update_gauge(&state);
         drop(state);
+        self.lines.fetch_add(memchr::memchr_iter(b'\n', bytes).count() as u64, Ordering::Release);
         self.arrived.notify_one();
         Ok(Appended::Written)
     }
