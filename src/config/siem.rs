@@ -60,6 +60,28 @@ pub struct Batch {
 pub struct Pseudonymize {
     pub fields: Vec<PseudonymField>,
     pub key: ring::hmac::Key,
+    /// SHA-256 of the key, to tell whether a reload changed it.
+    pub key_fingerprint: [u8; 32],
+}
+
+impl SiemSink {
+    /// The settings a restart would change (everything but the TLS trust), for reload to compare.
+    pub fn settings(&self) -> impl PartialEq + '_ {
+        let spool = (&self.spool.dir, self.spool.max, self.spool.on_full);
+        let batch = (self.batch.records, self.batch.bytes, self.batch.wait);
+        (
+            &self.name,
+            self.kind,
+            &self.endpoint,
+            &self.token,
+            &self.index,
+            spool,
+            batch,
+            self.gzip,
+            self.retry_max,
+            self.timeout,
+        )
+    }
 }
 
 /// The smallest spool: one batch of ordinary records must fit with room to spare.
@@ -173,7 +195,8 @@ pub fn compile_pseudonymize(audit: &file::Audit) -> Result<Option<Pseudonymize>,
     }
     let mut fields = pseudonymize.fields.clone();
     fields.dedup();
-    Ok(Some(Pseudonymize { fields, key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key) }))
+    let key_fingerprint = ring::digest::digest(&ring::digest::SHA256, key).as_ref().try_into().expect("32 bytes");
+    Ok(Some(Pseudonymize { fields, key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), key_fingerprint }))
 }
 
 /// The endpoint of `text` for a sink of `kind`, and whether it speaks TLS.

@@ -233,6 +233,7 @@ mod tests {
         Pseudonymize {
             fields: vec![PseudonymField::User, PseudonymField::Client],
             key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"0123456789abcdef"),
+            key_fingerprint: [0; 32],
         }
     }
 
