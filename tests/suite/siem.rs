@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::siem::{free_port, HttpReceiver, Shape, SyslogReceiver};
+use common::siem::{free_port, HttpReceiver, Retain, Shape, SyslogReceiver};
 use common::*;
 use tollgate::app;
 use tollgate::config::Config;
@@ -109,10 +109,15 @@ fn assert_in_order_without_gaps(file: &[String], received: &[String]) -> usize {
 async fn hec_over_tls_gets_every_record_batched_gzipped_with_its_token() {
     let pki = pki::Pki::new();
     let tls = Arc::new(tls::server_config(pki.server.chain(), pki.server.private_key(), None).expect("HEC TLS"));
-    let hec =
-        HttpReceiver::start("127.0.0.1:0".parse().unwrap(), Shape::Hec { token: HEC_TOKEN.into() }, Some(tls), None)
-            .await
-            .expect("HEC receiver");
+    let hec = HttpReceiver::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Shape::Hec { token: HEC_TOKEN.into() },
+        Some(tls),
+        None,
+        Retain::Records,
+    )
+    .await
+    .expect("HEC receiver");
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().unwrap();
     let audit = format!(
@@ -128,6 +133,7 @@ async fn hec_over_tls_gets_every_record_batched_gzipped_with_its_token() {
     let file = file_records(dir.path());
     assert_eq!(file.len(), 30);
     let received = hec.wait_for(30, PATIENCE).await.unwrap();
+    assert_eq!(hec.count(), 30);
     assert_eq!(received, file, "each event is the file's record, in order");
     for (envelope, record) in hec.envelopes().iter().zip(&file) {
         assert_eq!(envelope["sourcetype"], "tollgate:audit");
@@ -169,7 +175,9 @@ async fn a_siem_down_under_load_across_a_restart_gets_every_record_in_order_once
     assert_eq!(file.len(), 200);
 
     // The SIEM comes back: everything arrives.
-    let hec = HttpReceiver::start(address, Shape::Hec { token: HEC_TOKEN.into() }, None, None).await.expect("HEC");
+    let hec = HttpReceiver::start(address, Shape::Hec { token: HEC_TOKEN.into() }, None, None, Retain::Records)
+        .await
+        .expect("HEC");
     hec.wait_for(200, PATIENCE).await.unwrap();
     load(second.proxy, &origin, "back", 1, 5).await;
     let file = ids(&file_records(dir.path()));
@@ -243,7 +251,9 @@ async fn after_kill_9_during_load_the_spool_resumes_and_nothing_is_lost() {
     tollgate::audit::verify(audit_file).expect("the chain verifies after kill -9");
     let file = ids(&file_records(dir.path()));
     assert!(file.len() >= 100);
-    let hec = HttpReceiver::start(address, Shape::Hec { token: HEC_TOKEN.into() }, None, None).await.expect("HEC");
+    let hec = HttpReceiver::start(address, Shape::Hec { token: HEC_TOKEN.into() }, None, None, Retain::Records)
+        .await
+        .expect("HEC");
     let received = ids(&hec.wait_for(file.len(), PATIENCE).await.unwrap());
     let duplicates = assert_in_order_without_gaps(&file, &received);
     assert_eq!(duplicates, 0, "the SIEM was down: nothing was in flight when the process died");
@@ -254,8 +264,9 @@ async fn after_kill_9_during_load_the_spool_resumes_and_nothing_is_lost() {
 async fn syslog_over_tcp_and_tls_gets_octet_counted_rfc5424_messages() {
     let pki = pki::Pki::new();
     let tls = Arc::new(tls::server_config(pki.server.chain(), pki.server.private_key(), None).expect("syslog TLS"));
-    let plain = SyslogReceiver::start("127.0.0.1:0".parse().unwrap(), None).await.expect("syslog TCP");
-    let secure = SyslogReceiver::start("127.0.0.1:0".parse().unwrap(), Some(tls)).await.expect("syslog TLS");
+    let plain = SyslogReceiver::start("127.0.0.1:0".parse().unwrap(), None, Retain::Records).await.expect("syslog TCP");
+    let secure =
+        SyslogReceiver::start("127.0.0.1:0".parse().unwrap(), Some(tls), Retain::Records).await.expect("syslog TLS");
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
@@ -281,7 +292,7 @@ async fn syslog_over_tcp_and_tls_gets_octet_counted_rfc5424_messages() {
             assert_eq!(message.id, record["id"].as_str().unwrap());
             assert_eq!(&message.record, record);
         }
-        assert_eq!(messages.len(), 20);
+        assert_eq!((messages.len(), receiver.count()), (20, 20));
     }
     let metrics = gateway.shutdown_and_metrics().await;
     assert_eq!(metric_value(&metrics, "tollgate_siem_sent_total{sink=\"syslog\"}"), 20.0);
@@ -293,7 +304,9 @@ async fn an_https_endpoint_gets_the_file_lines_as_ndjson() {
     let pki = pki::Pki::new();
     let tls = Arc::new(tls::server_config(pki.server.chain(), pki.server.private_key(), None).expect("TLS"));
     let shape = Shape::Ndjson { token: Some("bearer-secret".into()) };
-    let receiver = HttpReceiver::start("127.0.0.1:0".parse().unwrap(), shape, Some(tls), None).await.expect("NDJSON");
+    let receiver = HttpReceiver::start("127.0.0.1:0".parse().unwrap(), shape, Some(tls), None, Retain::Records)
+        .await
+        .expect("NDJSON");
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().unwrap();
     let audit = format!(
@@ -331,7 +344,9 @@ async fn a_full_spool_with_drop_oldest_drops_the_oldest_records_and_counts_them(
     assert!(dropped > 0, "records were dropped");
     assert!(gateway.metric("tollgate_siem_spool_bytes{sink=\"splunk_hec\"}").await <= 64.0 * 1024.0);
 
-    let hec = HttpReceiver::start(address, Shape::Hec { token: "t0k3n".into() }, None, None).await.expect("HEC");
+    let hec = HttpReceiver::start(address, Shape::Hec { token: "t0k3n".into() }, None, None, Retain::Records)
+        .await
+        .expect("HEC");
     let file = ids(&file_records(dir.path()));
     let received = ids(&hec.wait_for(file.len() - dropped, PATIENCE).await.unwrap());
     assert_eq!(received, file[dropped..], "the oldest went; the rest arrive in order");
@@ -386,7 +401,9 @@ async fn a_full_spool_that_blocks_makes_the_audit_sink_unready_and_admission_ref
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
 
     // The SIEM comes back: the spool drains, the sink is healthy again, requests are served.
-    let hec = HttpReceiver::start(address, Shape::Hec { token: "t0k3n".into() }, None, None).await.expect("HEC");
+    let hec = HttpReceiver::start(address, Shape::Hec { token: "t0k3n".into() }, None, None, Retain::Records)
+        .await
+        .expect("HEC");
     for sender in senders {
         tokio::time::timeout(PATIENCE, sender)
             .await
@@ -405,9 +422,15 @@ async fn a_full_spool_that_blocks_makes_the_audit_sink_unready_and_admission_ref
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pseudonymised_fields_differ_from_the_file_and_are_stable() {
     let origin = Origin::start().await;
-    let hec = HttpReceiver::start("127.0.0.1:0".parse().unwrap(), Shape::Hec { token: HEC_TOKEN.into() }, None, None)
-        .await
-        .expect("HEC");
+    let hec = HttpReceiver::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Shape::Hec { token: HEC_TOKEN.into() },
+        None,
+        None,
+        Retain::Records,
+    )
+    .await
+    .expect("HEC");
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("pseudonym.key");
     std::fs::write(&key, "a key of thirty-two bytes, shared").unwrap();
@@ -447,7 +470,9 @@ async fn a_record_the_siem_refuses_is_dropped_alone_and_counted() {
     let poison: common::siem::Poison =
         Arc::new(|record: &Value| record["path"].as_str().is_some_and(|path| path.contains("poison")));
     let shape = Shape::Hec { token: HEC_TOKEN.into() };
-    let hec = HttpReceiver::start("127.0.0.1:0".parse().unwrap(), shape, None, Some(poison)).await.expect("HEC");
+    let hec = HttpReceiver::start("127.0.0.1:0".parse().unwrap(), shape, None, Some(poison), Retain::Records)
+        .await
+        .expect("HEC");
     let dir = tempfile::tempdir().unwrap();
     let audit = format!(
         "  siem:\n    - {{type: splunk_hec, url: \"http://{}\", token: \"${{HEC_TOKEN}}\", retry_max: 200ms, \
@@ -502,7 +527,9 @@ async fn records_a_crash_left_in_the_file_but_not_in_the_spool_are_spooled_on_st
     std::fs::write(last, kept[..kept.len() - 2].iter().map(|line| format!("{line}\n")).collect::<String>()).unwrap();
 
     let mut second = start_on(dir.path(), &audit, "").await;
-    let hec = HttpReceiver::start(address, Shape::Hec { token: HEC_TOKEN.into() }, None, None).await.expect("HEC");
+    let hec = HttpReceiver::start(address, Shape::Hec { token: HEC_TOKEN.into() }, None, None, Retain::Records)
+        .await
+        .expect("HEC");
     let file = ids(&file_records(dir.path()));
     assert_eq!(file.len(), 10);
     let received = ids(&hec.wait_for(10, PATIENCE).await.unwrap());
