@@ -107,6 +107,7 @@ impl Delivery {
                 return;
             }
             // Registered before the read, so an append in between is not missed.
+            spool.wake_at(0, 0);
             let arrived = spool.arrived().notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
@@ -134,13 +135,14 @@ impl Delivery {
             if !full && !failing {
                 let until = *first_seen.get_or_insert_with(Instant::now) + self.sink.batch.wait;
                 if Instant::now() < until {
-                    let lines = spool.lines();
+                    // Woken only once a full batch waits.
+                    let full_at = spool.lines() + (self.sink.batch.records - chunk.records) as u64;
+                    spool.wake_at(full_at, self.sink.batch.bytes);
                     loop {
                         let arrived = spool.arrived().notified();
                         tokio::pin!(arrived);
                         arrived.as_mut().enable();
-                        let records = chunk.records as u64 + spool.lines().saturating_sub(lines);
-                        if records >= self.sink.batch.records as u64 || spool.undelivered() >= self.sink.batch.bytes {
+                        if spool.lines() >= full_at || spool.undelivered() >= self.sink.batch.bytes {
                             break;
                         }
                         tokio::select! {

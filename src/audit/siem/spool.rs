@@ -41,6 +41,10 @@ pub struct Spool {
     arrived: Notify,
     /// Lines appended since the spool was opened.
     lines: AtomicU64,
+    /// An append wakes the delivery only once `lines` reaches `wake_lines` or the undelivered bytes `wake_bytes`
+    /// (0, 0: any append), so that a delivery gathering a batch is not woken for each of the writer's batches.
+    wake_lines: AtomicU64,
+    wake_bytes: AtomicU64,
     metrics: SiemMetrics,
 }
 
@@ -122,6 +126,8 @@ impl Spool {
             room: Condvar::new(),
             arrived: Notify::new(),
             lines: AtomicU64::new(0),
+            wake_lines: AtomicU64::new(0),
+            wake_bytes: AtomicU64::new(0),
             metrics,
         });
         let state = spool.lock();
@@ -150,7 +156,14 @@ impl Spool {
         self.lines.load(Ordering::Acquire)
     }
 
-    /// Notified on each append.
+    /// Appends notify `arrived` only once `lines()` reaches `lines` or `bytes` wait undelivered; `(0, 0)` for
+    /// every append. Set before registering for `arrived`, then check the condition, so that no wake-up is missed.
+    pub fn wake_at(&self, lines: u64, bytes: u64) {
+        self.wake_lines.store(lines, Ordering::Release);
+        self.wake_bytes.store(bytes, Ordering::Release);
+    }
+
+    /// Notified on appends, as `wake_at` says.
     pub fn arrived(&self) -> &Notify {
         &self.arrived
     }
@@ -183,10 +196,13 @@ impl Spool {
             return Err(error);
         }
         state.segments.back_mut().expect("never empty").length += bytes.len() as u64;
-        self.update_gauge(&state);
+        let undelivered = self.update_gauge(&state);
         drop(state);
-        self.lines.fetch_add(memchr::memchr_iter(b'\n', bytes).count() as u64, Ordering::Release);
-        self.arrived.notify_one();
+        let added = memchr::memchr_iter(b'\n', bytes).count() as u64;
+        let lines = self.lines.fetch_add(added, Ordering::AcqRel) + added;
+        if lines >= self.wake_lines.load(Ordering::Acquire) || undelivered >= self.wake_bytes.load(Ordering::Acquire) {
+            self.arrived.notify_one();
+        }
         Ok(Appended::Written)
     }
 
@@ -274,9 +290,11 @@ impl Spool {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn update_gauge(&self, state: &State) {
+    /// Sets the spool-bytes gauge; returns the undelivered bytes.
+    fn update_gauge(&self, state: &State) -> u64 {
         let undelivered = state.end() - state.delivered.max(state.segments[0].start);
         self.metrics.spool_bytes.set(i64::try_from(undelivered).unwrap_or(i64::MAX));
+        undelivered
     }
 
     /// Closes the segment appended to and starts the next.
