@@ -536,3 +536,33 @@ async fn records_a_crash_left_in_the_file_but_not_in_the_spool_are_spooled_on_st
     assert_eq!(assert_in_order_without_gaps(&file, &received), 0);
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_siem_that_takes_connections_and_never_answers_does_not_hold_requests() {
+    // Accepts every connection and never reads or answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            connections.push(stream);
+        }
+    });
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = format!(
+        "  siem:\n    - {{type: splunk_hec, url: \"http://{address}\", token: t0k3n, timeout: 1h, \
+         spool: {{dir: \"{}/hec\"}}, batch: {{wait: 10ms}}}}\n",
+        dir.path().display()
+    );
+    // A grace period longer than the test's patience: a shutdown that waited for the silent SIEM would not end in time.
+    let mut gateway = start_on(dir.path(), &audit, "server: {shutdown_grace: 10m}\n").await;
+    load(gateway.proxy, &origin, "silent", 4, 25).await;
+    assert_eq!(file_records(dir.path()).len(), 100, "every request served and written");
+    assert!(gateway.metric("tollgate_siem_spool_bytes{sink=\"splunk_hec\"}").await > 0.0);
+    assert_eq!(gateway.metric("tollgate_siem_sent_total{sink=\"splunk_hec\"}").await, 0.0);
+    let ready = admin(&gateway, "GET", "/readyz", None).await;
+    assert_eq!(ready.status, 200, "a silent SIEM is no reason to refuse: {ready:?}");
+    tokio::time::timeout(PATIENCE, gateway.shutdown()).await.expect("a silent SIEM does not hold the shutdown");
+    held.abort();
+}

@@ -34,6 +34,8 @@ use crate::stream::Stream;
 
 /// The first wait after a failure; it doubles up to the sink's `retry_max`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// After shutdown began, how long the batch in flight may still take to be answered.
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
 /// The most of an HTTP answer read (HEC answers are a few dozen bytes).
 const ANSWER_BYTES: usize = 64 * 1024;
 
@@ -261,18 +263,20 @@ impl Delivery {
             Ok(request) => request,
             Err(error) => return Answer::Retry(format!("request: {error}")),
         };
-        let answer = match tokio::time::timeout(self.sink.timeout, self.exchange(request)).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(error)) => {
-                self.transport = Transport::Disconnected;
-                return Answer::Retry(error);
+        let (timeout, stop) = (self.sink.timeout, self.stop.clone());
+        let answer = tokio::select! {
+            answer = tokio::time::timeout(timeout, self.exchange(request)) => {
+                answer.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
             }
-            Err(_) => {
-                self.transport = Transport::Disconnected;
-                return Answer::Retry(format!("no answer within {:?}", self.sink.timeout));
-            }
+            () = after_shutdown(&stop) => Err("shutting down: no answer in time".to_owned()),
         };
-        classify(self.sink.kind, answer.0, &answer.1)
+        match answer {
+            Ok((status, body)) => classify(self.sink.kind, status, &body),
+            Err(error) => {
+                self.transport = Transport::Disconnected;
+                Answer::Retry(error)
+            }
+        }
     }
 
     /// One request on the kept connection (opened first when there is none).
@@ -310,17 +314,20 @@ impl Delivery {
     async fn deliver_syslog(&mut self, events: &[Event<'_>]) -> usize {
         let mut frames = Vec::with_capacity(events.iter().map(|event| event.length + 128).sum());
         event::syslog(events, &self.host, self.process, &mut frames);
-        match tokio::time::timeout(self.sink.timeout, self.write_frames(&frames)).await {
-            Ok(Ok(())) => {
+        let (timeout, stop) = (self.sink.timeout, self.stop.clone());
+        let written = tokio::select! {
+            written = tokio::time::timeout(timeout, self.write_frames(&frames)) => {
+                written.unwrap_or_else(|_| Err(format!("not written within {timeout:?}")))
+            }
+            () = after_shutdown(&stop) => Err("shutting down: not written in time".to_owned()),
+        };
+        match written {
+            Ok(()) => {
                 self.metrics.sent.inc_by(events.len() as u64);
                 events.iter().map(|event| event.length).sum()
             }
-            failed => {
+            Err(reason) => {
                 self.transport = Transport::Disconnected;
-                let reason = match failed {
-                    Ok(Err(error)) => error,
-                    _ => format!("not written within {:?}", self.sink.timeout),
-                };
                 self.metrics.errors.inc();
                 tracing::warn!(sink = %self.sink.name, url = %self.sink.endpoint.display, %reason,
                     "SIEM delivery failed; retrying with backoff");
@@ -353,6 +360,12 @@ impl Delivery {
         stream.write_all(frames).await.map_err(|error| format!("write: {error}"))?;
         stream.flush().await.map_err(|error| format!("write: {error}"))
     }
+}
+
+/// Ends `STOP_GRACE` after shutdown began: how long a batch in flight may still take its answer.
+async fn after_shutdown(stop: &CancellationToken) {
+    stop.cancelled().await;
+    tokio::time::sleep(STOP_GRACE).await;
 }
 
 /// What an HTTP answer means for the batch. Splunk HEC says why in a JSON body (`{"text":…,"code":N}`): only

@@ -171,10 +171,11 @@ fn retry(queue: &Queue, spool: &Spool, error: &std::io::Error, failures: &mut u3
 }
 
 impl Deliveries {
-    /// Stops every delivery after the batch in flight (its answer is awaited, within the sink's timeout, so that
-    /// a clean restart sends nothing twice), waiting until `deadline` at most.
+    /// Stops every delivery after the batch in flight (its answer is awaited, for `STOP_GRACE` at most, so that a
+    /// clean restart sends nothing twice), waiting until `deadline` at most.
     pub(super) async fn stop(&self, deadline: tokio::time::Instant) {
         self.stop.cancel();
+        let deadline = deadline.min(tokio::time::Instant::now() + deliver::STOP_GRACE + Duration::from_secs(1));
         for finished in &self.finished {
             let mut finished = finished.clone();
             let _ = tokio::time::timeout_at(deadline, finished.wait_for(|done| *done)).await;
