@@ -187,3 +187,27 @@ impl Deliveries {
         self.stop.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_after_finds_the_spools_last_line_as_a_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("audit.jsonl");
+        std::fs::write(&file, "{\"id\":\"a\"}\n{\"id\":\"xa\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n").unwrap();
+        let after =
+            |last: &str| records_after(&file, last.as_bytes()).unwrap().map(|bytes| String::from_utf8(bytes).unwrap());
+        assert_eq!(after("{\"id\":\"b\"}\n").as_deref(), Some("{\"id\":\"c\"}\n"));
+        assert_eq!(after("{\"id\":\"c\"}\n").as_deref(), Some(""), "nothing missing");
+        assert_eq!(
+            after("{\"id\":\"a\"}\n").as_deref(),
+            Some("{\"id\":\"xa\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n"),
+            "the first line"
+        );
+        assert_eq!(after("\"a\"}\n"), None, "only whole lines match");
+        assert_eq!(after("{\"id\":\"z\"}\n"), None);
+        assert_eq!(records_after(&dir.path().join("missing"), b"x\n").unwrap(), None);
+    }
+}
