@@ -49,6 +49,23 @@ pub struct Metrics {
     managed_settings_current: GaugeVec,
     alerts: IntCounterVec,
     alert_events_dropped: IntCounter,
+    siem_spool_bytes: IntGaugeVec,
+    siem_sent: IntCounterVec,
+    siem_errors: IntCounterVec,
+    siem_dropped: IntCounterVec,
+}
+
+/// One SIEM sink's handles, held by its spool and its delivery.
+#[derive(Debug, Clone)]
+pub struct SiemMetrics {
+    /// Undelivered bytes in the spool.
+    pub spool_bytes: IntGauge,
+    /// Records the SIEM accepted.
+    pub sent: IntCounter,
+    /// Failed delivery attempts.
+    pub errors: IntCounter,
+    /// Records given up: dropped from a full spool (`on_full: drop_oldest`) or refused by the SIEM as invalid.
+    pub dropped: IntCounter,
 }
 
 /// Counts kept outside the registry (by the log writer and the password verifiers), copied in when rendered.
@@ -271,6 +288,24 @@ impl Metrics {
         );
         let audit_checkpoints =
             plain_counter("tollgate_audit_checkpoints_total", "Signed audit checkpoints written (audit.checkpoints).");
+        let siem_spool_bytes = IntGaugeVec::new(
+            Opts::new("tollgate_siem_spool_bytes", "Undelivered bytes in each SIEM sink's spool."),
+            &["sink"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(siem_spool_bytes.clone())).expect("unique metric");
+        let siem_sent = counter("tollgate_siem_sent_total", "Audit records a SIEM sink accepted, by sink.", &["sink"]);
+        let siem_errors = counter(
+            "tollgate_siem_errors_total",
+            "Failed SIEM deliveries (connection, TLS, timeout, refusal), by sink; each is retried.",
+            &["sink"],
+        );
+        let siem_dropped = counter(
+            "tollgate_siem_dropped_total",
+            "Audit records a SIEM sink will never get, by sink: dropped from a full spool (on_full: drop_oldest) or \
+             refused by the SIEM as invalid.",
+            &["sink"],
+        );
         let tunnels_active = IntGauge::new("tollgate_tunnels_active", "Open CONNECT tunnels.").expect("valid metric");
         registry.register(Box::new(tunnels_active.clone())).expect("unique metric");
         Self {
@@ -309,6 +344,20 @@ impl Metrics {
             managed_settings_current,
             alerts,
             alert_events_dropped,
+            siem_spool_bytes,
+            siem_sent,
+            siem_errors,
+            siem_dropped,
+        }
+    }
+
+    /// The handles of SIEM sink `sink`, registered at 0 (so `/metrics` shows them from the first scrape).
+    pub fn siem(&self, sink: &str) -> SiemMetrics {
+        SiemMetrics {
+            spool_bytes: self.siem_spool_bytes.with_label_values(&[sink]),
+            sent: self.siem_sent.with_label_values(&[sink]),
+            errors: self.siem_errors.with_label_values(&[sink]),
+            dropped: self.siem_dropped.with_label_values(&[sink]),
         }
     }
 

@@ -140,6 +140,20 @@ fn restart_only_changes(current: &Config, loaded: &Config) -> Vec<String> {
     if current.audit.queue != loaded.audit.queue {
         changes.push("audit.queue changed".to_owned());
     }
+    // The SIEM spools and delivery threads too.
+    if !current.audit.siem.iter().map(|sink| sink.settings()).eq(loaded.audit.siem.iter().map(|sink| sink.settings())) {
+        changes.push("audit.siem changed".to_owned());
+    }
+    let pseudonymize = |config: &Config| {
+        config
+            .audit
+            .pseudonymize
+            .as_ref()
+            .map(|pseudonymize| (pseudonymize.fields.clone(), pseudonymize.key_fingerprint))
+    };
+    if pseudonymize(current) != pseudonymize(loaded) {
+        changes.push("audit.pseudonymize changed".to_owned());
+    }
     // The connection and buffer semaphores are sized once, at start.
     if current.server.max_connections != loaded.server.max_connections {
         changes.push("server.max_connections changed".to_owned());

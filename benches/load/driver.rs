@@ -259,6 +259,7 @@ async fn run_feature(harness: &mut Harness, report: &mut Report, scenario: Scena
         Scenario::Reload => ("reload", measure_reload(harness, report).await),
         Scenario::Intercept => ("intercept", measure_interception(harness, report).await),
         Scenario::Sse => ("sse", measure_streaming(harness, report).await),
+        Scenario::Siem => ("siem", crate::siem::measure_siem(harness, report).await),
         Scenario::KeepAlive | Scenario::ConnectGetClose | Scenario::Bulk | Scenario::IdleTunnels => return,
     };
     let Err(error) = outcome else { return };

@@ -31,6 +31,7 @@ use crate::scenarios::{
     open_ahead, run_keep_alive_load, run_workers, take_from_budget, with_proxy_cpu, KeepAliveLoad, RateRound, Stats,
 };
 use crate::servers::{serve, stamp_ns, stub_message, Served, SSE_EVENTS};
+use crate::siem::SiemSinks;
 use crate::support::tls::server_config;
 
 /// The columns of the interception table.
@@ -403,7 +404,7 @@ async fn start_interception_run(
         smoke_once(route).await.map_err(|error| format!("the stub, {}: {error}", side.name()))?;
     }
     for side in [Side::Tollgate, Side::TollgateActions] {
-        let started = start_tollgate_interception(harness, stub.plain, side == Side::TollgateActions).await;
+        let started = start_tollgate_interception(harness, stub.plain, side == Side::TollgateActions, None).await;
         let (proxy, route) = match started {
             Ok(started) => started,
             Err(error) if side == Side::TollgateActions => {
@@ -444,7 +445,7 @@ async fn start_interception_run(
 }
 
 /// Starts the stub on the harness's thread, once per run.
-async fn messages_stub(harness: &mut Harness) -> Result<Stub, String> {
+pub async fn messages_stub(harness: &mut Harness) -> Result<Stub, String> {
     if let Some(stub) = &harness.stub {
         return Ok(stub.clone());
     }
@@ -484,12 +485,18 @@ fn intercepted_route(proxy: SocketAddr, origin: SocketAddr, ca: &Path) -> Result
 /// tollgate intercepting `API_HOST` (routed to the plain stub) and `*.MINT_DOMAIN` (handshakes only), its CA
 /// created on start in its directory. Checked with one GET through the forward proxy, then one intercepted
 /// request (which mints the leaf of `API_HOST`: the cache is warm from then on).
-async fn start_tollgate_interception(
+pub async fn start_tollgate_interception(
     harness: &mut Harness,
     stub: SocketAddr,
     actions: bool,
+    siem: Option<&SiemSinks>,
 ) -> Result<(Proxy, Route), String> {
-    let dir = harness.instance_dir(if actions { "tollgate-intercept-actions" } else { "tollgate-intercept" })?;
+    let tag = match (actions, siem) {
+        (true, _) => "tollgate-intercept-actions",
+        (false, Some(_)) => "tollgate-intercept-siem",
+        (false, None) => "tollgate-intercept",
+    };
+    let dir = harness.instance_dir(tag)?;
     let (proxy_port, admin_port) = (free_port()?, free_port()?);
     let directory = dir.display();
     let allow = format!("    - \"{API_HOST}\"\n    - \"*.{MINT_DOMAIN}\"\n{ALLOW_LOOPBACK}");
@@ -508,6 +515,10 @@ async fn start_tollgate_interception(
     };
     let admin = format!("{{bind: \"127.0.0.1:{admin_port}\"}}");
     let yaml = tollgate_yaml(&dir, &listener_item("proxy", proxy_port), &admin, "{anonymous: bench}", &allow, &extra);
+    let yaml = match siem {
+        Some(sinks) => sinks.configure(&yaml, &dir)?,
+        None => yaml,
+    };
     let forward = Route::plain(loopback(proxy_port), true, harness.origin);
     let mut proxy = start_tollgate(harness, &dir, &yaml, &forward).await?;
     let route = intercepted_route(forward.address, harness.origin, &dir.join("ca.pem"))?;

@@ -7,7 +7,7 @@
 //!
 //! `NAME` is a target (`direct`, `tollgate`, `squid`, `tinyproxy`) or a scenario (`a`, `b`, `c`,
 //! `d`, or `keepalive`, `connect`, `bulk`, `rss`; tollgate only: `tls`, `limits`, `redis`,
-//! `reload`; interception: `intercept`, `sse`). With no target named every target runs; with no
+//! `reload`, `siem`; interception: `intercept`, `sse`). With no target named every target runs; with no
 //! scenario named every scenario runs.
 //! See `docs/BENCHMARKS.md` for the method.
 //!
@@ -15,7 +15,8 @@
 //! in one run, rounds alternating) and print a second table: `tls` the TLS listener against the
 //! plain one and full TLS/mTLS handshakes, `limits` team and org/user limits against none,
 //! `redis` limits in Redis against the embedded backend (needs `redis-server`), `reload` a config
-//! of 10,000 rules reloaded every second under load.
+//! of 10,000 rules reloaded every second under load, `siem` forward and intercepted requests with two SIEM sinks
+//! (in-process Splunk HEC and syslog receivers) against none.
 //!
 //! The interception scenarios (`intercept`, `sse`) send Messages API requests to an in-process stub
 //! (`POST /v1/messages`, JSON or SSE) through tollgate's intercepted tunnels, straight to the stub
@@ -54,6 +55,7 @@ mod rounds;
 mod route;
 mod scenarios;
 mod servers;
+mod siem;
 mod support;
 mod tollgate_only;
 

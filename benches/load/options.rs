@@ -54,11 +54,13 @@ pub enum Scenario {
     Intercept,
     /// Interception: streamed (SSE) responses, time to first event and per-event delay; same comparison.
     Sse,
+    /// tollgate only: forward and intercepted requests with two SIEM sinks (HEC + syslog) against none.
+    Siem,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::KeepAlive,
         Scenario::ConnectGetClose,
         Scenario::Bulk,
@@ -69,6 +71,7 @@ impl Scenario {
         Scenario::Reload,
         Scenario::Intercept,
         Scenario::Sse,
+        Scenario::Siem,
     ];
     /// The scenarios that compare targets (the first table); the others are tollgate's features.
     pub const COMPARING_TARGETS: [Scenario; 4] =
@@ -87,6 +90,7 @@ impl Scenario {
             "reload" => Some(Scenario::Reload),
             "intercept" | "interception" | "mint" | "paced" => Some(Scenario::Intercept),
             "sse" | "stream" | "streaming" => Some(Scenario::Sse),
+            "siem" => Some(Scenario::Siem),
             _ => None,
         }
     }
@@ -154,7 +158,7 @@ pub struct Options {
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--quick] [--only NAME[,NAME...]] [--rounds N] [--tunnels N]
   NAME: direct, tollgate, squid, tinyproxy (targets) or a|keepalive, b|connect, c|bulk, d|rss (scenarios)
-        or tls, limits, redis, reload (tollgate-only scenarios)
+        or tls, limits, redis, reload, siem (tollgate-only scenarios)
         or intercept, sse (interception: tollgate against the Messages API stub direct and mitmproxy)
   env:  TOLLGATE_BIN (default target/release/tollgate), SQUID_BIN, TINYPROXY_BIN,
         MITMDUMP_BIN (default target/mitmproxy-venv/bin/mitmdump, else mitmdump on PATH)";

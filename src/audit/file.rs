@@ -26,6 +26,7 @@ use super::checkpoint;
 use super::queue::{Queue, Taken};
 use super::record::{CheckpointRecord, Entry};
 use super::rotate::{self, Job, Naming};
+use super::siem::Spools;
 use super::verify::{split_hash, GENESIS, KEYED_MARK};
 use crate::config::file::AuditSync;
 
@@ -176,9 +177,9 @@ impl Writer {
 
     /// The writer thread: takes every queued record at once, writes them with one write(2), syncs per
     /// `audit.file.sync`, then tells the waiters. A failed write or sync is retried until it succeeds (the
-    /// records stay counted against the queue meanwhile), or until shutdown gives up. Between batches it rotates
-    /// the file and writes checkpoints when they are due.
-    pub(super) fn run(mut self, queue: &Queue, written: &prometheus::IntCounter) {
+    /// records stay counted against the queue meanwhile), or until shutdown gives up. Each batch is spooled for
+    /// the SIEM sinks after the file write. Between batches it rotates the file and writes checkpoints when due.
+    pub(super) fn run(mut self, queue: &Queue, written: &prometheus::IntCounter, siem: &Spools) {
         let mut batch = VecDeque::new();
         let interval = match self.sync {
             AuditSync::Batch => None,
@@ -196,10 +197,10 @@ impl Writer {
                     self.out.clear();
                     if self.checkpoint_pending() {
                         self.append_checkpoint();
-                        unsynced |= self.write_out(queue);
+                        unsynced |= self.emit(queue, siem);
                     }
                     if unsynced {
-                        self.sync(queue);
+                        self.sync_all(queue, siem);
                     }
                     break;
                 }
@@ -209,11 +210,11 @@ impl Writer {
                 self.out.clear();
                 if self.checkpoint_pending() {
                     self.append_checkpoint();
-                    if !self.write_out(queue) {
+                    if !self.emit(queue, siem) {
                         break;
                     }
                 }
-                if !self.sync(queue) {
+                if !self.sync_all(queue, siem) {
                     break;
                 }
                 (last_sync, unsynced) = (Instant::now(), false);
@@ -231,13 +232,13 @@ impl Writer {
                 self.append_checkpoint();
             }
             if !self.out.is_empty() {
-                if !self.write_out(queue) {
+                if !self.emit(queue, siem) {
                     break;
                 }
                 unsynced = true;
             }
             if unsynced && (full || interval.is_none_or(|interval| last_sync.elapsed() >= interval)) {
-                if !self.sync(queue) {
+                if !self.sync_all(queue, siem) {
                     break;
                 }
                 (last_sync, unsynced) = (Instant::now(), false);
@@ -257,6 +258,17 @@ impl Writer {
             }
         }
         queue.finish();
+    }
+
+    /// Writes the batch to the file, then spools it for each SIEM sink: records count as written only once both
+    /// hold them. False when shutdown gave up on a failing sink.
+    fn emit(&mut self, queue: &Queue, siem: &Spools) -> bool {
+        self.write_out(queue) && siem.append(&self.out, queue)
+    }
+
+    /// Syncs the file, then the SIEM spools; false when shutdown gave up on a failing sink.
+    fn sync_all(&mut self, queue: &Queue, siem: &Spools) -> bool {
+        self.sync(queue) && siem.sync(queue)
     }
 
     /// Serializes one record into the batch, chained to the previous one.
@@ -792,7 +804,7 @@ mod tests {
         let queue = Queue::new(4096, None, false);
         let writer_queue = queue.clone();
         let written = IntCounter::new("written", "written").unwrap();
-        let thread = std::thread::spawn(move || writer.run(&writer_queue, &written));
+        let thread = std::thread::spawn(move || writer.run(&writer_queue, &written, &Spools::default()));
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         for (index, batch) in batches.iter().enumerate() {
             between(index);

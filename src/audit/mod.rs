@@ -13,6 +13,7 @@ pub mod keys;
 mod queue;
 mod record;
 pub mod rotate;
+pub mod siem;
 mod verify;
 
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ struct Sink {
     path: PathBuf,
     /// `tollgate_audit_records_total{sink="file",result="dropped"}`.
     dropped: IntCounter,
+    /// The SIEM sinks' delivery threads (`audit.siem`).
+    deliveries: siem::Deliveries,
 }
 
 /// Whether the caller of `Auditor::record` may wait for its record.
@@ -146,12 +149,15 @@ impl Auditor {
         let defer = gather.is_none() && queue::park_hook_installed();
         let queue = Queue::new(config.queue, gather, defer);
         let written = metrics.audit_counter(FILE_SINK, "ok");
+        let (spools, deliveries) = siem::start(&config.siem, config.pseudonymize.as_ref(), metrics)?;
+        spools.catch_up(&file.path)?;
         let writer_queue = queue.clone();
         std::thread::Builder::new()
             .name("tollgate-audit".to_owned())
-            .spawn(move || writer.run(&writer_queue, &written))?;
+            .spawn(move || writer.run(&writer_queue, &written, &spools))?;
         let dropped = metrics.audit_counter(FILE_SINK, "dropped");
-        Ok(Self { sink: Some(Sink { queue, path: file.path.clone(), dropped }), on_failure: config.on_failure })
+        let sink = Sink { queue, path: file.path.clone(), dropped, deliveries };
+        Ok(Self { sink: Some(sink), on_failure: config.on_failure })
     }
 
     /// Hands one record to the sink. Under `audit.on_failure: block` (and `Wait::UntilWritten`) waits for room in
@@ -236,6 +242,7 @@ impl Auditor {
         let Some(sink) = &self.sink else { return 0 };
         let unwritten = sink.queue.close(deadline).await;
         sink.queue.abandon();
+        sink.deliveries.stop(deadline).await;
         unwritten
     }
 }
@@ -246,6 +253,7 @@ impl Drop for Auditor {
         if let Some(sink) = &self.sink {
             sink.queue.close_now();
             sink.queue.abandon();
+            sink.deliveries.stop_now();
         }
     }
 }

@@ -1105,6 +1105,156 @@ pub struct Audit {
     pub queue: usize,
     /// Signed checkpoints of the chain, written at an interval, at rotation and at shutdown.
     pub checkpoints: Option<AuditCheckpoints>,
+    /// SIEM sinks: each gets every record the file gets, through its own on-disk spool.
+    #[serde(default)]
+    pub siem: Vec<SiemSink>,
+    /// Fields replaced by a keyed hash in the SIEM copies (the file keeps the real values).
+    pub pseudonymize: Option<Pseudonymize>,
+}
+
+/// One SIEM sink: where records are delivered, and the spool they wait in.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiemSink {
+    /// `splunk_hec`, `https` (NDJSON) or `syslog` (RFC 5424).
+    #[serde(rename = "type")]
+    pub kind: SiemKind,
+    /// The sink's name in metrics and logs; its type by default (`-2`, `-3`… when repeated).
+    pub name: Option<String>,
+    /// `https://host:8088` (Splunk HEC), `https://host/path` (NDJSON), `tls://host:6514` or `tcp://host:514`
+    /// (syslog).
+    pub url: String,
+    /// The HEC token (`Authorization: Splunk TOKEN`), or a bearer token for `https`.
+    pub token: Option<String>,
+    /// The Splunk index the events go to; the token's default index when omitted.
+    pub index: Option<String>,
+    /// The on-disk spool records wait in until the SIEM has them.
+    pub spool: SiemSpool,
+    /// How many records one delivery carries at most, and how long a partial batch waits for more.
+    #[serde(default)]
+    pub batch: SiemBatch,
+    /// Compress HTTP bodies (`Content-Encoding: gzip`).
+    #[serde(default = "yes")]
+    pub gzip: bool,
+    /// The longest wait between two delivery attempts (the backoff doubles from 100ms up to it, with jitter).
+    #[serde(default = "thirty_seconds")]
+    pub retry_max: Duration,
+    /// One delivery (connect, send, answer) must finish within this time.
+    #[serde(default = "ten_seconds")]
+    pub timeout: Duration,
+}
+
+/// The kinds of SIEM sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SiemKind {
+    SplunkHec,
+    Https,
+    Syslog,
+}
+
+impl SiemKind {
+    /// The name in config and, by default, in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiemKind::SplunkHec => "splunk_hec",
+            SiemKind::Https => "https",
+            SiemKind::Syslog => "syslog",
+        }
+    }
+}
+
+/// A SIEM sink's spool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiemSpool {
+    /// The sink's own directory (created when missing); two sinks cannot share one.
+    pub dir: String,
+    /// Undelivered bytes the spool holds at most.
+    #[serde(default = "ten_gib")]
+    pub max: ByteSize,
+    /// `block`: the audit writer waits for room (the audit sink is unhealthy meanwhile); `drop_oldest`: the oldest
+    /// undelivered records make room, counted and logged.
+    #[serde(default)]
+    pub on_full: SpoolFull,
+}
+
+/// What a full spool does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolFull {
+    #[default]
+    Block,
+    DropOldest,
+}
+
+/// A SIEM delivery's batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiemBatch {
+    /// Records per delivery at most.
+    #[serde(default = "five_hundred")]
+    pub records: usize,
+    /// Bytes of records per delivery at most (before compression; one longer record goes alone).
+    #[serde(default = "one_mib")]
+    pub bytes: ByteSize,
+    /// How long a partial batch waits for more records.
+    #[serde(default = "one_second")]
+    pub wait: Duration,
+}
+
+impl Default for SiemBatch {
+    fn default() -> Self {
+        Self { records: five_hundred(), bytes: one_mib(), wait: one_second() }
+    }
+}
+
+/// Pseudonymised fields of the SIEM copies.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pseudonymize {
+    /// Which fields: `user`, `client`, `team`, `session`.
+    pub fields: Vec<PseudonymField>,
+    /// A file holding the HMAC key (at least 16 bytes; the same key gives the same pseudonyms everywhere).
+    pub key: String,
+}
+
+/// A record field that can be pseudonymised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PseudonymField {
+    User,
+    Client,
+    Team,
+    Session,
+}
+
+impl PseudonymField {
+    /// The record field's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PseudonymField::User => "user",
+            PseudonymField::Client => "client",
+            PseudonymField::Team => "team",
+            PseudonymField::Session => "session",
+        }
+    }
+}
+
+fn ten_gib() -> ByteSize {
+    ByteSize(10 << 30)
+}
+
+fn one_mib() -> ByteSize {
+    ByteSize(1 << 20)
+}
+
+fn five_hundred() -> usize {
+    500
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// The JSON-lines audit file.
@@ -1189,7 +1339,14 @@ fn audit_queue() -> usize {
 
 impl Default for Audit {
     fn default() -> Self {
-        Self { file: None, on_failure: AuditFailure::default(), queue: audit_queue(), checkpoints: None }
+        Self {
+            file: None,
+            on_failure: AuditFailure::default(),
+            queue: audit_queue(),
+            siem: Vec::new(),
+            pseudonymize: None,
+            checkpoints: None,
+        }
     }
 }
 

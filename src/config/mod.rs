@@ -9,6 +9,7 @@ mod budgets;
 pub mod file;
 pub mod llm;
 pub mod settings;
+pub mod siem;
 pub mod teams;
 mod units;
 pub mod yaml;
@@ -131,6 +132,10 @@ pub struct Audit {
     pub on_failure: file::AuditFailure,
     /// Records that may wait to be written at most.
     pub queue: usize,
+    /// SIEM sinks, each with its spool.
+    pub siem: Vec<siem::SiemSink>,
+    /// Fields pseudonymised in the SIEM copies.
+    pub pseudonymize: Option<siem::Pseudonymize>,
     pub checkpoints: Option<AuditCheckpoints>,
 }
 
@@ -503,6 +508,8 @@ fn compile(
                 return Err(invalid("audit.queue", message));
             }
         },
+        siem: siem::compile_sinks(&parsed.audit, &upstream.tls).map_err(|(key, m)| invalid(key, m))?,
+        pseudonymize: siem::compile_pseudonymize(&parsed.audit).map_err(|(key, m)| invalid(key, m))?,
     };
     if audit.file.as_ref().is_some_and(|f| f.path.as_os_str().is_empty()) {
         return Err(invalid("audit.file.path", "must not be empty"));
@@ -567,6 +574,7 @@ fn referenced_files(path: &Path, parsed: &file::File) -> Vec<PathBuf> {
         files.extend([&tls.cert, &tls.key].into_iter().chain(&tls.client_ca).chain(&tls.crl).map(PathBuf::from));
     }
     files.extend(parsed.upstream.trust.extra_ca.iter().map(PathBuf::from));
+    files.extend(parsed.audit.pseudonymize.iter().map(|pseudonymize| PathBuf::from(&pseudonymize.key)));
     if let Some(pair) = &parsed.upstream.client_cert {
         files.extend([PathBuf::from(&pair.cert), PathBuf::from(&pair.key)]);
     }

@@ -38,6 +38,7 @@ mod redis_limits;
 mod reload;
 mod replicas;
 mod sessions;
+mod siem;
 mod sni;
 mod spend;
 mod teams;

@@ -111,6 +111,11 @@ impl Tollgate {
         metric_value(&self.metrics().await, sample)
     }
 
+    /// Kills the process with SIGKILL (`kill -9`: no shutdown at all) and waits until it is gone.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill -9 tollgate");
+    }
+
     /// Stops the process with SIGTERM, waits for it to exit (bounded: 30 s) and returns its whole stderr.
     pub async fn stop(mut self) -> String {
         let pid = self.child.id().expect("tollgate is running").to_string();

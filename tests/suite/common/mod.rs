@@ -12,6 +12,8 @@ pub mod ledger;
 pub mod messages;
 pub mod pki;
 pub mod redis;
+#[path = "../../support/siem.rs"]
+pub mod siem;
 pub mod tls;
 
 /// In-test servers that receive alerts: a webhook receiver and an SMTP server with STARTTLS.

@@ -1,0 +1,320 @@
+//! Spooled lines as the SIEM gets them: each record's `id`, `kind` and time read back, the chosen fields replaced by
+//! a keyed hash (`audit.pseudonymize`), and the three wire shapes: Splunk HEC events, NDJSON lines and RFC 5424
+//! syslog messages with octet-counting framing (RFC 5425, RFC 6587).
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::siem::Pseudonymize;
+
+/// One record of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event<'a> {
+    pub id: String,
+    pub kind: String,
+    /// `ts` as written (RFC 3339, UTC, milliseconds).
+    pub ts: Option<String>,
+    /// The record's JSON: the spooled line, or its pseudonymised copy.
+    pub json: Cow<'a, [u8]>,
+    /// The spooled line's length with its newline: how far the spool moves once the event is accepted.
+    pub length: usize,
+}
+
+/// The fields read from every record.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    ts: Option<Cow<'a, str>>,
+}
+
+/// The head of a record as tollgate writes every kind: `{"ts":"…","id":"…","kind":"…",`, read without a JSON
+/// parser; `None` for anything else (or an escape in a value), which the parser then reads.
+fn fast_head(json: &[u8]) -> Option<Head<'_>> {
+    let rest = json.strip_prefix(b"{\"ts\":\"")?;
+    let (ts, rest) = until_quote(rest)?;
+    let rest = rest.strip_prefix(b",\"id\":\"")?;
+    let (id, rest) = until_quote(rest)?;
+    let rest = rest.strip_prefix(b",\"kind\":\"")?;
+    let (kind, rest) = until_quote(rest)?;
+    if !matches!(rest.first(), Some(b',' | b'}')) {
+        return None;
+    }
+    Some(Head { id: Some(Cow::Borrowed(id)), kind: Some(Cow::Borrowed(kind)), ts: Some(Cow::Borrowed(ts)) })
+}
+
+/// The string before the next `"` and what follows the quote; `None` when it holds a backslash or is not UTF-8.
+fn until_quote(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let end = memchr::memchr2(b'"', b'\\', bytes)?;
+    if bytes[end] != b'"' {
+        return None;
+    }
+    Some((std::str::from_utf8(&bytes[..end]).ok()?, &bytes[end + 1..]))
+}
+
+/// Splits `lines` (whole, newline-terminated) into events, pseudonymising as configured.
+pub fn parse<'a>(lines: &'a [u8], pseudonymize: Option<&Pseudonymize>) -> Vec<Event<'a>> {
+    let mut events = Vec::new();
+    let mut rest = lines;
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |at| at + 1);
+        let (line, after) = rest.split_at(end);
+        rest = after;
+        let json = line.trim_ascii_end();
+        let head = fast_head(json).or_else(|| serde_json::from_slice::<Head>(json).ok());
+        let text = |field: Option<&Cow<str>>| field.map(|value| value.to_string());
+        let mut event = Event {
+            id: head.as_ref().and_then(|h| text(h.id.as_ref())).unwrap_or_default(),
+            kind: head.as_ref().and_then(|h| text(h.kind.as_ref())).unwrap_or_default(),
+            ts: head.as_ref().and_then(|h| text(h.ts.as_ref())),
+            json: Cow::Borrowed(json),
+            length: line.len(),
+        };
+        if head.is_none() {
+            // Not a record (the writer only spools records): sent as a JSON string rather than lost.
+            let quoted = serde_json::to_vec(&String::from_utf8_lossy(json)).unwrap_or_default();
+            event.json = Cow::Owned(quoted);
+        } else if let Some(pseudonymize) = pseudonymize {
+            if let Some(rewritten) = pseudonymized(json, pseudonymize) {
+                event.json = Cow::Owned(rewritten);
+            }
+        }
+        events.push(event);
+    }
+    events
+}
+
+/// The pseudonym of `value`: HMAC-SHA256 under the key, the first 16 bytes in hex.
+pub fn pseudonym(key: &ring::hmac::Key, value: &str) -> String {
+    let tag = ring::hmac::sign(key, value.as_bytes());
+    hex::encode(&tag.as_ref()[..16])
+}
+
+/// `json` with the configured string fields replaced by their pseudonyms, the order of the fields kept; `None`
+/// when nothing changed.
+fn pseudonymized(json: &[u8], pseudonymize: &Pseudonymize) -> Option<Vec<u8>> {
+    let Fields(mut fields) = serde_json::from_slice(json).ok()?;
+    let mut changed = false;
+    for (name, value) in &mut fields {
+        if !pseudonymize.fields.iter().any(|field| field.as_str() == name) {
+            continue;
+        }
+        let Ok(text) = serde_json::from_str::<String>(value.get()) else { continue };
+        if let Ok(replaced) = serde_json::value::to_raw_value(&pseudonym(&pseudonymize.key, &text)) {
+            *value = replaced;
+            changed = true;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    let mut out = Vec::with_capacity(json.len());
+    out.push(b'{');
+    for (index, (name, value)) in fields.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, name).ok()?;
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
+    }
+    out.push(b'}');
+    Some(out)
+}
+
+/// A JSON object's fields in their order, values untouched.
+struct Fields(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for Fields {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    fields.push(entry);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+/// Seconds since the epoch with milliseconds, from `ts` (now when it cannot be read).
+fn epoch_seconds(ts: Option<&str>) -> String {
+    let at = ts.and_then(|ts| humantime::parse_rfc3339(ts).ok()).unwrap_or_else(SystemTime::now);
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:03}", since.as_secs(), since.subsec_millis())
+}
+
+/// Appends Splunk HEC events, one per line: `{"time":…,"sourcetype":"tollgate:audit",…,"event":RECORD}`.
+pub fn hec(events: &[Event], index: Option<&str>, host: &str, out: &mut Vec<u8>) {
+    let mut fixed = String::from(",\"sourcetype\":\"tollgate:audit\",\"source\":\"tollgate\",\"host\":");
+    fixed.push_str(&serde_json::to_string(host).unwrap_or_else(|_| "\"-\"".into()));
+    if let Some(index) = index {
+        fixed.push_str(",\"index\":");
+        fixed.push_str(&serde_json::to_string(index).unwrap_or_default());
+    }
+    for event in events {
+        out.extend_from_slice(b"{\"time\":");
+        out.extend_from_slice(epoch_seconds(event.ts.as_deref()).as_bytes());
+        out.extend_from_slice(fixed.as_bytes());
+        out.extend_from_slice(b",\"event\":");
+        out.extend_from_slice(&event.json);
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// Appends NDJSON: one record per line.
+pub fn ndjson(events: &[Event], out: &mut Vec<u8>) {
+    for event in events {
+        out.extend_from_slice(&event.json);
+        out.push(b'\n');
+    }
+}
+
+/// Syslog facility 13 (log audit), severity 6 (informational).
+const PRIORITY: u8 = 13 * 8 + 6;
+/// The structured data element carrying the record id; 32473 is the enterprise number RFC 5612 reserves for
+/// documentation and examples.
+pub const SD_ID: &str = "tollgate@32473";
+
+/// Appends one RFC 5424 message per event, each framed by octet counting (`LENGTH SP MESSAGE`, RFC 5425 / 6587):
+/// `<110>1 TS HOST tollgate PID KIND [tollgate@32473 id="ID"] RECORD`.
+pub fn syslog(events: &[Event], host: &str, process: u32, out: &mut Vec<u8>) {
+    let mut message = Vec::new();
+    for event in events {
+        message.clear();
+        let mut head = String::with_capacity(128);
+        let ts = event.ts.as_deref().filter(|ts| is_header_token(ts)).unwrap_or("-");
+        let kind = Some(event.kind.as_str()).filter(|kind| is_header_token(kind) && kind.len() <= 32).unwrap_or("-");
+        let _ = write!(head, "<{PRIORITY}>1 {ts} {host} tollgate {process} {kind} [{SD_ID} id=\"");
+        escape_param(&event.id, &mut head);
+        head.push_str("\"] ");
+        message.extend_from_slice(head.as_bytes());
+        message.extend_from_slice(&event.json);
+        let _ = write!(WriteBytes(out), "{} ", message.len());
+        out.extend_from_slice(&message);
+    }
+}
+
+/// A header field: printable US-ASCII without spaces (RFC 5424 PRINTUSASCII).
+fn is_header_token(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|byte| (33..=126).contains(&byte))
+}
+
+/// An SD-PARAM value with `"`, `\` and `]` escaped.
+fn escape_param(value: &str, out: &mut String) {
+    for character in value.chars() {
+        if matches!(character, '"' | '\\' | ']') {
+            out.push('\\');
+        }
+        out.push(character);
+    }
+}
+
+/// The host name for the syslog header and the HEC `host` field: the kernel's, cut to 255 printable characters.
+pub fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String = name.trim().chars().filter(|c| c.is_ascii_graphic()).take(255).collect();
+    if name.is_empty() {
+        "-".to_owned()
+    } else {
+        name
+    }
+}
+
+struct WriteBytes<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for WriteBytes<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(text.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::file::PseudonymField;
+
+    const LINES: &[u8] = b"{\"ts\":\"2026-12-05T10:00:00.250Z\",\"id\":\"r1\",\"kind\":\"request\",\"client\":\"10.0.0.7\",\"user\":\"alice\",\"hash\":\"ab\"}\n{\"ts\":\"2026-12-05T10:00:01.000Z\",\"id\":\"r\\\"2]\",\"kind\":\"connect\",\"client\":\"10.0.0.8\",\"user\":null}\n";
+
+    fn key() -> Pseudonymize {
+        Pseudonymize {
+            fields: vec![PseudonymField::User, PseudonymField::Client],
+            key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"0123456789abcdef"),
+            key_fingerprint: [0; 32],
+        }
+    }
+
+    #[test]
+    fn records_are_read_back_and_pseudonymised_in_place() {
+        let events = parse(LINES, None);
+        assert_eq!(events.len(), 2);
+        assert_eq!((events[0].id.as_str(), events[0].kind.as_str()), ("r1", "request"));
+        assert_eq!(events.iter().map(|e| e.length).sum::<usize>(), LINES.len());
+
+        let events = parse(LINES, Some(&key()));
+        let first = std::str::from_utf8(&events[0].json).unwrap();
+        let alice = pseudonym(&key().key, "alice");
+        assert_eq!(alice.len(), 32);
+        let expected = format!(
+            "{{\"ts\":\"2026-12-05T10:00:00.250Z\",\"id\":\"r1\",\"kind\":\"request\",\"client\":\"{}\",\"user\":\"{alice}\",\"hash\":\"ab\"}}",
+            pseudonym(&key().key, "10.0.0.7")
+        );
+        assert_eq!(first, expected, "the fields replaced, their order and the rest kept");
+        let second: serde_json::Value = serde_json::from_slice(&events[1].json).unwrap();
+        assert_eq!(second["user"], serde_json::Value::Null, "null stays null");
+        assert_ne!(pseudonym(&key().key, "alice"), pseudonym(&key().key, "bob"));
+    }
+
+    #[test]
+    fn the_fast_head_reads_what_the_parser_reads() {
+        for line in LINES.split(|byte| *byte == b'\n').filter(|line| !line.is_empty()) {
+            let parsed = serde_json::from_slice::<Head>(line).unwrap();
+            match fast_head(line) {
+                Some(fast) => assert_eq!((fast.id, fast.kind, fast.ts), (parsed.id, parsed.kind, parsed.ts)),
+                None => assert!(line.contains(&b'\\'), "only a line with an escape is left to the parser"),
+            }
+        }
+        assert!(fast_head(br#"{"ts":"t","id":"a","kind":"k"}"#).is_some());
+        assert!(fast_head(br#"{"id":"a","ts":"t","kind":"k"}"#).is_none());
+    }
+
+    #[test]
+    fn wire_shapes() {
+        let events = parse(LINES, None);
+        let mut out = Vec::new();
+        hec(&events[..1], Some("audit"), "gw1", &mut out);
+        let event: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(event["time"].as_f64(), Some(1_796_464_800.25));
+        assert_eq!(event["sourcetype"], "tollgate:audit");
+        assert_eq!(event["index"], "audit");
+        assert_eq!(event["event"]["id"], "r1");
+
+        out.clear();
+        syslog(&events, "gw1", 42, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let (length, rest) = text.split_once(' ').unwrap();
+        let first = &rest[..length.parse::<usize>().unwrap()];
+        assert!(
+            first.starts_with("<110>1 2026-12-05T10:00:00.250Z gw1 tollgate 42 request [tollgate@32473 id=\"r1\"] {")
+        );
+        let second = &rest[first.len()..];
+        assert!(second.contains("[tollgate@32473 id=\"r\\\"2\\]\"]"), "{second}");
+    }
+}

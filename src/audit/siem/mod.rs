@@ -1,0 +1,213 @@
+//! SIEM delivery (`audit.siem`): every batch the audit writer writes to the file is appended to each sink's spool
+//! (`spool.rs`) before its records count as written; one thread per sink reads its spool and delivers in order, at
+//! least once, retrying with backoff (`deliver.rs`), in the sink's wire shape (`event.rs`).
+//!
+//! The request path never waits for a SIEM: only for the local spool append, and that only while a spool with
+//! `on_full: block` is full (the audit sink is unhealthy meanwhile, which `/readyz` and admission see).
+
+mod deliver;
+pub mod event;
+pub mod spool;
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::queue::Queue;
+use crate::config::siem::{Pseudonymize, SiemSink};
+use crate::metrics::Metrics;
+use spool::{Appended, Spool};
+
+/// The writer's side: every sink's spool.
+#[derive(Default)]
+pub(super) struct Spools(Vec<Arc<Spool>>);
+
+/// The delivery side: one thread per sink.
+pub(super) struct Deliveries {
+    stop: CancellationToken,
+    finished: Vec<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// Opens every sink's spool and starts its delivery thread.
+pub(super) fn start(
+    sinks: &[SiemSink],
+    pseudonymize: Option<&Pseudonymize>,
+    metrics: &Metrics,
+) -> std::io::Result<(Spools, Deliveries)> {
+    let stop = CancellationToken::new();
+    let mut spools = Vec::with_capacity(sinks.len());
+    let mut finished = Vec::with_capacity(sinks.len());
+    for sink in sinks {
+        let sink_metrics = metrics.siem(&sink.name);
+        let spool = Spool::open(sink.name.clone(), &sink.spool, sink_metrics.clone()).map_err(|error| {
+            std::io::Error::new(error.kind(), format!("SIEM spool {}: {error}", sink.spool.dir.display()))
+        })?;
+        let undelivered = spool.undelivered();
+        if undelivered > 0 {
+            tracing::info!(sink = %sink.name, bytes = undelivered, "SIEM spool holds undelivered records: resuming");
+        }
+        finished.push(deliver::spawn(sink.clone(), spool.clone(), pseudonymize.cloned(), sink_metrics, stop.clone())?);
+        spools.push(spool);
+    }
+    Ok((Spools(spools), Deliveries { stop, finished }))
+}
+
+/// How much of the audit file's end `catch_up` reads at most, looking for a spool's last record.
+const CATCH_UP_WINDOW: u64 = 64 << 20;
+
+impl Spools {
+    /// Appends to each spool the records of the audit file after the spool's last one: those a crash left in
+    /// the file between its write and the spool's. A spool that is empty (a new sink) starts with the next record.
+    pub(super) fn catch_up(&self, file: &Path) -> std::io::Result<()> {
+        for spool in &self.0 {
+            let Some(last) = spool.last_line()? else { continue };
+            match records_after(file, &last)? {
+                Some(missing) if missing.is_empty() => {}
+                Some(missing) => {
+                    let records = memchr::memchr_iter(b'\n', &missing).count();
+                    if spool.append(&missing)? == Appended::Full {
+                        tracing::error!(sink = %spool.name(), records,
+                            "the SIEM spool is full: records the file got before a crash are not spooled");
+                    } else {
+                        tracing::warn!(sink = %spool.name(), records,
+                            "records written to the audit file before a crash were missing from the SIEM spool: spooled");
+                    }
+                }
+                None => tracing::warn!(sink = %spool.name(), file = %file.display(),
+                    "the SIEM spool's last record is not near the end of the audit file: nothing to catch up from"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the batch's lines to every spool, retrying a failing or waiting for a full one (the sink is marked
+    /// failing meanwhile, which `/readyz` tells); false when shutdown gave up.
+    pub(super) fn append(&self, lines: &[u8], queue: &Queue) -> bool {
+        for spool in &self.0 {
+            let mut failures = 0;
+            loop {
+                match spool.append(lines) {
+                    Ok(Appended::Written) => break,
+                    Ok(Appended::Full) => {
+                        let message = format!(
+                            "SIEM spool {} ({}) is full ({} bytes, on_full: block): waiting for the SIEM to take records",
+                            spool.name(),
+                            spool.dir().display(),
+                            spool.max()
+                        );
+                        if queue.fail(&std::io::Error::other(message)) {
+                            tracing::error!(sink = %spool.name(), "SIEM spool full: audit records wait for delivery");
+                        }
+                        if queue.abandoned() {
+                            return false;
+                        }
+                        spool.wait_for_room(Duration::from_millis(100));
+                    }
+                    Err(error) => {
+                        if !retry(queue, spool, &error, &mut failures) {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Syncs every spool; false when shutdown gave up on a failing one.
+    pub(super) fn sync(&self, queue: &Queue) -> bool {
+        for spool in &self.0 {
+            let mut failures = 0;
+            while let Err(error) = spool.sync() {
+                if !retry(queue, spool, &error, &mut failures) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// The bytes of `file` after the line `last` (with its newline), searched for in its last `CATCH_UP_WINDOW`
+/// bytes; `None` when it is not there.
+fn records_after(file: &Path, last: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+    let mut file = match File::open(file) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let length = file.metadata()?.len();
+    let start = length.saturating_sub(CATCH_UP_WINDOW);
+    let mut tail = Vec::with_capacity((length - start) as usize);
+    file.seek(SeekFrom::Start(start))?;
+    file.take(length - start).read_to_end(&mut tail)?;
+    let mut end = tail.len();
+    while let Some(at) = memchr::memmem::rfind(&tail[..end], last) {
+        // A whole line: at the start of the file or after a newline.
+        if (at == 0 && start == 0) || (at > 0 && tail[at - 1] == b'\n') {
+            return Ok(Some(tail[at + last.len()..].to_vec()));
+        }
+        end = at + last.len() - 1;
+    }
+    Ok(None)
+}
+
+/// Marks the audit sink failing (logged once), then waits before the next attempt; false once shutdown gave up.
+fn retry(queue: &Queue, spool: &Spool, error: &std::io::Error, failures: &mut u32) -> bool {
+    let error = std::io::Error::new(error.kind(), format!("SIEM spool {}: {error}", spool.dir().display()));
+    if queue.fail(&error) {
+        tracing::error!(sink = %spool.name(), %error, "audit records cannot be spooled; retrying until they can");
+    }
+    if queue.abandoned() {
+        return false;
+    }
+    *failures += 1;
+    std::thread::sleep(Duration::from_millis(50 << (*failures).min(4)));
+    true
+}
+
+impl Deliveries {
+    /// Stops every delivery after the batch in flight (its answer is awaited, for `STOP_GRACE` at most, so that a
+    /// clean restart sends nothing twice), waiting until `deadline` at most.
+    pub(super) async fn stop(&self, deadline: tokio::time::Instant) {
+        self.stop.cancel();
+        let deadline = deadline.min(tokio::time::Instant::now() + deliver::STOP_GRACE + Duration::from_secs(1));
+        for finished in &self.finished {
+            let mut finished = finished.clone();
+            let _ = tokio::time::timeout_at(deadline, finished.wait_for(|done| *done)).await;
+        }
+    }
+
+    /// Stops every delivery without waiting.
+    pub(super) fn stop_now(&self) {
+        self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_after_finds_the_spools_last_line_as_a_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("audit.jsonl");
+        std::fs::write(&file, "{\"id\":\"a\"}\n{\"id\":\"xa\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n").unwrap();
+        let after =
+            |last: &str| records_after(&file, last.as_bytes()).unwrap().map(|bytes| String::from_utf8(bytes).unwrap());
+        assert_eq!(after("{\"id\":\"b\"}\n").as_deref(), Some("{\"id\":\"c\"}\n"));
+        assert_eq!(after("{\"id\":\"c\"}\n").as_deref(), Some(""), "nothing missing");
+        assert_eq!(
+            after("{\"id\":\"a\"}\n").as_deref(),
+            Some("{\"id\":\"xa\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n"),
+            "the first line"
+        );
+        assert_eq!(after("\"a\"}\n"), None, "only whole lines match");
+        assert_eq!(after("{\"id\":\"z\"}\n"), None);
+        assert_eq!(records_after(&dir.path().join("missing"), b"x\n").unwrap(), None);
+    }
+}

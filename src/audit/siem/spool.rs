@@ -1,0 +1,565 @@
+//! A SIEM sink's durable spool: the audit writer appends each batch's lines (the bytes the file got), the sink's
+//! delivery reads them back in order and acknowledges what the SIEM accepted.
+//!
+//! On disk, a directory of segment files named by the position of their first byte in the sink's stream of
+//! records (`00000000000000001234.spool`), and `delivered`, the position up to which the SIEM has acknowledged.
+//! A segment holds whole lines (it is rolled between batches); segments wholly delivered are deleted. After a
+//! restart, delivery resumes at `delivered`: a record acknowledged but not yet recorded there is sent again (at
+//! least once), never one skipped. At most `max` bytes wait: then the writer waits (`on_full: block`) or the oldest
+//! segment is dropped (`on_full: drop_oldest`), its undelivered records counted and logged.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::config::file::SpoolFull;
+use crate::config::siem::{Batch, Spool as SpoolConfig};
+use crate::metrics::SiemMetrics;
+
+/// The file holding the delivered position.
+const DELIVERED: &str = "delivered";
+const SEGMENT_SUFFIX: &str = ".spool";
+
+/// One sink's spool, shared by the audit writer thread and the sink's delivery.
+pub struct Spool {
+    name: Arc<str>,
+    dir: PathBuf,
+    max: u64,
+    on_full: SpoolFull,
+    /// A segment this long is closed before the next batch.
+    segment_bytes: u64,
+    state: Mutex<State>,
+    /// Wakes a writer waiting for room.
+    room: Condvar,
+    /// Wakes the delivery when records arrive.
+    arrived: Notify,
+    /// Lines appended since the spool was opened.
+    lines: AtomicU64,
+    /// An append wakes the delivery only once `lines` reaches `wake_lines` or the undelivered bytes `wake_bytes`
+    /// (0, 0: any append), so that a delivery gathering a batch is not woken for each of the writer's batches.
+    wake_lines: AtomicU64,
+    wake_bytes: AtomicU64,
+    metrics: SiemMetrics,
+}
+
+struct State {
+    /// Oldest first; never empty: the last is the one appended to.
+    segments: VecDeque<Segment>,
+    active: File,
+    /// Every byte before it was accepted by the SIEM (or dropped).
+    delivered: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    start: u64,
+    length: u64,
+}
+
+impl Segment {
+    fn end(&self) -> u64 {
+        self.start + self.length
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    Written,
+    /// The spool is full (`on_full: block`): nothing was written; wait for room and try again.
+    Full,
+}
+
+/// Records read for one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunk {
+    /// Their place in the sink's stream: acknowledge `end` once the SIEM has them.
+    pub start: u64,
+    pub end: u64,
+    pub records: usize,
+    /// More records wait after them (the batch is full).
+    pub more: bool,
+}
+
+impl Spool {
+    /// Opens the spool in `config.dir` (created when missing): finds its segments, cuts a torn end from the last,
+    /// and reads the delivered position.
+    pub fn open(name: Arc<str>, config: &SpoolConfig, metrics: SiemMetrics) -> std::io::Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.dir)?;
+        let mut starts: Vec<u64> = Vec::new();
+        for entry in std::fs::read_dir(&config.dir)? {
+            let entry = entry?;
+            let file_name = entry.file_name();
+            let Some(start) = file_name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)) else { continue };
+            if let Ok(start) = start.parse() {
+                starts.push(start);
+            }
+        }
+        starts.sort_unstable();
+        let delivered = read_delivered(&config.dir)?;
+        let mut segments = VecDeque::with_capacity(starts.len().max(1));
+        for (index, start) in starts.iter().enumerate() {
+            let path = segment_path(&config.dir, *start);
+            let length =
+                if index + 1 == starts.len() { cut_torn_end(&path, &name)? } else { std::fs::metadata(&path)?.len() };
+            segments.push_back(Segment { start: *start, length });
+        }
+        if segments.is_empty() {
+            segments.push_back(Segment { start: delivered, length: 0 });
+        }
+        let last = *segments.back().expect("never empty");
+        let active = OpenOptions::new().create(true).append(true).open(segment_path(&config.dir, last.start))?;
+        let delivered = delivered.clamp(segments[0].start, last.end());
+        let spool = Arc::new(Self {
+            name,
+            dir: config.dir.clone(),
+            max: config.max,
+            on_full: config.on_full,
+            segment_bytes: (config.max / 16).clamp(4096, 64 << 20),
+            state: Mutex::new(State { segments, active, delivered }),
+            room: Condvar::new(),
+            arrived: Notify::new(),
+            lines: AtomicU64::new(0),
+            wake_lines: AtomicU64::new(0),
+            wake_bytes: AtomicU64::new(0),
+            metrics,
+        });
+        let state = spool.lock();
+        spool.update_gauge(&state);
+        drop(state);
+        Ok(spool)
+    }
+
+    /// The sink's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The spool's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its bound in bytes.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Lines appended since the spool was opened (a cheap count for the delivery's batching).
+    pub fn lines(&self) -> u64 {
+        self.lines.load(Ordering::Acquire)
+    }
+
+    /// Appends notify `arrived` only once `lines()` reaches `lines` or `bytes` wait undelivered; `(0, 0)` for
+    /// every append. Set before registering for `arrived`, then check the condition, so that no wake-up is missed.
+    pub fn wake_at(&self, lines: u64, bytes: u64) {
+        self.wake_lines.store(lines, Ordering::Release);
+        self.wake_bytes.store(bytes, Ordering::Release);
+    }
+
+    /// Notified on appends, as `wake_at` says.
+    pub fn arrived(&self) -> &Notify {
+        &self.arrived
+    }
+
+    /// Appends whole lines (the audit writer). A full spool drops its oldest segments (`drop_oldest`) or answers
+    /// `Full` (`block`); a batch longer than `max` is written into an empty spool all the same.
+    pub fn append(&self, bytes: &[u8]) -> std::io::Result<Appended> {
+        if bytes.is_empty() {
+            return Ok(Appended::Written);
+        }
+        let mut state = self.lock();
+        loop {
+            let used = state.end() - state.segments[0].start;
+            if used == 0 || used + bytes.len() as u64 <= self.max {
+                break;
+            }
+            match self.on_full {
+                SpoolFull::Block => return Ok(Appended::Full),
+                SpoolFull::DropOldest => self.drop_oldest(&mut state)?,
+            }
+        }
+        let active = *state.segments.back().expect("never empty");
+        if active.length >= self.segment_bytes {
+            self.roll(&mut state)?;
+        }
+        if let Err(error) = state.active.write_all(bytes) {
+            // Whole lines only: cut what part of the batch was written.
+            let length = state.segments.back().expect("never empty").length;
+            let _ = state.active.set_len(length);
+            return Err(error);
+        }
+        state.segments.back_mut().expect("never empty").length += bytes.len() as u64;
+        let undelivered = self.update_gauge(&state);
+        drop(state);
+        let added = memchr::memchr_iter(b'\n', bytes).count() as u64;
+        let lines = self.lines.fetch_add(added, Ordering::AcqRel) + added;
+        if lines >= self.wake_lines.load(Ordering::Acquire) || undelivered >= self.wake_bytes.load(Ordering::Acquire) {
+            self.arrived.notify_one();
+        }
+        Ok(Appended::Written)
+    }
+
+    /// Syncs the segment being appended to (with the audit file's sync).
+    pub fn sync(&self) -> std::io::Result<()> {
+        let file = self.lock().active.try_clone()?;
+        file.sync_data()
+    }
+
+    /// Waits (the audit writer) until delivery makes room, or `timeout`.
+    pub fn wait_for_room(&self, timeout: Duration) {
+        let state = self.lock();
+        let _ = self.room.wait_timeout(state, timeout);
+    }
+
+    /// Reads the oldest undelivered records (whole lines, at most `batch.records` and about `batch.bytes`; one
+    /// longer record alone) into `out`; `None` when every record is delivered.
+    pub fn read(&self, batch: &Batch, out: &mut Vec<u8>) -> std::io::Result<Option<Chunk>> {
+        // A segment dropped (drop_oldest) while it is read is read again from the new oldest.
+        for _ in 0..8 {
+            let (from, end, segments) = {
+                let state = self.lock();
+                (state.delivered.max(state.segments[0].start), state.end(), state.segments.clone())
+            };
+            if from >= end {
+                return Ok(None);
+            }
+            match read_range(&self.dir, &segments, from, end, batch, out) {
+                Ok(chunk) => return Ok((chunk.records > 0).then_some(chunk)),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(std::io::Error::other("the spool's segments changed under every read"))
+    }
+
+    /// Records up to `position` are delivered: deletes the segments wholly before it and records the position.
+    pub fn acknowledge(&self, position: u64) -> std::io::Result<()> {
+        let mut removed = Vec::new();
+        let delivered = {
+            let mut state = self.lock();
+            state.delivered = state.delivered.max(position).min(state.end());
+            while state.segments.len() > 1 && state.segments[0].end() <= state.delivered {
+                removed.push(state.segments.pop_front().expect("checked").start);
+            }
+            self.update_gauge(&state);
+            state.delivered
+        };
+        self.room.notify_all();
+        for start in removed {
+            remove_if_present(&segment_path(&self.dir, start))?;
+        }
+        write_delivered(&self.dir, delivered)
+    }
+
+    /// The last line appended (with its newline), when the spool holds one.
+    pub fn last_line(&self) -> std::io::Result<Option<Vec<u8>>> {
+        let segments = self.lock().segments.clone();
+        let Some(segment) = segments.iter().rev().find(|segment| segment.length > 0) else { return Ok(None) };
+        let mut file = File::open(segment_path(&self.dir, segment.start))?;
+        let mut window = 64 * 1024u64;
+        loop {
+            let start = segment.length.saturating_sub(window);
+            let mut bytes = Vec::with_capacity((segment.length - start) as usize);
+            file.seek(SeekFrom::Start(start))?;
+            Read::by_ref(&mut file).take(segment.length - start).read_to_end(&mut bytes)?;
+            // Segments end with a newline: the line is what follows the one before it.
+            let body = &bytes[..bytes.len().saturating_sub(1)];
+            match memchr::memrchr(b'\n', body) {
+                Some(at) => return Ok(Some(bytes[at + 1..].to_vec())),
+                None if start == 0 => return Ok(Some(bytes)),
+                None => window *= 4,
+            }
+        }
+    }
+
+    /// Undelivered bytes.
+    pub fn undelivered(&self) -> u64 {
+        let state = self.lock();
+        state.end() - state.delivered.max(state.segments[0].start)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every change to the state is complete before anything that can panic.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets the spool-bytes gauge; returns the undelivered bytes.
+    fn update_gauge(&self, state: &State) -> u64 {
+        let undelivered = state.end() - state.delivered.max(state.segments[0].start);
+        self.metrics.spool_bytes.set(i64::try_from(undelivered).unwrap_or(i64::MAX));
+        undelivered
+    }
+
+    /// Closes the segment appended to and starts the next.
+    fn roll(&self, state: &mut State) -> std::io::Result<()> {
+        let end = state.end();
+        let next = OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, end))?;
+        state.active.sync_data()?;
+        state.active = next;
+        state.segments.push_back(Segment { start: end, length: 0 });
+        Ok(())
+    }
+
+    /// Drops the oldest segment (rolling first when it is the only one), counting its undelivered records.
+    fn drop_oldest(&self, state: &mut State) -> std::io::Result<()> {
+        if state.segments.len() == 1 {
+            self.roll(state)?;
+        }
+        let oldest = state.segments.pop_front().expect("two segments at least");
+        let path = segment_path(&self.dir, oldest.start);
+        let from = state.delivered.max(oldest.start);
+        let records = if from < oldest.end() { count_lines(&path, from - oldest.start)? } else { 0 };
+        remove_if_present(&path)?;
+        state.delivered = state.delivered.max(state.segments[0].start);
+        if records > 0 {
+            self.metrics.dropped.inc_by(records);
+            tracing::warn!(
+                sink = %self.name,
+                spool = %self.dir.display(),
+                records,
+                bytes = oldest.end() - from,
+                "SIEM spool full (on_full: drop_oldest): the oldest undelivered records were dropped"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    fn end(&self) -> u64 {
+        self.segments.back().expect("never empty").end()
+    }
+}
+
+fn segment_path(dir: &Path, start: u64) -> PathBuf {
+    dir.join(format!("{start:020}{SEGMENT_SUFFIX}"))
+}
+
+fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
+fn read_delivered(dir: &Path) -> std::io::Result<u64> {
+    match std::fs::read_to_string(dir.join(DELIVERED)) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            let message = format!("{} does not hold a position: {text:?}", dir.join(DELIVERED).display());
+            std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(error) => Err(error),
+    }
+}
+
+/// Replaces `delivered` whole (a new file renamed over it). Not synced: a position lost to a power cut only sends
+/// records again.
+fn write_delivered(dir: &Path, position: u64) -> std::io::Result<()> {
+    let next = dir.join(format!("{DELIVERED}.next"));
+    std::fs::write(&next, format!("{position}\n"))?;
+    std::fs::rename(next, dir.join(DELIVERED))
+}
+
+/// Cuts the file at `path` after its last newline (a batch cut short by a crash); returns its length.
+fn cut_torn_end(path: &Path, sink: &str) -> std::io::Result<u64> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let length = file.metadata()?.len();
+    let mut end = length;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(buffer.len() as u64);
+        let window = &mut buffer[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(window)?;
+        if let Some(at) = memchr::memrchr(b'\n', window) {
+            break start + at as u64 + 1;
+        }
+        end = start;
+    };
+    if keep < length {
+        file.set_len(keep)?;
+        file.sync_data()?;
+        tracing::warn!(sink, segment = %path.display(), bytes = length - keep, "a torn end of the SIEM spool was cut");
+    }
+    Ok(keep)
+}
+
+/// Newlines in the file at `path` from `offset` on.
+fn count_lines(path: &Path, offset: u64) -> std::io::Result<u64> {
+    let mut file = File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut lines = 0;
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            return Ok(lines);
+        }
+        lines += memchr::memchr_iter(b'\n', &buffer[..read]).count() as u64;
+    }
+}
+
+/// Reads whole lines from `from` (before `end`) within `batch`'s bounds.
+fn read_range(
+    dir: &Path,
+    segments: &VecDeque<Segment>,
+    from: u64,
+    end: u64,
+    batch: &Batch,
+    out: &mut Vec<u8>,
+) -> std::io::Result<Chunk> {
+    out.clear();
+    let mut position = from;
+    let mut limit = batch.bytes.min(end - from);
+    loop {
+        // Read up to `limit` bytes past `from`, across segments.
+        for segment in segments {
+            if segment.end() <= position {
+                continue;
+            }
+            if from + limit <= position {
+                break;
+            }
+            position = position.max(segment.start);
+            let wanted = (segment.end() - position).min(from + limit - position);
+            let mut file = File::open(segment_path(dir, segment.start))?;
+            file.seek(SeekFrom::Start(position - segment.start))?;
+            let before = out.len();
+            Read::by_ref(&mut file).take(wanted).read_to_end(out)?;
+            position += (out.len() - before) as u64;
+            if ((out.len() - before) as u64) < wanted {
+                break;
+            }
+        }
+        // Whole lines, at most `batch.records`; a record longer than batch.bytes alone.
+        let most = if limit > batch.bytes { 1 } else { batch.records };
+        let mut records = 0;
+        let mut cut = 0;
+        for newline in memchr::memchr_iter(b'\n', out) {
+            records += 1;
+            cut = newline + 1;
+            if records == most {
+                break;
+            }
+        }
+        if records > 0 {
+            out.truncate(cut);
+            let stop = from + cut as u64;
+            return Ok(Chunk { start: from, end: stop, records, more: stop < end });
+        }
+        if position >= end || limit >= end - from {
+            // Lines are appended whole: an end without a newline is a record being written; wait for it.
+            out.clear();
+            return Ok(Chunk { start: from, end: from, records: 0, more: false });
+        }
+        // One record longer than batch.bytes: read on to its end.
+        limit = (limit * 2).min(end - from);
+        out.clear();
+        position = from;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool(dir: &Path, max: u64, on_full: SpoolFull) -> (Arc<Spool>, SiemMetrics) {
+        let metrics = crate::metrics::Metrics::new().siem("test");
+        let config = SpoolConfig { dir: dir.to_owned(), max, on_full };
+        (Spool::open("test".into(), &config, metrics.clone()).unwrap(), metrics)
+    }
+
+    fn lines(from: usize, count: usize) -> Vec<u8> {
+        (from..from + count).map(|n| format!("{{\"id\":\"{n:06}\"}}\n")).collect::<String>().into_bytes()
+    }
+
+    const BATCH: Batch = Batch { records: 10, bytes: 1 << 20, wait: Duration::from_millis(1) };
+
+    #[test]
+    fn records_are_read_in_order_and_delivery_resumes_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, metrics) = spool(dir.path(), 1 << 20, SpoolFull::Block);
+        spool.append(&lines(0, 25)).unwrap();
+        let mut out = Vec::new();
+        let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
+        assert_eq!((chunk.start, chunk.records, chunk.more), (0, 10, true));
+        assert_eq!(out, lines(0, 10));
+        spool.acknowledge(chunk.end).unwrap();
+        assert_eq!(metrics.spool_bytes.get() as usize, lines(10, 15).len());
+        drop(spool);
+
+        let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
+        let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
+        assert_eq!(out, lines(10, 10), "resumed at the first unacknowledged record");
+        spool.acknowledge(chunk.end).unwrap();
+        spool.read(&BATCH, &mut out).unwrap().unwrap();
+        assert_eq!(out, lines(20, 5));
+    }
+
+    #[test]
+    fn a_torn_end_is_cut_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = spool(dir.path(), 1 << 20, SpoolFull::Block);
+        spool.append(&lines(0, 2)).unwrap();
+        drop(spool);
+        let segment = segment_path(dir.path(), 0);
+        let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
+        file.write_all(b"{\"id\":\"torn").unwrap();
+        let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
+        spool.append(&lines(2, 1)).unwrap();
+        let mut out = Vec::new();
+        spool.read(&BATCH, &mut out).unwrap().unwrap();
+        assert_eq!(out, lines(0, 3));
+    }
+
+    #[test]
+    fn a_full_spool_blocks_or_drops_its_oldest_records() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 KiB spools, 4 KiB segments; each line is 15 bytes.
+        let (blocking, _) = spool(&dir.path().join("block"), 64 * 1024, SpoolFull::Block);
+        let mut appended = 0;
+        while blocking.append(&lines(appended, 100)).unwrap() == Appended::Written {
+            appended += 100;
+        }
+        assert!(appended > 0);
+        let mut out = Vec::new();
+        let chunk = blocking.read(&Batch { records: 1000, ..BATCH }, &mut out).unwrap().unwrap();
+        blocking.acknowledge(chunk.end).unwrap();
+        assert_eq!(blocking.append(&lines(appended, 100)).unwrap(), Appended::Written, "room was made");
+
+        let (dropping, metrics) = spool(&dir.path().join("drop"), 64 * 1024, SpoolFull::DropOldest);
+        for batch in 0..100 {
+            assert_eq!(dropping.append(&lines(batch * 100, 100)).unwrap(), Appended::Written);
+        }
+        let dropped = metrics.dropped.get();
+        assert!(dropped > 0);
+        let chunk = dropping.read(&BATCH, &mut out).unwrap().unwrap();
+        assert_eq!(out, lines(dropped as usize, 10), "the oldest records went, the rest follow in order");
+        assert!(chunk.more);
+        assert!(dropping.undelivered() <= 64 * 1024);
+    }
+
+    #[test]
+    fn a_record_longer_than_a_batch_goes_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = spool(dir.path(), 1 << 20, SpoolFull::Block);
+        let long = format!("{{\"id\":\"{}\"}}\n", "x".repeat(5000));
+        spool.append(long.as_bytes()).unwrap();
+        spool.append(&lines(0, 1)).unwrap();
+        let mut out = Vec::new();
+        let chunk = spool.read(&Batch { bytes: 1024, ..BATCH }, &mut out).unwrap().unwrap();
+        assert_eq!(chunk.records, 1);
+        assert!(out == long.as_bytes(), "the long record alone");
+    }
+}
