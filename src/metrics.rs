@@ -37,6 +37,7 @@ pub struct Metrics {
     actions: IntCounterVec,
     dlp_matches: IntCounterVec,
     leaves: IntCounterVec,
+    scim_requests: IntCounterVec,
     password_checks: IntCounterVec,
     log_lines_dropped: IntCounter,
     telemetry_dropped: IntCounterVec,
@@ -154,6 +155,11 @@ impl Metrics {
             "Interception certificates served, by source (minted, cached).",
             &["source"],
         );
+        let scim_requests = counter(
+            "tollgate_scim_requests_total",
+            "SCIM provisioning requests, by resource (users, groups, discovery), operation and result.",
+            &["resource", "operation", "result"],
+        );
         let password_checks = counter(
             "tollgate_password_checks_total",
             "argon2id password checks, by result: run, or refused because every verifier was busy (503).",
@@ -268,6 +274,7 @@ impl Metrics {
             actions,
             dlp_matches,
             leaves,
+            scim_requests,
             password_checks,
             log_lines_dropped,
             telemetry_dropped,
@@ -390,6 +397,11 @@ impl Metrics {
     /// The counter of events dropped because the alert engine's queue was full.
     pub fn alert_events_dropped(&self) -> IntCounter {
         self.alert_events_dropped.clone()
+    }
+
+    /// One SCIM request (`tollgate_scim_requests_total`).
+    pub fn scim_request(&self, resource: &str, operation: &str, result: &str) {
+        self.scim_requests.with_label_values(&[resource, operation, result]).inc();
     }
 
     pub fn leaf(&self, minted: bool) {

@@ -55,6 +55,8 @@ pub struct Shared {
     pub alerts: Alerts,
     /// The inventory of clients seen, kept beside the limits in the state backend.
     pub fleet: Arc<Fleet>,
+    /// Users and groups provisioned over SCIM (`admin.scim`), kept in the state backend.
+    pub scim: Arc<crate::scim::Provisioning>,
     /// The bounded pool of password checks (argon2id), shared by every snapshot.
     pub verifiers: Arc<Verifiers>,
     pub clock: Arc<dyn Clock>,
@@ -147,6 +149,7 @@ impl Shared {
         let bounds = fleet::Bounds::new(config.state.fleet_max_users);
         let fleet = Arc::new(Fleet::new(limiter.backend().clone(), bounds, clock.clone()));
         let alerts = Alerts::new(config.alerts.as_deref(), &metrics);
+        let scim = Arc::new(crate::scim::Provisioning::new(limiter.backend(), &config.state.path));
         let config = Arc::new(ArcSwap::from_pointee(config));
         Shared {
             fleet,
@@ -162,6 +165,7 @@ impl Shared {
             body_buffers,
             limiter,
             alerts,
+            scim,
             verifiers: Arc::new(Verifiers::default()),
             clock,
             version: AtomicU64::new(1),

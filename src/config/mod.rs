@@ -96,6 +96,8 @@ pub struct Listener {
 pub struct Admin {
     pub bind: SocketAddr,
     pub token: Option<String>,
+    /// `admin.scim`: SCIM provisioning, when configured.
+    pub scim: Option<Arc<crate::scim::Settings>>,
 }
 
 /// How tollgate connects to destinations.
@@ -334,6 +336,12 @@ fn compile(
         Some(admin) => Some(Admin {
             bind: parse_bind(&admin.bind).map_err(|m| invalid("admin.bind", m))?,
             token: admin.token.clone().filter(|t| !t.is_empty()),
+            scim: match &admin.scim {
+                Some(scim) => Some(Arc::new(
+                    crate::scim::Settings::compile(scim, &parsed.teams).map_err(|(key, m)| invalid(key, m))?,
+                )),
+                None => None,
+            },
         }),
         None => None,
     };

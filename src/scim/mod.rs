@@ -1,0 +1,262 @@
+//! SCIM 2.0 provisioning (RFC 7643/7644, `admin.scim`): the identity provider creates, changes and removes users
+//! and groups at `/scim/v2` on the admin listener (`http`), kept in the state backend (`store`) so replicas share
+//! them, and joined to the identities of every request: a provisioned user's groups add teams, and a deactivated
+//! or deleted user is refused at once (`identity::Directory::provision`), its open tunnels cut within `POLL` on
+//! every replica.
+//!
+//! Each process holds a replica of the directory (`Provisioning`): written through on its own changes, re-read
+//! when the shared version moves (polled every `POLL`), and consulted per request without I/O.
+
+pub mod http;
+pub mod resource;
+pub mod store;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{file, Config};
+use crate::identity::{Provisioned, Standing};
+use crate::limits::{Backend, StateError};
+use crate::shared::Shared;
+use resource::{Directory, ScimError};
+use store::{Store, Versioned};
+
+/// How often a replica checks whether another changed the shared directory: the bound on how long a
+/// deprovisioned user's tunnels stay open elsewhere.
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// Retries of a change that another replica raced.
+const COMMIT_ATTEMPTS: usize = 8;
+
+/// `admin.scim` compiled.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The bearer token the identity provider presents.
+    pub token: String,
+    /// Group display names (lower-cased) → team names.
+    pub groups: BTreeMap<String, Arc<str>>,
+    /// The configured team names (lower-cased → as written): a group of the same name joins it.
+    pub teams: HashMap<String, Arc<str>>,
+    pub require_provisioned: bool,
+}
+
+impl Settings {
+    /// Compiles `admin.scim`; the error is the key path and the problem.
+    pub fn compile(scim: &file::Scim, teams: &BTreeMap<String, file::Team>) -> Result<Settings, (String, String)> {
+        if scim.token.len() < 32 {
+            return Err(("admin.scim.token".into(), "must be at least 32 characters (a random secret)".into()));
+        }
+        let mut groups = BTreeMap::new();
+        for (group, team) in &scim.groups {
+            if !teams.contains_key(team) {
+                return Err((
+                    format!("admin.scim.groups.{group}"),
+                    format!("team {team:?} is not defined under teams"),
+                ));
+            }
+            groups.insert(group.to_lowercase(), Arc::from(team.as_str()));
+        }
+        Ok(Settings {
+            token: scim.token.clone(),
+            groups,
+            teams: teams.keys().map(|team| (team.to_lowercase(), Arc::from(team.as_str()))).collect(),
+            require_provisioned: scim.require_provisioned,
+        })
+    }
+
+    /// The team a group of `display_name` joins: the mapped one, else the team of the same name (any case).
+    pub fn team_of(&self, display_name: &str) -> Option<Arc<str>> {
+        let lower = display_name.to_lowercase();
+        self.groups.get(&lower).or_else(|| self.teams.get(&lower)).cloned()
+    }
+}
+
+/// One version of the directory with the standings the identity checks read.
+#[derive(Debug, Default)]
+pub struct Replica {
+    pub version: u64,
+    pub directory: Directory,
+    /// Lower-cased user name → (active, group display names); deleted names are inactive.
+    standings: HashMap<String, (bool, Vec<String>)>,
+}
+
+impl Replica {
+    fn new(versioned: Versioned) -> Replica {
+        Replica {
+            standings: versioned.directory.standings(),
+            version: versioned.version,
+            directory: versioned.directory,
+        }
+    }
+}
+
+/// This process's replica of the provisioned directory, and its store.
+#[derive(Debug)]
+pub struct Provisioning {
+    store: Store,
+    replica: Arc<ArcSwap<Replica>>,
+    /// One change at a time from this process (the file store's only writer; fewer races on Redis).
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl Provisioning {
+    /// The provisioning kept beside `backend` (a file under `state_path` for the embedded backend); empty until
+    /// `load`.
+    pub fn new(backend: &Arc<dyn Backend>, state_path: &std::path::Path) -> Provisioning {
+        Provisioning {
+            store: Store::beside(backend, state_path),
+            replica: Arc::default(),
+            writing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Reads the store into the replica.
+    pub async fn load(&self) -> Result<(), StateError> {
+        let versioned = self.store.read().await?;
+        self.replica.store(Arc::new(Replica::new(versioned)));
+        Ok(())
+    }
+
+    /// The current replica.
+    pub fn current(&self) -> Arc<Replica> {
+        self.replica.load_full()
+    }
+
+    /// Joins the replica to `config`'s identity checks, when it configures `admin.scim`.
+    pub fn attach(&self, config: &Config) {
+        if let Some(settings) = config.admin.as_ref().and_then(|admin| admin.scim.clone()) {
+            let attached = Attached { replica: self.replica.clone(), settings };
+            config.identity.attach_provisioned(Arc::new(attached));
+        }
+    }
+
+    /// Applies `change` to the newest directory and stores it, retrying when another replica wrote first; the
+    /// replica holds the result before this returns. Answers what `change` answered and the users whose standing
+    /// the change took away (to cut their tunnels).
+    pub async fn change<T>(
+        &self,
+        mut change: impl FnMut(&mut Directory) -> Result<T, ScimError>,
+    ) -> Result<(T, Vec<String>), ScimError> {
+        let _one_at_a_time = self.writing.lock().await;
+        let unavailable = |error: StateError| ScimError { status: 503, scim_type: None, detail: error.to_string() };
+        for _ in 0..COMMIT_ATTEMPTS {
+            let base = if self.store.is_shared() {
+                Arc::new(Replica::new(self.store.read().await.map_err(unavailable)?))
+            } else {
+                self.current()
+            };
+            let mut directory = base.directory.clone();
+            let answer = change(&mut directory)?;
+            if let Some(version) = self.store.commit(base.version, &directory).await.map_err(unavailable)? {
+                let before = self.current();
+                let after = Replica::new(Versioned { version, directory });
+                let lost = lost_standing(&before, &after);
+                self.replica.store(Arc::new(after));
+                return Ok((answer, lost));
+            }
+        }
+        Err(ScimError { status: 503, scim_type: None, detail: "the directory kept changing; retry".into() })
+    }
+
+    /// Re-reads the shared directory when its version moved; answers the users whose standing it took away.
+    async fn sync(&self) -> Result<Vec<String>, StateError> {
+        let Some(version) = self.store.version().await? else { return Ok(Vec::new()) };
+        if version == self.current().version {
+            return Ok(Vec::new());
+        }
+        let _one_at_a_time = self.writing.lock().await;
+        let after = Replica::new(self.store.read().await?);
+        let before = self.current();
+        let lost = lost_standing(&before, &after);
+        self.replica.store(Arc::new(after));
+        Ok(lost)
+    }
+}
+
+/// The lower-cased names of users who were active and now are not (deactivated, deleted), or who left a group.
+fn lost_standing(before: &Replica, after: &Replica) -> Vec<String> {
+    before
+        .standings
+        .iter()
+        .filter(|(name, (active, groups))| match after.standings.get(*name) {
+            None => *active,
+            Some((now_active, now_groups)) => {
+                (*active && !now_active) || groups.iter().any(|group| !now_groups.contains(group))
+            }
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Cuts the open tunnels (plain and intercepted) of `users` (lower-cased names); they may reconnect, and are then
+/// identified afresh (refused, or with their new teams). Returns how many were cut.
+pub fn cut_tunnels(shared: &Shared, users: &[String]) -> usize {
+    if users.is_empty() {
+        return 0;
+    }
+    let users: HashSet<&str> = users.iter().map(String::as_str).collect();
+    let cut = shared.revoke_tunnels(|tunnel| !users.contains(tunnel.principal.name.to_lowercase().as_str()));
+    if cut > 0 {
+        tracing::info!(tunnels = cut, "tunnels of deprovisioned users cut");
+    }
+    cut
+}
+
+/// Keeps the replica current until shutdown: with a shared store, polls its version every `POLL` and cuts the
+/// tunnels of users another replica deprovisioned. An unreachable store is logged (once per outage) and the
+/// replica kept.
+pub async fn watch(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shared.shutdown.stop_accepting.cancelled() => return,
+        }
+        match shared.scim.sync().await {
+            Ok(lost) => {
+                failing = false;
+                cut_tunnels(&shared, &lost);
+            }
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "cannot read the SCIM directory; keeping the last one read");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The replica as one config's identity checks see it: groups mapped to that config's teams.
+#[derive(Debug)]
+struct Attached {
+    replica: Arc<ArcSwap<Replica>>,
+    settings: Arc<Settings>,
+}
+
+impl Provisioned for Attached {
+    fn standing(&self, user: &str) -> Standing {
+        let replica = self.replica.load();
+        match replica.standings.get(&user.to_lowercase()) {
+            None => Standing::Unknown,
+            Some((false, _)) => Standing::Deprovisioned,
+            Some((true, groups)) => {
+                let mut teams: Vec<Arc<str>> = Vec::new();
+                for team in groups.iter().filter_map(|group| self.settings.team_of(group)) {
+                    if !teams.contains(&team) {
+                        teams.push(team);
+                    }
+                }
+                Standing::Active(teams)
+            }
+        }
+    }
+
+    fn required(&self) -> bool {
+        self.settings.require_provisioned
+    }
+}
