@@ -125,7 +125,13 @@ pub async fn respond(shared: &Shared, client: SocketAddr, request: Request<Incom
     let answer = match (resource, operation, id) {
         (Resource::Discovery, Operation::Discover, _) => discovery(&path),
         (_, Operation::Create | Operation::Replace | Operation::Patch, id) => {
-            match read_body(request.into_body()).await {
+            let declared = request.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
+            let body = match declared.and_then(|length| length.parse::<u64>().ok()) {
+                // Refused before a byte of it is read.
+                Some(length) if length > MAX_BODY as u64 => Err(too_large()),
+                _ => read_body(request.into_body()).await,
+            };
+            match body {
                 Ok(body) => write(shared, resource, operation, id, Some(body)).await,
                 Err(error) => Answer::error(error),
             }
@@ -181,17 +187,15 @@ fn authorised(settings: &Settings, headers: &http::HeaderMap) -> bool {
 async fn read_body(body: Incoming) -> Result<Value, ScimError> {
     let bytes = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Err(ScimError {
-                status: 413,
-                scim_type: None,
-                detail: format!("the body exceeds {MAX_BODY} bytes"),
-            });
-        }
+        Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
         Err(error) => return Err(ScimError::bad("invalidSyntax", format!("reading the body failed: {error}"))),
     };
     serde_json::from_slice(&bytes)
         .map_err(|error| ScimError::bad("invalidSyntax", format!("the body is not JSON: {error}")))
+}
+
+fn too_large() -> ScimError {
+    ScimError { status: 413, scim_type: None, detail: format!("the body exceeds {MAX_BODY} bytes") }
 }
 
 /// GET one user or group.

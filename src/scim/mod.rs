@@ -176,19 +176,25 @@ impl Provisioning {
     }
 }
 
-/// The lower-cased names of users who were active and now are not (deactivated, deleted), or who left a group.
+/// The lower-cased names of users who are now deactivated or deleted and were not before (active, or not yet seen
+/// here: a replica may learn of a user and of its deactivation at once), or who left a group.
 fn lost_standing(before: &Replica, after: &Replica) -> Vec<String> {
-    before
+    let mut lost: Vec<String> = after
         .standings
         .iter()
-        .filter(|(name, (active, groups))| match after.standings.get(*name) {
-            None => *active,
-            Some((now_active, now_groups)) => {
-                (*active && !now_active) || groups.iter().any(|group| !now_groups.contains(group))
-            }
-        })
+        .filter(|(name, (active, _))| !active && before.standings.get(*name).is_none_or(|(was_active, _)| *was_active))
         .map(|(name, _)| name.clone())
-        .collect()
+        .collect();
+    for (name, (active, groups)) in before.standings.iter().filter(|(_, (active, _))| *active) {
+        let left_group = match after.standings.get(name) {
+            None => *active,
+            Some((_, now_groups)) => groups.iter().any(|group| !now_groups.contains(group)),
+        };
+        if left_group && !lost.contains(name) {
+            lost.push(name.clone());
+        }
+    }
+    lost
 }
 
 /// Cuts the open tunnels (plain and intercepted) of `users` (lower-cased names); they may reconnect, and are then
@@ -258,5 +264,60 @@ impl Provisioned for Attached {
 
     fn required(&self) -> bool {
         self.settings.require_provisioned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use resource::{Group, User};
+
+    fn replica(directory: &Directory) -> Replica {
+        Replica::new(Versioned { version: 1, directory: directory.clone() })
+    }
+
+    fn user(name: &str, active: bool) -> User {
+        let body = serde_json::json!({"userName": name, "active": active});
+        User::from_json(&body, name.to_owned(), String::new(), String::new()).unwrap()
+    }
+
+    #[test]
+    fn standing_is_lost_by_deactivation_deletion_and_leaving_a_group() {
+        let mut directory = Directory::default();
+        for name in ["alice", "bob", "carol", "dave"] {
+            directory.put_user(user(name, true)).unwrap();
+        }
+        let body = serde_json::json!({"displayName": "eng", "members": [{"value": "carol"}, {"value": "dave"}]});
+        directory
+            .put_group(Group::from_json(&body, &directory, "g".into(), String::new(), String::new()).unwrap())
+            .unwrap();
+        let before = replica(&directory);
+        directory.put_user(user("alice", false)).unwrap();
+        directory.delete_user("bob", 1).unwrap();
+        directory.groups.get_mut("g").unwrap().members.retain(|m| m != "carol");
+        directory.put_user(user("erin", false)).unwrap();
+        let mut lost = lost_standing(&before, &replica(&directory));
+        lost.sort();
+        assert_eq!(lost, ["alice", "bob", "carol", "erin"], "dave keeps his standing");
+        assert!(lost_standing(&replica(&directory), &replica(&directory)).is_empty());
+    }
+
+    #[test]
+    fn groups_join_the_mapped_team_or_the_team_of_their_name() {
+        let teams: BTreeMap<String, file::Team> =
+            serde_json::from_value(serde_json::json!({"eu-devs": {}, "Platform": {}})).unwrap();
+        let scim = file::Scim {
+            token: "t".repeat(32),
+            groups: [("Engineering-EU".to_owned(), "eu-devs".to_owned())].into(),
+            require_provisioned: false,
+        };
+        let settings = Settings::compile(&scim, &teams).unwrap();
+        assert_eq!(settings.team_of("engineering-eu").as_deref(), Some("eu-devs"));
+        assert_eq!(settings.team_of("platform").as_deref(), Some("Platform"));
+        assert_eq!(settings.team_of("Sales"), None);
+        let short = file::Scim { token: "short".into(), groups: BTreeMap::new(), require_provisioned: false };
+        assert_eq!(Settings::compile(&short, &teams).unwrap_err().0, "admin.scim.token");
+        let unknown = file::Scim { groups: [("G".to_owned(), "nope".to_owned())].into(), ..scim };
+        assert_eq!(Settings::compile(&unknown, &teams).unwrap_err().0, "admin.scim.groups.G");
     }
 }

@@ -35,6 +35,7 @@ mod parent_proxy;
 mod redis_limits;
 mod reload;
 mod replicas;
+mod scim;
 mod sessions;
 mod sni;
 mod spend;
