@@ -25,6 +25,8 @@ use crate::shared::Shared;
 pub const MAX_BODY: usize = 1024 * 1024;
 /// The most resources one list answer holds (`count` above it is lowered to it).
 pub const MAX_PAGE: usize = 200;
+/// How long a request body may take to arrive: a stalled client must not hold an admin connection.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 const CONTENT_TYPE: &str = "application/scim+json";
 
@@ -183,9 +185,13 @@ fn authorised(settings: &Settings, headers: &http::HeaderMap) -> bool {
         .is_some_and(|token| bool::from(subtle::ConstantTimeEq::ct_eq(token.as_bytes(), settings.token.as_bytes())))
 }
 
-/// The JSON body, at most `MAX_BODY` bytes.
+/// The JSON body, at most `MAX_BODY` bytes, within `BODY_TIMEOUT`.
 async fn read_body(body: Incoming) -> Result<Value, ScimError> {
-    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await;
+    let Ok(read) = read else {
+        return Err(ScimError::bad("invalidSyntax", format!("the body did not arrive within {BODY_TIMEOUT:?}")));
+    };
+    let bytes = match read {
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_large()),
         Err(error) => return Err(ScimError::bad("invalidSyntax", format!("reading the body failed: {error}"))),

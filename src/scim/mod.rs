@@ -303,6 +303,37 @@ mod tests {
     }
 
     #[test]
+    fn the_identity_checks_refuse_deprovisioned_users_and_add_the_teams_of_groups() {
+        use crate::identity::{AuthError, AuthMethod, Principal};
+        let teams: BTreeMap<String, file::Team> = serde_json::from_value(serde_json::json!({"eu-devs": {}})).unwrap();
+        let scim =
+            |required| file::Scim { token: "t".repeat(32), groups: BTreeMap::new(), require_provisioned: required };
+        let mut directory = Directory::default();
+        directory.put_user(user("Alice@corp", true)).unwrap();
+        directory.put_user(user("bob@corp", false)).unwrap();
+        let body = serde_json::json!({"displayName": "EU-DEVS", "members": [{"value": "Alice@corp"}]});
+        directory
+            .put_group(Group::from_json(&body, &directory, "g".into(), String::new(), String::new()).unwrap())
+            .unwrap();
+        let auth: file::Auth = serde_json::from_value(serde_json::json!({})).unwrap();
+        for required in [false, true] {
+            let identity = crate::identity::Directory::compile(&auth, &[]).unwrap();
+            let replica = Arc::new(ArcSwap::from_pointee(replica(&directory)));
+            let settings = Arc::new(Settings::compile(&scim(required), &teams).unwrap());
+            identity.attach_provisioned(Arc::new(Attached { replica, settings }));
+            let alice = identity.provision(Principal::named("alice@CORP", &["own"], AuthMethod::Jwt)).unwrap();
+            assert_eq!(&*alice.teams, [Arc::from("own"), Arc::from("eu-devs")]);
+            let bob = Principal::named("bob@corp", &[], AuthMethod::Mtls);
+            assert_eq!(identity.provision(bob.clone()), Err(AuthError::Deprovisioned));
+            assert_eq!(identity.refresh(&bob, std::time::SystemTime::now()), Err(AuthError::Deprovisioned));
+            let stranger = identity.provision(Principal::named("carol@corp", &[], AuthMethod::Jwt));
+            assert_eq!(stranger.is_err(), required, "a user never provisioned passes unless required");
+            let basic = Principal::named("dave", &[], AuthMethod::Basic);
+            assert_eq!(identity.provision(basic.clone()), Ok(basic), "config users are not held to provisioning");
+        }
+    }
+
+    #[test]
     fn groups_join_the_mapped_team_or_the_team_of_their_name() {
         let teams: BTreeMap<String, file::Team> =
             serde_json::from_value(serde_json::json!({"eu-devs": {}, "Platform": {}})).unwrap();
