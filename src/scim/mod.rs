@@ -197,16 +197,18 @@ fn lost_standing(before: &Replica, after: &Replica) -> Vec<String> {
     lost
 }
 
-/// Cuts the open tunnels (plain and intercepted) of `users` (lower-cased names); they may reconnect, and are then
-/// identified afresh (refused, or with their new teams). Returns how many were cut.
+/// Cuts the open tunnels (plain and intercepted) of `users` (lower-cased names) and closes the connections their
+/// client certificates identify once no request is in flight; they may reconnect, and are then identified afresh
+/// (refused, or with their new teams). Returns how many tunnels were cut.
 pub fn cut_tunnels(shared: &Shared, users: &[String]) -> usize {
     if users.is_empty() {
         return 0;
     }
     let users: HashSet<&str> = users.iter().map(String::as_str).collect();
     let cut = shared.revoke_tunnels(|tunnel| !users.contains(tunnel.principal.name.to_lowercase().as_str()));
-    if cut > 0 {
-        tracing::info!(tunnels = cut, "tunnels of deprovisioned users cut");
+    let closed = shared.close_identified(|user| users.contains(user.to_lowercase().as_str()));
+    if cut + closed > 0 {
+        tracing::info!(tunnels = cut, connections = closed, "tunnels and connections of deprovisioned users closed");
     }
     cut
 }

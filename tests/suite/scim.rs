@@ -18,7 +18,9 @@ use tokio::net::TcpStream;
 
 use common::intercept::{self, Parts, API_HOST};
 use common::messages::MessagesStub;
+use common::pki::{self, Pki};
 use common::redis::RedisServer;
+use common::tls;
 use common::*;
 use tollgate::app;
 use tollgate::config::Config;
@@ -38,17 +40,22 @@ const ERROR_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
 /// Starts a gateway from `yaml` (everything but `listeners`, `admin` and `audit`) with `admin.scim` (`scim` inside
 /// its braces after the token, which comes from `${SCIM_TOKEN}`).
 async fn start(yaml: &str, scim: &str) -> TestGateway {
+    start_listening("listeners: [{name: proxy, bind: \"127.0.0.1:0\"}]\n", yaml, scim).await
+}
+
+/// `start` with other `listeners` (YAML); the first is the gateway's `proxy` address.
+async fn start_listening(listeners: &str, yaml: &str, scim: &str) -> TestGateway {
     let dir = tempfile::tempdir().expect("temp dir");
     let audit = dir.path().join("audit.jsonl");
     let text = format!(
-        "listeners: [{{name: proxy, bind: \"127.0.0.1:0\"}}]\nadmin: {{bind: \"127.0.0.1:0\", scim: {{token: \"${{SCIM_TOKEN}}\"{scim}}}}}\naudit: {{file: {{path: \"{}\"}}}}\n{yaml}",
+        "{listeners}admin: {{bind: \"127.0.0.1:0\", scim: {{token: \"${{SCIM_TOKEN}}\"{scim}}}}}\naudit: {{file: {{path: \"{}\"}}}}\n{yaml}",
         audit.display()
     );
     let env = |name: &str| (name == "SCIM_TOKEN").then(|| TOKEN.to_owned());
     let mut config = Config::from_text(&text, Path::new("scim.yaml"), &env).unwrap_or_else(|e| panic!("{e}"));
     isolate_state(&mut config, dir.path());
     let running = app::start(config).await.expect("gateway starts");
-    let proxy = running.address("proxy").expect("proxy listener");
+    let proxy = running.listeners[0].1;
     let admin = running.admin.expect("admin listener");
     TestGateway { running: Some(running), proxy, admin, dir }
 }
@@ -458,4 +465,44 @@ async fn groups_add_teams_and_only_provisioned_users_pass_when_required() {
     let (status, _) = tunnel(gateway.proxy, origin.address, "carol@corp.example").await;
     assert_eq!(status, 407);
     gateway.shutdown().await;
+}
+
+/// A client certificate names a provisioned user: its keep-alive connection through the TLS listener works until
+/// Okta deactivates the user, then closes; a new connection with the same unexpired certificate is refused. Before
+/// provisioning, with `require_provisioned`, the certificate was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deprovisioned_users_certificate_connection_closes_and_is_refused() {
+    let pki = Pki::new();
+    let origin = Origin::start().await;
+    let listeners = format!(
+        "listeners:\n  - name: proxy-tls\n    bind: \"127.0.0.1:0\"\n    tls: {{cert: \"{}\", key: \"{}\", client_ca: \"{}\", client_auth: required}}\n",
+        pki.server.pem.display(),
+        pki.server.key.display(),
+        pki.ca.pem.display()
+    );
+    let yaml = format!("auth: {{anonymous: deny, mtls: {{identity: san_email}}}}\n{LOOPBACK_POLICY}");
+    let gateway = start_listening(&listeners, &yaml, ", require_provisioned: true").await;
+    let client = pki.client_config(Some(&pki.client_email));
+    let url = format!("http://{}/kept", origin.address);
+    let request = format!("GET {url} HTTP/1.1\r\nHost: {}\r\n\r\n", origin.address);
+
+    let mut refused = tls::connect(gateway.proxy, "localhost", client.clone()).await.expect("TLS handshake");
+    let mut buf = Vec::new();
+    let answer = intercept::send(&mut refused, request.as_bytes(), &mut buf).await;
+    assert_eq!(answer.status, 407, "not provisioned: {answer:?}");
+
+    let id = create_user(&gateway, pki::EMAIL).await;
+    let mut kept = tls::connect(gateway.proxy, "localhost", client.clone()).await.expect("TLS handshake");
+    let mut buf = Vec::new();
+    let answer = intercept::send(&mut kept, request.as_bytes(), &mut buf).await;
+    assert_eq!(answer.status, 200, "provisioned: {answer:?}");
+    let deactivate = json!({"schemas": [PATCH_SCHEMA], "Operations": [{"op": "replace", "value": {"active": false}}]});
+    assert_eq!(scim(&gateway, "PATCH", &format!("/scim/v2/Users/{id}"), Some(&deactivate)).await.status, 200);
+    assert!(closes(&mut kept).await, "the idle keep-alive connection closes");
+
+    let mut again = tls::connect(gateway.proxy, "localhost", client).await.expect("TLS handshake");
+    let mut buf = Vec::new();
+    let answer = intercept::send(&mut again, request.as_bytes(), &mut buf).await;
+    assert_eq!(answer.status, 407, "deprovisioned: {answer:?}");
+    assert_eq!(gateway.metric("tollgate_auth_failures_total{method=\"deprovisioned\"}").await, 2.0);
 }
