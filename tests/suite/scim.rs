@@ -467,20 +467,27 @@ async fn groups_add_teams_and_only_provisioned_users_pass_when_required() {
     gateway.shutdown().await;
 }
 
-/// A client certificate names a provisioned user: its keep-alive connection through the TLS listener works until
-/// Okta deactivates the user, then closes; a new connection with the same unexpired certificate is refused. Before
-/// provisioning, with `require_provisioned`, the certificate was refused.
+/// A client certificate names a provisioned user: its keep-alive connections through the TLS proxy listener and
+/// the TLS gateway listener work until Okta deactivates the user, then close; a new connection with the same
+/// unexpired certificate is refused. Before provisioning, with `require_provisioned`, the certificate was refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deprovisioned_users_certificate_connection_closes_and_is_refused() {
     let pki = Pki::new();
     let origin = Origin::start().await;
-    let listeners = format!(
-        "listeners:\n  - name: proxy-tls\n    bind: \"127.0.0.1:0\"\n    tls: {{cert: \"{}\", key: \"{}\", client_ca: \"{}\", client_auth: required}}\n",
+    let stub = MessagesStub::start().await;
+    let tls = format!(
+        "tls: {{cert: \"{}\", key: \"{}\", client_ca: \"{}\", client_auth: required}}",
         pki.server.pem.display(),
         pki.server.key.display(),
         pki.ca.pem.display()
     );
-    let yaml = format!("auth: {{anonymous: deny, mtls: {{identity: san_email}}}}\n{LOOPBACK_POLICY}");
+    let listeners = format!(
+        "listeners:\n  - {{name: proxy-tls, bind: \"127.0.0.1:0\", {tls}}}\n  - {{name: gateway, bind: \"127.0.0.1:0\", mode: gateway, {tls}}}\n"
+    );
+    let yaml = format!(
+        "auth: {{anonymous: deny, mtls: {{identity: san_email}}}}\n{LOOPBACK_POLICY}upstreams:\n  stub: {{url: \"{}\"}}\nrouting:\n  - {{when: {{listener: gateway}}, to: stub}}\n",
+        stub.url()
+    );
     let gateway = start_listening(&listeners, &yaml, ", require_provisioned: true").await;
     let client = pki.client_config(Some(&pki.client_email));
     let url = format!("http://{}/kept", origin.address);
@@ -496,9 +503,20 @@ async fn a_deprovisioned_users_certificate_connection_closes_and_is_refused() {
     let mut buf = Vec::new();
     let answer = intercept::send(&mut kept, request.as_bytes(), &mut buf).await;
     assert_eq!(answer.status, 200, "provisioned: {answer:?}");
+    let gateway_address = gateway.listener("gateway");
+    let mut kept_on_gateway = tls::connect(gateway_address, "localhost", client.clone()).await.expect("TLS handshake");
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#;
+    let call = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: tollgate.test\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut buf = Vec::new();
+    let answer = intercept::send(&mut kept_on_gateway, call.as_bytes(), &mut buf).await;
+    assert_eq!(answer.status, 200, "provisioned, on the gateway listener: {answer:?}");
     let deactivate = json!({"schemas": [PATCH_SCHEMA], "Operations": [{"op": "replace", "value": {"active": false}}]});
     assert_eq!(scim(&gateway, "PATCH", &format!("/scim/v2/Users/{id}"), Some(&deactivate)).await.status, 200);
     assert!(closes(&mut kept).await, "the idle keep-alive connection closes");
+    assert!(closes(&mut kept_on_gateway).await, "the idle keep-alive connection on the gateway listener closes");
 
     let mut again = tls::connect(gateway.proxy, "localhost", client).await.expect("TLS handshake");
     let mut buf = Vec::new();
