@@ -139,8 +139,14 @@ pub async fn respond(shared: &Shared, client: SocketAddr, request: Request<Incom
             }
         }
         (_, Operation::Delete, id) => write(shared, resource, operation, id, None).await,
-        (_, Operation::Get, Some(id)) => get(shared, resource, &id, &query),
-        (_, Operation::List, None) => list(shared, resource, &query),
+        (_, Operation::Get, Some(id)) => {
+            catch_up(shared).await;
+            get(shared, resource, &id, &query)
+        }
+        (_, Operation::List, None) => {
+            catch_up(shared).await;
+            list(shared, resource, &query)
+        }
         _ => Answer::error(ScimError {
             status: 404,
             scim_type: None,
@@ -148,6 +154,15 @@ pub async fn respond(shared: &Shared, client: SocketAddr, request: Request<Incom
         }),
     };
     finish(shared, client, &method, &path, resource, operation, answer).await
+}
+
+/// Brings the replica up to the shared store before a read (one version check), so a change another replica took
+/// a moment ago is seen: an identity provider behind a load balancer reads what it just wrote. A store that cannot
+/// be reached leaves the replica as it is.
+async fn catch_up(shared: &Shared) {
+    if let Ok(lost) = shared.scim.sync().await {
+        cut_tunnels(shared, &lost);
+    }
 }
 
 /// The resource, operation and id of a method and path.

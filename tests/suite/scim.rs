@@ -392,6 +392,8 @@ async fn deactivation_closes_tunnels_and_keep_alive_connections_on_every_replica
     let second = start(&yaml, "").await;
     let user = "alice@corp.example";
     let id = create_user(&first, user).await;
+    let read = scim(&second, "GET", &format!("/scim/v2/Users/{id}"), None).await;
+    assert_eq!(read.status, 200, "the other replica reads what the first took a moment ago: {read:?}");
 
     let (status, mut on_first) = tunnel(first.proxy, origin.address, user).await;
     assert_eq!(status, 200);
