@@ -127,9 +127,11 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
     let shared = Arc::new(Shared::new(config, metrics, auditor, limiter, minter, own_addresses, options.clock));
     // The provisioned users, read before the first request so a deprovisioned one is refused from the start.
     if let Err(error) = shared.scim.load().await {
+        let provisioning = shared.config.load().admin.as_ref().is_some_and(|admin| admin.scim.is_some());
         match shared.limiter.backend().shared_server() {
             // A shared server that is down now is polled until it answers (`scim::watch`).
-            Some(_) => tracing::warn!(%error, "cannot read the SCIM directory yet; retrying"),
+            Some(_) if provisioning => tracing::warn!(%error, "cannot read the SCIM directory yet; retrying"),
+            Some(_) => {}
             None => return Err(StartError::State(error.0)),
         }
     }

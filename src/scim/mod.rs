@@ -213,9 +213,9 @@ pub fn cut_tunnels(shared: &Shared, users: &[String]) -> usize {
     cut
 }
 
-/// Keeps the replica current until shutdown: with a shared store, polls its version every `POLL` and cuts the
-/// tunnels of users another replica deprovisioned. An unreachable store is logged (once per outage) and the
-/// replica kept.
+/// Keeps the replica current until shutdown: with a shared store and `admin.scim` configured, polls its version
+/// every `POLL` and cuts the tunnels of users another replica deprovisioned. An unreachable store is logged (once
+/// per outage) and the replica kept.
 pub async fn watch(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -224,6 +224,9 @@ pub async fn watch(shared: Arc<Shared>) {
         tokio::select! {
             _ = tick.tick() => {}
             () = shared.shutdown.stop_accepting.cancelled() => return,
+        }
+        if shared.config.load().admin.as_ref().is_none_or(|admin| admin.scim.is_none()) {
+            continue;
         }
         match shared.scim.sync().await {
             Ok(lost) => {
