@@ -154,7 +154,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         tokio::spawn(crate::alerts::engine::run(shared.clone(), events));
     }
     tokio::spawn(prune_pool(shared.clone(), idle_timeout));
-    tokio::spawn(crate::scim::watch(shared.clone()));
+    tokio::spawn(crate::scim::sync::watch(shared.clone()));
     tokio::spawn(crate::fleet::flush_every(shared.fleet.clone(), shared.shutdown.stop_accepting.clone()));
     if let Some(interval) = options.watch_interval {
         tokio::spawn(reload::watch_files(shared.clone(), interval));

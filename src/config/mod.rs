@@ -8,6 +8,7 @@ pub mod actions;
 mod budgets;
 pub mod file;
 pub mod llm;
+pub mod scim;
 pub mod settings;
 pub mod teams;
 mod units;
@@ -97,7 +98,7 @@ pub struct Admin {
     pub bind: SocketAddr,
     pub token: Option<String>,
     /// `admin.scim`: SCIM provisioning, when configured.
-    pub scim: Option<Arc<crate::scim::Settings>>,
+    pub scim: Option<Arc<scim::Settings>>,
 }
 
 /// How tollgate connects to destinations.
@@ -337,9 +338,9 @@ fn compile(
             bind: parse_bind(&admin.bind).map_err(|m| invalid("admin.bind", m))?,
             token: admin.token.clone().filter(|t| !t.is_empty()),
             scim: match &admin.scim {
-                Some(scim) => Some(Arc::new(
-                    crate::scim::Settings::compile(scim, &parsed.teams).map_err(|(key, m)| invalid(key, m))?,
-                )),
+                Some(scim) => {
+                    Some(Arc::new(scim::Settings::compile(scim, &parsed.teams).map_err(|(key, m)| invalid(key, m))?))
+                }
                 None => None,
             },
         }),

@@ -17,8 +17,9 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::resource::{self, new_id, parse_filter, Group, ScimError, User, LIST_SCHEMA};
-use super::{cut_tunnels, Settings};
+use super::sync::cut_tunnels;
 use crate::audit::{Record, Wait};
+use crate::config::scim::Settings;
 use crate::shared::Shared;
 
 /// The largest request body read (a group replaced with thousands of members fits).

@@ -5,74 +5,27 @@
 //! every replica.
 //!
 //! Each process holds a replica of the directory (`Provisioning`): written through on its own changes, re-read
-//! when the shared version moves (polled every `POLL`), and consulted per request without I/O.
+//! when the shared version moves (polled every `sync::POLL`), and consulted per request without I/O.
 
 pub mod http;
 pub mod resource;
 pub mod store;
+pub mod sync;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{file, Config};
+use crate::config::scim::Settings;
+use crate::config::Config;
 use crate::identity::{Provisioned, Standing};
 use crate::limits::{Backend, StateError};
-use crate::shared::Shared;
 use resource::{Directory, ScimError};
 use store::{Store, Versioned};
 
-/// How often a replica checks whether another changed the shared directory: the bound on how long a
-/// deprovisioned user's tunnels stay open elsewhere.
-pub const POLL: Duration = Duration::from_millis(250);
-
 /// Retries of a change that another replica raced.
 const COMMIT_ATTEMPTS: usize = 8;
-
-/// `admin.scim` compiled.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// The bearer token the identity provider presents.
-    pub token: String,
-    /// Group display names (lower-cased) → team names.
-    pub groups: BTreeMap<String, Arc<str>>,
-    /// The configured team names (lower-cased → as written): a group of the same name joins it.
-    pub teams: HashMap<String, Arc<str>>,
-    pub require_provisioned: bool,
-}
-
-impl Settings {
-    /// Compiles `admin.scim`; the error is the key path and the problem.
-    pub fn compile(scim: &file::Scim, teams: &BTreeMap<String, file::Team>) -> Result<Settings, (String, String)> {
-        if scim.token.len() < 32 {
-            return Err(("admin.scim.token".into(), "must be at least 32 characters (a random secret)".into()));
-        }
-        let mut groups = BTreeMap::new();
-        for (group, team) in &scim.groups {
-            if !teams.contains_key(team) {
-                return Err((
-                    format!("admin.scim.groups.{group}"),
-                    format!("team {team:?} is not defined under teams"),
-                ));
-            }
-            groups.insert(group.to_lowercase(), Arc::from(team.as_str()));
-        }
-        Ok(Settings {
-            token: scim.token.clone(),
-            groups,
-            teams: teams.keys().map(|team| (team.to_lowercase(), Arc::from(team.as_str()))).collect(),
-            require_provisioned: scim.require_provisioned,
-        })
-    }
-
-    /// The team a group of `display_name` joins: the mapped one, else the team of the same name (any case).
-    pub fn team_of(&self, display_name: &str) -> Option<Arc<str>> {
-        let lower = display_name.to_lowercase();
-        self.groups.get(&lower).or_else(|| self.teams.get(&lower)).cloned()
-    }
-}
 
 /// One version of the directory with the standings the identity checks read.
 #[derive(Debug, Default)]
@@ -162,7 +115,7 @@ impl Provisioning {
     }
 
     /// Re-reads the shared directory when its version moved; answers the users whose standing it took away.
-    async fn sync(&self) -> Result<Vec<String>, StateError> {
+    pub(crate) async fn sync(&self) -> Result<Vec<String>, StateError> {
         let Some(version) = self.store.version().await? else { return Ok(Vec::new()) };
         if version == self.current().version {
             return Ok(Vec::new());
@@ -195,51 +148,6 @@ fn lost_standing(before: &Replica, after: &Replica) -> Vec<String> {
         }
     }
     lost
-}
-
-/// Cuts the open tunnels (plain and intercepted) of `users` (lower-cased names) and closes the connections their
-/// client certificates identify once no request is in flight; they may reconnect, and are then identified afresh
-/// (refused, or with their new teams). Returns how many tunnels were cut.
-pub fn cut_tunnels(shared: &Shared, users: &[String]) -> usize {
-    if users.is_empty() {
-        return 0;
-    }
-    let users: HashSet<&str> = users.iter().map(String::as_str).collect();
-    let cut = shared.revoke_tunnels(|tunnel| !users.contains(tunnel.principal.name.to_lowercase().as_str()));
-    let closed = shared.close_identified(|user| users.contains(user.to_lowercase().as_str()));
-    if cut + closed > 0 {
-        tracing::info!(tunnels = cut, connections = closed, "tunnels and connections of deprovisioned users closed");
-    }
-    cut
-}
-
-/// Keeps the replica current until shutdown: with a shared store and `admin.scim` configured, polls its version
-/// every `POLL` and cuts the tunnels of users another replica deprovisioned. An unreachable store is logged (once
-/// per outage) and the replica kept.
-pub async fn watch(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shared.shutdown.stop_accepting.cancelled() => return,
-        }
-        if shared.config.load().admin.as_ref().is_none_or(|admin| admin.scim.is_none()) {
-            continue;
-        }
-        match shared.scim.sync().await {
-            Ok(lost) => {
-                failing = false;
-                cut_tunnels(&shared, &lost);
-            }
-            Err(error) if !failing => {
-                failing = true;
-                tracing::warn!(%error, "cannot read the SCIM directory; keeping the last one read");
-            }
-            Err(_) => {}
-        }
-    }
 }
 
 /// The replica as one config's identity checks see it: groups mapped to that config's teams.
@@ -275,7 +183,9 @@ impl Provisioned for Attached {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::file;
     use resource::{Group, User};
+    use std::collections::BTreeMap;
 
     fn replica(directory: &Directory) -> Replica {
         Replica::new(Versioned { version: 1, directory: directory.clone() })
@@ -336,24 +246,5 @@ mod tests {
             let basic = Principal::named("dave", &[], AuthMethod::Basic);
             assert_eq!(identity.provision(basic.clone()), Ok(basic), "config users are not held to provisioning");
         }
-    }
-
-    #[test]
-    fn groups_join_the_mapped_team_or_the_team_of_their_name() {
-        let teams: BTreeMap<String, file::Team> =
-            serde_json::from_value(serde_json::json!({"eu-devs": {}, "Platform": {}})).unwrap();
-        let scim = file::Scim {
-            token: "t".repeat(32),
-            groups: [("Engineering-EU".to_owned(), "eu-devs".to_owned())].into(),
-            require_provisioned: false,
-        };
-        let settings = Settings::compile(&scim, &teams).unwrap();
-        assert_eq!(settings.team_of("engineering-eu").as_deref(), Some("eu-devs"));
-        assert_eq!(settings.team_of("platform").as_deref(), Some("Platform"));
-        assert_eq!(settings.team_of("Sales"), None);
-        let short = file::Scim { token: "short".into(), groups: BTreeMap::new(), require_provisioned: false };
-        assert_eq!(Settings::compile(&short, &teams).unwrap_err().0, "admin.scim.token");
-        let unknown = file::Scim { groups: [("G".to_owned(), "nope".to_owned())].into(), ..scim };
-        assert_eq!(Settings::compile(&unknown, &teams).unwrap_err().0, "admin.scim.groups.G");
     }
 }
