@@ -542,12 +542,13 @@ impl Directory {
     /// Stores `user` (new or replacing its id), refusing a user name another user has (409 uniqueness). A user
     /// name given again is no longer a deleted one.
     pub fn put_user(&mut self, user: User) -> Result<(), ScimError> {
-        if self.users.values().any(|other| other.id != user.id && other.user_name.eq_ignore_ascii_case(&user.user_name))
-        {
+        // Lower-cased as the identity checks look names up, so two users never share one standing.
+        let name = user.user_name.to_lowercase();
+        if self.users.values().any(|other| other.id != user.id && other.user_name.to_lowercase() == name) {
             return Err(ScimError::conflict(format!("userName {:?} is already provisioned", user.user_name)));
         }
-        self.deleted.remove(&user.user_name.to_lowercase());
-        if let Some(old) = self.users.get(&user.id).filter(|old| !old.user_name.eq_ignore_ascii_case(&user.user_name)) {
+        self.deleted.remove(&name);
+        if let Some(old) = self.users.get(&user.id).filter(|old| old.user_name.to_lowercase() != name) {
             // A renamed user: what the old name holds (tokens, certificates) is refused from now on.
             let old_name = old.user_name.to_lowercase();
             self.tombstone(old_name, 0);
