@@ -2,7 +2,7 @@
 //! with `audit.on_failure: block` the audit sink taking records), and, with the bearer `admin.token`,
 //! `GET /admin/config`, `POST /admin/reload`, `GET /admin/usage` (spend and tokens summed from the audit log by
 //! `usage`), `GET /admin/sessions[/ID]` (the sessions in the audit log, or one's timeline, by `sessions`) and
-//! `GET /admin/fleet` (the clients seen, by `fleet`).
+//! `GET /admin/fleet` (the clients seen, by `fleet`); with `admin.scim`, SCIM provisioning at `/scim/v2` (`scim`).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -34,7 +34,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener) {
     let slots = Arc::new(Semaphore::new(config.server.max_admin_connections));
     let header_timeout = config.server.header_read_timeout;
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, client) = tokio::select! {
             accepted = socket.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
@@ -52,7 +52,7 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| respond(shared.clone(), request));
+            let service = service_fn(move |request| respond(shared.clone(), client, request));
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
@@ -64,7 +64,14 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener) {
     }
 }
 
-async fn respond(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    shared: Arc<Shared>,
+    client: std::net::SocketAddr,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.uri().path().starts_with("/scim/") {
+        return Ok(crate::scim::http::respond(&shared, client, request).await);
+    }
     // The head only: no endpoint reads a body, and `Parts` may be held across the awaits of `/admin/usage`.
     let (request, _body) = request.into_parts();
     let path = request.uri.path();

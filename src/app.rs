@@ -125,6 +125,17 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         None => None,
     };
     let shared = Arc::new(Shared::new(config, metrics, auditor, limiter, minter, own_addresses, options.clock));
+    // The provisioned users, read before the first request so a deprovisioned one is refused from the start.
+    if let Err(error) = shared.scim.load().await {
+        let provisioning = shared.config.load().admin.as_ref().is_some_and(|admin| admin.scim.is_some());
+        match shared.limiter.backend().shared_server() {
+            // A shared server that is down now is polled until it answers (`scim::watch`).
+            Some(_) if provisioning => tracing::warn!(%error, "cannot read the SCIM directory yet; retrying"),
+            Some(_) => {}
+            None => return Err(StartError::State(error.0)),
+        }
+    }
+    shared.scim.attach(&shared.config.load());
     // What each user's clients should run now, from the config in force (a reload changes it): the fleet
     // inventory compares it with what was delivered.
     let snapshot = shared.config.clone();
@@ -143,6 +154,7 @@ pub async fn start_with(config: Config, options: Options) -> Result<Running, Sta
         tokio::spawn(crate::alerts::engine::run(shared.clone(), events));
     }
     tokio::spawn(prune_pool(shared.clone(), idle_timeout));
+    tokio::spawn(crate::scim::sync::watch(shared.clone()));
     tokio::spawn(crate::fleet::flush_every(shared.fleet.clone(), shared.shutdown.stop_accepting.clone()));
     if let Some(interval) = options.watch_interval {
         tokio::spawn(reload::watch_files(shared.clone(), interval));

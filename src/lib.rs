@@ -43,6 +43,7 @@ pub mod proxy;
 pub mod reload;
 pub mod report;
 pub mod request;
+pub mod scim;
 pub mod sessions;
 pub mod shared;
 pub mod stream;

@@ -41,6 +41,7 @@ pub struct Metrics {
     actions: IntCounterVec,
     dlp_matches: IntCounterVec,
     leaves: IntCounterVec,
+    scim_requests: IntCounterVec,
     password_checks: IntCounterVec,
     oidc_refreshes: IntCounterVec,
     log_lines_dropped: IntCounter,
@@ -178,6 +179,11 @@ impl Metrics {
             "tollgate_intercept_leaves_total",
             "Interception certificates served, by source (minted, cached).",
             &["source"],
+        );
+        let scim_requests = counter(
+            "tollgate_scim_requests_total",
+            "SCIM provisioning requests, by resource (users, groups, discovery), operation and result.",
+            &["resource", "operation", "result"],
         );
         let password_checks = counter(
             "tollgate_password_checks_total",
@@ -336,6 +342,7 @@ impl Metrics {
             actions,
             dlp_matches,
             leaves,
+            scim_requests,
             password_checks,
             oidc_refreshes,
             log_lines_dropped,
@@ -473,6 +480,11 @@ impl Metrics {
     /// The counter of events dropped because the alert engine's queue was full.
     pub fn alert_events_dropped(&self) -> IntCounter {
         self.alert_events_dropped.clone()
+    }
+
+    /// One SCIM request (`tollgate_scim_requests_total`).
+    pub fn scim_request(&self, resource: &str, operation: &str, result: &str) {
+        self.scim_requests.with_label_values(&[resource, operation, result]).inc();
     }
 
     pub fn leaf(&self, minted: bool) {

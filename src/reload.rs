@@ -53,6 +53,7 @@ pub fn reload(shared: &Shared) -> Result<ReloadReport, ConfigError> {
     let sha256 = loaded.source.sha256.clone();
     let stamps = if loaded.source.files == current.source.files { before } else { stamp(&loaded.source.files) };
     note_watched(shared, loaded.source.files.clone(), stamps);
+    shared.scim.attach(&loaded);
     let loaded = Arc::new(loaded);
     shared.alerts.configure(loaded.alerts.as_deref(), &shared.metrics);
     shared.config.store(loaded.clone());

@@ -55,6 +55,8 @@ pub struct Shared {
     pub alerts: Alerts,
     /// The inventory of clients seen, kept beside the limits in the state backend.
     pub fleet: Arc<Fleet>,
+    /// Users and groups provisioned over SCIM (`admin.scim`), kept in the state backend.
+    pub scim: Arc<crate::scim::Provisioning>,
     /// The bounded pool of password checks (argon2id), shared by every snapshot.
     pub verifiers: Arc<Verifiers>,
     pub clock: Arc<dyn Clock>,
@@ -65,6 +67,8 @@ pub struct Shared {
     /// One reload at a time (endpoint, SIGHUP and watcher), so versions and snapshots are stored in order.
     pub reloading: Mutex<()>,
     tunnels: Mutex<HashMap<u64, OpenTunnel>>,
+    /// Client connections a client certificate identifies, with the user it names: deprovisioning closes them.
+    identified: Mutex<HashMap<u64, (Arc<str>, CancellationToken)>>,
     request_prefix: u32,
     request_counter: AtomicU64,
     tunnels_cut: AtomicUsize,
@@ -120,6 +124,21 @@ impl Drop for TunnelRegistration<'_> {
     }
 }
 
+/// A client connection registered under the user its client certificate names; unregisters when dropped.
+#[derive(Debug)]
+pub struct IdentifiedConnection<'a> {
+    shared: &'a Shared,
+    id: u64,
+    /// Cancelled when the user is deprovisioned: the connection closes once no request is in flight.
+    pub closing: CancellationToken,
+}
+
+impl Drop for IdentifiedConnection<'_> {
+    fn drop(&mut self) {
+        self.shared.identified.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
 /// The two stages of shutdown.
 #[derive(Debug, Default)]
 pub struct Shutdown {
@@ -147,6 +166,7 @@ impl Shared {
         let bounds = fleet::Bounds::new(config.state.fleet_max_users);
         let fleet = Arc::new(Fleet::new(limiter.backend().clone(), bounds, clock.clone()));
         let alerts = Alerts::new(config.alerts.as_deref(), &metrics);
+        let scim = Arc::new(crate::scim::Provisioning::new(limiter.backend(), &config.state.path));
         let config = Arc::new(ArcSwap::from_pointee(config));
         Shared {
             fleet,
@@ -162,12 +182,14 @@ impl Shared {
             body_buffers,
             limiter,
             alerts,
+            scim,
             verifiers: Arc::new(Verifiers::default()),
             clock,
             version: AtomicU64::new(1),
             watched: Mutex::new(watched),
             reloading: Mutex::default(),
             tunnels: Mutex::default(),
+            identified: Mutex::default(),
             request_prefix: rand::random(),
             request_counter: AtomicU64::new(0),
             tunnels_cut: AtomicUsize::new(0),
@@ -197,6 +219,27 @@ impl Shared {
         let entry = OpenTunnel { principal, target, revoke: cut.clone() };
         self.tunnels.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry);
         TunnelRegistration { shared: self, id, cut }
+    }
+
+    /// Registers a connection whose client certificate names `user`, so deprovisioning can close it.
+    pub fn register_identified(&self, user: Arc<str>) -> IdentifiedConnection<'_> {
+        let id = self.request_counter.fetch_add(1, Ordering::Relaxed);
+        let closing = CancellationToken::new();
+        self.identified.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (user, closing.clone()));
+        IdentifiedConnection { shared: self, id, closing }
+    }
+
+    /// Asks the certificate-identified connections of the users `close` picks to close once idle; returns how many.
+    pub fn close_identified(&self, mut close: impl FnMut(&str) -> bool) -> usize {
+        let connections = self.identified.lock().unwrap_or_else(|p| p.into_inner());
+        let mut closed = 0;
+        for (user, closing) in connections.values() {
+            if close(user) {
+                closing.cancel();
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Closes the open tunnels `keep` refuses; returns how many.

@@ -40,6 +40,9 @@ where
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_concurrent_streams(H2_MAX_STREAMS);
     let shutdown = session.shared.shutdown.stop_accepting.clone();
+    // A connection a client certificate identifies closes, as at shutdown, once its user is deprovisioned.
+    let identified = session.peer.certificate.as_ref().map(|p| session.shared.register_identified(p.name.clone()));
+    let closing = identified.as_ref().map(|connection| connection.closing.clone()).unwrap_or_default();
     let activity = idle::Activity::new();
     let service_session = session.clone();
     let service_activity = activity.clone();
@@ -51,6 +54,10 @@ where
     let ended = tokio::select! {
         ended = connection.as_mut() => ended,
         () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+        () = closing.cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }

@@ -808,6 +808,23 @@ pub struct Admin {
     pub bind: String,
     /// Bearer token for `/admin/*` endpoints (metrics and health need none).
     pub token: Option<String>,
+    /// SCIM 2.0 provisioning at `/scim/v2` (its own bearer token).
+    pub scim: Option<Scim>,
+}
+
+/// SCIM 2.0 provisioning of users and groups from the identity provider (`admin.scim`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scim {
+    /// The bearer token the identity provider sends (its "secret token"); at least 32 characters.
+    pub token: String,
+    /// SCIM group display names mapped to team names; a group not named here joins the team of the same name,
+    /// if there is one.
+    #[serde(default)]
+    pub groups: BTreeMap<String, String>,
+    /// Refuse tokens and client certificates of users that are not provisioned and active.
+    #[serde(default)]
+    pub require_provisioned: bool,
 }
 
 /// Proxy authentication.

@@ -8,6 +8,7 @@ pub mod actions;
 mod budgets;
 pub mod file;
 pub mod llm;
+pub mod scim;
 pub mod settings;
 pub mod siem;
 pub mod teams;
@@ -97,6 +98,8 @@ pub struct Listener {
 pub struct Admin {
     pub bind: SocketAddr,
     pub token: Option<String>,
+    /// `admin.scim`: SCIM provisioning, when configured.
+    pub scim: Option<Arc<scim::Settings>>,
 }
 
 /// How tollgate connects to destinations.
@@ -359,6 +362,12 @@ fn compile(
         Some(admin) => Some(Admin {
             bind: parse_bind(&admin.bind).map_err(|m| invalid("admin.bind", m))?,
             token: admin.token.clone().filter(|t| !t.is_empty()),
+            scim: match &admin.scim {
+                Some(scim) => {
+                    Some(Arc::new(scim::Settings::compile(scim, &parsed.teams).map_err(|(key, m)| invalid(key, m))?))
+                }
+                None => None,
+            },
         }),
         None => None,
     };

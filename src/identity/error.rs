@@ -23,6 +23,9 @@ pub enum AuthError {
     /// A reload removed the user or changed its password.
     #[error("the credential is no longer valid (the configuration changed); sign in again")]
     Revoked,
+    /// SCIM deactivated or deleted the user, or (with `admin.scim.require_provisioned`) never provisioned it.
+    #[error("the user is not provisioned or was deprovisioned; ask your administrator")]
+    Deprovisioned,
     /// Every password verifier is busy and the wait queue is full.
     #[error("too many sign-ins at once; retry in a moment")]
     Busy,
@@ -44,6 +47,7 @@ impl AuthError {
             AuthError::InvalidToken(_) => "jwt",
             AuthError::InvalidOidcToken(_) => "oidc",
             AuthError::Expired | AuthError::Revoked => "expired",
+            AuthError::Deprovisioned => "deprovisioned",
             AuthError::Busy => "busy",
             _ => "basic",
         }

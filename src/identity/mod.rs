@@ -14,7 +14,7 @@ pub mod verify;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use basic::{hash_password, BasicCredentials};
@@ -104,6 +104,29 @@ pub struct Directory {
     team_from_ou: bool,
     jwt: Option<Bearer<JwtVerifier>>,
     oidc: Option<Bearer<Provider>>,
+    /// Users provisioned over SCIM (`admin.scim`), attached once the snapshot is running.
+    provisioned: OnceLock<Arc<dyn Provisioned>>,
+}
+
+/// Users provisioned over SCIM as the identity checks see them: whether a user is active, and the teams its groups
+/// map to. Implemented by `scim::Attached`.
+pub trait Provisioned: Send + Sync + std::fmt::Debug {
+    /// Where `user` stands now.
+    fn standing(&self, user: &str) -> Standing;
+    /// Whether a token or certificate of a user that is not provisioned and active is refused
+    /// (`admin.scim.require_provisioned`).
+    fn required(&self) -> bool;
+}
+
+/// Where a user stands in the provisioned directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// Never provisioned: handled as without SCIM.
+    Unknown,
+    /// Provisioned and active, with the teams its groups map to.
+    Active(Vec<Arc<str>>),
+    /// Deactivated or deleted: every credential is refused.
+    Deprovisioned,
 }
 
 /// A source of bearer tokens compiled (`auth.jwt` with `auth.group_teams`, or `auth.oidc`), with how its claims map
@@ -205,11 +228,52 @@ impl Directory {
             team_from_ou: auth.mtls.team_from == Some(file::TeamFrom::Ou),
             jwt,
             oidc,
+            provisioned: OnceLock::new(),
         })
     }
 
-    /// Identifies the caller from the raw `Proxy-Authorization` value, if any, at `now`.
+    /// Joins the users provisioned over SCIM to this directory (once; later calls are ignored).
+    pub fn attach_provisioned(&self, provisioned: Arc<dyn Provisioned>) {
+        let _ = self.provisioned.set(provisioned);
+    }
+
+    /// `principal` as the provisioned directory sees it: a deactivated or deleted user is refused, an active one
+    /// gets the teams of its groups too; a user never provisioned passes as it is, unless a token or certificate
+    /// must name a provisioned user (`admin.scim.require_provisioned`; Basic users come from the config).
+    pub fn provision(&self, principal: Principal) -> Result<Principal, AuthError> {
+        let Some(provisioned) = self.provisioned.get() else { return Ok(principal) };
+        if principal.method == AuthMethod::Anonymous {
+            return Ok(principal);
+        }
+        match provisioned.standing(&principal.name) {
+            Standing::Active(teams) => {
+                let missing: Vec<Arc<str>> = teams.into_iter().filter(|t| !principal.teams.contains(t)).collect();
+                if missing.is_empty() {
+                    return Ok(principal);
+                }
+                let teams = principal.teams.iter().cloned().chain(missing).collect();
+                Ok(Principal { teams, ..principal })
+            }
+            Standing::Deprovisioned => Err(AuthError::Deprovisioned),
+            Standing::Unknown if provisioned.required() && principal.method != AuthMethod::Basic => {
+                Err(AuthError::Deprovisioned)
+            }
+            Standing::Unknown => Ok(principal),
+        }
+    }
+
+    /// Identifies the caller from the raw `Proxy-Authorization` value, if any, at `now`; then `provision`.
     pub async fn identify(
+        &self,
+        proxy_authorization: Option<&[u8]>,
+        client: IpAddr,
+        now: SystemTime,
+        verifiers: &Arc<Verifiers>,
+    ) -> Result<Principal, AuthError> {
+        self.provision(self.identify_credential(proxy_authorization, client, now, verifiers).await?)
+    }
+
+    async fn identify_credential(
         &self,
         proxy_authorization: Option<&[u8]>,
         client: IpAddr,
@@ -235,8 +299,19 @@ impl Directory {
     /// the anonymous principal.
     ///
     /// The key must name its user: a password alone could only be found by trying it against every user's
-    /// argon2id hash, so one request with a wrong key would cost a hash per configured user.
+    /// argon2id hash, so one request with a wrong key would cost a hash per configured user. Then `provision`.
     pub async fn identify_api(
+        &self,
+        authorization: Option<&[u8]>,
+        api_key: Option<&[u8]>,
+        client: IpAddr,
+        now: SystemTime,
+        verifiers: &Arc<Verifiers>,
+    ) -> Result<Principal, AuthError> {
+        self.provision(self.identify_api_credential(authorization, api_key, client, now, verifiers).await?)
+    }
+
+    async fn identify_api_credential(
         &self,
         authorization: Option<&[u8]>,
         api_key: Option<&[u8]>,
@@ -345,12 +420,12 @@ impl Directory {
     /// connection, possibly under an older config): its credential must not have expired, a Basic user must still
     /// exist with the same password (and gets its current teams), an anonymous principal must still be the
     /// anonymous name. Certificate and token principals were proven by their credential and stay as they are
-    /// until it expires.
+    /// until it expires, unless SCIM deprovisioned their user (`provision`).
     pub fn refresh(&self, principal: &Principal, now: SystemTime) -> Result<Principal, AuthError> {
         if principal.expires.is_some_and(|expires| now >= expires) {
             return Err(AuthError::Expired);
         }
-        match principal.method {
+        let refreshed = match principal.method {
             AuthMethod::Basic => match self.users.get(&*principal.name) {
                 Some(user) if user.principal.credential == principal.credential => Ok(user.principal.clone()),
                 _ => Err(AuthError::Revoked),
@@ -359,7 +434,8 @@ impl Directory {
                 self.anonymous.clone().filter(|anonymous| anonymous.name == principal.name).ok_or(AuthError::Revoked)
             }
             AuthMethod::Mtls | AuthMethod::Jwt | AuthMethod::Oidc => Ok(principal.clone()),
-        }
+        };
+        self.provision(refreshed?)
     }
 
     /// Whether bearer tokens are configured (`auth.jwt` or `auth.oidc`).

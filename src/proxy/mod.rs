@@ -38,6 +38,9 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
     let _active = shared.metrics.connection_opened(&listener);
     let mut buf = BytesMut::with_capacity(4096);
     let mut first = true;
+    // A connection a client certificate identifies closes between requests once its user is deprovisioned.
+    let identified = peer.certificate.as_ref().map(|principal| shared.register_identified(principal.name.clone()));
+    let closing = identified.as_ref().map(|connection| connection.closing.clone()).unwrap_or_default();
     loop {
         if !first && buf.is_empty() {
             // Wait for the next request by reading (not by socket readiness: TLS may hold decrypted bytes).
@@ -46,6 +49,7 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
             tokio::select! {
                 read = wait => if !matches!(read, Ok(Ok(1..))) { return },
                 () = shared.shutdown.stop_accepting.cancelled() => return,
+                () = closing.cancelled() => return,
             }
         }
         first = false;

@@ -98,7 +98,7 @@ pub enum Error {
     Intercept { host: String, reason: String },
     #[error("{0}")]
     SniMismatch(String),
-    #[error("closed: the reloaded config denies this tunnel")]
+    #[error("closed: a reload or deprovisioning revoked this tunnel")]
     Revoked,
 }
 

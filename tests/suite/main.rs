@@ -37,6 +37,7 @@ mod parent_proxy;
 mod redis_limits;
 mod reload;
 mod replicas;
+mod scim;
 mod sessions;
 mod siem;
 mod sni;
