@@ -26,6 +26,7 @@ use super::checkpoint;
 use super::queue::{Queue, Taken};
 use super::record::{CheckpointRecord, Entry};
 use super::rotate::{self, Job, Naming};
+use super::siem::spool::count_lines;
 use super::siem::Spools;
 use super::verify::{split_hash, GENESIS, KEYED_MARK};
 use crate::config::file::AuditSync;
@@ -111,7 +112,7 @@ impl Writer {
         let (mut serial, mut lines) = (1, 0);
         if regular {
             serial = naming.last_serial()? + 1;
-            lines = count_lines(path)?;
+            lines = count_lines(path, 0)?;
             // An empty active file after a rotation: the chain continues from the last rotated file.
             if chain && last.is_none() && lines == 0 {
                 last = last_hash_of_series(&naming)?;
@@ -490,20 +491,6 @@ impl Writer {
                 }
             }
         }
-    }
-}
-
-/// Newline-terminated lines in the file.
-fn count_lines(path: &Path) -> std::io::Result<u64> {
-    let mut file = File::open(path)?;
-    let mut buffer = vec![0u8; 256 * 1024];
-    let mut lines = 0;
-    loop {
-        let read = file.read(&mut buffer)?;
-        if read == 0 {
-            return Ok(lines);
-        }
-        lines += memchr::memchr_iter(b'\n', &buffer[..read]).count() as u64;
     }
 }
 

@@ -313,7 +313,18 @@ async fn a_held_tunnel_takes_the_users_only_concurrency_slot() {
     close_tunnel(bobs).await;
     assert_eq!(echo.connection_count(), 3, "the refused tunnel never reached the echo server");
 
-    let audit = gateway.audit().await;
+    // The client sees a tunnel end while its splice winds down, a moment before its record is queued: wait
+    // (bounded) for the four records rather than read the file once.
+    let audit = async {
+        loop {
+            let audit = gateway.audit().await;
+            if audit.len() >= 4 {
+                return audit;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let audit = tokio::time::timeout(std::time::Duration::from_secs(10), audit).await.expect("four records within 10s");
     assert_eq!(audit.len(), 4, "{audit:#?}");
     let refused: Vec<_> = audit.iter().filter(|r| r["decision"] == "deny").collect();
     assert_eq!(refused.len(), 1, "{audit:#?}");

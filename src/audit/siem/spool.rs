@@ -395,8 +395,8 @@ fn cut_torn_end(path: &Path, sink: &str) -> std::io::Result<u64> {
     Ok(keep)
 }
 
-/// Newlines in the file at `path` from `offset` on.
-fn count_lines(path: &Path, offset: u64) -> std::io::Result<u64> {
+/// Newlines in the file at `path` from `offset` on (also the audit file's lines, counted on open).
+pub(crate) fn count_lines(path: &Path, offset: u64) -> std::io::Result<u64> {
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
     let mut buffer = vec![0u8; 64 * 1024];
