@@ -40,6 +40,18 @@ pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
 const ANSWER_BYTES: usize = 64 * 1024;
 
 /// Starts the delivery thread of `sink`; the receiver turns true when it has ended.
+/// The nice value of a delivery thread: the lowest priority. On a busy core the request path runs first and the
+/// spool takes up the lag; delivery catches up as soon as the core has time (`docs/audit.md`, "What it costs").
+const DELIVERY_NICE: i32 = 19;
+
+/// Lowers the calling thread's priority to `DELIVERY_NICE` (on Linux a nice value is per thread, and
+/// `setpriority(PRIO_PROCESS, 0)` sets the caller's); logged if refused.
+fn yield_to_requests() {
+    if let Err(error) = rustix::process::setpriority_process(None, DELIVERY_NICE) {
+        tracing::warn!(%error, "a SIEM delivery thread keeps the default priority");
+    }
+}
+
 pub(super) fn spawn(
     sink: SiemSink,
     spool: Arc<Spool>,
@@ -49,6 +61,7 @@ pub(super) fn spawn(
 ) -> std::io::Result<watch::Receiver<bool>> {
     let (finished, receiver) = watch::channel(false);
     std::thread::Builder::new().name(format!("tollgate-siem-{}", sink.name)).spawn(move || {
+        yield_to_requests();
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => {
                 let delivery = Delivery {
