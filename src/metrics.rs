@@ -43,12 +43,37 @@ pub struct Metrics {
     leaves: IntCounterVec,
     password_checks: IntCounterVec,
     oidc_refreshes: IntCounterVec,
+    enrollments: IntCounterVec,
     log_lines_dropped: IntCounter,
     telemetry_dropped: IntCounterVec,
     clients: IntGaugeVec,
     managed_settings_current: GaugeVec,
     alerts: IntCounterVec,
     alert_events_dropped: IntCounter,
+}
+
+/// What one `POST /enroll` came to, for `tollgate_enrollments_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrollment {
+    /// A certificate was issued.
+    Issued,
+    /// No valid token.
+    Unauthenticated,
+    /// A bad request: the method, path, body or CSR.
+    Invalid,
+}
+
+impl Enrollment {
+    const ALL: [Enrollment; 3] = [Enrollment::Issued, Enrollment::Unauthenticated, Enrollment::Invalid];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Enrollment::Issued => "issued",
+            Enrollment::Unauthenticated => "unauthenticated",
+            Enrollment::Invalid => "invalid",
+        }
+    }
 }
 
 /// Counts kept outside the registry (by the log writer and the password verifiers), copied in when rendered.
@@ -175,6 +200,15 @@ impl Metrics {
         );
         for result in ["ok", "error"] {
             oidc_refreshes.with_label_values(&[result]);
+        }
+        let enrollments = counter(
+            "tollgate_enrollments_total",
+            "Client certificate enrollments (auth.enroll, POST /enroll), by result: issued, unauthenticated (no valid \
+             token), or invalid (a bad request or CSR).",
+            &["result"],
+        );
+        for result in Enrollment::ALL {
+            enrollments.with_label_values(&[result.label()]);
         }
         let telemetry_dropped = counter(
             "tollgate_telemetry_dropped_total",
@@ -303,6 +337,7 @@ impl Metrics {
             leaves,
             password_checks,
             oidc_refreshes,
+            enrollments,
             log_lines_dropped,
             telemetry_dropped,
             clients,
@@ -310,6 +345,11 @@ impl Metrics {
             alerts,
             alert_events_dropped,
         }
+    }
+
+    /// Counts one answer of the enrollment endpoint.
+    pub fn enrollment(&self, result: Enrollment) {
+        self.enrollments.with_label_values(&[result.label()]).inc();
     }
 
     /// Counts one telemetry call answered without forwarding; `endpoint` is one of a fixed set.

@@ -57,6 +57,8 @@ pub struct Config {
     pub managed_settings: Option<settings::Managed>,
     /// Alert sinks and rules; `None` = no alerts (the request path then sends no events).
     pub alerts: Option<Arc<crate::alerts::Rules>>,
+    /// Client certificate enrollment (`auth.enroll`); `None` = no `POST /enroll`.
+    pub enroll: Option<Arc<crate::enroll::Enrollment>>,
 }
 
 /// The state backend.
@@ -417,6 +419,12 @@ fn compile(
         )),
         _ => None,
     };
+    let enroll = match &parsed.auth.enroll {
+        Some(enroll) => Some(Arc::new(
+            crate::enroll::Enrollment::compile(enroll, &parsed).map_err(|(path, message)| invalid(path, message))?,
+        )),
+        None => None,
+    };
     let state = State {
         backend: parsed.state.backend,
         path: PathBuf::from(&parsed.state.path),
@@ -555,6 +563,7 @@ fn compile(
         actions,
         managed_settings,
         alerts,
+        enroll,
     })
 }
 
@@ -572,6 +581,9 @@ fn referenced_files(path: &Path, parsed: &file::File) -> Vec<PathBuf> {
     }
     for sink in parsed.alerts.iter().flat_map(|alerts| alerts.sinks.values()) {
         files.extend(sink.password_file.iter().map(PathBuf::from));
+    }
+    if let Some(enroll) = &parsed.auth.enroll {
+        files.extend([PathBuf::from(&enroll.client_ca.cert), PathBuf::from(&enroll.client_ca.key)]);
     }
     if let Some(intercept) = parsed.intercept.as_ref().filter(|i| !i.hosts.is_empty()) {
         files.extend([PathBuf::from(&intercept.ca.cert), PathBuf::from(&intercept.ca.key)]);

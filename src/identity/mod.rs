@@ -362,6 +362,11 @@ impl Directory {
         }
     }
 
+    /// Which part of a client certificate names the principal (`auth.mtls.identity`).
+    pub fn certificate_identity(&self) -> tls::CertIdentity {
+        self.certificate_identity
+    }
+
     /// Whether bearer tokens are configured (`auth.jwt` or `auth.oidc`).
     pub fn accepts_bearer(&self) -> bool {
         self.jwt.is_some() || self.oidc.is_some()
