@@ -38,6 +38,7 @@ pub mod limits;
 pub mod listener;
 pub mod llm;
 pub mod logging;
+pub mod login;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
