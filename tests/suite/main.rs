@@ -40,6 +40,7 @@ mod replicas;
 mod sessions;
 mod sni;
 mod spend;
+mod sso_login;
 mod teams;
 mod tls_listener;
 mod upstream_trust;

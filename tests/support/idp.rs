@@ -209,6 +209,11 @@ impl Idp {
         device.approval = Some(claims.ok_or(()));
     }
 
+    /// Revokes every refresh token issued so far (an administrator signs the user out everywhere).
+    pub fn revoke_refresh_tokens(&self) {
+        self.state.inner.lock().unwrap().refresh_tokens.clear();
+    }
+
     /// Claims for a token from this provider: `iss`, `aud`, `iat`, `exp` (`lifetime` seconds from now) and `extra`.
     pub fn claims(&self, lifetime: i64, extra: Value) -> Value {
         claims(&self.issuer, &self.audience, lifetime, extra)
