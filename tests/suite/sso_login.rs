@@ -35,6 +35,8 @@ struct Setup {
     origin: Origin,
     stub: MessagesStub,
     gateway: TestGateway,
+    /// The gateway's config, as `tollgate login --config` can read it.
+    yaml: String,
     /// Holds the clients CA (`tollgate ca init --client`).
     _certs: tempfile::TempDir,
     home: tempfile::TempDir,
@@ -75,7 +77,7 @@ impl Setup {
         let gateway = start_full_with(&yaml, Default::default()).await;
         let origin = Origin::start().await;
         let home = tempfile::tempdir().expect("temp dir");
-        Setup { pki, idp, origin, stub, gateway, _certs: certs, home }
+        Setup { pki, idp, origin, stub, gateway, yaml, _certs: certs, home }
     }
 
     fn ca(&self) -> String {
@@ -115,9 +117,14 @@ impl Setup {
     /// end. Exit code, stdout, stderr.
     async fn login(&self, args: &[&str], claims: Option<Value>) -> (i32, String, String) {
         let ca = self.ca();
-        let base = ["login", "--issuer", &self.idp.issuer, "--client-id", CLIENT_ID, "--ca", &ca];
+        let base = ["--issuer", &self.idp.issuer, "--client-id", CLIENT_ID, "--ca", &ca];
+        self.login_with(&[&base[..], args].concat(), claims).await
+    }
+
+    /// `tollgate login ARGS` as given, otherwise like `login`.
+    async fn login_with(&self, args: &[&str], claims: Option<Value>) -> (i32, String, String) {
         let mut child = self
-            .command(&[&base[..], args].concat())
+            .command(&[&["login"], args].concat())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -232,7 +239,8 @@ async fn login_signs_in_with_the_device_grant_and_stores_private_credentials() {
 }
 
 /// A sign-in the user denies fails with exit 1 and says so; without a sign-in, `tollgate token` exits 1 with the
-/// line a helper script shows.
+/// line a helper script shows. The issuer and client ID come from the gateway's config (`--config`:
+/// `auth.oidc.issuer` and `device_client_id`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_sign_in_and_a_missing_one_say_to_run_login() {
     let setup = Setup::start().await;
@@ -240,7 +248,10 @@ async fn a_denied_sign_in_and_a_missing_one_say_to_run_login() {
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(stderr.trim(), "tollgate: not signed in: run `tollgate login`");
 
-    let (code, stdout, stderr) = setup.login(&[], None).await;
+    let config = setup.home.path().join("gateway.yaml");
+    std::fs::write(&config, &setup.yaml).unwrap();
+    let (config, ca) = (config.display().to_string(), setup.ca());
+    let (code, stdout, stderr) = setup.login_with(&["--config", &config, "--ca", &ca], None).await;
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert!(stderr.contains("the sign-in was denied: run `tollgate login`"), "{stderr}");
     assert!(!setup.config_dir().join("credentials.json").exists(), "nothing is stored");
@@ -248,11 +259,15 @@ async fn a_denied_sign_in_and_a_missing_one_say_to_run_login() {
 
 /// An expired access token is refreshed: `tollgate token` prints a new token, stores the rotated refresh token,
 /// and the gateway admits the new token. Once the provider revokes the refresh token, `tollgate token` exits 1
-/// saying why and what to do, and keeps saying so without asking the provider again.
+/// saying why and what to do, and keeps saying so without asking the provider again. The sign-in takes its
+/// settings from the user's `config.yaml`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_refreshes_an_expired_token_and_a_revoked_refresh_token_means_login() {
     let setup = Setup::start().await;
-    let (code, stdout, stderr) = setup.login(&[], Some(user_claims())).await;
+    std::fs::create_dir(setup.config_dir()).unwrap();
+    let settings = format!("issuer: \"{}\"\nclient_id: {CLIENT_ID}\nca: [\"{}\"]\n", setup.idp.issuer, setup.ca());
+    std::fs::write(setup.config_dir().join("config.yaml"), settings).unwrap();
+    let (code, stdout, stderr) = setup.login_with(&[], Some(user_claims())).await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let before = setup.credentials();
 
@@ -398,4 +413,41 @@ async fn enrollment_is_refused_without_a_valid_token_or_with_a_bad_csr() {
     assert_eq!(statuses, [401, 401, 400, 400, 413, 200]);
     let unauthenticated = audit.iter().find(|r| r["status"] == 401).unwrap();
     assert_eq!((unauthenticated["decision"].as_str(), unauthenticated["user"].as_str()), (Some("deny"), None));
+}
+
+/// The enrollment listener must accept the certificates it issues: a `client_ca` without the enrolling CA, and a
+/// listener that asks for no client certificate, are config errors naming the keys.
+#[test]
+fn an_enrollment_listener_that_would_refuse_its_certificates_is_a_config_error() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["ca", "init", "--client", "--dir", d])
+        .output()
+        .expect("tollgate runs");
+    assert!(made.status.success());
+    let config = |tls_extra: &str| {
+        format!(
+            "listeners:\n  - {{name: proxy-tls, bind: \"127.0.0.1:0\", tls: {{cert: \"{}\", key: \"{}\"{tls_extra}}}}}\n\
+             auth:\n  oidc: {{issuer: \"https://login.corp.example\", audience: tollgate}}\n\
+             \x20 enroll: {{listener: proxy-tls, client_ca: {{cert: \"{d}/clients-ca.pem\", key: \"{d}/clients-ca.key\"}}}}\n\
+             {LOOPBACK_POLICY}",
+            pki.server.pem.display(),
+            pki.server.key.display()
+        )
+    };
+    let error = |yaml: String| {
+        tollgate::config::Config::from_text(&yaml, Path::new("enroll.yaml"), &|_| None).unwrap_err().to_string()
+    };
+    let other_ca = format!(", client_ca: \"{}\", client_auth: optional", pki.ca.pem.display());
+    let message = error(config(&other_ca));
+    assert!(
+        message.contains("auth.enroll.client_ca: ") && message.contains("would refuse the certificates"),
+        "{message}"
+    );
+    let message = error(config(""));
+    assert!(message.contains("auth.enroll.listener: \"proxy-tls\" must ask for client certificates"), "{message}");
+    let ours = format!(", client_ca: \"{d}/clients-ca.pem\", client_auth: optional");
+    tollgate::config::Config::from_text(&config(&ours), Path::new("enroll.yaml"), &|_| None).expect("a usable config");
 }
