@@ -529,6 +529,13 @@ fn check(path: &std::path::Path, online: bool) -> ExitCode {
             humantime::format_duration(provider.refresh_interval())
         );
     }
+    if let Some(enroll) = &config.enroll {
+        println!(
+            "  enroll: POST /enroll on {}, client certificates valid {}",
+            enroll.listener,
+            humantime::format_duration(enroll.validity)
+        );
+    }
     println!("  sha256: {}", config.source.sha256);
     match config.identity.oidc().filter(|_| online) {
         Some(provider) => check_oidc_online(provider),

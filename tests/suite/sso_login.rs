@@ -450,4 +450,12 @@ fn an_enrollment_listener_that_would_refuse_its_certificates_is_a_config_error()
     assert!(message.contains("auth.enroll.listener: \"proxy-tls\" must ask for client certificates"), "{message}");
     let ours = format!(", client_ca: \"{d}/clients-ca.pem\", client_auth: optional");
     tollgate::config::Config::from_text(&config(&ours), Path::new("enroll.yaml"), &|_| None).expect("a usable config");
+    // `tollgate check` says where enrollment is served and for how long.
+    let file = dir.path().join("enroll.yaml");
+    std::fs::write(&file, config(&ours).replace("clients-ca.key\"}}", "clients-ca.key\"}, validity: 8h}")).unwrap();
+    let checked =
+        std::process::Command::new(env!("CARGO_BIN_EXE_tollgate")).arg("check").arg("-c").arg(&file).output().unwrap();
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{stdout}{}", String::from_utf8_lossy(&checked.stderr));
+    assert!(stdout.contains("  enroll: POST /enroll on proxy-tls, client certificates valid 8h\n"), "{stdout}");
 }
