@@ -209,13 +209,17 @@ fn user_claims() -> Value {
 }
 
 /// `tollgate login` signs in with the device grant: it prints the verification page with the code, polls while the
-/// user approves, and stores the credentials (directory 0700, file 0600). `tollgate token` prints the stored token
-/// while it is fresh, and the gateway admits it; the audit record names the user.
+/// user approves (a `slow_down` answer makes it wait longer, not fail), and stores the credentials (directory 0700,
+/// file 0600). `tollgate token` prints the stored token while it is fresh, and the gateway admits it; the audit
+/// record names the user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_signs_in_with_the_device_grant_and_stores_private_credentials() {
     let mut setup = Setup::start().await;
+    setup.idp.slow_down(1);
     let (code, stdout, stderr) = setup.login(&[], Some(user_claims())).await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // The first poll got slow_down; login went on polling rather than failing.
+    assert!(setup.idp.device_polls() >= 2, "{} polls", setup.idp.device_polls());
     assert!(stdout.contains(&format!("{}/device/verify?user_code=", setup.idp.issuer)), "{stdout}");
     assert!(stdout.contains(&format!("Signed in as {USER}.")), "{stdout}");
 
@@ -344,7 +348,15 @@ async fn login_cert_enrolls_a_certificate_that_curl_and_the_python_sdk_use_throu
     assert_eq!(answer["ok"], true, "{answer}");
     assert_eq!(setup.stub.requests().len(), 1, "the SDK's call reached the Messages API through the proxy");
 
-    assert_eq!(setup.gateway.metric("tollgate_enrollments_total{result=\"issued\"}").await, 1.0);
+    // Again, as a daily renewal runs: the stored token is used (no code to approve) and a new certificate written.
+    let first = std::fs::read(&cert).unwrap();
+    let output = setup.command(&["login", "--cert"]).output().await.expect("tollgate runs");
+    let renewed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{renewed}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!renewed.contains("code: ") && renewed.contains("Certificate for jane@corp.example"), "{renewed}");
+    assert_ne!(std::fs::read(&cert).unwrap(), first, "a new certificate");
+
+    assert_eq!(setup.gateway.metric("tollgate_enrollments_total{result=\"issued\"}").await, 2.0);
     let audit = setup.gateway.shutdown_and_audit().await;
     let enrolled = audit.iter().find(|r| r["path"] == "/enroll").expect("the enrollment's record");
     assert_eq!((enrolled["user"].as_str(), enrolled["status"].as_u64()), (Some(USER), Some(200)), "{enrolled}");
