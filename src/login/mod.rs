@@ -183,7 +183,19 @@ async fn sign_in(
     .and_then(|()| out.flush())
     .map_err(output)?;
     let tokens = client.poll_device(&endpoints.token_endpoint, client_id, &device).await?;
-    Ok(credentials(issuer, client_id, &endpoints.token_endpoint, scope, ca, None, tokens, None))
+    let signed_in = Credentials {
+        issuer: issuer.to_owned(),
+        client_id: client_id.to_owned(),
+        token_endpoint: endpoints.token_endpoint,
+        scope: scope.to_owned(),
+        ca,
+        proxy: None,
+        refresh_token: None,
+        access_token: String::new(),
+        expires_at: 0,
+        lifetime: 0,
+    };
+    Ok(with_tokens(signed_in, tokens))
 }
 
 /// The stored access token while it has more than the margin left; else refreshed, stored and returned. A
@@ -206,16 +218,7 @@ async fn fresh_token(
     };
     match client.refresh(&stored.token_endpoint, &stored.client_id, &refresh_token, &stored.scope).await {
         Ok(tokens) => {
-            let refreshed = credentials(
-                &stored.issuer,
-                &stored.client_id,
-                &stored.token_endpoint,
-                &stored.scope,
-                stored.ca.clone(),
-                stored.proxy.clone(),
-                tokens,
-                Some(refresh_token),
-            );
+            let refreshed = with_tokens(stored, tokens);
             directory.save(&refreshed)?;
             Ok(refreshed)
         }
@@ -242,30 +245,16 @@ async fn fresh_token(
     }
 }
 
-/// Credentials from a token answer; a refresh token not rotated by the IdP (`None` in the answer) is kept.
-#[allow(clippy::too_many_arguments)]
-fn credentials(
-    issuer: &str,
-    client_id: &str,
-    token_endpoint: &str,
-    scope: &str,
-    ca: Vec<PathBuf>,
-    proxy: Option<String>,
-    tokens: Tokens,
-    previous_refresh_token: Option<String>,
-) -> Credentials {
+/// `credentials` with the tokens of a token answer; a refresh token the IdP did not rotate (none in the answer) is
+/// kept.
+fn with_tokens(credentials: Credentials, tokens: Tokens) -> Credentials {
     let lifetime = tokens.expires_in.unwrap_or(3_600);
     Credentials {
-        issuer: issuer.to_owned(),
-        client_id: client_id.to_owned(),
-        token_endpoint: token_endpoint.to_owned(),
-        scope: scope.to_owned(),
-        ca,
-        proxy,
-        refresh_token: tokens.refresh_token.or(previous_refresh_token),
+        refresh_token: tokens.refresh_token.or(credentials.refresh_token),
         access_token: tokens.access_token,
         expires_at: seconds(SystemTime::now()) + lifetime,
         lifetime,
+        ..credentials
     }
 }
 
