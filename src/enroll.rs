@@ -8,6 +8,7 @@
 //! the name is an address, SAN URI `spiffe://tollgate/user/NAME`) and carries the token's first team as its OU:
 //! teams are taken from the token when the certificate is issued and bound to it until it expires.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -19,7 +20,7 @@ use crate::certs::{Ca, Leaf};
 use crate::config::{file, Config};
 use crate::http1::body::Framing;
 use crate::http1::head::RequestHead;
-use crate::identity::{AuthMethod, Principal};
+use crate::identity::{AuthError, AuthMethod, Principal};
 use crate::metrics::Enrollment as Outcome;
 use crate::request::door::Door;
 use crate::request::finish::{Exchange, Held};
@@ -105,6 +106,8 @@ impl Enrollment {
 enum Refusal {
     #[error("{0}")]
     Unauthenticated(String),
+    #[error("too many failed authentications from this address: try again in {0} s")]
+    Throttled(u64),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -127,6 +130,7 @@ impl Refusal {
     fn status(&self) -> u16 {
         match self {
             Refusal::Unauthenticated(_) => 401,
+            Refusal::Throttled(_) => 429,
             Refusal::Forbidden(_) => 403,
             Refusal::BadRequest(_) | Refusal::ClientClosed => 400,
             Refusal::TooLarge => 413,
@@ -141,6 +145,7 @@ impl Refusal {
     fn code(&self) -> &'static str {
         match self {
             Refusal::Unauthenticated(_) => "invalid_token",
+            Refusal::Throttled(_) => "too_many_attempts",
             Refusal::Forbidden(_) => "forbidden",
             Refusal::BadRequest(_) | Refusal::ClientClosed => "invalid_request",
             Refusal::TooLarge => "body_too_large",
@@ -172,6 +177,7 @@ pub async fn serve(
     client: &mut Stream,
     buf: &mut BytesMut,
     head: RequestHead,
+    client_address: IpAddr,
 ) -> (Exchange, bool) {
     let mut exchange = Exchange::new(shared.next_request_id(), Door::Forward);
     exchange.method = head.method().to_owned();
@@ -185,12 +191,13 @@ pub async fn serve(
         if head.method() != "POST" {
             return Err(Refusal::MethodNotAllowed);
         }
-        let principal = authenticate(config, &head).await?;
+        let principal = authenticate(config, &head, client_address).await?;
         exchange.principal = Some(principal.clone());
         exchange.region = principal.region.clone();
         issue(config, enrollment, &principal, &body)
     }
     .await;
+    let mut retry_after = None;
     let (status, document, result) = match answered {
         Ok(issued) => {
             tracing::info!(
@@ -206,11 +213,13 @@ pub async fn serve(
             exchange.decision = "deny";
             exchange.reason = refusal.code();
             exchange.error = Some(refusal.to_string());
-            if matches!(refusal, Refusal::ClientClosed) {
-                keep_alive = false;
+            match refusal {
+                Refusal::ClientClosed => keep_alive = false,
+                Refusal::Throttled(seconds) => retry_after = Some(seconds),
+                _ => {}
             }
             let result = match refusal {
-                Refusal::Unauthenticated(_) => Outcome::Unauthenticated,
+                Refusal::Unauthenticated(_) | Refusal::Throttled(_) => Outcome::Unauthenticated,
                 _ => Outcome::Invalid,
             };
             let document = json!({"error": refusal.code(), "message": refusal.to_string()});
@@ -221,7 +230,7 @@ pub async fn serve(
     exchange.status = status;
     let body = document.to_string();
     exchange.bytes_down = body.len() as u64;
-    exchange.held = Held::Answer(response(status, &body, &exchange.id, keep_alive));
+    exchange.held = Held::Answer(response(status, &body, &exchange.id, keep_alive, retry_after));
     (exchange, keep_alive)
 }
 
@@ -288,8 +297,9 @@ async fn discard(config: &Config, client: &mut Stream, buf: &mut BytesMut, lengt
     }
 }
 
-/// The user of the request's `Authorization: Bearer` token, verified by `auth.oidc`.
-async fn authenticate(config: &Config, head: &RequestHead) -> Result<Principal, Refusal> {
+/// The user of the request's `Authorization: Bearer` token, verified by `auth.oidc`; a failure counts toward
+/// `auth.failed_auth_limit` for `client_address`, as on the proxy.
+async fn authenticate(config: &Config, head: &RequestHead, client_address: IpAddr) -> Result<Principal, Refusal> {
     let header = head.header("authorization").ok_or_else(|| {
         Refusal::Unauthenticated(
             "send Authorization: Bearer <token from the identity provider> (tollgate login)".into(),
@@ -302,11 +312,12 @@ async fn authenticate(config: &Config, head: &RequestHead) -> Result<Principal, 
         .map(|(_, token)| token.trim())
         .filter(|token| !token.is_empty())
         .ok_or_else(|| Refusal::Unauthenticated("the Authorization header must be Bearer <token>".into()))?;
-    let principal = config
-        .identity
-        .bearer_principal(token, SystemTime::now())
-        .await
-        .map_err(|error| Refusal::Unauthenticated(format!("token refused: {error}")))?;
+    let identity = &config.identity;
+    let verified = identity.attempt(client_address, || identity.bearer_principal(token, SystemTime::now())).await;
+    let principal = verified.map_err(|error| match error {
+        AuthError::Throttled { retry_after_secs } => Refusal::Throttled(retry_after_secs),
+        error => Refusal::Unauthenticated(format!("token refused: {error}")),
+    })?;
     if principal.method != AuthMethod::Oidc {
         return Err(Refusal::Unauthenticated("enrollment takes a token from the auth.oidc issuer".into()));
     }
@@ -415,7 +426,7 @@ fn describe(pem: &str) -> Option<(String, String)> {
 }
 
 /// An HTTP/1.1 answer with a JSON body.
-fn response(status: u16, body: &str, request_id: &str, keep_alive: bool) -> Vec<u8> {
+fn response(status: u16, body: &str, request_id: &str, keep_alive: bool, retry_after: Option<u64>) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -425,6 +436,7 @@ fn response(status: u16, body: &str, request_id: &str, keep_alive: bool) -> Vec<
         405 => "Method Not Allowed",
         411 => "Length Required",
         413 => "Content Too Large",
+        429 => "Too Many Requests",
         _ => "Internal Server Error",
     };
     let mut head = format!(
@@ -434,6 +446,9 @@ fn response(status: u16, body: &str, request_id: &str, keep_alive: bool) -> Vec<
     );
     if status == 401 {
         head.push_str("www-authenticate: Bearer realm=\"tollgate\"\r\n");
+    }
+    if let Some(seconds) = retry_after {
+        head.push_str(&format!("retry-after: {seconds}\r\n"));
     }
     if status == 405 {
         head.push_str("allow: POST\r\n");

@@ -306,7 +306,7 @@ impl Directory {
 
     /// One authentication attempt from `client`, counted toward `auth.failed_auth_limit` before it is checked (so
     /// concurrent guesses cannot all slip under the limit) and given back when it succeeds or could not be checked.
-    async fn attempt<F, Fut>(&self, client: IpAddr, check: F) -> Result<Principal, AuthError>
+    pub async fn attempt<F, Fut>(&self, client: IpAddr, check: F) -> Result<Principal, AuthError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Principal, AuthError>>,

@@ -70,7 +70,7 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
             config.enroll.as_ref().filter(|e| e.listener == peer.listener && head.target().starts_with('/'))
         {
             // Origin-form to the enrollment listener itself: `POST /enroll` (`auth.enroll`).
-            crate::enroll::serve(&shared, &config, enrollment, &mut client, &mut buf, head).await
+            crate::enroll::serve(&shared, &config, enrollment, &mut client, &mut buf, head, peer.address.ip()).await
         } else {
             match forward::forward(&shared, &config, &mut client, &mut buf, head, &peer).await {
                 Relayed::Done { exchange, keep_alive } => (exchange, keep_alive),

@@ -47,6 +47,11 @@ impl Setup {
     /// CA) that enrolls for 12 hours; `auth.oidc` maps the group `grp-backend` to the team `backend`, and a
     /// certificate's OU is its team.
     async fn start() -> Setup {
+        Setup::start_with("").await
+    }
+
+    /// Like `start`, with `auth_extra` YAML lines under `auth:`.
+    async fn start_with(auth_extra: &str) -> Setup {
         let pki = Pki::new();
         let idp = Idp::start(&pki.server, AUDIENCE, &[SigningKey::es256("es-1")]).await;
         let certs = tempfile::tempdir().expect("temp dir");
@@ -61,7 +66,7 @@ impl Setup {
             "listeners:\n  - {{name: proxy, bind: \"127.0.0.1:0\"}}\n\
              \x20 - {{name: proxy-tls, bind: \"127.0.0.1:0\", tls: {{cert: \"{cert}\", key: \"{key}\", \
              client_ca: \"{dir}/clients-ca.pem\", client_auth: optional}}}}\n\
-             auth:\n  anonymous: deny\n  mtls: {{identity: san_email, team_from: ou}}\n\
+             auth:\n  anonymous: deny\n  mtls: {{identity: san_email, team_from: ou}}\n{auth_extra}\
              \x20 oidc: {{issuer: \"{issuer}\", audience: \"{AUDIENCE}\", user_claim: email, \
              teams: {{grp-backend: backend}}, device_client_id: {CLIENT_ID}}}\n\
              \x20 enroll: {{listener: proxy-tls, client_ca: {{cert: \"{dir}/clients-ca.pem\", \
@@ -184,9 +189,16 @@ impl Setup {
 
     /// `POST /enroll` on the TLS listener with curl: the status and the JSON answer.
     async fn enroll(&self, authorization: Option<&str>, body: &str) -> (u16, Value) {
+        let (status, _, answer) = self.enroll_with_headers(authorization, body).await;
+        (status, answer)
+    }
+
+    /// `POST /enroll` like `enroll`, with the response head too.
+    async fn enroll_with_headers(&self, authorization: Option<&str>, body: &str) -> (u16, String, Value) {
         let url = format!("{}/enroll", self.tls_proxy());
         let ca = self.ca();
-        let mut args = vec!["--cacert", &ca, "-X", "POST", "-H", "content-type: application/json", "--data-binary"];
+        let mut args =
+            vec!["--cacert", &ca, "-i", "-X", "POST", "-H", "content-type: application/json", "--data-binary"];
         args.extend([body, "-w", "\n%{http_code}", url.as_str()]);
         let header;
         if let Some(value) = authorization {
@@ -195,8 +207,9 @@ impl Setup {
         }
         let (code, stdout, stderr) = curl(&args).await;
         assert_eq!(code, 0, "{stderr}");
-        let (body, status) = stdout.rsplit_once('\n').expect("a status line");
-        (status.parse().expect("a status"), serde_json::from_str(body).unwrap_or(Value::Null))
+        let (response, status) = stdout.rsplit_once('\n').expect("a status line");
+        let (head, body) = response.split_once("\r\n\r\n").expect("a head and a body");
+        (status.parse().expect("a status"), head.to_owned(), serde_json::from_str(body).unwrap_or(Value::Null))
     }
 }
 
@@ -470,4 +483,38 @@ fn an_enrollment_listener_that_would_refuse_its_certificates_is_a_config_error()
     let stdout = String::from_utf8_lossy(&checked.stdout);
     assert!(checked.status.success(), "{stdout}{}", String::from_utf8_lossy(&checked.stderr));
     assert!(stdout.contains("  enroll: POST /enroll on proxy-tls, client certificates valid 8h\n"), "{stdout}");
+}
+
+/// Refused tokens count toward `auth.failed_auth_limit`: once an address has used up its failures, enrollment
+/// answers 429 with `Retry-After`, even with a valid token, as the proxy does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_enrollments_count_toward_the_failed_auth_limit() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap().serialize_request(&key).unwrap();
+    let body = json!({"csr": csr.pem().unwrap()}).to_string();
+    // The limit counts per wall-clock minute: a run that straddles a minute boundary is repeated once.
+    for attempt in 0..2 {
+        let started = minute();
+        let setup = Setup::start_with("  failed_auth_limit: {per_minute: 2}\n").await;
+        let expired = format!("Bearer {}", setup.direct_token(-300));
+        let valid = format!("Bearer {}", setup.direct_token(600));
+        let mut answers = Vec::new();
+        for token in [&expired, &expired, &valid] {
+            answers.push(setup.enroll_with_headers(Some(token), &body).await);
+        }
+        if minute() != started && attempt == 0 {
+            continue;
+        }
+        let statuses: Vec<u16> = answers.iter().map(|(status, _, _)| *status).collect();
+        assert_eq!(statuses, [401, 401, 429], "{answers:?}");
+        let (_, head, answer) = &answers[2];
+        assert_eq!(answer["error"], "too_many_attempts", "{answer}");
+        assert!(head.to_ascii_lowercase().contains("\r\nretry-after: "), "{head}");
+        assert_eq!(setup.gateway.metric("tollgate_enrollments_total{result=\"issued\"}").await, 0.0);
+        return;
+    }
+}
+
+fn minute() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() / 60
 }
