@@ -188,7 +188,8 @@ enum Command {
         proxy: Option<String>,
     },
     /// Print a current access token from the last `tollgate login`, refreshed when it has less than 5 minutes left
-    /// (for Claude Code's apiKeyHelper, or with --bearer its proxyAuthHelper). Exit 1 (and "run `tollgate login`" on
+    /// (for Claude Code's apiKeyHelper, or with --bearer its proxyAuthHelper); no newline unless stdout is a
+    /// terminal. Exit 1 (and "run `tollgate login`" on
     /// stderr) when a new sign-in is needed, 3 when the identity provider could not be reached and the token has
     /// expired.
     Token {
@@ -377,9 +378,14 @@ fn main() -> ExitCode {
             login_command(async move { tollgate::login::login(options, &mut std::io::stdout()).await })
         }
         Command::Token { bearer } => login_command(async move {
+            use std::io::{IsTerminal, Write};
             let token = tollgate::login::token().await?;
-            println!("{}{token}", if bearer { "Bearer " } else { "" });
-            Ok(())
+            // A helper's whole stdout becomes a header value: no newline unless a person is reading.
+            let end = if std::io::stdout().is_terminal() { "\n" } else { "" };
+            let mut stdout = std::io::stdout();
+            write!(stdout, "{}{token}{end}", if bearer { "Bearer " } else { "" })
+                .and_then(|()| stdout.flush())
+                .map_err(|e| tollgate::login::LoginError::Usage(format!("writing the token: {e}")))
         }),
         Command::Ca { command: CaCommand::Init { dir, client, force } } => {
             let kind = if client { CaKind::Clients } else { CaKind::Tollgate };

@@ -244,9 +244,9 @@ async fn login_signs_in_with_the_device_grant_and_stores_private_credentials() {
 
     let (code, token, stderr) = setup.token(&[]).await;
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(token.trim(), stored["access_token"].as_str().unwrap(), "a fresh token is printed as stored");
+    assert_eq!(token, stored["access_token"].as_str().unwrap(), "a fresh token is printed as stored, no newline");
     let (code, bearer, _) = setup.token(&["--bearer"]).await;
-    assert_eq!((code, bearer.trim().to_owned()), (0, format!("Bearer {}", token.trim())));
+    assert_eq!((code, bearer), (0, format!("Bearer {token}")), "the whole stdout, as a helper's header value");
 
     let (code, body, stderr) = setup.through_proxy(token.trim(), "/signed-in").await;
     assert_eq!((code, body.as_str()), (0, "origin saw /signed-in"), "{stderr}");
