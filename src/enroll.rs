@@ -9,15 +9,15 @@
 //! teams are taken from the token when the certificate is issued and bound to it until it expires.
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::BytesMut;
 use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
-use crate::certs::{Ca, Leaf};
-use crate::config::{file, Config};
+use crate::certs::{CertError, Leaf};
+use crate::config::enroll::Enrollment;
+use crate::config::Config;
 use crate::http1::body::Framing;
 use crate::http1::head::RequestHead;
 use crate::identity::{AuthError, AuthMethod, Principal};
@@ -34,72 +34,6 @@ pub const PATH: &str = "/enroll";
 pub const MAX_BODY: u64 = 16 * 1024;
 /// A larger body is refused without being read (the connection closes); up to this much is read and dropped.
 const MAX_DISCARDED: u64 = 1024 * 1024;
-/// The shortest and longest `validity` allowed.
-pub const MIN_VALIDITY: Duration = Duration::from_secs(5 * 60);
-pub const MAX_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3_600);
-
-/// `auth.enroll`, compiled: where enrollment is served, the CA that signs, and for how long.
-#[derive(Debug)]
-pub struct Enrollment {
-    /// The TLS proxy listener that serves `POST /enroll`.
-    pub listener: Arc<str>,
-    /// The clients CA.
-    ca: Ca,
-    /// How long issued certificates are valid.
-    pub validity: Duration,
-}
-
-impl Enrollment {
-    /// Checks `auth.enroll` against the rest of `parsed`: `auth.oidc` is configured, the listener is a TLS proxy
-    /// listener that asks for client certificates from a `client_ca` holding this CA (else the certificates issued
-    /// would be refused at its handshake), and `validity` is within bounds. Errors are `(key path, message)`.
-    pub fn compile(enroll: &file::Enroll, parsed: &file::File) -> Result<Enrollment, (String, String)> {
-        let error = |key: &str, message: String| (format!("auth.enroll.{key}"), message);
-        if parsed.auth.oidc.is_none() {
-            return Err((
-                "auth.enroll".to_owned(),
-                "issues certificates to auth.oidc users: configure auth.oidc".into(),
-            ));
-        }
-        let validity = enroll.validity.0;
-        if !(MIN_VALIDITY..=MAX_VALIDITY).contains(&validity) {
-            return Err(error("validity", "must be from 5m to 7d: enrolled certificates are short-lived".into()));
-        }
-        let ca = Ca::load(enroll.client_ca.cert.as_ref(), enroll.client_ca.key.as_ref())
-            .map_err(|e| error("client_ca", e.to_string()))?;
-        let Some(listener) = parsed.listeners.iter().find(|l| l.name == enroll.listener) else {
-            return Err(error("listener", format!("no listener is named {:?}", enroll.listener)));
-        };
-        let Some(tls) = listener.tls.as_ref().filter(|_| listener.mode == file::ListenerMode::Proxy) else {
-            return Err(error("listener", format!("{:?} must be a TLS proxy listener (with tls:)", enroll.listener)));
-        };
-        let client_ca = match (tls.client_auth, tls.client_ca.as_deref()) {
-            (crate::tls::ClientAuth::None, _) | (_, None) => {
-                return Err(error(
-                    "listener",
-                    format!(
-                        "{:?} must ask for client certificates (tls.client_auth: optional, tls.client_ca) to accept \
-                         the certificates it issues",
-                        enroll.listener
-                    ),
-                ))
-            }
-            (_, Some(client_ca)) => client_ca,
-        };
-        let trusted = crate::tls::load_certs(client_ca.as_ref()).map_err(|e| error("listener", e))?;
-        if !trusted.iter().any(|cert| cert == ca.cert_der()) {
-            return Err(error(
-                "client_ca",
-                format!(
-                    "{} is not in the tls.client_ca ({client_ca}) of listener {:?}: it would refuse the certificates \
-                     issued",
-                    enroll.client_ca.cert, enroll.listener
-                ),
-            ));
-        }
-        Ok(Enrollment { listener: listener.name.as_str().into(), ca, validity })
-    }
-}
 
 /// Why an enrollment was refused: the status, the error code in the JSON body, and a message for the user.
 #[derive(Debug, thiserror::Error)]
@@ -335,11 +269,17 @@ fn issue(config: &Config, enrollment: &Enrollment, principal: &Principal, body: 
     if config.identity.certificate_identity() == CertIdentity::SanEmail && !user.contains('@') {
         return Err(Refusal::Forbidden(format!(
             "the user name {user:?} is not an e-mail address, so a certificate could not name it as auth.mtls \
-             (identity: san_email) reads it: use an e-mail user_claim, or identity: cn or san_uri"
+             (identity: san_email) reads it: use an e-mail user_claim (auth.oidc.user_claim), or auth.mtls.identity: cn"
         )));
     }
     let team = principal.teams.first().map(|team| team.to_string());
-    let mut leaf = Leaf::client(&user, team.as_deref()).map_err(|error| Refusal::Forbidden(error.to_string()))?;
+    let mut leaf = Leaf::client(&user, team.as_deref()).map_err(|error| match error {
+        CertError::InvalidName { what, value, reason } => {
+            let what = if what == "--team" { "team" } else { "user name" };
+            Refusal::Forbidden(format!("a certificate cannot carry the {what} {value:?}: {reason}"))
+        }
+        error => Refusal::Internal(error.to_string()),
+    })?;
     leaf.validity = enrollment.validity;
     let (certificate, key) = match (request.csr, request.generate) {
         (Some(_), true) => return Err(Refusal::BadRequest("send either csr or generate, not both".into())),

@@ -6,6 +6,7 @@
 
 pub mod actions;
 mod budgets;
+pub mod enroll;
 pub mod file;
 pub mod llm;
 pub mod settings;
@@ -58,7 +59,7 @@ pub struct Config {
     /// Alert sinks and rules; `None` = no alerts (the request path then sends no events).
     pub alerts: Option<Arc<crate::alerts::Rules>>,
     /// Client certificate enrollment (`auth.enroll`); `None` = no `POST /enroll`.
-    pub enroll: Option<Arc<crate::enroll::Enrollment>>,
+    pub enroll: Option<Arc<enroll::Enrollment>>,
 }
 
 /// The state backend.
@@ -421,7 +422,7 @@ fn compile(
     };
     let enroll = match &parsed.auth.enroll {
         Some(enroll) => Some(Arc::new(
-            crate::enroll::Enrollment::compile(enroll, &parsed).map_err(|(path, message)| invalid(path, message))?,
+            enroll::Enrollment::compile(enroll, &parsed).map_err(|(path, message)| invalid(path, message))?,
         )),
         None => None,
     };

@@ -6,6 +6,7 @@
 //! when it is close to expiry. `login --cert` then has the TLS proxy listener issue a short-lived client
 //! certificate (`POST /enroll`, see `crate::enroll`) for a key made here, which never leaves the machine.
 
+pub mod error;
 pub mod oauth;
 pub mod store;
 
@@ -17,6 +18,7 @@ use base64::Engine;
 use serde_json::Value;
 
 use crate::config::{file, yaml};
+pub use error::LoginError;
 use oauth::{Client, Tokens};
 use store::{seconds, ConfigDirectory, Credentials};
 
@@ -25,31 +27,6 @@ pub const DEFAULT_SCOPE: &str = "openid profile email offline_access";
 /// A cached access token is refreshed once it has less than this left (or half its lifetime, when shorter): a
 /// token printed by `tollgate token` stays valid at least this long, so helper caches up to it never hold a dead one.
 pub const REFRESH_MARGIN: u64 = 5 * 60;
-
-/// Why a command failed; each kind has its exit code, so a helper script can tell them apart.
-#[derive(Debug, thiserror::Error)]
-pub enum LoginError {
-    /// Signing in (again) is needed: no credentials, a refresh token refused, a sign-in denied or expired. Exit 1.
-    #[error("{0}: run `tollgate login`")]
-    LoginNeeded(String),
-    /// Bad arguments or settings, or a local file that cannot be read or written. Exit 2.
-    #[error("{0}")]
-    Usage(String),
-    /// The identity provider or the proxy could not be reached, or answered with an error: try again. Exit 3.
-    #[error("{0}")]
-    Provider(String),
-}
-
-impl LoginError {
-    /// 1 sign in again, 2 usage, 3 try again later.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            LoginError::LoginNeeded(_) => 1,
-            LoginError::Usage(_) => 2,
-            LoginError::Provider(_) => 3,
-        }
-    }
-}
 
 /// What `tollgate login` was given; what is missing comes from `--config`, `config.yaml`, then the last sign-in.
 #[derive(Debug, Default)]

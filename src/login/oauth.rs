@@ -15,7 +15,7 @@ use rustls_pki_types::ServerName;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::LoginError;
+use super::error::LoginError;
 use crate::tls;
 
 /// One request (connect, TLS, request, response) gives up after this long.

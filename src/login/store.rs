@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::LoginError;
+use super::error::LoginError;
 use crate::config::yaml;
 
 /// Mode of the config directory.
