@@ -179,45 +179,26 @@ impl Ca {
         &self.cert_der
     }
 
+    /// Signs a leaf for a key held elsewhere (the public half of a verified CSR, `tollgate login --cert`), with the
+    /// same extensions and a random serial as [`Ca::issue`]; `subject_public_key_info` is that key's DER
+    /// SubjectPublicKeyInfo (for the key identifier). Returns the certificate PEM (the leaf only).
+    pub fn issue_for_key(
+        &self,
+        leaf: &Leaf,
+        public_key: &impl rcgen::PublicKeyData,
+        subject_public_key_info: &[u8],
+    ) -> Result<String, CertError> {
+        let params = leaf_params(leaf, subject_public_key_info)?;
+        let cert = params
+            .signed_by(public_key, &self.issuer, &self.key)
+            .map_err(|source| CertError::Generate { what: "leaf certificate", source })?;
+        Ok(cert.pem())
+    }
+
     fn sign(&self, leaf: &Leaf) -> Result<(rcgen::Certificate, KeyPair), CertError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|source| CertError::Generate { what: "leaf key", source })?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        // An empty common name means none: a DNS name longer than a CN may be (64) goes in the SAN only.
-        if !leaf.common_name.is_empty() {
-            params.distinguished_name.push(DnType::CommonName, leaf.common_name.as_str());
-        }
-        if let Some(unit) = &leaf.organizational_unit {
-            params.distinguished_name.push(DnType::OrganizationalUnitName, unit.as_str());
-        }
-        // An empty subject obliges a critical SAN (RFC 5280 §4.2.1.6), which rcgen 0.13 cannot mark: name the issuing
-        // organisation instead, as the CA's subject does.
-        if leaf.common_name.is_empty() && leaf.organizational_unit.is_none() {
-            params.distinguished_name.push(DnType::OrganizationName, "tollgate");
-        }
-        params.subject_alt_names = leaf
-            .subject_alt_names
-            .iter()
-            .map(San::to_rcgen)
-            .collect::<Result<_, _>>()
-            .map_err(|source| CertError::Generate { what: "subject alternative names", source })?;
-        // Not rcgen's `IsCa::ExplicitNoCa`: it encodes `cA FALSE`, a DEFAULT value DER forbids writing, which strict
-        // parsers (Python's cryptography) refuse. `NoCa` writes neither basicConstraints nor the subject key
-        // identifier, so both come here, in DER.
-        params.is_ca = IsCa::NoCa;
-        params.custom_extensions = vec![
-            key_usage(&[KeyUsageBit::DigitalSignature]),
-            end_entity_basic_constraints(),
-            subject_key_identifier(&key),
-        ];
-        params.extended_key_usages = vec![match leaf.usage {
-            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-        }];
-        params.use_authority_key_identifier_extension = true;
-        params.serial_number = Some(random_serial());
-        set_validity(&mut params, leaf.validity)?;
+        let params = leaf_params(leaf, &key.public_key_der())?;
         let cert = params
             .signed_by(&key, &self.issuer, &self.key)
             .map_err(|source| CertError::Generate { what: "leaf certificate", source })?;
@@ -537,6 +518,47 @@ fn first_certificate(pem: &str) -> Option<CertificateDer<'static>> {
 }
 
 /// A bit of RFC 5280's KeyUsage named bit list.
+/// The parameters of a leaf certificate for the key whose SubjectPublicKeyInfo is `subject_public_key_info`.
+fn leaf_params(leaf: &Leaf, subject_public_key_info: &[u8]) -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    // An empty common name means none: a DNS name longer than a CN may be (64) goes in the SAN only.
+    if !leaf.common_name.is_empty() {
+        params.distinguished_name.push(DnType::CommonName, leaf.common_name.as_str());
+    }
+    if let Some(unit) = &leaf.organizational_unit {
+        params.distinguished_name.push(DnType::OrganizationalUnitName, unit.as_str());
+    }
+    // An empty subject obliges a critical SAN (RFC 5280 §4.2.1.6), which rcgen 0.13 cannot mark: name the issuing
+    // organisation instead, as the CA's subject does.
+    if leaf.common_name.is_empty() && leaf.organizational_unit.is_none() {
+        params.distinguished_name.push(DnType::OrganizationName, "tollgate");
+    }
+    params.subject_alt_names = leaf
+        .subject_alt_names
+        .iter()
+        .map(San::to_rcgen)
+        .collect::<Result<_, _>>()
+        .map_err(|source| CertError::Generate { what: "subject alternative names", source })?;
+    // Not rcgen's `IsCa::ExplicitNoCa`: it encodes `cA FALSE`, a DEFAULT value DER forbids writing, which strict
+    // parsers (Python's cryptography) refuse. `NoCa` writes neither basicConstraints nor the subject key
+    // identifier, so both come here, in DER.
+    params.is_ca = IsCa::NoCa;
+    params.custom_extensions = vec![
+        key_usage(&[KeyUsageBit::DigitalSignature]),
+        end_entity_basic_constraints(),
+        subject_key_identifier(subject_public_key_info),
+    ];
+    params.extended_key_usages = vec![match leaf.usage {
+        Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
+        Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
+    set_validity(&mut params, leaf.validity)?;
+    Ok(params)
+}
+
 #[derive(Debug, Clone, Copy)]
 enum KeyUsageBit {
     DigitalSignature = 0,
@@ -572,8 +594,8 @@ fn end_entity_basic_constraints() -> CustomExtension {
 
 /// subjectKeyIdentifier (RFC 5280 §4.2.1.2: SHOULD be in leaves), non-critical: an OCTET STRING of the first 20
 /// bytes of the SHA-256 of the key's SubjectPublicKeyInfo, as rcgen derives it for CAs.
-fn subject_key_identifier(key: &KeyPair) -> CustomExtension {
-    let digest = Sha256::digest(key.public_key_der());
+fn subject_key_identifier(subject_public_key_info: &[u8]) -> CustomExtension {
+    let digest = Sha256::digest(subject_public_key_info);
     let mut value = vec![0x04, 20];
     value.extend_from_slice(&digest[..20]);
     CustomExtension::from_oid_content(&[2, 5, 29, 14], value)

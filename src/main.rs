@@ -158,6 +158,45 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Sign in with the organisation's identity provider (OAuth 2.0 device authorization grant): prints a page and a
+    /// code to approve in a browser, then stores the refresh token in ~/.config/tollgate (0600). With --cert, also
+    /// has the TLS proxy listener issue a short-lived client certificate (cert.pem, key.pem) and prints the settings
+    /// that use it. Exit 1 when the sign-in was denied or expired, 2 on bad arguments, 3 when the identity provider
+    /// or the proxy could not be reached.
+    Login {
+        /// The issuer URL (default: --config's auth.oidc.issuer, config.yaml's issuer, the last sign-in's).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The public client ID (default: auth.oidc.device_client_id of --config, config.yaml's client_id, the last
+        /// sign-in's).
+        #[arg(long)]
+        client_id: Option<String>,
+        /// A gateway config to read auth.oidc from.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The scopes to ask for (default: "openid profile email offline_access").
+        #[arg(long)]
+        scope: Option<String>,
+        /// A CA certificate file to trust besides the system roots (the IdP's, the proxy's); repeat for several.
+        #[arg(long, value_name = "FILE")]
+        ca: Vec<PathBuf>,
+        /// Also enroll a client certificate for the forward proxy (needs --proxy, or proxy: in config.yaml).
+        #[arg(long)]
+        cert: bool,
+        /// The TLS proxy listener that enrolls certificates, `https://HOST:PORT`.
+        #[arg(long, value_name = "URL")]
+        proxy: Option<String>,
+    },
+    /// Print a current access token from the last `tollgate login`, refreshed when it has less than 5 minutes left
+    /// (for Claude Code's apiKeyHelper, or with --bearer its proxyAuthHelper); no newline unless stdout is a
+    /// terminal. Exit 1 (and "run `tollgate login`" on
+    /// stderr) when a new sign-in is needed, 3 when the identity provider could not be reached and the token has
+    /// expired.
+    Token {
+        /// Print `Bearer TOKEN`, the whole Proxy-Authorization value (proxyAuthHelper).
+        #[arg(long)]
+        bearer: bool,
+    },
     /// Certificate authorities (ECDSA P-256) for the TLS listener, interception and mTLS clients.
     Ca {
         #[command(subcommand)]
@@ -333,6 +372,21 @@ fn main() -> ExitCode {
             verify(&paths, key.as_deref(), checkpoints.as_deref().zip(public_key.as_deref()))
         }
         Command::Audit { command: AuditCommand::Keygen { dir } } => keygen(&dir),
+        Command::Login { issuer, client_id, config, scope, ca, cert, proxy } => {
+            let options =
+                tollgate::login::LoginOptions { issuer, client_id, scope, ca, config, certificate: cert, proxy };
+            login_command(async move { tollgate::login::login(options, &mut std::io::stdout()).await })
+        }
+        Command::Token { bearer } => login_command(async move {
+            use std::io::{IsTerminal, Write};
+            let token = tollgate::login::token().await?;
+            // A helper's whole stdout becomes a header value: no newline unless a person is reading.
+            let end = if std::io::stdout().is_terminal() { "\n" } else { "" };
+            let mut stdout = std::io::stdout();
+            write!(stdout, "{}{token}{end}", if bearer { "Bearer " } else { "" })
+                .and_then(|()| stdout.flush())
+                .map_err(|e| tollgate::login::LoginError::Usage(format!("writing the token: {e}")))
+        }),
         Command::Ca { command: CaCommand::Init { dir, client, force } } => {
             let kind = if client { CaKind::Clients } else { CaKind::Tollgate };
             written(certs::init_ca(&dir, kind, force))
@@ -342,6 +396,24 @@ fn main() -> ExitCode {
         }
         Command::Cert { command: CertCommand::Client { user, team, dir, force } } => {
             written(certs::client_cert(&dir, &user, team.as_deref(), force))
+        }
+    }
+}
+
+/// Runs `login` or `token` on a small runtime; a failure is one line on stderr and its exit code.
+fn login_command(work: impl std::future::Future<Output = Result<(), tollgate::login::LoginError>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tollgate: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tollgate: {error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }
@@ -461,6 +533,13 @@ fn check(path: &std::path::Path, online: bool) -> ExitCode {
             provider.issuer(),
             provider.audience(),
             humantime::format_duration(provider.refresh_interval())
+        );
+    }
+    if let Some(enroll) = &config.enroll {
+        println!(
+            "  enroll: POST /enroll on {}, client certificates valid {}",
+            enroll.listener,
+            humantime::format_duration(enroll.validity)
         );
     }
     println!("  sha256: {}", config.source.sha256);

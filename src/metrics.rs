@@ -44,6 +44,7 @@ pub struct Metrics {
     scim_requests: IntCounterVec,
     password_checks: IntCounterVec,
     oidc_refreshes: IntCounterVec,
+    enrollments: IntCounterVec,
     log_lines_dropped: IntCounter,
     telemetry_dropped: IntCounterVec,
     clients: IntGaugeVec,
@@ -67,6 +68,30 @@ pub struct SiemMetrics {
     pub errors: IntCounter,
     /// Records given up: dropped from a full spool (`on_full: drop_oldest`) or refused by the SIEM as invalid.
     pub dropped: IntCounter,
+}
+
+/// What one `POST /enroll` came to, for `tollgate_enrollments_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrollment {
+    /// A certificate was issued.
+    Issued,
+    /// No valid token.
+    Unauthenticated,
+    /// A bad request: the method, path, body or CSR.
+    Invalid,
+}
+
+impl Enrollment {
+    const ALL: [Enrollment; 3] = [Enrollment::Issued, Enrollment::Unauthenticated, Enrollment::Invalid];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Enrollment::Issued => "issued",
+            Enrollment::Unauthenticated => "unauthenticated",
+            Enrollment::Invalid => "invalid",
+        }
+    }
 }
 
 /// Counts kept outside the registry (by the log writer and the password verifiers), copied in when rendered.
@@ -198,6 +223,15 @@ impl Metrics {
         );
         for result in ["ok", "error"] {
             oidc_refreshes.with_label_values(&[result]);
+        }
+        let enrollments = counter(
+            "tollgate_enrollments_total",
+            "Client certificate enrollments (auth.enroll, POST /enroll), by result: issued, unauthenticated (no valid \
+             token), or invalid (a bad request or CSR).",
+            &["result"],
+        );
+        for result in Enrollment::ALL {
+            enrollments.with_label_values(&[result.label()]);
         }
         let telemetry_dropped = counter(
             "tollgate_telemetry_dropped_total",
@@ -345,6 +379,7 @@ impl Metrics {
             scim_requests,
             password_checks,
             oidc_refreshes,
+            enrollments,
             log_lines_dropped,
             telemetry_dropped,
             clients,
@@ -366,6 +401,11 @@ impl Metrics {
             errors: self.siem_errors.with_label_values(&[sink]),
             dropped: self.siem_dropped.with_label_values(&[sink]),
         }
+    }
+
+    /// Counts one answer of the enrollment endpoint.
+    pub fn enrollment(&self, result: Enrollment) {
+        self.enrollments.with_label_values(&[result.label()]).inc();
     }
 
     /// Counts one telemetry call answered without forwarding; `endpoint` is one of a fixed set.

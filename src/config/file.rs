@@ -851,6 +851,26 @@ pub struct Auth {
     pub group_teams: BTreeMap<String, String>,
     /// Tokens from the organisation's OpenID Connect identity provider, its keys found by discovery.
     pub oidc: Option<Oidc>,
+    /// Short-lived client certificates for `auth.oidc` users: `POST /enroll` on a TLS listener.
+    pub enroll: Option<Enroll>,
+}
+
+/// Certificate enrollment: a user with a valid `auth.oidc` token sends a CSR to `POST /enroll` on `listener` and
+/// gets a client certificate from `client_ca`, valid for `validity`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enroll {
+    /// The TLS proxy listener that serves `POST /enroll`; its `client_ca` must hold this `client_ca`'s certificate.
+    pub listener: String,
+    /// The CA that signs the certificates (PEM certificate and PKCS#8 key), e.g. from `tollgate ca init --client`.
+    pub client_ca: CertPair,
+    /// How long an issued certificate is valid: from 5m to 7d (default 12h).
+    #[serde(default = "twelve_hours")]
+    pub validity: Duration,
+}
+
+fn twelve_hours() -> Duration {
+    Duration::from_secs(12 * 3_600)
 }
 
 /// OpenID Connect verification: discovery at `{issuer}/.well-known/openid-configuration`, keys from its
@@ -881,6 +901,9 @@ pub struct Oidc {
     /// Clock skew tolerated on `exp` and `nbf`.
     #[serde(default = "sixty_seconds")]
     pub leeway: Duration,
+    /// The client ID of the public client `tollgate login` signs in with (device authorization grant); read by
+    /// `tollgate login --config`, not by the gateway.
+    pub device_client_id: Option<String>,
 }
 
 /// The sources of a token's region, tried in this order.
@@ -961,6 +984,7 @@ impl Default for Auth {
             jwt: None,
             group_teams: BTreeMap::new(),
             oidc: None,
+            enroll: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod actions;
 mod budgets;
+pub mod enroll;
 pub mod file;
 pub mod llm;
 pub mod scim;
@@ -59,6 +60,8 @@ pub struct Config {
     pub managed_settings: Option<settings::Managed>,
     /// Alert sinks and rules; `None` = no alerts (the request path then sends no events).
     pub alerts: Option<Arc<crate::alerts::Rules>>,
+    /// Client certificate enrollment (`auth.enroll`); `None` = no `POST /enroll`.
+    pub enroll: Option<Arc<enroll::Enrollment>>,
 }
 
 /// The state backend.
@@ -431,6 +434,12 @@ fn compile(
         )),
         _ => None,
     };
+    let enroll = match &parsed.auth.enroll {
+        Some(enroll) => Some(Arc::new(
+            enroll::Enrollment::compile(enroll, &parsed).map_err(|(path, message)| invalid(path, message))?,
+        )),
+        None => None,
+    };
     let state = State {
         backend: parsed.state.backend,
         path: PathBuf::from(&parsed.state.path),
@@ -571,6 +580,7 @@ fn compile(
         actions,
         managed_settings,
         alerts,
+        enroll,
     })
 }
 
@@ -589,6 +599,9 @@ fn referenced_files(path: &Path, parsed: &file::File) -> Vec<PathBuf> {
     }
     for sink in parsed.alerts.iter().flat_map(|alerts| alerts.sinks.values()) {
         files.extend(sink.password_file.iter().map(PathBuf::from));
+    }
+    if let Some(enroll) = &parsed.auth.enroll {
+        files.extend([PathBuf::from(&enroll.client_ca.cert), PathBuf::from(&enroll.client_ca.key)]);
     }
     if let Some(intercept) = parsed.intercept.as_ref().filter(|i| !i.hosts.is_empty()) {
         files.extend([PathBuf::from(&intercept.ca.cert), PathBuf::from(&intercept.ca.key)]);

@@ -381,7 +381,7 @@ impl Directory {
 
     /// One authentication attempt from `client`, counted toward `auth.failed_auth_limit` before it is checked (so
     /// concurrent guesses cannot all slip under the limit) and given back when it succeeds or could not be checked.
-    async fn attempt<F, Fut>(&self, client: IpAddr, check: F) -> Result<Principal, AuthError>
+    pub async fn attempt<F, Fut>(&self, client: IpAddr, check: F) -> Result<Principal, AuthError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Principal, AuthError>>,
@@ -436,6 +436,11 @@ impl Directory {
             AuthMethod::Mtls | AuthMethod::Jwt | AuthMethod::Oidc => Ok(principal.clone()),
         };
         self.provision(refreshed?)
+    }
+
+    /// Which part of a client certificate names the principal (`auth.mtls.identity`).
+    pub fn certificate_identity(&self) -> tls::CertIdentity {
+        self.certificate_identity
     }
 
     /// Whether bearer tokens are configured (`auth.jwt` or `auth.oidc`).

@@ -3,8 +3,9 @@
 //! ```text
 //! read head (http1::head, strict) ─┬─ CONNECT      → connect.rs: admit, resolve, check, dial, splice
 //!                                  │                 (an intercepted host: identify, then intercept::serve_tunnel)
-//!                                  └─ absolute-form → forward.rs: admit, pooled upstream, relay the response
-//!                                                    (a model host: api::server::serve, the model-API phases)
+//!                                  ├─ absolute-form → forward.rs: admit, pooled upstream, relay the response
+//!                                  │                 (a model host: api::server::serve, the model-API phases)
+//!                                  └─ origin-form on the auth.enroll listener → enroll::serve (POST /enroll)
 //! ```
 //! Whatever happened, the request is recorded once, by `request::finish`, before the next is read; what the
 //! client is still owed (a refusal, a response's last bytes) is sent after that (`finish::Held`).
@@ -69,6 +70,11 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
                     return;
                 }
             }
+        } else if let Some(enrollment) =
+            config.enroll.as_ref().filter(|e| e.listener == peer.listener && head.target().starts_with('/'))
+        {
+            // Origin-form to the enrollment listener itself: `POST /enroll` (`auth.enroll`).
+            crate::enroll::serve(&shared, &config, enrollment, &mut client, &mut buf, head, peer.address.ip()).await
         } else {
             match forward::forward(&shared, &config, &mut client, &mut buf, head, &peer).await {
                 Relayed::Done { exchange, keep_alive } => (exchange, keep_alive),

@@ -16,7 +16,10 @@ Reads the environment the way the SDK does:
   TOLLGATE_CLIENT_MAX_RETRIES (default 0: one request, so a test sees what one call does),
   TOLLGATE_CLIENT_TIMEOUT (seconds, default 20),
   TOLLGATE_CLIENT_BODY: a JSON object sent as the SDK's extra_body with create and stream (e.g. the Messages stub's
-    {"stub_blocks": [...]}, whose tool_use blocks the answer carries).
+    {"stub_blocks": [...]}, whose tool_use blocks the answer carries),
+  TOLLGATE_CLIENT_PROXY_CERT and TOLLGATE_CLIENT_PROXY_KEY: present this client certificate to the https:// proxy
+    HTTPS_PROXY names (mTLS), trusting SSL_CERT_FILE for the proxy too: the SDK then gets an httpx client whose proxy
+    has that SSL context, as an application configures one (httpx reads no client certificate from the environment).
 
 The SDK's own default client is used, not one built here: with anthropic 2.14 (httpx2 2.16) it honours the proxy
 variables (anthropic's _DefaultHttpxClient mounts get_environment_proxies()) and SSL_CERT_FILE (httpcore2's
@@ -95,6 +98,19 @@ def connection_error(error):
     return {"kind": "connection", "exception": type(error).__name__, "message": str(error)}
 
 
+def proxy_client():
+    """An httpx client for an https:// proxy with a client certificate, or None (the SDK's default client)."""
+    cert = os.environ.get("TOLLGATE_CLIENT_PROXY_CERT")
+    if not cert:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(cafile=os.environ.get("SSL_CERT_FILE"))
+    context.load_cert_chain(cert, os.environ["TOLLGATE_CLIENT_PROXY_KEY"])
+    proxy = httpx.Proxy(os.environ["HTTPS_PROXY"], ssl_context=context)
+    return anthropic.DefaultHttpxClient(proxy=proxy)
+
+
 def main():
     if len(sys.argv) not in (2, 3) or sys.argv[1] not in ("create", "stream", "count"):
         print(__doc__, file=sys.stderr)
@@ -113,6 +129,7 @@ def main():
         max_retries=int(os.environ.get("TOLLGATE_CLIENT_MAX_RETRIES", "0")),
         timeout=float(os.environ.get("TOLLGATE_CLIENT_TIMEOUT", "20")),
         default_headers=headers,
+        http_client=proxy_client(),
     )
     messages = [{"role": "user", "content": "Say hello"}]
     extra_body = json.loads(os.environ.get("TOLLGATE_CLIENT_BODY", "null"))

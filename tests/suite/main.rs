@@ -42,6 +42,7 @@ mod sessions;
 mod siem;
 mod sni;
 mod spend;
+mod sso_login;
 mod teams;
 mod tls_listener;
 mod upstream_trust;

@@ -121,6 +121,10 @@ struct Inner {
     /// Refresh tokens → the claims of the user they were issued to.
     refresh_tokens: HashMap<String, Value>,
     issued: u64,
+    /// Device-code polls still to answer `slow_down` (RFC 8628 §3.5), whatever the user decided.
+    slow_downs: u32,
+    /// Device-code polls answered.
+    device_polls: u64,
 }
 
 struct Device {
@@ -207,6 +211,21 @@ impl Idp {
         let mut inner = self.state.inner.lock().unwrap();
         let device = inner.devices.values_mut().find(|d| d.user_code == user_code).expect("a pending user code");
         device.approval = Some(claims.ok_or(()));
+    }
+
+    /// Answers the next `count` device-code polls with `slow_down`.
+    pub fn slow_down(&self, count: u32) {
+        self.state.inner.lock().unwrap().slow_downs = count;
+    }
+
+    /// Device-code polls the token endpoint answered.
+    pub fn device_polls(&self) -> u64 {
+        self.state.inner.lock().unwrap().device_polls
+    }
+
+    /// Revokes every refresh token issued so far (an administrator signs the user out everywhere).
+    pub fn revoke_refresh_tokens(&self) {
+        self.state.inner.lock().unwrap().refresh_tokens.clear();
     }
 
     /// Claims for a token from this provider: `iss`, `aud`, `iat`, `exp` (`lifetime` seconds from now) and `extra`.
@@ -311,6 +330,11 @@ fn token(state: &State, form: &HashMap<String, String>) -> (StatusCode, Value) {
     let user = match form.get("grant_type").map(String::as_str) {
         Some("urn:ietf:params:oauth:grant-type:device_code") => {
             let Some(code) = form.get("device_code") else { return error("invalid_request") };
+            inner.device_polls += 1;
+            if inner.slow_downs > 0 {
+                inner.slow_downs -= 1;
+                return error("slow_down");
+            }
             match inner.devices.get(code).map(|device| device.approval.clone()) {
                 None => return error("invalid_grant"),
                 Some(None) => return error("authorization_pending"),

@@ -953,6 +953,8 @@ pub const CLIENT_ENVIRONMENT: &[&str] = &[
     "TOLLGATE_CLIENT_MAX_RETRIES",
     "TOLLGATE_CLIENT_TIMEOUT",
     "TOLLGATE_CLIENT_BODY",
+    "TOLLGATE_CLIENT_PROXY_CERT",
+    "TOLLGATE_CLIENT_PROXY_KEY",
 ];
 
 /// Runs the Python `anthropic` SDK client once: `mode` is `create`, `stream` or `count`, `model` the model it asks for,
