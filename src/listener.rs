@@ -46,7 +46,9 @@ pub async fn accept_loop(shared: Arc<Shared>, socket: TcpListener, name: Arc<str
                     shared.config.load().listeners.iter().any(|l| l.name == name && l.mode == ListenerMode::Gateway);
                 let peer = Peer { address, listener: name, certificate };
                 if gateway_mode {
-                    let session = Session { shared, peer: Arc::new(peer), origin: Origin::Gateway };
+                    let user = peer.certificate.as_ref().map(|principal| principal.name.clone());
+                    let connection = crate::shared::IdentifiedConnection::new(&shared, user);
+                    let session = Session { shared, peer: Arc::new(peer), origin: Origin::Gateway, connection };
                     crate::api::server::serve(Arc::new(session), client).await;
                 } else {
                     proxy::serve(shared, client, peer).await;

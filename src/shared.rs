@@ -124,18 +124,56 @@ impl Drop for TunnelRegistration<'_> {
     }
 }
 
-/// A client connection registered under the user its client certificate names; unregisters when dropped.
-#[derive(Debug)]
-pub struct IdentifiedConnection<'a> {
-    shared: &'a Shared,
+/// A client connection deprovisioning can close: filed under the user its client certificate names, or else the
+/// user its latest request was identified as (a token or password in a header); unfiled when dropped.
+pub struct IdentifiedConnection {
+    shared: Arc<Shared>,
     id: u64,
-    /// Cancelled when the user is deprovisioned: the connection closes once no request is in flight.
+    /// The user it is filed under, if any.
+    user: Mutex<Option<Arc<str>>>,
+    /// Cancelled when that user is deprovisioned: the connection closes once no request is in flight.
     pub closing: CancellationToken,
 }
 
-impl Drop for IdentifiedConnection<'_> {
+impl IdentifiedConnection {
+    /// A connection of `shared`, filed under `certificate_user` when its client certificate names one.
+    pub fn new(shared: &Arc<Shared>, certificate_user: Option<Arc<str>>) -> Arc<Self> {
+        let connection = Arc::new(Self {
+            shared: shared.clone(),
+            id: shared.request_counter.fetch_add(1, Ordering::Relaxed),
+            user: Mutex::new(None),
+            closing: CancellationToken::new(),
+        });
+        if let Some(user) = certificate_user {
+            connection.identify(&user);
+        }
+        connection
+    }
+
+    /// Files the connection under `user`, the user its latest request was identified as (one lock of its own when
+    /// the user has not changed).
+    pub fn identify(&self, user: &Arc<str>) {
+        let mut current = self.user.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_deref() == Some(&**user) {
+            return;
+        }
+        *current = Some(user.clone());
+        let mut filed = self.shared.identified.lock().unwrap_or_else(|p| p.into_inner());
+        filed.insert(self.id, (user.clone(), self.closing.clone()));
+    }
+}
+
+impl Drop for IdentifiedConnection {
     fn drop(&mut self) {
-        self.shared.identified.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        if self.user.get_mut().unwrap_or_else(|p| p.into_inner()).is_some() {
+            self.shared.identified.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        }
+    }
+}
+
+impl std::fmt::Debug for IdentifiedConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentifiedConnection").field("id", &self.id).field("user", &self.user).finish_non_exhaustive()
     }
 }
 
@@ -221,15 +259,7 @@ impl Shared {
         TunnelRegistration { shared: self, id, cut }
     }
 
-    /// Registers a connection whose client certificate names `user`, so deprovisioning can close it.
-    pub fn register_identified(&self, user: Arc<str>) -> IdentifiedConnection<'_> {
-        let id = self.request_counter.fetch_add(1, Ordering::Relaxed);
-        let closing = CancellationToken::new();
-        self.identified.lock().unwrap_or_else(|p| p.into_inner()).insert(id, (user, closing.clone()));
-        IdentifiedConnection { shared: self, id, closing }
-    }
-
-    /// Asks the certificate-identified connections of the users `close` picks to close once idle; returns how many.
+    /// Asks the identified connections of the users `close` picks to close once idle; returns how many.
     pub fn close_identified(&self, mut close: impl FnMut(&str) -> bool) -> usize {
         let connections = self.identified.lock().unwrap_or_else(|p| p.into_inner());
         let mut closed = 0;

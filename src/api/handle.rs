@@ -111,6 +111,7 @@ async fn forward(
     held.admitted = Some(admission.slots);
     let upstream = admission.upstream.expect("a model destination is routed");
     let principal = exchange.principal.clone().expect("admitted requests have a principal");
+    session.connection.identify(&principal.name);
 
     let path = model::check_path(config, request.uri().path(), exchange)?.into_owned();
     // Answered here, after the phases every request runs (identity, audit health, policy, limits, path).

@@ -40,9 +40,9 @@ where
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_concurrent_streams(H2_MAX_STREAMS);
     let shutdown = session.shared.shutdown.stop_accepting.clone();
-    // A connection a client certificate identifies closes, as at shutdown, once its user is deprovisioned.
-    let identified = session.peer.certificate.as_ref().map(|p| session.shared.register_identified(p.name.clone()));
-    let closing = identified.as_ref().map(|connection| connection.closing.clone()).unwrap_or_default();
+    // A connection closes, as at shutdown, once the user its certificate or its latest request names is
+    // deprovisioned (`handle` files it under each request's user).
+    let closing = session.connection.closing.clone();
     let activity = idle::Activity::new();
     let service_session = session.clone();
     let service_activity = activity.clone();

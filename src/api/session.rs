@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::identity::Principal;
 use crate::request::door::{Door, Peer};
-use crate::shared::Shared;
+use crate::shared::{IdentifiedConnection, Shared};
 use crate::target::Target;
 
 /// Where a connection's requests come from.
@@ -25,6 +25,8 @@ pub struct Session {
     pub shared: Arc<Shared>,
     pub peer: Arc<Peer>,
     pub origin: Origin,
+    /// The client connection, filed under its users so that deprovisioning closes it.
+    pub connection: Arc<IdentifiedConnection>,
 }
 
 impl Session {

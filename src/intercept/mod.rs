@@ -66,7 +66,9 @@ pub async fn serve_tunnel(
     let served = match tokio::time::timeout(handshake_timeout, accept).await {
         Ok(Ok(decrypted)) => {
             let origin = Origin::Tunnel { principal, target };
-            let session = Session { shared: shared.clone(), peer: Arc::new(peer.clone()), origin };
+            // Filed under each request's user as well; the tunnel's own registration cuts it on deprovisioning.
+            let connection = crate::shared::IdentifiedConnection::new(shared, None);
+            let session = Session { shared: shared.clone(), peer: Arc::new(peer.clone()), origin, connection };
             tokio::select! {
                 () = crate::api::server::serve(Arc::new(session), decrypted) => Ok(()),
                 () = registration.cut.cancelled() => Err(Error::Revoked),

@@ -28,7 +28,7 @@ use crate::intercept;
 use crate::request::door::{Door, Peer};
 use crate::request::error::Error;
 use crate::request::finish::{finish, Exchange};
-use crate::shared::Shared;
+use crate::shared::{IdentifiedConnection, Shared};
 use crate::stream::{Rewind, Stream};
 use connect::Tunnelled;
 use forward::Relayed;
@@ -39,9 +39,10 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
     let _active = shared.metrics.connection_opened(&listener);
     let mut buf = BytesMut::with_capacity(4096);
     let mut first = true;
-    // A connection a client certificate identifies closes between requests once its user is deprovisioned.
-    let identified = peer.certificate.as_ref().map(|principal| shared.register_identified(principal.name.clone()));
-    let closing = identified.as_ref().map(|connection| connection.closing.clone()).unwrap_or_default();
+    // A connection closes between requests once the user its certificate or its latest request names is
+    // deprovisioned.
+    let identified = IdentifiedConnection::new(&shared, peer.certificate.as_ref().map(|p| p.name.clone()));
+    let closing = identified.closing.clone();
     loop {
         if !first && buf.is_empty() {
             // Wait for the next request by reading (not by socket readiness: TLS may hold decrypted bytes).
@@ -82,11 +83,19 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
                     // hyper reads the request again, from its first byte, and serves it with the model-API phases.
                     let mut replay = BytesMut::from(&head.raw()[..]);
                     replay.extend_from_slice(&buf);
-                    let session = Session { shared: shared.clone(), peer: Arc::new(peer), origin: Origin::Forward };
+                    let session = Session {
+                        shared: shared.clone(),
+                        peer: Arc::new(peer),
+                        origin: Origin::Forward,
+                        connection: identified,
+                    };
                     return crate::api::server::serve(Arc::new(session), Rewind::new(replay, client)).await;
                 }
             }
         };
+        if let Some(principal) = &exchange.principal {
+            identified.identify(&principal.name);
+        }
         if !record_and_answer(&shared, &peer, &mut client, exchange).await || !keep_alive {
             return;
         }

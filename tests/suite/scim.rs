@@ -407,9 +407,20 @@ async fn deactivation_closes_tunnels_and_keep_alive_connections_on_every_replica
     let served = intercept::send(&mut keep_alive, &intercept::messages_post(body, &[]), &mut buf).await;
     assert_eq!(served.status, 200, "{served:?}");
 
+    // A plain forward request, its user named only by the Proxy-Authorization header, on a kept-alive connection
+    // left idle.
+    let origin_address = origin.address;
+    let get = format!(
+        "GET http://{origin_address}/ HTTP/1.1\r\nHost: {origin_address}\r\nProxy-Authorization: {}\r\n\r\n",
+        bearer(user)
+    );
+    let (mut idle_forward, answered) = exchange_keep(second.proxy, get.as_bytes()).await;
+    assert_eq!(answered.status, 200, "{answered:?}");
+
     let deactivate =
         json!({"schemas": [PATCH_SCHEMA], "Operations": [{"op": "Replace", "path": "active", "value": "False"}]});
     assert_eq!(scim(&first, "PATCH", &format!("/scim/v2/Users/{id}"), Some(&deactivate)).await.status, 200);
+    assert!(closes(&mut idle_forward).await, "the idle keep-alive connection its header identified closes");
     assert!(closes(&mut on_first).await, "the tunnel on the replica that took the change closes");
     assert!(closes(&mut on_second).await, "the tunnel on the other replica closes");
     assert!(closes(&mut keep_alive).await, "the keep-alive connection inside the intercepted tunnel closes");
