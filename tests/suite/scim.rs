@@ -537,3 +537,32 @@ async fn a_deprovisioned_users_certificate_connection_closes_and_is_refused() {
     assert_eq!(answer.status, 407, "deprovisioned: {answer:?}");
     assert_eq!(gateway.metric("tollgate_auth_failures_total{method=\"deprovisioned\"}").await, 2.0);
 }
+
+/// A gateway-listener connection whose user only its `Authorization: Bearer` header names (no certificate), kept
+/// alive and idle, closes when that user is deactivated; a new request with the unexpired token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_identified_gateway_connection_closes_on_deactivation() {
+    let stub = MessagesStub::start().await;
+    let listeners = "listeners:\n  - {name: gateway, bind: \"127.0.0.1:0\", mode: gateway}\n";
+    let yaml = format!(
+        "{JWT_AUTH}\n{LOOPBACK_POLICY}upstreams:\n  stub: {{url: \"{}\"}}\nrouting:\n  - {{when: {{listener: gateway}}, to: stub}}\n",
+        stub.url()
+    );
+    let gateway = start_listening(listeners, &yaml, "").await;
+    let user = "carol@corp.example";
+    let id = create_user(&gateway, user).await;
+    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#;
+    let call = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: tollgate.test\r\nAuthorization: {}\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        bearer(user),
+        body.len()
+    );
+    let (mut kept, answer) = exchange_keep(gateway.proxy, call.as_bytes()).await;
+    assert_eq!(answer.status, 200, "provisioned: {answer:?}");
+
+    let deactivate = json!({"schemas": [PATCH_SCHEMA], "Operations": [{"op": "replace", "value": {"active": false}}]});
+    assert_eq!(scim(&gateway, "PATCH", &format!("/scim/v2/Users/{id}"), Some(&deactivate)).await.status, 200);
+    assert!(closes(&mut kept).await, "the idle keep-alive connection its bearer token identified closes");
+    let (_, again) = exchange_keep(gateway.proxy, call.as_bytes()).await;
+    assert_eq!(again.status, 401, "deprovisioned: {again:?}");
+}
