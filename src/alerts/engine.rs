@@ -389,15 +389,17 @@ impl Engine {
     }
 
     async fn auth_failure(&mut self, config: &Arc<Config>, alerts: &Arc<Alerts>, client: IpAddr, at: SystemTime) {
-        let longest = alerts
-            .rules
-            .iter()
-            .filter_map(|rule| match rule.kind {
-                Kind::AuthFailures { window, .. } => Some(window),
-                _ => None,
-            })
-            .max();
-        let Some(longest) = longest else { return };
+        // The longest window and the largest count of the rules: older failures, and more than that many, can
+        // never make a rule fire, so a client's history is kept within both (a flood holds no more).
+        let bounds = alerts.rules.iter().filter_map(|rule| match rule.kind {
+            Kind::AuthFailures { count, window } => Some((window, count as usize)),
+            _ => None,
+        });
+        let Some((longest, most)) = bounds
+            .reduce(|(window, count), (other_window, other_count)| (window.max(other_window), count.max(other_count)))
+        else {
+            return;
+        };
         if self.failures.len() >= MAX_TRACKED && !self.failures.contains_key(&client) {
             self.failures.retain(|_, times| times.back().is_some_and(|last| *last + longest > at));
             if self.failures.len() >= MAX_TRACKED {
@@ -405,17 +407,20 @@ impl Engine {
             }
         }
         let times = self.failures.entry(client).or_default();
-        times.push_back(at);
-        while times.front().is_some_and(|first| *first + longest <= at) {
-            times.pop_front();
-        }
-        let times = times.clone();
-        for (index, rule) in alerts.rules.iter().enumerate() {
-            let Kind::AuthFailures { count, window } = rule.kind else { continue };
-            let recent = times.iter().filter(|time| **time + window > at).count();
-            if recent < count as usize {
-                continue;
-            }
+        remember_failure(times, at, longest, most);
+        let firing: Vec<(usize, usize, u32, Duration)> = alerts
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(index, rule)| match rule.kind {
+                Kind::AuthFailures { count, window } => {
+                    let recent = times.iter().filter(|time| **time + window > at).count();
+                    (recent >= count as usize).then_some((index, recent, count, window))
+                }
+                _ => None,
+            })
+            .collect();
+        for (index, recent, count, window) in firing {
             let raised = Raised {
                 scope: "client",
                 key: client.to_string(),
@@ -574,6 +579,15 @@ impl Engine {
     }
 }
 
+/// Adds a failed sign-in at `at` to a client's history, keeping only what a rule could still count: the
+/// failures within `longest` (the longest window), and at most `most` of them (the largest count).
+fn remember_failure(times: &mut VecDeque<SystemTime>, at: SystemTime, longest: Duration, most: usize) {
+    times.push_back(at);
+    while times.front().is_some_and(|first| *first + longest <= at) || times.len() > most {
+        times.pop_front();
+    }
+}
+
 /// The most of a message an alert carries: a target an agent wrote (a path, a command) can be long.
 const MAX_MESSAGE_CHARS: usize = 1000;
 
@@ -635,6 +649,19 @@ mod tests {
     use super::*;
 
     const DAY_2026_11_28: u64 = 1_795_824_000_000;
+
+    #[test]
+    fn a_clients_failed_sign_ins_are_kept_within_the_largest_count_and_the_longest_window() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut times = VecDeque::new();
+        for second in 0..10_000 {
+            remember_failure(&mut times, start + Duration::from_millis(second), Duration::from_secs(60), 5);
+        }
+        assert_eq!(times.len(), 5, "a flood from one client keeps the newest `most` failures only");
+        assert_eq!(times.back(), Some(&(start + Duration::from_millis(9_999))));
+        remember_failure(&mut times, start + Duration::from_secs(100), Duration::from_secs(60), 5);
+        assert_eq!(times.len(), 1, "failures older than the longest window are forgotten");
+    }
 
     #[test]
     fn a_daily_spend_counter_names_its_day_and_lasts_the_week_after() {
