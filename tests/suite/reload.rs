@@ -1,6 +1,7 @@
-//! Hot reload from a real config file: `POST /admin/reload` (bearer `admin.token`), the file watcher, what a valid
-//! and an invalid change do, `GET /admin/config`, open tunnels the new config denies being closed and audited,
-//! and no request failing while the config is reloaded under load.
+//! Hot reload from a real config file: `POST /admin/reload` (bearer `admin.token`), the file watcher (also on a
+//! Kubernetes ConfigMap volume, whose `..data` symlink the kubelet swaps), what a valid and an invalid change do,
+//! `GET /admin/config`, open tunnels the new config denies being closed and audited, and no request failing while
+//! the config is reloaded under load.
 //!
 //! Tests that drive the endpoint run without the file watcher (`app::Options::watch_interval: None`): otherwise
 //! the watcher could see the edited file between the write and the `POST` and reload it first, and the versions
@@ -472,4 +473,57 @@ async fn no_request_fails_while_the_config_is_reloaded_under_load() {
     assert_eq!(metric_value(&metrics, "tollgate_config_reloads_total{result=\"error\"}"), 0.0);
     let allowed = "tollgate_requests_total{decision=\"allow\",kind=\"http\",listener=\"proxy\",reason=\"ok\"}";
     assert_eq!(metric_value(&metrics, allowed), (CLIENTS * REQUESTS) as f64);
+}
+
+/// Updates a Kubernetes-style volume in `dir` the way the kubelet does for a ConfigMap or Secret: the files go into
+/// a new timestamped directory, a `..data_tmp` symlink to it is renamed over `..data` (one atomic step), and the old
+/// directory is removed. `dir/NAME` is a symlink to `..data/NAME` throughout, so the file's path never changes.
+fn publish_like_the_kubelet(dir: &Path, generation: u32, files: &[(&str, &str)]) {
+    let timestamped = format!("..2026_12_05_12_00_{generation:02}.{generation}");
+    std::fs::create_dir(dir.join(&timestamped)).expect("timestamped dir");
+    for (name, text) in files {
+        std::fs::write(dir.join(&timestamped).join(name), text).expect("write into the timestamped dir");
+    }
+    std::os::unix::fs::symlink(&timestamped, dir.join("..data_tmp")).expect("..data_tmp");
+    let previous = std::fs::read_link(dir.join("..data")).ok();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap ..data");
+    for (name, _) in files {
+        if std::fs::symlink_metadata(dir.join(name)).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), dir.join(name)).expect("the file's symlink");
+        }
+    }
+    if let Some(previous) = previous {
+        std::fs::remove_dir_all(dir.join(previous)).expect("remove the old timestamped dir");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_watcher_reloads_a_config_map_volume_whose_data_symlink_the_kubelet_swapped() {
+    let origin = Origin::start().await;
+    let options = Options { watch_interval: Some(Duration::from_millis(50)), ..Options::default() };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let volume = dir.path().join("config");
+    std::fs::create_dir(&volume).expect("the volume's mount point");
+    let file = ConfigFile::new(dir.path(), &format!("{{bind: \"127.0.0.1:0\", token: \"{TOKEN}\"}}"));
+    let text = |deny: &[String]| format!("{}{}", file.header, body(&["alice"], deny));
+    let denied = format!("127.0.0.1:{}", origin.address.port());
+    publish_like_the_kubelet(&volume, 1, &[("tollgate.yaml", &text(&[]))]);
+    let gateway = TestGateway::start_file(&volume.join("tollgate.yaml"), dir, options).await;
+    assert_eq!(get(&gateway, "alice", &origin).await.status, 200);
+
+    // The ConfigMap changes: the path the gateway reads is the same symlink, now resolving to a new file.
+    let changed = text(std::slice::from_ref(&denied));
+    publish_like_the_kubelet(&volume, 2, &[("tollgate.yaml", &changed)]);
+    wait_for_version(&gateway, 2).await;
+    assert_eq!(config_info(&gateway).await["sha256"], sha256(&changed));
+    assert_refused(&get(&gateway, "alice", &origin).await, 403, "deny_rule", Some("policy.deny[0]"), "swapped");
+
+    // Another change of the same length: the swap itself is noticed, not only a change of size.
+    let same_length = changed.replace(&denied, &format!("127.0.0.9:{}", origin.address.port()));
+    assert_eq!(same_length.len(), changed.len());
+    publish_like_the_kubelet(&volume, 3, &[("tollgate.yaml", &same_length)]);
+    wait_for_version(&gateway, 3).await;
+    assert_eq!(config_info(&gateway).await["sha256"], sha256(&same_length));
+    assert_eq!(get(&gateway, "alice", &origin).await.status, 200, "the deny no longer names the origin");
+    assert_eq!(gateway.metric("tollgate_config_reloads_total{result=\"error\"}").await, 0.0);
 }
