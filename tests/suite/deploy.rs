@@ -3,10 +3,14 @@
 //! `kubernetes-validate`, strict, for the oldest and the newest Kubernetes the manifests support); every container
 //! meets the `restricted` Pod Security Standard; the probes hit the admin listener the config binds; each config in a
 //! ConfigMap passes `tollgate check` in a directory laid out as the pod mounts it; the NetworkPolicies leave the
-//! gateway as the only way out; the monitoring resources match the Service and `deploy/prometheus`.
+//! gateway as the only way out; the monitoring resources match the Service and `deploy/prometheus`. The systemd unit
+//! is hardened and passes `systemd-analyze verify` (and its `security` score); the Dockerfile copies files that exist,
+//! runs as a non-root user, its default config passes `tollgate check`, and its health check script, run against a
+//! real admin listener, says healthy only on a 200 from `/readyz` (the image itself is not built here: no Docker).
 //!
-//! `kubectl` (its `kustomize` is built in) is installed by `scripts/test` and `.ci/run`; `$KUBECTL` names another
-//! one. The validator runs in the Python venv of `scripts/test` (`TOLLGATE_TEST_PYTHON`).
+//! `kubectl` (its `kustomize` is built in) and `systemd-analyze` are installed by `scripts/test` when missing;
+//! `$KUBECTL` and `$SYSTEMD_ANALYZE` name others. The validator runs in the Python venv of `scripts/test`
+//! (`TOLLGATE_TEST_PYTHON`).
 
 use crate::common;
 
@@ -670,4 +674,225 @@ fn the_prometheus_operator_resources_match_the_service_and_deploy_prometheus() {
     assert!(scrape.contains("names: [tollgate-metrics.tollgate.svc.cluster.local]"));
     assert_eq!(headless["spec"]["clusterIP"], "None");
     assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+}
+
+/// The `KEY=VALUE` lines of a systemd unit, in order, with their section (`Service`, `Unit`, …).
+fn unit_directives(text: &str) -> Vec<(String, String, String)> {
+    let mut section = String::new();
+    let mut directives = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+            continue;
+        }
+        let (key, value) = line.split_once('=').unwrap_or_else(|| panic!("not KEY=VALUE: {line}"));
+        directives.push((section.clone(), key.to_owned(), value.to_owned()));
+    }
+    directives
+}
+
+fn systemd_analyze() -> Command {
+    let binary = std::env::var("SYSTEMD_ANALYZE").unwrap_or_else(|_| "systemd-analyze".to_owned());
+    if let Err(error) = Command::new(&binary).arg("--version").output() {
+        panic!(
+            "{binary} cannot be run ({error}): the deploy tests verify deploy/systemd with it; install the Debian \
+             package systemd (scripts/test does when it is missing), or set SYSTEMD_ANALYZE"
+        );
+    }
+    Command::new(binary)
+}
+
+#[test]
+fn the_systemd_unit_is_hardened_and_systemd_accepts_it() {
+    let unit = std::fs::read_to_string(repository().join("deploy/systemd/tollgate.service")).expect("the unit");
+    let directives = unit_directives(&unit);
+    let service = |key: &str| -> Vec<String> {
+        directives
+            .iter()
+            .filter(|(section, k, _)| section == "Service" && k == key)
+            .map(|(_, _, v)| v.clone())
+            .collect()
+    };
+    let one = |key: &str| -> String {
+        let values = service(key);
+        assert_eq!(values.len(), 1, "Service.{key}: {values:?}");
+        values[0].clone()
+    };
+    for (key, value) in [
+        ("User", "tollgate"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("PrivateDevices", "yes"),
+        ("CapabilityBoundingSet", ""),
+        ("AmbientCapabilities", ""),
+        ("StateDirectory", "tollgate"),
+        ("WorkingDirectory", "/var/lib/tollgate"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("KillSignal", "SIGTERM"),
+    ] {
+        assert_eq!(one(key), value, "Service.{key}");
+    }
+    let families: BTreeSet<String> = one("RestrictAddressFamilies").split_whitespace().map(str::to_owned).collect();
+    assert_eq!(families, BTreeSet::from(["AF_INET".into(), "AF_INET6".into(), "AF_UNIX".into()]));
+    assert!(service("SystemCallFilter").contains(&"@system-service".to_owned()));
+    let files: u64 = one("LimitNOFILE").parse().expect("a number");
+    assert!(files >= 2 * 10_000, "two descriptors per connection for server.max_connections' default");
+    // Longer than server.shutdown_grace's default (30s), so that SIGKILL does not cut the drain short.
+    let stop: u64 = one("TimeoutStopSec").trim_end_matches('s').parse().expect("seconds");
+    assert!(stop > 30, "TimeoutStopSec {stop}");
+    let user_line = std::fs::read_to_string(repository().join("deploy/systemd/tollgate.sysusers")).expect("sysusers");
+    assert!(user_line.lines().any(|line| line.starts_with("u tollgate ")), "the sysusers file makes the user");
+
+    // systemd's own parser: an unknown directive or a bad value is reported (the command exits 0 regardless, so the
+    // test reads what it says). It also checks that the executables exist: the unit is checked with this build's.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("tollgate.service");
+    std::fs::write(&file, unit.replace("/usr/local/bin/tollgate", env!("CARGO_BIN_EXE_tollgate"))).expect("write");
+    let output = systemd_analyze().arg("verify").arg(&file).output().expect("systemd-analyze verify");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let about_the_unit: Vec<&str> = said.lines().filter(|line| line.contains("tollgate")).collect();
+    assert!(output.status.success() && about_the_unit.is_empty(), "systemd-analyze verify:\n{said}");
+
+    // A directive systemd does not know is reported, so the check above can fail.
+    let bad = dir.path().join("bad.service");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(&file).unwrap().replace("ProtectSystem=strict", "ProtectSystem=strictest"),
+    )
+    .expect("write");
+    let output = systemd_analyze().arg("verify").arg(&bad).output().expect("systemd-analyze verify");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("strictest"), "{output:?}");
+
+    // The exposure score systemd gives the unit's sandboxing (0 best, 10 worst; "OK" is below 5.0).
+    let output = run(
+        systemd_analyze().args(["security", "--offline=yes", "--no-pager"]).arg(&file),
+        "systemd-analyze security --offline=yes",
+    );
+    let score: f64 = output
+        .lines()
+        .find_map(|line| line.strip_prefix("→ Overall exposure level for tollgate.service: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{output}"));
+    assert!(score <= 2.0, "exposure level {score} (was 1.2):\n{output}");
+}
+
+/// The Dockerfile's instructions, continuation lines joined, comments dropped.
+fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
+    let mut joined = String::new();
+    let mut instructions = Vec::new();
+    for line in text.lines() {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => joined.push_str(part),
+            None => {
+                joined.push_str(line);
+                let whole = std::mem::take(&mut joined);
+                if let Some((instruction, arguments)) = whole.trim().split_once(char::is_whitespace) {
+                    instructions.push((instruction.to_uppercase(), arguments.trim().to_owned()));
+                }
+            }
+        }
+    }
+    instructions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dockerfile_copies_what_exists_runs_as_a_user_and_its_health_check_asks_readyz() {
+    let dockerfile = std::fs::read_to_string(repository().join("Dockerfile")).expect("Dockerfile");
+    let instructions = dockerfile_instructions(&dockerfile);
+    let all = |name: &str| -> Vec<String> {
+        instructions.iter().filter(|(i, _)| i == name).map(|(_, arguments)| arguments.clone()).collect()
+    };
+    let last = |name: &str| all(name).pop().unwrap_or_else(|| panic!("no {name} in the Dockerfile"));
+    let stages = all("FROM");
+    assert_eq!(stages.len(), 2, "a build stage and a runtime stage: {stages:?}");
+    assert!(stages[0].ends_with(" AS build"), "{stages:?}");
+
+    // What it copies from the context exists and is not left out of it by .dockerignore.
+    let ignored: Vec<String> = std::fs::read_to_string(repository().join(".dockerignore"))
+        .expect(".dockerignore")
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    for pattern in ["target", ".git", "var", "**/*.key"] {
+        assert!(ignored.iter().any(|i| i == pattern), ".dockerignore leaves {pattern} in the build context");
+    }
+    let mut config_in_image = None;
+    for copy in all("COPY").iter().filter(|c| !c.starts_with("--from")) {
+        let parts: Vec<&str> = copy.split_whitespace().collect();
+        let (destination, sources) = parts.split_last().expect("COPY SOURCE... DESTINATION");
+        for source in sources {
+            if *source == "." {
+                continue;
+            }
+            assert!(repository().join(source).exists(), "COPY {source}: no such file in the repository");
+            let first = source.split('/').next().unwrap_or(source);
+            assert!(!ignored.iter().any(|i| i == first), "COPY {source}, which .dockerignore leaves out");
+            if destination.ends_with(".yaml") {
+                config_in_image = Some((source.to_string(), destination.to_string()));
+            }
+        }
+    }
+    let (config_source, config_destination) = config_in_image.expect("the image's default config");
+    assert_eq!(last("ENV"), format!("TOLLGATE_CONFIG={config_destination}"), "tollgate run finds the config");
+    let binary_copy = all("COPY").into_iter().find(|c| c.starts_with("--from=build")).expect("the binary");
+    let entrypoint: Vec<String> = serde_json::from_str(&last("ENTRYPOINT")).expect("ENTRYPOINT in exec form");
+    assert!(binary_copy.ends_with(&format!(" {}", entrypoint[0])), "ENTRYPOINT runs the binary copied in");
+    let user = last("USER");
+    let uid: u32 = user.split(':').next().unwrap().parse().expect("a numeric USER (runAsNonRoot can check it)");
+    assert_ne!(uid, 0, "the image runs as root");
+    assert!(dockerfile.contains(&format!("--uid {uid}")), "USER {user} is the user the image creates");
+    let working_dir = last("WORKDIR");
+
+    // The default config passes `tollgate check` from the working directory, as `tollgate run` reads it there.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = run(
+        Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .current_dir(dir.path())
+            .env_remove("TOLLGATE_CONFIG")
+            .args(["check", "-c"])
+            .arg(repository().join(&config_source)),
+        &format!("tollgate check -c {config_source} (in {working_dir})"),
+    );
+    assert!(output.contains(": ok"), "{output}");
+    let config: Value = serde_json::from_str(&run(
+        Command::new(common::python())
+            .arg(repository().join("tests/clients/kubernetes_manifests.py"))
+            .arg("json")
+            .arg(repository().join(&config_source)),
+        "kubernetes_manifests.py json",
+    ))
+    .expect("JSON");
+    let admin_bind = text(&config["admin"]["bind"]);
+    let proxy_bind = text(&config["listeners"][0]["bind"]);
+    assert!(proxy_bind.starts_with("0.0.0.0:"), "a published port reaches the proxy: {proxy_bind}");
+    assert!(dockerfile.contains(&format!("EXPOSE {}", proxy_bind.rsplit(':').next().unwrap())));
+
+    // The health check is a bash script (no curl in the image): run it against a real admin listener.
+    let healthcheck = last("HEALTHCHECK");
+    let command: Vec<String> =
+        serde_json::from_str(healthcheck.split_once("CMD ").expect("HEALTHCHECK … CMD [...]").1).expect("exec form");
+    assert_eq!(command[..2], ["/bin/bash".to_owned(), "-c".to_owned()]);
+    let script = &command[2];
+    let (host, port) = admin_bind.rsplit_once(':').expect("HOST:PORT");
+    let target = format!("/dev/tcp/{host}/{port}");
+    assert!(script.contains(&target) && script.contains("GET /readyz"), "the check asks admin.bind's /readyz");
+    let gateway = common::TestGateway::start(common::LOOPBACK_POLICY).await;
+    let health = |address: std::net::SocketAddr| {
+        let script = script.replace(&target, &format!("/dev/tcp/{}/{}", address.ip(), address.port()));
+        Command::new("bash").arg("-c").arg(script).status().expect("bash").success()
+    };
+    assert!(health(gateway.admin), "healthy: /readyz answers 200");
+    assert!(!health(gateway.proxy), "the proxy listener answers /readyz with an error: unhealthy");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address");
+    assert!(!health(closed), "nothing listening: unhealthy");
 }
