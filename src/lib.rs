@@ -28,6 +28,7 @@ pub mod app;
 pub mod audit;
 pub mod certs;
 pub mod config;
+pub mod console;
 pub mod enroll;
 pub mod explain;
 pub mod fleet;
