@@ -51,7 +51,7 @@ function table(columns, rows, empty = "Nothing yet.") {
     const value = cell(row);
     return el("td", { class: kind }, value instanceof Node ? value : String(value ?? ""));
   })));
-  return el("table", {}, el("thead", {}, head), el("tbody", {}, body));
+  return el("div", { class: "scroll" }, el("table", {}, el("thead", {}, head), el("tbody", {}, body)));
 }
 
 /** A Chart.js chart in a new panel; the canvas carries data-points (how many values it draws). */
@@ -83,8 +83,10 @@ function chart(type, labels, datasets, options = {}, wide = false) {
         legend: { display: datasets.length > 1 || type === "doughnut", position: "bottom" },
       },
       scales: type === "doughnut" ? {} : {
-        x: { stacked: Boolean(options.stacked), ticks: { maxTicksLimit: 12 } },
-        y: { stacked: Boolean(options.stacked), beginAtZero: true },
+        // Counts get whole-number ticks (precision is ignored by the category axis).
+        x: { stacked: Boolean(options.stacked), beginAtZero: true,
+          ticks: { maxTicksLimit: 12, precision: options.integer ? 0 : undefined } },
+        y: { stacked: Boolean(options.stacked), beginAtZero: true, ticks: { precision: options.integer ? 0 : undefined } },
       },
     },
   };
@@ -92,6 +94,9 @@ function chart(type, labels, datasets, options = {}, wide = false) {
   queueMicrotask(() => new window.Chart(canvas, config));
   return panel;
 }
+
+/** A table cell kind for times and ids: kept on one line. */
+const line = "nowrap";
 
 function time(iso) {
   return iso ? iso.replace("T", " ").replace(/\.\d+Z$/, "Z") : "";
@@ -130,7 +135,7 @@ async function overview(minutes = "180") {
     el("div", { class: "charts" },
       chart("bar", data.minutes.map((minute) => clock(minute.at)),
         kinds.map(([key, label]) => ({ label, data: data.minutes.map((minute) => minute[key]) })),
-        { title: "Requests, tunnels, denials and errors per minute" }, true)),
+        { title: "Requests, tunnels, denials and errors per minute", integer: true }, true)),
   );
 }
 
@@ -176,7 +181,7 @@ async function spend(since = "30d") {
         { label: "output", data: models.map((model) => model.output_tokens) },
         { label: "cache write", data: models.map((model) => model.cache_creation_input_tokens) },
         { label: "cache read", data: models.map((model) => model.cache_read_input_tokens) },
-      ], { title: "Tokens per model", stacked: true })),
+      ], { title: "Tokens per model", integer: true, stacked: true })),
     el("h2", { text: "By team, user and model" }),
     table([
       ["Team", (row) => row.team], ["User", (row) => row.user], ["Model", (row) => row.model],
@@ -220,7 +225,7 @@ async function budgets() {
       ["Today", (row) => cents.format(row.today_usd), "number"],
       ["Rate / hour", (row) => cents.format(row.rate_usd_per_hour), "number"],
       ["At today's rate", outlook],
-      ["Period ends", (row) => time(row.period_ends_at)],
+      ["Period ends", (row) => time(row.period_ends_at), line],
     ], rows, "No budgets are configured (teams.*.budget, budgets)."),
   );
 }
@@ -233,12 +238,12 @@ async function denials() {
     el("p", { class: "muted", text: data.since ? `Records since ${time(data.since)} (the last ${integer.format(data.bytes_read)} bytes of the audit log).` : "The audit log is empty." }),
     el("div", { class: "charts" },
       chart("bar", rules.map(([rule]) => rule), [{ label: "denials", data: rules.map(([, count]) => count) }],
-        { title: "Denials by rule", horizontal: true }),
+        { title: "Denials by rule", integer: true, horizontal: true }),
       chart("bar", detectors.map(([detector]) => detector), [{ label: "matches", data: detectors.map(([, count]) => count) }],
-        { title: "DLP matches by detector" })),
+        { title: "DLP matches by detector", integer: true })),
     el("h2", { text: "Latest" }),
     table([
-      ["Time", (row) => time(row.ts)], ["User", (row) => row.user ?? "-"], ["Team", (row) => row.team ?? "-"],
+      ["Time", (row) => time(row.ts), line], ["User", (row) => row.user ?? "-"], ["Team", (row) => row.team ?? "-"],
       ["What", (row) => row.action ? `${row.action} ${row.target ?? ""}` : `${row.method ?? ""} ${row.host ?? ""}${row.path ?? ""}`],
       ["Decision", (row) => el("span", { class: row.decision === "deny" ? "deny" : "warn", text: row.decision ?? "" })],
       ["Rule", (row) => row.rule ?? ""], ["DLP", (row) => row.dlp.join(", ")], ["Status", (row) => row.status ?? "", "number"],
@@ -253,7 +258,7 @@ async function timeline(id, into) {
     into.replaceChildren(
       el("h2", { text: `Session ${id}` }),
       table([
-        ["Time", (row) => time(row.ts)], ["Entry", (row) => row.entry],
+        ["Time", (row) => time(row.ts), line], ["Entry", (row) => row.entry],
         ["What", (row) => row.entry === "action" ? row.action : row.model ?? ""],
         ["Tool", (row) => row.tool ?? ""], ["Target", (row) => row.target ?? ""],
         ["Decision", (row) => el("span", { class: row.decision === "deny" ? "deny" : "", text: row.decision ?? "" })],
@@ -284,10 +289,10 @@ async function sessions(since = "1d") {
         { label: "requests", data: top.map((row) => row.requests) },
         { label: "actions", data: top.map((row) => row.actions) },
         { label: "denials", data: top.map((row) => row.denials) },
-      ], { title: "Requests and agent actions per session", horizontal: true }, true)) : null,
+      ], { title: "Requests and agent actions per session", integer: true, horizontal: true }, true)) : null,
     table([
-      ["Session", link], ["User", (row) => row.user], ["Team", (row) => row.team ?? "-"], ["Client", (row) => row.client ?? ""],
-      ["First", (row) => time(row.first)], ["Last", (row) => time(row.last)],
+      ["Session", link, line], ["User", (row) => row.user], ["Team", (row) => row.team ?? "-"], ["Client", (row) => row.client ?? ""],
+      ["First", (row) => time(row.first), line], ["Last", (row) => time(row.last), line],
       ["Requests", (row) => integer.format(row.requests), "number"], ["Actions", (row) => integer.format(row.actions), "number"],
       ["Denials", (row) => integer.format(row.denials), "number"], ["Alerts", (row) => integer.format(row.alerts), "number"],
       ["Cost", (row) => cents.format(row.cost_usd), "number"],
@@ -315,28 +320,30 @@ async function fleet() {
       card("Not current", integer.format(data.users.filter((user) => user.current === false).length), "managed settings")),
     pairs.length ? el("div", { class: "charts" },
       chart("bar", pairs.map(([pair]) => pair), [{ label: "users", data: pairs.map(([, users]) => users) }],
-        { title: "Users per client version" })) : null,
+        { title: "Users per client version", integer: true })) : null,
     el("h2", { text: "Users" }),
     table([
       ["User", (row) => row.user], ["Teams", (row) => row.teams.join(", ")],
       ["Clients", (row) => row.clients.map((client) => `${client.client}/${client.version}`).join(", ")],
-      ["Last seen", (row) => time(row.last_seen)], ["Sessions", (row) => integer.format(row.sessions), "number"],
+      ["Last seen", (row) => time(row.last_seen), line], ["Sessions", (row) => integer.format(row.sessions), "number"],
       ["Settings", (row) => row.settings ? row.settings.checksum.slice(0, 12) : "-"], ["Current", current],
     ], data.users, "No clients seen yet."),
   );
 }
 
-async function config() {
+/** The running config and the reload button; `notice`, when given, says how the last reload went. */
+async function config(notice = null) {
   const data = await api("/admin/config");
-  const result = el("div", { id: "reload-result" });
-  const button = el("button", { class: "primary", type: "button", text: "Reload the config" });
+  const result = el("div", { id: "reload-result" }, notice);
+  const button = el("button", { id: "reload", class: "primary", type: "button", text: "Reload the config" });
   button.addEventListener("click", async () => {
     button.disabled = true;
     result.replaceChildren(el("p", { class: "loading", text: "Reloading…" }));
     try {
       const report = await api("/admin/reload", { method: "POST" });
-      result.replaceChildren(el("p", { class: "ok", text: `Reloaded: version ${report.version}, sha256 ${report.sha256.slice(0, 16)}…, ${report.tunnels_revoked} tunnels closed${report.needs_restart.length ? `; needs a restart: ${report.needs_restart.join(", ")}` : ""}.` }));
-      await config();
+      const restart = report.needs_restart.length ? `; needs a restart: ${report.needs_restart.join(", ")}` : "";
+      await config(el("p", { class: "ok reloaded", text: `Reloaded: version ${report.version}, sha256 ` +
+        `${report.sha256.slice(0, 16)}…, ${report.tunnels_revoked} tunnels closed${restart}.` }));
     } catch (error) {
       result.replaceChildren(el("p", { class: "error", text: `Refused, the running config stays: ${error.message}` }));
       button.disabled = false;

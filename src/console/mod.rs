@@ -39,7 +39,7 @@ const FORM_LIMIT: usize = 4096;
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-/// The pages: path, the name the script dispatches on, and the title.
+/// The pages: path, the name the script dispatches on (capitalised, the page's link), and the title.
 pub const PAGES: [(&str, &str, &str); 7] = [
     ("/ui", "overview", "Overview"),
     ("/ui/spend", "spend", "Spend and tokens"),
@@ -316,7 +316,9 @@ fn shell(csrf: &str, name: &str, title: &str) -> String {
         .iter()
         .map(|(path, page, label)| {
             let current = if *page == name { " aria-current=\"page\"" } else { "" };
-            format!("<a href=\"{path}\"{current}>{}</a>", label.split(' ').next().unwrap_or(label))
+            let mut link = page.to_string();
+            link[..1].make_ascii_uppercase();
+            format!("<a href=\"{path}\"{current} title=\"{label}\">{link}</a>")
         })
         .collect();
     format!(

@@ -14,6 +14,9 @@ Usage: browser.py --url URL [--url URL ...] [options]
   --wait-for CSS       wait until an element matches (default: body[data-ready], which the console sets once a page
                        has drawn; pass 'body' for pages that set nothing)
   --wait-gone CSS      then wait until no element matches (e.g. '.loading')
+  --click CSS          on a page where an element matches once it is ready: click it, then wait until
+                       --wait-after-click CSS matches (e.g. the console's reload button and its result)
+  --wait-after-click CSS
   --screenshot-dir DIR save DIR/NAME.png per page, NAME from --name (in order) or the URL's last path segment
   --name NAME          the screenshot name of each URL, in order (repeatable)
   --width W --height H the window (default 1280x900)
@@ -23,7 +26,7 @@ Prints one JSON object and exits 0 when every page loaded, became ready and logg
   {"ok": bool, "pages": [{"url", "title", "ready": bool, "console_errors": [messages of level SEVERE],
     "charts": number of canvas or svg charts, "charts_with_data": of those, how many draw at least one value,
     "chart_points": values drawn, "painted_canvases": canvases with visible pixels, "screenshot": path or null,
-    "text": the first 2000 characters of the page's text}]}
+    "text": the first 2000 characters of the page's text, "clicked": the --click selector when it was clicked}]}
 
 Environment: TOLLGATE_CHROMIUM (default /usr/bin/chromium), TOLLGATE_CHROMEDRIVER (default /usr/bin/chromedriver).
 Selenium Manager is never asked to download anything (SE_OFFLINE).
@@ -79,6 +82,8 @@ def parse_args():
     parser.add_argument("--proxy")
     parser.add_argument("--wait-for", default="body[data-ready]")
     parser.add_argument("--wait-gone")
+    parser.add_argument("--click")
+    parser.add_argument("--wait-after-click")
     parser.add_argument("--screenshot-dir")
     parser.add_argument("--name", action="append", default=[])
     parser.add_argument("--width", type=int, default=1280)
@@ -123,7 +128,7 @@ def set_cookies(driver, url, cookies):
 
 def load(driver, args, url, name):
     page = {"url": url, "title": None, "ready": False, "console_errors": [], "charts": 0, "charts_with_data": 0,
-            "chart_points": 0, "painted_canvases": 0, "screenshot": None, "text": ""}
+            "chart_points": 0, "painted_canvases": 0, "screenshot": None, "text": "", "clicked": None}
     driver.get_log("browser")  # what earlier pages logged is theirs
     try:
         driver.get(url)
@@ -132,6 +137,12 @@ def load(driver, args, url, name):
         if args.wait_gone:
             WebDriverWait(driver, args.timeout).until(
                 lambda d: d.execute_script("return document.querySelector(arguments[0]) === null", args.wait_gone))
+        if args.click and driver.execute_script("return document.querySelector(arguments[0]) !== null", args.click):
+            driver.execute_script("document.querySelector(arguments[0]).click()", args.click)
+            page["clicked"] = args.click
+            if args.wait_after_click:
+                WebDriverWait(driver, args.timeout).until(lambda d: d.execute_script(
+                    "return document.querySelector(arguments[0]) !== null", args.wait_after_click))
         # Charts draw in the frame after the data arrived.
         driver.execute_async_script("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))")
         page["ready"] = True

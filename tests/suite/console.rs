@@ -15,7 +15,12 @@ use common::messages::{self, MessagesStub};
 use common::{exchange, exchange_until_closed, hash, Response, TestGateway};
 
 const TOKEN: &str = "console-admin-token-7f3a";
-const SESSION: &str = "0d6f5a5e-3c1b-4f0e-9b7a-2a1c9e4d7b11";
+/// Claude Code's session ids of the three users.
+const SESSIONS: [&str; 3] = [
+    "0d6f5a5e-3c1b-4f0e-9b7a-2a1c9e4d7b11",
+    "7c2e9b40-5a1d-4c3e-8f2b-6d9a0e1f2c33",
+    "b81f03c2-9e4a-4d7b-a1c5-3f6e8d2b0a47",
+];
 
 /// Users of the traffic: name, team, password.
 const USERS: [(&str, &str, &str); 3] = [
@@ -104,12 +109,13 @@ async fn gateway_with_traffic() -> (TestGateway, MessagesStub) {
     (gateway, stub)
 }
 
-/// A Messages request on the gateway listener as `user`, from Claude Code's session `SESSION` (+ `index`).
+/// A Messages request on the gateway listener as `user`, from Claude Code's session `SESSIONS[index]`.
 fn message(user: &str, password: &str, body: &str, index: usize) -> Vec<u8> {
     format!(
         "POST /v1/messages HTTP/1.1\r\nHost: tollgate.test\r\nx-api-key: {user}:{password}\r\nanthropic-version: 2023-06-01\r\n\
-         content-type: application/json\r\nx-claude-code-session-id: {SESSION}{index}\r\n\
+         content-type: application/json\r\nx-claude-code-session-id: {}\r\n\
          user-agent: claude-cli/2.1.{} (external, cli)\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        SESSIONS[index],
         330 + index,
         body.len()
     )
@@ -342,7 +348,10 @@ async fn every_console_page_renders_in_a_browser() {
     for (path, name, _) in tollgate::console::PAGES {
         command.args(["--url", &format!("http://{}{path}", gateway.admin), "--name", &format!("console-{name}")]);
     }
-    command.args(["--cookie", &cookie, "--wait-gone", ".loading", "--screenshot-dir"]).arg(&screenshots);
+    // On the config page the reload button is pressed: the page's script must send the session's CSRF token.
+    command.args(["--cookie", &cookie, "--wait-gone", ".loading", "--click", "#reload"]);
+    command.args(["--wait-after-click", "#reload-result .reloaded, #reload-result .error", "--screenshot-dir"]);
+    command.arg(&screenshots);
     let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("run browser.py");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -355,9 +364,11 @@ async fn every_console_page_renders_in_a_browser() {
         assert_eq!(page["console_errors"], json!([]), "{url}: {page}");
         assert!(page["screenshot"].as_str().is_some_and(|path| Path::new(path).exists()), "{page}");
         if url.ends_with("/ui/config") {
-            assert!(page["text"].as_str().unwrap().contains("Reload the config"), "{page}");
+            assert_eq!(page["clicked"], "#reload", "{page}");
+            assert!(page["text"].as_str().unwrap().contains("Reloaded: version 2"), "{page}");
             continue;
         }
+        assert_eq!(page["clicked"], Value::Null, "{page}");
         assert!(page["charts_with_data"].as_u64().unwrap() >= 1, "{url}: {page}");
         assert!(page["painted_canvases"].as_u64().unwrap() >= 1, "{url}: {page}");
     }
