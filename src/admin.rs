@@ -132,8 +132,8 @@ async fn admin(shared: &Shared, console: &Console, request: &Parts) -> Response<
             json!({"error": "admin.token is not configured: /admin endpoints are off"}),
         );
     };
-    if let Err(response) = console::authorise(console, request, token) {
-        return response;
+    if let Err(refusal) = console::authorise(console, request, token) {
+        return refusal.response();
     }
     match (&request.method, request.uri.path()) {
         (&Method::GET, "/admin/config") => json_reply(

@@ -83,9 +83,33 @@ static ASSET_URLS: LazyLock<Vec<String>> = LazyLock::new(|| {
         .collect()
 });
 
+/// Why an `/admin/*` request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Neither the bearer token nor a console session: 401.
+    Unauthenticated,
+    /// A console session whose request changes something without its CSRF token: 403.
+    MissingCsrf,
+}
+
+impl Refusal {
+    /// The JSON response to send.
+    pub fn response(self) -> Response<Full<Bytes>> {
+        match self {
+            Refusal::Unauthenticated => {
+                json(StatusCode::UNAUTHORIZED, serde_json::json!({"error": "send Authorization: Bearer <admin.token>"}))
+            }
+            Refusal::MissingCsrf => json(
+                StatusCode::FORBIDDEN,
+                serde_json::json!({"error": format!("a console session must send its {CSRF_HEADER} header")}),
+            ),
+        }
+    }
+}
+
 /// Whether an `/admin/*` request may go on: the bearer `admin.token`, or a console session (which must also send
-/// its CSRF token unless the method is GET or HEAD). The error is the response to send.
-pub fn authorise(console: &Console, request: &Parts, token: &str) -> Result<(), Response<Full<Bytes>>> {
+/// its CSRF token unless the method is GET or HEAD).
+pub fn authorise(console: &Console, request: &Parts, token: &str) -> Result<(), Refusal> {
     let presented =
         request.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if presented.is_some_and(|presented| session::same_secret(presented, token)) {
@@ -100,13 +124,10 @@ pub fn authorise(console: &Console, request: &Parts, token: &str) -> Result<(), 
             if echoed.is_some_and(|echoed| session::same_secret(echoed, &signed_in.csrf)) {
                 return Ok(());
             }
-            return Err(json(
-                StatusCode::FORBIDDEN,
-                serde_json::json!({"error": format!("a console session must send its {CSRF_HEADER} header")}),
-            ));
+            return Err(Refusal::MissingCsrf);
         }
     }
-    Err(json(StatusCode::UNAUTHORIZED, serde_json::json!({"error": "send Authorization: Bearer <admin.token>"})))
+    Err(Refusal::Unauthenticated)
 }
 
 /// Serves `/ui` and everything under it.
@@ -128,10 +149,10 @@ pub async fn respond(console: &Console, config: &Config, request: Request<Incomi
         },
         (&Method::POST, "/ui/login") => sign_in(console, &parts, body, token).await,
         (&Method::POST, "/ui/logout") => {
-            let form = match same_origin(&parts.headers) {
-                Ok(()) => read_form(body).await,
-                Err(response) => return response,
-            };
+            if !same_origin(&parts.headers) {
+                return cross_origin();
+            }
+            let form = read_form(body).await;
             let csrf = form.ok().and_then(|form| field(&form, "csrf"));
             match (signed_in, session_id) {
                 (Some(signed_in), Some(id))
@@ -160,8 +181,8 @@ pub async fn respond(console: &Console, config: &Config, request: Request<Incomi
 /// `POST /ui/login` with the form field `token`: a session cookie and a redirect to the overview, or the form
 /// again with 401 (429 once `SIGN_IN_FAILURES_PER_MINUTE` refusals were counted this minute).
 async fn sign_in(console: &Console, parts: &Parts, body: Incoming, token: &str) -> Response<Full<Bytes>> {
-    if let Err(response) = same_origin(&parts.headers) {
-        return response;
+    if !same_origin(&parts.headers) {
+        return cross_origin();
     }
     if console.sessions.throttled() {
         return page(StatusCode::TOO_MANY_REQUESTS, &sign_in_page("Too many refused sign-ins: wait a minute."));
@@ -187,19 +208,20 @@ async fn sign_in(console: &Console, parts: &Parts, body: Incoming, token: &str) 
     redirect("/ui", Some(cookie))
 }
 
-/// A POST from a page of another site is refused: `Origin` (when sent) must name the host the request came to,
+/// Whether a POST came from the console's own pages: `Origin` (when sent) must name the host the request came to,
 /// and `Sec-Fetch-Site` (when sent) must say same-origin.
-fn same_origin(headers: &HeaderMap) -> Result<(), Response<Full<Bytes>>> {
+fn same_origin(headers: &HeaderMap) -> bool {
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let host = header("host").unwrap_or("");
     let origin_ok = header("origin")
         .is_none_or(|origin| origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host));
     let site_ok = header("sec-fetch-site").is_none_or(|site| matches!(site, "same-origin" | "none"));
-    if origin_ok && site_ok {
-        Ok(())
-    } else {
-        Err(page(StatusCode::FORBIDDEN, &sign_in_page("Refused: the form was not posted from this console.")))
-    }
+    origin_ok && site_ok
+}
+
+/// The answer to a form posted from another site.
+fn cross_origin() -> Response<Full<Bytes>> {
+    page(StatusCode::FORBIDDEN, &sign_in_page("Refused: the form was not posted from this console."))
 }
 
 /// The session cookie's value, if the request has one.
@@ -357,10 +379,10 @@ mod tests {
             }
             headers
         };
-        assert!(same_origin(&headers(&[("host", "127.0.0.1:9191")])).is_ok());
-        assert!(same_origin(&headers(&[("host", "127.0.0.1:9191"), ("origin", "http://127.0.0.1:9191")])).is_ok());
-        assert!(same_origin(&headers(&[("host", "127.0.0.1:9191"), ("origin", "https://evil.example")])).is_err());
-        assert!(same_origin(&headers(&[("host", "a"), ("sec-fetch-site", "cross-site")])).is_err());
+        assert!(same_origin(&headers(&[("host", "127.0.0.1:9191")])));
+        assert!(same_origin(&headers(&[("host", "127.0.0.1:9191"), ("origin", "http://127.0.0.1:9191")])));
+        assert!(!same_origin(&headers(&[("host", "127.0.0.1:9191"), ("origin", "https://evil.example")])));
+        assert!(!same_origin(&headers(&[("host", "a"), ("sec-fetch-site", "cross-site")])));
     }
 
     #[test]
