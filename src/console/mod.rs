@@ -319,8 +319,8 @@ fn sign_in_page(message: &str) -> String {
          <form method=\"post\" action=\"/ui/login\">\n<label for=\"token\">Admin token</label>\n\
          <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" required autofocus>\n\
          <button type=\"submit\">Sign in</button>\n</form>\n\
-         <p class=\"hint\">The value of <code>admin.token</code>. Scripts send it as <code>Authorization: Bearer</code> \
-         to the <code>/admin/</code> endpoints instead.</p>\n</main>\n</body>\n</html>\n",
+         <p class=\"hint\">The value of <code>admin.token</code>. Scripts send it as \
+         <code>Authorization: Bearer</code> to the <code>/admin/</code> endpoints instead.</p>\n</main>\n</body>\n</html>\n",
         head = head("Sign in"),
     )
 }

@@ -40,18 +40,29 @@ fn console_config(dir: &Path, stub: &MessagesStub) -> PathBuf {
         })
         .collect();
     let yaml = format!(
-        "listeners:\n  - {{name: proxy, bind: \"127.0.0.1:0\"}}\n  - {{name: gateway, bind: \"127.0.0.1:0\", mode: gateway}}\n\
-         admin: {{bind: \"127.0.0.1:0\", token: \"{TOKEN}\"}}\n\
-         auth:\n  anonymous: deny\n  users:\n{users}\
-         teams:\n  red: {{budget: {{daily_usd: 0.1, monthly_usd: 20, user_daily_usd: 0.08}}}}\n  blue: {{budget: {{daily_usd: 5}}}}\n\
-         budgets: {{org_monthly_usd: 1000}}\n\
-         policy: {{default: deny, deny: [\"*.unsanctioned-ai.example\"]}}\n\
-         upstreams:\n  stub: {{url: \"{url}\", api_key: \"sk-upstream\"}}\n\
-         routing:\n  - {{when: {{listener: gateway}}, to: stub}}\n\
-         pricing:\n  - {{model: \"claude-haiku-*\", input: 1, output: 5, cache_write: 1.25, cache_read: 0.1}}\n  - {{model: \"*\", input: 3, output: 15, cache_write: 3.75, cache_read: 0.3}}\n\
-         dlp: {{action: block, detectors: [private_key, aws_access_key]}}\n\
-         actions: {{mode: enforce, deny: [\"bash:run:curl *\"]}}\n\
-         audit: {{file: {{path: \"{audit}\", chain: true}}}}\n",
+        r#"listeners:
+  - {{name: proxy, bind: "127.0.0.1:0"}}
+  - {{name: gateway, bind: "127.0.0.1:0", mode: gateway}}
+admin: {{bind: "127.0.0.1:0", token: "{TOKEN}"}}
+auth:
+  anonymous: deny
+  users:
+{users}teams:
+  red: {{budget: {{daily_usd: 0.1, monthly_usd: 20, user_daily_usd: 0.08}}}}
+  blue: {{budget: {{daily_usd: 5}}}}
+budgets: {{org_monthly_usd: 1000}}
+policy: {{default: deny, deny: ["*.unsanctioned-ai.example"]}}
+upstreams:
+  stub: {{url: "{url}", api_key: "sk-upstream"}}
+routing:
+  - {{when: {{listener: gateway}}, to: stub}}
+pricing:
+  - {{model: "claude-haiku-*", input: 1, output: 5, cache_write: 1.25, cache_read: 0.1}}
+  - {{model: "*", input: 3, output: 15, cache_write: 3.75, cache_read: 0.3}}
+dlp: {{action: block, detectors: [private_key, aws_access_key]}}
+actions: {{mode: enforce, deny: ["bash:run:curl *"]}}
+audit: {{file: {{path: "{audit}", chain: true}}}}
+"#,
         url = stub.url(),
         audit = dir.join("audit.jsonl").display(),
     );
