@@ -412,11 +412,6 @@ fn query_pairs(query: Option<&str>, known: &[&str]) -> Result<Vec<(String, Strin
     Ok(pairs)
 }
 
-/// Decodes one value of an `application/x-www-form-urlencoded` body (the console's sign-in form).
-pub(crate) fn decode_form_value(text: &str) -> Result<String, String> {
-    percent_decode(text, Encoding::Form)
-}
-
 /// Where percent-encoded text comes from: a form's query string reads `+` as a space, a path keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Encoding {

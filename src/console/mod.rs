@@ -243,10 +243,7 @@ async fn read_form(body: Incoming) -> Result<String, &'static str> {
 
 /// A form field's decoded value.
 fn field(form: &str, name: &str) -> Option<String> {
-    form.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=')?;
-        (key == name).then(|| crate::admin::decode_form_value(value).ok()).flatten()
-    })
+    url::form_urlencoded::parse(form.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
 }
 
 fn asset(method: &Method, name: &str) -> Response<Full<Bytes>> {
@@ -360,6 +357,13 @@ fn shell(csrf: &str, name: &str, title: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn form_fields_are_decoded() {
+        assert_eq!(field("csrf=a%2Bb&token=t+k%3D", "token").as_deref(), Some("t k="));
+        assert_eq!(field("csrf=a%2Bb&token=t+k%3D", "csrf").as_deref(), Some("a+b"));
+        assert_eq!(field("csrf=a", "token"), None);
+    }
 
     #[test]
     fn the_session_cookie_is_found_among_others() {
