@@ -2,7 +2,9 @@
 //! with `audit.on_failure: block` the audit sink taking records), and, with the bearer `admin.token`,
 //! `GET /admin/config`, `POST /admin/reload`, `GET /admin/usage` (spend and tokens summed from the audit log by
 //! `usage`), `GET /admin/sessions[/ID]` (the sessions in the audit log, or one's timeline, by `sessions`) and
-//! `GET /admin/fleet` (the clients seen, by `fleet`); with `admin.scim`, SCIM provisioning at `/scim/v2` (`scim`).
+//! `GET /admin/fleet` (the clients seen, by `fleet`), and for the web console `GET /admin/overview`,
+//! `/admin/budgets` and `/admin/denials` (`console::data`); the console itself at `/ui` (`console`), whose
+//! sign-in session also opens `/admin/*`; with `admin.scim`, SCIM provisioning at `/scim/v2` (`scim`).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -20,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
+use crate::console::{self, Console};
 use crate::metrics::Sampled;
 use crate::report::{Filter, Format, Since};
 use crate::sessions;
@@ -33,6 +36,8 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener) {
     let config = shared.config.load_full();
     let slots = Arc::new(Semaphore::new(config.server.max_admin_connections));
     let header_timeout = config.server.header_read_timeout;
+    let console = Arc::new(Console::default());
+    tokio::spawn(console::history::sample(console.history.clone(), shared.clone()));
     loop {
         let (stream, client) = tokio::select! {
             accepted = socket.accept() => match accepted {
@@ -51,8 +56,9 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener) {
             continue;
         };
         let shared = shared.clone();
+        let console = console.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| respond(shared.clone(), client, request));
+            let service = service_fn(move |request| respond(shared.clone(), console.clone(), client, request));
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
@@ -66,17 +72,21 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener) {
 
 async fn respond(
     shared: Arc<Shared>,
+    console: Arc<Console>,
     client: std::net::SocketAddr,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if request.uri().path().starts_with("/scim/") {
         return Ok(crate::scim::http::respond(&shared, client, request).await);
     }
+    if request.uri().path() == "/ui" || request.uri().path().starts_with("/ui/") {
+        return Ok(console::respond(&console, &shared.config.load(), request).await);
+    }
     // The head only: no endpoint reads a body, and `Parts` may be held across the awaits of `/admin/usage`.
     let (request, _body) = request.into_parts();
     let path = request.uri.path();
     if path.starts_with("/admin/") {
-        return Ok(admin(&shared, &request).await);
+        return Ok(admin(&shared, &console, &request).await);
     }
     let (status, content_type, body) = match (&request.method, path) {
         (&Method::GET, "/metrics") => {
@@ -113,8 +123,8 @@ async fn respond(
     Ok(reply(status, content_type, body))
 }
 
-/// `/admin/*`: bearer token first, then the endpoint.
-async fn admin(shared: &Shared, request: &Parts) -> Response<Full<Bytes>> {
+/// `/admin/*`: bearer token (or a console session) first, then the endpoint.
+async fn admin(shared: &Shared, console: &Console, request: &Parts) -> Response<Full<Bytes>> {
     let config = shared.config.load_full();
     let Some(token) = config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
         return json_reply(
@@ -122,12 +132,8 @@ async fn admin(shared: &Shared, request: &Parts) -> Response<Full<Bytes>> {
             json!({"error": "admin.token is not configured: /admin endpoints are off"}),
         );
     };
-    let presented =
-        request.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let authorised =
-        presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(p.as_bytes(), token.as_bytes())));
-    if !authorised {
-        return json_reply(StatusCode::UNAUTHORIZED, json!({"error": "send Authorization: Bearer <admin.token>"}));
+    if let Err(refusal) = console::authorise(console, request, token) {
+        return refusal.response();
     }
     match (&request.method, request.uri.path()) {
         (&Method::GET, "/admin/config") => json_reply(
@@ -155,6 +161,9 @@ async fn admin(shared: &Shared, request: &Parts) -> Response<Full<Bytes>> {
         (&Method::GET, "/admin/usage") => usage(shared, &config, request.uri.query()).await,
         (&Method::GET, "/admin/fleet") => fleet(shared, request.uri.query()).await,
         (&Method::GET, "/admin/sessions") => list_sessions(shared, &config, request.uri.query()).await,
+        (&Method::GET, "/admin/overview") => overview(shared, console, request.uri.query()),
+        (&Method::GET, "/admin/budgets") => budgets(shared, &config).await,
+        (&Method::GET, "/admin/denials") => denials(shared, &config, request.uri.query()).await,
         (&Method::GET, path) if path.starts_with("/admin/sessions/") => {
             timeline(shared, &config, &path["/admin/sessions/".len()..], request.uri.query()).await
         }
@@ -247,6 +256,60 @@ async fn fleet(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
     match shared.fleet.listing(stale).await {
         Ok(listing) => reply(StatusCode::OK, format.content_type(), listing.render(format)),
         Err(error) => json_reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": error.to_string()})),
+    }
+}
+
+/// `GET /admin/overview?minutes=`: requests, tunnels, denials and errors since start, in the last minute and hour,
+/// and per minute for the last `minutes` (default 180, at most a day).
+fn overview(shared: &Shared, console: &Console, query: Option<&str>) -> Response<Full<Bytes>> {
+    match query_pairs(query, &["minutes"]).and_then(console::data::minutes_query) {
+        Ok(minutes) => {
+            let overview = console::data::overview(shared, &console.history, minutes, shared.clock.now());
+            json_reply(StatusCode::OK, serde_json::to_value(overview).expect("numbers and strings serialise"))
+        }
+        Err(message) => json_reply(StatusCode::BAD_REQUEST, json!({"error": message})),
+    }
+}
+
+/// `GET /admin/budgets`: every configured budget with its spend, what is left, and when it runs out at today's
+/// rate (today's spend from the audit log when `audit.file` is set). 503 when the state backend cannot be read.
+async fn budgets(shared: &Shared, config: &Config) -> Response<Full<Bytes>> {
+    let now = shared.clock.now();
+    let today = match config.audit.file {
+        Some(_) => {
+            let filter = console::data::today_filter(now);
+            let read = move |path: &std::path::Path| usage::read_series(&[path.to_owned()], filter);
+            match read_audit(shared, config, "today's rate is read from", read).await {
+                Ok(report) => console::data::Today::of(&report),
+                Err(response) => return response,
+            }
+        }
+        None => console::data::Today::default(),
+    };
+    match console::data::budgets(shared, config, &today, now).await {
+        Ok(standings) => json_reply(
+            StatusCode::OK,
+            json!({
+                "now": crate::audit::timestamp(now),
+                "rate_from": if today.known { "audit_log" } else { "counters" },
+                "budgets": standings,
+            }),
+        ),
+        Err(error) => json_reply(StatusCode::SERVICE_UNAVAILABLE, console::data::state_error(&error)),
+    }
+}
+
+/// `GET /admin/denials?limit=`: the newest denials and DLP matches (default 100, at most 1000) in the last
+/// `DENIALS_TAIL_BYTES` of the audit file, with counts by rule and detector.
+async fn denials(shared: &Shared, config: &Config, query: Option<&str>) -> Response<Full<Bytes>> {
+    let limit = match query_pairs(query, &["limit"]).and_then(console::data::limit_query) {
+        Ok(limit) => limit,
+        Err(message) => return json_reply(StatusCode::BAD_REQUEST, json!({"error": message})),
+    };
+    let read = move |path: &std::path::Path| console::data::denials(path, limit, console::data::DENIALS_TAIL_BYTES);
+    match read_audit(shared, config, "denials are read from", read).await {
+        Ok(found) => json_reply(StatusCode::OK, serde_json::to_value(found).expect("strings and numbers serialise")),
+        Err(response) => response,
     }
 }
 

@@ -13,7 +13,8 @@
 //!
 //! Whatever happened, `request::finish` writes metrics (`metrics`), a log line and the `audit` record last.
 //! `config` builds the snapshot all of this reads, `shared` is the state every connection holds, `reload` swaps
-//! the snapshot, `app` wires it all and owns shutdown; `admin` serves metrics, health, reload, usage and sessions.
+//! the snapshot, `app` wires it all and owns shutdown; `admin` serves metrics, health, reload, usage and sessions, and
+//! `console` the web console at `/ui` on the same listener.
 //! Outside the flow, `certs` makes the CAs and certificates (`tollgate ca init`, `tollgate cert server|client`),
 //! `explain` answers what the policy would do, `fleet` keeps the inventory of clients seen (beside the limits, in
 //! the state backend), and the reports read the audit log back (`report` holds what they
@@ -28,6 +29,7 @@ pub mod app;
 pub mod audit;
 pub mod certs;
 pub mod config;
+pub mod console;
 pub mod enroll;
 pub mod explain;
 pub mod fleet;

@@ -118,6 +118,19 @@ pub struct AuditSample {
     pub healthy: bool,
 }
 
+/// Requests and tunnels counted since start, summed over listeners and reasons.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RequestTotals {
+    /// Requests (every kind but `connect`).
+    pub requests: u64,
+    /// Tunnels (`kind="connect"`).
+    pub tunnels: u64,
+    /// Requests and tunnels with `decision="deny"`.
+    pub denials: u64,
+    /// Requests and tunnels with `decision="error"`.
+    pub errors: u64,
+}
+
 /// One finished request, as counted.
 pub struct RequestOutcome<'a> {
     pub listener: &'a str,
@@ -525,6 +538,32 @@ impl Metrics {
     /// One SCIM request (`tollgate_scim_requests_total`).
     pub fn scim_request(&self, resource: &str, operation: &str, result: &str) {
         self.scim_requests.with_label_values(&[resource, operation, result]).inc();
+    }
+
+    /// `tollgate_requests_total` summed by what the console's overview shows (read once a minute and on each of
+    /// its requests, never on the request path).
+    pub fn request_totals(&self) -> RequestTotals {
+        use prometheus::core::Collector;
+        let mut totals = RequestTotals::default();
+        for family in self.requests.collect() {
+            for metric in family.get_metric() {
+                let count = metric.get_counter().get_value() as u64;
+                let label = |name: &str| {
+                    metric.get_label().iter().find(|pair| pair.name() == name).map_or("", |pair| pair.value())
+                };
+                if label("kind") == "connect" {
+                    totals.tunnels += count;
+                } else {
+                    totals.requests += count;
+                }
+                match label("decision") {
+                    "deny" => totals.denials += count,
+                    "error" => totals.errors += count,
+                    _ => {}
+                }
+            }
+        }
+        totals
     }
 
     pub fn leaf(&self, minted: bool) {

@@ -18,6 +18,7 @@ mod budgets_e2e;
 mod certs;
 mod cli;
 mod config_errors;
+mod console;
 mod deploy;
 mod destinations;
 mod explain;
