@@ -19,6 +19,7 @@ mod certs;
 mod cli;
 mod config_errors;
 mod destinations;
+mod devpage;
 mod explain;
 mod fleet;
 mod gateway;
