@@ -20,6 +20,7 @@ mod cli;
 mod config_errors;
 mod destinations;
 mod devpage;
+mod doctor;
 mod explain;
 mod fleet;
 mod gateway;
