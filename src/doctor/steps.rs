@@ -410,8 +410,8 @@ async fn ca(
     }
 }
 
-/// Step 8: `GET /v1/models` through the tunnel is answered by the model API (any answer of its own, 401 without a
-/// key included), not refused by tollgate.
+/// Step 8: `GET /v1/models` through the tunnel is answered by the model API (any answer of its own below 500, 401
+/// without a key included), not refused by tollgate.
 async fn model_request(
     environment: &Environment,
     mut tls: Connection,
@@ -449,14 +449,18 @@ async fn model_request(
     let by_tollgate = response.header("x-tollgate-request-id").is_some();
     match (status, by_tollgate) {
         (200..=299, _) => pass("model", title, format!("GET https://{authority}/v1/models: {status}")),
-        (401, false) => pass(
+        (300..=499, false) => pass(
             "model",
             title,
-            format!("GET https://{authority}/v1/models: 401 from the model API (reached; it wants Claude Code's key or login)"),
+            format!(
+                "GET https://{authority}/v1/models: {status} from the model API (reached; it answers Claude Code's key \
+                 or login)"
+            ),
         ),
         (_, true) => {
             let rule = response.header("x-tollgate-rule").map(|r| format!(" (rule {r})")).unwrap_or_default();
-            let detail = format!("GET https://{authority}/v1/models: {status} from tollgate{rule}: {}", response.message());
+            let detail =
+                format!("GET https://{authority}/v1/models: {status} from tollgate{rule}: {}", response.message());
             let fix = if status >= 500 {
                 "tollgate cannot reach the model API: tell its operator (the upstream refused or is down; the audit \
                  record with this request's id says why)"
