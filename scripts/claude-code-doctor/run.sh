@@ -79,6 +79,8 @@ pids+=("$upstream_pid")
 RUST_LOG=warn "$tollgate" run -c "$work/tollgate.yaml" >"$work/tollgate.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$admin_port/healthz" && break; sleep 0.1; done
+# The upstream must listen before the first case, or the working case sees tollgate's 502.
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$upstream_port/" && break; sleep 0.1; done
 cat "$work/icpt/ca.pem" "$work/pki/tollgate-ca.pem" >"$work/bundle.pem"
 
 good_proxy="http://alice:secret@127.0.0.1:$proxy_port"
