@@ -14,9 +14,11 @@
 //! Whatever happened, `request::finish` writes metrics (`metrics`), a log line and the `audit` record last.
 //! `config` builds the snapshot all of this reads, `shared` is the state every connection holds, `reload` swaps
 //! the snapshot, `app` wires it all and owns shutdown; `admin` serves metrics, health, reload, usage and sessions, and
-//! `console` the web console at `/ui` on the same listener.
+//! `console` the web console at `/ui` on the same listener. `devpage` answers the reserved developer page host through
+//! the proxy instead of forwarding it, and keeps each user's latest refusals for it.
 //! Outside the flow, `certs` makes the CAs and certificates (`tollgate ca init`, `tollgate cert server|client`),
-//! `explain` answers what the policy would do, `fleet` keeps the inventory of clients seen (beside the limits, in
+//! `explain` answers what the policy would do, `doctor` checks a developer machine's path to the model API, `fleet`
+//! keeps the inventory of clients seen (beside the limits, in
 //! the state backend), and the reports read the audit log back (`report` holds what they
 //! share): `usage` sums it into spend and tokens per team, user and model, `sessions` into what each
 //! coding-assistant session did.
@@ -30,6 +32,8 @@ pub mod audit;
 pub mod certs;
 pub mod config;
 pub mod console;
+pub mod devpage;
+pub mod doctor;
 pub mod enroll;
 pub mod explain;
 pub mod fleet;

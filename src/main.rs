@@ -207,6 +207,29 @@ enum Command {
         #[command(subcommand)]
         command: CertCommand,
     },
+    /// Check, on a developer's machine, each step from Claude Code to the model API through tollgate, and say
+    /// what to fix (exit 1 when a step fails).
+    Doctor {
+        /// The model API to check, `HOST[:PORT]` (default: ANTHROPIC_BASE_URL's host, else api.anthropic.com:443).
+        #[arg(long, value_name = "HOST[:PORT]")]
+        model_host: Option<String>,
+        /// Claude Code's managed settings file (default: this system's).
+        #[arg(long, value_name = "FILE")]
+        managed_settings: Option<PathBuf>,
+        /// How long each network step may take.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// `text` or `json`.
+        #[arg(long, value_enum, default_value = "text")]
+        format: DoctorFormat,
+    },
+}
+
+/// How `doctor` prints its report.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DoctorFormat {
+    Text,
+    Json,
 }
 
 /// How `usage` and `sessions` print their report.
@@ -377,6 +400,9 @@ fn main() -> ExitCode {
                 tollgate::login::LoginOptions { issuer, client_id, scope, ca, config, certificate: cert, proxy };
             login_command(async move { tollgate::login::login(options, &mut std::io::stdout()).await })
         }
+        Command::Doctor { model_host, managed_settings, timeout, format } => {
+            doctor(model_host, managed_settings, timeout, format)
+        }
         Command::Token { bearer } => login_command(async move {
             use std::io::{IsTerminal, Write};
             let token = tollgate::login::token().await?;
@@ -401,6 +427,37 @@ fn main() -> ExitCode {
 }
 
 /// Runs `login` or `token` on a small runtime; a failure is one line on stderr and its exit code.
+/// `tollgate doctor`: the report on stdout; exit 1 when a step fails.
+fn doctor(
+    model_host: Option<String>,
+    managed_settings: Option<PathBuf>,
+    timeout: std::time::Duration,
+    format: DoctorFormat,
+) -> ExitCode {
+    use tollgate::doctor::{environment::default_managed_settings, Environment, Options};
+    let managed_settings = managed_settings.unwrap_or_else(default_managed_settings);
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let environment = Environment::read(std::env::vars(), home.as_deref(), &managed_settings);
+    let options = Options { model_host, managed_settings, timeout };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tollgate: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(tollgate::doctor::run(&environment, &options));
+    match format {
+        DoctorFormat::Text => print!("{}", report.text()),
+        DoctorFormat::Json => println!("{}", serde_json::to_string_pretty(&report).expect("JSON")),
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn login_command(work: impl std::future::Future<Output = Result<(), tollgate::login::LoginError>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,

@@ -59,6 +59,8 @@ pub struct Shared {
     pub scim: Arc<crate::scim::Provisioning>,
     /// The bounded pool of password checks (argon2id), shared by every snapshot.
     pub verifiers: Arc<Verifiers>,
+    /// Each user's latest refusals, for the developer page.
+    pub denials: crate::devpage::denials::Denials,
     pub clock: Arc<dyn Clock>,
     /// Config version: 1 at start, +1 for each successful reload.
     pub version: AtomicU64,
@@ -222,6 +224,7 @@ impl Shared {
             alerts,
             scim,
             verifiers: Arc::new(Verifiers::default()),
+            denials: crate::devpage::denials::Denials::default(),
             clock,
             version: AtomicU64::new(1),
             watched: Mutex::new(watched),

@@ -64,6 +64,33 @@ pub struct File {
     pub managed_settings: Option<ManagedSettings>,
     /// Alerts: where they go (`sinks`) and the rules that raise them (docs/alerts.md); omitted = none.
     pub alerts: Option<Alerts>,
+    /// The developer page: a reserved host name tollgate answers itself through the proxy
+    /// (docs/developer-page.md); omitted = served at `tollgate.internal`.
+    #[serde(default)]
+    pub developer_page: DeveloperPage,
+}
+
+/// `developer_page`: who tollgate thinks a client is, its limits and denials, and the interception CA, at a
+/// reserved host name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeveloperPage {
+    /// Whether the page is served (default true); `false` forwards the host like any other.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The reserved host name (default `tollgate.internal`): requests to it never leave tollgate.
+    #[serde(default = "developer_page_host")]
+    pub host: String,
+}
+
+impl Default for DeveloperPage {
+    fn default() -> Self {
+        Self { enabled: true, host: developer_page_host() }
+    }
+}
+
+fn developer_page_host() -> String {
+    "tollgate.internal".to_owned()
 }
 
 /// `alerts`: named sinks and the rules that send to them.

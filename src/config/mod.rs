@@ -62,6 +62,8 @@ pub struct Config {
     pub alerts: Option<Arc<crate::alerts::Rules>>,
     /// Client certificate enrollment (`auth.enroll`); `None` = no `POST /enroll`.
     pub enroll: Option<Arc<enroll::Enrollment>>,
+    /// The developer page's reserved host name (`developer_page`); `None` = disabled.
+    pub developer_page: Option<Box<str>>,
 }
 
 /// The state backend.
@@ -581,7 +583,25 @@ fn compile(
         managed_settings,
         alerts,
         enroll,
+        developer_page: compile_developer_page(&parsed.developer_page)?,
     })
+}
+
+/// `developer_page.host`: a DNS name (not an IP literal, no port), lowercase.
+fn compile_developer_page(page: &file::DeveloperPage) -> Result<Option<Box<str>>, Invalid> {
+    if !page.enabled {
+        return Ok(None);
+    }
+    let key = "developer_page.host";
+    let not_a_name = || invalid(key, format!("{:?} must be a host name (no IP address, no port)", page.host));
+    if page.host.contains(':') {
+        return Err(not_a_name());
+    }
+    match crate::target::Target::parse_authority(&format!("{}:80", page.host)) {
+        Ok(crate::target::Target { host: crate::target::Host::Name(name), .. }) => Ok(Some(name)),
+        Ok(_) => Err(not_a_name()),
+        Err(error) => Err(invalid(key, format!("{:?}: {error}", page.host))),
+    }
 }
 
 /// The config file and the files it names.

@@ -119,6 +119,11 @@ impl Minter {
         &self.cert_path
     }
 
+    /// The CA certificate clients must trust, PEM, as this minter signs with it.
+    pub fn ca_cert_pem(&self) -> &str {
+        self.ca.cert_pem()
+    }
+
     /// A TLS server config presenting a leaf for `host` (DNS or IP SAN), ALPN `h2` then `http/1.1`.
     pub async fn server_config(&self, host: &Host) -> Result<Arc<rustls::ServerConfig>, MintError> {
         self.leaf(host).await.map(|served| served.config)

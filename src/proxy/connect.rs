@@ -57,6 +57,11 @@ pub async fn tunnel(
     let opened = async {
         let target = Target::parse_authority(head.target()).map_err(|e| Error::BadRequest(e.to_string()))?;
         let target = &*exchange.target.insert(target);
+        if crate::devpage::addressed(config, target) {
+            let principal = identify(shared, config, credentials, peer.address.ip(), shared.clock.now()).await?;
+            exchange.principal = Some(principal);
+            return Err(crate::devpage::over_connect(config));
+        }
         if config.llm.intercepts(target) {
             // Only identity is checked here. Policy, hours, limits and the audit log are checked for each
             // request inside, where a refusal is an answer the client shows its user: a refused CONNECT shows

@@ -52,6 +52,19 @@ pub async fn forward(
         let uri = parse_absolute(head.target())?;
         exchange.target = Some(uri.target.clone());
         exchange.set_path(uri.path);
+        if crate::devpage::addressed(config, &uri.target) {
+            // The developer page: identified like every request, answered here, never forwarded.
+            let page = crate::devpage::serve(shared, config, &head, uri.path, peer, client, &mut exchange).await?;
+            let bytes_down = page.answer.len() as u64;
+            let held = Held::Answer(page.answer);
+            return Ok(Some(Forwarded {
+                status: page.status,
+                bytes_down,
+                keep_alive: page.keep_alive,
+                held,
+                ..Default::default()
+            }));
+        }
         if config.llm.intercepts(&uri.target) {
             return Ok(None);
         }

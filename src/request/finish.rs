@@ -195,6 +195,9 @@ pub async fn finish(shared: &Shared, peer: &Peer, exchange: Exchange) -> Release
     if shared.alerts.active() {
         observe(shared, &exchange);
     }
+    if exchange.decision == "deny" {
+        note_denial(shared, &exchange);
+    }
     let wait = if exchange.reason == AUDIT_UNAVAILABLE { Wait::Never } else { Wait::UntilWritten };
     let record = Record {
         ts: audit::timestamp(exchange.started_at),
@@ -225,6 +228,24 @@ pub async fn finish(shared: &Shared, peer: &Peer, exchange: Exchange) -> Release
         user_agent: exchange.user_agent,
     };
     shared.auditor.record(record, wait).await
+}
+
+/// Keeps a refusal of an identified user for the developer page (`devpage::denials`, bounded).
+fn note_denial(shared: &Shared, exchange: &Exchange) {
+    let Some(principal) = &exchange.principal else { return };
+    let denial = crate::devpage::denials::Denial {
+        ts: audit::timestamp(exchange.started_at),
+        id: exchange.id.clone(),
+        kind: exchange.door.label(),
+        method: exchange.method.clone(),
+        target: exchange.target.as_ref().map(|t| t.to_string()),
+        path: exchange.path.clone(),
+        status: exchange.status,
+        reason: exchange.reason,
+        rule: exchange.rule.clone(),
+        message: exchange.error.clone(),
+    };
+    shared.denials.note(&principal.name, exchange.started_at, denial);
 }
 
 /// Hands what the alert rules watch (spend, hours refusals, model use, DLP blocks) to the alert engine; only

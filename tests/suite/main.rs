@@ -21,6 +21,8 @@ mod config_errors;
 mod console;
 mod deploy;
 mod destinations;
+mod devpage;
+mod doctor;
 mod explain;
 mod fleet;
 mod gateway;
