@@ -83,6 +83,37 @@ async fn the_page_shows_who_the_client_is_escaped() {
     assert!(!html.contains(ALICE.password), "the password is never shown");
 }
 
+/// The page in headless Chromium sent through the proxy (tests/clients/browser.py): it loads without a console
+/// error and shows the user (its markup as text), the CA link and the setup lines. Chromium cannot send Basic proxy
+/// credentials without a prompt (an extra `Proxy-Authorization` header is refused), so the user here is the
+/// anonymous principal; the other tests cover the identified user. With `TOLLGATE_SCREENSHOTS=DIR` its screenshot is saved
+/// there (`scripts/screenshots` does, into `docs/images/`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_renders_in_a_browser_through_the_proxy() {
+    let auth = format!("auth: {{anonymous: \"{}\"}}", ALICE.name);
+    let setup = Intercepting::start(parts(&auth)).await;
+    let screenshots = std::env::var_os("TOLLGATE_SCREENSHOTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| setup.gateway.dir.path().join("screenshots"));
+    let mut command = std::process::Command::new(common::python());
+    command.arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/browser.py"));
+    command.args(["--url", "http://tollgate.internal/", "--name", "developer-page", "--wait-for", "body"]);
+    command.args(["--proxy", &format!("http://{}", setup.gateway.proxy)]);
+    command.arg("--screenshot-dir").arg(&screenshots);
+    let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("run browser.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    let page = &result["pages"][0];
+    assert_eq!(page["ready"], true, "{page}\n{stderr}");
+    assert_eq!(page["console_errors"], serde_json::json!([]), "{page}");
+    let text = page["text"].as_str().unwrap_or_default();
+    assert!(text.contains(ALICE.name), "the name shown as text, unescaped once: {text}");
+    assert!(text.contains("NODE_EXTRA_CA_CERTS"), "{text}");
+    assert!(page["screenshot"].as_str().is_some_and(|path| std::path::Path::new(path).exists()), "{page}");
+    assert!(output.status.success(), "{result}");
+}
+
 /// The JSON variant, by path or by `Accept`: the same facts as fields.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_json_variant_has_the_same_facts() {
