@@ -23,9 +23,12 @@ enum Verdict {
     Bad,
 }
 
+/// A whole line and where the next begins, or the start of a line cut short.
+type Line<'a> = Result<(&'a [u8], usize), &'a [u8]>;
+
 /// One line from `at`: `Some(Ok((content, next)))` when whole, `Some(Err(content))` when cut (a lone `\r` at the
 /// end is allowed), `None` when a line ending is malformed (bare LF, CR not before LF).
-fn line(data: &[u8], at: usize) -> Option<Result<(&[u8], usize), &[u8]>> {
+fn line(data: &[u8], at: usize) -> Option<Line<'_>> {
     match data[at..].iter().position(|&b| b == b'\r' || b == b'\n') {
         None => Some(Err(&data[at..])),
         Some(offset) => {

@@ -149,12 +149,12 @@ fn check_tool_path(input: &str) -> Result<(), TestCaseError> {
     for reading in normal.readings() {
         // Resolved: below its root, no `.` or `..` name and no empty one.
         let bytes = reading.as_bytes();
-        let rest = if reading.starts_with("//") {
-            &reading[2..]
+        let rest = if let Some(rest) = reading.strip_prefix("//") {
+            rest
         } else if bytes.len() >= 3 && bytes[1] == b':' && bytes[2] == b'/' {
             &reading[3..]
-        } else if reading.starts_with('/') {
-            &reading[1..]
+        } else if let Some(rest) = reading.strip_prefix('/') {
+            rest
         } else if reading.starts_with('~') {
             reading.split_once('/').map_or("", |(_, rest)| rest)
         } else if reading == "." {
