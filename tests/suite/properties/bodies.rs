@@ -2,6 +2,8 @@
 //! RFC 9112 §7.1 says it ends, or is refused where that reading refuses it, however the bytes arrive; a body by
 //! length relays exactly its length.
 
+use std::sync::LazyLock;
+
 use bytes::BytesMut;
 use proptest::prelude::*;
 use regex::bytes::Regex;
@@ -45,8 +47,11 @@ fn line(data: &[u8], at: usize) -> Option<Line<'_>> {
 
 /// A naive reading of a chunked body, line by line.
 fn reference(data: &[u8]) -> Verdict {
-    let whole_size = Regex::new(r"(?s-u)^([0-9a-fA-F]+)(?:[; \t][^\r\n]*)?$").expect("regex");
-    let partial_size = Regex::new(r"(?s-u)^(?:([0-9a-fA-F]+)(?:[; \t][^\r\n]*)?)?$").expect("regex");
+    static WHOLE_SIZE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"(?s-u)^([0-9a-fA-F]+)(?:[; \t][^\r\n]*)?$").expect("regex"));
+    static PARTIAL_SIZE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"(?s-u)^(?:([0-9a-fA-F]+)(?:[; \t][^\r\n]*)?)?$").expect("regex"));
+    let (whole_size, partial_size) = (&*WHOLE_SIZE, &*PARTIAL_SIZE);
     let too_big = |digits: &[u8]| {
         let mut value: u128 = 0;
         for &digit in digits {

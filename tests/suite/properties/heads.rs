@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use tollgate::http1::body::Framing;
-use tollgate::http1::head::{read_head, HeadError, HeadLimits, RequestHead};
+use tollgate::http1::head::{read_head, HeadError, HeadLimits, RequestHead, ResponseHead};
 
 use super::{block_on, config, corpus, cuts, Pieces};
 
@@ -331,6 +331,89 @@ proptest! {
         bytes.remove(cr);
         let result = block_on(read_head(&mut Pieces::new(&bytes, &cuts(bytes.len(), &splits)), &mut BytesMut::new(), LIMITS));
         prop_assert!(matches!(result, Err(HeadError::Malformed(_))), "{:?}", result);
+    }
+}
+
+/// A response head from its status and headers.
+fn response(status: u16, headers: &[(String, String)]) -> String {
+    let mut text = format!("HTTP/1.1 {status} Reason\r\n");
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    text
+}
+
+/// How a response body is delimited, by RFC 9112 §6.3 read naively; `None` when the head is refused.
+fn naive_response_framing(status: u16, method: &str, headers: &[(String, String)]) -> Option<Framing> {
+    if method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304 {
+        return Some(Framing::Empty);
+    }
+    let values = |wanted: &str| -> Vec<&str> {
+        headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(wanted)).map(|(_, v)| v.trim()).collect()
+    };
+    if let Some(last) = values("transfer-encoding").last() {
+        let chunked = last.rsplit(',').next().is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
+        return Some(if chunked { Framing::Chunked } else { Framing::UntilClose });
+    }
+    let lengths = values("content-length");
+    let Some(first) = lengths.first() else { return Some(Framing::UntilClose) };
+    let valid = |v: &str| !v.is_empty() && v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit());
+    if !lengths.iter().all(|v| valid(v)) {
+        return None;
+    }
+    let numbers: Vec<u64> = lengths.iter().map(|v| v.parse().expect("digits")).collect();
+    if numbers.iter().any(|&n| n != numbers[0]) {
+        return None;
+    }
+    let _ = first;
+    Some(if numbers[0] == 0 { Framing::Empty } else { Framing::Length(numbers[0]) })
+}
+
+fn response_header() -> impl Strategy<Value = (String, String)> {
+    prop_oneof![
+        2 => (header_name(), header_value()),
+        1 => prop::sample::select(vec!["Content-Length", "content-length", "CONTENT-LENGTH"]).prop_flat_map(|name| {
+            prop::sample::select(vec!["0", "5", "05", "6", "+5", "5,5", "", "18446744073709551615", "99999999999999999999"])
+                .prop_map(move |value| (name.to_owned(), value.to_owned()))
+        }),
+        1 => prop::sample::select(vec!["Transfer-Encoding", "transfer-encoding"]).prop_flat_map(|name| {
+            prop::sample::select(vec!["chunked", "gzip, chunked", "chunked, gzip", "identity", "Chunked", "gzip,chunked"])
+                .prop_map(move |value| (name.to_owned(), value.to_owned()))
+        }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    /// A response's framing is what RFC 9112 §6.3 says for its status, method and headers; with a
+    /// Transfer-Encoding, no Content-Length is forwarded; any bytes parse or are refused without a panic.
+    #[test]
+    fn response_heads_frame_as_the_rfc_says(
+        status in prop_oneof![100u16..600, prop::sample::select(vec![101u16, 204, 304, 200])],
+        headers in prop::collection::vec(response_header(), 0..6),
+        method in prop::sample::select(vec!["GET", "HEAD", "POST"]),
+        noise in prop::collection::vec(any::<u8>(), 0..120),
+    ) {
+        let text = response(status, &headers);
+        let head = match ResponseHead::parse(Bytes::from(text.clone())) {
+            Ok(head) => head,
+            Err(error) => return Err(TestCaseError::fail(format!("{error}: {text:?}"))),
+        };
+        prop_assert_eq!(head.status, status);
+        prop_assert_eq!(head.framing(method).ok(), naive_response_framing(status, method, &headers), "{:?}", text);
+        let mut out = Vec::new();
+        head.write_forwarded_headers(&mut out);
+        let out = String::from_utf8_lossy(&out).to_ascii_lowercase();
+        if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding")) {
+            prop_assert!(!out.contains("content-length:"), "{:?}", out);
+        }
+        let mut garbage = b"HTTP/1.1 200 OK\r\n".to_vec();
+        garbage.extend(noise);
+        if let Ok(head) = ResponseHead::parse(Bytes::from(garbage)) {
+            let _ = (head.framing("GET"), head.keep_alive(), head.reason());
+        }
     }
 }
 

@@ -17,6 +17,8 @@ const LIMIT: usize = 1 << 20;
 #[derive(Clone)]
 struct Stream {
     bytes: Vec<u8>,
+    /// Where the first tool call's `content_block_start` event begins.
+    first_call_at: Option<usize>,
     metered: Metered,
     calls: Vec<(String, String, Value)>,
 }
@@ -94,6 +96,7 @@ fn stream() -> impl Strategy<Value = Stream> {
                 spaced,
             ));
             let mut calls = Vec::new();
+            let mut first_call_at = None;
             for (index, block) in blocks.into_iter().enumerate() {
                 if pings {
                     text.push_str(&format!(": keep-alive{ending}"));
@@ -110,6 +113,7 @@ fn stream() -> impl Strategy<Value = Stream> {
                     }
                     Block::Tool { name: tool, input, cuts: points } => {
                         let id = format!("toolu_{index}");
+                        first_call_at.get_or_insert(text.len());
                         text.push_str(&event(name("content_block_start"), &json!({"type": "content_block_start", "index": index,
                             "content_block": {"type": "tool_use", "id": id, "name": tool, "input": {}}}), ending, spaced));
                         let input_text = input.to_string();
@@ -146,7 +150,7 @@ fn stream() -> impl Strategy<Value = Stream> {
                 error: None,
                 complete: stop,
             };
-            Stream { bytes: text.into_bytes(), metered, calls }
+            Stream { bytes: text.into_bytes(), first_call_at, metered, calls }
         })
 }
 
@@ -210,6 +214,34 @@ proptest! {
             .collect();
         prop_assert_eq!(calls, stream.calls.clone());
         check_split(&stream.bytes, &splits)?;
+    }
+
+    /// A denied call ends what the client sees: everything before the call's first event, then the error, then
+    /// nothing, however the stream is split.
+    #[test]
+    fn a_denied_call_ends_the_stream_where_it_began(stream in stream(), splits in prop::collection::vec(any::<usize>(), 0..12)) {
+        let Some(at) = stream.first_call_at else { return Ok(()) };
+        let pieces = split_at(&stream.bytes, &cuts(stream.bytes.len(), &splits));
+        let error = b"event: error\ndata: {\"type\":\"error\"}\n\n";
+        let mut calls = Calls::hold(LIMIT);
+        let mut decided = 0;
+        let mut decide = |_: Call| {
+            decided += 1;
+            Next::End(bytes::Bytes::from_static(error))
+        };
+        let mut out = Vec::new();
+        for piece in &pieces {
+            out.extend_from_slice(&calls.feed(piece, &mut decide));
+        }
+        out.extend_from_slice(&calls.finish(&mut decide));
+        prop_assert!(calls.ended());
+        prop_assert_eq!(decided, 1);
+        // After a CR the reader cannot know whether an LF follows until the next byte: the LF of a CRLF blank
+        // line travels with the event after it, and is not sent when that event is replaced.
+        let at = if stream.bytes[..at].ends_with(b"\r\n") && out.len() == at - 1 + error.len() { at - 1 } else { at };
+        let mut want = stream.bytes[..at].to_vec();
+        want.extend_from_slice(error);
+        prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want));
     }
 
     /// Generated streams with bytes changed, removed or inserted, and arbitrary bytes: never a panic, and the
