@@ -93,8 +93,9 @@ fn check_host(text: &str) -> Result<(), TestCaseError> {
         (Err(_), Ok(url::Host::Domain(_) | url::Host::Ipv6(_))) | (Err(_), Err(_)) => {}
         (Err(_), Ok(url::Host::Ipv4(want))) => {
             // Only a spelling longer than any address needs may be refused.
+            // The standard percent-decodes a host first (`%31` is `1`); tollgate refuses any `%` in a host.
             prop_assert!(
-                text.len() > 253 || text.split('.').any(|part| part.len() > 14),
+                text.len() > 253 || text.split('.').any(|part| part.len() > 14) || text.contains('%'),
                 "{:?} refused, the standard reads {}",
                 text,
                 want
@@ -127,7 +128,9 @@ proptest! {
     #[test]
     fn authorities_read_back_as_themselves(host in any_host(), port in "[0-9]{0,6}|-1|https|", at in "(@x)?", colon in ":?") {
         let authority = format!("{host}{colon}{port}{at}");
-        if let Ok(target) = Target::parse_authority(&authority) {
+        // A colon or `@` of the host's own would move where the port starts: only hosts without them.
+        let plain = !host.contains('@') && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')));
+        if let (true, Ok(target)) = (plain, Target::parse_authority(&authority)) {
             prop_assert!(at.is_empty() && colon == ":");
             prop_assert!(target.port >= 1);
             prop_assert_eq!(Target::parse_authority(&target.to_string()), Ok(target.clone()));
