@@ -28,8 +28,9 @@ enum Verdict {
 /// A whole line and where the next begins, or the start of a line cut short.
 type Line<'a> = Result<(&'a [u8], usize), &'a [u8]>;
 
-/// One line from `at`: `Some(Ok((content, next)))` when whole, `Some(Err(content))` when cut (a lone `\r` at the
-/// end is allowed), `None` when a line ending is malformed (bare LF, CR not before LF).
+/// One line from `at`: `Some(Ok((content, next)))` when whole, `Some(Err(content))` when cut before its CR,
+/// `None` when a line ending is malformed (bare LF, CR not before LF). A line cut between its CR and LF is whole
+/// but for the LF: `Ok((content, data.len() + 1))`.
 fn line(data: &[u8], at: usize) -> Option<Line<'_>> {
     match data[at..].iter().position(|&b| b == b'\r' || b == b'\n') {
         None => Some(Err(&data[at..])),
@@ -37,7 +38,7 @@ fn line(data: &[u8], at: usize) -> Option<Line<'_>> {
             let end = at + offset;
             match (data[end], data.get(end + 1)) {
                 (b'\n', _) => None,
-                (_, None) => Some(Err(&data[at..end])),
+                (_, None) => Some(Ok((&data[at..end], end + 2))),
                 (_, Some(b'\n')) => Some(Ok((&data[at..end], end + 2))),
                 (_, Some(_)) => None,
             }
@@ -75,8 +76,11 @@ fn reference(data: &[u8]) -> Verdict {
             Some(Ok((content, next))) => {
                 let Some(captures) = whole_size.captures(content) else { return Verdict::Bad };
                 let Some(size) = too_big(&captures[1]) else { return Verdict::Bad };
-                if content.len() + 2 > MAX_LINE {
+                if next.min(data.len()) - at > MAX_LINE {
                     return Verdict::Bad;
+                }
+                if next > data.len() {
+                    return Verdict::Incomplete;
                 }
                 at = next;
                 size
@@ -101,8 +105,11 @@ fn reference(data: &[u8]) -> Verdict {
             None => return Verdict::Bad,
             Some(Err(_)) => return if data.len() - at > MAX_LINE { Verdict::Bad } else { Verdict::Incomplete },
             Some(Ok((content, next))) => {
-                if content.len() + 2 > MAX_LINE {
+                if next.min(data.len()) - at > MAX_LINE {
                     return Verdict::Bad;
+                }
+                if next > data.len() {
+                    return Verdict::Incomplete;
                 }
                 if content.is_empty() {
                     return Verdict::Ends(next as u64);
