@@ -166,11 +166,17 @@ fn parse_ipv4_number(part: &str) -> Option<u64> {
     } else {
         (part, 10)
     };
+    if !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    // Leading zeros say nothing about the value; a part longer than 12 digits is still a number (the host is an
+    // address, or invalid), only too large for any address.
+    let digits = digits.trim_start_matches('0');
     if digits.is_empty() {
         return Some(0);
     }
     if digits.len() > 12 {
-        return None;
+        return Some(u64::MAX);
     }
     u64::from_str_radix(digits, radix).ok()
 }
@@ -224,6 +230,11 @@ mod tests {
         assert!(host("1.2.3.4.5").is_err());
         assert!(host("08.1.1.1").is_err());
         assert_eq!(host("１２７.０.０.１").unwrap(), "127.0.0.1");
+        // Numbers however long, and only digits of their radix: never a name for the resolver to read.
+        assert_eq!(host("0x0000000000000007f000001").unwrap(), "127.0.0.1");
+        assert_eq!(host("0000000000000000177.1").unwrap(), "127.0.0.1");
+        assert!(host("0x0010000000000").is_err());
+        assert!(host("1.0x+1").is_err());
     }
 
     #[test]

@@ -437,20 +437,45 @@ struct StreamMeter {
     line: Line,
     /// The last chunk ended with CR: an LF at the start of the next one belongs to it.
     after_cr: bool,
+    /// How many bytes of a leading byte order mark were seen so far; `None` past the start of the stream.
+    byte_order_mark: Option<usize>,
     event: Event,
     seen: Metered,
 }
 
 impl Default for StreamMeter {
     fn default() -> Self {
-        Self { line: Line::Start, after_cr: false, event: Event::default(), seen: Metered::default() }
+        Self {
+            line: Line::Start,
+            after_cr: false,
+            byte_order_mark: Some(0),
+            event: Event::default(),
+            seen: Metered::default(),
+        }
     }
 }
+
+/// U+FEFF in UTF-8: one at the start of a stream is not part of its first line.
+const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
 
 impl StreamMeter {
     fn feed(&mut self, mut bytes: &[u8]) {
         if bytes.is_empty() {
             return;
+        }
+        if let Some(seen) = self.byte_order_mark {
+            // It may arrive split over chunks: its bytes are held until it is whole, or shown not to be one.
+            let matched = bytes.iter().zip(&BYTE_ORDER_MARK[seen..]).take_while(|(byte, mark)| byte == mark).count();
+            if seen + matched == BYTE_ORDER_MARK.len() {
+                self.byte_order_mark = None;
+                bytes = &bytes[matched..];
+            } else if matched == bytes.len() {
+                self.byte_order_mark = Some(seen + matched);
+                return;
+            } else {
+                self.byte_order_mark = None;
+                self.take(&BYTE_ORDER_MARK[..seen]);
+            }
         }
         if std::mem::take(&mut self.after_cr) {
             if let Some((b'\n', rest)) = bytes.split_first() {
@@ -589,6 +614,9 @@ impl StreamMeter {
     }
 
     fn finish(mut self) -> Metered {
+        if let Some(seen) = self.byte_order_mark.take() {
+            self.take(&BYTE_ORDER_MARK[..seen]);
+        }
         // A stream cut after an event's last line but before its blank line still told its usage: bill it. It
         // did not end normally, so a pending `message_stop` does not make it complete.
         if matches!(self.line, Line::Start) {
@@ -817,6 +845,15 @@ event: message_stop\ndata\n\n";
     #[test]
     fn a_byte_order_mark_does_not_hide_the_first_event() {
         assert_eq!(sse_whole(&format!("\u{feff}{B3}")), b3_metered());
+        // Also when the first event has no name, and when the mark arrives split.
+        let unnamed = B3.replace("event: message_start\n", "");
+        assert_eq!(sse_whole(&format!("\u{feff}{unnamed}")), b3_metered());
+        let bytes = format!("\u{feff}{unnamed}").into_bytes();
+        let mut meter = sse();
+        meter.feed(&bytes[..1]);
+        meter.feed(&bytes[1..2]);
+        meter.feed(&bytes[2..]);
+        assert_eq!(meter.finish(), b3_metered());
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod observability;
 mod oidc;
 mod one_way_in;
 mod parent_proxy;
+mod properties;
 mod redis_limits;
 mod reload;
 mod replicas;
