@@ -3,7 +3,6 @@
 //! metered), and what the runs read from it: `/metrics`, `POST /admin/reload`, the audit file, signals.
 
 use std::fs;
-use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -111,14 +110,21 @@ pub async fn start(harness: &mut Harness, tag: &str, settings: &Settings) -> Res
         until_smoke(&mut gateway.proxy, &route).await?;
         gateway.messages = Some(route);
     }
-    println!("- tollgate started: pid {}, proxy {}, admin {}, {}", gateway.pid(), gateway.forward.address, gateway.admin, gateway.dir.display());
+    println!(
+        "- tollgate started: pid {}, proxy {}, admin {}, {}",
+        gateway.pid(),
+        gateway.forward.address,
+        gateway.admin,
+        gateway.dir.display()
+    );
     Ok(gateway)
 }
 
 /// Starts tollgate again on the same directory and config (after it was stopped or killed): same ports, audit file
 /// and state.
 pub async fn restart(harness: &Harness, gateway: &mut Gateway) -> Result<(), String> {
-    let yaml = fs::read_to_string(&gateway.config).map_err(|error| format!("read {}: {error}", gateway.config.display()))?;
+    let yaml =
+        fs::read_to_string(&gateway.config).map_err(|error| format!("read {}: {error}", gateway.config.display()))?;
     gateway.proxy = start_tollgate(harness, &gateway.dir, &yaml, &gateway.forward).await?;
     if let Some(route) = &gateway.messages {
         until_smoke(&mut gateway.proxy, route).await?;
@@ -285,11 +291,6 @@ pub async fn wait_exit(proxy: &mut Proxy, limit: Duration) -> Option<std::proces
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     None
-}
-
-/// An io error for a response that is not what a run expects.
-pub fn unexpected(what: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
 /// The sum of the series of `name` whose labels include `label` (`result="ok"`).

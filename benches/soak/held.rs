@@ -116,8 +116,7 @@ pub async fn run(harness: &mut Harness, length: Duration, count: usize, open_fil
             hot_line.join("; ")
         ),
     );
-    let per_connection_kib =
-        (holding.rss_kib as f64 - baseline.rss_kib as f64) / (all_open.max(1) as f64);
+    let per_connection_kib = (holding.rss_kib as f64 - baseline.rss_kib as f64) / (all_open.max(1) as f64);
     verdict.note(format!(
         "RSS {:.1} MiB at baseline, {:.1} MiB with {all_open} connections held ({per_connection_kib:.1} KiB per \
          connection), {:.1} MiB after {:.0} s held, max {:.1} MiB; descriptors {} → {} → {}",

@@ -38,7 +38,13 @@ pub async fn run(harness: &mut Harness, length: Duration) -> Result<Verdict, Str
             workers: 4,
             pause: Duration::from_millis(20),
         },
-        Stream { name: "intercepted SSE", kind: Kind::Sse, route: messages, workers: 4, pause: Duration::from_millis(50) },
+        Stream {
+            name: "intercepted SSE",
+            kind: Kind::Sse,
+            route: messages,
+            workers: 4,
+            pause: Duration::from_millis(50),
+        },
     ];
     let load = traffic::start(streams, length, MAX_REQUESTS);
     tokio::time::sleep(length).await;
@@ -62,11 +68,7 @@ pub async fn run(harness: &mut Harness, length: Duration) -> Result<Verdict, Str
         after.connections == Some(baseline.connections.unwrap_or(0.0))
             && after.tunnels == Some(baseline.tunnels.unwrap_or(0.0))
             && after.descriptors <= baseline.descriptors + 8,
-        format!(
-            "after the load, back to the baseline: {} (baseline {})",
-            after.describe(),
-            baseline.describe()
-        ),
+        format!("after the load, back to the baseline: {} (baseline {})", after.describe(), baseline.describe()),
     );
     verdict.note(format!("{} samples, every {every:?}", samples.len()));
     Ok(verdict)

@@ -212,7 +212,12 @@ pub fn run(plan: Plan) -> ExitCode {
     println!("- date: {date}; commit {commit}; {cores} cores (shared with other work: timings are not the point)");
     println!(
         "- load average at start: {}",
-        fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     println!("- tollgate: {} ({})", first_line(&binary, &["--version"]), binary.display());
     println!("- RLIMIT_NOFILE: {open_files_message}");

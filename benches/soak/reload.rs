@@ -86,9 +86,8 @@ pub async fn run(harness: &mut Harness, length: Duration) -> Result<Verdict, Str
     let samples = watch.finish().await;
     let after = settle_to(gateway.pid(), gateway.admin, &baseline, 8, Duration::from_secs(15)).await;
     let after_metrics = metrics(gateway.admin).await?;
-    let counted = |text: &str, result: &str| {
-        metric_with(text, "tollgate_config_reloads_total", &format!("result=\"{result}\""))
-    };
+    let counted =
+        |text: &str, result: &str| metric_with(text, "tollgate_config_reloads_total", &format!("result=\"{result}\""));
     let (reloads_ok, reloads_error) = (
         counted(&after_metrics, "ok") - counted(&before, "ok"),
         counted(&after_metrics, "error") - counted(&before, "error"),

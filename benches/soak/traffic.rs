@@ -41,7 +41,8 @@ impl Tally {
         self.failed.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut reasons) = self.reasons.lock() {
             let reason = reason.into();
-            let key = if reasons.len() < MAX_REASONS || reasons.contains_key(&reason) { reason } else { "other".into() };
+            let key =
+                if reasons.len() < MAX_REASONS || reasons.contains_key(&reason) { reason } else { "other".into() };
             *reasons.entry(key).or_default() += 1;
         }
     }
@@ -49,6 +50,11 @@ impl Tally {
     /// `(ok, failed)` so far.
     pub fn counts(&self) -> (u64, u64) {
         (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+
+    /// Each failure reason so far and its count.
+    pub fn reasons(&self) -> BTreeMap<String, u64> {
+        self.reasons.lock().map(|reasons| reasons.clone()).unwrap_or_default()
     }
 
     /// The counts and the reasons on one line.
@@ -210,16 +216,22 @@ impl Worker {
             Kind::Messages => {
                 let request = self.route.messages_request(false);
                 let (head, body) = self.kept_alive(&request, tally).await?;
-                expect_ok(&head, serde_json::from_slice::<Value>(&body).is_ok_and(|message| message["usage"].is_object()))
+                expect_ok(
+                    &head,
+                    serde_json::from_slice::<Value>(&body).is_ok_and(|message| message["usage"].is_object()),
+                )
             }
             Kind::Sse => {
                 if self.connection.is_none() {
-                    self.connection = Some(self.route.tunnel(SMALL_READ_BUFFER).await.map_err(|error| describe(&error))?);
+                    self.connection =
+                        Some(self.route.tunnel(SMALL_READ_BUFFER).await.map_err(|error| describe(&error))?);
                 }
                 let connection = self.connection.as_mut().expect("connection just opened");
                 let streamed = read_stream(connection, &self.route.messages_request(true)).await;
                 match streamed {
-                    Ok(streamed) if streamed.head.status == 200 && streamed.stopped && streamed.events == SSE_EVENTS => {
+                    Ok(streamed)
+                        if streamed.head.status == 200 && streamed.stopped && streamed.events == SSE_EVENTS =>
+                    {
                         if !streamed.head.persistent() {
                             self.connection = None;
                         }
@@ -316,8 +328,9 @@ pub fn check_expected(head: &Head, body: &[u8], expect: &Expect) -> Result<(), S
     if !head.tollgate_request_id {
         return Err(format!("status {} without x-tollgate-request-id", head.status));
     }
-    let json: Value = serde_json::from_slice(body)
-        .map_err(|_| format!("status {} with a body that is not JSON: {:?}", head.status, String::from_utf8_lossy(body)))?;
+    let json: Value = serde_json::from_slice(body).map_err(|_| {
+        format!("status {} with a body that is not JSON: {:?}", head.status, String::from_utf8_lossy(body))
+    })?;
     let error = &json["error"];
     let shaped = error["type"].is_string()
         && error["message"].as_str().is_some_and(|message| !message.is_empty())
@@ -381,7 +394,8 @@ pub async fn read_stream(connection: &mut Connection, request: &[u8]) -> io::Res
                 while let Some(end) = pending.windows(2).position(|pair| pair == b"\n\n") {
                     let event: Vec<u8> = pending.drain(..end + 2).collect();
                     streamed.events += 1;
-                    streamed.stopped = String::from_utf8_lossy(&event).lines().any(|line| line == "event: message_stop");
+                    streamed.stopped =
+                        String::from_utf8_lossy(&event).lines().any(|line| line == "event: message_stop");
                 }
             }
             Ok(None) => {
