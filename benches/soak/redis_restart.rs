@@ -24,7 +24,7 @@ use crate::verdict::Verdict;
 const PERSISTENT: [&str; 6] = ["--save", "", "--appendonly", "yes", "--appendfsync", "always"];
 /// Limits far above what the run reaches: they are there so every request takes a rate token and a slot.
 const LIMITS: &str =
-    "limits:\n  org: {rpm: 100000000, concurrent: 100000}\n  user: {rpm: 100000000, concurrent: 100000}\n";
+    "limits:\n  org: {rpm: 10000000, concurrent: 100000}\n  user: {rpm: 10000000, concurrent: 100000}\n";
 /// Requests of the whole run at most.
 const MAX_REQUESTS: u64 = 5_000_000;
 /// After redis-server is back, requests must pass within this time.
