@@ -101,7 +101,7 @@ pub async fn run(harness: &mut Harness, length: Duration) -> Result<Verdict, Str
         refused.is_empty() && reloads > 0 && reloads_error == 0.0 && reloads_ok >= reloads as f64,
         format!(
             "{reloads} reloads by POST /admin/reload, each after rewriting the config: tollgate counted {reloads_ok:.0} \
-             ok (the file watcher reloads too) and {reloads_error:.0} failed; slowest answer {slowest_ms:.0} ms{}",
+             ok (at least one per POST: a change of the file may reload it too) and {reloads_error:.0} failed; slowest answer {slowest_ms:.0} ms{}",
             if refused.is_empty() { String::new() } else { format!("; refused: {}", refused.join("; ")) }
         ),
     );
