@@ -20,6 +20,8 @@ pub struct Head {
     pub keep_alive: bool,
     pub content_length: Option<u64>,
     pub chunked: bool,
+    /// tollgate's `x-tollgate-request-id` is present (every response tollgate makes itself carries it).
+    pub tollgate_request_id: bool,
 }
 
 impl Head {
@@ -31,6 +33,7 @@ impl Head {
             keep_alive: false,
             content_length: None,
             chunked: false,
+            tollgate_request_id: false,
         };
         for header in response.headers.iter() {
             let name = header.name;
@@ -42,6 +45,8 @@ impl Head {
             } else if name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("proxy-connection") {
                 head.close |= header_has_token(header.value, "close");
                 head.keep_alive |= header_has_token(header.value, "keep-alive");
+            } else if name.eq_ignore_ascii_case("x-tollgate-request-id") {
+                head.tollgate_request_id = true;
             }
         }
         head

@@ -45,7 +45,7 @@ const TEAM_LIMITS: &str =
 const RELOAD_RULES: usize = 10_000;
 pub const RELOAD_SECONDS: u64 = 10;
 /// Scenario reload: `admin.token`.
-const ADMIN_TOKEN: &str = "bench";
+pub const ADMIN_TOKEN: &str = "bench";
 
 /// Scenario tls: one tollgate with a plain, a TLS and an mTLS listener; e and f compare the TLS listener with
 /// the plain one, g counts full handshakes, h the same with a client certificate.
@@ -309,14 +309,28 @@ pub async fn measure_limits(harness: &mut Harness, report: &mut Report) -> Resul
 async fn start_redis(harness: &mut Harness, binary: &Path) -> Result<(Daemon, u16), String> {
     let dir = harness.instance_dir("redis")?;
     let port = free_port()?;
+    let daemon = start_redis_in(harness, binary, &dir, port, &["--save", "", "--appendonly", "no"]).await?;
+    Ok((daemon, port))
+}
+
+/// Starts redis-server on `port` with its files and log (appended to) in `dir` and further `settings` (e.g. its
+/// persistence), pinned to core 1 with the proxy; waits until it answers PING.
+pub async fn start_redis_in(
+    harness: &Harness,
+    binary: &Path,
+    dir: &Path,
+    port: u16,
+    settings: &[&str],
+) -> Result<Daemon, String> {
     let log = dir.join("redis.log");
-    let stdout = fs::File::create(&log).map_err(|error| error.to_string())?;
+    let stdout = fs::OpenOptions::new().create(true).append(true).open(&log).map_err(|error| error.to_string())?;
     let mut command = harness.pinned(binary);
     command
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(settings)
         .args(["--daemonize", "no", "--dir"])
-        .arg(&dir)
-        .current_dir(&dir)
+        .arg(dir)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(Stdio::null());
@@ -336,7 +350,7 @@ async fn start_redis(harness: &mut Harness, binary: &Path) -> Result<(Daemon, u1
         })
         .await;
         if let Ok(Ok(true)) = ping {
-            return Ok((daemon, port));
+            return Ok(daemon);
         }
         sleep(Duration::from_millis(100)).await;
     }
@@ -424,7 +438,7 @@ fn redis_state(port: u16) -> String {
 type Reloads = Vec<Result<f64, String>>;
 
 /// One `POST /admin/reload` with the bearer token; its round trip, ms.
-async fn reload_once(admin: SocketAddr) -> Result<f64, String> {
+pub async fn reload_once(admin: SocketAddr) -> Result<f64, String> {
     let request = format!(
         "POST /admin/reload HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
          Content-Length: 0\r\nConnection: close\r\n\r\n"
