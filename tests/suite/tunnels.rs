@@ -168,8 +168,12 @@ async fn bytes_pipelined_after_the_connect_head_come_first_and_are_counted() {
     let mut first = connect_request(&authority, &[]).into_bytes();
     first.extend_from_slice(&block[..1000]);
     tunnel.write_all(&first).await.expect("CONNECT with bytes after it");
-    let response = read_response(&mut tunnel).await;
-    assert_eq!(response.status, 200, "{response:?}");
+    // The head only, byte by byte: the echo of the pipelined bytes may follow it in the same segment.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tunnel.read_u8().await.expect("the CONNECT answer"));
+    }
+    assert_eq!(head, b"HTTP/1.1 200 Connection Established\r\n\r\n");
     let (mut reader, mut writer) = tunnel.into_split();
     let rest = 8 * 1024 * 1024;
     let sending = async {
