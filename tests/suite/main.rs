@@ -50,5 +50,6 @@ mod spend;
 mod sso_login;
 mod teams;
 mod tls_listener;
+mod tunnels;
 mod upstream_trust;
 mod usage;
