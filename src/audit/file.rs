@@ -1058,7 +1058,8 @@ mod tests {
         // Cancelled before it led (its response went away): it resigns, and the thread writes the record.
         queue.resign();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let done = runtime.block_on(tokio::time::timeout(Duration::from_secs(30), queue.written(queued.sequence)));
+        let done = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), queue.written(queued.sequence)).await });
         assert_eq!(done, Ok(true));
         queue.close_now();
         thread.join().unwrap();
