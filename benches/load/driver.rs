@@ -184,6 +184,32 @@ fn find_binaries(options: &Options) -> Option<(BTreeMap<Target, PathBuf>, Vec<St
                 .push("mitmproxy: not installed (`benches/run-load.sh` installs it into target/mitmproxy-venv)".into()),
         }
     }
+    if options.scenarios.contains(&Scenario::Gateway) {
+        if let Some(binary) = std::env::var_os("TOLLGATE_BEFORE_BIN").map(PathBuf::from) {
+            if !binary.is_file() {
+                eprintln!("load: TOLLGATE_BEFORE_BIN: no file at {}", binary.display());
+                return None;
+            }
+            versions.push(format!("tollgate before: {} ({})", first_line(&binary, &["--version"]), binary.display()));
+            binaries.insert(Target::TollgateBefore, binary);
+        }
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/litellm-venv/bin/litellm");
+        let binary = std::env::var_os("LITELLM_BIN")
+            .map(PathBuf::from)
+            .or_else(|| venv.is_file().then_some(venv))
+            .or_else(|| which("litellm"));
+        match binary {
+            Some(binary) if binary.is_file() => {
+                versions.push(format!("LiteLLM proxy: {}", binary.display()));
+                binaries.insert(Target::Litellm, binary);
+            }
+            _ => versions.push(
+                "LiteLLM: not installed (`python3 -m venv target/litellm-venv && target/litellm-venv/bin/pip install \
+                 'litellm[proxy]'`)"
+                    .into(),
+            ),
+        }
+    }
     Some((binaries, versions))
 }
 
@@ -260,6 +286,7 @@ async fn run_feature(harness: &mut Harness, report: &mut Report, scenario: Scena
         Scenario::Intercept => ("intercept", measure_interception(harness, report).await),
         Scenario::Sse => ("sse", measure_streaming(harness, report).await),
         Scenario::Siem => ("siem", crate::siem::measure_siem(harness, report).await),
+        Scenario::Gateway => ("gateway", crate::gateway::measure_gateway(harness, report).await),
         Scenario::KeepAlive | Scenario::ConnectGetClose | Scenario::Bulk | Scenario::IdleTunnels => return,
     };
     let Err(error) = outcome else { return };

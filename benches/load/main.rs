@@ -7,7 +7,7 @@
 //!
 //! `NAME` is a target (`direct`, `tollgate`, `squid`, `tinyproxy`) or a scenario (`a`, `b`, `c`,
 //! `d`, or `keepalive`, `connect`, `bulk`, `rss`; tollgate only: `tls`, `limits`, `redis`,
-//! `reload`, `siem`; interception: `intercept`, `sse`). With no target named every target runs; with no
+//! `reload`, `siem`; interception: `intercept`, `sse`; the gateway listener: `gateway`). With no target named every target runs; with no
 //! scenario named every scenario runs.
 //! See `docs/BENCHMARKS.md` for the method.
 //!
@@ -44,6 +44,7 @@ use std::process::ExitCode;
 mod certificates;
 mod client;
 mod driver;
+mod gateway;
 mod host;
 mod interception;
 mod options;

@@ -12,6 +12,10 @@ pub enum Target {
     Tinyproxy,
     /// mitmproxy's `mitmdump`: only in scenarios intercept and sse (not one of `ALL`, the first table's columns).
     Mitmproxy,
+    /// An earlier tollgate (`TOLLGATE_BEFORE_BIN`): only in scenario gateway, beside this build.
+    TollgateBefore,
+    /// LiteLLM's proxy (`LITELLM_BIN`): only in scenario gateway.
+    Litellm,
 }
 
 impl Target {
@@ -26,6 +30,8 @@ impl Target {
             Target::Squid => "squid",
             Target::Tinyproxy => "tinyproxy",
             Target::Mitmproxy => "mitmproxy",
+            Target::TollgateBefore => "tollgate-before",
+            Target::Litellm => "litellm",
         }
     }
 }
@@ -56,11 +62,14 @@ pub enum Scenario {
     Sse,
     /// tollgate only: forward and intercepted requests with two SIEM sinks (HEC + syslog) against none.
     Siem,
+    /// The Messages API through tollgate's gateway listener, back to back and paced; against the stub direct, an
+    /// earlier tollgate and LiteLLM's proxy when given.
+    Gateway,
 }
 
 impl Scenario {
     /// Every scenario, in the order they run.
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::KeepAlive,
         Scenario::ConnectGetClose,
         Scenario::Bulk,
@@ -72,6 +81,7 @@ impl Scenario {
         Scenario::Intercept,
         Scenario::Sse,
         Scenario::Siem,
+        Scenario::Gateway,
     ];
     /// The scenarios that compare targets (the first table); the others are tollgate's features.
     pub const COMPARING_TARGETS: [Scenario; 4] =
@@ -91,6 +101,7 @@ impl Scenario {
             "intercept" | "interception" | "mint" | "paced" => Some(Scenario::Intercept),
             "sse" | "stream" | "streaming" => Some(Scenario::Sse),
             "siem" => Some(Scenario::Siem),
+            "gateway" | "model" => Some(Scenario::Gateway),
             _ => None,
         }
     }
@@ -160,8 +171,11 @@ const USAGE: &str = "usage: cargo bench --bench load -- [--quick] [--only NAME[,
   NAME: direct, tollgate, squid, tinyproxy (targets) or a|keepalive, b|connect, c|bulk, d|rss (scenarios)
         or tls, limits, redis, reload, siem (tollgate-only scenarios)
         or intercept, sse (interception: tollgate against the Messages API stub direct and mitmproxy)
+        or gateway (the gateway listener against the stub direct, TOLLGATE_BEFORE_BIN and LiteLLM)
   env:  TOLLGATE_BIN (default target/release/tollgate), SQUID_BIN, TINYPROXY_BIN,
-        MITMDUMP_BIN (default target/mitmproxy-venv/bin/mitmdump, else mitmdump on PATH)";
+        MITMDUMP_BIN (default target/mitmproxy-venv/bin/mitmdump, else mitmdump on PATH),
+        TOLLGATE_BEFORE_BIN (an earlier tollgate, scenario gateway only),
+        LITELLM_BIN (default target/litellm-venv/bin/litellm, else litellm on PATH)";
 
 /// Parses the arguments after `--`; `Err` holds the message to print (the usage for `--help`).
 pub fn parse_args() -> Result<Options, String> {

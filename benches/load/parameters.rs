@@ -50,6 +50,8 @@ pub const INTERCEPT_TUNNELS: usize = 32;
 /// Scenario intercept, paced: requests/s, evenly spaced, over this many keep-alive tunnels.
 pub const PACED_RATE: u32 = 500;
 pub const PACED_TUNNELS: usize = 8;
+/// Scenario gateway, paced: requests/s, evenly spaced over `PACED_TUNNELS` keep-alive connections.
+pub const GATEWAY_PACED_RATES: [u32; 2] = [15, 200];
 /// A paced request sent later than this after its slot is counted as late (tokio's timer has 1 ms ticks).
 pub const PACE_SLACK: Duration = Duration::from_millis(2);
 /// Scenario intercept: new hosts per round, each opened twice (CONNECT + TLS handshake): minted, then cached.

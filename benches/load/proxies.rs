@@ -98,7 +98,7 @@ fn write_config(target: Target, dir: &Path, port: u16, origin: SocketAddr) -> Re
         |path: &Path, written: io::Result<()>| written.map_err(|error| format!("{}: {error}", path.display()));
     match target {
         // mitmproxy is started by `start_mitmproxy`, for the interception scenarios only.
-        Target::Direct | Target::Mitmproxy => Ok(Vec::new()),
+        Target::Direct | Target::Mitmproxy | Target::TollgateBefore | Target::Litellm => Ok(Vec::new()),
         Target::Tollgate => {
             let admin = free_port()?;
             let path = dir.join("tollgate.yaml");
@@ -240,21 +240,37 @@ pub async fn spawn(
     args: &[String],
     address: SocketAddr,
 ) -> Result<Proxy, String> {
+    spawn_within(harness, target, dir, args, address, READY_ATTEMPTS).await
+}
+
+/// `spawn`, waiting for at most `attempts` connects (about 100 ms apart) for a target slow to start.
+pub async fn spawn_within(
+    harness: &Harness,
+    target: Target,
+    dir: &Path,
+    args: &[String],
+    address: SocketAddr,
+    attempts: u32,
+) -> Result<Proxy, String> {
     let binary = harness.binaries.get(&target).cloned().ok_or("not installed")?;
     let log = dir.join("stdio.log");
     let stdout = fs::File::create(&log).map_err(|error| error.to_string())?;
     let stderr = stdout.try_clone().map_err(|error| error.to_string())?;
     let mut command = harness.pinned(&binary);
     command.args(args).current_dir(dir).stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-    if target == Target::Tollgate && std::env::var_os("TOLLGATE_LOG").is_none() {
+    if matches!(target, Target::Tollgate | Target::TollgateBefore) && std::env::var_os("TOLLGATE_LOG").is_none() {
         // The peers run without an access log; tollgate's per-request log line is off too (its audit record,
         // the contract, stays on).
         command.env("TOLLGATE_LOG", "warn");
     }
+    if target == Target::Litellm {
+        // The model cost map bundled with the package (no download at start-up), errors only, no telemetry.
+        command.env("LITELLM_LOCAL_MODEL_COST_MAP", "True").env("LITELLM_LOG", "ERROR");
+    }
     let child = command.spawn().map_err(|error| format!("spawn {}: {error}", binary.display()))?;
     register_pid(child.id());
     let mut proxy = Proxy { target, child, address, log };
-    for _ in 0..READY_ATTEMPTS {
+    for _ in 0..attempts {
         if let Ok(Some(status)) = proxy.child.try_wait() {
             return Err(format!("{} exited at start-up ({status}): {}", target.name(), proxy.tail()));
         }
@@ -263,13 +279,7 @@ pub async fn spawn(
         }
         sleep(Duration::from_millis(100)).await;
     }
-    Err(format!(
-        "{} did not accept on {} within {} attempts: {}",
-        target.name(),
-        proxy.address,
-        READY_ATTEMPTS,
-        proxy.tail()
-    ))
+    Err(format!("{} did not accept on {} within {} attempts: {}", target.name(), proxy.address, attempts, proxy.tail()))
 }
 
 /// Smoke test: one absolute-form GET and one CONNECT (or, for the Messages API, one request), retried briefly

@@ -56,6 +56,14 @@ struct InterceptionRow {
     goal: Goal,
 }
 
+/// One row of the gateway table: a value per side, the sides named in the row.
+struct GatewayRow {
+    label: String,
+    sides: Vec<String>,
+    cells: Vec<Cell>,
+    decimals: usize,
+}
+
 /// Everything the run measured, and the notes the cells point to.
 #[derive(Default)]
 pub struct Report {
@@ -63,6 +71,7 @@ pub struct Report {
     notes: Vec<String>,
     features: Vec<FeatureRow>,
     interception: Vec<InterceptionRow>,
+    gateway: Vec<GatewayRow>,
 }
 
 impl Report {
@@ -131,6 +140,25 @@ impl Report {
         self.interception(label, Side::ALL.map(|_| Cell::Note(short.clone())), 0, Goal::None);
     }
 
+    /// A row of the gateway table: one cell per side in `sides`.
+    pub fn gateway(&mut self, sides: &[&str], label: String, cells: Vec<Cell>, decimals: usize) {
+        let sides = sides.iter().map(|side| (*side).to_string()).collect();
+        self.gateway.push(GatewayRow { label, sides, cells, decimals });
+    }
+
+    /// The gateway table: the sides of its first row as columns, and each side over direct's (or tollgate's) value.
+    fn gateway_table(&self) -> String {
+        let Some(first) = self.gateway.first() else { return String::new() };
+        let mut table = format!("| scenario | {} |\n|---|", first.sides.join(" | "));
+        table.push_str(&"---:|".repeat(first.sides.len()));
+        table.push('\n');
+        for row in &self.gateway {
+            let cells: Vec<String> = row.cells.iter().map(|cell| cell.text(row.decimals)).collect();
+            let _ = writeln!(table, "| {} | {} |", row.label, cells.join(" | "));
+        }
+        table
+    }
+
     /// Prints the results section: the tables the run filled, the notes, and how to read them.
     pub fn print(&self, options: &Options) {
         println!("\n## results (median of {} rounds)", options.rounds);
@@ -151,6 +179,10 @@ impl Report {
         if !self.interception.is_empty() {
             println!("\n### interception: tollgate, the stub direct (plain and TLS) and mitmproxy (same run)\n");
             print!("{}", self.interception_table());
+        }
+        if !self.gateway.is_empty() {
+            println!("\n### gateway listener: tollgate, the stub direct, an earlier tollgate and LiteLLM (same run)\n");
+            print!("{}", self.gateway_table());
         }
         if !self.notes.is_empty() {
             println!("\n### notes\n");

@@ -35,6 +35,8 @@ pub struct Route {
     pub authority: Option<Arc<str>>,
     /// TLS with the destination: inside the CONNECT tunnel (interception), or straight to it (direct TLS).
     pub destination_tls: Option<TlsDial>,
+    /// The `x-api-key` of Messages API requests; `None`: `sk-ant-bench`.
+    pub api_key: Option<Arc<str>>,
 }
 
 impl Route {
@@ -48,6 +50,7 @@ impl Route {
             authorization: None,
             authority: None,
             destination_tls: None,
+            api_key: None,
         }
     }
 
@@ -74,6 +77,11 @@ impl Route {
     /// The same, through the TLS listener at `address`.
     pub fn with_tls(&self, address: SocketAddr, tls: TlsDial) -> Route {
         Route { address, listener_tls: Some(tls), ..self.clone() }
+    }
+
+    /// The same, with `x-api-key: api_key` on Messages API requests.
+    pub fn with_api_key(&self, api_key: &str) -> Route {
+        Route { api_key: Some(api_key.into()), ..self.clone() }
     }
 
     /// The same, sending `Proxy-Authorization: authorization`.
@@ -120,8 +128,9 @@ impl Route {
         let authority = self.authority.as_deref().unwrap_or(API_HOST);
         let host = authority.strip_suffix(":443").unwrap_or(authority);
         let body = messages::request_body(MODEL, 16, "hi", stream);
+        let api_key = self.api_key.as_deref().unwrap_or("sk-ant-bench");
         format!(
-            "POST /v1/messages HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tollgate-load\r\nx-api-key: sk-ant-bench\r\n\
+            "POST /v1/messages HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tollgate-load\r\nx-api-key: {api_key}\r\n\
              anthropic-version: 2023-06-01\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )

@@ -34,8 +34,8 @@ use crate::scenarios::{
 };
 
 /// Scenarios limits and redis: the Basic user and its password.
-const BASIC_USER: &str = "bench-user";
-const BASIC_PASSWORD: &str = "pw";
+pub const BASIC_USER: &str = "bench-user";
+pub const BASIC_PASSWORD: &str = "pw";
 /// Scenarios limits and redis: team `bench` and org/user limits, all far above what one core can reach.
 const TEAM_LIMITS: &str =
     "teams:\n  bench:\n    limits: {rpm: 10000000, user_rpm: 10000000, user_concurrent: 100000}\n\
@@ -203,7 +203,7 @@ fn compare_rows(report: &mut Report, tag: &str, rate_label: String, series: &[Se
 }
 
 /// The argon2id hash of `BASIC_PASSWORD`, from `tollgate passwd` (made once).
-fn basic_user_hash(harness: &mut Harness) -> Result<String, String> {
+pub fn basic_user_hash(harness: &mut Harness) -> Result<String, String> {
     if let Some(hash) = &harness.basic_user_hash {
         return Ok(hash.clone());
     }

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::IntCounter;
@@ -54,7 +54,41 @@ pub(super) struct Writer {
     rotation: Option<Rotation>,
     checkpoints: Option<Checkpoints>,
     now: fn() -> SystemTime,
+    /// Records written since the last sync (by the thread or a leader), and when that sync was.
+    unsynced: bool,
+    last_sync: Instant,
+    /// A batch a leader could not finish (a failed or short write, a spool that did not take it): the writer
+    /// thread finishes it, with retries, before anything else.
+    handoff: Option<Handoff>,
+    /// A leader's batch reached the rotation size: the thread rotates (after a last checkpoint) before its next.
+    rotate_due: bool,
 }
+
+/// Where a leader's batch (in `Writer::out`) stopped.
+#[derive(Debug, Clone, Copy)]
+struct Handoff {
+    /// Records in the batch, counted as written once it is done.
+    records: u64,
+    /// Bytes of the batch the file has (`None`: all of them).
+    file_done: Option<usize>,
+    /// The first SIEM spool that has not taken the batch.
+    spool: usize,
+}
+
+/// The writer, shared by its thread and the request tasks that lead a batch (`Committer::lead`), with what a
+/// written batch updates: the records counter and the SIEM spools.
+pub(super) struct Committer {
+    writer: Mutex<Writer>,
+    written: IntCounter,
+    siem: Spools,
+}
+
+/// How often a writer thread whose batches leaders may write looks at its timers (sync, checkpoint, midnight):
+/// a leader's write does not wake it.
+const LEADING_TIMER_CHECK: Duration = Duration::from_millis(250);
+
+/// Records a leader writes at most before it leaves the rest to the writer thread (its own response waits).
+const LEADER_BATCHES: usize = 4;
 
 /// `audit.file.rotate`, and where rotated files go to be compressed.
 pub(super) struct Rotation {
@@ -143,6 +177,10 @@ impl Writer {
             rotation: None,
             checkpoints: None,
             now: SystemTime::now,
+            unsynced: false,
+            last_sync: Instant::now(),
+            handoff: None,
+            rotate_due: false,
         };
         Ok((writer, torn))
     }
@@ -176,89 +214,181 @@ impl Writer {
         self
     }
 
+    /// Whether request tasks may write batches themselves (`Committer::lead`): a regular file synced at an
+    /// interval, so that a leader's work is a `write(2)` to the page cache and never an fsync.
+    pub(super) fn may_be_led(&self) -> bool {
+        self.regular && matches!(self.sync, AuditSync::Every(_))
+    }
+
     /// The writer thread: takes every queued record at once, writes them with one write(2), syncs per
     /// `audit.file.sync`, then tells the waiters. A failed write or sync is retried until it succeeds (the
     /// records stay counted against the queue meanwhile), or until shutdown gives up. Each batch is spooled for
     /// the SIEM sinks after the file write. Between batches it rotates the file and writes checkpoints when due.
-    pub(super) fn run(mut self, queue: &Queue, written: &prometheus::IntCounter, siem: &Spools) {
-        let mut batch = VecDeque::new();
-        let interval = match self.sync {
+    #[cfg(test)]
+    pub(super) fn run(self, queue: &Queue, written: &IntCounter, siem: &Spools) {
+        let committer = Committer::new(self, written.clone(), siem.clone());
+        committer.run(queue);
+    }
+
+    /// The sync interval, when it is not per batch.
+    fn interval(&self) -> Option<Duration> {
+        match self.sync {
             AuditSync::Batch => None,
             AuditSync::Every(interval) => Some(interval),
-        };
-        let mut last_sync = Instant::now();
-        let mut unsynced = false;
-        loop {
-            let sync_at = interval.filter(|_| unsynced && self.regular).map(|interval| last_sync + interval);
-            let deadline = [sync_at, self.timer_deadline()].into_iter().flatten().min();
-            match queue.take(&mut batch, deadline) {
-                Taken::Records | Taken::Deadline => {}
-                Taken::Closed => {
-                    // The last checkpoint says how far the file goes at shutdown.
-                    self.out.clear();
-                    if self.checkpoint_pending() {
-                        self.append_checkpoint();
-                        unsynced |= self.emit(queue, siem);
-                    }
-                    if unsynced {
-                        self.sync_all(queue, siem);
-                    }
-                    break;
-                }
-            }
-            if self.day_turned() {
-                // The old day's file is closed before a record of the new day is written.
+        }
+    }
+
+    /// When the thread must wake without records: a sync, a checkpoint, midnight, or (`leading`) a look at them.
+    fn deadline(&self, leading: bool) -> Option<Instant> {
+        let sync_at =
+            self.interval().filter(|_| self.unsynced && self.regular).map(|interval| self.last_sync + interval);
+        let look = leading.then(|| Instant::now() + LEADING_TIMER_CHECK);
+        [sync_at, self.timer_deadline(), look].into_iter().flatten().min()
+    }
+
+    /// One turn of the writer thread after `queue.wait`; false when it ends.
+    fn turn(
+        &mut self,
+        taken: Taken,
+        batch: &mut VecDeque<Entry>,
+        queue: &Queue,
+        written: &IntCounter,
+        siem: &Spools,
+    ) -> bool {
+        if !self.finish_handoff(queue, written, siem) {
+            return false;
+        }
+        let interval = self.interval();
+        match taken {
+            Taken::Records => queue.drain(batch),
+            Taken::Deadline => {}
+            Taken::Closed => {
+                // The last checkpoint says how far the file goes at shutdown.
                 self.out.clear();
                 if self.checkpoint_pending() {
                     self.append_checkpoint();
-                    if !self.emit(queue, siem) {
-                        break;
-                    }
+                    self.unsynced |= self.emit(queue, siem);
                 }
-                if !self.sync_all(queue, siem) {
-                    break;
+                if self.unsynced {
+                    self.sync_all(queue, siem);
                 }
-                (last_sync, unsynced) = (Instant::now(), false);
-                if !self.rotate(queue) {
-                    break;
-                }
-            }
-            let count = batch.len() as u64;
-            self.out.clear();
-            for record in batch.drain(..) {
-                self.append(&record);
-            }
-            let full = self.full_after(self.out.len() as u64);
-            if (full || self.checkpoint_due()) && self.checkpoint_pending() {
-                self.append_checkpoint();
-            }
-            if !self.out.is_empty() {
-                if !self.emit(queue, siem) {
-                    break;
-                }
-                unsynced = true;
-            }
-            if unsynced && (full || interval.is_none_or(|interval| last_sync.elapsed() >= interval)) {
-                if !self.sync_all(queue, siem) {
-                    break;
-                }
-                (last_sync, unsynced) = (Instant::now(), false);
-            }
-            if full && !self.rotate(queue) {
-                break;
-            }
-            if queue.recover() {
-                tracing::warn!("audit records are written again");
-            }
-            if count > 0 {
-                queue.advance(count);
-                written.inc_by(count);
-            }
-            if self.out.capacity() > KEEP_BUFFER {
-                self.out = Vec::with_capacity(64 * 1024);
+                return false;
             }
         }
-        queue.finish();
+        if self.day_turned() || std::mem::take(&mut self.rotate_due) {
+            // The old file is closed before a record of the new day (or past the size) is written.
+            self.out.clear();
+            if self.checkpoint_pending() {
+                self.append_checkpoint();
+                if !self.emit(queue, siem) {
+                    return false;
+                }
+            }
+            if !self.sync_all(queue, siem) {
+                return false;
+            }
+            (self.last_sync, self.unsynced) = (Instant::now(), false);
+            if !self.rotate(queue) {
+                return false;
+            }
+        }
+        let count = batch.len() as u64;
+        self.out.clear();
+        for record in batch.drain(..) {
+            self.append(&record);
+        }
+        let full = self.full_after(self.out.len() as u64);
+        if (full || self.checkpoint_due()) && self.checkpoint_pending() {
+            self.append_checkpoint();
+        }
+        if !self.out.is_empty() {
+            if !self.emit(queue, siem) {
+                return false;
+            }
+            self.unsynced = true;
+        }
+        if self.unsynced && (full || interval.is_none_or(|interval| self.last_sync.elapsed() >= interval)) {
+            if !self.sync_all(queue, siem) {
+                return false;
+            }
+            (self.last_sync, self.unsynced) = (Instant::now(), false);
+        }
+        if full && !self.rotate(queue) {
+            return false;
+        }
+        if queue.recover() {
+            tracing::warn!("audit records are written again");
+        }
+        if count > 0 {
+            queue.advance(count);
+            written.inc_by(count);
+        }
+        if self.out.capacity() > KEEP_BUFFER {
+            self.out = Vec::with_capacity(64 * 1024);
+        }
+        true
+    }
+
+    /// Finishes the batch a leader left (with retries), and counts it written; false when shutdown gave up.
+    fn finish_handoff(&mut self, queue: &Queue, written: &IntCounter, siem: &Spools) -> bool {
+        let Some(handoff) = self.handoff.take() else { return true };
+        if let Some(done) = handoff.file_done {
+            if !self.write_out_from(done, queue) {
+                return false;
+            }
+        }
+        if !siem.append_from(handoff.spool, &self.out, queue) {
+            return false;
+        }
+        self.unsynced = true;
+        if queue.recover() {
+            tracing::warn!("audit records are written again");
+        }
+        queue.advance(handoff.records);
+        written.inc_by(handoff.records);
+        true
+    }
+
+    /// A leader's batch: serialized, chained, written with one `write(2)` and spooled, without retrying or
+    /// waiting. `Err` leaves the rest to the writer thread (`handoff`); the records are counted written on `Ok`.
+    fn lead_batch(&mut self, batch: &mut VecDeque<Entry>, queue: &Queue, siem: &Spools) -> Result<u64, ()> {
+        let records = batch.len() as u64;
+        self.out.clear();
+        for record in batch.drain(..) {
+            self.append(&record);
+        }
+        self.unsynced = true;
+        queue.begin_io();
+        let result = self.file.write(&self.out);
+        queue.end_io();
+        let done = match result {
+            Ok(written) => {
+                self.size += written as u64;
+                written
+            }
+            Err(_) => 0,
+        };
+        if done < self.out.len() {
+            self.handoff = Some(Handoff { records, file_done: Some(done), spool: 0 });
+            return Err(());
+        }
+        if let Err(spool) = siem.try_append(&self.out) {
+            self.handoff = Some(Handoff { records, file_done: None, spool });
+            return Err(());
+        }
+        if self.full_after(0) {
+            self.rotate_due = true;
+        }
+        if self.out.capacity() > KEEP_BUFFER {
+            self.out = Vec::with_capacity(64 * 1024);
+        }
+        Ok(records)
+    }
+
+    /// Whether a leader may write the next batch: nothing for the thread to do first (a handoff, a rotation, a
+    /// checkpoint, a new day, a failing sink).
+    fn leader_may_write(&mut self) -> bool {
+        self.handoff.is_none() && !self.rotate_due && !self.checkpoint_due() && !self.day_turned()
     }
 
     /// Writes the batch to the file, then spools it for each SIEM sink: records count as written only once both
@@ -434,7 +564,11 @@ impl Writer {
     /// Writes the batch (`out`); false when shutdown gave up on a failing sink. Every byte the file gets passes
     /// here, records and checkpoints alike; once written, the batch's checkpoints go to the sidecar.
     fn write_out(&mut self, queue: &Queue) -> bool {
-        let mut done = 0;
+        self.write_out_from(0, queue)
+    }
+
+    /// `write_out` of the batch's bytes from `done` on.
+    fn write_out_from(&mut self, mut done: usize, queue: &Queue) -> bool {
         let mut failures = 0;
         while done < self.out.len() {
             queue.begin_io();
@@ -490,6 +624,67 @@ impl Writer {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Committer {
+    pub(super) fn new(writer: Writer, written: IntCounter, siem: Spools) -> Self {
+        Self { writer: Mutex::new(writer), written, siem }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        // A panic while writing leaves at worst a batch half written, which the chain and `verify` tell.
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The writer thread's body: waits for records or a timer, then takes the writer and writes.
+    pub(super) fn run(&self, queue: &Queue) {
+        let mut batch = VecDeque::new();
+        let leading = queue.leading();
+        loop {
+            let deadline = self.lock().deadline(leading);
+            let taken = queue.wait(deadline);
+            let mut writer = self.lock();
+            if !writer.turn(taken, &mut batch, queue, &self.written, &self.siem) {
+                break;
+            }
+        }
+        queue.finish();
+    }
+
+    /// Leads (the caller became the leader when it queued its record): writes what is queued, batch after batch,
+    /// until none is left, then resigns. What a leader must not do (wait for the writer thread's lock, retry a
+    /// failed write, rotate, checkpoint, sync) is left to the writer thread, woken for it.
+    pub(super) fn lead(&self, queue: &Queue) {
+        let Ok(mut writer) = self.writer.try_lock() else {
+            // The thread is writing or syncing: it takes what is queued when done.
+            queue.resign();
+            return;
+        };
+        let mut batch = VecDeque::new();
+        for _ in 0..LEADER_BATCHES {
+            if !writer.leader_may_write() {
+                break;
+            }
+            if !queue.lead_take(&mut batch) {
+                // Resigned: nothing is queued.
+                return;
+            }
+            match writer.lead_batch(&mut batch, queue, &self.siem) {
+                Ok(records) => {
+                    queue.advance(records);
+                    self.written.inc_by(records);
+                }
+                Err(()) => break,
+            }
+        }
+        // Work for the thread (a handoff, a rotation, a checkpoint, a new day), or records still coming.
+        let thread_work = !writer.leader_may_write();
+        drop(writer);
+        queue.resign();
+        if thread_work {
+            queue.wake_writer();
         }
     }
 }
@@ -802,6 +997,73 @@ mod tests {
         }
         queue.close_now();
         thread.join().unwrap();
+    }
+
+    #[test]
+    fn a_caller_that_finds_the_writer_asleep_writes_the_batch_itself_and_the_chain_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (writer, _) = Writer::open(&path, true, AuditSync::Every(Duration::from_secs(1))).unwrap();
+        assert!(writer.may_be_led(), "a regular file synced at an interval");
+        let written = IntCounter::new("written", "written").unwrap();
+        let committer = std::sync::Arc::new(Committer::new(writer, written.clone(), Spools::default()));
+        let queue = Queue::with_leading(64, None, false, true);
+        let thread = std::thread::spawn({
+            let (committer, queue) = (committer.clone(), queue.clone());
+            move || committer.run(&queue)
+        });
+        // The thread sleeps once it found nothing to write (bounded: 10 s).
+        let asleep = Instant::now();
+        while !queue.writer_idle() {
+            assert!(asleep.elapsed() < Duration::from_secs(10), "the writer thread did not go to sleep");
+            std::thread::yield_now();
+        }
+        let first = queue.try_push_leading(record("a")).unwrap();
+        assert!(first.leads, "the writer sleeps: the caller leads");
+        let second = queue.try_push_leading(record("b")).unwrap();
+        assert!(!second.leads, "one leader at a time: the second record is the leader's to write");
+        committer.lead(&queue);
+        // Written by the leader, on this thread: nothing is left for the writer thread.
+        assert_eq!(queue.unwritten(), 0);
+        assert_eq!(written.get(), 2);
+        let third = queue.try_push_leading(record("c")).unwrap();
+        assert!(third.leads, "the leader resigned with the queue empty");
+        committer.lead(&queue);
+        queue.close_now();
+        thread.join().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(ids(&text), ["a", "b", "c"]);
+        assert_eq!(verify_chain(&text), Ok(3));
+    }
+
+    #[test]
+    fn a_leader_that_does_not_lead_leaves_its_records_to_the_writer_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (writer, _) = Writer::open(&path, true, AuditSync::Every(Duration::from_secs(1))).unwrap();
+        let written = IntCounter::new("written", "written").unwrap();
+        let committer = std::sync::Arc::new(Committer::new(writer, written, Spools::default()));
+        let queue = Queue::with_leading(64, None, false, true);
+        let thread = std::thread::spawn({
+            let (committer, queue) = (committer.clone(), queue.clone());
+            move || committer.run(&queue)
+        });
+        let asleep = Instant::now();
+        while !queue.writer_idle() {
+            assert!(asleep.elapsed() < Duration::from_secs(10), "the writer thread did not go to sleep");
+            std::thread::yield_now();
+        }
+        let queued = queue.try_push_leading(record("a")).unwrap();
+        assert!(queued.leads);
+        // Cancelled before it led (its response went away): it resigns, and the thread writes the record.
+        queue.resign();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let done = runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), queue.written(queued.sequence)).await });
+        assert_eq!(done, Ok(true));
+        queue.close_now();
+        thread.join().unwrap();
+        assert_eq!(ids(&std::fs::read_to_string(&path).unwrap()), ["a"]);
     }
 
     /// Every line of the series, in order.

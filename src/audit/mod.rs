@@ -48,11 +48,37 @@ pub struct Auditor {
 
 struct Sink {
     queue: Arc<Queue>,
+    /// Under `audit.on_failure: block` with a regular file synced at an interval: the writer, for the request
+    /// tasks that write a batch themselves (`queue.rs`, leaders).
+    committer: Option<Arc<file::Committer>>,
     path: PathBuf,
     /// `tollgate_audit_records_total{sink="file",result="dropped"}`.
     dropped: IntCounter,
     /// The SIEM sinks' delivery threads (`audit.siem`).
     deliveries: siem::Deliveries,
+}
+
+/// A caller that became the leader of the next batch: it leads, or (dropped before, e.g. its response cancelled)
+/// resigns, leaving the records to the writer thread.
+struct Leadership<'a> {
+    queue: &'a Queue,
+    committer: Option<&'a file::Committer>,
+}
+
+impl Leadership<'_> {
+    fn lead(mut self) {
+        if let Some(committer) = self.committer.take() {
+            committer.lead(self.queue);
+        }
+    }
+}
+
+impl Drop for Leadership<'_> {
+    fn drop(&mut self) {
+        if self.committer.is_some() {
+            self.queue.resign();
+        }
+    }
 }
 
 /// Whether the caller of `Auditor::record` may wait for its record.
@@ -147,16 +173,21 @@ impl Auditor {
         let gather = (config.on_failure == AuditFailure::Continue).then_some(GATHER);
         // Callers wait under `block`: with the runtime's park hook, the writer is woken once a burst is queued.
         let defer = gather.is_none() && queue::park_hook_installed();
-        let queue = Queue::new(config.queue, gather, defer);
+        // Callers wait under `block`: with a file a write(2) to the page cache (no fsync per batch), a caller that
+        // finds the writer asleep writes the batch itself, sparing two thread switches per batch.
+        let leading = gather.is_none() && writer.may_be_led();
+        let queue = Queue::with_leading(config.queue, gather, defer, leading);
         let written = metrics.audit_counter(FILE_SINK, "ok");
         let (spools, deliveries) = siem::start(&config.siem, config.pseudonymize.as_ref(), metrics)?;
         spools.catch_up(&file.path)?;
-        let writer_queue = queue.clone();
+        let committer = Arc::new(file::Committer::new(writer, written, spools));
+        let (writer_queue, writer_committer) = (queue.clone(), committer.clone());
         std::thread::Builder::new()
             .name("tollgate-audit".to_owned())
-            .spawn(move || writer.run(&writer_queue, &written, &spools))?;
+            .spawn(move || writer_committer.run(&writer_queue))?;
         let dropped = metrics.audit_counter(FILE_SINK, "dropped");
-        let sink = Sink { queue, path: file.path.clone(), dropped, deliveries };
+        let committer = leading.then_some(committer);
+        let sink = Sink { queue, committer, path: file.path.clone(), dropped, deliveries };
         Ok(Self { sink: Some(sink), on_failure: config.on_failure })
     }
 
@@ -166,9 +197,16 @@ impl Auditor {
         let Some(sink) = &self.sink else { return Release::Complete };
         let record = record.into();
         if self.holds_responses() && wait == Wait::UntilWritten {
-            return match sink.queue.push(record).await {
-                Some(sequence) if sink.queue.written(sequence).await => Release::Complete,
-                _ => Release::Cut,
+            let Some(queued) = sink.queue.push(record, sink.committer.is_some()).await else { return Release::Cut };
+            if let (true, Some(committer)) = (queued.leads, &sink.committer) {
+                let leadership = Leadership { queue: &sink.queue, committer: Some(committer) };
+                // The other ready tasks queue their records first: one write takes them all.
+                tokio::task::yield_now().await;
+                leadership.lead();
+            }
+            return match sink.queue.written(queued.sequence).await {
+                true => Release::Complete,
+                false => Release::Cut,
             };
         }
         if sink.queue.try_push(record).is_err() {

@@ -5,6 +5,12 @@
 //! "written through N", tells every waiter whether its record is on its way to disk (group commit: one write per
 //! batch, every waiter woken once per batch). A record counts against `audit.queue` from the moment it is queued
 //! until it is written, so memory stays bounded however long the sink stalls.
+//!
+//! Under `audit.on_failure: block` with a regular file (`leading`), a request task whose record finds the writer
+//! thread asleep becomes the batch's leader instead of waking it: it lets the other ready tasks queue their records,
+//! then writes the whole batch itself (`file::Committer::lead`) and wakes its waiters, with no thread switch. Records
+//! queued while a leader leads are its to write: it resigns only with the queue empty, or hands what is left to the
+//! writer thread (a write that fails, a rotation, a checkpoint, an fsync: whatever may block or retry).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -74,6 +80,8 @@ pub(super) struct Queue {
     gather_records: usize,
     /// Waking the writer is left to the next worker park (`worker_parks`) for up to `DEFER_RECORDS` records.
     defer: bool,
+    /// A caller that finds the writer asleep may lead (write the batch itself) instead of waking it.
+    leading: bool,
     /// Copies of `State::pushed` and `Progress::written`, read without a lock by health checks.
     pushed: AtomicU64,
     written: AtomicU64,
@@ -94,6 +102,11 @@ struct State {
     flush_requested: bool,
     /// Records are queued and the writer sleeps: its wake-up was left to the next worker park.
     deferred: bool,
+    /// A request task leads: it writes what is queued before it resigns (or wakes the writer).
+    leader: bool,
+    /// The sleeping writer looks for records itself every `DEFER_AT_MOST`, so a record's wake-up may be deferred to
+    /// the next worker park; a writer that found nothing that way sleeps until woken (no wake-ups while idle).
+    polling: bool,
     closing: bool,
 }
 
@@ -141,6 +154,14 @@ impl std::fmt::Display for Health {
     }
 }
 
+/// A record queued by a caller that may lead: its sequence number, and whether it became the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Queued {
+    pub sequence: u64,
+    /// The writer slept and no one led: this caller writes the batch (`Leadership`), or resigns.
+    pub leads: bool,
+}
+
 /// What the writer thread found when it asked for records.
 pub(super) enum Taken {
     /// Records were moved into the batch.
@@ -155,13 +176,21 @@ impl Queue {
     /// A queue of at most `capacity` records; with `gather`, the writer waits that long after a first record for
     /// more, unless someone waits for them. With `defer` (callers wait, and the runtime calls `worker_parks`),
     /// waking the writer is left to the next worker park.
+    #[cfg(test)]
     pub(super) fn new(capacity: usize, gather: Option<Duration>, defer: bool) -> Arc<Self> {
+        Self::with_leading(capacity, gather, defer, false)
+    }
+
+    /// A queue whose callers may lead (`leading`): see the module's documentation.
+    pub(super) fn with_leading(capacity: usize, gather: Option<Duration>, defer: bool, leading: bool) -> Arc<Self> {
         let state = State {
             records: VecDeque::new(),
             pushed: 0,
             writer: WriterState::Busy,
             flush_requested: false,
             deferred: false,
+            leader: false,
+            polling: false,
             closing: false,
         };
         let queue = Arc::new(Self {
@@ -179,6 +208,7 @@ impl Queue {
             failing: AtomicBool::new(false),
             failure: Mutex::new(String::new()),
             defer,
+            leading,
         });
         if defer {
             let mut deferring = DEFERRING.lock().unwrap_or_else(|p| p.into_inner());
@@ -206,16 +236,18 @@ impl Queue {
 
     /// Queues `record` when there is room; returns its sequence number, or gives it back.
     pub(super) fn try_push(&self, record: Entry) -> Result<u64, Entry> {
-        self.push_unless_full(record, true)
+        self.push_unless_full(record, true, false).map(|queued| queued.sequence)
     }
 
     /// Queues `record` even beyond `audit.queue`: for a caller that waited for room and was cancelled (at most
     /// one record per request in flight, which admission bounds).
     pub(super) fn force_push(&self, record: Entry) {
-        let _ = self.push_unless_full(record, false);
+        let _ = self.push_unless_full(record, false, false);
     }
 
-    fn push_unless_full(&self, record: Entry, bounded: bool) -> Result<u64, Entry> {
+    /// Queues `record`; with `may_lead`, a caller that finds the writer asleep (and no leader) becomes the leader
+    /// instead of waking it, and must then lead or resign (`Leadership`).
+    fn push_unless_full(&self, record: Entry, bounded: bool, may_lead: bool) -> Result<Queued, Entry> {
         let mut state = self.lock();
         if bounded && state.pushed - self.written.load(Ordering::Acquire) >= self.capacity {
             return Err(record);
@@ -224,10 +256,18 @@ impl Queue {
         state.pushed += 1;
         self.pushed.store(state.pushed, Ordering::Release);
         state.records.push_back(record);
+        let mut leads = false;
         // Only a sleeping writer needs the (system call) wake-up; a busy one takes the record with its next batch.
-        // With the park hook, the worker that runs out of work wakes it, after queueing the rest of the burst.
+        // With the park hook, the worker that runs out of work wakes it, after queueing the rest of the burst. A
+        // leader writes what is queued before it resigns.
         let wake = match state.writer {
-            WriterState::Idle if self.defer && state.records.len() < DEFER_RECORDS => {
+            _ if state.leader => false,
+            WriterState::Idle if may_lead && self.leading && !state.closing => {
+                state.leader = true;
+                leads = true;
+                false
+            }
+            WriterState::Idle if self.defer && state.polling && state.records.len() < DEFER_RECORDS => {
                 state.deferred = true;
                 DEFERRED.store(true, Ordering::Release);
                 false
@@ -244,13 +284,13 @@ impl Queue {
         if wake {
             self.arrived.notify_one();
         }
-        Ok(sequence)
+        Ok(Queued { sequence, leads })
     }
 
     /// Queues `record`, waiting for room while the queue is full. `None` when shutdown gave up first (the record
     /// is then queued anyway, for the last flush). Cancelled while waiting, it queues the record beyond the bound
     /// rather than lose it.
-    pub(super) async fn push(&self, record: Entry) -> Option<u64> {
+    pub(super) async fn push(&self, record: Entry, may_lead: bool) -> Option<Queued> {
         struct Pending<'a> {
             queue: &'a Queue,
             record: Option<Entry>,
@@ -270,8 +310,8 @@ impl Queue {
             room.as_mut().enable();
             // Put back below after each failed try.
             let record = pending.record.take()?;
-            match self.try_push(record) {
-                Ok(sequence) => return Some(sequence),
+            match self.push_unless_full(record, true, may_lead) {
+                Ok(queued) => return Some(queued),
                 Err(record) => pending.record = Some(record),
             }
             if self.progress.borrow().abandoned {
@@ -341,6 +381,23 @@ impl Queue {
         self.pushed.load(Ordering::Acquire) - self.written.load(Ordering::Acquire)
     }
 
+    /// Queues `record` as a caller that waits for it may (`try_push` with leading): the leader must lead or resign.
+    #[cfg(test)]
+    pub(super) fn try_push_leading(&self, record: Entry) -> Result<Queued, Entry> {
+        self.push_unless_full(record, true, true)
+    }
+
+    /// The writer thread sleeps with nothing queued.
+    #[cfg(test)]
+    pub(super) fn writer_idle(&self) -> bool {
+        self.lock().writer == WriterState::Idle
+    }
+
+    /// Whether callers may lead batches.
+    pub(super) fn leading(&self) -> bool {
+        self.leading
+    }
+
     /// True unless a write fails, stalls, or the queue is full; cheap enough for every admission.
     pub(super) fn healthy(&self) -> bool {
         if self.failing.load(Ordering::Acquire) || self.unwritten() >= self.capacity {
@@ -370,20 +427,78 @@ impl Queue {
         Health::Healthy
     }
 
+    // The leader's side.
+
+    /// The leader takes every queued record into `batch`; with none left it resigns (under the same lock as a
+    /// push, so no record is queued without someone to write it) and gets false.
+    pub(super) fn lead_take(&self, batch: &mut VecDeque<Entry>) -> bool {
+        let mut state = self.lock();
+        if state.records.is_empty() {
+            state.leader = false;
+            return false;
+        }
+        state.flush_requested = false;
+        std::mem::swap(&mut state.records, batch);
+        true
+    }
+
+    /// The leader stops leading: what is queued (if anything) is left to the writer thread, woken if it sleeps.
+    pub(super) fn resign(&self) {
+        let mut state = self.lock();
+        state.leader = false;
+        let wake = !state.records.is_empty() && state.writer != WriterState::Busy;
+        if wake {
+            state.writer = WriterState::Busy;
+            state.deferred = false;
+        }
+        drop(state);
+        if wake {
+            self.arrived.notify_one();
+        }
+    }
+
+    /// Wakes the writer thread for work that is not a record (a rotation or checkpoint a leader left it).
+    pub(super) fn wake_writer(&self) {
+        let mut state = self.lock();
+        let wake = state.writer != WriterState::Busy;
+        state.writer = WriterState::Busy;
+        drop(state);
+        if wake {
+            self.arrived.notify_one();
+        }
+    }
+
     // The writer thread's side.
 
     /// Moves every queued record into `batch`; sleeps until there is one, the queue closes, or `deadline`.
+    #[cfg(test)]
     pub(super) fn take(&self, batch: &mut VecDeque<Entry>, deadline: Option<Instant>) -> Taken {
+        let taken = self.wait(deadline);
+        if matches!(taken, Taken::Records) {
+            self.drain(batch);
+        }
+        taken
+    }
+
+    /// Moves every queued record into `batch` (none, when a leader took them first).
+    pub(super) fn drain(&self, batch: &mut VecDeque<Entry>) {
+        let mut state = self.lock();
+        state.flush_requested = false;
+        state.deferred = false;
+        std::mem::swap(&mut state.records, batch);
+    }
+
+    /// Sleeps until a record is queued, the queue closes, or `deadline`; the records stay queued (`drain` them).
+    pub(super) fn wait(&self, deadline: Option<Instant>) -> Taken {
         let mut state = self.lock();
         let mut slept = false;
+        let mut quiet = false;
         loop {
             if !state.records.is_empty() {
                 if slept {
-                    state = self.gather(state);
+                    // The rest of the burst is queued before the batch is drained.
+                    drop(self.gather(state));
                 }
-                state.flush_requested = false;
-                state.deferred = false;
-                std::mem::swap(&mut state.records, batch);
                 return Taken::Records;
             }
             if state.closing {
@@ -393,8 +508,12 @@ impl Queue {
                 return Taken::Deadline;
             }
             state.writer = WriterState::Idle;
-            // A deferring writer also looks for records itself now and then: a busy worker may not park for a while.
-            let wake_at = match (deadline, self.defer) {
+            // A deferring writer also looks for records itself now and then (a busy worker may not park for a
+            // while), until a look finds nothing: then records wake it at once, and an idle gateway sleeps. Leaders
+            // write their batches themselves: their writer never polls.
+            let poll = self.defer && !self.leading && !quiet;
+            state.polling = poll;
+            let wake_at = match (deadline, poll) {
                 (deadline, false) => deadline,
                 (Some(deadline), true) => Some(deadline.min(Instant::now() + DEFER_AT_MOST)),
                 (None, true) => Some(Instant::now() + DEFER_AT_MOST),
@@ -407,6 +526,9 @@ impl Queue {
                 None => self.arrived.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner()),
             };
             state.writer = WriterState::Busy;
+            // Woken by its own look with nothing queued: the burst is over.
+            quiet |= poll && state.records.is_empty() && !state.closing && !state.flush_requested;
+            state.polling = false;
             slept = true;
         }
     }
@@ -524,7 +646,7 @@ mod tests {
         queue.try_push(record("a")).unwrap();
         let pushing = tokio::spawn({
             let queue = queue.clone();
-            async move { queue.push(record("b")).await }
+            async move { queue.push(record("b"), false).await.map(|queued| queued.sequence) }
         });
         tokio::task::yield_now().await;
         assert_eq!(queue.unwritten(), 1, "the second record waits for room");
@@ -534,7 +656,7 @@ mod tests {
         // Cancelled while waiting: the record is queued beyond the bound rather than lost.
         tokio::select! {
             biased;
-            _ = queue.push(record("c")) => panic!("there is no room for a third record"),
+            _ = queue.push(record("c"), false) => panic!("there is no room for a third record"),
             () = std::future::ready(()) => {}
         }
         assert_eq!(queue.unwritten(), 2);
@@ -597,8 +719,12 @@ mod deferred_tests {
     #[test]
     fn with_the_park_hook_a_record_waits_for_a_parking_worker_to_wake_the_writer() {
         let queue = Queue::new(128, None, true);
-        // The writer sleeps with nothing queued.
-        queue.lock().writer = WriterState::Idle;
+        // The writer sleeps with nothing queued, looking for records itself now and then.
+        {
+            let mut state = queue.lock();
+            state.writer = WriterState::Idle;
+            state.polling = true;
+        }
         queue.try_push(Entry::from(Record { id: "a".into(), ..Record::default() })).unwrap();
         let state = queue.lock();
         assert!(state.deferred && state.writer == WriterState::Idle, "the wake-up is left to the next park");
@@ -608,7 +734,11 @@ mod deferred_tests {
         assert!(!state.deferred && state.writer == WriterState::Busy, "a parking worker woke the writer");
         drop(state);
         // A burst of DEFER_RECORDS wakes the writer at once, park or not.
-        queue.lock().writer = WriterState::Idle;
+        {
+            let mut state = queue.lock();
+            state.writer = WriterState::Idle;
+            state.polling = true;
+        }
         for id in 0..DEFER_RECORDS {
             queue.try_push(Entry::from(Record { id: id.to_string(), ..Record::default() })).unwrap();
         }

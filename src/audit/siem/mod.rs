@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use spool::{Appended, Spool};
 
 /// The writer's side: every sink's spool.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct Spools(Vec<Arc<Spool>>);
 
 /// The delivery side: one thread per sink.
@@ -87,7 +87,23 @@ impl Spools {
     /// Appends the batch's lines to every spool, retrying a failing or waiting for a full one (the sink is marked
     /// failing meanwhile, which `/readyz` tells); false when shutdown gave up.
     pub(super) fn append(&self, lines: &[u8], queue: &Queue) -> bool {
-        for spool in &self.0 {
+        self.append_from(0, lines, queue)
+    }
+
+    /// Appends the batch's lines once to each spool in turn, without retrying or waiting: `Err(n)` when spool
+    /// number `n` did not take them (full or failing; those before it did), for `append_from` to finish.
+    pub(super) fn try_append(&self, lines: &[u8]) -> Result<(), usize> {
+        for (index, spool) in self.0.iter().enumerate() {
+            if !matches!(spool.append(lines), Ok(Appended::Written)) {
+                return Err(index);
+            }
+        }
+        Ok(())
+    }
+
+    /// `append`, from spool number `first` on.
+    pub(super) fn append_from(&self, first: usize, lines: &[u8], queue: &Queue) -> bool {
+        for spool in self.0.iter().skip(first) {
             let mut failures = 0;
             loop {
                 match spool.append(lines) {
