@@ -34,6 +34,7 @@ mod observability;
 mod oidc;
 mod one_way_in;
 mod parent_proxy;
+mod redis_leases;
 mod redis_limits;
 mod reload;
 mod replicas;
