@@ -575,20 +575,12 @@ impl SharedServer for Redis {
         args: &'a [String],
     ) -> BoxFuture<'a, Result<redis::Value, StateError>> {
         Box::pin(async move {
-            // In a cluster the keys named with `KEY_PREFIX` take the hash tag, so one script's keys share a slot.
-            let keys: Vec<String> = keys
-                .iter()
-                .map(|name| match name.strip_prefix(KEY_PREFIX) {
-                    Some(rest) if self.inner.prefix != KEY_PREFIX && !rest.starts_with('{') => self.inner.key(rest),
-                    _ => name.clone(),
-                })
-                .collect();
             let inner = &self.inner;
             inner
                 .bounded(async {
                     let mut connection = inner.connection().await?;
                     let mut invocation = script.prepare_invoke();
-                    for name in &keys {
+                    for name in keys {
                         invocation.key(name);
                     }
                     for arg in args {
