@@ -121,7 +121,8 @@ enum Target {
         manager: OnceLock<ConnectionManager>,
     },
     Cluster {
-        client: ClusterClient,
+        /// Boxed: a cluster client is far larger than one server's.
+        client: Box<ClusterClient>,
         /// Connected by the first operation that finds it missing; it then follows the cluster by itself.
         connection: OnceCell<ClusterConnection>,
     },
@@ -218,7 +219,7 @@ impl Redis {
                     builder = builder.certs(certificates);
                 }
                 let client = builder.build().map_err(|e| unusable(&e))?;
-                (Target::Cluster { client, connection: OnceCell::new() }, CLUSTER_KEY_PREFIX)
+                (Target::Cluster { client: Box::new(client), connection: OnceCell::new() }, CLUSTER_KEY_PREFIX)
             }
             None => {
                 let client = match certificates {
