@@ -85,7 +85,9 @@ fn state_backend(state: &crate::config::State) -> Result<Arc<dyn Backend>, Start
         }
         file::StateBackend::Redis => {
             let url = state.redis_url.as_deref().expect("the config requires redis_url with backend: redis");
-            let redis = Redis::connect(url).map_err(|error| StartError::State(error.to_string()))?;
+            let options = crate::limits::redis::RedisOptions::default();
+            let redis = Redis::open(url, options, Some(&state.redis_trust))
+                .map_err(|error| StartError::State(error.to_string()))?;
             Ok(Arc::new(redis))
         }
     }

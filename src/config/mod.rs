@@ -76,6 +76,8 @@ pub struct State {
     pub allow_on_error: bool,
     /// Users the fleet inventory keeps.
     pub fleet_max_users: usize,
+    /// How `rediss://` verifies the server and which client certificate it presents: the upstream trust settings.
+    pub redis_trust: crate::tls::UpstreamFiles,
 }
 
 /// Where the config came from.
@@ -448,6 +450,15 @@ fn compile(
         redis_url: parsed.state.redis_url.clone(),
         allow_on_error: parsed.state.on_error == file::Verdict::Allow,
         fleet_max_users: parsed.state.fleet_max_users,
+        redis_trust: crate::tls::UpstreamFiles {
+            system_roots: parsed.upstream.trust.system_roots,
+            extra_ca: parsed.upstream.trust.extra_ca.iter().map(PathBuf::from).collect(),
+            client_cert: parsed
+                .upstream
+                .client_cert
+                .as_ref()
+                .map(|pair| (PathBuf::from(&pair.cert), PathBuf::from(&pair.key))),
+        },
     };
     if state.fleet_max_users == 0 {
         return Err(invalid("state.fleet_max_users", "must be at least 1"));

@@ -3,9 +3,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::gcra::Rate;
+use super::Plan;
 
 /// A boxed future, so `Backend` stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -57,6 +59,17 @@ pub enum Admission {
     },
 }
 
+/// The answer to one whole admission: every slot and bucket of a plan at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Admitted: a slot taken in every capped key and a request from every bucket.
+    Admit,
+    /// `slot` (an index into the plan's slots) is full; nothing was taken.
+    Full { slot: usize },
+    /// `bucket` (an index into the plan's buckets) is empty for `retry_after_us`; nothing was taken.
+    Limited { bucket: usize, retry_after_us: u64 },
+}
+
 /// The shared state could not be reached.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("state backend unavailable: {0}")]
@@ -87,6 +100,41 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn enter<'a>(&'a self, slots: &'a [Slot]) -> BoxFuture<'a, Result<Option<usize>, StateError>>;
     /// Gives slots back.
     fn leave<'a>(&'a self, slots: &'a [Slot]) -> BoxFuture<'a, Result<(), StateError>>;
+    /// Admits one request of `plan` at `now_us`: its slots first (a request refused for concurrency must not
+    /// use up its rate), then its buckets; all or nothing. The default takes one `enter` and one `acquire`, and
+    /// gives the slots back when the rate refuses; a shared backend does it in one atomic round trip.
+    fn admit<'a>(&'a self, plan: &'a Arc<Plan>, now_us: u64) -> BoxFuture<'a, Result<Verdict, StateError>> {
+        Box::pin(async move {
+            if !plan.slots.is_empty() {
+                if let Some(slot) = self.enter(&plan.slots).await? {
+                    return Ok(Verdict::Full { slot });
+                }
+            }
+            let admission = match self.acquire(&plan.buckets, now_us).await {
+                Ok(admission) => admission,
+                Err(error) => {
+                    if !plan.slots.is_empty() {
+                        let _ = self.leave(&plan.slots).await;
+                    }
+                    return Err(error);
+                }
+            };
+            match admission {
+                Admission::Admit => Ok(Verdict::Admit),
+                Admission::Limited { bucket, retry_after_us } => {
+                    if !plan.slots.is_empty() {
+                        self.leave(&plan.slots).await?;
+                    }
+                    Ok(Verdict::Limited { bucket, retry_after_us })
+                }
+            }
+        })
+    }
+    /// Queues the release of `plan`'s slots off the request path; `Err(plan)` when it cannot be queued (no queue,
+    /// or the queue is full), and the caller gives them back itself with `leave`.
+    fn release_later(&self, plan: Arc<Plan>) -> Result<(), Arc<Plan>> {
+        Err(plan)
+    }
     /// Adds `delta_micro_usd` (may be negative: a reservation settled lower) to every key, atomically; returns
     /// the new values. A key whose period has ended at `now_ms` takes nothing and answers 0.
     fn add_spend<'a>(

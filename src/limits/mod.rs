@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 
 pub use backend::{
     micros, millis, Admission, Backend, BoxFuture, Bucket, Local, Scope, SharedServer, Slot, SpendKey, StateError,
+    Verdict,
 };
 pub use gcra::Rate;
 
@@ -120,6 +121,11 @@ impl Limits {
 }
 
 impl Plan {
+    /// A plan of these buckets and slots (tests, and backends that admit single-purpose operations).
+    pub fn of(buckets: Vec<Bucket>, slots: Vec<Slot>) -> Plan {
+        Plan { buckets, slots, teams: Arc::from([]) }
+    }
+
     /// Adds the scope's bucket and slot; the key is only built when a limit applies (the common case with no
     /// limits costs no allocation).
     fn add(&mut self, key: impl Fn() -> String, scope: Scope, limits: ScopeLimits) {
@@ -172,6 +178,9 @@ impl Drop for Admitted {
             memory.leave_now(&plan.slots);
             return;
         }
+        // Queued for the backend's writer (batched with other requests' admissions), or, when the queue is full,
+        // given back from a spawned task.
+        let Err(plan) = self.backend.release_later(plan) else { return };
         let backend = self.backend.clone();
         let release = async move {
             if let Err(error) = backend.leave(&plan.slots).await {
@@ -194,13 +203,18 @@ impl Admitted {
     }
 
     /// Gives the slots back now, before the request or tunnel is recorded and its connection goes on or closes:
-    /// a client that saw it end must find the slots free. (Dropping instead gives them back from a spawned task,
-    /// a moment later: only for paths that end early.)
+    /// a client that saw it end must find the slots free. The embedded backend gives them back at once; a shared
+    /// one queues the release ahead of anything this replica admits next (so the client's next request here finds
+    /// them free) and sends it with the next batch, off the request path; with its queue full, it gives them
+    /// back inline. (Dropping does the same, from a spawned task when the queue is full.)
     pub async fn release(mut self) {
         let Some(plan) = self.held.take() else { return };
         if let Some(memory) = self.backend.local() {
             memory.leave_now(&plan.slots);
-        } else if let Err(error) = self.backend.leave(&plan.slots).await {
+            return;
+        }
+        let Err(plan) = self.backend.release_later(plan) else { return };
+        if let Err(error) = self.backend.leave(&plan.slots).await {
             tracing::warn!(%error, "concurrency slots could not be given back");
         }
     }
@@ -230,28 +244,22 @@ impl Limiter {
             let full = memory.enter_now(&plan.slots);
             return Ok(self.decide(plan, full, |buckets| memory.acquire_now(buckets, micros(now))));
         }
-        // Slots first: a request refused for concurrency must not use up its rate (clients retry refusals, and
-        // would be rate limited once a slot is free); slots taken by a request the rate refuses are given back.
-        let full = if plan.slots.is_empty() { None } else { self.backend.enter(&plan.slots).await? };
-        if full.is_some() || plan.buckets.is_empty() {
-            return Ok(self.decide(plan, full, |_| Admission::Admit));
-        }
-        let held = Admitted { backend: self.backend.clone(), held: (!plan.slots.is_empty()).then(|| plan.clone()) };
-        let admission = match self.backend.acquire(&plan.buckets, micros(now)).await {
-            Ok(admission) => admission,
-            Err(error) => {
-                held.release().await;
-                return Err(error);
+        // One atomic round trip over every slot and bucket (shared with other requests' admissions).
+        let verdict = self.backend.admit(&plan, micros(now)).await?;
+        Ok(match verdict {
+            Verdict::Admit => {
+                let held = (!plan.slots.is_empty()).then(|| plan.clone());
+                Ok(Admitted { backend: self.backend.clone(), held })
             }
-        };
-        match admission {
-            Admission::Admit => Ok(Ok(held)),
-            Admission::Limited { bucket, retry_after_us } => {
-                // Given back before the refusal is answered: the client may retry at once.
-                held.release().await;
-                Ok(Err(rate_refusal(&plan.buckets[bucket], retry_after_us)))
+            Verdict::Full { slot } => {
+                let slot = plan.slots.get(slot).ok_or_else(|| StateError(format!("no slot {slot}")))?;
+                Err(Refusal::Concurrency { scope: slot.scope, max: slot.max })
             }
-        }
+            Verdict::Limited { bucket, retry_after_us } => {
+                let bucket = plan.buckets.get(bucket).ok_or_else(|| StateError(format!("no bucket {bucket}")))?;
+                Err(rate_refusal(bucket, retry_after_us))
+            }
+        })
     }
 
     /// The outcome once the slots are entered (`full`: the index of a full one) and the buckets asked.

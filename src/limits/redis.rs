@@ -1,29 +1,48 @@
 //! The shared backend: limit state in Redis (or Valkey), so N replicas enforce one limit between them.
 //!
-//! Every operation is one Lua script (sent as `EVALSHA`, loaded again with `EVAL`'s script when the server
-//! forgot it, e.g. after a restart) over all the keys it touches, so it is atomic across replicas: either
-//! every bucket admits and each takes one request, or none does. The rate script is `gcra::step` line for
-//! line, with the interval and tolerance computed here in integer microseconds, so the shared backend admits
-//! exactly what the embedded one would. Keys are `tollgate:` followed by the bucket's or slot's key; a rate
-//! key expires once its TAT has passed (it would admit a full burst then anyway), a slot key an hour after
-//! the last `enter` on it, so the slots of a replica that died holding them are given back eventually.
-//! A spend key (`tollgate:` + the spend key) is an integer counter of micro-dollars, expiring a day after its
-//! period ends; counters are read with `MGET`, and a key whose period has ended reads 0 without asking.
+//! Admissions, releases and spend changes go through one writer task per backend. A request puts its operation
+//! on a bounded queue; the writer takes everything waiting (up to `MAX_BATCH` operations) and sends it as one
+//! Lua script (`redis_batch.lua`, sent as `EVALSHA`, sent whole with `EVAL` when the server has forgotten it),
+//! so concurrent requests share one round trip and Redis runs their operations whole, in queue order, one batch
+//! at a time: an admission takes a slot in every capped key and a request from every rate bucket, or nothing,
+//! exactly as `gcra::step` and the embedded backend would (the script is the same arithmetic in integer
+//! microseconds). Inside a batch every key is read and written once, however many requests touch it.
 //!
-//! One multiplexed connection per backend, reconnected by `redis`'s `ConnectionManager` after it breaks;
-//! every command is bounded by a timeout, so a dead or unreachable Redis is a quick `StateError`, never a
-//! request that hangs.
+//! A release is queued and not waited for (the queue is FIFO, so this replica's next admission sees it); when
+//! the queue is full it is given back inline. A batch that fails keeps its releases and sends them again with
+//! the next one. An admission whose waiter gave up (its timeout) but which the script admitted gives its
+//! slots back the same way.
+//!
+//! Concurrency slots are leases: a slot hash (`tollgate:slots:user:ann`) holds one field per replica, its count,
+//! and the lease hash (`tollgate:leases`) holds each replica's lease expiry by the server's clock. Each batch
+//! refreshes this replica's lease (and the writer sends an empty batch every `HEARTBEAT` when idle), and an
+//! admission counts only the fields of replicas whose lease has not expired, deleting the others': the slots
+//! of a replica that died are free again `lease` after its last heartbeat.
+//!
+//! One multiplexed connection per backend (`ConnectionManager`, reconnected after it breaks), or a Redis
+//! Cluster connection when `redis_url` names several nodes or uses `redis+cluster://`; in a cluster every key
+//! carries the hash tag `{tollgate}`, so one admission's keys (user, team and the organisation's) are in one
+//! slot. `rediss://` is verified with the upstream trust settings. Every operation is bounded by a timeout,
+//! so a dead or unreachable Redis is a quick `StateError`, never a request that hangs.
 
-use std::sync::{LazyLock, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, Script, ScriptInvocation};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisFuture, Script, ServerErrorKind, TlsCertificates, Value};
+use tokio::sync::{mpsc, oneshot, OnceCell};
 
-use super::backend::{Admission, Backend, BoxFuture, Bucket, SharedServer, Slot, SpendKey, StateError};
+use super::backend::{Admission, Backend, BoxFuture, Bucket, SharedServer, Slot, SpendKey, StateError, Verdict};
+use super::Plan;
+use crate::tls::UpstreamFiles;
 
 /// What every key starts with.
 pub const KEY_PREFIX: &str = "tollgate:";
+
+/// What every key starts with in a Redis Cluster: the hash tag keeps all of them in one slot.
+pub const CLUSTER_KEY_PREFIX: &str = "tollgate:{tollgate}:";
 
 /// Added to a rate key's lifetime beyond its TAT, so clocks a little apart between replicas lose nothing.
 const RATE_TTL_MARGIN_MS: u64 = 1_000;
@@ -32,155 +51,308 @@ const RATE_TTL_MARGIN_MS: u64 = 1_000;
 /// settled just after the period ended, still find it.
 const SPEND_TTL_MARGIN_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// One GCRA step over every bucket, all or nothing.
-///
-/// `ARGV[1]` is now (µs); bucket `i` has its interval at `ARGV[2i]` and its tolerance at `ARGV[2i+1]` (µs).
-/// Returns `{-1, 0}` when admitted, else `{index, retry_after_us}` of the first bucket that refuses.
-/// Lua numbers are doubles: exact for integers below 2^53 µs (285 years since the epoch).
-const ACQUIRE_LUA: &str = r#"
-local now = tonumber(ARGV[1])
-local margin = tonumber(ARGV[2 * #KEYS + 2])
-local tats = {}
-for i = 1, #KEYS do
-  local interval = tonumber(ARGV[2 * i])
-  local tolerance = tonumber(ARGV[2 * i + 1])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
-  local new_tat = math.max(tat, now) + interval
-  local allowed_until = now + tolerance
-  if new_tat > allowed_until then
-    return {i - 1, new_tat - allowed_until}
-  end
-  tats[i] = new_tat
-end
-for i = 1, #KEYS do
-  local ttl_ms = math.ceil((tats[i] - now) / 1000) + margin
-  redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', ttl_ms)
-end
-return {-1, 0}
-"#;
+/// The most operations one batch carries.
+const MAX_BATCH: usize = 256;
 
-/// Takes a slot in every key, or none: `ARGV[i]` is key `i`'s maximum, `ARGV[#KEYS + 1]` the TTL (ms) each
-/// key gets on a successful enter. Returns the index of the first full key, or -1.
-const ENTER_LUA: &str = r#"
-local ttl_ms = tonumber(ARGV[#KEYS + 1])
-for i = 1, #KEYS do
-  local count = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
-  if count >= tonumber(ARGV[i]) then
-    return i - 1
-  end
-end
-for i = 1, #KEYS do
-  redis.call('INCR', KEYS[i])
-  redis.call('PEXPIRE', KEYS[i], ttl_ms)
-end
-return -1
-"#;
+/// How often an idle writer refreshes its lease; a busy one refreshes it with its batches.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Gives a slot back in every key, never below zero; a key that reaches zero is deleted.
-const LEAVE_LUA: &str = r#"
-for i = 1, #KEYS do
-  local count = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
-  if count <= 1 then
-    redis.call('DEL', KEYS[i])
-  else
-    redis.call('DECR', KEYS[i])
-  end
-end
-return 0
-"#;
+/// Releases kept for the next batch after a failed one; beyond, they are dropped (the lease still frees them
+/// once this replica's lease expires, or its slot hash's TTL).
+const MAX_RETRIED_RELEASES: usize = 100_000;
 
-/// Adds `ARGV[1]` (micro-dollars, may be negative) to every key and makes key `i` expire at `ARGV[i + 1]` (ms
-/// since the epoch); returns the new values. `INCRBY` works in 64-bit integers; the values come back through
-/// Lua numbers, exact below 2^53 micro-dollars (nine billion dollars).
-const ADD_SPEND_LUA: &str = r#"
-local values = {}
-for i = 1, #KEYS do
-  values[i] = redis.call('INCRBY', KEYS[i], ARGV[1])
-  redis.call('PEXPIREAT', KEYS[i], ARGV[i + 1])
-end
-return values
-"#;
+/// The batch script.
+const BATCH_LUA: &str = include_str!("redis_batch.lua");
 
-static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(ACQUIRE_LUA));
-static ENTER: LazyLock<Script> = LazyLock::new(|| Script::new(ENTER_LUA));
-static LEAVE: LazyLock<Script> = LazyLock::new(|| Script::new(LEAVE_LUA));
-static ADD_SPEND: LazyLock<Script> = LazyLock::new(|| Script::new(ADD_SPEND_LUA));
+static BATCH: LazyLock<Script> = LazyLock::new(|| Script::new(BATCH_LUA));
 
 /// How the Redis backend talks to its server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RedisOptions {
-    /// The longest any one operation may take, connecting included; past it the operation is a `StateError`.
+    /// The longest any one operation may take, queueing and connecting included; past it the operation is a
+    /// `StateError`.
     pub timeout: Duration,
-    /// How long a concurrency key lives after the last successful `enter` on it. Bounds how long the slots
-    /// of a replica that died while holding them are counted (see docs/scaling.md); should be longer than
-    /// the longest tunnel.
+    /// How long a slot hash lives after this replica's last change to it: a backstop for slots no lease covers.
     pub slot_ttl: Duration,
+    /// How long a replica's slots count after its last heartbeat: the slots of a replica that died are free
+    /// again within this. Longer than `HEARTBEAT` plus `timeout`, so a slow round trip loses no lease.
+    pub lease: Duration,
+    /// Operations that may wait for the writer; an admission beyond is a `StateError` (`state.on_error` decides),
+    /// a release beyond is given back inline.
+    pub queue: usize,
 }
 
 impl Default for RedisOptions {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(1), slot_ttl: Duration::from_secs(3600) }
+        Self {
+            timeout: Duration::from_secs(1),
+            slot_ttl: Duration::from_secs(3600),
+            lease: Duration::from_secs(5),
+            queue: 16_384,
+        }
     }
 }
 
-/// Limit state shared through one Redis (or Valkey) server.
+/// Limit state shared through one Redis (or Valkey) server or cluster.
 pub struct Redis {
-    client: redis::Client,
-    /// Created on first use, inside the runtime; reconnects by itself after the connection breaks.
-    manager: OnceLock<ConnectionManager>,
+    inner: Arc<Inner>,
+    /// The writer's queue, started by the first operation (inside the runtime); closed when this is dropped.
+    queue: OnceLock<mpsc::Sender<Op>>,
+}
+
+/// What the backend and its writer share.
+struct Inner {
+    target: Target,
     options: RedisOptions,
     /// The URL with any password masked, for logs and errors.
     shown: String,
+    /// `KEY_PREFIX`, or `CLUSTER_KEY_PREFIX` in a cluster.
+    prefix: &'static str,
+    /// This replica's id in slot hashes and the lease hash: the process id and 64 random bits, new at each
+    /// start, so a restarted replica never inherits the slots of its previous life.
+    replica: String,
+}
+
+/// One server, or a cluster.
+enum Target {
+    Single {
+        client: redis::Client,
+        /// Created on first use, inside the runtime; reconnects by itself after the connection breaks.
+        manager: OnceLock<ConnectionManager>,
+    },
+    Cluster {
+        /// Boxed: a cluster client is far larger than one server's.
+        client: Box<ClusterClient>,
+        /// Connected by the first operation that finds it missing; it then follows the cluster by itself.
+        connection: OnceCell<ClusterConnection>,
+    },
+}
+
+/// A connection to either kind of target.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+/// One operation for the writer.
+enum Op {
+    /// An admission of a plan's slots and buckets at `now_us`.
+    Admit { plan: Arc<Plan>, now_us: u64, reply: oneshot::Sender<Result<Verdict, StateError>> },
+    /// Gives a plan's slots back; `done`, when someone waits for it.
+    Release { plan: Arc<Plan>, done: Option<oneshot::Sender<Result<(), StateError>>> },
+    /// Adds `delta` to each counter (key, expiry in ms since the epoch); answers the new values.
+    AddSpend { keys: Vec<(String, u64)>, delta: i64, reply: oneshot::Sender<Result<Vec<i64>, StateError>> },
 }
 
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Redis").field("url", &self.shown).field("options", &self.options).finish()
+        let cluster = matches!(self.inner.target, Target::Cluster { .. });
+        f.debug_struct("Redis")
+            .field("url", &self.inner.shown)
+            .field("cluster", &cluster)
+            .field("options", &self.inner.options)
+            .finish()
     }
 }
 
 impl Redis {
-    /// A backend for `url` (`redis://[user:password@]host[:port][/db]`) with the default options. Checks
-    /// the URL only: the connection is made by the first operation, and an unreachable server is that
-    /// operation's `StateError`.
+    /// A backend for `url` (`redis://[user:password@]host[:port][/db]`, `rediss://…` verified with the system
+    /// roots, or a cluster: see `open`) with the default options. Checks the URL only: the connection is made by
+    /// the first operation, and an unreachable server is that operation's `StateError`.
     pub fn connect(url: &str) -> Result<Redis, StateError> {
         Self::connect_with(url, RedisOptions::default())
     }
 
     /// A backend for `url` with `options`.
     pub fn connect_with(url: &str, options: RedisOptions) -> Result<Redis, StateError> {
+        Self::open(url, options, None)
+    }
+
+    /// A backend for `url` with `options`; `rediss://` verifies the server (and presents a client certificate)
+    /// as `trust` says — the upstream trust settings — or with the system roots when `trust` is `None`.
+    ///
+    /// A cluster is `redis+cluster://[user:password@]host:port,host:port[/]` (`rediss+cluster://` with TLS), or
+    /// several URLs separated by commas; the nodes named are where discovery starts.
+    pub fn open(url: &str, options: RedisOptions, trust: Option<&UpstreamFiles>) -> Result<Redis, StateError> {
         let shown = mask_password(url);
-        let client = redis::Client::open(url)
-            .map_err(|error| StateError(format!("redis URL {shown} is not usable: {error}")))?;
-        Ok(Redis { client, manager: OnceLock::new(), options, shown })
+        let unusable = |error: &dyn std::fmt::Display| StateError(format!("redis URL {shown} is not usable: {error}"));
+        let certificates = match trust {
+            Some(trust) if url.starts_with("rediss") => Some(certificates(trust).map_err(|e| unusable(&e))?),
+            _ => None,
+        };
+        let (target, prefix) = match cluster_nodes(url).map_err(|e| unusable(&e))? {
+            Some(nodes) => {
+                let mut builder = ClusterClientBuilder::new(nodes)
+                    .retries(0)
+                    .connection_timeout(options.timeout)
+                    .response_timeout(options.timeout);
+                if let Some(certificates) = certificates {
+                    builder = builder.certs(certificates);
+                }
+                let client = builder.build().map_err(|e| unusable(&e))?;
+                (Target::Cluster { client: Box::new(client), connection: OnceCell::new() }, CLUSTER_KEY_PREFIX)
+            }
+            None => {
+                let client = match certificates {
+                    Some(certificates) => redis::Client::build_with_tls(url, certificates),
+                    None => redis::Client::open(url),
+                }
+                .map_err(|e| unusable(&e))?;
+                (Target::Single { client, manager: OnceLock::new() }, KEY_PREFIX)
+            }
+        };
+        let replica = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
+        Ok(Redis { inner: Arc::new(Inner { target, options, shown, prefix, replica }), queue: OnceLock::new() })
     }
 
     /// The URL, password masked.
     pub fn url(&self) -> &str {
-        &self.shown
+        &self.inner.shown
+    }
+
+    /// Whether this backend talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.target, Target::Cluster { .. })
+    }
+
+    /// This replica's id in slot hashes and the lease hash.
+    pub fn replica(&self) -> &str {
+        &self.inner.replica
+    }
+
+    /// The full name of a key: the prefix (with the cluster's hash tag in a cluster) and `name`.
+    pub fn key(&self, name: &str) -> String {
+        self.inner.key(name)
+    }
+
+    /// The hash that holds the slots of `slot` (`tollgate:slots:user:ann`), one field per replica.
+    pub fn slot_key(&self, slot: &Slot) -> String {
+        self.inner.slot_key(&slot.key)
     }
 
     /// One round trip (`PING`), e.g. to report an unreachable server at start-up.
     pub async fn ping(&self) -> Result<(), StateError> {
-        let mut connection = self.connection()?;
-        let pong = async move { redis::cmd("PING").query_async::<String>(&mut connection).await };
-        self.bounded(pong).await.map(drop)
+        let inner = &self.inner;
+        inner
+            .bounded(async {
+                let mut connection = inner.connection().await?;
+                redis::cmd("PING").query_async::<String>(&mut connection).await
+            })
+            .await
+            .map(drop)
     }
 
-    fn connection(&self) -> Result<ConnectionManager, StateError> {
-        if let Some(manager) = self.manager.get() {
-            return Ok(manager.clone());
+    /// The writer's queue, started on first use.
+    fn queue(&self) -> &mpsc::Sender<Op> {
+        self.queue.get_or_init(|| {
+            let (sender, receiver) = mpsc::channel(self.inner.options.queue.max(1));
+            tokio::spawn(write(self.inner.clone(), receiver));
+            sender
+        })
+    }
+
+    /// Puts `op` on the queue; a full queue is a `StateError` naming it.
+    fn enqueue(&self, op: Op) -> Result<(), StateError> {
+        self.queue().try_send(op).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => StateError(format!(
+                "redis at {}: {} operations are already waiting for the server",
+                self.inner.shown, self.inner.options.queue
+            )),
+            mpsc::error::TrySendError::Closed(_) => {
+                StateError(format!("redis at {}: the writer has stopped", self.inner.shown))
+            }
+        })
+    }
+
+    /// Waits for a queued operation's answer, within the timeout.
+    async fn answer<T>(&self, answer: oneshot::Receiver<Result<T, StateError>>) -> Result<T, StateError> {
+        match tokio::time::timeout(self.inner.options.timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StateError(format!("redis at {}: the writer has stopped", self.inner.shown))),
+            Err(_) => Err(self.inner.late()),
         }
-        // No retries inside one attempt: while Redis is down each operation fails at once (the next one
-        // tries to connect again) rather than waiting out a backoff that would hold requests up.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(self.options.timeout))
-            .set_response_timeout(Some(self.options.timeout));
-        let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-            .map_err(|error| StateError(format!("redis at {}: {error}", self.shown)))?;
-        // Two first operations racing each make one; the loser's is dropped unused.
-        Ok(self.manager.get_or_init(|| manager).clone())
+    }
+
+    /// Gives `plan`'s slots back and waits until Redis has them.
+    async fn release_now(&self, plan: Arc<Plan>) -> Result<(), StateError> {
+        let (done, answer) = oneshot::channel();
+        self.enqueue(Op::Release { plan, done: Some(done) })?;
+        self.answer(answer).await
+    }
+}
+
+impl Inner {
+    fn key(&self, name: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + name.len());
+        key.push_str(self.prefix);
+        key.push_str(name);
+        key
+    }
+
+    /// `conc:user:ann` becomes `…slots:user:ann`: a hash, under a name no string of an older version uses.
+    fn slot_key(&self, name: &str) -> String {
+        let rest = name.strip_prefix("conc:").unwrap_or(name);
+        let mut key = String::with_capacity(self.prefix.len() + 6 + rest.len());
+        key.push_str(self.prefix);
+        key.push_str("slots:");
+        key.push_str(rest);
+        key
+    }
+
+    fn late(&self) -> StateError {
+        StateError(format!("redis at {} did not answer within {:?}", self.shown, self.options.timeout))
+    }
+
+    async fn connection(&self) -> redis::RedisResult<Connection> {
+        match &self.target {
+            Target::Single { client, manager } => {
+                if let Some(manager) = manager.get() {
+                    return Ok(Connection::Single(manager.clone()));
+                }
+                // No retries inside one attempt: while Redis is down each operation fails at once (the next one
+                // tries to connect again) rather than waiting out a backoff that would hold requests up.
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(Some(self.options.timeout))
+                    .set_response_timeout(Some(self.options.timeout));
+                let made = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+                // Two first operations racing each make one; the loser's is dropped unused.
+                Ok(Connection::Single(manager.get_or_init(|| made).clone()))
+            }
+            Target::Cluster { client, connection } => {
+                let connection = connection.get_or_try_init(|| client.get_async_connection()).await?;
+                Ok(Connection::Cluster(connection.clone()))
+            }
+        }
     }
 
     async fn bounded<T>(
@@ -190,15 +362,209 @@ impl Redis {
         match tokio::time::timeout(self.options.timeout, operation).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(StateError(format!("redis at {}: {error}", self.shown))),
-            Err(_) => {
-                Err(StateError(format!("redis at {} did not answer within {:?}", self.shown, self.options.timeout)))
-            }
+            Err(_) => Err(self.late()),
         }
     }
 
-    async fn run<T: FromRedisValue>(&self, invocation: ScriptInvocation<'_>) -> Result<T, StateError> {
-        let mut connection = self.connection()?;
-        self.bounded(async move { invocation.invoke_async(&mut connection).await }).await
+    /// Runs the batch script (`EVALSHA`, then `EVAL` with its source if the server does not know it).
+    async fn run_batch(&self, keys: &[String], args: &[Arg<'_>]) -> Result<Value, StateError> {
+        self.bounded(async {
+            let mut connection = self.connection().await?;
+            let command = script_command("EVALSHA", BATCH.get_hash(), keys, args);
+            match command.query_async::<Value>(&mut connection).await {
+                Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    script_command("EVAL", BATCH_LUA, keys, args).query_async(&mut connection).await
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
+    /// Sends `ops` (and `retried` releases, first) as one batch; the script's flat answer.
+    async fn send(&self, ops: &[Op], retried: &[Arc<Plan>], lease: bool) -> Result<Vec<i64>, StateError> {
+        let mut keys = Vec::new();
+        let lease_ms = if lease { u64::try_from(self.options.lease.as_millis()).unwrap_or(u64::MAX).max(1) } else { 0 };
+        let slot_ttl = u64::try_from(self.options.slot_ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut args = vec![
+            Arg::Text(&self.replica),
+            Arg::Number(lease_ms),
+            Arg::Number(RATE_TTL_MARGIN_MS),
+            Arg::Number(slot_ttl),
+        ];
+        for plan in retried {
+            self.release_args(plan, &mut keys, &mut args);
+        }
+        for op in ops {
+            match op {
+                Op::Admit { plan, now_us, .. } => {
+                    args.push(Arg::Text("a"));
+                    args.extend([Arg::Number(*now_us), Arg::Count(plan.slots.len()), Arg::Count(plan.buckets.len())]);
+                    for slot in &plan.slots {
+                        keys.push(self.slot_key(&slot.key));
+                        args.push(Arg::Number(u64::from(slot.max)));
+                    }
+                    for bucket in &plan.buckets {
+                        keys.push(self.key(&bucket.key));
+                        args.extend([Arg::Number(bucket.rate.interval_us()), Arg::Number(bucket.rate.tolerance_us())]);
+                    }
+                }
+                Op::Release { plan, .. } => self.release_args(plan, &mut keys, &mut args),
+                Op::AddSpend { keys: spend, delta, .. } => {
+                    args.extend([Arg::Text("s"), Arg::Count(spend.len()), Arg::Signed(*delta)]);
+                    for (name, expires_ms) in spend {
+                        keys.push(self.key(name));
+                        args.push(Arg::Number(*expires_ms));
+                    }
+                }
+            }
+        }
+        keys.push(self.key("leases"));
+        let answer = self.run_batch(&keys, &args).await?;
+        Vec::<i64>::from_redis_value(answer)
+            .map_err(|error| StateError(format!("redis at {}: unexpected answer to a batch: {error}", self.shown)))
+    }
+
+    fn release_args<'a>(&self, plan: &'a Plan, keys: &mut Vec<String>, args: &mut Vec<Arg<'a>>) {
+        if plan.slots.is_empty() {
+            return;
+        }
+        args.extend([Arg::Text("r"), Arg::Count(plan.slots.len())]);
+        keys.extend(plan.slots.iter().map(|slot| self.slot_key(&slot.key)));
+    }
+}
+
+/// One argument of a script call.
+enum Arg<'a> {
+    Text(&'a str),
+    Number(u64),
+    Signed(i64),
+    Count(usize),
+}
+
+/// `verb` (`EVALSHA` or `EVAL`) `script` with `keys` and `args`.
+fn script_command(verb: &str, script: &str, keys: &[String], args: &[Arg<'_>]) -> Cmd {
+    let mut command = redis::cmd(verb);
+    command.arg(script).arg(keys.len());
+    for key in keys {
+        command.arg(key);
+    }
+    for arg in args {
+        match arg {
+            Arg::Text(text) => command.arg(*text),
+            Arg::Number(number) => command.arg(*number),
+            Arg::Signed(number) => command.arg(*number),
+            Arg::Count(count) => command.arg(*count),
+        };
+    }
+    command
+}
+
+/// The writer: takes what waits on the queue, sends it as one batch, answers each operation; refreshes the
+/// lease when idle. Ends when the backend is dropped.
+async fn write(inner: Arc<Inner>, mut queue: mpsc::Receiver<Op>) {
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ops = Vec::with_capacity(MAX_BATCH);
+    let mut retried: Vec<Arc<Plan>> = Vec::new();
+    let mut lease_written: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            received = queue.recv_many(&mut ops, MAX_BATCH) => {
+                if received == 0 {
+                    break;
+                }
+            }
+            _ = heartbeat.tick() => {
+                if lease_written.is_some_and(|at| at.elapsed() < HEARTBEAT) && retried.is_empty() {
+                    continue;
+                }
+            }
+        }
+        // The lease is written with a batch at most four times a heartbeat.
+        let lease = lease_written.is_none_or(|at| at.elapsed() >= HEARTBEAT / 4);
+        let started = Instant::now();
+        let resent = std::mem::take(&mut retried);
+        match inner.send(&ops, &resent, lease).await {
+            Ok(values) => {
+                if lease {
+                    lease_written = Some(started);
+                }
+                answer(&inner, ops.drain(..), &values, &mut retried);
+            }
+            Err(error) => {
+                retried = resent;
+                for op in ops.drain(..) {
+                    match op {
+                        Op::Admit { reply, .. } => drop(reply.send(Err(error.clone()))),
+                        Op::Release { plan, done } => {
+                            retry(&mut retried, plan);
+                            if let Some(done) = done {
+                                let _ = done.send(Err(error.clone()));
+                            }
+                        }
+                        Op::AddSpend { reply, .. } => drop(reply.send(Err(error.clone()))),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keeps a release for the next batch, unless too many wait already.
+fn retry(retried: &mut Vec<Arc<Plan>>, plan: Arc<Plan>) {
+    if retried.len() < MAX_RETRIED_RELEASES {
+        retried.push(plan);
+    } else {
+        tracing::warn!("concurrency slots could not be given back (their lease frees them)");
+    }
+}
+
+/// Hands each operation its part of the batch's answer.
+fn answer(inner: &Inner, ops: impl Iterator<Item = Op>, values: &[i64], retried: &mut Vec<Arc<Plan>>) {
+    let mut values = values.iter().copied();
+    let short = || StateError(format!("redis at {}: a batch answered too few values", inner.shown));
+    for op in ops {
+        match op {
+            Op::Admit { plan, reply, .. } => {
+                let (Some(kind), Some(index), Some(retry_after)) = (values.next(), values.next(), values.next()) else {
+                    let _ = reply.send(Err(short()));
+                    continue;
+                };
+                let verdict = verdict(&plan, kind, index, retry_after)
+                    .map_err(|what| StateError(format!("redis at {}: {what}", inner.shown)));
+                let admitted = matches!(verdict, Ok(Verdict::Admit)) && !plan.slots.is_empty();
+                if reply.send(verdict).is_err() && admitted {
+                    // Its request gave up waiting: the slots it was given go back with the next batch.
+                    retry(retried, plan);
+                }
+            }
+            Op::Release { done, .. } => {
+                if let Some(done) = done {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            Op::AddSpend { keys, reply, .. } => {
+                let got: Vec<i64> = values.by_ref().take(keys.len()).collect();
+                let _ = reply.send(if got.len() == keys.len() { Ok(got) } else { Err(short()) });
+            }
+        }
+    }
+}
+
+/// The verdict of one admission's three numbers.
+fn verdict(plan: &Plan, kind: i64, index: i64, retry_after_us: i64) -> Result<Verdict, String> {
+    let within = |len: usize| usize::try_from(index).ok().filter(|index| *index < len);
+    match kind {
+        0 => Ok(Verdict::Admit),
+        1 => within(plan.slots.len())
+            .map(|slot| Verdict::Full { slot })
+            .ok_or_else(|| format!("script answered slot {index} for {} slots", plan.slots.len())),
+        2 => within(plan.buckets.len())
+            .map(|bucket| Verdict::Limited { bucket, retry_after_us: u64::try_from(retry_after_us).unwrap_or(0) })
+            .ok_or_else(|| format!("script answered bucket {index} for {} buckets", plan.buckets.len())),
+        other => Err(format!("script answered an unknown verdict {other}")),
     }
 }
 
@@ -210,21 +576,32 @@ impl SharedServer for Redis {
         args: &'a [String],
     ) -> BoxFuture<'a, Result<redis::Value, StateError>> {
         Box::pin(async move {
-            let mut invocation = script.prepare_invoke();
-            for name in keys {
-                invocation.key(name);
-            }
-            for arg in args {
-                invocation.arg(arg);
-            }
-            self.run(invocation).await
+            let inner = &self.inner;
+            inner
+                .bounded(async {
+                    let mut connection = inner.connection().await?;
+                    let mut invocation = script.prepare_invoke();
+                    for name in keys {
+                        invocation.key(name);
+                    }
+                    for arg in args {
+                        invocation.arg(arg);
+                    }
+                    invocation.invoke_async(&mut connection).await
+                })
+                .await
         })
     }
 
     fn pipeline<'a>(&'a self, pipeline: &'a redis::Pipeline) -> BoxFuture<'a, Result<redis::Value, StateError>> {
         Box::pin(async move {
-            let mut connection = self.connection()?;
-            self.bounded(async move { pipeline.query_async(&mut connection).await }).await
+            let inner = &self.inner;
+            inner
+                .bounded(async {
+                    let mut connection = inner.connection().await?;
+                    pipeline.query_async(&mut connection).await
+                })
+                .await
         })
     }
 }
@@ -235,6 +612,9 @@ pub fn key(name: &str) -> String {
 }
 
 fn mask_password(url: &str) -> String {
+    if url.contains(',') && url.matches("://").count() > 1 {
+        return url.split(',').map(mask_password).collect::<Vec<_>>().join(",");
+    }
     let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
         return url.to_owned();
     };
@@ -248,6 +628,76 @@ fn mask_password(url: &str) -> String {
         }
         None => url.to_owned(),
     }
+}
+
+/// The node URLs of a cluster URL (`redis+cluster://a:1,b:2`, or `redis://a:1,redis://b:2`), `None` for one
+/// server.
+fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, String> {
+    let (scheme, rest) = url.split_once("://").ok_or("not a URL: write redis://host:port")?;
+    let plain = match scheme {
+        "redis+cluster" => "redis",
+        "rediss+cluster" => "rediss",
+        _ if url.contains(',') => {
+            let nodes: Vec<String> = url.split(',').map(|node| node.trim().to_owned()).collect();
+            if let Some(odd) = nodes.iter().find(|node| !node.starts_with("redis://") && !node.starts_with("rediss://"))
+            {
+                return Err(format!("cluster node {:?} is not a redis:// or rediss:// URL", mask_password(odd)));
+            }
+            return Ok(Some(nodes));
+        }
+        _ => return Ok(None),
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(authority, path)| (authority, path));
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|host| !host.is_empty())
+        .map(|host| format!("{plain}://{userinfo}{host}/{path}"))
+        .collect();
+    if nodes.is_empty() {
+        return Err("a cluster URL names no node: write redis+cluster://host:port,host:port".to_owned());
+    }
+    Ok(Some(nodes))
+}
+
+/// The certificates of `rediss://` from the upstream trust settings: the system roots (unless turned off) and
+/// each `extra_ca` file, and the upstream client certificate when one is configured.
+fn certificates(trust: &UpstreamFiles) -> Result<TlsCertificates, String> {
+    use base64::Engine as _;
+    let mut bundle = String::new();
+    let mut pem = |der: &[u8]| {
+        bundle.push_str("-----BEGIN CERTIFICATE-----\n");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+        for line in encoded.as_bytes().chunks(64) {
+            bundle.push_str(std::str::from_utf8(line).unwrap_or_default());
+            bundle.push('\n');
+        }
+        bundle.push_str("-----END CERTIFICATE-----\n");
+    };
+    if trust.system_roots {
+        for certificate in rustls_native_certs::load_native_certs().certs {
+            pem(&certificate);
+        }
+    }
+    for path in &trust.extra_ca {
+        for certificate in crate::tls::load_certs(path)? {
+            pem(&certificate);
+        }
+    }
+    if bundle.is_empty() {
+        return Err("no trusted roots for rediss://: enable upstream.trust.system_roots or name extra_ca files".into());
+    }
+    let client_tls = match &trust.client_cert {
+        Some((cert, key)) => {
+            let read = |path: &std::path::Path| std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+            Some(redis::ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? })
+        }
+        None => None,
+    };
+    Ok(TlsCertificates { client_tls, root_cert: Some(bundle.into_bytes()) })
 }
 
 /// The keys whose period has not ended at `now_ms`, with their index among `keys`.
@@ -267,12 +717,9 @@ fn spread(len: usize, live: &[(usize, &SpendKey)], got: Vec<i64>) -> Result<Vec<
     Ok(values)
 }
 
-fn index(value: i64, len: usize) -> Result<Option<usize>, StateError> {
-    match usize::try_from(value) {
-        Ok(index) if index < len => Ok(Some(index)),
-        Ok(_) => Err(StateError(format!("redis script answered index {value} for {len} keys"))),
-        Err(_) => Ok(None),
-    }
+/// A plan of only `buckets` or only `slots`, for the single-purpose operations.
+fn plan_of(buckets: &[Bucket], slots: &[Slot]) -> Arc<Plan> {
+    Arc::new(Plan::of(buckets.to_vec(), slots.to_vec()))
 }
 
 impl Backend for Redis {
@@ -281,18 +728,9 @@ impl Backend for Redis {
             if buckets.is_empty() {
                 return Ok(Admission::Admit);
             }
-            let mut invocation = ACQUIRE.prepare_invoke();
-            invocation.arg(now_us);
-            for bucket in buckets {
-                invocation.key(key(&bucket.key)).arg(bucket.rate.interval_us()).arg(bucket.rate.tolerance_us());
-            }
-            invocation.arg(RATE_TTL_MARGIN_MS);
-            let (refused, retry_after_us): (i64, i64) = self.run(invocation).await?;
-            Ok(match index(refused, buckets.len())? {
-                None => Admission::Admit,
-                Some(bucket) => {
-                    Admission::Limited { bucket, retry_after_us: u64::try_from(retry_after_us).unwrap_or(0) }
-                }
+            Ok(match self.admit(&plan_of(buckets, &[]), now_us).await? {
+                Verdict::Limited { bucket, retry_after_us } => Admission::Limited { bucket, retry_after_us },
+                Verdict::Admit | Verdict::Full { .. } => Admission::Admit,
             })
         })
     }
@@ -302,13 +740,10 @@ impl Backend for Redis {
             if slots.is_empty() {
                 return Ok(None);
             }
-            let mut invocation = ENTER.prepare_invoke();
-            for slot in slots {
-                invocation.key(key(&slot.key)).arg(slot.max);
-            }
-            invocation.arg(u64::try_from(self.options.slot_ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-            let full: i64 = self.run(invocation).await?;
-            index(full, slots.len())
+            Ok(match self.admit(&plan_of(&[], slots), 0).await? {
+                Verdict::Full { slot } => Some(slot),
+                Verdict::Admit | Verdict::Limited { .. } => None,
+            })
         })
     }
 
@@ -317,13 +752,28 @@ impl Backend for Redis {
             if slots.is_empty() {
                 return Ok(());
             }
-            let mut invocation = LEAVE.prepare_invoke();
-            for slot in slots {
-                invocation.key(key(&slot.key));
-            }
-            let _: i64 = self.run(invocation).await?;
-            Ok(())
+            self.release_now(plan_of(&[], slots)).await
         })
+    }
+
+    fn admit<'a>(&'a self, plan: &'a Arc<Plan>, now_us: u64) -> BoxFuture<'a, Result<Verdict, StateError>> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            self.enqueue(Op::Admit { plan: plan.clone(), now_us, reply })?;
+            self.answer(answer).await
+        })
+    }
+
+    fn release_later(&self, plan: Arc<Plan>) -> Result<(), Arc<Plan>> {
+        if plan.slots.is_empty() {
+            return Ok(());
+        }
+        match self.queue().try_send(Op::Release { plan, done: None }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(Op::Release { plan, .. }))
+            | Err(mpsc::error::TrySendError::Closed(Op::Release { plan, .. })) => Err(plan),
+            Err(_) => Ok(()),
+        }
     }
 
     fn add_spend<'a>(
@@ -337,12 +787,13 @@ impl Backend for Redis {
             if live.is_empty() {
                 return Ok(vec![0; keys.len()]);
             }
-            let mut invocation = ADD_SPEND.prepare_invoke();
-            invocation.arg(delta_micro_usd);
-            for (_, spend) in &live {
-                invocation.key(key(&spend.key)).arg(spend.period_end_ms.saturating_add(SPEND_TTL_MARGIN_MS));
-            }
-            let got: Vec<i64> = self.run(invocation).await?;
+            let spend = live
+                .iter()
+                .map(|(_, spend)| (spend.key.clone(), spend.period_end_ms.saturating_add(SPEND_TTL_MARGIN_MS)))
+                .collect();
+            let (reply, answer) = oneshot::channel();
+            self.enqueue(Op::AddSpend { keys: spend, delta: delta_micro_usd, reply })?;
+            let got = self.answer(answer).await?;
             spread(keys.len(), &live, got)
         })
     }
@@ -353,10 +804,14 @@ impl Backend for Redis {
             if live.is_empty() {
                 return Ok(vec![0; keys.len()]);
             }
-            let names: Vec<String> = live.iter().map(|(_, spend)| key(&spend.key)).collect();
-            let mut connection = self.connection()?;
-            let got: Vec<Option<i64>> =
-                self.bounded(async move { redis::cmd("MGET").arg(&names).query_async(&mut connection).await }).await?;
+            let names: Vec<String> = live.iter().map(|(_, spend)| self.inner.key(&spend.key)).collect();
+            let inner = &self.inner;
+            let got: Vec<Option<i64>> = inner
+                .bounded(async {
+                    let mut connection = inner.connection().await?;
+                    redis::cmd("MGET").arg(&names).query_async(&mut connection).await
+                })
+                .await?;
             spread(keys.len(), &live, got.into_iter().map(|value| value.unwrap_or(0)).collect())
         })
     }
@@ -381,6 +836,7 @@ mod tests {
         assert_eq!(mask_password("redis://app:s3cret@redis:6379/2"), "redis://app:***@redis:6379/2");
         assert_eq!(mask_password("redis://token@redis"), "redis://***@redis");
         assert_eq!(mask_password("redis://a:b@c@redis/1"), "redis://a:***@redis/1");
+        assert_eq!(mask_password("redis://:pw@a:1,redis://:pw@b:2"), "redis://:***@a:1,redis://:***@b:2");
     }
 
     #[test]
@@ -391,10 +847,32 @@ mod tests {
     }
 
     #[test]
-    fn script_indexes_are_checked() {
-        assert_eq!(index(-1, 2).ok(), Some(None));
-        assert_eq!(index(1, 2).ok(), Some(Some(1)));
-        assert!(index(2, 2).is_err());
+    fn cluster_urls_name_their_nodes() {
+        assert_eq!(cluster_nodes("redis://127.0.0.1:6379/"), Ok(None));
+        assert_eq!(
+            cluster_nodes("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7001"),
+            Ok(Some(vec!["redis://:pw@10.0.0.1:7000/".to_owned(), "redis://:pw@10.0.0.2:7001/".to_owned()]))
+        );
+        assert_eq!(cluster_nodes("rediss+cluster://a:7000/"), Ok(Some(vec!["rediss://a:7000/".to_owned()])));
+        assert_eq!(
+            cluster_nodes("redis://a:7000, redis://b:7001"),
+            Ok(Some(vec!["redis://a:7000".to_owned(), "redis://b:7001".to_owned()]))
+        );
+        assert!(cluster_nodes("redis://a:7000,b:7001").is_err());
+        assert!(cluster_nodes("redis+cluster:///").is_err());
+        let backend = Redis::connect("redis+cluster://127.0.0.1:1,127.0.0.1:2").expect("a cluster URL");
+        assert!(backend.is_cluster());
+        assert_eq!(backend.key("rate:org"), "tollgate:{tollgate}:rate:org");
+    }
+
+    #[test]
+    fn verdicts_are_checked() {
+        let plan = plan_of(&[], &[Slot { key: "conc:org".into(), scope: super::super::Scope::Org, max: 1 }]);
+        assert_eq!(verdict(&plan, 0, 0, 0), Ok(Verdict::Admit));
+        assert_eq!(verdict(&plan, 1, 0, 0), Ok(Verdict::Full { slot: 0 }));
+        assert!(verdict(&plan, 1, 1, 0).is_err());
+        assert!(verdict(&plan, 2, 0, 5).is_err(), "no bucket 0");
+        assert!(verdict(&plan, 7, 0, 0).is_err());
     }
 
     #[test]
@@ -412,6 +890,9 @@ mod tests {
     #[test]
     fn keys_are_prefixed() {
         assert_eq!(key("rate:org"), "tollgate:rate:org");
+        let backend = Redis::connect("redis://127.0.0.1:1/").expect("valid URL");
+        let slot = Slot { key: "conc:user:ann".into(), scope: super::super::Scope::User, max: 1 };
+        assert_eq!(backend.slot_key(&slot), "tollgate:slots:user:ann");
     }
 
     #[test]

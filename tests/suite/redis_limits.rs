@@ -179,7 +179,7 @@ async fn keys_are_prefixed_and_expire() {
     let mut connection = client.get_multiplexed_async_connection().await.expect("connect");
     let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut connection).await.expect("KEYS");
     keys.sort();
-    assert_eq!(keys, ["tollgate:conc:user:ann", "tollgate:rate:org"]);
+    assert_eq!(keys, ["tollgate:leases", "tollgate:rate:org", "tollgate:slots:user:ann"]);
     let checker = connection.clone();
     let pttl = |key: &'static str| {
         let mut connection = checker.clone();
@@ -188,14 +188,24 @@ async fn keys_are_prefixed_and_expire() {
     // The TAT is one interval (1 s) past now: the key lives that long plus the margin, never past the burst.
     let rate_ttl = pttl("tollgate:rate:org").await;
     assert!(rate_ttl > 0 && rate_ttl <= 2_000, "rate key TTL {rate_ttl} ms");
-    let slot_ttl = pttl("tollgate:conc:user:ann").await;
+    let slot_ttl = pttl("tollgate:slots:user:ann").await;
     assert!(slot_ttl > 3_000_000 && slot_ttl <= 3_600_000, "slot key TTL {slot_ttl} ms");
     let tat: String = redis::cmd("GET").arg("tollgate:rate:org").query_async(&mut connection).await.expect("GET");
     assert_eq!(tat, (T0 + 1_000_000).to_string(), "the TAT is stored exactly, in microseconds");
+    // The slot is this replica's field, counted while its lease (5 s by the server's clock) runs.
+    let held: Vec<(String, u32)> =
+        redis::cmd("HGETALL").arg("tollgate:slots:user:ann").query_async(&mut connection).await.expect("HGETALL");
+    assert_eq!(held, [(redis.replica().to_owned(), 1)]);
+    let leases: Vec<(String, u64)> =
+        redis::cmd("HGETALL").arg("tollgate:leases").query_async(&mut connection).await.expect("HGETALL");
+    let (time, _): (u64, u64) = redis::cmd("TIME").query_async(&mut connection).await.expect("TIME");
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].0, redis.replica());
+    assert!(leases[0].1 > time * 1000 && leases[0].1 <= (time + 6) * 1000, "lease {leases:?} at {time}");
 
     // The last slot given back deletes the key.
     leave(&redis, std::slice::from_ref(&cap)).await;
-    assert_eq!(pttl("tollgate:conc:user:ann").await, -2, "no key left");
+    assert_eq!(pttl("tollgate:slots:user:ann").await, -2, "no key left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,8 +18,8 @@ use super::tls::client_config;
 #[path = "../../support/pki.rs"]
 mod shared;
 
-use shared::{client_params, ia5, server_params};
-pub use shared::{Authority, Leaf};
+use shared::ia5;
+pub use shared::{client_params, server_params, Authority, Leaf};
 
 /// The principal names the good client certificates carry.
 pub const EMAIL: &str = "alice@corp.example";

@@ -38,27 +38,60 @@ pub struct RedisServer {
     running: Option<Running>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Arguments besides the port, bind address and persistence (TLS, cluster mode).
+    extra: Vec<String>,
+    tls: bool,
+}
+
+/// The TLS files of a server that listens with TLS only.
+pub struct TlsFiles<'a> {
+    pub cert: &'a std::path::Path,
+    pub key: &'a std::path::Path,
+    /// The CA of the client certificates it requires.
+    pub client_ca: &'a std::path::Path,
 }
 
 impl RedisServer {
     /// Starts a server on a free loopback port and waits until it accepts connections.
     pub async fn start() -> Self {
+        Self::start_with(Vec::new(), false).await
+    }
+
+    /// Starts a server that speaks TLS only on its port and requires a client certificate.
+    pub async fn start_tls(files: TlsFiles<'_>) -> Self {
+        let path = |path: &std::path::Path| path.display().to_string();
+        let extra = vec![
+            "--tls-cert-file".to_owned(),
+            path(files.cert),
+            "--tls-key-file".to_owned(),
+            path(files.key),
+            "--tls-ca-cert-file".to_owned(),
+            path(files.client_ca),
+            "--tls-auth-clients".to_owned(),
+            "yes".to_owned(),
+        ];
+        Self::start_with(extra, true).await
+    }
+
+    /// Starts a server with `extra` arguments; with `tls` its port is a TLS port and plain TCP is off.
+    pub async fn start_with(extra: Vec<String>, tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for redis-server");
         let mut last = String::new();
         // A port found free may be taken before the server binds it; try a few.
         for _ in 0..5 {
             let port = free_port();
-            match spawn(port, &dir).await {
-                Ok(running) => return Self { running: Some(running), port, dir },
+            match spawn(port, &dir, &extra, tls).await {
+                Ok(running) => return Self { running: Some(running), port, dir, extra, tls },
                 Err(output) => last = output,
             }
         }
         panic!("redis-server did not start:\n{last}");
     }
 
-    /// `redis://127.0.0.1:PORT/`.
+    /// `redis://127.0.0.1:PORT/` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -76,8 +109,9 @@ impl RedisServer {
     /// Starts the server again on the same port, empty.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let running =
-            spawn(self.port, &self.dir).await.unwrap_or_else(|output| panic!("redis-server restart:\n{output}"));
+        let running = spawn(self.port, &self.dir, &self.extra, self.tls)
+            .await
+            .unwrap_or_else(|output| panic!("redis-server restart:\n{output}"));
         self.running = Some(running);
     }
 }
@@ -111,11 +145,18 @@ fn binary() -> String {
 
 /// Starts one server on `port` under the watcher; `Ok` once it said it is ready, `Err(its output)` if it
 /// exited first.
-async fn spawn(port: u16, dir: &tempfile::TempDir) -> Result<Running, String> {
+async fn spawn(port: u16, dir: &tempfile::TempDir, extra: &[String], tls: bool) -> Result<Running, String> {
     let binary = binary();
+    let ports = if tls {
+        vec!["--port".to_owned(), "0".to_owned(), "--tls-port".to_owned(), port.to_string()]
+    } else {
+        vec!["--port".to_owned(), port.to_string()]
+    };
     let mut watcher = Command::new("sh")
         .args(["-c", WATCHER, "sh", &binary])
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(&ports)
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(extra)
         .args(["--daemonize", "no", "--loglevel", "notice", "--logfile", ""])
         .arg("--dir")
         .arg(dir.path())
