@@ -4,7 +4,8 @@
 //! the same checks, so a hostile input found once stays tested.
 //!
 //! `cargo test` runs a few hundred cases per property; `PROPTEST_CASES=N` runs N (the long mode, see
-//! docs/FUZZING.md). A failure proptest shrinks is saved under `proptest-regressions/` and replayed first.
+//! docs/RELIABILITY.md, "Fuzzing"). A failure proptest shrinks is saved under `proptest-regressions/` and replayed
+//! first.
 
 mod bodies;
 mod heads;
