@@ -7,7 +7,32 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::gcra::Rate;
-use super::Plan;
+
+/// The buckets and slots that apply to one principal (built by `Limits::plan`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub buckets: Vec<Bucket>,
+    pub slots: Vec<Slot>,
+    /// The teams the plan was built for.
+    teams: Arc<[Arc<str>]>,
+}
+
+impl Plan {
+    /// A plan of these buckets and slots (tests, and backends that admit single-purpose operations).
+    pub fn of(buckets: Vec<Bucket>, slots: Vec<Slot>) -> Plan {
+        Plan { buckets, slots, teams: Arc::from([]) }
+    }
+
+    /// An empty plan for a principal of these teams, to which `Limits::plan` adds what applies.
+    pub fn for_teams(teams: Arc<[Arc<str>]>) -> Plan {
+        Plan { teams, ..Plan::default() }
+    }
+
+    /// The teams the plan was built for: a cached plan is used again only for the same teams.
+    pub fn teams(&self) -> &Arc<[Arc<str>]> {
+        &self.teams
+    }
+}
 
 /// A boxed future, so `Backend` stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

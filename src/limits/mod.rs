@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use backend::{
-    micros, millis, Admission, Backend, BoxFuture, Bucket, Local, Scope, SharedServer, Slot, SpendKey, StateError,
-    Verdict,
+    micros, millis, Admission, Backend, BoxFuture, Bucket, Local, Plan, Scope, SharedServer, Slot, SpendKey,
+    StateError, Verdict,
 };
 pub use gcra::Rate;
 
@@ -70,15 +70,6 @@ pub struct Limits {
 /// Plans kept per snapshot before the cache starts over (principals are far fewer in practice).
 const PLAN_CACHE: usize = 100_000;
 
-/// The buckets and slots that apply to one principal.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub buckets: Vec<Bucket>,
-    pub slots: Vec<Slot>,
-    /// The teams the plan was built for.
-    teams: Arc<[Arc<str>]>,
-}
-
 impl Limits {
     pub fn new(org: ScopeLimits, user: ScopeLimits, teams: HashMap<Arc<str>, TeamLimits>) -> Self {
         Self { org, user, teams, plans: Default::default() }
@@ -93,7 +84,7 @@ impl Limits {
     /// all of them: the strictest wins), and the organisation's.
     pub fn plan(&self, principal: &Principal) -> Arc<Plan> {
         let cached = self.plans.read().unwrap_or_else(|p| p.into_inner()).get(&principal.name).cloned();
-        if let Some(plan) = cached.filter(|plan| plan.teams == principal.teams) {
+        if let Some(plan) = cached.filter(|plan| *plan.teams() == principal.teams) {
             return plan;
         }
         let plan = Arc::new(self.build_plan(principal));
@@ -106,7 +97,7 @@ impl Limits {
     }
 
     fn build_plan(&self, principal: &Principal) -> Plan {
-        let mut plan = Plan { teams: principal.teams.clone(), ..Plan::default() };
+        let mut plan = Plan::for_teams(principal.teams.clone());
         let user = &principal.name;
         plan.add(|| format!("user:{user}"), Scope::User, self.user);
         for team in principal.teams.iter() {
@@ -121,11 +112,6 @@ impl Limits {
 }
 
 impl Plan {
-    /// A plan of these buckets and slots (tests, and backends that admit single-purpose operations).
-    pub fn of(buckets: Vec<Bucket>, slots: Vec<Slot>) -> Plan {
-        Plan { buckets, slots, teams: Arc::from([]) }
-    }
-
     /// Adds the scope's bucket and slot; the key is only built when a limit applies (the common case with no
     /// limits costs no allocation).
     fn add(&mut self, key: impl Fn() -> String, scope: Scope, limits: ScopeLimits) {

@@ -357,7 +357,7 @@ async fn pump(
     }
     #[cfg(target_os = "linux")]
     if let Some(pipe) = pipe::Pipe::open() {
-        return pipe.pump(from, to, &flow).await;
+        return pipe.pump(from, to, |n| flow.carried(n)).await;
     }
     // No pipe to be had (descriptors or the pipe allowance exhausted): the buffer carries on.
     copy(from, to, &flow, None).await.map(|_| ())
@@ -435,8 +435,6 @@ mod pipe {
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::Flow;
-
     /// The pipe's capacity asked for: as much as a splice moves at once.
     const PIPE_SIZE: usize = 1024 * 1024;
     /// Below this a pipe is not worth it (pipes made past the user's pipe allowance get two pages): stay buffered.
@@ -456,9 +454,10 @@ mod pipe {
             (capacity >= MIN_PIPE_SIZE).then_some(Pipe { read, write, capacity })
         }
 
-        /// Moves bytes from `from` through the pipe to `to` until EOF, then half-closes `to`. The pipe is empty
-        /// whenever `from` is read, so a read that would block says `from` has nothing, never that the pipe is full.
-        pub(super) async fn pump(self, from: &TcpStream, to: &TcpStream, flow: &Flow<'_>) -> io::Result<()> {
+        /// Moves bytes from `from` through the pipe to `to` until EOF, then half-closes `to`; `carried` counts
+        /// each batch once it reached `to`. The pipe is empty whenever `from` is read, so a read that would block
+        /// says `from` has nothing, never that the pipe is full.
+        pub(super) async fn pump(self, from: &TcpStream, to: &TcpStream, carried: impl Fn(usize)) -> io::Result<()> {
             let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
             loop {
                 let filled = loop {
@@ -487,7 +486,7 @@ mod pipe {
                         Err(error) => return Err(error),
                     }
                 }
-                flow.carried(filled);
+                carried(filled);
             }
         }
     }
@@ -540,7 +539,7 @@ mod tests {
         let (server_read, _server_write) = server.into_split();
         let length = 5 * 1024 * 1024 + 3;
         let ((), received, moved) =
-            tokio::join!(send(client_write, length), receive(server_read), pipe.pump(&from, &to, &flow));
+            tokio::join!(send(client_write, length), receive(server_read), pipe.pump(&from, &to, |n| flow.carried(n)));
         moved.expect("the pipe moved the bytes");
         assert_eq!(received, length, "the half-close came after the last byte");
         assert_eq!(bytes.load(Ordering::Relaxed), length as u64);
