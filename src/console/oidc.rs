@@ -223,6 +223,6 @@ mod tests {
     fn the_rfc_7636_example_challenge() {
         // RFC 7636 Appendix B.
         let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-        assert_eq!(URL_SAFE_NO_PAD.encode(Sha256::digest(verifier)), "E9Melhoa2OwvFrEXTJguCgiq1yC5mnRDBYWSYUoaCNM");
+        assert_eq!(URL_SAFE_NO_PAD.encode(Sha256::digest(verifier)), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
     }
 }
