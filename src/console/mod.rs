@@ -24,6 +24,7 @@ use self::history::History;
 use self::session::{Sessions, COOKIE, SESSION_LIFETIME};
 use crate::config::file::ConsoleOidc;
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// The console's state, owned by the admin listener.
 #[derive(Debug, Default)]
@@ -137,7 +138,12 @@ pub fn authorise(console: &Console, request: &Parts, token: &str) -> Result<(), 
 }
 
 /// Serves `/ui` and everything under it.
-pub async fn respond(console: &Console, config: &Config, request: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn respond(
+    console: &Console,
+    config: &Config,
+    metrics: &Metrics,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     if let Some(name) = path.strip_prefix("/ui/assets/") {
@@ -154,13 +160,24 @@ pub async fn respond(console: &Console, config: &Config, request: Request<Incomi
             Some(_) => redirect("/ui", None),
             None => page(StatusCode::OK, &sign_in_form("", sso.is_some())),
         },
-        (&Method::POST, "/ui/login") => sign_in(console, &parts, body, token, sso.is_some()).await,
+        (&Method::POST, "/ui/login") => {
+            let response = sign_in(console, &parts, body, token, sso.is_some()).await;
+            let result = match response.status() {
+                StatusCode::SEE_OTHER => "ok",
+                StatusCode::UNAUTHORIZED => "wrong_token",
+                StatusCode::TOO_MANY_REQUESTS => "throttled",
+                StatusCode::FORBIDDEN => "cross_origin",
+                _ => "malformed",
+            };
+            metrics.console_sign_in("token", result);
+            response
+        }
         (&Method::GET, "/ui/login/oidc") => match (sso, config.identity.oidc()) {
-            (Some(sso), Some(provider)) => begin_sso(console, provider, sso).await,
+            (Some(sso), Some(provider)) => begin_sso(console, provider, sso, metrics).await,
             _ => page(StatusCode::NOT_FOUND, &sign_in_page("Sign-in with SSO is not configured.")),
         },
         (&Method::GET, "/ui/login/callback") => match (sso, config.identity.oidc()) {
-            (Some(sso), Some(provider)) => finish_sso(console, provider, sso, &parts, token).await,
+            (Some(sso), Some(provider)) => finish_sso(console, provider, sso, metrics, &parts, token).await,
             _ => page(StatusCode::NOT_FOUND, &sign_in_page("Sign-in with SSO is not configured.")),
         },
         (&Method::POST, "/ui/logout") => {
@@ -198,8 +215,10 @@ async fn begin_sso(
     console: &Console,
     provider: &crate::identity::Provider,
     sso: &ConsoleOidc,
+    metrics: &Metrics,
 ) -> Response<Full<Bytes>> {
     if console.sessions.throttled() {
+        metrics.console_sign_in("oidc", "throttled");
         return page(StatusCode::TOO_MANY_REQUESTS, &sign_in_form("Too many refused sign-ins: wait a minute.", true));
     }
     match oidc::begin(&console.pending, provider, sso).await {
@@ -215,6 +234,7 @@ async fn begin_sso(
         }
         Err(error) => {
             tracing::warn!(reason = "provider_unreachable", %error, "console sign-in with the identity provider failed");
+            metrics.console_sign_in("oidc", "provider_unreachable");
             let message = format!("The identity provider cannot be reached: {error}");
             page(StatusCode::BAD_GATEWAY, &sign_in_form(&html_text(&message), true))
         }
@@ -227,10 +247,12 @@ async fn finish_sso(
     console: &Console,
     provider: &crate::identity::Provider,
     sso: &ConsoleOidc,
+    metrics: &Metrics,
     parts: &Parts,
     token: &str,
 ) -> Response<Full<Bytes>> {
     if console.sessions.throttled() {
+        metrics.console_sign_in("oidc", "throttled");
         return page(StatusCode::TOO_MANY_REQUESTS, &sign_in_form("Too many refused sign-ins: wait a minute.", true));
     }
     let query = parts.uri.query().unwrap_or("");
@@ -239,6 +261,7 @@ async fn finish_sso(
     match oidc::finish(&console.pending, provider, sso, query, state_cookie, SystemTime::now()).await {
         Ok(member) => {
             tracing::info!(user = %member.user, group = %member.group, "console sign-in with the identity provider");
+            metrics.console_sign_in("oidc", "ok");
             let opened = console.sessions.open(token);
             let session = format!(
                 "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
@@ -267,6 +290,7 @@ async fn finish_sso(
         Err(refused) => {
             tracing::warn!(reason = refused.reason, message = %refused.message,
                 "console sign-in with the identity provider refused");
+            metrics.console_sign_in("oidc", refused.reason);
             let status = if console.sessions.refused() { refused.status } else { StatusCode::TOO_MANY_REQUESTS };
             let mut response = page(status, &sign_in_form(&html_text(&refused.message), true));
             if let Ok(value) = clear_state.parse() {

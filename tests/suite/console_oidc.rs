@@ -119,6 +119,11 @@ fn with_field(path: &str, name: &str, value: &str) -> String {
     format!("{}?{}", url.path(), url.query().unwrap())
 }
 
+/// The sample of `tollgate_console_sign_ins_total` for SSO sign-ins with `result`.
+fn sign_ins(result: &str) -> String {
+    format!("tollgate_console_sign_ins_total{{method=\"oidc\",result=\"{result}\"}}")
+}
+
 fn member() -> serde_json::Value {
     json!({"sub": "u-1", "email": "ada@corp.example", "groups": ["eng", ADMIN_GROUP]})
 }
@@ -155,6 +160,7 @@ async fn a_member_of_the_admin_group_signs_in_with_the_provider_and_a_code_is_go
     let header = signed_in.head.lines().find(|line| line.contains(&session)).unwrap();
     assert!(header.contains("HttpOnly") && header.contains("SameSite=Strict"), "{header}");
     assert_eq!(setup.idp.codes_redeemed(), 1);
+    assert_eq!(setup.gateway.metric(&sign_ins("ok")).await, 1.0);
 
     // The same session as the token's: the JSON and the pages open with the cookie.
     let overview = setup.get("/admin/overview", &[&session]).await;
@@ -177,6 +183,8 @@ async fn a_member_of_the_admin_group_signs_in_with_the_provider_and_a_code_is_go
     assert!(refused.body.contains("invalid_grant"), "{refused:?}");
     assert!(set_cookie(&refused, "tollgate_console").is_none());
     assert_eq!(setup.idp.codes_redeemed(), 1);
+    assert_eq!(setup.gateway.metric(&sign_ins("state_unknown")).await, 1.0);
+    assert_eq!(setup.gateway.metric(&sign_ins("code_refused")).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,8 +228,19 @@ async fn non_members_tampered_states_foreign_verifiers_and_wrong_nonces_are_refu
     refused(&setup.get(&callback, &[&cookie]).await, 403, "nonce");
     assert_eq!(setup.idp.codes_redeemed(), 2);
 
-    // None of them opened anything; the admin token still does.
+    // None of them opened anything, and each was counted by its reason.
     assert_eq!(setup.get("/admin/overview", &[]).await.status, 401);
+    let counted = [
+        ("not_a_member", 1.0),
+        ("provider_error", 1.0),
+        ("state_mismatch", 2.0),
+        ("code_refused", 1.0),
+        ("nonce_mismatch", 1.0),
+        ("ok", 0.0),
+    ];
+    for (result, count) in counted {
+        assert_eq!(setup.gateway.metric(&sign_ins(result)).await, count, "{result}");
+    }
 }
 
 #[test]
