@@ -30,6 +30,7 @@ pub struct Metrics {
     pub audit_files_deleted: IntCounter,
     pub audit_checkpoints: IntCounter,
     client_errors: IntCounterVec,
+    console_sign_ins: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
     rate_limited: IntCounterVec,
     state_errors: IntCounterVec,
@@ -172,6 +173,11 @@ impl Metrics {
             "tollgate_client_errors_total",
             "Client connections refused or cut before a request: timeouts, malformed heads, limits.",
             &["listener", "reason"],
+        );
+        let console_sign_ins = counter(
+            "tollgate_console_sign_ins_total",
+            "Sign-ins to the web console by method (token, oidc) and result (ok, or why it was refused).",
+            &["method", "result"],
         );
         let tls_handshake_failures = counter(
             "tollgate_tls_handshake_failures_total",
@@ -378,6 +384,7 @@ impl Metrics {
             audit_files_deleted,
             audit_checkpoints,
             client_errors,
+            console_sign_ins,
             tls_handshake_failures,
             rate_limited,
             state_errors,
@@ -477,6 +484,11 @@ impl Metrics {
 
     pub fn client_error(&self, listener: &str, reason: &str) {
         self.client_errors.with_label_values(&[listener, reason]).inc();
+    }
+
+    /// Counts a console sign-in by `method` (`token`, `oidc`) with `result` (`ok` or the refusal's reason).
+    pub fn console_sign_in(&self, method: &str, result: &str) {
+        self.console_sign_ins.with_label_values(&[method, result]).inc();
     }
 
     pub fn tls_handshake_failure(&self, listener: &str, reason: &str) {

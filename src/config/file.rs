@@ -837,6 +837,31 @@ pub struct Admin {
     pub token: Option<String>,
     /// SCIM 2.0 provisioning at `/scim/v2` (its own bearer token).
     pub scim: Option<Scim>,
+    /// The web console at `/ui`: its sign-in besides the admin token.
+    pub console: Option<Console>,
+}
+
+/// `admin.console`: how people sign in to the web console.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Console {
+    /// Sign-in with the `auth.oidc` identity provider (authorization code grant with PKCE).
+    pub oidc: Option<ConsoleOidc>,
+}
+
+/// `admin.console.oidc`: the console's client at the `auth.oidc` identity provider, and who may sign in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleOidc {
+    /// The console's client ID at the identity provider: the `aud` its ID tokens carry.
+    pub client_id: String,
+    /// The client secret, for a provider that registers the console as a confidential client (sent in the token
+    /// request's form); none for a public client, which PKCE protects.
+    pub client_secret: Option<String>,
+    /// Where the provider sends the browser back: `https://ADMIN-HOST/ui/login/callback`, registered at the provider.
+    pub redirect_uri: String,
+    /// Groups (as the `auth.oidc` groups claim lists them) whose members may sign in; at least one.
+    pub groups: Vec<String>,
 }
 
 /// SCIM 2.0 provisioning of users and groups from the identity provider (`admin.scim`).

@@ -107,6 +107,8 @@ pub struct Admin {
     pub token: Option<String>,
     /// `admin.scim`: SCIM provisioning, when configured.
     pub scim: Option<Arc<scim::Settings>>,
+    /// `admin.console.oidc`: the console's sign-in with the `auth.oidc` provider, when configured.
+    pub console_oidc: Option<Arc<file::ConsoleOidc>>,
 }
 
 /// How tollgate connects to destinations.
@@ -373,6 +375,10 @@ fn compile(
                 Some(scim) => {
                     Some(Arc::new(scim::Settings::compile(scim, &parsed.teams).map_err(|(key, m)| invalid(key, m))?))
                 }
+                None => None,
+            },
+            console_oidc: match admin.console.as_ref().and_then(|console| console.oidc.as_ref()) {
+                Some(console) => Some(Arc::new(console_oidc(console, admin, &parsed.auth)?)),
                 None => None,
             },
         }),
@@ -781,6 +787,44 @@ fn percent_decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// Checks `admin.console.oidc`: it signs in with the `auth.oidc` provider and opens the same session as the admin
+/// token (so both must be configured), needs a client ID, at least one group, and a redirect URI to
+/// `/ui/login/callback`.
+fn console_oidc(
+    console: &file::ConsoleOidc,
+    admin: &file::Admin,
+    auth: &file::Auth,
+) -> Result<file::ConsoleOidc, Invalid> {
+    let key = |name: &str| format!("admin.console.oidc.{name}");
+    if auth.oidc.is_none() {
+        return Err(invalid(
+            "admin.console.oidc",
+            "signs in with the auth.oidc identity provider: configure auth.oidc (issuer, audience)",
+        ));
+    }
+    if admin.token.as_deref().is_none_or(str::is_empty) {
+        return Err(invalid(
+            "admin.console.oidc",
+            "the console is off without admin.token (its sessions end when the token changes): set admin.token",
+        ));
+    }
+    if console.client_id.is_empty() {
+        return Err(invalid(key("client_id"), "must not be empty"));
+    }
+    if console.groups.is_empty() || console.groups.iter().any(String::is_empty) {
+        return Err(invalid(key("groups"), "name at least one group whose members may sign in (none empty)"));
+    }
+    let uri = url::Url::parse(&console.redirect_uri)
+        .map_err(|e| invalid(key("redirect_uri"), format!("{:?} is not a URL: {e}", console.redirect_uri)))?;
+    if !matches!(uri.scheme(), "https" | "http") || uri.host_str().is_none() {
+        return Err(invalid(key("redirect_uri"), "must be an https:// (or http://) URL with a host"));
+    }
+    if uri.path() != "/ui/login/callback" || uri.query().is_some() || uri.fragment().is_some() {
+        return Err(invalid(key("redirect_uri"), "must end in /ui/login/callback, without a query"));
+    }
+    Ok(console.clone())
 }
 
 fn parse_bind(text: &str) -> Result<SocketAddr, String> {

@@ -1,14 +1,17 @@
 //! The web console at `/ui` on the admin listener: a sign-in with the admin token that opens a cookie session
 //! (`session`), small server-rendered page shells whose script (`assets/console/console.js`) reads the documented
 //! `/admin/*` JSON, the static assets embedded in the binary (Chart.js vendored under `assets/console/vendor/`),
-//! and the data only the console needed (`data`, fed by the per-minute `history`). `admin.rs` routes `/ui` here and
+//! and the data only the console needed (`data`, fed by the per-minute `history`). With `admin.console.oidc`, people
+//! also sign in with the `auth.oidc` identity provider (`oidc`) into the same kind of session. `admin.rs` routes `/ui` here and
 //! asks `authorise` whether an `/admin/*` request carries the bearer token or a session.
 
 pub mod data;
 pub mod history;
+pub mod oidc;
 pub mod session;
 
 use std::sync::{Arc, LazyLock};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -19,13 +22,17 @@ use sha2::{Digest, Sha256};
 
 use self::history::History;
 use self::session::{Sessions, COOKIE, SESSION_LIFETIME};
+use crate::config::file::ConsoleOidc;
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// The console's state, owned by the admin listener.
 #[derive(Debug, Default)]
 pub struct Console {
     pub sessions: Sessions,
     pub history: Arc<History>,
+    /// Sign-ins at the identity provider under way (`admin.console.oidc`).
+    pub pending: oidc::Pending,
 }
 
 /// The header a signed-in page sends its session's CSRF token in, on every request that is not a GET.
@@ -131,7 +138,12 @@ pub fn authorise(console: &Console, request: &Parts, token: &str) -> Result<(), 
 }
 
 /// Serves `/ui` and everything under it.
-pub async fn respond(console: &Console, config: &Config, request: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn respond(
+    console: &Console,
+    config: &Config,
+    metrics: &Metrics,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     if let Some(name) = path.strip_prefix("/ui/assets/") {
@@ -142,12 +154,32 @@ pub async fn respond(console: &Console, config: &Config, request: Request<Incomi
     };
     let session_id = cookie(&parts.headers);
     let signed_in = session_id.and_then(|id| console.sessions.find(id, token));
+    let sso = config.admin.as_ref().and_then(|admin| admin.console_oidc.as_deref());
     match (&parts.method, path) {
         (&Method::GET, "/ui/login") => match signed_in {
             Some(_) => redirect("/ui", None),
-            None => page(StatusCode::OK, &sign_in_page("")),
+            None => page(StatusCode::OK, &sign_in_form("", sso.is_some())),
         },
-        (&Method::POST, "/ui/login") => sign_in(console, &parts, body, token).await,
+        (&Method::POST, "/ui/login") => {
+            let response = sign_in(console, &parts, body, token, sso.is_some()).await;
+            let result = match response.status() {
+                StatusCode::SEE_OTHER => "ok",
+                StatusCode::UNAUTHORIZED => "wrong_token",
+                StatusCode::TOO_MANY_REQUESTS => "throttled",
+                StatusCode::FORBIDDEN => "cross_origin",
+                _ => "malformed",
+            };
+            metrics.console_sign_in("token", result);
+            response
+        }
+        (&Method::GET, "/ui/login/oidc") => match (sso, config.identity.oidc()) {
+            (Some(sso), Some(provider)) => begin_sso(console, provider, sso, metrics).await,
+            _ => page(StatusCode::NOT_FOUND, &sign_in_page("Sign-in with SSO is not configured.")),
+        },
+        (&Method::GET, "/ui/login/callback") => match (sso, config.identity.oidc()) {
+            (Some(sso), Some(provider)) => finish_sso(console, provider, sso, metrics, &parts, token).await,
+            _ => page(StatusCode::NOT_FOUND, &sign_in_page("Sign-in with SSO is not configured.")),
+        },
         (&Method::POST, "/ui/logout") => {
             if !same_origin(&parts.headers) {
                 return cross_origin();
@@ -178,14 +210,119 @@ pub async fn respond(console: &Console, config: &Config, request: Request<Incomi
     }
 }
 
+/// `GET /ui/login/oidc`: a pending sign-in, its state in a cookie, and a redirect to the identity provider.
+async fn begin_sso(
+    console: &Console,
+    provider: &crate::identity::Provider,
+    sso: &ConsoleOidc,
+    metrics: &Metrics,
+) -> Response<Full<Bytes>> {
+    if console.sessions.throttled() {
+        metrics.console_sign_in("oidc", "throttled");
+        return page(StatusCode::TOO_MANY_REQUESTS, &sign_in_form("Too many refused sign-ins: wait a minute.", true));
+    }
+    match oidc::begin(&console.pending, provider, sso).await {
+        Ok((location, state)) => {
+            // SameSite=Lax: the provider's redirect back is a cross-site navigation, which must carry it.
+            let cookie = format!(
+                "{}={state}; Path=/ui/login; HttpOnly; SameSite=Lax; Max-Age={}{}",
+                oidc::STATE_COOKIE,
+                oidc::PENDING_LIFETIME.as_secs(),
+                secure_attribute(sso)
+            );
+            redirect(&location, Some(cookie))
+        }
+        Err(error) => {
+            tracing::warn!(reason = "provider_unreachable", %error, "console sign-in with the identity provider failed");
+            metrics.console_sign_in("oidc", "provider_unreachable");
+            let message = format!("The identity provider cannot be reached: {error}");
+            page(StatusCode::BAD_GATEWAY, &sign_in_form(&html_text(&message), true))
+        }
+    }
+}
+
+/// `GET /ui/login/callback`: the provider sent the browser back. A console session (as with the admin token) for a
+/// member of one of `admin.console.oidc.groups`, else the form with why (counted like a refused token).
+async fn finish_sso(
+    console: &Console,
+    provider: &crate::identity::Provider,
+    sso: &ConsoleOidc,
+    metrics: &Metrics,
+    parts: &Parts,
+    token: &str,
+) -> Response<Full<Bytes>> {
+    if console.sessions.throttled() {
+        metrics.console_sign_in("oidc", "throttled");
+        return page(StatusCode::TOO_MANY_REQUESTS, &sign_in_form("Too many refused sign-ins: wait a minute.", true));
+    }
+    let query = parts.uri.query().unwrap_or("");
+    let state_cookie = named_cookie(&parts.headers, oidc::STATE_COOKIE);
+    let clear_state = format!("{}=; Path=/ui/login; HttpOnly; SameSite=Lax; Max-Age=0", oidc::STATE_COOKIE);
+    match oidc::finish(&console.pending, provider, sso, query, state_cookie, SystemTime::now()).await {
+        Ok(member) => {
+            tracing::info!(user = %member.user, group = %member.group, "console sign-in with the identity provider");
+            metrics.console_sign_in("oidc", "ok");
+            let opened = console.sessions.open(token);
+            let session = format!(
+                "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+                opened.id,
+                SESSION_LIFETIME.as_secs(),
+                secure_attribute(sso)
+            );
+            // A page rather than a redirect: the browser came here from the provider's site, and a SameSite=Strict
+            // cookie set now is only sent on a navigation that starts on this site.
+            let html = format!(
+                "{head}<meta http-equiv=\"refresh\" content=\"0;url=/ui\">\n</head>\n<body class=\"sign-in\">\n\
+                 <main>\n<h1>tollgate console</h1>\n<p>Signed in as {user}.</p>\n\
+                 <p><a href=\"/ui\">Continue to the console</a></p>\n</main>\n</body>\n</html>\n",
+                head = head("Signed in"),
+                user = html_text(&member.user),
+            );
+            secured(Response::builder())
+                .status(StatusCode::OK)
+                .header("content-type", "text/html; charset=utf-8")
+                .header("cache-control", "no-store")
+                .header("set-cookie", session)
+                .header("set-cookie", clear_state)
+                .body(Full::new(Bytes::from(html)))
+                .expect("static response parts are valid")
+        }
+        Err(refused) => {
+            tracing::warn!(reason = refused.reason, message = %refused.message,
+                "console sign-in with the identity provider refused");
+            metrics.console_sign_in("oidc", refused.reason);
+            let status = if console.sessions.refused() { refused.status } else { StatusCode::TOO_MANY_REQUESTS };
+            let mut response = page(status, &sign_in_form(&html_text(&refused.message), true));
+            if let Ok(value) = clear_state.parse() {
+                response.headers_mut().append("set-cookie", value);
+            }
+            response
+        }
+    }
+}
+
+/// `; Secure` when the console is reached over https (its configured redirect URI says so).
+fn secure_attribute(sso: &ConsoleOidc) -> &'static str {
+    if sso.redirect_uri.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// `text` with the HTML metacharacters escaped.
+fn html_text(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
 /// `POST /ui/login` with the form field `token`: a session cookie and a redirect to the overview, or the form
 /// again with 401 (429 once `SIGN_IN_FAILURES_PER_MINUTE` refusals were counted this minute).
-async fn sign_in(console: &Console, parts: &Parts, body: Incoming, token: &str) -> Response<Full<Bytes>> {
+async fn sign_in(console: &Console, parts: &Parts, body: Incoming, token: &str, sso: bool) -> Response<Full<Bytes>> {
     if !same_origin(&parts.headers) {
         return cross_origin();
     }
     if console.sessions.throttled() {
-        return page(StatusCode::TOO_MANY_REQUESTS, &sign_in_page("Too many refused sign-ins: wait a minute."));
+        return page(StatusCode::TOO_MANY_REQUESTS, &sign_in_form("Too many refused sign-ins: wait a minute.", sso));
     }
     let presented = match read_form(body).await {
         Ok(form) => field(&form, "token"),
@@ -193,7 +330,7 @@ async fn sign_in(console: &Console, parts: &Parts, body: Incoming, token: &str) 
     };
     if !presented.as_deref().is_some_and(|presented| session::same_secret(presented, token)) {
         let status = if console.sessions.refused() { StatusCode::UNAUTHORIZED } else { StatusCode::TOO_MANY_REQUESTS };
-        return page(status, &sign_in_page("That is not the admin token."));
+        return page(status, &sign_in_form("That is not the admin token.", sso));
     }
     let opened = console.sessions.open(token);
     // Secure when the browser says the page is served over https (a TLS proxy in front of the admin listener).
@@ -226,12 +363,17 @@ fn cross_origin() -> Response<Full<Bytes>> {
 
 /// The session cookie's value, if the request has one.
 fn cookie(headers: &HeaderMap) -> Option<&str> {
+    named_cookie(headers, COOKIE)
+}
+
+/// The value of the cookie `name`, if the request has one that is not empty.
+fn named_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all("cookie")
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
-        .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .find_map(|pair| pair.trim().strip_prefix(name)?.strip_prefix('='))
         .filter(|id| !id.is_empty())
 }
 
@@ -310,9 +452,21 @@ fn head(title: &str) -> String {
 
 /// The sign-in form, with `message` (static text) above it when not empty.
 fn sign_in_page(message: &str) -> String {
+    sign_in_form(message, false)
+}
+
+/// The sign-in form, with `message` (HTML-safe text) above it when not empty, and with `sso` a link to sign in with
+/// the identity provider.
+fn sign_in_form(message: &str, sso: bool) -> String {
     let message = if message.is_empty() { String::new() } else { format!("<p class=\"message\">{message}</p>\n") };
+    let sso = if sso {
+        "<p class=\"sso\"><a class=\"button\" href=\"/ui/login/oidc\">Sign in with SSO</a></p>\n\
+         <p class=\"hint\">Or with the admin token:</p>\n"
+    } else {
+        ""
+    };
     format!(
-        "{head}</head>\n<body class=\"sign-in\">\n<main>\n<h1>tollgate console</h1>\n{message}\
+        "{head}</head>\n<body class=\"sign-in\">\n<main>\n<h1>tollgate console</h1>\n{message}{sso}\
          <form method=\"post\" action=\"/ui/login\">\n<label for=\"token\">Admin token</label>\n\
          <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" required autofocus>\n\
          <button type=\"submit\">Sign in</button>\n</form>\n\

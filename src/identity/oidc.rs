@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use serde_json::Value;
@@ -73,6 +73,8 @@ struct Known {
     generation: u64,
     /// Why the last fetch failed, while the IdP is unreachable (`None` while it answers).
     outage: Option<String>,
+    /// The authorization code grant's endpoints from the last successful discovery that named both.
+    code_endpoints: Option<CodeEndpoints>,
 }
 
 /// Fetch counts since the process started, for `tollgate_oidc_refresh_total`.
@@ -91,6 +93,15 @@ pub struct Discovered {
     /// The discovery document's device authorization and token endpoints, when it names them.
     pub device_authorization_endpoint: Option<String>,
     pub token_endpoint: Option<String>,
+    /// The authorization endpoint (the browser sign-in of the authorization code grant), when discovery names it.
+    pub authorization_endpoint: Option<String>,
+}
+
+/// The endpoints of the authorization code grant, as the last successful discovery named them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeEndpoints {
+    pub authorization: String,
+    pub token: String,
 }
 
 /// The issuer's key caches, so a reload finds the keys the previous snapshot fetched.
@@ -170,6 +181,15 @@ impl Provider {
         self.rules.check(signed.payload()?, now)
     }
 
+    /// Checks an ID token at `now` like `verify`, but with `audience` (a client ID) as the required `aud`.
+    pub async fn verify_for(&self, token: &str, audience: &str, now: SystemTime) -> Result<Claims, JwtError> {
+        let signed = SignedToken::decode(token)?;
+        let keys = self.source.keys_for(signed.kid()?, now).await?;
+        signed.verify_with(&keys)?;
+        let rules = ClaimRules { audience: audience.to_owned(), ..self.rules.clone() };
+        rules.check(signed.payload()?, now)
+    }
+
     /// Fetches discovery and the keys now (whatever the schedule), keeps them, and says what was found.
     pub async fn probe(&self) -> Result<Discovered, String> {
         let _fetching = self.source.cache.fetching.lock().await;
@@ -177,6 +197,27 @@ impl Provider {
         let keys = result.as_ref().ok().map(|(_, keys)| keys.clone());
         self.source.settle(keys, result.as_ref().err().cloned(), false, SystemTime::now());
         result.map(|(discovered, _)| discovered)
+    }
+
+    /// The authorization and token endpoints discovery names (fetched now when no discovery has named them yet).
+    pub async fn code_endpoints(&self) -> Result<CodeEndpoints, String> {
+        if let Some(endpoints) = self.source.known().code_endpoints.clone() {
+            return Ok(endpoints);
+        }
+        self.probe().await?;
+        self.source.known().code_endpoints.clone().ok_or_else(|| {
+            format!("discovery at {} names no authorization_endpoint and token_endpoint", self.source.issuer)
+        })
+    }
+
+    /// `POST url` (an `https://` endpoint of this provider, e.g. the token endpoint) with a form body, trusting the
+    /// `upstream.trust` roots: the status and the body (at most 1 MiB).
+    pub async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Result<(http::StatusCode, Bytes), String> {
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        match tokio::time::timeout(FETCH_TIMEOUT, self.source.send(http::Method::POST, url, body)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {}s", FETCH_TIMEOUT.as_secs())),
+        }
     }
 
     /// Fetches counted since the process started (by every snapshot with this issuer).
@@ -297,6 +338,17 @@ impl Source {
         }
     }
 
+    /// Keeps the authorization code grant's endpoints of a discovery document that names both (as https URLs).
+    fn remember_endpoints(&self, discovered: &Discovered) {
+        let endpoints = match (&discovered.authorization_endpoint, &discovered.token_endpoint) {
+            (Some(authorization), Some(token)) if https_url(authorization).is_ok() && https_url(token).is_ok() => {
+                CodeEndpoints { authorization: authorization.clone(), token: token.clone() }
+            }
+            _ => return,
+        };
+        self.cache.known.write().unwrap_or_else(|p| p.into_inner()).code_endpoints = Some(endpoints);
+    }
+
     /// Discovery, then the keys it names.
     async fn fetch(&self) -> Result<(Discovered, Arc<KeySet>), String> {
         let work = async {
@@ -325,7 +377,9 @@ impl Source {
                 keys: keys.describe(),
                 device_authorization_endpoint: field("device_authorization_endpoint"),
                 token_endpoint: field("token_endpoint"),
+                authorization_endpoint: field("authorization_endpoint"),
             };
+            self.remember_endpoints(&discovered);
             Ok((discovered, Arc::new(keys)))
         };
         match tokio::time::timeout(FETCH_TIMEOUT, work).await {
@@ -336,6 +390,16 @@ impl Source {
 
     /// `GET url` over HTTPS; the body of a 200.
     async fn get(&self, url: &str) -> Result<Bytes, String> {
+        let (status, body) = self.send(http::Method::GET, url, String::new()).await?;
+        if status != http::StatusCode::OK {
+            return Err(format!("HTTP status {}", status.as_u16()));
+        }
+        Ok(body)
+    }
+
+    /// `method url` over HTTPS, with `form` as an `application/x-www-form-urlencoded` body unless it is empty: the
+    /// status and the body.
+    async fn send(&self, method: http::Method, url: &str, form: String) -> Result<(http::StatusCode, Bytes), String> {
         let uri = https_url(url)?;
         let host = uri.host().ok_or("no host")?.trim_start_matches('[').trim_end_matches(']').to_owned();
         let port = uri.port_u16().unwrap_or(443);
@@ -350,21 +414,23 @@ impl Source {
         tokio::spawn(connection);
         let authority = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
         let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
-        let request = http::Request::get(path)
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(path)
             .header(http::header::HOST, authority)
             .header(http::header::ACCEPT, "application/json")
-            .header(http::header::USER_AGENT, concat!("tollgate/", env!("CARGO_PKG_VERSION")))
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"))?;
-        if response.status() != http::StatusCode::OK {
-            return Err(format!("HTTP status {}", response.status().as_u16()));
+            .header(http::header::USER_AGENT, concat!("tollgate/", env!("CARGO_PKG_VERSION")));
+        if !form.is_empty() {
+            request = request.header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
         }
+        let request = request.body(Full::new(Bytes::from(form))).map_err(|e| format!("request: {e}"))?;
+        let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"))?;
+        let status = response.status();
         let body = Limited::new(response.into_body(), MAX_DOCUMENT)
             .collect()
             .await
             .map_err(|e| format!("reading the body: {e}"))?;
-        Ok(body.to_bytes())
+        Ok((status, body.to_bytes()))
     }
 }
 

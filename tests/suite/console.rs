@@ -197,6 +197,8 @@ async fn the_console_needs_the_admin_token_and_csrf_for_reload() {
     // A wrong token: 401, no cookie; a forged cookie opens nothing.
     let (refused, cookie) = sign_in(&gateway, "console-admin-token-7f3b").await;
     assert_eq!((refused.status, cookie), (401, None), "{refused:?}");
+    let wrong_token = "tollgate_console_sign_ins_total{method=\"token\",result=\"wrong_token\"}";
+    assert_eq!(gateway.metric(wrong_token).await, 1.0);
     let forged = ["Cookie: tollgate_console=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned()];
     assert_eq!(request(&gateway, "GET", "/admin/overview", &forged, "").await.status, 401);
     assert_eq!(request(&gateway, "GET", "/ui", &forged, "").await.status, 303);

@@ -19,6 +19,7 @@ mod certs;
 mod cli;
 mod config_errors;
 mod console;
+mod console_oidc;
 mod deploy;
 mod destinations;
 mod devpage;

@@ -1,7 +1,9 @@
 //! An OpenID Connect identity provider for tests, over HTTPS with the test CA on 127.0.0.1:0, speaking the real
 //! protocols: discovery (`/.well-known/openid-configuration`), the JWKS (`/jwks`) with keys added and removed as a
-//! rotation does, the device authorization grant (RFC 8628: `/device`, then `/token` with the device code) and
-//! refresh tokens (`/token` with `grant_type=refresh_token`).
+//! rotation does, the device authorization grant (RFC 8628: `/device`, then `/token` with the device code), the
+//! authorization code grant with PKCE (RFC 6749 §4.1, RFC 7636: `/authorize` redirects back with a code for the
+//! user `sign_in_as` named, `/token` checks the code verifier against the S256 challenge) and refresh tokens
+//! (`/token` with `grant_type=refresh_token`).
 //!
 //! Tokens are signed with the `jsonwebtoken` crate (RS256, ES256, EdDSA), an implementation independent of
 //! tollgate's verifier. The provider counts the discovery and key fetches it answers, and can be stopped (its port
@@ -28,6 +30,8 @@ use super::tls::server_config;
 
 /// The client ID the device and token endpoints accept.
 pub const CLIENT_ID: &str = "tollgate-cli";
+/// The client ID of the web console, which the authorization endpoint accepts (the `aud` of its ID tokens).
+pub const CONSOLE_CLIENT_ID: &str = "tollgate-console";
 /// How long tokens from the token endpoint live, in seconds.
 pub const TOKEN_LIFETIME: u64 = 600;
 
@@ -125,6 +129,23 @@ struct Inner {
     slow_downs: u32,
     /// Device-code polls answered.
     device_polls: u64,
+    /// The claims of the user signed in at the authorization endpoint (`None`: the user declines).
+    browser_user: Option<Value>,
+    /// Authorization codes issued and not yet redeemed.
+    codes: HashMap<String, Code>,
+    /// Codes redeemed (a second use is refused).
+    codes_redeemed: u64,
+    /// The `nonce` put into ID tokens instead of the one the authorization request sent.
+    nonce_override: Option<String>,
+}
+
+/// An authorization code: for whom, and what its redemption must match.
+struct Code {
+    claims: Value,
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    nonce: Option<String>,
 }
 
 struct Device {
@@ -223,6 +244,21 @@ impl Idp {
         self.state.inner.lock().unwrap().device_polls
     }
 
+    /// The user signing in at the authorization endpoint from now on (`None`: they decline, `access_denied`).
+    pub fn sign_in_as(&self, claims: Option<Value>) {
+        self.state.inner.lock().unwrap().browser_user = claims;
+    }
+
+    /// Puts `nonce` into the ID tokens of codes redeemed from now on, whatever the authorization request sent.
+    pub fn override_nonce(&self, nonce: &str) {
+        self.state.inner.lock().unwrap().nonce_override = Some(nonce.to_owned());
+    }
+
+    /// Authorization codes redeemed for tokens.
+    pub fn codes_redeemed(&self) -> u64 {
+        self.state.inner.lock().unwrap().codes_redeemed
+    }
+
     /// Revokes every refresh token issued so far (an administrator signs the user out everywhere).
     pub fn revoke_refresh_tokens(&self) {
         self.state.inner.lock().unwrap().refresh_tokens.clear();
@@ -271,7 +307,10 @@ async fn answer(request: Request<hyper::body::Incoming>, state: Arc<State>) -> R
                     "jwks_uri": format!("{issuer}/jwks"),
                     "token_endpoint": format!("{issuer}/token"),
                     "device_authorization_endpoint": format!("{issuer}/device"),
-                    "grant_types_supported": ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"],
+                    "authorization_endpoint": format!("{issuer}/authorize"),
+                    "grant_types_supported": ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token",
+                        "authorization_code"],
+                    "code_challenge_methods_supported": ["S256"],
                     "response_types_supported": ["code"],
                     "subject_types_supported": ["public"],
                     "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
@@ -283,6 +322,7 @@ async fn answer(request: Request<hyper::body::Incoming>, state: Arc<State>) -> R
             let keys: Vec<Value> = state.inner.lock().unwrap().keys.iter().map(|key| key.jwk.clone()).collect();
             (StatusCode::OK, json!({"keys": keys}))
         }
+        ("GET", "/authorize") => return Ok(authorize(&state, parts.uri.query().unwrap_or(""))),
         ("POST", "/device") => device_authorization(&state, &form),
         ("POST", "/token") => token(&state, &form),
         _ => (StatusCode::NOT_FOUND, json!({"error": "not_found"})),
@@ -294,6 +334,93 @@ async fn answer(request: Request<hyper::body::Incoming>, state: Arc<State>) -> R
         .body(Full::new(Bytes::from(document.to_string())))
         .map_err(|e| e.to_string())?;
     Ok(response)
+}
+
+/// RFC 6749 §4.1.1–4.1.2 with RFC 7636 §4.3: the user `sign_in_as` named signs in at once; a redirect back to the
+/// client with a code (or `error=access_denied`), or 400 for a request that names no valid client or redirect.
+fn authorize(state: &State, query: &str) -> Response<Full<Bytes>> {
+    let query: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let field = |name: &str| query.get(name).cloned().unwrap_or_default();
+    let bad = |reason: &str| {
+        Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .header("content-type", "text/plain")
+            .body(Full::new(Bytes::from(format!("bad authorization request: {reason}\n"))))
+            .expect("response")
+    };
+    let redirect_uri = field("redirect_uri");
+    if field("client_id") != CONSOLE_CLIENT_ID {
+        return bad("unknown client_id");
+    }
+    if !redirect_uri.starts_with("http://") && !redirect_uri.starts_with("https://") {
+        return bad("redirect_uri");
+    }
+    let mut back = url::Url::parse(&redirect_uri).expect("redirect_uri");
+    let mut inner = state.inner.lock().unwrap();
+    let scopes = field("scope");
+    let valid = field("response_type") == "code"
+        && scopes.split(' ').any(|scope| scope == "openid")
+        && field("code_challenge_method") == "S256"
+        && field("code_challenge").len() == 43;
+    match (valid, inner.browser_user.clone()) {
+        (false, _) => {
+            back.query_pairs_mut().append_pair("error", "invalid_request");
+        }
+        (true, None) => {
+            back.query_pairs_mut().append_pair("error", "access_denied");
+        }
+        (true, Some(claims)) => {
+            inner.issued += 1;
+            let code = format!("code-{}-{:016x}", inner.issued, rand::random::<u64>());
+            let granted = Code {
+                claims,
+                client_id: CONSOLE_CLIENT_ID.to_owned(),
+                redirect_uri: redirect_uri.clone(),
+                challenge: field("code_challenge"),
+                nonce: query.get("nonce").cloned(),
+            };
+            inner.codes.insert(code.clone(), granted);
+            back.query_pairs_mut().append_pair("code", &code);
+        }
+    }
+    if let Some(client_state) = query.get("state") {
+        back.query_pairs_mut().append_pair("state", client_state);
+    }
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header("location", back.as_str())
+        .header("cache-control", "no-store")
+        .body(Full::new(Bytes::new()))
+        .expect("response")
+}
+
+/// RFC 6749 §4.1.3 with RFC 7636 §4.6: a code is good once, for its client and redirect URI, with the verifier whose
+/// S256 digest is its challenge. An ID token for the client (with the request's nonce) and an access token.
+fn redeem(state: &State, inner: &mut Inner, form: &HashMap<String, String>) -> (StatusCode, Value) {
+    let error = |code: &str| (StatusCode::BAD_REQUEST, json!({"error": code}));
+    let Some(code) = form.get("code").and_then(|code| inner.codes.remove(code)) else {
+        return error("invalid_grant");
+    };
+    if form.get("redirect_uri") != Some(&code.redirect_uri) {
+        return error("invalid_grant");
+    }
+    let verifier = form.get("code_verifier").map(String::as_str).unwrap_or("");
+    let digest = b64(ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes()).as_ref());
+    if verifier.len() < 43 || digest != code.challenge {
+        return error("invalid_grant");
+    }
+    inner.codes_redeemed += 1;
+    let Some(key) = inner.keys.last().cloned() else { return error("server_error") };
+    let mut extra = code.claims.clone();
+    if let Some(nonce) = inner.nonce_override.clone().or(code.nonce) {
+        extra["nonce"] = Value::String(nonce);
+    }
+    let id_token = key.sign(&claims(&state.issuer, &code.client_id, TOKEN_LIFETIME as i64, extra));
+    let access_token = key.sign(&claims(&state.issuer, &state.audience, TOKEN_LIFETIME as i64, code.claims));
+    (
+        StatusCode::OK,
+        json!({"access_token": access_token, "id_token": id_token, "token_type": "Bearer", "expires_in": TOKEN_LIFETIME}),
+    )
 }
 
 /// RFC 8628 §3.1–3.2.
@@ -323,6 +450,12 @@ fn device_authorization(state: &State, form: &HashMap<String, String>) -> (Statu
 /// RFC 8628 §3.4–3.5 and RFC 6749 §6: the device code grant and refresh tokens.
 fn token(state: &State, form: &HashMap<String, String>) -> (StatusCode, Value) {
     let error = |code: &str| (StatusCode::BAD_REQUEST, json!({"error": code}));
+    if form.get("grant_type").map(String::as_str) == Some("authorization_code") {
+        if form.get("client_id").map(String::as_str) != Some(CONSOLE_CLIENT_ID) {
+            return (StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"}));
+        }
+        return redeem(state, &mut state.inner.lock().unwrap(), form);
+    }
     if form.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
         return (StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"}));
     }
