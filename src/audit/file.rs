@@ -1002,22 +1002,7 @@ mod tests {
     #[test]
     fn a_caller_that_finds_the_writer_asleep_writes_the_batch_itself_and_the_chain_goes_on() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let (writer, _) = Writer::open(&path, true, AuditSync::Every(Duration::from_secs(1))).unwrap();
-        assert!(writer.may_be_led(), "a regular file synced at an interval");
-        let written = IntCounter::new("written", "written").unwrap();
-        let committer = std::sync::Arc::new(Committer::new(writer, written.clone(), Spools::default()));
-        let queue = Queue::with_leading(64, None, false, true);
-        let thread = std::thread::spawn({
-            let (committer, queue) = (committer.clone(), queue.clone());
-            move || committer.run(&queue)
-        });
-        // The thread sleeps once it found nothing to write (bounded: 10 s).
-        let asleep = Instant::now();
-        while !queue.writer_idle() {
-            assert!(asleep.elapsed() < Duration::from_secs(10), "the writer thread did not go to sleep");
-            std::thread::yield_now();
-        }
+        let Asleep { path, written, committer, queue, thread } = asleep_writer(&dir);
         let first = queue.try_push_leading(record("a")).unwrap();
         assert!(first.leads, "the writer sleeps: the caller leads");
         let second = queue.try_push_leading(record("b")).unwrap();
@@ -1039,20 +1024,7 @@ mod tests {
     #[test]
     fn a_leader_that_does_not_lead_leaves_its_records_to_the_writer_thread() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let (writer, _) = Writer::open(&path, true, AuditSync::Every(Duration::from_secs(1))).unwrap();
-        let written = IntCounter::new("written", "written").unwrap();
-        let committer = std::sync::Arc::new(Committer::new(writer, written, Spools::default()));
-        let queue = Queue::with_leading(64, None, false, true);
-        let thread = std::thread::spawn({
-            let (committer, queue) = (committer.clone(), queue.clone());
-            move || committer.run(&queue)
-        });
-        let asleep = Instant::now();
-        while !queue.writer_idle() {
-            assert!(asleep.elapsed() < Duration::from_secs(10), "the writer thread did not go to sleep");
-            std::thread::yield_now();
-        }
+        let Asleep { path, queue, thread, .. } = asleep_writer(&dir);
         let queued = queue.try_push_leading(record("a")).unwrap();
         assert!(queued.leads);
         // Cancelled before it led (its response went away): it resigns, and the thread writes the record.
@@ -1064,6 +1036,35 @@ mod tests {
         queue.close_now();
         thread.join().unwrap();
         assert_eq!(ids(&std::fs::read_to_string(&path).unwrap()), ["a"]);
+    }
+
+    /// A writer thread on `dir/audit.jsonl` that callers may lead, once it sleeps for want of records.
+    struct Asleep {
+        path: std::path::PathBuf,
+        written: IntCounter,
+        committer: std::sync::Arc<Committer>,
+        queue: std::sync::Arc<Queue>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    fn asleep_writer(dir: &tempfile::TempDir) -> Asleep {
+        let path = dir.path().join("audit.jsonl");
+        let (writer, _) = Writer::open(&path, true, AuditSync::Every(Duration::from_secs(1))).unwrap();
+        assert!(writer.may_be_led(), "a regular file synced at an interval");
+        let written = IntCounter::new("written", "written").unwrap();
+        let committer = std::sync::Arc::new(Committer::new(writer, written.clone(), Spools::default()));
+        let queue = Queue::with_leading(64, None, false, true);
+        let thread = std::thread::spawn({
+            let (committer, queue) = (committer.clone(), queue.clone());
+            move || committer.run(&queue)
+        });
+        // The thread sleeps once it found nothing to write (bounded: 10 s).
+        let asleep = Instant::now();
+        while !queue.writer_idle() {
+            assert!(asleep.elapsed() < Duration::from_secs(10), "the writer thread did not go to sleep");
+            std::thread::yield_now();
+        }
+        Asleep { path, written, committer, queue, thread }
     }
 
     /// Every line of the series, in order.

@@ -229,6 +229,18 @@ impl Queue {
         self.arrived.notify_one();
     }
 
+    /// With `wake`, marks the writer busy (no deferred wake-up left) and wakes it once the lock is released.
+    fn wake_if(&self, mut state: MutexGuard<'_, State>, wake: bool) {
+        if wake {
+            state.writer = WriterState::Busy;
+            state.deferred = false;
+        }
+        drop(state);
+        if wake {
+            self.arrived.notify_one();
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock leaves the queue consistent (every change is one statement).
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -276,14 +288,7 @@ impl Queue {
             WriterState::Gathering => state.records.len() >= self.gather_records,
             WriterState::Busy => false,
         };
-        if wake {
-            state.writer = WriterState::Busy;
-            state.deferred = false;
-        }
-        drop(state);
-        if wake {
-            self.arrived.notify_one();
-        }
+        self.wake_if(state, wake);
         Ok(Queued { sequence, leads })
     }
 
@@ -447,14 +452,7 @@ impl Queue {
         let mut state = self.lock();
         state.leader = false;
         let wake = !state.records.is_empty() && state.writer != WriterState::Busy;
-        if wake {
-            state.writer = WriterState::Busy;
-            state.deferred = false;
-        }
-        drop(state);
-        if wake {
-            self.arrived.notify_one();
-        }
+        self.wake_if(state, wake);
     }
 
     /// Wakes the writer thread for work that is not a record (a rotation or checkpoint a leader left it).

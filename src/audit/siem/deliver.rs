@@ -170,6 +170,11 @@ impl Delivery {
                 }
             }
             first_seen = None;
+            // Dropped while read (the thread runs at the lowest priority and may wait long between the two): they
+            // were counted as dropped, so they are not sent; the next read starts at the new oldest.
+            if !spool.holds(chunk.start) {
+                continue;
+            }
             let events = event::parse(&lines, self.pseudonymize.as_ref());
             let resolved = match self.sink.kind {
                 SiemKind::Syslog => self.deliver_syslog(&events).await,

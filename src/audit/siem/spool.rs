@@ -212,6 +212,13 @@ impl Spool {
         file.sync_data()
     }
 
+    /// Whether the records from `start` on are still to deliver: false once `on_full: drop_oldest` dropped them
+    /// (possibly while they were being read, from a segment file already open).
+    pub fn holds(&self, start: u64) -> bool {
+        let state = self.lock();
+        start >= state.delivered.max(state.segments[0].start)
+    }
+
     /// Waits (the audit writer) until delivery makes room, or `timeout`.
     pub fn wait_for_room(&self, timeout: Duration) {
         let state = self.lock();
