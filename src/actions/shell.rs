@@ -23,6 +23,12 @@ pub const MAX_EXPANSIONS: usize = 128;
 pub const MAX_COMPOUND_COMMANDS: usize = 64;
 /// Most simple commands one command line may hold.
 pub const MAX_SIMPLE_COMMANDS: usize = 1024;
+/// The texts of the simple commands together may be at most this many times the command line's length, plus
+/// `MIN_OUTPUT_BYTES`: a wrapper (`sudo sudo … ls`) or a substitution repeats the text it holds in each command listed,
+/// so without this bound a 64 KiB command line could be split into a thousand commands of up to 64 KiB each.
+pub const MAX_OUTPUT_FACTOR: usize = 8;
+/// What the texts of the simple commands may hold together whatever the command line's length.
+pub const MIN_OUTPUT_BYTES: usize = 4096;
 
 /// One command the shell would run, as rules match it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +48,8 @@ pub enum Unreadable {
     TooLong,
     /// Nested deeper than `MAX_DEPTH`.
     TooDeep,
-    /// More expansions, compound commands or simple commands than the bounds above.
+    /// More expansions, compound commands or simple commands than the bounds above, or simple commands whose texts
+    /// together are longer than `MAX_OUTPUT_FACTOR` allows.
     TooComplex,
     /// Not complete bash syntax (an unterminated quote, a missing `fi`, …).
     Syntax,
@@ -70,7 +77,8 @@ pub fn split(command: &str) -> Result<Vec<SimpleCommand>, Unreadable> {
     if command.len() > MAX_COMMAND_BYTES {
         return Err(Unreadable::TooLong);
     }
-    let mut walker = Walker { commands: Vec::new(), options: ParserOptions::default() };
+    let output_left = MAX_OUTPUT_FACTOR * command.len() + MIN_OUTPUT_BYTES;
+    let mut walker = Walker { commands: Vec::new(), output_left, options: ParserOptions::default() };
     walker.script(command, 0)?;
     Ok(walker.commands)
 }
@@ -106,6 +114,8 @@ struct Stdin {
 
 struct Walker {
     commands: Vec<SimpleCommand>,
+    /// Bytes of simple commands' texts still allowed (`MAX_OUTPUT_FACTOR`).
+    output_left: usize,
     options: ParserOptions,
 }
 
@@ -121,6 +131,19 @@ impl Walker {
             return Err(Unreadable::TooComplex);
         }
         let options = &self.options;
+        // brush-parser 0.4's tokenizer never returns, queueing tokens until memory runs out, on a here-document
+        // operator whose delimiter is empty (`<< ;`, `<<''`) or holds an expansion (`<<$( x`) when a `$(`, `${` or
+        // `$[` is left open at the end of the text (`$(<< ;${`, `<<''&$(`, `<<$( &#`). So the text is first
+        // tokenized with a delimiter given to each operator whose delimiter is empty: when that fails, the text is
+        // refused (bash rejects a missing delimiter; an empty one, which no one writes, is refused too); when it
+        // succeeds, every such `<<` was inside quotes, a comment or a here-document body, and the text is safe to
+        // tokenize. A delimiter holding an expansion (which no one writes either) is refused.
+        if let Some(delimited) = with_here_document_delimiters(text)? {
+            if text.contains(MISSING_DELIMITER) {
+                return Err(Unreadable::Syntax);
+            }
+            guarded(|| brush_parser::uncached_tokenize_str(&delimited, &options.tokenizer_options()).ok())?;
+        }
         let tokens = guarded(|| brush_parser::uncached_tokenize_str(text, &options.tokenizer_options()).ok())?;
         let compound = tokens.iter().filter(|token| opens_compound_command(token)).count();
         if compound > MAX_COMPOUND_COMMANDS {
@@ -388,6 +411,7 @@ impl Walker {
         if self.commands.len() >= MAX_SIMPLE_COMMANDS {
             return Err(Unreadable::TooComplex);
         }
+        self.output_left = self.output_left.checked_sub(command.text.len()).ok_or(Unreadable::TooComplex)?;
         self.commands.push(command);
         Ok(())
     }
@@ -523,6 +547,63 @@ impl Walker {
         }
         Ok(())
     }
+}
+
+/// The delimiter `with_here_document_delimiters` gives a here-document operator that has none.
+const MISSING_DELIMITER: &str = "tollgate_missing_delimiter";
+
+/// `text` with `MISSING_DELIMITER` after each `<<` or `<<-` whose delimiter is empty: followed (after blanks) by an
+/// operator or the end, or by a word that is empty once its quotes are removed (`<<''`); `None` when there is no
+/// such `<<`. `Syntax` when a delimiter word holds an expansion (`<<$(x`). Inside quotes, comments or here-document bodies the text changes too, which only matters to
+/// the tokenizer's verdict, not to what is split.
+fn with_here_document_delimiters(text: &str) -> Result<Option<String>, Unreadable> {
+    let mut delimited = String::new();
+    let mut copied = 0;
+    let mut at = 0;
+    while let Some(found) = text[at..].find("<<") {
+        let start = at + found;
+        // `<<<` is a here-string, which takes any word.
+        if text[start..].starts_with("<<<") {
+            at = start + 3;
+            continue;
+        }
+        let operator = if text[start..].starts_with("<<-") { 3 } else { 2 };
+        let rest = text[start + operator..].trim_start_matches([' ', '\t']);
+        let end = text.len() - rest.len();
+        let word = delimiter_word(rest).ok_or(Unreadable::Syntax)?;
+        // No word, or one that is empty once its quotes are removed (`<<''`).
+        if word.chars().all(|c| matches!(c, '\'' | '"' | '$' | '\\')) {
+            delimited.push_str(&text[copied..end]);
+            delimited.push_str(MISSING_DELIMITER);
+            copied = end;
+        }
+        at = end;
+    }
+    Ok((copied > 0).then(|| delimited + &text[copied..]))
+}
+
+/// The here-document delimiter word `text` starts with, up to an unquoted blank or operator character, quotes kept;
+/// `None` when it holds `$(`, `${`, `$[` or a backtick (bash takes those literally, the tokenizer does not: see
+/// `Walker::script`).
+fn delimiter_word(text: &str) -> Option<&str> {
+    let mut quote = None;
+    let mut escaped = false;
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        match (quote, c) {
+            _ if escaped => escaped = false,
+            (Some('\''), '\'') | (Some('"'), '"') => quote = None,
+            (Some('\''), _) => {}
+            (_, '\\') => escaped = true,
+            (_, '`') => return None,
+            (_, '$') if matches!(chars.peek(), Some((_, '(' | '{' | '['))) => return None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, ' ' | '\t' | '\n' | '(' | ')' | '<' | '>' | ';' | '&' | '|') => return Some(&text[..at]),
+            (None, _) => {}
+        }
+    }
+    Some(text)
 }
 
 /// A token that opens a compound command (or, in argument position, only looks like it: counted all the same).
@@ -1051,7 +1132,9 @@ mod tests {
         assert_eq!(unreadable(&nested("{ ", "; }", 1000)), Unreadable::TooComplex);
         assert_eq!(unreadable(&nested("if true; then ", "; fi", 1000)), Unreadable::TooComplex);
         assert_eq!(unreadable(&nested("( ", " )", 1000)), Unreadable::TooComplex);
-        assert_eq!(unreadable(&format!("{}ls", "eval ".repeat(100))), Unreadable::TooDeep);
+        // (A hundred `eval`s would list more text than `MAX_OUTPUT_FACTOR` allows before they reach the depth.)
+        assert_eq!(unreadable(&format!("{}ls", "eval ".repeat(MAX_DEPTH + 2))), Unreadable::TooDeep);
+        assert_eq!(unreadable(&format!("{}ls", "eval ".repeat(100))), Unreadable::TooComplex);
         assert_eq!(unreadable(&nested("{ ", "; }", MAX_DEPTH + 1)), Unreadable::TooDeep);
         assert_eq!(unreadable(&"ls;".repeat(MAX_SIMPLE_COMMANDS + 1)), Unreadable::TooComplex);
         // At the bounds, on a small stack: the parser gets a larger one, and nothing overflows.
@@ -1070,7 +1153,61 @@ mod tests {
         assert!(results.iter().all(|result| matches!(result, Ok(_) | Err(Unreadable::TooDeep))), "{results:?}");
     }
 
+    #[test]
+    fn here_document_operators_without_a_delimiter_are_refused_not_tokenized_forever() {
+        // Each of these made the tokenizer queue tokens until memory ran out.
+        for command in [
+            "$(<< (${",
+            "$(<< ;${",
+            "$(<< ($(",
+            "$(<<- |${",
+            "$(<< <${",
+            "echo $(cat << )${x}",
+            "$[<< ;${",
+            "<<$( &#",
+            "<<x$( &#)",
+            "cat <<\"$( &#",
+            "cat <<'a b'$( &#",
+            "<<''&$(",
+            "cat <<\"\" ;$(",
+        ] {
+            assert_eq!(unreadable(command), Unreadable::Syntax, "{command:?}");
+        }
+        assert_eq!(unreadable("cat << ;"), Unreadable::Syntax);
+        assert_eq!(unreadable(&format!("echo {MISSING_DELIMITER} $(cat << ;${{")), Unreadable::Syntax);
+        // The same characters in quotes, here-document bodies and here-strings are read as before.
+        assert_eq!(texts("echo 'a << (b)' \"c << ;\" ${x}"), ["echo a << (b) c << ; ${x}"]);
+        let commit = "git commit -m \"$(cat <<'EOF'\nstd::cout << (a + b);\nEOF\n)\"";
+        assert_eq!(texts(commit)[0], "cat <<'EOF'");
+        assert_eq!(texts("bash <<< 'ls' | cat <<<x"), ["bash <<<ls", "ls", "cat <<<x"]);
+    }
+
+    #[test]
+    fn wrappers_cannot_multiply_the_command_line() {
+        // A thousand wrappers would list a thousand commands of up to 5 KB each: 2.5 MB from 5 KB.
+        let wrapped = format!("{}ls", "sudo ".repeat(1000));
+        assert_eq!(unreadable(&wrapped), Unreadable::TooComplex);
+        let wrapped = format!("{}ls", "sudo ".repeat(20));
+        assert_eq!(texts(&wrapped).len(), 21);
+    }
+
+    /// The texts of `command`'s simple commands together, in bytes (0 when it is refused).
+    fn output_bytes(command: &str) -> usize {
+        split(command).map_or(0, |commands| commands.iter().map(|command| command.text.len()).sum())
+    }
+
     proptest::proptest! {
+        /// Whatever the text, its simple commands together are within a small multiple of it.
+        #[test]
+        fn split_output_is_bounded_by_its_input(parts in proptest::collection::vec(proptest::sample::select(vec![
+            " ", ";", "&&", "|", "\n", "(", ")", "{ ", "; }", "$(", "`", "'", "\"", "\\", "${", "}", "<<", "<<<",
+            "EOF", "x", "curl", "sudo ", "bash ", "-c ", "eval ", "env ", "nice ", "time ", "find . -exec ", "\\; ",
+        ]), 0..200)) {
+            let command: String = parts.concat();
+            let bytes = output_bytes(&command);
+            proptest::prop_assert!(bytes <= MAX_OUTPUT_FACTOR * command.len() + MIN_OUTPUT_BYTES, "{command:?}: {bytes}");
+        }
+
         /// Any text is split or refused, never a panic: shell punctuation, quotes, keywords and wrappers mixed.
         #[test]
         fn any_text_is_split_or_refused(parts in proptest::collection::vec(proptest::sample::select(vec![
