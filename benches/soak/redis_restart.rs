@@ -2,8 +2,8 @@
 //! forward and intercepted load, while redis-server (append-only file, fsync always, so its kill loses nothing) is
 //! killed with SIGKILL and started again on the same port and files. While it is down every request must be
 //! refused with 503 and the error contract; after it is back requests must pass again within seconds; and once the
-//! load stops no concurrency slot may be left taken and the org's spend counter must equal what the audit records
-//! billed.
+//! load stops no concurrency slot may be left taken (`tollgate:slots:*`) and the org's spend counter must equal
+//! what the audit records billed.
 
 use std::path::Path;
 use std::process::Command;
@@ -149,14 +149,15 @@ pub async fn run(harness: &mut Harness, length: Duration) -> Result<Verdict, Str
     );
 
     // What Redis holds now.
-    let slots = redis_values(&redis_cli, port, "tollgate:conc:*")?;
+    // Each `tollgate:slots:SCOPE` is a hash: one field per replica, the slots it holds.
+    let slots = redis_values(&redis_cli, port, "tollgate:slots:*")?;
     let taken: i64 = slots.iter().map(|(_, value)| value).sum();
     verdict.check(
         taken == 0,
         format!(
             "concurrency slots taken after the load: {taken} ({})",
             if slots.is_empty() {
-                "no tollgate:conc:* key left".to_string()
+                "no tollgate:slots:* key left".to_string()
             } else {
                 slots.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join(", ")
             }
@@ -223,8 +224,13 @@ fn redis_values(redis_cli: &Path, port: u16, pattern: &str) -> Result<Vec<(Strin
     let keys = cli(&["--scan", "--pattern", pattern])?;
     let mut values = Vec::new();
     for key in keys.lines().map(str::trim).filter(|key| !key.is_empty()).take(10_000) {
-        let value = cli(&["GET", key])?;
-        values.push((key.to_string(), value.trim().parse().unwrap_or(0)));
+        // A counter, or a hash of counters (the slots per replica): its fields summed.
+        let value = if cli(&["TYPE", key])?.trim() == "hash" {
+            cli(&["HVALS", key])?.lines().filter_map(|value| value.trim().parse::<i64>().ok()).sum()
+        } else {
+            cli(&["GET", key])?.trim().parse().unwrap_or(0)
+        };
+        values.push((key.to_string(), value));
     }
     Ok(values)
 }
