@@ -1067,6 +1067,22 @@ mod tests {
         Asleep { path, written, committer, queue, thread }
     }
 
+    /// `text` with every `allow` turned into `deny` and every hash recomputed as plain SHA-256 from `first_prev`:
+    /// the edit anyone can make without the chain key.
+    fn denied_with_plain_hashes(text: &str, first_prev: &str) -> String {
+        let mut prev = first_prev.to_owned();
+        let mut forged = String::new();
+        for line in text.lines() {
+            let line = line.replace("\"decision\":\"allow\"", "\"decision\":\"deny\"");
+            let (hashed, _) = split_hash(&line).unwrap();
+            let at = hashed.rfind(",\"prev\":\"").unwrap();
+            let hashed = format!("{},\"prev\":\"{prev}\"}}", &hashed[..at]);
+            prev = hex::encode(Sha256::digest(hashed.as_bytes()));
+            forged.push_str(&format!("{},\"hash\":\"{prev}\"}}\n", &hashed[..hashed.len() - 1]));
+        }
+        forged
+    }
+
     /// Every line of the series, in order.
     fn series_text(naming: &Naming) -> (Vec<SeriesFile>, String) {
         let series = naming.series().unwrap();
@@ -1222,19 +1238,11 @@ mod tests {
 
         // An edit with every later hash recomputed as plain SHA-256 (what anyone can do without the key).
         let active = std::fs::read_to_string(&path).unwrap();
-        let mut prev = serde_json::from_str::<serde_json::Value>(active.lines().next().unwrap()).unwrap()["prev"]
+        let first_prev = serde_json::from_str::<serde_json::Value>(active.lines().next().unwrap()).unwrap()["prev"]
             .as_str()
             .unwrap()
             .to_owned();
-        let mut forged = String::new();
-        for line in active.lines() {
-            let line = line.replace("\"decision\":\"allow\"", "\"decision\":\"deny\"");
-            let (hashed, _) = split_hash(&line).unwrap();
-            let at = hashed.rfind(",\"prev\":\"").unwrap();
-            let hashed = format!("{},\"prev\":\"{prev}\"}}", &hashed[..at]);
-            prev = hex::encode(Sha256::digest(hashed.as_bytes()));
-            forged.push_str(&format!("{},\"hash\":\"{prev}\"}}\n", &hashed[..hashed.len() - 1]));
-        }
+        let forged = denied_with_plain_hashes(&active, &first_prev);
         std::fs::write(&path, &forged).unwrap();
         let report = verify_series(&series, Some(&key), None);
         assert!(report.broken, "{:?}", report.lines);
@@ -1281,16 +1289,7 @@ mod tests {
         run_batches(writer.checkpointing(checkpoints), &[&["a", "b"], &["c"]], |_| {});
         let text = std::fs::read_to_string(&path).unwrap();
         // The edit, every hash after it recomputed: the plain chain verifies.
-        let mut prev = GENESIS.to_owned();
-        let mut forged = String::new();
-        for line in text.lines() {
-            let line = line.replace("\"decision\":\"allow\"", "\"decision\":\"deny\"");
-            let (hashed, _) = split_hash(&line).unwrap();
-            let at = hashed.rfind(",\"prev\":\"").unwrap();
-            let hashed = format!("{},\"prev\":\"{prev}\"}}", &hashed[..at]);
-            prev = hex::encode(Sha256::digest(hashed.as_bytes()));
-            forged.push_str(&format!("{},\"hash\":\"{prev}\"}}\n", &hashed[..hashed.len() - 1]));
-        }
+        let forged = denied_with_plain_hashes(&text, GENESIS);
         std::fs::write(&path, &forged).unwrap();
         let series = Naming::new(&path).series().unwrap();
         assert!(!verify_series(&series, None, None).broken, "the plain chain cannot tell");
