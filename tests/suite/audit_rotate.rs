@@ -3,15 +3,13 @@
 //! keygen`), a SIGKILL in the middle, retention at start; and `tollgate audit verify` / `tollgate usage` on the
 //! directory afterwards, also after files and records were removed, reordered, edited or cut.
 
-use crate::audit_sink::{read_kept_alive, request, shaped_origin, Gateway, PATIENCE};
+use crate::audit_sink::{kill_under_load, read_kept_alive, request, shaped_origin, Gateway, PATIENCE};
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -326,42 +324,7 @@ async fn after_sigkill_under_load_with_rotation_nothing_is_lost_or_doubled_and_t
     let dir = tempfile::tempdir().expect("temp dir");
     keygen(dir.path());
     let gateway = Gateway::start(dir.path(), &config(dir.path(), "8KiB", ""));
-    let completed = Arc::new(Mutex::new(Vec::new()));
-    let (enough, killed) = (Arc::new(tokio::sync::Notify::new()), Arc::new(AtomicBool::new(false)));
-    let clients: Vec<_> = (0..4)
-        .map(|client| {
-            let (completed, enough, killed, proxy) = (completed.clone(), enough.clone(), killed.clone(), gateway.proxy);
-            tokio::spawn(async move {
-                let mut stream = TcpStream::connect(proxy).await.expect("connect");
-                let mut buf = Vec::new();
-                for number in 0..5_000 {
-                    let path = format!("/{}/{client}/{number}", ["short", "long", "chunked"][number % 3]);
-                    let head = format!("GET http://{origin}{path} HTTP/1.1\r\nHost: {origin}\r\n\r\n");
-                    if stream.write_all(head.as_bytes()).await.is_err() {
-                        break;
-                    }
-                    let answer = read_kept_alive(&mut stream, &mut buf).await;
-                    if !answer.complete {
-                        assert!(killed.load(Ordering::SeqCst), "{path}: {answer:?} before the kill");
-                        break;
-                    }
-                    let mut completed = completed.lock().unwrap();
-                    completed.push(path);
-                    if completed.len() == KILL_AFTER {
-                        enough.notify_one();
-                    }
-                }
-            })
-        })
-        .collect();
-    tokio::time::timeout(PATIENCE, enough.notified()).await.expect("enough responses");
-    killed.store(true, Ordering::SeqCst);
-    gateway.signal("-KILL");
-    let (status, _) = gateway.wait();
-    assert_eq!(status.code(), None, "killed by a signal");
-    for client in clients {
-        tokio::time::timeout(PATIENCE, client).await.expect("clients end").expect("client task");
-    }
+    let completed = kill_under_load(gateway, origin, KILL_AFTER).await;
     let audit = dir.path().join("audit");
     // A torn end, in case the kill tore none.
     std::fs::OpenOptions::new()
@@ -383,7 +346,7 @@ async fn after_sigkill_under_load_with_rotation_nothing_is_lost_or_doubled_and_t
     gateway.wait();
 
     let recorded = paths_recorded(&audit);
-    for path in completed.lock().unwrap().iter().chain([&"/short/after-the-restart".to_owned()]) {
+    for path in completed.iter().chain([&"/short/after-the-restart".to_owned()]) {
         assert_eq!(recorded.get(path), Some(&1), "{path}: one record across the files");
     }
     assert!(recorded.values().all(|&count| count == 1), "no record twice");

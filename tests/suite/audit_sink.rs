@@ -568,19 +568,9 @@ pub(super) async fn shaped_origin() -> SocketAddr {
     address
 }
 
-/// A gateway killed with SIGKILL in the middle of a load: every response a client got whole had its record
-/// written first. On restart a torn last line (one is written on purpose, in case the kill tore none) is set
-/// aside and counted, the chain continues from the last complete record, and `tollgate audit verify` passes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_sigkill_every_completed_response_has_its_record_and_a_torn_line_is_repaired() {
-    const KILL_AFTER: usize = 300;
-    const FRAGMENT: &str = "{\"ts\":\"2026-12-01T12:00:00.000Z\",\"id\":\"torn";
-    let origin = shaped_origin().await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let audit = dir.path().join("audit.jsonl");
-    let gateway = Gateway::start(dir.path(), &config(dir.path(), &audit, "block"));
-
-    // Four kept-alive clients; the gateway is killed once KILL_AFTER responses have come back whole.
+/// Four kept-alive clients send GETs (short, long and chunked bodies) through `gateway`, which is killed with
+/// SIGKILL once `kill_after` responses have come back whole; returns the paths of every response that did.
+pub(super) async fn kill_under_load(gateway: Gateway, origin: SocketAddr, kill_after: usize) -> Vec<String> {
     let completed = Arc::new(Mutex::new(Vec::new()));
     let (enough, killed) = (Arc::new(tokio::sync::Notify::new()), Arc::new(AtomicBool::new(false)));
     let clients: Vec<_> = (0..4)
@@ -603,7 +593,7 @@ async fn after_sigkill_every_completed_response_has_its_record_and_a_torn_line_i
                     assert_eq!(answer.status, 200, "{path}: {answer:?}");
                     let mut completed = completed.lock().unwrap();
                     completed.push(path);
-                    if completed.len() == KILL_AFTER {
+                    if completed.len() == kill_after {
                         enough.notify_one();
                     }
                 }
@@ -618,10 +608,27 @@ async fn after_sigkill_every_completed_response_has_its_record_and_a_torn_line_i
     for client in clients {
         tokio::time::timeout(PATIENCE, client).await.expect("clients end").expect("client task");
     }
+    let mut paths = Vec::new();
+    std::mem::swap(&mut paths, &mut completed.lock().unwrap());
+    paths
+}
+
+/// A gateway killed with SIGKILL in the middle of a load: every response a client got whole had its record
+/// written first. On restart a torn last line (one is written on purpose, in case the kill tore none) is set
+/// aside and counted, the chain continues from the last complete record, and `tollgate audit verify` passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_every_completed_response_has_its_record_and_a_torn_line_is_repaired() {
+    const KILL_AFTER: usize = 300;
+    const FRAGMENT: &str = "{\"ts\":\"2026-12-01T12:00:00.000Z\",\"id\":\"torn";
+    let origin = shaped_origin().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let audit = dir.path().join("audit.jsonl");
+    let gateway = Gateway::start(dir.path(), &config(dir.path(), &audit, "block"));
+
+    let completed = kill_under_load(gateway, origin, KILL_AFTER).await;
 
     let before = std::fs::read_to_string(&audit).expect("read the audit file");
     let recorded = recorded_paths(&before);
-    let completed = completed.lock().unwrap().clone();
     assert!(completed.len() >= KILL_AFTER);
     for path in &completed {
         assert!(recorded.contains(path), "{path} came back whole but has no record");
