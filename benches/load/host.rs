@@ -80,7 +80,7 @@ fn open_file_limits() -> Option<(u64, u64)> {
 }
 
 /// Raises RLIMIT_NOFILE of this process with `prlimit` (children inherit it): the limit it got, and what to print.
-/// `need`: descriptors scenario d needs in this process.
+/// `need`: descriptors the run needs in this process (scenario d's tunnels, the soak's held connections).
 pub fn raise_open_file_limit(need: u64) -> (u64, String) {
     let pid = std::process::id().to_string();
     let before = open_file_limits();
@@ -115,9 +115,9 @@ pub fn raise_open_file_limit(need: u64) -> (u64, String) {
         (now, format!("{now} (raised with prlimit)"))
     } else {
         let verdict = if now >= need {
-            "enough for scenario d".to_string()
+            format!("enough for this run, which needs about {need}")
         } else {
-            format!("TOO LOW for scenario d, which needs about {need}")
+            format!("TOO LOW for this run, which needs about {need}")
         };
         (
             now,

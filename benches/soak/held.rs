@@ -28,7 +28,7 @@ const OPEN_WITHIN: Duration = Duration::from_secs(180);
 /// Read buffer of a held connection (a response head and 100 bytes).
 const HELD_READ_BUFFER: usize = 2048;
 /// Descriptors the harness needs besides the held connections (origin side, workers, /proc).
-const SPARE_DESCRIPTORS: u64 = 4096;
+pub const SPARE_DESCRIPTORS: u64 = 4096;
 
 /// Runs it: `count` connections held for `length` once open; `open_files` is this process's descriptor limit.
 pub async fn run(harness: &mut Harness, length: Duration, count: usize, open_files: u64) -> Result<Verdict, String> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::host::{first_line, tollgate_binary};
+use crate::host::{first_line, raise_open_file_limit, tollgate_binary};
 use crate::options::{Options, Target};
 use crate::processes::{kill_pids, process_tree, CHILD_PIDS};
 use crate::proxies::Harness;
@@ -144,31 +144,6 @@ pub fn parse_args() -> Result<Plan, String> {
     Ok(plan)
 }
 
-/// Descriptors the harness asks for: 10,000 held connections are 10,000 here and as many in tollgate (which
-/// inherits the limit), plus the origin's side of its pooled connections and of the tunnels.
-const WANTED_OPEN_FILES: u64 = 65_536;
-
-/// Raises RLIMIT_NOFILE (soft and, as root, hard) before any thread starts; children inherit it. Says how it went.
-fn raise_open_file_limit() -> (u64, String) {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let before = getrlimit(Resource::Nofile);
-    let wanted = Rlimit { current: Some(WANTED_OPEN_FILES), maximum: Some(WANTED_OPEN_FILES) };
-    let outcome = match setrlimit(Resource::Nofile, wanted) {
-        Ok(()) => "raised soft and hard limits".to_string(),
-        // Without the privilege to raise the hard limit, take the soft one up to it.
-        Err(error) => {
-            let hard = before.maximum;
-            let soft = Rlimit { current: hard.map(|hard| hard.min(WANTED_OPEN_FILES)), maximum: hard };
-            match setrlimit(Resource::Nofile, soft) {
-                Ok(()) => format!("hard limit kept ({error}); soft raised to it"),
-                Err(second) => format!("could not raise it: {error}; {second}"),
-            }
-        }
-    };
-    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
-    (now, format!("{now} ({outcome}; was {})", before.current.map_or("unlimited".into(), |soft| soft.to_string())))
-}
-
 /// Runs the plan; the exit code is 1 when a run failed.
 pub fn run(plan: Plan) -> ExitCode {
     let binary = tollgate_binary();
@@ -179,7 +154,8 @@ pub fn run(plan: Plan) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let (open_files, open_files_message) = raise_open_file_limit();
+    let need_open_files = plan.held_connections() as u64 + crate::held::SPARE_DESCRIPTORS;
+    let (open_files, open_files_message) = raise_open_file_limit(need_open_files);
     let temp_dir = match tempfile::Builder::new().prefix("tollgate-soak-").tempdir() {
         Ok(temp_dir) => temp_dir,
         Err(error) => {
