@@ -12,6 +12,10 @@ use serde::Serialize;
 pub const PER_USER: usize = 20;
 /// Users kept; when a new one arrives beyond this, the user whose latest refusal is the oldest is forgotten.
 pub const USERS: usize = 4096;
+/// The longest method, target, path or message kept, in bytes (cut at a character boundary, `…` appended): a
+/// refusal costs at most a few hundred bytes whatever the client sent, so all users' rings stay within a few MB
+/// per thousand users.
+pub const MAX_TEXT: usize = 256;
 
 /// One refused request, as the developer page shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -50,7 +54,11 @@ struct Ring {
 
 impl Denials {
     /// Notes a refusal of `user` at `at`.
-    pub fn note(&self, user: &Arc<str>, at: SystemTime, denial: Denial) {
+    pub fn note(&self, user: &Arc<str>, at: SystemTime, mut denial: Denial) {
+        clip(&mut denial.method);
+        for text in [&mut denial.target, &mut denial.path, &mut denial.message].into_iter().flatten() {
+            clip(text);
+        }
         let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         if !users.contains_key(user) && users.len() >= USERS {
             let oldest = users.iter().min_by_key(|(_, ring)| ring.latest).map(|(name, _)| name.clone());
@@ -70,6 +78,18 @@ impl Denials {
     pub fn of(&self, user: &str) -> Vec<Denial> {
         let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
         users.get(user).map(|ring| ring.entries.iter().rev().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// Cuts `text` to `MAX_TEXT` bytes at a character boundary, marking the cut with `…`.
+fn clip(text: &mut String) {
+    if text.len() > MAX_TEXT {
+        let mut end = MAX_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
     }
 }
 
@@ -105,6 +125,27 @@ mod tests {
         assert_eq!(kept[0].id, (PER_USER + 4).to_string());
         assert_eq!(kept[PER_USER - 1].id, "5");
         assert!(denials.of("bob").is_empty());
+    }
+
+    #[test]
+    fn long_texts_are_kept_cut_at_a_character_boundary() {
+        let denials = Denials::default();
+        let alice: Arc<str> = "alice".into();
+        let long = format!("/{}", "é".repeat(4096));
+        denials.note(
+            &alice,
+            SystemTime::UNIX_EPOCH,
+            Denial { target: Some(long.clone()), path: Some(long.clone()), message: Some(long), ..denial(1) },
+        );
+        let kept = &denials.of("alice")[0];
+        for text in [&kept.target, &kept.path, &kept.message] {
+            let text = text.as_deref().unwrap();
+            assert!(text.len() <= MAX_TEXT + '…'.len_utf8() && text.ends_with('…'), "{text}");
+            assert!(text.starts_with("/éé"), "{text}");
+        }
+        let short = Denial { path: Some("/v1/messages".into()), ..denial(2) };
+        denials.note(&alice, SystemTime::UNIX_EPOCH, short);
+        assert_eq!(denials.of("alice")[0].path.as_deref(), Some("/v1/messages"), "short texts are kept whole");
     }
 
     #[test]
