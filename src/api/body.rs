@@ -4,14 +4,16 @@
 //! reservation replaced by it, metrics, the concurrency slots given back, and the audit record.
 //!
 //! The end of a body is held back until the settlement is done, so a client that saw its response end finds
-//! its spend counted, and (under `audit.on_failure: block`) its audit record written.
+//! its spend counted, and (under `audit.on_failure: block`) its audit record written. A small whole message is
+//! read and settled before its head is answered instead (`MeteredBody::settled`): the same steps, one write.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::actions::ResponseCalls;
@@ -58,6 +60,11 @@ enum Inner {
     /// A refusal whose record was not written before shutdown stopped waiting: it fails instead of completing.
     Cut(bool),
     Upstream(Box<Relay>),
+    /// A body read whole and settled before its head was answered: its bytes, then how it ended (`None`: whole).
+    Settled {
+        data: Option<Bytes>,
+        ended: Option<BodyError>,
+    },
 }
 
 struct Relay {
@@ -127,6 +134,41 @@ impl MeteredBody {
         };
         Self { inner: Inner::Upstream(Box::new(relay)), _busy: None }
     }
+
+    /// The same body read to its end and settled now, before its head is answered (`idle`: the longest wait for
+    /// the upstream's next bytes). Metering, tool calls, the record and every way of ending are the relay's own;
+    /// only the order changes: the client gets the head once the body is in, so head and body leave in one write
+    /// and the record (under `audit.on_failure: block`) is written before either. For small sized bodies only.
+    pub async fn settled(self, idle: Duration) -> Self {
+        let Self { inner, _busy: busy } = self;
+        let mut relay = match inner {
+            Inner::Upstream(relay) => relay,
+            inner => return Self { inner, _busy: busy },
+        };
+        let mut data = BytesMut::new();
+        let ended = loop {
+            let frame = match tokio::time::timeout(idle, relay.frame()).await {
+                Ok(frame) => frame,
+                Err(_) => {
+                    // A stalled upstream ends the body as a cut one would; the relay then settles.
+                    let stalled: BodyError = format!("no bytes from the upstream for {}s", idle.as_secs()).into();
+                    relay.begin_settling(End::UpstreamCut(stalled.to_string()), Some(Err(stalled)));
+                    continue;
+                }
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Some(bytes) = frame.data_ref() {
+                        data.extend_from_slice(bytes);
+                    }
+                }
+                Some(Err(error)) => break Some(error),
+                None => break None,
+            }
+        };
+        let data = (!data.is_empty()).then(|| data.freeze());
+        Self { inner: Inner::Settled { data, ended }, _busy: busy }
+    }
 }
 
 impl Body for MeteredBody {
@@ -138,6 +180,10 @@ impl Body for MeteredBody {
             Inner::Refusal(body) => Poll::Ready(body.take().map(|bytes| Ok(Frame::data(bytes)))),
             Inner::Cut(failed) => Poll::Ready((!std::mem::replace(failed, true)).then(|| Err(cut_before_record()))),
             Inner::Upstream(relay) => relay.poll_frame(cx),
+            Inner::Settled { data, ended } => Poll::Ready(match data.take() {
+                Some(bytes) => Some(Ok(Frame::data(bytes))),
+                None => ended.take().map(Err),
+            }),
         }
     }
 
@@ -148,6 +194,7 @@ impl Body for MeteredBody {
             Inner::Upstream(relay) => {
                 relay.settlement.is_none() && relay.settling.is_none() && relay.incoming.is_end_stream()
             }
+            Inner::Settled { data, ended } => data.is_none() && ended.is_none(),
         }
     }
 
@@ -159,11 +206,18 @@ impl Body for MeteredBody {
             // Held calls may be replaced by an error event: the length is not known ahead.
             Inner::Upstream(relay) if relay.actions.as_ref().is_some_and(ResponseCalls::holds) => SizeHint::default(),
             Inner::Upstream(relay) => relay.incoming.size_hint(),
+            Inner::Settled { data, ended: None } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Inner::Settled { .. } => SizeHint::default(),
         }
     }
 }
 
 impl Relay {
+    /// The next frame toward the client, as a future.
+    async fn frame(&mut self) -> Option<Result<Frame<Bytes>, BodyError>> {
+        std::future::poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         loop {
             if let Some(settling) = &mut self.settling {

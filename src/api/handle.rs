@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use super::actions::{self, Context, ResponseCalls};
 use super::body::{MeteredBody, Settlement};
@@ -28,6 +28,10 @@ use crate::request::{headers, model};
 use crate::shared::Shared;
 use crate::target::Target;
 use crate::upstream::models;
+
+/// The largest sized, non-streamed response body read whole and settled before its head is answered: a
+/// Messages API answer of a few thousand tokens. Larger ones are relayed as they come.
+const SETTLED_BYTES: u64 = 64 * 1024;
 
 /// One request: refused in the door's shape, or forwarded with its response metered as it streams. `busy` keeps
 /// the connection from idling out until the response body has been sent.
@@ -211,17 +215,29 @@ async fn forward(
         admitted: held.admitted.take(),
         reservation: held.reservation.take(),
     };
+    // A whole message is settled before its head is answered (see `MeteredBody::settled`): one write to the
+    // client instead of the head, then the body once its record is written. A stream is relayed as it comes.
     let response = match body {
         Reply::Relayed(incoming) => {
-            Response::from_parts(parts, MeteredBody::upstream(incoming, meter, calls, settlement))
+            let length = incoming.size_hint().exact().filter(|length| !streamed && *length <= SETTLED_BYTES);
+            // Held in the body buffers while read; when they are taken, relayed as it comes instead.
+            let buffered =
+                length.and_then(|length| shared.body_buffers.clone().try_acquire_many_owned(length as u32).ok());
+            let body = MeteredBody::upstream(incoming, meter, calls, settlement);
+            match buffered {
+                Some(_buffered) => Response::from_parts(parts, body.settled(wait).await),
+                None => Response::from_parts(parts, body),
+            }
         }
-        Reply::Whole(Ok(()), body) => Response::from_parts(parts, MeteredBody::whole(body, meter, settlement)),
+        Reply::Whole(Ok(()), body) => {
+            Response::from_parts(parts, MeteredBody::whole(body, meter, settlement).settled(wait).await)
+        }
         Reply::Whole(Err(denied), _) => {
             let exchange = &mut settlement.exchange;
             exchange.status = denied.status(exchange.shape);
             exchange.fail(&denied);
             let (parts, body) = denied.http_response(exchange.shape, &exchange.id).into_parts();
-            Response::from_parts(parts, MeteredBody::whole(body, meter, settlement))
+            Response::from_parts(parts, MeteredBody::whole(body, meter, settlement).settled(wait).await)
         }
     };
     Ok(response)

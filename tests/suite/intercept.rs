@@ -386,6 +386,74 @@ async fn a_json_message_is_billed_exactly() {
     assert_billed(&setup.gateway, record, MODEL, "-", messages::JSON_USAGE).await;
 }
 
+/// A whole (sized, non-streamed) message is read and settled before its head is answered: head and body reach the
+/// client in one TLS record, written after the request's audit record, not as a head followed by the body once
+/// the record is written. The client is a rustls connection over a blocking socket, reading one record at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_message_leaves_in_one_tls_record_after_its_audit_record() {
+    use std::io::{Read, Write};
+    let setup = Intercepting::start(Parts::default()).await;
+    let tunnel = connect(setup.gateway.proxy, API_HOST, None).await.into_std().expect("a std socket");
+    let config = trusting(&setup.ca_pem(), &[b"http/1.1"]);
+    let request = messages_post(&messages::request_body(MODEL, false), &["Connection: close"]);
+    let audit_path = setup.gateway.audit_path();
+    let (records, plain, audited) = tokio::task::spawn_blocking(move || {
+        let mut socket = tunnel;
+        socket.set_nonblocking(false).expect("blocking");
+        let name = rustls::pki_types::ServerName::try_from(API_HOST).expect("a name");
+        let mut tls = rustls::ClientConnection::new(config, name).expect("a client");
+        while tls.is_handshaking() {
+            tls.complete_io(&mut socket).expect("the handshake");
+        }
+        tls.writer().write_all(&request).expect("the request");
+        while tls.wants_write() {
+            tls.write_tls(&mut socket).expect("sent");
+        }
+        // One TLS record at a time: its 5-byte header, then its body; count those that carry response bytes.
+        let (mut records, mut plain, mut audited) = (0, Vec::new(), None);
+        loop {
+            let mut record = vec![0u8; 5];
+            socket.read_exact(&mut record).expect("a record header");
+            let length = u16::from_be_bytes([record[3], record[4]]) as usize;
+            record.resize(5 + length, 0);
+            socket.read_exact(&mut record[5..]).expect("a record body");
+            tls.read_tls(&mut record.as_slice()).expect("fed");
+            tls.process_new_packets().expect("a valid record");
+            let before = plain.len();
+            match tls.reader().read_to_end(&mut plain) {
+                Ok(_) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(error) => panic!("reading the response: {error}"),
+            }
+            if plain.len() > before {
+                records += 1;
+                // The record is in the audit file by the time the first response byte arrives.
+                audited.get_or_insert_with(|| std::fs::read_to_string(&audit_path).unwrap_or_default());
+            }
+            let text = String::from_utf8_lossy(&plain);
+            let whole = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                let length = head.lines().find_map(|line| {
+                    line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>())
+                });
+                matches!(length, Some(Ok(length)) if body.len() >= length)
+            });
+            if whole {
+                break (records, plain, audited.unwrap_or_default());
+            }
+        }
+    })
+    .await
+    .expect("the client");
+    let text = String::from_utf8_lossy(&plain);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(records, 1, "head and body in one TLS record: {text}");
+    let line = audited.lines().find(|line| line.contains("\"kind\":\"intercepted\"") && line.contains("/v1/messages"));
+    let record: Value =
+        serde_json::from_str(line.expect("the audit record was written before the response")).expect("JSON");
+    assert_eq!((record["status"].as_u64(), record["model"].as_str()), (Some(200), Some(MODEL)), "{record:#}");
+    assert_billed(&setup.gateway, &record, MODEL, "-", messages::JSON_USAGE).await;
+}
+
 /// One-hour cache writes and web searches are priced apart: the stub's message writes 1,000 of its 1,531 cache
 /// tokens for an hour and made 3 web searches. With no `cache_write_1h` or `web_search` in the `stub-*` row, the
 /// hour costs 2 × input and a search $10 per 1,000; the audit record carries both counts.
