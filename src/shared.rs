@@ -133,7 +133,8 @@ pub struct IdentifiedConnection {
     id: u64,
     /// The user it is filed under, if any.
     user: Mutex<Option<Arc<str>>>,
-    /// Cancelled when that user is deprovisioned: the connection closes once no request is in flight.
+    /// Cancelled when that user is deprovisioned, and when shutdown stops accepting (a child of
+    /// `stop_accepting`): the connection closes once no request is in flight. One token to wait on, not two.
     pub closing: CancellationToken,
 }
 
@@ -144,7 +145,7 @@ impl IdentifiedConnection {
             shared: shared.clone(),
             id: shared.request_counter.fetch_add(1, Ordering::Relaxed),
             user: Mutex::new(None),
-            closing: CancellationToken::new(),
+            closing: shared.shutdown.stop_accepting.child_token(),
         });
         if let Some(user) = certificate_user {
             connection.identify(&user);

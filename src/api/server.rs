@@ -39,9 +39,8 @@ where
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .max_concurrent_streams(H2_MAX_STREAMS);
-    let shutdown = session.shared.shutdown.stop_accepting.clone();
-    // A connection closes, as at shutdown, once the user its certificate or its latest request names is
-    // deprovisioned (`handle` files it under each request's user).
+    // A connection closes at shutdown, and once the user its certificate or its latest request names is
+    // deprovisioned (`handle` files it under each request's user): one token says both.
     let closing = session.connection.closing.clone();
     let activity = idle::Activity::new();
     let service_session = session.clone();
@@ -53,10 +52,6 @@ where
     tokio::pin!(connection);
     let ended = tokio::select! {
         ended = connection.as_mut() => ended,
-        () = shutdown.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
         () = closing.cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await

@@ -40,7 +40,7 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
     let mut buf = BytesMut::with_capacity(4096);
     let mut first = true;
     // A connection closes between requests once the user its certificate or its latest request names is
-    // deprovisioned.
+    // deprovisioned, or shutdown begins.
     let identified = IdentifiedConnection::new(&shared, peer.certificate.as_ref().map(|p| p.name.clone()));
     let closing = identified.closing.clone();
     loop {
@@ -50,7 +50,7 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
             let wait = tokio::time::timeout(keepalive_timeout, client.read_buf(&mut buf));
             tokio::select! {
                 read = wait => if !matches!(read, Ok(Ok(1..))) { return },
-                () = shared.shutdown.stop_accepting.cancelled() => return,
+                // Deprovisioned, or shutdown began.
                 () = closing.cancelled() => return,
             }
         }

@@ -39,28 +39,19 @@ pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
 /// The most of an HTTP answer read (HEC answers are a few dozen bytes).
 const ANSWER_BYTES: usize = 64 * 1024;
 
-/// The nice value of a delivery thread where `SCHED_IDLE` is refused: the lowest priority.
+/// Starts the delivery thread of `sink`; the receiver turns true when it has ended.
+/// The nice value of a delivery thread: the lowest priority. On a busy core the request path runs first and the
+/// spool takes up the lag; delivery catches up as soon as the core has time (`docs/audit.md`, "What it costs").
 const DELIVERY_NICE: i32 = 19;
 
-/// Puts the calling thread in `SCHED_IDLE` (on Linux the policy is per thread): it runs only on a core with
-/// nothing else to run, and a request waking on its core takes the core at once — a nice value alone lets a
-/// delivery thread finish its slice first. Where the policy is refused, nice 19; either failure is logged.
+/// Lowers the calling thread's priority to `DELIVERY_NICE` (on Linux a nice value is per thread, and
+/// `setpriority(PRIO_PROCESS, 0)` sets the caller's); logged if refused.
 fn yield_to_requests() {
-    use thread_priority::{
-        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
-        ThreadSchedulePolicy,
-    };
-    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    let Err(error) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle) else {
-        return;
-    };
-    tracing::warn!(?error, "a SIEM delivery thread cannot run as SCHED_IDLE; lowering its priority instead");
     if let Err(error) = rustix::process::setpriority_process(None, DELIVERY_NICE) {
         tracing::warn!(%error, "a SIEM delivery thread keeps the default priority");
     }
 }
 
-/// Starts the delivery thread of `sink`; the receiver turns true when it has ended.
 pub(super) fn spawn(
     sink: SiemSink,
     spool: Arc<Spool>,
