@@ -1,5 +1,7 @@
-//! What a crash leaves behind for metered requests in flight: after kill -9 and a restart the embedded ledger's
-//! spend is what the audit records billed (the reservations of the requests the crash cut are not kept).
+//! What a crash and a shutdown leave behind for metered requests in flight: after kill -9 and a restart the
+//! embedded ledger's spend is what the audit records billed (the reservations of the requests the crash cut are
+//! not kept), and a stream cut when shutdown's grace period ends is audited as cut by the shutdown, not by the
+//! client.
 
 use crate::common;
 
@@ -11,7 +13,8 @@ use tokio::net::TcpStream;
 
 use common::binary::{Stderr, Tollgate};
 use common::gateway::{cost_micro_usd, messages_call, send, users_yaml, User, PRICING};
-use common::messages::{self, MessagesStub, JSON_USAGE, MODEL};
+use common::intercept::{messages_post, only_intercepted, Intercepting, Parts};
+use common::messages::{self, MessagesStub, JSON_USAGE, MODEL, STREAM_START_USAGE};
 use common::{exchange, Response};
 
 const ALICE: User = User { name: "alice", password: "alice-password", teams: &["backend"] };
@@ -111,4 +114,21 @@ async fn a_restart_after_kill_9_starts_from_the_spend_the_audit_records_billed()
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(org_daily_spend(&restarted).await, complete_cost + cost_micro_usd(JSON_USAGE));
     restarted.stop().await;
+}
+
+/// A stream still open when `server.shutdown_grace` ends is cut by the shutdown: its record says so (not "cut by
+/// the client") and it is billed for the usage seen (`message_start`'s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_when_the_grace_period_ends_is_audited_as_cut_by_the_shutdown() {
+    let mut setup = Intercepting::start(Parts { extra: "server: {shutdown_grace: 1s}\n", ..Parts::default() }).await;
+    let mut tls = setup.tunnel().await;
+    tls.write_all(&messages_post(&messages::request_body(messages::HOLD, true), &[])).await.expect("send");
+    let mut buf = Vec::new();
+    assert!(messages::read_until(&mut tls, &mut buf, b"message_start").await, "message_start arrives");
+
+    let records = setup.gateway.shutdown_and_audit().await;
+    let record = only_intercepted(&records);
+    let error = record["error"].as_str().unwrap_or_else(|| panic!("an error: {record:#}"));
+    assert_eq!(error, "stream cut at shutdown (server.shutdown_grace ended); billed for the usage seen", "{record:#}");
+    assert_eq!(messages::usage_of(&record["usage"]), STREAM_START_USAGE, "{record:#}");
 }
