@@ -1,7 +1,7 @@
 //! What a crash and a shutdown leave behind for metered requests in flight: after kill -9 and a restart the
 //! embedded ledger's spend is what the audit records billed (the reservations of the requests the crash cut are
-//! not kept), and a stream cut when shutdown's grace period ends is audited as cut by the shutdown, not by the
-//! client.
+//! not kept), a stream cut when shutdown's grace period ends is audited as cut by the shutdown, not by the
+//! client, and the upstream connections tollgate keeps open between requests are counted.
 
 use crate::common;
 
@@ -15,7 +15,7 @@ use common::binary::{Stderr, Tollgate};
 use common::gateway::{cost_micro_usd, messages_call, send, users_yaml, User, PRICING};
 use common::intercept::{messages_post, only_intercepted, Intercepting, Parts};
 use common::messages::{self, MessagesStub, JSON_USAGE, MODEL, STREAM_START_USAGE};
-use common::{exchange, Response};
+use common::{exchange, Origin, Response};
 
 const ALICE: User = User { name: "alice", password: "alice-password", teams: &["backend"] };
 const ADMIN_TOKEN: &str = "admin-token-for-the-endurance-tests";
@@ -131,4 +131,34 @@ async fn a_stream_cut_when_the_grace_period_ends_is_audited_as_cut_by_the_shutdo
     let error = record["error"].as_str().unwrap_or_else(|| panic!("an error: {record:#}"));
     assert_eq!(error, "stream cut at shutdown (server.shutdown_grace ended); billed for the usage seen", "{record:#}");
     assert_eq!(messages::usage_of(&record["usage"]), STREAM_START_USAGE, "{record:#}");
+}
+
+/// `tollgate_upstream_pooled_connections` counts the upstream connections tollgate keeps open between requests,
+/// which are what its open descriptors hold beyond the listeners once no client is connected: the forward proxy's
+/// idle connection to the origin (reused by the next GET, so still one), and the model client's connection to the
+/// Messages API upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_upstream_connections_are_counted() {
+    let forward = "tollgate_upstream_pooled_connections{pool=\"forward\"}";
+    let model = "tollgate_upstream_pooled_connections{pool=\"model\"}";
+    let parts = Parts { allow: &["127.0.0.1"], allow_private: &["127.0.0.0/8"], ..Parts::default() };
+    let setup = Intercepting::start(parts).await;
+    let origin = Origin::start().await;
+    assert_eq!((setup.metric(forward).await, setup.metric(model).await), (0.0, 0.0));
+
+    // Kept alive toward the client, so the request does not say `Connection: close` upstream either.
+    let get = |path: &str| format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", origin.url(path), origin.address);
+    let (mut client, first) = common::exchange_keep(setup.gateway.proxy, get("/first").as_bytes()).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    client.write_all(get("/second").as_bytes()).await.expect("send the second GET");
+    let second = common::read_response(&mut client).await;
+    assert_eq!(second.status, 200, "{second:?}");
+    drop(client);
+    assert_eq!(origin.connection_count(), 1, "the second GET reused the pooled connection");
+    assert_eq!(setup.metric(forward).await, 1.0);
+
+    let response = setup.send(&messages_post(&messages::request_body(MODEL, false), &["Connection: close"])).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(setup.stub.connection_count(), 1);
+    assert_eq!((setup.metric(forward).await, setup.metric(model).await), (1.0, 1.0));
 }
