@@ -103,6 +103,8 @@ async fn respond(
                 oidc_refresh_ok: oidc.ok,
                 oidc_refresh_error: oidc.error,
                 audit: shared.auditor.sample(),
+                upstream_pooled_forward: shared.pool.len() as u64,
+                upstream_pooled_model: shared.models.open_connections() as u64,
             };
             (StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render_with(sampled))
         }

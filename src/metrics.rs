@@ -18,6 +18,7 @@ pub struct Metrics {
     request_duration: HistogramVec,
     connections_active: IntGaugeVec,
     pub tunnels_active: IntGauge,
+    upstream_pooled: IntGaugeVec,
     bytes: IntCounterVec,
     auth_failures: IntCounterVec,
     upstream_errors: IntCounterVec,
@@ -108,6 +109,9 @@ pub struct Sampled {
     pub oidc_refresh_error: u64,
     /// The audit sink, when there is one.
     pub audit: Option<AuditSample>,
+    /// Upstream connections the pools hold: the forward proxy's idle ones, the model client's open ones.
+    pub upstream_pooled_forward: u64,
+    pub upstream_pooled_model: u64,
 }
 
 /// The audit sink as it is when the metrics are rendered.
@@ -367,12 +371,23 @@ impl Metrics {
         );
         let tunnels_active = IntGauge::new("tollgate_tunnels_active", "Open CONNECT tunnels.").expect("valid metric");
         registry.register(Box::new(tunnels_active.clone())).expect("unique metric");
+        let upstream_pooled = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_upstream_pooled_connections",
+                "Upstream connections held by a pool: idle ones kept for reuse (pool=forward), open ones of the \
+                 model client, idle or carrying requests (pool=model).",
+            ),
+            &["pool"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(upstream_pooled.clone())).expect("unique metric");
         Self {
             registry,
             requests,
             request_duration,
             connections_active,
             tunnels_active,
+            upstream_pooled,
             bytes,
             auth_failures,
             upstream_errors,
@@ -594,6 +609,10 @@ impl Metrics {
         if let Some(audit) = sampled.audit {
             self.audit_queued.with_label_values(&[audit.sink]).set(i64::try_from(audit.queued).unwrap_or(i64::MAX));
             self.audit_healthy.with_label_values(&[audit.sink]).set(i64::from(audit.healthy));
+        }
+        let pooled = [("forward", sampled.upstream_pooled_forward), ("model", sampled.upstream_pooled_model)];
+        for (pool, count) in pooled {
+            self.upstream_pooled.with_label_values(&[pool]).set(i64::try_from(count).unwrap_or(i64::MAX));
         }
         self.render()
     }

@@ -218,7 +218,7 @@ pub async fn run(harness: &mut Harness, length: Duration) -> Result<Verdict, Str
     load.finish().await;
     let samples = watch.finish().await;
     // Stalled upstream connections end when tollgate's idle timeout fires: give it that and some.
-    let after = settle_to(gateway.pid(), gateway.admin, &baseline, 8, Duration::from_secs(20)).await;
+    let after = settle_to(gateway.pid(), gateway.admin, &baseline, 0, Duration::from_secs(20)).await;
 
     let mut verdict = Verdict::new("faults");
     for ((name, (ok, failed)), line) in tallies.iter().zip(&lines) {
@@ -228,9 +228,7 @@ pub async fn run(harness: &mut Harness, length: Duration) -> Result<Verdict, Str
     let peak = samples.iter().map(|sample| sample.rss_kib).max().unwrap_or(0);
     let peak_descriptors = samples.iter().map(|sample| sample.descriptors).max().unwrap_or(0);
     verdict.check(
-        after.connections.is_some_and(|open| open <= baseline.connections.unwrap_or(0.0))
-            && after.tunnels.is_some_and(|open| open <= baseline.tunnels.unwrap_or(0.0))
-            && after.descriptors <= baseline.descriptors + 8,
+        after.back_to(&baseline, 0),
         format!(
             "after the load, connections, tunnels and descriptors back to the baseline: {} (baseline {}; peak {} \
              descriptors)",

@@ -90,7 +90,7 @@ pub async fn run(harness: &mut Harness, length: Duration, count: usize, open_fil
         let _ = timeout(TOUCH_EVERY + IO_TIMEOUT, handle).await;
     }
     let samples = watch.finish().await;
-    let after = settle_to(gateway.pid(), gateway.admin, &baseline, 8, Duration::from_secs(30)).await;
+    let after = settle_to(gateway.pid(), gateway.admin, &baseline, 0, Duration::from_secs(30)).await;
 
     let mut verdict = Verdict::new("connections");
     let (touches, touch_failures) = held.counts();
@@ -131,8 +131,7 @@ pub async fn run(harness: &mut Harness, length: Duration, count: usize, open_fil
     ));
     verdict.note(format!("forward GETs back to back meanwhile: {hot_ok} ok"));
     verdict.check(
-        after.connections.is_some_and(|open| open <= gauge(baseline.connections))
-            && after.descriptors <= baseline.descriptors + 8,
+        after.back_to(&baseline, 0),
         format!("after closing them, back to the baseline: {} (baseline {})", after.describe(), baseline.describe()),
     );
     verdict.note(format!(

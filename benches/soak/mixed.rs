@@ -52,7 +52,7 @@ pub async fn run(harness: &mut Harness, length: Duration) -> Result<Verdict, Str
     let lines = load.describe();
     load.finish().await;
     let samples = watch.finish().await;
-    let after = settle_to(gateway.pid(), gateway.admin, &baseline, 8, Duration::from_secs(15)).await;
+    let after = settle_to(gateway.pid(), gateway.admin, &baseline, 0, Duration::from_secs(15)).await;
 
     let mut verdict = Verdict::new("mixed");
     for line in &lines {
@@ -65,9 +65,7 @@ pub async fn run(harness: &mut Harness, length: Duration) -> Result<Verdict, Str
     let warm_up = if quick { 4.0 } else { 120.0 };
     judge_flat(&mut verdict, &samples, warm_up, 16.0, 64.0);
     verdict.check(
-        after.connections.is_some_and(|open| open <= baseline.connections.unwrap_or(0.0))
-            && after.tunnels.is_some_and(|open| open <= baseline.tunnels.unwrap_or(0.0))
-            && after.descriptors <= baseline.descriptors + 8,
+        after.back_to(&baseline, 0),
         format!("after the load, back to the baseline: {} (baseline {})", after.describe(), baseline.describe()),
     );
     verdict.note(format!("{} samples, every {every:?}", samples.len()));

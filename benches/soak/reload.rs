@@ -84,7 +84,7 @@ pub async fn run(harness: &mut Harness, length: Duration) -> Result<Verdict, Str
     let lines = load.describe();
     load.finish().await;
     let samples = watch.finish().await;
-    let after = settle_to(gateway.pid(), gateway.admin, &baseline, 8, Duration::from_secs(15)).await;
+    let after = settle_to(gateway.pid(), gateway.admin, &baseline, 0, Duration::from_secs(15)).await;
     let after_metrics = metrics(gateway.admin).await?;
     let counted =
         |text: &str, result: &str| metric_with(text, "tollgate_config_reloads_total", &format!("result=\"{result}\""));
@@ -109,9 +109,7 @@ pub async fn run(harness: &mut Harness, length: Duration) -> Result<Verdict, Str
     let warm_up = if quick { 4.0 } else { 60.0 };
     judge_flat(&mut verdict, &samples, warm_up, 8.0, 32.0);
     verdict.check(
-        after.connections.is_some_and(|open| open <= baseline.connections.unwrap_or(0.0))
-            && after.tunnels.is_some_and(|open| open <= baseline.tunnels.unwrap_or(0.0))
-            && after.descriptors <= baseline.descriptors + 8,
+        after.back_to(&baseline, 0),
         format!("after the load, back to the baseline: {} (baseline {})", after.describe(), baseline.describe()),
     );
     Ok(verdict)

@@ -135,11 +135,20 @@ async fn sigterm_part(gateway: &mut Gateway, route: &Route, verdict: &mut Verdic
         streams.iter().filter(|record| output_tokens(record) == SSE_DELTAS as u64 && cost(record) > 0.0).count();
     let cut_records: Vec<&&Value> = streams.iter().filter(|record| output_tokens(record) < SSE_DELTAS as u64).collect();
     let cut_billed = cut_records.iter().filter(|record| cost(record) > 0.0).count();
+    // The grace period's end cut them: the records must say so, not blame the client.
+    let cut_by_shutdown = cut_records
+        .iter()
+        .filter(|record| record["error"].as_str().is_some_and(|error| error.starts_with("stream cut at shutdown")))
+        .count();
     verdict.check(
-        completed_records >= STREAMS_EACH && cut_billed >= STREAMS_EACH && unreadable == 0,
+        completed_records >= STREAMS_EACH
+            && cut_billed >= STREAMS_EACH
+            && cut_by_shutdown == cut_records.len()
+            && unreadable == 0,
         format!(
             "SIGTERM: audit records of the streamed requests: {completed_records} complete (output_tokens \
-             {SSE_DELTAS}, billed), {} cut, {cut_billed} of them billed for what was seen (cut records: {})",
+             {SSE_DELTAS}, billed), {} cut, {cut_billed} of them billed for what was seen, {cut_by_shutdown} \
+             audited as cut at shutdown (cut records: {})",
             cut_records.len(),
             cut_records
                 .iter()

@@ -1,5 +1,6 @@
 //! Samples of tollgate's footprint while a run goes on: its RSS (`/proc/PID/status`), its open descriptors (the
-//! entries of `/proc/PID/fd`) and, from `/metrics`, its open client connections and tunnels; and their trend.
+//! entries of `/proc/PID/fd`) and, from `/metrics`, its open client connections and tunnels and the upstream
+//! connections its pools keep between requests; and their trend.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ pub struct Sample {
     pub connections: Option<f64>,
     /// `tollgate_tunnels_active`.
     pub tunnels: Option<f64>,
+    /// `tollgate_upstream_pooled_connections` summed over pools: one descriptor each.
+    pub pooled: Option<f64>,
 }
 
 impl Sample {
@@ -35,13 +38,29 @@ impl Sample {
     pub fn describe(&self) -> String {
         let gauge = |value: Option<f64>| value.map_or("?".into(), |value| format!("{value:.0}"));
         format!(
-            "t={:.0}s RSS {:.1} MiB, {} descriptors, {} connections, {} tunnels",
+            "t={:.0}s RSS {:.1} MiB, {} descriptors ({} of them pooled upstream connections), {} connections, {} \
+             tunnels",
             self.at,
             self.rss_kib as f64 / 1024.0,
             self.descriptors,
+            gauge(self.pooled),
             gauge(self.connections),
             gauge(self.tunnels)
         )
+    }
+
+    /// Descriptors besides the pooled upstream connections (all of them when /metrics did not answer).
+    pub fn unpooled_descriptors(&self) -> u64 {
+        self.descriptors.saturating_sub(self.pooled.unwrap_or(0.0) as u64)
+    }
+
+    /// Whether this reading, taken once the load stopped, is back at `baseline`: no more client connections or
+    /// tunnels open, and every descriptor beyond the baseline's (and `slack`) a pooled upstream connection,
+    /// which `upstream.idle_timeout` closes later.
+    pub fn back_to(&self, baseline: &Sample, slack: u64) -> bool {
+        self.unpooled_descriptors() <= baseline.unpooled_descriptors() + slack
+            && self.connections.unwrap_or(f64::MAX) <= baseline.connections.unwrap_or(0.0)
+            && self.tunnels.unwrap_or(f64::MAX) <= baseline.tunnels.unwrap_or(0.0)
     }
 }
 
@@ -60,6 +79,7 @@ pub async fn sample(pid: u32, admin: SocketAddr, at: f64) -> Sample {
         descriptors: descriptors(pid),
         connections: gauge("tollgate_connections_active"),
         tunnels: gauge("tollgate_tunnels_active"),
+        pooled: gauge("tollgate_upstream_pooled_connections"),
     }
 }
 
@@ -202,16 +222,13 @@ pub fn judge_flat(verdict: &mut Verdict, samples: &[Sample], warm_up: f64, rss_s
     );
 }
 
-/// After a run's load stopped: waits (up to `limit`) for the open connections and tunnels to drop to those at
-/// `baseline` and the descriptors to within `slack` of it; the reading it ended with.
+/// After a run's load stopped: waits (up to `limit`) for the reading to be `back_to(baseline, slack)`; the reading
+/// it ended with.
 pub async fn settle_to(pid: u32, admin: SocketAddr, baseline: &Sample, slack: u64, limit: Duration) -> Sample {
     let started = Instant::now();
     loop {
         let reading = sample(pid, admin, baseline.at + started.elapsed().as_secs_f64()).await;
-        let back = reading.descriptors <= baseline.descriptors + slack
-            && reading.connections.unwrap_or(f64::MAX) <= baseline.connections.unwrap_or(0.0)
-            && reading.tunnels.unwrap_or(f64::MAX) <= baseline.tunnels.unwrap_or(0.0);
-        if back || started.elapsed() >= limit {
+        if reading.back_to(baseline, slack) || started.elapsed() >= limit {
             return reading;
         }
         sleep(Duration::from_millis(500)).await;

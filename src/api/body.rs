@@ -46,6 +46,8 @@ enum End {
     Complete,
     UpstreamCut(String),
     ClientCut,
+    /// Dropped once shutdown's grace period had ended: tollgate cut it (its tunnel or connection), not the client.
+    ShutdownCut,
 }
 
 /// A tollgate-made answer (one frame), or an upstream body being relayed and metered.
@@ -331,15 +333,18 @@ impl Relay {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        // The client went away before the end: settle what was seen, off this (synchronous) drop. A client that
-        // stops reading after the error of a denied call (Claude Code does) leaves tokens the model generated
-        // after it: the upstream is read on to its end, within its idle timeout, so that they are metered.
+        // The client went away before the end (or shutdown cut it): settle what was seen, off this (synchronous)
+        // drop. A client that stops reading after the error of a denied call (Claude Code does) leaves tokens the
+        // model generated after it: the upstream is read on to its end, within its idle timeout, so that they are
+        // metered.
         let Some(settlement) = self.settlement.take() else { return };
         let mut meter = self.meter.take();
         let mut relayed = self.relayed;
         let denied = self.actions.as_ref().is_some_and(ResponseCalls::ended);
         let mut source = std::mem::replace(&mut self.incoming, Source::Whole(None));
         let idle = settlement.config.upstream.idle_timeout;
+        // Past the grace period shutdown cuts what is still open: the drop is its doing.
+        let end = if settlement.shared.shutdown.cut_tunnels.is_cancelled() { End::ShutdownCut } else { End::ClientCut };
         let settle = async move {
             if denied {
                 while let Ok(Some(Ok(frame))) = tokio::time::timeout(idle, source.frame()).await {
@@ -349,7 +354,7 @@ impl Drop for Relay {
                     }
                 }
             }
-            settlement.settle(meter, End::ClientCut, relayed).await
+            settlement.settle(meter, end, relayed).await
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -450,6 +455,7 @@ impl Settlement {
                 Some(format!("stream cut by the upstream ({reason}){billed}"))
             }
             End::ClientCut => Some(format!("stream cut by the client{billed}")),
+            End::ShutdownCut => Some(format!("stream cut at shutdown (server.shutdown_grace ended){billed}")),
         };
         if let Some(cut) = cut {
             // After what already ended the response (a denied agent action), if anything did.

@@ -168,6 +168,23 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         delta_micro_usd: i64,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Vec<i64>, StateError>>;
+    /// `add_spend` of `spent_micro_usd + held_micro_usd`, atomically, where the held part only reserves: a budget
+    /// reservation's worst case taken (positive) or given back (negative), or replaced at settle by its cost
+    /// (`spent` the cost, `held` minus the estimate). Both count in the values; a backend that persists spend
+    /// persists only the spent part, so a crash forgets the reservations of the requests it cut. The default adds
+    /// both alike (and only reads when they sum to 0).
+    fn add_spend_held<'a>(
+        &'a self,
+        keys: &'a [SpendKey],
+        spent_micro_usd: i64,
+        held_micro_usd: i64,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StateError>> {
+        match spent_micro_usd.saturating_add(held_micro_usd) {
+            0 => self.spend(keys, now_ms),
+            delta => self.add_spend(keys, delta, now_ms),
+        }
+    }
     /// The current values (0 for missing or expired keys).
     fn spend<'a>(&'a self, keys: &'a [SpendKey], now_ms: u64) -> BoxFuture<'a, Result<Vec<i64>, StateError>>;
     /// `embedded` or `redis`, for logs.

@@ -2,8 +2,10 @@
 //! Checked before a metered request (its worst case is reserved) and settled with the metered cost after,
 //! in the state backend's spend counters (micro-dollars per key and period, UTC days and months).
 //!
-//! A reservation is one atomic `add_spend` of the request's worst case (its input estimate plus `max_tokens` at
-//! the output price) over every key that applies; a budget refuses when that would take it past its limit, and the
+//! A reservation is one atomic `add_spend_held` of the request's worst case (its input estimate plus `max_tokens`
+//! at the output price) over every key that applies, held apart from spend: it counts against the budget like
+//! spend, but the embedded ledger persists only settled spend, so a crash forgets the reservations of the
+//! requests it cut (their cost is not counted: see docs/metering.md); a budget refuses when that would take it past its limit, and the
 //! reservation is then taken back from every key. So a budget is never overrun by a request's output, and
 //! concurrent requests can never together be admitted past it: each sees the others' reservations. (The input
 //! estimate, bytes / 4, can fall short of the real input tokens, so the settled spend may pass a limit by that
@@ -208,7 +210,7 @@ impl Budgets {
         let estimate = estimate_micro_usd.max(0);
         let keys = self.keys(principal, &budgets, now);
         let now_ms = millis(now);
-        let values = backend.add_spend(&keys, estimate, now_ms).await?;
+        let values = backend.add_spend_held(&keys, 0, estimate, now_ms).await?;
         // A budget refuses when this request's worst case, on top of what others hold and have spent, would take it
         // past its limit (a spent budget refuses even a request that costs nothing).
         let spent = budgets.iter().zip(&keys).zip(&values).find(|((budget, _), value)| {
@@ -216,7 +218,7 @@ impl Budgets {
         });
         if let Some(((budget, key), value)) = spent {
             if estimate != 0 {
-                if let Err(error) = backend.add_spend(&keys, -estimate, now_ms).await {
+                if let Err(error) = backend.add_spend_held(&keys, 0, -estimate, now_ms).await {
                     // Still a refusal: the budget is spent whatever happens to the estimate, which stays
                     // charged until its periods end.
                     tracing::warn!(%error, "a refused budget reservation could not be taken back");
@@ -268,8 +270,9 @@ impl Reservation {
     }
 
     /// Replaces the estimate with the metered cost (a negative cost counts as 0): adds `cost - estimate` to the
-    /// same counters, in one atomic `add_spend`; a period that has ended by `now` takes nothing (a request that
-    /// ran past midnight is charged to neither day beyond its estimate). Returns each team's used ratio of its
+    /// same counters, in one atomic `add_spend_held` (the estimate given back as held, the cost as spent); a period
+    /// that has ended by `now` takes nothing (a request that ran past midnight is charged to neither day beyond its
+    /// estimate). Returns each team's used ratio of its
     /// tightest budget, the largest of spent / limit over its daily and monthly budgets (for
     /// `tollgate_budget_used_ratio{team}`); a zero budget counts as fully used.
     ///
@@ -281,14 +284,10 @@ impl Reservation {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let delta = cost_micro_usd.max(0).saturating_sub(self.estimate_micro_usd);
-        let now_ms = millis(now);
-        let values = if delta == 0 {
-            // Nothing to change: read, and write no ledger line.
-            backend.spend(&keys, now_ms).await?
-        } else {
-            backend.add_spend(&keys, delta, now_ms).await?
-        };
+        // The estimate held is replaced by the cost spent, in one atomic change (a backend whose change is 0
+        // only reads).
+        let (spent, held) = (cost_micro_usd.max(0), -self.estimate_micro_usd);
+        let values = backend.add_spend_held(&keys, spent, held, millis(now)).await?;
         let mut ratios: Vec<(Arc<str>, f64)> = Vec::new();
         for (budget, value) in self.budgets.iter().zip(values) {
             let (BudgetScope::TeamDaily | BudgetScope::TeamMonthly, Some(team)) = (budget.scope, &budget.team) else {
@@ -314,7 +313,7 @@ impl Drop for Reservation {
         let estimate = self.estimate_micro_usd;
         let now_ms = millis(self.reserved_at + self.reserved.elapsed());
         let give_back = async move {
-            if let Err(error) = backend.add_spend(&keys, -estimate, now_ms).await {
+            if let Err(error) = backend.add_spend_held(&keys, 0, -estimate, now_ms).await {
                 tracing::warn!(%error, "an unsettled budget reservation could not be given back");
             }
         };
@@ -687,6 +686,25 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(spent(&backend, &budgets, &who, now).await, vec![0]);
+    }
+
+    #[tokio::test]
+    async fn a_restart_after_a_crash_keeps_settled_spend_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let budgets = budgets(&[("core", team(Some(10 * USD), None, None))], Some(50 * USD), None);
+        let who = principal("ana", &["core"]);
+        let now = SystemTime::now();
+        {
+            let backend: Arc<dyn Backend> = Arc::new(Memory::open(dir.path()).expect("opens"));
+            let settled = reserve(&budgets, &backend, &who, 3 * USD, now).await.expect("under budget");
+            let in_flight = reserve(&budgets, &backend, &who, 4 * USD, now).await.expect("under budget");
+            settled.settle(USD, now).await.expect("settles");
+            assert_eq!(spent(&backend, &budgets, &who, now).await, vec![5 * USD; 2], "the reservation is held");
+            // The process dies with the request in flight: neither settled nor dropped.
+            std::mem::forget(in_flight);
+        }
+        let backend: Arc<dyn Backend> = Arc::new(Memory::open(dir.path()).expect("reopens"));
+        assert_eq!(spent(&backend, &budgets, &who, now).await, vec![USD; 2], "settled spend only");
     }
 
     #[tokio::test]

@@ -2,7 +2,11 @@
 //! concurrency state is memory only (a restart starts every bucket full and every count at zero); spend is
 //! also written to an append-only ledger under `state.path`, so a restart keeps today's spend.
 //!
-//! The ledger is `spend.jsonl`: one JSON object per `add_spend`,
+//! Budget reservations in flight (`add_spend_held`) count in the counters but are held apart and never written:
+//! the ledger holds settled spend only, so a restart after a crash (kill -9) starts from the spend that was
+//! billed, not from the worst cases of the requests the crash cut.
+//!
+//! The ledger is `spend.jsonl`: one JSON object per change of settled spend,
 //! `{"delta":D,"keys":[{"key":K,"period_end_ms":E}]}` (only the keys whose period had not ended). `open`
 //! replays it — skipping a torn last line (a crash mid-write) and dropping keys whose period has ended — and
 //! rewrites it compacted, one line per live counter, to a temp file (`spend.jsonl.PID.N.tmp`) that is fsync'd
@@ -62,7 +66,10 @@ struct Spend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Counter {
     period_end_ms: u64,
+    /// Settled spend: what the ledger holds.
     value: i64,
+    /// Reservations in flight, memory only; the key reads `value + held`.
+    held: i64,
 }
 
 /// One line of the ledger, as written.
@@ -201,7 +208,20 @@ impl Backend for Memory {
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Vec<i64>, StateError>> {
         // The ledger write happens under the lock, on this thread: one small write to the page cache.
-        let values = self.spend.lock().unwrap_or_else(|p| p.into_inner()).add(keys, delta_micro_usd, now_ms);
+        let values = self.spend.lock().unwrap_or_else(|p| p.into_inner()).add(keys, delta_micro_usd, 0, now_ms);
+        Box::pin(std::future::ready(values))
+    }
+
+    /// The spent part is written to the ledger and counted; the held part is only counted, in memory.
+    fn add_spend_held<'a>(
+        &'a self,
+        keys: &'a [SpendKey],
+        spent_micro_usd: i64,
+        held_micro_usd: i64,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StateError>> {
+        let mut spend = self.spend.lock().unwrap_or_else(|p| p.into_inner());
+        let values = spend.add(keys, spent_micro_usd, held_micro_usd, now_ms);
         Box::pin(std::future::ready(values))
     }
 
@@ -220,17 +240,18 @@ impl Backend for Memory {
 }
 
 impl Spend {
-    /// Writes the change to the ledger, then makes it: a change that could not be written is not made.
-    fn add(&mut self, keys: &[SpendKey], delta: i64, now_ms: u64) -> Result<Vec<i64>, StateError> {
-        let live: Vec<&SpendKey> = keys.iter().filter(|key| !key.has_ended(now_ms)).collect();
-        if let Some(ledger) = self.ledger.as_mut() {
+    /// Writes the spent change to the ledger, then makes both: a change that could not be written is not made.
+    /// `held` (reservations in flight) counts like spend but is never written.
+    fn add(&mut self, keys: &[SpendKey], spent: i64, held: i64, now_ms: u64) -> Result<Vec<i64>, StateError> {
+        if let Some(ledger) = self.ledger.as_mut().filter(|_| spent != 0) {
+            let live: Vec<&SpendKey> = keys.iter().filter(|key| !key.has_ended(now_ms)).collect();
             if !live.is_empty() {
-                ledger.append(&live, delta).map_err(|error| ledger.error(error))?;
+                ledger.append(&live, spent).map_err(|error| ledger.error(error))?;
             }
         }
         let values = keys
             .iter()
-            .map(|key| if key.has_ended(now_ms) { 0 } else { apply(&mut self.counters, key, delta) })
+            .map(|key| if key.has_ended(now_ms) { 0 } else { apply(&mut self.counters, key, spent, held) })
             .collect();
         self.tidy(now_ms);
         Ok(values)
@@ -239,7 +260,9 @@ impl Spend {
     fn values(&self, keys: &[SpendKey], now_ms: u64) -> Vec<i64> {
         keys.iter()
             .map(|key| match self.counters.get(&key.key) {
-                Some(counter) if !key.has_ended(now_ms) && counter.period_end_ms == key.period_end_ms => counter.value,
+                Some(counter) if !key.has_ended(now_ms) && counter.period_end_ms == key.period_end_ms => {
+                    counter.value.saturating_add(counter.held)
+                }
                 _ => 0,
             })
             .collect()
@@ -267,9 +290,10 @@ impl Spend {
     }
 }
 
-/// Adds `delta` to `key`'s counter (a counter of another period starts again) and returns the new value.
-fn apply(counters: &mut HashMap<String, Counter>, key: &SpendKey, delta: i64) -> i64 {
-    let fresh = Counter { period_end_ms: key.period_end_ms, value: 0 };
+/// Adds `spent` and `held` to `key`'s counter (a counter of another period starts again) and returns the new value
+/// (both together).
+fn apply(counters: &mut HashMap<String, Counter>, key: &SpendKey, spent: i64, held: i64) -> i64 {
+    let fresh = Counter { period_end_ms: key.period_end_ms, value: 0, held: 0 };
     let counter = match counters.get_mut(&key.key) {
         Some(counter) => counter,
         None => counters.entry(key.key.clone()).or_insert(fresh),
@@ -277,8 +301,9 @@ fn apply(counters: &mut HashMap<String, Counter>, key: &SpendKey, delta: i64) ->
     if counter.period_end_ms != key.period_end_ms {
         *counter = fresh;
     }
-    counter.value = counter.value.saturating_add(delta);
-    counter.value
+    counter.value = counter.value.saturating_add(spent);
+    counter.held = counter.held.saturating_add(held);
+    counter.value.saturating_add(counter.held)
 }
 
 /// The counters a ledger adds up to (ended ones included; the caller drops them).
@@ -301,7 +326,7 @@ fn replay(bytes: &[u8], path: &Path) -> Result<HashMap<String, Counter>, StateEr
             StateError(format!("the spend ledger {} is damaged at line {}: {error}", path.display(), index + 1))
         })?;
         for key in &entry.keys {
-            apply(&mut counters, key, entry.delta);
+            apply(&mut counters, key, entry.delta, 0);
         }
     }
     Ok(counters)
@@ -377,7 +402,7 @@ mod tests {
     }
 
     fn add(memory: &Memory, keys: &[SpendKey], delta: i64, now_ms: u64) -> Vec<i64> {
-        memory.spend.lock().unwrap().add(keys, delta, now_ms).expect("ledger writes")
+        memory.spend.lock().unwrap().add(keys, delta, 0, now_ms).expect("ledger writes")
     }
 
     fn ledger_len(dir: &Path) -> u64 {
@@ -407,6 +432,37 @@ mod tests {
         assert_eq!(reopened.spend.lock().unwrap().values(&[live, ended], NOW + 20), vec![34, 0]);
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from(LEDGER_FILE)], "no temp file is left behind");
+    }
+
+    #[test]
+    fn reservations_in_flight_count_but_a_restart_forgets_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let memory = Memory::open_at(dir.path(), NOW).expect("opens");
+        let keys = [key("spend:org:day", NOW + DAY), key("spend:user:ana:day", NOW + DAY)];
+        let hold = |spent, held| memory.spend.lock().unwrap().add(&keys, spent, held, NOW).expect("ledger writes");
+        // Two reservations of 300 and 500; the first settles at 120, the second is in flight at the crash.
+        assert_eq!(hold(0, 300), vec![300, 300]);
+        assert_eq!(hold(0, 500), vec![800, 800], "held reservations count against the budget");
+        assert_eq!(hold(120, -300), vec![620, 620]);
+        // A third is refused and taken back; a fourth settles at exactly its estimate.
+        assert_eq!(hold(0, 50), vec![670, 670]);
+        assert_eq!(hold(0, -50), vec![620, 620]);
+        assert_eq!(hold(0, 40), vec![660, 660]);
+        assert_eq!(hold(40, -40), vec![660, 660]);
+        let text = fs::read_to_string(dir.path().join(LEDGER_FILE)).unwrap();
+        assert_eq!(text.lines().count(), 2, "only settled spend is written: {text}");
+        // A crash (no settle, no drop of the reservation): the restart starts from the spend that was settled.
+        drop(memory);
+        let reopened = Memory::open_at(dir.path(), NOW).expect("reopens");
+        assert_eq!(reopened.spend.lock().unwrap().values(&keys, NOW), vec![160, 160]);
+        // Compaction keeps settled spend only.
+        let memory = reopened;
+        memory.spend.lock().unwrap().add(&keys, 0, 700, NOW).expect("ledger writes");
+        let compacted = Ledger::compacted(dir.path(), &memory.spend.lock().unwrap().counters).expect("compacts");
+        memory.spend.lock().unwrap().ledger = Some(compacted);
+        drop(memory);
+        let reopened = Memory::open_at(dir.path(), NOW).expect("reopens");
+        assert_eq!(reopened.spend.lock().unwrap().values(&keys, NOW), vec![160, 160]);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -46,6 +47,8 @@ pub struct ModelClient {
     client: Client<Connector, RequestBody>,
     addresses: Arc<Addresses>,
     own_addresses: Arc<[SocketAddr]>,
+    /// Connections open now (idle in hyper's pool or carrying requests).
+    open: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for ModelClient {
@@ -58,6 +61,7 @@ impl std::fmt::Debug for ModelClient {
 pub fn model_client(config: Arc<ArcSwap<Config>>, own_addresses: Arc<[SocketAddr]>) -> ModelClient {
     let idle = config.load().upstream.idle_timeout;
     let addresses = Arc::new(Addresses::default());
+    let open = Arc::new(AtomicUsize::new(0));
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(idle)
         // Model hosts are few; their idle connections are bounded all the same.
@@ -65,14 +69,24 @@ pub fn model_client(config: Arc<ArcSwap<Config>>, own_addresses: Arc<[SocketAddr
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .http1_preserve_header_case(true)
-        .build(Connector { config, own_addresses: own_addresses.clone(), addresses: addresses.clone() });
-    ModelClient { client, addresses, own_addresses }
+        .build(Connector {
+            config,
+            own_addresses: own_addresses.clone(),
+            addresses: addresses.clone(),
+            open: open.clone(),
+        });
+    ModelClient { client, addresses, own_addresses, open }
 }
 
 impl ModelClient {
     /// Sends a request on a pooled connection (or a new one).
     pub fn request(&self, request: http::Request<RequestBody>) -> ResponseFuture {
         self.client.request(request)
+    }
+
+    /// Connections open now, idle in the pool or carrying requests (`tollgate_upstream_pooled_connections`).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Every address a request to `target` may be sent to: the current resolution and the addresses pooled
@@ -177,6 +191,7 @@ pub struct Connector {
     config: Arc<ArcSwap<Config>>,
     own_addresses: Arc<[SocketAddr]>,
     addresses: Arc<Addresses>,
+    open: Arc<AtomicUsize>,
 }
 
 impl tower_service::Service<Uri> for Connector {
@@ -232,7 +247,7 @@ impl Connector {
             stream
         };
         let h2 = matches!(&stream, Stream::TlsClient(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2"));
-        Ok(UpstreamIo { io: TokioIo::new(stream), h2 })
+        Ok(UpstreamIo { io: TokioIo::new(stream), h2, _open: Opened::count(&self.open) })
     }
 }
 
@@ -240,6 +255,23 @@ impl Connector {
 pub struct UpstreamIo {
     io: TokioIo<Stream>,
     h2: bool,
+    _open: Opened,
+}
+
+/// Counts one open connection until dropped.
+struct Opened(Arc<AtomicUsize>);
+
+impl Opened {
+    fn count(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        Opened(open.clone())
+    }
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Connection for UpstreamIo {

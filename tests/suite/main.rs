@@ -24,6 +24,7 @@ mod deploy;
 mod destinations;
 mod devpage;
 mod doctor;
+mod endurance;
 mod explain;
 mod fleet;
 mod gateway;
