@@ -146,7 +146,7 @@ impl Writer {
         let (mut serial, mut lines) = (1, 0);
         if regular {
             serial = naming.last_serial()? + 1;
-            lines = count_lines(path, 0)?;
+            lines = count_lines(path, 0, u64::MAX)?;
             // An empty active file after a rotation: the chain continues from the last rotated file.
             if chain && last.is_none() && lines == 0 {
                 last = last_hash_of_series(&naming)?;

@@ -172,7 +172,7 @@ impl Delivery {
             first_seen = None;
             // Dropped while read (the thread runs at the lowest priority and may wait long between the two): they
             // were counted as dropped, so they are not sent; the next read starts at the new oldest.
-            if !spool.holds(chunk.start) {
+            if !spool.sending(&chunk) {
                 continue;
             }
             let events = event::parse(&lines, self.pseudonymize.as_ref());
@@ -180,10 +180,9 @@ impl Delivery {
                 SiemKind::Syslog => self.deliver_syslog(&events).await,
                 SiemKind::SplunkHec | SiemKind::Https => self.deliver_http(&events).await,
             };
-            if resolved > 0 {
-                if let Err(error) = self.spool.acknowledge(chunk.start + resolved as u64) {
-                    tracing::error!(sink = %self.sink.name, %error, "the SIEM spool's delivered position cannot be saved");
-                }
+            // Acknowledged; what a drop took meanwhile and the SIEM did not is counted as dropped.
+            if let Err(error) = self.spool.sent(resolved as u64, &lines) {
+                tracing::error!(sink = %self.sink.name, %error, "the SIEM spool's delivered position cannot be saved");
             }
             if resolved < (chunk.end - chunk.start) as usize {
                 failing = true;

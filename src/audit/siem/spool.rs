@@ -54,6 +54,17 @@ struct State {
     active: File,
     /// Every byte before it was accepted by the SIEM (or dropped).
     delivered: u64,
+    /// The records being sent, if any: a drop that takes them leaves their count to the delivery's outcome.
+    sending: Option<Sending>,
+}
+
+/// The chunk being sent, and how far into it `drop_oldest` dropped meanwhile.
+#[derive(Debug, Clone, Copy)]
+struct Sending {
+    start: u64,
+    end: u64,
+    /// Bytes of the chunk before this position are no longer in the spool (`start`: none dropped).
+    dropped_to: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +133,7 @@ impl Spool {
             max: config.max,
             on_full: config.on_full,
             segment_bytes: (config.max / 16).clamp(4096, 64 << 20),
-            state: Mutex::new(State { segments, active, delivered }),
+            state: Mutex::new(State { segments, active, delivered, sending: None }),
             room: Condvar::new(),
             arrived: Notify::new(),
             lines: AtomicU64::new(0),
@@ -212,11 +223,33 @@ impl Spool {
         file.sync_data()
     }
 
-    /// Whether the records from `start` on are still to deliver: false once `on_full: drop_oldest` dropped them
-    /// (possibly while they were being read, from a segment file already open).
-    pub fn holds(&self, start: u64) -> bool {
-        let state = self.lock();
-        start >= state.delivered.max(state.segments[0].start)
+    /// The delivery is about to send `chunk`: false when `on_full: drop_oldest` dropped its records since they
+    /// were read (they were counted as dropped, so they are not sent). Until `sent`, a drop that takes them does
+    /// not count them: whether they were delivered or lost is known once the SIEM has answered.
+    pub fn sending(&self, chunk: &Chunk) -> bool {
+        let mut state = self.lock();
+        if chunk.start < state.delivered.max(state.segments[0].start) {
+            return false;
+        }
+        state.sending = Some(Sending { start: chunk.start, end: chunk.end, dropped_to: chunk.start });
+        true
+    }
+
+    /// The SIEM has the first `accepted` bytes of the chunk being sent (`lines`, as read): they are acknowledged;
+    /// the records after them that a drop took while they were sent are counted as dropped now, and not retried.
+    pub fn sent(&self, accepted: u64, lines: &[u8]) -> std::io::Result<()> {
+        let sending = self.lock().sending.take();
+        if let Some(sending) = sending {
+            let lost = lines.get(accepted as usize..(sending.dropped_to - sending.start) as usize).unwrap_or_default();
+            let records = memchr::memchr_iter(b'\n', lost).count() as u64;
+            if records > 0 {
+                self.note_dropped(records, lost.len() as u64);
+            }
+        }
+        match accepted {
+            0 => Ok(()),
+            accepted => self.acknowledge(sending.map_or(0, |s| s.start) + accepted),
+        }
     }
 
     /// Waits (the audit writer) until delivery makes room, or `timeout`.
@@ -314,7 +347,8 @@ impl Spool {
         Ok(())
     }
 
-    /// Drops the oldest segment (rolling first when it is the only one), counting its undelivered records.
+    /// Drops the oldest segment (rolling first when it is the only one), counting its undelivered records; those
+    /// being sent are counted by `sent` if the SIEM does not take them.
     fn drop_oldest(&self, state: &mut State) -> std::io::Result<()> {
         if state.segments.len() == 1 {
             self.roll(state)?;
@@ -322,20 +356,39 @@ impl Spool {
         let oldest = state.segments.pop_front().expect("two segments at least");
         let path = segment_path(&self.dir, oldest.start);
         let from = state.delivered.max(oldest.start);
-        let records = if from < oldest.end() { count_lines(&path, from - oldest.start)? } else { 0 };
+        // Undelivered bytes of the segment outside the chunk being sent.
+        let mut counted = vec![(from, oldest.end())];
+        if let Some(sending) = &mut state.sending {
+            let taken_to = sending.end.min(oldest.end());
+            if sending.start < taken_to {
+                sending.dropped_to = sending.dropped_to.max(taken_to);
+                counted = vec![(from, sending.start.max(from)), (taken_to.max(from), oldest.end())];
+            }
+        }
+        let mut records = 0;
+        let mut bytes = 0;
+        for (start, end) in counted.into_iter().filter(|(start, end)| start < end) {
+            records += count_lines(&path, start - oldest.start, end - start)?;
+            bytes += end - start;
+        }
         remove_if_present(&path)?;
         state.delivered = state.delivered.max(state.segments[0].start);
         if records > 0 {
-            self.metrics.dropped.inc_by(records);
-            tracing::warn!(
-                sink = %self.name,
-                spool = %self.dir.display(),
-                records,
-                bytes = oldest.end() - from,
-                "SIEM spool full (on_full: drop_oldest): the oldest undelivered records were dropped"
-            );
+            self.note_dropped(records, bytes);
         }
         Ok(())
+    }
+
+    /// Counts and logs undelivered records dropped (`on_full: drop_oldest`).
+    fn note_dropped(&self, records: u64, bytes: u64) {
+        self.metrics.dropped.inc_by(records);
+        tracing::warn!(
+            sink = %self.name,
+            spool = %self.dir.display(),
+            records,
+            bytes,
+            "SIEM spool full (on_full: drop_oldest): the oldest undelivered records were dropped"
+        );
     }
 }
 
@@ -402,10 +455,11 @@ fn cut_torn_end(path: &Path, sink: &str) -> std::io::Result<u64> {
     Ok(keep)
 }
 
-/// Newlines in the file at `path` from `offset` on (also the audit file's lines, counted on open).
-pub(crate) fn count_lines(path: &Path, offset: u64) -> std::io::Result<u64> {
+/// Newlines in the file at `path` in the `length` bytes from `offset` (also the audit file's lines, counted on open).
+pub(crate) fn count_lines(path: &Path, offset: u64, length: u64) -> std::io::Result<u64> {
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(offset))?;
+    let mut file = file.take(length);
     let mut buffer = vec![0u8; 64 * 1024];
     let mut lines = 0;
     loop {
@@ -555,6 +609,33 @@ mod tests {
         assert_eq!(out, lines(dropped as usize, 10), "the oldest records went, the rest follow in order");
         assert!(chunk.more);
         assert!(dropping.undelivered() <= 64 * 1024);
+    }
+
+    /// Records dropped while they are being sent count as dropped only if the SIEM did not take them: delivered
+    /// and dropped never both, whichever of the writer and the delivery comes first.
+    #[test]
+    fn records_dropped_while_sent_count_as_dropped_only_when_the_siem_did_not_take_them() {
+        for taken in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (spool, metrics) = spool(dir.path(), 64 * 1024, SpoolFull::DropOldest);
+            spool.append(&lines(0, 100)).unwrap();
+            let mut out = Vec::new();
+            let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
+            assert!(spool.sending(&chunk));
+            let mut appended = 100;
+            while metrics.dropped.get() == 0 && spool.lock().segments[0].start == 0 {
+                spool.append(&lines(appended, 100)).unwrap();
+                appended += 100;
+            }
+            // The first segment went: all of it counted but the 10 records in flight.
+            let first_segment = metrics.dropped.get();
+            assert!(first_segment > 0);
+            spool.sent(if taken { out.len() as u64 } else { 0 }, &out).unwrap();
+            let lost_in_flight = if taken { 0 } else { 10 };
+            assert_eq!(metrics.dropped.get(), first_segment + lost_in_flight, "taken: {taken}");
+            let next = spool.read(&BATCH, &mut out).unwrap().unwrap();
+            assert!(next.start > chunk.end, "the records in flight are not read again (taken: {taken})");
+        }
     }
 
     #[test]
