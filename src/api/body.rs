@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::actions::ResponseCalls;
 use super::idle::Busy;
@@ -62,10 +63,12 @@ enum Inner {
     /// A refusal whose record was not written before shutdown stopped waiting: it fails instead of completing.
     Cut(bool),
     Upstream(Box<Relay>),
-    /// A body read whole and settled before its head was answered: its bytes, then how it ended (`None`: whole).
+    /// A body read whole and settled before its head was answered: its bytes, then how it ended (`None`: whole),
+    /// and their share of the body buffers until sent.
     Settled {
         data: Option<Bytes>,
         ended: Option<BodyError>,
+        _buffered: Option<OwnedSemaphorePermit>,
     },
 }
 
@@ -141,7 +144,7 @@ impl MeteredBody {
     /// the upstream's next bytes). Metering, tool calls, the record and every way of ending are the relay's own;
     /// only the order changes: the client gets the head once the body is in, so head and body leave in one write
     /// and the record (under `audit.on_failure: block`) is written before either. For small sized bodies only.
-    pub async fn settled(self, idle: Duration) -> Self {
+    pub async fn settled(self, idle: Duration, buffered: Option<OwnedSemaphorePermit>) -> Self {
         let Self { inner, _busy: busy } = self;
         let mut relay = match inner {
             Inner::Upstream(relay) => relay,
@@ -169,7 +172,7 @@ impl MeteredBody {
             }
         };
         let data = (!data.is_empty()).then(|| data.freeze());
-        Self { inner: Inner::Settled { data, ended }, _busy: busy }
+        Self { inner: Inner::Settled { data, ended, _buffered: buffered }, _busy: busy }
     }
 }
 
@@ -182,7 +185,7 @@ impl Body for MeteredBody {
             Inner::Refusal(body) => Poll::Ready(body.take().map(|bytes| Ok(Frame::data(bytes)))),
             Inner::Cut(failed) => Poll::Ready((!std::mem::replace(failed, true)).then(|| Err(cut_before_record()))),
             Inner::Upstream(relay) => relay.poll_frame(cx),
-            Inner::Settled { data, ended } => Poll::Ready(match data.take() {
+            Inner::Settled { data, ended, .. } => Poll::Ready(match data.take() {
                 Some(bytes) => Some(Ok(Frame::data(bytes))),
                 None => ended.take().map(Err),
             }),
@@ -196,7 +199,7 @@ impl Body for MeteredBody {
             Inner::Upstream(relay) => {
                 relay.settlement.is_none() && relay.settling.is_none() && relay.incoming.is_end_stream()
             }
-            Inner::Settled { data, ended } => data.is_none() && ended.is_none(),
+            Inner::Settled { data, ended, .. } => data.is_none() && ended.is_none(),
         }
     }
 
@@ -208,7 +211,9 @@ impl Body for MeteredBody {
             // Held calls may be replaced by an error event: the length is not known ahead.
             Inner::Upstream(relay) if relay.actions.as_ref().is_some_and(ResponseCalls::holds) => SizeHint::default(),
             Inner::Upstream(relay) => relay.incoming.size_hint(),
-            Inner::Settled { data, ended: None } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Inner::Settled { data, ended: None, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             Inner::Settled { .. } => SizeHint::default(),
         }
     }

@@ -220,24 +220,24 @@ async fn forward(
     let response = match body {
         Reply::Relayed(incoming) => {
             let length = incoming.size_hint().exact().filter(|length| !streamed && *length <= SETTLED_BYTES);
-            // Held in the body buffers while read; when they are taken, relayed as it comes instead.
+            // Held in the body buffers until sent; when they are taken, relayed as it comes instead.
             let buffered =
                 length.and_then(|length| shared.body_buffers.clone().try_acquire_many_owned(length as u32).ok());
             let body = MeteredBody::upstream(incoming, meter, calls, settlement);
             match buffered {
-                Some(_buffered) => Response::from_parts(parts, body.settled(wait).await),
+                Some(buffered) => Response::from_parts(parts, body.settled(wait, Some(buffered)).await),
                 None => Response::from_parts(parts, body),
             }
         }
         Reply::Whole(Ok(()), body) => {
-            Response::from_parts(parts, MeteredBody::whole(body, meter, settlement).settled(wait).await)
+            Response::from_parts(parts, MeteredBody::whole(body, meter, settlement).settled(wait, None).await)
         }
         Reply::Whole(Err(denied), _) => {
             let exchange = &mut settlement.exchange;
             exchange.status = denied.status(exchange.shape);
             exchange.fail(&denied);
             let (parts, body) = denied.http_response(exchange.shape, &exchange.id).into_parts();
-            Response::from_parts(parts, MeteredBody::whole(body, meter, settlement).settled(wait).await)
+            Response::from_parts(parts, MeteredBody::whole(body, meter, settlement).settled(wait, None).await)
         }
     };
     Ok(response)
