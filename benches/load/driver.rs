@@ -434,10 +434,10 @@ async fn run_rate_scenarios(harness: &mut Harness, report: &mut Report, target: 
         let mut rates = Vec::new();
         let mut last_error = None;
         for number in 1..=rounds {
-            match bulk_download(&route).await {
-                Ok(rate) => {
-                    println!("- `{name}` c round {number}/{rounds}: {rate:.0} MiB/s");
-                    rates.push(rate);
+            match bulk_download(&route, proxy.as_ref().map(|p| p.pid())).await {
+                Ok(round) => {
+                    println!("- `{name}` c round {number}/{rounds}: {}", round.describe());
+                    rates.push(round.mib_per_second);
                 }
                 Err(error) => {
                     println!("- `{name}` c round {number}/{rounds}: failed: {error}");

@@ -107,19 +107,25 @@ pub fn tree_rss_kib(root: u32) -> Option<(u64, usize)> {
 /// On-CPU and runnable-but-waiting time of a process and its descendants, all threads, ns
 /// (`/proc/PID/task/TID/schedstat`; threads that ended are not counted).
 pub fn tree_cpu_ns(root: u32) -> (u64, u64) {
+    process_tree(root)
+        .into_iter()
+        .map(process_cpu_ns)
+        .fold((0, 0), |(running, waiting), (r, w)| (running + r, waiting + w))
+}
+
+/// On-CPU and runnable-but-waiting time of one process (all its threads, not its children), ns.
+pub fn process_cpu_ns(pid: u32) -> (u64, u64) {
     let (mut running, mut waiting) = (0, 0);
-    for pid in process_tree(root) {
-        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    for task in tasks.flatten() {
+        let Ok(schedstat) = fs::read_to_string(task.path().join("schedstat")) else {
             continue;
         };
-        for task in tasks.flatten() {
-            let Ok(schedstat) = fs::read_to_string(task.path().join("schedstat")) else {
-                continue;
-            };
-            let mut fields = schedstat.split_whitespace().map(|field| field.parse::<u64>().unwrap_or(0));
-            running += fields.next().unwrap_or(0);
-            waiting += fields.next().unwrap_or(0);
-        }
+        let mut fields = schedstat.split_whitespace().map(|field| field.parse::<u64>().unwrap_or(0));
+        running += fields.next().unwrap_or(0);
+        waiting += fields.next().unwrap_or(0);
     }
     (running, waiting)
 }

@@ -16,7 +16,7 @@ use crate::parameters::{
     KEEP_ALIVE_CONNECTIONS, KEEP_ALIVE_MAX_REQUESTS, MAX_ERRORS_PER_WORKER, MAX_SAMPLES_PER_WORKER, PACE_SLACK,
     SMALL_BODY_LENGTH, SMALL_READ_BUFFER, TUNNELS_OPEN_TIMEOUT, TUNNEL_OPENERS,
 };
-use crate::processes::{tree_cpu_ns, tree_rss_kib, Proxy};
+use crate::processes::{process_cpu_ns, tree_cpu_ns, tree_rss_kib, Proxy};
 use crate::route::Route;
 
 /// What one worker (or, merged, a round) counted.
@@ -369,21 +369,58 @@ pub async fn connect_get_close(route: &Route, duration: Duration) -> RateRound {
     .await
 }
 
-/// Scenario c: 1 GiB through one tunnel (direct: a straight download), MiB/s.
-pub async fn bulk_download(route: &Route) -> Result<f64, String> {
+/// One round of scenario c.
+pub struct BulkRound {
+    pub mib_per_second: f64,
+    /// CPU time per MiB carried (µs): the proxy's process tree (all threads, kernel included), when there is a
+    /// proxy, and this harness's (the client reading and the origin writing, on core 0).
+    pub proxy_cpu_us_per_mib: Option<f64>,
+    pub harness_cpu_us_per_mib: f64,
+    /// The share of the download the proxy was on a core (1.0: its core was saturated).
+    pub proxy_busy: Option<f64>,
+}
+
+impl BulkRound {
+    /// The round on one line of the progress section.
+    pub fn describe(&self) -> String {
+        let mut text =
+            format!("{:.0} MiB/s, harness CPU {:.0} µs per MiB", self.mib_per_second, self.harness_cpu_us_per_mib);
+        if let (Some(cpu), Some(busy)) = (self.proxy_cpu_us_per_mib, self.proxy_busy) {
+            let _ =
+                write!(text, ", proxy CPU {cpu:.0} µs per MiB, proxy on its core {:.0}% of the download", busy * 100.0);
+        }
+        text
+    }
+}
+
+/// Scenario c: 1 GiB through one tunnel (direct: a straight download), MiB/s, with the CPU time of the proxy `pid`
+/// (if any) and of this harness per MiB.
+pub async fn bulk_download(route: &Route, pid: Option<u32>) -> Result<BulkRound, String> {
     let outcome = timeout(BULK_TIMEOUT, async {
         let mut connection = route.tunnel(BULK_READ_BUFFER).await?;
+        let (proxy_before, harness_before) = (pid.map(tree_cpu_ns), process_cpu_ns(std::process::id()));
         let started = Instant::now();
         connection.send(&route.origin_form_get("/bulk")).await?;
         let response = connection.response(false).await?;
-        Ok::<_, io::Error>((response, started.elapsed()))
+        let elapsed = started.elapsed();
+        let (proxy_after, harness_after) = (pid.map(tree_cpu_ns), process_cpu_ns(std::process::id()));
+        let proxy_ns = proxy_before.zip(proxy_after).map(|((before, _), (after, _))| after.saturating_sub(before));
+        Ok::<_, io::Error>((response, elapsed, proxy_ns, harness_after.0.saturating_sub(harness_before.0)))
     })
     .await;
     match outcome {
-        Ok(Ok((response, elapsed))) if response.status == 200 && response.body_length == BULK_LENGTH => {
-            Ok(response.body_length as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64())
+        Ok(Ok((response, elapsed, proxy_ns, harness_ns)))
+            if response.status == 200 && response.body_length == BULK_LENGTH =>
+        {
+            let mib = response.body_length as f64 / (1024.0 * 1024.0);
+            Ok(BulkRound {
+                mib_per_second: mib / elapsed.as_secs_f64(),
+                proxy_cpu_us_per_mib: proxy_ns.map(|ns| ns as f64 / 1000.0 / mib),
+                harness_cpu_us_per_mib: harness_ns as f64 / 1000.0 / mib,
+                proxy_busy: proxy_ns.map(|ns| ns as f64 / elapsed.as_nanos() as f64),
+            })
         }
-        Ok(Ok((response, _))) => Err(format!("status {} body {} bytes", response.status, response.body_length)),
+        Ok(Ok((response, ..))) => Err(format!("status {} body {} bytes", response.status, response.body_length)),
         Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err(format!("not done within {BULK_TIMEOUT:?}")),
     }
