@@ -103,6 +103,7 @@ async fn respond(
                 oidc_refresh_ok: oidc.ok,
                 oidc_refresh_error: oidc.error,
                 audit: shared.auditor.sample(),
+                state_spend: shared.limiter.backend().spend_backlog(),
             };
             (StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render_with(sampled))
         }

@@ -216,7 +216,7 @@ impl Budgets {
         });
         if let Some(((budget, key), value)) = spent {
             if estimate != 0 {
-                if let Err(error) = backend.add_spend(&keys, -estimate, now_ms).await {
+                if let Err(error) = backend.settle_spend(&keys, -estimate, now_ms).await {
                     // Still a refusal: the budget is spent whatever happens to the estimate, which stays
                     // charged until its periods end.
                     tracing::warn!(%error, "a refused budget reservation could not be taken back");
@@ -287,7 +287,7 @@ impl Reservation {
             // Nothing to change: read, and write no ledger line.
             backend.spend(&keys, now_ms).await?
         } else {
-            backend.add_spend(&keys, delta, now_ms).await?
+            backend.settle_spend(&keys, delta, now_ms).await?
         };
         let mut ratios: Vec<(Arc<str>, f64)> = Vec::new();
         for (budget, value) in self.budgets.iter().zip(values) {
@@ -314,7 +314,7 @@ impl Drop for Reservation {
         let estimate = self.estimate_micro_usd;
         let now_ms = millis(self.reserved_at + self.reserved.elapsed());
         let give_back = async move {
-            if let Err(error) = backend.add_spend(&keys, -estimate, now_ms).await {
+            if let Err(error) = backend.settle_spend(&keys, -estimate, now_ms).await {
                 tracing::warn!(%error, "an unsettled budget reservation could not be given back");
             }
         };
