@@ -8,8 +8,8 @@
 //! exactly as `gcra::step` and the embedded backend would (the script is the same arithmetic in integer
 //! microseconds). Inside a batch every key is read and written once, however many requests touch it, and each
 //! plan's keys and limits are sent once: an admission is its plan's number and its time, a run of releases of one
-//! plan a count. While one batch is out the writer sends the next (`MAX_IN_FLIGHT`) on the same connection;
-//! Redis runs them in the order sent.
+//! plan a count. Up to `MAX_IN_FLIGHT` batches are out on the connection at once (one today); Redis runs them in
+//! the order sent.
 //!
 //! A settlement of spend (`settle_spend`) whose batch fails — Redis down, or no answer in time — is kept and sent
 //! again with later batches (and by the idle heartbeat) until Redis has it; the settlements first sent with one
@@ -67,9 +67,10 @@ const SPEND_TTL_MARGIN_MS: u64 = 24 * 60 * 60 * 1000;
 /// The most operations one batch carries.
 const MAX_BATCH: usize = 256;
 
-/// The most batches out on the connection at once: while one is out, the next is sent without waiting for it
-/// (Redis runs them in the order sent).
-const MAX_IN_FLIGHT: usize = 2;
+/// The most batches out on the connection at once (Redis runs them in the order sent). One: with Redis on the
+/// proxy's machine a second batch in flight made batches smaller (4.5 requests instead of 6.1) and cost more CPU
+/// per request than it saved in waiting (docs/BENCHMARKS.md, "Redis state"); across a network more may pay.
+const MAX_IN_FLIGHT: usize = 1;
 
 /// How long Redis keeps the marker of a batch's settles, so one sent again after a lost answer counts once.
 const MARKER_TTL: Duration = Duration::from_secs(600);
@@ -1174,6 +1175,38 @@ mod tests {
         assert!(verdict(&plan, 1, 1, 0).is_err());
         assert!(verdict(&plan, 2, 0, 5).is_err(), "no bucket 0");
         assert!(verdict(&plan, 7, 0, 0).is_err());
+    }
+
+    #[test]
+    fn a_batch_sends_each_plan_once_and_runs_of_one_plan_as_counts() {
+        let backend = Redis::connect("redis://127.0.0.1:1/").expect("valid URL");
+        let scope = super::super::Scope::User;
+        let rate = super::super::Rate { per_minute: 60, burst: 2 };
+        let ann = Plan::of(
+            vec![Bucket { key: "rate:user:ann".into(), scope, rate }],
+            vec![Slot { key: "conc:user:ann".into(), scope, max: 3 }],
+        );
+        let bob = Plan::of(Vec::new(), vec![Slot { key: "conc:user:bob".into(), scope, max: 1 }]);
+        let mut encoder =
+            Encoder { inner: &backend.inner, keys: Vec::new(), args: Vec::new(), plans: Vec::new(), open: None };
+        encoder.admit(&ann, 0);
+        encoder.admit(&ann, 5);
+        encoder.release(&bob);
+        encoder.release(&bob);
+        encoder.admit(&ann, 7);
+        let text: Vec<String> = encoder
+            .args
+            .iter()
+            .map(|arg| match arg {
+                Arg::Text(text) => (*text).to_owned(),
+                Arg::Number(number) => number.to_string(),
+                Arg::Signed(number) => number.to_string(),
+                Arg::Count(count) => count.to_string(),
+            })
+            .collect();
+        let expected = "p 1 1 3 1000000 2000000 a 1 2 0 5 p 1 0 1 r 2 2 a 1 1 7";
+        assert_eq!(text.join(" "), expected);
+        assert_eq!(encoder.keys, ["tollgate:slots:user:ann", "tollgate:rate:user:ann", "tollgate:slots:user:bob"]);
     }
 
     #[test]
