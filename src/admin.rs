@@ -105,6 +105,7 @@ async fn respond(
                 audit: shared.auditor.sample(),
                 upstream_pooled_forward: shared.pool.len() as u64,
                 upstream_pooled_model: shared.models.open_connections() as u64,
+                state_spend: shared.limiter.backend().spend_backlog(),
             };
             (StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render_with(sampled))
         }

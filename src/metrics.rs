@@ -48,6 +48,8 @@ pub struct Metrics {
     oidc_refreshes: IntCounterVec,
     enrollments: IntCounterVec,
     log_lines_dropped: IntCounter,
+    state_spend_pending: IntGauge,
+    state_spend_dropped: IntCounter,
     telemetry_dropped: IntCounterVec,
     clients: IntGaugeVec,
     managed_settings_current: GaugeVec,
@@ -100,6 +102,8 @@ impl Enrollment {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sampled {
     pub log_lines_dropped: u64,
+    /// Spend settlements the state backend waits to make again, and those it dropped.
+    pub state_spend: crate::limits::SpendBacklog,
     /// argon2id checks run.
     pub password_checks_run: u64,
     /// Checks refused because every verifier was busy and the queue full.
@@ -268,6 +272,18 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(log_lines_dropped.clone())).expect("unique metric");
+        let state_spend_pending = IntGauge::new(
+            "tollgate_state_spend_pending",
+            "Spend settlements the state backend could not make yet; sent again until it answers.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(state_spend_pending.clone())).expect("unique metric");
+        let state_spend_dropped = IntCounter::new(
+            "tollgate_state_spend_dropped_total",
+            "Spend settlements dropped because too many waited for the state backend.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(state_spend_dropped.clone())).expect("unique metric");
         let cost_usd = CounterVec::new(
             Opts::new("tollgate_cost_usd_total", "Metered cost in USD by team and model."),
             &["team", "model"],
@@ -416,6 +432,8 @@ impl Metrics {
             oidc_refreshes,
             enrollments,
             log_lines_dropped,
+            state_spend_pending,
+            state_spend_dropped,
             telemetry_dropped,
             clients,
             managed_settings_current,
@@ -602,6 +620,8 @@ impl Metrics {
     pub fn render_with(&self, sampled: Sampled) -> String {
         let advance = |counter: &IntCounter, total: u64| counter.inc_by(total.saturating_sub(counter.get()));
         advance(&self.log_lines_dropped, sampled.log_lines_dropped);
+        advance(&self.state_spend_dropped, sampled.state_spend.dropped);
+        self.state_spend_pending.set(i64::try_from(sampled.state_spend.pending).unwrap_or(i64::MAX));
         advance(&self.password_checks.with_label_values(&["run"]), sampled.password_checks_run);
         advance(&self.password_checks.with_label_values(&["refused"]), sampled.password_checks_refused);
         advance(&self.oidc_refreshes.with_label_values(&["ok"]), sampled.oidc_refresh_ok);

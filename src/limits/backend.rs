@@ -100,6 +100,14 @@ pub enum Verdict {
 #[error("state backend unavailable: {0}")]
 pub struct StateError(pub String);
 
+/// Spend changes a shared backend could not make yet (`tollgate_state_spend_pending`) and those it dropped
+/// because too many waited (`tollgate_state_spend_dropped_total`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpendBacklog {
+    pub pending: u64,
+    pub dropped: u64,
+}
+
 /// One spend counter: a key and the end of its period (ms since the epoch, UTC); past it the counter is gone.
 ///
 /// A key names one period (e.g. `spend:team:core:day:2026-11-28`): a backend may keep a counter a while past
@@ -172,7 +180,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// reservation's worst case taken (positive) or given back (negative), or replaced at settle by its cost
     /// (`spent` the cost, `held` minus the estimate). Both count in the values; a backend that persists spend
     /// persists only the spent part, so a crash forgets the reservations of the requests it cut. The default adds
-    /// both alike (and only reads when they sum to 0).
+    /// both alike: a reservation taken with `add_spend`, a settlement or an estimate given back with `settle_spend`
+    /// (which a shared backend does not lose), and only reads when they sum to 0.
     fn add_spend_held<'a>(
         &'a self,
         keys: &'a [SpendKey],
@@ -182,8 +191,24 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<Vec<i64>, StateError>> {
         match spent_micro_usd.saturating_add(held_micro_usd) {
             0 => self.spend(keys, now_ms),
-            delta => self.add_spend(keys, delta, now_ms),
+            delta if spent_micro_usd == 0 && held_micro_usd > 0 => self.add_spend(keys, delta, now_ms),
+            delta => self.settle_spend(keys, delta, now_ms),
         }
+    }
+    /// `add_spend` for a change that must not be lost: a settlement, or an estimate given back. A shared backend
+    /// that cannot make it now keeps it and makes it once its server answers again, once however often it is sent
+    /// (`Err` still means the values are unknown now). The default is `add_spend`.
+    fn settle_spend<'a>(
+        &'a self,
+        keys: &'a [SpendKey],
+        delta_micro_usd: i64,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StateError>> {
+        self.add_spend(keys, delta_micro_usd, now_ms)
+    }
+    /// Settles waiting to be made again, and those dropped (for the metrics); none for a backend in this process.
+    fn spend_backlog(&self) -> SpendBacklog {
+        SpendBacklog::default()
     }
     /// The current values (0 for missing or expired keys).
     fn spend<'a>(&'a self, keys: &'a [SpendKey], now_ms: u64) -> BoxFuture<'a, Result<Vec<i64>, StateError>>;

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use backend::{
-    micros, millis, Admission, Backend, BoxFuture, Bucket, Local, Plan, Scope, SharedServer, Slot, SpendKey,
-    StateError, Verdict,
+    micros, millis, Admission, Backend, BoxFuture, Bucket, Local, Plan, Scope, SharedServer, Slot, SpendBacklog,
+    SpendKey, StateError, Verdict,
 };
 pub use gcra::Rate;
 

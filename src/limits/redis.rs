@@ -6,7 +6,16 @@
 //! so concurrent requests share one round trip and Redis runs their operations whole, in queue order, one batch
 //! at a time: an admission takes a slot in every capped key and a request from every rate bucket, or nothing,
 //! exactly as `gcra::step` and the embedded backend would (the script is the same arithmetic in integer
-//! microseconds). Inside a batch every key is read and written once, however many requests touch it.
+//! microseconds). Inside a batch every key is read and written once, however many requests touch it, and each
+//! plan's keys and limits are sent once: an admission is its plan's number and its time, a run of releases of one
+//! plan a count. Up to `MAX_IN_FLIGHT` batches are out on the connection at once (one today); Redis runs them in
+//! the order sent.
+//!
+//! A settlement of spend (`settle_spend`) whose batch fails — Redis down, or no answer in time — is kept and sent
+//! again with later batches (and by the idle heartbeat) until Redis has it; the settlements first sent with one
+//! batch carry that batch's marker key, which the script sets with `NX`, so one that Redis ran but whose answer
+//! was lost counts once. Too many waiting (`MAX_PENDING_SETTLES`) are dropped and counted
+//! (`tollgate_state_spend_dropped_total`); `tollgate_state_spend_pending` shows those waiting.
 //!
 //! A release is queued and not waited for (the queue is FIFO, so this replica's next admission sees it); when
 //! the queue is full it is given back inline. A batch that fails keeps its releases and sends them again with
@@ -25,16 +34,20 @@
 //! slot. `rediss://` is verified with the upstream trust settings. Every operation is bounded by a timeout,
 //! so a dead or unreachable Redis is a quick `StateError`, never a request that hangs.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisFuture, Script, ServerErrorKind, TlsCertificates, Value};
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
-use super::backend::{Admission, Backend, BoxFuture, Bucket, SharedServer, Slot, SpendKey, StateError, Verdict};
+use super::backend::{
+    Admission, Backend, BoxFuture, Bucket, SharedServer, Slot, SpendBacklog, SpendKey, StateError, Verdict,
+};
 use super::Plan;
 use crate::tls::UpstreamFiles;
 
@@ -53,6 +66,17 @@ const SPEND_TTL_MARGIN_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// The most operations one batch carries.
 const MAX_BATCH: usize = 256;
+
+/// The most batches out on the connection at once (Redis runs them in the order sent). One: with Redis on the
+/// proxy's machine a second batch in flight made batches smaller (4.5 requests instead of 6.1) and cost more CPU
+/// per request than it saved in waiting (docs/BENCHMARKS.md, "Redis state"); across a network more may pay.
+const MAX_IN_FLIGHT: usize = 1;
+
+/// How long Redis keeps the marker of a batch's settles, so one sent again after a lost answer counts once.
+const MARKER_TTL: Duration = Duration::from_secs(600);
+
+/// Settles kept to be sent again after failed batches; beyond, they are dropped and counted.
+const MAX_PENDING_SETTLES: u64 = 100_000;
 
 /// How often an idle writer refreshes its lease; a busy one refreshes it with its batches.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -111,6 +135,10 @@ struct Inner {
     /// This replica's id in slot hashes and the lease hash: the process id and 64 random bits, new at each
     /// start, so a restarted replica never inherits the slots of its previous life.
     replica: String,
+    /// Settles sent and not yet known to be in Redis (`tollgate_state_spend_pending`).
+    spend_pending: AtomicU64,
+    /// Settles dropped because `MAX_PENDING_SETTLES` waited already (`tollgate_state_spend_dropped_total`).
+    spend_dropped: AtomicU64,
 }
 
 /// One server, or a cluster.
@@ -169,8 +197,14 @@ enum Op {
     Admit { plan: Arc<Plan>, now_us: u64, reply: oneshot::Sender<Result<Verdict, StateError>> },
     /// Gives a plan's slots back; `done`, when someone waits for it.
     Release { plan: Arc<Plan>, done: Option<oneshot::Sender<Result<(), StateError>>> },
-    /// Adds `delta` to each counter (key, expiry in ms since the epoch); answers the new values.
-    AddSpend { keys: Vec<(String, u64)>, delta: i64, reply: oneshot::Sender<Result<Vec<i64>, StateError>> },
+    /// Adds `delta` to each counter (key, expiry in ms since the epoch); answers the new values. A `settle` that
+    /// fails is kept and sent again until Redis has it (counted once: see `Group`).
+    AddSpend {
+        keys: Vec<(String, u64)>,
+        delta: i64,
+        settle: bool,
+        reply: oneshot::Sender<Result<Vec<i64>, StateError>>,
+    },
 }
 
 impl std::fmt::Debug for Redis {
@@ -231,7 +265,16 @@ impl Redis {
             }
         };
         let replica = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
-        Ok(Redis { inner: Arc::new(Inner { target, options, shown, prefix, replica }), queue: OnceLock::new() })
+        let inner = Inner {
+            target,
+            options,
+            shown,
+            prefix,
+            replica,
+            spend_pending: AtomicU64::new(0),
+            spend_dropped: AtomicU64::new(0),
+        };
+        Ok(Redis { inner: Arc::new(inner), queue: OnceLock::new() })
     }
 
     /// The URL, password masked.
@@ -300,6 +343,33 @@ impl Redis {
             Ok(Err(_)) => Err(StateError(format!("redis at {}: the writer has stopped", self.inner.shown))),
             Err(_) => Err(self.inner.late()),
         }
+    }
+
+    /// Adds `delta` to the live `keys` through the writer; a `settle` is kept and sent again when its batch fails
+    /// (or counted as dropped when not even the queue takes it).
+    async fn change_spend(
+        &self,
+        keys: &[SpendKey],
+        delta: i64,
+        now_ms: u64,
+        settle: bool,
+    ) -> Result<Vec<i64>, StateError> {
+        let live = live(keys, now_ms);
+        if live.is_empty() {
+            return Ok(vec![0; keys.len()]);
+        }
+        let spend =
+            live.iter().map(|(_, spend)| (spend.key.clone(), spend.period_end_ms.saturating_add(SPEND_TTL_MARGIN_MS)));
+        let (reply, answer) = oneshot::channel();
+        if let Err(error) = self.enqueue(Op::AddSpend { keys: spend.collect(), delta, settle, reply }) {
+            if settle {
+                self.inner.spend_dropped.fetch_add(1, Relaxed);
+                tracing::warn!(%error, "a spend change could not be queued and is dropped");
+            }
+            return Err(error);
+        }
+        let got = self.answer(answer).await?;
+        spread(keys.len(), &live, got)
     }
 
     /// Gives `plan`'s slots back and waits until Redis has them.
@@ -381,56 +451,150 @@ impl Inner {
         .await
     }
 
-    /// Sends `ops` (and `retried` releases, first) as one batch; the script's flat answer.
-    async fn send(&self, ops: &[Op], retried: &[Arc<Plan>], lease: bool) -> Result<Vec<i64>, StateError> {
-        let mut keys = Vec::new();
-        let lease_ms = if lease { u64::try_from(self.options.lease.as_millis()).unwrap_or(u64::MAX).max(1) } else { 0 };
-        let slot_ttl = u64::try_from(self.options.slot_ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let mut args = vec![
+    /// The marker of the settles first sent with batch `marker`.
+    fn marker_key(&self, marker: u64) -> String {
+        format!("{}settled:{}:{marker}", self.prefix, self.replica)
+    }
+
+    /// Sends `batch` as one script call: the releases and settles kept from failed batches first, then its
+    /// operations in queue order. The script's flat answer.
+    async fn send(&self, batch: &Batch) -> Result<Vec<i64>, StateError> {
+        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1);
+        let lease_ms = if batch.lease { millis(self.options.lease) } else { 0 };
+        let base = batch
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Admit { now_us, .. } => Some(*now_us),
+                _ => None,
+            })
+            .min()
+            .unwrap_or(0);
+        let mut encoder = Encoder { inner: self, keys: Vec::new(), args: Vec::new(), plans: Vec::new(), open: None };
+        encoder.args.extend([
             Arg::Text(&self.replica),
             Arg::Number(lease_ms),
             Arg::Number(RATE_TTL_MARGIN_MS),
-            Arg::Number(slot_ttl),
-        ];
-        for plan in retried {
-            self.release_args(plan, &mut keys, &mut args);
+            Arg::Number(millis(self.options.slot_ttl)),
+            Arg::Number(millis(MARKER_TTL)),
+            Arg::Number(base),
+        ]);
+        for plan in &batch.releases {
+            encoder.release(plan);
         }
-        for op in ops {
+        for group in &batch.groups {
+            encoder.marker(self.marker_key(group.marker));
+            for spend in &group.spends {
+                encoder.spend(&spend.keys, spend.delta, true);
+            }
+        }
+        let mut marked = false;
+        for op in &batch.ops {
             match op {
-                Op::Admit { plan, now_us, .. } => {
-                    args.push(Arg::Text("a"));
-                    args.extend([Arg::Number(*now_us), Arg::Count(plan.slots.len()), Arg::Count(plan.buckets.len())]);
-                    for slot in &plan.slots {
-                        keys.push(self.slot_key(&slot.key));
-                        args.push(Arg::Number(u64::from(slot.max)));
+                Op::Admit { plan, now_us, .. } => encoder.admit(plan, now_us - base),
+                Op::Release { plan, .. } => encoder.release(plan),
+                Op::AddSpend { keys, delta, settle, .. } => {
+                    if let (true, false, Some(marker)) = (*settle, marked, batch.marker) {
+                        encoder.marker(self.marker_key(marker));
+                        marked = true;
                     }
-                    for bucket in &plan.buckets {
-                        keys.push(self.key(&bucket.key));
-                        args.extend([Arg::Number(bucket.rate.interval_us()), Arg::Number(bucket.rate.tolerance_us())]);
-                    }
-                }
-                Op::Release { plan, .. } => self.release_args(plan, &mut keys, &mut args),
-                Op::AddSpend { keys: spend, delta, .. } => {
-                    args.extend([Arg::Text("s"), Arg::Count(spend.len()), Arg::Signed(*delta)]);
-                    for (name, expires_ms) in spend {
-                        keys.push(self.key(name));
-                        args.push(Arg::Number(*expires_ms));
-                    }
+                    encoder.spend(keys, *delta, *settle);
                 }
             }
         }
+        let Encoder { mut keys, args, .. } = encoder;
         keys.push(self.key("leases"));
         let answer = self.run_batch(&keys, &args).await?;
         Vec::<i64>::from_redis_value(answer)
             .map_err(|error| StateError(format!("redis at {}: unexpected answer to a batch: {error}", self.shown)))
     }
+}
 
-    fn release_args<'a>(&self, plan: &'a Plan, keys: &mut Vec<String>, args: &mut Vec<Arg<'a>>) {
+/// Writes a batch's keys and arguments: each plan's keys and limits once (`p`), then its admissions and releases
+/// by number, consecutive ones of the same plan as one operation.
+struct Encoder<'a> {
+    inner: &'a Inner,
+    keys: Vec<String>,
+    args: Vec<Arg<'a>>,
+    /// The plans defined so far, by address; a plan's number is its index + 1.
+    plans: Vec<usize>,
+    /// The last operation when it is an admission or release (`true`: admission), its plan's number and where its
+    /// count is, so the next one of the same kind and plan only adds to it.
+    open: Option<(bool, usize, usize)>,
+}
+
+impl<'a> Encoder<'a> {
+    /// The plan's number in this batch, defining it first if needed.
+    fn plan(&mut self, plan: &'a Plan) -> usize {
+        let address = std::ptr::from_ref(plan) as usize;
+        if let Some(index) = self.plans.iter().position(|known| *known == address) {
+            return index + 1;
+        }
+        self.open = None;
+        self.args.extend([Arg::Text("p"), Arg::Count(plan.slots.len()), Arg::Count(plan.buckets.len())]);
+        for slot in &plan.slots {
+            self.keys.push(self.inner.slot_key(&slot.key));
+            self.args.push(Arg::Number(u64::from(slot.max)));
+        }
+        for bucket in &plan.buckets {
+            self.keys.push(self.inner.key(&bucket.key));
+            self.args.extend([Arg::Number(bucket.rate.interval_us()), Arg::Number(bucket.rate.tolerance_us())]);
+        }
+        self.plans.push(address);
+        self.plans.len()
+    }
+
+    /// Adds one to the open operation's count when it is `admission` of `number`; true if it did.
+    fn extend_open(&mut self, admission: bool, number: usize) -> bool {
+        match self.open {
+            Some((kind, open, at)) if kind == admission && open == number => {
+                if let Some(Arg::Count(count)) = self.args.get_mut(at) {
+                    *count += 1;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn admit(&mut self, plan: &'a Plan, offset_us: u64) {
+        let number = self.plan(plan);
+        if !self.extend_open(true, number) {
+            self.args.extend([Arg::Text("a"), Arg::Count(number), Arg::Count(1)]);
+            self.open = Some((true, number, self.args.len() - 1));
+        }
+        self.args.push(Arg::Number(offset_us));
+    }
+
+    fn release(&mut self, plan: &'a Plan) {
         if plan.slots.is_empty() {
             return;
         }
-        args.extend([Arg::Text("r"), Arg::Count(plan.slots.len())]);
-        keys.extend(plan.slots.iter().map(|slot| self.slot_key(&slot.key)));
+        let number = self.plan(plan);
+        if !self.extend_open(false, number) {
+            self.args.extend([Arg::Text("r"), Arg::Count(number), Arg::Count(1)]);
+            self.open = Some((false, number, self.args.len() - 1));
+        }
+    }
+
+    fn marker(&mut self, key: String) {
+        self.open = None;
+        self.keys.push(key);
+        self.args.push(Arg::Text("m"));
+    }
+
+    fn spend(&mut self, spend: &'a [(String, u64)], delta: i64, marked: bool) {
+        self.open = None;
+        self.args.extend([
+            Arg::Text("s"),
+            Arg::Count(spend.len()),
+            Arg::Signed(delta),
+            Arg::Count(usize::from(marked)),
+        ]);
+        for (name, expires_ms) in spend {
+            self.keys.push(self.inner.key(name));
+            self.args.push(Arg::Number(*expires_ms));
+        }
     }
 }
 
@@ -460,56 +624,184 @@ fn script_command(verb: &str, script: &str, keys: &[String], args: &[Arg<'_>]) -
     command
 }
 
-/// The writer: takes what waits on the queue, sends it as one batch, answers each operation; refreshes the
-/// lease when idle. Ends when the backend is dropped.
-async fn write(inner: Arc<Inner>, mut queue: mpsc::Receiver<Op>) {
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ops = Vec::with_capacity(MAX_BATCH);
-    let mut retried: Vec<Arc<Plan>> = Vec::new();
-    let mut lease_written: Option<Instant> = None;
-    loop {
-        tokio::select! {
-            biased;
-            received = queue.recv_many(&mut ops, MAX_BATCH) => {
-                if received == 0 {
-                    break;
-                }
-            }
-            _ = heartbeat.tick() => {
-                if lease_written.is_some_and(|at| at.elapsed() < HEARTBEAT) && retried.is_empty() {
-                    continue;
-                }
-            }
+/// A spend change that must not be lost (a settle), kept to be sent again.
+struct Spend {
+    keys: Vec<(String, u64)>,
+    delta: i64,
+}
+
+/// The settles first sent with one batch, under that batch's marker: however often they are sent again, Redis
+/// adds them once.
+struct Group {
+    marker: u64,
+    spends: Vec<Spend>,
+}
+
+/// One script call: what it carries, and what becomes of it when it fails.
+struct Batch {
+    ops: Vec<Op>,
+    /// Releases of failed batches, sent first.
+    releases: Vec<Arc<Plan>>,
+    /// Settles of failed batches, sent again under their markers.
+    groups: Vec<Group>,
+    /// The marker of this batch's own settles, when it has any.
+    marker: Option<u64>,
+    /// Whether the call refreshes this replica's lease.
+    lease: bool,
+}
+
+/// What the writer keeps between batches.
+struct Writer {
+    inner: Arc<Inner>,
+    /// Releases to send again.
+    retried: Vec<Arc<Plan>>,
+    /// Settles to send again, oldest first.
+    pending: std::collections::VecDeque<Group>,
+    lease_written: Option<Instant>,
+    next_marker: u64,
+}
+
+impl Writer {
+    /// Whether anything failed waits to be sent again.
+    fn has_backlog(&self) -> bool {
+        !self.retried.is_empty() || !self.pending.is_empty()
+    }
+
+    /// A batch of `ops` with what waits to be sent again (settles up to `MAX_BATCH` of them).
+    fn batch(&mut self, ops: Vec<Op>) -> Batch {
+        let lease = self.lease_written.is_none_or(|at| at.elapsed() >= HEARTBEAT / 4);
+        if lease {
+            self.lease_written = Some(Instant::now());
         }
-        // The lease is written with a batch at most four times a heartbeat.
-        let lease = lease_written.is_none_or(|at| at.elapsed() >= HEARTBEAT / 4);
-        let started = Instant::now();
-        let resent = std::mem::take(&mut retried);
-        match inner.send(&ops, &resent, lease).await {
+        let mut groups = Vec::new();
+        let mut carried = 0;
+        while let Some(group) = self.pending.front() {
+            if carried > 0 && carried + group.spends.len() > MAX_BATCH {
+                break;
+            }
+            carried += group.spends.len();
+            groups.extend(self.pending.pop_front());
+        }
+        let settles = ops.iter().any(|op| matches!(op, Op::AddSpend { settle: true, .. }));
+        let marker = settles.then(|| {
+            self.next_marker += 1;
+            self.next_marker
+        });
+        Batch { ops, releases: std::mem::take(&mut self.retried), groups, marker, lease }
+    }
+
+    /// Answers each operation of a batch that came back, or keeps what must not be lost of one that failed.
+    fn finish(&mut self, batch: Batch, result: Result<Vec<i64>, StateError>) {
+        let Batch { ops, releases, groups, marker, .. } = batch;
+        match result {
             Ok(values) => {
-                if lease {
-                    lease_written = Some(started);
-                }
-                answer(&inner, ops.drain(..), &values, &mut retried);
+                let resent: usize = groups.iter().flat_map(|group| &group.spends).map(|spend| spend.keys.len()).sum();
+                let settles = ops.iter().filter(|op| matches!(op, Op::AddSpend { settle: true, .. })).count();
+                let done = groups.iter().map(|group| group.spends.len()).sum::<usize>() + settles;
+                self.inner.spend_pending.fetch_sub(done as u64, Relaxed);
+                answer(&self.inner, ops.into_iter(), values.get(resent..).unwrap_or_default(), &mut self.retried);
             }
             Err(error) => {
-                retried = resent;
-                for op in ops.drain(..) {
+                // The next batch writes the lease again.
+                self.lease_written = None;
+                for plan in releases {
+                    retry(&mut self.retried, plan);
+                }
+                for group in groups.into_iter().rev() {
+                    self.pending.push_front(group);
+                }
+                let mut own = Vec::new();
+                for op in ops {
                     match op {
                         Op::Admit { reply, .. } => drop(reply.send(Err(error.clone()))),
                         Op::Release { plan, done } => {
-                            retry(&mut retried, plan);
+                            retry(&mut self.retried, plan);
                             if let Some(done) = done {
                                 let _ = done.send(Err(error.clone()));
                             }
                         }
-                        Op::AddSpend { reply, .. } => drop(reply.send(Err(error.clone()))),
+                        Op::AddSpend { keys, delta, reply, settle } => {
+                            if settle {
+                                own.push(Spend { keys, delta });
+                            }
+                            let _ = reply.send(Err(error.clone()));
+                        }
                     }
+                }
+                if let (Some(marker), false) = (marker, own.is_empty()) {
+                    self.keep(Group { marker, spends: own });
                 }
             }
         }
     }
+
+    /// Keeps a failed batch's settles to send again, unless too many wait already: those are dropped and counted.
+    fn keep(&mut self, group: Group) {
+        let count = group.spends.len() as u64;
+        if self.inner.spend_pending.load(Relaxed) > MAX_PENDING_SETTLES {
+            self.inner.spend_pending.fetch_sub(count, Relaxed);
+            self.inner.spend_dropped.fetch_add(count, Relaxed);
+            tracing::warn!(count, "spend changes could not be made and are dropped: too many wait for redis");
+            return;
+        }
+        self.pending.push_back(group);
+    }
+}
+
+/// The writer: takes what waits on the queue and sends it as one batch, with up to `MAX_IN_FLIGHT` batches out on
+/// the connection at once (Redis runs them in the order sent); answers each operation; refreshes the lease when
+/// idle, and sends again what failed. Ends when the backend is dropped and the last batch came back.
+async fn write(inner: Arc<Inner>, mut queue: mpsc::Receiver<Op>) {
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut writer = Writer {
+        inner: inner.clone(),
+        retried: Vec::new(),
+        pending: std::collections::VecDeque::new(),
+        lease_written: None,
+        next_marker: 0,
+    };
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        let mut ops = Vec::new();
+        tokio::select! {
+            biased;
+            Some((batch, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                writer.finish(batch, result);
+                if !open && in_flight.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            received = queue.recv_many(&mut ops, MAX_BATCH), if open && in_flight.len() < MAX_IN_FLIGHT => {
+                if received == 0 {
+                    open = false;
+                    if in_flight.is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            _ = heartbeat.tick(), if in_flight.is_empty() => {
+                let fresh = writer.lease_written.is_some_and(|at| at.elapsed() < HEARTBEAT);
+                if fresh && !writer.has_backlog() {
+                    continue;
+                }
+            }
+        }
+        // A settle counts as pending from when its first call goes out until a call carrying it succeeds.
+        let settles = ops.iter().filter(|op| matches!(op, Op::AddSpend { settle: true, .. })).count();
+        inner.spend_pending.fetch_add(settles as u64, Relaxed);
+        let batch = writer.batch(ops);
+        in_flight.push(fly(inner.clone(), batch));
+    }
+}
+
+/// One batch's call.
+async fn fly(inner: Arc<Inner>, batch: Batch) -> (Batch, Result<Vec<i64>, StateError>) {
+    let result = inner.send(&batch).await;
+    (batch, result)
 }
 
 /// Keeps a release for the next batch, unless too many wait already.
@@ -528,7 +820,14 @@ fn answer(inner: &Inner, ops: impl Iterator<Item = Op>, values: &[i64], retried:
     for op in ops {
         match op {
             Op::Admit { plan, reply, .. } => {
-                let (Some(kind), Some(index), Some(retry_after)) = (values.next(), values.next(), values.next()) else {
+                let numbers = match values.next() {
+                    Some(0) => Some((0, 0, 0)),
+                    Some(1) => values.next().map(|index| (1, index, 0)),
+                    Some(2) => values.next().zip(values.next()).map(|(index, retry_after)| (2, index, retry_after)),
+                    Some(other) => Some((other, 0, 0)),
+                    None => None,
+                };
+                let Some((kind, index, retry_after)) = numbers else {
                     let _ = reply.send(Err(short()));
                     continue;
                 };
@@ -782,20 +1081,23 @@ impl Backend for Redis {
         delta_micro_usd: i64,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Vec<i64>, StateError>> {
-        Box::pin(async move {
-            let live = live(keys, now_ms);
-            if live.is_empty() {
-                return Ok(vec![0; keys.len()]);
-            }
-            let spend = live
-                .iter()
-                .map(|(_, spend)| (spend.key.clone(), spend.period_end_ms.saturating_add(SPEND_TTL_MARGIN_MS)))
-                .collect();
-            let (reply, answer) = oneshot::channel();
-            self.enqueue(Op::AddSpend { keys: spend, delta: delta_micro_usd, reply })?;
-            let got = self.answer(answer).await?;
-            spread(keys.len(), &live, got)
-        })
+        Box::pin(self.change_spend(keys, delta_micro_usd, now_ms, false))
+    }
+
+    fn settle_spend<'a>(
+        &'a self,
+        keys: &'a [SpendKey],
+        delta_micro_usd: i64,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Vec<i64>, StateError>> {
+        Box::pin(self.change_spend(keys, delta_micro_usd, now_ms, true))
+    }
+
+    fn spend_backlog(&self) -> SpendBacklog {
+        SpendBacklog {
+            pending: self.inner.spend_pending.load(Relaxed),
+            dropped: self.inner.spend_dropped.load(Relaxed),
+        }
     }
 
     fn spend<'a>(&'a self, keys: &'a [SpendKey], now_ms: u64) -> BoxFuture<'a, Result<Vec<i64>, StateError>> {
@@ -873,6 +1175,38 @@ mod tests {
         assert!(verdict(&plan, 1, 1, 0).is_err());
         assert!(verdict(&plan, 2, 0, 5).is_err(), "no bucket 0");
         assert!(verdict(&plan, 7, 0, 0).is_err());
+    }
+
+    #[test]
+    fn a_batch_sends_each_plan_once_and_runs_of_one_plan_as_counts() {
+        let backend = Redis::connect("redis://127.0.0.1:1/").expect("valid URL");
+        let scope = super::super::Scope::User;
+        let rate = super::super::Rate { per_minute: 60, burst: 2 };
+        let ann = Plan::of(
+            vec![Bucket { key: "rate:user:ann".into(), scope, rate }],
+            vec![Slot { key: "conc:user:ann".into(), scope, max: 3 }],
+        );
+        let bob = Plan::of(Vec::new(), vec![Slot { key: "conc:user:bob".into(), scope, max: 1 }]);
+        let mut encoder =
+            Encoder { inner: &backend.inner, keys: Vec::new(), args: Vec::new(), plans: Vec::new(), open: None };
+        encoder.admit(&ann, 0);
+        encoder.admit(&ann, 5);
+        encoder.release(&bob);
+        encoder.release(&bob);
+        encoder.admit(&ann, 7);
+        let text: Vec<String> = encoder
+            .args
+            .iter()
+            .map(|arg| match arg {
+                Arg::Text(text) => (*text).to_owned(),
+                Arg::Number(number) => number.to_string(),
+                Arg::Signed(number) => number.to_string(),
+                Arg::Count(count) => count.to_string(),
+            })
+            .collect();
+        let expected = "p 1 1 3 1000000 2000000 a 1 2 0 5 p 1 0 1 r 2 2 a 1 1 7";
+        assert_eq!(text.join(" "), expected);
+        assert_eq!(encoder.keys, ["tollgate:slots:user:ann", "tollgate:rate:user:ann", "tollgate:slots:user:bob"]);
     }
 
     #[test]

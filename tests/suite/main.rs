@@ -44,6 +44,7 @@ mod properties;
 mod redis_cluster;
 mod redis_leases;
 mod redis_limits;
+mod redis_spend;
 mod redis_tls;
 mod reload;
 mod replicas;
