@@ -49,7 +49,8 @@ pub async fn accept_loop(shared: Arc<Shared>, socket: TcpListener, name: Arc<str
                     let user = peer.certificate.as_ref().map(|principal| principal.name.clone());
                     let connection = crate::shared::IdentifiedConnection::new(&shared, user);
                     let session = Session { shared, peer: Arc::new(peer), origin: Origin::Gateway, connection };
-                    crate::api::server::serve(Arc::new(session), client).await;
+                    // Boxed: the task is sized for its largest branch, which a proxy connection should not carry.
+                    Box::pin(crate::api::server::serve(Arc::new(session), client)).await;
                 } else {
                     proxy::serve(shared, client, peer).await;
                 }

@@ -276,7 +276,8 @@ impl Reservation {
     /// tightest budget, the largest of spent / limit over its daily and monthly budgets (for
     /// `tollgate_budget_used_ratio{team}`); a zero budget counts as fully used.
     ///
-    /// On `Err` the estimate stays charged: usually more than the request cost, so the error is on the safe side.
+    /// On `Err` the values are unknown now. The embedded backend does not fail; Redis keeps the change and makes it
+    /// once its server answers again (`Backend::settle_spend`), so the estimate is replaced by the cost then.
     pub async fn settle(mut self, cost_micro_usd: i64, now: SystemTime) -> Result<Vec<(Arc<str>, f64)>, StateError> {
         // Taking the keys disarms the drop, whatever happens below.
         let keys = std::mem::take(&mut self.keys);

@@ -65,7 +65,9 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
             match connect::tunnel(&shared, &config, &mut client, &mut buf, head, &peer).await {
                 Tunnelled::Done { exchange, keep_alive } => (exchange, keep_alive),
                 Tunnelled::Intercept(interception) => {
-                    let exchange = intercept::serve_tunnel(&shared, client, buf, *interception, &peer).await;
+                    // Boxed, as are the other rarely taken branches below: the task of every connection is sized for
+                    // its largest state, and an idle tunnel should not carry a hyper server's.
+                    let exchange = Box::pin(intercept::serve_tunnel(&shared, client, buf, *interception, &peer)).await;
                     // The tunnel has ended: its record is written before the connection closes.
                     let _ = finish(&shared, &peer, exchange).await;
                     return;
@@ -75,7 +77,8 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
             config.enroll.as_ref().filter(|e| e.listener == peer.listener && head.target().starts_with('/'))
         {
             // Origin-form to the enrollment listener itself: `POST /enroll` (`auth.enroll`).
-            crate::enroll::serve(&shared, &config, enrollment, &mut client, &mut buf, head, peer.address.ip()).await
+            Box::pin(crate::enroll::serve(&shared, &config, enrollment, &mut client, &mut buf, head, peer.address.ip()))
+                .await
         } else {
             match forward::forward(&shared, &config, &mut client, &mut buf, head, &peer).await {
                 Relayed::Done { exchange, keep_alive } => (exchange, keep_alive),
@@ -89,7 +92,7 @@ pub async fn serve(shared: Arc<Shared>, mut client: Stream, peer: Peer) {
                         origin: Origin::Forward,
                         connection: identified,
                     };
-                    return crate::api::server::serve(Arc::new(session), Rewind::new(replay, client)).await;
+                    return Box::pin(crate::api::server::serve(Arc::new(session), Rewind::new(replay, client))).await;
                 }
             }
         };
