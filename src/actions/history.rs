@@ -5,7 +5,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -85,7 +87,7 @@ pub enum Results {
 /// The calls of `body` that have a result, in the order of their results. `None` when the body is not a
 /// Messages request (not JSON, no `messages` array of the expected shape).
 pub fn replayed(body: &[u8], results: Results) -> Option<Vec<Replayed>> {
-    if results == Results::Latest && !may_hold(body, b"tool_result") {
+    if results == Results::Latest && !may_hold(body, &TOOL_RESULT) {
         // Recording only, and no result can be in it: not worth a parse.
         return Some(Vec::new());
     }
@@ -155,9 +157,15 @@ fn joined(messages: &[Message<'_>], results: Results) -> Vec<Replayed> {
 
 /// Whether JSON text `body` may hold the string `word` (ASCII): false only when neither `word` nor a `\u` escape
 /// (which could spell it) occurs, so a false is certain.
-pub fn may_hold(body: &[u8], word: &[u8]) -> bool {
-    memchr::memmem::find(body, word).is_some() || memchr::memmem::find(body, b"\\u").is_some()
+pub fn may_hold(body: &[u8], word: &Finder<'_>) -> bool {
+    word.find(body).is_some() || ESCAPE.find(body).is_some()
 }
+
+/// The finders `may_hold` is given, built once: building one costs more than a search of a small body.
+pub static TOOL_USE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"tool_use"));
+pub static TOOL_RESULT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"tool_result"));
+/// A JSON `\u` escape: any word may hide behind one.
+static ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u"));
 
 /// The result's content says the user refused the call.
 fn refused(content: Option<&RawValue>) -> bool {
@@ -290,9 +298,9 @@ mod tests {
 
     #[test]
     fn only_text_without_the_word_or_an_escape_is_certain_not_to_hold_it() {
-        assert!(may_hold(br#"{"type":"tool_result"}"#, b"tool_result"));
-        assert!(may_hold(br#"{"type":"tool_\u0072esult"}"#, b"tool_result"));
-        assert!(!may_hold(br#"{"type":"text","text":"hi"}"#, b"tool_result"));
+        assert!(may_hold(br#"{"type":"tool_result"}"#, &TOOL_RESULT));
+        assert!(may_hold(br#"{"type":"tool_\u0072esult"}"#, &TOOL_RESULT));
+        assert!(!may_hold(br#"{"type":"text","text":"hi"}"#, &TOOL_RESULT));
         let escaped =
             br#"{"messages":[{"role":"assistant","content":[{"type":"tool_use","id":"a","name":"Read","input":{}}]},
             {"role":"user","content":[{"type":"tool_\u0072esult","tool_use_id":"a","content":"x"}]}]}"#;

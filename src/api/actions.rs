@@ -303,7 +303,7 @@ impl ResponseCalls {
             Reader::Stream(calls) => calls.finish(&mut |call| context.decide_call(call, denied)),
             Reader::Json { copy, .. } => {
                 // Watching only: a message that cannot hold a tool call is not parsed a second time.
-                let calls = if history::may_hold(copy, b"tool_use") { message_calls(copy) } else { Vec::new() };
+                let calls = if history::may_hold(copy, &history::TOOL_USE) { message_calls(copy) } else { Vec::new() };
                 for call in calls {
                     let _ = context.decide_call(call, denied);
                 }

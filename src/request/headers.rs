@@ -51,6 +51,15 @@ pub fn named_by_connection<'a>(values: impl Iterator<Item = &'a [u8]>) -> impl I
 /// Removes from a message hyper relays: hop-by-hop headers, the headers `Connection` names, tollgate's own, and
 /// `Transfer-Encoding` (hyper frames the body itself).
 pub fn strip(headers: &mut HeaderMap) {
+    // One pass over the names (lowercase in a `HeaderMap`) finds the usual message with nothing to remove, before
+    // any lookup by name.
+    let doomed = |name: &HeaderName| {
+        let name = name.as_str().as_bytes();
+        is_internal(name) || name == b"transfer-encoding" || HOP_BY_HOP.iter().any(|hop| name == hop.as_bytes())
+    };
+    if !headers.keys().any(doomed) {
+        return;
+    }
     let connection = headers.get_all(http::header::CONNECTION).iter().chain(headers.get_all("proxy-connection"));
     let named: Vec<HeaderName> =
         named_by_connection(connection.map(|v| v.as_bytes())).filter_map(|n| HeaderName::from_bytes(n).ok()).collect();
@@ -92,5 +101,30 @@ mod tests {
         strip(&mut headers);
         let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-length", "anthropic-version"]);
+    }
+
+    /// The first pass over the names finds each kind alone: every hop-by-hop header, `Transfer-Encoding`, and a
+    /// header of tollgate's own, with what `Proxy-Connection` names.
+    #[test]
+    fn each_kind_alone_is_stripped_and_a_message_without_any_is_left_as_it_was() {
+        let alone = HOP_BY_HOP.iter().copied().chain(["transfer-encoding", "x-tollgate-user"]);
+        for doomed in alone {
+            let mut headers = HeaderMap::new();
+            headers.append(HeaderName::from_static(doomed), "x-secret".parse().unwrap());
+            headers.append(HeaderName::from_static("x-secret"), "1".parse().unwrap());
+            headers.append(HeaderName::from_static("content-type"), "application/json".parse().unwrap());
+            strip(&mut headers);
+            let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+            left.sort_unstable();
+            let named = matches!(doomed, "connection" | "proxy-connection");
+            let expected: &[&str] = if named { &["content-type"] } else { &["content-type", "x-secret"] };
+            assert_eq!(left, expected, "{doomed}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.append(HeaderName::from_static("content-type"), "application/json".parse().unwrap());
+        headers.append(HeaderName::from_static("x-tollgate"), "not ours: no dash".parse().unwrap());
+        let before = headers.clone();
+        strip(&mut headers);
+        assert_eq!(headers, before);
     }
 }
