@@ -328,6 +328,21 @@ enum CertCommand {
     },
 }
 
+/// `println!` for a command's output that stops quietly once the reader has gone (`tollgate check | head`): a closed
+/// pipe is not the command's failure, and `println!` would panic on it.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `text` as a command's output, like `out!` without the newline.
+fn write_out(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log_writer = init_logging(cli.log_format);
@@ -448,8 +463,8 @@ fn doctor(
     };
     let report = runtime.block_on(tollgate::doctor::run(&environment, &options));
     match format {
-        DoctorFormat::Text => print!("{}", report.text()),
-        DoctorFormat::Json => println!("{}", serde_json::to_string_pretty(&report).expect("JSON")),
+        DoctorFormat::Text => write_out(&report.text()),
+        DoctorFormat::Json => out!("{}", serde_json::to_string_pretty(&report).expect("JSON")),
     }
     if report.ok {
         ExitCode::SUCCESS
@@ -521,12 +536,12 @@ fn check(path: &std::path::Path, online: bool) -> ExitCode {
             tollgate::config::file::ListenerMode::Proxy => format!("{} {}", l.name, l.bind),
         })
         .collect();
-    println!("{}: ok", path.display());
-    println!("  listeners: {}", listeners.join(", "));
-    println!("  admin: {}", config.admin.as_ref().map_or("off".to_owned(), |a| a.bind.to_string()));
-    println!("  policy: {} rules", config.policy.rule_count());
-    println!("  users: {}", config.identity.user_count());
-    println!("  audit: {}", config.audit.file.as_ref().map_or("off".to_owned(), |f| f.path.display().to_string()));
+    out!("{}: ok", path.display());
+    out!("  listeners: {}", listeners.join(", "));
+    out!("  admin: {}", config.admin.as_ref().map_or("off".to_owned(), |a| a.bind.to_string()));
+    out!("  policy: {} rules", config.policy.rule_count());
+    out!("  users: {}", config.identity.user_count());
+    out!("  audit: {}", config.audit.file.as_ref().map_or("off".to_owned(), |f| f.path.display().to_string()));
     if let Some(file) = &config.audit.file {
         let mut notes = Vec::new();
         if let Some(key) = &file.key {
@@ -559,7 +574,7 @@ fn check(path: &std::path::Path, online: bool) -> ExitCode {
             notes.push(format!("signed checkpoints every {}", humantime::format_duration(checkpoints.every)));
         }
         if !notes.is_empty() {
-            println!("    {}", notes.join(", "));
+            out!("    {}", notes.join(", "));
         }
     }
     let llm = &config.llm;
@@ -570,22 +585,22 @@ fn check(path: &std::path::Path, online: bool) -> ExitCode {
             tollgate::config::file::Telemetry::Drop => ", telemetry dropped",
             tollgate::config::file::Telemetry::Pass => "",
         };
-        println!("  intercept: {} host rules, CA {ca}{state}{telemetry}", intercept.hosts.len());
+        out!("  intercept: {} host rules, CA {ca}{state}{telemetry}", intercept.hosts.len());
     }
     if !llm.upstreams.is_empty() {
         let names: Vec<&str> = llm.upstreams.keys().map(|name| &**name).collect();
-        println!("  upstreams: {}; {} routing rules", names.join(", "), llm.routes.len());
+        out!("  upstreams: {}; {} routing rules", names.join(", "), llm.routes.len());
     }
     if let Some(dlp) = &llm.dlp {
         let names = dlp.detector_names().collect::<Vec<_>>().join(", ");
-        println!("  dlp: {names} ({})", if dlp.blocks() { "block" } else { "log" });
+        out!("  dlp: {names} ({})", if dlp.blocks() { "block" } else { "log" });
     }
     if let Some(alerts) = &config.alerts {
         let sinks: Vec<&str> = alerts.sinks.iter().map(|sink| &*sink.name).collect();
-        println!("  alerts: {} rules to {}", alerts.rules.len(), sinks.join(", "));
+        out!("  alerts: {} rules to {}", alerts.rules.len(), sinks.join(", "));
     }
     if let Some(provider) = config.identity.oidc() {
-        println!(
+        out!(
             "  oidc: issuer {}, audience {}, keys refreshed every {}",
             provider.issuer(),
             provider.audience(),
@@ -593,13 +608,13 @@ fn check(path: &std::path::Path, online: bool) -> ExitCode {
         );
     }
     if let Some(enroll) = &config.enroll {
-        println!(
+        out!(
             "  enroll: POST /enroll on {}, client certificates valid {}",
             enroll.listener,
             humantime::format_duration(enroll.validity)
         );
     }
-    println!("  sha256: {}", config.source.sha256);
+    out!("  sha256: {}", config.source.sha256);
     match config.identity.oidc().filter(|_| online) {
         Some(provider) => check_oidc_online(provider),
         None => ExitCode::SUCCESS,
@@ -614,18 +629,18 @@ fn check_oidc_online(provider: &tollgate::identity::Provider) -> ExitCode {
     };
     match runtime.block_on(provider.probe()) {
         Ok(found) => {
-            println!("  oidc discovery: ok, jwks_uri {}", found.jwks_uri);
-            println!("  oidc keys: {}", found.keys.join(", "));
+            out!("  oidc discovery: ok, jwks_uri {}", found.jwks_uri);
+            out!("  oidc keys: {}", found.keys.join(", "));
             if let Some(endpoint) = &found.device_authorization_endpoint {
-                println!("  oidc device authorization: {endpoint}");
+                out!("  oidc device authorization: {endpoint}");
             }
             if let Some(endpoint) = &found.token_endpoint {
-                println!("  oidc token endpoint: {endpoint}");
+                out!("  oidc token endpoint: {endpoint}");
             }
             ExitCode::SUCCESS
         }
         Err(error) => {
-            println!("  oidc discovery: failed: {error}");
+            out!("  oidc discovery: failed: {error}");
             eprintln!("tollgate: the identity provider could not be reached or answered wrongly: {error}");
             ExitCode::from(1)
         }
@@ -645,12 +660,12 @@ fn explain_token(
     })?;
     match runtime.block_on(tollgate::explain::explain_token(&config, token, at)) {
         Ok(answer) => {
-            print!("{}", answer.report);
+            write_out(&answer.report);
             Ok(answer.principal)
         }
         Err(reason) => {
-            println!("token:     refused");
-            println!("reason:    {reason}");
+            out!("token:     refused");
+            out!("reason:    {reason}");
             Err(ExitCode::from(1))
         }
     }
@@ -667,7 +682,7 @@ fn explain(path: &std::path::Path, question: &tollgate::explain::Question) -> Ex
     };
     match runtime.block_on(tollgate::explain::explain(&config, question)) {
         Ok(answer) => {
-            print!("{}", answer.report);
+            write_out(&answer.report);
             match answer.decision {
                 tollgate::policy::Decision::Allow { .. } => ExitCode::SUCCESS,
                 tollgate::policy::Decision::Deny { .. } => ExitCode::from(1),
@@ -683,7 +698,7 @@ fn explain(path: &std::path::Path, question: &tollgate::explain::Question) -> Ex
 fn explain_settings(path: &std::path::Path, question: &tollgate::explain::Question) -> ExitCode {
     match load(path) {
         Ok(config) => {
-            print!("{}", tollgate::explain::explain_settings(&config, question));
+            write_out(&tollgate::explain::explain_settings(&config, question));
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -697,7 +712,7 @@ fn explain_action(path: &std::path::Path, question: &tollgate::explain::Question
     };
     match tollgate::explain::explain_action(&config, question, action) {
         Ok(answer) => {
-            print!("{}", answer.report);
+            write_out(&answer.report);
             match answer.decision.verdict {
                 tollgate::actions::rules::Verdict::Allow => ExitCode::SUCCESS,
                 tollgate::actions::rules::Verdict::Deny => ExitCode::from(1),
@@ -787,7 +802,7 @@ fn passwd() -> ExitCode {
         eprintln!("tollgate: empty password: write it on stdin, e.g. `printf %s 's3cret' | tollgate passwd`");
         return ExitCode::from(2);
     }
-    report(tollgate::identity::hash_password(password).map(|hash| println!("{hash}")).map_err(anyhow::Error::msg))
+    report(tollgate::identity::hash_password(password).map(|hash| out!("{hash}")).map_err(anyhow::Error::msg))
 }
 
 /// Prints the usage report of the audit log (`audit`, or the config's `audit.file.path` with its rotated files);
@@ -814,7 +829,7 @@ fn usage(
             return ExitCode::from(1);
         }
     };
-    print!("{}", report.render(format));
+    write_out(&report.render(format));
     skipped(Path::new(&shown), report.invalid_lines(), report.first_invalid_line());
     ExitCode::SUCCESS
 }
@@ -829,7 +844,7 @@ fn sessions(audit: &Path, filter: tollgate::report::Filter, format: tollgate::re
             return ExitCode::from(1);
         }
     };
-    print!("{}", listing.render(format));
+    write_out(&listing.render(format));
     if format == tollgate::report::Format::Csv {
         listing.notes().iter().for_each(|note| eprintln!("tollgate: {note}"));
     }
@@ -851,7 +866,7 @@ fn timeline(audit: &Path, id: &str, format: tollgate::report::Format) -> ExitCod
         skipped(audit, timeline.invalid_lines(), timeline.first_invalid_line());
         return ExitCode::from(1);
     }
-    print!("{}", timeline.render(format));
+    write_out(&timeline.render(format));
     if format == tollgate::report::Format::Csv {
         timeline.notes().iter().for_each(|note| eprintln!("tollgate: {note}"));
     }
@@ -882,7 +897,7 @@ fn fleet(path: &Path, stale: bool, admin: Option<std::net::SocketAddr>, format: 
     let timeout = std::time::Duration::from_secs(30);
     match runtime.block_on(tollgate::fleet::ask(address, &token, stale, format, timeout)) {
         Ok(body) => {
-            print!("{body}");
+            write_out(&body);
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -964,13 +979,13 @@ fn verify(paths: &[PathBuf], key: Option<&Path>, checkpoints: Option<(&Path, &Pa
     let mut needs_key = false;
     if let Some(check) = &check {
         let report = tollgate::audit::verify_signatures(check);
-        report.lines.iter().for_each(|line| println!("{line}"));
+        report.lines.iter().for_each(|line| out!("{line}"));
         broken |= report.broken;
     }
     for files in series.iter().filter(|files| !files.is_empty()) {
         let report = tollgate::audit::verify_series(files, key.as_ref(), check.as_ref());
         for line in &report.lines {
-            println!("{line}");
+            out!("{line}");
         }
         for error in &report.errors {
             eprintln!("{error}");
@@ -991,10 +1006,10 @@ fn verify(paths: &[PathBuf], key: Option<&Path>, checkpoints: Option<(&Path, &Pa
 fn keygen(dir: &Path) -> ExitCode {
     match tollgate::audit::keys::keygen(dir) {
         Ok(generated) => {
-            println!("wrote {} (chain key, mode 0600)", generated.chain_key.display());
-            println!("wrote {} (checkpoint signing key, mode 0600)", generated.signing_key.display());
-            println!("wrote {} (public key: keep a copy away from this machine)", generated.public_key.display());
-            println!(
+            out!("wrote {} (chain key, mode 0600)", generated.chain_key.display());
+            out!("wrote {} (checkpoint signing key, mode 0600)", generated.signing_key.display());
+            out!("wrote {} (public key: keep a copy away from this machine)", generated.public_key.display());
+            out!(
                 "configure: audit: {{file: {{key: {}}}, checkpoints: {{every: 1m, signing_key: {}}}}}",
                 generated.chain_key.display(),
                 generated.signing_key.display()

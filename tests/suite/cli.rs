@@ -53,6 +53,22 @@ fn check_accepts_the_default_config() {
     assert!(text(&output.stdout).starts_with("config/tollgate.yaml: ok\n"), "{output:?}");
 }
 
+/// `tollgate check | head`: a reader that has gone is not the command's failure. The pipe is closed before the
+/// check prints, so every line meets a closed pipe; the check still ends with its own status, without a panic.
+#[test]
+fn check_into_a_closed_pipe_exits_with_its_status_and_no_panic() {
+    let mut child = tollgate()
+        .args(["check", "-c", "config/tollgate.yaml"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(!text(&output.stderr).contains("panicked"), "{}", text(&output.stderr));
+}
+
 /// The example configs, as paths relative to the repository root, sorted.
 fn examples() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(root().join("config/examples"))
