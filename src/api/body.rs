@@ -152,13 +152,21 @@ impl MeteredBody {
         };
         let mut data = BytesMut::new();
         let ended = loop {
-            let frame = match tokio::time::timeout(idle, relay.frame()).await {
-                Ok(frame) => frame,
-                Err(_) => {
-                    // A stalled upstream ends the body as a cut one would; the relay then settles.
-                    let stalled: BodyError = format!("no bytes from the upstream for {}s", idle.as_secs()).into();
-                    relay.begin_settling(End::UpstreamCut(stalled.to_string()), Some(Err(stalled)));
-                    continue;
+            // Only the upstream's bytes are timed: a settlement waits as on the relay (for its record under
+            // `audit.on_failure: block`, until shutdown cuts it), and is not turned into a cut. The settling future
+            // lives in the relay, so a read given up while it runs resumes it.
+            let frame = if relay.settling.is_some() {
+                relay.frame().await
+            } else {
+                match tokio::time::timeout(idle, relay.frame()).await {
+                    Ok(frame) => frame,
+                    Err(_) if relay.settling.is_some() => continue,
+                    Err(_) => {
+                        // A stalled upstream ends the body as a cut one would; the relay then settles.
+                        let stalled: BodyError = format!("no bytes from the upstream for {}s", idle.as_secs()).into();
+                        relay.begin_settling(End::UpstreamCut(stalled.to_string()), Some(Err(stalled)));
+                        continue;
+                    }
                 }
             };
             match frame {

@@ -238,17 +238,16 @@ impl Spool {
     /// The SIEM has the first `accepted` bytes of the chunk being sent (`lines`, as read): they are acknowledged;
     /// the records after them that a drop took while they were sent are counted as dropped now, and not retried.
     pub fn sent(&self, accepted: u64, lines: &[u8]) -> std::io::Result<()> {
-        let sending = self.lock().sending.take();
-        if let Some(sending) = sending {
-            let lost = lines.get(accepted as usize..(sending.dropped_to - sending.start) as usize).unwrap_or_default();
-            let records = memchr::memchr_iter(b'\n', lost).count() as u64;
-            if records > 0 {
-                self.note_dropped(records, lost.len() as u64);
-            }
+        // Only after `sending` said yes: without a chunk in flight there is nothing to acknowledge.
+        let Some(sending) = self.lock().sending.take() else { return Ok(()) };
+        let lost = lines.get(accepted as usize..(sending.dropped_to - sending.start) as usize).unwrap_or_default();
+        let records = memchr::memchr_iter(b'\n', lost).count() as u64;
+        if records > 0 {
+            self.note_dropped(records, lost.len() as u64);
         }
         match accepted {
             0 => Ok(()),
-            accepted => self.acknowledge(sending.map_or(0, |s| s.start) + accepted),
+            accepted => self.acknowledge(sending.start + accepted),
         }
     }
 
