@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout};
 
-use crate::gateway::{start, Settings, FAULT_DOMAIN};
+use crate::gateway::{serve_each, start, Settings, FAULT_DOMAIN};
 use crate::host::free_port;
 use crate::proxies::Harness;
 use crate::route::Route;
@@ -45,20 +45,10 @@ const MAX_REQUESTS: u64 = 5_000_000;
 
 /// Starts a fault upstream; its address.
 async fn fault_upstream(fault: Fault) -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|error| format!("bind: {error}"))?;
-    let address = listener.local_addr().map_err(|error| error.to_string())?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = misbehave(stream, fault).await;
-            });
-        }
-    });
-    Ok(address)
+    serve_each("a fault upstream", move |stream| async move {
+        let _ = misbehave(stream, fault).await;
+    })
+    .await
 }
 
 async fn misbehave(mut stream: TcpStream, fault: Fault) -> io::Result<()> {

@@ -3,13 +3,15 @@
 //! metered), and what the runs read from it: `/metrics`, `POST /admin/reload`, the audit file, signals.
 
 use std::fs;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::time::timeout;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{sleep, timeout};
 
 use crate::client::Connection;
 use crate::host::free_port;
@@ -300,4 +302,25 @@ pub fn metric_with(text: &str, name: &str, label: &str) -> f64 {
         .filter(|line| line.split_once('}').is_some_and(|(labels, _)| labels.contains(label)))
         .filter_map(|line| line.rsplit_once('}')?.1.split_whitespace().next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// An upstream on loopback whose connections each run `serve` (a failed accept is retried); its address. `what`
+/// names it in the bind error.
+pub async fn serve_each<F, Served>(what: &str, serve: F) -> Result<SocketAddr, String>
+where
+    F: Fn(TcpStream) -> Served + Send + 'static,
+    Served: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|error| format!("bind {what}: {error}"))?;
+    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            tokio::spawn(serve(stream));
+        }
+    });
+    Ok(address)
 }

@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout};
 
 use crate::gateway::{
-    audit_records, audit_verify, billed_micro_usd, restart, signal, start, wait_exit, Gateway, Settings,
+    audit_records, audit_verify, billed_micro_usd, restart, serve_each, signal, start, wait_exit, Gateway, Settings,
 };
 use crate::parameters::{API_HOST, MODEL, SMALL_READ_BUFFER, SSE_DELTAS};
 use crate::proxies::Harness;
@@ -265,20 +265,10 @@ fn with_gap(request: &[u8], gap_ms: u64) -> Vec<u8> {
 /// The slow stub: `POST /v1/messages` answered as the load harness's stub answers it, but streamed events come
 /// `GAP_HEADER` ms apart. Keep-alive; its address.
 async fn slow_stub() -> Result<SocketAddr, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|error| format!("bind the slow stub: {error}"))?;
-    let address = listener.local_addr().map_err(|error| error.to_string())?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                sleep(Duration::from_millis(20)).await;
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = serve_slowly(stream).await;
-            });
-        }
-    });
-    Ok(address)
+    serve_each("the slow stub", |stream| async move {
+        let _ = serve_slowly(stream).await;
+    })
+    .await
 }
 
 async fn serve_slowly(mut stream: TcpStream) -> io::Result<()> {
