@@ -2,8 +2,11 @@
 //! without buffering the stream and without changing a byte of it.
 
 use memchr::{memchr, memchr2, memmem};
+use std::borrow::Cow;
+
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Token counts of one response (the Messages API `usage` object).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -109,21 +112,26 @@ pub fn is_event_stream(content_type: &str) -> bool {
 // ---------------------------------------------------------------------------------------------------------------
 // The parts of an event or body that metering reads.
 
-/// The top-level fields metering reads from an SSE event's data or a JSON body; others are skipped unparsed.
-/// Each is a `Value` so that a field of an unexpected shape is ignored instead of failing the whole event.
+/// The top-level fields metering reads from an SSE event's data or a JSON body, borrowed from the JSON text: each
+/// is read only when needed, so that a field of an unexpected shape is ignored instead of failing the whole event,
+/// and nothing is allocated for the fields (or the `content`) that metering skips.
 #[derive(Debug, Deserialize)]
-struct Envelope {
-    #[serde(rename = "type")]
-    kind: Option<Value>,
-    model: Option<Value>,
-    usage: Option<Value>,
-    error: Option<Value>,
-    message: Option<Value>,
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
 }
 
-impl Envelope {
+impl<'a> Envelope<'a> {
     /// Parses a JSON object; anything else (invalid JSON, an array, a duplicate key) is `None`.
-    fn parse(bytes: &[u8]) -> Option<Envelope> {
+    fn parse(bytes: &'a [u8]) -> Option<Envelope<'a>> {
         // serde accepts an array for a struct, field by position: only an object is an envelope.
         let first = bytes.iter().find(|byte| !byte.is_ascii_whitespace())?;
         if *first != b'{' {
@@ -133,14 +141,83 @@ impl Envelope {
     }
 
     /// The `type` field, when it is a string.
-    fn kind(&self) -> Option<&str> {
-        self.kind.as_ref().and_then(Value::as_str)
+    fn kind(&self) -> Option<Cow<'a, str>> {
+        text(self.kind)
     }
 
     /// `error.type`, or `"error"` when the error object does not say.
     fn error_type(&self) -> String {
-        let inner = self.error.as_ref().and_then(|error| error.get("type")).and_then(Value::as_str);
-        inner.unwrap_or("error").to_owned()
+        let [inner] = members(self.error, &["type"]);
+        text(inner).map_or_else(|| "error".to_owned(), Cow::into_owned)
+    }
+}
+
+/// A JSON string's text (borrowed unless it has escapes); `None` for absent, null or any other type.
+fn text(value: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let json = value?.get();
+    match serde_json::from_str::<&str>(json) {
+        Ok(borrowed) => Some(Cow::Borrowed(borrowed)),
+        Err(_) => serde_json::from_str::<String>(json).ok().map(Cow::Owned),
+    }
+}
+
+/// A JSON number's value when it is a whole count; `None` for absent, null, negative, fractional or any other type.
+fn count(value: Option<&RawValue>) -> Option<u64> {
+    serde_json::from_str(value?.get()).ok()
+}
+
+/// The members named `names` of a JSON object, each the last of its name (as `serde_json::Value` keeps it); all
+/// `None` when the value is absent or not an object. Other members are skipped unparsed.
+fn members<'a, const N: usize>(object: Option<&'a RawValue>, names: &[&str; N]) -> [Option<&'a RawValue>; N] {
+    let Some(object) = object else { return [None; N] };
+    let mut reader = serde_json::Deserializer::from_str(object.get());
+    serde::Deserializer::deserialize_map(&mut reader, Members(names)).unwrap_or([None; N])
+}
+
+/// Reads an object's members for [`members`].
+struct Members<'n, const N: usize>(&'n [&'n str; N]);
+
+impl<'de, const N: usize> Visitor<'de> for Members<'_, N> {
+    type Value = [Option<&'de RawValue>; N];
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = [None; N];
+        while let Some(position) = map.next_key_seed(Name(self.0))? {
+            match position {
+                Some(position) => found[position] = Some(map.next_value()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A member's name, as its position among the names wanted, without keeping it.
+struct Name<'n, const N: usize>(&'n [&'n str; N]);
+
+impl<'de, const N: usize> DeserializeSeed<'de> for Name<'_, N> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de, const N: usize> Visitor<'de> for Name<'_, N> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("a member name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|wanted| *wanted == name))
     }
 }
 
@@ -157,16 +234,27 @@ struct UsageUpdate {
 
 impl UsageUpdate {
     /// Reads a `usage` object; a value that is not an object gives nothing.
-    fn read(usage: &Value) -> Self {
-        let count = |field: &str| usage.get(field).and_then(Value::as_u64);
-        let nested = |object: &str, field: &str| usage.get(object).and_then(|o| o.get(field)).and_then(Value::as_u64);
+    fn read(usage: Option<&RawValue>) -> Self {
+        let [input, output, cache_creation_input, cache_read_input, cache_creation, server_tool_use] = members(
+            usage,
+            &[
+                "input_tokens",
+                "output_tokens",
+                "cache_creation_input_tokens",
+                "cache_read_input_tokens",
+                "cache_creation",
+                "server_tool_use",
+            ],
+        );
+        let [cache_creation_1h] = members(cache_creation, &["ephemeral_1h_input_tokens"]);
+        let [web_search] = members(server_tool_use, &["web_search_requests"]);
         Self {
-            input_tokens: count("input_tokens"),
-            output_tokens: count("output_tokens"),
-            cache_creation_input_tokens: count("cache_creation_input_tokens"),
-            cache_read_input_tokens: count("cache_read_input_tokens"),
-            cache_creation_1h_input_tokens: nested("cache_creation", "ephemeral_1h_input_tokens"),
-            web_search_requests: nested("server_tool_use", "web_search_requests"),
+            input_tokens: count(input),
+            output_tokens: count(output),
+            cache_creation_input_tokens: count(cache_creation_input),
+            cache_read_input_tokens: count(cache_read_input),
+            cache_creation_1h_input_tokens: count(cache_creation_1h),
+            web_search_requests: count(web_search),
         }
     }
 
@@ -233,12 +321,10 @@ impl JsonMeter {
             return Metered { complete, ..Metered::default() };
         };
         let mut metered = Metered { complete: true, ..Metered::default() };
-        match envelope.kind() {
+        match envelope.kind().as_deref() {
             Some("message") => {
-                metered.model = envelope.model.as_ref().and_then(Value::as_str).map(str::to_owned);
-                if let Some(usage) = &envelope.usage {
-                    UsageUpdate::read(usage).apply(&mut metered.usage);
-                }
+                metered.model = text(envelope.model).map(Cow::into_owned);
+                UsageUpdate::read(envelope.usage).apply(&mut metered.usage);
             }
             Some("error") => metered.error = Some(envelope.error_type()),
             // count_tokens answers `{"input_tokens": N}`: free, so no usage.
@@ -594,19 +680,13 @@ impl StreamMeter {
         let kind = named.unwrap_or_else(|| envelope.kind().map_or(Kind::Other, |kind| Kind::of(kind.as_bytes())));
         match kind {
             Kind::MessageStart => {
-                let Some(message) = &envelope.message else { return };
-                if let Some(model) = message.get("model").and_then(Value::as_str) {
-                    self.seen.model = Some(model.to_owned());
+                let [model, usage] = members(envelope.message, &["model", "usage"]);
+                if let Some(model) = text(model) {
+                    self.seen.model = Some(model.into_owned());
                 }
-                if let Some(usage) = message.get("usage") {
-                    UsageUpdate::read(usage).apply(&mut self.seen.usage);
-                }
+                UsageUpdate::read(usage).apply(&mut self.seen.usage);
             }
-            Kind::MessageDelta => {
-                if let Some(usage) = &envelope.usage {
-                    UsageUpdate::read(usage).apply(&mut self.seen.usage);
-                }
-            }
+            Kind::MessageDelta => UsageUpdate::read(envelope.usage).apply(&mut self.seen.usage),
             Kind::Error => self.seen.error = Some(envelope.error_type()),
             Kind::MessageStop => self.seen.complete |= ending == Ending::BlankLine,
             Kind::Other => {}
@@ -840,6 +920,27 @@ event: message_stop\ndata\n\n";
         // `event:  message_delta` names the type " message_delta", which is not one metering reads.
         assert_eq!(metered.usage, usage(5, 0, 0, 0));
         assert!(metered.complete);
+    }
+
+    #[test]
+    fn json_text_is_read_as_decoded_and_odd_shapes_are_ignored_field_by_field() {
+        // Escaped names and strings read as their decoded text; of a repeated member the last counts (as
+        // `serde_json::Value` keeps it); a count of another type, a fraction or a negative is no count.
+        let body = r#"{"type":"mes\u0073age","model":"claude-\u0073onnet","usage":{"input\u005ftokens":5,
+            "output_tokens":1,"output_tokens":7,"cache_read_input_tokens":"9","cache_creation_input_tokens":2.5,
+            "cache_creation":{"ephemeral_1h_input_tokens":-1},"server_tool_use":{"web_search_requests":3}}}"#;
+        let metered = json_whole(body);
+        assert!(metered.complete);
+        assert_eq!(metered.model.as_deref(), Some("claude-sonnet"));
+        assert_eq!(metered.usage, Some(Usage { web_search_requests: 3, ..usage(5, 7, 0, 0).unwrap() }));
+        // A usage that is not an object, and an error whose type is not a string.
+        let metered = json_whole(r#"{"type":"message","model":7,"usage":[1,2]}"#);
+        assert_eq!((metered.model, metered.usage, metered.complete), (None, None, true));
+        let metered = json_whole(r#"{"type":"error","error":{"type":{"nested":1}}}"#);
+        assert_eq!(metered.error.as_deref(), Some("error"));
+        // A duplicate top-level key is not an envelope: a whole body without usage.
+        let metered = json_whole(r#"{"type":"message","type":"message","usage":{"input_tokens":1}}"#);
+        assert_eq!((metered.usage, metered.complete), (None, true));
     }
 
     #[test]
