@@ -25,7 +25,6 @@ where
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .preserve_header_case(true)
         .keep_alive(!matches!(session.origin, Origin::Forward))
         .timer(TokioTimer::new())
         // Also bounds an idle keep-alive connection's wait for its next request.

@@ -68,7 +68,6 @@ pub fn model_client(config: Arc<ArcSwap<Config>>, own_addresses: Arc<[SocketAddr
         .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
-        .http1_preserve_header_case(true)
         .build(Connector {
             config,
             own_addresses: own_addresses.clone(),

@@ -224,11 +224,11 @@ async fn no_credentials_with_anonymous_deny_is_401() {
     assert_eq!(statuses, [Some(401), Some(401)], "{audit:#?}");
 }
 
-/// A JSON message: every header the client sent reaches the stub byte-identical (name case included) except Host and
-/// the credential, only Host and the upstream key are added, the body is byte-identical (query kept), and the
+/// A JSON message: every header the client sent reaches the stub with its value byte-identical and its name in lower
+/// case, except Host and the credential; only Host and the upstream key are added, the body is byte-identical (query kept), and the
 /// stub's answer comes back unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_json_message_passes_byte_identical_but_for_host_and_credentials() {
+async fn a_json_message_passes_byte_identical_but_for_host_credentials_and_name_case() {
     let stub = MessagesStub::start().await;
     let gateway = start(&stub, "").await;
 

@@ -154,11 +154,19 @@ pub fn assert_not_forwarded(seen: &Seen, secret: &str) {
     assert!(!String::from_utf8_lossy(&seen.body).contains(secret), "the body carries {secret:?}");
 }
 
-/// The header names that differ between what the client sent (`sent`, `Name: value` lines) and what the stub
-/// saw: returns the stub's headers that were not sent byte-identically (name case included), after checking
-/// that every sent header other than `Host`, the credentials and `Connection` arrived byte-identically.
+/// The headers the stub saw that the client did not send: returns them (names in lower case) after checking
+/// that every sent header other than `Host`, the credentials and `Connection` arrived with its value
+/// byte-identical and its name in lower case (the model path sends names as h2 does: docs/requests.md).
 pub fn headers_added(sent: &[&str], seen: &Seen) -> Vec<(String, String)> {
     let skipped = ["host", "x-api-key", "authorization", "connection"];
+    for (name, _) in &seen.headers {
+        assert_eq!(
+            *name,
+            name.to_ascii_lowercase(),
+            "header names reach the upstream in lower case: {:?}",
+            seen.headers
+        );
+    }
     let mut remaining: Vec<(String, Vec<u8>)> = seen.headers.clone();
     for line in sent {
         let (name, value) = line.split_once(':').expect("Name: value");
@@ -168,11 +176,11 @@ pub fn headers_added(sent: &[&str], seen: &Seen) -> Vec<(String, String)> {
         }
         let at = remaining
             .iter()
-            .position(|(n, v)| n == name && v == value.as_bytes())
+            .position(|(n, v)| n.eq_ignore_ascii_case(name) && v == value.as_bytes())
             .unwrap_or_else(|| panic!("{name}: {value} did not reach the stub byte-identical: {:?}", seen.headers));
         remaining.remove(at);
     }
-    remaining.into_iter().map(|(n, v)| (n.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned())).collect()
+    remaining.into_iter().map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned())).collect()
 }
 
 /// A usage as the audit record writes it.
