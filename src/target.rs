@@ -118,19 +118,22 @@ pub fn normalise_host(text: &str) -> Result<Host, TargetError> {
     if text.len() > 253 + 1 {
         return Err(invalid());
     }
-    let ascii =
+    let mut name =
         if text.is_ascii() { text.to_ascii_lowercase() } else { idna::domain_to_ascii(text).map_err(|_| invalid())? };
-    let name = ascii.strip_suffix('.').unwrap_or(&ascii);
+    if name.ends_with('.') {
+        name.pop();
+    }
     if name.is_empty() {
         return Err(invalid());
     }
-    if ends_in_number(name) {
-        return parse_ipv4_legacy(name).map(|ip| Host::Ip(IpAddr::V4(ip))).ok_or_else(invalid);
+    if ends_in_number(&name) {
+        return parse_ipv4_legacy(&name).map(|ip| Host::Ip(IpAddr::V4(ip))).ok_or_else(invalid);
     }
-    if !is_valid_name(name) {
+    if !is_valid_name(&name) {
         return Err(invalid());
     }
-    Ok(Host::Name(name.into()))
+    // The lowercased copy becomes the name itself (a `String` of exact capacity converts without copying).
+    Ok(Host::Name(name.into_boxed_str()))
 }
 
 /// DNS-name syntax after IDNA: labels of 1-63 letters, digits, `-` or `_`, not starting or ending with `-`.

@@ -59,8 +59,12 @@ pub struct Fleet {
     store: Store,
     bounds: Bounds,
     clock: Arc<dyn Clock>,
-    /// `user \0 user agent` → when it was last put in a batch, and with which session.
-    marks: Mutex<HashMap<String, Mark, foldhash::fast::RandomState>>,
+    /// A keyed hash of (user, user agent) → when it was last put in a batch, and with which session. A hash, not
+    /// the names, so that a sighting allocates nothing; two pairs sharing one (a chance of about 10⁻⁹ with the
+    /// most marks kept) would only delay one pair's sighting by up to `WRITE_EVERY`.
+    marks: Mutex<HashMap<u64, Mark, foldhash::fast::RandomState>>,
+    /// The key of `marks`' hash, random per process.
+    marks_key: foldhash::fast::RandomState,
     pending: Mutex<HashMap<String, Update>>,
     /// One flush at a time, so batches reach the store in order.
     flushing: tokio::sync::Mutex<()>,
@@ -95,6 +99,7 @@ impl Fleet {
             bounds,
             clock,
             marks: Mutex::default(),
+            marks_key: foldhash::fast::RandomState::default(),
             pending: Mutex::default(),
             flushing: tokio::sync::Mutex::new(()),
             current: RwLock::new(None),
@@ -112,10 +117,7 @@ impl Fleet {
     pub fn seen(&self, user: &str, teams: &[Arc<str>], user_agent: Option<&str>, session: Option<&str>) {
         let now = millis(self.clock.now());
         let session_hash = session.map(session_hash);
-        let mut key = String::with_capacity(user.len() + 1 + user_agent.map_or(0, str::len));
-        key.push_str(user);
-        key.push('\0');
-        key.push_str(user_agent.unwrap_or(""));
+        let key = std::hash::BuildHasher::hash_one(&self.marks_key, (user, user_agent));
         {
             let mut marks = self.marks.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(mark) = marks.get_mut(&key) {
