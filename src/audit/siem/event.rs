@@ -15,10 +15,10 @@ use crate::config::siem::Pseudonymize;
 /// One record of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event<'a> {
-    pub id: String,
-    pub kind: String,
+    pub id: Cow<'a, str>,
+    pub kind: Cow<'a, str>,
     /// `ts` as written (RFC 3339, UTC, milliseconds).
-    pub ts: Option<String>,
+    pub ts: Option<Cow<'a, str>>,
     /// The record's JSON: the spooled line, or its pseudonymised copy.
     pub json: Cow<'a, [u8]>,
     /// The spooled line's length with its newline: how far the spool moves once the event is accepted.
@@ -70,15 +70,16 @@ pub fn parse<'a>(lines: &'a [u8], pseudonymize: Option<&Pseudonymize>) -> Vec<Ev
         rest = after;
         let json = line.trim_ascii_end();
         let head = fast_head(json).or_else(|| serde_json::from_slice::<Head>(json).ok());
-        let text = |field: Option<&Cow<str>>| field.map(|value| value.to_string());
+        let parsed = head.is_some();
+        let Head { id, kind, ts } = head.unwrap_or(Head { id: None, kind: None, ts: None });
         let mut event = Event {
-            id: head.as_ref().and_then(|h| text(h.id.as_ref())).unwrap_or_default(),
-            kind: head.as_ref().and_then(|h| text(h.kind.as_ref())).unwrap_or_default(),
-            ts: head.as_ref().and_then(|h| text(h.ts.as_ref())),
+            id: id.unwrap_or_default(),
+            kind: kind.unwrap_or_default(),
+            ts,
             json: Cow::Borrowed(json),
             length: line.len(),
         };
-        if head.is_none() {
+        if !parsed {
             // Not a record (the writer only spools records): sent as a JSON string rather than lost.
             let quoted = serde_json::to_vec(&String::from_utf8_lossy(json)).unwrap_or_default();
             event.json = Cow::Owned(quoted);
@@ -153,11 +154,11 @@ impl<'de> Deserialize<'de> for Fields {
     }
 }
 
-/// Seconds since the epoch with milliseconds, from `ts` (now when it cannot be read).
-fn epoch_seconds(ts: Option<&str>) -> String {
+/// Appends seconds since the epoch with milliseconds, from `ts` (now when it cannot be read).
+fn epoch_seconds(ts: Option<&str>, out: &mut Vec<u8>) {
     let at = ts.and_then(|ts| humantime::parse_rfc3339(ts).ok()).unwrap_or_else(SystemTime::now);
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    format!("{}.{:03}", since.as_secs(), since.subsec_millis())
+    let _ = write!(WriteBytes(out), "{}.{:03}", since.as_secs(), since.subsec_millis());
 }
 
 /// Appends Splunk HEC events, one per line: `{"time":…,"sourcetype":"tollgate:audit",…,"event":RECORD}`.
@@ -170,7 +171,7 @@ pub fn hec(events: &[Event], index: Option<&str>, host: &str, out: &mut Vec<u8>)
     }
     for event in events {
         out.extend_from_slice(b"{\"time\":");
-        out.extend_from_slice(epoch_seconds(event.ts.as_deref()).as_bytes());
+        epoch_seconds(event.ts.as_deref(), out);
         out.extend_from_slice(fixed.as_bytes());
         out.extend_from_slice(b",\"event\":");
         out.extend_from_slice(&event.json);
@@ -195,19 +196,22 @@ pub const SD_ID: &str = "tollgate@32473";
 /// Appends one RFC 5424 message per event, each framed by octet counting (`LENGTH SP MESSAGE`, RFC 5425 / 6587):
 /// `<110>1 TS HOST tollgate PID KIND [tollgate@32473 id="ID"] RECORD`.
 pub fn syslog(events: &[Event], host: &str, process: u32, out: &mut Vec<u8>) {
-    let mut message = Vec::new();
+    let version = format!("<{PRIORITY}>1 ");
+    let origin = format!(" {host} tollgate {process} ");
+    let element = format!(" [{SD_ID} id=\"");
+    let mut head = String::with_capacity(128);
     for event in events {
-        message.clear();
-        let mut head = String::with_capacity(128);
+        head.clear();
         let ts = event.ts.as_deref().filter(|ts| is_header_token(ts)).unwrap_or("-");
-        let kind = Some(event.kind.as_str()).filter(|kind| is_header_token(kind) && kind.len() <= 32).unwrap_or("-");
-        let _ = write!(head, "<{PRIORITY}>1 {ts} {host} tollgate {process} {kind} [{SD_ID} id=\"");
+        let kind = Some(event.kind.as_ref()).filter(|kind| is_header_token(kind) && kind.len() <= 32).unwrap_or("-");
+        for part in [version.as_str(), ts, origin.as_str(), kind, element.as_str()] {
+            head.push_str(part);
+        }
         escape_param(&event.id, &mut head);
         head.push_str("\"] ");
-        message.extend_from_slice(head.as_bytes());
-        message.extend_from_slice(&event.json);
-        let _ = write!(WriteBytes(out), "{} ", message.len());
-        out.extend_from_slice(&message);
+        let _ = write!(WriteBytes(out), "{} ", head.len() + event.json.len());
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(&event.json);
     }
 }
 
@@ -265,7 +269,7 @@ mod tests {
     fn records_are_read_back_and_pseudonymised_in_place() {
         let events = parse(LINES, None);
         assert_eq!(events.len(), 2);
-        assert_eq!((events[0].id.as_str(), events[0].kind.as_str()), ("r1", "request"));
+        assert_eq!((events[0].id.as_ref(), events[0].kind.as_ref()), ("r1", "request"));
         assert_eq!(events.iter().map(|e| e.length).sum::<usize>(), LINES.len());
 
         let events = parse(LINES, Some(&key()));

@@ -2,7 +2,8 @@
 //! delivery reads them back in order and acknowledges what the SIEM accepted.
 //!
 //! On disk, a directory of segment files named by the position of their first byte in the sink's stream of
-//! records (`00000000000000001234.spool`), and `delivered`, the position up to which the SIEM has acknowledged.
+//! records (`00000000000000001234.spool`), and `delivered`, the position up to which the SIEM has acknowledged
+//! (overwritten in place, one `pwrite` per delivered batch).
 //! A segment holds whole lines (it is rolled between batches); segments wholly delivered are deleted. After a
 //! restart, delivery resumes at `delivered`: a record acknowledged but not yet recorded there is sent again (at
 //! least once), never one skipped. At most `max` bytes wait: then the writer waits (`on_full: block`) or the oldest
@@ -11,6 +12,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -25,6 +27,9 @@ use crate::metrics::SiemMetrics;
 /// The file holding the delivered position.
 const DELIVERED: &str = "delivered";
 const SEGMENT_SUFFIX: &str = ".spool";
+/// How much of the spool a delivery reads at a time, until it holds a batch: a batch of small records is read
+/// about once, not `batch.bytes` of it for every batch.
+const READ_STEP: u64 = 64 * 1024;
 
 /// One sink's spool, shared by the audit writer thread and the sink's delivery.
 pub struct Spool {
@@ -35,6 +40,8 @@ pub struct Spool {
     /// A segment this long is closed before the next batch.
     segment_bytes: u64,
     state: Mutex<State>,
+    /// The `delivered` file, kept open: the delivery overwrites its fixed-width position in place.
+    delivered_file: File,
     /// Wakes a writer waiting for room.
     room: Condvar,
     /// Wakes the delivery when records arrive.
@@ -113,7 +120,7 @@ impl Spool {
             }
         }
         starts.sort_unstable();
-        let delivered = read_delivered(&config.dir)?;
+        let (delivered_file, delivered) = open_delivered(&config.dir, &name)?;
         let mut segments = VecDeque::with_capacity(starts.len().max(1));
         for (index, start) in starts.iter().enumerate() {
             let path = segment_path(&config.dir, *start);
@@ -134,6 +141,7 @@ impl Spool {
             on_full: config.on_full,
             segment_bytes: (config.max / 16).clamp(4096, 64 << 20),
             state: Mutex::new(State { segments, active, delivered, sending: None }),
+            delivered_file,
             room: Condvar::new(),
             arrived: Notify::new(),
             lines: AtomicU64::new(0),
@@ -294,7 +302,7 @@ impl Spool {
         for start in removed {
             remove_if_present(&segment_path(&self.dir, start))?;
         }
-        write_delivered(&self.dir, delivered)
+        write_delivered(&self.delivered_file, delivered)
     }
 
     /// The last line appended (with its newline), when the spool holds one.
@@ -408,23 +416,33 @@ fn remove_if_present(path: &Path) -> std::io::Result<()> {
     }
 }
 
-fn read_delivered(dir: &Path) -> std::io::Result<u64> {
-    match std::fs::read_to_string(dir.join(DELIVERED)) {
-        Ok(text) => text.trim().parse().map_err(|_| {
-            let message = format!("{} does not hold a position: {text:?}", dir.join(DELIVERED).display());
-            std::io::Error::new(std::io::ErrorKind::InvalidData, message)
-        }),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(error) => Err(error),
+/// Opens (creating) `delivered` and reads the position it holds: 0 when it is new, or empty or zeroed (a power
+/// cut before its first write reached the disk: the spool's records are sent again, never skipped).
+fn open_delivered(dir: &Path, sink: &str) -> std::io::Result<(File, u64)> {
+    let path = dir.join(DELIVERED);
+    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", path.display())))?;
+    let position = text.trim_matches(|c: char| c == '\0' || c.is_ascii_whitespace());
+    if position.is_empty() {
+        if !text.is_empty() {
+            tracing::warn!(sink, file = %path.display(), "the SIEM spool's delivered position was lost: its records are sent again");
+        }
+        return Ok((file, 0));
     }
+    let position = position.parse().map_err(|_| {
+        let message = format!("{} does not hold a position: {text:?}", path.display());
+        std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+    })?;
+    Ok((file, position))
 }
 
-/// Replaces `delivered` whole (a new file renamed over it). Not synced: a position lost to a power cut only sends
+/// Overwrites `delivered` in place with `position`, always 20 digits and a newline, so that each write covers the
+/// last (one `pwrite`, no new file and rename per batch). Not synced: a position lost to a power cut only sends
 /// records again.
-fn write_delivered(dir: &Path, position: u64) -> std::io::Result<()> {
-    let next = dir.join(format!("{DELIVERED}.next"));
-    std::fs::write(&next, format!("{position}\n"))?;
-    std::fs::rename(next, dir.join(DELIVERED))
+fn write_delivered(file: &File, position: u64) -> std::io::Result<()> {
+    file.write_all_at(format!("{position:020}\n").as_bytes(), 0)
 }
 
 /// Cuts the file at `path` after its last newline (a batch cut short by a crash); returns its length.
@@ -470,7 +488,8 @@ pub(crate) fn count_lines(path: &Path, offset: u64, length: u64) -> std::io::Res
     }
 }
 
-/// Reads whole lines from `from` (before `end`) within `batch`'s bounds.
+/// Reads whole lines from `from` (before `end`) within `batch`'s bounds: `READ_STEP` bytes at a time, each segment
+/// opened once, until `batch.records` lines or about `batch.bytes` are read.
 fn read_range(
     dir: &Path,
     segments: &VecDeque<Segment>,
@@ -480,53 +499,73 @@ fn read_range(
     out: &mut Vec<u8>,
 ) -> std::io::Result<Chunk> {
     out.clear();
-    let mut position = from;
-    let mut limit = batch.bytes.min(end - from);
+    let available = end - from;
+    let mut reader = SegmentReader { dir, segments, open: None };
+    let mut limit = READ_STEP.min(batch.bytes).min(available);
+    let mut most = batch.records;
+    let (mut records, mut cut, mut scanned) = (0, 0, 0);
     loop {
-        // Read up to `limit` bytes past `from`, across segments.
-        for segment in segments {
-            if segment.end() <= position {
-                continue;
-            }
-            if from + limit <= position {
-                break;
-            }
-            position = position.max(segment.start);
-            let wanted = (segment.end() - position).min(from + limit - position);
-            let mut file = File::open(segment_path(dir, segment.start))?;
-            file.seek(SeekFrom::Start(position - segment.start))?;
-            let before = out.len();
-            Read::by_ref(&mut file).take(wanted).read_to_end(out)?;
-            position += (out.len() - before) as u64;
-            if ((out.len() - before) as u64) < wanted {
-                break;
-            }
-        }
-        // Whole lines, at most `batch.records`; a record longer than batch.bytes alone.
-        let most = if limit > batch.bytes { 1 } else { batch.records };
-        let mut records = 0;
-        let mut cut = 0;
-        for newline in memchr::memchr_iter(b'\n', out) {
+        let wanted = limit - out.len() as u64;
+        let read = reader.read(from + out.len() as u64, wanted, out)?;
+        for newline in memchr::memchr_iter(b'\n', &out[scanned..]) {
             records += 1;
-            cut = newline + 1;
+            cut = scanned + newline + 1;
             if records == most {
                 break;
             }
         }
-        if records > 0 {
-            out.truncate(cut);
-            let stop = from + cut as u64;
-            return Ok(Chunk { start: from, end: stop, records, more: stop < end });
+        scanned = out.len();
+        // Everything there is: lines are appended whole, so an end without a newline is a record being written.
+        let exhausted = read < wanted || out.len() as u64 >= available;
+        if records == most || exhausted || (records > 0 && limit >= batch.bytes) {
+            break;
         }
-        if position >= end || limit >= end - from {
-            // Lines are appended whole: an end without a newline is a record being written; wait for it.
-            out.clear();
-            return Ok(Chunk { start: from, end: from, records: 0, more: false });
+        if limit >= batch.bytes {
+            // One record longer than batch.bytes: read on to its end, and it goes alone.
+            most = 1;
+            limit = (limit * 2).min(available);
+        } else {
+            limit = (limit + READ_STEP).min(batch.bytes).min(available);
         }
-        // One record longer than batch.bytes: read on to its end.
-        limit = (limit * 2).min(end - from);
+    }
+    if records == 0 {
         out.clear();
-        position = from;
+        return Ok(Chunk { start: from, end: from, records: 0, more: false });
+    }
+    out.truncate(cut);
+    let stop = from + cut as u64;
+    Ok(Chunk { start: from, end: stop, records, more: stop < end })
+}
+
+/// Reads a spool's bytes by position across its segments, keeping the last segment it read open.
+struct SegmentReader<'a> {
+    dir: &'a Path,
+    segments: &'a VecDeque<Segment>,
+    open: Option<(u64, File)>,
+}
+
+impl SegmentReader<'_> {
+    /// Appends to `out` up to `length` bytes from `position`; returns how many it read (fewer at the end).
+    fn read(&mut self, mut position: u64, length: u64, out: &mut Vec<u8>) -> std::io::Result<u64> {
+        let stop = position + length;
+        let mut read = 0;
+        out.reserve(length as usize);
+        let start = position;
+        for segment in self.segments.iter().filter(|segment| segment.end() > start && segment.start < stop) {
+            if !matches!(&self.open, Some((start, _)) if *start == segment.start) {
+                self.open = Some((segment.start, File::open(segment_path(self.dir, segment.start))?));
+            }
+            let (_, file) = self.open.as_mut().expect("opened just above");
+            let wanted = segment.end().min(stop) - position;
+            file.seek(SeekFrom::Start(position - segment.start))?;
+            let got = Read::by_ref(file).take(wanted).read_to_end(out)? as u64;
+            read += got;
+            position += got;
+            if got < wanted {
+                break;
+            }
+        }
+        Ok(read)
     }
 }
 
@@ -565,6 +604,60 @@ mod tests {
         spool.acknowledge(chunk.end).unwrap();
         spool.read(&BATCH, &mut out).unwrap().unwrap();
         assert_eq!(out, lines(20, 5));
+    }
+
+    #[test]
+    fn a_batch_longer_than_a_read_step_is_read_whole_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 KiB segments; 10,000 lines of 16 bytes span three of them and several read steps.
+        let (spool, _) = spool(dir.path(), 1 << 20, SpoolFull::Block);
+        for batch in 0..100 {
+            spool.append(&lines(batch * 100, 100)).unwrap();
+        }
+        assert!(spool.lock().segments.len() >= 3);
+        let mut out = Vec::new();
+        let chunk = spool.read(&Batch { records: 9000, ..BATCH }, &mut out).unwrap().unwrap();
+        assert_eq!((chunk.records, chunk.more), (9000, true));
+        assert!(out == lines(0, 9000), "the first 9000 lines, whole and in order");
+        spool.acknowledge(chunk.end).unwrap();
+        let chunk = spool.read(&Batch { records: 9000, ..BATCH }, &mut out).unwrap().unwrap();
+        assert_eq!((chunk.records, chunk.more), (1000, false));
+        assert!(out == lines(9000, 1000));
+
+        // At most batch.bytes of whole lines.
+        let (spool, _) = self::spool(&dir.path().join("bytes"), 1 << 20, SpoolFull::Block);
+        spool.append(&lines(0, 10_000)).unwrap();
+        let chunk = spool.read(&Batch { records: 100_000, bytes: 100_000, ..BATCH }, &mut out).unwrap().unwrap();
+        assert_eq!(chunk.records, 100_000 / 16);
+        assert!(out == lines(0, 100_000 / 16));
+    }
+
+    #[test]
+    fn the_delivered_position_is_overwritten_in_place_and_read_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let delivered = dir.path().join(DELIVERED);
+        let (spool, _) = spool(dir.path(), 1 << 20, SpoolFull::Block);
+        spool.append(&lines(0, 20)).unwrap();
+        let mut out = Vec::new();
+        for expected in [160, 320] {
+            let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
+            spool.acknowledge(chunk.end).unwrap();
+            assert_eq!(std::fs::read_to_string(&delivered).unwrap(), format!("{expected:020}\n"));
+        }
+        drop(spool);
+
+        // The variable-width position earlier versions wrote, and one lost to a power cut (empty or zeroed).
+        for (text, first) in [("160\n", 10), ("", 0), ("\0\0\0\0", 0)] {
+            std::fs::write(&delivered, text).unwrap();
+            let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
+            spool.read(&BATCH, &mut out).unwrap().unwrap();
+            assert_eq!(out, lines(first, 10), "{text:?}");
+        }
+        std::fs::write(&delivered, "x\n").unwrap();
+        let config = SpoolConfig { dir: dir.path().to_owned(), max: 1 << 20, on_full: SpoolFull::Block };
+        let metrics = crate::metrics::Metrics::new().siem("test");
+        let error = Spool::open("test".into(), &config, metrics).err().expect("a position that is not a number");
+        assert!(error.to_string().contains("does not hold a position"), "{error}");
     }
 
     #[test]
