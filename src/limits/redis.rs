@@ -1015,7 +1015,8 @@ async fn write(inner: Arc<Inner>, mut queue: mpsc::Receiver<Op>) {
                 }
                 gather(&mut queue, &mut ops).await;
             }
-            _ = sweep.tick(), if in_flight.is_empty() => {
+            // Only while there are credits (a new one is asked for through the queue, which wakes the loop).
+            _ = sweep.tick(), if in_flight.is_empty() && !inner.credits().is_empty() => {
                 inner.sweep(false, &mut writer.returns);
                 if writer.returns.is_empty() {
                     continue;
