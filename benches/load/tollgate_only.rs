@@ -24,7 +24,7 @@ use crate::parameters::{
     CONNECT_MAX_OPERATIONS, CONNECT_WORKERS, IO_TIMEOUT, KEEP_ALIVE_CONNECTIONS, MAX_ERRORS_PER_WORKER, READY_ATTEMPTS,
     SMALL_READ_BUFFER,
 };
-use crate::processes::{log_tail, register_pid, tree_rss_kib, Daemon};
+use crate::processes::{log_tail, register_pid, tree_cpu_ns, tree_rss_kib, Daemon};
 use crate::proxies::{listener_item, loopback, smoke_once, start_tollgate, tollgate_yaml, Harness, ALLOW_LOOPBACK};
 use crate::report::Report;
 use crate::rounds::{median_of, paired, Series};
@@ -411,12 +411,29 @@ pub async fn measure_redis(harness: &mut Harness, report: &mut Report) -> Result
         in_redis.address
     );
     let duration = Duration::from_secs(harness.options.round_seconds);
+    let (embedded_pid, redis_state_pid, server_pid) = (proxy_embedded.pid(), proxy_redis.pid(), redis.child.id());
+    let calls = Mutex::new(Vec::new());
     let series = paired(harness.options.rounds, "redis", ["embedded state", "redis state"], "req/s", |redis| {
-        keep_alive_gets(if redis { &in_redis } else { &embedded }, duration)
+        let (route, calls) = (if redis { &in_redis } else { &embedded }, &calls);
+        async move {
+            if !redis {
+                return with_proxy_cpu(Some(embedded_pid), keep_alive_gets(route, duration)).await;
+            }
+            redis_round(route, duration, [redis_state_pid, server_pid], redis_port, calls).await
+        }
     })
     .await;
     let rate_label = format!("{label}, {KEEP_ALIVE_CONNECTIONS} conns, Basic user (req/s)");
     compare_rows(report, "redis.", rate_label, &series, "", true);
+    report.feature(
+        "redis. CPU per request: tollgate (embedded) vs tollgate + redis-server (µs)".into(),
+        median_of(&series[0].cpu),
+        median_of(&series[1].cpu),
+        1,
+        "",
+    );
+    let calls = calls.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    report.feature("redis. requests per script call".into(), None, median_of(&calls), 1, "");
     let added =
         |quantile: fn(&Series) -> &Vec<f64>| match (median_of(quantile(&series[0])), median_of(quantile(&series[1]))) {
             (Some(baseline), Some(measured)) => Some(measured - baseline),
@@ -428,6 +445,85 @@ pub async fn measure_redis(harness: &mut Harness, report: &mut Report) -> Result
     drop(proxy_embedded);
     drop(redis);
     Ok(())
+}
+
+/// One round against the Redis-state tollgate: its CPU and redis-server's per request (`pids`: tollgate, then
+/// redis-server; the round's `cpu_us` is their sum, since both share the proxy's core) and the requests per script
+/// call (`INFO commandstats` after `CONFIG RESETSTAT`), printed and kept in `calls`.
+async fn redis_round(
+    route: &Route,
+    duration: Duration,
+    pids: [u32; 2],
+    port: u16,
+    calls: &Mutex<Vec<f64>>,
+) -> RateRound {
+    let reset = redis_command(port, "CONFIG RESETSTAT").await;
+    let before = pids.map(|pid| tree_cpu_ns(pid).0);
+    let mut round = keep_alive_gets(route, duration).await;
+    let after = pids.map(|pid| tree_cpu_ns(pid).0);
+    let stats = redis_command(port, "INFO commandstats").await;
+    let requests = round.stats.successes.max(1) as f64;
+    let [tollgate_us, server_us] = [0, 1].map(|at| after[at].saturating_sub(before[at]) as f64 / requests / 1000.0);
+    round.cpu_us = Some(tollgate_us + server_us);
+    let scripts = match (reset, stats) {
+        (Ok(_), Ok(stats)) => ["cmdstat_evalsha:calls=", "cmdstat_eval:calls="]
+            .iter()
+            .filter_map(|field| stats.split(field).nth(1))
+            .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .sum::<u64>(),
+        (Err(error), _) | (_, Err(error)) => {
+            println!("  - `tollgate` redis: INFO commandstats: {error}");
+            0
+        }
+    };
+    let per_call = (scripts > 0).then(|| round.stats.successes as f64 / scripts as f64);
+    println!(
+        "  - `tollgate` redis state: CPU per request tollgate {tollgate_us:.1} µs + redis-server {server_us:.1} µs, \
+         {scripts} script calls, {} requests per call",
+        per_call.map_or_else(|| "n/a".to_owned(), |per_call| format!("{per_call:.1}"))
+    );
+    if let Some(per_call) = per_call {
+        calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(per_call);
+    }
+    round
+}
+
+/// Sends one inline command to the redis-server on `port` and reads its whole answer (a status or one bulk
+/// string), as text.
+async fn redis_command(port: u16, command: &str) -> Result<String, String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(loopback(port)).await?;
+        stream.write_all(format!("{command}\r\n").as_bytes()).await?;
+        let mut answer = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            let read = stream.read(&mut buffer).await?;
+            if read == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed before the whole answer"));
+            }
+            answer.extend_from_slice(&buffer[..read]);
+            let Some(line_end) = answer.windows(2).position(|pair| pair == b"\r\n") else { continue };
+            let complete = match answer[0] {
+                b'$' => {
+                    let length: usize = std::str::from_utf8(&answer[1..line_end])
+                        .ok()
+                        .and_then(|length| length.parse().ok())
+                        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad bulk length"))?;
+                    answer.len() >= line_end + 2 + length + 2
+                }
+                _ => true,
+            };
+            if complete {
+                return Ok(String::from_utf8_lossy(&answer).into_owned());
+            }
+        }
+    };
+    match timeout(IO_TIMEOUT, exchange).await {
+        Ok(Ok(answer)) if answer.starts_with('-') => Err(answer.trim().to_owned()),
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {IO_TIMEOUT:?}")),
+    }
 }
 
 fn redis_state(port: u16) -> String {

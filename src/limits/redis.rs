@@ -11,6 +11,17 @@
 //! plan a count. Up to `MAX_IN_FLIGHT` batches are out on the connection at once (one today); Redis runs them in
 //! the order sent.
 //!
+//! A batch smaller than `GATHER_BELOW` first lets the runtime run what is ready, a yield or two (`gather`), so
+//! requests whose bytes have arrived share its call.
+//!
+//! Credits: for a plan whose every limit is large (at least `2 × CREDIT_SHARE`), a replica takes rate tokens and
+//! concurrency slots from Redis in blocks (`c` in the script: all of the plan's keys at once, and only while each
+//! limit stays at most half used) and admits from them locally, without a call; a request that ends puts its slot
+//! back into the credit. A credit is used for at most `CREDIT_TTL` after it was asked for; then the writer gives
+//! its unused tokens (each bucket's TAT goes back) and spare slots back. Redis counts what is lent as taken, so
+//! the replicas together never admit more than a limit; a request may count up to `CREDIT_TTL` early, and one may
+//! be refused while another replica holds up to a block unused (see docs/scaling.md, "Credits").
+//!
 //! A settlement of spend (`settle_spend`) whose batch fails — Redis down, or no answer in time — is kept and sent
 //! again with later batches (and by the idle heartbeat) until Redis has it; the settlements first sent with one
 //! batch carry that batch's marker key, which the script sets with `NX`, so one that Redis ran but whose answer
@@ -34,8 +45,9 @@
 //! slot. `rediss://` is verified with the upstream trust settings. Every operation is bounded by a timeout,
 //! so a dead or unreachable Redis is a quick `StateError`, never a request that hangs.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -72,6 +84,12 @@ const MAX_BATCH: usize = 256;
 /// per request than it saved in waiting (docs/BENCHMARKS.md, "Redis state"); across a network more may pay.
 const MAX_IN_FLIGHT: usize = 1;
 
+/// A batch of fewer operations than this waits for up to `GATHER_YIELDS` yields of the runtime for more (`gather`):
+/// with Redis on the proxy's core, two yields below 32 took a batch from 6 to 14 requests and cut a request's CPU
+/// (tollgate and redis-server) by about an eighth (docs/BENCHMARKS.md, "Redis state").
+const GATHER_BELOW: usize = 32;
+const GATHER_YIELDS: usize = 2;
+
 /// How long Redis keeps the marker of a batch's settles, so one sent again after a lost answer counts once.
 const MARKER_TTL: Duration = Duration::from_secs(600);
 
@@ -84,6 +102,17 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Releases kept for the next batch after a failed one; beyond, they are dropped (the lease still frees them
 /// once this replica's lease expires, or its slot hash's TTL).
 const MAX_RETRIED_RELEASES: usize = 100_000;
+
+/// The most admissions one credit carries: a block of rate tokens and concurrency slots a replica takes from Redis
+/// and admits from locally.
+const CREDIT_BLOCK: u32 = 128;
+
+/// A limit is lent in blocks of at most this share of it (a slot's maximum, a bucket's burst): a limit under
+/// `2 × CREDIT_SHARE` is never lent, every admission against it goes to Redis.
+const CREDIT_SHARE: u32 = 64;
+
+/// How long a credit may be used after it was asked for; then what is left of it goes back to Redis.
+const CREDIT_TTL: Duration = Duration::from_millis(100);
 
 /// The batch script.
 const BATCH_LUA: &str = include_str!("redis_batch.lua");
@@ -139,6 +168,47 @@ struct Inner {
     spend_pending: AtomicU64,
     /// Settles dropped because `MAX_PENDING_SETTLES` waited already (`tollgate_state_spend_dropped_total`).
     spend_dropped: AtomicU64,
+    /// The credits this replica holds, by plan (its address; the credit keeps the plan alive).
+    credits: Mutex<HashMap<usize, Credit, foldhash::fast::RandomState>>,
+}
+
+/// Rate tokens and concurrency slots of one plan that Redis has counted as taken by this replica and that it
+/// admits from locally (`CREDIT_BLOCK`, `CREDIT_SHARE`, `CREDIT_TTL`).
+struct Credit {
+    plan: Arc<Plan>,
+    /// The most tokens and spare slots asked for at once.
+    block: u32,
+    /// Admissions left: one request from every bucket each (0 when the plan has no bucket).
+    tokens: u32,
+    /// Slots held in every capped key and not in use (0 when the plan has no slot).
+    slots: u32,
+    /// Until when it may be used: `CREDIT_TTL` after its first part was asked for.
+    until: Instant,
+    /// A request for more is out.
+    asking: bool,
+    /// The last request was refused (the limit is more than half used) or failed: none before this.
+    quiet_until: Instant,
+}
+
+/// What a plan's credit says about one admission.
+struct Taken {
+    /// Admitted from the credit.
+    admitted: bool,
+    /// More to ask for: (tokens, slots).
+    ask: Option<(u32, u32)>,
+}
+
+/// The block of a plan's credit: the smallest of `CREDIT_BLOCK` and each limit's `1 / CREDIT_SHARE`; under 2, the
+/// plan is not lent (0).
+fn credit_block(plan: &Plan) -> u32 {
+    let slots = plan.slots.iter().map(|slot| slot.max / CREDIT_SHARE);
+    let buckets = plan.buckets.iter().map(|bucket| bucket.rate.burst / CREDIT_SHARE);
+    let block = slots.chain(buckets).fold(CREDIT_BLOCK, u32::min);
+    if block >= 2 && !plan.is_empty() {
+        block
+    } else {
+        0
+    }
 }
 
 /// One server, or a cluster.
@@ -197,6 +267,8 @@ enum Op {
     Admit { plan: Arc<Plan>, now_us: u64, reply: oneshot::Sender<Result<Verdict, StateError>> },
     /// Gives a plan's slots back; `done`, when someone waits for it.
     Release { plan: Arc<Plan>, done: Option<oneshot::Sender<Result<(), StateError>>> },
+    /// Asks for a credit of `tokens` and `slots` of a plan at `now_us`, asked at `asked` (see `Credit`).
+    Credit { plan: Arc<Plan>, tokens: u32, slots: u32, now_us: u64, asked: Instant },
     /// Adds `delta` to each counter (key, expiry in ms since the epoch); answers the new values. A `settle` that
     /// fails is kept and sent again until Redis has it (counted once: see `Group`).
     AddSpend {
@@ -273,6 +345,7 @@ impl Redis {
             replica,
             spend_pending: AtomicU64::new(0),
             spend_dropped: AtomicU64::new(0),
+            credits: Mutex::new(HashMap::default()),
         };
         Ok(Redis { inner: Arc::new(inner), queue: OnceLock::new() })
     }
@@ -372,6 +445,13 @@ impl Redis {
         spread(keys.len(), &live, got)
     }
 
+    /// Admits one request of `plan` at `now_us` in Redis, through the writer.
+    async fn admit_remote(&self, plan: &Arc<Plan>, now_us: u64) -> Result<Verdict, StateError> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Op::Admit { plan: plan.clone(), now_us, reply })?;
+        self.answer(answer).await
+    }
+
     /// Gives `plan`'s slots back and waits until Redis has them.
     async fn release_now(&self, plan: Arc<Plan>) -> Result<(), StateError> {
         let (done, answer) = oneshot::channel();
@@ -396,6 +476,98 @@ impl Inner {
         key.push_str("slots:");
         key.push_str(rest);
         key
+    }
+
+    fn credits(&self) -> MutexGuard<'_, HashMap<usize, Credit, foldhash::fast::RandomState>> {
+        self.credits.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Admits one request of `plan` from its credit when the credit has what it takes, and says whether to ask
+    /// for more (the credit is low, expired or missing, and no request for more is out).
+    fn take_credit(&self, plan: &Arc<Plan>, block: u32) -> Taken {
+        let now = Instant::now();
+        let mut credits = self.credits();
+        let credit = credits.entry(Arc::as_ptr(plan) as usize).or_insert_with(|| Credit {
+            plan: plan.clone(),
+            block,
+            tokens: 0,
+            slots: 0,
+            until: now,
+            asking: false,
+            quiet_until: now,
+        });
+        let (rated, capped) = (!plan.buckets.is_empty(), !plan.slots.is_empty());
+        let live = credit.until > now;
+        let admitted = live && (!rated || credit.tokens > 0) && (!capped || credit.slots > 0);
+        if admitted {
+            credit.tokens -= u32::from(rated);
+            credit.slots -= u32::from(capped);
+        }
+        let (tokens, slots) = if live { (credit.tokens, credit.slots) } else { (0, 0) };
+        let low = (rated && tokens < credit.block / 2) || (capped && slots < credit.block / 2);
+        let ask = (low && !credit.asking && credit.quiet_until <= now).then(|| {
+            credit.asking = true;
+            let want = |has: bool, held: u32| if has { credit.block.saturating_sub(held) } else { 0 };
+            (want(rated, tokens), want(capped, slots))
+        });
+        Taken { admitted, ask }
+    }
+
+    /// Keeps a released slot of `plan` in its credit (the next admission here takes it without asking Redis); false
+    /// when the plan has no live credit or it holds two blocks of spare slots already (more is asked for below half
+    /// a block: between the two, the requests this replica has in flight come and go without a call).
+    fn keep_slot(&self, plan: &Arc<Plan>) -> bool {
+        let mut credits = self.credits();
+        match credits.get_mut(&(Arc::as_ptr(plan) as usize)) {
+            Some(credit) if credit.until > Instant::now() && credit.slots < 2 * credit.block => {
+                credit.slots += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Adds a granted credit (or notes a refused or failed request); an expired credit it finds goes to `returns`.
+    fn granted(&self, op: (&Arc<Plan>, u32, u32, Instant), granted: bool, returns: &mut Vec<Return>) {
+        let (plan, tokens, slots, asked) = op;
+        let now = Instant::now();
+        let mut credits = self.credits();
+        let Some(credit) = credits.get_mut(&(Arc::as_ptr(plan) as usize)) else {
+            // Swept while the request was out (it cannot be: an asking credit is kept); give it back.
+            if granted {
+                returns.push(Return { plan: plan.clone(), tokens, slots });
+            }
+            return;
+        };
+        credit.asking = false;
+        if !granted {
+            credit.quiet_until = now + CREDIT_TTL;
+            return;
+        }
+        if credit.until <= now {
+            if credit.tokens > 0 || credit.slots > 0 {
+                returns.push(Return { plan: plan.clone(), tokens: credit.tokens, slots: credit.slots });
+            }
+            credit.tokens = 0;
+            credit.slots = 0;
+            credit.until = asked + CREDIT_TTL;
+        }
+        credit.tokens += tokens;
+        credit.slots += slots;
+    }
+
+    /// Takes every credit that has expired (all of them when `all`) out, its unused tokens and slots into `returns`.
+    fn sweep(&self, all: bool, returns: &mut Vec<Return>) {
+        let now = Instant::now();
+        self.credits().retain(|_, credit| {
+            let expired = all || credit.until <= now;
+            if expired && (credit.tokens > 0 || credit.slots > 0) {
+                returns.push(Return { plan: credit.plan.clone(), tokens: credit.tokens, slots: credit.slots });
+                credit.tokens = 0;
+                credit.slots = 0;
+            }
+            !all && (!expired || credit.asking || credit.quiet_until > now)
+        });
     }
 
     fn late(&self) -> StateError {
@@ -465,7 +637,7 @@ impl Inner {
             .ops
             .iter()
             .filter_map(|op| match op {
-                Op::Admit { now_us, .. } => Some(*now_us),
+                Op::Admit { now_us, .. } | Op::Credit { now_us, .. } => Some(*now_us),
                 _ => None,
             })
             .min()
@@ -482,6 +654,9 @@ impl Inner {
         for plan in &batch.releases {
             encoder.release(plan);
         }
+        for given in &batch.returns {
+            encoder.give_back(given);
+        }
         for group in &batch.groups {
             encoder.marker(self.marker_key(group.marker));
             for spend in &group.spends {
@@ -493,6 +668,7 @@ impl Inner {
             match op {
                 Op::Admit { plan, now_us, .. } => encoder.admit(plan, now_us - base),
                 Op::Release { plan, .. } => encoder.release(plan),
+                Op::Credit { plan, tokens, slots, now_us, .. } => encoder.credit(plan, *tokens, *slots, now_us - base),
                 Op::AddSpend { keys, delta, settle, .. } => {
                     if let (true, false, Some(marker)) = (*settle, marked, batch.marker) {
                         encoder.marker(self.marker_key(marker));
@@ -577,6 +753,31 @@ impl<'a> Encoder<'a> {
         }
     }
 
+    /// Asks for a credit of `tokens` and `slots` of `plan` (`c`).
+    fn credit(&mut self, plan: &'a Plan, tokens: u32, slots: u32, offset_us: u64) {
+        let number = self.plan(plan);
+        self.open = None;
+        self.args.extend([
+            Arg::Text("c"),
+            Arg::Count(number),
+            Arg::Count(tokens as usize),
+            Arg::Count(slots as usize),
+            Arg::Number(offset_us),
+        ]);
+    }
+
+    /// Gives an expired credit's unused tokens (`u`) and spare slots (`r`) back.
+    fn give_back(&mut self, given: &'a Return) {
+        let number = self.plan(&given.plan);
+        self.open = None;
+        if given.tokens > 0 && !given.plan.buckets.is_empty() {
+            self.args.extend([Arg::Text("u"), Arg::Count(number), Arg::Count(given.tokens as usize)]);
+        }
+        if given.slots > 0 && !given.plan.slots.is_empty() {
+            self.args.extend([Arg::Text("r"), Arg::Count(number), Arg::Count(given.slots as usize)]);
+        }
+    }
+
     fn marker(&mut self, key: String) {
         self.open = None;
         self.keys.push(key);
@@ -642,6 +843,8 @@ struct Batch {
     ops: Vec<Op>,
     /// Releases of failed batches, sent first.
     releases: Vec<Arc<Plan>>,
+    /// What expired credits give back, sent first.
+    returns: Vec<Return>,
     /// Settles of failed batches, sent again under their markers.
     groups: Vec<Group>,
     /// The marker of this batch's own settles, when it has any.
@@ -650,11 +853,21 @@ struct Batch {
     lease: bool,
 }
 
+/// What an expired credit gives back: its unused tokens (each bucket's TAT goes back by as many intervals) and its
+/// spare slots.
+struct Return {
+    plan: Arc<Plan>,
+    tokens: u32,
+    slots: u32,
+}
+
 /// What the writer keeps between batches.
 struct Writer {
     inner: Arc<Inner>,
     /// Releases to send again.
     retried: Vec<Arc<Plan>>,
+    /// What expired credits give back, for the next batch.
+    returns: Vec<Return>,
     /// Settles to send again, oldest first.
     pending: std::collections::VecDeque<Group>,
     lease_written: Option<Instant>,
@@ -664,7 +877,7 @@ struct Writer {
 impl Writer {
     /// Whether anything failed waits to be sent again.
     fn has_backlog(&self) -> bool {
-        !self.retried.is_empty() || !self.pending.is_empty()
+        !self.retried.is_empty() || !self.pending.is_empty() || !self.returns.is_empty()
     }
 
     /// A batch of `ops` with what waits to be sent again (settles up to `MAX_BATCH` of them).
@@ -687,25 +900,33 @@ impl Writer {
             self.next_marker += 1;
             self.next_marker
         });
-        Batch { ops, releases: std::mem::take(&mut self.retried), groups, marker, lease }
+        let (releases, returns) = (std::mem::take(&mut self.retried), std::mem::take(&mut self.returns));
+        Batch { ops, releases, returns, groups, marker, lease }
     }
 
     /// Answers each operation of a batch that came back, or keeps what must not be lost of one that failed.
     fn finish(&mut self, batch: Batch, result: Result<Vec<i64>, StateError>) {
-        let Batch { ops, releases, groups, marker, .. } = batch;
+        let Batch { ops, releases, returns, groups, marker, .. } = batch;
         match result {
             Ok(values) => {
                 let resent: usize = groups.iter().flat_map(|group| &group.spends).map(|spend| spend.keys.len()).sum();
                 let settles = ops.iter().filter(|op| matches!(op, Op::AddSpend { settle: true, .. })).count();
                 let done = groups.iter().map(|group| group.spends.len()).sum::<usize>() + settles;
                 self.inner.spend_pending.fetch_sub(done as u64, Relaxed);
-                answer(&self.inner, ops.into_iter(), values.get(resent..).unwrap_or_default(), &mut self.retried);
+                let values = values.get(resent..).unwrap_or_default();
+                answer(&self.inner, ops.into_iter(), values, &mut self.retried, &mut self.returns);
             }
             Err(error) => {
                 // The next batch writes the lease again.
                 self.lease_written = None;
                 for plan in releases {
                     retry(&mut self.retried, plan);
+                }
+                // Spare slots go back with a later batch; unused tokens are given up (they refill with time).
+                for given in returns {
+                    for _ in 0..given.slots {
+                        retry(&mut self.retried, given.plan.clone());
+                    }
                 }
                 for group in groups.into_iter().rev() {
                     self.pending.push_front(group);
@@ -725,6 +946,9 @@ impl Writer {
                                 own.push(Spend { keys, delta });
                             }
                             let _ = reply.send(Err(error.clone()));
+                        }
+                        Op::Credit { plan, tokens, slots, asked, .. } => {
+                            self.inner.granted((&plan, tokens, slots, asked), false, &mut self.returns);
                         }
                     }
                 }
@@ -754,9 +978,12 @@ impl Writer {
 async fn write(inner: Arc<Inner>, mut queue: mpsc::Receiver<Op>) {
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweep = tokio::time::interval(CREDIT_TTL / 2);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut writer = Writer {
         inner: inner.clone(),
         retried: Vec::new(),
+        returns: Vec::new(),
         pending: std::collections::VecDeque::new(),
         lease_written: None,
         next_marker: 0,
@@ -776,10 +1003,22 @@ async fn write(inner: Arc<Inner>, mut queue: mpsc::Receiver<Op>) {
             }
             received = queue.recv_many(&mut ops, MAX_BATCH), if open && in_flight.len() < MAX_IN_FLIGHT => {
                 if received == 0 {
+                    // The backend is gone: what its credits hold goes back with one last batch.
                     open = false;
-                    if in_flight.is_empty() {
-                        break;
+                    inner.sweep(true, &mut writer.returns);
+                    if writer.returns.is_empty() {
+                        if in_flight.is_empty() {
+                            break;
+                        }
+                        continue;
                     }
+                }
+                gather(&mut queue, &mut ops).await;
+            }
+            // Only while there are credits (a new one is asked for through the queue, which wakes the loop).
+            _ = sweep.tick(), if in_flight.is_empty() && !inner.credits().is_empty() => {
+                inner.sweep(false, &mut writer.returns);
+                if writer.returns.is_empty() {
                     continue;
                 }
             }
@@ -795,6 +1034,24 @@ async fn write(inner: Arc<Inner>, mut queue: mpsc::Receiver<Op>) {
         inner.spend_pending.fetch_add(settles as u64, Relaxed);
         let batch = writer.batch(ops);
         in_flight.push(fly(inner.clone(), batch));
+    }
+}
+
+/// Lets the runtime run what is ready (`GATHER_YIELDS` yields at most) while fewer than `GATHER_BELOW` operations
+/// wait, taking what queued meanwhile: requests whose bytes have arrived get to queue their admissions and share
+/// the call instead of each paying for the next one.
+async fn gather(queue: &mut mpsc::Receiver<Op>, ops: &mut Vec<Op>) {
+    for _ in 0..GATHER_YIELDS {
+        if ops.len() >= GATHER_BELOW {
+            return;
+        }
+        tokio::task::yield_now().await;
+        while ops.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
     }
 }
 
@@ -814,7 +1071,13 @@ fn retry(retried: &mut Vec<Arc<Plan>>, plan: Arc<Plan>) {
 }
 
 /// Hands each operation its part of the batch's answer.
-fn answer(inner: &Inner, ops: impl Iterator<Item = Op>, values: &[i64], retried: &mut Vec<Arc<Plan>>) {
+fn answer(
+    inner: &Inner,
+    ops: impl Iterator<Item = Op>,
+    values: &[i64],
+    retried: &mut Vec<Arc<Plan>>,
+    returns: &mut Vec<Return>,
+) {
     let mut values = values.iter().copied();
     let short = || StateError(format!("redis at {}: a batch answered too few values", inner.shown));
     for op in ops {
@@ -847,6 +1110,9 @@ fn answer(inner: &Inner, ops: impl Iterator<Item = Op>, values: &[i64], retried:
             Op::AddSpend { keys, reply, .. } => {
                 let got: Vec<i64> = values.by_ref().take(keys.len()).collect();
                 let _ = reply.send(if got.len() == keys.len() { Ok(got) } else { Err(short()) });
+            }
+            Op::Credit { plan, tokens, slots, asked, .. } => {
+                inner.granted((&plan, tokens, slots, asked), values.next() == Some(1), returns);
             }
         }
     }
@@ -1027,7 +1293,7 @@ impl Backend for Redis {
             if buckets.is_empty() {
                 return Ok(Admission::Admit);
             }
-            Ok(match self.admit(&plan_of(buckets, &[]), now_us).await? {
+            Ok(match self.admit_remote(&plan_of(buckets, &[]), now_us).await? {
                 Verdict::Limited { bucket, retry_after_us } => Admission::Limited { bucket, retry_after_us },
                 Verdict::Admit | Verdict::Full { .. } => Admission::Admit,
             })
@@ -1039,7 +1305,7 @@ impl Backend for Redis {
             if slots.is_empty() {
                 return Ok(None);
             }
-            Ok(match self.admit(&plan_of(&[], slots), 0).await? {
+            Ok(match self.admit_remote(&plan_of(&[], slots), 0).await? {
                 Verdict::Full { slot } => Some(slot),
                 Verdict::Admit | Verdict::Limited { .. } => None,
             })
@@ -1056,15 +1322,28 @@ impl Backend for Redis {
     }
 
     fn admit<'a>(&'a self, plan: &'a Arc<Plan>, now_us: u64) -> BoxFuture<'a, Result<Verdict, StateError>> {
-        Box::pin(async move {
-            let (reply, answer) = oneshot::channel();
-            self.enqueue(Op::Admit { plan: plan.clone(), now_us, reply })?;
-            self.answer(answer).await
-        })
+        let block = credit_block(plan);
+        if block == 0 {
+            return Box::pin(self.admit_remote(plan, now_us));
+        }
+        let taken = self.inner.take_credit(plan, block);
+        if let Some((tokens, slots)) = taken.ask {
+            let op = Op::Credit { plan: plan.clone(), tokens, slots, now_us, asked: Instant::now() };
+            if let Err(error) = self.queue().try_send(op) {
+                let (mpsc::error::TrySendError::Full(op) | mpsc::error::TrySendError::Closed(op)) = error;
+                if let Op::Credit { plan, tokens, slots, asked, .. } = op {
+                    self.inner.granted((&plan, tokens, slots, asked), false, &mut Vec::new());
+                }
+            }
+        }
+        if taken.admitted {
+            return Box::pin(std::future::ready(Ok(Verdict::Admit)));
+        }
+        Box::pin(self.admit_remote(plan, now_us))
     }
 
     fn release_later(&self, plan: Arc<Plan>) -> Result<(), Arc<Plan>> {
-        if plan.slots.is_empty() {
+        if plan.slots.is_empty() || self.inner.keep_slot(&plan) {
             return Ok(());
         }
         match self.queue().try_send(Op::Release { plan, done: None }) {
@@ -1207,6 +1486,19 @@ mod tests {
         let expected = "p 1 1 3 1000000 2000000 a 1 2 0 5 p 1 0 1 r 2 2 a 1 1 7";
         assert_eq!(text.join(" "), expected);
         assert_eq!(encoder.keys, ["tollgate:slots:user:ann", "tollgate:rate:user:ann", "tollgate:slots:user:bob"]);
+    }
+
+    #[test]
+    fn only_plans_of_large_limits_are_lent_in_blocks() {
+        let scope = super::super::Scope::Org;
+        let rate = |burst| Bucket { key: "rate:org".into(), scope, rate: super::super::Rate { per_minute: 60, burst } };
+        let cap = |max| Slot { key: "conc:org".into(), scope, max };
+        assert_eq!(credit_block(&Plan::of(vec![rate(10_000_000)], vec![cap(100_000)])), CREDIT_BLOCK);
+        assert_eq!(credit_block(&Plan::of(vec![rate(4096)], Vec::new())), 64);
+        assert_eq!(credit_block(&Plan::of(vec![rate(10_000_000)], vec![cap(512)])), 8);
+        assert_eq!(credit_block(&Plan::of(vec![rate(127)], vec![cap(100_000)])), 0, "a burst under 128 is exact");
+        assert_eq!(credit_block(&Plan::of(Vec::new(), vec![cap(100)])), 0, "a cap under 128 is exact");
+        assert_eq!(credit_block(&Plan::of(Vec::new(), Vec::new())), 0);
     }
 
     #[test]

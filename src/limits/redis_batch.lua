@@ -11,6 +11,12 @@
 --       per admission 0 (admitted), 1 index (a full slot) or 2 index retry_after_us (an empty bucket). Nothing is
 --       taken unless all admit.
 --   'r' plan count: count releases of this replica's slots of the plan. Answers nothing.
+--   'c' plan tokens slots offset: a credit at base + offset (us): takes `tokens` requests from every bucket of the
+--       plan and `slots` slots in every capped key, all or nothing, and only while each limit stays at most half
+--       used after it (a slot total at most half its maximum, a bucket's TAT at most half its burst ahead).
+--       Answers 1 (taken) or 0 (nothing taken).
+--   'u' plan tokens: gives `tokens` unused requests back to every bucket of the plan (its TAT goes back by as many
+--       intervals). Answers nothing.
 --   'm': the next key is a settle marker: the spend operations marked 1 after it (until the next 'm') are added
 --       only if the marker is new, so a settle sent again after a lost answer counts once. Answers nothing.
 --   's' keys delta marked, then each key's expiry (ms since the epoch): adds delta to every spend counter (if
@@ -156,6 +162,65 @@ while a <= #ARGV do
         held[3] = true
       end
     end
+  elseif op == 'c' then
+    local plan = plans[tonumber(ARGV[a + 1])]
+    local tokens = tonumber(ARGV[a + 2])
+    local wanted = tonumber(ARGV[a + 3])
+    local now = base + tonumber(ARGV[a + 4])
+    a = a + 5
+    local slot_keys, maxima, rate_keys, intervals, tolerances = plan[1], plan[2], plan[3], plan[4], plan[5]
+    local lent = true
+    if wanted > 0 then
+      for i = 1, #slot_keys do
+        if slot(slot_keys[i])[1] + wanted > math.floor(maxima[i] / 2) then
+          lent = false
+          break
+        end
+      end
+    end
+    local new = {}
+    if lent and tokens > 0 then
+      for j = 1, #rate_keys do
+        local new_tat = math.max(tat(rate_keys[j])[1], now) + intervals[j] * tokens
+        if new_tat > now + math.floor(tolerances[j] / 2) then
+          lent = false
+          break
+        end
+        new[j] = new_tat
+      end
+    end
+    if lent then
+      if tokens > 0 then
+        for j = 1, #rate_keys do
+          local known = tats[rate_keys[j]]
+          known[1] = new[j]
+          known[2] = now
+        end
+      end
+      if wanted > 0 then
+        for i = 1, #slot_keys do
+          local held = slots[slot_keys[i]]
+          held[1] = held[1] + wanted
+          held[2] = held[2] + wanted
+          held[3] = true
+        end
+      end
+      out[#out + 1] = 1
+    else
+      out[#out + 1] = 0
+    end
+  elseif op == 'u' then
+    local plan = plans[tonumber(ARGV[a + 1])]
+    local tokens = tonumber(ARGV[a + 2])
+    a = a + 3
+    local rate_keys, intervals = plan[3], plan[4]
+    for j = 1, #rate_keys do
+      local known = tat(rate_keys[j])
+      known[1] = math.max(0, known[1] - intervals[j] * tokens)
+      if known[2] == nil then
+        known[2] = now_ms * 1000
+      end
+    end
   elseif op == 'p' then
     local nslots = tonumber(ARGV[a + 1])
     local nbuckets = tonumber(ARGV[a + 2])
@@ -201,7 +266,7 @@ end
 
 for key, known in pairs(tats) do
   if known[2] ~= nil then
-    local ttl_ms = math.ceil((known[1] - known[2]) / 1000) + margin
+    local ttl_ms = math.max(1, math.ceil((known[1] - known[2]) / 1000) + margin)
     redis.call('SET', key, string.format('%.0f', known[1]), 'PX', ttl_ms)
   end
 end

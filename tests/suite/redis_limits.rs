@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::redis::RedisServer;
 use tollgate::limits::memory::Memory;
 use tollgate::limits::redis::{Redis, RedisOptions};
-use tollgate::limits::{Admission, Backend, Bucket, Rate, Scope, Slot};
+use tollgate::limits::{Admission, Backend, Bucket, Plan, Rate, Scope, Slot, Verdict};
 
 /// 2025-11-28 in microseconds: 16 digits, as real clocks give; a TAT written with Lua's default number format
 /// (14 significant digits) would lose its last microseconds here.
@@ -384,24 +384,114 @@ async fn a_dead_redis_refuses_with_deny_and_passes_with_allow() {
     assert_eq!(common::exchange(allow.proxy, &absolute_get(&origin, "/up")).await.status, 200);
 
     server.stop().await;
-    let refused = common::exchange(deny.proxy, &absolute_get(&origin, "/down")).await;
-    assert_eq!(refused.status, 503, "redis down, on_error: deny: {refused:?}");
+    // 600 a minute is lent in blocks of 9 (docs/scaling.md, "Credits"): what the deny replica was lent before
+    // Redis went away (counted there) may still admit, at most a block; then it refuses.
+    let mut lent = 0;
+    let refused = loop {
+        let response = common::exchange(deny.proxy, &absolute_get(&origin, &format!("/lent-{lent}"))).await;
+        if response.status != 200 || lent > 9 {
+            break response;
+        }
+        lent += 1;
+    };
+    println!("{lent} admitted from the credit after redis stopped");
+    assert_eq!(refused.status, 503, "redis down, on_error: deny, after {lent} from the credit: {refused:?}");
     assert_eq!(refused.json()["error"]["type"], "state_unavailable", "{refused:?}");
     let message = refused.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
     assert!(message.contains("state backend") && message.contains("redis"), "{message}");
     println!("503 message: {message}");
-    let passed = common::exchange(allow.proxy, &absolute_get(&origin, "/down")).await;
-    assert_eq!(passed.status, 200, "redis down, on_error: allow: {passed:?}");
-
+    // The allow replica passes from its credit, then without limits, counting the state error.
     let sample = "tollgate_state_errors_total{backend=\"redis\"}";
+    let mut sent = 0;
+    while sent <= 10 {
+        let passed = common::exchange(allow.proxy, &absolute_get(&origin, &format!("/down-{sent}"))).await;
+        assert_eq!(passed.status, 200, "redis down, on_error: allow: {passed:?}");
+        sent += 1;
+        if allow.metric(sample).await >= 1.0 {
+            break;
+        }
+    }
     assert!(deny.metric(sample).await >= 1.0);
-    assert!(allow.metric(sample).await >= 1.0);
+    assert!(allow.metric(sample).await >= 1.0, "a state error counted within a block of requests ({sent} sent)");
     let paths = origin.request_heads();
     assert_eq!(
         paths.iter().filter(|head| head.starts_with("GET /down")).count(),
-        1,
-        "only the allow replica forwarded"
+        sent,
+        "the allow replica forwarded all, the deny replica none but its credit's"
     );
     deny.shutdown().await;
     allow.shutdown().await;
+}
+
+/// The script calls `server` has run (`EVALSHA` and `EVAL`).
+async fn script_calls(server: &RedisServer) -> u64 {
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("connect");
+    let stats: String = redis::cmd("INFO").arg("commandstats").query_async(&mut connection).await.expect("INFO");
+    ["cmdstat_evalsha:calls=", "cmdstat_eval:calls="]
+        .iter()
+        .filter_map(|field| stats.split(field).nth(1))
+        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// How many of `attempts` admissions of `plan` at `now_us`, alternating between the replicas, were admitted.
+async fn admit_alternately(replicas: [&Redis; 2], plan: &Arc<Plan>, now_us: u64, attempts: usize) -> usize {
+    let mut admitted = 0;
+    for attempt in 0..attempts {
+        let verdict = replicas[attempt % 2].admit(plan, now_us).await.expect("state backend answers");
+        admitted += usize::from(verdict == Verdict::Admit);
+    }
+    admitted
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_lending_a_large_rate_admit_its_burst_and_no_more() {
+    let server = RedisServer::start().await;
+    let (first, second) = (backend(&server), backend(&server));
+    // A burst of 4096 is lent in blocks of 64, while at least half of it is left.
+    let plan = Arc::new(Plan::of(vec![bucket("org:lent", 4096, 4096)], Vec::new()));
+    let calls = script_calls(&server).await;
+    let early = admit_alternately([&first, &second], &plan, T0, 1600).await;
+    let used = script_calls(&server).await - calls;
+    println!("first 1600 admissions: {early} admitted in {used} script calls");
+    assert_eq!(early, 1600, "the first half of the burst admits everything");
+    assert!(used < 200, "lent blocks admit most requests without a call: {used} calls for 1600 admissions");
+    // Past half the burst nothing more is lent: the rest is admitted one request at a time, exactly.
+    let late = admit_alternately([&first, &second], &plan, T0, 6000).await;
+    println!("then {late} more of 6000 attempts admitted");
+    assert!(early + late <= 4096, "two replicas never admit more than the burst: {}", early + late);
+    assert!(early + late >= 4096 - 2 * 64, "at most a block per replica is held back: {}", early + late);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_lending_slots_never_hold_more_than_the_cap_and_give_the_spare_back() {
+    let server = RedisServer::start().await;
+    let (first, second) = (backend(&server), backend(&server));
+    // A cap of 512 is lent in blocks of 8, while the key is at most half full.
+    let plan = Arc::new(Plan::of(Vec::new(), vec![slot("org:lent", 512)]));
+    let admitted = admit_alternately([&first, &second], &plan, 0, 700).await;
+    println!("{admitted} of 700 held at once");
+    assert!(admitted <= 512, "two replicas never hold more than the cap: {admitted}");
+    assert!(admitted >= 512 - 2 * 8, "at most a block per replica is held back: {admitted}");
+    for release in 0..admitted {
+        let replica = if release % 2 == 0 { &first } else { &second };
+        if let Err(plan) = replica.release_later(plan.clone()) {
+            replica.leave(&plan.slots).await.expect("state backend answers");
+        }
+    }
+    // Releases queued, spare slots in credits: within a credit's life (100 ms) and a sweep, all are back.
+    let client = redis::Client::open(server.url()).expect("client");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("connect");
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        held =
+            redis::cmd("HGETALL").arg("tollgate:slots:org:lent").query_async(&mut connection).await.expect("HGETALL");
+        if held.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held: Vec<(String, u32)> = held;
+    assert!(held.is_empty(), "every slot and every spare slot given back: {held:?}");
 }
