@@ -1,7 +1,7 @@
 //! What to run: the targets (direct, tollgate, squid, tinyproxy, mitmproxy), the scenarios, the rows of the first
 //! table, and the command line that picks them.
 
-use crate::parameters::{CONNECT_WORKERS, KEEP_ALIVE_CONNECTIONS};
+use crate::parameters::{CONNECT_WORKERS, KEEP_ALIVE_CONNECTIONS, KEEP_ALIVE_PACED_RATE};
 
 /// What the client talks to: the origin straight (`direct`), or a proxy in front of it.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -113,6 +113,8 @@ pub enum Metric {
     KeepAliveRate,
     KeepAliveP50,
     KeepAliveP99,
+    KeepAlivePacedP50,
+    KeepAlivePacedP99,
     ConnectRate,
     BulkThroughput,
     RssPerTunnel,
@@ -120,10 +122,12 @@ pub enum Metric {
 
 impl Metric {
     /// The first table's rows, in order.
-    pub const ALL: [Metric; 6] = [
+    pub const ALL: [Metric; 8] = [
         Metric::KeepAliveRate,
         Metric::KeepAliveP50,
         Metric::KeepAliveP99,
+        Metric::KeepAlivePacedP50,
+        Metric::KeepAlivePacedP99,
         Metric::ConnectRate,
         Metric::BulkThroughput,
         Metric::RssPerTunnel,
@@ -135,6 +139,8 @@ impl Metric {
             Metric::KeepAliveRate => format!("a. keep-alive GET, {KEEP_ALIVE_CONNECTIONS} conns (req/s)"),
             Metric::KeepAliveP50 => "a. latency p50 (µs)".to_string(),
             Metric::KeepAliveP99 => "a. latency p99 (µs)".to_string(),
+            Metric::KeepAlivePacedP50 => format!("a. paced, {KEEP_ALIVE_PACED_RATE} req/s: latency p50 (µs)"),
+            Metric::KeepAlivePacedP99 => format!("a. paced, {KEEP_ALIVE_PACED_RATE} req/s: latency p99 (µs)"),
             Metric::ConnectRate => format!("b. CONNECT + GET + close, {CONNECT_WORKERS} workers (conn/s)"),
             Metric::BulkThroughput => "c. 1 GiB through one tunnel (MiB/s)".to_string(),
             Metric::RssPerTunnel => format!("d. RSS per idle tunnel, {} tunnels (KiB)", options.tunnels),

@@ -19,6 +19,10 @@ pub const CONNECT_WORKERS: usize = 16;
 pub const TUNNEL_OPENERS: usize = 64;
 /// Hard cap on requests in one round of scenario a (the time bound normally ends it first).
 pub const KEEP_ALIVE_MAX_REQUESTS: u64 = 5_000_000;
+/// Scenario a, paced: requests/s over the same connections, in evenly spaced slots: below what every target
+/// serves back to back, so that latency is the proxy's own and not a queue (with connections saturated, latency
+/// is connections / throughput for any proxy).
+pub const KEEP_ALIVE_PACED_RATE: u32 = 5_000;
 /// Hard cap on operations in one round of scenario b.
 pub const CONNECT_MAX_OPERATIONS: u64 = 1_000_000;
 /// Hard cap on recorded latencies per worker (memory bound).

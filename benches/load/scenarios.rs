@@ -194,13 +194,18 @@ pub fn take_from_budget(budget: &AtomicU64) -> bool {
 
 /// Scenario a: keep-alive GETs (absolute-form through a proxy, origin-form direct).
 pub async fn keep_alive_gets(route: &Route, duration: Duration) -> RateRound {
+    keep_alive_gets_at(route, duration, None).await
+}
+
+/// Scenario a paced: `rate` requests/s over the same connections (`run_keep_alive_load`), or back to back.
+pub async fn keep_alive_gets_at(route: &Route, duration: Duration, rate: Option<u32>) -> RateRound {
     let load = KeepAliveLoad {
         connections: KEEP_ALIVE_CONNECTIONS,
         request: Arc::new(route.keep_alive_get()),
         body_length: SMALL_BODY_LENGTH as u64,
         tunnel: false,
         opened_ahead: Vec::new(),
-        rate: None,
+        rate,
         max_requests: KEEP_ALIVE_MAX_REQUESTS,
     };
     run_keep_alive_load(route, duration, load).await
