@@ -307,7 +307,9 @@ impl Writer {
             }
             self.unsynced = true;
         }
-        if self.unsynced && (full || interval.is_none_or(|interval| self.last_sync.elapsed() >= interval)) {
+        // With `sync` a duration, the thread syncs after the turn, without the writer (`Committer::run`): this
+        // batch's waiters are woken once it is written, and leaders write while the data goes to the disk.
+        if self.unsynced && (full || interval.is_none()) {
             if !self.sync_all(queue, siem) {
                 return false;
             }
@@ -606,25 +608,34 @@ impl Writer {
         if !self.regular {
             return true;
         }
-        if let Some(checkpoints) = &self.checkpoints {
-            if let Err(error) = checkpoints.sidecar.sync_data() {
-                tracing::error!(%error, file = %self.naming.checkpoints().display(), "cannot sync the checkpoint file");
-            }
+        let sidecar = self.checkpoints.as_ref().map(|checkpoints| (&checkpoints.sidecar, self.naming.checkpoints()));
+        sync_files(queue, &self.file, sidecar.as_ref().map(|(file, path)| (*file, path.as_path())))
+    }
+
+    /// With `sync` a duration that has passed since the last sync of written records: the files to sync without
+    /// holding the writer (handles of their own), the file counted synced as of now. Records written meanwhile
+    /// wait for the next one.
+    fn take_periodic_sync(&mut self) -> Option<PeriodicSync> {
+        let interval = self.interval()?;
+        if !self.regular || !self.unsynced || self.last_sync.elapsed() < interval {
+            return None;
         }
-        let mut failures = 0;
-        loop {
-            queue.begin_io();
-            let result = self.file.sync_data();
-            queue.end_io();
-            match result {
-                Ok(()) => return true,
-                Err(error) => {
-                    if !retry(queue, &error, &mut failures) {
-                        return false;
-                    }
-                }
-            }
-        }
+        (self.last_sync, self.unsynced) = (Instant::now(), false);
+        let clones = self.file.try_clone().and_then(|file| {
+            let sidecar = self
+                .checkpoints
+                .as_ref()
+                .map(|checkpoints| {
+                    Ok::<_, std::io::Error>((checkpoints.sidecar.try_clone()?, self.naming.checkpoints()))
+                })
+                .transpose()?;
+            Ok((file, sidecar))
+        });
+        Some(match clones {
+            Ok((file, sidecar)) => PeriodicSync::Apart { file, sidecar },
+            // No descriptor to spare: synced with the writer held, as a batch is.
+            Err(_) => PeriodicSync::Held,
+        })
     }
 }
 
@@ -638,7 +649,8 @@ impl Committer {
         self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The writer thread's body: waits for records or a timer, then takes the writer and writes.
+    /// The writer thread's body: waits for records or a timer, then takes the writer and writes; syncs (with
+    /// `sync` a duration) without it.
     pub(super) fn run(&self, queue: &Queue) {
         let mut batch = VecDeque::new();
         let leading = queue.leading();
@@ -647,6 +659,20 @@ impl Committer {
             let taken = queue.wait(deadline);
             let mut writer = self.lock();
             if !writer.turn(taken, &mut batch, queue, &self.written, &self.siem) {
+                break;
+            }
+            let synced = match writer.take_periodic_sync() {
+                None => true,
+                Some(PeriodicSync::Held) => writer.sync_all(queue, &self.siem),
+                Some(PeriodicSync::Apart { file, sidecar }) => {
+                    // No request waits for a periodic sync: leaders write (and the thread's waiters were woken)
+                    // while it runs.
+                    drop(writer);
+                    let sidecar = sidecar.as_ref().map(|(file, path)| (file, path.as_path()));
+                    sync_files(queue, &file, sidecar) && self.siem.sync(queue)
+                }
+            };
+            if !synced {
                 break;
             }
         }
@@ -707,6 +733,38 @@ fn last_hash_of_series(naming: &Naming) -> std::io::Result<Option<String>> {
 
 /// Marks the sink failing (logged once per failure), then waits a little before the next attempt; false when
 /// shutdown has given up.
+/// What `Writer::take_periodic_sync` leaves to sync.
+enum PeriodicSync {
+    /// Handles of the audit file and of its checkpoint file (with its path), synced without the writer.
+    Apart { file: File, sidecar: Option<(File, PathBuf)> },
+    /// No handles of its own: synced with the writer held.
+    Held,
+}
+
+/// Syncs the audit file's data (and the checkpoint file's, whose failure is only logged), retrying a failure as a
+/// write is; false when shutdown gave up.
+fn sync_files(queue: &Queue, file: &File, sidecar: Option<(&File, &Path)>) -> bool {
+    if let Some((sidecar, path)) = sidecar {
+        if let Err(error) = sidecar.sync_data() {
+            tracing::error!(%error, file = %path.display(), "cannot sync the checkpoint file");
+        }
+    }
+    let mut failures = 0;
+    loop {
+        queue.begin_io();
+        let result = file.sync_data();
+        queue.end_io();
+        match result {
+            Ok(()) => return true,
+            Err(error) => {
+                if !retry(queue, &error, &mut failures) {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
 fn retry(queue: &Queue, error: &std::io::Error, failures: &mut u32) -> bool {
     if queue.fail(error) {
         tracing::error!(%error, "audit records cannot be written; retrying until they can");
@@ -978,6 +1036,30 @@ mod tests {
         let (compressor, jobs) = mpsc::channel();
         let rotations = IntCounter::new("rotations", "rotations").unwrap();
         (Rotation { size, daily, compressor, rotations, retry_after: None }, jobs)
+    }
+
+    #[test]
+    fn with_sync_a_duration_a_batch_counts_written_before_its_sync_which_runs_without_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) =
+            Writer::open(&dir.path().join("audit.jsonl"), true, AuditSync::Every(Duration::ZERO)).unwrap();
+        let queue = Queue::new(16, None, false);
+        let written = IntCounter::new("written", "written").unwrap();
+        queue.try_push(record("a")).unwrap();
+        let mut batch = VecDeque::new();
+        assert!(writer.turn(Taken::Records, &mut batch, &queue, &written, &Spools::default()));
+        assert_eq!(written.get(), 1, "written, its waiters woken, within the turn");
+        assert!(writer.unsynced, "the sync that is due is not run within the turn (with the writer held)");
+        assert!(matches!(writer.take_periodic_sync(), Some(PeriodicSync::Apart { sidecar: None, .. })));
+        assert!(!writer.unsynced);
+        assert!(writer.take_periodic_sync().is_none(), "nothing written since");
+
+        // Per batch, the sync is part of the turn: waiters are woken once their batch is on the disk.
+        writer.sync = AuditSync::Batch;
+        queue.try_push(record("b")).unwrap();
+        assert!(writer.turn(Taken::Records, &mut batch, &queue, &written, &Spools::default()));
+        assert_eq!((written.get(), writer.unsynced), (2, false));
+        assert!(writer.take_periodic_sync().is_none());
     }
 
     /// Runs `writer` on its thread, hands it each batch in turn (each written before the next is queued, with
