@@ -132,7 +132,8 @@ pub fn normalise_host(text: &str) -> Result<Host, TargetError> {
     if !is_valid_name(&name) {
         return Err(invalid());
     }
-    // The lowercased copy becomes the name itself (a `String` of exact capacity converts without copying).
+    // The lowercased copy becomes the name itself (without a copy when its capacity is its length, as
+    // `to_ascii_lowercase` makes it).
     Ok(Host::Name(name.into_boxed_str()))
 }
 

@@ -23,7 +23,7 @@ use prometheus::IntCounter;
 use sha2::{Digest, Sha256};
 
 use super::checkpoint;
-use super::queue::{Queue, Taken};
+use super::queue::{Io, Queue, Taken};
 use super::record::{CheckpointRecord, Entry};
 use super::rotate::{self, Job, Naming};
 use super::siem::spool::count_lines;
@@ -318,9 +318,7 @@ impl Writer {
         if full && !self.rotate(queue) {
             return false;
         }
-        if queue.recover() {
-            tracing::warn!("audit records are written again");
-        }
+        recovered(queue);
         if count > 0 {
             queue.advance(count);
             written.inc_by(count);
@@ -343,9 +341,7 @@ impl Writer {
             return false;
         }
         self.unsynced = true;
-        if queue.recover() {
-            tracing::warn!("audit records are written again");
-        }
+        recovered(queue);
         queue.advance(handoff.records);
         written.inc_by(handoff.records);
         true
@@ -360,9 +356,9 @@ impl Writer {
             self.append(&record);
         }
         self.unsynced = true;
-        queue.begin_io();
+        queue.begin_io(Io::Write);
         let result = self.file.write(&self.out);
-        queue.end_io();
+        queue.end_io(Io::Write);
         let done = match result {
             Ok(written) => {
                 self.size += written as u64;
@@ -573,9 +569,9 @@ impl Writer {
     fn write_out_from(&mut self, mut done: usize, queue: &Queue) -> bool {
         let mut failures = 0;
         while done < self.out.len() {
-            queue.begin_io();
+            queue.begin_io(Io::Write);
             let result = self.file.write(&self.out[done..]);
-            queue.end_io();
+            queue.end_io(Io::Write);
             match result {
                 Ok(0) => {
                     if !retry(queue, &std::io::ErrorKind::WriteZero.into(), &mut failures) {
@@ -672,6 +668,8 @@ impl Committer {
                     sync_files(queue, &file, sidecar) && self.siem.sync(queue)
                 }
             };
+            // A sync that failed and then succeeded is told healthy by the next turn, which also finishes what a
+            // leader may have left.
             if !synced {
                 break;
             }
@@ -731,8 +729,6 @@ fn last_hash_of_series(naming: &Naming) -> std::io::Result<Option<String>> {
     Ok(last)
 }
 
-/// Marks the sink failing (logged once per failure), then waits a little before the next attempt; false when
-/// shutdown has given up.
 /// What `Writer::take_periodic_sync` leaves to sync.
 enum PeriodicSync {
     /// Handles of the audit file and of its checkpoint file (with its path), synced without the writer.
@@ -751,9 +747,9 @@ fn sync_files(queue: &Queue, file: &File, sidecar: Option<(&File, &Path)>) -> bo
     }
     let mut failures = 0;
     loop {
-        queue.begin_io();
+        queue.begin_io(Io::Sync);
         let result = file.sync_data();
-        queue.end_io();
+        queue.end_io(Io::Sync);
         match result {
             Ok(()) => return true,
             Err(error) => {
@@ -765,6 +761,15 @@ fn sync_files(queue: &Queue, file: &File, sidecar: Option<(&File, &Path)>) -> bo
     }
 }
 
+/// Marks the sink healthy again after a write or sync succeeded, logging the end of a failure.
+fn recovered(queue: &Queue) {
+    if queue.recover() {
+        tracing::warn!("audit records are written again");
+    }
+}
+
+/// Marks the sink failing (logged once per failure), then waits a little before the next attempt; false when
+/// shutdown has given up.
 fn retry(queue: &Queue, error: &std::io::Error, failures: &mut u32) -> bool {
     if queue.fail(error) {
         tracing::error!(%error, "audit records cannot be written; retrying until they can");

@@ -85,8 +85,9 @@ pub(super) struct Queue {
     /// Copies of `State::pushed` and `Progress::written`, read without a lock by health checks.
     pushed: AtomicU64,
     written: AtomicU64,
-    /// Nanoseconds after `epoch`, plus one, at which the write or sync in progress began; 0 when none is.
-    io_since: AtomicU64,
+    /// Nanoseconds after `epoch`, plus one, at which the write and the sync in progress began (by `Io`); 0 when
+    /// none is. Apart, because the thread's periodic sync runs beside a leader's writes.
+    io_since: [AtomicU64; 2],
     epoch: Instant,
     /// The last write or sync failed; it is retried until it succeeds.
     failing: AtomicBool,
@@ -162,6 +163,14 @@ pub(super) struct Queued {
     pub leads: bool,
 }
 
+/// What is under way on the disk, for stall detection: a write (the thread's or a leader's) or a sync (the
+/// thread's periodic one runs beside a leader's write).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Io {
+    Write = 0,
+    Sync = 1,
+}
+
 /// What the writer thread found when it asked for records.
 pub(super) enum Taken {
     /// Records were moved into the batch.
@@ -203,7 +212,7 @@ impl Queue {
             gather_records: (capacity / 2).clamp(1, GATHER_RECORDS),
             pushed: AtomicU64::new(0),
             written: AtomicU64::new(0),
-            io_since: AtomicU64::new(0),
+            io_since: [AtomicU64::new(0), AtomicU64::new(0)],
             epoch: Instant::now(),
             failing: AtomicBool::new(false),
             failure: Mutex::new(String::new()),
@@ -408,8 +417,14 @@ impl Queue {
         if self.failing.load(Ordering::Acquire) || self.unwritten() >= self.capacity {
             return false;
         }
-        let since = self.io_since.load(Ordering::Acquire);
-        since == 0 || self.epoch.elapsed() < Duration::from_nanos(since - 1) + STALL_AFTER
+        self.io_running().is_none_or(|running| running < STALL_AFTER)
+    }
+
+    /// How long the longest write or sync in progress has run; no clock is read when none is.
+    fn io_running(&self) -> Option<Duration> {
+        let began =
+            self.io_since.iter().map(|since| since.load(Ordering::Acquire)).filter(|since| *since != 0).min()?;
+        Some(self.epoch.elapsed().saturating_sub(Duration::from_nanos(began - 1)))
     }
 
     /// What is wrong with the sink, if anything.
@@ -418,12 +433,8 @@ impl Queue {
             let failure = self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             return Health::Failing(failure.clone());
         }
-        let since = self.io_since.load(Ordering::Acquire);
-        if since != 0 {
-            let running = self.epoch.elapsed().saturating_sub(Duration::from_nanos(since - 1));
-            if running >= STALL_AFTER {
-                return Health::Stalled(running);
-            }
+        if let Some(running) = self.io_running().filter(|running| *running >= STALL_AFTER) {
+            return Health::Stalled(running);
         }
         let unwritten = self.unwritten();
         if unwritten >= self.capacity {
@@ -559,14 +570,14 @@ impl Queue {
         state
     }
 
-    /// Marks the start of a write or sync (for stall detection).
-    pub(super) fn begin_io(&self) {
+    /// Marks the start of a write or a sync (for stall detection).
+    pub(super) fn begin_io(&self, io: Io) {
         let since = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-        self.io_since.store(since + 1, Ordering::Release);
+        self.io_since[io as usize].store(since + 1, Ordering::Release);
     }
 
-    pub(super) fn end_io(&self) {
-        self.io_since.store(0, Ordering::Release);
+    pub(super) fn end_io(&self, io: Io) {
+        self.io_since[io as usize].store(0, Ordering::Release);
     }
 
     /// A write or sync failed; true when this starts a failure (the caller logs it once).
@@ -695,17 +706,26 @@ mod tests {
     #[test]
     fn a_write_that_does_not_return_is_a_stall() {
         let mut queue = Queue::new(4, None, false);
-        queue.begin_io();
+        queue.begin_io(Io::Write);
         assert!(queue.healthy(), "a write just begun is no stall");
-        queue.end_io();
+        queue.end_io(Io::Write);
         // A write that began at an epoch twice STALL_AFTER ago.
         let only = Arc::get_mut(&mut queue).expect("the only handle");
         only.epoch = Instant::now().checked_sub(STALL_AFTER * 2).expect("the monotonic clock has run for 4 s");
-        queue.io_since.store(1, Ordering::Release);
+        queue.io_since[Io::Write as usize].store(1, Ordering::Release);
         assert!(!queue.healthy());
         assert!(matches!(queue.health(), Health::Stalled(running) if running >= STALL_AFTER * 2));
-        queue.end_io();
+        queue.end_io(Io::Write);
         assert_eq!(queue.health(), Health::Healthy);
+
+        // A sync that does not return stays a stall while leaders' writes begin and end beside it.
+        queue.io_since[Io::Sync as usize].store(1, Ordering::Release);
+        queue.begin_io(Io::Write);
+        queue.end_io(Io::Write);
+        assert!(!queue.healthy());
+        assert!(matches!(queue.health(), Health::Stalled(running) if running >= STALL_AFTER * 2));
+        queue.end_io(Io::Sync);
+        assert!(queue.healthy());
     }
 }
 

@@ -1,9 +1,9 @@
 //! Metering: the token usage of a Messages API response, read from a JSON body or an SSE stream as it passes,
 //! without buffering the stream and without changing a byte of it.
 
-use memchr::{memchr, memchr2, memmem};
 use std::borrow::Cow;
 
+use memchr::{memchr, memchr2, memmem};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
