@@ -3,9 +3,13 @@
 //! Labels never carry user names. Each running gateway owns its registry, so tests can run several gateways in
 //! one process and read each one's numbers.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::RwLock;
+
 use prometheus::{
-    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::llm::usage::Usage;
@@ -16,10 +20,15 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     request_duration: HistogramVec,
+    /// A request's two handles by its label values, and a metered response's five: looked up once per distinct
+    /// values, not in the registry (a hash of every label, a lock, a map) for each handle of every request.
+    request_handles: Resolved<RequestHandles>,
+    metered_handles: Resolved<MeteredHandles>,
     connections_active: IntGaugeVec,
     pub tunnels_active: IntGauge,
     upstream_pooled: IntGaugeVec,
-    bytes: IntCounterVec,
+    bytes_up: IntCounter,
+    bytes_down: IntCounter,
     auth_failures: IntCounterVec,
     upstream_errors: IntCounterVec,
     audit_records: IntCounterVec,
@@ -401,10 +410,13 @@ impl Metrics {
             registry,
             requests,
             request_duration,
+            request_handles: Resolved::default(),
+            metered_handles: Resolved::default(),
             connections_active,
             tunnels_active,
             upstream_pooled,
-            bytes,
+            bytes_up: bytes.with_label_values(&["up"]),
+            bytes_down: bytes.with_label_values(&["down"]),
             auth_failures,
             upstream_errors,
             audit_records,
@@ -480,8 +492,18 @@ impl Metrics {
     }
 
     pub fn request(&self, outcome: RequestOutcome<'_>) {
-        self.requests.with_label_values(&[outcome.listener, outcome.kind, outcome.decision, outcome.reason]).inc();
-        self.request_duration.with_label_values(&[outcome.kind]).observe(outcome.seconds);
+        let labels = [outcome.listener, outcome.kind, outcome.decision, outcome.reason];
+        self.request_handles.with(
+            &labels,
+            || RequestHandles {
+                requests: self.requests.with_label_values(&labels),
+                duration: self.request_duration.with_label_values(&[outcome.kind]),
+            },
+            |handles| {
+                handles.requests.inc();
+                handles.duration.observe(outcome.seconds);
+            },
+        );
     }
 
     /// Counts an open client connection until the returned guard is dropped.
@@ -492,8 +514,8 @@ impl Metrics {
     }
 
     pub fn bytes(&self, up: u64, down: u64) {
-        self.bytes.with_label_values(&["up"]).inc_by(up);
-        self.bytes.with_label_values(&["down"]).inc_by(down);
+        self.bytes_up.inc_by(up);
+        self.bytes_down.inc_by(down);
     }
 
     pub fn auth_failure(&self, method: &str) {
@@ -542,15 +564,21 @@ impl Metrics {
 
     /// Counts one metered response's tokens and cost.
     pub fn metered(&self, team: &str, model: &str, usage: &Usage, cost_usd: f64) {
-        for (kind, count) in [
-            ("input", usage.input_tokens),
-            ("output", usage.output_tokens),
-            ("cache_creation", usage.cache_creation_input_tokens),
-            ("cache_read", usage.cache_read_input_tokens),
-        ] {
-            self.tokens.with_label_values(&[team, model, kind]).inc_by(count);
-        }
-        self.cost_usd.with_label_values(&[team, model]).inc_by(cost_usd);
+        let counts =
+            [usage.input_tokens, usage.output_tokens, usage.cache_creation_input_tokens, usage.cache_read_input_tokens];
+        self.metered_handles.with(
+            &[team, model],
+            || MeteredHandles {
+                tokens: TOKEN_TYPES.map(|token_type| self.tokens.with_label_values(&[team, model, token_type])),
+                cost_usd: self.cost_usd.with_label_values(&[team, model]),
+            },
+            |handles| {
+                for (counter, count) in handles.tokens.iter().zip(counts) {
+                    counter.inc_by(count);
+                }
+                handles.cost_usd.inc_by(cost_usd);
+            },
+        );
     }
 
     pub fn budget_used(&self, team: &str, ratio: f64) {
@@ -655,8 +683,113 @@ impl Drop for ActiveConnection {
     }
 }
 
+/// The `type` label of `tollgate_tokens_total`, in `Usage`'s order.
+const TOKEN_TYPES: [&str; 4] = ["input", "output", "cache_creation", "cache_read"];
+
+#[derive(Debug)]
+struct RequestHandles {
+    requests: IntCounter,
+    duration: Histogram,
+}
+
+#[derive(Debug)]
+struct MeteredHandles {
+    tokens: [IntCounter; 4],
+    cost_usd: Counter,
+}
+
+/// Handles by label values. Never larger than the registry's own series of those labels.
+#[derive(Debug)]
+struct Resolved<V>(RwLock<HashMap<Box<[u8]>, V, foldhash::fast::RandomState>>);
+
+impl<V> Default for Resolved<V> {
+    fn default() -> Self {
+        Self(RwLock::new(HashMap::default()))
+    }
+}
+
+thread_local! {
+    /// The key being looked up: every label's length, then its bytes (no two label lists spell the same key).
+    static KEY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl<V> Resolved<V> {
+    /// Calls `use_handles` with the handles of `labels`, made by `make` the first time.
+    fn with(&self, labels: &[&str], make: impl FnOnce() -> V, use_handles: impl FnOnce(&V)) {
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            for label in labels {
+                key.extend_from_slice(&(label.len() as u32).to_le_bytes());
+                key.extend_from_slice(label.as_bytes());
+            }
+            let map = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(handles) = map.get(key.as_slice()) {
+                return use_handles(handles);
+            }
+            drop(map);
+            let mut map = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+            use_handles(map.entry(key.as_slice().into()).or_insert_with(make));
+        });
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_resolved_once_count_like_the_registry() {
+        let metrics = Metrics::new();
+        let usage = Usage {
+            input_tokens: 3,
+            output_tokens: 5,
+            cache_creation_input_tokens: 7,
+            cache_read_input_tokens: 11,
+            ..Usage::default()
+        };
+        metrics.metered("ab", "c", &usage, 0.5);
+        metrics.metered("ab", "c", &usage, 0.25);
+        // Other label values are other handles. (Not ("a", "bc"): the registry itself hashes label values
+        // without a separator, so that one would count as ("ab", "c") whatever the cache does.)
+        metrics.metered("ab", "d", &usage, 1.0);
+        metrics.metered("b", "c", &usage, 1.0);
+        let text = metrics.render();
+        assert!(text.contains(r#"tollgate_tokens_total{model="c",team="ab",type="input"} 6"#), "{text}");
+        assert!(text.contains(r#"tollgate_tokens_total{model="c",team="ab",type="cache_read"} 22"#), "{text}");
+        assert!(text.contains(r#"tollgate_tokens_total{model="d",team="ab",type="output"} 5"#), "{text}");
+        assert!(text.contains(r#"tollgate_tokens_total{model="c",team="b",type="output"} 5"#), "{text}");
+        assert!(text.contains(r#"tollgate_cost_usd_total{model="c",team="ab"} 0.75"#), "{text}");
+        for seconds in [0.001, 0.002] {
+            metrics.request(RequestOutcome {
+                listener: "proxy",
+                kind: "model",
+                decision: "allow",
+                reason: "-",
+                seconds,
+            });
+        }
+        metrics.request(RequestOutcome {
+            listener: "proxy",
+            kind: "model",
+            decision: "deny",
+            reason: "dlp",
+            seconds: 0.5,
+        });
+        metrics.bytes(10, 20);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"tollgate_requests_total{decision="allow",kind="model",listener="proxy",reason="-"} 2"#)
+        );
+        assert!(
+            text.contains(r#"tollgate_requests_total{decision="deny",kind="model",listener="proxy",reason="dlp"} 1"#)
+        );
+        assert!(text.contains(r#"tollgate_request_duration_seconds_count{kind="model"} 3"#), "{text}");
+        assert!(text.contains(r#"tollgate_bytes_total{direction="down"} 20"#), "{text}");
     }
 }
