@@ -421,8 +421,10 @@ fn cut_before_record() -> BodyError {
 
 impl Settlement {
     /// Cost, spend, metrics, slots and the audit record of a finished (or cut) response; says whether the
-    /// response may complete.
-    async fn settle(self, meter: Option<Meter>, end: End, relayed: u64) -> Release {
+    /// response may complete. Cost, metrics and the error text are worked out when it is called; the future it
+    /// returns settles the spend, gives back the slots and hands over the record, and holds only what those need
+    /// (it is boxed for every relayed response).
+    fn settle(self, meter: Option<Meter>, end: End, relayed: u64) -> impl Future<Output = Release> + Send {
         let Settlement { shared, config, peer, mut exchange, admitted, reservation } = self;
         exchange.bytes_down = relayed;
         let mut cost_micro_usd = 0;
@@ -477,25 +479,29 @@ impl Settlement {
                 None => cut,
             });
         }
-        if let Some(reservation) = reservation {
+        if let Some(reservation) = &reservation {
             if unread {
                 cost_micro_usd = reservation.estimate_micro_usd();
             }
-            match reservation.settle(cost_micro_usd, shared.clock.now()).await {
-                Ok(ratios) => {
-                    for (team, ratio) in ratios {
-                        shared.metrics.budget_used(&team, ratio);
+        }
+        async move {
+            if let Some(reservation) = reservation {
+                match reservation.settle(cost_micro_usd, shared.clock.now()).await {
+                    Ok(ratios) => {
+                        for (team, ratio) in ratios {
+                            shared.metrics.budget_used(&team, ratio);
+                        }
+                    }
+                    Err(error) => {
+                        shared.metrics.state_error(shared.limiter.backend_name());
+                        tracing::warn!(%error, id = %exchange.id, "spend not settled: the estimate stays charged");
                     }
                 }
-                Err(error) => {
-                    shared.metrics.state_error(shared.limiter.backend_name());
-                    tracing::warn!(%error, id = %exchange.id, "spend not settled: the estimate stays charged");
-                }
             }
+            if let Some(admitted) = admitted {
+                admitted.release().await;
+            }
+            finish(&shared, &peer, exchange).await
         }
-        if let Some(admitted) = admitted {
-            admitted.release().await;
-        }
-        finish(&shared, &peer, exchange).await
     }
 }

@@ -45,7 +45,7 @@ pub async fn handle(
     let door = session.door();
     let mut exchange = Exchange::new(shared.next_request_id(), door);
     exchange.shape = door.shape(true);
-    exchange.method = request.method().to_string();
+    exchange.method = request.method().as_str().to_owned();
     exchange.set_path(request.uri().path());
     let mut held = Held::default();
     match forward(&session, &config, request, &mut exchange, &mut held).await {
@@ -347,12 +347,22 @@ fn point(
     parts: &mut http::request::Parts,
     exchange: &mut Exchange,
 ) -> Result<Option<HeaderValue>, Error> {
-    let query = parts.uri.query().map(|query| format!("?{query}")).unwrap_or_default();
+    let query = parts.uri.query();
+    let path_and_query = |base: &str| {
+        let mut joined = String::with_capacity(base.len() + path.len() + query.map_or(0, |query| query.len() + 1));
+        joined.push_str(base);
+        joined.push_str(path);
+        if let Some(query) = query {
+            joined.push('?');
+            joined.push_str(query);
+        }
+        joined
+    };
     let (scheme, authority, path_and_query, name, api_key) = match upstream {
         Upstream::Configured(upstream) => (
             upstream.scheme.clone(),
             upstream.authority.to_string(),
-            format!("{}{path}{query}", upstream.base_path),
+            path_and_query(&upstream.base_path),
             upstream.name.to_string(),
             upstream.api_key.clone(),
         ),
@@ -364,7 +374,7 @@ fn point(
             let scheme = if https { http::uri::Scheme::HTTPS } else { http::uri::Scheme::HTTP };
             let default_port = if https { 443 } else { 80 };
             let authority = if target.port == default_port { target.host.to_string() } else { target.to_string() };
-            (scheme, authority, format!("{path}{query}"), target.to_string(), None)
+            (scheme, authority, path_and_query(""), target.to_string(), None)
         }
     };
     parts.uri = Uri::builder()

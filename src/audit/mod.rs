@@ -16,6 +16,7 @@ pub mod rotate;
 pub mod siem;
 mod verify;
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -193,9 +194,12 @@ impl Auditor {
 
     /// Hands one record to the sink. Under `audit.on_failure: block` (and `Wait::UntilWritten`) waits for room in
     /// the queue, then until the record is written; otherwise never waits.
-    pub async fn record(&self, record: impl Into<Entry>, wait: Wait) -> Release {
+    pub fn record(&self, record: impl Into<Entry>, wait: Wait) -> impl Future<Output = Release> + Send + '_ {
+        self.record_entry(record.into(), wait)
+    }
+
+    async fn record_entry(&self, record: Entry, wait: Wait) -> Release {
         let Some(sink) = &self.sink else { return Release::Complete };
-        let record = record.into();
         if self.holds_responses() && wait == Wait::UntilWritten {
             let Some(queued) = sink.queue.push(record, sink.committer.is_some()).await else { return Release::Cut };
             if let (true, Some(committer)) = (queued.leads, &sink.committer) {

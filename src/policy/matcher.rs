@@ -13,6 +13,10 @@ use regex::RegexSet;
 
 use crate::target::{normalise_host, parse_port, Host, Target, TargetError};
 
+/// The maps a lookup probes on every request: keyed by names and networks from the configuration (a request
+/// only looks up, never inserts), so a fast hash rather than SipHash.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One rule of a list, as named in responses, logs and audit records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -26,11 +30,11 @@ pub struct Rule {
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Rule>,
-    exact: HashMap<Box<str>, Vec<usize>>,
-    suffixes: HashMap<Box<str>, Vec<usize>>,
+    exact: Map<Box<str>, Vec<usize>>,
+    suffixes: Map<Box<str>, Vec<usize>>,
     /// Inner globs, bucketed by the literal domain after their last wildcard label, so a name is only
     /// matched against the globs that could fit it.
-    globs: HashMap<Box<str>, (RegexSet, Vec<usize>)>,
+    globs: Map<Box<str>, (RegexSet, Vec<usize>)>,
     networks: Networks,
 }
 
@@ -124,7 +128,7 @@ impl RuleSet {
 /// CIDRs grouped by prefix length, each group a hash map of the masked network address.
 #[derive(Debug, Default)]
 struct Networks {
-    by_prefix: Vec<(u8, bool, HashMap<IpAddr, Vec<usize>>)>,
+    by_prefix: Vec<(u8, bool, Map<IpAddr, Vec<usize>>)>,
 }
 
 impl Networks {
@@ -135,7 +139,7 @@ impl Networks {
         let group = match position {
             Some(i) => &mut self.by_prefix[i].2,
             None => {
-                self.by_prefix.push((prefix, is_v4, HashMap::new()));
+                self.by_prefix.push((prefix, is_v4, Map::default()));
                 &mut self.by_prefix.last_mut().expect("just pushed").2
             }
         };

@@ -73,7 +73,7 @@ pub struct Policy {
     ports_rule: Arc<str>,
     private_rule: Arc<str>,
     require_sni_match: bool,
-    teams: HashMap<Arc<str>, TeamPolicy>,
+    teams: HashMap<Arc<str>, TeamPolicy, foldhash::fast::RandomState>,
 }
 
 /// One team's destinations and hours.
@@ -238,8 +238,10 @@ impl Policy {
     }
 }
 
-fn compile_teams(teams: &BTreeMap<String, file::Team>) -> Result<HashMap<Arc<str>, TeamPolicy>, PolicyError> {
-    let mut compiled = HashMap::with_capacity(teams.len());
+fn compile_teams(
+    teams: &BTreeMap<String, file::Team>,
+) -> Result<HashMap<Arc<str>, TeamPolicy, foldhash::fast::RandomState>, PolicyError> {
+    let mut compiled = HashMap::with_capacity_and_hasher(teams.len(), Default::default());
     for (name, team) in teams {
         let list = |key: &str, patterns: &[String]| {
             let path = format!("teams.{name}.{key}");

@@ -6,6 +6,7 @@
 //! only then: a refusal is sent after `finish`, a relayed response's last bytes are held until it returns
 //! (`Held`), a tunnel's record is written when the tunnel ends, before its connection closes.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -150,9 +151,18 @@ impl Exchange {
 const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
 
 /// The last phase of every request: metrics, one log line, one audit record. Under `audit.on_failure: block`
-/// returns once the record is written (`Release::Cut` when shutdown stopped waiting first); a refusal because the
-/// sink cannot take records does not wait for its own record.
-pub async fn finish(shared: &Shared, peer: &Peer, exchange: Exchange) -> Release {
+/// the future returns once the record is written (`Release::Cut` when shutdown stopped waiting first); a refusal
+/// because the sink cannot take records does not wait for its own record.
+///
+/// Metrics, log line and record are made when it is called; the future only hands the record over (and holds
+/// just that, not the exchange too, in the futures that await it).
+pub fn finish<'a>(shared: &'a Shared, peer: &Peer, exchange: Exchange) -> impl Future<Output = Release> + Send + 'a {
+    let (record, wait) = account(shared, peer, exchange);
+    shared.auditor.record(record, wait)
+}
+
+/// `finish`'s work up to the record.
+fn account(shared: &Shared, peer: &Peer, exchange: Exchange) -> (Record, Wait) {
     let listener = &peer.listener;
     let seconds = exchange.started.elapsed().as_secs_f64();
     shared.metrics.request(RequestOutcome {
@@ -227,7 +237,7 @@ pub async fn finish(shared: &Shared, peer: &Peer, exchange: Exchange) -> Release
         session: exchange.session,
         user_agent: exchange.user_agent,
     };
-    shared.auditor.record(record, wait).await
+    (record, wait)
 }
 
 /// Keeps a refusal of an identified user for the developer page (`devpage::denials`, bounded).
