@@ -1,6 +1,7 @@
 //! Log output that stays off the request path: formatted lines are appended to a shared buffer and a
-//! background thread writes them to stderr every 50 ms (sooner when 64 KiB are waiting). A request neither
-//! blocks on a slow terminal or pipe nor wakes another thread for each line.
+//! background thread writes them to stderr at most 50 ms after the first of them (sooner when 64 KiB are
+//! waiting), and sleeps while there is nothing to write. A request neither blocks on a slow terminal or pipe nor
+//! wakes another thread for each line.
 //!
 //! The buffer is bounded (`MAX_BUFFERED`): when stderr stalls (a full pipe nobody reads), further lines are
 //! dropped and counted (`tollgate_log_lines_dropped_total`) instead of growing memory.
@@ -59,17 +60,30 @@ pub fn batched_stderr() -> (BatchedStderr, FlushGuard) {
 
 fn write_loop(shared: &Shared) {
     let mut stderr = std::io::stderr();
+    let mut batch = Vec::new();
     loop {
-        let (batch, stopping) = {
+        let stopping = {
             let mut guard = shared.lines.lock().unwrap_or_else(|p| p.into_inner());
+            // Nothing to write: sleep until a line comes (the first line into an empty buffer wakes the thread),
+            // not 20 times a second.
+            while guard.0.is_empty() && !guard.1 {
+                guard = shared.wake.wait(guard).unwrap_or_else(|p| p.into_inner());
+            }
             if guard.0.len() < FLUSH_AT && !guard.1 {
                 guard = shared.wake.wait_timeout(guard, FLUSH_EVERY).unwrap_or_else(|p| p.into_inner()).0;
             }
-            (std::mem::take(&mut guard.0), guard.1)
+            // The buffers trade places: neither is allocated anew for each batch.
+            std::mem::swap(&mut guard.0, &mut batch);
+            guard.1
         };
         if !batch.is_empty() {
             let _ = stderr.write_all(&batch);
             let _ = stderr.flush();
+            batch.clear();
+            if batch.capacity() > 4 * FLUSH_AT {
+                // A burst's buffer is not kept.
+                batch = Vec::new();
+            }
         }
         if stopping {
             return;
@@ -99,8 +113,10 @@ impl Write for Line<'_> {
             self.0.wake.notify_one();
             return Ok(bytes.len());
         }
+        let was_empty = guard.0.is_empty();
         guard.0.extend_from_slice(bytes);
-        if guard.0.len() >= FLUSH_AT {
+        // The writer sleeps untimed while the buffer is empty, and waits FLUSH_EVERY once a line is there.
+        if was_empty || guard.0.len() >= FLUSH_AT {
             self.0.wake.notify_one();
         }
         Ok(bytes.len())
