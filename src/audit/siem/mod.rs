@@ -2,8 +2,11 @@
 //! (`spool.rs`) before its records count as written; one thread per sink reads its spool and delivers in order, at
 //! least once, retrying with backoff (`deliver.rs`), in the sink's wire shape (`event.rs`).
 //!
-//! The request path never waits for a SIEM: only for the local spool append, and that only while a spool with
-//! `on_full: block` is full (the audit sink is unhealthy meanwhile, which `/readyz` and admission see).
+//! The request path never waits for a SIEM: only for the local spool append (in memory: the spool's file is
+//! written by the delivery, or the audit writer's sync), and that only while a spool with `on_full: block` is full
+//! (the audit sink is unhealthy meanwhile, which `/readyz` and admission see). A record counts as written once it
+//! is in the audit file and in every spool, in memory or on disk: a crash can take from a spool only records the
+//! file holds, which `Spools::catch_up` spools again on the next start.
 
 mod deliver;
 pub mod event;
@@ -15,6 +18,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::Queue;
@@ -62,14 +66,20 @@ const CATCH_UP_WINDOW: u64 = 64 << 20;
 impl Spools {
     /// Appends to each spool the records of the audit file after the spool's last one: those a crash left in
     /// the file between its write and the spool's. A spool that is empty (a new sink) starts with the next record.
+    /// With the audit going to a pipe or a terminal there is no file to catch up from: appends are written to the
+    /// spools at once, as the records' only copy on this host.
     pub(super) fn catch_up(&self, file: &Path) -> std::io::Result<()> {
+        let regular = std::fs::metadata(file).is_ok_and(|metadata| metadata.is_file());
         for spool in &self.0 {
+            if !regular {
+                spool.write_through();
+            }
             let Some(last) = spool.last_line()? else { continue };
             match records_after(file, &last)? {
                 Some(missing) if missing.is_empty() => {}
                 Some(missing) => {
                     let records = memchr::memchr_iter(b'\n', &missing).count();
-                    if spool.append(&missing)? == Appended::Full {
+                    if spool.append(&Bytes::from(missing))? == Appended::Full {
                         tracing::error!(sink = %spool.name(), records,
                             "the SIEM spool is full: records the file got before a crash are not spooled");
                     } else {
@@ -91,10 +101,15 @@ impl Spools {
     }
 
     /// Appends the batch's lines once to each spool in turn, without retrying or waiting: `Err(n)` when spool
-    /// number `n` did not take them (full or failing; those before it did), for `append_from` to finish.
+    /// number `n` did not take them (full or failing; those before it did), for `append_from` to finish. An
+    /// append is a hand-off in memory (`spool.rs`): one copy of the batch, shared by the spools.
     pub(super) fn try_append(&self, lines: &[u8]) -> Result<(), usize> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let lines = Bytes::copy_from_slice(lines);
         for (index, spool) in self.0.iter().enumerate() {
-            if !matches!(spool.append(lines), Ok(Appended::Written)) {
+            if !matches!(spool.append(&lines), Ok(Appended::Written)) {
                 return Err(index);
             }
         }
@@ -103,10 +118,14 @@ impl Spools {
 
     /// `append`, from spool number `first` on.
     pub(super) fn append_from(&self, first: usize, lines: &[u8], queue: &Queue) -> bool {
+        if self.0.len() <= first {
+            return true;
+        }
+        let lines = Bytes::copy_from_slice(lines);
         for spool in self.0.iter().skip(first) {
             let mut failures = 0;
             loop {
-                match spool.append(lines) {
+                match spool.append(&lines) {
                     Ok(Appended::Written) => break,
                     Ok(Appended::Full) => {
                         let message = format!(
@@ -134,7 +153,8 @@ impl Spools {
         true
     }
 
-    /// Syncs every spool; false when shutdown gave up on a failing one.
+    /// Writes what every spool holds pending and syncs it (with the audit file's sync: periodic, per batch with
+    /// `sync: batch`, before a rotation and at shutdown); false when shutdown gave up on a failing one.
     pub(super) fn sync(&self, queue: &Queue) -> bool {
         for spool in &self.0 {
             let mut failures = 0;
