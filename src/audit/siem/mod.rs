@@ -169,7 +169,8 @@ impl Spools {
 }
 
 /// The bytes of `file` after the line `last` (with its newline), searched for in its last `CATCH_UP_WINDOW`
-/// bytes; `None` when it is not there.
+/// bytes; all of them when the file begins right after `last` (a rotation came after it: the first record's
+/// `prev` is `last`'s `hash`), nothing when it is empty; `None` otherwise.
 fn records_after(file: &Path, last: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
     let mut file = match File::open(file) {
         Ok(file) => file,
@@ -189,7 +190,26 @@ fn records_after(file: &Path, last: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
         }
         end = at + last.len() - 1;
     }
+    if start == 0 && (tail.is_empty() || chained_after(&tail, last)) {
+        return Ok(Some(tail));
+    }
     Ok(None)
+}
+
+/// Whether the first record of `records` is chained right after the record `last`.
+fn chained_after(records: &[u8], last: &[u8]) -> bool {
+    /// A record's links in the chain (`audit.file.chain`).
+    #[derive(serde::Deserialize)]
+    struct Links {
+        prev: Option<String>,
+        hash: Option<String>,
+    }
+    let first = records.split(|byte| *byte == b'\n').next().unwrap_or_default();
+    let links = |line: &[u8]| serde_json::from_slice::<Links>(line.trim_ascii_end()).ok();
+    match (links(first), links(last)) {
+        (Some(Links { prev: Some(prev), .. }), Some(Links { hash: Some(hash), .. })) => prev == hash,
+        _ => false,
+    }
 }
 
 /// Marks the audit sink failing (logged once), then waits before the next attempt; false once shutdown gave up.
@@ -245,5 +265,21 @@ mod tests {
         assert_eq!(after("\"a\"}\n"), None, "only whole lines match");
         assert_eq!(after("{\"id\":\"z\"}\n"), None);
         assert_eq!(records_after(&dir.path().join("missing"), b"x\n").unwrap(), None);
+    }
+
+    /// Killed after a rotation with the new file's first records not yet in the spool's file: the spool's last
+    /// record is in the rotated file, and the new file's first record is chained to it.
+    #[test]
+    fn records_after_takes_a_whole_file_that_begins_after_the_spools_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("audit.jsonl");
+        let last = b"{\"id\":\"a\",\"prev\":\"0\",\"hash\":\"1\"}\n";
+        let next = "{\"id\":\"b\",\"prev\":\"1\",\"hash\":\"2\"}\n{\"id\":\"c\",\"prev\":\"2\",\"hash\":\"3\"}\n";
+        std::fs::write(&file, next).unwrap();
+        assert_eq!(records_after(&file, last).unwrap().as_deref(), Some(next.as_bytes()));
+        std::fs::write(&file, next.replace("\"prev\":\"1\"", "\"prev\":\"9\"")).unwrap();
+        assert_eq!(records_after(&file, last).unwrap(), None, "another chain");
+        std::fs::write(&file, "").unwrap();
+        assert_eq!(records_after(&file, last).unwrap().as_deref(), Some(&b""[..]), "a new file: nothing missing");
     }
 }
