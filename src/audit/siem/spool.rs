@@ -44,7 +44,7 @@ const READ_STEP: u64 = 64 * 1024;
 const PENDING_MAX: u64 = 1 << 20;
 /// Records already written stay in memory for the delivery up to this much; beyond it (a backlog) the oldest are
 /// read back from the disk when their turn comes.
-const MEMORY_MAX: u64 = 8 << 20;
+const MEMORY_MAX: u64 = 2 << 20;
 /// The most pieces written with one `write_vectored` (within Linux's `IOV_MAX`, 1024).
 const WRITE_PIECES: usize = 256;
 
