@@ -29,7 +29,11 @@ const HEC_TOKEN: &str = "6f1d2c3b-0000-4a4a-9e9e-hec-test-token";
 /// A gateway on `dir` (the audit file and spools live there, so a second gateway on the same `dir` is a restart):
 /// `audit` holds the lines under `audit:` after `file`.
 async fn start_on(dir: &Path, audit: &str, extra: &str) -> TestGateway {
-    let text = gateway_yaml(dir, audit, extra);
+    start_with(gateway_yaml(dir, audit, extra)).await
+}
+
+/// A gateway with the configuration `text`.
+async fn start_with(text: String) -> TestGateway {
     let env = |name: &str| (name == "HEC_TOKEN").then(|| HEC_TOKEN.to_owned());
     let scratch = tempfile::tempdir().expect("temp dir");
     let mut config = Config::from_text(&text, Path::new("test.yaml"), &env).unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -189,6 +193,15 @@ async fn a_siem_down_under_load_across_a_restart_gets_every_record_in_order_once
     assert!(metric_value(&metrics, &format!("tollgate_siem_errors_total{sink}")) > 0.0, "the failed attempts");
 }
 
+/// Lines in the spool segments of `dir`.
+fn spooled_lines(dir: &Path) -> usize {
+    let segments = std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().path());
+    let segments = segments.filter(|path| path.extension().is_some_and(|extension| extension == "spool"));
+    segments.map(|path| std::fs::read(path).unwrap().iter().filter(|b| **b == b'\n').count()).sum()
+}
+
+/// Killed while the spool holds records in memory only (the delivery waits for a batch that never fills, the
+/// audit file is synced hourly): the next start spools them again from the audit file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_during_load_the_spool_resumes_and_nothing_is_lost() {
     let origin = Origin::start().await;
@@ -196,7 +209,10 @@ async fn after_kill_9_during_load_the_spool_resumes_and_nothing_is_lost() {
     let address = free_port();
     let config = dir.path().join("tollgate.yaml");
     let audit = format!("  siem:\n{}", hec_sink(dir.path(), address, "hec")).replace("${HEC_TOKEN}", HEC_TOKEN);
-    std::fs::write(&config, gateway_yaml(dir.path(), &audit, "")).unwrap();
+    let waiting = audit.replace("batch: {records: 50, wait: 20ms}", "batch: {records: 100000, wait: 1h}");
+    let yaml = gateway_yaml(dir.path(), &waiting, "").replace("audit.jsonl\"}", "audit.jsonl\", sync: 1h}");
+    assert!(yaml.contains("sync: 1h") && yaml.contains("wait: 1h"), "{yaml}");
+    std::fs::write(&config, yaml).unwrap();
     let binary = |config: &Path| {
         let config = config.to_owned();
         async move { binary::Tollgate::start(&config, binary::Stderr::Drained).await }
@@ -245,7 +261,11 @@ async fn after_kill_9_during_load_the_spool_resumes_and_nothing_is_lost() {
     for client in clients {
         client.await.expect("client");
     }
+    let written = std::fs::read(&audit_path).unwrap().iter().filter(|b| **b == b'\n').count();
+    let spooled = spooled_lines(&dir.path().join("hec"));
+    assert!(spooled < written, "records were in memory only when killed: {spooled} spooled of {written}");
 
+    std::fs::write(&config, gateway_yaml(dir.path(), &audit, "")).unwrap();
     let restarted = binary(&config).await;
     let audit_file = std::io::BufReader::new(std::fs::File::open(&audit_path).unwrap());
     tollgate::audit::verify(audit_file).expect("the chain verifies after kill -9");
@@ -258,6 +278,25 @@ async fn after_kill_9_during_load_the_spool_resumes_and_nothing_is_lost() {
     let duplicates = assert_in_order_without_gaps(&file, &received);
     assert_eq!(duplicates, 0, "the SIEM was down: nothing was in flight when the process died");
     restarted.stop().await;
+}
+
+/// With `sync: batch` a response waits for its record to be on disk in the file and in every spool: the spool
+/// holds nothing in memory only once a request is answered, even with a delivery that never takes records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_sync_batch_every_answered_record_is_in_the_spool_file() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink =
+        hec_sink(dir.path(), free_port(), "hec").replace("batch: {records: 50, wait: 20ms}", "batch: {wait: 1h}");
+    let yaml = gateway_yaml(dir.path(), &format!("  siem:\n{sink}"), "");
+    let mut gateway = start_with(yaml.replace("audit.jsonl\"}", "audit.jsonl\", sync: batch}")).await;
+    for round in 0..3 {
+        load(gateway.proxy, &origin, &format!("sync{round}"), 2, 5).await;
+        let written = file_records(dir.path()).len();
+        assert_eq!(written, 10 * (round + 1));
+        assert_eq!(spooled_lines(&dir.path().join("hec")), written, "round {round}");
+    }
+    gateway.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

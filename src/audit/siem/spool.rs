@@ -1,5 +1,13 @@
 //! A SIEM sink's durable spool: the audit writer appends each batch's lines (the bytes the file got), the sink's
-//! delivery reads them back in order and acknowledges what the SIEM accepted.
+//! delivery takes them in order and acknowledges what the SIEM accepted.
+//!
+//! An append is a hand-off in memory: the batch joins `pending`, bytes not yet in the segment file. The delivery,
+//! when it takes records, first writes everything pending with one `write` (many audit batches at once, off the
+//! request path), and sends the records it has in memory without reading them back; it reads the disk only for
+//! what memory no longer holds (after a restart or a long backlog). The audit writer's sync (`Spools::sync`, before
+//! a rotation and at shutdown too) writes what is pending first; an append that finds `PENDING_MAX` pending writes
+//! it itself. A kill -9 can lose only the pending part, records the audit file already holds: on the next start
+//! `Spools::catch_up` spools them again from the file (`docs/audit.md`, "SIEM delivery").
 //!
 //! On disk, a directory of segment files named by the position of their first byte in the sink's stream of
 //! records (`00000000000000001234.spool`), and `delivered`, the position up to which the SIEM has acknowledged
@@ -11,13 +19,14 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::config::file::SpoolFull;
@@ -30,6 +39,14 @@ const SEGMENT_SUFFIX: &str = ".spool";
 /// How much of the spool a delivery reads at a time, until it holds a batch: a batch of small records is read
 /// about once, not `batch.bytes` of it for every batch.
 const READ_STEP: u64 = 64 * 1024;
+/// At most this much (or a segment, if less) waits in memory to be written: far less than `CATCH_UP_WINDOW`, so
+/// that what a kill -9 loses from the spool is found again in the audit file.
+const PENDING_MAX: u64 = 1 << 20;
+/// Records already written stay in memory for the delivery up to this much; beyond it (a backlog) the oldest are
+/// read back from the disk when their turn comes.
+const MEMORY_MAX: u64 = 2 << 20;
+/// The most pieces written with one `write_vectored` (within Linux's `IOV_MAX`, 1024).
+const WRITE_PIECES: usize = 256;
 
 /// One sink's spool, shared by the audit writer thread and the sink's delivery.
 pub struct Spool {
@@ -39,7 +56,14 @@ pub struct Spool {
     on_full: SpoolFull,
     /// A segment this long is closed before the next batch.
     segment_bytes: u64,
+    /// An append that finds this much pending writes it first.
+    pending_max: u64,
+    /// Every append is written at once (`write_through`).
+    write_through: AtomicBool,
     state: Mutex<State>,
+    /// The segment file being appended to, and the bytes handed to it. Locked while `state` is held (so that
+    /// bytes are handed over in append order); the write happens with `state` released.
+    file: Mutex<Active>,
     /// The `delivered` file, kept open: the delivery overwrites its fixed-width position in place.
     delivered_file: File,
     /// Wakes a writer waiting for room.
@@ -56,9 +80,17 @@ pub struct Spool {
 }
 
 struct State {
-    /// Oldest first; never empty: the last is the one appended to.
+    /// Oldest first; never empty: the last is the one appended to. Their lengths count the bytes handed to the
+    /// file (`Active`), written or about to be.
     segments: VecDeque<Segment>,
-    active: File,
+    /// The newest records in memory, one piece per append, ending at `end()`: the last `pending` pieces
+    /// (`pending_bytes`) are not handed to the file yet; those before them are kept for the delivery to send.
+    memory: VecDeque<Bytes>,
+    memory_bytes: u64,
+    pending: usize,
+    pending_bytes: u64,
+    /// Every byte before it is in its segment file (those after it, up to the segments' end, are being written).
+    written: u64,
     /// Every byte before it was accepted by the SIEM (or dropped).
     delivered: u64,
     /// The records being sent, if any: a drop that takes them leaves their count to the delivery's outcome.
@@ -84,6 +116,23 @@ impl Segment {
     fn end(&self) -> u64 {
         self.start + self.length
     }
+}
+
+/// The segment file appended to and what is to be written to it, in order.
+struct Active {
+    /// The segment's first position, and its file.
+    start: u64,
+    file: File,
+    queue: VecDeque<Piece>,
+    /// The position of the next byte written.
+    position: u64,
+}
+
+/// Something for the file to do.
+enum Piece {
+    /// Close the segment and start the one beginning at this position.
+    Roll(u64),
+    Bytes(Bytes),
 }
 
 /// What an append did.
@@ -132,15 +181,30 @@ impl Spool {
             segments.push_back(Segment { start: delivered, length: 0 });
         }
         let last = *segments.back().expect("never empty");
-        let active = OpenOptions::new().create(true).append(true).open(segment_path(&config.dir, last.start))?;
+        let file = OpenOptions::new().create(true).append(true).open(segment_path(&config.dir, last.start))?;
+        let active = Active { start: last.start, file, queue: VecDeque::new(), position: last.end() };
         let delivered = delivered.clamp(segments[0].start, last.end());
+        let segment_bytes = (config.max / 16).clamp(4096, 64 << 20);
+        let state = State {
+            segments,
+            memory: VecDeque::new(),
+            memory_bytes: 0,
+            pending: 0,
+            pending_bytes: 0,
+            written: last.end(),
+            delivered,
+            sending: None,
+        };
         let spool = Arc::new(Self {
             name,
             dir: config.dir.clone(),
             max: config.max,
             on_full: config.on_full,
-            segment_bytes: (config.max / 16).clamp(4096, 64 << 20),
-            state: Mutex::new(State { segments, active, delivered, sending: None }),
+            segment_bytes,
+            pending_max: segment_bytes.min(PENDING_MAX),
+            write_through: AtomicBool::new(false),
+            state: Mutex::new(state),
+            file: Mutex::new(active),
             delivered_file,
             room: Condvar::new(),
             arrived: Notify::new(),
@@ -153,6 +217,12 @@ impl Spool {
         spool.update_gauge(&state);
         drop(state);
         Ok(spool)
+    }
+
+    /// Writes every append at once, on the appender's path (when no audit file keeps the records for
+    /// `Spools::catch_up`).
+    pub fn write_through(&self) {
+        self.write_through.store(true, Ordering::Relaxed);
     }
 
     /// The sink's name.
@@ -187,34 +257,47 @@ impl Spool {
         &self.arrived
     }
 
-    /// Appends whole lines (the audit writer). A full spool drops its oldest segments (`drop_oldest`) or answers
-    /// `Full` (`block`); a batch longer than `max` is written into an empty spool all the same.
-    pub fn append(&self, bytes: &[u8]) -> std::io::Result<Appended> {
+    /// Appends whole lines (the audit writer): in memory, shared with the other sinks' spools, written to the
+    /// segment file later (by the delivery, the audit writer's sync, or here once `pending_max` waits). Pending
+    /// bytes count against `max` as written ones do: a full spool drops its oldest segments (`drop_oldest`, after
+    /// writing what is pending) or answers `Full` (`block`); a batch longer than `max` goes into an empty spool all
+    /// the same.
+    pub fn append(&self, bytes: &Bytes) -> std::io::Result<Appended> {
         if bytes.is_empty() {
             return Ok(Appended::Written);
         }
+        let length = bytes.len() as u64;
         let mut state = self.lock();
         loop {
             let used = state.end() - state.segments[0].start;
-            if used == 0 || used + bytes.len() as u64 <= self.max {
+            if used == 0 || used + length <= self.max {
                 break;
             }
             match self.on_full {
                 SpoolFull::Block => return Ok(Appended::Full),
-                SpoolFull::DropOldest => self.drop_oldest(&mut state)?,
+                SpoolFull::DropOldest => {
+                    // Dropped by segment: what is pending becomes one first.
+                    self.write_locked(&mut state)?;
+                    self.drop_oldest(&mut state)?;
+                }
             }
         }
-        let active = *state.segments.back().expect("never empty");
-        if active.length >= self.segment_bytes {
-            self.roll(&mut state)?;
+        let write_through = self.write_through.load(Ordering::Relaxed);
+        if write_through || (state.pending_bytes > 0 && state.pending_bytes + length > self.pending_max) {
+            // The delivery has not written for long (a slow SIEM, a busy core): bounded, so that what a crash can
+            // take from the spool stays a small tail of the audit file.
+            self.write_locked(&mut state)?;
         }
-        if let Err(error) = state.active.write_all(bytes) {
-            // Whole lines only: cut what part of the batch was written.
-            let length = state.segments.back().expect("never empty").length;
-            let _ = state.active.set_len(length);
-            return Err(error);
+        state.memory.push_back(bytes.clone());
+        state.memory_bytes += length;
+        state.pending += 1;
+        state.pending_bytes += length;
+        if write_through {
+            // Once handed to the file the batch is written by whoever writes next, this append's retry included
+            // (which would duplicate it): a failure here is told by the next append's write above.
+            let _ = self.write_locked(&mut state);
         }
-        state.segments.back_mut().expect("never empty").length += bytes.len() as u64;
+        self.trim_memory(&mut state);
         let undelivered = self.update_gauge(&state);
         drop(state);
         let added = memchr::memchr_iter(b'\n', bytes).count() as u64;
@@ -225,10 +308,41 @@ impl Spool {
         Ok(Appended::Written)
     }
 
-    /// Syncs the segment being appended to (with the audit file's sync).
+    /// Writes what is pending, then syncs the segment being appended to (with the audit file's sync).
     pub fn sync(&self) -> std::io::Result<()> {
-        let file = self.lock().active.try_clone()?;
+        self.write_pending()?;
+        let file = self.lock_file().file.try_clone()?;
         file.sync_data()
+    }
+
+    /// Writes every pending byte to the segment file, after what other threads handed over before.
+    pub fn write_pending(&self) -> std::io::Result<()> {
+        let mut active = loop {
+            let mut state = self.lock();
+            // Never wait for the file holding `state`: an append (the request path) would wait behind a delivery
+            // thread at the lowest priority.
+            match self.file.try_lock() {
+                Ok(mut active) => {
+                    self.hand_over(&mut state, &mut active);
+                    break active;
+                }
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                    let mut active = poisoned.into_inner();
+                    self.hand_over(&mut state, &mut active);
+                    break active;
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    drop(state);
+                    drop(self.lock_file());
+                }
+            }
+        };
+        let position = write_queue(&self.dir, &mut active);
+        drop(active);
+        let mut state = self.lock();
+        // Writes end in order: every byte before this one's end is written.
+        state.written = state.written.max(position?);
+        Ok(())
     }
 
     /// The delivery is about to send `chunk`: false when `on_full: drop_oldest` dropped its records since they
@@ -265,18 +379,29 @@ impl Spool {
         let _ = self.room.wait_timeout(state, timeout);
     }
 
-    /// Reads the oldest undelivered records (whole lines, at most `batch.records` and about `batch.bytes`; one
-    /// longer record alone) into `out`; `None` when every record is delivered.
+    /// Copies the oldest undelivered records (whole lines, at most `batch.records` and about `batch.bytes`; one
+    /// longer record alone) into `out`; `None` when every record is delivered. What is pending is written first;
+    /// records still in memory are taken from there, older ones read from the segment files.
     pub fn read(&self, batch: &Batch, out: &mut Vec<u8>) -> std::io::Result<Option<Chunk>> {
+        self.write_pending()?;
         // A segment dropped (drop_oldest) while it is read is read again from the new oldest.
         for _ in 0..8 {
             let (from, end, segments) = {
                 let state = self.lock();
-                (state.delivered.max(state.segments[0].start), state.end(), state.segments.clone())
+                let from = state.delivered.max(state.segments[0].start);
+                // What was handed to the file: records appended since stay pending until the next read.
+                let end = state.segments.back().expect("never empty").end();
+                if from >= end {
+                    return Ok(None);
+                }
+                if from >= state.end() - state.memory_bytes {
+                    let pieces = state.memory_from(from, end, batch.bytes);
+                    drop(state);
+                    return Ok(take_lines(&pieces, from, end, batch, out));
+                }
+                // Memory does not reach back to `from`, and what it dropped is written.
+                (from, state.written, state.segments.clone())
             };
-            if from >= end {
-                return Ok(None);
-            }
             match read_range(&self.dir, &segments, from, end, batch, out) {
                 Ok(chunk) => return Ok((chunk.records > 0).then_some(chunk)),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
@@ -295,6 +420,7 @@ impl Spool {
             while state.segments.len() > 1 && state.segments[0].end() <= state.delivered {
                 removed.push(state.segments.pop_front().expect("checked").start);
             }
+            self.trim_memory(&mut state);
             self.update_gauge(&state);
             state.delivered
         };
@@ -307,6 +433,7 @@ impl Spool {
 
     /// The last line appended (with its newline), when the spool holds one.
     pub fn last_line(&self) -> std::io::Result<Option<Vec<u8>>> {
+        self.write_pending()?;
         let segments = self.lock().segments.clone();
         let Some(segment) = segments.iter().rev().find(|segment| segment.length > 0) else { return Ok(None) };
         let mut file = File::open(segment_path(&self.dir, segment.start))?;
@@ -337,6 +464,53 @@ impl Spool {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn lock_file(&self) -> MutexGuard<'_, Active> {
+        // The queue is changed only between whole pieces, and `position` after each write.
+        self.file.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Hands what is pending to the file (both locks held: the queue keeps the order of appends), rolling to a
+    /// new segment first when the current one is long enough.
+    fn hand_over(&self, state: &mut State, active: &mut Active) {
+        if state.pending == 0 {
+            return;
+        }
+        let last = *state.segments.back().expect("never empty");
+        if last.length >= self.segment_bytes {
+            state.segments.push_back(Segment { start: last.end(), length: 0 });
+            active.queue.push_back(Piece::Roll(last.end()));
+        }
+        let first = state.memory.len() - state.pending;
+        active.queue.extend(state.memory.range(first..).cloned().map(Piece::Bytes));
+        state.segments.back_mut().expect("never empty").length += state.pending_bytes;
+        (state.pending, state.pending_bytes) = (0, 0);
+    }
+
+    /// Writes what is pending with `state` held (an append that cannot wait for the delivery, a drop).
+    fn write_locked(&self, state: &mut State) -> std::io::Result<()> {
+        let mut active = self.lock_file();
+        self.hand_over(state, &mut active);
+        state.written = state.written.max(write_queue(&self.dir, &mut active)?);
+        Ok(())
+    }
+
+    /// Lets go of the records in memory that are delivered (or dropped), and of the oldest written ones beyond
+    /// `MEMORY_MAX`.
+    fn trim_memory(&self, state: &mut State) {
+        let from = state.delivered.max(state.segments[0].start);
+        let mut start = state.end() - state.memory_bytes;
+        while state.memory.len() > state.pending {
+            let length = state.memory[0].len() as u64;
+            let end = start + length;
+            if end > from && (state.memory_bytes <= MEMORY_MAX || end > state.written) {
+                break;
+            }
+            state.memory.pop_front();
+            state.memory_bytes -= length;
+            start = end;
+        }
+    }
+
     /// Sets the spool-bytes gauge; returns the undelivered bytes.
     fn update_gauge(&self, state: &State) -> u64 {
         let undelivered = state.end() - state.delivered.max(state.segments[0].start);
@@ -344,13 +518,14 @@ impl Spool {
         undelivered
     }
 
-    /// Closes the segment appended to and starts the next.
+    /// Closes the segment appended to and starts the next (nothing pending: `write_locked` came first).
     fn roll(&self, state: &mut State) -> std::io::Result<()> {
         let end = state.end();
-        let next = OpenOptions::new().create(true).append(true).open(segment_path(&self.dir, end))?;
-        state.active.sync_data()?;
-        state.active = next;
+        let mut active = self.lock_file();
+        // Queued and recorded together: should the new file not open now, the next write opens it.
+        active.queue.push_back(Piece::Roll(end));
         state.segments.push_back(Segment { start: end, length: 0 });
+        write_queue(&self.dir, &mut active)?;
         Ok(())
     }
 
@@ -380,6 +555,7 @@ impl Spool {
         }
         remove_if_present(&path)?;
         state.delivered = state.delivered.max(state.segments[0].start);
+        self.trim_memory(state);
         if records > 0 {
             self.note_dropped(records, bytes);
         }
@@ -399,10 +575,121 @@ impl Spool {
     }
 }
 
-impl State {
-    fn end(&self) -> u64 {
-        self.segments.back().expect("never empty").end()
+impl Drop for Spool {
+    /// What is pending goes to the file when the spool closes (shutdown syncs it before).
+    fn drop(&mut self) {
+        if let Err(error) = self.write_pending() {
+            tracing::error!(sink = %self.name, %error, "the SIEM spool's last records could not be written");
+        }
     }
+}
+
+impl State {
+    /// The position after the last byte appended.
+    fn end(&self) -> u64 {
+        self.segments.back().expect("never empty").end() + self.pending_bytes
+    }
+
+    /// The pieces in memory from `from` (the first cut to start there) before `before`, about `bytes` of them.
+    fn memory_from(&self, from: u64, before: u64, bytes: u64) -> Vec<Bytes> {
+        let mut start = self.end() - self.memory_bytes;
+        let mut pieces = Vec::new();
+        let mut taken = 0;
+        for piece in &self.memory {
+            if start >= before {
+                break;
+            }
+            let end = start + piece.len() as u64;
+            if end > from {
+                let piece = piece.slice((from.max(start) - start) as usize..);
+                taken += piece.len() as u64;
+                pieces.push(piece);
+                if taken >= bytes {
+                    break;
+                }
+            }
+            start = end;
+        }
+        pieces
+    }
+}
+
+/// Does what `active`'s queue holds, in order: rolls and writes (consecutive pieces with one `write_vectored`).
+/// On an error the rest stays queued, for the next writer; returns the position written to.
+fn write_queue(dir: &Path, active: &mut Active) -> std::io::Result<u64> {
+    loop {
+        match active.queue.front() {
+            None => return Ok(active.position),
+            Some(Piece::Roll(start)) => {
+                let start = *start;
+                let next = OpenOptions::new().create(true).append(true).open(segment_path(dir, start))?;
+                active.file.sync_data()?;
+                (active.file, active.start) = (next, start);
+                active.queue.pop_front();
+            }
+            Some(Piece::Bytes(_)) => {
+                let slices: Vec<IoSlice> = active
+                    .queue
+                    .iter()
+                    .take(WRITE_PIECES)
+                    .map_while(|piece| match piece {
+                        Piece::Bytes(bytes) => Some(bytes),
+                        Piece::Roll(_) => None,
+                    })
+                    .map(|bytes| IoSlice::new(bytes))
+                    .collect();
+                let written = match active.file.write_vectored(&slices) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(written) => written,
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => 0,
+                    Err(error) => return Err(error),
+                };
+                drop(slices);
+                active.position += written as u64;
+                let mut left = written;
+                while left > 0 {
+                    let Some(Piece::Bytes(bytes)) = active.queue.front_mut() else {
+                        unreachable!("what was written came from the byte pieces first in the queue")
+                    };
+                    if bytes.len() <= left {
+                        left -= bytes.len();
+                        active.queue.pop_front();
+                    } else {
+                        bytes::Buf::advance(bytes, left);
+                        left = 0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whole lines from `pieces` (in memory, starting at `from`, before `end`) within `batch`'s bounds, copied to `out`.
+fn take_lines(pieces: &[Bytes], from: u64, end: u64, batch: &Batch, out: &mut Vec<u8>) -> Option<Chunk> {
+    out.clear();
+    let (mut records, mut cut) = (0, 0);
+    'pieces: for piece in pieces {
+        let scanned = out.len();
+        out.extend_from_slice(piece);
+        for newline in memchr::memchr_iter(b'\n', &out[scanned..]) {
+            let line_end = scanned + newline + 1;
+            // About batch.bytes: whole lines within it, or one longer line alone.
+            if records > 0 && line_end as u64 > batch.bytes {
+                break 'pieces;
+            }
+            records += 1;
+            cut = line_end;
+            if records == batch.records {
+                break 'pieces;
+            }
+        }
+        if out.len() as u64 >= batch.bytes && records > 0 {
+            break;
+        }
+    }
+    out.truncate(cut);
+    let stop = from + cut as u64;
+    (records > 0).then_some(Chunk { start: from, end: stop, records, more: stop < end })
 }
 
 fn segment_path(dir: &Path, start: u64) -> PathBuf {
@@ -579,8 +866,8 @@ mod tests {
         (Spool::open("test".into(), &config, metrics.clone()).unwrap(), metrics)
     }
 
-    fn lines(from: usize, count: usize) -> Vec<u8> {
-        (from..from + count).map(|n| format!("{{\"id\":\"{n:06}\"}}\n")).collect::<String>().into_bytes()
+    fn lines(from: usize, count: usize) -> Bytes {
+        (from..from + count).map(|n| format!("{{\"id\":\"{n:06}\"}}\n")).collect::<String>().into()
     }
 
     const BATCH: Batch = Batch { records: 10, bytes: 1 << 20, wait: Duration::from_millis(1) };
@@ -613,8 +900,12 @@ mod tests {
         let (spool, _) = spool(dir.path(), 1 << 20, SpoolFull::Block);
         for batch in 0..100 {
             spool.append(&lines(batch * 100, 100)).unwrap();
+            spool.sync().unwrap();
         }
         assert!(spool.lock().segments.len() >= 3);
+        // Read back from the segment files (a new spool has nothing in memory).
+        drop(spool);
+        let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
         let mut out = Vec::new();
         let chunk = spool.read(&Batch { records: 9000, ..BATCH }, &mut out).unwrap().unwrap();
         assert_eq!((chunk.records, chunk.more), (9000, true));
@@ -730,12 +1021,110 @@ mod tests {
         }
     }
 
+    /// An append is a hand-off in memory: the segment file gets the records when the delivery takes them (one
+    /// write for many appends), and they are sent from memory, not read back.
+    #[test]
+    fn appends_are_written_by_the_delivery_and_sent_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = spool(dir.path(), 1 << 20, SpoolFull::Block);
+        let segment = segment_path(dir.path(), 0);
+        for batch in 0..5 {
+            spool.append(&lines(batch * 3, 3)).unwrap();
+        }
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), 0, "nothing written on the appender's path");
+        let mut out = Vec::new();
+        let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
+        assert_eq!(out, lines(0, 10));
+        assert_eq!(std::fs::read(&segment).unwrap(), lines(0, 15), "the read wrote every pending record");
+        spool.acknowledge(chunk.end).unwrap();
+
+        // Sent from memory: the segment file gone from under the spool is never opened.
+        std::fs::remove_file(&segment).unwrap();
+        spool.append(&lines(15, 5)).unwrap();
+        let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
+        assert_eq!(out, lines(10, 10));
+        spool.acknowledge(chunk.end).unwrap();
+        assert_eq!(spool.read(&BATCH, &mut out).unwrap(), None);
+    }
+
+    /// With no audit file to spool records again from, appends are written at once.
+    #[test]
+    fn a_write_through_spool_writes_each_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = spool(dir.path(), 1 << 20, SpoolFull::Block);
+        spool.write_through();
+        spool.append(&lines(0, 3)).unwrap();
+        spool.append(&lines(3, 3)).unwrap();
+        assert_eq!(std::fs::read(segment_path(dir.path(), 0)).unwrap(), lines(0, 6));
+    }
+
+    /// Appends, syncs and reads on three threads: every record is delivered once, in order, and the segment file
+    /// holds them in append order whoever wrote them.
+    #[test]
+    fn concurrent_appends_syncs_and_reads_keep_the_order() {
+        const BATCHES: usize = 20_000;
+        const EACH: usize = 5;
+        let dir = tempfile::tempdir().unwrap();
+        // One segment for all (64 MiB spool: 4 MiB segments); 1.6 MB appended, so the appender writes too.
+        let (spool, _) = spool(dir.path(), 64 << 20, SpoolFull::Block);
+        let done = Arc::new(AtomicBool::new(false));
+        let appender = {
+            let (spool, done) = (spool.clone(), done.clone());
+            std::thread::spawn(move || {
+                for batch in 0..BATCHES {
+                    assert_eq!(spool.append(&lines(batch * EACH, EACH)).unwrap(), Appended::Written);
+                }
+                done.store(true, Ordering::Release);
+            })
+        };
+        let syncer = {
+            let (spool, done) = (spool.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    spool.sync().unwrap();
+                }
+            })
+        };
+        let mut received = Vec::new();
+        let mut out = Vec::new();
+        let batch = Batch { records: 700, bytes: 1 << 20, wait: Duration::from_millis(1) };
+        while received.len() < BATCHES * EACH * 16 {
+            if let Some(chunk) = spool.read(&batch, &mut out).unwrap() {
+                assert_eq!(chunk.start, received.len() as u64);
+                received.extend_from_slice(&out);
+                spool.acknowledge(chunk.end).unwrap();
+            }
+        }
+        appender.join().unwrap();
+        syncer.join().unwrap();
+        let all = lines(0, BATCHES * EACH);
+        assert!(received == all, "delivered once each, in order");
+        spool.sync().unwrap();
+        assert!(std::fs::read(segment_path(dir.path(), 0)).unwrap() == all, "written in append order");
+    }
+
+    /// Pending records count against `max` as written ones do.
+    #[test]
+    fn pending_records_fill_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        // 4 MiB: 256 KiB segments and as much pending at most.
+        let (spool, _) = spool(dir.path(), 4 << 20, SpoolFull::Block);
+        let first = lines(0, 10_000);
+        assert_eq!(spool.append(&first).unwrap(), Appended::Written);
+        let room = (4 << 20) - first.len();
+        let too_long = Bytes::from(vec![b'\n'; room + 1]);
+        assert_eq!(spool.append(&too_long).unwrap(), Appended::Full, "full with the first batch still in memory");
+        assert_eq!(std::fs::metadata(segment_path(dir.path(), 0)).unwrap().len(), 0);
+        assert_eq!(spool.append(&too_long.slice(1..)).unwrap(), Appended::Written, "what fits");
+        assert_eq!(spool.undelivered(), 4 << 20);
+    }
+
     #[test]
     fn a_record_longer_than_a_batch_goes_alone() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = spool(dir.path(), 1 << 20, SpoolFull::Block);
         let long = format!("{{\"id\":\"{}\"}}\n", "x".repeat(5000));
-        spool.append(long.as_bytes()).unwrap();
+        spool.append(&Bytes::from(long.clone())).unwrap();
         spool.append(&lines(0, 1)).unwrap();
         let mut out = Vec::new();
         let chunk = spool.read(&Batch { bytes: 1024, ..BATCH }, &mut out).unwrap().unwrap();
