@@ -175,6 +175,16 @@ async fn a_siem_down_under_load_across_a_restart_gets_every_record_in_order_once
     // Restarted on the same file and spool, more load, still down.
     let mut second = start_on(dir.path(), &audit, "").await;
     load(second.proxy, &origin, "after", 4, 25).await;
+    // The SIEM comes back only once this process has tried it and failed (its delivery runs at the lowest
+    // priority: on a busy machine the load can end before its first attempt).
+    let errors = format!("tollgate_siem_errors_total{sink}");
+    tokio::time::timeout(PATIENCE, async {
+        while second.metric(&errors).await == 0.0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("a failed delivery attempt while the SIEM is down");
     let file = ids(&file_records(dir.path()));
     assert_eq!(file.len(), 200);
 

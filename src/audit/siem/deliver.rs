@@ -125,7 +125,8 @@ enum Answer {
 impl Delivery {
     async fn run(mut self) {
         let mut backoff = Backoff::new(self.sink.retry_max);
-        let mut lines = Vec::new();
+        // A batch's lines, read into the same buffer every time: sized for a whole batch once.
+        let mut lines = Vec::with_capacity(self.sink.batch.bytes as usize + 128 * 1024);
         let mut kept_events = Vec::new();
         let mut first_seen: Option<Instant> = None;
         let mut failing = false;

@@ -282,7 +282,10 @@ impl Spool {
                 }
             }
         }
-        let write_through = self.write_through.load(Ordering::Relaxed);
+        // A spool whose files hold no record yet writes at once: after a crash, the last line on disk is where
+        // catch-up finds the records the spool missed in the audit file, and an empty spool looks new (nothing to
+        // catch up), which would lose what was in memory only.
+        let write_through = self.write_through.load(Ordering::Relaxed) || state.written <= state.segments[0].start;
         if write_through || (state.pending_bytes > 0 && state.pending_bytes + length > self.pending_max) {
             // The delivery has not written for long (a slow SIEM, a busy core): bounded, so that what a crash can
             // take from the spool stays a small tail of the audit file.
@@ -1031,7 +1034,8 @@ mod tests {
         for batch in 0..5 {
             spool.append(&lines(batch * 3, 3)).unwrap();
         }
-        assert_eq!(std::fs::metadata(&segment).unwrap().len(), 0, "nothing written on the appender's path");
+        // The first append only (a new spool's anchor, `a_new_spools_first_append_is_written_at_once`).
+        assert_eq!(std::fs::read(&segment).unwrap(), lines(0, 3), "nothing more written on the appender's path");
         let mut out = Vec::new();
         let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
         assert_eq!(out, lines(0, 10));
@@ -1056,6 +1060,17 @@ mod tests {
         spool.append(&lines(0, 3)).unwrap();
         spool.append(&lines(3, 3)).unwrap();
         assert_eq!(std::fs::read(segment_path(dir.path(), 0)).unwrap(), lines(0, 6));
+    }
+
+    /// A new spool's first append goes to its file at once (the anchor a restart's catch-up starts from); the
+    /// next ones wait in memory.
+    #[test]
+    fn a_new_spools_first_append_is_written_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = spool(dir.path(), 1 << 20, SpoolFull::Block);
+        spool.append(&lines(0, 3)).unwrap();
+        spool.append(&lines(3, 3)).unwrap();
+        assert_eq!(std::fs::read(segment_path(dir.path(), 0)).unwrap(), lines(0, 3));
     }
 
     /// Appends, syncs and reads on three threads: every record is delivered once, in order, and the segment file
@@ -1112,9 +1127,12 @@ mod tests {
         let first = lines(0, 10_000);
         assert_eq!(spool.append(&first).unwrap(), Appended::Written);
         let room = (4 << 20) - first.len();
+        let second = lines(10_000, 10);
+        assert_eq!(spool.append(&second).unwrap(), Appended::Written);
+        let room = room - second.len();
         let too_long = Bytes::from(vec![b'\n'; room + 1]);
-        assert_eq!(spool.append(&too_long).unwrap(), Appended::Full, "full with the first batch still in memory");
-        assert_eq!(std::fs::metadata(segment_path(dir.path(), 0)).unwrap().len(), 0);
+        assert_eq!(spool.append(&too_long).unwrap(), Appended::Full, "full with the second batch still in memory");
+        assert_eq!(std::fs::metadata(segment_path(dir.path(), 0)).unwrap().len(), first.len() as u64, "the first");
         assert_eq!(spool.append(&too_long.slice(1..)).unwrap(), Appended::Written, "what fits");
         assert_eq!(spool.undelivered(), 4 << 20);
     }
