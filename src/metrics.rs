@@ -708,6 +708,9 @@ impl<V> Default for Resolved<V> {
     }
 }
 
+/// The largest key buffer a thread keeps between lookups.
+const KEY_KEPT: usize = 1024;
+
 thread_local! {
     /// The key being looked up: every label's length, then its bytes (no two label lists spell the same key).
     static KEY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -723,12 +726,18 @@ impl<V> Resolved<V> {
                 key.extend_from_slice(label.as_bytes());
             }
             let map = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(handles) = map.get(key.as_slice()) {
-                return use_handles(handles);
+            match map.get(key.as_slice()) {
+                Some(handles) => use_handles(handles),
+                None => {
+                    drop(map);
+                    let mut map = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    use_handles(map.entry(key.as_slice().into()).or_insert_with(make));
+                }
             }
-            drop(map);
-            let mut map = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            use_handles(map.entry(key.as_slice().into()).or_insert_with(make));
+            // A model name a client sent may be long: its key's buffer is not kept by the thread.
+            if key.capacity() > KEY_KEPT {
+                *key = Vec::new();
+            }
         });
     }
 }
@@ -781,6 +790,11 @@ mod tests {
             reason: "dlp",
             seconds: 0.5,
         });
+        // A long label value is counted, and its key's buffer is not kept by the thread.
+        for _ in 0..2 {
+            metrics.metered("ab", &"m".repeat(10_000), &usage, 1.0);
+            assert!(KEY.with_borrow(|key| key.capacity()) <= KEY_KEPT, "made, then found");
+        }
         metrics.bytes(10, 20);
         let text = metrics.render();
         assert!(

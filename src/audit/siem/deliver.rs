@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::event::{self, Event};
-use super::spool::Spool;
+use super::spool::{Spool, BLOCK};
 use crate::config::file::SiemKind;
 use crate::config::siem::{Pseudonymize, SiemSink};
 use crate::metrics::SiemMetrics;
@@ -125,8 +125,9 @@ enum Answer {
 impl Delivery {
     async fn run(mut self) {
         let mut backoff = Backoff::new(self.sink.retry_max);
-        // A batch's lines, read into the same buffer every time: sized for a whole batch once.
-        let mut lines = Vec::with_capacity(self.sink.batch.bytes as usize + 128 * 1024);
+        // A batch's lines, read into the same buffer every time: sized once for a whole batch (and the piece of
+        // memory that reaches past it).
+        let mut lines = Vec::with_capacity(self.sink.batch.bytes as usize + BLOCK);
         let mut kept_events = Vec::new();
         let mut first_seen: Option<Instant> = None;
         let mut failing = false;

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::queue::Queue;
 use crate::config::siem::{Pseudonymize, SiemSink};
 use crate::metrics::Metrics;
-use spool::{Appended, Spool};
+use spool::{Appended, Spool, BLOCK};
 
 /// The writer's side: every sink's spool, and the blocks the batches are copied into for them.
 #[derive(Default, Clone)]
@@ -37,7 +37,6 @@ pub(super) struct Spools(Vec<Arc<Spool>>, Arc<Mutex<Blocks>>);
 #[derive(Default)]
 pub(super) struct Blocks(VecDeque<BytesMut>);
 
-const BLOCK: usize = 128 * 1024;
 /// Blocks kept at most (8 MiB): beyond, the oldest is left to be freed with its last batch.
 const BLOCKS_KEPT: usize = 64;
 

@@ -45,6 +45,9 @@ const PENDING_MAX: u64 = 1 << 20;
 /// Records already written stay in memory for the delivery up to this much; beyond it (a backlog) the oldest are
 /// read back from the disk when their turn comes.
 const MEMORY_MAX: u64 = 2 << 20;
+/// The size of the blocks the audit writer copies batches into for the spools (`Spools`): a piece in memory is
+/// no longer unless its batch is.
+pub const BLOCK: usize = 128 * 1024;
 /// The most pieces written with one `write_vectored` (within Linux's `IOV_MAX`, 1024).
 const WRITE_PIECES: usize = 256;
 
