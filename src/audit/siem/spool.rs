@@ -1,17 +1,19 @@
 //! A SIEM sink's durable spool: the audit writer appends each batch's lines (the bytes the file got), the sink's
 //! delivery takes them in order and acknowledges what the SIEM accepted.
 //!
-//! An append is a hand-off in memory: the batch joins `pending`, bytes not yet in the segment file. The delivery,
-//! when it takes records, first writes everything pending with one `write` (many audit batches at once, off the
-//! request path), and sends the records it has in memory without reading them back; it reads the disk only for
-//! what memory no longer holds (after a restart or a long backlog). The audit writer's sync (`Spools::sync`, before
-//! a rotation and at shutdown too) writes what is pending first; an append that finds `PENDING_MAX` pending writes
-//! it itself. A kill -9 can lose only the pending part, records the audit file already holds: on the next start
-//! `Spools::catch_up` spools them again from the file (`docs/audit.md`, "SIEM delivery").
+//! An append is a hand-off in memory: the batch joins `pending`, bytes not yet in the segment file. The delivery
+//! sends records from memory; it reads the disk only for what memory no longer holds (after a restart or a long
+//! backlog). Pending records the SIEM has accepted are never written: a spool whose SIEM keeps up writes little
+//! more than its `delivered` file. The rest is written by the audit writer's sync (`Spools::sync`: every second by
+//! default, before a rotation and at shutdown), many batches with one `write`, or by an append that finds
+//! `PENDING_MAX` pending. A kill -9 can lose only the pending part, records the audit file already holds: on the
+//! next start `Spools::catch_up` spools again the file's records after the spool's last known one (its files' last
+//! line, or the last delivered one) (`docs/audit.md`, "SIEM delivery").
 //!
 //! On disk, a directory of segment files named by the position of their first byte in the sink's stream of
-//! records (`00000000000000001234.spool`), and `delivered`, the position up to which the SIEM has acknowledged
-//! (overwritten in place, one `pwrite` per delivered batch).
+//! records (`00000000000000001234.spool`), and `delivered`: the position up to which the SIEM has acknowledged and
+//! the line that ends there (overwritten in place, one `pwrite` per delivered batch). Positions the SIEM took
+//! before they were written are in no file: the next write starts a segment at its own position.
 //! A segment holds whole lines (it is rolled between batches); segments wholly delivered are deleted. After a
 //! restart, delivery resumes at `delivered`: a record acknowledged but not yet recorded there is sent again (at
 //! least once), never one skipped. At most `max` bytes wait: then the writer waits (`on_full: block`) or the oldest
@@ -40,11 +42,13 @@ const SEGMENT_SUFFIX: &str = ".spool";
 /// about once, not `batch.bytes` of it for every batch.
 const READ_STEP: u64 = 64 * 1024;
 /// At most this much (or a segment, if less) waits in memory to be written: far less than `CATCH_UP_WINDOW`, so
-/// that what a kill -9 loses from the spool is found again in the audit file.
-const PENDING_MAX: u64 = 1 << 20;
+/// that what a kill -9 loses from the spool is found again in the audit file. A delivery on a busy core (it runs
+/// at the lowest priority) may lag a few MiB behind the writer: what it sends before that much waits is never
+/// written.
+const PENDING_MAX: u64 = 4 << 20;
 /// Records already written stay in memory for the delivery up to this much; beyond it (a backlog) the oldest are
 /// read back from the disk when their turn comes.
-const MEMORY_MAX: u64 = 2 << 20;
+const MEMORY_MAX: u64 = 4 << 20;
 /// The size of the blocks the audit writer copies batches into for the spools (`Spools`): a piece in memory is
 /// no longer unless its batch is.
 pub const BLOCK: usize = 128 * 1024;
@@ -92,13 +96,22 @@ struct State {
     memory_bytes: u64,
     pending: usize,
     pending_bytes: u64,
-    /// Every byte before it is in its segment file (those after it, up to the segments' end, are being written).
+    /// Every byte before it is in its segment file or was delivered before it was written (those after it, up to
+    /// the segments' end, are being written).
     written: u64,
+    /// The last delivered line, as `delivered` holds it: where catch-up starts when the segment files end before
+    /// it.
+    anchor: Option<Anchor>,
+    /// A line of this spool is on disk (in a segment file or `delivered`): catch-up has a place to start from.
+    anchored: bool,
     /// Every byte before it was accepted by the SIEM (or dropped).
     delivered: u64,
     /// The records being sent, if any: a drop that takes them leaves their count to the delivery's outcome.
     sending: Option<Sending>,
 }
+
+/// A line and the position after it.
+type Anchor = (u64, Vec<u8>);
 
 /// The chunk being sent, and how far into it `drop_oldest` dropped meanwhile.
 #[derive(Debug, Clone, Copy)]
@@ -135,7 +148,9 @@ struct Active {
 enum Piece {
     /// Close the segment and start the one beginning at this position.
     Roll(u64),
-    Bytes(Bytes),
+    /// Bytes for the position given: after the file's end when the SIEM took those in between before they were
+    /// written, which starts a segment there.
+    Bytes(u64, Bytes),
 }
 
 /// What an append did.
@@ -172,17 +187,32 @@ impl Spool {
             }
         }
         starts.sort_unstable();
-        let (delivered_file, delivered) = open_delivered(&config.dir, &name)?;
+        let (delivered_file, delivered, anchor) = open_delivered(&config.dir, &name)?;
         let mut segments = VecDeque::with_capacity(starts.len().max(1));
-        for (index, start) in starts.iter().enumerate() {
-            let path = segment_path(&config.dir, *start);
-            let length =
-                if index + 1 == starts.len() { cut_torn_end(&path, &name)? } else { std::fs::metadata(&path)?.len() };
-            segments.push_back(Segment { start: *start, length });
+        for start in starts {
+            let path = segment_path(&config.dir, start);
+            let length = std::fs::metadata(&path)?.len();
+            if length == 0 {
+                // Left by a segment whose first write never came (the SIEM took its records first).
+                remove_if_present(&path)?;
+                continue;
+            }
+            segments.push_back(Segment { start, length });
+        }
+        if let Some(last) = segments.back_mut() {
+            last.length = cut_torn_end(&segment_path(&config.dir, last.start), &name)?;
+        }
+        let written_end = segments.back().map_or(0, Segment::end);
+        if anchor.is_some() && delivered > written_end {
+            // Every record in the files is delivered, and those after them were delivered unwritten.
+            for segment in segments.drain(..) {
+                remove_if_present(&segment_path(&config.dir, segment.start))?;
+            }
         }
         if segments.is_empty() {
-            segments.push_back(Segment { start: delivered, length: 0 });
+            segments.push_back(Segment { start: delivered.max(written_end), length: 0 });
         }
+        let anchored = anchor.is_some() || segments.iter().any(|segment| segment.length > 0);
         let last = *segments.back().expect("never empty");
         let file = OpenOptions::new().create(true).append(true).open(segment_path(&config.dir, last.start))?;
         let active = Active { start: last.start, file, queue: VecDeque::new(), position: last.end() };
@@ -197,6 +227,8 @@ impl Spool {
             written: last.end(),
             delivered,
             sending: None,
+            anchor,
+            anchored,
         };
         let spool = Arc::new(Self {
             name,
@@ -285,10 +317,10 @@ impl Spool {
                 }
             }
         }
-        // A spool whose files hold no record yet writes at once: after a crash, the last line on disk is where
-        // catch-up finds the records the spool missed in the audit file, and an empty spool looks new (nothing to
-        // catch up), which would lose what was in memory only.
-        let write_through = self.write_through.load(Ordering::Relaxed) || state.written <= state.segments[0].start;
+        // A spool with no line on disk yet writes at once: after a crash, the last line on disk is where catch-up
+        // finds the records the spool missed in the audit file, and a spool without one looks new (nothing to catch
+        // up), which would lose what was in memory only.
+        let write_through = self.write_through.load(Ordering::Relaxed) || !state.anchored;
         if write_through || (state.pending_bytes > 0 && state.pending_bytes + length > self.pending_max) {
             // The delivery has not written for long (a slow SIEM, a busy core): bounded, so that what a crash can
             // take from the spool stays a small tail of the audit file.
@@ -318,7 +350,9 @@ impl Spool {
     pub fn sync(&self) -> std::io::Result<()> {
         self.write_pending()?;
         let file = self.lock_file().file.try_clone()?;
-        file.sync_data()
+        file.sync_data()?;
+        // The anchor of records delivered unwritten.
+        self.delivered_file.sync_data()
     }
 
     /// Writes every pending byte to the segment file, after what other threads handed over before.
@@ -348,6 +382,7 @@ impl Spool {
         let mut state = self.lock();
         // Writes end in order: every byte before this one's end is written.
         state.written = state.written.max(position?);
+        state.anchored |= state.segments.iter().any(|segment| segment.length > 0);
         Ok(())
     }
 
@@ -375,7 +410,7 @@ impl Spool {
         }
         match accepted {
             0 => Ok(()),
-            accepted => self.acknowledge(sending.start + accepted),
+            accepted => self.acknowledge(sending.start + accepted, &lines[..accepted as usize]),
         }
     }
 
@@ -386,17 +421,15 @@ impl Spool {
     }
 
     /// Copies the oldest undelivered records (whole lines, at most `batch.records` and about `batch.bytes`; one
-    /// longer record alone) into `out`; `None` when every record is delivered. What is pending is written first;
-    /// records still in memory are taken from there, older ones read from the segment files.
+    /// longer record alone) into `out`; `None` when every record is delivered. Records still in memory (pending
+    /// ones too) are taken from there, older ones read from the segment files.
     pub fn read(&self, batch: &Batch, out: &mut Vec<u8>) -> std::io::Result<Option<Chunk>> {
-        self.write_pending()?;
         // A segment dropped (drop_oldest) while it is read is read again from the new oldest.
         for _ in 0..8 {
             let (from, end, segments) = {
                 let state = self.lock();
                 let from = state.delivered.max(state.segments[0].start);
-                // What was handed to the file: records appended since stay pending until the next read.
-                let end = state.segments.back().expect("never empty").end();
+                let end = state.end();
                 if from >= end {
                     return Ok(None);
                 }
@@ -405,11 +438,12 @@ impl Spool {
                     drop(state);
                     return Ok(take_lines(&pieces, from, end, batch, out));
                 }
-                // Memory does not reach back to `from`, and what it dropped is written.
-                (from, state.written, state.segments.clone())
+                // Memory does not reach back to `from`, and what it dropped is written; memory has what follows.
+                (from, (state.written, end), state.segments.clone())
             };
-            match read_range(&self.dir, &segments, from, end, batch, out) {
-                Ok(chunk) => return Ok((chunk.records > 0).then_some(chunk)),
+            let (written, end) = end;
+            match read_range(&self.dir, &segments, from, written, batch, out) {
+                Ok(chunk) => return Ok((chunk.records > 0).then_some(Chunk { more: chunk.end < end, ..chunk })),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(error) => return Err(error),
             }
@@ -417,31 +451,80 @@ impl Spool {
         Err(std::io::Error::other("the spool's segments changed under every read"))
     }
 
-    /// Records up to `position` are delivered: deletes the segments wholly before it and records the position.
-    pub fn acknowledge(&self, position: u64) -> std::io::Result<()> {
+    /// Records up to `position` are delivered (`lines`: the bytes that end there, whole lines): pending ones need
+    /// no writing any more; deletes the segments wholly before it and records the position with its line.
+    pub fn acknowledge(&self, position: u64, lines: &[u8]) -> std::io::Result<()> {
+        let body = &lines[..lines.len().saturating_sub(1)];
+        let line = &lines[memchr::memrchr(b'\n', body).map_or(0, |at| at + 1)..];
         let mut removed = Vec::new();
-        let delivered = {
+        {
             let mut state = self.lock();
-            state.delivered = state.delivered.max(position).min(state.end());
-            while state.segments.len() > 1 && state.segments[0].end() <= state.delivered {
+            if position <= state.delivered || position > state.end() || line.is_empty() {
+                return Ok(());
+            }
+            state.delivered = position;
+            self.skip_delivered(&mut state);
+            // Once written whole: a segment's file may still be in the making.
+            while state.segments.len() > 1 && state.segments[0].end() <= state.delivered.min(state.written) {
                 removed.push(state.segments.pop_front().expect("checked").start);
             }
             self.trim_memory(&mut state);
             self.update_gauge(&state);
-            state.delivered
-        };
+            let (anchor_position, anchor_line) = state.anchor.get_or_insert_with(Default::default);
+            *anchor_position = position;
+            anchor_line.clear();
+            anchor_line.extend_from_slice(line);
+            state.anchored = true;
+        }
         self.room.notify_all();
         for start in removed {
             remove_if_present(&segment_path(&self.dir, start))?;
         }
-        write_delivered(&self.delivered_file, delivered)
+        write_delivered(&self.delivered_file, position, line)
     }
 
-    /// The last line appended (with its newline), when the spool holds one.
+    /// Takes out of `pending` the pieces the SIEM has accepted whole (they are never written): the segment the
+    /// file writes next starts after them.
+    fn skip_delivered(&self, state: &mut State) {
+        let handed = state.segments.back().expect("never empty").end();
+        let first = state.memory.len() - state.pending;
+        let (mut to, mut skipped) = (handed, 0);
+        for piece in state.memory.range(first..) {
+            let end = to + piece.len() as u64;
+            if end > state.delivered {
+                break;
+            }
+            (to, skipped) = (end, skipped + 1);
+        }
+        if skipped == 0 {
+            return;
+        }
+        state.pending -= skipped;
+        state.pending_bytes -= to - handed;
+        let last = state.segments.back_mut().expect("never empty");
+        if last.length == 0 {
+            // Nothing handed to it: it starts later (its file is renamed at its first write, `write_queue`).
+            last.start = to;
+        } else {
+            state.segments.push_back(Segment { start: to, length: 0 });
+        }
+    }
+
+    /// The last line of this spool on disk (with its newline): its files' last line, or the last delivered one
+    /// when that comes after it; `None` when the spool has none.
     pub fn last_line(&self) -> std::io::Result<Option<Vec<u8>>> {
         self.write_pending()?;
-        let segments = self.lock().segments.clone();
-        let Some(segment) = segments.iter().rev().find(|segment| segment.length > 0) else { return Ok(None) };
+        let (segments, anchor) = {
+            let state = self.lock();
+            (state.segments.clone(), state.anchor.clone())
+        };
+        let segment = segments.iter().rev().find(|segment| segment.length > 0);
+        if let Some((position, line)) = anchor {
+            if segment.is_none_or(|segment| position >= segment.end()) {
+                return Ok(Some(line));
+            }
+        }
+        let Some(segment) = segment else { return Ok(None) };
         let mut file = File::open(segment_path(&self.dir, segment.start))?;
         let mut window = 64 * 1024u64;
         loop {
@@ -487,7 +570,11 @@ impl Spool {
             active.queue.push_back(Piece::Roll(last.end()));
         }
         let first = state.memory.len() - state.pending;
-        active.queue.extend(state.memory.range(first..).cloned().map(Piece::Bytes));
+        let mut position = state.segments.back().expect("never empty").end();
+        active.queue.extend(state.memory.range(first..).map(|piece| {
+            position += piece.len() as u64;
+            Piece::Bytes(position - piece.len() as u64, piece.clone())
+        }));
         state.segments.back_mut().expect("never empty").length += state.pending_bytes;
         (state.pending, state.pending_bytes) = (0, 0);
     }
@@ -497,6 +584,7 @@ impl Spool {
         let mut active = self.lock_file();
         self.hand_over(state, &mut active);
         state.written = state.written.max(write_queue(&self.dir, &mut active)?);
+        state.anchored |= state.segments.iter().any(|segment| segment.length > 0);
         Ok(())
     }
 
@@ -633,14 +721,30 @@ fn write_queue(dir: &Path, active: &mut Active) -> std::io::Result<u64> {
                 (active.file, active.start) = (next, start);
                 active.queue.pop_front();
             }
-            Some(Piece::Bytes(_)) => {
+            Some(Piece::Bytes(position, _)) if *position != active.position => {
+                // The SIEM took the bytes before it unwritten: a segment starts here.
+                let (start, empty) = (*position, active.position == active.start);
+                active.file = OpenOptions::new().create(true).append(true).open(segment_path(dir, start))?;
+                let left = std::mem::replace(&mut active.start, start);
+                active.position = start;
+                if empty {
+                    // A file that never got a byte (`Spool::open` removes one a crash leaves).
+                    remove_if_present(&segment_path(dir, left))?;
+                }
+            }
+            Some(Piece::Bytes(..)) => {
+                // Consecutive pieces, while each starts where the one before it ends.
+                let mut next = active.position;
                 let slices: Vec<IoSlice> = active
                     .queue
                     .iter()
                     .take(WRITE_PIECES)
                     .map_while(|piece| match piece {
-                        Piece::Bytes(bytes) => Some(bytes),
-                        Piece::Roll(_) => None,
+                        Piece::Bytes(position, bytes) if *position == next => {
+                            next += bytes.len() as u64;
+                            Some(bytes)
+                        }
+                        _ => None,
                     })
                     .map(|bytes| IoSlice::new(bytes))
                     .collect();
@@ -654,7 +758,7 @@ fn write_queue(dir: &Path, active: &mut Active) -> std::io::Result<u64> {
                 active.position += written as u64;
                 let mut left = written;
                 while left > 0 {
-                    let Some(Piece::Bytes(bytes)) = active.queue.front_mut() else {
+                    let Some(Piece::Bytes(position, bytes)) = active.queue.front_mut() else {
                         unreachable!("what was written came from the byte pieces first in the queue")
                     };
                     if bytes.len() <= left {
@@ -662,6 +766,7 @@ fn write_queue(dir: &Path, active: &mut Active) -> std::io::Result<u64> {
                         active.queue.pop_front();
                     } else {
                         bytes::Buf::advance(bytes, left);
+                        *position += left as u64;
                         left = 0;
                     }
                 }
@@ -709,33 +814,51 @@ fn remove_if_present(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Opens (creating) `delivered` and reads the position it holds: 0 when it is new, or empty or zeroed (a power
-/// cut before its first write reached the disk: the spool's records are sent again, never skipped).
-fn open_delivered(dir: &Path, sink: &str) -> std::io::Result<(File, u64)> {
+/// Opens (creating) `delivered` and reads the position it holds, with the line that ends there: 0 when it is new,
+/// or empty or zeroed (a power cut before its first write reached the disk: the spool's records are sent again,
+/// never skipped); no line when the file has none whole (written by an earlier version, or torn).
+fn open_delivered(dir: &Path, sink: &str) -> std::io::Result<(File, u64, Option<Anchor>)> {
     let path = dir.join(DELIVERED);
     let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
-    let mut text = String::new();
-    file.read_to_string(&mut text)
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
         .map_err(|error| std::io::Error::new(error.kind(), format!("{}: {error}", path.display())))?;
-    let position = text.trim_matches(|c: char| c == '\0' || c.is_ascii_whitespace());
-    if position.is_empty() {
-        if !text.is_empty() {
+    let (head, rest) = match memchr::memchr(b'\n', &bytes) {
+        Some(at) => (&bytes[..at], &bytes[at + 1..]),
+        None => (&bytes[..], &[][..]),
+    };
+    let head = String::from_utf8_lossy(head);
+    let head = head.trim_matches(|c: char| c == '\0' || c.is_ascii_whitespace());
+    if head.is_empty() {
+        if !bytes.is_empty() {
             tracing::warn!(sink, file = %path.display(), "the SIEM spool's delivered position was lost: its records are sent again");
         }
-        return Ok((file, 0));
+        return Ok((file, 0, None));
     }
+    let (position, length) = head.split_once(' ').map_or((head, None), |(position, length)| (position, Some(length)));
     let position = position.parse().map_err(|_| {
-        let message = format!("{} does not hold a position: {text:?}", path.display());
+        let message = format!("{} does not hold a position: {head:?}", path.display());
         std::io::Error::new(std::io::ErrorKind::InvalidData, message)
     })?;
-    Ok((file, position))
+    let line = length
+        .and_then(|length| length.parse::<usize>().ok())
+        .and_then(|length| rest.get(..length))
+        .filter(|line| memchr::memchr(b'\n', line) == Some(line.len() - 1));
+    if length.is_some() && line.is_none() {
+        tracing::warn!(sink, file = %path.display(), "the SIEM spool's last delivered line is torn: catch-up starts from its files");
+    }
+    Ok((file, position, line.map(|line| (position, line.to_vec()))))
 }
 
-/// Overwrites `delivered` in place with `position`, always 20 digits and a newline, so that each write covers the
-/// last (one `pwrite`, no new file and rename per batch). Not synced: a position lost to a power cut only sends
+/// Overwrites `delivered` in place: `position` (always 20 digits), the length of `line` and `line`, the one that
+/// ends at `position` (one `pwrite`, no new file and rename per batch; a longer line written before leaves bytes
+/// after it, which the length leaves out). Synced with the spool: a position lost to a power cut only sends
 /// records again.
-fn write_delivered(file: &File, position: u64) -> std::io::Result<()> {
-    file.write_all_at(format!("{position:020}\n").as_bytes(), 0)
+fn write_delivered(file: &File, position: u64, line: &[u8]) -> std::io::Result<()> {
+    let mut bytes = Vec::with_capacity(32 + line.len());
+    let _ = writeln!(bytes, "{position:020} {}", line.len());
+    bytes.extend_from_slice(line);
+    file.write_all_at(&bytes, 0)
 }
 
 /// Cuts the file at `path` after its last newline (a batch cut short by a crash); returns its length.
@@ -844,7 +967,9 @@ impl SegmentReader<'_> {
         let mut read = 0;
         out.reserve(length as usize);
         let start = position;
-        for segment in self.segments.iter().filter(|segment| segment.end() > start && segment.start < stop) {
+        for segment in
+            self.segments.iter().filter(|segment| segment.end() > start.max(segment.start) && segment.start < stop)
+        {
             if !matches!(&self.open, Some((start, _)) if *start == segment.start) {
                 self.open = Some((segment.start, File::open(segment_path(self.dir, segment.start))?));
             }
@@ -887,14 +1012,14 @@ mod tests {
         let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
         assert_eq!((chunk.start, chunk.records, chunk.more), (0, 10, true));
         assert_eq!(out, lines(0, 10));
-        spool.acknowledge(chunk.end).unwrap();
+        spool.acknowledge(chunk.end, &out).unwrap();
         assert_eq!(metrics.spool_bytes.get() as usize, lines(10, 15).len());
         drop(spool);
 
         let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
         let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
         assert_eq!(out, lines(10, 10), "resumed at the first unacknowledged record");
-        spool.acknowledge(chunk.end).unwrap();
+        spool.acknowledge(chunk.end, &out).unwrap();
         spool.read(&BATCH, &mut out).unwrap().unwrap();
         assert_eq!(out, lines(20, 5));
     }
@@ -916,7 +1041,7 @@ mod tests {
         let chunk = spool.read(&Batch { records: 9000, ..BATCH }, &mut out).unwrap().unwrap();
         assert_eq!((chunk.records, chunk.more), (9000, true));
         assert!(out == lines(0, 9000), "the first 9000 lines, whole and in order");
-        spool.acknowledge(chunk.end).unwrap();
+        spool.acknowledge(chunk.end, &out).unwrap();
         let chunk = spool.read(&Batch { records: 9000, ..BATCH }, &mut out).unwrap().unwrap();
         assert_eq!((chunk.records, chunk.more), (1000, false));
         assert!(out == lines(9000, 1000));
@@ -938,10 +1063,22 @@ mod tests {
         let mut out = Vec::new();
         for expected in [160, 320] {
             let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
-            spool.acknowledge(chunk.end).unwrap();
-            assert_eq!(std::fs::read_to_string(&delivered).unwrap(), format!("{expected:020}\n"));
+            spool.acknowledge(chunk.end, &out).unwrap();
+            let line = lines(expected / 16 - 1, 1);
+            let text = format!("{expected:020} 16\n{}", std::str::from_utf8(&line).unwrap());
+            assert_eq!(std::fs::read_to_string(&delivered).unwrap(), text, "the position and the line ending there");
         }
         drop(spool);
+
+        // A shorter line over a longer one: the length says where it ends. A torn line is not taken.
+        let long = format!("{}{}", "0".repeat(20), " 40\n{\"id\":\"000019\",\"x\":\"yyyyyyyyyyyy\"}\n");
+        std::fs::write(&delivered, long).unwrap();
+        let shorter = lines(19, 1);
+        write_delivered(&File::options().write(true).open(&delivered).unwrap(), 320, &shorter).unwrap();
+        let (_, position, anchor) = open_delivered(dir.path(), "test").unwrap();
+        assert_eq!((position, anchor), (320, Some((320, shorter.to_vec()))));
+        std::fs::write(&delivered, format!("{:020} 40\n{{\"id\":\"0000", 320)).unwrap();
+        assert_eq!(open_delivered(dir.path(), "test").unwrap().2, None, "torn");
 
         // The variable-width position earlier versions wrote, and one lost to a power cut (empty or zeroed).
         for (text, first) in [("160\n", 10), ("", 0), ("\0\0\0\0", 0)] {
@@ -969,8 +1106,11 @@ mod tests {
         let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
         spool.append(&lines(2, 1)).unwrap();
         let mut out = Vec::new();
+        let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
+        assert_eq!((&out[..], chunk.more), (&lines(0, 2)[..], true), "from the file, and memory has more");
+        spool.acknowledge(chunk.end, &out).unwrap();
         spool.read(&BATCH, &mut out).unwrap().unwrap();
-        assert_eq!(out, lines(0, 3));
+        assert_eq!(out, lines(2, 1));
     }
 
     #[test]
@@ -985,7 +1125,7 @@ mod tests {
         assert!(appended > 0);
         let mut out = Vec::new();
         let chunk = blocking.read(&Batch { records: 1000, ..BATCH }, &mut out).unwrap().unwrap();
-        blocking.acknowledge(chunk.end).unwrap();
+        blocking.acknowledge(chunk.end, &out).unwrap();
         assert_eq!(blocking.append(&lines(appended, 100)).unwrap(), Appended::Written, "room was made");
 
         let (dropping, metrics) = spool(&dir.path().join("drop"), 64 * 1024, SpoolFull::DropOldest);
@@ -1027,31 +1167,58 @@ mod tests {
         }
     }
 
-    /// An append is a hand-off in memory: the segment file gets the records when the delivery takes them (one
-    /// write for many appends), and they are sent from memory, not read back.
+    /// An append is a hand-off in memory: records are sent from memory, and those the SIEM accepts before they
+    /// are written are never written; the rest are written at the sync, in a segment that starts at their own
+    /// position. After a crash, catch-up starts from the last delivered line.
     #[test]
-    fn appends_are_written_by_the_delivery_and_sent_from_memory() {
+    fn records_delivered_before_they_are_written_are_never_written() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = spool(dir.path(), 1 << 20, SpoolFull::Block);
-        let segment = segment_path(dir.path(), 0);
         for batch in 0..5 {
             spool.append(&lines(batch * 3, 3)).unwrap();
         }
         // The first append only (a new spool's anchor, `a_new_spools_first_append_is_written_at_once`).
-        assert_eq!(std::fs::read(&segment).unwrap(), lines(0, 3), "nothing more written on the appender's path");
+        let first = segment_path(dir.path(), 0);
+        assert_eq!(std::fs::read(&first).unwrap(), lines(0, 3), "nothing more written on the appender's path");
         let mut out = Vec::new();
         let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
-        assert_eq!(out, lines(0, 10));
-        assert_eq!(std::fs::read(&segment).unwrap(), lines(0, 15), "the read wrote every pending record");
-        spool.acknowledge(chunk.end).unwrap();
+        assert_eq!(out, lines(0, 10), "sent from memory");
+        assert_eq!(std::fs::read(&first).unwrap(), lines(0, 3), "nothing written to send them");
+        spool.acknowledge(chunk.end, &out).unwrap();
+        assert!(!first.exists(), "its records are delivered");
+        let anchor = open_delivered(dir.path(), "test").unwrap().2;
+        assert_eq!(anchor, Some((160, lines(9, 1).to_vec())), "the last delivered line, on disk");
 
-        // Sent from memory: the segment file gone from under the spool is never opened.
-        std::fs::remove_file(&segment).unwrap();
-        spool.append(&lines(15, 5)).unwrap();
+        // Appends 2 and 3 (lines 3 to 8) are delivered and never written; append 4 (lines 9 to 11) only in part:
+        // it is written whole, from its own position, with append 5.
+        spool.sync().unwrap();
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(std::fs::read(segment_path(dir.path(), 9 * 16)).unwrap(), lines(9, 6));
+        assert_eq!(spool.last_line().unwrap().as_deref(), Some(&lines(14, 1)[..]), "the files' last line");
+
+        // Resumed after a reopen at the first undelivered record, from the file.
+        drop(spool);
+        let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
         let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
-        assert_eq!(out, lines(10, 10));
-        spool.acknowledge(chunk.end).unwrap();
+        assert_eq!(out, lines(10, 5));
+        spool.acknowledge(chunk.end, &out).unwrap();
         assert_eq!(spool.read(&BATCH, &mut out).unwrap(), None);
+
+        // Everything delivered, nothing in the files: a reopened spool still knows its last line (catch-up's
+        // anchor), and its next records go to a segment at their position.
+        spool.append(&lines(15, 2)).unwrap();
+        let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
+        spool.acknowledge(chunk.end, &out).unwrap();
+        drop(spool);
+        let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
+        assert_eq!(spool.last_line().unwrap().as_deref(), Some(&lines(16, 1)[..]));
+        assert_eq!(spool.read(&BATCH, &mut out).unwrap(), None, "nothing sent twice");
+        spool.append(&lines(17, 1)).unwrap();
+        spool.sync().unwrap();
+        assert_eq!(std::fs::read(segment_path(dir.path(), 17 * 16)).unwrap(), lines(17, 1));
+        let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
+        assert_eq!((chunk.start, &out[..]), (17 * 16, &lines(17, 1)[..]));
     }
 
     /// With no audit file to spool records again from, appends are written at once.
@@ -1110,7 +1277,7 @@ mod tests {
             if let Some(chunk) = spool.read(&batch, &mut out).unwrap() {
                 assert_eq!(chunk.start, received.len() as u64);
                 received.extend_from_slice(&out);
-                spool.acknowledge(chunk.end).unwrap();
+                spool.acknowledge(chunk.end, &out).unwrap();
             }
         }
         appender.join().unwrap();
@@ -1118,7 +1285,19 @@ mod tests {
         let all = lines(0, BATCHES * EACH);
         assert!(received == all, "delivered once each, in order");
         spool.sync().unwrap();
-        assert!(std::fs::read(segment_path(dir.path(), 0)).unwrap() == all, "written in append order");
+        // Whatever was written (records the SIEM took first are not) sits at its position, in append order.
+        let mut written = 0;
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let Some(start) = path.file_name().unwrap().to_str().unwrap().strip_suffix(SEGMENT_SUFFIX) else {
+                continue;
+            };
+            let start: usize = start.parse().unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(bytes[..] == all[start..start + bytes.len()], "the segment at {start}");
+            written += bytes.len();
+        }
+        assert!(written <= all.len());
     }
 
     /// Pending records count against `max` as written ones do.
