@@ -318,8 +318,14 @@ async fn the_console_endpoints_report_the_traffic_sent() {
     assert!((red_daily["left_usd"].as_f64().unwrap() - (0.1 - spent).max(0.0)).abs() < 1e-6, "{red_daily}");
     assert!(red_daily["today_usd"].as_f64().unwrap() > 0.0 && red_daily["rate_usd_per_hour"].as_f64().unwrap() > 0.0);
     assert!(["spent", "runs_out", "lasts"].contains(&red_daily["outlook"].as_str().unwrap()), "{red_daily}");
-    // The month's budget of 20 USD outlasts the month at a few cents a day.
-    assert_eq!(rows[2]["outlook"], "lasts", "{}", rows[2]);
+    // The month's budget of 20 USD at today's rate (a few cents over the hours since midnight: just after midnight
+    // that is a high rate) runs out when what is left lasts fewer hours than the month has left, and lasts otherwise.
+    let month = &rows[2];
+    let time = |field: &Value| humantime::parse_rfc3339(field.as_str().unwrap()).unwrap();
+    let (now, ends) = (time(&budgets["now"]), time(&month["period_ends_at"]));
+    let hours = month["left_usd"].as_f64().unwrap() / month["rate_usd_per_hour"].as_f64().unwrap();
+    let runs_out = now + std::time::Duration::from_secs_f64(hours * 3600.0) < ends;
+    assert_eq!(month["outlook"], if runs_out { "runs_out" } else { "lasts" }, "{month}");
 
     // Denials, the audit log's last records first: the tunnel, the DLP block, the agent turn refused for its curl
     // call, and that call's action record (written before its request's), each with its rule.
