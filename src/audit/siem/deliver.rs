@@ -25,8 +25,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::event::{self, Event};
-use super::spool::{Spool, BLOCK};
+use super::event::{self, Event, Shape};
+use super::spool::{Lines, Spool};
 use crate::config::file::SiemKind;
 use crate::config::siem::{Pseudonymize, SiemSink};
 use crate::metrics::SiemMetrics;
@@ -64,9 +64,14 @@ pub(super) fn spawn(
         yield_to_requests();
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => {
+                let host = event::host_name();
+                let shape = match sink.kind {
+                    SiemKind::SplunkHec => Shape::hec(sink.index.as_deref(), &host),
+                    SiemKind::Https => Shape::Ndjson,
+                    SiemKind::Syslog => Shape::syslog(&host, std::process::id()),
+                };
                 let delivery = Delivery {
-                    host: event::host_name(),
-                    process: std::process::id(),
+                    shape,
                     transport: Transport::Disconnected,
                     sink,
                     spool,
@@ -91,13 +96,16 @@ struct Delivery {
     metrics: SiemMetrics,
     stop: CancellationToken,
     transport: Transport,
-    host: String,
-    process: u32,
+    shape: Shape,
     buffers: Buffers,
 }
 
+/// A batch is formatted (and compressed, or written) this much at a time: what a delivery touches stays in the
+/// cache of a core it shares with the request path.
+const PIECE: usize = 32 * 1024;
+
 /// What a delivery keeps between batches, so that a batch allocates nothing large (fresh large buffers cost a page
-/// fault per page): the HTTP body or syslog frames, its gzip, and the deflate state (hundreds of KiB).
+/// fault per page): a piece of the HTTP body or of the syslog frames, the gzip, and the deflate state.
 #[derive(Default)]
 struct Buffers {
     plain: Vec<u8>,
@@ -125,9 +133,7 @@ enum Answer {
 impl Delivery {
     async fn run(mut self) {
         let mut backoff = Backoff::new(self.sink.retry_max);
-        // A batch's lines, read into the same buffer every time: sized once for a whole batch (and the piece of
-        // memory that reaches past it).
-        let mut lines = Vec::with_capacity(self.sink.batch.bytes as usize + BLOCK);
+        let mut lines = Lines::default();
         let mut kept_events = Vec::new();
         let mut first_seen: Option<Instant> = None;
         let mut failing = false;
@@ -191,7 +197,7 @@ impl Delivery {
                 continue;
             }
             let mut events = event::recycle(std::mem::take(&mut kept_events));
-            event::parse_into(&lines, self.pseudonymize.as_ref(), &mut events);
+            event::parse_into(lines.pieces(), self.pseudonymize.as_ref(), &mut events);
             let resolved = match self.sink.kind {
                 SiemKind::Syslog => self.deliver_syslog(&events).await,
                 SiemKind::SplunkHec | SiemKind::Https => self.deliver_http(&events).await,
@@ -201,6 +207,7 @@ impl Delivery {
             if let Err(error) = self.spool.sent(resolved as u64, &lines) {
                 tracing::error!(sink = %self.sink.name, %error, "the SIEM spool's delivered position cannot be saved");
             }
+            lines.clear();
             if resolved < (chunk.end - chunk.start) as usize {
                 failing = true;
                 if !self.pause(backoff.next()).await {
@@ -262,26 +269,22 @@ impl Delivery {
 
     async fn post(&mut self, events: &[Event<'_>]) -> Answer {
         let Buffers { plain, compressed, deflate } = &mut self.buffers;
-        plain.clear();
-        plain.reserve(events.iter().map(|event| event.length + 128).sum());
         let content_type = match self.sink.kind {
-            SiemKind::SplunkHec => {
-                event::hec(events, self.sink.index.as_deref(), &self.host, plain);
-                "application/json"
-            }
-            _ => {
-                event::ndjson(events, plain);
-                "application/x-ndjson"
-            }
+            SiemKind::SplunkHec => "application/json",
+            _ => "application/x-ndjson",
         };
         // The body is copied out of the kept buffers: at its (compressed) size, which is small.
         let body = if self.sink.gzip {
             let deflate = deflate.get_or_insert_with(|| Compress::new_gzip(Compression::fast(), 15));
-            if let Err(error) = gzip(deflate, plain, compressed) {
+            if let Err(error) = gzip(deflate, &mut self.shape, events, plain, compressed) {
                 return Answer::Retry(format!("gzip: {error}"));
             }
             Bytes::copy_from_slice(compressed)
         } else {
+            plain.clear();
+            for event in events {
+                self.shape.append(event, plain);
+            }
             Bytes::copy_from_slice(plain)
         };
         let endpoint = &self.sink.endpoint;
@@ -349,18 +352,13 @@ impl Delivery {
 
     /// Writes `events` as framed syslog messages; returns their bytes in the spool when written, 0 when not.
     async fn deliver_syslog(&mut self, events: &[Event<'_>]) -> usize {
-        let mut frames = std::mem::take(&mut self.buffers.plain);
-        frames.clear();
-        frames.reserve(events.iter().map(|event| event.length + 128).sum());
-        event::syslog(events, &self.host, self.process, &mut frames);
         let (timeout, stop) = (self.sink.timeout, self.stop.clone());
         let written = tokio::select! {
-            written = tokio::time::timeout(timeout, self.write_frames(&frames)) => {
+            written = tokio::time::timeout(timeout, self.write_frames(events)) => {
                 written.unwrap_or_else(|_| Err(format!("not written within {timeout:?}")))
             }
             () = after_shutdown(&stop) => Err("shutting down: not written in time".to_owned()),
         };
-        self.buffers.plain = frames;
         match written {
             Ok(()) => {
                 self.metrics.sent.inc_by(events.len() as u64);
@@ -376,7 +374,8 @@ impl Delivery {
         }
     }
 
-    async fn write_frames(&mut self, frames: &[u8]) -> Result<(), String> {
+    /// Formats and writes the frames of `events`, `PIECE` bytes at a time.
+    async fn write_frames(&mut self, events: &[Event<'_>]) -> Result<(), String> {
         // A connection the receiver closed (it says nothing otherwise) would swallow the first write.
         if let Transport::Stream(stream) = &mut self.transport {
             let mut probe = [0u8; 256];
@@ -397,23 +396,66 @@ impl Delivery {
                 stream
             }
         };
-        stream.write_all(frames).await.map_err(|error| format!("write: {error}"))?;
+        let frames = &mut self.buffers.plain;
+        let mut events = events.iter().peekable();
+        while events.peek().is_some() {
+            frames.clear();
+            while frames.len() < PIECE {
+                let Some(event) = events.next() else { break };
+                self.shape.append(event, frames);
+            }
+            stream.write_all(frames).await.map_err(|error| format!("write: {error}"))?;
+        }
         stream.flush().await.map_err(|error| format!("write: {error}"))
     }
 }
 
-/// Compresses `input` into `output` (replacing what it held) as one gzip member, with `deflate` reset first: one
-/// deflate state serves every batch.
-fn gzip(deflate: &mut Compress, input: &[u8], output: &mut Vec<u8>) -> Result<(), flate2::CompressError> {
+/// `events` in `shape`, compressed into `output` (replacing what it held) as one gzip member, `deflate` reset first
+/// (one deflate state serves every batch): formatted into `plain` and compressed `PIECE` bytes at a time.
+fn gzip(
+    deflate: &mut Compress,
+    shape: &mut Shape,
+    events: &[Event],
+    plain: &mut Vec<u8>,
+    output: &mut Vec<u8>,
+) -> Result<(), flate2::CompressError> {
     deflate.reset();
     output.clear();
-    // Audit records compress about tenfold: a quarter of the input is room enough, most of the time.
-    output.reserve(input.len() / 4 + 64);
+    let mut events = events.iter().peekable();
+    loop {
+        plain.clear();
+        while plain.len() < PIECE {
+            let Some(event) = events.next() else { break };
+            shape.append(event, plain);
+        }
+        let last = events.peek().is_none();
+        compress(deflate, plain, output, last)?;
+        if last {
+            return Ok(());
+        }
+    }
+}
+
+/// Compresses all of `input` onto the end of `output`, ending the gzip member when `finish`.
+fn compress(
+    deflate: &mut Compress,
+    input: &[u8],
+    output: &mut Vec<u8>,
+    finish: bool,
+) -> Result<(), flate2::CompressError> {
+    let flush = if finish { FlushCompress::Finish } else { FlushCompress::None };
     let first = deflate.total_in();
     loop {
+        // Audit records compress about tenfold: a quarter of the input is room enough, most of the time.
+        if output.capacity() - output.len() < input.len() / 4 + 64 {
+            output.reserve((input.len() / 4 + 64).max(output.len()));
+        }
         let consumed = (deflate.total_in() - first) as usize;
-        match deflate.compress_vec(&input[consumed..], output, FlushCompress::Finish)? {
+        match deflate.compress_vec(&input[consumed..], output, flush)? {
             Status::StreamEnd => return Ok(()),
+            Status::Ok | Status::BufError if !finish && deflate.total_in() - first == input.len() as u64 => {
+                return Ok(())
+            }
             Status::Ok | Status::BufError => output.reserve(output.len().max(4096)),
         }
     }
@@ -527,12 +569,15 @@ mod tests {
     fn gzip_with_a_kept_deflate_state_gives_whole_members_for_every_batch() {
         use std::io::Read as _;
         let mut deflate = Compress::new_gzip(Compression::fast(), 15);
-        let mut output = Vec::new();
-        // A first batch whose output outgrows the room reserved (random bytes do not compress), then small ones.
-        let noise: Vec<u8> = (0..200_000u32).map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-        let batches = [noise, b"{\"id\":\"a\"}\n".repeat(1000), b"{\"id\":\"b\"}\n".to_vec(), Vec::new()];
+        let (mut plain, mut output) = (Vec::new(), Vec::new());
+        // A first batch of many pieces whose output outgrows the room reserved (hashes compress little), then
+        // small ones.
+        let noise: String =
+            (0..20_000u32).map(|n| format!("{{\"id\":\"{:x}\"}}\n", n.wrapping_mul(2_654_435_761))).collect();
+        let batches = [noise.into_bytes(), b"{\"id\":\"a\"}\n".repeat(1000), b"{\"id\":\"b\"}\n".to_vec(), Vec::new()];
         for batch in &batches {
-            gzip(&mut deflate, batch, &mut output).unwrap();
+            let events = event::parse(batch, None);
+            gzip(&mut deflate, &mut Shape::Ndjson, &events, &mut plain, &mut output).unwrap();
             let mut decoded = Vec::new();
             flate2::read::GzDecoder::new(output.as_slice()).read_to_end(&mut decoded).unwrap();
             assert!(decoded == *batch, "a batch of {} bytes comes back whole", batch.len());

@@ -64,13 +64,25 @@ fn until_quote(bytes: &[u8]) -> Option<(&str, &[u8])> {
 /// Splits `lines` (whole, newline-terminated) into events, pseudonymising as configured.
 pub fn parse<'a>(lines: &'a [u8], pseudonymize: Option<&Pseudonymize>) -> Vec<Event<'a>> {
     let mut events = Vec::new();
-    parse_into(lines, pseudonymize, &mut events);
+    parse_into([lines], pseudonymize, &mut events);
     events
 }
 
-/// `parse` into `events` (cleared first), so that a delivery reuses one vector for every batch.
-pub fn parse_into<'a>(lines: &'a [u8], pseudonymize: Option<&Pseudonymize>, events: &mut Vec<Event<'a>>) {
+/// `parse` of lines in pieces (each of whole lines) into `events` (cleared first), so that a delivery reuses one
+/// vector for every batch.
+pub fn parse_into<'a>(
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+    pseudonymize: Option<&Pseudonymize>,
+    events: &mut Vec<Event<'a>>,
+) {
     events.clear();
+    for piece in pieces {
+        parse_piece(piece, pseudonymize, events);
+    }
+}
+
+/// Appends the events of `lines` to `events`.
+fn parse_piece<'a>(lines: &'a [u8], pseudonymize: Option<&Pseudonymize>, events: &mut Vec<Event<'a>>) {
     let mut rest = lines;
     while !rest.is_empty() {
         let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |at| at + 1);
@@ -170,7 +182,7 @@ impl<'de> Deserialize<'de> for Fields {
 
 /// The seconds of the last `ts` read, by its text up to the second: a batch's records mostly share a few seconds.
 #[derive(Default)]
-struct Seconds {
+pub struct Seconds {
     text: [u8; 19],
     seconds: u64,
 }
@@ -209,30 +221,71 @@ fn epoch_seconds(ts: Option<&str>, out: &mut Vec<u8>) {
     let _ = write!(WriteBytes(out), "{}.{:03}", since.as_secs(), since.subsec_millis());
 }
 
-/// Appends Splunk HEC events, one per line: `{"time":…,"sourcetype":"tollgate:audit",…,"event":RECORD}`.
-pub fn hec(events: &[Event], index: Option<&str>, host: &str, out: &mut Vec<u8>) {
-    let mut fixed = String::from(",\"sourcetype\":\"tollgate:audit\",\"source\":\"tollgate\",\"host\":");
-    fixed.push_str(&serde_json::to_string(host).unwrap_or_else(|_| "\"-\"".into()));
-    if let Some(index) = index {
-        fixed.push_str(",\"index\":");
-        fixed.push_str(&serde_json::to_string(index).unwrap_or_default());
-    }
-    let mut seconds = Seconds::default();
-    for event in events {
-        out.extend_from_slice(b"{\"time\":");
-        seconds.append(event.ts.as_deref(), out);
-        out.extend_from_slice(fixed.as_bytes());
-        out.extend_from_slice(b",\"event\":");
-        out.extend_from_slice(&event.json);
-        out.extend_from_slice(b"}\n");
-    }
+/// A sink's wire shape, appended event by event (a delivery formats a batch in pieces, each compressed or sent
+/// while it is in the cache).
+pub enum Shape {
+    /// Splunk HEC events, one per line: `{"time":…,"sourcetype":"tollgate:audit",…,"event":RECORD}`; the fields
+    /// after `time`, and the seconds of the last `ts` read.
+    Hec { fixed: String, seconds: Seconds },
+    /// NDJSON: one record per line.
+    Ndjson,
+    /// RFC 5424 messages, each framed by octet counting (`LENGTH SP MESSAGE`, RFC 5425 / 6587):
+    /// `<110>1 TS HOST tollgate PID KIND [tollgate@32473 id="ID"] RECORD`; the parts of the header that do not
+    /// change, and a buffer for the rest.
+    Syslog { version: String, origin: String, element: String, head: String },
 }
 
-/// Appends NDJSON: one record per line.
-pub fn ndjson(events: &[Event], out: &mut Vec<u8>) {
-    for event in events {
-        out.extend_from_slice(&event.json);
-        out.push(b'\n');
+impl Shape {
+    pub fn hec(index: Option<&str>, host: &str) -> Self {
+        let mut fixed = String::from(",\"sourcetype\":\"tollgate:audit\",\"source\":\"tollgate\",\"host\":");
+        fixed.push_str(&serde_json::to_string(host).unwrap_or_else(|_| "\"-\"".into()));
+        if let Some(index) = index {
+            fixed.push_str(",\"index\":");
+            fixed.push_str(&serde_json::to_string(index).unwrap_or_default());
+        }
+        Shape::Hec { fixed, seconds: Seconds::default() }
+    }
+
+    pub fn syslog(host: &str, process: u32) -> Self {
+        Shape::Syslog {
+            version: format!("<{PRIORITY}>1 "),
+            origin: format!(" {host} tollgate {process} "),
+            element: format!(" [{SD_ID} id=\""),
+            head: String::with_capacity(128),
+        }
+    }
+
+    /// Appends `event` to `out`.
+    pub fn append(&mut self, event: &Event, out: &mut Vec<u8>) {
+        match self {
+            Shape::Hec { fixed, seconds } => {
+                out.extend_from_slice(b"{\"time\":");
+                seconds.append(event.ts.as_deref(), out);
+                out.extend_from_slice(fixed.as_bytes());
+                out.extend_from_slice(b",\"event\":");
+                out.extend_from_slice(&event.json);
+                out.extend_from_slice(b"}\n");
+            }
+            Shape::Ndjson => {
+                out.extend_from_slice(&event.json);
+                out.push(b'\n');
+            }
+            Shape::Syslog { version, origin, element, head } => {
+                head.clear();
+                let ts = event.ts.as_deref().filter(|ts| is_header_token(ts)).unwrap_or("-");
+                let kind =
+                    Some(event.kind.as_ref()).filter(|kind| is_header_token(kind) && kind.len() <= 32).unwrap_or("-");
+                for part in [version.as_str(), ts, origin.as_str(), kind, element.as_str()] {
+                    head.push_str(part);
+                }
+                escape_param(&event.id, head);
+                head.push_str("\"] ");
+                out.extend_from_slice(itoa::Buffer::new().format(head.len() + event.json.len()).as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(head.as_bytes());
+                out.extend_from_slice(&event.json);
+            }
+        }
     }
 }
 
@@ -241,30 +294,6 @@ const PRIORITY: u8 = 13 * 8 + 6;
 /// The structured data element carrying the record id; 32473 is the enterprise number RFC 5612 reserves for
 /// documentation and examples.
 pub const SD_ID: &str = "tollgate@32473";
-
-/// Appends one RFC 5424 message per event, each framed by octet counting (`LENGTH SP MESSAGE`, RFC 5425 / 6587):
-/// `<110>1 TS HOST tollgate PID KIND [tollgate@32473 id="ID"] RECORD`.
-pub fn syslog(events: &[Event], host: &str, process: u32, out: &mut Vec<u8>) {
-    let version = format!("<{PRIORITY}>1 ");
-    let origin = format!(" {host} tollgate {process} ");
-    let element = format!(" [{SD_ID} id=\"");
-    let mut head = String::with_capacity(128);
-    let mut length = itoa::Buffer::new();
-    for event in events {
-        head.clear();
-        let ts = event.ts.as_deref().filter(|ts| is_header_token(ts)).unwrap_or("-");
-        let kind = Some(event.kind.as_ref()).filter(|kind| is_header_token(kind) && kind.len() <= 32).unwrap_or("-");
-        for part in [version.as_str(), ts, origin.as_str(), kind, element.as_str()] {
-            head.push_str(part);
-        }
-        escape_param(&event.id, &mut head);
-        head.push_str("\"] ");
-        out.extend_from_slice(length.format(head.len() + event.json.len()).as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(head.as_bytes());
-        out.extend_from_slice(&event.json);
-    }
-}
 
 /// A header field: printable US-ASCII without spaces (RFC 5424 PRINTUSASCII).
 fn is_header_token(text: &str) -> bool {
@@ -394,7 +423,7 @@ mod tests {
     fn wire_shapes() {
         let events = parse(LINES, None);
         let mut out = Vec::new();
-        hec(&events[..1], Some("audit"), "gw1", &mut out);
+        Shape::hec(Some("audit"), "gw1").append(&events[0], &mut out);
         let event: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(event["time"].as_f64(), Some(1_796_464_800.25));
         assert_eq!(event["sourcetype"], "tollgate:audit");
@@ -402,7 +431,10 @@ mod tests {
         assert_eq!(event["event"]["id"], "r1");
 
         out.clear();
-        syslog(&events, "gw1", 42, &mut out);
+        let mut syslog = Shape::syslog("gw1", 42);
+        for event in &events {
+            syslog.append(event, &mut out);
+        }
         let text = String::from_utf8(out).unwrap();
         let (length, rest) = text.split_once(' ').unwrap();
         let first = &rest[..length.parse::<usize>().unwrap()];

@@ -400,17 +400,17 @@ impl Spool {
 
     /// The SIEM has the first `accepted` bytes of the chunk being sent (`lines`, as read): they are acknowledged;
     /// the records after them that a drop took while they were sent are counted as dropped now, and not retried.
-    pub fn sent(&self, accepted: u64, lines: &[u8]) -> std::io::Result<()> {
+    pub fn sent(&self, accepted: u64, lines: &Lines) -> std::io::Result<()> {
         // Only after `sending` said yes: without a chunk in flight there is nothing to acknowledge.
         let Some(sending) = self.lock().sending.take() else { return Ok(()) };
-        let lost = lines.get(accepted as usize..(sending.dropped_to - sending.start) as usize).unwrap_or_default();
-        let records = memchr::memchr_iter(b'\n', lost).count() as u64;
+        let lost_to = (sending.dropped_to - sending.start).min(lines.len() as u64);
+        let records = lines.count_lines(accepted, lost_to);
         if records > 0 {
-            self.note_dropped(records, lost.len() as u64);
+            self.note_dropped(records, lost_to - accepted);
         }
         match accepted {
             0 => Ok(()),
-            accepted => self.acknowledge(sending.start + accepted, &lines[..accepted as usize]),
+            accepted => self.acknowledge(sending.start + accepted, lines.line_ending_at(accepted)),
         }
     }
 
@@ -423,7 +423,8 @@ impl Spool {
     /// Copies the oldest undelivered records (whole lines, at most `batch.records` and about `batch.bytes`; one
     /// longer record alone) into `out`; `None` when every record is delivered. Records still in memory (pending
     /// ones too) are taken from there, older ones read from the segment files.
-    pub fn read(&self, batch: &Batch, out: &mut Vec<u8>) -> std::io::Result<Option<Chunk>> {
+    pub fn read(&self, batch: &Batch, out: &mut Lines) -> std::io::Result<Option<Chunk>> {
+        out.0.clear();
         // A segment dropped (drop_oldest) while it is read is read again from the new oldest.
         for _ in 0..8 {
             let (from, end, segments) = {
@@ -442,8 +443,12 @@ impl Spool {
                 (from, (state.written, end), state.segments.clone())
             };
             let (written, end) = end;
-            match read_range(&self.dir, &segments, from, written, batch, out) {
-                Ok(chunk) => return Ok((chunk.records > 0).then_some(Chunk { more: chunk.end < end, ..chunk })),
+            let mut bytes = Vec::new();
+            match read_range(&self.dir, &segments, from, written, batch, &mut bytes) {
+                Ok(chunk) => {
+                    out.0.push(bytes.into());
+                    return Ok((chunk.records > 0).then_some(Chunk { more: chunk.end < end, ..chunk }));
+                }
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(error) => return Err(error),
             }
@@ -775,32 +780,96 @@ fn write_queue(dir: &Path, active: &mut Active) -> std::io::Result<u64> {
     }
 }
 
-/// Whole lines from `pieces` (in memory, starting at `from`, before `end`) within `batch`'s bounds, copied to `out`.
-fn take_lines(pieces: &[Bytes], from: u64, end: u64, batch: &Batch, out: &mut Vec<u8>) -> Option<Chunk> {
-    out.clear();
-    let (mut records, mut cut) = (0, 0);
-    'pieces: for piece in pieces {
-        let scanned = out.len();
-        out.extend_from_slice(piece);
-        for newline in memchr::memchr_iter(b'\n', &out[scanned..]) {
-            let line_end = scanned + newline + 1;
+/// Whole lines from `pieces` (in memory, starting at `from`, before `end`; each holds whole lines) within
+/// `batch`'s bounds, into `out` without copying them.
+fn take_lines(pieces: &[Bytes], from: u64, end: u64, batch: &Batch, out: &mut Lines) -> Option<Chunk> {
+    out.0.clear();
+    let (mut records, mut taken) = (0, 0);
+    for piece in pieces {
+        let (mut cut, mut full) = (0, false);
+        for newline in memchr::memchr_iter(b'\n', piece) {
             // About batch.bytes: whole lines within it, or one longer line alone.
-            if records > 0 && line_end as u64 > batch.bytes {
-                break 'pieces;
+            if records > 0 && taken + newline as u64 + 1 > batch.bytes {
+                full = true;
+                break;
             }
             records += 1;
-            cut = line_end;
+            cut = newline + 1;
             if records == batch.records {
-                break 'pieces;
+                full = true;
+                break;
             }
         }
-        if out.len() as u64 >= batch.bytes && records > 0 {
+        if cut > 0 {
+            out.0.push(piece.slice(..cut));
+        }
+        taken += cut as u64;
+        if full || cut < piece.len() || (taken >= batch.bytes && records > 0) {
             break;
         }
     }
-    out.truncate(cut);
-    let stop = from + cut as u64;
+    let stop = from + taken;
     (records > 0).then_some(Chunk { start: from, end: stop, records, more: stop < end })
+}
+
+/// The records read for one delivery: whole lines, in pieces that each hold whole lines (the spool's own memory
+/// where it still holds them, not copied).
+#[derive(Default)]
+pub struct Lines(Vec<Bytes>);
+
+impl Lines {
+    /// The pieces, in order.
+    pub fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().map(|piece| &piece[..])
+    }
+
+    /// Their bytes.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Bytes::is_empty)
+    }
+
+    /// Lets go of the pieces (the memory they are part of can be used again).
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// The bytes, copied into one vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.pieces().flatten().copied().collect()
+    }
+
+    /// The line that ends `offset` bytes in (at a line's end), with its newline.
+    fn line_ending_at(&self, offset: u64) -> &[u8] {
+        let mut start = 0;
+        for piece in &self.0 {
+            let end = start + piece.len() as u64;
+            if offset <= end && offset > start {
+                let piece = &piece[..(offset - start) as usize];
+                let body = &piece[..piece.len() - 1];
+                return &piece[memchr::memrchr(b'\n', body).map_or(0, |at| at + 1)..];
+            }
+            start = end;
+        }
+        &[]
+    }
+
+    /// Newlines from `start` bytes in to `end`.
+    fn count_lines(&self, start: u64, end: u64) -> u64 {
+        let mut at = 0;
+        let mut lines = 0;
+        for piece in &self.0 {
+            let (from, to) = (start.max(at), end.min(at + piece.len() as u64));
+            if from < to {
+                lines += memchr::memchr_iter(b'\n', &piece[(from - at) as usize..(to - at) as usize]).count() as u64;
+            }
+            at += piece.len() as u64;
+        }
+        lines
+    }
 }
 
 fn segment_path(dir: &Path, start: u64) -> PathBuf {
@@ -1008,20 +1077,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (spool, metrics) = spool(dir.path(), 1 << 20, SpoolFull::Block);
         spool.append(&lines(0, 25)).unwrap();
-        let mut out = Vec::new();
+        let mut out = Lines::default();
         let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
         assert_eq!((chunk.start, chunk.records, chunk.more), (0, 10, true));
-        assert_eq!(out, lines(0, 10));
-        spool.acknowledge(chunk.end, &out).unwrap();
+        assert_eq!(out.to_vec(), lines(0, 10));
+        spool.acknowledge(chunk.end, &out.to_vec()).unwrap();
         assert_eq!(metrics.spool_bytes.get() as usize, lines(10, 15).len());
         drop(spool);
 
         let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
         let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
-        assert_eq!(out, lines(10, 10), "resumed at the first unacknowledged record");
-        spool.acknowledge(chunk.end, &out).unwrap();
+        assert_eq!(out.to_vec(), lines(10, 10), "resumed at the first unacknowledged record");
+        spool.acknowledge(chunk.end, &out.to_vec()).unwrap();
         spool.read(&BATCH, &mut out).unwrap().unwrap();
-        assert_eq!(out, lines(20, 5));
+        assert_eq!(out.to_vec(), lines(20, 5));
     }
 
     #[test]
@@ -1037,21 +1106,21 @@ mod tests {
         // Read back from the segment files (a new spool has nothing in memory).
         drop(spool);
         let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
-        let mut out = Vec::new();
+        let mut out = Lines::default();
         let chunk = spool.read(&Batch { records: 9000, ..BATCH }, &mut out).unwrap().unwrap();
         assert_eq!((chunk.records, chunk.more), (9000, true));
-        assert!(out == lines(0, 9000), "the first 9000 lines, whole and in order");
-        spool.acknowledge(chunk.end, &out).unwrap();
+        assert!(out.to_vec() == lines(0, 9000), "the first 9000 lines, whole and in order");
+        spool.acknowledge(chunk.end, &out.to_vec()).unwrap();
         let chunk = spool.read(&Batch { records: 9000, ..BATCH }, &mut out).unwrap().unwrap();
         assert_eq!((chunk.records, chunk.more), (1000, false));
-        assert!(out == lines(9000, 1000));
+        assert!(out.to_vec() == lines(9000, 1000));
 
         // At most batch.bytes of whole lines.
         let (spool, _) = self::spool(&dir.path().join("bytes"), 1 << 20, SpoolFull::Block);
         spool.append(&lines(0, 10_000)).unwrap();
         let chunk = spool.read(&Batch { records: 100_000, bytes: 100_000, ..BATCH }, &mut out).unwrap().unwrap();
         assert_eq!(chunk.records, 100_000 / 16);
-        assert!(out == lines(0, 100_000 / 16));
+        assert!(out.to_vec() == lines(0, 100_000 / 16));
     }
 
     #[test]
@@ -1060,10 +1129,10 @@ mod tests {
         let delivered = dir.path().join(DELIVERED);
         let (spool, _) = spool(dir.path(), 1 << 20, SpoolFull::Block);
         spool.append(&lines(0, 20)).unwrap();
-        let mut out = Vec::new();
+        let mut out = Lines::default();
         for expected in [160, 320] {
             let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
-            spool.acknowledge(chunk.end, &out).unwrap();
+            spool.acknowledge(chunk.end, &out.to_vec()).unwrap();
             let line = lines(expected / 16 - 1, 1);
             let text = format!("{expected:020} 16\n{}", std::str::from_utf8(&line).unwrap());
             assert_eq!(std::fs::read_to_string(&delivered).unwrap(), text, "the position and the line ending there");
@@ -1085,7 +1154,7 @@ mod tests {
             std::fs::write(&delivered, text).unwrap();
             let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
             spool.read(&BATCH, &mut out).unwrap().unwrap();
-            assert_eq!(out, lines(first, 10), "{text:?}");
+            assert_eq!(out.to_vec(), lines(first, 10), "{text:?}");
         }
         std::fs::write(&delivered, "x\n").unwrap();
         let config = SpoolConfig { dir: dir.path().to_owned(), max: 1 << 20, on_full: SpoolFull::Block };
@@ -1105,12 +1174,12 @@ mod tests {
         file.write_all(b"{\"id\":\"torn").unwrap();
         let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
         spool.append(&lines(2, 1)).unwrap();
-        let mut out = Vec::new();
+        let mut out = Lines::default();
         let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
-        assert_eq!((&out[..], chunk.more), (&lines(0, 2)[..], true), "from the file, and memory has more");
-        spool.acknowledge(chunk.end, &out).unwrap();
+        assert_eq!((&out.to_vec()[..], chunk.more), (&lines(0, 2)[..], true), "from the file, and memory has more");
+        spool.acknowledge(chunk.end, &out.to_vec()).unwrap();
         spool.read(&BATCH, &mut out).unwrap().unwrap();
-        assert_eq!(out, lines(2, 1));
+        assert_eq!(out.to_vec(), lines(2, 1));
     }
 
     #[test]
@@ -1123,9 +1192,9 @@ mod tests {
             appended += 100;
         }
         assert!(appended > 0);
-        let mut out = Vec::new();
+        let mut out = Lines::default();
         let chunk = blocking.read(&Batch { records: 1000, ..BATCH }, &mut out).unwrap().unwrap();
-        blocking.acknowledge(chunk.end, &out).unwrap();
+        blocking.acknowledge(chunk.end, &out.to_vec()).unwrap();
         assert_eq!(blocking.append(&lines(appended, 100)).unwrap(), Appended::Written, "room was made");
 
         let (dropping, metrics) = spool(&dir.path().join("drop"), 64 * 1024, SpoolFull::DropOldest);
@@ -1135,7 +1204,7 @@ mod tests {
         let dropped = metrics.dropped.get();
         assert!(dropped > 0);
         let chunk = dropping.read(&BATCH, &mut out).unwrap().unwrap();
-        assert_eq!(out, lines(dropped as usize, 10), "the oldest records went, the rest follow in order");
+        assert_eq!(out.to_vec(), lines(dropped as usize, 10), "the oldest records went, the rest follow in order");
         assert!(chunk.more);
         assert!(dropping.undelivered() <= 64 * 1024);
     }
@@ -1148,7 +1217,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let (spool, metrics) = spool(dir.path(), 64 * 1024, SpoolFull::DropOldest);
             spool.append(&lines(0, 100)).unwrap();
-            let mut out = Vec::new();
+            let mut out = Lines::default();
             let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
             assert!(spool.sending(&chunk));
             let mut appended = 100;
@@ -1180,11 +1249,11 @@ mod tests {
         // The first append only (a new spool's anchor, `a_new_spools_first_append_is_written_at_once`).
         let first = segment_path(dir.path(), 0);
         assert_eq!(std::fs::read(&first).unwrap(), lines(0, 3), "nothing more written on the appender's path");
-        let mut out = Vec::new();
+        let mut out = Lines::default();
         let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
-        assert_eq!(out, lines(0, 10), "sent from memory");
+        assert_eq!(out.to_vec(), lines(0, 10), "sent from memory");
         assert_eq!(std::fs::read(&first).unwrap(), lines(0, 3), "nothing written to send them");
-        spool.acknowledge(chunk.end, &out).unwrap();
+        spool.acknowledge(chunk.end, &out.to_vec()).unwrap();
         assert!(!first.exists(), "its records are delivered");
         let anchor = open_delivered(dir.path(), "test").unwrap().2;
         assert_eq!(anchor, Some((160, lines(9, 1).to_vec())), "the last delivered line, on disk");
@@ -1201,15 +1270,15 @@ mod tests {
         drop(spool);
         let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
         let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
-        assert_eq!(out, lines(10, 5));
-        spool.acknowledge(chunk.end, &out).unwrap();
+        assert_eq!(out.to_vec(), lines(10, 5));
+        spool.acknowledge(chunk.end, &out.to_vec()).unwrap();
         assert_eq!(spool.read(&BATCH, &mut out).unwrap(), None);
 
         // Everything delivered, nothing in the files: a reopened spool still knows its last line (catch-up's
         // anchor), and its next records go to a segment at their position.
         spool.append(&lines(15, 2)).unwrap();
         let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
-        spool.acknowledge(chunk.end, &out).unwrap();
+        spool.acknowledge(chunk.end, &out.to_vec()).unwrap();
         drop(spool);
         let (spool, _) = self::spool(dir.path(), 1 << 20, SpoolFull::Block);
         assert_eq!(spool.last_line().unwrap().as_deref(), Some(&lines(16, 1)[..]));
@@ -1218,7 +1287,7 @@ mod tests {
         spool.sync().unwrap();
         assert_eq!(std::fs::read(segment_path(dir.path(), 17 * 16)).unwrap(), lines(17, 1));
         let chunk = spool.read(&BATCH, &mut out).unwrap().unwrap();
-        assert_eq!((chunk.start, &out[..]), (17 * 16, &lines(17, 1)[..]));
+        assert_eq!((chunk.start, &out.to_vec()[..]), (17 * 16, &lines(17, 1)[..]));
     }
 
     /// With no audit file to spool records again from, appends are written at once.
@@ -1271,13 +1340,13 @@ mod tests {
             })
         };
         let mut received = Vec::new();
-        let mut out = Vec::new();
+        let mut out = Lines::default();
         let batch = Batch { records: 700, bytes: 1 << 20, wait: Duration::from_millis(1) };
         while received.len() < BATCHES * EACH * 16 {
             if let Some(chunk) = spool.read(&batch, &mut out).unwrap() {
                 assert_eq!(chunk.start, received.len() as u64);
-                received.extend_from_slice(&out);
-                spool.acknowledge(chunk.end, &out).unwrap();
+                received.extend_from_slice(&out.to_vec());
+                spool.acknowledge(chunk.end, &out.to_vec()).unwrap();
             }
         }
         appender.join().unwrap();
@@ -1319,6 +1388,27 @@ mod tests {
         assert_eq!(spool.undelivered(), 4 << 20);
     }
 
+    /// Records in memory are read without a copy, in the pieces they were appended in; a drop or an
+    /// acknowledgement finds its lines across them.
+    #[test]
+    fn records_in_memory_are_read_in_their_pieces_without_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = spool(dir.path(), 1 << 20, SpoolFull::Block);
+        let (first, second) = (lines(0, 3), lines(3, 4));
+        spool.append(&first).unwrap();
+        spool.append(&second).unwrap();
+        let mut out = Lines::default();
+        let chunk = spool.read(&Batch { records: 5, ..BATCH }, &mut out).unwrap().unwrap();
+        let pieces: Vec<&[u8]> = out.pieces().collect();
+        assert_eq!(pieces, [&first[..], &second[..32]], "whole lines, cut after the fifth");
+        assert_eq!((pieces[0].as_ptr(), pieces[1].as_ptr()), (first.as_ptr(), second.as_ptr()), "not copied");
+        assert_eq!((chunk.records, chunk.end, out.len()), (5, 80, 80));
+        assert_eq!(out.line_ending_at(48), &lines(2, 1)[..]);
+        assert_eq!(out.line_ending_at(64), &lines(3, 1)[..]);
+        assert_eq!(out.line_ending_at(80), &lines(4, 1)[..]);
+        assert_eq!((out.count_lines(0, 80), out.count_lines(32, 64), out.count_lines(40, 80)), (5, 2, 3));
+    }
+
     #[test]
     fn a_record_longer_than_a_batch_goes_alone() {
         let dir = tempfile::tempdir().unwrap();
@@ -1326,9 +1416,9 @@ mod tests {
         let long = format!("{{\"id\":\"{}\"}}\n", "x".repeat(5000));
         spool.append(&Bytes::from(long.clone())).unwrap();
         spool.append(&lines(0, 1)).unwrap();
-        let mut out = Vec::new();
+        let mut out = Lines::default();
         let chunk = spool.read(&Batch { bytes: 1024, ..BATCH }, &mut out).unwrap().unwrap();
         assert_eq!(chunk.records, 1);
-        assert!(out == long.as_bytes(), "the long record alone");
+        assert!(out.to_vec() == long.as_bytes(), "the long record alone");
     }
 }
