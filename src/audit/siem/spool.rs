@@ -350,9 +350,7 @@ impl Spool {
     pub fn sync(&self) -> std::io::Result<()> {
         self.write_pending()?;
         let file = self.lock_file().file.try_clone()?;
-        file.sync_data()?;
-        // The anchor of records delivered unwritten.
-        self.delivered_file.sync_data()
+        file.sync_data()
     }
 
     /// Writes every pending byte to the segment file, after what other threads handed over before.
@@ -921,8 +919,8 @@ fn open_delivered(dir: &Path, sink: &str) -> std::io::Result<(File, u64, Option<
 
 /// Overwrites `delivered` in place: `position` (always 20 digits), the length of `line` and `line`, the one that
 /// ends at `position` (one `pwrite`, no new file and rename per batch; a longer line written before leaves bytes
-/// after it, which the length leaves out). Synced with the spool: a position lost to a power cut only sends
-/// records again.
+/// after it, which the length leaves out). Not synced: a position lost to a power cut only sends records again,
+/// and catch-up then starts from an older line (the kernel writes it back within seconds).
 fn write_delivered(file: &File, position: u64, line: &[u8]) -> std::io::Result<()> {
     let mut bytes = Vec::with_capacity(32 + line.len());
     let _ = writeln!(bytes, "{position:020} {}", line.len());
