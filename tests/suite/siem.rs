@@ -62,6 +62,36 @@ fn hec_sink(dir: &Path, address: SocketAddr, spool: &str) -> String {
     )
 }
 
+/// An HEC receiver on a free port, checking the token and keeping the records.
+async fn hec_receiver() -> HttpReceiver {
+    let any = "127.0.0.1:0".parse().unwrap();
+    HttpReceiver::start(any, Shape::Hec { token: HEC_TOKEN.into() }, None, None, Retain::Records).await.expect("HEC")
+}
+
+/// Four clients sending up to `each` requests through `proxy` to `url`, one connection each, until one fails (the
+/// process is killed meanwhile).
+fn clients_until_killed(proxy: SocketAddr, url: &str, each: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..4)
+        .map(|client| {
+            let url = format!("{url}/{client}");
+            tokio::spawn(async move {
+                for number in 0..each {
+                    let request = format!("GET {url}/{number} HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n");
+                    let Ok(mut stream) = tokio::net::TcpStream::connect(proxy).await else { break };
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut answer = Vec::new();
+                    if stream.write_all(request.as_bytes()).await.is_err()
+                        || stream.read_to_end(&mut answer).await.is_err()
+                        || !answer.starts_with(b"HTTP/1.1 200")
+                    {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 /// Every record of the audit file at `dir`.
 fn file_records(dir: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap_or_default();
@@ -231,29 +261,7 @@ async fn after_kill_9_during_load_the_spool_resumes_and_nothing_is_lost() {
     let child = binary(&config).await;
     let proxy = child.listener("proxy");
     // Clients keep sending while the process is killed: some requests fail, every record written must arrive.
-    let url = origin.url("/kill");
-    let clients: Vec<_> = (0..4)
-        .map(|client| {
-            let url = format!("{url}/{client}");
-            tokio::spawn(async move {
-                let mut served = 0;
-                for number in 0..1000 {
-                    let request = format!("GET {url}/{number} HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n");
-                    let Ok(mut stream) = tokio::net::TcpStream::connect(proxy).await else { break };
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    if stream.write_all(request.as_bytes()).await.is_err() {
-                        break;
-                    }
-                    let mut answer = Vec::new();
-                    if stream.read_to_end(&mut answer).await.is_err() || !answer.starts_with(b"HTTP/1.1 200") {
-                        break;
-                    }
-                    served += 1;
-                }
-                served
-            })
-        })
-        .collect();
+    let clients = clients_until_killed(proxy, &origin.url("/kill"), 1000);
     // Killed once at least 100 records are in the file.
     let audit_path = dir.path().join("audit.jsonl");
     tokio::time::timeout(PATIENCE, async {
@@ -298,15 +306,7 @@ async fn after_kill_9_during_load_the_spool_resumes_and_nothing_is_lost() {
 async fn after_kill_9_with_records_delivered_unwritten_every_record_arrives() {
     let origin = Origin::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let hec = HttpReceiver::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Shape::Hec { token: HEC_TOKEN.into() },
-        None,
-        None,
-        Retain::Records,
-    )
-    .await
-    .expect("HEC");
+    let hec = hec_receiver().await;
     let config = dir.path().join("tollgate.yaml");
     let audit = format!("  siem:\n{}", hec_sink(dir.path(), hec.address, "hec")).replace("${HEC_TOKEN}", HEC_TOKEN);
     // Synced hourly: the spool's file gets nothing but its first append (its anchor) unless the SIEM falls behind.
@@ -314,26 +314,7 @@ async fn after_kill_9_with_records_delivered_unwritten_every_record_arrives() {
     std::fs::write(&config, yaml).unwrap();
     let child = binary::Tollgate::start(&config, binary::Stderr::Drained).await;
     let proxy = child.listener("proxy");
-    let url = origin.url("/delivered");
-    let clients: Vec<_> = (0..4)
-        .map(|client| {
-            let url = format!("{url}/{client}");
-            tokio::spawn(async move {
-                for number in 0..2000 {
-                    let request = format!("GET {url}/{number} HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n");
-                    let Ok(mut stream) = tokio::net::TcpStream::connect(proxy).await else { break };
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let mut answer = Vec::new();
-                    if stream.write_all(request.as_bytes()).await.is_err()
-                        || stream.read_to_end(&mut answer).await.is_err()
-                        || !answer.starts_with(b"HTTP/1.1 200")
-                    {
-                        break;
-                    }
-                }
-            })
-        })
-        .collect();
+    let clients = clients_until_killed(proxy, &origin.url("/delivered"), 2000);
     // Killed once the SIEM has 300 records, with the load still on.
     hec.wait_for(300, PATIENCE).await.expect("300 records delivered");
     child.kill().await;
@@ -559,15 +540,7 @@ async fn a_full_spool_that_blocks_makes_the_audit_sink_unready_and_admission_ref
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pseudonymised_fields_differ_from_the_file_and_are_stable() {
     let origin = Origin::start().await;
-    let hec = HttpReceiver::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Shape::Hec { token: HEC_TOKEN.into() },
-        None,
-        None,
-        Retain::Records,
-    )
-    .await
-    .expect("HEC");
+    let hec = hec_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("pseudonym.key");
     std::fs::write(&key, "a key of thirty-two bytes, shared").unwrap();
