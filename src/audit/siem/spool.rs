@@ -404,7 +404,7 @@ impl Spool {
         let lost_to = (sending.dropped_to - sending.start).min(lines.len() as u64);
         let records = lines.count_lines(accepted, lost_to);
         if records > 0 {
-            self.note_dropped(records, lost_to - accepted);
+            self.note_dropped(records, lost_to.saturating_sub(accepted));
         }
         match accepted {
             0 => Ok(()),
@@ -418,9 +418,9 @@ impl Spool {
         let _ = self.room.wait_timeout(state, timeout);
     }
 
-    /// Copies the oldest undelivered records (whole lines, at most `batch.records` and about `batch.bytes`; one
+    /// Puts the oldest undelivered records (whole lines, at most `batch.records` and about `batch.bytes`; one
     /// longer record alone) into `out`; `None` when every record is delivered. Records still in memory (pending
-    /// ones too) are taken from there, older ones read from the segment files.
+    /// ones too) are handed out as they are held, older ones read from the segment files.
     pub fn read(&self, batch: &Batch, out: &mut Lines) -> std::io::Result<Option<Chunk>> {
         out.0.clear();
         // A segment dropped (drop_oldest) while it is read is read again from the new oldest.
@@ -506,7 +506,8 @@ impl Spool {
         state.pending_bytes -= to - handed;
         let last = state.segments.back_mut().expect("never empty");
         if last.length == 0 {
-            // Nothing handed to it: it starts later (its file is renamed at its first write, `write_queue`).
+            // Nothing handed to it: it starts later (`write_queue` makes its file at its first write and removes the
+            // empty one).
             last.start = to;
         } else {
             state.segments.push_back(Segment { start: to, length: 0 });
@@ -822,12 +823,8 @@ impl Lines {
     }
 
     /// Their bytes.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.0.iter().map(Bytes::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.iter().all(Bytes::is_empty)
     }
 
     /// Lets go of the pieces (the memory they are part of can be used again).
@@ -836,7 +833,8 @@ impl Lines {
     }
 
     /// The bytes, copied into one vector.
-    pub fn to_vec(&self) -> Vec<u8> {
+    #[cfg(test)]
+    fn to_vec(&self) -> Vec<u8> {
         self.pieces().flatten().copied().collect()
     }
 
