@@ -181,7 +181,8 @@ const USAGE: &str = "usage: cargo bench --bench load -- [--quick] [--only NAME[,
   env:  TOLLGATE_BIN (default target/release/tollgate), SQUID_BIN, TINYPROXY_BIN,
         MITMDUMP_BIN (default target/mitmproxy-venv/bin/mitmdump, else mitmdump on PATH),
         TOLLGATE_BEFORE_BIN (an earlier tollgate, scenario gateway only),
-        LITELLM_BIN (default target/litellm-venv/bin/litellm, else litellm on PATH)";
+        LITELLM_BIN (default target/litellm-venv/bin/litellm, else litellm on PATH),
+        TOLLGATE_SIEM_GZIP=false (scenario siem: the HEC sink sends its batches uncompressed)";
 
 /// Parses the arguments after `--`; `Err` holds the message to print (the usage for `--help`).
 pub fn parse_args() -> Result<Options, String> {

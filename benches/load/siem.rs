@@ -37,7 +37,8 @@ impl SiemSinks {
         let syslog = SyslogReceiver::start(any, None, Retain::Count)
             .await
             .map_err(|error| format!("syslog receiver: {error}"))?;
-        println!("- SIEM receivers: HEC {} (gzip, batches of 500), syslog TCP {}", hec.address, syslog.address);
+        let gzip = if hec_gzip() { "gzip" } else { "no gzip: TOLLGATE_SIEM_GZIP=false" };
+        println!("- SIEM receivers: HEC {} ({gzip}, batches of 500), syslog TCP {}", hec.address, syslog.address);
         Ok(Self { hec, syslog })
     }
 
@@ -48,9 +49,11 @@ impl SiemSinks {
             return Err("the config has no audit file to add SIEM sinks to".into());
         }
         let directory = dir.display();
+        let gzip = hec_gzip();
         let sinks = format!(
             "audit:\n  file: {{path: \"{directory}/audit.jsonl\"}}\n  siem:\n    \
-             - {{type: splunk_hec, url: \"http://{}\", token: {HEC_TOKEN}, spool: {{dir: \"{directory}/spool-hec\"}}}}\n    \
+             - {{type: splunk_hec, url: \"http://{}\", token: {HEC_TOKEN}, gzip: {gzip}, \
+             spool: {{dir: \"{directory}/spool-hec\"}}}}\n    \
              - {{type: syslog, url: \"tcp://{}\", spool: {{dir: \"{directory}/spool-syslog\"}}}}",
             self.hec.address, self.syslog.address
         );
@@ -61,6 +64,12 @@ impl SiemSinks {
     fn received(&self) -> (usize, usize) {
         (self.hec.count(), self.syslog.count())
     }
+}
+
+/// Whether the HEC sink gzips its batches: yes (the default) unless `TOLLGATE_SIEM_GZIP=false`, which measures
+/// what the compression costs in the rounds.
+fn hec_gzip() -> bool {
+    std::env::var("TOLLGATE_SIEM_GZIP").map_or(true, |value| value != "false")
 }
 
 /// Scenario siem: forward and intercepted req/s without SIEM sinks against with two, in paired rounds.

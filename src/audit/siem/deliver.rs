@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use flate2::{Compress, Compression, FlushCompress, Status};
+use flate2::{Compress, Compression};
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::SendRequest;
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::event::{self, Event, Shape};
+use super::event::{self, gzip, Event, Shape};
 use super::spool::{Lines, Spool};
 use crate::config::file::SiemKind;
 use crate::config::siem::{Pseudonymize, SiemSink};
@@ -39,7 +39,6 @@ pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
 /// The most of an HTTP answer read (HEC answers are a few dozen bytes).
 const ANSWER_BYTES: usize = 64 * 1024;
 
-/// Starts the delivery thread of `sink`; the receiver turns true when it has ended.
 /// The nice value of a delivery thread: the lowest priority. On a busy core the request path runs first and the
 /// spool takes up the lag; delivery catches up as soon as the core has time (`docs/audit.md`, "What it costs").
 const DELIVERY_NICE: i32 = 19;
@@ -52,6 +51,7 @@ fn yield_to_requests() {
     }
 }
 
+/// Starts the delivery thread of `sink`; the receiver turns true when it has ended.
 pub(super) fn spawn(
     sink: SiemSink,
     spool: Arc<Spool>,
@@ -99,10 +99,6 @@ struct Delivery {
     shape: Shape,
     buffers: Buffers,
 }
-
-/// A batch is formatted (and compressed, or written) this much at a time: what a delivery touches stays in the
-/// cache of a core it shares with the request path.
-const PIECE: usize = 32 * 1024;
 
 /// What a delivery keeps between batches, so that a batch allocates nothing large (fresh large buffers cost a page
 /// fault per page): a piece of the HTTP body or of the syslog frames, the gzip, and the deflate state.
@@ -374,7 +370,7 @@ impl Delivery {
         }
     }
 
-    /// Formats and writes the frames of `events`, `PIECE` bytes at a time.
+    /// Formats and writes the frames of `events`, a piece (32 KiB) at a time.
     async fn write_frames(&mut self, events: &[Event<'_>]) -> Result<(), String> {
         // A connection the receiver closed (it says nothing otherwise) would swallow the first write.
         if let Transport::Stream(stream) = &mut self.transport {
@@ -399,65 +395,10 @@ impl Delivery {
         let frames = &mut self.buffers.plain;
         let mut events = events.iter().peekable();
         while events.peek().is_some() {
-            frames.clear();
-            while frames.len() < PIECE {
-                let Some(event) = events.next() else { break };
-                self.shape.append(event, frames);
-            }
+            self.shape.piece(&mut events, frames);
             stream.write_all(frames).await.map_err(|error| format!("write: {error}"))?;
         }
         stream.flush().await.map_err(|error| format!("write: {error}"))
-    }
-}
-
-/// `events` in `shape`, compressed into `output` (replacing what it held) as one gzip member, `deflate` reset first
-/// (one deflate state serves every batch): formatted into `plain` and compressed `PIECE` bytes at a time.
-fn gzip(
-    deflate: &mut Compress,
-    shape: &mut Shape,
-    events: &[Event],
-    plain: &mut Vec<u8>,
-    output: &mut Vec<u8>,
-) -> Result<(), flate2::CompressError> {
-    deflate.reset();
-    output.clear();
-    let mut events = events.iter().peekable();
-    loop {
-        plain.clear();
-        while plain.len() < PIECE {
-            let Some(event) = events.next() else { break };
-            shape.append(event, plain);
-        }
-        let last = events.peek().is_none();
-        compress(deflate, plain, output, last)?;
-        if last {
-            return Ok(());
-        }
-    }
-}
-
-/// Compresses all of `input` onto the end of `output`, ending the gzip member when `finish`.
-fn compress(
-    deflate: &mut Compress,
-    input: &[u8],
-    output: &mut Vec<u8>,
-    finish: bool,
-) -> Result<(), flate2::CompressError> {
-    let flush = if finish { FlushCompress::Finish } else { FlushCompress::None };
-    let first = deflate.total_in();
-    loop {
-        // Audit records compress about tenfold: a quarter of the input is room enough, most of the time.
-        if output.capacity() - output.len() < input.len() / 4 + 64 {
-            output.reserve((input.len() / 4 + 64).max(output.len()));
-        }
-        let consumed = (deflate.total_in() - first) as usize;
-        match deflate.compress_vec(&input[consumed..], output, flush)? {
-            Status::StreamEnd => return Ok(()),
-            Status::Ok | Status::BufError if !finish && deflate.total_in() - first == input.len() as u64 => {
-                return Ok(())
-            }
-            Status::Ok | Status::BufError => output.reserve(output.len().max(4096)),
-        }
     }
 }
 
@@ -563,25 +504,6 @@ mod tests {
         assert!(matches!(classify(hec, StatusCode::FORBIDDEN, b""), Answer::Retry(_)));
         assert!(matches!(classify(hec, StatusCode::SERVICE_UNAVAILABLE, b""), Answer::Retry(_)));
         assert!(matches!(classify(SiemKind::Https, StatusCode::PAYLOAD_TOO_LARGE, b""), Answer::Invalid(_)));
-    }
-
-    #[test]
-    fn gzip_with_a_kept_deflate_state_gives_whole_members_for_every_batch() {
-        use std::io::Read as _;
-        let mut deflate = Compress::new_gzip(Compression::fast(), 15);
-        let (mut plain, mut output) = (Vec::new(), Vec::new());
-        // A first batch of many pieces whose output outgrows the room reserved (hashes compress little), then
-        // small ones.
-        let noise: String =
-            (0..20_000u32).map(|n| format!("{{\"id\":\"{:x}\"}}\n", n.wrapping_mul(2_654_435_761))).collect();
-        let batches = [noise.into_bytes(), b"{\"id\":\"a\"}\n".repeat(1000), b"{\"id\":\"b\"}\n".to_vec(), Vec::new()];
-        for batch in &batches {
-            let events = event::parse(batch, None);
-            gzip(&mut deflate, &mut Shape::Ndjson, &events, &mut plain, &mut output).unwrap();
-            let mut decoded = Vec::new();
-            flate2::read::GzDecoder::new(output.as_slice()).read_to_end(&mut decoded).unwrap();
-            assert!(decoded == *batch, "a batch of {} bytes comes back whole", batch.len());
-        }
     }
 
     #[test]
