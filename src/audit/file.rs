@@ -34,6 +34,8 @@ use crate::config::file::AuditSync;
 /// The file sink's writer; `run` is the body of its thread.
 pub(super) struct Writer {
     file: File,
+    /// `AUDIT.lock` beside a regular file (`lock.rs`), held until the writer thread ends.
+    lock: Option<File>,
     /// Only regular files are synced: a pipe or a terminal cannot be.
     regular: bool,
     /// The previous record's hash, in hex, when the records are chained.
@@ -123,6 +125,13 @@ pub struct Torn {
     pub kept_in: PathBuf,
 }
 
+/// The lock file of the audit file at `path`: its name with `.lock` added.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
 /// Largest batch buffer kept between batches; a larger one (after a burst) is given back.
 const KEEP_BUFFER: usize = 1 << 20;
 
@@ -132,12 +141,16 @@ impl Writer {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let existing = match std::fs::metadata(path) {
+        let (existing, absent) = match std::fs::metadata(path) {
             // A pipe or terminal (e.g. /dev/stdout in a container) cannot be read back: its chain starts afresh.
-            Ok(meta) => meta.is_file(),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+            Ok(meta) => (meta.is_file(), false),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => (false, true),
             Err(error) => return Err(error),
         };
+        // Taken before the torn end is repaired: the file is this process's alone (a pipe is nobody's to lock).
+        let lock = (existing || absent)
+            .then(|| super::lock::hold(&lock_path(path), &path.display().to_string()))
+            .transpose()?;
         let (torn, mut last) = if existing { repair(path)? } else { (None, None) };
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         let metadata = file.metadata()?;
@@ -164,6 +177,7 @@ impl Writer {
         };
         let writer = Self {
             file,
+            lock,
             regular,
             chain,
             key: None,
@@ -674,6 +688,9 @@ impl Committer {
                 break;
             }
         }
+        // Nothing more is written (the queue refuses records from now on): another tollgate, or this one started
+        // again in the same process, may take the file.
+        self.lock().lock = None;
         queue.finish();
     }
 
@@ -1009,6 +1026,7 @@ mod tests {
         writer.append(&Entry::from(Record { id: long.clone(), ..Record::default() }));
         writer.file.write_all(&writer.out).unwrap();
         let expected = writer.chain.unwrap();
+        drop(writer);
         let (reopened, torn) = Writer::open(&path, true, AuditSync::Batch).unwrap();
         assert_eq!(torn, None);
         assert_eq!(reopened.chain, Some(expected), "the chain continues from the long record");

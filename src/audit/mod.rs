@@ -10,6 +10,7 @@
 mod checkpoint;
 mod file;
 pub mod keys;
+mod lock;
 mod queue;
 mod record;
 pub mod rotate;

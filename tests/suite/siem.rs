@@ -676,3 +676,60 @@ async fn a_siem_that_takes_connections_and_never_answers_does_not_hold_requests(
     tokio::time::timeout(PATIENCE, gateway.shutdown()).await.expect("a silent SIEM does not hold the shutdown");
     held.abort();
 }
+
+/// Why a gateway with the configuration `text` does not start.
+async fn start_error(text: String) -> String {
+    let env = |name: &str| (name == "HEC_TOKEN").then(|| HEC_TOKEN.to_owned());
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::from_text(&text, Path::new("test.yaml"), &env).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    isolate_state(&mut config, scratch.path());
+    match app::start(config).await {
+        Ok(_) => panic!("a second gateway started on files the first one holds:\n{text}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_tollgate_on_the_same_audit_file_or_spool_is_refused_and_a_restart_is_not() {
+    let hec = hec_receiver().await;
+    let (dir, other) = (tempfile::tempdir().expect("temp dir"), tempfile::tempdir().expect("temp dir"));
+    let sinks = format!("  siem:\n{}", hec_sink(dir.path(), hec.address, "spool"));
+    let mut first = start_on(dir.path(), &sinks, "").await;
+    let pid = std::process::id();
+
+    // Another process: the binary, on the same audit file, exits at once naming the file and who holds it.
+    let config = other.path().join("tollgate.yaml");
+    let text = gateway_yaml(dir.path(), "", "").replace("127.0.0.1:0\"}]", "127.0.0.1:0\"}]\nstate: {path: state}");
+    std::fs::write(&config, text).expect("write the config");
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .current_dir(other.path())
+        .env_remove("TOLLGATE_CONFIG")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(PATIENCE, run).await.expect("it exits").expect("it runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let audit = dir.path().join("audit.jsonl");
+    let held = format!("cannot open audit file: {} is in use by process {pid}", audit.display());
+    assert!(stderr.contains(&held) && stderr.contains("audit.jsonl.lock"), "{stderr}");
+
+    // A spool another gateway delivers, behind an audit file of its own.
+    let spool_taken = gateway_yaml(other.path(), &sinks, "");
+    let error = start_error(spool_taken).await;
+    let spool = dir.path().join("spool");
+    let expected = format!("the spool of SIEM sink splunk_hec ({}) is in use by process {pid}", spool.display());
+    assert!(error.contains(&expected), "{error}");
+
+    // Nothing the refused starts did reached the first gateway's files; once it stops, a restart takes them.
+    let origin = Origin::start().await;
+    load(first.proxy, &origin, "first", 1, 3).await;
+    first.shutdown().await;
+    let mut again = start_on(dir.path(), &sinks, "").await;
+    load(again.proxy, &origin, "again", 1, 3).await;
+    hec.wait_for(6, PATIENCE).await.expect("every record delivered by the restarted gateway");
+    again.shutdown().await;
+    let text = std::fs::read_to_string(&audit).expect("the audit file");
+    assert_eq!(tollgate::audit::verify_chain(&text), Ok(6), "one chain across the restart");
+}

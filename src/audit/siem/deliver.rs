@@ -62,6 +62,7 @@ pub(super) fn spawn(
     let (finished, receiver) = watch::channel(false);
     std::thread::Builder::new().name(format!("tollgate-siem-{}", sink.name)).spawn(move || {
         yield_to_requests();
+        let held = spool.clone();
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => {
                 let host = event::host_name();
@@ -84,6 +85,7 @@ pub(super) fn spawn(
             }
             Err(error) => tracing::error!(sink = %sink.name, %error, "the SIEM delivery could not start"),
         }
+        held.release();
         let _ = finished.send(true);
     })?;
     Ok(receiver)

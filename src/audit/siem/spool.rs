@@ -25,7 +25,7 @@ use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -37,6 +37,8 @@ use crate::metrics::SiemMetrics;
 
 /// The file holding the delivered position.
 const DELIVERED: &str = "delivered";
+/// The lock file: one process delivers a spool.
+const LOCK: &str = "lock";
 const SEGMENT_SUFFIX: &str = ".spool";
 /// How much of the spool a delivery reads at a time, until it holds a batch: a batch of small records is read
 /// about once, not `batch.bytes` of it for every batch.
@@ -59,6 +61,8 @@ const WRITE_PIECES: usize = 256;
 pub struct Spool {
     name: Arc<str>,
     dir: PathBuf,
+    /// `LOCK` in the directory (`audit/lock.rs`), held until the delivery ends (`release`).
+    lock_file: Mutex<Option<File>>,
     max: u64,
     on_full: SpoolFull,
     /// A segment this long is closed before the next batch.
@@ -177,6 +181,10 @@ impl Spool {
     /// and reads the delivered position.
     pub fn open(name: Arc<str>, config: &SpoolConfig, metrics: SiemMetrics) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.dir)?;
+        let lock = crate::audit::lock::hold(
+            &config.dir.join(LOCK),
+            &format!("the spool of SIEM sink {name} ({})", config.dir.display()),
+        )?;
         let mut starts: Vec<u64> = Vec::new();
         for entry in std::fs::read_dir(&config.dir)? {
             let entry = entry?;
@@ -233,6 +241,7 @@ impl Spool {
         let spool = Arc::new(Self {
             name,
             dir: config.dir.clone(),
+            lock_file: Mutex::new(Some(lock)),
             max: config.max,
             on_full: config.on_full,
             segment_bytes,
@@ -252,6 +261,12 @@ impl Spool {
         spool.update_gauge(&state);
         drop(state);
         Ok(spool)
+    }
+
+    /// Lets another process (or a gateway started again in this one) take the spool: called once its delivery has
+    /// ended, which a shutdown stops after the audit writer's last append.
+    pub fn release(&self) {
+        *self.lock_file.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Writes every append at once, on the appender's path (when no audit file keeps the records for
@@ -1258,7 +1273,7 @@ mod tests {
         // it is written whole, from its own position, with append 5.
         spool.sync().unwrap();
         let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|entry| entry.unwrap().file_name()).collect();
-        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(files.len(), 3, "a segment, delivered and the lock: {files:?}");
         assert_eq!(std::fs::read(segment_path(dir.path(), 9 * 16)).unwrap(), lines(9, 6));
         assert_eq!(spool.last_line().unwrap().as_deref(), Some(&lines(14, 1)[..]), "the files' last line");
 
