@@ -200,6 +200,7 @@ impl Running {
         let _ = self.shared.fleet.flush().await;
         let flush_deadline = deadline.max(tokio::time::Instant::now() + LAST_FLUSH);
         let audit_unwritten = self.shared.auditor.close(flush_deadline).await;
+        self.shared.limiter.backend().close();
         ShutdownReport { tunnels_cut: self.shared.tunnels_cut(), audit_unwritten }
     }
 }

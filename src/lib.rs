@@ -43,6 +43,7 @@ pub mod intercept;
 pub mod limits;
 pub mod listener;
 pub mod llm;
+pub mod lockfile;
 pub mod logging;
 pub mod login;
 pub mod metrics;

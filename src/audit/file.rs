@@ -34,7 +34,7 @@ use crate::config::file::AuditSync;
 /// The file sink's writer; `run` is the body of its thread.
 pub(super) struct Writer {
     file: File,
-    /// `AUDIT.lock` beside a regular file (`lock.rs`), held until the writer thread ends.
+    /// `AUDIT.lock` beside a regular file (`lockfile.rs`), held until the writer thread ends.
     lock: Option<File>,
     /// Only regular files are synced: a pipe or a terminal cannot be.
     regular: bool,
@@ -149,7 +149,7 @@ impl Writer {
         };
         // Taken before the torn end is repaired: the file is this process's alone (a pipe is nobody's to lock).
         let lock = (existing || absent)
-            .then(|| super::lock::hold(&lock_path(path), &path.display().to_string()))
+            .then(|| crate::lockfile::hold(&lock_path(path), &path.display().to_string()))
             .transpose()?;
         let (torn, mut last) = if existing { repair(path)? } else { (None, None) };
         let file = OpenOptions::new().create(true).append(true).open(path)?;

@@ -10,7 +10,6 @@
 mod checkpoint;
 mod file;
 pub mod keys;
-mod lock;
 mod queue;
 mod record;
 pub mod rotate;

@@ -223,6 +223,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn shared_server(&self) -> Option<&dyn SharedServer> {
         None
     }
+    /// Ends what this process keeps on disk, at shutdown once requests are done: the embedded backend closes its
+    /// spend ledger and lets another process (or this one, started again) take its directory.
+    fn close(&self) {}
 }
 
 /// A Redis (or Valkey) server the replicas share: state kept beside the limits runs its own scripts and reads there,

@@ -691,20 +691,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_restart_after_a_crash_keeps_settled_spend_only() {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let (dir, after_crash) = (tempfile::tempdir().expect("temp dir"), tempfile::tempdir().expect("temp dir"));
         let budgets = budgets(&[("core", team(Some(10 * USD), None, None))], Some(50 * USD), None);
         let who = principal("ana", &["core"]);
         let now = SystemTime::now();
-        {
-            let backend: Arc<dyn Backend> = Arc::new(Memory::open(dir.path()).expect("opens"));
-            let settled = reserve(&budgets, &backend, &who, 3 * USD, now).await.expect("under budget");
-            let in_flight = reserve(&budgets, &backend, &who, 4 * USD, now).await.expect("under budget");
-            settled.settle(USD, now).await.expect("settles");
-            assert_eq!(spent(&backend, &budgets, &who, now).await, vec![5 * USD; 2], "the reservation is held");
-            // The process dies with the request in flight: neither settled nor dropped.
-            std::mem::forget(in_flight);
-        }
-        let backend: Arc<dyn Backend> = Arc::new(Memory::open(dir.path()).expect("reopens"));
+        let backend: Arc<dyn Backend> = Arc::new(Memory::open(dir.path()).expect("opens"));
+        let settled = reserve(&budgets, &backend, &who, 3 * USD, now).await.expect("under budget");
+        let _in_flight = reserve(&budgets, &backend, &who, 4 * USD, now).await.expect("under budget");
+        settled.settle(USD, now).await.expect("settles");
+        assert_eq!(spent(&backend, &budgets, &who, now).await, vec![5 * USD; 2], "the reservation is held");
+        // The process dies with the request in flight, neither settled nor dropped: its disk is what it left.
+        let ledger = crate::limits::memory::LEDGER_FILE;
+        std::fs::copy(dir.path().join(ledger), after_crash.path().join(ledger)).expect("the ledger as left");
+        let backend: Arc<dyn Backend> = Arc::new(Memory::open(after_crash.path()).expect("reopens"));
         assert_eq!(spent(&backend, &budgets, &who, now).await, vec![USD; 2], "settled spend only");
     }
 

@@ -38,6 +38,8 @@ type FastHash = foldhash::fast::RandomState;
 
 /// The ledger's file name in `state.path`.
 pub const LEDGER_FILE: &str = "spend.jsonl";
+/// The lock file beside it: one process writes a ledger.
+pub const LOCK_FILE: &str = "spend.jsonl.lock";
 /// Tells apart the temp files of compactions racing in one process (tests opening one directory twice).
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// The ledger is never compacted while smaller than this.
@@ -60,6 +62,11 @@ struct Spend {
     counters: HashMap<String, Counter>,
     prune_at: usize,
     ledger: Option<Ledger>,
+    /// `spend.jsonl.lock` beside the ledger (`lockfile.rs`), held until `close`: replicas share spend through
+    /// Redis, never through one ledger.
+    lock: Option<File>,
+    /// `close` came: spend is no longer written (nor counted).
+    closed: bool,
 }
 
 /// One key's value in its period. A key given with another period end starts again from 0.
@@ -112,6 +119,10 @@ impl Memory {
         fs::create_dir_all(dir)
             .map_err(|error| StateError(format!("cannot create the state directory {}: {error}", dir.display())))?;
         let path = dir.join(LEDGER_FILE);
+        let what = format!("the spend ledger {}", path.display());
+        let lock = crate::lockfile::hold(&dir.join(LOCK_FILE), &what).map_err(|error| {
+            StateError(format!("{error} (replicas share spend through state.backend: redis, not one ledger)"))
+        })?;
         let mut counters = match fs::read(&path) {
             Ok(bytes) => replay(&bytes, &path)?,
             Err(error) if error.kind() == io::ErrorKind::NotFound => HashMap::new(),
@@ -120,7 +131,7 @@ impl Memory {
         counters.retain(|_, counter| counter.period_end_ms > now_ms);
         let ledger = Ledger::compacted(dir, &counters)
             .map_err(|error| StateError(format!("cannot rewrite the spend ledger {}: {error}", path.display())))?;
-        let spend = Spend { counters, prune_at: 0, ledger: Some(ledger) };
+        let spend = Spend { counters, prune_at: 0, ledger: Some(ledger), lock: Some(lock), closed: false };
         Ok(Memory { spend: Mutex::new(spend), ..Memory::default() })
     }
 }
@@ -234,6 +245,14 @@ impl Backend for Memory {
         "embedded"
     }
 
+    fn close(&self) {
+        let mut spend = self.spend.lock().unwrap_or_else(|p| p.into_inner());
+        if spend.ledger.take().is_some() {
+            spend.closed = true;
+        }
+        spend.lock = None;
+    }
+
     fn local(&self) -> Option<&dyn Local> {
         Some(self)
     }
@@ -243,6 +262,9 @@ impl Spend {
     /// Writes the spent change to the ledger, then makes both: a change that could not be written is not made.
     /// `held` (reservations in flight) counts like spend but is never written.
     fn add(&mut self, keys: &[SpendKey], spent: i64, held: i64, now_ms: u64) -> Result<Vec<i64>, StateError> {
+        if self.closed && spent != 0 {
+            return Err(StateError("the spend ledger was closed at shutdown: this spend is not written".into()));
+        }
         if let Some(ledger) = self.ledger.as_mut().filter(|_| spent != 0) {
             let live: Vec<&SpendKey> = keys.iter().filter(|key| !key.has_ended(now_ms)).collect();
             if !live.is_empty() {
@@ -430,8 +452,24 @@ mod tests {
         drop(memory);
         let reopened = Memory::open_at(dir.path(), NOW + 20).expect("reopens");
         assert_eq!(reopened.spend.lock().unwrap().values(&[live, ended], NOW + 20), vec![34, 0]);
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from(LEDGER_FILE)], "no temp file is left behind");
+        let mut names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, [LEDGER_FILE, LOCK_FILE].map(std::ffi::OsString::from), "no temp file is left behind");
+    }
+
+    #[test]
+    fn one_process_writes_a_ledger_until_it_closes_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let memory = Memory::open_at(dir.path(), NOW).expect("opens");
+        let live = key("spend:live", NOW + DAY);
+        assert_eq!(add(&memory, std::slice::from_ref(&live), 5, NOW), vec![5]);
+        let error = Memory::open_at(dir.path(), NOW).expect_err("a second writer");
+        assert!(error.0.contains("is in use by process") && error.0.contains("state.backend: redis"), "{error}");
+        memory.close();
+        let refused = memory.spend.lock().unwrap().add(std::slice::from_ref(&live), 1, 0, NOW);
+        assert!(refused.is_err(), "spend after close is refused, not lost silently");
+        let reopened = Memory::open_at(dir.path(), NOW).expect("taken once closed, the first still alive");
+        assert_eq!(reopened.spend.lock().unwrap().values(std::slice::from_ref(&live), NOW), vec![5]);
     }
 
     #[test]

@@ -181,6 +181,23 @@ async fn the_gateway_keeps_its_store_under_state_path() {
     assert!(error.contains("state backend") && error.contains(&file.display().to_string()), "{error}");
 }
 
+#[tokio::test]
+async fn a_second_gateway_on_the_same_state_path_is_refused() {
+    // Two embedded ledgers on one directory would each count only their own spend: a budget spent twice.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let yaml =
+        format!("auth: {{anonymous: dev}}\nstate: {{path: \"{}\"}}\n{}", state.display(), common::LOOPBACK_POLICY);
+    let mut first = common::TestGateway::start(&yaml).await;
+    let error = common::TestGateway::try_start(&yaml).await.err().expect("the second gateway does not start");
+    let ledger = state.join(LEDGER_FILE);
+    let held = format!("the spend ledger {} is in use by process {}", ledger.display(), std::process::id());
+    assert!(error.contains(&held) && error.contains("state.backend: redis"), "{error}");
+    // The first one was not disturbed, and once it stops the directory is free again.
+    first.shutdown().await;
+    common::TestGateway::try_start(&yaml).await.expect("a restart on the same state path starts");
+}
+
 // ---- redis -----------------------------------------------------------------------------------------------
 
 fn backend(server: &RedisServer) -> Redis {

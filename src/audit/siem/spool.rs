@@ -61,7 +61,7 @@ const WRITE_PIECES: usize = 256;
 pub struct Spool {
     name: Arc<str>,
     dir: PathBuf,
-    /// `LOCK` in the directory (`audit/lock.rs`), held until the delivery ends (`release`).
+    /// `LOCK` in the directory (`lockfile.rs`), held until the delivery ends (`release`).
     lock_file: Mutex<Option<File>>,
     max: u64,
     on_full: SpoolFull,
@@ -181,7 +181,7 @@ impl Spool {
     /// and reads the delivered position.
     pub fn open(name: Arc<str>, config: &SpoolConfig, metrics: SiemMetrics) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.dir)?;
-        let lock = crate::audit::lock::hold(
+        let lock = crate::lockfile::hold(
             &config.dir.join(LOCK),
             &format!("the spool of SIEM sink {name} ({})", config.dir.display()),
         )?;

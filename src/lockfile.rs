@@ -1,6 +1,7 @@
-//! One writer per audit file and per SIEM spool: a lock file held for the process's life, so that a second
-//! tollgate pointed at the same path (a copied config, two replicas on one shared volume) refuses to start instead
-//! of interleaving two hash chains or delivering one spool twice.
+//! One writer per file that must have one: the audit file, each SIEM spool, the embedded state's spend ledger. A
+//! lock file held while its writer lives, so that a second tollgate pointed at the same path (a copied config, two
+//! replicas on one shared volume) refuses to start instead of interleaving two hash chains, delivering one spool
+//! twice or keeping two spend totals for one budget.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
