@@ -201,7 +201,7 @@ async fn list_sessions(shared: &Shared, config: &Config, query: Option<&str>) ->
         Ok(parsed) => parsed,
         Err(message) => return json_reply(StatusCode::BAD_REQUEST, json!({"error": message})),
     };
-    let read = move |path: &std::path::Path| sessions::list_file(path, filter);
+    let read = move |path: &std::path::Path| sessions::list_series(&[path.to_owned()], filter);
     let listing = match read_audit(shared, config, "sessions are read from", read).await {
         Ok(listing) => listing,
         Err(response) => return response,
@@ -222,7 +222,7 @@ async fn timeline(shared: &Shared, config: &Config, id: &str, query: Option<&str
         return json_reply(StatusCode::NOT_FOUND, json!({"error": "no session id: GET /admin/sessions/ID"}));
     }
     let wanted = id.clone();
-    let read = move |path: &std::path::Path| sessions::timeline_file(path, &wanted);
+    let read = move |path: &std::path::Path| sessions::timeline_series(&[path.to_owned()], &wanted);
     let timeline = match read_audit(shared, config, "sessions are read from", read).await {
         Ok(timeline) => timeline,
         Err(response) => return response,

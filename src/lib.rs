@@ -16,7 +16,7 @@
 //! the snapshot, `app` wires it all and owns shutdown; `admin` serves metrics, health, reload, usage and sessions, and
 //! `console` the web console at `/ui` on the same listener. `devpage` answers the reserved developer page host through
 //! the proxy instead of forwarding it, and keeps each user's latest refusals for it.
-//! Outside the flow, `certs` makes the CAs and certificates (`tollgate ca init`, `tollgate cert server|client`),
+//! Outside the flow, `lockfile` keeps one tollgate per audit file, SIEM spool and spend ledger, `certs` makes the CAs and certificates (`tollgate ca init`, `tollgate cert server|client`),
 //! `explain` answers what the policy would do, `doctor` checks a developer machine's path to the model API, `fleet`
 //! keeps the inventory of clients seen (beside the limits, in
 //! the state backend), and the reports read the audit log back (`report` holds what they

@@ -842,7 +842,7 @@ fn usage(
 /// Prints the session listing of the audit file; lines that are not records are counted on stderr, as are the
 /// sessions left out when the format (CSV) has no place for the note. Exit 1 when the file cannot be read.
 fn sessions(audit: &Path, filter: tollgate::report::Filter, format: tollgate::report::Format) -> ExitCode {
-    let listing = match tollgate::sessions::list_file(audit, filter) {
+    let listing = match tollgate::sessions::list_series(&[audit.to_owned()], filter) {
         Ok(listing) => listing,
         Err(error) => {
             eprintln!("tollgate: {}: {error}", audit.display());
@@ -859,7 +859,7 @@ fn sessions(audit: &Path, filter: tollgate::report::Filter, format: tollgate::re
 
 /// Prints one session's timeline. Exit 1 when the file cannot be read or holds no record of the session.
 fn timeline(audit: &Path, id: &str, format: tollgate::report::Format) -> ExitCode {
-    let timeline = match tollgate::sessions::timeline_file(audit, id) {
+    let timeline = match tollgate::sessions::timeline_series(&[audit.to_owned()], id) {
         Ok(timeline) => timeline,
         Err(error) => {
             eprintln!("tollgate: {}: {error}", audit.display());

@@ -1,10 +1,11 @@
 //! What the reports read from the audit log share (`usage`, `sessions`, and their `/admin` endpoints): the window
 //! (`Since`, `Filter`), the output `Format`, the line-by-line read that counts the lines that are not records, the
-//! `usage` object and cost as read back, and the cells of tables and CSV. Nothing here but `open` does I/O.
+//! `usage` object and cost as read back, and the cells of tables and CSV. Nothing here but
+//! `each_series_line` does I/O.
 
 use std::borrow::Cow;
 use std::io::BufRead;
-use std::path::Path;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
@@ -112,10 +113,27 @@ impl Format {
     }
 }
 
-/// Opens an audit file for a report, with a buffer large enough that reading is a few large reads.
-pub fn open(path: &Path) -> std::io::Result<std::io::BufReader<std::fs::File>> {
-    let file = std::fs::File::open(path)?;
-    Ok(std::io::BufReader::with_capacity(256 * 1024, file))
+/// Calls `each` with every line of the audit log at `paths`, file after file: each path a file (`.gz` too) or a
+/// directory (every series in it, see `audit::rotate::series_of`); an active file comes with the rotated files next
+/// to it, oldest first. A file rotated before `since` holds no record after it and is not read.
+pub fn each_series_line(paths: &[PathBuf], since: SystemTime, mut each: impl FnMut(&[u8])) -> std::io::Result<()> {
+    use crate::audit::rotate::{open_series_file, rotated_serial, series_of, Naming};
+    let mut series = Vec::new();
+    for path in paths {
+        let active = path.is_file() && rotated_serial(path).is_none() && path.extension().is_none_or(|e| e != "gz");
+        if active {
+            series.push(Naming::new(path).series()?);
+        } else {
+            series.extend(series_of(std::slice::from_ref(path))?);
+        }
+    }
+    for file in series.into_iter().flatten() {
+        if file.rotated_at.is_some_and(|at| at < since) {
+            continue;
+        }
+        each_line(open_series_file(&file.path)?, &mut each)?;
+    }
+    Ok(())
 }
 
 /// Calls `each` with every line of `reader` (its newline included) and the line's 1-based number; only an I/O

@@ -3,12 +3,13 @@
 //! ended (`action_outcome` records). A session is a record's `session` (the client's `X-Claude-Code-Session-Id`);
 //! a record without one is in no session. The file is read one line at a time: the listing keeps one summary per
 //! session and user (at most `SESSIONS_LIMIT`), a timeline only its own session's records (at most
-//! `TIMELINE_LIMIT`). Nothing here but `list_file` and `timeline_file` does I/O.
+//! `TIMELINE_LIMIT`). Rotated files are read too (`report::each_series_line`). Nothing here but `list_series` and
+//! `timeline_series` does I/O.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::BufRead;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -128,14 +129,22 @@ pub struct Timeline {
     lines: Lines,
 }
 
-/// Lists the sessions of the audit file at `path`, reading it line by line.
-pub fn list_file(path: &Path, filter: Filter) -> std::io::Result<Listing> {
-    Listing::read(filter, report::open(path)?)
+/// Lists the sessions of the audit log at `paths`, line by line (`report::each_series_line`: rotated files too,
+/// those rotated before the filter's start skipped).
+pub fn list_series(paths: &[PathBuf], filter: Filter) -> std::io::Result<Listing> {
+    let mut listing = Listing::new(filter);
+    report::each_series_line(paths, listing.filter.since, |line| listing.add_line(line))?;
+    listing.prune(listing.limit);
+    Ok(listing)
 }
 
-/// The timeline of session `id` in the audit file at `path`, reading it line by line.
-pub fn timeline_file(path: &Path, id: &str) -> std::io::Result<Timeline> {
-    Timeline::read(id, report::open(path)?)
+/// The timeline of session `id` in the audit log at `paths`, every file of it read line by line (a session's
+/// records may begin in any of them).
+pub fn timeline_series(paths: &[PathBuf], id: &str) -> std::io::Result<Timeline> {
+    let mut timeline = Timeline::new(id);
+    report::each_series_line(paths, SystemTime::UNIX_EPOCH, |line| timeline.add_line(line))?;
+    timeline.finish();
+    Ok(timeline)
 }
 
 // ---- reading records -----------------------------------------------------------------------------------------

@@ -1,12 +1,11 @@
 //! `tollgate usage` and `GET /admin/usage`: requests, tokens and spend per team, user and model, summed from the
 //! audit log — the per-request ledger — after the fact. The file is read one line at a time and only the sums are
 //! kept, so memory follows the number of distinct (team, user, model) triples, not the number of records.
-//! Nothing here but `read_file` does I/O; `main.rs` and `admin.rs` open the file and print or serve the report.
+//! Nothing here but `read_series` does I/O; `main.rs` and `admin.rs` print or serve the report.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -83,36 +82,12 @@ struct Entry<'a> {
     cost_usd: Option<f64>,
 }
 
-/// Reads the audit file at `path` line by line.
-pub fn read_file(path: &Path, filter: Filter) -> std::io::Result<Report> {
-    Report::read(filter, report::open(path)?)
-}
-
-/// Reads the audit log at `paths` line by line: each a file (`.gz` too) or a directory (every series in it, see
-/// `audit::rotate::series_of`); an active file comes with the rotated files next to it. A rotated file rotated
-/// before the filter's start holds no record after it and is not read. Invalid lines are numbered across the
-/// files read.
+/// Reads the audit log at `paths` line by line (`report::each_series_line`: rotated files too, those rotated
+/// before the filter's start skipped). Invalid lines are numbered across the files read.
 pub fn read_series(paths: &[std::path::PathBuf], filter: Filter) -> std::io::Result<Report> {
-    use crate::audit::rotate::{rotated_serial, series_of, Naming};
     let mut report = Report::new(filter);
-    let mut series = Vec::new();
-    for path in paths {
-        let naming = Naming::new(path);
-        let active = path.is_file() && rotated_serial(path).is_none() && path.extension().is_none_or(|e| e != "gz");
-        if active {
-            series.push(naming.series()?);
-        } else {
-            series.extend(series_of(std::slice::from_ref(path))?);
-        }
-    }
-    for files in series {
-        for file in files {
-            if file.rotated_at.is_some_and(|at| at < report.filter.since) {
-                continue;
-            }
-            report::each_line(crate::audit::rotate::open_series_file(&file.path)?, |line| report.add_line(line))?;
-        }
-    }
+    let since = report.filter.since;
+    report::each_series_line(paths, since, |line| report.add_line(line))?;
     Ok(report)
 }
 

@@ -403,10 +403,10 @@ async fn retention_deletes_old_rotated_files_and_never_the_active_one() {
     assert_eq!(left, kept);
 }
 
-/// `tollgate usage` reads the rotated files, compressed or not, with the active one: from the config's
-/// `audit.file.path`, or from a directory given with `--audit`.
+/// `tollgate usage` and `tollgate sessions` read the rotated files, compressed or not, with the active one: from
+/// the config's `audit.file.path`, or from a directory given with `--audit`.
 #[test]
-fn usage_reads_rotated_and_compressed_files() {
+fn usage_and_sessions_read_rotated_and_compressed_files() {
     let dir = tempfile::tempdir().expect("temp dir");
     let audit = dir.path().join("audit");
     std::fs::create_dir_all(&audit).unwrap();
@@ -414,7 +414,7 @@ fn usage_reads_rotated_and_compressed_files() {
     let record = |user: &str, input: u64| {
         format!(
             "{{\"ts\":\"{now}\",\"id\":\"{user}{input}\",\"kind\":\"gateway\",\"user\":\"{user}\",\"team\":\"t\",\
-             \"model\":\"m\",\"usage\":{{\"input_tokens\":{input},\"output_tokens\":1}},\"cost_usd\":0.5}}\n"
+             \"session\":\"s-{user}\",\"decision\":\"allow\",\"model\":\"m\",\"usage\":{{\"input_tokens\":{input},\"output_tokens\":1}},\"cost_usd\":0.5}}\n"
         )
     };
     let rotated_at =
@@ -454,6 +454,26 @@ fn usage_reads_rotated_and_compressed_files() {
         let ann = stdout.lines().find(|line| line.starts_with("t,ann,m,")).unwrap_or_else(|| panic!("{stdout}"));
         assert!(ann.starts_with("t,ann,m,2,120,2,"), "both rotated files, the compressed one too: {stdout}");
         assert!(stdout.lines().any(|line| line.starts_with("t,bob,m,1,3,1,")), "the active file: {stdout}");
+
+        // The same files through sessions: the listing (its CSV columns: session, user, team, client, first, last,
+        // requests, …) and a session's timeline.
+        let audit_arg = &args[1..3];
+        let listing = tollgate(&[&["sessions"], audit_arg, &["--format", "csv"]].concat());
+        let stdout = String::from_utf8_lossy(&listing.stdout);
+        assert_eq!(listing.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&listing.stderr));
+        let requests = |session: &str| {
+            let line = stdout
+                .lines()
+                .find(|line| line.starts_with(&format!("{session},")))
+                .unwrap_or_else(|| panic!("{stdout}"));
+            line.split(',').nth(6).unwrap().to_owned()
+        };
+        assert_eq!(requests("s-ann"), "2", "both rotated files, the compressed one too: {stdout}");
+        assert_eq!(requests("s-bob"), "1", "the active file: {stdout}");
+        let timeline = tollgate(&[&["sessions"], audit_arg, &["s-ann", "--format", "csv"]].concat());
+        let stdout = String::from_utf8_lossy(&timeline.stdout);
+        assert_eq!(timeline.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&timeline.stderr));
+        assert_eq!(stdout.lines().filter(|line| line.contains(",request,ann")).count(), 2, "{stdout}");
     }
 }
 
