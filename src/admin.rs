@@ -80,7 +80,7 @@ async fn respond(
         return Ok(crate::scim::http::respond(&shared, client, request).await);
     }
     if request.uri().path() == "/ui" || request.uri().path().starts_with("/ui/") {
-        return Ok(console::respond(&console, &shared.config.load(), &shared.metrics, request).await);
+        return Ok(console::respond(&console, &shared, client, request).await);
     }
     // The head only: no endpoint reads a body, and `Parts` may be held across the awaits of `/admin/usage`.
     let (request, _body) = request.into_parts();

@@ -10,6 +10,7 @@ pub mod history;
 pub mod oidc;
 pub mod session;
 
+use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
@@ -22,9 +23,10 @@ use sha2::{Digest, Sha256};
 
 use self::history::History;
 use self::session::{Sessions, COOKIE, SESSION_LIFETIME};
+use crate::audit::{Record, Wait};
 use crate::config::file::ConsoleOidc;
-use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::shared::Shared;
 
 /// The console's state, owned by the admin listener.
 #[derive(Debug, Default)]
@@ -137,13 +139,14 @@ pub fn authorise(console: &Console, request: &Parts, token: &str) -> Result<(), 
     Err(Refusal::Unauthenticated)
 }
 
-/// Serves `/ui` and everything under it.
+/// Serves `/ui` and everything under it, for `client`.
 pub async fn respond(
     console: &Console,
-    config: &Config,
-    metrics: &Metrics,
+    shared: &Shared,
+    client: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let (config, metrics) = (&*shared.config.load(), &shared.metrics);
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     if let Some(name) = path.strip_prefix("/ui/assets/") {
@@ -170,6 +173,11 @@ pub async fn respond(
                 _ => "malformed",
             };
             metrics.console_sign_in("token", result);
+            // Throttled attempts are only counted: the throttle bounds what refused sign-ins write.
+            if result != "throttled" {
+                let error = (result != "ok").then(|| result.to_owned());
+                audit(shared, client, &parts, "console:sign_in:token", response.status(), None, error).await;
+            }
             response
         }
         (&Method::GET, "/ui/login/oidc") => match (sso, config.identity.oidc()) {
@@ -177,7 +185,7 @@ pub async fn respond(
             _ => page(StatusCode::NOT_FOUND, &sign_in_page("Sign-in with SSO is not configured.")),
         },
         (&Method::GET, "/ui/login/callback") => match (sso, config.identity.oidc()) {
-            (Some(sso), Some(provider)) => finish_sso(console, provider, sso, metrics, &parts, token).await,
+            (Some(sso), Some(provider)) => finish_sso(console, provider, sso, shared, client, &parts, token).await,
             _ => page(StatusCode::NOT_FOUND, &sign_in_page("Sign-in with SSO is not configured.")),
         },
         (&Method::POST, "/ui/logout") => {
@@ -191,7 +199,10 @@ pub async fn respond(
                     if csrf.is_some_and(|csrf| session::same_secret(&csrf, &signed_in.csrf)) =>
                 {
                     console.sessions.close(id);
-                    redirect("/ui/login", Some(format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")))
+                    let cleared = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+                    let response = redirect("/ui/login", Some(cleared));
+                    audit(shared, client, &parts, "console:sign_out", response.status(), None, None).await;
+                    response
                 }
                 (Some(_), _) => page(StatusCode::FORBIDDEN, &sign_in_page("Sign-out needs the page's CSRF token.")),
                 (None, _) => redirect("/ui/login", None),
@@ -208,6 +219,36 @@ pub async fn respond(
         }
         _ => page(StatusCode::METHOD_NOT_ALLOWED, &sign_in_page("Method not allowed.")),
     }
+}
+
+/// Writes what a console sign-in or sign-out did as an audit record (`kind: "console"`, the rule naming which):
+/// the identity provider's user (none for the admin token, which names nobody), the client, the status and why a
+/// refusal was one. Never the token or the provider's answer.
+async fn audit(
+    shared: &Shared,
+    client: SocketAddr,
+    parts: &Parts,
+    rule: &'static str,
+    status: StatusCode,
+    user: Option<&str>,
+    error: Option<String>,
+) {
+    let record = Record {
+        ts: crate::audit::timestamp(SystemTime::now()),
+        id: shared.next_request_id(),
+        kind: "console",
+        listener: Arc::from("admin"),
+        client: client.ip().to_string(),
+        user: user.map(Arc::from),
+        method: parts.method.to_string(),
+        path: Some(parts.uri.path().to_owned()),
+        decision: if status.is_success() || status.is_redirection() { "allow" } else { "deny" },
+        rule: Some(Arc::from(rule)),
+        status: status.as_u16(),
+        error,
+        ..Record::default()
+    };
+    let _ = shared.auditor.record(record, Wait::Never).await;
 }
 
 /// `GET /ui/login/oidc`: a pending sign-in, its state in a cookie, and a redirect to the identity provider.
@@ -247,10 +288,12 @@ async fn finish_sso(
     console: &Console,
     provider: &crate::identity::Provider,
     sso: &ConsoleOidc,
-    metrics: &Metrics,
+    shared: &Shared,
+    client: SocketAddr,
     parts: &Parts,
     token: &str,
 ) -> Response<Full<Bytes>> {
+    let metrics = &shared.metrics;
     if console.sessions.throttled() {
         metrics.console_sign_in("oidc", "throttled");
         return page(StatusCode::TOO_MANY_REQUESTS, &sign_in_form("Too many refused sign-ins: wait a minute.", true));
@@ -278,6 +321,8 @@ async fn finish_sso(
                 head = head("Signed in"),
                 user = html_text(&member.user),
             );
+            let rule = "console:sign_in:oidc";
+            audit(shared, client, parts, rule, StatusCode::OK, Some(&member.user), None).await;
             secured(Response::builder())
                 .status(StatusCode::OK)
                 .header("content-type", "text/html; charset=utf-8")
@@ -292,6 +337,8 @@ async fn finish_sso(
                 "console sign-in with the identity provider refused");
             metrics.console_sign_in("oidc", refused.reason);
             let status = if console.sessions.refused() { refused.status } else { StatusCode::TOO_MANY_REQUESTS };
+            let error = Some(refused.reason.to_owned());
+            audit(shared, client, parts, "console:sign_in:oidc", status, None, error).await;
             let mut response = page(status, &sign_in_form(&html_text(&refused.message), true));
             if let Ok(value) = clear_state.parse() {
                 response.headers_mut().append("set-cookie", value);

@@ -179,7 +179,7 @@ fn csrf_of(page: &Response) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_needs_the_admin_token_and_csrf_for_reload() {
-    let (gateway, _stub) = gateway_with_traffic().await;
+    let (mut gateway, _stub) = gateway_with_traffic().await;
 
     // Without a session: pages redirect to the sign-in form, the JSON is refused.
     let page = request(&gateway, "GET", "/ui", &[], "").await;
@@ -266,6 +266,36 @@ async fn the_console_needs_the_admin_token_and_csrf_for_reload() {
     assert!(response.header("set-cookie").is_some_and(|header| header.contains("Max-Age=0")));
     assert_eq!(request(&gateway, "GET", "/admin/overview", &session, "").await.status, 401);
     assert_eq!(request(&gateway, "GET", "/ui", &session, "").await.status, 303);
+
+    // Every sign-in but a throttled one, and the sign-out, is an audit record: from where, what came of it, why a
+    // refusal was one; never the token.
+    let records = gateway.shutdown_and_audit().await;
+    let console: Vec<_> = records.iter().filter(|record| record["kind"] == "console").collect();
+    let seen: Vec<_> = console
+        .iter()
+        .map(|r| {
+            (
+                r["rule"].as_str().unwrap(),
+                r["path"].as_str().unwrap(),
+                r["decision"].as_str().unwrap(),
+                r["status"].as_u64().unwrap(),
+                r["error"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("console:sign_in:token", "/ui/login", "deny", 401, Some("wrong_token")),
+            ("console:sign_in:token", "/ui/login", "deny", 403, Some("cross_origin")),
+            ("console:sign_in:token", "/ui/login", "allow", 303, None),
+            ("console:sign_in:token", "/ui/login", "allow", 303, None),
+            ("console:sign_out", "/ui/logout", "allow", 303, None),
+        ],
+        "{console:?}"
+    );
+    assert!(console.iter().all(|r| r["listener"] == "admin" && r["client"] == "127.0.0.1" && r["user"].is_null()));
+    assert!(!console.iter().any(|r| r.to_string().contains(TOKEN)), "{console:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use crate::common;
 
 use std::path::Path;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use common::idp::{Idp, SigningKey, CONSOLE_CLIENT_ID};
 use common::pki::Pki;
@@ -124,13 +124,13 @@ fn sign_ins(result: &str) -> String {
     format!("tollgate_console_sign_ins_total{{method=\"oidc\",result=\"{result}\"}}")
 }
 
-fn member() -> serde_json::Value {
+fn member() -> Value {
     json!({"sub": "u-1", "email": "ada@corp.example", "groups": ["eng", ADMIN_GROUP]})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_of_the_admin_group_signs_in_with_the_provider_and_a_code_is_good_once() {
-    let setup = Setup::start().await;
+    let mut setup = Setup::start().await;
     setup.idp.sign_in_as(Some(member()));
 
     // The sign-in page offers SSO next to the token form.
@@ -185,6 +185,23 @@ async fn a_member_of_the_admin_group_signs_in_with_the_provider_and_a_code_is_go
     assert_eq!(setup.idp.codes_redeemed(), 1);
     assert_eq!(setup.gateway.metric(&sign_ins("state_unknown")).await, 1.0);
     assert_eq!(setup.gateway.metric(&sign_ins("code_refused")).await, 1.0);
+
+    // Each callback is an audit record: the member who signed in, then the two refusals and why.
+    let records = setup.gateway.shutdown_and_audit().await;
+    let seen: Vec<_> = records
+        .iter()
+        .filter(|record| record["kind"] == "console")
+        .map(|r| (r["rule"].clone(), r["user"].clone(), r["decision"].clone(), r["status"].clone(), r["error"].clone()))
+        .collect();
+    let oidc = json!("console:sign_in:oidc");
+    assert_eq!(
+        seen,
+        [
+            (oidc.clone(), json!("ada@corp.example"), json!("allow"), json!(200), Value::Null),
+            (oidc.clone(), Value::Null, json!("deny"), json!(400), json!("state_unknown")),
+            (oidc, Value::Null, json!("deny"), json!(403), json!("code_refused")),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
