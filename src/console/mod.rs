@@ -174,6 +174,9 @@ pub async fn respond(
             };
             metrics.console_sign_in("token", result);
             // Throttled attempts are only counted: the throttle bounds what refused sign-ins write.
+            if result == "wrong_token" {
+                shared.alerts.auth_failure(client.ip(), shared.clock.now());
+            }
             if result != "throttled" {
                 let error = (result != "ok").then(|| result.to_owned());
                 audit(shared, client, &parts, "console:sign_in:token", response.status(), None, error).await;
@@ -339,6 +342,7 @@ async fn finish_sso(
             let status = if console.sessions.refused() { refused.status } else { StatusCode::TOO_MANY_REQUESTS };
             let error = Some(refused.reason.to_owned());
             audit(shared, client, parts, "console:sign_in:oidc", status, None, error).await;
+            shared.alerts.auth_failure(client.ip(), shared.clock.now());
             let mut response = page(status, &sign_in_form(&html_text(&refused.message), true));
             if let Ok(value) = clear_state.parse() {
                 response.headers_mut().append("set-cookie", value);

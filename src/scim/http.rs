@@ -512,6 +512,10 @@ async fn finish(
         _ => "error",
     };
     shared.metrics.scim_request(resource.label(), operation.label(), result);
+    if answer.status == 401 {
+        // A wrong SCIM token is a failed sign-in like any other (`auth_failures` alerts).
+        shared.alerts.auth_failure(client.ip(), shared.clock.now());
+    }
     if operation.changes() || answer.status == 401 {
         let record = Record {
             ts: crate::audit::timestamp(SystemTime::now()),

@@ -331,6 +331,35 @@ async fn a_burst_of_failed_sign_ins_is_alerted_per_client_address() {
     assert_eq!(alerts[0]["message"], "3 failed sign-ins from 127.0.0.1 within 1m");
 }
 
+/// Wrong admin tokens at the console's sign-in are failed sign-ins too: the third from one address raises the
+/// same `auth_failures` alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_console_tokens_are_failed_sign_ins() {
+    let stub = MessagesStub::start().await;
+    let receiver = WebhookReceiver::start(200).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tollgate.yaml");
+    let header = format!(
+        "listeners:\n  - {{name: proxy, bind: \"127.0.0.1:0\"}}\n  - {{name: gateway, bind: \"127.0.0.1:0\", mode: gateway}}\n\
+         admin: {{bind: \"127.0.0.1:0\", token: \"console-admin-token-alerts\"}}\n\
+         audit: {{file: {{path: \"{}\"}}}}\n",
+        dir.path().join("audit.jsonl").display()
+    );
+    let rules = "    - {name: sign-in-burst, kind: auth_failures, count: 3, window: 1m, to: [hook]}\n";
+    let text = format!("{header}{}", config(&stub, PLAIN_TEAMS, &alerts_yaml(&receiver, "json", rules)));
+    std::fs::write(&path, text).expect("write config");
+    let gateway = TestGateway::start_file(&path, dir, with_clock(clock_at_hour(12))).await;
+    let sign_in = request("POST", "/ui/login", &["content-type: application/x-www-form-urlencoded"], "token=guess");
+    for _ in 0..2 {
+        assert_eq!(common::exchange(gateway.admin, &sign_in).await.status, 401);
+    }
+    assert!(alerts_of(&settled(&gateway).await).is_empty(), "two failures are not a burst of three");
+    assert_eq!(common::exchange(gateway.admin, &sign_in).await.status, 401);
+    let hook = receiver.next(WITHIN).await;
+    assert_eq!(hook.body["kind"], "auth_failures", "{:#}", hook.body);
+    assert_eq!((hook.body["scope"].as_str(), hook.body["key"].as_str()), (Some("client"), Some("127.0.0.1")));
+}
+
 /// An email sink: the alert arrives at the SMTP server in the test over STARTTLS (the server refuses mail before
 /// it), from the configured sender to every recipient, with the rule and message in the subject.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
