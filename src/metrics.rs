@@ -411,7 +411,7 @@ impl Metrics {
             requests,
             request_duration,
             request_handles: Resolved::default(),
-            metered_handles: Resolved::default(),
+            metered_handles: Resolved::bounded(MODEL_SERIES_MAX, |labels| vec![labels[0], OTHER_MODEL]),
             connections_active,
             tunnels_active,
             upstream_pooled,
@@ -495,8 +495,8 @@ impl Metrics {
         let labels = [outcome.listener, outcome.kind, outcome.decision, outcome.reason];
         self.request_handles.with(
             &labels,
-            || RequestHandles {
-                requests: self.requests.with_label_values(&labels),
+            |labels| RequestHandles {
+                requests: self.requests.with_label_values(labels),
                 duration: self.request_duration.with_label_values(&[outcome.kind]),
             },
             |handles| {
@@ -568,9 +568,10 @@ impl Metrics {
             [usage.input_tokens, usage.output_tokens, usage.cache_creation_input_tokens, usage.cache_read_input_tokens];
         self.metered_handles.with(
             &[team, model],
-            || MeteredHandles {
-                tokens: TOKEN_TYPES.map(|token_type| self.tokens.with_label_values(&[team, model, token_type])),
-                cost_usd: self.cost_usd.with_label_values(&[team, model]),
+            |labels| MeteredHandles {
+                tokens: TOKEN_TYPES
+                    .map(|token_type| self.tokens.with_label_values(&[labels[0], labels[1], token_type])),
+                cost_usd: self.cost_usd.with_label_values(labels),
             },
             |handles| {
                 for (counter, count) in handles.tokens.iter().zip(counts) {
@@ -700,13 +701,35 @@ struct MeteredHandles {
 
 /// Handles by label values. Never larger than the registry's own series of those labels.
 #[derive(Debug)]
-struct Resolved<V>(RwLock<HashMap<Box<[u8]>, V, foldhash::fast::RandomState>>);
+struct Resolved<V> {
+    map: RwLock<HashMap<Box<[u8]>, V, foldhash::fast::RandomState>>,
+    /// At most this many label lists get handles of their own; later ones share their `Bound::overflow`'s.
+    bound: Option<Bound>,
+}
+
+/// How many distinct label lists a `Resolved` keeps, and what stands for the rest.
+#[derive(Debug)]
+struct Bound {
+    max: usize,
+    /// The label lists past `max`, from theirs (e.g. the same team, `model="other"`).
+    overflow: for<'a> fn(&[&'a str]) -> Vec<&'a str>,
+    /// Said once in the log, when the first list is past `max`.
+    reached: std::sync::atomic::AtomicBool,
+}
 
 impl<V> Default for Resolved<V> {
     fn default() -> Self {
-        Self(RwLock::new(HashMap::default()))
+        Self { map: RwLock::new(HashMap::default()), bound: None }
     }
 }
+
+/// Distinct (team, model) pairs counted under their own `model` label. A model name comes from the request or the
+/// upstream's response: with no `allowed_models` list and an upstream that answers any name, a client could
+/// otherwise grow the exported series (and this process's memory) without end. Past it, `model="other"`.
+pub const MODEL_SERIES_MAX: usize = 1000;
+
+/// The `model` label of a (team, model) pair past `MODEL_SERIES_MAX`.
+pub const OTHER_MODEL: &str = "other";
 
 /// The largest key buffer a thread keeps between lookups.
 const KEY_KEPT: usize = 1024;
@@ -716,22 +739,48 @@ thread_local! {
     static KEY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// `labels` as a map key: every label's length, then its bytes (no two label lists spell the same key).
+fn spell(labels: &[&str], key: &mut Vec<u8>) {
+    key.clear();
+    for label in labels {
+        key.extend_from_slice(&(label.len() as u32).to_le_bytes());
+        key.extend_from_slice(label.as_bytes());
+    }
+}
+
 impl<V> Resolved<V> {
-    /// Calls `use_handles` with the handles of `labels`, made by `make` the first time.
-    fn with(&self, labels: &[&str], make: impl FnOnce() -> V, use_handles: impl FnOnce(&V)) {
+    /// Handles kept for at most `max` label lists; the others share those of `overflow(labels)`.
+    fn bounded(max: usize, overflow: for<'a> fn(&[&'a str]) -> Vec<&'a str>) -> Self {
+        let reached = std::sync::atomic::AtomicBool::new(false);
+        Self { map: RwLock::new(HashMap::default()), bound: Some(Bound { max, overflow, reached }) }
+    }
+
+    /// Calls `use_handles` with the handles of `labels`, made by `make` (given the labels they count under) the
+    /// first time.
+    fn with(&self, labels: &[&str], make: impl FnOnce(&[&str]) -> V, use_handles: impl FnOnce(&V)) {
         KEY.with_borrow_mut(|key| {
-            key.clear();
-            for label in labels {
-                key.extend_from_slice(&(label.len() as u32).to_le_bytes());
-                key.extend_from_slice(label.as_bytes());
+            spell(labels, key);
+            let mut labels = std::borrow::Cow::Borrowed(labels);
+            let map = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut found = map.get(key.as_slice());
+            if let (None, Some(bound)) = (found, &self.bound) {
+                if map.len() >= bound.max {
+                    // Past the bound: counted under the overflow's labels (found without the write lock).
+                    labels = std::borrow::Cow::Owned((bound.overflow)(&labels));
+                    if !bound.reached.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(max = bound.max, labels = ?labels,
+                            "too many distinct label values: the rest are counted under these");
+                    }
+                    spell(&labels, key);
+                    found = map.get(key.as_slice());
+                }
             }
-            let map = self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match map.get(key.as_slice()) {
+            match found {
                 Some(handles) => use_handles(handles),
                 None => {
                     drop(map);
-                    let mut map = self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    use_handles(map.entry(key.as_slice().into()).or_insert_with(make));
+                    let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    use_handles(map.entry(key.as_slice().into()).or_insert_with(|| make(&labels)));
                 }
             }
             // A model name a client sent may be long: its key's buffer is not kept by the thread.
@@ -751,6 +800,24 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn models_past_the_bound_are_counted_as_other() {
+        let metrics = Metrics::new();
+        let usage = Usage { input_tokens: 1, ..Usage::default() };
+        for n in 0..MODEL_SERIES_MAX + 10 {
+            metrics.metered("t", &format!("invented-{n}"), &usage, 1.0);
+        }
+        // A pair seen before the bound keeps its own series.
+        metrics.metered("t", "invented-0", &usage, 1.0);
+        let text = metrics.render();
+        let series = text.lines().filter(|line| line.starts_with("tollgate_cost_usd_total{")).count();
+        assert_eq!(series, MODEL_SERIES_MAX + 1, "the bound's pairs and one for the rest");
+        assert!(text.contains(r#"tollgate_cost_usd_total{model="other",team="t"} 10"#), "{text}");
+        assert!(text.contains(r#"tollgate_cost_usd_total{model="invented-0",team="t"} 2"#));
+        assert!(text.contains(r#"tollgate_tokens_total{model="other",team="t",type="input"} 10"#));
+        assert!(metrics.metered_handles.map.read().unwrap().len() <= MODEL_SERIES_MAX + 1);
+    }
 
     #[test]
     fn handles_resolved_once_count_like_the_registry() {
