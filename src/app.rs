@@ -36,8 +36,9 @@ impl Default for Options {
 /// Why tollgate could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot bind listener {name} on {address}: {source}")]
-    Bind { name: String, address: SocketAddr, source: std::io::Error },
+    /// (`error`, not `source`: the message says it, and a report of the error's chain would say it twice.)
+    #[error("cannot bind listener {name} on {address}: {error}")]
+    Bind { name: String, address: SocketAddr, error: std::io::Error },
     #[error("cannot open audit file: {0}")]
     Audit(std::io::Error),
     #[error("cannot start the state backend: {0}")]
@@ -97,18 +98,18 @@ fn state_backend(state: &crate::config::State) -> Result<Arc<dyn Backend>, Start
 pub async fn start_with(config: Config, options: Options) -> Result<Running, StartError> {
     let mut bound = Vec::new();
     for listener in &config.listeners {
-        let socket = TcpListener::bind(listener.bind).await.map_err(|source| StartError::Bind {
+        let socket = TcpListener::bind(listener.bind).await.map_err(|error| StartError::Bind {
             name: listener.name.to_string(),
             address: listener.bind,
-            source,
+            error,
         })?;
         bound.push((listener.name.clone(), socket));
     }
     let admin_socket = match &config.admin {
-        Some(admin) => Some(TcpListener::bind(admin.bind).await.map_err(|source| StartError::Bind {
+        Some(admin) => Some(TcpListener::bind(admin.bind).await.map_err(|error| StartError::Bind {
             name: "admin".into(),
             address: admin.bind,
-            source,
+            error,
         })?),
         None => None,
     };
