@@ -56,6 +56,26 @@ fn check_accepts_the_default_config() {
 /// `tollgate check | head`: a reader that has gone is not the command's failure. The pipe is closed before the
 /// check prints, so every line meets a closed pipe; the check still ends with its own status, without a panic.
 #[test]
+fn a_port_taken_stops_the_start_with_one_line_naming_the_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let address = taken.local_addr().expect("its address");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("tollgate.yaml");
+    let yaml = format!(
+        "listeners: [{{name: proxy, bind: \"{address}\"}}]\nauth: {{anonymous: dev}}\npolicy: {{default: deny}}\n\
+         state: {{path: \"{}\"}}\n",
+        dir.path().join("state").display()
+    );
+    std::fs::write(&config, yaml).expect("write the config");
+    let output = tollgate().args(["run", "-c"]).arg(&config).output().expect("runs");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = text(&output.stderr);
+    let said = format!("tollgate: cannot bind listener proxy on {address}: ");
+    assert!(stderr.starts_with(&said), "{stderr}");
+    assert_eq!(stderr.matches("Address already in use").count(), 1, "said once: {stderr}");
+}
+
+#[test]
 fn check_into_a_closed_pipe_exits_with_its_status_and_no_panic() {
     let mut child = tollgate()
         .args(["check", "-c", "config/tollgate.yaml"])
