@@ -173,11 +173,12 @@ pub async fn respond(
                 _ => "malformed",
             };
             metrics.console_sign_in("token", result);
-            // Throttled attempts are only counted: the throttle bounds what refused sign-ins write.
             if result == "wrong_token" {
                 shared.alerts.auth_failure(client.ip(), shared.clock.now());
             }
-            if result != "throttled" {
+            // A token tried, right or wrong, is a record: the throttle bounds how many wrong ones a minute writes.
+            // Throttled, cross-site and malformed posts are only counted, so no flood fills the audit file.
+            if matches!(result, "ok" | "wrong_token") {
                 let error = (result != "ok").then(|| result.to_owned());
                 audit(shared, client, &parts, "console:sign_in:token", response.status(), None, error).await;
             }
