@@ -329,10 +329,24 @@ async fn read_audit<T: Send + 'static>(
         let message = format!("audit.file is not configured: {reads} the audit log at audit.file.path");
         return Err(json_reply(StatusCode::NOT_FOUND, json!({"error": message})));
     };
+    // Each read may go through a long-retained series: a few at once, the others told to come back.
+    let Ok(reading) = shared.report_reads.clone().try_acquire_owned() else {
+        let message = format!(
+            "{} reports are reading the audit log already: try again in a few seconds",
+            crate::shared::REPORTS_AT_ONCE
+        );
+        let mut response = json_reply(StatusCode::SERVICE_UNAVAILABLE, json!({"error": message}));
+        response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("5"));
+        return Err(response);
+    };
     // Bounded: a stalled sink must not hold an admin connection; the report then reads what is on disk.
     let _ = tokio::time::timeout(REPORT_FLUSH_WAIT, shared.auditor.flush()).await;
     let path = audit.path.clone();
-    match tokio::task::spawn_blocking(move || read(&path)).await {
+    let read = move || {
+        let _reading = reading;
+        read(&path)
+    };
+    match tokio::task::spawn_blocking(read).await {
         Ok(Ok(report)) => Ok(report),
         Ok(Err(error)) => {
             let message = format!("{}: {error}", audit.path.display());

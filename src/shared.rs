@@ -68,6 +68,10 @@ pub struct Shared {
     pub watched: Mutex<Watched>,
     /// One reload at a time (endpoint, SIGHUP and watcher), so versions and snapshots are stored in order.
     pub reloading: Mutex<()>,
+    /// Reads of the audit log for the report endpoints (`/admin/usage`, `/admin/sessions`) under way at once, at
+    /// most `REPORTS_AT_ONCE`: each may read a long-retained series; more are answered 503. A permit goes with the
+    /// read itself, so a client that leaves does not free it early.
+    pub report_reads: Arc<Semaphore>,
     tunnels: Mutex<HashMap<u64, OpenTunnel>>,
     /// Client connections a client certificate identifies, with the user it names: deprovisioning closes them.
     identified: Mutex<HashMap<u64, (Arc<str>, CancellationToken)>>,
@@ -75,6 +79,9 @@ pub struct Shared {
     request_counter: AtomicU64,
     tunnels_cut: AtomicUsize,
 }
+
+/// Reads of the audit log for reports under way at once (`Shared::report_reads`).
+pub const REPORTS_AT_ONCE: usize = 4;
 
 /// The watched files and their modification stamps: the file watcher reloads only when they differ, so a change
 /// already reloaded through the endpoint or SIGHUP is not reloaded (or refused and counted) a second time.
@@ -230,6 +237,7 @@ impl Shared {
             version: AtomicU64::new(1),
             watched: Mutex::new(watched),
             reloading: Mutex::default(),
+            report_reads: Arc::new(Semaphore::new(REPORTS_AT_ONCE)),
             tunnels: Mutex::default(),
             identified: Mutex::default(),
             request_prefix: rand::random(),

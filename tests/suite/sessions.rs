@@ -877,3 +877,26 @@ async fn admin_sessions_are_off_without_an_admin_token() {
     }
     gateway.shutdown().await;
 }
+
+/// The report endpoints read the audit log a few at a time: past `REPORTS_AT_ONCE` reads under way, 503 with
+/// `Retry-After`, and the next request once one has finished is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_reads_past_the_bound_are_told_to_come_back() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = gateway_config(dir.path());
+    may_ledger(false).write(&dir.path().join("audit.jsonl"));
+    let options = tollgate::app::Options { watch_interval: None, ..Default::default() };
+    let gateway = TestGateway::start_file(&config, dir, options).await;
+    let reads = gateway.shared().report_reads.clone();
+    let busy = reads.clone().try_acquire_many_owned(tollgate::shared::REPORTS_AT_ONCE as u32).expect("every permit");
+    for path in ["/admin/sessions", "/admin/usage", &format!("/admin/sessions/{ALICE}")] {
+        let response = admin_get(gateway.admin, path, Some(&bearer())).await;
+        assert_eq!(response.status, 503, "{path}: {response:?}");
+        assert_eq!(response.header("retry-after").as_deref(), Some("5"), "{path}");
+        assert!(response.body.contains("reading the audit log already"), "{response:?}");
+    }
+    drop(busy);
+    let response = admin_get(gateway.admin, &format!("/admin/sessions/{ALICE}"), Some(&bearer())).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(reads.available_permits(), tollgate::shared::REPORTS_AT_ONCE, "the read gave its permit back");
+}
