@@ -566,12 +566,25 @@ impl Metrics {
     pub fn metered(&self, team: &str, model: &str, usage: &Usage, cost_usd: f64) {
         let counts =
             [usage.input_tokens, usage.output_tokens, usage.cache_creation_input_tokens, usage.cache_read_input_tokens];
+        let handles_of = |team: &str, model: &str| MeteredHandles {
+            tokens: TOKEN_TYPES.map(|token_type| self.tokens.with_label_values(&[team, model, token_type])),
+            cost_usd: self.cost_usd.with_label_values(&[team, model]),
+        };
         self.metered_handles.with(
             &[team, model],
-            |labels| MeteredHandles {
-                tokens: TOKEN_TYPES
-                    .map(|token_type| self.tokens.with_label_values(&[labels[0], labels[1], token_type])),
-                cost_usd: self.cost_usd.with_label_values(labels),
+            |labels| {
+                let handles = handles_of(labels[0], labels[1]);
+                if names(&handles.cost_usd, &[("team", labels[0]), ("model", labels[1])]) {
+                    return handles;
+                }
+                // The registry finds a series by a hash of the label values run together, so ("ab", "c") is
+                // ("a", "bc"): rather than count under another team's series, count under this team's "other".
+                tracing::warn!(
+                    team = labels[0],
+                    model = labels[1],
+                    "metered series: these labels run together like another pair's; counted as model \"other\""
+                );
+                handles_of(labels[0], OTHER_MODEL)
             },
             |handles| {
                 for (counter, count) in handles.tokens.iter().zip(counts) {
@@ -723,6 +736,14 @@ impl<V> Default for Resolved<V> {
     }
 }
 
+/// Whether `metric`'s series has these label values.
+fn names(metric: &impl prometheus::core::Metric, labels: &[(&str, &str)]) -> bool {
+    let series = metric.metric();
+    labels
+        .iter()
+        .all(|(name, value)| series.get_label().iter().any(|pair| pair.name() == *name && pair.value() == *value))
+}
+
 /// Distinct (team, model) pairs counted under their own `model` label. A model name comes from the request or the
 /// upstream's response: with no `allowed_models` list and an upstream that answers any name, a client could
 /// otherwise grow the exported series (and this process's memory) without end. Past it, `model="other"`.
@@ -831,9 +852,10 @@ mod tests {
         };
         metrics.metered("ab", "c", &usage, 0.5);
         metrics.metered("ab", "c", &usage, 0.25);
-        // Other label values are other handles. (Not ("a", "bc"): the registry itself hashes label values
-        // without a separator, so that one would count as ("ab", "c") whatever the cache does.)
+        // Other label values are other handles; ("a", "bc"), which the registry's hash runs together with
+        // ("ab", "c"), counts as team a's "other" rather than as team ab's.
         metrics.metered("ab", "d", &usage, 1.0);
+        metrics.metered("a", "bc", &usage, 1.0);
         metrics.metered("b", "c", &usage, 1.0);
         let text = metrics.render();
         assert!(text.contains(r#"tollgate_tokens_total{model="c",team="ab",type="input"} 6"#), "{text}");
@@ -841,6 +863,7 @@ mod tests {
         assert!(text.contains(r#"tollgate_tokens_total{model="d",team="ab",type="output"} 5"#), "{text}");
         assert!(text.contains(r#"tollgate_tokens_total{model="c",team="b",type="output"} 5"#), "{text}");
         assert!(text.contains(r#"tollgate_cost_usd_total{model="c",team="ab"} 0.75"#), "{text}");
+        assert!(text.contains(r#"tollgate_cost_usd_total{model="other",team="a"} 1"#), "{text}");
         for seconds in [0.001, 0.002] {
             metrics.request(RequestOutcome {
                 listener: "proxy",
