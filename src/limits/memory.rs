@@ -120,8 +120,11 @@ impl Memory {
             .map_err(|error| StateError(format!("cannot create the state directory {}: {error}", dir.display())))?;
         let path = dir.join(LEDGER_FILE);
         let what = format!("the spend ledger {}", path.display());
-        let lock = crate::lockfile::hold(&dir.join(LOCK_FILE), &what).map_err(|error| {
-            StateError(format!("{error} (replicas share spend through state.backend: redis, not one ledger)"))
+        let lock = crate::lockfile::hold(&dir.join(LOCK_FILE), &what).map_err(|error| match error.kind() {
+            io::ErrorKind::WouldBlock => {
+                StateError(format!("{error} (replicas share spend through state.backend: redis, not one ledger)"))
+            }
+            _ => StateError(format!("cannot lock {what}: {error}")),
         })?;
         let mut counters = match fs::read(&path) {
             Ok(bytes) => replay(&bytes, &path)?,
