@@ -15,8 +15,9 @@ pub fn hold(path: &Path, what: &str) -> std::io::Result<File> {
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
+            // A process id, a few digits: more is not ours and not read.
             let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
+            let _ = (&mut file).take(32).read_to_string(&mut holder);
             let holder = match holder.trim() {
                 pid if !pid.is_empty() && pid.bytes().all(|byte| byte.is_ascii_digit()) => format!("process {pid}"),
                 _ => "another process".to_owned(),

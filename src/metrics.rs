@@ -411,7 +411,7 @@ impl Metrics {
             requests,
             request_duration,
             request_handles: Resolved::default(),
-            metered_handles: Resolved::bounded(MODEL_SERIES_MAX, |labels| vec![labels[0], OTHER_MODEL]),
+            metered_handles: Resolved::bounded(MODEL_SERIES_MAX, OTHER_MODEL),
             connections_active,
             tunnels_active,
             upstream_pooled,
@@ -716,7 +716,8 @@ struct MeteredHandles {
 #[derive(Debug)]
 struct Resolved<V> {
     map: RwLock<HashMap<Box<[u8]>, V, foldhash::fast::RandomState>>,
-    /// At most this many label lists get handles of their own; later ones share their `Bound::overflow`'s.
+    /// At most this many label lists get handles of their own; later ones share those of their list with the last
+    /// label replaced by `Bound::other`.
     bound: Option<Bound>,
 }
 
@@ -724,8 +725,8 @@ struct Resolved<V> {
 #[derive(Debug)]
 struct Bound {
     max: usize,
-    /// The label lists past `max`, from theirs (e.g. the same team, `model="other"`).
-    overflow: for<'a> fn(&[&'a str]) -> Vec<&'a str>,
+    /// The last label of a list past `max` (the same team, `model="other"`).
+    other: &'static str,
     /// Said once in the log, when the first list is past `max`.
     reached: std::sync::atomic::AtomicBool,
 }
@@ -761,7 +762,7 @@ thread_local! {
 }
 
 /// `labels` as a map key: every label's length, then its bytes (no two label lists spell the same key).
-fn spell(labels: &[&str], key: &mut Vec<u8>) {
+fn spell<'a>(labels: impl IntoIterator<Item = &'a str>, key: &mut Vec<u8>) {
     key.clear();
     for label in labels {
         key.extend_from_slice(&(label.len() as u32).to_le_bytes());
@@ -770,38 +771,45 @@ fn spell(labels: &[&str], key: &mut Vec<u8>) {
 }
 
 impl<V> Resolved<V> {
-    /// Handles kept for at most `max` label lists; the others share those of `overflow(labels)`.
-    fn bounded(max: usize, overflow: for<'a> fn(&[&'a str]) -> Vec<&'a str>) -> Self {
+    /// Handles kept for at most `max` label lists; the others share those of their list ending in `other`.
+    fn bounded(max: usize, other: &'static str) -> Self {
         let reached = std::sync::atomic::AtomicBool::new(false);
-        Self { map: RwLock::new(HashMap::default()), bound: Some(Bound { max, overflow, reached }) }
+        Self { map: RwLock::new(HashMap::default()), bound: Some(Bound { max, other, reached }) }
     }
 
     /// Calls `use_handles` with the handles of `labels`, made by `make` (given the labels they count under) the
     /// first time.
     fn with(&self, labels: &[&str], make: impl FnOnce(&[&str]) -> V, use_handles: impl FnOnce(&V)) {
         KEY.with_borrow_mut(|key| {
-            spell(labels, key);
-            let mut labels = std::borrow::Cow::Borrowed(labels);
+            spell(labels.iter().copied(), key);
             let map = self.map.read().unwrap_or_else(std::sync::PoisonError::into_inner);
             let mut found = map.get(key.as_slice());
-            if let (None, Some(bound)) = (found, &self.bound) {
-                if map.len() >= bound.max {
-                    // Past the bound: counted under the overflow's labels (found without the write lock).
-                    labels = std::borrow::Cow::Owned((bound.overflow)(&labels));
-                    if !bound.reached.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                        tracing::warn!(max = bound.max, labels = ?labels,
-                            "too many distinct label values: the rest are counted under these");
-                    }
-                    spell(&labels, key);
-                    found = map.get(key.as_slice());
+            // Past the bound: counted under the list ending in `other` (found without the write lock).
+            let other = self.bound.as_ref().filter(|bound| found.is_none() && map.len() >= bound.max).map(|bound| {
+                if !bound.reached.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        max = bound.max,
+                        other = bound.other,
+                        "too many distinct label values: the rest are counted with their last label replaced"
+                    );
                 }
+                bound.other
+            });
+            let head = &labels[..labels.len().saturating_sub(1)];
+            if let Some(other) = other {
+                spell(head.iter().copied().chain([other]), key);
+                found = map.get(key.as_slice());
             }
             match found {
                 Some(handles) => use_handles(handles),
                 None => {
                     drop(map);
                     let mut map = self.map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    use_handles(map.entry(key.as_slice().into()).or_insert_with(|| make(&labels)));
+                    let handles = map.entry(key.as_slice().into()).or_insert_with(|| match other {
+                        Some(other) => make(&[head, &[other]].concat()),
+                        None => make(labels),
+                    });
+                    use_handles(handles);
                 }
             }
             // A model name a client sent may be long: its key's buffer is not kept by the thread.

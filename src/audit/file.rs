@@ -34,8 +34,9 @@ use crate::config::file::AuditSync;
 /// The file sink's writer; `run` is the body of its thread.
 pub(super) struct Writer {
     file: File,
-    /// `AUDIT.lock` beside a regular file (`lockfile.rs`), held until the writer thread ends.
-    lock: Option<File>,
+    /// `AUDIT.lock` beside a regular file (`lockfile.rs`): held until the writer thread ends, it keeps other
+    /// processes from writing the file.
+    exclusive: Option<File>,
     /// Only regular files are synced: a pipe or a terminal cannot be.
     regular: bool,
     /// The previous record's hash, in hex, when the records are chained.
@@ -148,7 +149,7 @@ impl Writer {
             Err(error) => return Err(error),
         };
         // Taken before the torn end is repaired: the file is this process's alone (a pipe is nobody's to lock).
-        let lock = (existing || absent)
+        let exclusive = (existing || absent)
             .then(|| crate::lockfile::hold(&lock_path(path), &path.display().to_string()))
             .transpose()?;
         let (torn, mut last) = if existing { repair(path)? } else { (None, None) };
@@ -177,7 +178,7 @@ impl Writer {
         };
         let writer = Self {
             file,
-            lock,
+            exclusive,
             regular,
             chain,
             key: None,
@@ -690,7 +691,7 @@ impl Committer {
         }
         // Nothing more is written (the queue refuses records from now on): another tollgate, or this one started
         // again in the same process, may take the file.
-        self.lock().lock = None;
+        self.lock().exclusive = None;
         queue.finish();
     }
 

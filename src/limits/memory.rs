@@ -62,9 +62,9 @@ struct Spend {
     counters: HashMap<String, Counter>,
     prune_at: usize,
     ledger: Option<Ledger>,
-    /// `spend.jsonl.lock` beside the ledger (`lockfile.rs`), held until `close`: replicas share spend through
-    /// Redis, never through one ledger.
-    lock: Option<File>,
+    /// `spend.jsonl.lock` beside the ledger (`lockfile.rs`): held until `close`, it keeps other processes from
+    /// writing the ledger (replicas share spend through Redis, never through one ledger).
+    exclusive: Option<File>,
     /// `close` came: spend is no longer written (nor counted).
     closed: bool,
 }
@@ -120,7 +120,7 @@ impl Memory {
             .map_err(|error| StateError(format!("cannot create the state directory {}: {error}", dir.display())))?;
         let path = dir.join(LEDGER_FILE);
         let what = format!("the spend ledger {}", path.display());
-        let lock = crate::lockfile::hold(&dir.join(LOCK_FILE), &what).map_err(|error| match error.kind() {
+        let exclusive = crate::lockfile::hold(&dir.join(LOCK_FILE), &what).map_err(|error| match error.kind() {
             io::ErrorKind::WouldBlock => {
                 StateError(format!("{error} (replicas share spend through state.backend: redis, not one ledger)"))
             }
@@ -134,7 +134,7 @@ impl Memory {
         counters.retain(|_, counter| counter.period_end_ms > now_ms);
         let ledger = Ledger::compacted(dir, &counters)
             .map_err(|error| StateError(format!("cannot rewrite the spend ledger {}: {error}", path.display())))?;
-        let spend = Spend { counters, prune_at: 0, ledger: Some(ledger), lock: Some(lock), closed: false };
+        let spend = Spend { counters, prune_at: 0, ledger: Some(ledger), exclusive: Some(exclusive), closed: false };
         Ok(Memory { spend: Mutex::new(spend), ..Memory::default() })
     }
 }
@@ -253,7 +253,7 @@ impl Backend for Memory {
         if spend.ledger.take().is_some() {
             spend.closed = true;
         }
-        spend.lock = None;
+        spend.exclusive = None;
     }
 
     fn local(&self) -> Option<&dyn Local> {

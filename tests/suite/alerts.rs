@@ -331,17 +331,18 @@ async fn a_burst_of_failed_sign_ins_is_alerted_per_client_address() {
     assert_eq!(alerts[0]["message"], "3 failed sign-ins from 127.0.0.1 within 1m");
 }
 
-/// Wrong admin tokens at the console's sign-in are failed sign-ins too: the third from one address raises the
-/// same `auth_failures` alert.
+/// Wrong admin tokens at the console's sign-in and a wrong SCIM token are failed sign-ins too: the third from one
+/// address raises the same `auth_failures` alert.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_console_tokens_are_failed_sign_ins() {
+async fn wrong_console_and_scim_tokens_are_failed_sign_ins() {
     let stub = MessagesStub::start().await;
     let receiver = WebhookReceiver::start(200).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("tollgate.yaml");
     let header = format!(
         "listeners:\n  - {{name: proxy, bind: \"127.0.0.1:0\"}}\n  - {{name: gateway, bind: \"127.0.0.1:0\", mode: gateway}}\n\
-         admin: {{bind: \"127.0.0.1:0\", token: \"console-admin-token-alerts\"}}\n\
+         admin: {{bind: \"127.0.0.1:0\", token: \"console-admin-token-alerts\", \
+         scim: {{token: \"scim-token-of-the-alerts-test-0123456789\"}}}}\n\
          audit: {{file: {{path: \"{}\"}}}}\n",
         dir.path().join("audit.jsonl").display()
     );
@@ -354,7 +355,8 @@ async fn wrong_console_tokens_are_failed_sign_ins() {
         assert_eq!(common::exchange(gateway.admin, &sign_in).await.status, 401);
     }
     assert!(alerts_of(&settled(&gateway).await).is_empty(), "two failures are not a burst of three");
-    assert_eq!(common::exchange(gateway.admin, &sign_in).await.status, 401);
+    let scim = request("GET", "/scim/v2/Users", &["authorization: Bearer not-the-scim-token"], "");
+    assert_eq!(common::exchange(gateway.admin, &scim).await.status, 401);
     let hook = receiver.next(WITHIN).await;
     assert_eq!(hook.body["kind"], "auth_failures", "{:#}", hook.body);
     assert_eq!((hook.body["scope"].as_str(), hook.body["key"].as_str()), (Some("client"), Some("127.0.0.1")));

@@ -61,8 +61,9 @@ const WRITE_PIECES: usize = 256;
 pub struct Spool {
     name: Arc<str>,
     dir: PathBuf,
-    /// `LOCK` in the directory (`lockfile.rs`), held until the delivery ends (`release`).
-    lock_file: Mutex<Option<File>>,
+    /// `LOCK` in the directory (`lockfile.rs`): held until the delivery ends (`release`), it keeps other
+    /// processes from delivering the spool.
+    exclusive: Mutex<Option<File>>,
     max: u64,
     on_full: SpoolFull,
     /// A segment this long is closed before the next batch.
@@ -181,7 +182,7 @@ impl Spool {
     /// and reads the delivered position.
     pub fn open(name: Arc<str>, config: &SpoolConfig, metrics: SiemMetrics) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(&config.dir)?;
-        let lock = crate::lockfile::hold(
+        let exclusive = crate::lockfile::hold(
             &config.dir.join(LOCK),
             &format!("the spool of SIEM sink {name} ({})", config.dir.display()),
         )?;
@@ -241,7 +242,7 @@ impl Spool {
         let spool = Arc::new(Self {
             name,
             dir: config.dir.clone(),
-            lock_file: Mutex::new(Some(lock)),
+            exclusive: Mutex::new(Some(exclusive)),
             max: config.max,
             on_full: config.on_full,
             segment_bytes,
@@ -266,7 +267,7 @@ impl Spool {
     /// Lets another process (or a gateway started again in this one) take the spool: called once its delivery has
     /// ended, which a shutdown stops after the audit writer's last append.
     pub fn release(&self) {
-        *self.lock_file.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.exclusive.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Writes every append at once, on the appender's path (when no audit file keeps the records for
